@@ -1,0 +1,88 @@
+"""Locate, download and safely load checkpoint files.
+
+Every weight file goes through `load_state_dict_file`: `torch.load(weights_only=True)`
+never unpickles arbitrary objects, and the Lightning `{"state_dict": ...}` wrapping
+is removed here so model loaders only see flat `dict[str, Tensor]`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+HF_REPO_ID = "fishaudio/speech-lm-v1"
+VQGAN_FILENAME = "vqgan-v1.pth"
+LLAMA_FILENAME = "text2semantic-400m-v0.2-4k.pth"
+TOKENIZER_FILENAMES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+DEFAULT_CHECKPOINTS_DIR = Path("checkpoints")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or does not fit the model config."""
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a `.pth` file into a flat state dict (tensors only, mmap where possible)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        # Legacy (non-zip) torch files cannot be memory-mapped.
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a weights file"
+            raise CheckpointError(f"{path} is not a loadable weights file: {exc}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path} is not a loadable weights file: {exc}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def describe_key_mismatch(missing: list[str], unexpected: list[str], limit: int = 10) -> str:
+    """One readable line naming the keys that do not fit (the first `limit` of each)."""
+
+    def head(keys: list[str]) -> str:
+        keys = sorted(keys)
+        more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+        return ", ".join(keys[:limit]) + more
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {head(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {head(unexpected)}")
+    return "; ".join(parts)
+
+
+def describe_shape_mismatch(expected: dict[str, torch.Size], given: dict[str, torch.Tensor], limit: int = 10) -> str:
+    bad = [k for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k])]
+    lines = [f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k])}" for k in sorted(bad)[:limit]]
+    if len(bad) > limit:
+        lines.append(f"(+{len(bad) - limit} more)")
+    return "; ".join(lines)
+
+
+def download_checkpoints(target_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR, repo_id: str = HF_REPO_ID) -> list[Path]:
+    """Fetch the official files into `target_dir`, skipping those already present.
+
+    huggingface_hub honours HF_ENDPOINT (mirrors) and shows tqdm progress bars.
+    """
+    from huggingface_hub import hf_hub_download
+
+    target_dir = Path(target_dir)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in (VQGAN_FILENAME, LLAMA_FILENAME, *TOKENIZER_FILENAMES):
+        dest = target_dir / name
+        if dest.is_file() and dest.stat().st_size > 0:
+            paths.append(dest)
+            continue
+        paths.append(Path(hf_hub_download(repo_id=repo_id, filename=name, local_dir=target_dir)))
+    return paths
