@@ -1,0 +1,244 @@
+"""`fishtts` command line: download, vqgan, generate, tts, g2p (also `python -m core ...`).
+
+Flag names and defaults follow the original tools (tools/vqgan/inference.py, tools/llama/generate.py);
+every subcommand is a thin shell over TTSEngine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".wma", ".aac", ".aiff", ".aif", ".aifc"}
+
+
+def friendly_errors(func):
+    """Turn expected failures into one line on stderr and exit status 1, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise click.ClickException(str(exc) or exc.__class__.__name__) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def load_codes_file(path: Path) -> np.ndarray:
+    try:
+        codes = np.load(path, allow_pickle=False)  # never unpickle user files
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path} is not a .npy array of codes: {exc}") from None
+    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"{path}: codes must be a 2-D integer array [4, T], got {codes.dtype} {list(codes.shape)}")
+    return codes
+
+
+def report_speed(frames: int, seconds: float, model) -> None:
+    tokens_per_s = frames / max(seconds, 1e-9)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    click.echo(
+        f"Generated {frames} frames in {seconds:.2f} s: {tokens_per_s:.2f} tokens/s, "
+        f"{model_bytes * tokens_per_s / 1e9:.2f} GB/s", err=True,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """fishtts: Fish Speech v0.2 text-to-speech with zero-shot voice cloning."""
+
+
+@main.command()
+@click.option("--checkpoints-dir", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR, show_default=True)
+@click.option("--repo-id", default=HF_REPO_ID, show_default=True, help="Hugging Face repo (HF_ENDPOINT selects a mirror).")
+@friendly_errors
+def download(checkpoints_dir: Path, repo_id: str):
+    """Fetch the official VQGAN, LM and tokenizer files (skips files already present)."""
+    from .checkpoints import download_checkpoints
+
+    for path in download_checkpoints(checkpoints_dir, repo_id):
+        click.echo(str(path))
+
+
+@main.command()
+@click.option("-i", "--input-path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="Audio to encode (writes codes + reconstruction) or a .npy of codes to decode.")
+@click.option("-o", "--output-path", type=click.Path(path_type=Path), default="fake.wav", show_default=True,
+              help="Audio output; codes go next to it with the suffix .npy.")
+@click.option("-ckpt", "--checkpoint-path", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR / "vqgan-v1.pth", show_default=True)
+@click.option("-cfg", "--config-name", default="vqgan_pretrain", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
+@friendly_errors
+def vqgan(input_path: Path, output_path: Path, checkpoint_path: Path, config_name: str, device: str | None):
+    """Encode audio to VQ codes (and reconstruct it), or decode codes to audio."""
+    from .audio import SAMPLE_RATE, load_audio, write_audio
+    from .engine import TTSEngine
+
+    suffix = input_path.suffix.lower()
+    if suffix != ".npy" and suffix not in AUDIO_SUFFIXES:
+        raise click.ClickException(f"unknown input type {suffix!r}: give an audio file or a .npy of codes")
+    if suffix == ".npy":
+        codes = load_codes_file(input_path)  # validate before loading the model
+    engine = TTSEngine.load(llama_checkpoint=None, vqgan_checkpoint=checkpoint_path, vqgan_config=config_name, device=device)
+    if suffix != ".npy":
+        audio = load_audio(input_path)
+        codes = engine.encode_reference(audio)
+        codes_path = output_path.with_suffix(".npy")
+        np.save(codes_path, codes)
+        click.echo(f"Saved codes {list(codes.shape)} ({SAMPLE_RATE / engine.vqgan.config.samples_per_code:.2f} Hz) to {codes_path}", err=True)
+    audio = engine.decode_codes(codes)
+    write_audio(output_path, audio, SAMPLE_RATE)
+    click.echo(f"Saved audio ({audio.size / SAMPLE_RATE:.2f} s) to {output_path}", err=True)
+
+
+def generation_options(func):
+    """Options shared by `generate` and `tts`, with the original generate.py's defaults."""
+    options = [
+        click.option("--max-new-tokens", "--max_new_tokens", "max_new_tokens", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Frames to generate at most; 0 = until the context is full."),
+        click.option("--top-k", type=click.IntRange(min=1), default=None),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True),
+        click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=1.5, show_default=True),
+        click.option("--temperature", type=click.FloatRange(0, min_open=True), default=0.7, show_default=True),
+        click.option("--tokenizer", default=HF_REPO_ID, show_default=True, help="HF repo id, or a folder / tokenizer.json."),
+        click.option("--compile/--no-compile", default=False, show_default=True),
+        click.option("--use-g2p/--no-g2p", default=True, show_default=True),
+        click.option("--seed", type=int, default=42, show_default=True),
+        click.option("--speaker", default=None),
+        click.option("--order", default="zh,jp,en", show_default=True, help="Language priority for g2p."),
+        click.option("--half/--no-half", default=False, show_default=True, help="float16 instead of bfloat16 (CUDA only)."),
+        click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)."),
+        click.option("--code-mask/--no-code-mask", default=True, show_default=True,
+                     help="Never sample codes the VQGAN cannot decode (off = the original's behaviour)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def sampling_from(kwargs) -> "SamplingParams":
+    from .lm import SamplingParams
+
+    return SamplingParams(temperature=kwargs["temperature"], top_p=kwargs["top_p"], top_k=kwargs["top_k"],
+                          repetition_penalty=kwargs["repetition_penalty"])
+
+
+def run_generation(engine, request) -> tuple[list[np.ndarray], float]:
+    """Generate with a tqdm bar; returns the codes per sample and the seconds taken."""
+    from tqdm import tqdm
+
+    prompt = engine.encode_prompt(request)
+    click.echo(f"Encoded prompt shape: {list(prompt.shape)}", err=True)
+    with tqdm(total=None, unit="frame", desc="generating", file=sys.stderr) as bar:
+        start = time.perf_counter()
+        codes = engine.generate_codes(request, prompt=prompt, progress=bar.update)
+        seconds = time.perf_counter() - start
+    frames = sum(c.shape[1] + 1 for c in codes)
+    report_speed(frames, seconds, engine.lm)
+    return codes, seconds
+
+
+@main.command()
+@click.option("--text", default="你说的对, 但是原神是一款由米哈游自主研发的开放世界手游.", show_default=True)
+@click.option("--prompt-text", default=None, help="Transcript of the reference clip.")
+@click.option("--prompt-tokens", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Reference codes (.npy [4, T] from `fishtts vqgan`).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--checkpoint-path", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR / "text2semantic-400m-v0.2-4k.pth", show_default=True)
+@click.option("--config-name", default="text2semantic_finetune", show_default=True)
+@click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True)
+@generation_options
+@friendly_errors
+def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, config_name, output_dir, **kwargs):
+    """Generate semantic codes for TEXT (codes_N.npy), optionally in the voice of reference codes."""
+    from .engine import GenerationRequest, TTSEngine
+
+    request = GenerationRequest(
+        text=text, prompt_text=prompt_text,
+        prompt_tokens=load_codes_file(prompt_tokens) if prompt_tokens else None,
+        max_new_tokens=kwargs["max_new_tokens"], sampling=sampling_from(kwargs), use_g2p=kwargs["use_g2p"],
+        speaker=kwargs["speaker"], order=kwargs["order"], seed=kwargs["seed"], num_samples=num_samples,
+        code_mask=kwargs["code_mask"],
+    )
+    engine = TTSEngine.load(llama_checkpoint=checkpoint_path, llama_config=config_name, tokenizer=kwargs["tokenizer"],
+                            vqgan_checkpoint=None, device=kwargs["device"], half=kwargs["half"], compile=kwargs["compile"])
+    codes, _ = run_generation(engine, request)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for i, sample_codes in enumerate(codes):
+        path = output_dir / f"codes_{i}.npy"
+        np.save(path, sample_codes)
+        click.echo(f"Saved codes {list(sample_codes.shape)} to {path}", err=True)
+
+
+@main.command()
+@click.option("--text", required=True)
+@click.option("--reference-audio", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="A 5-10 s clip of the voice to clone.")
+@click.option("--reference-text", default=None, help="Transcript of the reference clip.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default="output.wav", show_default=True,
+              help="Audio file (.wav, .flac, .ogg or .mp3).")
+@click.option("--llama-checkpoint-path", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR / "text2semantic-400m-v0.2-4k.pth", show_default=True)
+@click.option("--llama-config-name", default="text2semantic_finetune", show_default=True)
+@click.option("--vqgan-checkpoint-path", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR / "vqgan-v1.pth", show_default=True)
+@click.option("--vqgan-config-name", default="vqgan_pretrain", show_default=True)
+@generation_options
+@friendly_errors
+def tts(text, reference_audio, reference_text, output, llama_checkpoint_path, llama_config_name,
+        vqgan_checkpoint_path, vqgan_config_name, **kwargs):
+    """Text (+ optional reference voice) to speech in one step."""
+    from .audio import SAMPLE_RATE, load_audio, write_audio
+    from .engine import GenerationRequest, TTSEngine
+
+    if (reference_audio is None) != (reference_text is None):
+        raise click.ClickException("--reference-audio and --reference-text go together")
+    reference = load_audio(reference_audio) if reference_audio else None
+    request = GenerationRequest(
+        text=text, prompt_text=reference_text, max_new_tokens=kwargs["max_new_tokens"],
+        sampling=sampling_from(kwargs), use_g2p=kwargs["use_g2p"], speaker=kwargs["speaker"],
+        order=kwargs["order"], seed=kwargs["seed"], code_mask=kwargs["code_mask"],
+    )
+    engine = TTSEngine.load(
+        llama_checkpoint=llama_checkpoint_path, llama_config=llama_config_name, tokenizer=kwargs["tokenizer"],
+        vqgan_checkpoint=vqgan_checkpoint_path, vqgan_config=vqgan_config_name, device=kwargs["device"],
+        half=kwargs["half"], compile=kwargs["compile"],
+    )
+    start = time.perf_counter()
+    if reference is not None:
+        request.prompt_tokens = engine.encode_reference(reference)
+    codes, _ = run_generation(engine, request)
+    if codes[0].shape[1] == 0:
+        raise click.ClickException("the model produced no audio for this text (try a larger --max-new-tokens)")
+    audio = engine.decode_codes(codes[0])
+    write_audio(output, audio, SAMPLE_RATE)
+    seconds = time.perf_counter() - start
+    duration = audio.size / SAMPLE_RATE
+    click.echo(f"Saved {duration:.2f} s of audio to {output} (real-time factor {seconds / max(duration, 1e-9):.2f})", err=True)
+
+
+@main.command()
+@click.argument("text")
+@click.option("--order", default="zh,jp,en", show_default=True, help="Language priority.")
+@friendly_errors
+def g2p(text: str, order: str):
+    """Print TEXT's language segments and phonemes as JSON (pronunciation debugging)."""
+    from .text import parse_text_to_segments, segments_to_dicts
+
+    click.echo(json.dumps(segments_to_dicts(parse_text_to_segments(text, order=order)), ensure_ascii=False, indent=2))
+
+
+if __name__ == "__main__":
+    main()

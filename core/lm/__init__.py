@@ -1,0 +1,15 @@
+"""The text2semantic language model: config, transformer, loading, sampling, generation, prompts."""
+
+from .config import LMConfig, LoraConfig, ModelArgs, load_lm_config
+from .generate import frames_to_codes, generate, generate_frames
+from .load import load_lm
+from .model import Transformer
+from .prompt import build_prompt_string, encode_prompt
+from .sampling import SamplingParams
+from .tokenizer import TextTokenizer, load_tokenizer
+
+__all__ = [
+    "LMConfig", "LoraConfig", "ModelArgs", "SamplingParams", "TextTokenizer", "Transformer",
+    "build_prompt_string", "encode_prompt", "frames_to_codes", "generate", "generate_frames",
+    "load_lm", "load_lm_config", "load_tokenizer",
+]

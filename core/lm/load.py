@@ -1,0 +1,77 @@
+"""Load text2semantic checkpoints: key normalisation, wq/wk/wv fusing, LoRA merge, strict checks."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..checkpoints import CheckpointError, describe_key_mismatch, describe_shape_mismatch, load_state_dict_file
+from .config import LMConfig, load_lm_config
+from .model import Transformer
+
+# Stored by the original as persistent buffers; we recompute them.
+_DERIVED_BUFFERS = ("freqs_cis", "causal_mask")
+
+
+def normalize_lm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Bring any wrapping of the original's checkpoints to the plain Transformer key layout."""
+    if any(k.startswith("model.") for k in state_dict):
+        # The original strips every occurrence of "model." from the Lightning module's keys.
+        state_dict = {k.replace("model.", ""): v for k, v in state_dict.items() if k.startswith("model.")}
+    state_dict = {k: v for k, v in state_dict.items() if k not in _DERIVED_BUFFERS}
+    for key in [k for k in state_dict if k.endswith("attention.wq.weight")]:
+        prefix = key[: -len("wq.weight")]
+        parts = [state_dict.pop(prefix + name + ".weight", None) for name in ("wq", "wk", "wv")]
+        if any(p is None for p in parts):
+            raise CheckpointError(f"{prefix}wq/wk/wv: separate q/k/v weights must all be present")
+        state_dict[prefix + "wqkv.weight"] = torch.cat(parts, dim=0)
+    return state_dict
+
+
+def merge_lora(state_dict: dict[str, torch.Tensor], scaling: float, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Fold `lora_A`/`lora_B` pairs into their base weights, in the inference dtype like the original."""
+    merged = dict(state_dict)
+    for key_a in [k for k in state_dict if k.endswith(".lora_A")]:
+        name = key_a[: -len(".lora_A")]
+        key_b, key_w = name + ".lora_B", name + ".weight"
+        if key_b not in state_dict or key_w not in state_dict:
+            raise CheckpointError(f"LoRA pair for {name} is incomplete (needs {key_w}, {key_a}, {key_b})")
+        a, b = merged.pop(key_a).to(dtype), merged.pop(key_b).to(dtype)
+        weight = merged[key_w].to(dtype)
+        delta = b @ a
+        if name == "embeddings":
+            delta = delta.transpose(0, 1)  # embedding weight is [num, dim]; loralib stores B [dim, r]
+        merged[key_w] = weight + delta * scaling
+    return merged
+
+
+def load_lm(
+    checkpoint_path: str | os.PathLike,
+    config: LMConfig | str = "text2semantic_finetune",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Transformer:
+    """Build the model on the meta device and assign the checkpoint's tensors (no double copies)."""
+    if isinstance(config, str):
+        config = load_lm_config(config)
+    state_dict = normalize_lm_state_dict(load_state_dict_file(checkpoint_path))
+    if any(k.endswith(".lora_A") for k in state_dict):
+        scaling = config.lora.scaling if config.lora else 2.0  # the official LoRA config: alpha 16 / r 8
+        state_dict = merge_lora(state_dict, scaling, dtype)
+
+    with torch.device("meta"):
+        model = Transformer(config.model)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(f"{checkpoint_path} does not fit the LM config: {describe_key_mismatch(missing, unexpected)}")
+    shapes = describe_shape_mismatch(expected, state_dict)
+    if shapes:
+        raise CheckpointError(f"{checkpoint_path} does not fit the LM config: {shapes}")
+
+    state_dict = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, assign=True)
+    model.init_buffers(device)
+    return model.eval().requires_grad_(False)
