@@ -14,6 +14,8 @@ def resolve_device(device: str | None = None) -> torch.device:
         raise ValueError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA was requested but is not available on this machine")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"CUDA device {resolved.index} does not exist ({torch.cuda.device_count()} visible)")
     if resolved.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {device!r} (use cpu, cuda or cuda:N)")
     return resolved

@@ -57,3 +57,22 @@ def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300) -> s
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def synthesize_speech(path: Path, text: str = "This is a short reference clip for voice cloning.",
+                      voice: str = "en", rate: int | None = None) -> Path:
+    """Real speech from espeak-ng (a Debian package the test script installs)."""
+    cmd = ["espeak-ng", "-v", voice, "-w", str(path), text]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    if rate is not None:
+        import soundfile as sf
+        import soxr
+
+        audio, sr = sf.read(path, dtype="float32")
+        sf.write(path, soxr.resample(audio, sr, rate), rate)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory) -> Path:
+    return synthesize_speech(tmp_path_factory.mktemp("audio") / "reference.wav")

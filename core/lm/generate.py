@@ -59,12 +59,14 @@ def generate_frames(
     code_limit: int | None = None,
     generator: torch.Generator | None = None,
     static_cache: bool = False,
+    ignore_stop: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield `(frames [B, 1 + C], finished [B] bool)` per step for `num_samples` rows of one prompt.
 
     A row is finished after the frame that stopped it; the caller keeps frames up to that one.
     `static_cache=True` attends over the whole cache with a mask (fixed shapes for CUDA graphs);
     otherwise only the filled prefix is read (much less memory traffic on CPU).
+    `ignore_stop` runs the whole budget (benchmarks: random weights stop at random points).
     """
     cfg = model.config
     rows, prompt_len = prompt.shape
@@ -101,6 +103,8 @@ def generate_frames(
         frame = sample_frame(out, params, window, False, code_limit, generator)
         history[:, :, step] = frame[:, 1:]
         stopped = (frame[:, 0] == eos_token_id) | (frame[:, 1:] == CODEBOOK_END).any(dim=1)
+        if ignore_stop:
+            stopped[:] = False
         if step == budget - 2:
             stopped[:] = True
         finished |= stopped
@@ -121,6 +125,7 @@ def generate(
     code_limit: int | None = None,
     generator: torch.Generator | None = None,
     static_cache: bool = False,
+    ignore_stop: bool = False,
     progress=None,
 ) -> list[Tensor]:
     """Generated frames per sample, each [1 + C, n] in the prompt's dtype (stop frame included).
@@ -132,6 +137,7 @@ def generate(
     for frame, finished in generate_frames(
         model, prompt, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, params=params,
         num_samples=num_samples, code_limit=code_limit, generator=generator, static_cache=static_cache,
+        ignore_stop=ignore_stop,
     ):
         for row in range(num_samples):
             if not done[row]:

@@ -7,7 +7,7 @@ import os
 import torch
 
 from ..checkpoints import CheckpointError, describe_key_mismatch, describe_shape_mismatch, load_state_dict_file
-from .config import LMConfig, load_lm_config
+from .config import LMConfig, LoraConfig, load_lm_config
 from .model import Transformer
 
 # Stored by the original as persistent buffers; we recompute them.
@@ -52,12 +52,25 @@ def load_lm(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Transformer:
-    """Build the model on the meta device and assign the checkpoint's tensors (no double copies)."""
+    """Read a checkpoint file (any wrapping of the original's) into a ready model."""
+    try:
+        return build_lm(load_state_dict_file(checkpoint_path), config, device, dtype)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{checkpoint_path}: {exc}") from None
+
+
+def build_lm(
+    state_dict: dict[str, torch.Tensor],
+    config: LMConfig | str = "text2semantic_finetune",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Transformer:
+    """Build the model on the meta device and assign the tensors (no double copies)."""
     if isinstance(config, str):
         config = load_lm_config(config)
-    state_dict = normalize_lm_state_dict(load_state_dict_file(checkpoint_path))
+    state_dict = normalize_lm_state_dict(state_dict)
     if any(k.endswith(".lora_A") for k in state_dict):
-        scaling = config.lora.scaling if config.lora else 2.0  # the official LoRA config: alpha 16 / r 8
+        scaling = config.lora.scaling if config.lora else LoraConfig().scaling  # official: alpha 16 / r 8
         state_dict = merge_lora(state_dict, scaling, dtype)
 
     with torch.device("meta"):
@@ -66,10 +79,10 @@ def load_lm(
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
-        raise CheckpointError(f"{checkpoint_path} does not fit the LM config: {describe_key_mismatch(missing, unexpected)}")
+        raise CheckpointError(f"checkpoint does not fit the LM config: {describe_key_mismatch(missing, unexpected)}")
     shapes = describe_shape_mismatch(expected, state_dict)
     if shapes:
-        raise CheckpointError(f"{checkpoint_path} does not fit the LM config: {shapes}")
+        raise CheckpointError(f"checkpoint does not fit the LM config: {shapes}")
 
     state_dict = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
     model.load_state_dict(state_dict, assign=True)

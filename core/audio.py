@@ -1,0 +1,96 @@
+"""Read any common audio format as 22050 Hz mono float32, and write wav/flac/ogg/mp3.
+
+Loading mirrors what the original got from `librosa.load(sr=22050, mono=True)`: soundfile
+decode to float32, average the channels, then soxr "HQ" resampling (librosa's default).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 22050
+
+# format name -> (libsndfile container, subtype); wav is PCM_16 like the original's soundfile default.
+FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+}
+
+
+class AudioError(ValueError):
+    """Audio that cannot be read or written (not audio, empty, unsupported format)."""
+
+
+def load_audio(source: str | os.PathLike | bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode a file path or encoded bytes to mono float32 samples at `sample_rate`."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise AudioError("audio is empty (0 bytes)")
+        name, handle = "audio data", io.BytesIO(bytes(source))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise AudioError(f"audio file not found: {path}")
+        name, handle = path.name, path
+    try:
+        data, source_rate = sf.read(handle, dtype="float32", always_2d=True)
+    except Exception:  # noqa: BLE001 - libsndfile raises several types; all mean "cannot decode"
+        raise AudioError(f"{name} is not a readable audio file (supported: wav, flac, ogg, mp3)") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{name} contains no audio samples")
+    audio = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if source_rate != sample_rate:
+        audio = resample(audio, source_rate, sample_rate)
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{name} contains NaN or infinite samples")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """soxr HQ, then zero-pad / trim to ceil(N * target / source) samples as librosa does."""
+    out = soxr.resample(audio, source_rate, target_rate, quality="HQ")
+    n = int(np.ceil(audio.shape[-1] * (float(target_rate) / source_rate)))
+    return out[:n] if out.shape[-1] >= n else np.pad(out, (0, n - out.shape[-1]))
+
+
+def _mono_samples(audio) -> np.ndarray:
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        audio = audio.squeeze()
+    if audio.ndim != 1 or audio.size == 0:
+        raise AudioError(f"expected non-empty mono samples, got shape {np.shape(audio)}")
+    return audio
+
+
+def encode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, format: str = "wav") -> bytes:
+    """Encode mono float samples in [-1, 1] as wav (PCM_16), flac, ogg (Vorbis) or mp3 bytes."""
+    fmt = format.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise AudioError(f"unsupported audio format {format!r}: use one of {', '.join(FORMATS)}")
+    container, subtype = FORMATS[fmt]
+    # Clip so integer subtypes never wrap around on out-of-range samples.
+    samples = np.clip(_mono_samples(audio), -1.0, 1.0)
+    buffer = io.BytesIO()
+    try:
+        sf.write(buffer, samples, sample_rate, format=container, subtype=subtype)
+    except Exception as exc:  # noqa: BLE001
+        raise AudioError(f"cannot encode {fmt} at {sample_rate} Hz: {exc}") from None
+    return buffer.getvalue()
+
+
+def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    """Write samples to `path`, the format chosen by its suffix (.wav/.flac/.ogg/.mp3)."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise AudioError(f"cannot tell the audio format of {path.name}: use a .wav, .flac, .ogg or .mp3 suffix")
+    path.write_bytes(encode_audio(audio, sample_rate, fmt))
+    return path

@@ -1,0 +1,183 @@
+"""VQGAN v1 configuration: dataclasses whose defaults are the official `vqgan_pretrain` preset.
+
+A JSON file in the format of the original YAML's `model` section is also accepted; Hydra
+`_target_` keys and training-only entries (optimizer, discriminator, segment_size, ...) are
+ignored, and nothing named in a config is ever instantiated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class MelConfig:
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 256
+    n_mels: int = 80
+    f_min: float = 0.0
+    f_max: float = 8000.0
+
+
+@dataclass
+class DownsampleConfig:
+    dims: tuple[int, ...] = (80, 512, 256)
+    kernel_sizes: tuple[int, ...] = (3, 3)
+    strides: tuple[int, ...] = (2, 2)
+
+    @property
+    def total_strides(self) -> int:
+        return math.prod(self.strides)
+
+
+@dataclass
+class WNConfig:
+    hidden_channels: int = 256
+    kernel_size: int = 3
+    dilation_rate: int = 2
+    n_layers: int = 6
+    out_channels: int | None = None
+
+
+@dataclass
+class VQConfig:
+    in_channels: int = 256
+    vq_channels: int = 256
+    codebook_size: int = 160
+    codebook_groups: int = 4
+
+
+@dataclass
+class GeneratorConfig:
+    initial_channel: int = 80
+    resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    upsample_rates: tuple[int, ...] = (8, 8, 2, 2)
+    upsample_initial_channel: int = 512
+    upsample_kernel_sizes: tuple[int, ...] = (16, 16, 4, 4)
+
+
+@dataclass
+class VQGANConfig:
+    sample_rate: int = 22050
+    hop_length: int = 256
+    mel: MelConfig = field(default_factory=MelConfig)
+    downsample: DownsampleConfig = field(default_factory=DownsampleConfig)
+    mel_encoder: WNConfig = field(default_factory=WNConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
+    decoder: WNConfig = field(default_factory=lambda: WNConfig(out_channels=80))
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    @property
+    def samples_per_code(self) -> int:
+        return self.hop_length * self.downsample.total_strides
+
+
+PRESETS = {"vqgan_pretrain": VQGANConfig}
+
+# JSON section name -> (attribute, dataclass). All six are required in a JSON config.
+_SECTIONS = {
+    "mel_transform": ("mel", MelConfig),
+    "downsample": ("downsample", DownsampleConfig),
+    "mel_encoder": ("mel_encoder", WNConfig),
+    "vq_encoder": ("vq", VQConfig),
+    "decoder": ("decoder", WNConfig),
+    "generator": ("generator", GeneratorConfig),
+}
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _section(name: str, cls, data: dict):
+    if not isinstance(data, dict):
+        raise ValueError(f"VQGAN config: section {name!r} must be an object")
+    _check_supported(name, data)
+    known = {f.name for f in fields(cls)}
+    # Missing keys take the preset value, except out_channels whose original default is None.
+    kwargs = {k: _tuples(v) for k, v in data.items() if k in known}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"VQGAN config: bad section {name!r}: {exc}") from None
+
+
+def _check_supported(name: str, data: dict) -> None:
+    """Reject settings the original supports but this inference code does not implement."""
+    unsupported = {
+        "mel_transform": {"center": False},
+        "mel_encoder": {"gin_channels": 0},
+        "decoder": {"gin_channels": 0},
+        "vq_encoder": {"downsample": 1},
+        "generator": {"resblock": "1", "gin_channels": 0},
+    }.get(name, {})
+    for key, supported in unsupported.items():
+        if key in data and data[key] != supported:
+            raise ValueError(f"VQGAN config: {name}.{key}={data[key]!r} is not supported (only {supported!r})")
+
+
+def vqgan_config_from_dict(data: dict) -> VQGANConfig:
+    """Build a config from the original YAML's `model` section (as a dict)."""
+    if isinstance(data.get("model"), dict):
+        data = data["model"]
+    if data.get("speaker_encoder") is not None:
+        raise ValueError("VQGAN config: a speaker_encoder is not supported")
+    missing = [name for name in _SECTIONS if name not in data]
+    if missing:
+        raise ValueError(f"VQGAN config: missing sections {missing}")
+    kwargs = {attr: _section(name, cls, data[name]) for name, (attr, cls) in _SECTIONS.items()}
+    for key in ("sample_rate", "hop_length"):
+        if key in data:
+            kwargs[key] = data[key]
+    config = VQGANConfig(**kwargs)
+    try:
+        _validate(config)
+    except TypeError:
+        raise ValueError("VQGAN config: a value has the wrong type (numbers and lists of numbers expected)") from None
+    return config
+
+
+def _validate(c: VQGANConfig) -> None:
+    problems = []
+    if c.mel.hop_length != c.hop_length or c.mel.sample_rate != c.sample_rate:
+        problems.append("mel_transform sample_rate/hop_length differ from the model's")
+    if c.downsample.dims[0] != c.mel.n_mels or c.generator.initial_channel != c.mel.n_mels:
+        problems.append("downsample.dims[0] and generator.initial_channel must equal n_mels")
+    if c.decoder.out_channels != c.mel.n_mels:
+        problems.append("decoder.out_channels must equal n_mels")
+    if not (c.downsample.dims[-1] == c.mel_encoder.hidden_channels == c.vq.in_channels):
+        problems.append("downsample.dims[-1], mel_encoder.hidden_channels and vq_encoder.in_channels must match")
+    if c.vq.vq_channels % c.vq.codebook_groups:
+        problems.append("vq_channels must be divisible by codebook_groups")
+    if c.vq.in_channels != c.decoder.hidden_channels:
+        problems.append("vq_encoder.in_channels must equal decoder.hidden_channels")
+    g = c.generator
+    if not (len(g.upsample_rates) == len(g.upsample_kernel_sizes)
+            and len(g.resblock_kernel_sizes) == len(g.resblock_dilation_sizes)):
+        problems.append("generator kernel/rate lists have mismatched lengths")
+    elif math.prod(g.upsample_rates) != c.hop_length:
+        problems.append("prod(generator.upsample_rates) must equal hop_length")
+    if problems:
+        raise ValueError("VQGAN config: " + "; ".join(problems))
+
+
+def load_vqgan_config(name_or_path: str | Path) -> VQGANConfig:
+    """`vqgan_pretrain` (the official preset) or a path to a JSON model section."""
+    if str(name_or_path) in PRESETS:
+        return PRESETS[str(name_or_path)]()
+    path = Path(name_or_path)
+    if path.suffix.lower() != ".json" or not path.is_file():
+        raise ValueError(f"unknown VQGAN config {str(name_or_path)!r}: use one of {sorted(PRESETS)} or a .json file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"VQGAN config {path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"VQGAN config {path}: expected a JSON object")
+    return vqgan_config_from_dict(data)

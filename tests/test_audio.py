@@ -1,0 +1,123 @@
+"""Audio I/O: any format in, 22050 Hz mono float32 out; wav/flac/ogg/mp3 out; clear errors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from core.audio import SAMPLE_RATE, AudioError, encode_audio, load_audio, write_audio
+
+
+def tone(seconds: float = 1.0, sr: int = SAMPLE_RATE, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    n = min(len(a), len(b))
+    return float(np.corrcoef(a[:n], b[:n])[0, 1])
+
+
+def test_wav_round_trip_is_pcm16_exact_to_one_lsb():
+    audio = tone()
+    data = encode_audio(audio, SAMPLE_RATE, "wav")
+    assert sf.info(io.BytesIO(data)).subtype == "PCM_16"
+    back = load_audio(data)
+    assert back.dtype == np.float32 and back.shape == audio.shape
+    assert np.abs(back - audio).max() <= 1 / 32767
+
+
+def test_flac_round_trip_is_lossless_at_16_bit():
+    audio = tone()
+    back = load_audio(encode_audio(audio, SAMPLE_RATE, "flac"))
+    assert back.shape == audio.shape and np.abs(back - audio).max() <= 1 / 32767
+
+
+@pytest.mark.parametrize("fmt", ["ogg", "mp3"])
+def test_lossy_round_trip_keeps_the_signal(fmt):
+    audio = tone()
+    data = encode_audio(audio, SAMPLE_RATE, fmt)
+    back = load_audio(data)
+    assert back.dtype == np.float32
+    assert abs(len(back) - len(audio)) <= 2048  # encoder delay / frame padding
+    # mp3 has an encoder delay: compare against the best-aligned shift.
+    best = max(correlation(back[s:], audio) for s in range(0, 2048, 1))
+    assert best > 0.95
+
+
+def test_write_audio_picks_the_format_from_the_suffix(tmp_path):
+    audio = tone(0.5)
+    for fmt, container in [("wav", "WAV"), ("flac", "FLAC"), ("ogg", "OGG"), ("mp3", "MP3")]:
+        path = write_audio(tmp_path / f"out.{fmt.upper()}", audio, SAMPLE_RATE)
+        assert sf.info(str(path)).format == container
+        assert len(load_audio(path)) > 0
+
+
+def test_stereo_is_mixed_to_mono(tmp_path):
+    left, right = tone(freq=440.0), tone(freq=660.0)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([left, right], axis=1), SAMPLE_RATE, subtype="FLOAT")
+    np.testing.assert_allclose(load_audio(path), (left + right) / 2, atol=1e-7)
+
+
+@pytest.mark.parametrize("rate, n", [(16000, 16001), (44100, 44100), (48000, 12345), (8000, 1000)])
+def test_resampling_gives_librosa_length(tmp_path, rate, n):
+    path = tmp_path / "in.wav"
+    sf.write(path, tone(n / rate, rate, 300.0)[:n], rate, subtype="FLOAT")
+    audio = load_audio(path)
+    assert audio.dtype == np.float32
+    assert len(audio) == int(np.ceil(n * SAMPLE_RATE / rate))
+
+
+def test_resampled_tone_keeps_its_pitch(tmp_path):
+    path = tmp_path / "in.flac"
+    sf.write(path, tone(1.0, 44100, 1000.0), 44100)
+    audio = load_audio(path)
+    spectrum = np.abs(np.fft.rfft(audio))
+    peak_hz = np.argmax(spectrum) * SAMPLE_RATE / len(audio)
+    assert abs(peak_hz - 1000.0) < 2.0
+
+
+def test_other_target_rate_is_honoured():
+    assert len(load_audio(encode_audio(tone(1.0), SAMPLE_RATE, "wav"), sample_rate=16000)) == 16000
+
+
+@pytest.mark.parametrize("data", [b"this is not audio at all" * 10, b"RIFF\x00\x00\x00\x00WAVEjunk", b"\x00" * 1000])
+def test_garbage_bytes_raise_audio_error(data):
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        load_audio(data)
+
+
+def test_empty_inputs_raise_audio_error(tmp_path):
+    with pytest.raises(AudioError, match="empty"):
+        load_audio(b"")
+    path = tmp_path / "empty.wav"
+    sf.write(path, np.zeros(0, np.float32), SAMPLE_RATE)
+    with pytest.raises(AudioError, match="no audio samples"):
+        load_audio(path)
+
+
+def test_missing_file_raises_audio_error(tmp_path):
+    with pytest.raises(AudioError, match="not found"):
+        load_audio(tmp_path / "nope.wav")
+
+
+def test_audio_error_is_a_value_error():
+    assert issubclass(AudioError, ValueError)
+
+
+def test_unsupported_output_format_raises_audio_error(tmp_path):
+    with pytest.raises(AudioError, match="unsupported audio format"):
+        encode_audio(tone(0.1), SAMPLE_RATE, "aac")
+    with pytest.raises(AudioError, match="suffix"):
+        write_audio(tmp_path / "out.m4a", tone(0.1), SAMPLE_RATE)
+    with pytest.raises(AudioError, match="mono"):
+        encode_audio(np.zeros((2, 100), np.float32), SAMPLE_RATE, "wav")
+
+
+def test_out_of_range_samples_are_clipped_not_wrapped():
+    back = load_audio(encode_audio(np.array([1.5, -1.5, 0.25] * 100, np.float32), SAMPLE_RATE, "wav"))
+    assert back[0] > 0.99 and back[1] < -0.99
