@@ -81,7 +81,7 @@ def test_generation_is_token_identical_to_case5(model, key, penalty, static_cach
 
 def _case7():
     spec = json.loads((PARITY / "case7_encode_tokens.json").read_text())
-    return list(enumerate(spec["cases"], start=1))
+    return list(enumerate(spec["cases"]))
 
 
 @pytest.mark.parametrize("index, case", _case7(), ids=lambda v: str(v) if isinstance(v, int) else "")

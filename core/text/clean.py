@@ -1,0 +1,40 @@
+"""`clean_text`: the original's symbol replacement and character filter (SPEC-text §4.1).
+
+Quirks kept on purpose (QUIRKS 18, 19): `...` becomes `…` and is then deleted by the filter,
+`$` and newlines become `.`, every bracket or quote becomes `'`.
+"""
+
+import re
+
+_REPLACEMENTS = {
+    "：": ",", "；": ",", "，": ",", "·": ",", "、": ",", ";": ",", ":": ",",
+    "。": ".", "\n": ".", "$": ".",
+    "！": "!", "？": "?",
+    "...": "…",
+    "“": "'", "”": "'", "‘": "'", "’": "'", "（": "'", "）": "'", "(": "'", ")": "'",
+    "《": "'", "》": "'", "【": "'", "】": "'", "[": "'", "]": "'", "「": "'", "」": "'",
+    "—": "-", "～": "-", "~": "-", "・": "-",
+}
+# One left-to-right pass; `...` is tried before the single characters at each position.
+_REPLACE_RE = re.compile("|".join(re.escape(key) for key in sorted(_REPLACEMENTS, key=len, reverse=True)))
+# ASCII, CJK ideographs, hiragana, katakana, katakana phonetic extensions.
+_UNKNOWN_CHARS_RE = re.compile("[^\u0000-\u007f\u4e00-\u9fff\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff]+")
+_PHONE_TAG_RE = re.compile(r"<p:(.*?)>")
+
+
+def _clean_piece(text: str) -> str:
+    text = _REPLACE_RE.sub(lambda match: _REPLACEMENTS[match.group(0)], text)
+    return _UNKNOWN_CHARS_RE.sub("", text)
+
+
+def clean_text(text: str) -> str:
+    """Strip, replace symbols, drop characters outside the supported scripts; `<p:X>` tags survive.
+
+    The original hides the tags' colon during cleaning; the phone name inside is cleaned like the
+    rest. Cleaning the pieces between tags separately is the same, since no replacement key spans
+    a tag's `<`.
+    """
+    pieces = _PHONE_TAG_RE.split(text.strip())
+    # split() alternates: text, phone name, text, phone name, ..., text
+    return "".join(_clean_piece(piece) if index % 2 == 0 else f"<p:{_clean_piece(piece)}>"
+                   for index, piece in enumerate(pieces))
