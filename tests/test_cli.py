@@ -128,6 +128,7 @@ def _bad_inputs(ckpt, tmp_path):
         "codes-not-integers": (["vqgan", "-i", "float_codes.npy", *vqgan_args(ckpt)], "codes must be"),
         "codes-out-of-range": (["vqgan", "-i", "out_of_range.npy", *vqgan_args(ckpt)], "range"),
         "empty-text": (["generate", "--text", "  ", *lm_args(ckpt)], "text is empty"),
+        "emoji-only-text": (["generate", "--text", "😀🎉", *lm_args(ckpt)], "nothing to speak"),
         "not-a-checkpoint": (["generate", "--text", "hi", "--checkpoint-path", "not_weights.pth", "--config-name", ckpt["lm_config"],
                               "--tokenizer", ckpt["tokenizer"], "--device", "cpu"], "not a loadable weights file"),
         "checkpoint-config-mismatch": (["generate", "--text", "hi", "--checkpoint-path", ckpt["lm"],

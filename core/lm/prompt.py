@@ -19,6 +19,8 @@ def build_prompt_string(text: str, prompt_text: str | None = None, use_g2p: bool
                         speaker: str | None = None, order: str = DEFAULT_ORDER) -> str:
     from .. import text as text_frontend  # lazy: jieba & co. load only when g2p is used
 
+    if not text_frontend.clean_text(text).strip():
+        raise text_frontend.TextError("the text has nothing to speak after cleaning (only unsupported characters?)")
     string = text if prompt_text is None else f"{prompt_text} {text}"
     if use_g2p:
         string = text_frontend.phones_to_prompt(text_frontend.g2p(string, order=order))
