@@ -70,6 +70,9 @@ def _mono_samples(audio) -> np.ndarray:
     return audio
 
 
+_WRITE_BLOCK = 65536
+
+
 def encode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, format: str = "wav") -> bytes:
     """Encode mono float samples in [-1, 1] as wav (PCM_16), flac, ogg (Vorbis) or mp3 bytes."""
     fmt = format.lower().lstrip(".")
@@ -80,7 +83,10 @@ def encode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, format: str 
     samples = np.clip(_mono_samples(audio), -1.0, 1.0)
     buffer = io.BytesIO()
     try:
-        sf.write(buffer, samples, sample_rate, format=container, subtype=subtype)
+        with sf.SoundFile(buffer, "w", sample_rate, 1, format=container, subtype=subtype) as out:
+            # Blocks: one huge Vorbis write (> ~2M frames) segfaults libsndfile.
+            for start in range(0, samples.size, _WRITE_BLOCK):
+                out.write(samples[start : start + _WRITE_BLOCK])
     except Exception as exc:  # noqa: BLE001
         raise AudioError(f"cannot encode {fmt} at {sample_rate} Hz: {exc}") from None
     return buffer.getvalue()

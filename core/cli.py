@@ -57,7 +57,24 @@ def report_speed(frames: int, seconds: float, model) -> None:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class FishttsGroup(click.Group):
+    """The core commands, plus `serve` and `webui`, imported only when invoked (core has no web imports)."""
+
+    lazy_commands = {"serve": ("server.cli", "serve"), "webui": ("webui.cli", "webui")}
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *self.lazy_commands])
+
+    def get_command(self, ctx, name):
+        if name in self.lazy_commands:
+            import importlib
+
+            module, attr = self.lazy_commands[name]
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=FishttsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """fishtts: Fish Speech v0.2 text-to-speech with zero-shot voice cloning."""
 

@@ -121,3 +121,11 @@ def test_unsupported_output_format_raises_audio_error(tmp_path):
 def test_out_of_range_samples_are_clipped_not_wrapped():
     back = load_audio(encode_audio(np.array([1.5, -1.5, 0.25] * 100, np.float32), SAMPLE_RATE, "wav"))
     assert back[0] > 0.99 and back[1] < -0.99
+
+
+def test_long_ogg_output_does_not_crash_the_encoder():
+    """libsndfile's Vorbis encoder segfaulted on one >2M-frame write; we write in blocks."""
+    t = np.arange(120 * 22050, dtype=np.float32) / 22050
+    data = encode_audio(0.3 * np.sin(2 * np.pi * 220 * t), 22050, "ogg")
+    decoded, rate = sf.read(io.BytesIO(data))
+    assert rate == 22050 and decoded.shape == t.shape

@@ -53,8 +53,9 @@ def load_lm(
     dtype: torch.dtype = torch.float32,
 ) -> Transformer:
     """Read a checkpoint file (any wrapping of the original's) into a ready model."""
+    state_dict = load_state_dict_file(checkpoint_path)  # its errors name the file already
     try:
-        return build_lm(load_state_dict_file(checkpoint_path), config, device, dtype)
+        return build_lm(state_dict, config, device, dtype)
     except CheckpointError as exc:
         raise CheckpointError(f"{checkpoint_path}: {exc}") from None
 

@@ -1,0 +1,92 @@
+"""The FastAPI app factory: `create_app(settings)` wires context, middleware, error handlers, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
+
+from .auth import install_access_control, install_cors
+from .context import ServerContext
+from .errors import ApiError, install_error_handlers
+from .middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from .routes import include_routes
+from .routes.models import load_bundle
+from .schemas import MODEL_NAME_PATTERN, LoadModelRequest
+from .settings import Settings
+
+log = logging.getLogger("fishtts.server")
+
+DESCRIPTION = """Fish Speech v0.2 text-to-speech with zero-shot voice cloning.
+
+Load a model with `PUT /v1/models/default`, then `POST /v1/models/default/invoke`. Errors are
+`{"statusCode", "message", "error", "requestId"}` (OpenAI's shape on `/v1/audio/speech`)."""
+
+
+def parse_load_spec(spec: str) -> tuple[str, LoadModelRequest]:
+    """`NAME` (official files, defaults) or `NAME=BODY.json` (a PUT /v1/models body, from the operator)."""
+    name, _, body_file = spec.partition("=")
+    if not re.match(MODEL_NAME_PATTERN, name):
+        raise ValueError(f"--load: invalid model name {name!r}")
+    if not body_file:
+        return name, LoadModelRequest()
+    return name, LoadModelRequest.model_validate_json(Path(body_file).read_text(encoding="utf-8"))
+
+
+async def load_at_start(ctx: ServerContext, specs: tuple[str, ...]) -> None:
+    for spec in specs:
+        name = spec.partition("=")[0]
+        try:
+            name, body = parse_load_spec(spec)
+            await run_in_threadpool(load_bundle, ctx, name, body)
+        except ApiError as exc:
+            ctx.load_errors[name] = exc.message
+            log.error("--load %s failed: %s", spec, exc.message)
+        except Exception as exc:  # noqa: BLE001 - keep serving; /v1/health reports the failure
+            ctx.load_errors[name] = f"{exc.__class__.__name__}: see the server log"
+            log.exception("--load %s failed", spec)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    ctx = ServerContext.create(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Loads run in the background so /v1/health answers (and reports "loading") meanwhile.
+        task = asyncio.create_task(load_at_start(ctx, settings.load)) if settings.load else None
+        yield
+        if task is not None:
+            task.cancel()
+        ctx.queue.shutdown()
+
+    app = FastAPI(title="fishtts", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, redoc_url=None)
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    include_routes(app, ctx)
+    # Added innermost first; a request passes: request id -> CORS -> body limit -> access control -> app.
+    install_access_control(app, settings.api_key, settings.allowed_origins)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_cors(app, settings.allowed_origins)
+    app.add_middleware(RequestIdMiddleware)
+    app.openapi = lambda: openapi_schema(app, ctx)
+    return app
+
+
+def openapi_schema(app: FastAPI, ctx: ServerContext) -> dict:
+    """FastAPI's schema plus the bodies that routes read themselves (JSON or multipart)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ctx.schemas.InvokeRequest, ctx.schemas.VoiceCreate):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+        app.openapi_schema = schema
+    return app.openapi_schema

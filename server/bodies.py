@@ -1,0 +1,78 @@
+"""Bodies that come as JSON or as multipart/form-data (uploads as file parts), validated alike.
+
+FastAPI binds one body type per route, so the routes that take uploads read the request here and
+validate it with the same pydantic model; a failure raises FastAPI's own validation error, which
+the error handlers turn into the documented 422.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from .errors import ApiError
+
+JSON_TYPES = ("application/json",)
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+async def read_body(request: Request, model: type[BaseModel],
+                    file_fields: tuple[str, ...]) -> tuple[BaseModel, dict[str, bytes]]:
+    """The validated body and the raw bytes of any uploaded files among `file_fields`."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    files: dict[str, bytes] = {}
+    if content_type in JSON_TYPES or content_type.endswith("+json"):
+        raw = await request.body()
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, "Malformed JSON body.", code="json_invalid") from None
+        if not isinstance(data, dict):
+            raise RequestValidationError([{"loc": ("body",), "msg": "Input should be a JSON object",
+                                           "type": "model_attributes_type"}])
+    elif content_type in FORM_TYPES:
+        data = {}
+        form = await request.form(max_files=len(file_fields) or 1, max_fields=64)
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key not in file_fields:
+                    allowed = ", ".join(file_fields) or "none"
+                    raise ApiError(422, f"{key}: unexpected file part (files go in {allowed}).", param=key)
+                files[key] = await value.read()
+            elif value != "":  # an empty form field means "not given"
+                data[key] = value
+    else:
+        raise ApiError(415, "Send the body as application/json or multipart/form-data.", code="unsupported_media_type")
+    try:
+        body = model.model_validate({k: v for k, v in data.items() if k not in files})
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    return body, files
+
+
+def decode_base64(value: str, field: str) -> bytes:
+    """Standard base64, with or without a `data:...;base64,` prefix; 422 if it is not."""
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    try:
+        data = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, f"{field}: not valid base64.", param=field) from None
+    if not data:
+        raise ApiError(422, f"{field}: the audio is empty (0 bytes).", param=field)
+    return data
+
+
+def openapi_body(schema_name: str, file_fields: tuple[str, ...]) -> dict:
+    """`openapi_extra` documenting both body encodings of such a route."""
+    ref = {"$ref": f"#/components/schemas/{schema_name}"}
+    form_schema = {"allOf": [ref, {"type": "object", "properties": {
+        f: {"type": "string", "format": "binary"} for f in file_fields}}]}
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": ref}, "multipart/form-data": {"schema": form_schema}}}}

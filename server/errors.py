@@ -1,0 +1,130 @@
+"""Every error as JSON: the original's `{"statusCode", "message", "error"}` (plus `requestId`), or
+OpenAI's `{"error": {...}}` on the OpenAI-compatible route.
+
+Responses never carry a traceback or a server path: unexpected exceptions are logged with the
+request id and answered with that id only; messages from core are scrubbed of absolute paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("fishtts.server")
+
+OPENAI_PREFIX = "/v1/audio/"
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?[/\\](?:[^\s'\"`:,;()\[\]{}]+)")
+MAX_MESSAGE = 300
+
+
+class ApiError(Exception):
+    """An expected failure with a status and a message safe to show to the client."""
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None,
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers, self.param, self.code = status, message, headers, param, code
+
+
+def scrub(message: str, replacements: dict[str, str] | None = None) -> str:
+    """One line, no server paths: known paths become their client-facing names, others `<path>`."""
+    for secret, shown in sorted((replacements or {}).items(), key=lambda kv: -len(kv[0])):
+        message = message.replace(secret, shown)
+    message = _ABSOLUTE_PATH.sub("<path>", message)
+    message = message.strip().splitlines()[0] if message.strip() else "error"
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
+def request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", "-")
+
+
+def is_openai_route(path: str) -> bool:
+    return path.startswith(OPENAI_PREFIX)
+
+
+OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                      429: "rate_limit_error"}
+
+
+def error_body(status: int, message: str, rid: str, *, openai: bool = False, param: str | None = None,
+               code: str | None = None) -> dict:
+    if openai:
+        kind = OPENAI_ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        return {"error": {"message": message, "type": kind, "param": param, "code": code, "request_id": rid}}
+    return {"statusCode": status, "message": message, "error": _reason(status), "requestId": rid}
+
+
+def error_response(request: Request | None, status: int, message: str, *, headers: dict[str, str] | None = None,
+                   param: str | None = None, code: str | None = None, path: str | None = None,
+                   rid: str | None = None) -> JSONResponse:
+    path = path if path is not None else (request.url.path if request is not None else "")
+    rid = rid or (request_id(request) if request is not None else "-")
+    openai = is_openai_route(path)
+    if openai and status == 422:
+        status = 400  # OpenAI answers every invalid parameter with 400 invalid_request_error
+    body = error_body(status, message, rid, openai=openai, param=param, code=code)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _describe_validation(errors: list[dict]) -> tuple[str, str | None, list[dict]]:
+    details = []
+    for err in errors:
+        loc = [str(part) for part in err.get("loc", ()) if part not in ("body",)] or ["body"]
+        details.append({"loc": loc, "msg": err.get("msg", "invalid"), "type": err.get("type", "value_error")})
+    first = details[0] if details else {"loc": ["body"], "msg": "invalid request"}
+    message = f"{'.'.join(first['loc'])}: {first['msg']}"
+    if len(details) > 1:
+        message += f" (and {len(details) - 1} more)"
+    return scrub(message), first["loc"][-1] if first["loc"] else None, details
+
+
+async def validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        log.info("[%s] malformed JSON on %s", request_id(request), request.url.path)
+        return error_response(request, 400, "Malformed JSON body.", code="json_invalid")
+    message, param, details = _describe_validation(errors)
+    log.info("[%s] validation failed on %s: %s", request_id(request), request.url.path, message)
+    if is_openai_route(request.url.path):
+        return error_response(request, 422, message, param=param, code="invalid_value")
+    body = error_body(422, message, request_id(request))
+    body["details"] = details  # the per-field list, without echoing the (possibly huge) input back
+    return JSONResponse(body, status_code=422)
+
+
+async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = exc.detail if isinstance(exc.detail, str) else _reason(exc.status_code)
+    return error_response(request, exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+async def api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
+    log.info("[%s] %s %s -> %d %s", request_id(request), request.method, request.url.path, exc.status, exc.message)
+    return error_response(request, exc.status, exc.message, headers=exc.headers, param=exc.param, code=exc.code)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    rid = request_id(request)
+    log.error("[%s] %s %s failed", rid, request.method, request.url.path, exc_info=exc)
+    message = f"Internal server error; the server log has the details under request id {rid}."
+    return error_response(request, 500, message)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)

@@ -1,0 +1,79 @@
+"""ASGI middleware: a request id on every request, and the request body size limit.
+
+Pure ASGI (no BaseHTTPMiddleware) so streaming bodies are counted as they arrive and an oversized
+upload is refused before it is buffered.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import ApiError, error_response
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestIdMiddleware:
+    """Use the client's `X-Request-ID` if it is a plain token, else a fresh one; echo it back."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _CLIENT_ID.match(given) else uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodyTooLarge(ApiError):
+    def __init__(self, limit: int):
+        super().__init__(413, f"Request body is larger than the server's limit of {limit / 2**20:g} MiB "
+                              "(--max-upload-mb).", code="body_too_large")
+
+
+class BodySizeLimitMiddleware:
+    """413 for a declared Content-Length over the limit, and for chunked bodies once they pass it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            try:
+                too_large = int(declared) > self.max_bytes
+            except ValueError:
+                too_large = False  # the server itself rejects a malformed Content-Length
+            if too_large:
+                rid = scope.get("state", {}).get("request_id", "-")
+                exc = BodyTooLarge(self.max_bytes)
+                response = error_response(None, 413, exc.message, path=scope["path"], rid=rid, code=exc.code,
+                                          headers={"Connection": "close"})
+                return await response(scope, receive, send)
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, counting_receive, send)

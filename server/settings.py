@@ -1,0 +1,100 @@
+"""Server settings: one dataclass; every field is a `--flag` and a `FISHTTS_*` environment variable.
+
+The click options of `fishtts serve` / `python -m server` are generated from the fields below, so a
+setting is declared once (name, default, help) and shows up in `--help`, the env and the README.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "FISHTTS_"
+
+
+def _opt(default, help: str, **click_kwargs):
+    return field(default=default, metadata={"help": help, "click": click_kwargs})
+
+
+@dataclass
+class Settings:
+    listen: str = _opt("127.0.0.1:8000", "HOST:PORT to bind ([::1]:8000 for IPv6). Loopback unless you opt in.")
+    checkpoints_dir: Path = _opt(Path("checkpoints"),
+                                 "The only folder clients may name checkpoints, configs and tokenizers in.")
+    references_dir: Path = _opt(Path("references"),
+                                "Saved voices, and the only folder `prompt_tokens` paths may point into.")
+    load: tuple[str, ...] = _opt(
+        (), "Load a model bundle at start: NAME (official files in the checkpoints dir) or NAME=BODY.json "
+            "(a PUT /v1/models body). Repeatable.", multiple=True)
+    device: str | None = _opt(None, "cpu, cuda or cuda:N for every bundle (default: the client's choice, "
+                                    "CUDA when available).")
+    half: bool = _opt(False, "float16 instead of bfloat16 when a load request names no precision (CUDA only).")
+    compile: bool = _opt(False, "Allow torch.compile of the decode step (a client's `compile: true` is "
+                                "ignored without it).")
+    api_key: str | None = _opt(None, "Require `Authorization: Bearer KEY` on every route but /v1/health and the docs.")
+    cors_origins: str | None = _opt(None, "Comma-separated origins allowed by CORS (default: no CORS headers at all).")
+    allow_downloads: bool = _opt(False, "Let a load request fetch a tokenizer given as a Hugging Face repo id.")
+    max_text_length: int = _opt(1000, "Longest `text` / `input` / transcript, in characters.")
+    max_upload_mb: float = _opt(20.0, "Largest request body in MiB (uploads included); bigger bodies get 413.")
+    max_reference_seconds: float = _opt(30.0, "Longest reference clip; longer clips get 422 (5-10 s works best).")
+    max_models: int = _opt(4, "Model bundles loaded at once; loading one more under a new name gets 409.")
+    max_queue: int = _opt(16, "Synthesis requests running or waiting; beyond it the server answers 503 + Retry-After.")
+    workers: int = _opt(1, "Synthesis threads (one model runs one request at a time; more help with several models).")
+    log_level: str = _opt("info", "debug, info, warning or error.")
+
+    def __post_init__(self):
+        self.checkpoints_dir = Path(self.checkpoints_dir)
+        self.references_dir = Path(self.references_dir)
+        self.load = tuple(self.load or ())
+        for name in ("max_text_length", "max_models", "max_queue", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("max_upload_mb", "max_reference_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+        """Settings from `FISHTTS_*` variables (for embedding the app without the CLI)."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(env_name(f.name))
+            if raw is None:
+                continue
+            default = f.default if f.default is not MISSING else None
+            if isinstance(default, bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, tuple):
+                values[f.name] = tuple(raw.split())
+            elif isinstance(default, (int, float)) and not isinstance(default, bool):
+                values[f.name] = type(default)(raw)
+            else:
+                values[f.name] = raw
+        values.update(overrides)
+        return cls(**values)
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen must be HOST:PORT, got {listen!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)

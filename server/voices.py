@@ -1,0 +1,172 @@
+"""Saved voices on disk: `<references-dir>/voices/<id>/{voice.json, codes.npy, audio.wav}`.
+
+A voice is written into a hidden temporary folder, every file fsynced, then the folder is renamed
+into place (atomic on POSIX) and the parent fsynced: after a crash or `kill -9` a voice either
+exists completely or not at all. Deletion renames it away first for the same reason. Leftover
+temporary folders are swept at start. Ids are a fixed safe alphabet, so they are never paths.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import unicodedata
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from core.audio import SAMPLE_RATE, encode_audio
+
+log = logging.getLogger("fishtts.server")
+
+VOICE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+META, CODES, AUDIO = "voice.json", "codes.npy", "audio.wav"
+
+
+class VoiceNotFound(KeyError):
+    pass
+
+
+class VoiceExists(KeyError):
+    pass
+
+
+class VoiceStore:
+    def __init__(self, references_dir: Path):
+        self.folder = Path(references_dir) / "voices"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # id choice + rename; reads need no lock (folders appear atomically)
+        self._sweep()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def list(self) -> list[dict]:
+        voices = []
+        for entry in sorted(self.folder.iterdir()):
+            if entry.name.startswith(".") or not VOICE_ID.match(entry.name):
+                continue
+            try:
+                voices.append(self._read_meta(entry))
+            except (OSError, ValueError) as exc:
+                log.warning("skipping unreadable voice %s: %s", entry.name, exc)
+        return sorted(voices, key=lambda v: v["created_at"])
+
+    def get(self, voice_id: str) -> dict:
+        folder = self._folder(voice_id)
+        try:
+            return self._read_meta(folder)
+        except (OSError, ValueError):
+            raise VoiceNotFound(voice_id) from None
+
+    def codes(self, voice_id: str) -> np.ndarray:
+        try:
+            return np.load(self._folder(voice_id) / CODES, allow_pickle=False)
+        except (OSError, ValueError):
+            raise VoiceNotFound(voice_id) from None
+
+    def audio_path(self, voice_id: str) -> Path:
+        path = self._folder(voice_id) / AUDIO
+        if not path.is_file():
+            raise VoiceNotFound(voice_id)
+        return path
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def create(self, *, name: str, transcript: str, codes: np.ndarray, audio: np.ndarray, model: str,
+               voice_id: str | None = None) -> dict:
+        staging = self.folder / f".tmp-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            _write_synced(staging / CODES, _npy_bytes(codes))
+            _write_synced(staging / AUDIO, encode_audio(audio, SAMPLE_RATE, "wav"))
+            with self._lock:
+                voice_id = self._claim_id(voice_id, name)
+                meta = {"id": voice_id, "name": name, "transcript": transcript,
+                        "duration_s": round(audio.size / SAMPLE_RATE, 3), "frames": int(codes.shape[1]),
+                        "model": model, "created_at": time.time()}
+                _write_synced(staging / META, json.dumps(meta, ensure_ascii=False, indent=1).encode())
+                _fsync_dir(staging)
+                os.rename(staging, self.folder / voice_id)
+                _fsync_dir(self.folder)
+            return meta
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def delete(self, voice_id: str) -> None:
+        folder = self._folder(voice_id)
+        trash = self.folder / f".trash-{uuid.uuid4().hex}"
+        with self._lock:
+            try:
+                os.rename(folder, trash)
+            except FileNotFoundError:
+                raise VoiceNotFound(voice_id) from None
+            _fsync_dir(self.folder)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _folder(self, voice_id: str) -> Path:
+        if not VOICE_ID.match(voice_id or ""):
+            raise VoiceNotFound(voice_id)
+        return self.folder / voice_id
+
+    def _claim_id(self, wanted: str | None, name: str) -> str:
+        if wanted is not None:
+            if not VOICE_ID.match(wanted):
+                raise ValueError(f"invalid voice id {wanted!r}")
+            if (self.folder / wanted).exists():
+                raise VoiceExists(wanted)
+            return wanted
+        base = slugify(name)
+        candidate, n = base, 1
+        while (self.folder / candidate).exists():
+            n += 1
+            candidate = f"{base[:58]}-{n}"
+        return candidate
+
+    def _read_meta(self, folder: Path) -> dict:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("id") != folder.name:
+            raise ValueError("metadata does not match its folder")
+        return meta
+
+    def _sweep(self) -> None:
+        """Remove what an interrupted write or delete left behind."""
+        for entry in self.folder.iterdir():
+            if entry.name.startswith((".tmp-", ".trash-")):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def slugify(name: str) -> str:
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:48]
+    return slug or "voice"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
