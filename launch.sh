@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Start the HTTP API (default model loaded) and the web UI together; Ctrl-C stops both.
+#   ./launch.sh                      then open http://127.0.0.1:7860
+# Settings (environment variables):
+#   FISHTTS_LISTEN           API address HOST:PORT              (127.0.0.1:8000)
+#   FISHTTS_DEVICE           cpu, cuda, cuda:N                  (CUDA when available)
+#   FISHTTS_CHECKPOINTS_DIR  checkpoints folder                 (checkpoints)
+#   FISHTTS_LOAD             model to load at start: "default" (the official files, downloaded when
+#                            missing) or "default=BODY.json" (a PUT /v1/models body naming other files)
+#   FISHTTS_API_KEY          require this key on the API (the UI sends it)
+#   GRADIO_SERVER_NAME       web UI address                     (127.0.0.1)
+#   GRADIO_SERVER_PORT       web UI port                        (7860)
+#   FISHTTS_START_TIMEOUT    seconds to wait for the model and the UI (900)
+#   HF_ENDPOINT              a Hugging Face mirror for the download
+# Any other FISHTTS_* server setting (see `python -m server --help`) is passed through as well.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+say() { echo "[launch] $*" >&2; }
+
+# Set up .venv on first use (or after pyproject.toml changed); an install with extras (./test.sh's) will do.
+scripts/bootstrap.sh ""
+py=.venv/bin/python
+
+listen="${FISHTTS_LISTEN:-127.0.0.1:8000}"
+checkpoints="${FISHTTS_CHECKPOINTS_DIR:-checkpoints}"
+load="${FISHTTS_LOAD:-default}"
+ui_host="${GRADIO_SERVER_NAME:-127.0.0.1}"
+ui_port="${GRADIO_SERVER_PORT:-7860}"
+timeout="${FISHTTS_START_TIMEOUT:-900}"
+
+api_host="${listen%:*}"; api_host="${api_host#[}"; api_host="${api_host%]}"; api_port="${listen##*:}"
+# Talk to a wildcard bind over loopback.
+case "$api_host" in 0.0.0.0|"") api_client_host=127.0.0.1 ;; ::) api_client_host="[::1]" ;; *:*) api_client_host="[$api_host]" ;; *) api_client_host="$api_host" ;; esac
+case "$ui_host" in 0.0.0.0|"") ui_client_host=127.0.0.1 ;; ::) ui_client_host="[::1]" ;; *:*) ui_client_host="[$ui_host]" ;; *) ui_client_host="$ui_host" ;; esac
+api_url="http://$api_client_host:$api_port"
+ui_url="http://$ui_client_host:$ui_port/"
+
+port_free() {  # HOST PORT: can we bind it (as uvicorn and Gradio will)?
+  "$py" - "$1" "$2" <<'EOF'
+import socket, sys
+host, port = sys.argv[1] or "127.0.0.1", int(sys.argv[2])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+with socket.socket(family, socket.SOCK_STREAM) as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((host, port))
+    except OSError:
+        sys.exit(1)
+EOF
+}
+
+check_port() {  # HOST PORT WHAT VARIABLE
+  if ! port_free "$1" "$2"; then
+    say "port $2 on $1 is already in use, so the $3 cannot start; stop what uses it, or choose another port with $4."
+    exit 1
+  fi
+}
+check_port "$api_host" "$api_port" "API" FISHTTS_LISTEN
+check_port "$ui_host" "$ui_port" "web UI" GRADIO_SERVER_PORT
+
+if [ "$load" = "default" ]; then
+  if [ ! -f "$checkpoints/vqgan-v1.pth" ] || [ ! -f "$checkpoints/text2semantic-400m-v0.2-4k.pth" ] \
+     || [ ! -f "$checkpoints/tokenizer.json" ]; then
+    say "downloading the checkpoints into $checkpoints (HF_ENDPOINT=${HF_ENDPOINT:-https://huggingface.co})"
+    .venv/bin/fishtts download --checkpoints-dir "$checkpoints" \
+      || { say "the download failed; check the connection, or set HF_ENDPOINT to a mirror (e.g. https://hf-mirror.com)"; exit 1; }
+  fi
+fi
+
+server_pid=""; ui_pid=""
+
+stop() {  # stop both process groups: TERM, then KILL whatever is left after 15 s
+  trap - INT TERM EXIT
+  local pids=() pid
+  for pid in $server_pid $ui_pid; do kill -0 "$pid" 2>/dev/null && pids+=("$pid") && kill -TERM -- "-$pid" 2>/dev/null; done
+  for _ in $(seq 150); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap 'say "stopping"; stop; exit 130' INT
+trap 'say "stopping"; stop; exit 143' TERM
+trap 'stop' EXIT
+
+# Every wait below also watches the children, so a crash is reported at once.
+wait_for() {  # URL DESCRIPTION CHECK: poll until CHECK (python, `r` = requests response) is true
+  local deadline=$((SECONDS + timeout))
+  until "$py" - "$1" "$3" <<'EOF'
+import sys, requests
+try:
+    r = requests.get(sys.argv[1], timeout=5)
+except requests.RequestException:
+    sys.exit(1)
+sys.exit(0 if eval(sys.argv[2]) else 1)
+EOF
+  do
+    for pid in $server_pid $ui_pid; do
+      kill -0 "$pid" 2>/dev/null || { say "$2: a process exited during start-up"; exit 1; }
+    done
+    [ "$SECONDS" -lt "$deadline" ] || { say "$2: not ready after $timeout s"; exit 1; }
+    sleep 1
+  done
+}
+
+say "starting the API on $listen (model: $load)"
+# Job control only while starting a child: it gets its own process group (stopping the group stops
+# all it started), while the script's foreground commands stay in the terminal's group for Ctrl-C.
+set -m
+FISHTTS_CHECKPOINTS_DIR="$checkpoints" "$py" -m server --listen "$listen" --load "$load" &
+server_pid=$!
+set +m
+wait_for "$api_url/v1/health" "API" "r.status_code == 200"
+say "API is up; loading the model"
+name="${load%%=*}"
+wait_for "$api_url/v1/health" "model" \
+  "r.json().get('load_errors', {}).get('$name') is not None or any(m['name'] == '$name' for m in r.json()['models'])"
+if ! "$py" -c "import requests, sys; sys.exit(0 if any(m['name'] == '$name' for m in requests.get('$api_url/v1/health', timeout=5).json()['models']) else 1)"; then
+  say "the model failed to load (see the API's log above)"
+  exit 1
+fi
+
+say "starting the web UI on $ui_host:$ui_port"
+set -m
+FISHTTS_API_URL="$api_url" GRADIO_SERVER_NAME="$ui_host" GRADIO_SERVER_PORT="$ui_port" "$py" -m webui &
+ui_pid=$!
+set +m
+wait_for "$ui_url" "web UI" "r.status_code == 200"
+
+say "ready: open $ui_url   (API: $api_url/docs; Ctrl-C stops both)"
+status=0
+wait -n "$server_pid" "$ui_pid" || status=$?
+if kill -0 "$server_pid" 2>/dev/null; then say "the web UI exited (status $status); stopping the API"; else say "the API exited (status $status); stopping the web UI"; fi
+stop
+exit $((status == 0 ? 1 : status))

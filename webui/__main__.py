@@ -1,0 +1,5 @@
+"""`python -m webui`."""
+
+from .cli import main
+
+main()

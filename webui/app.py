@@ -1,0 +1,164 @@
+"""`build_app(settings)`: the Gradio Blocks app, i.e. the layout (layout.py) wired to the handlers
+(handlers.py). Also the page's language: chosen on load from `?lang=`, the browser's language or
+Accept-Language, and switchable in the page.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .config import UISettings
+from .handlers import NO_VOICE, Actions, ModelForm, SynthesisForm
+from .i18n import DEFAULT_LANGUAGE, pick_language, t
+from .layout import EXAMPLE_KEYS, PREVIEW_HEADERS, Page
+
+# Runs in the browser before the load handler; its answer becomes the hidden textbox's value.
+DETECT_LANGUAGE_JS = """() => new URLSearchParams(window.location.search).get("lang")
+    || (navigator.languages && navigator.languages[0]) || navigator.language || "" """
+
+CSS = """
+.fishtts-error { color: #d00; font-weight: bold; }
+.fishtts-ok { color: #15803d; }
+.fishtts-message { padding: 26px 4px 4px; white-space: pre-wrap; }  /* below the block's label */
+#fishtts-download .empty { min-height: 60px; height: 60px; }  /* no result yet: a slim box, not a drop zone */
+"""
+
+PRIVATE = {"api_visibility": "private"}  # the page's own events, not a public API (that is the server's job)
+
+
+def build_app(settings: UISettings | None = None) -> gr.Blocks:
+    settings = settings or UISettings.from_env()
+    actions = Actions(settings)
+    with gr.Blocks(title=t(DEFAULT_LANGUAGE, "app.title"), delete_cache=(3600, 3600), analytics_enabled=False) as demo:
+        page = Page(DEFAULT_LANGUAGE, settings.api_url)
+        preview = wire_inference(page, actions)
+        wire_language(demo, page, preview)
+        wire_model_tab(demo, page, actions)
+        wire_voices(page, actions)
+    return demo
+
+
+def form(data: dict, page: Page, form_class):
+    """The dataclass `form_class` filled from an event's {component: value} inputs."""
+    return form_class(**{name: data[getattr(page, name)] for name in form_class.__dataclass_fields__})
+
+
+def preview_value(lang: str, rows: list) -> dict:
+    return {"headers": [t(lang, key) for key in PREVIEW_HEADERS], "data": rows or [["", "", "", ""]]}
+
+
+def wire_language(demo: gr.Blocks, page: Page, preview: dict) -> None:
+    """`preview` (the preview event's fn, inputs, outputs) reruns after a switch: its headers are text."""
+    def initial_language(browser_language: str, request: gr.Request):
+        accept = request.headers.get("accept-language") if request is not None else None
+        lang = pick_language(browser_language, accept_language=accept)
+        return [lang, *page.labels.updates(lang)]
+
+    def switch_language(lang: str):
+        return page.labels.updates(lang)
+
+    demo.load(initial_language, inputs=[page.browser_language], outputs=[page.language, *page.labels.components],
+              js=DETECT_LANGUAGE_JS, show_progress="hidden", **PRIVATE).then(**preview)
+    page.language.input(switch_language, inputs=[page.language], outputs=page.labels.components,
+                        show_progress="hidden", **PRIVATE).then(**preview)
+
+
+def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
+    connection = [page.language, page.server_url, page.api_key]
+    model_fields = page.components(ModelForm)
+
+    def load_model(data: dict) -> str:
+        return actions.load_model(data[page.language], data[page.server_url], data[page.api_key],
+                                  form(data, page, ModelForm))
+
+    def server_status(lang: str, server_url: str, api_key: str) -> str:
+        return actions.server_status(lang, server_url, api_key)
+
+    def from_server(server_url: str, api_key: str):
+        """On page load: the loaded model's files in the model tab, and the saved voices."""
+        loaded = actions.loaded_model_form(server_url, api_key)
+        fields = [gr.update()] * len(model_fields) if loaded is None else list(vars(loaded).values())
+        return [*fields, gr.update(choices=actions.voice_choices(server_url, api_key))]
+
+    page.load_button.click(load_model, inputs={*connection, *model_fields}, outputs=page.model_message, **PRIVATE)
+    page.status_button.click(server_status, inputs=connection, outputs=page.model_message, **PRIVATE)
+    demo.load(from_server, inputs=[page.server_url, page.api_key], outputs=[*model_fields, page.voice_id],
+              show_progress="hidden", **PRIVATE)
+
+
+def wire_inference(page: Page, actions: Actions) -> dict:
+    inputs = {page.language, page.server_url, page.api_key, *page.components(SynthesisForm)}
+
+    def preview(data: dict):
+        lang = data[page.language]
+        rows, message = actions.preview(lang, data[page.server_url], data[page.api_key], form(data, page, SynthesisForm))
+        return preview_value(lang, rows), message
+
+    def synthesize(data: dict, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
+        return actions.synthesize(data[page.language], data[page.server_url], data[page.api_key],
+                                  form(data, page, SynthesisForm), progress=progress)
+
+    def example_text(lang: str, index: int) -> str:
+        return t(lang, EXAMPLE_KEYS[index])
+
+    def clear(lang: str):
+        """Empties the text, preview, result and messages (the original's Clear did nothing); the
+        settings and the reference stay for the next text."""
+        return "", preview_value(lang, []), None, None, ""
+
+    # The preview follows whatever changes the string the model will read. One event for all triggers,
+    # so "always_last" orders them: separate events raced, and a stale preview could land last.
+    preview_event = dict(fn=preview, inputs=inputs, outputs=[page.preview, page.message], show_progress="hidden",
+                         **PRIVATE)
+    triggers = (page.text, page.mode, page.language_1, page.language_2, page.language_3, page.use_reference,
+                page.reference_text)
+    gr.on([trigger.change for trigger in triggers], **preview_event, trigger_mode="always_last", concurrency_limit=1)
+    page.synthesize_button.click(synthesize, inputs=inputs, outputs=[page.result_audio, page.download, page.message],
+                                 show_progress_on=[page.result_audio], **PRIVATE)
+    page.examples.click(example_text, inputs=[page.language, page.examples], outputs=page.text, **PRIVATE)
+    page.clear_button.click(clear, inputs=[page.language],
+                            outputs=[page.text, page.preview, page.result_audio, page.download, page.message],
+                            **PRIVATE)
+    return preview_event
+
+
+def wire_voices(page: Page, actions: Actions) -> None:
+    connection = [page.language, page.server_url, page.api_key]
+
+    def select_voice(lang: str, server_url: str, api_key: str, voice_id: str):
+        clip, transcript, message = actions.select_voice(lang, server_url, api_key, voice_id)
+        if clip is None:  # "none" chosen, or the voice could not be read: leave the reference as it is
+            return gr.update(), gr.update(), gr.update(), message
+        return clip, transcript, True, message
+
+    def refresh(server_url: str, api_key: str):
+        return gr.update(choices=actions.voice_choices(server_url, api_key))
+
+    def save(lang: str, server_url: str, api_key: str, name: str, clip: str | None, transcript: str):
+        choices, voice_id, message = actions.save_voice(lang, server_url, api_key, name, clip, transcript)
+        return gr.update(choices=choices, value=voice_id), message
+
+    def delete(lang: str, server_url: str, api_key: str, voice_id: str):
+        choices, message = actions.delete_voice(lang, server_url, api_key, voice_id)
+        return gr.update(choices=choices, value=NO_VOICE), message
+
+    def own_clip():
+        """A clip the user uploaded or recorded replaces the saved voice, and turns the reference on."""
+        return NO_VOICE, True
+
+    page.voice_id.input(select_voice, inputs=[*connection, page.voice_id],
+                        outputs=[page.reference_audio, page.reference_text, page.use_reference, page.message],
+                        **PRIVATE)
+    page.refresh_voices.click(refresh, inputs=[page.server_url, page.api_key], outputs=page.voice_id, **PRIVATE)
+    page.save_voice.click(save, inputs=[*connection, page.voice_name, page.reference_audio, page.reference_text],
+                          outputs=[page.voice_id, page.message], **PRIVATE)
+    page.delete_voice.click(delete, inputs=[*connection, page.voice_id], outputs=[page.voice_id, page.message],
+                            **PRIVATE)
+    for event in (page.reference_audio.upload, page.reference_audio.stop_recording):
+        event(own_clip, outputs=[page.voice_id, page.use_reference], show_progress="hidden", **PRIVATE)
+
+
+def launch(demo: gr.Blocks, settings: UISettings, **kwargs):
+    """Gradio 6 takes theme and CSS at launch; no public API page (the original's show_api=False)."""
+    return demo.launch(server_name=settings.host, server_port=settings.port, theme=gr.themes.Base(), css=CSS,
+                       footer_links=["gradio", "settings"], **kwargs)

@@ -1,0 +1,151 @@
+"""A small client for the fishtts HTTP API (server/): every call has a timeout, every failure is a
+`ClientError` carrying a locale key and its fields, never a traceback.
+
+Only `requests`; the UI never imports the engine, so it runs on machines without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+import requests
+
+SHORT_TIMEOUT = 30.0  # health, lists, g2p, voices
+LONG_TIMEOUT = 900.0  # loading a model or synthesizing on a CPU can take minutes
+CONNECT_TIMEOUT = 5.0
+MAX_MESSAGE = 300
+
+
+class ClientError(Exception):
+    """A failure to show to users: `key` is a locale key, `fields` fill its placeholders."""
+
+    def __init__(self, key: str, status: int | None = None, **fields):
+        super().__init__(key, fields)
+        self.key, self.status, self.fields = key, status, {"status": status, **fields}
+
+
+@dataclass
+class Audio:
+    data: bytes
+    content_type: str
+
+
+@dataclass
+class ApiClient:
+    base_url: str
+    api_key: str | None = None
+    timeout: float = SHORT_TIMEOUT
+    long_timeout: float = LONG_TIMEOUT
+    session: requests.Session = field(default_factory=requests.Session, repr=False)
+
+    def __post_init__(self):
+        self.base_url = (self.base_url or "").strip().rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ClientError("error.bad_url", url=self.base_url)
+        if self.api_key:
+            self.session.headers["Authorization"] = f"Bearer {self.api_key.strip()}"
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        return self._json("GET", "/v1/health")
+
+    def list_models(self) -> list[dict]:
+        return self._json("GET", "/v1/models").get("details", [])
+
+    def load_model(self, name: str, body: dict) -> dict:
+        return self._json("PUT", f"/v1/models/{quote(name)}", json=body, timeout=self.long_timeout)
+
+    def delete_model(self, name: str) -> dict:
+        return self._json("DELETE", f"/v1/models/{quote(name)}", timeout=self.long_timeout)
+
+    def invoke(self, name: str, fields: dict, reference_audio: bytes | None = None,
+               reference_filename: str = "reference.wav") -> Audio:
+        """Synthesize; with a reference clip the body goes as multipart (no base64 inflation)."""
+        path = f"/v1/models/{quote(name)}/invoke"
+        if reference_audio is None:
+            response = self._request("POST", path, json=fields, timeout=self.long_timeout)
+        else:
+            form = {k: _form_value(v) for k, v in fields.items() if v is not None}
+            files = {"reference_audio": (reference_filename, reference_audio, "application/octet-stream")}
+            response = self._request("POST", path, data=form, files=files, timeout=self.long_timeout)
+        return Audio(response.content, response.headers.get("content-type", "application/octet-stream"))
+
+    def g2p(self, text: str, order: str) -> list[dict]:
+        return self._json("POST", "/v1/text/g2p", json={"text": text, "order": order}).get("segments", [])
+
+    def list_voices(self) -> list[dict]:
+        return self._json("GET", "/v1/references").get("references", [])
+
+    def get_voice_audio(self, voice_id: str) -> bytes:
+        return self._request("GET", f"/v1/references/{quote(voice_id)}/audio").content
+
+    def create_voice(self, name: str, transcript: str, audio: bytes, filename: str = "reference.wav",
+                     model: str = "default") -> dict:
+        form = {"name": name, "transcript": transcript, "model": model}
+        files = {"audio": (filename, audio, "application/octet-stream")}
+        return self._json("POST", "/v1/references", data=form, files=files, timeout=self.long_timeout)
+
+    def delete_voice(self, voice_id: str) -> dict:
+        return self._json("DELETE", f"/v1/references/{quote(voice_id)}")
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _json(self, method: str, path: str, **kwargs) -> dict:
+        response = self._request(method, path, **kwargs)
+        try:
+            body = response.json()
+        except ValueError:
+            raise ClientError("error.bad_response", response.status_code) from None
+        if not isinstance(body, dict):
+            raise ClientError("error.bad_response", response.status_code)
+        return body
+
+    def _request(self, method: str, path: str, timeout: float | None = None, **kwargs) -> requests.Response:
+        read_timeout = timeout or self.timeout
+        try:
+            response = self.session.request(method, self.base_url + path,
+                                            timeout=(CONNECT_TIMEOUT, read_timeout), **kwargs)
+        except requests.exceptions.Timeout:
+            raise ClientError("error.timeout", seconds=int(read_timeout)) from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.InvalidURL):
+            raise ClientError("error.unreachable", url=self.base_url) from None
+        except requests.exceptions.RequestException:
+            raise ClientError("error.unreachable", url=self.base_url) from None
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response
+
+
+def error_from_response(response: requests.Response) -> ClientError:
+    """The server's `{"statusCode", "message", "error"}` (or OpenAI's shape) as one short line."""
+    status = response.status_code
+    if status == 401:
+        return ClientError("error.unauthorized", status)
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    message = None
+    if isinstance(body, dict):
+        message = body.get("message")
+        if message is None and isinstance(body.get("error"), dict):
+            message = body["error"].get("message")
+        if message is None and isinstance(body.get("detail"), str):
+            message = body["detail"]
+    if not isinstance(message, str) or not message.strip():
+        message = response.reason or f"HTTP {status}"
+    return ClientError("error.server", status, message=_one_line(message))
+
+
+def _one_line(message: str) -> str:
+    line = " ".join(message.split())
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 1] + "…"
+
+
+def _form_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

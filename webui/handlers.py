@@ -1,0 +1,305 @@
+"""What the UI's buttons do, as plain functions of plain values (no Gradio types), so tests can call
+them against a live server. Each returns what the page shows; failures become one short message in
+the page's language (`message_html`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .client import ApiClient, ClientError
+from .config import UISettings
+from .files import write_temp
+from .i18n import t
+
+MODEL_NAME = "default"  # the original UI always loads and invokes this bundle
+NO_VOICE = ""  # the voice dropdown's "none" entry
+
+
+@dataclass
+class ModelForm:
+    """The model tab; the field names are the components' names in the layout."""
+
+    device: str = "cuda"
+    precision: str = "bfloat16"
+    compile: bool = True
+    llama_checkpoint: str = "checkpoints/text2semantic-400m-v0.2-4k.pth"
+    llama_config: str = "text2semantic_finetune"
+    tokenizer: str = "fishaudio/speech-lm-v1"
+    vqgan_checkpoint: str = "checkpoints/vqgan-v1.pth"
+    vqgan_config: str = "vqgan_pretrain"
+
+    def load_body(self) -> dict:
+        """The original UI's PUT /v1/models/default body."""
+        return {
+            "device": self.device,
+            "llama": {"config_name": self.llama_config, "checkpoint_path": self.llama_checkpoint,
+                      "precision": self.precision, "tokenizer": self.tokenizer, "compile": bool(self.compile)},
+            "vqgan": {"config_name": self.vqgan_config, "checkpoint_path": self.vqgan_checkpoint},
+        }
+
+
+@dataclass
+class SynthesisForm:
+    """The inference tab; the field names are the components' names in the layout."""
+
+    text: str = ""
+    mode: str = "text"  # "text" or "phonemes" (the original's 文本 / 自动音素)
+    max_new_tokens: float = 0
+    top_k: float = 0
+    top_p: float = 0.5
+    repetition_penalty: float = 1.5
+    temperature: float = 0.7
+    speaker: str = ""
+    seed: float = 0  # 0 = a fresh random seed each time
+    output_format: str = "wav"
+    language_1: str = "zh"
+    language_2: str = "jp"
+    language_3: str = "en"
+    use_reference: bool = False
+    voice_id: str = NO_VOICE
+    reference_audio: str | None = None  # a file path from Gradio's upload or microphone
+    reference_text: str = ""
+
+
+class UIError(Exception):
+    """A message for the user, by locale key."""
+
+    def __init__(self, key: str, **fields):
+        super().__init__(key)
+        self.key, self.fields = key, fields
+
+
+def message_html(lang: str, key: str, detail: str | None = None, *, error: bool = True, **fields) -> str:
+    """The original's red bold error block (escaped), or a plain note for successes."""
+    text = t(lang, key, **fields)
+    lines = [html.escape(text, quote=False)] + ([html.escape(detail, quote=False)] if detail else [])
+    css = "fishtts-error" if error else "fishtts-ok"
+    return f'<div class="fishtts-message {css}">' + "<br>".join(lines) + "</div>"
+
+
+def failure_html(lang: str, headline: str, exc: Exception) -> str:
+    """`headline` then the reason: a server or connection problem, or a form problem."""
+    if isinstance(exc, ClientError):
+        if exc.status == 404 and str(exc.fields.get("message", "")).startswith("Cannot find model"):
+            # The server's "Cannot find model.": tell users where to load one.
+            return message_html(lang, headline, t(lang, "error.no_model", name=MODEL_NAME))
+        return message_html(lang, headline, t(lang, exc.key, **exc.fields))
+    if isinstance(exc, UIError):
+        return message_html(lang, headline, t(lang, exc.key, **exc.fields))
+    raise exc
+
+
+class Actions:
+    """The handlers, bound to the UI's settings (default API key, timeouts)."""
+
+    def __init__(self, settings: UISettings):
+        self.settings = settings
+
+    def client(self, server_url: str, api_key: str = "") -> ApiClient:
+        url = (server_url or "").strip().rstrip("/") or self.settings.api_url
+        # FISHTTS_API_KEY goes only to the configured server: a visitor who types another address
+        # in the page must not receive it.
+        default_key = self.settings.api_key if url == self.settings.api_url.strip().rstrip("/") else None
+        return ApiClient(url, (api_key or "").strip() or default_key, long_timeout=self.settings.timeout)
+
+    # -- model tab ------------------------------------------------------------------------------
+
+    def load_model(self, lang: str, server_url: str, api_key: str, form: ModelForm) -> str:
+        try:
+            info = self.client(server_url, api_key).load_model(MODEL_NAME, form.load_body())
+        except ClientError as exc:
+            return failure_html(lang, "model.load_failed", exc)
+        detail = t(lang, "model.loaded_detail", device=info.get("device", "?"), precision=info.get("precision", "?"))
+        return message_html(lang, "model.loaded", detail, error=False)
+
+    def server_status(self, lang: str, server_url: str, api_key: str) -> str:
+        try:
+            client = self.client(server_url, api_key)
+            health = client.health()
+        except ClientError as exc:
+            return message_html(lang, exc.key, **exc.fields)
+        lines = [t(lang, "status.connected", url=client.base_url)]
+        models = [f"{m['name']} ({m.get('device', '?')}, {m.get('precision', '?')})" for m in health.get("models", [])]
+        lines.append(t(lang, "status.models", models=", ".join(models)) if models else t(lang, "status.no_models"))
+        if health.get("loading"):
+            lines.append(t(lang, "status.loading", models=", ".join(health["loading"])))
+        if health.get("load_errors"):
+            errors = "; ".join(f"{k}: {v}" for k, v in health["load_errors"].items())
+            lines.append(t(lang, "status.load_errors", errors=errors))
+        return '<div class="fishtts-message fishtts-ok">' + "<br>".join(map(html.escape, lines)) + "</div>"
+
+    def loaded_model_form(self, server_url: str, api_key: str = "") -> ModelForm | None:
+        """The form as the server's loaded 'default' bundle was loaded (its paths as the server shows
+        them), so a later 'Load model' reloads the same files; None when there is none."""
+        try:
+            details = self.client(server_url, api_key).list_models()
+        except ClientError:
+            return None
+        info = next((d for d in details if d.get("name") == MODEL_NAME), None)
+        if not info:
+            return None
+        llama, vqgan, form = info.get("llama", {}), info.get("vqgan", {}), ModelForm()
+        return ModelForm(
+            device=str(info.get("device", form.device)).split(":")[0],
+            precision=info.get("precision", form.precision), compile=bool(info.get("compiled", False)),
+            llama_checkpoint=llama.get("checkpoint_path", form.llama_checkpoint),
+            llama_config=llama.get("config_name", form.llama_config),
+            # The folder itself is shown as "checkpoints", a name the server does not resolve back; the
+            # official repo id means the same files (`fishtts download` puts them there).
+            tokenizer=form.tokenizer if llama.get("tokenizer") in (None, "checkpoints") else llama["tokenizer"],
+            vqgan_checkpoint=vqgan.get("checkpoint_path", form.vqgan_checkpoint),
+            vqgan_config=vqgan.get("config_name", form.vqgan_config),
+        )
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def preview(self, lang: str, server_url: str, api_key: str, form: SynthesisForm) -> tuple[list[list], str]:
+        """Rows (ID, text, language, phonemes) of exactly the string the model will read: reference
+        text + input text as one piece (the original previewed line by line but synthesized it whole)."""
+        full = prompt_string(form)
+        if not full.strip():
+            return [], ""
+        if form.mode != "phonemes":
+            return [[0, full, "-", "-"]], ""
+        try:
+            order = language_order(form)
+            # The server's preview reads line by line; the engine turns newlines into "." (clean_text).
+            segments = self.client(server_url, api_key).g2p(full.strip().replace("\n", "."), order)
+        except (ClientError, UIError) as exc:
+            return [], failure_html(lang, "error.preview", exc)
+        return [[i, s["text"], s["language"], " ".join(s["phones"])] for i, s in enumerate(segments)], ""
+
+    def synthesize(self, lang: str, server_url: str, api_key: str, form: SynthesisForm,
+                   progress: Callable | None = None) -> tuple[str | None, str | None, str]:
+        """(result audio path, the same file for download, message)."""
+        started = time.monotonic()
+        try:
+            fields, audio, filename = invoke_request(form)
+            if progress is not None:
+                progress(None, desc=t(lang, "progress.synthesizing"))
+            result = self.client(server_url, api_key).invoke(MODEL_NAME, fields, audio, filename)
+        except (ClientError, UIError) as exc:
+            return None, None, failure_html(lang, "error.inference", exc)
+        path = write_temp(result.data, time.strftime("fishtts-%Y%m%d-%H%M%S"), "." + form.output_format)
+        done = message_html(lang, "synthesis.done", error=False, elapsed=f"{time.monotonic() - started:.1f}")
+        return path, path, done
+
+    # -- saved voices ---------------------------------------------------------------------------
+
+    def voice_choices(self, server_url: str, api_key: str = "") -> list[tuple[str, str]]:
+        """(shown name, id) of the saved voices, after the 'none' entry; [] entries if unreachable."""
+        try:
+            voices = self.client(server_url, api_key).list_voices()
+        except ClientError:
+            voices = []
+        voices = sorted(voices, key=lambda v: v.get("created_at", 0))
+        names = [v["name"] for v in voices]
+        # The name alone, unless two voices share it.
+        return [("—", NO_VOICE)] + [(v["name"] if names.count(v["name"]) == 1 else f"{v['name']} ({v['id']})", v["id"])
+                                    for v in voices]
+
+    def select_voice(self, lang: str, server_url: str, api_key: str, voice_id: str) -> tuple[str | None, str | None, str]:
+        """(the voice's clip as a file, its transcript, message); (None, None, "") for 'none'."""
+        if not voice_id:
+            return None, None, ""
+        try:
+            client = self.client(server_url, api_key)
+            voice = next((v for v in client.list_voices() if v["id"] == voice_id), None)
+            if voice is None:
+                raise ClientError("error.server", 404, message=f"Cannot find voice {voice_id!r}.")
+            clip = write_temp(client.get_voice_audio(voice_id), voice_id, ".wav")
+        except ClientError as exc:
+            return None, None, failure_html(lang, "error.voice", exc)
+        return clip, voice["transcript"], ""
+
+    def save_voice(self, lang: str, server_url: str, api_key: str, name: str, reference_audio: str | None,
+                   reference_text: str) -> tuple[list[tuple[str, str]], str, str]:
+        """(new voice choices, the new voice's id or 'none', message)."""
+        try:
+            if not (name or "").strip():
+                raise UIError("reference.need_name")
+            audio, filename = read_reference(reference_audio)
+            if not (reference_text or "").strip():
+                raise UIError("reference.need_text")
+            voice = self.client(server_url, api_key).create_voice(name.strip(), reference_text.strip(), audio, filename)
+        except (ClientError, UIError) as exc:
+            return self.voice_choices(server_url, api_key), NO_VOICE, failure_html(lang, "error.voice", exc)
+        message = message_html(lang, "reference.saved", error=False, name=voice["name"])
+        return self.voice_choices(server_url, api_key), voice["id"], message
+
+    def delete_voice(self, lang: str, server_url: str, api_key: str, voice_id: str) -> tuple[list[tuple[str, str]], str]:
+        """(new voice choices, message)."""
+        try:
+            if not voice_id:
+                raise UIError("reference.need_voice")
+            client = self.client(server_url, api_key)
+            name = next((v["name"] for v in client.list_voices() if v["id"] == voice_id), voice_id)
+            client.delete_voice(voice_id)
+        except (ClientError, UIError) as exc:
+            return self.voice_choices(server_url, api_key), failure_html(lang, "error.voice", exc)
+        return self.voice_choices(server_url, api_key), message_html(lang, "reference.deleted", error=False, name=name)
+
+
+# -- request building (pure) ---------------------------------------------------------------------
+
+
+def language_order(form: SynthesisForm) -> str:
+    order = [form.language_1, form.language_2, form.language_3]
+    if len(set(order)) != len(order):
+        raise UIError("languages.duplicate")
+    return ",".join(order)
+
+
+def reference_transcript(form: SynthesisForm) -> str | None:
+    if not form.use_reference:
+        return None
+    return (form.reference_text or "").strip() or None
+
+
+def prompt_string(form: SynthesisForm) -> str:
+    """What the engine reads: `{reference text} {text}` (core.lm.prompt.build_prompt_string)."""
+    transcript = reference_transcript(form)
+    return form.text if transcript is None else f"{transcript} {form.text}"
+
+
+def read_reference(path: str | None) -> tuple[bytes, str]:
+    if not path:
+        raise UIError("reference.need_audio")
+    try:
+        return Path(path).read_bytes(), Path(path).name
+    except OSError:
+        raise UIError("error.read_audio") from None
+
+
+def invoke_request(form: SynthesisForm) -> tuple[dict, bytes | None, str]:
+    """The invoke fields (the original UI's, plus seed, format and the reference) and the clip."""
+    if not (form.text or "").strip():
+        raise UIError("error.empty_text")
+    fields = {
+        "text": form.text,
+        "max_new_tokens": int(form.max_new_tokens or 0),
+        "top_k": int(form.top_k) if form.top_k else None,
+        "top_p": float(form.top_p),
+        "repetition_penalty": float(form.repetition_penalty),
+        "temperature": float(form.temperature),
+        "order": language_order(form),
+        "use_g2p": form.mode == "phonemes",
+        "seed": int(form.seed) if form.seed else None,
+        "speaker": (form.speaker or "").strip() or None,
+        "format": form.output_format,
+    }
+    audio, filename = None, "reference.wav"
+    if form.use_reference:
+        fields["reference_text"] = reference_transcript(form)
+        if form.voice_id:
+            fields["reference_id"] = form.voice_id  # its saved transcript is used when the box is empty
+        else:
+            audio, filename = read_reference(form.reference_audio)
+            if fields["reference_text"] is None:
+                raise UIError("reference.need_text")
+    return fields, audio, filename
