@@ -125,14 +125,19 @@ class Server:
         self.log.close()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.log.close()
+        stop_process(self.process, self.log)
+
+
+def stop_process(process: subprocess.Popen, log) -> None:
+    """TERM, then KILL after 15 s; close the process's log file."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    log.close()
 
 
 def assert_json_error(response: requests.Response, status: int) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.server_helpers import ROOT, free_port
+from tests.server_helpers import ROOT, free_port, stop_process
 
 CHROMIUM = os.environ.get("FISHTTS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
@@ -74,14 +74,7 @@ class WebUI:
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.log.close()
+        stop_process(self.process, self.log)
 
 
 def require_browser():
