@@ -133,6 +133,8 @@ def generation_options(func):
         click.option("--temperature", type=click.FloatRange(0, min_open=True), default=0.7, show_default=True),
         click.option("--tokenizer", default=HF_REPO_ID, show_default=True, help="HF repo id, or a folder / tokenizer.json."),
         click.option("--compile/--no-compile", default=False, show_default=True),
+        click.option("--quantize", type=click.Choice(["int8"]), default=None,
+                     help="Quantize the LM's weights at load (int8: ~3x faster decode on CPU)."),
         click.option("--use-g2p/--no-g2p", default=True, show_default=True),
         click.option("--seed", type=int, default=42, show_default=True),
         click.option("--speaker", default=None),
@@ -192,7 +194,8 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
         code_mask=kwargs["code_mask"],
     )
     engine = TTSEngine.load(llama_checkpoint=checkpoint_path, llama_config=config_name, tokenizer=kwargs["tokenizer"],
-                            vqgan_checkpoint=None, device=kwargs["device"], half=kwargs["half"], compile=kwargs["compile"])
+                            vqgan_checkpoint=None, device=kwargs["device"], half=kwargs["half"], compile=kwargs["compile"],
+                            quantize=kwargs["quantize"])
     codes, _ = run_generation(engine, request)
     output_dir.mkdir(parents=True, exist_ok=True)
     for i, sample_codes in enumerate(codes):
@@ -231,7 +234,7 @@ def tts(text, reference_audio, reference_text, output, llama_checkpoint_path, ll
     engine = TTSEngine.load(
         llama_checkpoint=llama_checkpoint_path, llama_config=llama_config_name, tokenizer=kwargs["tokenizer"],
         vqgan_checkpoint=vqgan_checkpoint_path, vqgan_config=vqgan_config_name, device=kwargs["device"],
-        half=kwargs["half"], compile=kwargs["compile"],
+        half=kwargs["half"], compile=kwargs["compile"], quantize=kwargs["quantize"],
     )
     start = time.perf_counter()
     if reference is not None:

@@ -21,6 +21,7 @@ REPETITION_WINDOW = 16
 CODEBOOK_PAD = 0  # codebook value that embeds as nothing
 CODEBOOK_END = 1  # codebook value that ends the audio
 CODE_OFFSET = 2  # LM codebook value = VQ index + 2
+FAST_TOP_P_CANDIDATES = 256  # `fast_sampling`: look for the text token's nucleus among the top 256 first
 
 
 def budget_new_frames(prompt_len: int, max_new_tokens: int, max_seq_len: int) -> int:
@@ -34,9 +35,10 @@ def budget_new_frames(prompt_len: int, max_new_tokens: int, max_seq_len: int) ->
 
 
 def sample_frame(out: ForwardResult, params: SamplingParams, window: Tensor | None, first: bool,
-                 code_limit: int | None, generator: torch.Generator | None) -> Tensor:
+                 code_limit: int | None, generator: torch.Generator | None, fast_sampling: bool = False) -> Tensor:
     """Sample [B, 1 + C] from the last position's logits."""
-    token = sample(out.token_logits[:, -1].float(), params, None, generator)
+    candidates = FAST_TOP_P_CANDIDATES if fast_sampling else None
+    token = sample(out.token_logits[:, -1].float(), params, None, generator, candidates)
     codebook_logits = out.codebook_logits[:, -1].to(torch.float32, copy=True)  # [B, C, V]; masked in place
     batch, num_codebooks, size = codebook_logits.shape
     codebook_logits[..., : CODEBOOK_END + 1 if first else CODEBOOK_PAD + 1] = float("-inf")
@@ -60,6 +62,7 @@ def generate_frames(
     generator: torch.Generator | None = None,
     static_cache: bool = False,
     ignore_stop: bool = False,
+    fast_sampling: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield `(frames [B, 1 + C], finished [B] bool)` per step for `num_samples` rows of one prompt.
 
@@ -67,6 +70,8 @@ def generate_frames(
     `static_cache=True` attends over the whole cache with a mask (fixed shapes for CUDA graphs);
     otherwise only the filled prefix is read (much less memory traffic on CPU).
     `ignore_stop` runs the whole budget (benchmarks: random weights stop at random points).
+    `fast_sampling` finds the text nucleus with a top-k instead of a full sort (apply_top_p): same
+    tokens but for float rounding at the top-p threshold; for paths that are not bit-exact anyway.
     """
     cfg = model.config
     rows, prompt_len = prompt.shape
@@ -86,7 +91,7 @@ def generate_frames(
             cache.k_cache[1:num_samples, :, :prompt_len] = cache.k_cache[:1, :, :prompt_len]
             cache.v_cache[1:num_samples, :, :prompt_len] = cache.v_cache[:1, :, :prompt_len]
         out = ForwardResult(*(t.expand(num_samples, *t.shape[1:]) for t in (out.token_logits, out.codebook_logits)))
-    frame = sample_frame(out, params, None, True, code_limit, generator)
+    frame = sample_frame(out, params, None, True, code_limit, generator, fast_sampling)
     finished = torch.zeros(num_samples, dtype=torch.bool, device=device)
     if budget == 1:
         finished[:] = True
@@ -100,7 +105,7 @@ def generate_frames(
         pos = prompt_len + step
         out = decode(frame.unsqueeze(-1), torch.tensor([pos], device=device),
                                      kv_len=None if static_cache else pos + 1)
-        frame = sample_frame(out, params, window, False, code_limit, generator)
+        frame = sample_frame(out, params, window, False, code_limit, generator, fast_sampling)
         history[:, :, step] = frame[:, 1:]
         stopped = (frame[:, 0] == eos_token_id) | (frame[:, 1:] == CODEBOOK_END).any(dim=1)
         if ignore_stop:
@@ -126,6 +131,7 @@ def generate(
     generator: torch.Generator | None = None,
     static_cache: bool = False,
     ignore_stop: bool = False,
+    fast_sampling: bool = False,
     progress=None,
 ) -> list[Tensor]:
     """Generated frames per sample, each [1 + C, n] in the prompt's dtype (stop frame included).
@@ -137,7 +143,7 @@ def generate(
     for frame, finished in generate_frames(
         model, prompt, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, params=params,
         num_samples=num_samples, code_limit=code_limit, generator=generator, static_cache=static_cache,
-        ignore_stop=ignore_stop,
+        ignore_stop=ignore_stop, fast_sampling=fast_sampling,
     ):
         for row in range(num_samples):
             if not done[row]:

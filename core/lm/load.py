@@ -9,6 +9,7 @@ import torch
 from ..checkpoints import CheckpointError, describe_key_mismatch, describe_shape_mismatch, load_state_dict_file
 from .config import LMConfig, LoraConfig, load_lm_config
 from .model import Transformer
+from .quantize import QUANT_MODES, checkpoint_quantization, convert_to_int8, quantize_model_int8
 
 # Stored by the original as persistent buffers; we recompute them.
 _DERIVED_BUFFERS = ("freqs_cis", "causal_mask")
@@ -26,6 +27,8 @@ def normalize_lm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, to
         if any(p is None for p in parts):
             raise CheckpointError(f"{prefix}wq/wk/wv: separate q/k/v weights must all be present")
         state_dict[prefix + "wqkv.weight"] = torch.cat(parts, dim=0)
+        if prefix + "wq.scales" in state_dict:  # an int8 checkpoint with separate q/k/v
+            state_dict[prefix + "wqkv.scales"] = torch.cat([state_dict.pop(prefix + n + ".scales") for n in ("wq", "wk", "wv")])
     return state_dict
 
 
@@ -51,11 +54,15 @@ def load_lm(
     config: LMConfig | str = "text2semantic_finetune",
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    quantize: str | None = None,
 ) -> Transformer:
-    """Read a checkpoint file (any wrapping of the original's) into a ready model."""
+    """Read a checkpoint file (any wrapping of the original's, or its int8 quantized one) into a ready model.
+
+    `quantize="int8"` quantizes a float checkpoint's linears at load (see quantize.py).
+    """
     state_dict = load_state_dict_file(checkpoint_path)  # its errors name the file already
     try:
-        return build_lm(state_dict, config, device, dtype)
+        return build_lm(state_dict, config, device, dtype, quantize)
     except CheckpointError as exc:
         raise CheckpointError(f"{checkpoint_path}: {exc}") from None
 
@@ -65,17 +72,26 @@ def build_lm(
     config: LMConfig | str = "text2semantic_finetune",
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    quantize: str | None = None,
 ) -> Transformer:
     """Build the model on the meta device and assign the tensors (no double copies)."""
+    if quantize not in (None, *QUANT_MODES):
+        raise ValueError(f"unknown quantization {quantize!r} (use one of: {', '.join(QUANT_MODES)})")
     if isinstance(config, str):
         config = load_lm_config(config)
     state_dict = normalize_lm_state_dict(state_dict)
+    stored = checkpoint_quantization(state_dict)
+    if stored == "int4":
+        raise CheckpointError("int4 checkpoints of the original (CUDA tinygemm layout) are not supported; "
+                              "use its int8 checkpoint, or the float one with quantize='int8'")
     if any(k.endswith(".lora_A") for k in state_dict):
         scaling = config.lora.scaling if config.lora else LoraConfig().scaling  # official: alpha 16 / r 8
         state_dict = merge_lora(state_dict, scaling, dtype)
 
     with torch.device("meta"):
         model = Transformer(config.model)
+        if stored == "int8":
+            convert_to_int8(model)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -85,7 +101,10 @@ def build_lm(
     if shapes:
         raise CheckpointError(f"checkpoint does not fit the LM config: {shapes}")
 
-    state_dict = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
+    # int8 weights stay int8; everything else (scales included) takes the compute dtype.
+    state_dict = {k: v.to(device=device, dtype=v.dtype if v.dtype == torch.int8 else dtype) for k, v in state_dict.items()}
     model.load_state_dict(state_dict, assign=True)
+    if quantize == "int8" and stored is None:
+        quantize_model_int8(model)
     model.init_buffers(device)
     return model.eval().requires_grad_(False)

@@ -44,6 +44,22 @@ def apply_rotary_emb(x: Tensor, freqs_cis: Tensor) -> Tensor:
     return rotated.flatten(3).type_as(x)
 
 
+class Linear(nn.Linear):
+    """nn.Linear (no bias); a CPU decode step of 2-8 samples computes W @ x.T instead of x @ W.T.
+
+    Same sums, but MKL streams the weight once that way (~1.6x faster at 4 rows here); one sample
+    and every multi-position input keep F.linear, so the single-sample path is unchanged bit for bit.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3 and x.size(1) == 1 and 1 < x.size(0) <= 8 and x.device.type == "cpu":
+            return torch.mm(self.weight, x.view(x.size(0), -1).t()).t().unsqueeze(1)
+        return F.linear(x, self.weight)
+
+
 class KVCache(nn.Module):
     def __init__(self, batch_size: int, seq_len: int, n_heads: int, head_dim: int, dtype: torch.dtype, device=None):
         super().__init__()
@@ -77,8 +93,8 @@ class Attention(nn.Module):
         self.n_local_heads = config.n_local_heads
         self.head_dim = config.head_dim
         self.dim = config.dim
-        self.wqkv = nn.Linear(config.dim, (config.n_head + 2 * config.n_local_heads) * config.head_dim, bias=False)
-        self.wo = nn.Linear(config.dim, config.dim, bias=False)
+        self.wqkv = Linear(config.dim, (config.n_head + 2 * config.n_local_heads) * config.head_dim)
+        self.wo = Linear(config.dim, config.dim)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: Tensor, freqs_cis: Tensor, mask: Tensor, input_pos: Tensor | None = None,
@@ -106,9 +122,9 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, config: ModelArgs):
         super().__init__()
-        self.w1 = nn.Linear(config.dim, config.intermediate_size, bias=False)
-        self.w3 = nn.Linear(config.dim, config.intermediate_size, bias=False)
-        self.w2 = nn.Linear(config.intermediate_size, config.dim, bias=False)
+        self.w1 = Linear(config.dim, config.intermediate_size)
+        self.w3 = Linear(config.dim, config.intermediate_size)
+        self.w2 = Linear(config.intermediate_size, config.dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -135,7 +151,7 @@ class Transformer(nn.Module):
         self.embeddings = nn.Embedding(config.total_vocab, config.dim)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, eps=config.norm_eps)
-        self.output = nn.Linear(config.dim, config.total_vocab, bias=False)
+        self.output = Linear(config.dim, config.total_vocab)
         # Derived tables are not loaded from checkpoints (non-persistent); see init_buffers().
         self.register_buffer("freqs_cis", torch.empty(0), persistent=False)
         self.register_buffer("causal_mask", torch.empty(0, dtype=torch.bool), persistent=False)
@@ -158,7 +174,7 @@ class Transformer(nn.Module):
         if self.cache_seq_len >= seq_len and self.cache_batch_size >= batch_size:
             return
         seq_len = min(find_multiple(seq_len, 8), max(self.config.max_seq_len, 8))
-        dtype = dtype or self.output.weight.dtype
+        dtype = dtype or self.embeddings.weight.dtype  # the compute dtype (linears may hold int8)
         device = self.output.weight.device
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(

@@ -39,7 +39,19 @@ def apply_repetition_penalty(logits: Tensor, previous: Tensor, penalty: float) -
     return logits.scatter(dim=-1, index=index, src=score)
 
 
-def apply_top_p(logits: Tensor, top_p: float) -> Tensor:
+def apply_top_p(logits: Tensor, top_p: float, candidates: int | None = None) -> Tensor:
+    """Mask all but the nucleus. `candidates=k` first looks for it among the k largest logits
+    (a top-k is ~30x cheaper than sorting 36k text logits on CPU); the kept set is the same unless
+    a cumulative probability lies within float rounding of top_p (its normaliser is summed in
+    another order). None: the original's full sort, bit for bit."""
+    if candidates is not None and candidates < logits.size(-1):
+        _, indices = torch.topk(logits, candidates, dim=-1)
+        cum_probs = torch.cumsum(torch.softmax(logits, dim=-1).gather(-1, indices), dim=-1)
+        if bool((cum_probs[..., -1] > top_p).all()):  # the nucleus ends inside the candidates
+            keep = cum_probs <= top_p
+            keep[..., 0] = True
+            keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, indices, keep)
+            return logits.masked_fill(~keep, float("-inf"))
     sorted_logits, sorted_indices = torch.sort(logits, dim=-1, descending=True)
     cum_probs = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
     remove_sorted = cum_probs > top_p
@@ -54,11 +66,12 @@ def apply_top_k(logits: Tensor, top_k: int) -> Tensor:
     return torch.where(logits < pivot, float("-inf"), logits)
 
 
-def logits_to_probs(logits: Tensor, params: SamplingParams, previous: Tensor | None = None) -> Tensor:
+def logits_to_probs(logits: Tensor, params: SamplingParams, previous: Tensor | None = None,
+                    top_p_candidates: int | None = None) -> Tensor:
     if previous is not None and params.repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, previous, params.repetition_penalty)
     if params.top_p is not None and params.top_p < 1.0:
-        logits = apply_top_p(logits, params.top_p)
+        logits = apply_top_p(logits, params.top_p, top_p_candidates)
     logits = logits / max(params.temperature, 1e-5)
     if params.top_k is not None:
         logits = apply_top_k(logits, params.top_k)
@@ -72,5 +85,5 @@ def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
 
 
 def sample(logits: Tensor, params: SamplingParams, previous: Tensor | None = None,
-           generator: torch.Generator | None = None) -> Tensor:
-    return draw(logits_to_probs(logits, params, previous), generator)
+           generator: torch.Generator | None = None, top_p_candidates: int | None = None) -> Tensor:
+    return draw(logits_to_probs(logits, params, previous, top_p_candidates), generator)
