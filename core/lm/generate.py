@@ -119,32 +119,15 @@ def generate_frames(
 
 
 @torch.inference_mode()
-def generate(
-    model: Transformer,
-    prompt: Tensor,
-    *,
-    max_new_tokens: int,
-    eos_token_id: int,
-    params: SamplingParams,
-    num_samples: int = 1,
-    code_limit: int | None = None,
-    generator: torch.Generator | None = None,
-    static_cache: bool = False,
-    ignore_stop: bool = False,
-    fast_sampling: bool = False,
-    progress=None,
-) -> list[Tensor]:
+def generate(model: Transformer, prompt: Tensor, *, num_samples: int = 1, progress=None, **options) -> list[Tensor]:
     """Generated frames per sample, each [1 + C, n] in the prompt's dtype (stop frame included).
 
-    `progress`, if given, is called once per step (e.g. a tqdm bar's update).
+    `options` are those of `generate_frames`; `progress`, if given, is called once per step
+    (e.g. a tqdm bar's update).
     """
     per_row: list[list[Tensor]] = [[] for _ in range(num_samples)]
     done = [False] * num_samples
-    for frame, finished in generate_frames(
-        model, prompt, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, params=params,
-        num_samples=num_samples, code_limit=code_limit, generator=generator, static_cache=static_cache,
-        ignore_stop=ignore_stop, fast_sampling=fast_sampling,
-    ):
+    for frame, finished in generate_frames(model, prompt, num_samples=num_samples, **options):
         for row in range(num_samples):
             if not done[row]:
                 per_row[row].append(frame[row])
