@@ -91,7 +91,7 @@ class TTSEngine:
                          quantize=quantize)
         if vqgan_checkpoint is not None:
             vqgan = load_vqgan(vqgan_checkpoint, vqgan_config, device=dev)
-        if compile:
+        if compile and lm is not None:
             from .lm.compile import compile_decode
 
             compile_decode(lm)
