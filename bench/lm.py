@@ -1,0 +1,101 @@
+"""LM speed per weight format: prefill tokens/s, decode tokens/s, and the memory-bandwidth floor."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+
+from core.lm import SamplingParams, generate
+from core.lm.compile import compile_decode, uses_static_cache
+from core.lm.model import Transformer
+from core.lm.quantize import is_quantized, quantize_model_int8
+
+
+def bytes_per_step(model: Transformer) -> int:
+    """Weight bytes one decode step reads: everything but the embedding table (5 rows of it are read)."""
+    tensors = [t for name, t in model.state_dict().items() if not name.startswith("embeddings.")]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def build_variant(name: str, base: Transformer) -> Transformer:
+    """float32 | bfloat16 | int8 (weight-only, core/lm/quantize.py), optionally "+compile" of the decode step."""
+    fmt, _, extra = name.partition("+")
+    if extra not in ("", "compile"):
+        raise SystemExit(f"unknown variant suffix {extra!r}")
+    if fmt == "float32" and not extra and base.output.weight.dtype == torch.float32:
+        return base  # generation keeps no state but the caches it clears, so no copy is needed
+    model = copy.deepcopy(base)
+    if fmt == "int8":
+        quantize_model_int8(model)
+    elif fmt in ("bfloat16", "float32"):
+        model = model.to(getattr(torch, fmt))
+    else:
+        raise SystemExit(f"unknown variant {name!r}")
+    if extra == "compile":
+        compile_decode(model)
+    return model
+
+
+def static_cache_for(model: Transformer) -> bool:
+    """As the engine decides: a compiled step on CUDA runs over the static cache (fixed shapes)."""
+    return getattr(model, "compiled_decode", None) is not None and uses_static_cache(model)
+
+
+def random_prompt(model: Transformer, length: int, seed: int = 0) -> torch.Tensor:
+    """A text-only prompt [1 + C, length]: random text tokens, no codes."""
+    cfg = model.config
+    prompt = torch.zeros(1 + cfg.num_codebooks, length, dtype=torch.int)
+    prompt[0] = torch.randint(3, cfg.vocab_size, (length,), generator=torch.Generator().manual_seed(seed))
+    return prompt
+
+
+def timed_generate(model: Transformer, prompt: torch.Tensor, new: int, num_samples: int = 1) -> tuple[float, float]:
+    """(prefill seconds, decode steps/s) of one generation of `new` frames (stops ignored)."""
+    model.clear_caches()
+    marks = []
+    start = time.perf_counter()
+    generate(model, prompt, max_new_tokens=new, eos_token_id=2, params=SamplingParams(), num_samples=num_samples,
+             ignore_stop=True, fast_sampling=is_quantized(model), static_cache=static_cache_for(model),
+             progress=lambda: marks.append(time.perf_counter()))
+    # The first progress mark comes after prefill and its sampled frame; the rest are decode steps.
+    return marks[0] - start, (len(marks) - 1) / (marks[-1] - marks[0])
+
+
+def build_variants(names: list[str], base: Transformer, prompt: torch.Tensor, log=print) -> tuple[dict, dict]:
+    """Variant name -> model, and -> setup seconds (copy, quantize, and a warm-up that compiles)."""
+    models, setup = {}, {}
+    for name in names:
+        start = time.perf_counter()
+        models[name] = build_variant(name, base)
+        timed_generate(models[name], prompt, 3)
+        setup[name] = time.perf_counter() - start
+        log(f"  {name}: ready in {setup[name]:.1f} s")
+    return models, setup
+
+
+def bench_lm(models: dict[str, Transformer], setup: dict[str, float], prompt: torch.Tensor, new: int, runs: int,
+             bandwidth: float, num_samples: tuple[int, ...] = (1,)) -> list[dict]:
+    """One row per (variant, batch). Variants run interleaved in every round, so a busy machine slows
+    them alike and their ratios stay honest; the warm-up was the build's."""
+    results = {(v, n): [] for v in models for n in num_samples}
+    for _ in range(runs):
+        for n in num_samples:
+            for name, model in models.items():
+                results[name, n].append(timed_generate(model, prompt, new, n))
+    rows = []
+    for (name, n), timings in results.items():
+        step_bytes = bytes_per_step(models[name])
+        prefill = statistics.median(t[0] for t in timings)
+        rate = statistics.median(t[1] for t in timings)
+        rows.append(dict(
+            variant=name, num_samples=n, prompt_tokens=prompt.shape[1], new_tokens=new,
+            prefill_s=round(prefill, 3), prefill_tokens_per_s=round(prompt.shape[1] * n / prefill, 1),
+            tokens_per_s=round(rate * n, 2), steps_per_s=round(rate, 2),
+            weights_gb=round(step_bytes / 1e9, 3), weight_gb_per_s=round(step_bytes * rate / 1e9, 2),
+            floor_steps_per_s=round(bandwidth / step_bytes, 1),
+            fraction_of_floor=round(rate * step_bytes / bandwidth, 3), setup_s=round(setup[name], 1),
+        ))
+    return rows
