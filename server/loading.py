@@ -74,7 +74,9 @@ def plan_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard) ->
         log.info("compile requested for a model but the server runs without --compile; loading uncompiled")
     shown = {
         "llama": {"checkpoint_path": _shown(llama_checkpoint, guard), "config_name": _shown(llama_config, guard),
-                  "tokenizer": _shown(tokenizer, guard)},
+                  # The official repo id stays as sent (even when served from the checkpoints folder),
+                  # so the shown value can be sent back in a PUT.
+                  "tokenizer": HF_REPO_ID if body.llama.tokenizer == HF_REPO_ID else _shown(tokenizer, guard)},
         "vqgan": {"checkpoint_path": _shown(vqgan_checkpoint, guard), "config_name": _shown(vqgan_config, guard)},
     }
     return LoadPlan(

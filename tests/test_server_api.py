@@ -40,6 +40,17 @@ def test_webui_load_payload_loads_the_model(server):
     assert requests.get(server.url + "/v1/models").json()["models"] == ["default"]
 
 
+def test_shown_model_settings_can_be_sent_back(server):
+    """What GET /v1/models shows (e.g. the official tokenizer id) is accepted again by a PUT."""
+    details = requests.get(server.url + "/v1/models", timeout=30).json()["details"]
+    shown = next(d for d in details if d["name"] == "default")
+    assert shown["llama"]["tokenizer"] == WEBUI_LOAD["llama"]["tokenizer"]
+    body = {**WEBUI_LOAD, "llama": {**WEBUI_LOAD["llama"], **shown["llama"]},
+            "vqgan": {**WEBUI_LOAD["vqgan"], **shown["vqgan"]}}
+    response = requests.put(server.url + "/v1/models/default", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize("enable_reference", [True, False])
 def test_webui_invoke_payload_returns_wav(server, enable_reference):
     payload = {
