@@ -149,15 +149,15 @@ def generation_options(func):
     return func
 
 
-def sampling_from(kwargs) -> "SamplingParams":
+def sampling_from(kwargs):
     from .lm import SamplingParams
 
     return SamplingParams(temperature=kwargs["temperature"], top_p=kwargs["top_p"], top_k=kwargs["top_k"],
                           repetition_penalty=kwargs["repetition_penalty"])
 
 
-def run_generation(engine, request) -> tuple[list[np.ndarray], float]:
-    """Generate with a tqdm bar; returns the codes per sample and the seconds taken."""
+def run_generation(engine, request) -> list[np.ndarray]:
+    """Generate with a tqdm bar and report the speed; returns the codes per sample."""
     from tqdm import tqdm
 
     prompt = engine.encode_prompt(request)
@@ -168,7 +168,7 @@ def run_generation(engine, request) -> tuple[list[np.ndarray], float]:
         seconds = time.perf_counter() - start
     frames = sum(c.shape[1] + 1 for c in codes)
     report_speed(frames, seconds, engine.lm)
-    return codes, seconds
+    return codes
 
 
 @main.command()
@@ -196,7 +196,7 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
     engine = TTSEngine.load(llama_checkpoint=checkpoint_path, llama_config=config_name, tokenizer=kwargs["tokenizer"],
                             vqgan_checkpoint=None, device=kwargs["device"], half=kwargs["half"], compile=kwargs["compile"],
                             quantize=kwargs["quantize"])
-    codes, _ = run_generation(engine, request)
+    codes = run_generation(engine, request)
     output_dir.mkdir(parents=True, exist_ok=True)
     for i, sample_codes in enumerate(codes):
         path = output_dir / f"codes_{i}.npy"
@@ -239,7 +239,7 @@ def tts(text, reference_audio, reference_text, output, llama_checkpoint_path, ll
     start = time.perf_counter()
     if reference is not None:
         request.prompt_tokens = engine.encode_reference(reference)
-    codes, _ = run_generation(engine, request)
+    codes = run_generation(engine, request)
     if codes[0].shape[1] == 0:
         raise click.ClickException("the model produced no audio for this text (try a larger --max-new-tokens)")
     audio = engine.decode_codes(codes[0])

@@ -114,27 +114,21 @@ class TTSEngine:
     def encode_reference(self, audio: np.ndarray) -> np.ndarray:
         """Mono float32 audio at 22,050 Hz -> codes [4, T] int64."""
         vqgan = self._need("vqgan")
-        audio = np.asarray(audio, dtype=np.float32)
-        if audio.ndim != 1 or audio.size < vqgan.config.hop_length:
-            raise ValueError("reference audio is too short")
-        with self.lock, torch.inference_mode():
-            codes = vqgan.encode(torch.from_numpy(audio).to(self.device)[None, None])
+        with self.lock:  # the VQGAN checks the shape and length and moves the audio to its device
+            codes = vqgan.encode(torch.as_tensor(np.asarray(audio, dtype=np.float32)))
         return codes.cpu().numpy().astype(np.int64)
 
     def decode_codes(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
         """Codes [4, T] -> mono float32 audio at 22,050 Hz."""
         vqgan = self._need("vqgan")
-        codes = torch.as_tensor(np.asarray(codes) if not isinstance(codes, torch.Tensor) else codes)
-        with self.lock, torch.inference_mode():
-            audio = vqgan.decode(codes.to(self.device))
+        with self.lock:  # the VQGAN checks shape, dtype and range
+            audio = vqgan.decode(codes)
         return audio.reshape(-1).float().cpu().numpy()
 
     # -- text -> codes ---------------------------------------------------------------------
 
     def encode_prompt(self, request: GenerationRequest) -> torch.Tensor:
-        prompt_tokens = request.prompt_tokens
-        if prompt_tokens is not None:
-            prompt_tokens = torch.as_tensor(np.asarray(prompt_tokens) if not isinstance(prompt_tokens, torch.Tensor) else prompt_tokens)
+        prompt_tokens = None if request.prompt_tokens is None else torch.as_tensor(request.prompt_tokens)
         return encode_prompt(
             self._need("tokenizer"), request.text, prompt_text=request.prompt_text, prompt_tokens=prompt_tokens,
             use_g2p=request.use_g2p, speaker=request.speaker, order=request.order,

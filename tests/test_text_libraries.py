@@ -4,9 +4,8 @@
 - OpenJTalk: the installed pyopenjtalk vs pyopenjtalk-prebuilt 0.3.0 with Debian's naist-jdic.
 """
 
-import pytest
-
 from core.text.normalize_zh import normalize_chinese, reorder_tokens
+
 from .test_text_support import load_json, needs_japanese
 
 ZH_CASES = load_json("zh_normalizer_examples.json")["cases"]
