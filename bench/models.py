@@ -19,7 +19,7 @@ def official_lm_config() -> ModelArgs:
 
 
 def tiny_lm_config() -> ModelArgs:
-    return dataclasses.replace(official_lm_config(), n_layer=2, n_head=4, dim=64, intermediate_size=None,
+    return dataclasses.replace(official_lm_config(), n_layer=2, n_head=4, n_local_heads=4, dim=64, intermediate_size=None,
                                vocab_size=512, max_seq_len=1024)
 
 
@@ -36,8 +36,9 @@ def random_official_lm(device: torch.device, dtype: torch.dtype, seed: int = 0,
                 param.fill_(1.0)
             else:
                 param.normal_(0, 0.02, generator=gen)
-    model.init_buffers(device)
-    return model.to(dtype).eval().requires_grad_(False)
+    model = model.to(dtype)
+    model.init_buffers(device)  # after the cast: the RoPE table stays bfloat16, as load_lm leaves it
+    return model.eval().requires_grad_(False)
 
 
 def tiny_vqgan_config() -> VQGANConfig:

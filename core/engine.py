@@ -54,6 +54,19 @@ class GenerationRequest:
             raise ValueError("num_samples must be >= 1")
 
 
+def sample_generators(device: torch.device, seed: int | None, count: int) -> list[torch.Generator]:
+    """One random stream per sample: seed, seed + 1, ... (sample 0 is what a single run with `seed` gives)."""
+    generators = []
+    for i in range(count):
+        generator = torch.Generator(device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed + i)
+        generators.append(generator)
+    return generators
+
+
 class TTSEngine:
     def __init__(self, *, lm=None, tokenizer=None, vqgan=None, device: torch.device | str = "cpu",
                  compile: bool = False):
@@ -144,16 +157,12 @@ class TTSEngine:
         code_limit = None
         if request.code_mask:
             code_limit = self.codebook_size or VQConfig().codebook_size
-        generator = torch.Generator(self.device)
-        if request.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(request.seed)
+        generators = sample_generators(self.device, request.seed, request.num_samples)
         with self.lock:
             frames = generate(
                 lm, prompt, max_new_tokens=request.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
                 params=request.sampling, num_samples=request.num_samples, code_limit=code_limit,
-                generator=generator, static_cache=self.compile and uses_static_cache(lm), progress=progress,
+                generator=generators, static_cache=self.compile and uses_static_cache(lm), progress=progress,
                 fast_sampling=is_quantized(lm),  # the int8 path is not bit-exact anyway
             )
         return [frames_to_codes(f).numpy() for f in frames]

@@ -46,20 +46,19 @@ def test_forward_with_key_padding_mask_matches_case4_batch(model):
     np.testing.assert_allclose(out.codebook_logits.numpy(), case["batch_codebook_logits"], atol=1e-4, rtol=0)
 
 
-def test_cached_prefill_equals_full_forward(model):
-    """The KV-cache path must compute the same logits as the plain forward."""
+def test_cached_prefill_and_decode_equal_the_full_forward(model):
+    """The KV-cache paths (prefill, then one decode step) must compute the plain forward's logits."""
     case = np.load(PARITY / "case4_forward.npz")
     x = torch.from_numpy(case["x"])
     with torch.inference_mode():
         full = model(x)
         model.setup_caches(1, x.size(2) + 8)
-        cached = model.forward_generate(x, torch.arange(x.size(2)), kv_len=x.size(2))
+        cached = model.prefill(x)
         # then one more position through the cache against the full forward of the longer input
         step = x[:, :, -1:]
-        longer = torch.cat([x, step], dim=2)
-        next_out = model.forward_generate(step, torch.tensor([x.size(2)]), kv_len=x.size(2) + 1)
-        full_longer = model(longer)
-    torch.testing.assert_close(cached.token_logits, full.token_logits, atol=1e-5, rtol=0)
+        next_out = model.decode(step, torch.tensor([0]), torch.tensor([x.size(2)]))
+        full_longer = model(torch.cat([x, step], dim=2))
+    torch.testing.assert_close(cached.token_logits[:, -1], full.token_logits[:, -1], atol=1e-5, rtol=0)
     torch.testing.assert_close(next_out.codebook_logits[:, -1], full_longer.codebook_logits[:, -1], atol=1e-5, rtol=0)
 
 

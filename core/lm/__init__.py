@@ -1,7 +1,7 @@
 """The text2semantic language model: config, transformer, loading, sampling, generation, prompts."""
 
 from .config import LMConfig, LoraConfig, ModelArgs, load_lm_config
-from .generate import frames_to_codes, generate, generate_frames
+from .generate import Sequence, decode_step, frames_to_codes, generate, prefill
 from .load import load_lm
 from .model import Transformer
 from .prompt import build_prompt_string, encode_prompt
@@ -10,6 +10,6 @@ from .tokenizer import TextTokenizer, load_tokenizer
 
 __all__ = [
     "LMConfig", "LoraConfig", "ModelArgs", "SamplingParams", "TextTokenizer", "Transformer",
-    "build_prompt_string", "encode_prompt", "frames_to_codes", "generate", "generate_frames",
+    "Sequence", "build_prompt_string", "decode_step", "encode_prompt", "frames_to_codes", "generate", "prefill",
     "load_lm", "load_lm_config", "load_tokenizer",
 ]

@@ -5,17 +5,22 @@ Rules of the original (SPEC-generation §5.2-5.3): the prefill frame never ends 
 entries 0 and 1 masked, its text token not checked for EOS); later steps mask only entry 0 and stop
 on EOS in the text row or the end value 1 in any codebook; the repetition penalty uses each
 codebook's last 16 decode-loop frames and never touches the text row.
+
+A `Sequence` is one generation in progress with its own cache slot, position, sampling parameters,
+random generator and repetition window; `decode_step` advances any set of them by one frame in one
+batched forward. `generate` runs one prompt (N samples as one batch); the engine's scheduler runs
+many requests through the same two functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from .model import ForwardResult, Transformer
-from .sampling import SamplingParams, sample
+from .sampling import SamplingParams, sample, sample_fast
 
 REPETITION_WINDOW = 16
 CODEBOOK_PAD = 0  # codebook value that embeds as nothing
@@ -36,9 +41,12 @@ def budget_new_frames(prompt_len: int, max_new_tokens: int, max_seq_len: int) ->
 
 def sample_frame(out: ForwardResult, params: SamplingParams, window: Tensor | None, first: bool,
                  code_limit: int | None, generator: torch.Generator | None, fast_sampling: bool = False) -> Tensor:
-    """Sample [B, 1 + C] from the last position's logits."""
-    candidates = FAST_TOP_P_CANDIDATES if fast_sampling else None
-    token = sample(out.token_logits[:, -1].float(), params, None, generator, candidates)
+    """Sample [B, 1 + C] from the last position's logits (all rows share params and generator)."""
+    token_logits = out.token_logits[:, -1].float()
+    if fast_sampling:
+        token = sample_fast(token_logits, params, generator, FAST_TOP_P_CANDIDATES)
+    else:
+        token = sample(token_logits, params, None, generator)
     codebook_logits = out.codebook_logits[:, -1].to(torch.float32, copy=True)  # [B, C, V]; masked in place
     batch, num_codebooks, size = codebook_logits.shape
     codebook_logits[..., : CODEBOOK_END + 1 if first else CODEBOOK_PAD + 1] = float("-inf")
@@ -50,91 +58,115 @@ def sample_frame(out: ForwardResult, params: SamplingParams, window: Tensor | No
     return torch.cat([token[:, None], codes.view(batch, num_codebooks)], dim=1)
 
 
-def generate_frames(
-    model: Transformer,
-    prompt: Tensor,
-    *,
-    max_new_tokens: int,
-    eos_token_id: int,
-    params: SamplingParams,
-    num_samples: int = 1,
-    code_limit: int | None = None,
-    generator: torch.Generator | None = None,
-    static_cache: bool = False,
-    ignore_stop: bool = False,
-    fast_sampling: bool = False,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield `(frames [B, 1 + C], finished [B] bool)` per step for `num_samples` rows of one prompt.
+@dataclass(eq=False)
+class Sequence:
+    """One generation: its prompt and rules (set by the caller) and its progress (set here)."""
 
-    A row is finished after the frame that stopped it; the caller keeps frames up to that one.
-    `static_cache=True` attends over the whole cache with a mask (fixed shapes for CUDA graphs);
-    otherwise only the filled prefix is read (much less memory traffic on CPU).
-    `ignore_stop` runs the whole budget (benchmarks: random weights stop at random points).
-    `fast_sampling` finds the text nucleus with a top-k instead of a full sort (apply_top_p): same
-    tokens but for float rounding at the top-p threshold; for paths that are not bit-exact anyway.
+    prompt: Tensor  # [1 + C, T]
+    budget: int  # most frames to generate, the stop frame included (budget_new_frames)
+    params: SamplingParams
+    eos_token_id: int
+    generator: torch.Generator | None = None
+    code_limit: int | None = None
+    fast_sampling: bool = False  # see sampling.apply_top_p: same tokens but for rounding at the threshold
+    ignore_stop: bool = False  # run the whole budget (benchmarks: random weights stop at random points)
+    slot: int = -1
+    steps: int = 0  # frames generated
+    last: Tensor | None = None  # the newest frame [1 + C]: the next input
+    finished: bool = False
+    frames: list[Tensor] = field(default_factory=list)  # kept when `keep_frames`
+    keep_frames: bool = True
+    history: Tensor | None = None  # [C, REPETITION_WINDOW]: the last decode-loop codebook values
+
+    @property
+    def position(self) -> int:
+        """Where `last` goes when it is fed back."""
+        return self.prompt.shape[1] + self.steps - 1
+
+    def accept(self, out: ForwardResult) -> Tensor:
+        """Sample the next frame from this sequence's logits [1, 1, ...] and advance."""
+        first = self.steps == 0
+        window = None if first else self.history.unsqueeze(0)
+        frame = sample_frame(out, self.params, window, first, self.code_limit, self.generator, self.fast_sampling)[0]
+        if first:
+            self.history = torch.zeros(frame.numel() - 1, REPETITION_WINDOW, dtype=torch.int, device=frame.device)
+            stopped = False  # the prefill frame never ends generation
+        else:
+            self.history[:, (self.steps - 1) % REPETITION_WINDOW] = frame[1:]
+            stopped = not self.ignore_stop and bool(
+                (frame[0] == self.eos_token_id) | (frame[1:] == CODEBOOK_END).any())
+        self.steps += 1
+        self.last = frame
+        self.finished = stopped or self.steps >= self.budget
+        if self.keep_frames:
+            self.frames.append(frame)
+        return frame
+
+
+def prefill(model: Transformer, sequences: list[Sequence], slots: list[int]) -> None:
+    """Run the (shared) prompt of `sequences` once into slots[0], give every slot a copy, and sample
+    each sequence's first frame from the same logits with its own generator."""
+    prompt = sequences[0].prompt
+    device = model.output.weight.device
+    out = model.prefill(prompt.to(device).unsqueeze(0), slots[0])
+    if len(sequences) > 1:
+        assert slots == list(range(slots[0], slots[0] + len(slots))), "shared prefill needs consecutive slots"
+        for layer in model.layers:
+            layer.attention.kv_cache.copy_slot(slots[0], slice(slots[1], slots[-1] + 1), prompt.shape[1])
+    for seq, slot in zip(sequences, slots):
+        seq.slot = slot
+        seq.accept(out)
+
+
+def decode_step(model: Transformer, sequences: list[Sequence], static: bool = False) -> list[Tensor]:
+    """Advance every sequence by one frame in one batched forward; returns their new frames."""
+    device = model.output.weight.device
+    x = torch.stack([seq.last for seq in sequences]).unsqueeze(-1)
+    slots = torch.tensor([seq.slot for seq in sequences], device=device)
+    positions = torch.tensor([seq.position for seq in sequences], device=device)
+    decode = getattr(model, "compiled_decode", None) or model.decode
+    out = decode(x, slots, positions, static)
+    return [seq.accept(ForwardResult(out.token_logits[b : b + 1], out.codebook_logits[b : b + 1]))
+            for b, seq in enumerate(sequences)]
+
+
+@torch.inference_mode()
+def generate(model: Transformer, prompt: Tensor, *, max_new_tokens: int, eos_token_id: int, params: SamplingParams,
+             num_samples: int = 1, code_limit: int | None = None,
+             generator: torch.Generator | list[torch.Generator] | None = None, static_cache: bool = False,
+             ignore_stop: bool = False, fast_sampling: bool = False, progress=None) -> list[Tensor]:
+    """Generated frames per sample, each [1 + C, n] in the prompt's dtype (stop frame included).
+
+    The samples run as one batch (one prefill, then one forward per step for all of them); a list of
+    generators gives each sample its own random stream. `static_cache=True` decodes over the whole
+    cache with masks (fixed shapes for CUDA graphs; every sample runs until the last one stops).
+    `progress`, if given, is called once per step (e.g. a tqdm bar's update).
     """
     cfg = model.config
     rows, prompt_len = prompt.shape
     if rows != 1 + cfg.num_codebooks:
         raise ValueError(f"prompt must have {1 + cfg.num_codebooks} rows, got {rows}")
     budget = budget_new_frames(prompt_len, max_new_tokens, cfg.max_seq_len)
-    device = model.output.weight.device
-    model.setup_caches(num_samples, prompt_len + budget)
-
-    x = prompt.to(device).unsqueeze(0)
-    # One prefill serves every sample: the batch rows share the prompt's cache entries.
-    out = model.forward_generate(x, torch.arange(prompt_len, device=device), last_only=True,
-                                 kv_len=None if static_cache else prompt_len)
-    if num_samples > 1:
-        for layer in model.layers:
-            cache = layer.attention.kv_cache
-            cache.k_cache[1:num_samples, :, :prompt_len] = cache.k_cache[:1, :, :prompt_len]
-            cache.v_cache[1:num_samples, :, :prompt_len] = cache.v_cache[:1, :, :prompt_len]
-        out = ForwardResult(*(t.expand(num_samples, *t.shape[1:]) for t in (out.token_logits, out.codebook_logits)))
-    frame = sample_frame(out, params, None, True, code_limit, generator, fast_sampling)
-    finished = torch.zeros(num_samples, dtype=torch.bool, device=device)
-    if budget == 1:
-        finished[:] = True
-    yield frame, finished.clone()
-
-    decode = getattr(model, "compiled_decode", None) or model.forward_generate
-    history = torch.zeros(num_samples, cfg.num_codebooks, max(budget, REPETITION_WINDOW), dtype=torch.int, device=device)
-    for step in range(budget - 1):
-        start = max(0, step - REPETITION_WINDOW)
-        window = history[:, :, start : start + REPETITION_WINDOW]
-        pos = prompt_len + step
-        out = decode(frame.unsqueeze(-1), torch.tensor([pos], device=device),
-                                     kv_len=None if static_cache else pos + 1)
-        frame = sample_frame(out, params, window, False, code_limit, generator, fast_sampling)
-        history[:, :, step] = frame[:, 1:]
-        stopped = (frame[:, 0] == eos_token_id) | (frame[:, 1:] == CODEBOOK_END).any(dim=1)
-        if ignore_stop:
-            stopped[:] = False
-        if step == budget - 2:
-            stopped[:] = True
-        finished |= stopped
-        yield frame, finished.clone()
-        if bool(finished.all()):
-            return
-
-
-@torch.inference_mode()
-def generate(model: Transformer, prompt: Tensor, *, num_samples: int = 1, progress=None, **options) -> list[Tensor]:
-    """Generated frames per sample, each [1 + C, n] in the prompt's dtype (stop frame included).
-
-    `options` are those of `generate_frames`; `progress`, if given, is called once per step
-    (e.g. a tqdm bar's update).
-    """
-    per_row: list[list[Tensor]] = [[] for _ in range(num_samples)]
-    done = [False] * num_samples
-    for frame, finished in generate_frames(model, prompt, num_samples=num_samples, **options):
-        for row in range(num_samples):
-            if not done[row]:
-                per_row[row].append(frame[row])
-                done[row] = bool(finished[row])
+    generators = generator if isinstance(generator, list) else [generator] * num_samples
+    sequences = [Sequence(prompt, budget, params, eos_token_id, g, code_limit, fast_sampling, ignore_stop)
+                 for g in generators]
+    model.setup_caches(num_samples, prompt_len + budget, zeroed=static_cache or None)
+    prefill(model, sequences, list(range(num_samples)))
+    if progress is not None:
+        progress()
+    while not all(seq.finished for seq in sequences):
+        if static_cache:  # fixed shapes: finished rows keep running, their frames are dropped
+            done = [seq.finished for seq in sequences]
+            decode_step(model, sequences, static=True)
+            for seq, was_done in zip(sequences, done):
+                if was_done:
+                    seq.frames.pop()
+                    seq.finished = True
+        else:
+            decode_step(model, [seq for seq in sequences if not seq.finished])
         if progress is not None:
             progress()
-    return [torch.stack(frames, dim=1).to(prompt.dtype).cpu() for frames in per_row]
+    return [torch.stack(seq.frames, dim=1).to(prompt.dtype).cpu() for seq in sequences]
 
 
 def frames_to_codes(frames: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import ModelArgs, find_multiple
+from .kernels import MAX_ROWS, linear_rows, uses_cpu_kernels
 
 
 @dataclass
@@ -31,9 +32,9 @@ def precompute_freqs_cis(seq_len: int, head_dim: int, base: float = 10000) -> Te
 
 
 def apply_rotary_emb(x: Tensor, freqs_cis: Tensor) -> Tensor:
-    """Rotate interleaved pairs (2j, 2j+1) of each head; x [B, S, H, D], freqs_cis [S, D/2, 2]."""
+    """Rotate interleaved pairs (2j, 2j+1) of each head; x [B, S, H, D], freqs_cis [S, D/2, 2] or [B, S, D/2, 2]."""
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    freqs = freqs_cis.view(1, pairs.size(1), 1, pairs.size(3), 2)
+    freqs = freqs_cis.view(-1 if freqs_cis.dim() == 4 else 1, pairs.size(1), 1, pairs.size(3), 2)
     rotated = torch.stack(
         [
             pairs[..., 0] * freqs[..., 0] - pairs[..., 1] * freqs[..., 1],
@@ -45,33 +46,37 @@ def apply_rotary_emb(x: Tensor, freqs_cis: Tensor) -> Tensor:
 
 
 class Linear(nn.Linear):
-    """nn.Linear (no bias); a CPU decode step of 2-8 samples computes W @ x.T instead of x @ W.T.
-
-    Same sums, but MKL streams the weight once that way (~1.6x faster at 4 rows here); one sample
-    and every multi-position input keep F.linear, so the single-sample path is unchanged bit for bit.
-    """
+    """nn.Linear (no bias); the few rows of a CPU decode step go to the streaming kernel (kernels.py)."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 3 and x.size(1) == 1 and 1 < x.size(0) <= 8 and x.device.type == "cpu":
-            return torch.mm(self.weight, x.view(x.size(0), -1).t()).t().unsqueeze(1)
+        rows = x.numel() // x.size(-1)
+        if rows <= MAX_ROWS and uses_cpu_kernels(x):
+            return linear_rows(x.reshape(rows, -1), self.weight).view(*x.shape[:-1], -1)
         return F.linear(x, self.weight)
 
 
 class KVCache(nn.Module):
-    def __init__(self, batch_size: int, seq_len: int, n_heads: int, head_dim: int, dtype: torch.dtype, device=None):
-        super().__init__()
-        shape = (batch_size, n_heads, seq_len, head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+    """Keys and values of one layer for `slots` sequences: [slots, n_kv_heads, seq_len, head_dim].
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        # input_pos [S]; k, v [B, H, S, D]
-        self.k_cache[: k.size(0), :, input_pos] = k
-        self.v_cache[: v.size(0), :, input_pos] = v
-        return self.k_cache[: k.size(0)], self.v_cache[: v.size(0)]
+    On CPU the memory is left uninitialised (pages are committed only as positions get written, and
+    only the filled prefix is ever read); the static-shape path reads the whole cache, so it is zeroed.
+    """
+
+    def __init__(self, slots: int, seq_len: int, n_heads: int, head_dim: int, dtype: torch.dtype, device=None,
+                 zeroed: bool = True):
+        super().__init__()
+        shape = (slots, n_heads, seq_len, head_dim)
+        make = torch.zeros if zeroed else torch.empty
+        self.register_buffer("k_cache", make(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", make(shape, dtype=dtype, device=device), persistent=False)
+
+    def copy_slot(self, source: int, targets: slice, length: int) -> None:
+        """Give the `targets` slots the first `length` positions of `source` (a shared prompt)."""
+        self.k_cache[targets, :, :length] = self.k_cache[source : source + 1, :, :length]
+        self.v_cache[targets, :, :length] = self.v_cache[source : source + 1, :, :length]
 
 
 class RMSNorm(nn.Module):
@@ -96,27 +101,70 @@ class Attention(nn.Module):
         self.wqkv = Linear(config.dim, (config.n_head + 2 * config.n_local_heads) * config.head_dim)
         self.wo = Linear(config.dim, config.dim)
         self.kv_cache: KVCache | None = None
+        # Head layouts the decode-attention kernel handles (the official model's: 16 heads of 64).
+        self.kernel_layout = self.head_dim % 16 == 0 and self.head_dim <= 256 and self.n_head % self.n_local_heads == 0
 
-    def forward(self, x: Tensor, freqs_cis: Tensor, mask: Tensor, input_pos: Tensor | None = None,
-                kv_len: int | None = None) -> Tensor:
+    def _qkv(self, x: Tensor, freqs_cis: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, S, dim] -> rotated q [B, H, S, D], k and v [B, Hkv, S, D]."""
         bsz, seqlen, _ = x.shape
         kv_size = self.n_local_heads * self.head_dim
         q, k, v = self.wqkv(x).split([self.dim, kv_size, kv_size], dim=-1)
         q = apply_rotary_emb(q.view(bsz, seqlen, self.n_head, self.head_dim), freqs_cis)
         k = apply_rotary_emb(k.view(bsz, seqlen, self.n_local_heads, self.head_dim), freqs_cis)
         v = v.view(bsz, seqlen, self.n_local_heads, self.head_dim)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-        if input_pos is not None:  # cached (generation) path; the plain forward uses no cache
-            k, v = self.kv_cache.update(input_pos, k, v)
-            if kv_len is not None:
-                # Attend only over the filled prefix: cheaper than masking the whole cache.
-                k, v = k[:, :, :kv_len], v[:, :, :kv_len]
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         if self.n_head != self.n_local_heads:
             k = k.repeat_interleave(self.n_head // self.n_local_heads, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_local_heads, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def _out(self, y: Tensor) -> Tensor:
+        bsz, _, seqlen, _ = y.shape
         return self.wo(y.transpose(1, 2).contiguous().view(bsz, seqlen, self.dim))
+
+    def forward(self, x: Tensor, freqs_cis: Tensor, mask: Tensor) -> Tensor:
+        """The whole sequence at once, no cache."""
+        q, k, v = self._qkv(x, freqs_cis)
+        return self._out(self._attend(q, k, v, mask))
+
+    def prefill(self, x: Tensor, freqs_cis: Tensor, mask: Tensor, slot: int, start: int) -> Tensor:
+        """Positions start .. start + S - 1 of one sequence (x [1, S, dim]) into cache slot `slot`."""
+        q, k, v = self._qkv(x, freqs_cis)
+        end = start + x.size(1)
+        cache = self.kv_cache
+        cache.k_cache[slot, :, start:end] = k[0]
+        cache.v_cache[slot, :, start:end] = v[0]
+        keys, values = cache.k_cache[slot : slot + 1, :, :end], cache.v_cache[slot : slot + 1, :, :end]
+        return self._out(self._attend(q, keys, values, mask))
+
+    def decode(self, x: Tensor, rope: Tensor, slots: Tensor, positions: Tensor, static: bool) -> Tensor:
+        """One new position per sequence: x [B, 1, dim]; row b is at `positions[b]` in cache slot `slots[b]`.
+
+        `rope` is the whole RoPE table. Each row attends over its own filled prefix, so a row's result
+        does not depend on the others. `static` (rows = slots 0..B-1) attends over the whole cache
+        with a mask instead: fixed shapes for CUDA graphs.
+        """
+        cache = self.kv_cache
+        bsz = x.size(0)
+        if not static and self.kernel_layout and uses_cpu_kernels(x) and cache.k_cache.dtype == torch.float32:
+            y = torch.ops.fishtts.decode_attention(self.wqkv(x.view(bsz, self.dim)), cache.k_cache, cache.v_cache,
+                                                   slots, positions, rope, self.n_head, self.n_local_heads)
+            return self.wo(y.view(bsz, 1, self.dim))
+        q, k, v = self._qkv(x, rope[positions].unsqueeze(1))
+        cache.k_cache[slots, :, positions] = k[:, :, 0]
+        cache.v_cache[slots, :, positions] = v[:, :, 0]
+        if static:
+            mask = torch.arange(cache.k_cache.size(2), device=x.device) <= positions[:, None]
+            y = self._attend(q, cache.k_cache[:bsz], cache.v_cache[:bsz], mask[:, None, None, :])
+        else:
+            rows = []
+            for b, (slot, pos) in enumerate(zip(slots.tolist(), positions.tolist())):
+                keys, values = cache.k_cache[slot : slot + 1, :, : pos + 1], cache.v_cache[slot : slot + 1, :, : pos + 1]
+                rows.append(self._attend(q[b : b + 1], keys, values, None))
+            y = torch.cat(rows)
+        return self._out(y)
 
 
 class FeedForward(nn.Module):
@@ -138,9 +186,9 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
 
-    def forward(self, x: Tensor, freqs_cis: Tensor, mask: Tensor, input_pos: Tensor | None = None,
-                kv_len: int | None = None) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), freqs_cis, mask, input_pos, kv_len)
+    def forward(self, x: Tensor, attend) -> Tensor:
+        """`attend(normed x)` is the attention of the mode at hand (full, prefill or decode)."""
+        h = x + attend(self.attention_norm(x))
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -157,6 +205,7 @@ class Transformer(nn.Module):
         self.register_buffer("causal_mask", torch.empty(0, dtype=torch.bool), persistent=False)
         self.cache_batch_size = -1
         self.cache_seq_len = -1
+        self.cache_zeroed = False
 
     def init_buffers(self, device: torch.device | str | None = None) -> None:
         """(Re)compute RoPE table and causal mask; needed after building on the meta device."""
@@ -165,22 +214,25 @@ class Transformer(nn.Module):
         self.freqs_cis = precompute_freqs_cis(n, self.config.head_dim, self.config.rope_base).to(device)
         self.causal_mask = torch.tril(torch.ones(n, n, dtype=torch.bool, device=device))
 
-    def setup_caches(self, batch_size: int, seq_len: int, dtype: torch.dtype | None = None) -> None:
-        """Allocate KV caches for `batch_size` x `seq_len` (rounded up to a multiple of 8).
+    def setup_caches(self, slots: int, seq_len: int, dtype: torch.dtype | None = None,
+                     zeroed: bool | None = None) -> None:
+        """KV caches for `slots` sequences of up to `seq_len` positions (rounded up to a multiple of 8).
 
-        Like the original, caches are only reallocated when a larger one is needed; stale entries
-        beyond the current position are never attended to.
+        Like the original, caches are only reallocated when a larger one is needed. `zeroed`
+        (default: on CUDA) is needed by the static-shape decode, which reads the whole cache.
         """
-        if self.cache_seq_len >= seq_len and self.cache_batch_size >= batch_size:
+        device = self.output.weight.device
+        zeroed = device.type == "cuda" if zeroed is None else zeroed
+        if self.cache_seq_len >= seq_len and self.cache_batch_size >= slots and (self.cache_zeroed or not zeroed):
             return
         seq_len = min(find_multiple(seq_len, 8), max(self.config.max_seq_len, 8))
         dtype = dtype or self.embeddings.weight.dtype  # the compute dtype (linears may hold int8)
-        device = self.output.weight.device
         for layer in self.layers:
+            layer.attention.kv_cache = None  # free the old cache before allocating the new one
             layer.attention.kv_cache = KVCache(
-                batch_size, seq_len, self.config.n_local_heads, self.config.head_dim, dtype, device
+                slots, seq_len, self.config.n_local_heads, self.config.head_dim, dtype, device, zeroed
             )
-        self.cache_batch_size, self.cache_seq_len = batch_size, seq_len
+        self.cache_batch_size, self.cache_seq_len, self.cache_zeroed = slots, seq_len, zeroed
 
     def clear_caches(self) -> None:
         for layer in self.layers:
@@ -215,25 +267,29 @@ class Transformer(nn.Module):
             mask = mask & key_padding_mask[:, None, None, :].logical_not()
         freqs_cis = self.freqs_cis[:seq_len]
         for layer in self.layers:
-            h = layer(h, freqs_cis, mask)
+            h = layer(h, lambda n, a=layer.attention: a(n, freqs_cis, mask))
         return self._heads(h)
 
-    def forward_generate(self, x: Tensor, input_pos: Tensor, last_only: bool = False,
-                         kv_len: int | None = None) -> ForwardResult:
-        """Cached forward at positions `input_pos` [S] (shared by the batch).
+    def _check_cache(self, needed: int) -> None:
+        if self.cache_seq_len < needed:
+            raise RuntimeError("setup_caches() must be called (with room for the positions) before generating")
 
-        `last_only` computes the output heads for the last position only (prefill needs no more).
-        `kv_len` limits attention to the first `kv_len` cache entries (must cover input_pos);
-        None attends over the whole static cache with a mask (fixed shapes, for CUDA graphs).
-        """
-        if self.cache_seq_len < 0:
-            raise RuntimeError("setup_caches() must be called before forward_generate()")
+    def prefill(self, x: Tensor, slot: int = 0, start: int = 0) -> ForwardResult:
+        """Positions start .. start + S - 1 of one sequence, x [1, 1 + C, S], into cache `slot`;
+        the heads' output for the last position only (all that sampling needs)."""
+        end = start + x.size(2)
+        self._check_cache(end)
         h = self.embed(x)
-        kv_end = self.cache_seq_len if kv_len is None else kv_len
-        mask = self.causal_mask[None, None, input_pos, :kv_end]
-        freqs_cis = self.freqs_cis[input_pos]
+        mask = self.causal_mask[None, None, start:end, :end]
+        freqs_cis = self.freqs_cis[start:end]
         for layer in self.layers:
-            h = layer(h, freqs_cis, mask, input_pos, kv_len)
-        if last_only:
-            h = h[:, -1:]
+            h = layer(h, lambda n, a=layer.attention: a.prefill(n, freqs_cis, mask, slot, start))
+        return self._heads(h[:, -1:])
+
+    def decode(self, x: Tensor, slots: Tensor, positions: Tensor, static: bool = False) -> ForwardResult:
+        """One new frame per sequence: x [B, 1 + C, 1]; row b at `positions[b]` of cache slot `slots[b]`
+        (int64 tensors [B]). Rows never see each other: a sequence decodes the same alone or batched."""
+        h = self.embed(x)
+        for layer in self.layers:
+            h = layer(h, lambda n, a=layer.attention: a.decode(n, self.freqs_cis, slots, positions, static))
         return self._heads(h)

@@ -39,19 +39,8 @@ def apply_repetition_penalty(logits: Tensor, previous: Tensor, penalty: float) -
     return logits.scatter(dim=-1, index=index, src=score)
 
 
-def apply_top_p(logits: Tensor, top_p: float, candidates: int | None = None) -> Tensor:
-    """Mask all but the nucleus. `candidates=k` first looks for it among the k largest logits
-    (a top-k is ~30x cheaper than sorting 36k text logits on CPU); the kept set is the same unless
-    a cumulative probability lies within float rounding of top_p (its normaliser is summed in
-    another order). None: the original's full sort, bit for bit."""
-    if candidates is not None and candidates < logits.size(-1):
-        _, indices = torch.topk(logits, candidates, dim=-1)
-        cum_probs = torch.cumsum(torch.softmax(logits, dim=-1).gather(-1, indices), dim=-1)
-        if bool((cum_probs[..., -1] > top_p).all()):  # the nucleus ends inside the candidates
-            keep = cum_probs <= top_p
-            keep[..., 0] = True
-            keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, indices, keep)
-            return logits.masked_fill(~keep, float("-inf"))
+def apply_top_p(logits: Tensor, top_p: float) -> Tensor:
+    """Mask all but the nucleus: the original's full sort, bit for bit."""
     sorted_logits, sorted_indices = torch.sort(logits, dim=-1, descending=True)
     cum_probs = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
     remove_sorted = cum_probs > top_p
@@ -66,12 +55,11 @@ def apply_top_k(logits: Tensor, top_k: int) -> Tensor:
     return torch.where(logits < pivot, float("-inf"), logits)
 
 
-def logits_to_probs(logits: Tensor, params: SamplingParams, previous: Tensor | None = None,
-                    top_p_candidates: int | None = None) -> Tensor:
+def logits_to_probs(logits: Tensor, params: SamplingParams, previous: Tensor | None = None) -> Tensor:
     if previous is not None and params.repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, previous, params.repetition_penalty)
     if params.top_p is not None and params.top_p < 1.0:
-        logits = apply_top_p(logits, params.top_p, top_p_candidates)
+        logits = apply_top_p(logits, params.top_p)
     logits = logits / max(params.temperature, 1e-5)
     if params.top_k is not None:
         logits = apply_top_k(logits, params.top_k)
@@ -84,6 +72,44 @@ def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return torch.argmax(probs / q, dim=-1).to(torch.int)
 
 
+def nucleus(logits: Tensor, top_p: float, first: int) -> tuple[Tensor, Tensor] | None:
+    """The entries apply_top_p keeps for a row [V], as (logits, ids) sorted descending, looked for among
+    the top `first`, 8x as many, ... entries; None when only the full sort holds them."""
+    normaliser = torch.logsumexp(logits, dim=-1)
+    k = first
+    while k < logits.numel():
+        values, ids = torch.topk(logits, k)
+        cum_probs = torch.cumsum(torch.exp(values - normaliser), dim=-1)
+        if bool(cum_probs[-1] > top_p):  # the nucleus ends inside these candidates
+            keep = cum_probs <= top_p
+            keep[0] = True
+            return values[keep], ids[keep]
+        k *= 8
+    return None
+
+
+def sample_fast(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None,
+                candidates: int = 256) -> Tensor:
+    """Like `sample` for rows [N, V] without a penalty, but the nucleus is looked for among the top
+    `candidates` first and only those are drawn from: ~30x cheaper than sorting 36k text logits on
+    CPU. The kept set is the same unless a cumulative probability lies within float rounding of top_p
+    (its normaliser is summed in another order); the random stream is consumed differently."""
+    if params.top_p is None or params.top_p >= 1.0:
+        return sample(logits, params, None, generator)
+    tokens = []
+    for row in logits:
+        found = nucleus(row, params.top_p, candidates)
+        if found is None:
+            tokens.append(sample(row[None], params, None, generator))
+            continue
+        values, ids = found
+        values = values / max(params.temperature, 1e-5)
+        if params.top_k is not None:
+            values = apply_top_k(values, params.top_k)
+        tokens.append(ids[draw(torch.softmax(values, dim=-1), generator)].view(1).to(torch.int))
+    return torch.cat(tokens)
+
+
 def sample(logits: Tensor, params: SamplingParams, previous: Tensor | None = None,
-           generator: torch.Generator | None = None, top_p_candidates: int | None = None) -> Tensor:
-    return draw(logits_to_probs(logits, params, previous, top_p_candidates), generator)
+           generator: torch.Generator | None = None) -> Tensor:
+    return draw(logits_to_probs(logits, params, previous), generator)

@@ -45,12 +45,14 @@ class VQGAN(nn.Module):
     @torch.inference_mode()
     def decode(self, codes: Tensor | np.ndarray) -> Tensor:
         """codes [groups, T] of any integer dtype -> waveform [1, 1, 1024 * T] float32 in [-1, 1]."""
-        codes = self._check_codes(codes)
+        return self.generator(self.codes_to_mel(self.check_codes(codes)))
+
+    def codes_to_mel(self, codes: Tensor) -> Tensor:
+        """Checked codes [groups, T] -> mel [1, n_mels, 4T] (the first half of decode)."""
         x = self.vq_encoder.decode(codes)
         # Nearest-neighbour upsampling to the mel rate: each token repeated 4 times.
         x = x.repeat_interleave(self.config.downsample.total_strides, dim=-1)
-        mel = self.decoder(x)  # an all-ones mask: the masking multiplies are skipped
-        return self.generator(mel)
+        return self.decoder(x)  # an all-ones mask: the masking multiplies are skipped
 
     def _check_audio(self, audio: Tensor | np.ndarray) -> Tensor:
         audio = torch.as_tensor(audio)
@@ -63,7 +65,7 @@ class VQGAN(nn.Module):
             raise ValueError(f"audio too short: {audio.shape[-1]} samples, need at least {minimum}")
         return audio.reshape(1, 1, -1).to(self.device, torch.float32)
 
-    def _check_codes(self, codes: Tensor | np.ndarray) -> Tensor:
+    def check_codes(self, codes: Tensor | np.ndarray) -> Tensor:
         codes = torch.as_tensor(codes)
         groups, size = self.config.vq.codebook_groups, self.config.vq.codebook_size
         if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:

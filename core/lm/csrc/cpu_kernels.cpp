@@ -1,0 +1,335 @@
+// CPU kernels for the LM's decode step, built on first use by core/lm/kernels.py (-O3 -march=native).
+//
+// linear_rows: y[n, o] = scale[o] * sum_i x[n, i] * w[o, i] for a few activation rows n and float32,
+//   bfloat16 or int8 weights. A decode step is a chain of such matrix-vector products bound by memory
+//   bandwidth; torch's own GEMV reaches about half of it here, this one streams the weights with
+//   prefetching and reads every weight row once for all activation rows.
+// decode_attention: one new position per sequence: RoPE, the KV-cache write and attention over that
+//   sequence's filled prefix, for a batch of sequences that each have their own cache slot and position.
+//
+// Batch invariance: every output value is computed by the same sequence of float operations whatever
+// the number of rows in the call, so a sequence gets bit-identical results alone or in a batch.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+// GCC vector type: becomes AVX-512 (or 2 x AVX2) code under -march=native.
+typedef float f32x16 __attribute__((vector_size(64)));
+
+inline f32x16 load16(const float* p) { f32x16 v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
+inline f32x16 splat(float s) { return f32x16{} + s; }
+
+inline f32x16 fma16(f32x16 a, f32x16 b, f32x16 c) {
+#if defined(__AVX512F__)
+  return (f32x16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__AVX2__) && defined(__FMA__)
+  __m256 h[2];
+  for (int k = 0; k < 2; ++k) {
+    __m256 ak, bk, ck;
+    std::memcpy(&ak, (const float*)&a + 8 * k, 32); std::memcpy(&bk, (const float*)&b + 8 * k, 32);
+    std::memcpy(&ck, (const float*)&c + 8 * k, 32);
+    h[k] = _mm256_fmadd_ps(ak, bk, ck);
+  }
+  f32x16 r; std::memcpy(&r, h, sizeof r); return r;
+#else
+  f32x16 r;
+  for (int j = 0; j < 16; ++j) r[j] = std::fma(a[j], b[j], c[j]);
+  return r;
+#endif
+}
+
+// Sum of the 16 lanes in a fixed order.
+inline float hsum(f32x16 v) {
+  float s = 0.f;
+  for (int j = 0; j < 16; ++j) s += v[j];
+  return s;
+}
+
+// 16 weights -> 16 floats.
+inline f32x16 widen(const float* p) { return load16(p); }
+
+inline f32x16 widen(const int8_t* p) {
+#if defined(__AVX512F__)
+  return (f32x16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+#elif defined(__AVX2__)
+  __m256 h[2] = {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p))),
+                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8))))};
+  f32x16 v; std::memcpy(&v, h, sizeof v); return v;
+#else
+  f32x16 v;
+  for (int j = 0; j < 16; ++j) v[j] = (float)p[j];
+  return v;
+#endif
+}
+
+inline f32x16 widen(const at::BFloat16* p) {  // bfloat16 is the top half of a float32
+#if defined(__AVX512F__)
+  const __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
+  return (f32x16)_mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
+#elif defined(__AVX2__)
+  __m256i h[2] = {_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16),
+                  _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p + 8))), 16)};
+  f32x16 v; std::memcpy(&v, h, sizeof v); return v;
+#else
+  f32x16 v;
+  for (int j = 0; j < 16; ++j) v[j] = (float)p[j];
+  return v;
+#endif
+}
+
+constexpr int kUnroll = 4;            // independent accumulators per row: 64 weights per iteration
+constexpr int kGroup = 4;             // activation rows per pass over a weight row
+constexpr int kPrefetchBytes = 4096;  // how far ahead of the stream to prefetch
+
+// out[b] = dot(x[b], w_row) for B activation rows of length I.
+template <typename W, int B>
+inline void dot_rows(const float* x, int64_t I, const W* wr, bool prefetch, float* out) {
+  f32x16 acc[kUnroll][B] = {};
+  int64_t i = 0;
+  for (; i + 16 * kUnroll <= I; i += 16 * kUnroll) {
+    if (prefetch) {
+      const char* ahead = reinterpret_cast<const char*>(wr + i) + kPrefetchBytes;
+      for (size_t line = 0; line < sizeof(W); ++line) __builtin_prefetch(ahead + 64 * line, 0, 0);
+    }
+    #pragma GCC unroll 4
+    for (int u = 0; u < kUnroll; ++u) {
+      const f32x16 wv = widen(wr + i + 16 * u);
+      #pragma GCC unroll 4
+      for (int b = 0; b < B; ++b) acc[u][b] = fma16(load16(x + b * I + i + 16 * u), wv, acc[u][b]);
+    }
+  }
+  for (; i + 16 <= I; i += 16) {
+    const f32x16 wv = widen(wr + i);
+    for (int b = 0; b < B; ++b) acc[0][b] = fma16(load16(x + b * I + i), wv, acc[0][b]);
+  }
+  for (int b = 0; b < B; ++b) {
+    f32x16 t = acc[0][b];
+    for (int u = 1; u < kUnroll; ++u) t += acc[u][b];
+    float s = hsum(t);
+    for (int64_t k = i; k < I; ++k) s += x[b * I + k] * (float)wr[k];
+    out[b] = s;
+  }
+}
+
+template <typename W>
+void linear_impl(const float* x, const W* w, const float* scales, float* y, int64_t N, int64_t I, int64_t O) {
+  at::parallel_for(0, O, 16, [&](int64_t begin, int64_t end) {
+    float out[kGroup];
+    for (int64_t o = begin; o < end; ++o) {
+      const W* wr = w + o * I;
+      for (int64_t g = 0; g < N; g += kGroup) {
+        const float* xg = x + g * I;
+        const bool prefetch = g == 0;  // later groups find the row in L1
+        switch (std::min<int64_t>(kGroup, N - g)) {
+          case 1: dot_rows<W, 1>(xg, I, wr, prefetch, out); break;
+          case 2: dot_rows<W, 2>(xg, I, wr, prefetch, out); break;
+          case 3: dot_rows<W, 3>(xg, I, wr, prefetch, out); break;
+          default: dot_rows<W, 4>(xg, I, wr, prefetch, out); break;
+        }
+        const float s = scales ? scales[o] : 1.f;
+        for (int64_t b = 0; b < std::min<int64_t>(kGroup, N - g); ++b) y[(g + b) * O + o] = scales ? out[b] * s : out[b];
+      }
+    }
+  });
+}
+
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& scales) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be float32 [N, in]");
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.size(1) == x.size(1), "w must be contiguous [out, in]");
+  const int64_t N = x.size(0), I = w.size(1), O = w.size(0);
+  auto xc = x.contiguous();
+  auto y = at::empty({N, O}, x.options());
+  const float* sp = nullptr;
+  at::Tensor sc;
+  if (scales.has_value()) {
+    sc = scales->to(at::kFloat).contiguous();
+    TORCH_CHECK(sc.numel() == O, "scales must have one entry per output row");
+    sp = sc.data_ptr<float>();
+  }
+  const float* xp = xc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  switch (w.scalar_type()) {
+    case at::kFloat: linear_impl(xp, w.data_ptr<float>(), sp, yp, N, I, O); break;
+    case at::kBFloat16: linear_impl(xp, w.data_ptr<at::BFloat16>(), sp, yp, N, I, O); break;
+    case at::kChar: linear_impl(xp, w.data_ptr<int8_t>(), sp, yp, N, I, O); break;
+    default: TORCH_CHECK(false, "w must be float32, bfloat16 or int8");
+  }
+  return y;
+}
+
+// Interleaved RoPE of one head, in float32 like the original (cos/sin read from its bfloat16 table):
+// out[2j] = x[2j] c - x[2j+1] s, out[2j+1] = x[2j+1] c + x[2j] s, each product rounded separately.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+template <typename F>
+void rope_head(const float* x, const F* freqs, int64_t D, float* out) {
+  for (int64_t j = 0; j < D / 2; ++j) {
+    const float c = (float)freqs[2 * j], s = (float)freqs[2 * j + 1];
+    const float x0 = x[2 * j], x1 = x[2 * j + 1];
+    const float a = x0 * c, b = x1 * s, e = x1 * c, f = x0 * s;
+    out[2 * j] = a - b;
+    out[2 * j + 1] = e + f;
+  }
+}
+#pragma GCC pop_options
+
+// exp for x <= 0 (softmax after subtracting the max): 2^n * p(r), |relative error| < 2e-7.
+inline f32x16 exp16(f32x16 x) {
+  f32x16 r;
+#if defined(__AVX512F__)
+  const __m512 v = _mm512_max_ps((__m512)x, _mm512_set1_ps(-87.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 t = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
+  t = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), t);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, t), t, _mm512_add_ps(t, _mm512_set1_ps(1.f)));
+  r = (f32x16)_mm512_scalef_ps(p, n);
+#else
+  for (int j = 0; j < 16; ++j) r[j] = std::exp(x[j]);
+#endif
+  return r;
+}
+
+// One query head against keys/values [len, D] (row stride D): softmax(q.k * scale) @ v.
+void attend(const float* q, const float* keys, const float* values, int64_t len, int64_t D, float scale,
+            float* scores, float* out) {
+  const int64_t chunks = D / 16;
+  f32x16 qv[16];  // D <= 256
+  for (int64_t c = 0; c < chunks; ++c) qv[c] = load16(q + 16 * c);
+  float best = -INFINITY;
+  for (int64_t j = 0; j < len; ++j) {
+    const float* k = keys + j * D;
+    f32x16 acc = qv[0] * load16(k);
+    for (int64_t c = 1; c < chunks; ++c) acc = fma16(qv[c], load16(k + 16 * c), acc);
+    scores[j] = hsum(acc) * scale;
+    best = std::max(best, scores[j]);
+  }
+  int64_t j = 0;
+  f32x16 total = {};
+  for (; j + 16 <= len; j += 16) {
+    const f32x16 e = exp16(load16(scores + j) - splat(best));
+    store16(scores + j, e);
+    total += e;
+  }
+  float sum = hsum(total);
+  for (; j < len; ++j) {
+    scores[j] = std::exp(scores[j] - best);
+    sum += scores[j];
+  }
+  f32x16 acc[16] = {};
+  for (int64_t t = 0; t < len; ++t) {
+    const f32x16 p = splat(scores[t]);
+    const float* v = values + t * D;
+    for (int64_t c = 0; c < chunks; ++c) acc[c] = fma16(p, load16(v + 16 * c), acc[c]);
+  }
+  const f32x16 inv = splat(1.f / sum);
+  for (int64_t c = 0; c < chunks; ++c) store16(out + 16 * c, acc[c] * inv);
+}
+
+// qkv [B, (H + 2 Hkv) D]; caches [slots, Hkv, T, D]; slots, positions [B] int64; freqs [T', D/2, 2].
+at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots,
+                            const at::Tensor& positions, const at::Tensor& freqs, int64_t n_head, int64_t n_kv_head) {
+  TORCH_CHECK(qkv.dim() == 2 && qkv.scalar_type() == at::kFloat, "qkv must be float32 [B, (H + 2 Hkv) D]");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes()
+              && k_cache.scalar_type() == at::kFloat && v_cache.scalar_type() == at::kFloat,
+              "caches must be contiguous float32 [slots, Hkv, T, D]");
+  TORCH_CHECK((freqs.scalar_type() == at::kBFloat16 || freqs.scalar_type() == at::kFloat) && freqs.is_contiguous(),
+              "freqs must be contiguous bfloat16 or float32");
+  const int64_t B = qkv.size(0), D = k_cache.size(3), T = k_cache.size(2);
+  TORCH_CHECK(D % 16 == 0 && D <= 256 && k_cache.size(1) == n_kv_head && n_head % n_kv_head == 0, "unsupported head layout");
+  TORCH_CHECK(qkv.size(1) == (n_head + 2 * n_kv_head) * D, "qkv width does not match the heads");
+  TORCH_CHECK(freqs.size(1) * 2 == D, "freqs must be [T, D/2, 2]");
+  auto qkv_c = qkv.contiguous();
+  auto slot_c = slots.to(at::kLong).contiguous(), pos_c = positions.to(at::kLong).contiguous();
+  TORCH_CHECK(slot_c.numel() == B && pos_c.numel() == B, "one slot and one position per row");
+  const int64_t* slot = slot_c.data_ptr<int64_t>();
+  const int64_t* pos = pos_c.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(slot[b] >= 0 && slot[b] < k_cache.size(0), "slot out of range");
+    TORCH_CHECK(pos[b] >= 0 && pos[b] < T && pos[b] < freqs.size(0), "position out of range");
+  }
+  const float* in = qkv_c.data_ptr<float>();
+  float* kc = k_cache.data_ptr<float>();
+  float* vc = v_cache.data_ptr<float>();
+  const int64_t width = qkv.size(1);
+  auto cache_row = [&](int64_t b, int64_t h) { return ((slot[b] * n_kv_head + h) * T + pos[b]) * D; };
+  auto rope = [&](const float* x, int64_t p, float* out) {
+    if (freqs.scalar_type() == at::kBFloat16) rope_head(x, freqs.data_ptr<at::BFloat16>() + p * D, D, out);
+    else rope_head(x, freqs.data_ptr<float>() + p * D, D, out);
+  };
+
+  // New keys (rotated) and values into each sequence's cache at its position.
+  at::parallel_for(0, B * n_kv_head, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / n_kv_head, h = task % n_kv_head;
+      const float* row = in + b * width;
+      rope(row + (n_head + h) * D, pos[b], kc + cache_row(b, h));
+      std::memcpy(vc + cache_row(b, h), row + (n_head + n_kv_head + h) * D, D * sizeof(float));
+    }
+  });
+
+  auto out = at::empty({B, n_head * D}, qkv.options());
+  float* op = out.data_ptr<float>();
+  const float scale = 1.f / std::sqrt((float)D);
+  const int64_t group = n_head / n_kv_head;
+  at::parallel_for(0, B * n_head, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(T), q(D);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / n_head, h = task % n_head, hk = h / group;
+      rope(in + b * width + h * D, pos[b], q.data());
+      const int64_t base = (slot[b] * n_kv_head + hk) * T * D;
+      attend(q.data(), kc + base, vc + base, pos[b] + 1, D, scale, scores.data(), op + b * n_head * D + h * D);
+    }
+  });
+  return out;
+}
+
+// int8 -> bfloat16 (exact: every int8 value is a bfloat16) for prefill matmuls on bfloat16 hardware.
+at::Tensor int8_to_bfloat16(const at::Tensor& w) {
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.is_contiguous(), "w must be contiguous int8");
+  auto out = at::empty(w.sizes(), w.options().dtype(at::kBFloat16));
+  const int8_t* src = w.data_ptr<int8_t>();
+  uint16_t* dst = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  at::parallel_for(0, w.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float f = (float)src[i];
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      dst[i] = (uint16_t)(bits >> 16);  // the low half of a small integer's float is zero
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fishtts, m) {
+  m.def("linear_rows(Tensor x, Tensor w, Tensor? scales) -> Tensor");
+  m.def("decode_attention(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor positions, "
+        "Tensor freqs, int n_head, int n_kv_head) -> Tensor");
+  m.def("int8_to_bfloat16(Tensor w) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fishtts, CPU, m) {
+  m.impl("linear_rows", &linear_rows);
+  m.impl("decode_attention", &decode_attention);
+  m.impl("int8_to_bfloat16", &int8_to_bfloat16);
+}
