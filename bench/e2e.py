@@ -1,8 +1,9 @@
-"""End to end: a reference-prompted sentence -> audio, through the engine's own steps.
+"""End to end: a reference-prompted sentence -> audio, through the engine's own path.
 
-Encode a reference clip to codes, build the prompt (text front end included), generate a fixed
-number of frames (stops ignored, so every format produces the same amount of audio), decode.
-RTF = wall seconds / seconds of audio produced.
+Encode a reference clip to codes, then `TTSEngine.synthesize` (text front end, the batch scheduler,
+the chunked VQGAN decoder) with a fixed number of frames (stops ignored, so every format produces the
+same amount of audio). RTF = wall seconds / seconds of audio produced. The LM and decode parts are
+also timed alone (generate_codes, then a one-shot decode of its codes) for the breakdown.
 """
 
 from __future__ import annotations
@@ -13,10 +14,7 @@ import zlib
 import torch
 
 from core.engine import GenerationRequest, TTSEngine
-from core.lm import frames_to_codes, generate
-from core.lm.quantize import is_quantized
 
-from .lm import static_cache_for
 from .measure import median_runs
 from .vqgan import test_audio
 
@@ -38,31 +36,32 @@ class SyntheticTokenizer:
         return [3 + zlib.crc32(piece.encode()) % (self.vocab_size - 3) for piece in text.split()]
 
 
+def reference_codes(engine: TTSEngine, seconds: float):
+    return engine.encode_reference(test_audio(seconds, engine.vqgan.config.sample_rate).numpy())
+
+
 def bench_e2e(engine: TTSEngine, reference_seconds: float, frames: int, runs: int) -> dict:
-    """Medians of: reference encode, LM generation, decode, total; and RTF. `engine.lm` is the format measured."""
-    lm, vqgan = engine.lm, engine.vqgan
-    reference = test_audio(reference_seconds, vqgan.config.sample_rate).numpy()
+    """Medians of: reference encode, synthesis, total; and RTF. `engine.lm` is the format measured."""
+    reference = test_audio(reference_seconds, engine.vqgan.config.sample_rate).numpy()
     info = {}
 
     def once():
         start = time.perf_counter()
-        ref_codes = engine.encode_reference(reference)
+        codes = engine.encode_reference(reference)
         encoded = time.perf_counter()
-        request = GenerationRequest(text=TEXT, prompt_text=REFERENCE_TEXT, prompt_tokens=ref_codes, order="en")
-        prompt = engine.encode_prompt(request)
-        lm.clear_caches()
-        # frames + 1: the last generated frame is the stop/budget frame, dropped by frames_to_codes.
-        out = generate(lm, prompt, max_new_tokens=frames + 1, eos_token_id=engine.tokenizer.eos_token_id,
-                       params=request.sampling, code_limit=engine.codebook_size, ignore_stop=True,
-                       fast_sampling=is_quantized(lm), static_cache=static_cache_for(lm))
-        # With stops ignored, random weights can emit the end value (code -1) mid-sequence; the
-        # VQGAN's cost does not depend on code values, so map it to a valid one.
-        codes = frames_to_codes(out[0]).clamp(min=0)
-        generated = time.perf_counter()
-        audio = engine.decode_codes(codes)
+        # frames + 1: the last generated frame is the stop/budget frame, which is not audio
+        request = GenerationRequest(text=TEXT, prompt_text=REFERENCE_TEXT, prompt_tokens=codes, order="en",
+                                    max_new_tokens=frames + 1, ignore_stop=True, seed=1)
+        audio = engine.synthesize(request)
         done = time.perf_counter()
-        info.update(prompt_tokens=prompt.shape[1], codes=codes.shape[1], audio_s=len(audio) / vqgan.config.sample_rate)
-        return dict(encode_s=encoded - start, lm_s=generated - encoded, decode_s=done - generated, total_s=done - start)
+        generated = engine.generate_codes(request)[0]
+        lm_done = time.perf_counter()
+        engine.decode_codes(generated)
+        decode_done = time.perf_counter()
+        info.update(prompt_tokens=engine.encode_prompt(request).shape[1], codes=generated.shape[1],
+                    audio_s=audio.size / engine.vqgan.config.sample_rate)
+        return dict(encode_s=encoded - start, synthesize_s=done - encoded, total_s=done - start,
+                    lm_s=lm_done - done, decode_s=decode_done - lm_done)
 
     result = median_runs(once, runs)
     return dict(reference_s=reference_seconds, **info, **{k: round(v, 3) for k, v in result.items()},

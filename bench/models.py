@@ -34,6 +34,10 @@ def random_official_lm(device: torch.device, dtype: torch.dtype, seed: int = 0,
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
+            elif name == "output.weight":
+                # Logits with a spread like a trained model's (std ~4), so that sampling sees a peaked
+                # distribution, not the near-uniform one of small random weights.
+                param.normal_(0, 4 / model.config.dim**0.5, generator=gen)
             else:
                 param.normal_(0, 0.02, generator=gen)
     model = model.to(dtype)

@@ -1,12 +1,16 @@
 """`python -m bench`: speed of every stage with official-size random-weight models, one table + one JSON line.
 
-    python -m bench [--only lm,vqgan,e2e] [--runs 3] [--device cpu] [--variants float32,int8] [--compile] [--tiny]
+    python -m bench [--only lm,vqgan,e2e] [--runs 3] [--device cpu] [--variants float32,int8] [--compile]
+                    [--num-samples 1,4] [--tiny]
 
 Measured in this run: device and threads; memory read bandwidth and the decode floor it sets per LM
 weight format (weight bytes read per token / bandwidth, as gpt-fast reports); LM prefill tokens/s
-(100-token prompt) and decode tokens/s (64 new tokens) per format; VQGAN encode and decode of 10 s of
-audio; end-to-end RTF of one reference-prompted sentence per format (10 s reference encoded, 64 frames
-generated with stops ignored, decoded); peak RSS. Each number is the median of --runs after a warm-up.
+(100-token prompt) and decode tokens/s (64 new tokens) per format, alone and as one batch of
+--num-samples sequences (aggregate tokens/s); VQGAN encode and decode of 10 s of audio; end-to-end RTF
+of one reference-prompted sentence per format (10 s reference encoded, 64 frames generated with stops
+ignored, decoded); streaming: time to first audio vs the non-streamed total for a 100- and a
+300-character text (bench/streaming.py); --concurrent requests at once vs one after another
+(bench/concurrency.py); peak RSS. Each number is the median of --runs after a warm-up.
 `--compile` adds int8+compile (its compile takes 15-95 s on CPU). `--tiny` uses tiny models (tests).
 """
 
@@ -20,18 +24,20 @@ import torch
 
 from core.device import resolve_device
 
-from .e2e import bench_e2e, make_engine
+from .concurrency import bench_concurrency
+from .e2e import REFERENCE_TEXT, bench_e2e, make_engine, reference_codes
+from .streaming import bench_streaming
 from .lm import bench_lm, build_variants, random_prompt
 from .measure import memory_bandwidth, peak_rss_mb
 from .models import random_official_lm, random_vqgan, tiny_lm_config, tiny_vqgan_config
 from .vqgan import bench_vqgan
 
-PARTS = ("lm", "vqgan", "e2e")
+PARTS = ("lm", "vqgan", "e2e", "stream", "batch")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(PARTS), help="comma list of lm, vqgan, e2e")
+    parser.add_argument("--only", default=",".join(PARTS), help="comma list of lm, vqgan, e2e, stream, batch")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median), after a warm-up")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     parser.add_argument("--variants", default="float32,int8", help="LM formats: float32, bfloat16, int8, X+compile")
@@ -40,8 +46,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--new", type=int, default=64, help="LM tokens (frames) to generate")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length for VQGAN and the e2e reference")
     parser.add_argument("--frames", type=int, default=64, help="frames generated end to end (~3 s of audio)")
+    parser.add_argument("--num-samples", default="1,4", help="LM batch sizes (sequences decoded together)")
+    parser.add_argument("--concurrent", default="1,2,4,8", help="concurrent requests for the batch part")
     parser.add_argument("--tiny", action="store_true", help="tiny models (a smoke test, not a measurement)")
     args = parser.parse_args(argv)
+    args.batch_sizes = tuple(sorted({1, *(int(n) for n in args.num_samples.split(",") if n.strip())}))
+    args.concurrency = tuple(sorted({1, *(int(n) for n in args.concurrent.split(",") if n.strip())}))
     args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(args.parts) - set(PARTS)
     if unknown or args.runs < 1:
@@ -61,7 +71,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     log(f"device {report['device_name']}, {report['threads']} threads, read bandwidth {bandwidth / 1e9:.1f} GB/s")
 
     models = {}
-    if "lm" in args.parts or "e2e" in args.parts:
+    uses_lm = {"lm", "e2e", "stream", "batch"} & set(args.parts)
+    if uses_lm:
         log("building the LM (random weights) and its formats...")
         base = random_official_lm(device, torch.float32, config=tiny_lm_config() if args.tiny else None)
         prompt = random_prompt(base, args.prompt)
@@ -69,16 +80,27 @@ def run(args: argparse.Namespace, log=print) -> dict:
         del base
         if "lm" in args.parts:
             log("LM prefill/decode...")
-            report["lm"] = bench_lm(models, setup, prompt, args.new, args.runs, bandwidth)
-    if "vqgan" in args.parts or "e2e" in args.parts:
+            report["lm"] = bench_lm(models, setup, prompt, args.new, args.runs, bandwidth, args.batch_sizes)
+    if "vqgan" in args.parts or uses_lm - {"lm"}:
         vqgan = random_vqgan(device, tiny_vqgan_config() if args.tiny else None)
         if "vqgan" in args.parts:
             log("VQGAN encode/decode...")
             report["vqgan"] = bench_vqgan(vqgan, args.seconds, args.runs)
-        if "e2e" in args.parts:
-            log("end to end...")
-            report["e2e"] = {name: bench_e2e(make_engine(lm, vqgan, device), args.seconds, args.frames, args.runs)
-                             for name, lm in models.items()}
+        for name, lm in models.items():
+            if not uses_lm - {"lm"}:
+                break
+            engine = make_engine(lm, vqgan, device)
+            if "e2e" in args.parts:
+                log(f"end to end ({name})...")
+                report.setdefault("e2e", {})[name] = bench_e2e(engine, args.seconds, args.frames, args.runs)
+            if "stream" in args.parts:
+                log(f"streaming ({name})...")
+                codes = reference_codes(engine, args.seconds)
+                report.setdefault("stream", {})[name] = bench_streaming(engine, REFERENCE_TEXT, codes, args.runs)
+            if "batch" in args.parts:
+                log(f"concurrent requests ({name})...")
+                report.setdefault("batch", {})[name] = bench_concurrency(engine, args.concurrency, args.new, args.runs)
+            engine.close()
     report["peak_rss_mb"] = round(peak_rss_mb())
     return report
 
@@ -91,9 +113,10 @@ def device_name(device: torch.device) -> str:
 
 def table(report: dict) -> str:
     """One markdown table: a column per LM format; format-independent rows fill the first column."""
-    lm_rows = {r["variant"]: r for r in report.get("lm", [])}
-    e2e = report.get("e2e", {})
-    formats = list(dict.fromkeys([*lm_rows, *e2e])) or ["-"]
+    lm_rows = {r["variant"]: r for r in report.get("lm", []) if r["num_samples"] == 1}
+    batch_rows = {(r["variant"], r["num_samples"]): r for r in report.get("lm", []) if r["num_samples"] > 1}
+    e2e, stream, batch = report.get("e2e", {}), report.get("stream", {}), report.get("batch", {})
+    formats = list(dict.fromkeys([*lm_rows, *e2e, *stream, *batch])) or ["-"]
     rows = []
 
     def row(label, per_format=None, shared=None):
@@ -109,6 +132,11 @@ def table(report: dict) -> str:
         row(f"LM decode, {first['new_tokens']} new tokens",
             lambda f: f"{lm_rows[f]['tokens_per_s']} tokens/s ({lm_rows[f]['fraction_of_floor']:.0%} of floor)"
             if f in lm_rows else "")
+        for n in sorted({n for _, n in batch_rows}):
+            row(f"LM decode, {n} sequences as one batch (aggregate)",
+                lambda f, n=n: f"{batch_rows[f, n]['tokens_per_s']} tokens/s "
+                               f"({batch_rows[f, n]['tokens_per_s'] / lm_rows[f]['tokens_per_s']:.2f}x one)"
+                if (f, n) in batch_rows and f in lm_rows else "")
         row("LM setup (copy/quantize/compile + warm-up)", get("setup_s", "{} s"))
     if "vqgan" in report:
         v = report["vqgan"]
@@ -116,10 +144,24 @@ def table(report: dict) -> str:
         row(f"VQGAN decode {v['codes']} codes ({v['audio_s']:g} s)", shared=f"{v['decode_s']} s (RTF {v['decode_rtf']})")
     if e2e:
         any_e2e = next(iter(e2e.values()))
-        row(f"end to end RTF ({any_e2e['reference_s']:g} s reference, {any_e2e['codes']} frames "
-            f"= {any_e2e['audio_s']:.2f} s audio)",
-            lambda f: f"{e2e[f]['rtf']} ({e2e[f]['total_s']} s: encode {e2e[f]['encode_s']} + LM {e2e[f]['lm_s']} "
-                      f"+ decode {e2e[f]['decode_s']})" if f in e2e else "")
+        row(f"end to end RTF ({any_e2e['reference_s']:g} s reference, {any_e2e['prompt_tokens']}-token prompt, "
+            f"{any_e2e['codes']} frames = {any_e2e['audio_s']:.2f} s audio)",
+            lambda f: f"{e2e[f]['rtf']} ({e2e[f]['total_s']} s: encode {e2e[f]['encode_s']} + synthesize "
+                      f"{e2e[f]['synthesize_s']}; alone: LM {e2e[f]['lm_s']}, decode {e2e[f]['decode_s']})"
+                      if f in e2e else "")
+    if stream:
+        for i, sample in enumerate(next(iter(stream.values()))):
+            label = f"streaming, {sample['chars']}-char text ({sample['segments']} segment(s), {sample['audio_s']} s audio)"
+            row(label, lambda f, i=i: (
+                f"first audio {stream[f][i]['first_audio_s']} s ({stream[f][i]['first_audio_fraction']:.0%} of the "
+                f"{stream[f][i]['whole_s']} s non-streamed), stream done {stream[f][i]['stream_total_s']} s, "
+                f"longest stall {stream[f][i]['stall_s']} s") if f in stream else "")
+    if batch:
+        for i, sample in enumerate(next(iter(batch.values()))):
+            row(f"{sample['requests']} concurrent requests x {sample['frames']} frames", lambda f, i=i: (
+                f"{batch[f][i]['tokens_per_s']} tokens/s ({batch[f][i]['aggregate_vs_one']}x one; serialized "
+                f"{batch[f][i]['serialized_tokens_per_s']}), p50 {batch[f][i]['p50_s']} s ({batch[f][i]['p50_vs_alone']}x "
+                f"alone; serialized {batch[f][i]['serialized_p50_s']} s)") if f in batch else "")
     row("peak RSS", shared=f"{report['peak_rss_mb']} MB")
     head = f"| {report['device_name']}, {report['threads']} threads, median of {report['runs']} | " + " | ".join(formats) + " |"
     return "\n".join([head, "|---" * (len(formats) + 1) + "|", *rows])

@@ -70,33 +70,84 @@ def _mono_samples(audio) -> np.ndarray:
     return audio
 
 
-_WRITE_BLOCK = 65536
+def audio_format(format: str) -> tuple[str, str]:
+    """(container, subtype) for a format name or suffix; AudioError for others."""
+    fmt = format.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise AudioError(f"unsupported audio format {format!r}: use one of {', '.join(FORMATS)}")
+    return FORMATS[fmt]
+
+
+class AudioWriter:
+    """Mono float chunks in [-1, 1] to a file path or binary buffer as wav (PCM_16), flac, ogg or mp3,
+    written as they come (so a growing file can already be played)."""
+
+    BLOCK = 65536  # one huge Vorbis write (> ~2M frames) segfaults libsndfile
+
+    def __init__(self, target, format: str, sample_rate: int = SAMPLE_RATE):
+        container, subtype = audio_format(format)
+        try:
+            self.file = sf.SoundFile(target, "w", sample_rate, 1, format=container, subtype=subtype)
+        except Exception as exc:  # noqa: BLE001
+            raise AudioError(f"cannot write {format} at {sample_rate} Hz: {exc}") from None
+
+    def write(self, audio: np.ndarray) -> None:
+        # Clip so integer subtypes never wrap around on out-of-range samples.
+        samples = np.clip(_mono_samples(audio), -1.0, 1.0)
+        for start in range(0, samples.size, self.BLOCK):
+            self.file.write(samples[start : start + self.BLOCK])
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def encode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, format: str = "wav") -> bytes:
     """Encode mono float samples in [-1, 1] as wav (PCM_16), flac, ogg (Vorbis) or mp3 bytes."""
-    fmt = format.lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise AudioError(f"unsupported audio format {format!r}: use one of {', '.join(FORMATS)}")
-    container, subtype = FORMATS[fmt]
-    # Clip so integer subtypes never wrap around on out-of-range samples.
-    samples = np.clip(_mono_samples(audio), -1.0, 1.0)
     buffer = io.BytesIO()
+    writer = AudioWriter(buffer, format, sample_rate)
     try:
-        with sf.SoundFile(buffer, "w", sample_rate, 1, format=container, subtype=subtype) as out:
-            # Blocks: one huge Vorbis write (> ~2M frames) segfaults libsndfile.
-            for start in range(0, samples.size, _WRITE_BLOCK):
-                out.write(samples[start : start + _WRITE_BLOCK])
+        writer.write(audio)
+        writer.close()
+    except AudioError:
+        raise
     except Exception as exc:  # noqa: BLE001
-        raise AudioError(f"cannot encode {fmt} at {sample_rate} Hz: {exc}") from None
+        raise AudioError(f"cannot encode {format} at {sample_rate} Hz: {exc}") from None
     return buffer.getvalue()
+
+
+def pcm16_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """Raw 16-bit little-endian mono PCM, converted exactly as the wav format's samples are."""
+    samples = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    if samples.size == 0:
+        return b""
+    buffer = io.BytesIO()
+    with sf.SoundFile(buffer, "w", sample_rate, 1, format="RAW", subtype="PCM_16", endian="LITTLE") as out:
+        out.write(samples)
+    return buffer.getvalue()
+
+
+def streaming_wav_header(sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A 16-bit mono WAV header for a stream of unknown length: its size fields are the maximum
+    (0xFFFFFFFF), which streaming players read as "until the data ends"."""
+    block = 2  # one channel of 16-bit samples
+    return (b"RIFF" + (0xFFFFFFFF).to_bytes(4, "little") + b"WAVE"
+            + b"fmt " + (16).to_bytes(4, "little") + (1).to_bytes(2, "little") + (1).to_bytes(2, "little")
+            + sample_rate.to_bytes(4, "little") + (sample_rate * block).to_bytes(4, "little")
+            + block.to_bytes(2, "little") + (16).to_bytes(2, "little")
+            + b"data" + (0xFFFFFFFF).to_bytes(4, "little"))
 
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
     """Write samples to `path`, the format chosen by its suffix (.wav/.flac/.ogg/.mp3)."""
     path = Path(path)
+    path.write_bytes(encode_audio(audio, sample_rate, suffix_format(path)))
+    return path
+
+
+def suffix_format(path: str | os.PathLike) -> str:
+    """The audio format a file name asks for (.wav/.flac/.ogg/.mp3); AudioError for others."""
+    path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise AudioError(f"cannot tell the audio format of {path.name}: use a .wav, .flac, .ogg or .mp3 suffix")
-    path.write_bytes(encode_audio(audio, sample_rate, fmt))
-    return path
+    return fmt

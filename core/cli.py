@@ -209,22 +209,28 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
 @click.option("--reference-audio", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="A 5-10 s clip of the voice to clone.")
 @click.option("--reference-text", default=None, help="Transcript of the reference clip.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default="output.wav", show_default=True,
-              help="Audio file (.wav, .flac, .ogg or .mp3).")
+@click.option("-o", "--output", default="output.wav", show_default=True,
+              help="Audio file (.wav, .flac, .ogg or .mp3), or - for a WAV stream on stdout.")
+@click.option("--stream/--no-stream", default=False, show_default=True,
+              help="Write the audio while it is generated and report the time to first audio "
+                   "(e.g. `-o - | ffplay -nodisp -autoexit -` plays it as it comes).")
 @click.option("--llama-checkpoint-path", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR / "text2semantic-400m-v0.2-4k.pth", show_default=True)
 @click.option("--llama-config-name", default="text2semantic_finetune", show_default=True)
 @click.option("--vqgan-checkpoint-path", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR / "vqgan-v1.pth", show_default=True)
 @click.option("--vqgan-config-name", default="vqgan_pretrain", show_default=True)
 @generation_options
 @friendly_errors
-def tts(text, reference_audio, reference_text, output, llama_checkpoint_path, llama_config_name,
+def tts(text, reference_audio, reference_text, output, stream, llama_checkpoint_path, llama_config_name,
         vqgan_checkpoint_path, vqgan_config_name, **kwargs):
-    """Text (+ optional reference voice) to speech in one step."""
-    from .audio import SAMPLE_RATE, load_audio, write_audio
+    """Text (+ optional reference voice) to speech in one step; long texts go sentence by sentence."""
+    from tqdm import tqdm
+
+    from .audio import SAMPLE_RATE, load_audio
     from .engine import GenerationRequest, TTSEngine
 
     if (reference_audio is None) != (reference_text is None):
         raise click.ClickException("--reference-audio and --reference-text go together")
+    sink = AudioSink(output)  # checks the suffix before the models load
     reference = load_audio(reference_audio) if reference_audio else None
     request = GenerationRequest(
         text=text, prompt_text=reference_text, max_new_tokens=kwargs["max_new_tokens"],
@@ -237,16 +243,59 @@ def tts(text, reference_audio, reference_text, output, llama_checkpoint_path, ll
         half=kwargs["half"], compile=kwargs["compile"], quantize=kwargs["quantize"],
     )
     start = time.perf_counter()
-    if reference is not None:
-        request.prompt_tokens = engine.encode_reference(reference)
-    codes = run_generation(engine, request)
-    if codes[0].shape[1] == 0:
+    first_audio = None
+    with tqdm(total=None, unit="frame", desc="generating", file=sys.stderr) as bar:
+        speech = engine.stream(request, reference, progress=bar.update)
+        chunks = []
+        for chunk in speech:
+            chunks.append(chunk)
+            if stream:
+                sink.write(chunk)
+                if first_audio is None:
+                    first_audio = time.perf_counter() - start
+    samples = sum(c.size for c in chunks)
+    if samples == 0:
         raise click.ClickException("the model produced no audio for this text (try a larger --max-new-tokens)")
-    audio = engine.decode_codes(codes[0])
-    write_audio(output, audio, SAMPLE_RATE)
+    if not stream:
+        sink.write(np.concatenate(chunks))
+    sink.close()
     seconds = time.perf_counter() - start
-    duration = audio.size / SAMPLE_RATE
-    click.echo(f"Saved {duration:.2f} s of audio to {output} (real-time factor {seconds / max(duration, 1e-9):.2f})", err=True)
+    duration = samples / SAMPLE_RATE
+    where = "stdout" if output == "-" else output
+    ttfa = f", first audio after {first_audio:.2f} s" if first_audio is not None else ""
+    click.echo(f"Saved {duration:.2f} s of audio to {where} in {len(speech.segments)} segment(s) "
+               f"(real-time factor {seconds / max(duration, 1e-9):.2f}{ttfa})", err=True)
+
+
+class AudioSink:
+    """Where `tts` writes: a file in the format of its suffix (written as chunks arrive, so a growing
+    file can be played), or `-`: a WAV stream on stdout whose header announces no length."""
+
+    def __init__(self, output: str):
+        from .audio import suffix_format
+
+        self.output = output
+        self.format = None if output == "-" else suffix_format(output)  # checked before any work
+        self.writer = None
+
+    def write(self, chunk: np.ndarray) -> None:
+        from .audio import SAMPLE_RATE, AudioWriter, pcm16_bytes, streaming_wav_header
+
+        if self.format is None:
+            out = sys.stdout.buffer
+            if self.writer is None:
+                self.writer = out
+                out.write(streaming_wav_header(SAMPLE_RATE))
+            out.write(pcm16_bytes(chunk))
+            out.flush()
+            return
+        if self.writer is None:
+            self.writer = AudioWriter(self.output, self.format, SAMPLE_RATE)
+        self.writer.write(chunk)
+
+    def close(self) -> None:
+        if self.writer is not None and self.format is not None:
+            self.writer.close()
 
 
 @main.command()

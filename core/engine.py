@@ -1,7 +1,8 @@
 """TTSEngine: the one object the CLI, the server and the tests use.
 
 Load once; encode a reference clip to codes; generate codes for text in that voice; decode codes to
-audio. One lock serialises model use, so an engine can be shared between threads.
+audio, streaming or in one piece. An engine can be shared between threads: its scheduler batches
+their generations (core/scheduler.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -17,10 +19,14 @@ import torch
 from .audio import SAMPLE_RATE
 from .checkpoints import DEFAULT_CHECKPOINTS_DIR, LLAMA_FILENAME, VQGAN_FILENAME
 from .device import lm_dtype, resolve_device
-from .lm import SamplingParams, encode_prompt, frames_to_codes, generate, load_lm, load_tokenizer
+from .lm import SamplingParams, Sequence, encode_prompt, frames_to_codes, load_lm, load_tokenizer
 from .lm.compile import uses_static_cache
-from .lm.quantize import is_quantized
+from .lm.generate import budget_new_frames
 from .lm.prompt import DEFAULT_ORDER
+from .lm.quantize import is_quantized
+from .scheduler import Job, Scheduler
+from .speech import SpeechStream
+from .text.split import MAX_SEGMENT_WEIGHT, split_text
 from .vqgan import load_vqgan
 from .vqgan.config import VQConfig
 
@@ -29,6 +35,7 @@ DEFAULT_VQGAN_CHECKPOINT = str(DEFAULT_CHECKPOINTS_DIR / VQGAN_FILENAME)
 DEFAULT_LLAMA_CONFIG = "text2semantic_finetune"
 DEFAULT_VQGAN_CONFIG = "vqgan_pretrain"
 DEFAULT_TOKENIZER = "fishaudio/speech-lm-v1"
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,6 +53,7 @@ class GenerationRequest:
     seed: int | None = None
     num_samples: int = 1
     code_mask: bool = True  # never sample codes the VQGAN cannot decode
+    ignore_stop: bool = False  # benchmarks: run the whole max_new_tokens (random weights stop anywhere)
 
     def __post_init__(self):
         if not self.text or not self.text.strip():
@@ -67,15 +75,26 @@ def sample_generators(device: torch.device, seed: int | None, count: int) -> lis
     return generators
 
 
+def default_max_batch(device: torch.device) -> int:
+    """Sequences decoded together: on CPU a step for 8 costs ~2x one; a GPU has room for more."""
+    return 16 if device.type == "cuda" else 8
+
+
 class TTSEngine:
+    """Text -> codes -> audio. With an LM, all model work runs on one scheduler thread that batches
+    the decode steps of concurrent requests (core/scheduler.py); without one (VQGAN only), calls
+    run directly under a lock."""
+
     def __init__(self, *, lm=None, tokenizer=None, vqgan=None, device: torch.device | str = "cpu",
-                 compile: bool = False):
+                 compile: bool = False, max_batch_size: int | None = None):
         self.lm = lm
         self.tokenizer = tokenizer
         self.vqgan = vqgan
         self.device = torch.device(device)
         self.compile = compile
+        self.max_batch_size = max_batch_size or default_max_batch(self.device)
         self.lock = threading.RLock()
+        self._scheduler: Scheduler | None = None
 
     @classmethod
     def load(
@@ -91,6 +110,7 @@ class TTSEngine:
         precision: str | None = None,
         compile: bool = False,
         quantize: str | None = None,
+        max_batch_size: int | None = None,
     ) -> "TTSEngine":
         """Load the parts whose checkpoint is given (None skips the LM or the VQGAN).
 
@@ -108,7 +128,7 @@ class TTSEngine:
             from .lm.compile import compile_decode
 
             compile_decode(lm)
-        return cls(lm=lm, tokenizer=tok, vqgan=vqgan, device=dev, compile=compile)
+        return cls(lm=lm, tokenizer=tok, vqgan=vqgan, device=dev, compile=compile, max_batch_size=max_batch_size)
 
     # -- parts -----------------------------------------------------------------------------
 
@@ -122,20 +142,43 @@ class TTSEngine:
     def codebook_size(self) -> int | None:
         return None if self.vqgan is None else self.vqgan.config.vq.codebook_size
 
+    @property
+    def scheduler(self) -> Scheduler:
+        """The thread that owns the LM (started on first use)."""
+        lm = self._need("lm")
+        with self.lock:
+            if self._scheduler is None:
+                static = self.compile and uses_static_cache(lm)  # CUDA graphs want one batch shape
+                self._scheduler = Scheduler(lm, self.max_batch_size, static=static)
+            return self._scheduler
+
+    def _model_call(self, fn: Callable[[], T]) -> T:
+        """Run model work where it does not compete with the scheduler for the cores."""
+        if self.lm is not None:
+            return self.scheduler.run(fn)
+        with self.lock, torch.inference_mode():
+            return fn()
+
+    def close(self) -> None:
+        """Stop the scheduler thread (requests still in it fail); the engine can be dropped after."""
+        with self.lock:
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.close()
+
     # -- audio <-> codes -------------------------------------------------------------------
 
     def encode_reference(self, audio: np.ndarray) -> np.ndarray:
         """Mono float32 audio at 22,050 Hz -> codes [4, T] int64."""
         vqgan = self._need("vqgan")
-        with self.lock:  # the VQGAN checks the shape and length and moves the audio to its device
-            codes = vqgan.encode(torch.as_tensor(np.asarray(audio, dtype=np.float32)))
+        audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+        codes = self._model_call(lambda: vqgan.encode(audio))  # the VQGAN checks shape and length
         return codes.cpu().numpy().astype(np.int64)
 
     def decode_codes(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Codes [4, T] -> mono float32 audio at 22,050 Hz."""
+        """Codes [4, T] -> mono float32 audio at 22,050 Hz (in one piece)."""
         vqgan = self._need("vqgan")
-        with self.lock:  # the VQGAN checks shape, dtype and range
-            audio = vqgan.decode(codes)
+        audio = self._model_call(lambda: vqgan.decode(codes))  # the VQGAN checks shape, dtype and range
         return audio.reshape(-1).float().cpu().numpy()
 
     # -- text -> codes ---------------------------------------------------------------------
@@ -148,38 +191,95 @@ class TTSEngine:
             num_codebooks=self._need("lm").config.num_codebooks,
         )
 
+    def _sequences(self, request: GenerationRequest, prompt: torch.Tensor, count: int,
+                   seed: int | None) -> list[Sequence]:
+        lm = self._need("lm")
+        budget = budget_new_frames(prompt.shape[1], request.max_new_tokens, lm.config.max_seq_len)
+        code_limit = (self.codebook_size or VQConfig().codebook_size) if request.code_mask else None
+        return [Sequence(prompt, budget, request.sampling, self._need("tokenizer").eos_token_id, generator,
+                         code_limit, fast_sampling=is_quantized(lm),  # the int8 path is not bit-exact anyway
+                         ignore_stop=request.ignore_stop)
+                for generator in sample_generators(self.device, seed, count)]
+
     def generate_codes(self, request: GenerationRequest, prompt: torch.Tensor | None = None,
                        progress: Callable[[], None] | None = None) -> list[np.ndarray]:
-        """Codes [4, n] per sample; dtype int32, or int64 with int64 reference codes (as the original)."""
-        lm = self._need("lm")
+        """Codes [4, n] per sample (the samples decode as one batch); dtype int32, or int64 with int64
+        reference codes (as the original). `progress` is called once per step."""
         if prompt is None:
             prompt = self.encode_prompt(request)
-        code_limit = None
-        if request.code_mask:
-            code_limit = self.codebook_size or VQConfig().codebook_size
-        generators = sample_generators(self.device, request.seed, request.num_samples)
-        with self.lock:
-            frames = generate(
-                lm, prompt, max_new_tokens=request.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-                params=request.sampling, num_samples=request.num_samples, code_limit=code_limit,
-                generator=generators, static_cache=self.compile and uses_static_cache(lm), progress=progress,
-                fast_sampling=is_quantized(lm),  # the int8 path is not bit-exact anyway
-            )
-        return [frames_to_codes(f).numpy() for f in frames]
+        if request.num_samples > self.max_batch_size:
+            raise ValueError(f"num_samples is {request.num_samples}; at most {self.max_batch_size} run as one batch")
+        sequences = self._sequences(request, prompt, request.num_samples, request.seed)
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def on_frame(index: int, _frame) -> None:
+            if index == 0 and progress is not None:
+                progress()
+
+        def on_done(error) -> None:
+            if error is not None:
+                errors.append(error)
+            done.set()
+
+        owner = object()
+        self.scheduler.submit(Job(sequences, on_frame, on_done, owner))
+        try:
+            done.wait()
+        except BaseException:  # e.g. Ctrl-C: free the slots
+            self.scheduler.cancel(owner)
+            raise
+        if errors:
+            raise errors[0]
+        return [frames_to_codes(torch.stack(seq.frames, dim=1).to(prompt.dtype).cpu()).numpy() for seq in sequences]
 
     # -- everything ------------------------------------------------------------------------
 
-    def synthesize(self, request: GenerationRequest, reference_audio: np.ndarray | None = None,
-                   progress: Callable[[], None] | None = None) -> np.ndarray:
-        """Text (+ optional reference clip or codes) -> audio of the first sample."""
+    def stream(self, request: GenerationRequest, reference_audio: np.ndarray | None = None,
+               max_segment_weight: int = MAX_SEGMENT_WEIGHT, progress: Callable[[], None] | None = None) -> SpeechStream:
+        """Text (+ optional reference clip or codes) -> a SpeechStream of audio chunks (first sample).
+
+        A long text is split into segments (core/text/split.py), each generated with the reference
+        as its prompt; segment i samples with seed + i. `progress` is called for every frame.
+        """
+        self._need("vqgan")
         if reference_audio is not None:
             if request.prompt_text is None:
                 raise ValueError("a reference clip needs its transcript (reference text)")
             request = replace(request, prompt_tokens=self.encode_reference(reference_audio))
-        codes = self.generate_codes(request, progress=progress)[0]
-        if codes.shape[1] == 0:
+        sequences = []
+        for i, (segment, prompt) in enumerate(self._segment_prompts(request, max_segment_weight)):
+            seed = None if request.seed is None else request.seed + i
+            sequences += self._sequences(segment, prompt, 1, seed)
+        return SpeechStream(self.scheduler, self.vqgan, sequences, progress=progress)
+
+    def _segment_prompts(self, request: GenerationRequest, max_weight: int) -> list[tuple[GenerationRequest, torch.Tensor]]:
+        """(request, prompt) per segment of the text. A segment whose prompt takes more than half the
+        context (a long transcript, a small model) is split further, so that its audio has room."""
+        limit = self._need("lm").config.max_seq_len // 2
+        out = []
+
+        def add(text: str, weight: int) -> None:
+            segment = replace(request, text=text)
+            prompt = self.encode_prompt(segment)
+            if prompt.shape[1] > limit and weight > 1:
+                pieces = split_text(text, max(1, weight // 2))
+                if len(pieces) > 1:
+                    for piece in pieces:
+                        add(piece, weight // 2)
+                    return
+            out.append((segment, prompt))
+
+        for text in split_text(request.text, max_weight) or [request.text]:
+            add(text, max_weight)
+        return out
+
+    def synthesize(self, request: GenerationRequest, reference_audio: np.ndarray | None = None) -> np.ndarray:
+        """The whole stream's audio at once (the same samples as streaming it)."""
+        chunks = list(self.stream(request, reference_audio))
+        if not chunks:
             raise ValueError("the model produced no audio for this text (try a larger max_new_tokens)")
-        return self.decode_codes(codes)
+        return np.concatenate(chunks)
 
 
 __all__ = ["GenerationRequest", "TTSEngine", "SAMPLE_RATE"]

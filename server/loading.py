@@ -38,6 +38,8 @@ class LoadPlan:
     device: str | None
     precision: str
     compile: bool
+    quantize: str | None
+    max_batch_size: int | None
     shown: dict  # the same choices as clients may see them (no server paths)
 
     def build(self, guard: FolderGuard) -> tuple[TTSEngine, dict]:
@@ -45,7 +47,8 @@ class LoadPlan:
             engine = TTSEngine.load(
                 llama_checkpoint=self.llama_checkpoint, llama_config=self.llama_config, tokenizer=self.tokenizer,
                 vqgan_checkpoint=self.vqgan_checkpoint, vqgan_config=self.vqgan_config, device=self.device,
-                precision=self.precision, compile=self.compile,
+                precision=self.precision, compile=self.compile, quantize=self.quantize,
+                max_batch_size=self.max_batch_size,
             )
         except ValueError as exc:  # CheckpointError, config and tokenizer problems: the client's files
             message = str(exc)
@@ -57,6 +60,8 @@ class LoadPlan:
             "device": str(engine.device),
             "precision": str(engine.lm.output.weight.dtype).removeprefix("torch."),
             "compiled": self.compile,
+            "quantize": self.quantize or "none",
+            "max_batch_size": engine.max_batch_size,
             "context": engine.lm.config.max_seq_len,
             **self.shown,
         }
@@ -84,8 +89,14 @@ def plan_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard) ->
         vqgan_checkpoint=vqgan_checkpoint, vqgan_config=vqgan_config,
         device=choose_device(body.device, settings.device),
         precision=body.llama.precision or ("float16" if settings.half else "bfloat16"),
-        compile=compile_, shown=shown,
+        compile=compile_, quantize=_quantize(body.llama.quantize, settings.quantize),
+        max_batch_size=settings.max_batch_size or None, shown=shown,
     )
+
+
+def _quantize(requested: str | None, server_default: str) -> str | None:
+    choice = server_default if requested is None else requested
+    return None if choice in ("", "none") else choice
 
 
 def choose_device(requested: str | None, server_device: str | None) -> str | None:

@@ -108,6 +108,7 @@ class ModelRegistry:
     def _retire(self, bundle: Bundle) -> None:
         with self._changed:
             self._changed.wait_for(lambda: bundle.leases == 0)
+        bundle.engine.close()  # stops its scheduler thread
         bundle.engine = None  # drop the last reference to the weights
         gc.collect()
         if torch.cuda.is_available():

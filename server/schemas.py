@@ -20,7 +20,7 @@ ORDER_PATTERN = r"^(zh|jp|en)(,(zh|jp|en)){0,2}$"
 MAX_CONTEXT = 4096  # the official LM's context; the loaded model's own context is checked per request
 MAX_PATH = 1024
 DEFAULT_TEXT = "你说的对, 但是原神是一款由米哈游自主研发的开放世界手游."
-AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg")
+AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg", "pcm")  # pcm: raw 16-bit little-endian mono
 OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 
 
@@ -46,6 +46,9 @@ class LlamaSpec(BaseModel):
                                        "repo id: the official one is read from the checkpoints folder; others need "
                                        "--allow-downloads.")
     compile: bool = Field(True, description="torch.compile the decode step; honoured only with --compile.")
+    quantize: Literal["int8", "none"] | None = Field(None, description=(
+        "int8: weights stored as int8 (~3x faster decoding on CPU; logits within ~1% of float32). "
+        "Default: the server's --quantize."))
 
 
 class VQGANSpec(BaseModel):
@@ -157,6 +160,9 @@ def make_schemas(max_text_length: int) -> Schemas:
         reference_text: str | None = Field(None, max_length=max_text_length, description="Alias of prompt_text.")
         reference_id: str | None = Field(None, pattern=VOICE_ID_PATTERN, description="A saved voice's id.")
         format: Literal[AUDIO_FORMATS] = "wav"
+        streaming: bool = Field(False, description=(
+            "Send the audio while it is generated (chunked transfer): wav (a header with its length fields set "
+            "to 0xFFFFFFFF, then 16-bit PCM) or pcm. The samples equal the non-streamed response's."))
 
         _text_not_blank = field_validator("text")(_not_blank)
         _order = field_validator("order")(check_order)
@@ -188,7 +194,9 @@ def make_schemas(max_text_length: int) -> Schemas:
         speed: float = Field(1.0, ge=0.25, le=4.0, description="Accepted for compatibility; the model has no speed "
                                                                "control, so it is not applied.")
         instructions: str | None = Field(None, max_length=4096, description="Accepted and ignored.")
-        stream_format: Literal["audio", "sse"] | None = Field(None, description="Only 'audio'.")
+        stream_format: Literal["audio", "sse"] | None = Field(None, description=(
+            "'audio': stream the audio as it is generated (pcm or wav); 'sse' is not supported."))
+        stream: bool = Field(False, description="Same as stream_format 'audio'.")
 
         _input_not_blank = field_validator("input")(_not_blank)
 

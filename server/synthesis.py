@@ -1,4 +1,4 @@
-"""One synthesis request, start to finish, on a worker thread: reference -> codes -> audio bytes.
+"""One synthesis request on a worker thread: reference -> codes -> audio bytes, whole or streamed.
 
 Shared by the original's invoke route and the OpenAI speech route. Client mistakes that only show
 up here (undecodable audio, a prompt longer than the context, text the front end rejects) become
@@ -8,21 +8,25 @@ up here (undecodable audio, a prompt longer than the context, text the front end
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from core.audio import SAMPLE_RATE, encode_audio, load_audio
+from core.audio import SAMPLE_RATE, encode_audio, load_audio, pcm16_bytes, streaming_wav_header
 from core.engine import GenerationRequest, TTSEngine
 from core.lm import SamplingParams
+from core.speech import SpeechStream
 
 from .errors import ApiError, scrub
 
 MIN_REFERENCE_SECONDS = 0.5
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
                  "pcm": "audio/pcm"}
+STREAM_FORMATS = ("wav", "pcm")  # formats whose bytes can be sent as the samples come
 
 
 @dataclass
@@ -114,27 +118,53 @@ def reference_codes(engine: TTSEngine, reference: Reference, max_seconds: float)
 
 def encode_output(audio: np.ndarray, output_format: str) -> bytes:
     if output_format == "pcm":  # OpenAI's raw format: 16-bit little-endian mono
-        return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        return pcm16_bytes(audio)
     return encode_audio(audio, SAMPLE_RATE, output_format)
 
 
-def run_synthesis(engine: TTSEngine, job: SynthesisJob, max_reference_seconds: float,
-                  replacements: dict[str, str] | None = None) -> bytes:
+@contextmanager
+def client_errors(replacements: dict[str, str] | None):
+    """ValueErrors of the engine (TextError, AudioError, a prompt longer than the context, ...) are the
+    client's: 422 with the message scrubbed of server paths."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except ValueError as exc:
+        raise ApiError(422, scrub(str(exc), replacements)) from None
+
+
+def generation_request(engine: TTSEngine, job: SynthesisJob, max_reference_seconds: float) -> GenerationRequest:
     context = engine.lm.config.max_seq_len
     if job.max_new_tokens > context:
         raise ApiError(422, f"max_new_tokens: {job.max_new_tokens} exceeds the model's context of {context}.",
                        param="max_new_tokens")
-    try:
-        codes = None
-        if job.reference is not None:
-            codes = reference_codes(engine, job.reference, max_reference_seconds)
-        request = GenerationRequest(
-            text=job.text, prompt_text=job.prompt_text, prompt_tokens=codes, max_new_tokens=job.max_new_tokens,
-            sampling=job.sampling, use_g2p=job.use_g2p, speaker=job.speaker, order=job.order, seed=job.seed,
-        )
-        audio = engine.synthesize(request)
-    except ApiError:
-        raise
-    except ValueError as exc:  # TextError, AudioError, prompt longer than the context, ...
-        raise ApiError(422, scrub(str(exc), replacements)) from None
+    codes = None
+    if job.reference is not None:
+        codes = reference_codes(engine, job.reference, max_reference_seconds)
+    return GenerationRequest(
+        text=job.text, prompt_text=job.prompt_text, prompt_tokens=codes, max_new_tokens=job.max_new_tokens,
+        sampling=job.sampling, use_g2p=job.use_g2p, speaker=job.speaker, order=job.order, seed=job.seed,
+    )
+
+
+def run_synthesis(engine: TTSEngine, job: SynthesisJob, max_reference_seconds: float,
+                  replacements: dict[str, str] | None = None) -> bytes:
+    with client_errors(replacements):
+        audio = engine.synthesize(generation_request(engine, job, max_reference_seconds))
     return encode_output(audio, job.output_format)
+
+
+def start_stream(engine: TTSEngine, job: SynthesisJob, max_reference_seconds: float,
+                 replacements: dict[str, str] | None = None) -> SpeechStream:
+    """The same synthesis as run_synthesis, as chunks of samples while it is generated."""
+    with client_errors(replacements):
+        return engine.stream(generation_request(engine, job, max_reference_seconds))
+
+
+async def encoded_stream(chunks: AsyncIterator[np.ndarray], output_format: str) -> AsyncIterator[bytes]:
+    """wav: a header whose length fields say "unknown" (0xFFFFFFFF), then 16-bit PCM; pcm: the PCM only."""
+    if output_format == "wav":
+        yield streaming_wav_header(SAMPLE_RATE)
+    async for chunk in chunks:
+        yield pcm16_bytes(chunk)

@@ -1,7 +1,8 @@
 """The bounded synthesis queue: model work runs on worker threads, never on the event loop.
 
-At most `max_pending` jobs are running or waiting; one more is refused at once with 503 and a
-Retry-After estimated from recent job times, instead of piling up connections and memory.
+At most `max_pending` jobs are running or waiting (a streamed response counts until its last byte);
+one more is refused at once with 503 and a Retry-After estimated from recent job times, instead of
+piling up connections and memory.
 """
 
 from __future__ import annotations
@@ -43,38 +44,43 @@ class WorkQueue:
             waves = math.ceil(max(self._pending, 1) / self.workers)
             return max(1, min(120, math.ceil(waves * self._mean_seconds)))
 
-    async def run(self, job: Callable[[], T]) -> T:
-        """Run `job` on a worker thread; 503 at once when the queue is full."""
+    def reserve(self) -> None:
+        """Count one request as running until `release()`; 503 at once when the queue is full."""
         with self._lock:
             if self._pending >= self.max_pending:
                 pending = self._pending
-                full = True
             else:
                 self._pending += 1
-                full = False
-        if full:
-            raise QueueFull(pending, self.retry_after())
+                return
+        raise QueueFull(pending, self.retry_after())
+
+    def release(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    async def run(self, job: Callable[[], T]) -> T:
+        """Run `job` on a worker thread; 503 at once when the queue is full."""
+        self.reserve()
         future = self._pool.submit(self._timed, job)
         # Counted until the job itself ends, even if the client went away meanwhile.
-        future.add_done_callback(lambda _: self._finish())
+        future.add_done_callback(lambda _: self.release())
         result = asyncio.wrap_future(future)
         result.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
         # Shielded: an accepted job always runs to its end (it returns its model lease there), even
         # when the request that queued it is cancelled.
         return await asyncio.shield(result)
 
+    def record(self, seconds: float) -> None:
+        """A request's duration, for Retry-After."""
+        with self._lock:
+            self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * seconds
+
     def _timed(self, job: Callable[[], T]) -> T:
         start = time.perf_counter()
         try:
             return job()
         finally:
-            seconds = time.perf_counter() - start
-            with self._lock:
-                self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * seconds
-
-    def _finish(self) -> None:
-        with self._lock:
-            self._pending -= 1
+            self.record(time.perf_counter() - start)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

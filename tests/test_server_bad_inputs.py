@@ -95,7 +95,8 @@ CASES = [
     ("empty text", "POST", INVOKE, invoke_json(text=""), 422),
     ("blank text", "POST", INVOKE, invoke_json(text="   \n "), 422),
     ("text over --max-text-length", "POST", INVOKE, invoke_json(text="a" * 1001), 422),
-    ("prompt longer than the model context", "POST", INVOKE, invoke_json(text="hello world " * 80), 422),
+    # (a long text is split into segments; a long transcript is part of every segment's prompt)
+    ("prompt longer than the model context", "POST", INVOKE, invoke_json(prompt_text="hello world " * 80), 422),
     ("reference not base64", "POST", INVOKE, invoke_json(reference_audio="not base64!", reference_text="x"), 422),
     ("reference corrupted", "POST", INVOKE, invoke_json(reference_audio=NOISE, reference_text="x"), 422),
     ("reference zero-length", "POST", INVOKE, invoke_json(reference_audio="", reference_text="x"), 422),

@@ -10,7 +10,7 @@ import logging
 import pytest
 from starlette.testclient import TestClient
 
-import core.engine
+import core.scheduler
 from server.app import create_app
 from server.settings import Settings
 from tests.server_helpers import FAST, WEBUI_LOAD, make_workdir
@@ -31,7 +31,7 @@ def test_crash_inside_generation_is_a_clean_500_and_releases_everything(client, 
     def explode(*args, **kwargs):
         raise RuntimeError("CUDA exploded in /home/someone/secret/place")
 
-    monkeypatch.setattr(core.engine, "generate", explode)
+    monkeypatch.setattr(core.scheduler, "decode_step", explode)  # inside the batch scheduler's thread
     with caplog.at_level(logging.ERROR, logger="fishtts.server"):
         response = client.post("/v1/models/default/invoke", json={"text": "hello", **FAST})
     assert response.status_code == 500

@@ -4,7 +4,13 @@ Screenshots go to the test artifacts folder (test-artifacts/, or TEST_ARTIFACTS_
 
 from __future__ import annotations
 
+import io
+import shutil
+
+import numpy as np
 import pytest
+import requests
+import soundfile as sf
 
 from tests.conftest import synthesize_speech
 from tests.server_helpers import Server, make_workdir
@@ -33,6 +39,7 @@ def ui(browser, tmp_path_factory):
     workdir = make_workdir(tmp_path_factory.mktemp("webui-browser"))
     server = Server(workdir)
     webui = WebUI(server.url, workdir)
+    webui.api_url = server.url
     yield webui
     webui.stop()
     server.stop()
@@ -151,3 +158,38 @@ def test_record_reference_from_microphone_and_save_it_as_a_voice(playwright, ui)
     finally:
         context.close()
         chromium.close()
+
+
+def test_streaming_plays_while_generating_and_keeps_the_same_audio(browser, ui):
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("Gradio's live player needs ffmpeg (apt-get install ffmpeg)")
+    text = "Streaming in the browser. It starts playing before the end."
+    page = open_page(browser, ui.url + "?lang=en", "en-US")
+    try:
+        page.locator("#fishtts-synthesize").filter(has_text="Synthesize").wait_for()  # the page's language is set
+        page.locator("#fishtts-text textarea").fill(text)
+        for selector, value in (("#fishtts-max-new-tokens", "120"), ("#fishtts-seed", "7")):
+            box = page.locator(f"{selector} input[type=number]")
+            box.fill(value)
+            box.press("Enter")
+        assert not page.locator("#fishtts-stream-audio").is_visible()
+        page.locator("#fishtts-stream input").check()
+        page.locator("#fishtts-stream-audio").wait_for()
+
+        page.locator("#fishtts-synthesize").click()
+        # progress while it streams, and the live player gets a media stream and plays it
+        page.locator("#fishtts-message").get_by_text("Streaming").wait_for(timeout=120_000)
+        page.wait_for_function("() => { const a = document.querySelector('#fishtts-stream-audio audio');"
+                               " return !!(a && (a.currentSrc || a.src) && a.currentTime > 0); }", timeout=120_000)
+        page.locator("#fishtts-message").get_by_text("Done in").wait_for(timeout=120_000)
+        page.wait_for_function(AUDIO_HAS_SOURCE)
+        page.screenshot(path=str(artifacts_dir() / "webui-streaming-en.png"), full_page=True)
+        streamed = page.request.get(page.locator("#fishtts-result audio").get_attribute("src")).body()
+    finally:
+        page.context.close()
+    # the whole streamed audio is what the API gives for the same request without streaming
+    body = {"text": text, "max_new_tokens": 120, "seed": 7, "use_g2p": False, "format": "wav"}
+    whole = requests.post(ui.api_url + "/v1/models/default/invoke", json=body, timeout=120)
+    assert whole.status_code == 200
+    np.testing.assert_array_equal(sf.read(io.BytesIO(streamed), dtype="int16")[0],
+                                  sf.read(io.BytesIO(whole.content), dtype="int16")[0])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -86,6 +87,28 @@ def test_same_seed_same_audio(server, actions):
     first, _, _ = actions.synthesize("en_US", server.url, "", fast(seed=7))
     second, _, _ = actions.synthesize("en_US", server.url, "", fast(seed=7))
     assert Path(first).read_bytes() == Path(second).read_bytes()
+
+
+def test_streaming_yields_audio_while_generating_and_the_same_whole_file(server, actions, reference_wav):
+    form = fast(text="Streaming from the web UI. It plays before the end.", max_new_tokens=60, seed=4,
+                use_reference=True, reference_audio=str(reference_wav), reference_text=REFERENCE_TEXT)
+    steps = list(actions.synthesize_stream("en_US", server.url, "", form))
+    chunks = [chunk for chunk, _, _, _ in steps if chunk is not None]
+    assert len(chunks) >= 2, "the audio should come in several chunks"
+    assert all("Streaming" in html and "fishtts-ok" in html for chunk, _, _, html in steps if chunk)
+    final_chunk, path, download, done = steps[-1]
+    assert final_chunk is None and path == download and path.endswith(".wav") and "fishtts-ok" in done
+    pieces = [sf.read(io.BytesIO(chunk), dtype="int16")[0] for chunk in chunks]
+    whole, _ = sf.read(path, dtype="int16")
+    assert (np.concatenate(pieces) == whole).all()
+    not_streamed, _, _ = actions.synthesize("en_US", server.url, "", form)  # the same request, in one piece
+    assert (sf.read(not_streamed, dtype="int16")[0] == whole).all()
+
+
+def test_streaming_errors_are_readable(actions, down_url):
+    steps = list(actions.synthesize_stream("zh_CN", down_url, "", fast()))
+    assert len(steps) == 1 and steps[0][:3] == (None, None, None)
+    assert_readable(steps[0][3], "zh_CN", "error.inference")
 
 
 def test_saved_voice_save_pick_use_delete(server, actions, reference_wav):

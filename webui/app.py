@@ -95,16 +95,29 @@ def wire_inference(page: Page, actions: Actions) -> dict:
         return preview_value(lang, rows), message
 
     def synthesize(data: dict, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
-        return actions.synthesize(data[page.language], data[page.server_url], data[page.api_key],
-                                  form(data, page, SynthesisForm), progress=progress)
+        """A generator either way: streamed chunks go to the live player as they come; the finished
+        audio lands in the result player and the download box."""
+        synthesis = form(data, page, SynthesisForm)
+        connection = data[page.language], data[page.server_url], data[page.api_key]
+        if not synthesis.stream:
+            yield gr.update(), *actions.synthesize(*connection, synthesis, progress=progress)
+            return
+        for chunk, result, download, message in actions.synthesize_stream(*connection, synthesis):
+            if chunk is not None:
+                yield chunk, gr.update(), gr.update(), message
+            else:
+                yield gr.update(), result, download, message
+
+    def show_stream_player(stream: bool):
+        return gr.update(visible=bool(stream))
 
     def example_text(lang: str, index: int) -> str:
         return t(lang, EXAMPLE_KEYS[index])
 
     def clear(lang: str):
-        """Empties the text, preview, result and messages (the original's Clear did nothing); the
+        """Empties the text, preview, results and messages (the original's Clear did nothing); the
         settings and the reference stay for the next text."""
-        return "", preview_value(lang, []), None, None, ""
+        return "", preview_value(lang, []), None, None, None, ""
 
     # The preview follows whatever changes the string the model will read. One event for all triggers,
     # so "always_last" orders them: separate events raced, and a stale preview could land last.
@@ -113,11 +126,15 @@ def wire_inference(page: Page, actions: Actions) -> dict:
     triggers = (page.text, page.mode, page.language_1, page.language_2, page.language_3, page.use_reference,
                 page.reference_text)
     gr.on([trigger.change for trigger in triggers], **preview_event, trigger_mode="always_last", concurrency_limit=1)
-    page.synthesize_button.click(synthesize, inputs=inputs, outputs=[page.result_audio, page.download, page.message],
+    page.synthesize_button.click(synthesize, inputs=inputs,
+                                 outputs=[page.stream_audio, page.result_audio, page.download, page.message],
                                  show_progress_on=[page.result_audio], **PRIVATE)
+    page.stream.change(show_stream_player, inputs=[page.stream], outputs=[page.stream_audio], show_progress="hidden",
+                       **PRIVATE)
     page.examples.click(example_text, inputs=[page.language, page.examples], outputs=page.text, **PRIVATE)
     page.clear_button.click(clear, inputs=[page.language],
-                            outputs=[page.text, page.preview, page.result_audio, page.download, page.message],
+                            outputs=[page.text, page.preview, page.stream_audio, page.result_audio, page.download,
+                                     page.message],
                             **PRIVATE)
     return preview_event
 

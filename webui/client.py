@@ -6,6 +6,7 @@ Only `requests`; the UI never imports the engine, so it runs on machines without
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
@@ -72,6 +73,24 @@ class ApiClient:
             files = {"reference_audio": (reference_filename, reference_audio, "application/octet-stream")}
             response = self._request("POST", path, data=form, files=files, timeout=self.long_timeout)
         return Audio(response.content, response.headers.get("content-type", "application/octet-stream"))
+
+    def invoke_stream(self, name: str, fields: dict, reference_audio: bytes | None = None,
+                      reference_filename: str = "reference.wav") -> Iterator[bytes]:
+        """Synthesize with `streaming: true`: raw 16-bit mono PCM at 22,050 Hz, as it arrives
+        (errors before the first byte are ClientErrors like invoke's; later ones end the stream)."""
+        fields = {**fields, "streaming": True, "format": "pcm"}
+        path = f"/v1/models/{quote(name)}/invoke"
+        if reference_audio is None:
+            response = self._request("POST", path, json=fields, timeout=self.long_timeout, stream=True)
+        else:
+            form = {k: _form_value(v) for k, v in fields.items() if v is not None}
+            files = {"reference_audio": (reference_filename, reference_audio, "application/octet-stream")}
+            response = self._request("POST", path, data=form, files=files, timeout=self.long_timeout, stream=True)
+        with response:
+            try:
+                yield from response.iter_content(chunk_size=None)
+            except requests.exceptions.RequestException:
+                raise ClientError("error.stream_broken", url=self.base_url) from None
 
     def g2p(self, text: str, order: str) -> list[dict]:
         return self._json("POST", "/v1/text/g2p", json={"text": text, "order": order}).get("segments", [])

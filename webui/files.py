@@ -1,13 +1,27 @@
-"""Temporary audio files handed to Gradio (results, saved voices' clips), pruned after an hour."""
+"""Temporary audio files handed to Gradio (results, saved voices' clips), pruned after an hour; WAV wrapping."""
 
 from __future__ import annotations
 
+import io
 import tempfile
 import time
 import uuid
+import wave
 from pathlib import Path
 
 MAX_AGE_S = 3600
+SAMPLE_RATE = 22050  # what the API sends
+
+
+def wav_bytes(pcm: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """16-bit mono PCM as a WAV file (the stdlib's wave: no numpy or soundfile needed here)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm)
+    return buffer.getvalue()
 
 
 def output_dir() -> Path:

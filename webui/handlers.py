@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .client import ApiClient, ClientError
 from .config import UISettings
-from .files import write_temp
+from .files import SAMPLE_RATE, wav_bytes, write_temp
 from .i18n import t
 
 MODEL_NAME = "default"  # the original UI always loads and invokes this bundle
@@ -57,6 +57,7 @@ class SynthesisForm:
     speaker: str = ""
     seed: float = 0  # 0 = a fresh random seed each time
     output_format: str = "wav"
+    stream: bool = False  # play while generating (a WAV download then)
     language_1: str = "zh"
     language_2: str = "jp"
     language_3: str = "en"
@@ -188,6 +189,30 @@ class Actions:
         path = write_temp(result.data, time.strftime("fishtts-%Y%m%d-%H%M%S"), "." + form.output_format)
         done = message_html(lang, "synthesis.done", error=False, elapsed=f"{time.monotonic() - started:.1f}")
         return path, path, done
+
+    def synthesize_stream(self, lang: str, server_url: str, api_key: str,
+                          form: SynthesisForm) -> Iterator[tuple[bytes | None, str | None, str | None, str]]:
+        """While generating: (the newest audio as WAV bytes, None, None, progress message); at the end
+        (None, the whole audio as a WAV file, the same file, message)."""
+        started = time.monotonic()
+        pcm, carry = bytearray(), b""
+        try:
+            fields, audio, filename = invoke_request(form)
+            for part in self.client(server_url, api_key).invoke_stream(MODEL_NAME, fields, audio, filename):
+                part = carry + part
+                whole = len(part) - len(part) % 2  # 16-bit samples may straddle two network reads
+                part, carry = part[:whole], part[whole:]
+                if not part:
+                    continue
+                pcm += part
+                seconds = f"{len(pcm) / 2 / SAMPLE_RATE:.1f}"
+                yield wav_bytes(part), None, None, message_html(lang, "progress.streaming", error=False, seconds=seconds)
+        except (ClientError, UIError) as exc:
+            yield None, None, None, failure_html(lang, "error.inference", exc)
+            return
+        path = write_temp(wav_bytes(bytes(pcm)), time.strftime("fishtts-%Y%m%d-%H%M%S"), ".wav")
+        done = message_html(lang, "synthesis.done", error=False, elapsed=f"{time.monotonic() - started:.1f}")
+        yield None, path, path, done
 
     # -- saved voices ---------------------------------------------------------------------------
 

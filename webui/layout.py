@@ -6,6 +6,8 @@ Component attribute names equal the fields of handlers.ModelForm / SynthesisForm
 
 from __future__ import annotations
 
+import shutil
+
 import gradio as gr
 
 from .handlers import NO_VOICE, ModelForm, SynthesisForm
@@ -102,6 +104,11 @@ class Page:
                                                  elem_id="fishtts-seed")
                                 self.output_format = make(gr.Dropdown, i18n={"label": "params.format"},
                                                           choices=FORMATS, value=synth.output_format)
+                            # Gradio plays a stream through ffmpeg on this machine; without it, no toggle.
+                            can_stream = shutil.which("ffmpeg") is not None
+                            self.stream = make(gr.Checkbox, i18n={"label": "params.stream", "info": "params.stream.info"
+                                                                  if can_stream else "params.stream.unavailable"},
+                                               value=synth.stream, interactive=can_stream, elem_id="fishtts-stream")
 
                         with make(gr.Tab, i18n={"label": "tab.languages"}):
                             make(gr.Markdown, i18n={"value": "languages.markdown"})
@@ -150,6 +157,10 @@ class Page:
                                     headers=[t(lang, key) for key in PREVIEW_HEADERS], column_count=4,
                                     column_widths=["8%", "37%", "15%", "40%"], interactive=False, wrap=True,
                                     elem_id="fishtts-preview")
+                # While streaming: Gradio's live player (chunks re-encoded to AAC by one ffmpeg process,
+                # so the joins have no gaps); hidden unless the stream toggle is on.
+                self.stream_audio = make(gr.Audio, i18n={"label": "output.stream"}, streaming=True, autoplay=True,
+                                         interactive=False, visible=False, elem_id="fishtts-stream-audio")
                 # The browser's own player (a plain <audio src=...>): plays every output format.
                 self.result_audio = make(gr.Audio, i18n={"label": "output.audio"}, type="filepath",
                                          interactive=False, buttons=["download"], elem_id="fishtts-result",

@@ -39,9 +39,10 @@ def budget_new_frames(prompt_len: int, max_new_tokens: int, max_seq_len: int) ->
     return room if max_new_tokens == 0 else min(max_new_tokens, room)
 
 
-def sample_frame(out: ForwardResult, params: SamplingParams, window: Tensor | None, first: bool,
+def sample_frame(out: ForwardResult, params: SamplingParams, window: Tensor | None, mask_end: bool,
                  code_limit: int | None, generator: torch.Generator | None, fast_sampling: bool = False) -> Tensor:
-    """Sample [B, 1 + C] from the last position's logits (all rows share params and generator)."""
+    """Sample [B, 1 + C] from the last position's logits (all rows share params and generator).
+    `mask_end` forbids the end value too (the prefill frame, and runs that ignore stops)."""
     token_logits = out.token_logits[:, -1].float()
     if fast_sampling:
         token = sample_fast(token_logits, params, generator, FAST_TOP_P_CANDIDATES)
@@ -49,7 +50,7 @@ def sample_frame(out: ForwardResult, params: SamplingParams, window: Tensor | No
         token = sample(token_logits, params, None, generator)
     codebook_logits = out.codebook_logits[:, -1].to(torch.float32, copy=True)  # [B, C, V]; masked in place
     batch, num_codebooks, size = codebook_logits.shape
-    codebook_logits[..., : CODEBOOK_END + 1 if first else CODEBOOK_PAD + 1] = float("-inf")
+    codebook_logits[..., : CODEBOOK_END + 1 if mask_end else CODEBOOK_PAD + 1] = float("-inf")
     if code_limit is not None:
         # Values the VQGAN cannot decode (its codebooks are smaller than the LM's heads).
         codebook_logits[..., code_limit + CODE_OFFSET :] = float("-inf")
@@ -69,7 +70,7 @@ class Sequence:
     generator: torch.Generator | None = None
     code_limit: int | None = None
     fast_sampling: bool = False  # see sampling.apply_top_p: same tokens but for rounding at the threshold
-    ignore_stop: bool = False  # run the whole budget (benchmarks: random weights stop at random points)
+    ignore_stop: bool = False  # never sample the end value, run the whole budget (benchmarks: random weights)
     slot: int = -1
     steps: int = 0  # frames generated
     last: Tensor | None = None  # the newest frame [1 + C]: the next input
@@ -87,7 +88,8 @@ class Sequence:
         """Sample the next frame from this sequence's logits [1, 1, ...] and advance."""
         first = self.steps == 0
         window = None if first else self.history.unsqueeze(0)
-        frame = sample_frame(out, self.params, window, first, self.code_limit, self.generator, self.fast_sampling)[0]
+        frame = sample_frame(out, self.params, window, first or self.ignore_stop, self.code_limit, self.generator,
+                             self.fast_sampling)[0]
         if first:
             self.history = torch.zeros(frame.numel() - 1, REPETITION_WINDOW, dtype=torch.int, device=frame.device)
             stopped = False  # the prefill frame never ends generation
@@ -110,24 +112,37 @@ def prefill(model: Transformer, sequences: list[Sequence], slots: list[int]) -> 
     device = model.output.weight.device
     out = model.prefill(prompt.to(device).unsqueeze(0), slots[0])
     if len(sequences) > 1:
-        assert slots == list(range(slots[0], slots[0] + len(slots))), "shared prefill needs consecutive slots"
         for layer in model.layers:
-            layer.attention.kv_cache.copy_slot(slots[0], slice(slots[1], slots[-1] + 1), prompt.shape[1])
+            layer.attention.kv_cache.copy_slot(slots[0], slots[1:], prompt.shape[1])
     for seq, slot in zip(sequences, slots):
         seq.slot = slot
         seq.accept(out)
 
 
-def decode_step(model: Transformer, sequences: list[Sequence], static: bool = False) -> list[Tensor]:
-    """Advance every sequence by one frame in one batched forward; returns their new frames."""
+def decode_step(model: Transformer, sequences: list[Sequence], static_slots: int | None = None) -> list[Tensor]:
+    """Advance every sequence by one frame in one batched forward; returns their new frames.
+
+    `static_slots=n` decodes all n cache slots with the static-shape path (fixed shapes for CUDA
+    graphs): slots without a sequence compute a throwaway row at position 0, which the prefill of
+    the slot's next sequence overwrites before anything reads it.
+    """
     device = model.output.weight.device
-    x = torch.stack([seq.last for seq in sequences]).unsqueeze(-1)
-    slots = torch.tensor([seq.slot for seq in sequences], device=device)
-    positions = torch.tensor([seq.position for seq in sequences], device=device)
     decode = getattr(model, "compiled_decode", None) or model.decode
-    out = decode(x, slots, positions, static)
-    return [seq.accept(ForwardResult(out.token_logits[b : b + 1], out.codebook_logits[b : b + 1]))
-            for b, seq in enumerate(sequences)]
+    if static_slots is None:
+        rows = list(range(len(sequences)))
+        x = torch.stack([seq.last for seq in sequences]).unsqueeze(-1)
+        slots = torch.tensor([seq.slot for seq in sequences], device=device)
+        positions = torch.tensor([seq.position for seq in sequences], device=device)
+        out = decode(x, slots, positions, False)
+    else:
+        rows = [seq.slot for seq in sequences]
+        x = torch.zeros(static_slots, sequences[0].last.numel(), dtype=sequences[0].last.dtype, device=device)
+        positions = torch.zeros(static_slots, dtype=torch.long, device=device)
+        for seq in sequences:
+            x[seq.slot], positions[seq.slot] = seq.last, seq.position
+        out = decode(x.unsqueeze(-1), torch.arange(static_slots, device=device), positions, True)
+    return [seq.accept(ForwardResult(out.token_logits[r : r + 1], out.codebook_logits[r : r + 1]))
+            for r, seq in zip(rows, sequences)]
 
 
 @torch.inference_mode()
@@ -139,7 +154,7 @@ def generate(model: Transformer, prompt: Tensor, *, max_new_tokens: int, eos_tok
 
     The samples run as one batch (one prefill, then one forward per step for all of them); a list of
     generators gives each sample its own random stream. `static_cache=True` decodes over the whole
-    cache with masks (fixed shapes for CUDA graphs; every sample runs until the last one stops).
+    cache with masks (fixed shapes for CUDA graphs).
     `progress`, if given, is called once per step (e.g. a tqdm bar's update).
     """
     cfg = model.config
@@ -155,15 +170,7 @@ def generate(model: Transformer, prompt: Tensor, *, max_new_tokens: int, eos_tok
     if progress is not None:
         progress()
     while not all(seq.finished for seq in sequences):
-        if static_cache:  # fixed shapes: finished rows keep running, their frames are dropped
-            done = [seq.finished for seq in sequences]
-            decode_step(model, sequences, static=True)
-            for seq, was_done in zip(sequences, done):
-                if was_done:
-                    seq.frames.pop()
-                    seq.finished = True
-        else:
-            decode_step(model, [seq for seq in sequences if not seq.finished])
+        decode_step(model, [seq for seq in sequences if not seq.finished], num_samples if static_cache else None)
         if progress is not None:
             progress()
     return [torch.stack(seq.frames, dim=1).to(prompt.dtype).cpu() for seq in sequences]

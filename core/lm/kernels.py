@@ -42,6 +42,7 @@ def _build() -> bool:
     try:
         from torch.utils.cpp_extension import load
 
+        _put_ninja_on_path()
         name = f"fishtts_cpu_{torch.backends.cpu.get_cpu_capability().lower()}"
         load(name, [str(SOURCE)], is_python_module=False, verbose=False,
              extra_cflags=["-O3", "-march=native", "-fopenmp"])
@@ -53,6 +54,17 @@ def _build() -> bool:
     except Exception as exc:  # no compiler, no headers, no ninja: the torch fallbacks still work
         log.warning("CPU decode kernels unavailable (%s); using the slower torch path", exc)
         return False
+
+
+def _put_ninja_on_path() -> None:
+    """torch builds extensions with the `ninja` on PATH; the pip package's may not be (venv not activated)."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    path = os.environ.get("PATH", "")
+    if ninja.BIN_DIR not in path.split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
 
 
 def uses_cpu_kernels(x: Tensor) -> bool:

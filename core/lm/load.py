@@ -8,6 +8,7 @@ import torch
 
 from ..checkpoints import CheckpointError, describe_key_mismatch, describe_shape_mismatch, load_state_dict_file
 from .config import LMConfig, LoraConfig, load_lm_config
+from .kernels import cpu_kernels_available
 from .model import Transformer
 from .quantize import QUANT_MODES, checkpoint_quantization, convert_to_int8, quantize_model_int8
 
@@ -107,4 +108,6 @@ def build_lm(
     if quantize == "int8" and stored is None:
         quantize_model_int8(model)
     model.init_buffers(device)
+    if torch.device(device).type == "cpu":
+        cpu_kernels_available()  # build (first time on this machine) or load the decode kernels now, not mid-request
     return model.eval().requires_grad_(False)

@@ -58,6 +58,9 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight)
 
 
+KERNEL_CACHE_DTYPES = (torch.float32, torch.bfloat16)
+
+
 class KVCache(nn.Module):
     """Keys and values of one layer for `slots` sequences: [slots, n_kv_heads, seq_len, head_dim].
 
@@ -73,10 +76,11 @@ class KVCache(nn.Module):
         self.register_buffer("k_cache", make(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", make(shape, dtype=dtype, device=device), persistent=False)
 
-    def copy_slot(self, source: int, targets: slice, length: int) -> None:
+    def copy_slot(self, source: int, targets: list[int], length: int) -> None:
         """Give the `targets` slots the first `length` positions of `source` (a shared prompt)."""
-        self.k_cache[targets, :, :length] = self.k_cache[source : source + 1, :, :length]
-        self.v_cache[targets, :, :length] = self.v_cache[source : source + 1, :, :length]
+        index = torch.tensor(targets, device=self.k_cache.device)
+        self.k_cache[index, :, :length] = self.k_cache[source : source + 1, :, :length]
+        self.v_cache[index, :, :length] = self.v_cache[source : source + 1, :, :length]
 
 
 class RMSNorm(nn.Module):
@@ -115,6 +119,7 @@ class Attention(nn.Module):
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        k, v = k.to(q.dtype), v.to(q.dtype)  # a bfloat16 cache under float32 compute
         if self.n_head != self.n_local_heads:
             k = k.repeat_interleave(self.n_head // self.n_local_heads, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_local_heads, dim=1)
@@ -148,7 +153,7 @@ class Attention(nn.Module):
         """
         cache = self.kv_cache
         bsz = x.size(0)
-        if not static and self.kernel_layout and uses_cpu_kernels(x) and cache.k_cache.dtype == torch.float32:
+        if not static and self.kernel_layout and uses_cpu_kernels(x) and cache.k_cache.dtype in KERNEL_CACHE_DTYPES:
             y = torch.ops.fishtts.decode_attention(self.wqkv(x.view(bsz, self.dim)), cache.k_cache, cache.v_cache,
                                                    slots, positions, rope, self.n_head, self.n_local_heads)
             return self.wo(y.view(bsz, 1, self.dim))
@@ -206,6 +211,7 @@ class Transformer(nn.Module):
         self.cache_batch_size = -1
         self.cache_seq_len = -1
         self.cache_zeroed = False
+        self.kv_cache_dtype: torch.dtype | None = None  # None: the compute dtype
 
     def init_buffers(self, device: torch.device | str | None = None) -> None:
         """(Re)compute RoPE table and causal mask; needed after building on the meta device."""
@@ -223,10 +229,12 @@ class Transformer(nn.Module):
         """
         device = self.output.weight.device
         zeroed = device.type == "cuda" if zeroed is None else zeroed
-        if self.cache_seq_len >= seq_len and self.cache_batch_size >= slots and (self.cache_zeroed or not zeroed):
+        dtype = dtype or self.kv_cache_dtype or self.embeddings.weight.dtype  # (linears may hold int8)
+        current = self.layers[0].attention.kv_cache
+        if (self.cache_seq_len >= seq_len and self.cache_batch_size >= slots and (self.cache_zeroed or not zeroed)
+                and current.k_cache.dtype == dtype):
             return
         seq_len = min(find_multiple(seq_len, 8), max(self.config.max_seq_len, 8))
-        dtype = dtype or self.embeddings.weight.dtype  # the compute dtype (linears may hold int8)
         for layer in self.layers:
             layer.attention.kv_cache = None  # free the old cache before allocating the new one
             layer.attention.kv_cache = KVCache(

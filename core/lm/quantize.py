@@ -59,11 +59,17 @@ def _linears(model: nn.Module):
                 yield parent, name, child
 
 
+# The int8 path keeps its KV cache in bfloat16, as the original does on GPU: half the cache traffic
+# per decode step, which at a few hundred positions and batch 4 rivals the int8 weights' own.
+INT8_KV_CACHE_DTYPE = torch.bfloat16
+
+
 def convert_to_int8(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Swap every nn.Linear for an empty Int8Linear (to load an int8 state dict into)."""
     for parent, name, child in _linears(model):
         device = child.weight.device
         setattr(parent, name, Int8Linear(child.in_features, child.out_features, device=device, dtype=dtype))
+    model.kv_cache_dtype = INT8_KV_CACHE_DTYPE
     return model
 
 
@@ -75,6 +81,7 @@ def quantize_model_int8(model: nn.Module) -> nn.Module:
         layer = Int8Linear(child.in_features, child.out_features, device=q.device, dtype=scales.dtype)
         layer.weight, layer.scales = q, scales
         setattr(parent, name, layer)
+    model.kv_cache_dtype = INT8_KV_CACHE_DTYPE
     return model
 
 

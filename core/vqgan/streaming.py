@@ -19,8 +19,11 @@ from torch import Tensor
 from .config import VQGANConfig
 from .model import VQGAN
 
-FIRST_CHUNK_TOKENS = 16  # ~0.74 s of audio: the first audio waits for these (and the lookahead)
-CHUNK_TOKENS = 32  # later chunks: fewer, larger generator calls (less context recomputed)
+# Chunk sizes in tokens (the last repeats): a small first chunk for a fast start, then larger ones that
+# recompute less generator context; each chunk may be at most ~2x the one before it so that decoding
+# stays ahead of playback at real-time factors up to ~0.5 (measured by the benchmark).
+CHUNK_SCHEDULE = (8, 16, 32)
+MEL_BLOCK_TOKENS = 8  # the mel is computed on a fixed grid of blocks, so the audio never depends on timing
 
 
 def mel_context_tokens(config: VQGANConfig) -> int:
@@ -47,10 +50,12 @@ def generator_context_frames(config: VQGANConfig) -> int:
 
 class StreamingDecoder:
     """Feed codes as they come (`push`), take audio chunks as they become final (`chunks`); after the
-    last codes, `finish` returns the rest. The chunks concatenate to `VQGAN.decode(all codes)`."""
+    last codes, `finish` returns the rest. The chunks concatenate to `VQGAN.decode(all codes)` (within
+    float rounding: the same sums over different tensor lengths), and they depend only on the codes and
+    the chunk schedule, never on how the codes were pushed."""
 
-    def __init__(self, vqgan: VQGAN, first_chunk: int = FIRST_CHUNK_TOKENS, chunk: int = CHUNK_TOKENS):
-        if first_chunk < 1 or chunk < 1:
+    def __init__(self, vqgan: VQGAN, schedule: tuple[int, ...] = CHUNK_SCHEDULE):
+        if not schedule or min(schedule) < 1:
             raise ValueError("chunk sizes must be >= 1 token")
         self.vqgan = vqgan
         cfg = vqgan.config
@@ -58,11 +63,13 @@ class StreamingDecoder:
         self.samples_per_frame = cfg.samples_per_code // self.frames_per_token
         self.mel_context = mel_context_tokens(cfg)
         self.generator_context = generator_context_frames(cfg)
-        self.first_chunk, self.chunk = first_chunk, chunk
+        self.lookahead_tokens = math.ceil(self.generator_context / self.frames_per_token)
+        self.schedule = schedule
         self.codes: list[Tensor] = []
         self.num_codes = 0
         self.mel = torch.zeros(1, cfg.decoder.out_channels, 0, device=vqgan.device)  # final mel frames
         self.emitted = 0  # tokens whose audio has been returned
+        self.chunk_index = 0
         self.finished = False
 
     @property
@@ -79,9 +86,19 @@ class StreamingDecoder:
         self.codes.append(self.vqgan.check_codes(codes))
         self.num_codes += codes.shape[-1]
 
+    def chunk_ready(self) -> bool:
+        """Whether `chunks()` would return something now (a cheap check, no decoding)."""
+        if self.emitted >= self.num_codes:
+            return False
+        needed = self.emitted + self.schedule[min(self.chunk_index, len(self.schedule) - 1)] + self.lookahead_tokens
+        if self.mel_tokens >= needed:
+            return True
+        mel_end = -(-needed // MEL_BLOCK_TOKENS) * MEL_BLOCK_TOKENS  # the block grid, rounded up
+        return mel_end + self.mel_context <= self.num_codes
+
     @torch.inference_mode()
     def chunks(self) -> list[np.ndarray]:
-        """Audio that no future code can change, in chunks of the configured sizes (maybe none)."""
+        """Audio that no future code can change, in chunks of the schedule's sizes (maybe none)."""
         return self._emit(final=False)
 
     @torch.inference_mode()
@@ -92,32 +109,33 @@ class StreamingDecoder:
         return out
 
     def _emit(self, final: bool) -> list[np.ndarray]:
-        self._extend_mel(final)
-        # Tokens whose audio is final: their mel and the generator's context after them are known.
-        context_tokens = math.ceil(self.generator_context / self.frames_per_token)
-        ready = self.mel_tokens if final else max(0, self.mel_tokens - context_tokens)
         out = []
-        while ready > self.emitted:
-            size = self.first_chunk if self.emitted == 0 else self.chunk
-            if ready - self.emitted < size and not final:
+        while self.emitted < self.num_codes:
+            size = self.schedule[min(self.chunk_index, len(self.schedule) - 1)]
+            end = min(self.emitted + size, self.num_codes) if final else self.emitted + size
+            # The chunk's audio needs the mel up to `lookahead_tokens` past its end (or to the true end).
+            if not self._extend_mel(self.num_codes if final else end + self.lookahead_tokens, final):
                 break
-            end = min(ready, self.emitted + size)
             out.append(self._audio(self.emitted, end))
             self.emitted = end
+            self.chunk_index += 1
         return out
 
-    def _extend_mel(self, final: bool) -> None:
-        """Compute the mel of every code whose WN context is complete (all of them when final)."""
-        start = self.mel_tokens
-        end = self.num_codes if final else max(start, self.num_codes - self.mel_context)
-        if end <= start:
-            return
-        codes = torch.cat(self.codes, dim=1)
-        self.codes = [codes]
-        lo, hi = max(0, start - self.mel_context), min(self.num_codes, end + self.mel_context)
-        mel = self.vqgan.codes_to_mel(codes[:, lo:hi])
-        f = self.frames_per_token
-        self.mel = torch.cat([self.mel, mel[..., (start - lo) * f : (end - lo) * f]], dim=-1)
+    def _extend_mel(self, tokens: int, final: bool) -> bool:
+        """Make the mel known for the first `tokens` codes, block by block; False if the codes so far
+        are not enough (a block needs `mel_context` codes after it, unless they are all there is)."""
+        block, f = MEL_BLOCK_TOKENS, self.frames_per_token
+        while self.mel_tokens < tokens:
+            start = self.mel_tokens
+            end = min(start + block, self.num_codes)
+            if not final and end + self.mel_context > self.num_codes:
+                return False
+            codes = torch.cat(self.codes, dim=1)
+            self.codes = [codes]
+            lo, hi = max(0, start - self.mel_context), min(self.num_codes, end + self.mel_context)
+            mel = self.vqgan.codes_to_mel(codes[:, lo:hi])
+            self.mel = torch.cat([self.mel, mel[..., (start - lo) * f : (end - lo) * f]], dim=-1)
+        return True
 
     def _audio(self, start: int, end: int) -> np.ndarray:
         """Audio of tokens [start, end) from the mel, with the generator's context on both sides."""

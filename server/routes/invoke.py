@@ -9,6 +9,7 @@ from ..bodies import decode_base64, openapi_body, read_body
 from ..context import ServerContext
 from ..errors import ApiError
 from ..schemas import AUDIO_FORMATS, MODEL_NAME_PATTERN
+from ..streaming import check_stream_format, streamed_synthesis
 from ..synthesis import CONTENT_TYPES, Reference, SynthesisJob, run_synthesis, sampling_params
 from ..voices import VoiceNotFound
 from . import ERROR_RESPONSES
@@ -52,8 +53,9 @@ def build_router(ctx: ServerContext) -> APIRouter:
     async def invoke(request: Request, name: str = Path(..., pattern=MODEL_NAME_PATTERN)) -> Response:
         """Synthesize `text`, optionally in the voice of one reference: `reference_audio` (base64 in JSON,
         or a file part in multipart/form-data; needs `reference_text`), `reference_id` (a saved voice),
-        or the original's `prompt_tokens` path (inside the references folder). Unknown model: 404;
-        full queue: 503 + Retry-After; reference over --max-reference-seconds: 422."""
+        or the original's `prompt_tokens` path (inside the references folder). `streaming: true` sends the
+        audio as it is generated. Unknown model: 404; full queue: 503 + Retry-After; reference over
+        --max-reference-seconds: 422."""
         body, files = await read_body(request, schemas.InvokeRequest, FILE_FIELDS)
         ctx.check_model(name)  # the original answers an unknown model before looking at the reference
         transcript = body.transcript
@@ -76,6 +78,10 @@ def build_router(ctx: ServerContext) -> APIRouter:
             sampling=sampling_params(body), use_g2p=body.use_g2p, speaker=body.speaker, order=body.order,
             seed=body.seed, output_format=body.format,
         )
+        if body.streaming:
+            check_stream_format(body.format, "format")
+            disposition = {"Content-Disposition": f"attachment; filename=audio.{body.format}"}
+            return await streamed_synthesis(ctx, name, job, disposition)
         limit, hidden = ctx.settings.max_reference_seconds, ctx.replacements()
         audio = await ctx.run_with_model(name, lambda engine: run_synthesis(engine, job, limit, hidden))
         return Response(audio, media_type=CONTENT_TYPES[body.format],

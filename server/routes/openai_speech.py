@@ -10,7 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ..context import ServerContext
 from ..errors import ApiError
-from ..synthesis import CONTENT_TYPES, Reference, SynthesisJob, run_synthesis, sampling_params
+from ..streaming import streamed_synthesis
+from ..synthesis import CONTENT_TYPES, STREAM_FORMATS, Reference, SynthesisJob, run_synthesis, sampling_params
 from ..voices import VoiceNotFound
 from . import ERROR_RESPONSES
 
@@ -27,7 +28,8 @@ def build_router(ctx: ServerContext) -> APIRouter:
                  responses={200: {"description": "The audio", "content": {CONTENT_TYPES[f]: {} for f in SUPPORTED}}})
     async def speech(body: SpeechRequest) -> Response:  # type: ignore[valid-type]
         """Synthesize `input` in saved voice `voice`. `speed` is validated but not applied; sampling
-        fields (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed) may be added."""
+        fields (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed) may be added.
+        `stream_format: "audio"` (or `stream: true`) streams pcm or wav as it is generated."""
         if body.response_format not in SUPPORTED:
             raise ApiError(400, f"response_format {body.response_format!r} is not supported; use one of "
                                 f"{', '.join(SUPPORTED)}.", param="response_format", code="unsupported_value")
@@ -49,6 +51,11 @@ def build_router(ctx: ServerContext) -> APIRouter:
             max_new_tokens=body.max_new_tokens, sampling=sampling_params(body), seed=body.seed,
             output_format=body.response_format,
         )
+        if body.stream or body.stream_format == "audio":
+            if body.response_format not in STREAM_FORMATS:
+                raise ApiError(400, f"response_format {body.response_format!r} cannot be streamed; use pcm or wav.",
+                               param="response_format", code="unsupported_value")
+            return await streamed_synthesis(ctx, model, job)
         limit, hidden = ctx.settings.max_reference_seconds, ctx.replacements()
         audio = await ctx.run_with_model(model, lambda engine: run_synthesis(engine, job, limit, hidden))
         return Response(audio, media_type=CONTENT_TYPES[body.response_format])

@@ -51,11 +51,15 @@ inline f32x16 fma16(f32x16 a, f32x16 b, f32x16 c) {
 #endif
 }
 
-// Sum of the 16 lanes in a fixed order.
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+
+// Sum of the 16 lanes as a fixed tree (4 dependent adds instead of 16).
 inline float hsum(f32x16 v) {
-  float s = 0.f;
-  for (int j = 0; j < 16; ++j) s += v[j];
-  return s;
+  const f32x8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                  __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
 // 16 weights -> 16 floats.
@@ -208,17 +212,18 @@ inline f32x16 exp16(f32x16 x) {
   return r;
 }
 
-// One query head against keys/values [len, D] (row stride D): softmax(q.k * scale) @ v.
-void attend(const float* q, const float* keys, const float* values, int64_t len, int64_t D, float scale,
+// One query head against keys/values [len, D] (row stride D, float32 or bfloat16): softmax(q.k * scale) @ v.
+template <typename C>
+void attend(const float* q, const C* keys, const C* values, int64_t len, int64_t D, float scale,
             float* scores, float* out) {
   const int64_t chunks = D / 16;
   f32x16 qv[16];  // D <= 256
   for (int64_t c = 0; c < chunks; ++c) qv[c] = load16(q + 16 * c);
   float best = -INFINITY;
   for (int64_t j = 0; j < len; ++j) {
-    const float* k = keys + j * D;
-    f32x16 acc = qv[0] * load16(k);
-    for (int64_t c = 1; c < chunks; ++c) acc = fma16(qv[c], load16(k + 16 * c), acc);
+    const C* k = keys + j * D;
+    f32x16 acc = qv[0] * widen(k);
+    for (int64_t c = 1; c < chunks; ++c) acc = fma16(qv[c], widen(k + 16 * c), acc);
     scores[j] = hsum(acc) * scale;
     best = std::max(best, scores[j]);
   }
@@ -237,20 +242,56 @@ void attend(const float* q, const float* keys, const float* values, int64_t len,
   f32x16 acc[16] = {};
   for (int64_t t = 0; t < len; ++t) {
     const f32x16 p = splat(scores[t]);
-    const float* v = values + t * D;
-    for (int64_t c = 0; c < chunks; ++c) acc[c] = fma16(p, load16(v + 16 * c), acc[c]);
+    const C* v = values + t * D;
+    for (int64_t c = 0; c < chunks; ++c) acc[c] = fma16(p, widen(v + 16 * c), acc[c]);
   }
   const f32x16 inv = splat(1.f / sum);
   for (int64_t c = 0; c < chunks; ++c) store16(out + 16 * c, acc[c] * inv);
 }
 
-// qkv [B, (H + 2 Hkv) D]; caches [slots, Hkv, T, D]; slots, positions [B] int64; freqs [T', D/2, 2].
+inline void store_row(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+inline void store_row(at::BFloat16* dst, const float* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = at::BFloat16(src[i]);  // round to nearest even, as torch's cast
+}
+
+template <typename C, typename F>
+void decode_attention_impl(const float* in, int64_t width, C* kc, C* vc, const int64_t* slot, const int64_t* pos,
+                           const F* freqs, int64_t B, int64_t n_head, int64_t n_kv_head, int64_t T, int64_t D,
+                           float* out) {
+  auto cache_row = [&](int64_t b, int64_t h) { return ((slot[b] * n_kv_head + h) * T + pos[b]) * D; };
+  // New keys (rotated) and values into each sequence's cache at its position.
+  at::parallel_for(0, B * n_kv_head, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> k(D);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / n_kv_head, h = task % n_kv_head;
+      const float* row = in + b * width;
+      rope_head(row + (n_head + h) * D, freqs + pos[b] * D, D, k.data());
+      store_row(kc + cache_row(b, h), k.data(), D);
+      store_row(vc + cache_row(b, h), row + (n_head + n_kv_head + h) * D, D);
+    }
+  });
+  const float scale = 1.f / std::sqrt((float)D);
+  const int64_t group = n_head / n_kv_head;
+  at::parallel_for(0, B * n_head, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(T), q(D);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / n_head, h = task % n_head, hk = h / group;
+      rope_head(in + b * width + h * D, freqs + pos[b] * D, D, q.data());
+      const int64_t base = (slot[b] * n_kv_head + hk) * T * D;
+      attend(q.data(), kc + base, vc + base, pos[b] + 1, D, scale, scores.data(), out + b * n_head * D + h * D);
+    }
+  });
+}
+
+// qkv [B, (H + 2 Hkv) D]; caches [slots, Hkv, T, D] float32 or bfloat16; slots, positions [B] int64;
+// freqs [T', D/2, 2] bfloat16 or float32.
 at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots,
                             const at::Tensor& positions, const at::Tensor& freqs, int64_t n_head, int64_t n_kv_head) {
   TORCH_CHECK(qkv.dim() == 2 && qkv.scalar_type() == at::kFloat, "qkv must be float32 [B, (H + 2 Hkv) D]");
+  const auto cache_type = k_cache.scalar_type();
   TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes()
-              && k_cache.scalar_type() == at::kFloat && v_cache.scalar_type() == at::kFloat,
-              "caches must be contiguous float32 [slots, Hkv, T, D]");
+              && (cache_type == at::kFloat || cache_type == at::kBFloat16) && v_cache.scalar_type() == cache_type,
+              "caches must be contiguous float32 or bfloat16 [slots, Hkv, T, D]");
   TORCH_CHECK((freqs.scalar_type() == at::kBFloat16 || freqs.scalar_type() == at::kFloat) && freqs.is_contiguous(),
               "freqs must be contiguous bfloat16 or float32");
   const int64_t B = qkv.size(0), D = k_cache.size(3), T = k_cache.size(2);
@@ -266,39 +307,18 @@ at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor& k_cache, at::Tens
     TORCH_CHECK(slot[b] >= 0 && slot[b] < k_cache.size(0), "slot out of range");
     TORCH_CHECK(pos[b] >= 0 && pos[b] < T && pos[b] < freqs.size(0), "position out of range");
   }
-  const float* in = qkv_c.data_ptr<float>();
-  float* kc = k_cache.data_ptr<float>();
-  float* vc = v_cache.data_ptr<float>();
-  const int64_t width = qkv.size(1);
-  auto cache_row = [&](int64_t b, int64_t h) { return ((slot[b] * n_kv_head + h) * T + pos[b]) * D; };
-  auto rope = [&](const float* x, int64_t p, float* out) {
-    if (freqs.scalar_type() == at::kBFloat16) rope_head(x, freqs.data_ptr<at::BFloat16>() + p * D, D, out);
-    else rope_head(x, freqs.data_ptr<float>() + p * D, D, out);
-  };
-
-  // New keys (rotated) and values into each sequence's cache at its position.
-  at::parallel_for(0, B * n_kv_head, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / n_kv_head, h = task % n_kv_head;
-      const float* row = in + b * width;
-      rope(row + (n_head + h) * D, pos[b], kc + cache_row(b, h));
-      std::memcpy(vc + cache_row(b, h), row + (n_head + n_kv_head + h) * D, D * sizeof(float));
-    }
-  });
-
   auto out = at::empty({B, n_head * D}, qkv.options());
+  const float* in = qkv_c.data_ptr<float>();
+  const int64_t width = qkv.size(1);
   float* op = out.data_ptr<float>();
-  const float scale = 1.f / std::sqrt((float)D);
-  const int64_t group = n_head / n_kv_head;
-  at::parallel_for(0, B * n_head, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(T), q(D);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / n_head, h = task % n_head, hk = h / group;
-      rope(in + b * width + h * D, pos[b], q.data());
-      const int64_t base = (slot[b] * n_kv_head + hk) * T * D;
-      attend(q.data(), kc + base, vc + base, pos[b] + 1, D, scale, scores.data(), op + b * n_head * D + h * D);
-    }
-  });
+  auto run = [&](auto* kc, auto* vc) {
+    if (freqs.scalar_type() == at::kBFloat16)
+      decode_attention_impl(in, width, kc, vc, slot, pos, freqs.data_ptr<at::BFloat16>(), B, n_head, n_kv_head, T, D, op);
+    else
+      decode_attention_impl(in, width, kc, vc, slot, pos, freqs.data_ptr<float>(), B, n_head, n_kv_head, T, D, op);
+  };
+  if (cache_type == at::kFloat) run(k_cache.data_ptr<float>(), v_cache.data_ptr<float>());
+  else run(k_cache.data_ptr<at::BFloat16>(), v_cache.data_ptr<at::BFloat16>());
   return out;
 }
 

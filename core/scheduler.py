@@ -1,0 +1,239 @@
+"""The batch scheduler: one thread runs the LM over every active sequence at once, and other model
+work (VQGAN decoding of finished chunks, reference encoding) between its steps.
+
+Why: decoding is bound by reading the weights, and one step for 4 sequences costs barely more than
+for 1, so concurrent requests share steps instead of queueing behind a lock. A sequence joins the
+batch at the next step after its prefill and leaves when it stops, each with its own cache slot,
+position, sampling parameters, random generator and repetition window (core/lm/generate.py); the
+decode kernels are batch-invariant, so its tokens do not depend on who else is in the batch.
+
+Everything that touches the models runs on this thread, so the CPU cores are never shared by two
+torch calls at once and the KV cache needs no lock. Callers talk to it through `submit` (sequences)
+and `call` (any function, run between steps by priority: lower first, then first come).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .lm.generate import Sequence, decode_step, prefill
+from .lm.model import Transformer
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """The owner of a job or task cancelled it."""
+
+
+@dataclass(eq=False)
+class Job:
+    """Sequences of one prompt to generate (`len > 1`: samples sharing one prefill). `on_frame(i, frame)`
+    gets sequence i's frames as they come, `on_done(error)` is called once when all have stopped, on
+    the scheduler thread; both must be quick."""
+
+    sequences: list[Sequence]
+    on_frame: Callable[[int, Tensor], None]
+    on_done: Callable[[BaseException | None], None]
+    owner: object = None
+    slots: list[int] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(self, model: Transformer, max_batch: int, static: bool = False):
+        """`static`: every step decodes all `max_batch` slots with fixed shapes (for CUDA graphs)."""
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.model, self.max_batch, self.static = model, max_batch, static
+        self._free = list(range(max_batch))
+        self._waiting: deque[Job] = deque()
+        self._active: list[Job] = []
+        self._tasks: list[tuple[int, int, Callable[[], Any], Future, object]] = []
+        self._order = itertools.count()
+        self._cancelled: dict[int, object] = {}  # owners whose work is to be dropped (kept alive: ids stay unique)
+        self._wake = threading.Condition()
+        self._closed = False
+        self._caches_ready = False
+        self._thread = threading.Thread(target=self._run, name="fishtts-scheduler", daemon=True)
+        self._thread.start()
+
+    # -- callers ---------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        if len(job.sequences) > self.max_batch:
+            raise ValueError(f"{len(job.sequences)} sequences at once; the batch holds {self.max_batch}")
+        with self._wake:
+            self._check_open()
+            self._waiting.append(job)
+            self._wake.notify()
+
+    def call(self, fn: Callable[[], Any], priority: int = 0, owner: object = None) -> Future:
+        """Run `fn()` on the scheduler thread between steps; its result or error lands in the future."""
+        future: Future = Future()
+        with self._wake:
+            self._check_open()
+            heapq.heappush(self._tasks, (priority, next(self._order), fn, future, owner))
+            self._wake.notify()
+        return future
+
+    def run(self, fn: Callable[[], Any], priority: int = 0) -> Any:
+        """`call` and wait (from any thread but the scheduler's own)."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        return self.call(fn, priority).result()
+
+    def cancel(self, owner: object) -> None:
+        """Drop the owner's waiting jobs and tasks, and stop its active sequences before the next step
+        (their `on_done` gets `Cancelled`). Work the owner submits afterwards is not affected."""
+        with self._wake:
+            self._cancelled[id(owner)] = owner
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    @property
+    def active_sequences(self) -> int:
+        with self._wake:
+            return sum(len(j.sequences) for j in self._active)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the scheduler is closed")
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._closed or self._waiting or self._active or self._tasks
+                                    or self._cancelled)
+                if self._closed:
+                    break
+                self._drop_cancelled()
+                admitted = self._admit()
+                task = heapq.heappop(self._tasks) if self._tasks else None
+            with torch.inference_mode():
+                for job in admitted:
+                    self._prefill(job)
+                if self._active:
+                    self._step()
+                if task is not None:
+                    self._run_task(task)
+        self._fail_everything(RuntimeError("the model was unloaded"))
+
+    def _admit(self) -> list[Job]:
+        """Waiting jobs that fit in the free slots, in arrival order (called with the lock held)."""
+        admitted = []
+        while self._waiting and len(self._waiting[0].sequences) <= len(self._free):
+            job = self._waiting.popleft()
+            count = len(job.sequences)
+            self._free.sort()
+            job.slots = self._free[:count]
+            del self._free[:count]
+            admitted.append(job)
+        return admitted
+
+    def _prefill(self, job: Job) -> None:
+        try:
+            if not self._caches_ready:
+                self.model.setup_caches(self.max_batch, self.model.config.max_seq_len, zeroed=self.static or None)
+                self._caches_ready = True
+            prefill(self.model, job.sequences, job.slots)
+            for i, seq in enumerate(job.sequences):
+                job.on_frame(i, seq.last)
+        except Exception as exc:  # noqa: BLE001 - a bad job fails alone
+            self._finish(job, exc)
+            return
+        with self._wake:
+            self._active.append(job)
+        self._finish_stopped()
+
+    def _step(self) -> None:
+        running = [(job, i, seq) for job in self._active for i, seq in enumerate(job.sequences) if not seq.finished]
+        try:
+            frames = decode_step(self.model, [seq for _, _, seq in running], self.max_batch if self.static else None)
+        except Exception as exc:  # noqa: BLE001 - nothing the batch can go on with
+            log.exception("decode step failed")
+            for job in list(self._active):
+                self._finish(job, exc)
+            return
+        for (job, i, _), frame in zip(running, frames):
+            job.on_frame(i, frame)
+        self._finish_stopped()
+
+    def _finish_stopped(self) -> None:
+        for job in [j for j in self._active if all(seq.finished for seq in j.sequences)]:
+            self._finish(job, None)
+
+    def _finish(self, job: Job, error: BaseException | None) -> None:
+        with self._wake:
+            if job in self._active:
+                self._active.remove(job)
+            self._free.extend(job.slots)
+            job.slots = []
+        try:
+            job.on_done(error)
+        except Exception:  # noqa: BLE001 - a broken callback must not stop the scheduler
+            log.exception("job callback failed")
+
+    def _run_task(self, task) -> None:
+        _, _, fn, future, _ = task
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+            future.set_exception(exc)
+
+    def _drop_cancelled(self) -> None:
+        """Called with the lock held."""
+        if not self._cancelled:
+            return
+        gone, self._cancelled = self._cancelled, {}
+        dropped = [j for j in self._waiting if id(j.owner) in gone]
+        self._waiting = deque(j for j in self._waiting if id(j.owner) not in gone)
+        stopped = [j for j in self._active if id(j.owner) in gone]
+        tasks = [t for t in self._tasks if id(t[4]) in gone]
+        self._tasks = [t for t in self._tasks if id(t[4]) not in gone]
+        heapq.heapify(self._tasks)
+        for job in dropped + stopped:
+            if job in self._active:
+                self._active.remove(job)
+            self._free.extend(job.slots)
+            job.slots = []
+        self._wake.release()
+        try:
+            for job in dropped + stopped:
+                job.on_done(Cancelled())
+            for task in tasks:
+                task[3].cancel()
+        finally:
+            self._wake.acquire()
+
+    def _fail_everything(self, error: BaseException) -> None:
+        with self._wake:
+            jobs = list(self._waiting) + list(self._active)
+            tasks = list(self._tasks)
+            self._waiting.clear()
+            self._active.clear()
+            self._tasks.clear()
+        for job in jobs:
+            job.on_done(error)
+        for task in tasks:
+            task[3].set_exception(error)

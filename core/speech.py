@@ -1,0 +1,195 @@
+"""One synthesis request as a stream of audio chunks, in order, while the rest is still being made.
+
+Text segments (core/text/split.py) each become one sequence in the batch scheduler, up to
+`max_parallel` of them at a time; every frame goes into that segment's StreamingDecoder, whose
+chunks are decoded on the scheduler thread as soon as no later code can change them (the earliest
+segment first). The consumer iterates the chunks of segment 0, then 1, ...; where two segments meet,
+each side is faded over a few milliseconds so the join cannot click.
+
+Streaming or not, a request produces the same samples: the decode kernels are batch-invariant and
+the chunks depend only on the codes, never on timing. `synthesize` is `concatenate(stream)`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import Tensor
+
+from .lm.generate import CODE_OFFSET, Sequence
+from .scheduler import Cancelled, Job, Scheduler
+from .vqgan.model import VQGAN
+from .vqgan.streaming import StreamingDecoder
+
+JOIN_FADE_SECONDS = 0.005
+
+
+@dataclass(eq=False)
+class Segment:
+    index: int
+    sequence: Sequence
+    decoder: StreamingDecoder
+    pending: Tensor | None = None  # the newest frame: kept back until we know it is not the stop frame
+    generated: bool = False  # the LM is done with it
+    decoding: bool = False  # a decode task is queued or running
+    chunks: list[np.ndarray] = field(default_factory=list)  # decoded, not yet taken
+    complete: bool = False  # every chunk is decoded
+
+
+class SpeechStream:
+    """Iterate for mono float32 chunks at the VQGAN's rate; `cancel()` (or closing the iterator)
+    stops the generation and frees the scheduler's slots."""
+
+    def __init__(self, scheduler: Scheduler, vqgan: VQGAN, sequences: list[Sequence], max_parallel: int = 4,
+                 progress: Callable[[], None] | None = None):
+        """`progress`, if given, is called (on the scheduler thread) for every generated frame."""
+        if not sequences:
+            raise ValueError("nothing to synthesize")
+        self.scheduler, self.vqgan = scheduler, vqgan
+        self.segments = [Segment(i, seq, StreamingDecoder(vqgan)) for i, seq in enumerate(sequences)]
+        self.max_parallel = max(1, min(max_parallel, scheduler.max_batch))
+        self.progress = progress
+        self.sample_rate = vqgan.config.sample_rate
+        self.fade = int(JOIN_FADE_SECONDS * self.sample_rate)
+        self._changed = threading.Condition()
+        self._error: BaseException | None = None
+        self._next_submit = 0
+        self._cancelled = False
+        self.started = time.perf_counter()
+        self.first_audio_at: float | None = None
+        for _ in range(self.max_parallel):
+            self._submit_next()
+
+    # -- the consumer ----------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        try:
+            for segment in self.segments:
+                yield from self._segment_chunks(segment)
+        finally:
+            self.cancel()  # closed before the end: stop the generation
+
+    def _segment_chunks(self, segment: Segment) -> Iterator[np.ndarray]:
+        last_segment = segment.index == len(self.segments) - 1
+        first = True
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._error is not None or segment.chunks or segment.complete)
+                if self._error is not None:
+                    raise self._error
+                if not segment.chunks:
+                    return
+                chunk = segment.chunks.pop(0)
+                is_last = segment.complete and not segment.chunks
+            if first and segment.index > 0:
+                chunk = _fade(chunk, self.fade, rising=True)
+            if is_last and not last_segment:
+                chunk = _fade(chunk, self.fade, rising=False)
+            first = False
+            if self.first_audio_at is None:
+                self.first_audio_at = time.perf_counter()
+            yield chunk
+
+    @property
+    def finished(self) -> bool:
+        """Every chunk was decoded and taken."""
+        return all(s.complete and not s.chunks for s in self.segments)
+
+    def cancel(self) -> None:
+        """Stop generating (a no-op once the stream has ended); iterating raises Cancelled after it."""
+        with self._changed:
+            if self._cancelled or self.finished:
+                return
+            self._cancelled = True
+            if self._error is None:
+                self._error = Cancelled("the synthesis was cancelled")
+            self._changed.notify_all()
+        self.scheduler.cancel(self)
+
+    @property
+    def time_to_first_audio(self) -> float | None:
+        return None if self.first_audio_at is None else self.first_audio_at - self.started
+
+    # -- the scheduler thread --------------------------------------------------------------
+
+    def _submit_next(self) -> None:
+        with self._changed:
+            if self._cancelled or self._next_submit >= len(self.segments):
+                return
+            segment = self.segments[self._next_submit]
+            self._next_submit += 1
+        job = Job([segment.sequence], lambda _, frame: self._on_frame(segment, frame),
+                  lambda error: self._on_generated(segment, error), owner=self)
+        try:
+            self.scheduler.submit(job)
+        except RuntimeError as exc:  # closed: the model is being unloaded
+            self._fail(exc)
+
+    def _on_frame(self, segment: Segment, frame: Tensor) -> None:
+        if self.progress is not None:
+            self.progress()
+        if segment.pending is not None:
+            segment.decoder.push(segment.pending[1:, None].long() - CODE_OFFSET)
+        segment.pending = frame
+        self._maybe_decode(segment)
+
+    def _on_generated(self, segment: Segment, error: BaseException | None) -> None:
+        if error is not None:
+            self._fail(error)
+            return
+        segment.pending = None  # the stop frame (or the budget's last frame) is not audio
+        segment.generated = True
+        self._maybe_decode(segment)
+        self._submit_next()
+
+    def _maybe_decode(self, segment: Segment) -> None:
+        """Queue a decode task for the segment if it has audio to give and none is queued."""
+        if segment.decoding or segment.complete or self._cancelled:
+            return
+        if not segment.generated and not segment.decoder.chunk_ready():
+            return
+        segment.decoding = True
+        try:
+            self.scheduler.call(lambda: self._decode(segment), priority=segment.index, owner=self)
+        except RuntimeError as exc:
+            self._fail(exc)
+
+    def _decode(self, segment: Segment) -> None:
+        try:
+            final = segment.generated
+            chunks = segment.decoder.finish() if final else segment.decoder.chunks()
+        except Exception as exc:  # noqa: BLE001 - delivered to the consumer
+            self._fail(exc)
+            return
+        with self._changed:
+            segment.chunks.extend(chunks)
+            segment.complete = final
+            segment.decoding = False
+            self._changed.notify_all()
+        self._maybe_decode(segment)
+
+    def _fail(self, error: BaseException) -> None:
+        with self._changed:
+            if self._error is None:
+                self._error = error
+            self._changed.notify_all()
+        if not isinstance(error, Cancelled):
+            self.scheduler.cancel(self)
+
+
+def _fade(chunk: np.ndarray, length: int, rising: bool) -> np.ndarray:
+    """A raised-cosine fade over the first (rising) or last `length` samples."""
+    n = min(length, chunk.size)
+    if n == 0:
+        return chunk
+    ramp = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, n, dtype=np.float32))
+    chunk = chunk.copy()
+    if rising:
+        chunk[:n] *= ramp
+    else:
+        chunk[-n:] *= ramp[::-1]
+    return chunk

@@ -1,0 +1,71 @@
+"""Split a long text into segments that are synthesized one prompt each (in the same voice).
+
+The model was trained on utterances, and one prompt holds at most 4,096 frames, so a long text is
+cut at sentence ends (then, for an over-long sentence, at commas, then spaces) and the pieces are
+merged back greedily up to `max_weight`, where a CJK character weighs about as much speech as three
+Latin letters. A short text stays one segment, exactly as given.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_SEGMENT_WEIGHT = 180  # ~180 Latin characters or ~60 CJK characters: 10-15 s of speech
+
+# After a sentence end (CJK ones need no space after them), a newline, or a clause mark as a fallback.
+_SENTENCE_END = re.compile(r"(?<=[。！？!?…；;])|(?<=[.])(?=\s)|\n+")
+_CLAUSE_END = re.compile(r"(?<=[，、,：:])")
+_PHONE_TAG = re.compile(r"<p:[^>]*>")
+_CJK = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\u3400-\u9fff\uf900-\ufaff]")
+
+
+def text_weight(text: str) -> int:
+    """About how long a text takes to say, in Latin-character units."""
+    cjk = len(_CJK.findall(text))
+    return len(text) + 2 * cjk
+
+
+def split_text(text: str, max_weight: int = MAX_SEGMENT_WEIGHT) -> list[str]:
+    """Segments of `text` in order, each within `max_weight` unless one word alone is longer.
+    Merged pieces keep the text between them as written."""
+    if max_weight < 1:
+        raise ValueError("max_weight must be >= 1")
+    text = text.strip()
+    if text_weight(text) <= max_weight:
+        return [text] if text else []
+    spans = []  # (start, end) of the pieces, in order
+    for start, end in _spans(text, 0, len(text), _SENTENCE_END):
+        if text_weight(text[start:end]) <= max_weight:
+            spans.append((start, end))
+            continue
+        for c_start, c_end in _spans(text, start, end, _CLAUSE_END):
+            if text_weight(text[c_start:c_end]) <= max_weight:
+                spans.append((c_start, c_end))
+            else:
+                spans.extend(_word_spans(text, c_start, c_end, max_weight))
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and text_weight(text[merged[-1][0] : end]) <= max_weight:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return [text[a:b].strip() for a, b in merged]
+
+
+def _spans(text: str, start: int, end: int, pattern: re.Pattern) -> list[tuple[int, int]]:
+    """Non-blank pieces of text[start:end] cut at `pattern`, never inside a `<p:...>` phone tag."""
+    protected = _PHONE_TAG.sub(lambda m: "\0" * len(m.group(0)), text[start:end])
+    cuts = {start, end}
+    for m in pattern.finditer(protected):
+        cuts.update((start + m.start(), start + m.end()))
+    bounds = sorted(cuts)
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if text[a:b].strip()]
+
+
+def _word_spans(text: str, start: int, end: int, max_weight: int) -> list[tuple[int, int]]:
+    """At spaces; unspaced CJK text every max_weight // 3 characters (never inside a phone tag)."""
+    words = _spans(text, start, end, re.compile(r"\s+"))
+    if len(words) > 1 or _PHONE_TAG.search(text[start:end]):
+        return words
+    step = max(1, max_weight // 3)
+    return [(i, min(i + step, end)) for i in range(start, end, step)]
