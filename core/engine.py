@@ -75,9 +75,16 @@ def sample_generators(device: torch.device, seed: int | None, count: int) -> lis
     return generators
 
 
-def default_max_batch(device: torch.device) -> int:
-    """Sequences decoded together: on CPU a step for 8 costs ~2x one; a GPU has room for more."""
-    return 16 if device.type == "cuda" else 8
+def default_max_batch(device: torch.device, lm=None) -> int:
+    """Sequences decoded together. CPU: 8 (a step for 8 costs ~2x one; cache memory is committed only
+    as positions fill). CUDA: up to 16, as many full-context KV caches as fit in half the free memory."""
+    if device.type != "cuda" or lm is None:
+        return 8
+    cfg = lm.config
+    dtype = lm.kv_cache_dtype or lm.embeddings.weight.dtype
+    per_slot = 2 * cfg.n_layer * cfg.n_local_heads * cfg.max_seq_len * cfg.head_dim * dtype.itemsize
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(16, int(0.5 * free // per_slot)))
 
 
 class TTSEngine:
@@ -92,7 +99,7 @@ class TTSEngine:
         self.vqgan = vqgan
         self.device = torch.device(device)
         self.compile = compile
-        self.max_batch_size = max_batch_size or default_max_batch(self.device)
+        self.max_batch_size = max_batch_size or default_max_batch(self.device, lm)
         self.lock = threading.RLock()
         self._scheduler: Scheduler | None = None
 

@@ -84,6 +84,34 @@ def test_tts_speaks_in_one_step(ckpt, speech_wav, tmp_path, with_reference, suff
     assert "real-time factor" in result.stderr
 
 
+def test_tts_stream_writes_the_same_audio_as_it_comes_and_reports_the_first_audio(ckpt, tmp_path):
+    import io
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    command = ["tts", "--text", "Good morning. How are you today? Fine, thanks.", "--max-new-tokens", "30", "--no-g2p",
+               "--seed", "5", "--llama-checkpoint-path", ckpt["lm"], "--llama-config-name", ckpt["lm_config"],
+               "--vqgan-checkpoint-path", ckpt["vqgan"], "--vqgan-config-name", ckpt["vqgan_config"],
+               "--tokenizer", ckpt["tokenizer"], "--device", "cpu"]
+    whole = run_cli([*command, "-o", tmp_path / "whole.wav"])
+    streamed = run_cli([*command, "--stream", "-o", tmp_path / "streamed.wav"])
+    assert whole.returncode == 0 and streamed.returncode == 0, streamed.stderr
+    assert "first audio after" in streamed.stderr and "first audio" not in whole.stderr
+    expected, _ = sf.read(tmp_path / "whole.wav", dtype="int16")
+    np.testing.assert_array_equal(sf.read(tmp_path / "streamed.wav", dtype="int16")[0], expected)
+
+    # `-o -`: a WAV stream on stdout, its length fields "unknown", the same samples
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    to_stdout = subprocess.run([sys.executable, "-m", "core", *map(str, command), "--stream", "-o", "-"], env=env,
+                               capture_output=True, timeout=300)
+    assert to_stdout.returncode == 0, to_stdout.stderr.decode()
+    assert to_stdout.stdout[:4] == b"RIFF" and to_stdout.stdout[4:8] == b"\xff\xff\xff\xff"
+    np.testing.assert_array_equal(sf.read(io.BytesIO(to_stdout.stdout), dtype="int16")[0], expected)
+
+
 def test_g2p_prints_segments_as_json():
     result = run_cli(["g2p", "你好, world!"])
     assert result.returncode == 0, result.stderr

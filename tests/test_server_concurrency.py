@@ -40,6 +40,18 @@ def test_eight_clients_five_requests_each(server):
     assert requests.get(server.url + "/v1/health").json()["queue"]["pending"] == 0
 
 
+def test_eight_concurrent_clients_get_the_audio_each_gets_alone(server):
+    """Batched together, each request's audio is bit-identical to the same request made alone."""
+    requests_ = [(f"client {i} says something{' more' * i}.", 20 + 5 * i, 100 + i) for i in range(8)]
+    alone = [synthesize(server.url, text, max_new_tokens=n, seed=seed) for text, n, seed in requests_]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda r: synthesize(server.url, r[0], max_new_tokens=r[1], seed=r[2]), requests_))
+    for solo, batched in zip(alone, together):
+        assert solo.status_code == batched.status_code == 200, batched.text
+        assert read_wav(solo.content)[0].size > 0
+        assert (read_wav(solo.content)[0] == read_wav(batched.content)[0]).all()
+
+
 def test_full_queue_answers_503_with_retry_after(server):
     with ThreadPoolExecutor(24) as pool:
         responses = list(pool.map(lambda i: synthesize(server.url, "hello there", max_new_tokens=0, seed=i), range(24)))

@@ -14,11 +14,13 @@ many requests through the same two functions.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from .kernels import single_threaded_torch
 from .model import ForwardResult, Transformer
 from .sampling import SamplingParams, sample, sample_fast
 
@@ -127,6 +129,12 @@ def decode_step(model: Transformer, sequences: list[Sequence], static_slots: int
     the slot's next sequence overwrites before anything reads it.
     """
     device = model.output.weight.device
+    with single_threaded_torch() if device.type == "cpu" else nullcontext():
+        return _decode_step(model, sequences, static_slots, device)
+
+
+def _decode_step(model: Transformer, sequences: list[Sequence], static_slots: int | None,
+                 device: torch.device) -> list[Tensor]:
     decode = getattr(model, "compiled_decode", None) or model.decode
     if static_slots is None:
         rows = list(range(len(sequences)))

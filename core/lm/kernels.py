@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -46,6 +47,7 @@ def _build() -> bool:
         name = f"fishtts_cpu_{torch.backends.cpu.get_cpu_capability().lower()}"
         load(name, [str(SOURCE)], is_python_module=False, verbose=False,
              extra_cflags=["-O3", "-march=native", "-fopenmp"])
+        torch.ops.fishtts.start_pool(torch.get_num_threads())
         # Output shapes, so torch.compile can treat the kernels as opaque ops.
         torch.library.register_fake("fishtts::linear_rows")(lambda x, w, s: x.new_empty(x.size(0), w.size(0)))
         torch.library.register_fake("fishtts::decode_attention")(
@@ -77,6 +79,21 @@ def linear_rows(x: Tensor, weight: Tensor, scales: Tensor | None = None) -> Tens
         return torch.ops.fishtts.linear_rows(x, weight, scales)
     y = F.linear(x, weight.to(x.dtype))
     return y if scales is None else y * scales.to(x.dtype)
+
+
+@contextmanager
+def single_threaded_torch():
+    """torch's own ops on one thread in this block (the kernels keep their pool): a decode step's small
+    ops (36k-element softmax, top-k, ...) are faster serial than split over OpenMP, and OpenMP workers
+    spinning on the second core slow the kernels' pool."""
+    if not cpu_kernels_available():
+        yield
+        return
+    previous = torch.ops.fishtts.set_openmp_threads(1)
+    try:
+        yield
+    finally:
+        torch.ops.fishtts.set_openmp_threads(previous)
 
 
 def cpu_has_fast_bfloat16() -> bool:

@@ -9,21 +9,132 @@
 //
 // Batch invariance: every output value is computed by the same sequence of float operations whatever
 // the number of rows in the call, so a sequence gets bit-identical results alone or in a batch.
+//
+// Threads: a decode step makes ~200 short calls (10-100 us each). OpenMP wakes its workers fast only
+// while they spin, and libgomp stops spinning once it manages more threads than there are CPUs, which
+// happens as soon as two Python threads have used torch (the engine's scheduler runs on its own
+// thread): each call then waits on a futex wake-up, ~1.5x slower in all. So these kernels use their
+// own small pool, whose workers spin briefly between calls whatever else the process does.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace {
+
+// -- the worker pool ----------------------------------------------------------------------------
+
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#endif
+}
+
+class SpinPool {
+ public:
+  // Sized on first use: `threads` (the caller's torch.get_num_threads() at load) counts the caller.
+  static SpinPool& get(int64_t threads = 0) {
+    static SpinPool pool(std::max<int64_t>(1, threads > 0 ? threads : at::get_num_threads()) - 1);
+    return pool;
+  }
+
+  // fn(begin, end) over contiguous pieces of [0, n) (at least `grain` each), the caller taking one.
+  void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+    const int64_t parts = std::min<int64_t>(workers_.size() + 1, std::max<int64_t>(1, n / std::max<int64_t>(1, grain)));
+    if (parts <= 1) {
+      fn(0, n);
+      return;
+    }
+    std::lock_guard<std::mutex> serial(run_mutex_);  // one call at a time (several Python threads may call)
+    job_ = &fn;
+    n_ = n;
+    parts_ = parts;
+    pending_.store(parts - 1, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    sleep_cv_.notify_all();
+    fn(piece(0), piece(1));
+    while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+  }
+
+ private:
+  explicit SpinPool(int workers) {
+    for (int i = 0; i < workers; ++i) workers_.emplace_back([this, i] { loop(i + 1); });
+  }
+  ~SpinPool() {
+    {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      stop_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    sleep_cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+
+  int64_t piece(int64_t part) const { return n_ * part / parts_; }
+
+ public:
+  size_t size() const { return workers_.size(); }
+
+ private:
+
+  void loop(int64_t part) {
+    uint64_t seen = 0;
+    while (true) {
+      // Spin ~1-2 ms for the next call (yielding, so that torch's own OpenMP workers can still have
+      // this core), then sleep until one comes.
+      int spins = 0;
+      while (generation_.load(std::memory_order_acquire) == seen && spins < kSpins) {
+        std::this_thread::yield();
+        ++spins;
+      }
+      if (generation_.load(std::memory_order_acquire) == seen) {
+        std::unique_lock<std::mutex> lock(sleep_mutex_);
+        sleep_cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      }
+      seen = generation_.load(std::memory_order_acquire);
+      if (stop_) return;
+      if (part < parts_) {
+        (*job_)(piece(part), piece(part + 1));
+        pending_.fetch_sub(1, std::memory_order_release);
+      }
+    }
+  }
+
+  static constexpr int kSpins = 2000;  // x ~0.5-1 us per yield
+  std::vector<std::thread> workers_;
+  std::mutex run_mutex_, sleep_mutex_;
+  std::condition_variable sleep_cv_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int64_t> pending_{0};
+  const std::function<void(int64_t, int64_t)>* job_ = nullptr;
+  int64_t n_ = 0, parts_ = 1;
+  bool stop_ = false;
+};
+
+template <typename F>
+void parallel(int64_t n, int64_t grain, F&& fn) {
+  SpinPool::get().run(n, grain, fn);
+}
 
 // GCC vector type: becomes AVX-512 (or 2 x AVX2) code under -march=native.
 typedef float f32x16 __attribute__((vector_size(64)));
@@ -130,7 +241,7 @@ inline void dot_rows(const float* x, int64_t I, const W* wr, bool prefetch, floa
 
 template <typename W>
 void linear_impl(const float* x, const W* w, const float* scales, float* y, int64_t N, int64_t I, int64_t O) {
-  at::parallel_for(0, O, 16, [&](int64_t begin, int64_t end) {
+  parallel(O, 16, [&](int64_t begin, int64_t end) {
     float out[kGroup];
     for (int64_t o = begin; o < end; ++o) {
       const W* wr = w + o * I;
@@ -260,7 +371,7 @@ void decode_attention_impl(const float* in, int64_t width, C* kc, C* vc, const i
                            float* out) {
   auto cache_row = [&](int64_t b, int64_t h) { return ((slot[b] * n_kv_head + h) * T + pos[b]) * D; };
   // New keys (rotated) and values into each sequence's cache at its position.
-  at::parallel_for(0, B * n_kv_head, 1, [&](int64_t begin, int64_t end) {
+  parallel(B * n_kv_head, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> k(D);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_kv_head, h = task % n_kv_head;
@@ -272,7 +383,7 @@ void decode_attention_impl(const float* in, int64_t width, C* kc, C* vc, const i
   });
   const float scale = 1.f / std::sqrt((float)D);
   const int64_t group = n_head / n_kv_head;
-  at::parallel_for(0, B * n_head, 1, [&](int64_t begin, int64_t end) {
+  parallel(B * n_head, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(T), q(D);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_head, h = task % n_head, hk = h / group;
@@ -322,6 +433,21 @@ at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor& k_cache, at::Tens
   return out;
 }
 
+// Start the pool with `threads` in all (the caller included); later calls change nothing.
+int64_t start_pool(int64_t threads) { return (int64_t)SpinPool::get(threads).size() + 1; }
+
+// The calling thread's OpenMP thread count (torch's own ops); returns the previous one. A decode step
+// runs its small torch ops on one thread: splitting 36k-element ops over OpenMP costs more than it saves.
+int64_t set_openmp_threads(int64_t threads) {
+#if defined(_OPENMP)
+  const int previous = omp_get_max_threads();
+  omp_set_num_threads((int)threads);
+  return previous;
+#else
+  return 1;
+#endif
+}
+
 // int8 -> bfloat16 (exact: every int8 value is a bfloat16) for prefill matmuls on bfloat16 hardware.
 at::Tensor int8_to_bfloat16(const at::Tensor& w) {
   TORCH_CHECK(w.scalar_type() == at::kChar && w.is_contiguous(), "w must be contiguous int8");
@@ -346,10 +472,18 @@ TORCH_LIBRARY(fishtts, m) {
   m.def("decode_attention(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor positions, "
         "Tensor freqs, int n_head, int n_kv_head) -> Tensor");
   m.def("int8_to_bfloat16(Tensor w) -> Tensor");
+  m.def("start_pool(int threads) -> int");
+  m.def("set_openmp_threads(int threads) -> int");
 }
 
 TORCH_LIBRARY_IMPL(fishtts, CPU, m) {
   m.impl("linear_rows", &linear_rows);
   m.impl("decode_attention", &decode_attention);
   m.impl("int8_to_bfloat16", &int8_to_bfloat16);
+}
+
+// Ops without tensor arguments have no dispatch key: registered for every backend.
+TORCH_LIBRARY_IMPL(fishtts, CompositeExplicitAutograd, m) {
+  m.impl("start_pool", &start_pool);
+  m.impl("set_openmp_threads", &set_openmp_threads);
 }
