@@ -243,11 +243,14 @@ class TTSEngine:
     # -- everything ------------------------------------------------------------------------
 
     def stream(self, request: GenerationRequest, reference_audio: np.ndarray | None = None,
-               max_segment_weight: int = MAX_SEGMENT_WEIGHT, progress: Callable[[], None] | None = None) -> SpeechStream:
+               max_segment_weight: int = MAX_SEGMENT_WEIGHT, progress: Callable[[], None] | None = None,
+               max_parallel: int = 2) -> SpeechStream:
         """Text (+ optional reference clip or codes) -> a SpeechStream of audio chunks (first sample).
 
         A long text is split into segments (core/text/split.py), each generated with the reference
         as its prompt; segment i samples with seed + i. `progress` is called for every frame.
+        `max_parallel` segments generate at once: each one more at the start delays the first audio by
+        a prompt's prefill; later ones join as earlier ones finish, when plenty of audio is buffered.
         """
         self._need("vqgan")
         if reference_audio is not None:
@@ -258,7 +261,7 @@ class TTSEngine:
         for i, (segment, prompt) in enumerate(self._segment_prompts(request, max_segment_weight)):
             seed = None if request.seed is None else request.seed + i
             sequences += self._sequences(segment, prompt, 1, seed)
-        return SpeechStream(self.scheduler, self.vqgan, sequences, progress=progress)
+        return SpeechStream(self.scheduler, self.vqgan, sequences, max_parallel, progress)
 
     def _segment_prompts(self, request: GenerationRequest, max_weight: int) -> list[tuple[GenerationRequest, torch.Tensor]]:
         """(request, prompt) per segment of the text. A segment whose prompt takes more than half the
@@ -283,7 +286,7 @@ class TTSEngine:
 
     def synthesize(self, request: GenerationRequest, reference_audio: np.ndarray | None = None) -> np.ndarray:
         """The whole stream's audio at once (the same samples as streaming it)."""
-        chunks = list(self.stream(request, reference_audio))
+        chunks = list(self.stream(request, reference_audio, max_parallel=4))  # no first audio to hurry
         if not chunks:
             raise ValueError("the model produced no audio for this text (try a larger max_new_tokens)")
         return np.concatenate(chunks)

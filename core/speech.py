@@ -2,8 +2,8 @@
 
 Text segments (core/text/split.py) each become one sequence in the batch scheduler, up to
 `max_parallel` of them at a time; every frame goes into that segment's StreamingDecoder, whose
-chunks are decoded on the scheduler thread as soon as no later code can change them (the earliest
-segment first). The consumer iterates the chunks of segment 0, then 1, ...; where two segments meet,
+chunks are decoded on the scheduler thread as soon as no later code can change them, a segment's
+only once the segments before it are generated (their audio is needed first). The consumer iterates the chunks of segment 0, then 1, ...; where two segments meet,
 each side is faded over a few milliseconds so the join cannot click.
 
 Streaming or not, a request produces the same samples: the decode kernels are batch-invariant and
@@ -143,14 +143,19 @@ class SpeechStream:
             return
         segment.pending = None  # the stop frame (or the budget's last frame) is not audio
         segment.generated = True
-        self._maybe_decode(segment)
+        for later in self.segments[segment.index :]:  # a later one may have been waiting for this one
+            self._maybe_decode(later)
         self._submit_next()
 
     def _maybe_decode(self, segment: Segment) -> None:
-        """Queue a decode task for the segment if it has audio to give and none is queued."""
+        """Queue a decode task for the segment if it has audio to give and none is queued. A segment is
+        decoded only once every earlier one is generated: its audio is not needed before theirs, and
+        decoding it early would take time from the segment being played."""
         if segment.decoding or segment.complete or self._cancelled:
             return
-        if not segment.generated and not segment.decoder.chunk_ready():
+        if not all(earlier.generated for earlier in self.segments[: segment.index]):
+            return
+        if not segment.decoder.chunk_ready(final=segment.generated) and not segment.generated:
             return
         segment.decoding = True
         try:
@@ -159,15 +164,16 @@ class SpeechStream:
             self._fail(exc)
 
     def _decode(self, segment: Segment) -> None:
+        """One chunk per task: the consumer gets each as soon as it is decoded, and LM steps run between."""
         try:
             final = segment.generated
-            chunks = segment.decoder.finish() if final else segment.decoder.chunks()
+            chunks = segment.decoder.chunks(final=final, limit=1)
         except Exception as exc:  # noqa: BLE001 - delivered to the consumer
             self._fail(exc)
             return
         with self._changed:
             segment.chunks.extend(chunks)
-            segment.complete = final
+            segment.complete = final and segment.decoder.done
             segment.decoding = False
             self._changed.notify_all()
         self._maybe_decode(segment)

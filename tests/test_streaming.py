@@ -37,7 +37,7 @@ def stream_decode(vqgan, codes: torch.Tensor, schedule, step: int) -> list[np.nd
 def test_official_receptive_fields():
     """The WN decoder reaches 63 mel frames (16 codes) each way; HiFi-GAN about 16 mel frames."""
     config = VQGANConfig()
-    assert mel_context_tokens(config) == 17
+    assert mel_context_tokens(config) == 16
     assert generator_context_frames(config) == 17
 
 

@@ -71,7 +71,7 @@ class Sequence:
     eos_token_id: int
     generator: torch.Generator | None = None
     code_limit: int | None = None
-    fast_sampling: bool = False  # see sampling.apply_top_p: same tokens but for rounding at the threshold
+    fast_sampling: bool = False  # see sampling.sample_fast: the same tokens but for rounding at the threshold
     ignore_stop: bool = False  # never sample the end value, run the whole budget (benchmarks: random weights)
     slot: int = -1
     steps: int = 0  # frames generated

@@ -118,12 +118,12 @@ class Attention(nn.Module):
         v = v.view(bsz, seqlen, self.n_local_heads, self.head_dim)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
         k, v = k.to(q.dtype), v.to(q.dtype)  # a bfloat16 cache under float32 compute
         if self.n_head != self.n_local_heads:
             k = k.repeat_interleave(self.n_head // self.n_local_heads, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_local_heads, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
 
     def _out(self, y: Tensor) -> Tensor:
         bsz, _, seqlen, _ = y.shape
@@ -141,6 +141,8 @@ class Attention(nn.Module):
         cache = self.kv_cache
         cache.k_cache[slot, :, start:end] = k[0]
         cache.v_cache[slot, :, start:end] = v[0]
+        if start == 0:  # the whole prefix is new: plain causal attention (a faster kernel than a mask)
+            return self._out(self._attend(q, k, v, None, causal=True))
         keys, values = cache.k_cache[slot : slot + 1, :, :end], cache.v_cache[slot : slot + 1, :, :end]
         return self._out(self._attend(q, keys, values, mask))
 

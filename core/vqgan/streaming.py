@@ -19,10 +19,10 @@ from torch import Tensor
 from .config import VQGANConfig
 from .model import VQGAN
 
-# Chunk sizes in tokens (the last repeats): a small first chunk for a fast start, then larger ones that
-# recompute less generator context; each chunk may be at most ~2x the one before it so that decoding
-# stays ahead of playback at real-time factors up to ~0.5 (measured by the benchmark).
-CHUNK_SCHEDULE = (8, 16, 32)
+# Chunk sizes in tokens (the last repeats): a small first one for an early start, then sizes that grow
+# slowly enough to stay ahead of playback up to a real-time factor of ~0.75 (chunk k + 1 must be made
+# while chunks 0..k play). 16 tokens = 0.74 s of audio; the generator recomputes ~50% context per chunk.
+CHUNK_SCHEDULE = (8, 8, 12, 16)
 MEL_BLOCK_TOKENS = 8  # the mel is computed on a fixed grid of blocks, so the audio never depends on timing
 
 
@@ -30,7 +30,7 @@ def mel_context_tokens(config: VQGANConfig) -> int:
     """Codes needed on each side of a code for its mel frames: the WN stack's reach, in tokens."""
     wn = config.decoder
     reach = sum(wn.dilation_rate**i * (wn.kernel_size - 1) // 2 for i in range(wn.n_layers))  # mel frames
-    return math.ceil(reach / config.downsample.total_strides) + 1
+    return math.ceil(reach / config.downsample.total_strides)  # a token's frames reach this many tokens out
 
 
 def generator_context_frames(config: VQGANConfig) -> int:
@@ -50,7 +50,7 @@ def generator_context_frames(config: VQGANConfig) -> int:
 
 class StreamingDecoder:
     """Feed codes as they come (`push`), take audio chunks as they become final (`chunks`); after the
-    last codes, `finish` returns the rest. The chunks concatenate to `VQGAN.decode(all codes)` (within
+    last codes, `finish` (or `chunks(final=True)`, a chunk at a time with `limit`) returns the rest. The chunks concatenate to `VQGAN.decode(all codes)` (within
     float rounding: the same sums over different tensor lengths), and they depend only on the codes and
     the chunk schedule, never on how the codes were pushed."""
 
@@ -86,31 +86,31 @@ class StreamingDecoder:
         self.codes.append(self.vqgan.check_codes(codes))
         self.num_codes += codes.shape[-1]
 
-    def chunk_ready(self) -> bool:
-        """Whether `chunks()` would return something now (a cheap check, no decoding)."""
+    def chunk_ready(self, final: bool = False) -> bool:
+        """Whether `chunks(final)` would return something now (a cheap check, no decoding)."""
         if self.emitted >= self.num_codes:
             return False
+        if final:
+            return True
         needed = self.emitted + self.schedule[min(self.chunk_index, len(self.schedule) - 1)] + self.lookahead_tokens
         if self.mel_tokens >= needed:
             return True
         mel_end = -(-needed // MEL_BLOCK_TOKENS) * MEL_BLOCK_TOKENS  # the block grid, rounded up
         return mel_end + self.mel_context <= self.num_codes
 
-    @torch.inference_mode()
-    def chunks(self) -> list[np.ndarray]:
-        """Audio that no future code can change, in chunks of the schedule's sizes (maybe none)."""
-        return self._emit(final=False)
+    @property
+    def done(self) -> bool:
+        """All the audio of the codes pushed has been returned (meaningful once no more will come)."""
+        return self.emitted >= self.num_codes
 
     @torch.inference_mode()
-    def finish(self) -> list[np.ndarray]:
-        """Everything not yet returned: the codes are complete."""
-        out = self._emit(final=True)
-        self.finished = True
-        return out
-
-    def _emit(self, final: bool) -> list[np.ndarray]:
+    def chunks(self, final: bool = False, limit: int | None = None) -> list[np.ndarray]:
+        """Audio that no future code can change, in chunks of the schedule's sizes (maybe none), at most
+        `limit` of them. `final=True`: the codes are complete, so everything is final."""
+        if final:
+            self.finished = True
         out = []
-        while self.emitted < self.num_codes:
+        while self.emitted < self.num_codes and (limit is None or len(out) < limit):
             size = self.schedule[min(self.chunk_index, len(self.schedule) - 1)]
             end = min(self.emitted + size, self.num_codes) if final else self.emitted + size
             # The chunk's audio needs the mel up to `lookahead_tokens` past its end (or to the true end).
@@ -120,6 +120,10 @@ class StreamingDecoder:
             self.emitted = end
             self.chunk_index += 1
         return out
+
+    def finish(self) -> list[np.ndarray]:
+        """Everything not yet returned: the codes are complete."""
+        return self.chunks(final=True)
 
     def _extend_mel(self, tokens: int, final: bool) -> bool:
         """Make the mel known for the first `tokens` codes, block by block; False if the codes so far
