@@ -171,3 +171,22 @@ def test_request_id_is_echoed_and_in_errors(server):
                              headers={"X-Request-ID": "my-trace-42"})
     body = assert_json_error(response, 404)
     assert body["requestId"] == "my-trace-42" and body["message"] == "Cannot find model."
+
+
+def test_int8_models_per_load_request_and_server_default(server, tmp_path):
+    """`"quantize": "int8"` in a load body, or --quantize int8 for every load that says nothing."""
+    body = {**WEBUI_LOAD, "llama": {**WEBUI_LOAD["llama"], "quantize": "int8"}}
+    assert requests.put(server.url + "/v1/models/small", json=body, timeout=120).status_code == 200
+    details = {d["name"]: d for d in requests.get(server.url + "/v1/models", timeout=30).json()["details"]}
+    assert details["small"]["quantize"] == "int8" and details["default"]["quantize"] == "none"
+    assert details["small"]["max_batch_size"] == 8  # sized to the CPU
+    response = requests.post(server.url + "/v1/models/small/invoke", json={"text": "int8 speaks", **FAST}, timeout=60)
+    assert_wav(response)
+    assert requests.delete(server.url + "/v1/models/small", timeout=60).status_code == 200
+
+    quantized = Server(make_workdir(tmp_path / "work"), "--quantize", "int8", "--max-batch-size", "3")
+    try:
+        info = requests.get(quantized.url + "/v1/models", timeout=30).json()["details"][0]
+        assert info["quantize"] == "int8" and info["max_batch_size"] == 3
+    finally:
+        quantized.stop()

@@ -176,6 +176,13 @@ inline float hsum(f32x16 v) {
 // 16 weights -> 16 floats.
 inline f32x16 widen(const float* p) { return load16(p); }
 
+template <typename T>
+inline f32x16 widen_scalar(const T* p) {  // no vector ISA: the compiler does what it can
+  f32x16 v;
+  for (int j = 0; j < 16; ++j) v[j] = (float)p[j];
+  return v;
+}
+
 inline f32x16 widen(const int8_t* p) {
 #if defined(__AVX512F__)
   return (f32x16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
@@ -184,9 +191,7 @@ inline f32x16 widen(const int8_t* p) {
                  _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8))))};
   f32x16 v; std::memcpy(&v, h, sizeof v); return v;
 #else
-  f32x16 v;
-  for (int j = 0; j < 16; ++j) v[j] = (float)p[j];
-  return v;
+  return widen_scalar(p);
 #endif
 }
 
@@ -199,9 +204,7 @@ inline f32x16 widen(const at::BFloat16* p) {  // bfloat16 is the top half of a f
                   _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p + 8))), 16)};
   f32x16 v; std::memcpy(&v, h, sizeof v); return v;
 #else
-  f32x16 v;
-  for (int j = 0; j < 16; ++j) v[j] = (float)p[j];
-  return v;
+  return widen_scalar(p);
 #endif
 }
 
