@@ -81,14 +81,13 @@ def run(args: argparse.Namespace, log=print) -> dict:
         if "lm" in args.parts:
             log("LM prefill/decode...")
             report["lm"] = bench_lm(models, setup, prompt, args.new, args.runs, bandwidth, args.batch_sizes)
-    if "vqgan" in args.parts or uses_lm - {"lm"}:
+    engine_parts = uses_lm - {"lm"}  # the parts that run through a TTSEngine
+    if "vqgan" in args.parts or engine_parts:
         vqgan = random_vqgan(device, tiny_vqgan_config() if args.tiny else None)
         if "vqgan" in args.parts:
             log("VQGAN encode/decode...")
             report["vqgan"] = bench_vqgan(vqgan, args.seconds, args.runs)
-        for name, lm in models.items():
-            if not uses_lm - {"lm"}:
-                break
+        for name, lm in models.items() if engine_parts else ():
             engine = make_engine(lm, vqgan, device)
             if "e2e" in args.parts:
                 log(f"end to end ({name})...")

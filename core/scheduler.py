@@ -183,14 +183,15 @@ class Scheduler:
 
     def _finish(self, job: Job, error: BaseException | None) -> None:
         with self._wake:
-            if job in self._active:
-                self._active.remove(job)
-            self._free.extend(job.slots)
-            job.slots = []
-        try:
-            job.on_done(error)
-        except Exception:  # noqa: BLE001 - a broken callback must not stop the scheduler
-            log.exception("job callback failed")
+            self._release(job)
+        _report(job, error)
+
+    def _release(self, job: Job) -> None:
+        """Take the job out of the batch and free its slots (called with the lock held)."""
+        if job in self._active:
+            self._active.remove(job)
+        self._free.extend(job.slots)
+        job.slots = []
 
     def _run_task(self, task) -> None:
         _, _, fn, future, _ = task
@@ -213,14 +214,11 @@ class Scheduler:
         self._tasks = [t for t in self._tasks if id(t[4]) not in gone]
         heapq.heapify(self._tasks)
         for job in dropped + stopped:
-            if job in self._active:
-                self._active.remove(job)
-            self._free.extend(job.slots)
-            job.slots = []
+            self._release(job)
         self._wake.release()
         try:
             for job in dropped + stopped:
-                job.on_done(Cancelled())
+                _report(job, Cancelled())
             for task in tasks:
                 task[3].cancel()
         finally:
@@ -234,6 +232,13 @@ class Scheduler:
             self._active.clear()
             self._tasks.clear()
         for job in jobs:
-            job.on_done(error)
+            _report(job, error)
         for task in tasks:
             task[3].set_exception(error)
+
+
+def _report(job: Job, error: BaseException | None) -> None:
+    try:
+        job.on_done(error)
+    except Exception:  # noqa: BLE001 - a broken callback must not stop the scheduler
+        log.exception("job callback failed")

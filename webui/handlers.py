@@ -186,9 +186,7 @@ class Actions:
             result = self.client(server_url, api_key).invoke(MODEL_NAME, fields, audio, filename)
         except (ClientError, UIError) as exc:
             return None, None, failure_html(lang, "error.inference", exc)
-        path = write_temp(result.data, time.strftime("fishtts-%Y%m%d-%H%M%S"), "." + form.output_format)
-        done = message_html(lang, "synthesis.done", error=False, elapsed=f"{time.monotonic() - started:.1f}")
-        return path, path, done
+        return finished(lang, result.data, "." + form.output_format, started)
 
     def synthesize_stream(self, lang: str, server_url: str, api_key: str,
                           form: SynthesisForm) -> Iterator[tuple[bytes | None, str | None, str | None, str]]:
@@ -210,9 +208,7 @@ class Actions:
         except (ClientError, UIError) as exc:
             yield None, None, None, failure_html(lang, "error.inference", exc)
             return
-        path = write_temp(wav_bytes(bytes(pcm)), time.strftime("fishtts-%Y%m%d-%H%M%S"), ".wav")
-        done = message_html(lang, "synthesis.done", error=False, elapsed=f"{time.monotonic() - started:.1f}")
-        yield None, path, path, done
+        yield None, *finished(lang, wav_bytes(bytes(pcm)), ".wav", started)
 
     # -- saved voices ---------------------------------------------------------------------------
 
@@ -268,6 +264,12 @@ class Actions:
         except (ClientError, UIError) as exc:
             return self.voice_choices(server_url, api_key), failure_html(lang, "error.voice", exc)
         return self.voice_choices(server_url, api_key), message_html(lang, "reference.deleted", error=False, name=name)
+
+
+def finished(lang: str, audio: bytes, suffix: str, started: float) -> tuple[str, str, str]:
+    """(result file, the same file for download, "done in N s") for a synthesis's whole audio."""
+    path = write_temp(audio, time.strftime("fishtts-%Y%m%d-%H%M%S"), suffix)
+    return path, path, message_html(lang, "synthesis.done", error=False, elapsed=f"{time.monotonic() - started:.1f}")
 
 
 # -- request building (pure) ---------------------------------------------------------------------

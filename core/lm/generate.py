@@ -77,8 +77,7 @@ class Sequence:
     steps: int = 0  # frames generated
     last: Tensor | None = None  # the newest frame [1 + C]: the next input
     finished: bool = False
-    frames: list[Tensor] = field(default_factory=list)  # kept when `keep_frames`
-    keep_frames: bool = True
+    frames: list[Tensor] = field(default_factory=list)  # every frame generated, in order
     history: Tensor | None = None  # [C, REPETITION_WINDOW]: the last decode-loop codebook values
 
     @property
@@ -102,8 +101,7 @@ class Sequence:
         self.steps += 1
         self.last = frame
         self.finished = stopped or self.steps >= self.budget
-        if self.keep_frames:
-            self.frames.append(frame)
+        self.frames.append(frame)
         return frame
 
 

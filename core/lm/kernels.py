@@ -73,10 +73,16 @@ def uses_cpu_kernels(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and cpu_kernels_available()
 
 
+def few_rows(x: Tensor) -> bool:
+    """A decode step's input (at most MAX_ROWS rows of activations) on a CPU with the kernels."""
+    return x.numel() // x.size(-1) <= MAX_ROWS and uses_cpu_kernels(x)
+
+
 def linear_rows(x: Tensor, weight: Tensor, scales: Tensor | None = None) -> Tensor:
-    """x [N, in] @ weight.T (* scales) for the few rows of a decode step; weight float32, bfloat16 or int8."""
+    """x [..., in] @ weight.T (* scales) for the few rows of a decode step; weight float32, bfloat16 or int8."""
     if uses_cpu_kernels(x):
-        return torch.ops.fishtts.linear_rows(x, weight, scales)
+        y = torch.ops.fishtts.linear_rows(x.reshape(-1, x.size(-1)), weight, scales)
+        return y.view(*x.shape[:-1], -1)
     y = F.linear(x, weight.to(x.dtype))
     return y if scales is None else y * scales.to(x.dtype)
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import ModelArgs, find_multiple
-from .kernels import MAX_ROWS, linear_rows, uses_cpu_kernels
+from .kernels import few_rows, linear_rows, uses_cpu_kernels
 
 
 @dataclass
@@ -52,10 +52,7 @@ class Linear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.numel() // x.size(-1)
-        if rows <= MAX_ROWS and uses_cpu_kernels(x):
-            return linear_rows(x.reshape(rows, -1), self.weight).view(*x.shape[:-1], -1)
-        return F.linear(x, self.weight)
+        return linear_rows(x, self.weight) if few_rows(x) else F.linear(x, self.weight)
 
 
 KERNEL_CACHE_DTYPES = (torch.float32, torch.bfloat16)

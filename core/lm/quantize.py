@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels import MAX_ROWS, cpu_has_fast_bfloat16, linear_rows, uses_cpu_kernels
+from .kernels import cpu_has_fast_bfloat16, few_rows, linear_rows, uses_cpu_kernels
 
 QUANT_MODES = ("int8",)
 
@@ -37,9 +37,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", torch.empty(out_features, dtype=dtype, device=device))
 
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.numel() // x.size(-1)
-        if rows <= MAX_ROWS and uses_cpu_kernels(x):  # decode: stream the int8 weights
-            return linear_rows(x.reshape(rows, -1), self.weight, self.scales).view(*x.shape[:-1], -1)
+        if few_rows(x):  # decode: stream the int8 weights
+            return linear_rows(x, self.weight, self.scales)
         if uses_cpu_kernels(x) and cpu_has_fast_bfloat16():
             # Prefill on a CPU with bfloat16 matmuls: ~4x faster than float32. The int8 values are
             # exact in bfloat16; the activations and sums are rounded to it (this path is approximate anyway).
