@@ -11,18 +11,19 @@ import statistics
 import threading
 import time
 
-from core.engine import GenerationRequest, TTSEngine
+from core.engine import TTSEngine
+from core.request import SynthesisRequest
 
 TEXT = "Request number {} asks for its own sentence, with its own seed and its own length."
 
 
-def _latencies(engine: TTSEngine, requests: list[GenerationRequest], together: bool) -> tuple[float, list[float]]:
+def _latencies(engine: TTSEngine, requests: list[SynthesisRequest], together: bool) -> tuple[float, list[float]]:
     """(wall seconds, per-request seconds from the common start)."""
     done = [0.0] * len(requests)
     start = time.perf_counter()
 
     def run(i: int) -> None:
-        engine.generate_codes(requests[i])
+        engine.generate_codes(requests[i], ignore_stop=True)
         done[i] = time.perf_counter() - start
 
     if together:
@@ -41,8 +42,8 @@ def bench_concurrency(engine: TTSEngine, sizes: tuple[int, ...], frames: int, ru
     rows = []
     alone = None
     for n in sizes:
-        requests = [GenerationRequest(text=TEXT.format(i), use_g2p=False, max_new_tokens=frames + 1, ignore_stop=True,
-                                      seed=i) for i in range(n)]
+        requests = [SynthesisRequest(text=TEXT.format(i), use_g2p=False, max_frames=frames + 1, seed=i)
+                    for i in range(n)]
         _latencies(engine, requests[:1], True)  # warm-up
         batched = [_latencies(engine, requests, True) for _ in range(runs)]
         serial = [_latencies(engine, requests, False) for _ in range(runs)]

@@ -115,6 +115,11 @@ def encode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, format: str 
     return buffer.getvalue()
 
 
+def encode_output(audio: np.ndarray, format: str, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """`encode_audio`'s formats, plus pcm: OpenAI's raw format (16-bit little-endian mono)."""
+    return pcm16_bytes(audio) if format == "pcm" else encode_audio(audio, sample_rate, format)
+
+
 def pcm16_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     """Raw 16-bit little-endian mono PCM, converted exactly as the wav format's samples are."""
     samples = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)

@@ -107,11 +107,6 @@ class Scheduler:
         if threading.current_thread() is not self._thread:
             self._thread.join()
 
-    @property
-    def active_sequences(self) -> int:
-        with self._wake:
-            return sum(len(j.sequences) for j in self._active)
-
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the scheduler is closed")

@@ -9,12 +9,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
 from .auth import install_access_control, install_cors
 from .context import ServerContext
-from .errors import ApiError, install_error_handlers
+from .errors import ApiError, install_error_handlers, scrub
 from .middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from .routes import include_routes
 from .routes.models import load_bundle
@@ -45,9 +44,10 @@ async def load_at_start(ctx: ServerContext, specs: tuple[str, ...]) -> None:
         try:
             name, body = parse_load_spec(spec)
             await run_in_threadpool(load_bundle, ctx, name, body)
-        except ApiError as exc:
-            ctx.load_errors[name] = exc.message
-            log.error("--load %s failed: %s", spec, exc.message)
+        except (ApiError, ValueError) as exc:
+            message = exc.message if isinstance(exc, ApiError) else scrub(str(exc), ctx.replacements())
+            ctx.load_errors[name] = message
+            log.error("--load %s failed: %s", spec, message)
         except Exception as exc:  # noqa: BLE001 - keep serving; /v1/health reports the failure
             ctx.load_errors[name] = f"{exc.__class__.__name__}: see the server log"
             log.exception("--load %s failed", spec)
@@ -69,24 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="fishtts", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, redoc_url=None)
     app.state.ctx = ctx
     install_error_handlers(app)
-    include_routes(app, ctx)
+    include_routes(app)
     # Added innermost first; a request passes: request id -> CORS -> body limit -> access control -> app.
     install_access_control(app, settings.api_key, settings.allowed_origins)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_cors(app, settings.allowed_origins)
     app.add_middleware(RequestIdMiddleware)
-    app.openapi = lambda: openapi_schema(app, ctx)
     return app
-
-
-def openapi_schema(app: FastAPI, ctx: ServerContext) -> dict:
-    """FastAPI's schema plus the bodies that routes read themselves (JSON or multipart)."""
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ctx.schemas.InvokeRequest, ctx.schemas.VoiceCreate):
-            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(model_schema.pop("$defs", {}))
-            components[model.__name__] = model_schema
-        app.openapi_schema = schema
-    return app.openapi_schema

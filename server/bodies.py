@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from typing import TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -17,14 +18,17 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from .errors import ApiError
+from .schemas import check_text_length
+
+T = TypeVar("T", bound=BaseModel)
 
 JSON_TYPES = ("application/json",)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-async def read_body(request: Request, model: type[BaseModel],
-                    file_fields: tuple[str, ...]) -> tuple[BaseModel, dict[str, bytes]]:
-    """The validated body and the raw bytes of any uploaded files among `file_fields`."""
+async def read_body(request: Request, model: type[T], max_text_length: int) -> tuple[T, dict[str, bytes]]:
+    """The validated body and the raw bytes of any uploaded files among the model's `FILE_FIELDS`."""
+    file_fields = model.FILE_FIELDS
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     files: dict[str, bytes] = {}
     if content_type in JSON_TYPES or content_type.endswith("+json"):
@@ -53,26 +57,27 @@ async def read_body(request: Request, model: type[BaseModel],
         body = model.model_validate({k: v for k, v in data.items() if k not in files})
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    check_text_length(body, max_text_length)
     return body, files
 
 
 def decode_base64(value: str, field: str) -> bytes:
-    """Standard base64, with or without a `data:...;base64,` prefix; 422 if it is not."""
+    """Standard base64, with or without a `data:...;base64,` prefix; ValueError (422) if it is not."""
     if value.startswith("data:") and "," in value:
         value = value.split(",", 1)[1]
     try:
         data = base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(422, f"{field}: not valid base64.", param=field) from None
+        raise ValueError(f"{field}: not valid base64.") from None
     if not data:
-        raise ApiError(422, f"{field}: the audio is empty (0 bytes).", param=field)
+        raise ValueError(f"{field}: the audio is empty (0 bytes).")
     return data
 
 
-def openapi_body(schema_name: str, file_fields: tuple[str, ...]) -> dict:
-    """`openapi_extra` documenting both body encodings of such a route."""
-    ref = {"$ref": f"#/components/schemas/{schema_name}"}
-    form_schema = {"allOf": [ref, {"type": "object", "properties": {
-        f: {"type": "string", "format": "binary"} for f in file_fields}}]}
+def openapi_body(model: type[BaseModel]) -> dict:
+    """`openapi_extra` documenting both body encodings of such a route (the model's schema inline)."""
+    schema = model.model_json_schema()
+    form_schema = {"allOf": [schema, {"type": "object", "properties": {
+        f: {"type": "string", "format": "binary"} for f in model.FILE_FIELDS}}]}
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": ref}, "multipart/form-data": {"schema": form_schema}}}}
+        "application/json": {"schema": schema}, "multipart/form-data": {"schema": form_schema}}}}

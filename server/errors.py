@@ -1,6 +1,11 @@
 """Every error as JSON: the original's `{"statusCode", "message", "error"}` (plus `requestId`), or
 OpenAI's `{"error": {...}}` on the OpenAI-compatible route.
 
+Where exceptions become statuses, in one place: `ApiError` says its own; a `ValueError` from core
+(bad text, audio, reference, a prompt longer than the context) is the client's: 422 with the field
+its message starts with; the folder guard's refusals are 400 / 403 / 404; an unknown voice or model
+is 404, a model still loading 503.
+
 Responses never carry a traceback or a server path: unexpected exceptions are logged with the
 request id and answered with that id only; messages from core are scrubbed of absolute paths.
 """
@@ -16,9 +21,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.paths import BadPath, FolderError, NotInFolder, OutsideFolder
+
+from .registry import ModelLoading, ModelNotFound
+from .voices import VoiceNotFound
+
 log = logging.getLogger("fishtts.server")
 
 OPENAI_PREFIX = "/v1/audio/"
+_FIELD = re.compile(r"^([A-Za-z_][\w.]*): ")
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?[/\\](?:[^\s'\"`:,;()\[\]{}]+)")
 MAX_MESSAGE = 300
 
@@ -123,8 +134,42 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResp
     return error_response(request, 500, message)
 
 
+FOLDER_STATUS = {BadPath: 400, OutsideFolder: 403, NotInFolder: 404}
+
+
+def replacements(request: Request) -> dict[str, str]:
+    ctx = getattr(request.app.state, "ctx", None)
+    return {} if ctx is None else ctx.replacements()
+
+
+async def client_error_handler(request: Request, exc: ValueError) -> JSONResponse:
+    """A ValueError is the client's input (core raises nothing else for it): 422, or the folder guard's status."""
+    message = scrub(str(exc) or exc.__class__.__name__, replacements(request))
+    status = next((code for kind, code in FOLDER_STATUS.items() if isinstance(exc, kind)), 422)
+    field = exc.field if isinstance(exc, FolderError) else (_FIELD.match(message) or [None, None])[1]
+    return await api_error_handler(request, ApiError(status, message, param=field))
+
+
+async def not_found_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Unknown voices and models (and models still loading), wherever they are looked up."""
+    if isinstance(exc, ModelLoading):
+        error = ApiError(503, f"Model {exc.args[0]!r} is still loading; retry shortly.", headers={"Retry-After": "5"},
+                         code="model_loading")
+    elif isinstance(exc, ModelNotFound):
+        error = ApiError(404, "Cannot find model.", param="model", code="model_not_found")
+    elif is_openai_route(request.url.path):  # OpenAI answers a bad parameter (the voice) with 400
+        error = ApiError(400, f"Voice {exc.args[0]!r} does not exist; create it with POST /v1/references.",
+                         param="voice", code="voice_not_found")
+    else:
+        error = ApiError(404, f"Cannot find voice {exc.args[0]!r}.", code="voice_not_found")
+    return await api_error_handler(request, error)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(ValueError, client_error_handler)
+    for kind in (VoiceNotFound, ModelNotFound, ModelLoading):
+        app.add_exception_handler(kind, not_found_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)

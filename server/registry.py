@@ -12,8 +12,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -68,14 +67,6 @@ class ModelRegistry:
             bundle.leases -= 1
             self._changed.notify_all()
 
-    @contextmanager
-    def lease(self, name: str) -> Iterator[Bundle]:
-        bundle = self.acquire(name)
-        try:
-            yield bundle
-        finally:
-            self.release(bundle)
-
     # -- admin (blocking: call from a worker thread) ------------------------------------------
 
     def load(self, name: str, build: Callable[[], tuple[TTSEngine, dict]]) -> Bundle:
@@ -127,8 +118,3 @@ class ModelRegistry:
     def loading(self) -> list[str]:
         with self._changed:
             return sorted(self._loading)
-
-    def get_info(self, name: str) -> dict | None:
-        with self._changed:
-            bundle = self._bundles.get(name)
-            return None if bundle is None else bundle.describe()

@@ -11,6 +11,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 ENV_PREFIX = "FISHTTS_"
+MAX_TEXT_LENGTH = 1000
 
 
 def _opt(default, help: str, **click_kwargs):
@@ -35,17 +36,18 @@ class Settings:
     api_key: str | None = _opt(None, "Require `Authorization: Bearer KEY` on every route but /v1/health and the docs.")
     cors_origins: str | None = _opt(None, "Comma-separated origins allowed by CORS (default: no CORS headers at all).")
     allow_downloads: bool = _opt(False, "Let a load request fetch a tokenizer given as a Hugging Face repo id.")
-    max_text_length: int = _opt(1000, "Longest `text` / `input` / transcript, in characters.")
+    max_text_length: int = _opt(MAX_TEXT_LENGTH, "Longest `text` / `input` / transcript, in characters.")
     max_upload_mb: float = _opt(20.0, "Largest request body in MiB (uploads included); bigger bodies get 413.")
     max_reference_seconds: float = _opt(30.0, "Longest reference clip; longer clips get 422 (5-10 s works best).")
     max_models: int = _opt(4, "Model bundles loaded at once; loading one more under a new name gets 409.")
     max_queue: int = _opt(16, "Synthesis requests running or waiting; beyond it the server answers 503 + Retry-After.")
-    workers: int = _opt(16, "Synthesis requests served at once (their generations share the model's batch; "
-                            "the rest wait in the queue).")
+    workers: int = _opt(16, "Worker threads that prepare requests and wait for their audio (the model itself runs "
+                            "on each model's scheduler thread, which batches their generations); the rest wait "
+                            "in the queue.")
     max_batch_size: int = _opt(0, "Sequences one model decodes together (0 = sized to the device: 8 on CPU, "
                                   "16 on CUDA).")
     quantize: str = _opt("", "int8: store every LM's weights as int8 unless its load request says otherwise "
-                             "(~3x faster on CPU, approximate).")
+                             "(faster on CPU, approximate; see the README).")
     log_level: str = _opt("info", "debug, info, warning or error.")
 
     def __post_init__(self):
@@ -76,7 +78,7 @@ class Settings:
         return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
         """Settings from `FISHTTS_*` variables (for embedding the app without the CLI)."""
         environ = os.environ if environ is None else environ
         values = {}

@@ -26,7 +26,8 @@ from core.audio import SAMPLE_RATE, encode_audio
 
 log = logging.getLogger("fishtts.server")
 
-VOICE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+VOICE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # a fixed safe alphabet: ids are never paths
+VOICE_ID = re.compile(VOICE_ID_PATTERN)
 META, CODES, AUDIO = "voice.json", "codes.npy", "audio.wav"
 
 

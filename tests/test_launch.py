@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.server_helpers import ROOT, free_port, make_workdir
-from tests.webui_support import alive, clean_env, descendants
+from tests.server.helpers import ROOT, free_port, make_workdir
+from tests.webui.support import alive, clean_env, descendants
 
 START_TIMEOUT = 240  # bootstrap check, API start, model load, UI start on a slow 2-core machine
 

@@ -30,7 +30,7 @@ def build_app(settings: UISettings | None = None) -> gr.Blocks:
     settings = settings or UISettings.from_env()
     actions = Actions(settings)
     with gr.Blocks(title=t(DEFAULT_LANGUAGE, "app.title"), delete_cache=(3600, 3600), analytics_enabled=False) as demo:
-        page = Page(DEFAULT_LANGUAGE, settings.api_url)
+        page = Page(DEFAULT_LANGUAGE, settings.api_url, *actions.forms())
         preview = wire_inference(page, actions)
         wire_language(demo, page, preview)
         wire_model_tab(demo, page, actions)

@@ -25,10 +25,10 @@ LANGUAGE_SLOT_KEYS = ["languages.first", "languages.second", "languages.third"]
 class Page:
     """Every component the handlers read or write, by name."""
 
-    def __init__(self, lang: str, api_url: str):
+    def __init__(self, lang: str, api_url: str, model: ModelForm | None = None, synth: SynthesisForm | None = None):
         self.labels = labels = Labels(lang)
         make = labels.make
-        model, synth = ModelForm(), SynthesisForm()
+        model, synth = model or ModelForm(), synth or SynthesisForm()
 
         with gr.Row(equal_height=True):
             make(gr.Markdown, i18n={"value": "header.markdown"})

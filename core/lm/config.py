@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..checkpoints import resolve_config
+
 
 def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
@@ -97,14 +99,10 @@ def lm_config_from_dict(data: dict) -> LMConfig:
 
 def load_lm_config(name_or_path: str | Path) -> LMConfig:
     """A preset name of the original (`text2semantic_finetune`, `..._lora`) or a JSON file."""
-    key = str(name_or_path)
-    if key in PRESETS:
-        return PRESETS[key]()
-    path = Path(key)
-    if path.suffix.lower() != ".json" or not path.is_file():
-        raise ValueError(
-            f"unknown LM config {key!r}: use one of {', '.join(PRESETS)} or a path to a JSON file"
-        )
+    choice = resolve_config(str(name_or_path), PRESETS, "LM config")
+    if not isinstance(choice, Path):
+        return PRESETS[choice]()
+    path = choice
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

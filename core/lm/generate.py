@@ -31,14 +31,14 @@ CODE_OFFSET = 2  # LM codebook value = VQ index + 2
 FAST_TOP_P_CANDIDATES = 256  # `fast_sampling`: look for the text token's nucleus among the top 256 first
 
 
-def budget_new_frames(prompt_len: int, max_new_tokens: int, max_seq_len: int) -> int:
-    """The original's rule: 0 means "fill the context"; never run past the context."""
+def budget_new_frames(prompt_len: int, max_frames: int, max_seq_len: int) -> int:
+    """The original's rule (its `max_new_tokens`): 0 means "fill the context"; never run past the context."""
     if prompt_len >= max_seq_len:
         raise ValueError(f"the prompt is {prompt_len} tokens; the model's context is {max_seq_len}")
-    if max_new_tokens < 0:
+    if max_frames < 0:
         raise ValueError("max_new_tokens must be >= 0")
     room = max_seq_len - prompt_len
-    return room if max_new_tokens == 0 else min(max_new_tokens, room)
+    return room if max_frames == 0 else min(max_frames, room)
 
 
 def sample_frame(out: ForwardResult, params: SamplingParams, window: Tensor | None, mask_end: bool,

@@ -7,7 +7,8 @@ from .clean import clean_text
 from .errors import TextError
 from .symbols import LANGUAGES, PUNCTUATION, symbol_ids, unicode_ranges
 
-DEFAULT_ORDER = ("ZH", "JP", "EN")
+DEFAULT_ORDER = "zh,jp,en"  # the language priority every caller defaults to
+LANGUAGE_CODES = tuple(language.lower() for language in LANGUAGES)  # as written in an order
 _TAG_RE = re.compile(r"(<.*?>)")
 # Characters that take the language of the text before them (or order[0] at the start).
 _NEUTRAL = frozenset(" 0123456789" + "".join(PUNCTUATION))

@@ -1,18 +1,17 @@
-"""HTTP routes, one module per area; each `build_router(ctx)` closes over the shared ServerContext."""
+"""HTTP routes, one module-level router per area; each route gets the ServerContext via `Depends(get_ctx)`."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from ..context import ServerContext
 from ..schemas import ErrorBody
 
 # Documented on every route so /docs shows the error shape; the codes each route uses are in its docstring.
 ERROR_RESPONSES = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 415, 422, 503)}
 
 
-def include_routes(app: FastAPI, ctx: ServerContext) -> None:
+def include_routes(app: FastAPI) -> None:
     from . import health, invoke, models, openai_speech, text, voices
 
     for module in (health, models, invoke, voices, openai_speech, text):
-        app.include_router(module.build_router(ctx))
+        app.include_router(module.router)

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from ..context import ServerContext
+from fastapi import APIRouter, Depends
+
+from ..context import ServerContext, get_ctx
 from ..schemas import Health
 
+router = APIRouter(tags=["health"])
 
-def build_router(ctx: ServerContext) -> APIRouter:
-    router = APIRouter(tags=["health"])
 
-    @router.get("/v1/health", response_model=Health)
-    async def health() -> dict:
-        """Status, the loaded models (with their running requests), loads in progress, the queue."""
-        return {
-            "status": "ok",
-            "models": ctx.registry.describe(),
-            "loading": ctx.registry.loading(),
-            "load_errors": dict(ctx.load_errors),
-            "queue": {"pending": ctx.queue.pending, "limit": ctx.queue.max_pending, "workers": ctx.queue.workers},
-        }
-
-    return router
+@router.get("/v1/health", response_model=Health)
+async def health(ctx: Annotated[ServerContext, Depends(get_ctx)]) -> dict:
+    """Status, the loaded models (with their running requests), loads in progress, the queue."""
+    return {
+        "status": "ok",
+        "models": ctx.registry.describe(),
+        "loading": ctx.registry.loading(),
+        "load_errors": dict(ctx.load_errors),
+        "queue": {"pending": ctx.queue.pending, "limit": ctx.queue.max_pending, "workers": ctx.queue.workers},
+    }

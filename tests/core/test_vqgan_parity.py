@@ -1,0 +1,131 @@
+"""The VQGAN against golden outputs of the original code (tests/data/parity, cases 1-3).
+
+Tolerances are those of the parity README: float32 on CPU, indices exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.audio import load_audio
+from core.vqgan import load_vqgan, load_vqgan_config
+from core.vqgan.config import MelConfig
+from core.vqgan.mel import LogMelSpectrogram, hann_window, slaney_mel_filterbank
+from tests.paths import PARITY
+
+
+def golden(name: str) -> dict[str, np.ndarray]:
+    with np.load(PARITY / name) as z:
+        return {k: z[k] for k in z.files}
+
+
+def close(actual: torch.Tensor, expected: np.ndarray, atol: float, rtol: float = 0.0) -> float:
+    """Assert closeness and return the max abs diff (for the log when a test fails)."""
+    actual = actual.detach().numpy()
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, atol=atol, rtol=rtol)
+    return float(np.abs(actual - expected).max())
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_vqgan(PARITY / "vqgan_state_dict.pt", str(PARITY / "vqgan_config.json"))
+
+
+# -- case 1: mel front end ------------------------------------------------------------------------
+
+
+def test_computed_window_and_filterbank_match_the_stored_ones():
+    case = golden("case1_mel.npz")
+    c = MelConfig()
+    close(hann_window(c.win_length), case["window"], atol=1e-6)
+    close(slaney_mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max), case["mel_fb"], atol=1e-6)
+
+
+def test_log_mel_with_checkpoint_buffers_matches_original(model):
+    case = golden("case1_mel.npz")
+    audio = torch.from_numpy(case["audio"])[None, None]
+    close(model.mel_transform(audio), case["mel"], atol=1e-4)
+    log_linear = torch.log(torch.clamp(model.mel_transform.linear(audio), min=1e-5))
+    close(log_linear, case["log_linear"], atol=1e-4)
+
+
+def test_log_mel_with_computed_fallback_buffers_matches_original():
+    case = golden("case1_mel.npz")
+    mel = LogMelSpectrogram(MelConfig())(torch.from_numpy(case["audio"])[None, None])
+    close(mel, case["mel"], atol=1e-4)
+
+
+def test_test_signal_wav_loads_to_the_golden_samples():
+    audio = load_audio(PARITY / "test_signal.wav")
+    np.testing.assert_array_equal(audio, golden("case1_mel.npz")["audio"])
+
+
+# -- case 2: encode ---------------------------------------------------------------------------
+
+
+def test_encode_intermediates_match_original(model):
+    case = golden("case2_encode.npz")
+    t = {k: torch.from_numpy(v) for k, v in case.items()}
+    audio = t["audio"][None, None]
+    tol = dict(atol=1e-5, rtol=1e-4)
+    with torch.inference_mode():
+        close(model.mel_transform(audio), case["mel"], atol=1e-4)
+        close(model.downsample(t["mel"]), case["downsampled"], **tol)
+        mask = model.feature_mask(audio.shape[-1], t["downsampled"].shape[-1])
+        close(mask, case["feature_masks"], atol=0)
+        assert int(mask.sum()) == int(case["feature_lengths"][0])
+        close(model.mel_encoder(t["downsampled"], t["feature_masks"]), case["mel_encoder_out"], **tol)
+        close(model.vq_encoder.conv_in(t["mel_encoder_out"]), case["vq_conv_in_out"], **tol)
+        indices = model.vq_encoder.vq.encode(t["vq_conv_in_out"][0].T)
+        np.testing.assert_array_equal(indices.numpy(), case["indices"])
+        quantized = model.vq_encoder.conv_out(model.vq_encoder.vq.decode(indices).T[None]) * t["feature_masks"]
+        close(quantized, case["vq_encoder_out"], **tol)
+
+
+def test_encode_gives_the_original_indices(model):
+    case = golden("case2_encode.npz")
+    codes = model.encode(torch.from_numpy(case["audio"])[None, None])
+    assert codes.dtype == torch.int64
+    np.testing.assert_array_equal(codes.numpy(), case["indices"])
+
+
+def test_encode_emits_ceil_of_quarter_mel_frames(model):
+    # QUIRKS 4: T = ceil(floor(N / 256) / 4), not floor(N / 1024).
+    for n in (1024, 1024 + 256, 44100, 5000):
+        codes = model.encode(torch.zeros(1, 1, n).uniform_(-0.5, 0.5))
+        assert codes.shape == (4, -(-(n // 256) // 4))
+
+
+# -- case 3: decode ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sub", ["from_case2", "random"])
+def test_decode_matches_original(model, sub):
+    case = golden("case3_decode.npz")
+    codes = torch.from_numpy(case[f"{sub}_indices"])
+    with torch.inference_mode():
+        vq = model.vq_encoder.decode(codes)
+        close(vq, case[f"{sub}_vq_decode"], atol=1e-6)
+        mels = model.decoder(vq.repeat_interleave(4, dim=-1), torch.ones(1, 1, 4 * codes.shape[1]))
+        close(mels, case[f"{sub}_decoded_mels"], atol=1e-5)
+    audio = model.decode(codes)
+    assert audio.dtype == torch.float32
+    close(audio, case[f"{sub}_audio"], atol=1e-4)
+
+
+def test_decode_accepts_any_integer_dtype(model):
+    codes = golden("case3_decode.npz")["random_indices"]
+    expected = model.decode(codes)
+    for dtype in (np.int32, np.int16, np.uint8):
+        assert torch.equal(model.decode(codes.astype(dtype)), expected)
+    assert torch.equal(model.decode(torch.from_numpy(codes).int()), expected)
+
+
+def test_parity_config_json_is_the_small_architecture():
+    config = load_vqgan_config(str(PARITY / "vqgan_config.json"))
+    assert config.downsample.dims == (80, 64, 32)
+    assert config.mel_encoder.n_layers == 2 and config.decoder.out_channels == 80
+    assert config.generator.resblock_kernel_sizes == (3, 7)
