@@ -152,14 +152,16 @@ def table(report: dict) -> str:
         for i, sample in enumerate(next(iter(stream.values()))):
             label = f"streaming, {sample['chars']}-char text ({sample['segments']} segment(s), {sample['audio_s']} s audio)"
             row(label, lambda f, i=i: (
-                f"first audio {stream[f][i]['first_audio_s']} s ({stream[f][i]['first_audio_fraction']:.0%} of the "
+                f"first audio {stream[f][i]['first_audio_s']} s "
+                f"({stream[f][i]['first_audio_fraction']:.0%} of the "
                 f"{stream[f][i]['whole_s']} s non-streamed), stream done {stream[f][i]['stream_total_s']} s, "
                 f"longest stall {stream[f][i]['stall_s']} s") if f in stream else "")
     if batch:
         for i, sample in enumerate(next(iter(batch.values()))):
             row(f"{sample['requests']} concurrent requests x {sample['frames']} frames", lambda f, i=i: (
                 f"{batch[f][i]['tokens_per_s']} tokens/s ({batch[f][i]['aggregate_vs_one']}x one; serialized "
-                f"{batch[f][i]['serialized_tokens_per_s']}), p50 {batch[f][i]['p50_s']} s ({batch[f][i]['p50_vs_alone']}x "
+                f"{batch[f][i]['serialized_tokens_per_s']}), p50 {batch[f][i]['p50_s']} s "
+                f"({batch[f][i]['p50_vs_alone']}x "
                 f"alone; serialized {batch[f][i]['serialized_p50_s']} s)") if f in batch else "")
     row("peak RSS", shared=f"{report['peak_rss_mb']} MB")
     head = f"| {report['device_name']}, {report['threads']} threads, median of {report['runs']} | " + " | ".join(formats) + " |"

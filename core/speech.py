@@ -3,8 +3,9 @@
 Text segments (core/text/split.py) each become one sequence in the batch scheduler, up to
 `max_parallel` of them at a time; every frame goes into that segment's StreamingDecoder, whose
 chunks are decoded on the scheduler thread as soon as no later code can change them, a segment's
-only once the segments before it are generated (their audio is needed first). The consumer iterates the chunks of segment 0, then 1, ...; where two segments meet,
-each side is faded over a few milliseconds so the join cannot click.
+only once the segments before it are generated (their audio is needed first). The consumer iterates
+the chunks of segment 0, then 1, ...; where two segments meet, each side is faded over a few
+milliseconds so the join cannot click.
 
 Streaming or not, a request produces the same samples: the decode kernels are batch-invariant and
 the chunks depend only on the codes, never on timing. `synthesize` is `concatenate(stream)`.

@@ -5,24 +5,28 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import Request
+from fastapi import Depends, Request
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from core.engine import TTSEngine
 from core.paths import FolderGuard
 
 from .registry import Bundle, ModelNotFound, ModelRegistry
+from .schemas import check_text_length
 from .settings import Settings
 from .voices import VoiceStore
 from .work_queue import WorkQueue
 
 T = TypeVar("T")
+B = TypeVar("B", bound=BaseModel)
 
 
 @dataclass
@@ -70,6 +74,20 @@ class ServerContext:
 def get_ctx(request: Request) -> ServerContext:
     """The routes' dependency: the context of the app that received the request."""
     return request.app.state.ctx
+
+
+def text_limited(model: type[B]):
+    """`Annotated[model, Depends(...)]`: the JSON body as `model`, checked against --max-text-length."""
+
+    def body(data, request):
+        check_text_length(data, get_ctx(request).settings.max_text_length)
+        return data
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    body.__signature__ = inspect.Signature(  # real types: FastAPI reads the body's model from here
+        [inspect.Parameter("data", kind, annotation=model), inspect.Parameter("request", kind, annotation=Request)],
+        return_annotation=model)
+    return Annotated[model, Depends(body)]
 
 
 class Admission:

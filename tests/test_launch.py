@@ -81,7 +81,7 @@ class Launch:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill_all()
-            raise AssertionError(f"launch.sh did not exit:\n{self.output()[-4000:]}")
+            raise AssertionError(f"launch.sh did not exit:\n{self.output()[-4000:]}") from None
 
     def kill_all(self) -> None:
         for pid in descendants(self.process.pid) | {self.process.pid}:

@@ -50,9 +50,10 @@ def generator_context_frames(config: VQGANConfig) -> int:
 
 class StreamingDecoder:
     """Feed codes as they come (`push`), take audio chunks as they become final (`chunks`); after the
-    last codes, `finish` (or `chunks(final=True)`, a chunk at a time with `limit`) returns the rest. The chunks concatenate to `VQGAN.decode(all codes)` (within
-    float rounding: the same sums over different tensor lengths), and they depend only on the codes and
-    the chunk schedule, never on how the codes were pushed."""
+    last codes, `finish` (or `chunks(final=True)`, a chunk at a time with `limit`) returns the rest.
+    The chunks concatenate to `VQGAN.decode(all codes)` (within float rounding: the same sums over
+    different tensor lengths), and they depend only on the codes and the chunk schedule, never on how
+    the codes were pushed."""
 
     def __init__(self, vqgan: VQGAN, schedule: tuple[int, ...] = CHUNK_SCHEDULE):
         if not schedule or min(schedule) < 1:

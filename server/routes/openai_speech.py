@@ -13,9 +13,9 @@ from starlette.concurrency import run_in_threadpool
 
 from core.request import STREAM_FORMATS, Reference, SynthesisRequest
 
-from ..context import ServerContext, get_ctx
+from ..context import ServerContext, get_ctx, text_limited
 from ..errors import ApiError
-from ..schemas import SpeechRequest, check_text_length
+from ..schemas import SpeechRequest
 from ..synthesis import CONTENT_TYPES, synthesize
 from . import ERROR_RESPONSES
 
@@ -27,11 +27,10 @@ router = APIRouter(tags=["openai"], responses=ERROR_RESPONSES)
 
 @router.post("/v1/audio/speech", response_class=Response,
              responses={200: {"description": "The audio", "content": {CONTENT_TYPES[f]: {} for f in SUPPORTED}}})
-async def speech(body: SpeechRequest, ctx: Annotated[ServerContext, Depends(get_ctx)]) -> Response:
+async def speech(body: text_limited(SpeechRequest), ctx: Annotated[ServerContext, Depends(get_ctx)]) -> Response:
     """Synthesize `input` in saved voice `voice`. `speed` is validated but not applied; sampling
     fields (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed) may be added.
     `stream_format: "audio"` (or `stream: true`) streams pcm or wav as it is generated."""
-    check_text_length(body, ctx.settings.max_text_length)
     streaming = body.stream or body.stream_format == "audio"
     if body.response_format not in SUPPORTED:
         raise ApiError(400, f"response_format {body.response_format!r} is not supported; use one of "

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from core.frontend import line_segments, read_text
 
-from ..context import ServerContext, get_ctx
-from ..schemas import G2PRequest, G2PResponse, check_text_length
+from ..context import text_limited
+from ..schemas import G2PRequest, G2PResponse
 from . import ERROR_RESPONSES
 
 router = APIRouter(tags=["text"], responses=ERROR_RESPONSES)
@@ -29,8 +27,7 @@ def preview(body: G2PRequest) -> dict:
 
 
 @router.post("/v1/text/g2p", response_model=G2PResponse)
-async def g2p(body: G2PRequest, ctx: Annotated[ServerContext, Depends(get_ctx)]) -> dict:
+async def g2p(body: text_limited(G2PRequest)) -> dict:
     """What the engine reads for `text` (after `reference_text`), in the language `order`; text the
     front end cannot read: 422. No model is needed."""
-    check_text_length(body, ctx.settings.max_text_length)
     return await run_in_threadpool(preview, body)

@@ -68,7 +68,7 @@ class WebUI:
             wait_http(self.url, 90, self.process, "web UI")
         except RuntimeError:
             self.stop()
-            raise RuntimeError(self.output())
+            raise RuntimeError(self.output()) from None
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
