@@ -176,10 +176,11 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
         reference = Reference("--prompt-tokens", codes=read_codes_file(prompt_tokens, str(prompt_tokens)))
     request = synthesis_request(text, prompt_text, reference, kwargs)
     engine = load_engine(checkpoint_path, config_name, None, DEFAULT_VQGAN_CONFIG, kwargs)
-    click.echo(f"Encoded prompt shape: {list(engine.encode_prompt(request).shape)}", err=True)
+    prompt = engine.encode_prompt(request)
+    click.echo(f"Encoded prompt shape: {list(prompt.shape)}", err=True)
     with tqdm(total=None, unit="frame", desc="generating", file=sys.stderr) as bar:
         start = time.perf_counter()
-        codes = engine.generate_codes(request, num_samples=num_samples, progress=bar.update)
+        codes = engine.generate_codes(request, num_samples=num_samples, prompt=prompt, progress=bar.update)
         seconds = time.perf_counter() - start
     report_speed(sum(c.shape[1] + 1 for c in codes), seconds, engine.lm)
     output_dir.mkdir(parents=True, exist_ok=True)

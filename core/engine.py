@@ -215,18 +215,15 @@ class TTSEngine:
             return None
         return prepare_reference(self, request.reference).codes
 
-    def encode_prompt(self, piece: PromptText | SynthesisRequest, reference_codes: np.ndarray | None = None
-                      ) -> torch.Tensor:
-        """The LM's input [1 + codebooks, L (+ T)] for one prompt (a request: its whole text)."""
-        if isinstance(piece, SynthesisRequest):
-            reference_codes = self._check(piece)
-            piece = self._read_whole(piece)
+    def encode_prompt(self, request: SynthesisRequest) -> torch.Tensor:
+        """The LM's input [1 + codebooks, L (+ T)] for the request's whole text as one prompt."""
+        piece = read_piece(request.text, request.transcript, use_g2p=request.use_g2p, speaker=request.speaker,
+                           order=request.order)
+        return self._prompt_tensor(piece, self._check(request))
+
+    def _prompt_tensor(self, piece: PromptText, reference_codes: np.ndarray | None) -> torch.Tensor:
         codes = None if reference_codes is None else torch.as_tensor(reference_codes)
         return encode_prompt(self._need("tokenizer"), piece.prompt, codes, self._need("lm").config.num_codebooks)
-
-    def _read_whole(self, request: SynthesisRequest) -> PromptText:
-        return read_piece(request.text, request.transcript, use_g2p=request.use_g2p, speaker=request.speaker,
-                          order=request.order)
 
     def _sequences(self, request: SynthesisRequest, prompt: torch.Tensor, count: int, seed: int | None,
                    ignore_stop: bool) -> list[Sequence]:
@@ -238,16 +235,18 @@ class TTSEngine:
                          ignore_stop=ignore_stop)
                 for generator in sample_generators(self.device, seed, count)]
 
-    def generate_codes(self, request: SynthesisRequest, *, num_samples: int = 1,
+    def generate_codes(self, request: SynthesisRequest, *, num_samples: int = 1, prompt: torch.Tensor | None = None,
                        progress: Callable[[], None] | None = None, ignore_stop: bool = False) -> list[np.ndarray]:
-        """Codes [4, n] per sample for the whole text as one prompt (the samples decode as one batch);
-        dtype int32, or int64 with int64 reference codes (as the original). `progress` is called once
-        per step; `ignore_stop` (benchmarks: random weights stop anywhere) runs the whole budget."""
+        """Codes [4, n] per sample for the whole text as one prompt (`encode_prompt`'s, unless given;
+        the samples decode as one batch); dtype int32, or int64 with int64 reference codes (as the
+        original). `progress` is called once per step; `ignore_stop` (benchmarks: random weights stop
+        anywhere) runs the whole budget."""
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
         if num_samples > self.max_batch_size:
             raise ValueError(f"num_samples is {num_samples}; at most {self.max_batch_size} run as one batch")
-        prompt = self.encode_prompt(request)
+        if prompt is None:
+            prompt = self.encode_prompt(request)
         sequences = self._sequences(request, prompt, num_samples, request.seed, ignore_stop)
         done = threading.Event()
         errors: list[BaseException] = []
@@ -300,7 +299,7 @@ class TTSEngine:
         sequences = []
         for i, piece in enumerate(pieces):
             seed = None if request.seed is None else request.seed + i
-            sequences += self._sequences(request, self.encode_prompt(piece, codes), 1, seed, ignore_stop)
+            sequences += self._sequences(request, self._prompt_tensor(piece, codes), 1, seed, ignore_stop)
         return SpeechStream(self.scheduler, self.vqgan, sequences, max_parallel, progress)
 
     def synthesize(self, request: SynthesisRequest, *, ignore_stop: bool = False) -> np.ndarray:

@@ -47,7 +47,7 @@ async def read_body(request: Request, model: type[T], max_text_length: int) -> t
             if isinstance(value, UploadFile):
                 if key not in file_fields:
                     allowed = ", ".join(file_fields) or "none"
-                    raise ApiError(422, f"{key}: unexpected file part (files go in {allowed}).", param=key)
+                    raise ValueError(f"{key}: unexpected file part (files go in {allowed}).")
                 files[key] = await value.read()
             elif value != "":  # an empty form field means "not given"
                 data[key] = value
