@@ -114,7 +114,11 @@ class Admission:
         when the request awaiting it is cancelled."""
         with self._lock:
             self._running += 1
-        future = self.ctx.queue.submit(work, self.engine)
+        try:
+            future = self.ctx.queue.submit(work, self.engine)
+        except BaseException:  # the pool is shut down: the server is stopping
+            self._ended()
+            raise
         future.add_done_callback(lambda _: self._ended())
         result = asyncio.wrap_future(future)
         result.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
