@@ -159,6 +159,12 @@ class TTSEngine:
                 self._scheduler = Scheduler(lm, self.max_batch_size, static=static)
             return self._scheduler
 
+    @property
+    def failure(self) -> BaseException | None:
+        """Why this engine's scheduler thread died, if it did: it then refuses all work (load anew)."""
+        scheduler = self._scheduler
+        return None if scheduler is None else scheduler.failure
+
     def _model_call(self, fn: Callable[[], T]) -> T:
         """Run model work where it does not compete with the scheduler for the cores."""
         if self.lm is not None:

@@ -31,8 +31,12 @@ async def read_body(request: Request, model: type[BaseModel],
         raw = await request.body()
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "Malformed JSON body.", code="json_invalid") from None
+        except RecursionError:
+            raise ApiError(400, "The JSON body is nested too deeply.", code="json_invalid") from None
+        except ValueError as exc:  # malformed, not UTF-8, or an integer of more than 4,300 digits
+            too_long = "digits" in str(exc)
+            message = "An integer in the JSON body has too many digits." if too_long else "Malformed JSON body."
+            raise ApiError(400, message, code="json_invalid") from None
         if not isinstance(data, dict):
             raise RequestValidationError([{"loc": ("body",), "msg": "Input should be a JSON object",
                                            "type": "model_attributes_type"}])
@@ -69,10 +73,13 @@ def decode_base64(value: str, field: str) -> bytes:
     return data
 
 
-def openapi_body(schema_name: str, file_fields: tuple[str, ...]) -> dict:
-    """`openapi_extra` documenting both body encodings of such a route."""
+def openapi_body(schema_name: str, file_fields: tuple[str, ...], required_files: tuple[str, ...] = ()) -> dict:
+    """`openapi_extra` documenting both body encodings of such a route; `required_files` must be given
+    (base64 in JSON, a file part in multipart) though the model has them optional (either may carry them)."""
     ref = {"$ref": f"#/components/schemas/{schema_name}"}
+    required = {"required": list(required_files)} if required_files else {}
+    json_schema = {"allOf": [ref, {"type": "object", **required}]} if required_files else ref
     form_schema = {"allOf": [ref, {"type": "object", "properties": {
-        f: {"type": "string", "format": "binary"} for f in file_fields}}]}
+        f: {"type": "string", "format": "binary"} for f in file_fields}, **required}]}
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": ref}, "multipart/form-data": {"schema": form_schema}}}}
+        "application/json": {"schema": json_schema}, "multipart/form-data": {"schema": form_schema}}}}

@@ -4,26 +4,28 @@ store and the two folder guards; plus the one way to run model work for a reques
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
-
-import numpy as np
-from starlette.concurrency import run_in_threadpool
 
 from core.engine import TTSEngine
 from core.speech import SpeechStream
 
+from .audio_buffer import AudioBuffer
 from .errors import ApiError
 from .paths import FolderGuard
-from .registry import ModelLoading, ModelNotFound, ModelRegistry
+from .registry import ModelFailed, ModelLoading, ModelNotFound, ModelRegistry
 from .schemas import Schemas, make_schemas
 from .settings import Settings
 from .voices import VoiceStore
 from .work_queue import QueueFull, WorkQueue
 
 T = TypeVar("T")
+
+
+def model_failed(name: str, reason: str) -> ApiError:
+    return ApiError(503, f"Model {name!r} failed: {reason} (PUT /v1/models/{name}).", code="model_failed")
 
 
 @dataclass
@@ -65,6 +67,8 @@ class ServerContext:
                            code="model_loading") from None
         except ModelNotFound:
             raise ApiError(404, "Cannot find model.", code="model_not_found") from None
+        except ModelFailed as exc:
+            raise model_failed(name, exc.args[0]) from None
 
     async def run_with_model(self, name: str, work: Callable[[TTSEngine], T]) -> T:
         """Run `work(engine)` on the queue, holding a lease on model `name` until it finishes.
@@ -87,34 +91,34 @@ class ServerContext:
             self.registry.release(bundle)
             raise
 
-    async def stream_with_model(self, name: str, start: Callable[[TTSEngine], SpeechStream]
-                                ) -> AsyncIterator[np.ndarray]:
-        """Start `start(engine)` (a SpeechStream) and iterate its chunks. The queue place and the model
-        lease are held until the stream ends; closing the iterator early (a client that went away)
-        cancels the generation, which frees the model's batch slots at its next step."""
+    def stream_with_model(self, name: str, start: Callable[[TTSEngine], SpeechStream]) -> AudioBuffer:
+        """Run `start(engine)` (a SpeechStream) on the queue to its end, its chunks into the returned
+        buffer. The queue place and the model lease are held while it generates, not while a client
+        reads (server/audio_buffer.py); closing the buffer early (a client that went away) cancels
+        the generation, which frees the model's batch slots at its next step."""
         bundle = self._lease(name)
-        try:
-            self.queue.reserve()
-        except QueueFull:
-            self.registry.release(bundle)
-            raise
-        began = time.perf_counter()
-        try:
-            stream = await run_in_threadpool(start, bundle.engine)
-        except BaseException:
-            self.queue.release()
-            self.registry.release(bundle)
-            raise
+        buffer = AudioBuffer(asyncio.get_running_loop())
 
-        async def chunks() -> AsyncIterator[np.ndarray]:
-            iterator = iter(stream)
+        def generate() -> None:
+            error = None
             try:
-                while (chunk := await run_in_threadpool(next, iterator, None)) is not None:
-                    yield chunk
+                stream = start(bundle.engine)
+                if buffer.attach(stream):
+                    for chunk in stream:
+                        if not buffer.put(chunk):
+                            stream.cancel()
+                            break
+                else:
+                    stream.cancel()
+            except BaseException as exc:  # noqa: BLE001 - delivered to the reader
+                error = exc
             finally:
-                stream.cancel()  # a no-op once it has ended
-                self.queue.record(time.perf_counter() - began)
-                self.queue.release()
                 self.registry.release(bundle)
+                buffer.end(error)
 
-        return chunks()
+        try:
+            self.queue.submit(generate)
+        except BaseException:
+            self.registry.release(bundle)
+            raise
+        return buffer

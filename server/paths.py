@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from .errors import ApiError
 
 MAX_PATH_LENGTH = 1024
+MAX_NAME_BYTES = 255  # one file or folder name (NAME_MAX); longer ones make the OS raise, not answer "missing"
 
 
 class FolderGuard:
@@ -81,6 +82,9 @@ class FolderGuard:
         if ".." in path.parts:
             raise ApiError(400, f"{field}: '..' is not allowed in paths.", param=field)
         parts = tuple(p for p in path.parts if p not in ("", "."))
+        if any(len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for p in parts):
+            raise ApiError(400, f"{field}: a file or folder name in the path is longer than {MAX_NAME_BYTES} bytes.",
+                           param=field)
         if not parts:
             raise ApiError(400, f"{field}: the path names no file.", param=field)
         return parts

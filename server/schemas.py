@@ -12,10 +12,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.engine import DEFAULT_LLAMA_CONFIG, DEFAULT_TOKENIZER, DEFAULT_VQGAN_CONFIG
+from core.lm.sampling import MAX_REPETITION_PENALTY, MAX_TEMPERATURE, MAX_TOP_K, MIN_REPETITION_PENALTY
+
+from .settings import DEVICE_PATTERN
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 VOICE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"
 ORDER_PATTERN = r"^(zh|jp|en)(,(zh|jp|en)){0,2}$"
 MAX_CONTEXT = 4096  # the official LM's context; the loaded model's own context is checked per request
 MAX_PATH = 1024
@@ -88,6 +90,20 @@ class ErrorBody(BaseModel):
     requestId: str
 
 
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+    request_id: str
+
+
+class OpenAIErrorBody(BaseModel):
+    """Errors on /v1/audio/speech, in OpenAI's shape."""
+
+    error: OpenAIError
+
+
 class G2PSegment(BaseModel):
     line: int
     text: str
@@ -114,7 +130,8 @@ class VoiceList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "failed"]
+    reason: str | None = Field(None, description="Why the status is 'failed' (then the answer is 503).")
     models: list[dict]
     loading: list[str]
     load_errors: dict[str, str] = {}
@@ -139,10 +156,11 @@ def make_schemas(max_text_length: int) -> Schemas:
         max_new_tokens: int = Field(0, ge=0, le=MAX_CONTEXT, description=(
             "Frames to generate at most (~21.5 per second of audio); 0 = until the model stops or its context is "
             "full. Must also fit the loaded model's context."))
-        top_k: int | None = Field(None, ge=0, le=1000, description="null or 0 = off.")
+        top_k: int | None = Field(None, ge=0, le=MAX_TOP_K, description="null or 0 = off.")
         top_p: float = Field(0.5, gt=0, le=1)
-        repetition_penalty: float = Field(1.5, gt=0, le=10)
-        temperature: float = Field(0.7, gt=0, le=10)
+        repetition_penalty: float = Field(1.5, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY, description=(
+            "Divides (multiplies, when negative) the logits of the codes of the last 16 frames; 1 = off."))
+        temperature: float = Field(0.7, gt=0, le=MAX_TEMPERATURE)
         seed: int | None = Field(None, ge=0, le=2**63 - 1, description="null = a fresh random seed.")
 
     class InvokeRequest(SamplingFields):

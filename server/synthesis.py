@@ -8,7 +8,6 @@ up here (undecodable audio, a prompt longer than the context, text the front end
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from core.audio import SAMPLE_RATE, encode_audio, load_audio, pcm16_bytes, streaming_wav_header
+from core.audio import SAMPLE_RATE, encode_audio, load_audio, pcm16_bytes
 from core.engine import GenerationRequest, TTSEngine
 from core.lm import SamplingParams
 from core.speech import SpeechStream
@@ -161,10 +160,3 @@ def start_stream(engine: TTSEngine, job: SynthesisJob, max_reference_seconds: fl
     with client_errors(replacements):
         return engine.stream(generation_request(engine, job, max_reference_seconds))
 
-
-async def encoded_stream(chunks: AsyncIterator[np.ndarray], output_format: str) -> AsyncIterator[bytes]:
-    """wav: a header whose length fields say "unknown" (0xFFFFFFFF), then 16-bit PCM; pcm: the PCM only."""
-    if output_format == "wav":
-        yield streaming_wav_header(SAMPLE_RATE)
-    async for chunk in chunks:
-        yield pcm16_bytes(chunk)

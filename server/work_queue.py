@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from .errors import ApiError
@@ -58,13 +58,21 @@ class WorkQueue:
         with self._lock:
             self._pending -= 1
 
-    async def run(self, job: Callable[[], T]) -> T:
-        """Run `job` on a worker thread; 503 at once when the queue is full."""
+    def submit(self, job: Callable[[], T]) -> Future:
+        """Start `job` on a worker thread, counted until it ends (even if its client went away
+        meanwhile); 503 at once when the queue is full."""
         self.reserve()
-        future = self._pool.submit(self._timed, job)
-        # Counted until the job itself ends, even if the client went away meanwhile.
+        try:
+            future = self._pool.submit(self._timed, job)
+        except BaseException:
+            self.release()
+            raise
         future.add_done_callback(lambda _: self.release())
-        result = asyncio.wrap_future(future)
+        return future
+
+    async def run(self, job: Callable[[], T]) -> T:
+        """Run `job` on a worker thread and wait for it; 503 at once when the queue is full."""
+        result = asyncio.wrap_future(self.submit(job))
         result.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
         # Shielded: an accepted job always runs to its end (it returns its model lease there), even
         # when the request that queued it is cancelled.

@@ -13,7 +13,7 @@ from ..errors import ApiError
 from ..streaming import streamed_synthesis
 from ..synthesis import CONTENT_TYPES, STREAM_FORMATS, Reference, SynthesisJob, run_synthesis, sampling_params
 from ..voices import VoiceNotFound
-from . import ERROR_RESPONSES
+from . import OPENAI_ERROR_RESPONSES
 
 OPENAI_MODELS = {"tts-1", "tts-1-hd", "gpt-4o-mini-tts"}
 DEFAULT_BUNDLE = "default"
@@ -21,7 +21,7 @@ SUPPORTED = ("mp3", "wav", "flac", "pcm")
 
 
 def build_router(ctx: ServerContext) -> APIRouter:
-    router = APIRouter(tags=["openai"], responses=ERROR_RESPONSES)
+    router = APIRouter(tags=["openai"], responses=OPENAI_ERROR_RESPONSES)
     SpeechRequest = ctx.schemas.SpeechRequest
 
     @router.post("/v1/audio/speech", response_class=Response,

@@ -29,7 +29,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
         return ApiError(409, f"A voice with id {voice_id!r} exists; delete it first or choose another id.")
 
     @router.post("", status_code=201, response_model=Voice,
-                 openapi_extra=openapi_body(schemas.VoiceCreate.__name__, FILE_FIELDS))
+                 openapi_extra=openapi_body(schemas.VoiceCreate.__name__, FILE_FIELDS, FILE_FIELDS))
     async def create_voice(request: Request) -> dict:
         """Save a voice: `name`, `transcript` and `audio` (base64 in JSON, or a file part in
         multipart/form-data). The clip (0.5 s to --max-reference-seconds) is encoded with `model`'s
