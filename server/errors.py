@@ -26,6 +26,7 @@ log = logging.getLogger("fishtts.server")
 OPENAI_PREFIX = "/v1/audio/"
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~<])(?:[A-Za-z]:)?[/\\](?:[^\s'\"`:,;()\[\]{}<>]+)")
 MAX_MESSAGE = 300
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class ApiError(Exception):
@@ -130,12 +131,9 @@ async def http_error_handler(request: Request, exc: StarletteHTTPException) -> J
 
 
 def allowed_methods(request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    """Every method some route answers on this path (asked route by route: FastAPI nests routers)."""
+    return [method for method in HTTP_METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.routes)]
 
 
 async def api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
