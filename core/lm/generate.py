@@ -127,7 +127,8 @@ def decode_step(model: Transformer, sequences: list[Sequence], static_slots: int
     the slot's next sequence overwrites before anything reads it.
     """
     with decode_threads(model):
-        return [seq.accept(out) for seq, out in zip(sequences, decode_logits(model, sequences, static_slots), strict=True)]
+        logits = decode_logits(model, sequences, static_slots)
+        return [seq.accept(out) for seq, out in zip(sequences, logits, strict=True)]
 
 
 def decode_threads(model: Transformer):
