@@ -6,12 +6,18 @@ stops reading (the socket buffers of a real connection would hide a stall of a f
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import numpy as np
 
+from server.app import create_app
 from server.audio_buffer import AudioBuffer, BufferOverflow
+from server.routes.models import load_bundle
+from server.schemas import LoadModelRequest
+from server.settings import Settings
 from server.streaming import AudioStreamResponse
+from tests.server_helpers import WEBUI_LOAD, make_workdir
 
 
 def test_a_client_that_reads_nothing_is_dropped_after_the_send_timeout():
@@ -49,5 +55,57 @@ def test_the_generation_never_waits_for_the_reader_and_overflow_ends_the_stream(
             pass
         else:
             raise AssertionError("a reader too far behind must lose its stream")
+
+    asyncio.run(scenario())
+
+
+def test_a_stalled_reader_holds_neither_the_queue_place_nor_the_model(tmp_path, monkeypatch):
+    """The whole server, driven through ASGI by a client that takes the headers and one chunk, then stalls
+    (its send never completes): the generation still ends, its queue place and model lease are returned
+    while the response is stuck, and deleting the model answers at once."""
+    workdir = make_workdir(tmp_path)
+    monkeypatch.chdir(workdir)
+    app = create_app(Settings(checkpoints_dir=workdir / "checkpoints", references_dir=workdir / "references",
+                              max_queue=1, stream_send_timeout=600))
+    ctx = app.state.ctx
+    load_bundle(ctx, "default", LoadModelRequest.model_validate(WEBUI_LOAD))
+    body = json.dumps({"text": "One sentence. And another one. And a third.", "max_new_tokens": 30, "seed": 1,
+                       "streaming": True, "format": "pcm"}).encode()
+
+    async def scenario():
+        requested = asyncio.Event()
+        stalled = asyncio.Event()
+        sent = []
+
+        async def receive():
+            if not requested.is_set():
+                requested.set()
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)  # the client neither reads nor disconnects
+
+        async def send(message):
+            sent.append(message)
+            if message["type"] == "http.response.body":
+                stalled.set()
+                await asyncio.sleep(3600)  # its receive window is full
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/models/default/invoke",
+                 "raw_path": b"/v1/models/default/invoke", "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode())],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        response = asyncio.create_task(app(scope, receive, send))
+        await asyncio.wait_for(stalled.wait(), 120)
+        assert sent[0]["status"] == 200
+        deadline = time.monotonic() + 120
+        while ctx.queue.pending or ctx.registry.describe()[0]["active_requests"]:
+            assert time.monotonic() < deadline, "the stalled reader still holds the queue place or the model"
+            await asyncio.sleep(0.05)
+        assert not response.done()  # still stuck sending to its client
+        start = time.monotonic()
+        await asyncio.wait_for(asyncio.to_thread(ctx.registry.delete, "default"), 30)
+        assert time.monotonic() - start < 10
+        response.cancel()  # the client goes away at last
 
     asyncio.run(scenario())
