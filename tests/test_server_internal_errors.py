@@ -118,3 +118,19 @@ def test_a_dead_scheduler_fails_fast_shows_in_health_and_a_reload_cures_it(loade
     assert loaded.put("/v1/models/default", json=WEBUI_LOAD).status_code == 200
     assert loaded.get("/v1/health").status_code == 200
     assert loaded.post("/v1/models/default/invoke", json={"text": "hello", **FAST}).status_code == 200
+
+
+def test_a_500_is_answered_and_logged_once_never_raised_to_the_server(loaded, monkeypatch, caplog):
+    """Starlette's handler for `Exception` answers and then re-raises, so uvicorn logged every traceback a
+    second time; now nothing reaches the server (a TestClient that raises server exceptions gets the 500)."""
+    def explode(*args, **kwargs):
+        raise RuntimeError("injected decode fault")
+
+    monkeypatch.setattr(core.scheduler, "decode_logits", explode)
+    strict = TestClient(loaded.app, base_url="http://127.0.0.1", raise_server_exceptions=True)
+    with caplog.at_level(logging.ERROR):
+        response = strict.post("/v1/models/default/invoke", json={"text": "hello", **FAST})
+    assert response.status_code == 500
+    rid = response.json()["requestId"]
+    tracebacks = [r for r in caplog.records if r.exc_info and rid in r.getMessage()]
+    assert len(tracebacks) == 1
