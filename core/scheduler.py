@@ -123,7 +123,7 @@ class Scheduler:
 
     def _check_open(self) -> None:
         if self.failure is not None:
-            raise SchedulerFailed(f"the model's scheduler failed ({self.failure.__class__.__name__}); load it again")
+            raise _failed(self.failure)
         if self._closed:
             raise RuntimeError("the scheduler is closed")
 
@@ -137,7 +137,7 @@ class Scheduler:
             log.exception("the scheduler thread died; its model fails all work until it is loaded again")
             with self._wake:
                 self.failure, self._closed = exc, True
-            error = SchedulerFailed(f"the model's scheduler failed ({exc.__class__.__name__}); load it again")
+            error = _failed(exc)
         self._fail_everything(error)
 
     def _loop(self) -> None:
@@ -264,6 +264,10 @@ class Scheduler:
             _report(job, error)
         for task in tasks:
             task[3].set_exception(error)
+
+
+def _failed(cause: BaseException) -> SchedulerFailed:
+    return SchedulerFailed(f"its scheduler thread died ({cause.__class__.__name__})")
 
 
 def _report(job: Job, error: BaseException | None) -> None:

@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 
 def model_failed(name: str, reason: str) -> ApiError:
-    return ApiError(503, f"Model {name!r} failed: {reason} (PUT /v1/models/{name}).", code="model_failed")
+    return ApiError(503, f"Model {name!r} failed: {reason}; load it again (PUT /v1/models/{name}).",
+                    code="model_failed")
 
 
 @dataclass

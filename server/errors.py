@@ -143,7 +143,8 @@ async def api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
 
 async def model_failed_handler(request: Request, exc: SchedulerFailed) -> JSONResponse:
     log.warning("[%s] %s %s -> 503: %s", request_id(request), request.method, request.url.path, exc)
-    return error_response(request, 503, f"The model failed: {exc} (PUT /v1/models/NAME).", code="model_failed")
+    return error_response(request, 503, f"The model failed: {exc}; load it again (PUT /v1/models/NAME).",
+                          code="model_failed")
 
 
 class UnexpectedErrorMiddleware:

@@ -33,7 +33,7 @@ class Bundle:
     def failure(self) -> str | None:
         """Why the bundle cannot serve (its scheduler thread died), as clients may see it."""
         error = None if self.engine is None else self.engine.failure
-        return None if error is None else f"its scheduler thread died ({error.__class__.__name__}); load it again"
+        return None if error is None else f"its scheduler thread died ({error.__class__.__name__})"
 
     def describe(self) -> dict:
         return {"name": self.name, **self.info, "active_requests": self.leases, "loaded_at": self.loaded_at,

@@ -21,7 +21,7 @@ def build_router(ctx: ServerContext) -> APIRouter:
         """Status, the loaded models (with their running requests), loads in progress, the queue."""
         models = ctx.registry.describe()
         problems = [f"--load {name} failed: {error}" for name, error in ctx.load_errors.items()]
-        problems += [f"model {m['name']!r} failed: {m['failed']}" for m in models if m["failed"]]
+        problems += [f"model {m['name']!r} failed: {m['failed']}; load it again" for m in models if m["failed"]]
         body = Health(
             status="failed" if problems else "ok", reason="; ".join(problems) or None, models=models,
             loading=ctx.registry.loading(), load_errors=dict(ctx.load_errors),
