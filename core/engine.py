@@ -29,7 +29,7 @@ from .lm.quantize import is_quantized
 from .lm.tokenizer import resolve_tokenizer_dir
 from .reference import prepare_reference
 from .request import SynthesisRequest
-from .scheduler import Job, Scheduler
+from .scheduler import Job, Scheduler, SchedulerFailed
 from .speech import SpeechStream
 from .text.split import MAX_SEGMENT_WEIGHT
 from .vqgan import load_vqgan
@@ -175,6 +175,12 @@ class TTSEngine:
                 self._scheduler = Scheduler(lm, self.max_batch_size, static=static)
             return self._scheduler
 
+    @property
+    def failure(self) -> BaseException | None:
+        """Why this engine's scheduler thread died, if it did: it then refuses all work (load anew)."""
+        scheduler = self._scheduler
+        return None if scheduler is None else scheduler.failure
+
     def _model_call(self, fn: Callable[[], T]) -> T:
         """Run model work where it does not compete with the scheduler for the cores."""
         if self.lm is not None:
@@ -310,5 +316,5 @@ class TTSEngine:
         return np.concatenate(chunks)
 
 
-__all__ = ["EngineInfo", "LM_PRESETS", "SAMPLE_RATE", "SynthesisRequest", "TTSEngine", "VQGAN_PRESETS",
-           "resolve_tokenizer_dir"]
+__all__ = ["EngineInfo", "LM_PRESETS", "SAMPLE_RATE", "SchedulerFailed", "SpeechStream", "SynthesisRequest",
+           "TTSEngine", "VQGAN_PRESETS", "resolve_tokenizer_dir"]

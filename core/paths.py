@@ -19,6 +19,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 MAX_PATH_LENGTH = 1024
+MAX_NAME_BYTES = 255  # one file or folder name (NAME_MAX); longer ones make the OS raise, not answer "missing"
 
 
 class FolderError(ValueError):
@@ -101,6 +102,8 @@ class FolderGuard:
         if ".." in path.parts:
             raise BadPath(f"{field}: '..' is not allowed in paths.", field)
         parts = tuple(p for p in path.parts if p not in ("", "."))
+        if any(len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for p in parts):
+            raise BadPath(f"{field}: a file or folder name in the path is longer than {MAX_NAME_BYTES} bytes.", field)
         if not parts:
             raise BadPath(f"{field}: the path names no file.", field)
         return parts

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .lm.sampling import SamplingParams
+from .lm.sampling import MAX_REPETITION_PENALTY, MAX_TEMPERATURE, MAX_TOP_K, MIN_REPETITION_PENALTY, SamplingParams
 from .text.segment import DEFAULT_ORDER, LANGUAGE_CODES
 
 DEFAULT_TEXT = "你说的对, 但是原神是一款由米哈游自主研发的开放世界手游."
@@ -83,5 +83,6 @@ def check_order(order: str) -> str:
     return order
 
 
-__all__ = ["DEFAULT_ORDER", "DEFAULT_SAMPLING", "DEFAULT_SEED", "DEFAULT_TEXT", "OUTPUT_FORMATS", "ORDER_PATTERN", "Reference",
-           "STREAM_FORMATS", "SamplingParams", "SynthesisRequest", "check_order"]
+__all__ = ["DEFAULT_ORDER", "DEFAULT_SAMPLING", "DEFAULT_SEED", "DEFAULT_TEXT", "MAX_REPETITION_PENALTY", "MAX_TEMPERATURE",
+           "MAX_TOP_K", "MIN_REPETITION_PENALTY", "OUTPUT_FORMATS", "ORDER_PATTERN", "Reference", "STREAM_FORMATS",
+           "SamplingParams", "SynthesisRequest", "check_order"]

@@ -160,9 +160,17 @@ class SpeechStream:
             return
         segment.decoding = True
         try:
-            self.scheduler.call(lambda: self._decode(segment), priority=segment.index, owner=self)
+            task = self.scheduler.call(lambda: self._decode(segment), priority=segment.index, owner=self)
         except RuntimeError as exc:
             self._fail(exc)
+            return
+        task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task) -> None:
+        """`_decode` reports its own errors; a task that failed without running (the scheduler died) is
+        reported here, or the consumer would wait for its chunks forever."""
+        if not task.cancelled() and task.exception() is not None:
+            self._fail(task.exception())
 
     def _decode(self, segment: Segment) -> None:
         """One chunk per task: the consumer gets each as soon as it is decoded, and LM steps run between."""

@@ -22,6 +22,17 @@ from .settings import Settings
 
 log = logging.getLogger("fishtts.server")
 
+
+class QuietHealthPolls(logging.Filter):
+    """Drops uvicorn's access line for GET /v1/health: monitors and launch.sh poll it every second."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (len(args) >= 3 and str(args[2]).partition("?")[0] == "/v1/health")
+
+
+QUIET_HEALTH_POLLS = QuietHealthPolls()
+
 DESCRIPTION = """Fish Speech v0.2 text-to-speech with zero-shot voice cloning.
 
 Load a model with `PUT /v1/models/default`, then `POST /v1/models/default/invoke`. Errors are
@@ -59,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if settings.log_level.lower() != "debug":  # uvicorn has set up its loggers by now
+            logging.getLogger("uvicorn.access").addFilter(QUIET_HEALTH_POLLS)
         # Loads run in the background so /v1/health answers (and reports "loading") meanwhile.
         task = asyncio.create_task(load_at_start(ctx, settings.load)) if settings.load else None
         yield
@@ -71,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     include_routes(app)
     # Added innermost first; a request passes: request id -> CORS -> body limit -> access control -> app.
-    install_access_control(app, settings.api_key, settings.allowed_origins)
+    install_access_control(app, settings.api_key, settings.allowed_origins, settings.allowed_host_names)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_cors(app, settings.allowed_origins)
     app.add_middleware(RequestIdMiddleware)

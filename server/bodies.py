@@ -35,8 +35,12 @@ async def read_body(request: Request, model: type[T], max_text_length: int) -> t
         raw = await request.body()
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "Malformed JSON body.", code="json_invalid") from None
+        except RecursionError:
+            raise ApiError(400, "The JSON body is nested too deeply.", code="json_invalid") from None
+        except ValueError as exc:  # malformed, not UTF-8, or an integer of more than 4,300 digits
+            too_long = "digits" in str(exc)
+            message = "An integer in the JSON body has too many digits." if too_long else "Malformed JSON body."
+            raise ApiError(400, message, code="json_invalid") from None
         if not isinstance(data, dict):
             raise RequestValidationError([{"loc": ("body",), "msg": "Input should be a JSON object",
                                            "type": "model_attributes_type"}])
@@ -75,9 +79,13 @@ def decode_base64(value: str, field: str) -> bytes:
 
 
 def openapi_body(model: type[BaseModel]) -> dict:
-    """`openapi_extra` documenting both body encodings of such a route (the model's schema inline)."""
+    """`openapi_extra` documenting both body encodings of such a route (the model's schema inline); the
+    model's REQUIRED_FILES must be given (base64 in JSON, a file part in multipart) though the model has
+    them optional (either may carry them)."""
     schema = model.model_json_schema()
+    required = {"required": list(getattr(model, "REQUIRED_FILES", ()))} if getattr(model, "REQUIRED_FILES", ()) else {}
+    json_schema = {"allOf": [schema, {"type": "object", **required}]} if required else schema
     form_schema = {"allOf": [schema, {"type": "object", "properties": {
-        f: {"type": "string", "format": "binary"} for f in model.FILE_FIELDS}}]}
+        f: {"type": "string", "format": "binary"} for f in model.FILE_FIELDS}, **required}]}
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": schema}, "multipart/form-data": {"schema": form_schema}}}}
+        "application/json": {"schema": json_schema}, "multipart/form-data": {"schema": form_schema}}}}

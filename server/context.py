@@ -8,13 +8,13 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 from core.engine import TTSEngine
 from core.paths import FolderGuard
@@ -93,8 +93,9 @@ def text_limited(model: type[B]):
 class Admission:
     """One admitted request: holds its model lease and queue place until it is closed *and* its work
     on the worker threads has ended, so a client that goes away cannot free a model under a running
-    generation. Use it as `async with ctx.admit(name) as admission:` (a streamed response closes it
-    when its last byte is sent)."""
+    generation. Use it as `async with ctx.admit(name) as admission:`; a streamed response's generation
+    runs to its end on a worker thread and holds the admission until then, not while a slow client
+    reads (server/audio_buffer.py)."""
 
     def __init__(self, ctx: ServerContext, bundle: Bundle):
         self.ctx, self.bundle, self.engine = ctx, bundle, bundle.engine
@@ -109,9 +110,9 @@ class Admission:
     async def __aexit__(self, *exc) -> None:
         self.close()
 
-    async def run(self, work: Callable[[TTSEngine], T]) -> T:
-        """`work(engine)` on a worker thread; an accepted piece of work always runs to its end, even
-        when the request awaiting it is cancelled."""
+    def start(self, work: Callable[[TTSEngine], T]) -> Future:
+        """Start `work(engine)` on a worker thread; the admission is held until it ends (callbacks
+        added to the returned future run after its release)."""
         with self._lock:
             self._running += 1
         try:
@@ -120,17 +121,14 @@ class Admission:
             self._ended()
             raise
         future.add_done_callback(lambda _: self._ended())
-        result = asyncio.wrap_future(future)
+        return future
+
+    async def run(self, work: Callable[[TTSEngine], T]) -> T:
+        """`work(engine)` on a worker thread, awaited; an accepted piece of work always runs to its end,
+        even when the request awaiting it is cancelled."""
+        result = asyncio.wrap_future(self.start(work))
         result.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
         return await asyncio.shield(result)
-
-    async def chunks(self, chunks: Iterator[T], cancel: Callable[[], None]) -> AsyncIterator[T]:
-        """Iterate a blocking iterator (a SpeechStream) off the event loop; leaving early calls `cancel`."""
-        try:
-            while (chunk := await run_in_threadpool(next, chunks, None)) is not None:
-                yield chunk
-        finally:
-            cancel()  # a no-op once it has ended
 
     def close(self) -> None:
         with self._lock:

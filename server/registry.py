@@ -28,8 +28,15 @@ class Bundle:
     loaded_at: float = field(default_factory=time.time)
     leases: int = 0
 
+    @property
+    def failure(self) -> str | None:
+        """Why the bundle cannot serve (its scheduler thread died), as clients may see it."""
+        error = None if self.engine is None else self.engine.failure
+        return None if error is None else f"its scheduler thread died ({error.__class__.__name__})"
+
     def describe(self) -> dict:
-        return {"name": self.name, **self.info, "active_requests": self.leases, "loaded_at": self.loaded_at}
+        return {"name": self.name, **self.info, "active_requests": self.leases, "loaded_at": self.loaded_at,
+                "failed": self.failure}
 
 
 class ModelNotFound(KeyError):
@@ -42,6 +49,10 @@ class TooManyModels(RuntimeError):
 
 class ModelLoading(KeyError):
     """The name is being loaded and has no previous version to serve meanwhile."""
+
+
+class ModelFailed(KeyError):
+    """The bundle's scheduler died: it serves nothing until it is loaded again."""
 
 
 class ModelRegistry:
@@ -59,6 +70,8 @@ class ModelRegistry:
             bundle = self._bundles.get(name)
             if bundle is None:
                 raise ModelLoading(name) if name in self._loading else ModelNotFound(name)
+            if bundle.failure is not None:
+                raise ModelFailed(name, bundle.failure)
             bundle.leases += 1
             return bundle
 

@@ -18,17 +18,20 @@ from core.request import (
     DEFAULT_ORDER,
     DEFAULT_SAMPLING,
     DEFAULT_TEXT,
+    MAX_REPETITION_PENALTY,
+    MAX_TEMPERATURE,
+    MAX_TOP_K,
+    MIN_REPETITION_PENALTY,
     ORDER_PATTERN,
     OUTPUT_FORMATS,
     SamplingParams,
     check_order,
 )
 
-from .settings import MAX_TEXT_LENGTH
+from .settings import DEVICE_PATTERN, MAX_TEXT_LENGTH
 from .voices import VOICE_ID_PATTERN
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"
 MAX_CONTEXT = 4096  # the official LM's context; the loaded model's own context is checked per request
 MAX_PATH = 1024
 OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
@@ -101,6 +104,20 @@ class ErrorBody(BaseModel):
     requestId: str
 
 
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+    request_id: str
+
+
+class OpenAIErrorBody(BaseModel):
+    """Errors on /v1/audio/speech, in OpenAI's shape."""
+
+    error: OpenAIError
+
+
 class G2PSegment(BaseModel):
     line: int
     text: str
@@ -134,7 +151,8 @@ class VoiceList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "failed"]
+    reason: str | None = Field(None, description="Why the status is 'failed' (then the answer is 503).")
     models: list[dict]
     loading: list[str]
     load_errors: dict[str, str] = {}
@@ -147,10 +165,12 @@ class SamplingFields(BaseModel):
     max_new_tokens: int = Field(0, ge=0, le=MAX_CONTEXT, description=(
         "Frames to generate at most (~21.5 per second of audio); 0 = until the model stops or its context is "
         "full. Must also fit the loaded model's context."))
-    top_k: int | None = Field(DEFAULT_SAMPLING.top_k, ge=0, le=1000, description="null or 0 = off.")
+    top_k: int | None = Field(DEFAULT_SAMPLING.top_k, ge=0, le=MAX_TOP_K, description="null or 0 = off.")
     top_p: float = Field(DEFAULT_SAMPLING.top_p, gt=0, le=1)
-    repetition_penalty: float = Field(DEFAULT_SAMPLING.repetition_penalty, gt=0, le=10)
-    temperature: float = Field(DEFAULT_SAMPLING.temperature, gt=0, le=10)
+    repetition_penalty: float = Field(
+        DEFAULT_SAMPLING.repetition_penalty, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY,
+        description="Divides (multiplies, when negative) the logits of the codes of the last 16 frames; 1 = off.")
+    temperature: float = Field(DEFAULT_SAMPLING.temperature, gt=0, le=MAX_TEMPERATURE)
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="null = a fresh random seed.")
 
     @property
@@ -240,6 +260,7 @@ class VoiceCreate(BaseModel):
 
     TEXT_FIELDS: ClassVar = ("transcript",)
     FILE_FIELDS: ClassVar = ("audio",)
+    REQUIRED_FILES: ClassVar = ("audio",)  # base64 in JSON or a file part: one of them
 
     name: str = Field(..., min_length=1, max_length=100)
     transcript: str = Field(..., **TEXT_BOUND)

@@ -7,11 +7,13 @@ setting is declared once (name, default, help) and shows up in `--help`, the env
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 ENV_PREFIX = "FISHTTS_"
 MAX_TEXT_LENGTH = 1000
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"  # also the load request's `device`
 
 
 def _opt(default, help: str, **click_kwargs):
@@ -35,6 +37,9 @@ class Settings:
                                 "ignored without it).")
     api_key: str | None = _opt(None, "Require `Authorization: Bearer KEY` on every route but /v1/health and the docs.")
     cors_origins: str | None = _opt(None, "Comma-separated origins allowed by CORS (default: no CORS headers at all).")
+    allowed_hosts: str | None = _opt(None, "Comma-separated host names clients may call the server by, besides "
+                                           "loopback names, IP addresses and the --listen host (a guard against DNS "
+                                           "rebinding; '*' allows any).")
     allow_downloads: bool = _opt(False, "Let a load request fetch a tokenizer given as a Hugging Face repo id.")
     max_text_length: int = _opt(MAX_TEXT_LENGTH, "Longest `text` / `input` / transcript, in characters.")
     max_upload_mb: float = _opt(20.0, "Largest request body in MiB (uploads included); bigger bodies get 413.")
@@ -48,7 +53,9 @@ class Settings:
                                   "16 on CUDA).")
     quantize: str = _opt("", "int8: store every LM's weights as int8 unless its load request says otherwise "
                              "(faster on CPU, approximate; see the README).")
-    log_level: str = _opt("info", "debug, info, warning or error.")
+    stream_send_timeout: float = _opt(30.0, "Close a streamed response whose client has taken nothing for this many "
+                                            "seconds (its generation is not held up by slow readers meanwhile).")
+    log_level: str = _opt("info", "debug, info, warning or error (health polls are logged at debug only).")
 
     def __post_init__(self):
         self.checkpoints_dir = Path(self.checkpoints_dir)
@@ -61,7 +68,9 @@ class Settings:
             raise ValueError("max_batch_size must be >= 0")
         if self.quantize not in ("", "int8"):
             raise ValueError("quantize must be int8 or empty")
-        for name in ("max_upload_mb", "max_reference_seconds"):
+        if self.device and not re.match(DEVICE_PATTERN, self.device):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        for name in ("max_upload_mb", "max_reference_seconds", "stream_send_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
 
@@ -72,6 +81,10 @@ class Settings:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def allowed_host_names(self) -> list[str]:
+        return [self.host_port[0], *(h.strip() for h in (self.allowed_hosts or "").split(",") if h.strip())]
 
     @property
     def allowed_origins(self) -> list[str]:

@@ -2,27 +2,24 @@
 then answer with the whole audio or stream it.
 
 A streamed response awaits its first chunk before it starts, so a request that fails early (a bad
-reference, text the front end rejects, a full queue) still gets its JSON error. A client that
-disconnects makes Starlette cancel the body iterator, which cancels the generation (the model's
-slots free at its next step); the admission is released when the last worker-thread call ends.
+reference, text the front end rejects, a full queue) still gets its JSON error. Its generation runs
+to its end on a worker thread, its chunks into an AudioBuffer (server/audio_buffer.py), and holds
+the admission (model lease, queue place) only until then: a slow reader holds neither. A client
+that goes away closes the buffer, which cancels the generation at its next step.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
+import asyncio
 
 from fastapi import Response
-from starlette.responses import StreamingResponse
 
-from core.audio import encode_output, pcm16_bytes, streaming_wav_header
+from core.audio import encode_output
 from core.request import SynthesisRequest
 
-from .context import Admission, ServerContext
-
-log = logging.getLogger("fishtts.server")
-CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
-                 "pcm": "audio/pcm"}
+from .audio_buffer import MAX_BUFFERED_SECONDS, AudioBuffer
+from .context import ServerContext
+from .streaming import CONTENT_TYPES, AudioStreamResponse
 
 
 async def synthesize(ctx: ServerContext, model: str, request: SynthesisRequest,
@@ -35,35 +32,26 @@ async def synthesize(ctx: ServerContext, model: str, request: SynthesisRequest,
             data = await admission.run(lambda engine: encode_output(engine.synthesize(request), request.output_format,
                                                                      engine.info.sample_rate))
         return Response(data, media_type=media_type, headers=headers)
-    chunks = streamed_chunks(admission, request)
+    sample_rate = admission.engine.info.sample_rate
+    buffer = AudioBuffer(asyncio.get_running_loop(), int(MAX_BUFFERED_SECONDS * sample_rate))
+
+    def generate(engine) -> None:
+        stream = engine.stream(request)
+        if buffer.attach(stream):
+            for chunk in stream:
+                if not buffer.put(chunk):  # the reader went away or fell too far behind
+                    break
+        stream.cancel()  # a no-op once it has ended
+
+    async with admission:  # released when `generate` ends, not when the client has read it all
+        generation = admission.start(generate)
+    generation.add_done_callback(lambda done: buffer.end(None if done.cancelled() else done.exception()))
     try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        raise ValueError("the model produced no audio for this text (try a larger max_new_tokens)") from None
+        first = await buffer.next()
     except BaseException:
-        await chunks.aclose()
+        buffer.close()
         raise
-    body = encoded_stream(first, chunks, request.output_format, admission.engine.info.sample_rate)
-    return StreamingResponse(body, media_type=media_type, headers={"Cache-Control": "no-store", **(headers or {})})
-
-
-async def streamed_chunks(admission: Admission, request: SynthesisRequest) -> AsyncIterator:
-    async with admission:
-        stream = await admission.run(lambda engine: engine.stream(request))
-        async for chunk in admission.chunks(iter(stream), stream.cancel):
-            yield chunk
-
-
-async def encoded_stream(first, rest: AsyncIterator, output_format: str, sample_rate: int) -> AsyncIterator[bytes]:
-    """wav: a header whose length fields say "unknown" (0xFFFFFFFF), then 16-bit PCM; pcm: the PCM only.
-    An error after the headers went out can only end the stream early (it is logged)."""
-    try:
-        if output_format == "wav":
-            yield streaming_wav_header(sample_rate)
-        yield pcm16_bytes(first)
-        async for chunk in rest:
-            yield pcm16_bytes(chunk)
-    except Exception:  # noqa: BLE001 - the status line is sent; log and close
-        log.exception("a streamed synthesis failed midway; the response ends early")
-    finally:
-        await rest.aclose()
+    if first is None:
+        raise ValueError("the model produced no audio for this text (try a larger max_new_tokens)")
+    return AudioStreamResponse(buffer, first, request.output_format, ctx.settings.stream_send_timeout,
+                               {"Cache-Control": "no-store", **(headers or {})}, sample_rate)

@@ -4,6 +4,10 @@ A voice is written into a hidden temporary folder, every file fsynced, then the 
 into place (atomic on POSIX) and the parent fsynced: after a crash or `kill -9` a voice either
 exists completely or not at all. Deletion renames it away first for the same reason. Leftover
 temporary folders are swept at start. Ids are a fixed safe alphabet, so they are never paths.
+
+Only what lies inside the voices folder is a voice: an entry that is a link leading out of it (or
+whose files are) is skipped in listings (logged once) and unknown by id; deleting renames the link
+itself, never what it points to.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class VoiceStore:
     def __init__(self, references_dir: Path):
         self.folder = Path(references_dir) / "voices"
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.root = self.folder.resolve()
+        self._reported: set[str] = set()  # entries already logged as leading outside
         self._lock = threading.Lock()  # id choice + rename; reads need no lock (folders appear atomically)
         self._sweep()
 
@@ -53,6 +59,11 @@ class VoiceStore:
         for entry in sorted(self.folder.iterdir()):
             if entry.name.startswith(".") or not VOICE_ID.match(entry.name):
                 continue
+            if not self._inside(entry, META, CODES, AUDIO):
+                if entry.name not in self._reported:
+                    self._reported.add(entry.name)
+                    log.warning("skipping voice %s: it is a link leading outside %s", entry.name, self.folder)
+                continue
             try:
                 voices.append(self._read_meta(entry))
             except (OSError, ValueError) as exc:
@@ -60,7 +71,7 @@ class VoiceStore:
         return sorted(voices, key=lambda v: v["created_at"])
 
     def get(self, voice_id: str) -> dict:
-        folder = self._folder(voice_id)
+        folder = self._folder(voice_id, META)
         try:
             return self._read_meta(folder)
         except (OSError, ValueError):
@@ -68,12 +79,12 @@ class VoiceStore:
 
     def codes(self, voice_id: str) -> np.ndarray:
         try:
-            return np.load(self._folder(voice_id) / CODES, allow_pickle=False)
+            return np.load(self._folder(voice_id, CODES) / CODES, allow_pickle=False)
         except (OSError, ValueError):
             raise VoiceNotFound(voice_id) from None
 
     def audio_path(self, voice_id: str) -> Path:
-        path = self._folder(voice_id) / AUDIO
+        path = self._folder(voice_id, AUDIO) / AUDIO
         if not path.is_file():
             raise VoiceNotFound(voice_id)
         return path
@@ -102,7 +113,7 @@ class VoiceStore:
                 shutil.rmtree(staging, ignore_errors=True)
 
     def delete(self, voice_id: str) -> None:
-        folder = self._folder(voice_id)
+        folder = self._folder(voice_id, META, CODES, AUDIO)  # a link out of the folder is no voice to delete
         trash = self.folder / f".trash-{uuid.uuid4().hex}"
         with self._lock:
             try:
@@ -114,10 +125,19 @@ class VoiceStore:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _folder(self, voice_id: str) -> Path:
-        if not VOICE_ID.match(voice_id or ""):
+    def _folder(self, voice_id: str, *files: str) -> Path:
+        """The voice's folder, if the id is valid and it and `files` lie inside the voices folder."""
+        if not VOICE_ID.match(voice_id or "") or not self._inside(self.folder / voice_id, *files):
             raise VoiceNotFound(voice_id)
         return self.folder / voice_id
+
+    def _inside(self, folder: Path, *files: str) -> bool:
+        """The folder and its files, links resolved, lie in the voices folder (missing ones are fine)."""
+        for path in (folder, *(folder / name for name in files)):
+            resolved = path.resolve()
+            if resolved.parent != self.root and resolved.parent.parent != self.root:
+                return False
+        return True
 
     def _claim_id(self, wanted: str | None, name: str) -> str:
         if wanted is not None:

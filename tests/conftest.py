@@ -90,6 +90,6 @@ def client(request, workdir):
                         **getattr(request.module, "SERVER_SETTINGS", {}))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)  # the original's relative paths (checkpoints/...) are read from here
-        with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        with TestClient(create_app(settings), base_url="http://127.0.0.1", raise_server_exceptions=False) as test_client:
             assert test_client.put("/v1/models/default", json=WEBUI_LOAD).status_code == 200
             yield test_client

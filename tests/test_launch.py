@@ -5,6 +5,7 @@ a taken port is refused with a clear message."""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import pty
 import signal
@@ -199,3 +200,18 @@ def test_refuses_a_port_in_use(workdir):
         assert launch.wait_exit(timeout=60) == 1
     assert f"port {port} on 127.0.0.1 is already in use" in launch.output()
     assert "GRADIO_SERVER_PORT" in launch.output() and "starting the API" not in launch.output()
+
+
+def test_a_failed_model_load_stops_the_launch(workdir):
+    """The API answers /v1/health with 503 after a failed --load: the script reports it and exits 1
+    (instead of waiting for a 200 that never comes)."""
+    body = json.loads((workdir / "load_default.json").read_text())
+    body["vqgan"]["checkpoint_path"] = "checkpoints/missing.pth"
+    (workdir / "bad_load.json").write_text(json.dumps(body))
+    launch = Launch(workdir, FISHTTS_LOAD=f"default={workdir / 'bad_load.json'}")
+    try:
+        assert launch.wait_exit(timeout=120) == 1
+    finally:
+        launch.kill_all()
+    assert "the model failed to load" in launch.output()
+    assert "starting the web UI" not in launch.output()

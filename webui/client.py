@@ -51,7 +51,8 @@ class ApiClient:
     # -- routes ---------------------------------------------------------------------------------
 
     def health(self) -> dict:
-        return self._json("GET", "/v1/health")
+        """The server's state; a 503 (a failed load or model) carries it too."""
+        return self._json("GET", "/v1/health", accept=(503,))
 
     def list_models(self) -> list[dict]:
         return self._json("GET", "/v1/models").get("details", [])
@@ -131,7 +132,8 @@ class ApiClient:
             raise ClientError("error.bad_response", response.status_code)
         return body
 
-    def _request(self, method: str, path: str, timeout: float | None = None, **kwargs) -> requests.Response:
+    def _request(self, method: str, path: str, timeout: float | None = None, accept: tuple[int, ...] = (),
+                 **kwargs) -> requests.Response:
         read_timeout = timeout or self.timeout
         try:
             response = self.session.request(method, self.base_url + path,
@@ -142,7 +144,7 @@ class ApiClient:
             raise ClientError("error.unreachable", url=self.base_url) from None
         except requests.exceptions.RequestException:
             raise ClientError("error.unreachable", url=self.base_url) from None
-        if response.status_code >= 400:
+        if response.status_code >= 400 and response.status_code not in accept:
             raise error_from_response(response)
         return response
 

@@ -126,13 +126,21 @@ def decode_step(model: Transformer, sequences: list[Sequence], static_slots: int
     graphs): slots without a sequence compute a throwaway row at position 0, which the prefill of
     the slot's next sequence overwrites before anything reads it.
     """
+    with decode_threads(model):
+        logits = decode_logits(model, sequences, static_slots)
+        return [seq.accept(out) for seq, out in zip(sequences, logits, strict=True)]
+
+
+def decode_threads(model: Transformer):
+    """The context a decode step runs in: on CPU, torch's small ops on one thread (see kernels)."""
+    return single_threaded_torch() if model.output.weight.device.type == "cpu" else nullcontext()
+
+
+def decode_logits(model: Transformer, sequences: list[Sequence], static_slots: int | None = None
+                  ) -> list[ForwardResult]:
+    """The batched forward of `decode_step`: each sequence's logits [1, 1, ...], not yet sampled (so a
+    caller can sample every sequence on its own and a failure stays with that sequence)."""
     device = model.output.weight.device
-    with single_threaded_torch() if device.type == "cpu" else nullcontext():
-        return _decode_step(model, sequences, static_slots, device)
-
-
-def _decode_step(model: Transformer, sequences: list[Sequence], static_slots: int | None,
-                 device: torch.device) -> list[Tensor]:
     decode = getattr(model, "compiled_decode", None) or model.decode
     if static_slots is None:
         rows = list(range(len(sequences)))
@@ -147,8 +155,7 @@ def _decode_step(model: Transformer, sequences: list[Sequence], static_slots: in
         for seq in sequences:
             x[seq.slot], positions[seq.slot] = seq.last, seq.position
         out = decode(x.unsqueeze(-1), torch.arange(static_slots, device=device), positions, True)
-    return [seq.accept(ForwardResult(out.token_logits[r : r + 1], out.codebook_logits[r : r + 1]))
-            for r, seq in zip(rows, sequences)]
+    return [ForwardResult(out.token_logits[r : r + 1], out.codebook_logits[r : r + 1]) for r in rows]
 
 
 @torch.inference_mode()

@@ -14,7 +14,8 @@ from ..bodies import decode_base64, openapi_body, read_body
 from ..context import ServerContext, get_ctx
 from ..errors import ApiError
 from ..schemas import MODEL_NAME_PATTERN, InvokeRequest
-from ..synthesis import CONTENT_TYPES, synthesize
+from ..streaming import CONTENT_TYPES
+from ..synthesis import synthesize
 from . import ERROR_RESPONSES
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")

@@ -16,13 +16,14 @@ from core.request import STREAM_FORMATS, Reference, SynthesisRequest
 from ..context import ServerContext, get_ctx, text_limited
 from ..errors import ApiError
 from ..schemas import SpeechRequest
-from ..synthesis import CONTENT_TYPES, synthesize
-from . import ERROR_RESPONSES
+from ..streaming import CONTENT_TYPES
+from ..synthesis import synthesize
+from . import OPENAI_ERROR_RESPONSES
 
 OPENAI_MODELS = {"tts-1", "tts-1-hd", "gpt-4o-mini-tts"}
 DEFAULT_BUNDLE = "default"
 SUPPORTED = ("mp3", "wav", "flac", "pcm")
-router = APIRouter(tags=["openai"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["openai"], responses=OPENAI_ERROR_RESPONSES)
 
 
 @router.post("/v1/audio/speech", response_class=Response,

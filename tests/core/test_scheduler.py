@@ -11,7 +11,9 @@ import torch
 
 from core.lm import SamplingParams, Sequence, load_lm
 from core.lm.generate import budget_new_frames
-from core.scheduler import Job, Scheduler
+from core.lm.model import ForwardResult
+from core.lm.sampling import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY, NonFiniteLogits, apply_repetition_penalty
+from core.scheduler import Job, Scheduler, SchedulerFailed
 from tests.paths import PARITY
 
 GREEDY = SamplingParams(temperature=1.0, top_p=None, top_k=1, repetition_penalty=1.5)
@@ -169,3 +171,80 @@ def test_tasks_run_between_steps_and_report_errors(model):
     scheduler.close()
     with pytest.raises(RuntimeError, match="closed"):
         scheduler.call(lambda: None)
+
+
+def faulty(seq: Sequence, fault) -> Sequence:
+    """`seq` whose sampling at step 5 goes through `fault(seq, out)` (an injected failure)."""
+    accept = seq.accept
+
+    def accept_with_fault(out):
+        return fault(seq, out) if seq.steps == 5 else accept(out)
+
+    seq.accept = accept_with_fault
+    return seq
+
+
+def raise_error(seq, out):
+    raise RuntimeError("injected sampling fault")
+
+
+def nan_logits(seq, out):
+    nan = float("nan")
+    return Sequence.accept(seq, ForwardResult(out.token_logits * nan, out.codebook_logits * nan))
+
+
+@pytest.mark.parametrize("fault", [raise_error, nan_logits], ids=["exception", "nan-logits"])
+def test_a_fault_in_one_sequences_sampling_fails_it_alone_mid_batch(model, fault):
+    alone = run_alone(model, request(model, *SPECS[2]))
+    scheduler = Scheduler(model, max_batch=4)
+    collector = Collector(scheduler)
+    good = request(model, *SPECS[2])
+    bad = faulty(request(model, *SPECS[1]), fault)
+    collector.submit(0, good)
+    collector.submit(1, bad)
+    collector.wait(0, 1)
+    assert collector.errors[0] is None and collector.errors[1] is not None
+    if fault is nan_logits:  # never drawn from: an arbitrary id would have been sampled
+        assert isinstance(collector.errors[1], NonFiniteLogits)
+    np.testing.assert_array_equal(codes(good), alone)
+    later = request(model, *SPECS[3])  # the scheduler goes on
+    collector.submit(2, later)
+    collector.wait(2)
+    scheduler.close()
+    assert collector.errors[2] is None and later.finished
+
+
+@pytest.mark.parametrize("options", [dict(repetition_penalty=1e-300), dict(repetition_penalty=float("nan")),
+                                     dict(repetition_penalty=11.0), dict(temperature=float("inf")),
+                                     dict(top_k=10**6), dict(top_p=float("nan"))])
+def test_sampling_options_out_of_bounds_are_refused(options):
+    with pytest.raises(ValueError):
+        SamplingParams(**options)
+
+
+def test_at_the_penalty_bounds_logits_stay_finite(model):
+    """At either bound a penalty moves a logit by 100x at most: even 1e30 stays finite in float32."""
+    for penalty in (MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY):
+        logits = torch.tensor([[1e30, -1e30, 3.0, 0.0]])
+        penalised = apply_repetition_penalty(logits, torch.tensor([[0, 1, 2]]), penalty)
+        assert torch.isfinite(penalised).all()
+
+
+def test_a_dead_scheduler_fails_every_waiting_and_later_job(model):
+    scheduler = Scheduler(model, max_batch=1)
+    collector = Collector(scheduler)
+
+    def broken_admit():
+        raise RuntimeError("injected scheduler fault")
+
+    scheduler._admit = broken_admit  # the thread's loop calls it on its next wake-up
+    collector.submit(0, request(model, *SPECS[0]))
+    collector.wait(0)
+    assert isinstance(collector.errors[0], SchedulerFailed)
+    scheduler._thread.join(10)
+    assert not scheduler._thread.is_alive() and isinstance(scheduler.failure, RuntimeError)
+    with pytest.raises(SchedulerFailed):
+        collector.submit(1, request(model, *SPECS[1]))
+    with pytest.raises(SchedulerFailed):
+        scheduler.call(lambda: None)
+    scheduler.close()  # returns at once

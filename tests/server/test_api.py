@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import requests
 
+from core.lm.sampling import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY
 from tests.server.helpers import (
     FAST,
     SR,
@@ -155,10 +156,16 @@ def test_docs_and_openapi_show_routes_and_bounds(client):
     assert fields["text"]["maxLength"] == 1000 and fields["text"]["minLength"] == 1
     assert fields["top_p"]["exclusiveMinimum"] == 0 and fields["top_p"]["maximum"] == 1
     assert fields["temperature"]["exclusiveMinimum"] == 0
-    assert fields["repetition_penalty"]["exclusiveMinimum"] == 0
+    bounds = fields["repetition_penalty"]  # the bounds core checks (a penalty that cannot overflow a logit)
+    assert (bounds["minimum"], bounds["maximum"]) == (MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY)
     assert fields["max_new_tokens"]["maximum"] == 4096 and fields["max_new_tokens"]["minimum"] == 0
     speech = spec["components"]["schemas"]["SpeechRequest"]["properties"]
     assert speech["speed"]["minimum"] == 0.25 and speech["speed"]["maximum"] == 4.0
+    voice_body = spec["paths"]["/v1/references"]["post"]["requestBody"]["content"]
+    assert all("audio" in body["schema"]["allOf"][1]["required"] for body in voice_body.values())
+    speech_errors = spec["paths"]["/v1/audio/speech"]["post"]["responses"]
+    assert speech_errors["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIErrorBody")
+    assert "422" not in speech_errors
 
 
 def test_no_cors_headers_by_default(client):

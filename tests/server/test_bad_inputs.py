@@ -81,6 +81,8 @@ def invoke_json(**fields) -> dict:
 
 
 # (name, method, path, httpx kwargs, status)
+DEEP_JSON = '{"text": "x", "a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+JSON_TYPE = {"Content-Type": "application/json"}
 CASES = [
     ("malformed JSON", "POST", INVOKE, {"content": b'{"text": ', "headers": {"Content-Type": "application/json"}}, 400),
     ("JSON array body", "POST", INVOKE, {"json": ["hello"]}, 422),
@@ -162,6 +164,24 @@ CASES = [
     ("g2p text the order cannot read", "POST", "/v1/text/g2p", {"json": {"text": "你好", "order": "en"}}, 422),
     ("unknown route", "GET", "/v1/nothing-here", {}, 404),
     ("wrong method", "PATCH", "/v1/models/default", {}, 405),
+    # Inputs that used to escape as 500s: a name longer than a file name can be, JSON nested deeper than
+    # the parser recurses, integers longer than Python converts.
+    ("load: a file name over 255 bytes", "PUT", LOAD, {"json": load_body(llama__checkpoint_path="a" * 256 + ".pth")},
+     400),
+    ("load: a folder name over 255 bytes", "PUT", LOAD,
+     {"json": load_body(vqgan__config_name="checkpoints/" + "é" * 128 + "/x.json")}, 400),
+    ("invoke: prompt_tokens name over 255 bytes", "POST", INVOKE,
+     {"json": {"text": "x", "prompt_tokens": "b" * 300 + ".npy"}}, 400),
+    ("invoke: JSON nested 100,000 deep", "POST", INVOKE, {"content": DEEP_JSON, "headers": JSON_TYPE}, 400),
+    ("voices: JSON nested 100,000 deep", "POST", "/v1/references", {"content": DEEP_JSON, "headers": JSON_TYPE}, 400),
+    ("g2p: JSON nested 100,000 deep", "POST", "/v1/text/g2p", {"content": DEEP_JSON, "headers": JSON_TYPE}, 400),
+    ("invoke: an integer of 5,000 digits", "POST", INVOKE,
+     {"content": '{"text": "x", "seed": ' + "7" * 5000 + "}", "headers": JSON_TYPE}, 400),
+    ("g2p: an integer of 5,000 digits", "POST", "/v1/text/g2p",
+     {"content": '{"text": "x", "n": ' + "7" * 5000 + "}", "headers": JSON_TYPE}, 400),
+    ("invoke: a form integer of 5,000 digits", "POST", INVOKE, {"data": {"text": "x", "seed": "7" * 5000}}, 422),
+    ("invoke: a penalty that overflows logits", "POST", INVOKE, {"json": {"text": "x", "repetition_penalty": 1e-300}},
+     422),
 ]
 
 
@@ -186,3 +206,9 @@ def test_server_still_serves_after_all_of_them(client):
     assert response.status_code == 200
     audio, sr = read_wav(response.content)
     assert sr == SR and audio.size > 0
+
+
+def test_a_405_lists_every_method_of_the_path(client):
+    response = client.options("/v1/references")
+    assert_json_error(response, 405)
+    assert {"GET", "POST"} <= {m.strip() for m in response.headers["allow"].split(",")}

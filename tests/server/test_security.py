@@ -1,6 +1,10 @@
-"""Access control over real HTTP: API key (set through FISHTTS_API_KEY), CORS, cross-site requests."""
+"""Access control over real HTTP: API key (set through FISHTTS_API_KEY), CORS, cross-site requests,
+the Host check against DNS rebinding, ambiguous Authorization headers."""
 
 from __future__ import annotations
+
+import http.client
+import json
 
 import openai
 import pytest
@@ -13,7 +17,7 @@ KEY = "s3cret-key"
 UI_ORIGIN = "http://ui.example:7860"
 
 
-SERVER_ARGS = ("--cors-origins", UI_ORIGIN)
+SERVER_ARGS = ("--cors-origins", UI_ORIGIN, "--allowed-hosts", "tts.example")
 SERVER_ENV = {"FISHTTS_API_KEY": KEY}
 
 
@@ -81,3 +85,48 @@ def test_cross_site_posts_are_refused(server):
                              headers={"Origin": UI_ORIGIN, **auth()})
     assert friendly.status_code == 200, friendly.text
     assert friendly.headers["access-control-allow-origin"] == UI_ORIGIN
+
+
+def raw_request(server, method: str, path: str, headers: list[tuple[str, str]]) -> tuple[int, dict]:
+    """A request with exactly these headers, repeats included (requests folds them into one)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+def test_a_rebinding_host_is_refused(server):
+    """A page on a name re-pointed at 127.0.0.1 sends its own name as Host (and as Origin): refused, so
+    it cannot list, use or delete voices, even though Origin == Host looks same-origin."""
+    rebound = f"rebind.example:{server.port}"
+    headers = {"Host": rebound, "Origin": f"http://{rebound}", **auth()}
+    assert_json_error(requests.delete(server.url + "/v1/references/me", headers=headers, timeout=30), 400)
+    assert_json_error(requests.get(server.url + "/v1/references", headers=headers, timeout=30), 400)
+    body = assert_json_error(requests.post(server.url + "/v1/models/default/invoke", headers=headers,
+                                           json={"text": "hi", **FAST}, timeout=30), 400)
+    assert "--allowed-hosts" in body["message"]
+    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", "[::1]", f"tts.example:{server.port}",
+                 "app.localhost"):
+        response = requests.get(server.url + "/v1/references", headers={"Host": host, **auth()}, timeout=30)
+        assert response.status_code == 200, (host, response.text)
+
+
+@pytest.mark.parametrize("headers", [
+    [("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {KEY}")],
+    [("Authorization", f"Bearer {KEY}"), ("Authorization", f"Bearer {KEY}")],
+    [("Authorization", f"Bearer wrong, Bearer {KEY}")],
+    [("Authorization", f"Bearer {KEY} {KEY}")],
+], ids=["wrong-then-right", "right-twice", "two-tokens-comma", "two-tokens-space"])
+def test_an_ambiguous_authorization_is_a_400(server, headers):
+    status, body = raw_request(server, "GET", "/v1/models", [("Host", "127.0.0.1"), *headers])
+    assert status == 400 and body["statusCode"] == 400 and "one token" in body["message"], body
+
+
+def test_one_authorization_header_still_works(server):
+    assert raw_request(server, "GET", "/v1/models", [("Host", "127.0.0.1"), *auth().items()])[0] == 200

@@ -72,7 +72,7 @@ def test_early_errors_are_json_not_a_broken_stream(server):
 def test_a_client_that_disconnects_frees_the_model_within_a_second(server):
     payload = ('{"text": "%s", "max_new_tokens": 0, "seed": 1, "streaming": true}' % (LONG * 3)).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(b"POST " + INVOKE.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST " + INVOKE.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
         first = sock.recv(65536)
         assert first.startswith(b"HTTP/1.1 200")

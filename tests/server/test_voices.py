@@ -119,3 +119,38 @@ def test_bad_voice_requests(workdir):
     finally:
         srv.stop()
 
+
+
+def test_voice_folders_that_link_outside_are_not_voices(workdir, tmp_path):
+    """A link in the voices folder leading out of it is skipped in listings (logged once), unknown by id
+    (so its audio is never served) and never followed by a delete; so is a voice whose clip is such a link."""
+    server = Server(workdir)  # its own: earlier tests restart and kill servers on this folder
+    try:
+        assert create_voice(server.url, id="original").status_code == 201
+        voices = server.workdir / "references" / "voices"
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        for name in ("voice.json", "codes.npy", "audio.wav"):
+            data = (voices / "original" / name).read_bytes()
+            (outside / name).write_bytes(data.replace(b'"original"', b'"linked"') if name == "voice.json" else data)
+        (voices / "linked").symlink_to(outside, target_is_directory=True)
+        (voices / "clip-out").mkdir()
+        for name in ("voice.json", "codes.npy"):
+            data = (voices / "original" / name).read_bytes()
+            (voices / "clip-out" / name).write_bytes(data.replace(b'"original"', b'"clip-out"'))
+        (voices / "clip-out" / "audio.wav").symlink_to(outside / "audio.wav")
+
+        for _ in range(2):
+            listed = {v["id"] for v in requests.get(server.url + "/v1/references", timeout=30).json()["references"]}
+            assert "original" in listed and "linked" not in listed and "clip-out" not in listed
+        for voice_id in ("linked", "clip-out"):
+            assert_json_error(requests.get(server.url + f"/v1/references/{voice_id}/audio", timeout=30), 404)
+            assert_json_error(requests.delete(server.url + f"/v1/references/{voice_id}", timeout=30), 404)
+        assert_json_error(requests.get(server.url + "/v1/references/linked", timeout=30), 404)
+        assert_json_error(requests.post(server.url + "/v1/models/default/invoke",
+                                        json={"text": "hi", "reference_id": "linked", **FAST}, timeout=30), 404)
+        assert sorted(p.name for p in outside.iterdir()) == ["audio.wav", "codes.npy", "voice.json"]  # untouched
+        assert (voices / "linked").is_symlink()
+        assert server.output().count("skipping voice linked") == 1
+    finally:
+        server.stop()
