@@ -1,6 +1,6 @@
 """Helpers for the web UI and launch.sh tests: the UI as a subprocess, headless Chromium, process trees.
 
-The API side comes from tests/server_helpers.py (tiny checkpoints under the official names, a real
+The API side comes from tests/server/helpers.py (tiny checkpoints under the official names, a real
 `python -m server`), so these tests exercise the same server users run.
 """
 

@@ -18,7 +18,7 @@ from webui.handlers import Actions, ModelForm, SynthesisForm
 from webui.i18n import t
 
 REFERENCE_TEXT = "This is a short reference clip for voice cloning."
-# The tiny models' files under the official names (tests/server_helpers.py), with their configs.
+# The tiny models' files under the official names (tests/server/helpers.py), with their configs.
 TINY_MODEL = ModelForm(device="cpu", precision="float32", compile=False, llama_config="checkpoints/llama.json",
                        vqgan_config="checkpoints/vqgan_config.json")
 
