@@ -51,22 +51,40 @@ def bench_e2e(engine: TTSEngine, reference_seconds: float, frames: int, runs: in
         codes = engine.encode_reference(reference)
         encoded = time.perf_counter()
         # frames + 1: the last generated frame is the stop/budget frame, which is not audio
-        request = SynthesisRequest(text=TEXT, transcript=REFERENCE_TEXT, reference=Reference("codes", codes=codes),
-                                   order="en", max_frames=frames + 1, seed=1)
+        request = SynthesisRequest(
+            text=TEXT,
+            transcript=REFERENCE_TEXT,
+            reference=Reference("codes", codes=codes),
+            order="en",
+            max_frames=frames + 1,
+            seed=1,
+        )
         audio = engine.synthesize(request, ignore_stop=True)
         done = time.perf_counter()
         generated = engine.generate_codes(request, ignore_stop=True)[0]
         lm_done = time.perf_counter()
         engine.decode_codes(generated)
         decode_done = time.perf_counter()
-        info.update(prompt_tokens=engine.encode_prompt(request).shape[1], codes=generated.shape[1],
-                    audio_s=audio.size / engine.info.sample_rate)
-        return dict(encode_s=encoded - start, synthesize_s=done - encoded, total_s=done - start,
-                    lm_s=lm_done - done, decode_s=decode_done - lm_done)
+        info.update(
+            prompt_tokens=engine.encode_prompt(request).shape[1],
+            codes=generated.shape[1],
+            audio_s=audio.size / engine.info.sample_rate,
+        )
+        return dict(
+            encode_s=encoded - start,
+            synthesize_s=done - encoded,
+            total_s=done - start,
+            lm_s=lm_done - done,
+            decode_s=decode_done - lm_done,
+        )
 
     result = median_runs(once, runs)
-    return dict(reference_s=reference_seconds, **info, **{k: round(v, 3) for k, v in result.items()},
-                rtf=round(result["total_s"] / info["audio_s"], 3))
+    return dict(
+        reference_s=reference_seconds,
+        **info,
+        **{k: round(v, 3) for k, v in result.items()},
+        rtf=round(result["total_s"] / info["audio_s"], 3),
+    )
 
 
 def make_engine(lm: torch.nn.Module, vqgan: torch.nn.Module, device: torch.device) -> TTSEngine:

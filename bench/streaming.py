@@ -20,9 +20,11 @@ from .measure import median_runs
 
 TEXTS = {
     100: "The stream starts with the first words, while the rest of this sentence is still being generated.",
-    300: ("Streaming synthesis sends the first audio long before the text is finished. Each sentence is generated "
-          "in the voice of the reference clip, and its sound is decoded in chunks that join without a gap. The "
-          "listener hears the beginning while the model is still working on the end of the paragraph."),
+    300: (
+        "Streaming synthesis sends the first audio long before the text is finished. Each sentence is generated "
+        "in the voice of the reference clip, and its sound is decoded in chunks that join without a gap. The "
+        "listener hears the beginning while the model is still working on the end of the paragraph."
+    ),
 }
 FRAMES_PER_CHAR = 21.5 / 14.5  # frames per second of audio / characters per second of ordinary English speech
 
@@ -30,8 +32,14 @@ FRAMES_PER_CHAR = 21.5 / 14.5  # frames per second of audio / characters per sec
 def request_for(text: str, reference_text: str, reference_codes) -> SynthesisRequest:
     longest = max(len(segment) for segment in split_text(text))
     frames = math.ceil(longest * FRAMES_PER_CHAR)
-    return SynthesisRequest(text=text, transcript=reference_text, reference=Reference("codes", codes=reference_codes),
-                            order="en", max_frames=frames + 1, seed=1)
+    return SynthesisRequest(
+        text=text,
+        transcript=reference_text,
+        reference=Reference("codes", codes=reference_codes),
+        order="en",
+        max_frames=frames + 1,
+        seed=1,
+    )
 
 
 def bench_streaming(engine: TTSEngine, reference_text: str, reference_codes, runs: int) -> list[dict]:
@@ -59,7 +67,13 @@ def bench_streaming(engine: TTSEngine, reference_text: str, reference_codes, run
             return dict(first_audio_s=first, stream_total_s=streamed, whole_s=whole, stall_s=stall)
 
         result = median_runs(once, runs)
-        rows.append(dict(chars=len(text), **info, **{k: round(v, 3) for k, v in result.items()},
-                         first_audio_fraction=round(result["first_audio_s"] / result["whole_s"], 3),
-                         rtf=round(result["whole_s"] / info["audio_s"], 3)))
+        rows.append(
+            dict(
+                chars=len(text),
+                **info,
+                **{k: round(v, 3) for k, v in result.items()},
+                first_audio_fraction=round(result["first_audio_s"] / result["whole_s"], 3),
+                rtf=round(result["whole_s"] / info["audio_s"], 3),
+            )
+        )
     return rows

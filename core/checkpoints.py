@@ -21,8 +21,9 @@ TOKENIZER_FILENAMES = ("tokenizer.json", "tokenizer_config.json", "special_token
 DEFAULT_CHECKPOINTS_DIR = Path("checkpoints")
 
 
-def resolve_config(name: str, presets: dict, what: str, *, root: FolderGuard | None = None,
-                   field: str = "config_name") -> str | Path:
+def resolve_config(
+    name: str, presets: dict, what: str, *, root: FolderGuard | None = None, field: str = "config_name"
+) -> str | Path:
     """The one rule for configs: a preset's name as is, else a .json file (inside `root` when given:
     the server's checkpoints folder). Nothing is instantiated by name; the file holds plain fields."""
     if name in presets:
@@ -86,7 +87,9 @@ def describe_shape_mismatch(expected: dict[str, torch.Size], given: dict[str, to
     return "; ".join(lines)
 
 
-def download_checkpoints(target_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR, repo_id: str = HF_REPO_ID) -> list[Path]:
+def download_checkpoints(
+    target_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR, repo_id: str = HF_REPO_ID
+) -> list[Path]:
     """Fetch the official files into `target_dir`, skipping those already present.
 
     huggingface_hub honours HF_ENDPOINT (mirrors) and shows tqdm progress bars.

@@ -46,7 +46,8 @@ def report_speed(frames: int, seconds: float, model) -> None:
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     click.echo(
         f"Generated {frames} frames in {seconds:.2f} s: {tokens_per_s:.2f} tokens/s, "
-        f"{model_bytes * tokens_per_s / 1e9:.2f} GB/s", err=True,
+        f"{model_bytes * tokens_per_s / 1e9:.2f} GB/s",
+        err=True,
     )
 
 
@@ -57,7 +58,9 @@ def main():
 
 @main.command()
 @click.option("--checkpoints-dir", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR, show_default=True)
-@click.option("--repo-id", default=HF_REPO_ID, show_default=True, help="Hugging Face repo (HF_ENDPOINT selects a mirror).")
+@click.option(
+    "--repo-id", default=HF_REPO_ID, show_default=True, help="Hugging Face repo (HF_ENDPOINT selects a mirror)."
+)
 @friendly_errors
 def download(checkpoints_dir: Path, repo_id: str):
     """Fetch the official VQGAN, LM and tokenizer files (skips files already present)."""
@@ -68,11 +71,28 @@ def download(checkpoints_dir: Path, repo_id: str):
 
 
 @main.command()
-@click.option("-i", "--input-path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
-              help="Audio to encode (writes codes + reconstruction) or a .npy of codes to decode.")
-@click.option("-o", "--output-path", type=click.Path(path_type=Path), default="fake.wav", show_default=True,
-              help="Audio output; codes go next to it with the suffix .npy.")
-@click.option("-ckpt", "--checkpoint-path", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR / VQGAN_FILENAME, show_default=True)
+@click.option(
+    "-i",
+    "--input-path",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="Audio to encode (writes codes + reconstruction) or a .npy of codes to decode.",
+)
+@click.option(
+    "-o",
+    "--output-path",
+    type=click.Path(path_type=Path),
+    default="fake.wav",
+    show_default=True,
+    help="Audio output; codes go next to it with the suffix .npy.",
+)
+@click.option(
+    "-ckpt",
+    "--checkpoint-path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CHECKPOINTS_DIR / VQGAN_FILENAME,
+    show_default=True,
+)
 @click.option("-cfg", "--config-name", default=DEFAULT_VQGAN_CONFIG, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
 @friendly_errors
@@ -87,7 +107,9 @@ def vqgan(input_path: Path, output_path: Path, checkpoint_path: Path, config_nam
         raise click.ClickException(f"unknown input type {suffix!r}: give an audio file or a .npy of codes")
     if suffix == ".npy":
         codes = read_codes_file(input_path, str(input_path))  # validate before loading the model
-    engine = TTSEngine.load(lm_checkpoint=None, vqgan_checkpoint=checkpoint_path, vqgan_config=config_name, device=device)
+    engine = TTSEngine.load(
+        lm_checkpoint=None, vqgan_checkpoint=checkpoint_path, vqgan_config=config_name, device=device
+    )
     if suffix != ".npy":
         audio = load_audio(input_path)
         codes = engine.encode_reference(audio)
@@ -102,27 +124,55 @@ def vqgan(input_path: Path, output_path: Path, checkpoint_path: Path, config_nam
 def generation_options(func):
     """Options shared by `generate` and `tts`, with the original generate.py's defaults."""
     options = [
-        click.option("--max-new-tokens", "--max_new_tokens", "max_new_tokens", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Frames to generate at most; 0 = until the context is full."),
+        click.option(
+            "--max-new-tokens",
+            "--max_new_tokens",
+            "max_new_tokens",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Frames to generate at most; 0 = until the context is full.",
+        ),
         click.option("--top-k", type=click.IntRange(min=1), default=DEFAULT_SAMPLING.top_k),
-        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_SAMPLING.top_p,
-                     show_default=True),
-        click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True),
-                     default=DEFAULT_SAMPLING.repetition_penalty, show_default=True),
-        click.option("--temperature", type=click.FloatRange(0, min_open=True), default=DEFAULT_SAMPLING.temperature,
-                     show_default=True),
-        click.option("--tokenizer", default=HF_REPO_ID, show_default=True, help="HF repo id, or a folder / tokenizer.json."),
+        click.option(
+            "--top-p", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_SAMPLING.top_p, show_default=True
+        ),
+        click.option(
+            "--repetition-penalty",
+            type=click.FloatRange(0, min_open=True),
+            default=DEFAULT_SAMPLING.repetition_penalty,
+            show_default=True,
+        ),
+        click.option(
+            "--temperature",
+            type=click.FloatRange(0, min_open=True),
+            default=DEFAULT_SAMPLING.temperature,
+            show_default=True,
+        ),
+        click.option(
+            "--tokenizer", default=HF_REPO_ID, show_default=True, help="HF repo id, or a folder / tokenizer.json."
+        ),
         click.option("--compile/--no-compile", default=False, show_default=True),
-        click.option("--quantize", type=click.Choice(["int8"]), default=None,
-                     help="Quantize the LM's weights at load (int8: faster decoding on CPU, approximate; see the README)."),
+        click.option(
+            "--quantize",
+            type=click.Choice(["int8"]),
+            default=None,
+            help="Quantize the LM's weights at load (int8: faster decoding on CPU, approximate; see the README).",
+        ),
         click.option("--use-g2p/--no-g2p", default=True, show_default=True),
         click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True),
         click.option("--speaker", default=None),
         click.option("--order", default=DEFAULT_ORDER, show_default=True, help="Language priority for g2p."),
-        click.option("--half/--no-half", default=False, show_default=True, help="float16 instead of bfloat16 (CUDA only)."),
+        click.option(
+            "--half/--no-half", default=False, show_default=True, help="float16 instead of bfloat16 (CUDA only)."
+        ),
         click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)."),
-        click.option("--code-mask/--no-code-mask", default=True, show_default=True,
-                     help="Never sample codes the VQGAN cannot decode (off = the original's behaviour)."),
+        click.option(
+            "--code-mask/--no-code-mask",
+            default=True,
+            show_default=True,
+            help="Never sample codes the VQGAN cannot decode (off = the original's behaviour).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -133,12 +183,23 @@ def synthesis_request(text: str, transcript: str | None, reference, kwargs: dict
     from .lm import SamplingParams
     from .request import SynthesisRequest
 
-    sampling = SamplingParams(temperature=kwargs["temperature"], top_p=kwargs["top_p"], top_k=kwargs["top_k"],
-                              repetition_penalty=kwargs["repetition_penalty"])
+    sampling = SamplingParams(
+        temperature=kwargs["temperature"],
+        top_p=kwargs["top_p"],
+        top_k=kwargs["top_k"],
+        repetition_penalty=kwargs["repetition_penalty"],
+    )
     return SynthesisRequest(
-        text=text, transcript=transcript, reference=reference, sampling=sampling,
-        max_frames=kwargs["max_new_tokens"], seed=kwargs["seed"], order=kwargs["order"], use_g2p=kwargs["use_g2p"],
-        speaker=kwargs["speaker"], code_mask=kwargs["code_mask"],
+        text=text,
+        transcript=transcript,
+        reference=reference,
+        sampling=sampling,
+        max_frames=kwargs["max_new_tokens"],
+        seed=kwargs["seed"],
+        order=kwargs["order"],
+        use_g2p=kwargs["use_g2p"],
+        speaker=kwargs["speaker"],
+        code_mask=kwargs["code_mask"],
     )
 
 
@@ -146,20 +207,34 @@ def load_engine(lm_checkpoint, lm_config, vqgan_checkpoint, vqgan_config, kwargs
     from .engine import TTSEngine
 
     return TTSEngine.load(
-        lm_checkpoint=lm_checkpoint, lm_config=lm_config, tokenizer=kwargs["tokenizer"],
-        vqgan_checkpoint=vqgan_checkpoint, vqgan_config=vqgan_config, device=kwargs["device"], half=kwargs["half"],
-        compile=kwargs["compile"], quantize=kwargs["quantize"],
+        lm_checkpoint=lm_checkpoint,
+        lm_config=lm_config,
+        tokenizer=kwargs["tokenizer"],
+        vqgan_checkpoint=vqgan_checkpoint,
+        vqgan_config=vqgan_config,
+        device=kwargs["device"],
+        half=kwargs["half"],
+        compile=kwargs["compile"],
+        quantize=kwargs["quantize"],
     )
 
 
 @main.command()
 @click.option("--text", default=DEFAULT_TEXT, show_default=True)
 @click.option("--prompt-text", default=None, help="Transcript of the reference clip.")
-@click.option("--prompt-tokens", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Reference codes (.npy [4, T] from `fishtts vqgan`).")
+@click.option(
+    "--prompt-tokens",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Reference codes (.npy [4, T] from `fishtts vqgan`).",
+)
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--checkpoint-path", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR / LM_FILENAME,
-              show_default=True)
+@click.option(
+    "--checkpoint-path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CHECKPOINTS_DIR / LM_FILENAME,
+    show_default=True,
+)
 @click.option("--config-name", default=DEFAULT_LM_CONFIG, show_default=True)
 @click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True)
 @generation_options
@@ -192,24 +267,55 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
 
 @main.command()
 @click.option("--text", required=True)
-@click.option("--reference-audio", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="A 5-10 s clip of the voice to clone.")
+@click.option(
+    "--reference-audio",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="A 5-10 s clip of the voice to clone.",
+)
 @click.option("--reference-text", default=None, help="Transcript of the reference clip.")
-@click.option("-o", "--output", default="output.wav", show_default=True,
-              help="Audio file (.wav, .flac, .ogg or .mp3), or - for a WAV stream on stdout.")
-@click.option("--stream/--no-stream", default=False, show_default=True,
-              help="Write the audio while it is generated and report the time to first audio "
-                   "(e.g. `-o - | ffplay -nodisp -autoexit -` plays it as it comes).")
-@click.option("--llama-checkpoint-path", type=click.Path(path_type=Path),
-              default=DEFAULT_CHECKPOINTS_DIR / LM_FILENAME, show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    default="output.wav",
+    show_default=True,
+    help="Audio file (.wav, .flac, .ogg or .mp3), or - for a WAV stream on stdout.",
+)
+@click.option(
+    "--stream/--no-stream",
+    default=False,
+    show_default=True,
+    help="Write the audio while it is generated and report the time to first audio "
+    "(e.g. `-o - | ffplay -nodisp -autoexit -` plays it as it comes).",
+)
+@click.option(
+    "--llama-checkpoint-path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CHECKPOINTS_DIR / LM_FILENAME,
+    show_default=True,
+)
 @click.option("--llama-config-name", default=DEFAULT_LM_CONFIG, show_default=True)
-@click.option("--vqgan-checkpoint-path", type=click.Path(path_type=Path),
-              default=DEFAULT_CHECKPOINTS_DIR / VQGAN_FILENAME, show_default=True)
+@click.option(
+    "--vqgan-checkpoint-path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CHECKPOINTS_DIR / VQGAN_FILENAME,
+    show_default=True,
+)
 @click.option("--vqgan-config-name", default=DEFAULT_VQGAN_CONFIG, show_default=True)
 @generation_options
 @friendly_errors
-def tts(text, reference_audio, reference_text, output, stream, llama_checkpoint_path, llama_config_name,
-        vqgan_checkpoint_path, vqgan_config_name, **kwargs):
+def tts(
+    text,
+    reference_audio,
+    reference_text,
+    output,
+    stream,
+    llama_checkpoint_path,
+    llama_config_name,
+    vqgan_checkpoint_path,
+    vqgan_config_name,
+    **kwargs,
+):
     """Text (+ optional reference voice) to speech in one step; long texts go sentence by sentence."""
     from tqdm import tqdm
 
@@ -241,8 +347,11 @@ def tts(text, reference_audio, reference_text, output, stream, llama_checkpoint_
     duration = samples / sample_rate
     where = "stdout" if output == "-" else output
     ttfa = f", first audio after {speech.time_to_first_audio:.2f} s" if stream else ""
-    click.echo(f"Saved {duration:.2f} s of audio to {where} in {len(speech.segments)} segment(s) "
-               f"(real-time factor {seconds / max(duration, 1e-9):.2f}{ttfa})", err=True)
+    click.echo(
+        f"Saved {duration:.2f} s of audio to {where} in {len(speech.segments)} segment(s) "
+        f"(real-time factor {seconds / max(duration, 1e-9):.2f}{ttfa})",
+        err=True,
+    )
 
 
 class AudioSink:

@@ -93,8 +93,16 @@ class TTSEngine:
     the decode steps of concurrent requests (core/scheduler.py); without one (VQGAN only), calls
     run directly under a lock."""
 
-    def __init__(self, *, lm=None, tokenizer=None, vqgan=None, device: torch.device | str = "cpu",
-                 compile: bool = False, max_batch_size: int | None = None):
+    def __init__(
+        self,
+        *,
+        lm=None,
+        tokenizer=None,
+        vqgan=None,
+        device: torch.device | str = "cpu",
+        compile: bool = False,
+        max_batch_size: int | None = None,
+    ):
         self.lm = lm
         self.tokenizer = tokenizer
         self.vqgan = vqgan
@@ -150,8 +158,9 @@ class TTSEngine:
             compiled=self.compile,
             max_batch_size=self.max_batch_size,
             context=None if lm is None else lm.config.max_seq_len,
-            num_codebooks=lm.config.num_codebooks if lm is not None else
-            (vqgan.config.vq.codebook_groups if vqgan is not None else None),
+            num_codebooks=lm.config.num_codebooks
+            if lm is not None
+            else (vqgan.config.vq.codebook_groups if vqgan is not None else None),
             codebook_size=None if vqgan is None else vqgan.config.vq.codebook_size,
             sample_rate=SAMPLE_RATE if vqgan is None else vqgan.config.sample_rate,
             frame_rate=None if vqgan is None else vqgan.config.sample_rate / vqgan.config.samples_per_code,
@@ -223,26 +232,44 @@ class TTSEngine:
 
     def encode_prompt(self, request: SynthesisRequest) -> torch.Tensor:
         """The LM's input [1 + codebooks, L (+ T)] for the request's whole text as one prompt."""
-        piece = read_piece(request.text, request.transcript, use_g2p=request.use_g2p, speaker=request.speaker,
-                           order=request.order)
+        piece = read_piece(
+            request.text, request.transcript, use_g2p=request.use_g2p, speaker=request.speaker, order=request.order
+        )
         return self._prompt_tensor(piece, self._check(request))
 
     def _prompt_tensor(self, piece: PromptText, reference_codes: np.ndarray | None) -> torch.Tensor:
         codes = None if reference_codes is None else torch.as_tensor(reference_codes)
         return encode_prompt(self._need("tokenizer"), piece.prompt, codes, self._need("lm").config.num_codebooks)
 
-    def _sequences(self, request: SynthesisRequest, prompt: torch.Tensor, count: int, seed: int | None,
-                   ignore_stop: bool) -> list[Sequence]:
+    def _sequences(
+        self, request: SynthesisRequest, prompt: torch.Tensor, count: int, seed: int | None, ignore_stop: bool
+    ) -> list[Sequence]:
         lm = self._need("lm")
         budget = budget_new_frames(prompt.shape[1], request.max_frames, lm.config.max_seq_len)
         code_limit = (self.info.codebook_size or VQConfig().codebook_size) if request.code_mask else None
-        return [Sequence(prompt, budget, request.sampling, self._need("tokenizer").eos_token_id, generator,
-                         code_limit, fast_sampling=is_quantized(lm),  # the int8 path is not bit-exact anyway
-                         ignore_stop=ignore_stop)
-                for generator in sample_generators(self.device, seed, count)]
+        return [
+            Sequence(
+                prompt,
+                budget,
+                request.sampling,
+                self._need("tokenizer").eos_token_id,
+                generator,
+                code_limit,
+                fast_sampling=is_quantized(lm),  # the int8 path is not bit-exact anyway
+                ignore_stop=ignore_stop,
+            )
+            for generator in sample_generators(self.device, seed, count)
+        ]
 
-    def generate_codes(self, request: SynthesisRequest, *, num_samples: int = 1, prompt: torch.Tensor | None = None,
-                       progress: Callable[[], None] | None = None, ignore_stop: bool = False) -> list[np.ndarray]:
+    def generate_codes(
+        self,
+        request: SynthesisRequest,
+        *,
+        num_samples: int = 1,
+        prompt: torch.Tensor | None = None,
+        progress: Callable[[], None] | None = None,
+        ignore_stop: bool = False,
+    ) -> list[np.ndarray]:
         """Codes [4, n] per sample for the whole text as one prompt (`encode_prompt`'s, unless given;
         the samples decode as one batch); dtype int32, or int64 with int64 reference codes (as the
         original). `progress` is called once per step; `ignore_stop` (benchmarks: random weights stop
@@ -279,19 +306,32 @@ class TTSEngine:
 
     # -- everything ------------------------------------------------------------------------
 
-    def read_text(self, request: SynthesisRequest, reference_frames: int = 0,
-                  max_segment_weight: int = MAX_SEGMENT_WEIGHT) -> list[PromptText]:
+    def read_text(
+        self, request: SynthesisRequest, reference_frames: int = 0, max_segment_weight: int = MAX_SEGMENT_WEIGHT
+    ) -> list[PromptText]:
         """The pieces the request's text is synthesized in (core/frontend.py), each with a prompt that
         leaves at least half the context for its audio (a long transcript, a small model)."""
         limit = self._need("lm").config.max_seq_len // 2
         tokenizer = self._need("tokenizer")
-        return read_text(request.text, request.transcript, use_g2p=request.use_g2p, speaker=request.speaker,
-                         order=request.order, max_weight=max_segment_weight,
-                         fits=lambda prompt: len(tokenizer.encode(prompt)) + reference_frames <= limit)
+        return read_text(
+            request.text,
+            request.transcript,
+            use_g2p=request.use_g2p,
+            speaker=request.speaker,
+            order=request.order,
+            max_weight=max_segment_weight,
+            fits=lambda prompt: len(tokenizer.encode(prompt)) + reference_frames <= limit,
+        )
 
-    def stream(self, request: SynthesisRequest, *, progress: Callable[[], None] | None = None,
-               max_parallel: int = 2, max_segment_weight: int = MAX_SEGMENT_WEIGHT,
-               ignore_stop: bool = False) -> SpeechStream:
+    def stream(
+        self,
+        request: SynthesisRequest,
+        *,
+        progress: Callable[[], None] | None = None,
+        max_parallel: int = 2,
+        max_segment_weight: int = MAX_SEGMENT_WEIGHT,
+        ignore_stop: bool = False,
+    ) -> SpeechStream:
         """The request's audio as a SpeechStream of chunks, while it is generated.
 
         The text is read in pieces (`read_text`), each generated with the reference as its prompt;
@@ -316,5 +356,14 @@ class TTSEngine:
         return np.concatenate(chunks)
 
 
-__all__ = ["EngineInfo", "LM_PRESETS", "SAMPLE_RATE", "SchedulerFailed", "SpeechStream", "SynthesisRequest",
-           "TTSEngine", "VQGAN_PRESETS", "resolve_tokenizer_dir"]
+__all__ = [
+    "EngineInfo",
+    "LM_PRESETS",
+    "SAMPLE_RATE",
+    "SchedulerFailed",
+    "SpeechStream",
+    "SynthesisRequest",
+    "TTSEngine",
+    "VQGAN_PRESETS",
+    "resolve_tokenizer_dir",
+]

@@ -27,8 +27,14 @@ class PromptText:
     segments: tuple[Segment, ...] = ()  # its language runs and phones (with g2p)
 
 
-def read_piece(text: str, transcript: str | None = None, *, use_g2p: bool = True, speaker: str | None = None,
-               order: str = DEFAULT_ORDER) -> PromptText:
+def read_piece(
+    text: str,
+    transcript: str | None = None,
+    *,
+    use_g2p: bool = True,
+    speaker: str | None = None,
+    order: str = DEFAULT_ORDER,
+) -> PromptText:
     """The prompt for `text` read whole (no splitting)."""
     if not clean_text(text).strip():
         raise TextError("the text has nothing to speak after cleaning (only unsupported characters?)")
@@ -44,9 +50,16 @@ def read_piece(text: str, transcript: str | None = None, *, use_g2p: bool = True
     return PromptText(text, f"[INST] {string} [/INST]", segments)
 
 
-def read_text(text: str, transcript: str | None = None, *, use_g2p: bool = True, speaker: str | None = None,
-              order: str = DEFAULT_ORDER, max_weight: int = MAX_SEGMENT_WEIGHT,
-              fits: Callable[[str], bool] | None = None) -> list[PromptText]:
+def read_text(
+    text: str,
+    transcript: str | None = None,
+    *,
+    use_g2p: bool = True,
+    speaker: str | None = None,
+    order: str = DEFAULT_ORDER,
+    max_weight: int = MAX_SEGMENT_WEIGHT,
+    fits: Callable[[str], bool] | None = None,
+) -> list[PromptText]:
     """The pieces a long text is synthesized in (core/text/split.py), each with the transcript in front.
 
     `fits(prompt)` (the engine's: does the prompt leave half the model's context for audio?) splits a
@@ -69,8 +82,14 @@ def read_text(text: str, transcript: str | None = None, *, use_g2p: bool = True,
     return out
 
 
-def prompt_string(text: str, transcript: str | None = None, *, use_g2p: bool = True, speaker: str | None = None,
-                  order: str = DEFAULT_ORDER) -> str:
+def prompt_string(
+    text: str,
+    transcript: str | None = None,
+    *,
+    use_g2p: bool = True,
+    speaker: str | None = None,
+    order: str = DEFAULT_ORDER,
+) -> str:
     """The prompt string for `text` read whole (the CLI's `generate`, parity checks)."""
     return read_piece(text, transcript, use_g2p=use_g2p, speaker=speaker, order=order).prompt
 

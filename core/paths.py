@@ -97,8 +97,11 @@ class FolderGuard:
             raise BadPath(f"{field}: not a valid relative path.", field)
         path = PurePosixPath(user_path)
         if path.is_absolute() or user_path.startswith("~") or (len(user_path) > 1 and user_path[1] == ":"):
-            raise BadPath(f"{field}: absolute paths are not accepted; name a file inside the server's folder "
-                          "relative to it (or upload the file).", field)
+            raise BadPath(
+                f"{field}: absolute paths are not accepted; name a file inside the server's folder "
+                "relative to it (or upload the file).",
+                field,
+            )
         if ".." in path.parts:
             raise BadPath(f"{field}: '..' is not allowed in paths.", field)
         parts = tuple(p for p in path.parts if p not in ("", "."))

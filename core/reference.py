@@ -44,11 +44,14 @@ def prepare_reference(engine: TTSEngine, reference: Reference) -> PreparedRefere
     codes = np.asarray(codes)
     field = reference.field
     if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
-        raise ValueError(f"{field}: codes must be a 2-D integer array [{info.num_codebooks}, T], got {codes.dtype} "
-                         f"{list(codes.shape)}.")
+        raise ValueError(
+            f"{field}: codes must be a 2-D integer array [{info.num_codebooks}, T], got {codes.dtype} "
+            f"{list(codes.shape)}."
+        )
     size = info.codebook_size
     if (info.num_codebooks is not None and codes.shape[0] != info.num_codebooks) or (
-            size is not None and codes.size and (codes.min() < 0 or codes.max() >= size)):
+        size is not None and codes.size and (codes.min() < 0 or codes.max() >= size)
+    ):
         raise ValueError(f"{field}: codes must have shape [{info.num_codebooks}, T] with values in 0..{size - 1}.")
     return PreparedReference(codes)
 
@@ -71,8 +74,10 @@ def read_reference_audio(reference: Reference, sample_rate: int) -> np.ndarray:
     if max_seconds is not None and seconds > max_seconds:
         raise _too_long(seconds, max_seconds, field)
     if reference.min_seconds is not None and seconds < reference.min_seconds:
-        raise ValueError(f"{field}: the reference clip is {seconds:.3f} s long; at least {reference.min_seconds} s "
-                         "is needed (5-10 s works best).")
+        raise ValueError(
+            f"{field}: the reference clip is {seconds:.3f} s long; at least {reference.min_seconds} s "
+            "is needed (5-10 s works best)."
+        )
     return audio
 
 
@@ -99,5 +104,7 @@ def _declared_seconds(source: bytes | Path) -> float:
 
 
 def _too_long(seconds: float, limit: float, field: str) -> ValueError:
-    return ValueError(f"{field}: the reference clip is {seconds:.1f} s long; the limit is {limit:g} s "
-                      "(--max-reference-seconds). Trim it to 5-10 s of speech.")
+    return ValueError(
+        f"{field}: the reference clip is {seconds:.1f} s long; the limit is {limit:g} s "
+        "(--max-reference-seconds). Trim it to 5-10 s of speech."
+    )

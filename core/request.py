@@ -68,8 +68,10 @@ class SynthesisRequest:
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"format: {self.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
         if self.streaming and self.output_format not in STREAM_FORMATS:
-            raise ValueError(f"format: streaming sends {' or '.join(STREAM_FORMATS)}; {self.output_format!r} "
-                             "cannot be streamed (ask for it without streaming).")
+            raise ValueError(
+                f"format: streaming sends {' or '.join(STREAM_FORMATS)}; {self.output_format!r} "
+                "cannot be streamed (ask for it without streaming)."
+            )
 
 
 def check_order(order: str) -> str:
@@ -83,6 +85,20 @@ def check_order(order: str) -> str:
     return order
 
 
-__all__ = ["DEFAULT_ORDER", "DEFAULT_SAMPLING", "DEFAULT_SEED", "DEFAULT_TEXT", "MAX_REPETITION_PENALTY", "MAX_TEMPERATURE",
-           "MAX_TOP_K", "MIN_REPETITION_PENALTY", "OUTPUT_FORMATS", "ORDER_PATTERN", "Reference", "STREAM_FORMATS",
-           "SamplingParams", "SynthesisRequest", "check_order"]
+__all__ = [
+    "DEFAULT_ORDER",
+    "DEFAULT_SAMPLING",
+    "DEFAULT_SEED",
+    "DEFAULT_TEXT",
+    "MAX_REPETITION_PENALTY",
+    "MAX_TEMPERATURE",
+    "MAX_TOP_K",
+    "MIN_REPETITION_PENALTY",
+    "OUTPUT_FORMATS",
+    "ORDER_PATTERN",
+    "Reference",
+    "STREAM_FORMATS",
+    "SamplingParams",
+    "SynthesisRequest",
+    "check_order",
+]

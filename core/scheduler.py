@@ -138,8 +138,9 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._closed or self._waiting or self._active or self._tasks
-                                    or self._cancelled)
+                self._wake.wait_for(
+                    lambda: self._closed or self._waiting or self._active or self._tasks or self._cancelled
+                )
                 if self._closed:
                     break
                 self._drop_cancelled()
@@ -185,8 +186,9 @@ class Scheduler:
         failed: dict[Job, BaseException] = {}
         with decode_threads(self.model):
             try:
-                logits = decode_logits(self.model, [seq for _, _, seq in running],
-                                       self.max_batch if self.static else None)
+                logits = decode_logits(
+                    self.model, [seq for _, _, seq in running], self.max_batch if self.static else None
+                )
             except Exception as exc:  # noqa: BLE001 - no job of this batch can go on
                 log.exception("decode step failed")
                 logits, failed = [], {job: exc for job, _, _ in running}

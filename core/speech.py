@@ -45,8 +45,14 @@ class SpeechStream:
     """Iterate for mono float32 chunks at the VQGAN's rate; `cancel()` (or closing the iterator)
     stops the generation and frees the scheduler's slots."""
 
-    def __init__(self, scheduler: Scheduler, vqgan: VQGAN, sequences: list[Sequence], max_parallel: int = 4,
-                 progress: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        vqgan: VQGAN,
+        sequences: list[Sequence],
+        max_parallel: int = 4,
+        progress: Callable[[], None] | None = None,
+    ):
         """`progress`, if given, is called (on the scheduler thread) for every generated frame."""
         if not sequences:
             raise ValueError("nothing to synthesize")
@@ -123,8 +129,12 @@ class SpeechStream:
                 return
             segment = self.segments[self._next_submit]
             self._next_submit += 1
-        job = Job([segment.sequence], lambda _, frame: self._on_frame(segment, frame),
-                  lambda error: self._on_generated(segment, error), owner=self)
+        job = Job(
+            [segment.sequence],
+            lambda _, frame: self._on_frame(segment, frame),
+            lambda error: self._on_generated(segment, error),
+            owner=self,
+        )
         try:
             self.scheduler.submit(job)
         except RuntimeError as exc:  # closed: the model is being unloaded

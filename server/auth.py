@@ -62,24 +62,48 @@ class AccessMiddleware:
         rid = scope.get("state", {}).get("request_id", "-")
         host = headers.get(b"host")  # none: HTTP/1.0, not a browser
         if host is not None and not host_allowed(host.decode("latin-1"), self.allowed_hosts):
-            response = error_response(None, 400, f"Host {host.decode('latin-1')[:100]!r} is not allowed; the server "
-                                                 "answers to loopback names, IP addresses and --allowed-hosts.",
-                                      path=path, rid=rid, code="host_not_allowed")
+            response = error_response(
+                None,
+                400,
+                f"Host {host.decode('latin-1')[:100]!r} is not allowed; the server "
+                "answers to loopback names, IP addresses and --allowed-hosts.",
+                path=path,
+                rid=rid,
+                code="host_not_allowed",
+            )
             return await response(scope, receive, send)
         if method not in SAFE_METHODS and not self._origin_allowed(headers):
-            response = error_response(None, 403, "Cross-site requests are not allowed (see --cors-origins).",
-                                      path=path, rid=rid, code="cross_site_request")
+            response = error_response(
+                None,
+                403,
+                "Cross-site requests are not allowed (see --cors-origins).",
+                path=path,
+                rid=rid,
+                code="cross_site_request",
+            )
             return await response(scope, receive, send)
         if self.api_key is not None and path not in PUBLIC_PATHS and method != "OPTIONS":
             given = [value for name, value in scope["headers"] if name == b"authorization"]
             if _ambiguous(given):
-                response = error_response(None, 400, "Send one 'Authorization: Bearer <key>' header with one token.",
-                                          path=path, rid=rid, code="ambiguous_authorization")
+                response = error_response(
+                    None,
+                    400,
+                    "Send one 'Authorization: Bearer <key>' header with one token.",
+                    path=path,
+                    rid=rid,
+                    code="ambiguous_authorization",
+                )
                 return await response(scope, receive, send)
             if not self._key_matches(given[0] if given else b""):
-                response = error_response(None, 401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
-                                          path=path, rid=rid, code="invalid_api_key",
-                                          headers={"WWW-Authenticate": "Bearer"})
+                response = error_response(
+                    None,
+                    401,
+                    "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                    path=path,
+                    rid=rid,
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -106,10 +130,10 @@ def _ambiguous(authorization: list[bytes]) -> bool:
     return len(credentials.replace(b",", b" ").split()) > 1
 
 
-def install_access_control(app: FastAPI, api_key: str | None, allowed_origins: list[str],
-                           allowed_hosts: list[str]) -> None:
-    app.add_middleware(AccessMiddleware, api_key=api_key, allowed_origins=allowed_origins,
-                       allowed_hosts=allowed_hosts)
+def install_access_control(
+    app: FastAPI, api_key: str | None, allowed_origins: list[str], allowed_hosts: list[str]
+) -> None:
+    app.add_middleware(AccessMiddleware, api_key=api_key, allowed_origins=allowed_origins, allowed_hosts=allowed_hosts)
 
 
 def install_cors(app: FastAPI, allowed_origins: list[str]) -> None:
@@ -117,8 +141,11 @@ def install_cors(app: FastAPI, allowed_origins: list[str]) -> None:
     browsers can read their error responses and preflights are answered first."""
     if allowed_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=allowed_origins, allow_credentials=False,
+            CORSMiddleware,
+            allow_origins=allowed_origins,
+            allow_credentials=False,
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After", "Content-Disposition"], max_age=600,
+            expose_headers=["X-Request-ID", "Retry-After", "Content-Disposition"],
+            max_age=600,
         )

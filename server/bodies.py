@@ -42,8 +42,9 @@ async def read_body(request: Request, model: type[T], max_text_length: int) -> t
             message = "An integer in the JSON body has too many digits." if too_long else "Malformed JSON body."
             raise ApiError(400, message, code="json_invalid") from None
         if not isinstance(data, dict):
-            raise RequestValidationError([{"loc": ("body",), "msg": "Input should be a JSON object",
-                                           "type": "model_attributes_type"}])
+            raise RequestValidationError(
+                [{"loc": ("body",), "msg": "Input should be a JSON object", "type": "model_attributes_type"}]
+            )
     elif content_type in FORM_TYPES:
         data = {}
         form = await request.form(max_files=len(file_fields) or 1, max_fields=64)
@@ -85,7 +86,19 @@ def openapi_body(model: type[BaseModel]) -> dict:
     schema = model.model_json_schema()
     required = {"required": list(getattr(model, "REQUIRED_FILES", ()))} if getattr(model, "REQUIRED_FILES", ()) else {}
     json_schema = {"allOf": [schema, {"type": "object", **required}]} if required else schema
-    form_schema = {"allOf": [schema, {"type": "object", "properties": {
-        f: {"type": "string", "format": "binary"} for f in model.FILE_FIELDS}, **required}]}
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": json_schema}, "multipart/form-data": {"schema": form_schema}}}}
+    form_schema = {
+        "allOf": [
+            schema,
+            {
+                "type": "object",
+                "properties": {f: {"type": "string", "format": "binary"} for f in model.FILE_FIELDS},
+                **required,
+            },
+        ]
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": json_schema}, "multipart/form-data": {"schema": form_schema}},
+        }
+    }

@@ -86,7 +86,8 @@ def text_limited(model: type[B]):
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     body.__signature__ = inspect.Signature(  # real types: FastAPI reads the body's model from here
         [inspect.Parameter("data", kind, annotation=model), inspect.Parameter("request", kind, annotation=Request)],
-        return_annotation=model)
+        return_annotation=model,
+    )
     return Annotated[model, Depends(body)]
 
 

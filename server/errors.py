@@ -42,8 +42,15 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 class ApiError(Exception):
     """An expected failure with a status and a message safe to show to the client."""
 
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None,
-                 param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.headers, self.param, self.code = status, message, headers, param, code
 
@@ -75,21 +82,34 @@ def is_openai_route(path: str) -> bool:
     return path.startswith(OPENAI_PREFIX)
 
 
-OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                      429: "rate_limit_error"}
+OPENAI_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
 
 
-def error_body(status: int, message: str, rid: str, *, openai: bool = False, param: str | None = None,
-               code: str | None = None) -> dict:
+def error_body(
+    status: int, message: str, rid: str, *, openai: bool = False, param: str | None = None, code: str | None = None
+) -> dict:
     if openai:
         kind = OPENAI_ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
         return {"error": {"message": message, "type": kind, "param": param, "code": code, "request_id": rid}}
     return {"statusCode": status, "message": message, "error": _reason(status), "requestId": rid}
 
 
-def error_response(request: Request | None, status: int, message: str, *, headers: dict[str, str] | None = None,
-                   param: str | None = None, code: str | None = None, path: str | None = None,
-                   rid: str | None = None) -> JSONResponse:
+def error_response(
+    request: Request | None,
+    status: int,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    path: str | None = None,
+    rid: str | None = None,
+) -> JSONResponse:
     path = path if path is not None else (request.url.path if request is not None else "")
     rid = rid or (request_id(request) if request is not None else "-")
     openai = is_openai_route(path)
@@ -142,8 +162,11 @@ async def http_error_handler(request: Request, exc: StarletteHTTPException) -> J
 
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route answers on this path (asked route by route: FastAPI nests routers)."""
-    return [method for method in HTTP_METHODS
-            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.routes)]
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.routes)
+    ]
 
 
 async def api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
@@ -153,8 +176,9 @@ async def api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
 
 async def model_failed_handler(request: Request, exc: SchedulerFailed) -> JSONResponse:
     log.warning("[%s] %s %s -> 503: %s", request_id(request), request.method, request.url.path, exc)
-    return error_response(request, 503, f"The model failed: {exc}; load it again (PUT /v1/models/NAME).",
-                          code="model_failed")
+    return error_response(
+        request, 503, f"The model failed: {exc}; load it again (PUT /v1/models/NAME).", code="model_failed"
+    )
 
 
 class UnexpectedErrorMiddleware:
@@ -206,16 +230,25 @@ async def not_found_handler(request: Request, exc: Exception) -> JSONResponse:
     """Unknown voices and models (and models still loading or failed), wherever they are looked up."""
     if isinstance(exc, ModelFailed):
         name, reason = exc.args
-        error = ApiError(503, f"Model {name!r} failed: {reason}; load it again (PUT /v1/models/{name}).",
-                         code="model_failed")
+        error = ApiError(
+            503, f"Model {name!r} failed: {reason}; load it again (PUT /v1/models/{name}).", code="model_failed"
+        )
     elif isinstance(exc, ModelLoading):
-        error = ApiError(503, f"Model {exc.args[0]!r} is still loading; retry shortly.", headers={"Retry-After": "5"},
-                         code="model_loading")
+        error = ApiError(
+            503,
+            f"Model {exc.args[0]!r} is still loading; retry shortly.",
+            headers={"Retry-After": "5"},
+            code="model_loading",
+        )
     elif isinstance(exc, ModelNotFound):
         error = ApiError(404, "Cannot find model.", param="model", code="model_not_found")
     elif is_openai_route(request.url.path):  # OpenAI answers a bad parameter (the voice) with 400
-        error = ApiError(400, f"Voice {exc.args[0]!r} does not exist; create it with POST /v1/references.",
-                         param="voice", code="voice_not_found")
+        error = ApiError(
+            400,
+            f"Voice {exc.args[0]!r} does not exist; create it with POST /v1/references.",
+            param="voice",
+            code="voice_not_found",
+        )
     else:
         error = ApiError(404, f"Cannot find voice {exc.args[0]!r}.", code="voice_not_found")
     return await api_error_handler(request, error)

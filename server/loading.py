@@ -42,21 +42,36 @@ class LoadPlan:
     def build(self) -> tuple[TTSEngine, dict]:
         try:
             engine = TTSEngine.load(
-                lm_checkpoint=self.lm_checkpoint, lm_config=self.lm_config, tokenizer=self.tokenizer,
-                vqgan_checkpoint=self.vqgan_checkpoint, vqgan_config=self.vqgan_config, device=self.device,
-                precision=self.precision, compile=self.compile, quantize=self.quantize,
+                lm_checkpoint=self.lm_checkpoint,
+                lm_config=self.lm_config,
+                tokenizer=self.tokenizer,
+                vqgan_checkpoint=self.vqgan_checkpoint,
+                vqgan_config=self.vqgan_config,
+                device=self.device,
+                precision=self.precision,
+                compile=self.compile,
+                quantize=self.quantize,
                 max_batch_size=self.max_batch_size,
             )
         except ValueError as exc:  # CheckpointError, config and tokenizer problems: the client's files
             message = str(exc)
             if "Weights only load failed" in message:  # torch's long advice to unpickle it anyway: no
-                message = message.split("Weights only load failed")[0] + "it holds more than tensors, and "\
-                          "pickled objects are never loaded."
+                message = (
+                    message.split("Weights only load failed")[0] + "it holds more than tensors, and "
+                    "pickled objects are never loaded."
+                )
             raise ApiError(400, f"Cannot load the model: {scrub(message, self.replacements)}") from None
         info = engine.info
-        return engine, {"device": info.device, "precision": info.precision, "compiled": info.compiled,
-                        "quantize": info.quantize, "max_batch_size": info.max_batch_size, "context": info.context,
-                        "family": info.family, **self.shown}
+        return engine, {
+            "device": info.device,
+            "precision": info.precision,
+            "compiled": info.compiled,
+            "quantize": info.quantize,
+            "max_batch_size": info.max_batch_size,
+            "context": info.context,
+            "family": info.family,
+            **self.shown,
+        }
 
 
 def plan_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard) -> LoadPlan:
@@ -65,12 +80,17 @@ def plan_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard) ->
     lm_checkpoint = _weights_file(body.llama.checkpoint_path, guard, "llama.checkpoint_path")
     vqgan_checkpoint = _weights_file(body.vqgan.checkpoint_path, guard, "vqgan.checkpoint_path")
     try:
-        lm_config = resolve_config(body.llama.config_name, LM_PRESETS, "config", root=guard,
-                                   field="llama.config_name")
-        vqgan_config = resolve_config(body.vqgan.config_name, VQGAN_PRESETS, "config", root=guard,
-                                      field="vqgan.config_name")
-        tokenizer = resolve_tokenizer_dir(body.llama.tokenizer, lm_checkpoint.parent, root=guard,
-                                          allow_download=settings.allow_downloads, field="llama.tokenizer")
+        lm_config = resolve_config(body.llama.config_name, LM_PRESETS, "config", root=guard, field="llama.config_name")
+        vqgan_config = resolve_config(
+            body.vqgan.config_name, VQGAN_PRESETS, "config", root=guard, field="vqgan.config_name"
+        )
+        tokenizer = resolve_tokenizer_dir(
+            body.llama.tokenizer,
+            lm_checkpoint.parent,
+            root=guard,
+            allow_download=settings.allow_downloads,
+            field="llama.tokenizer",
+        )
     except (BadPath, OutsideFolder, NotInFolder):
         raise
     except ValueError as exc:
@@ -79,19 +99,28 @@ def plan_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard) ->
     if body.llama.compile and not settings.compile:
         log.info("compile requested for a model but the server runs without --compile; loading uncompiled")
     shown = {
-        "llama": {"checkpoint_path": _shown(lm_checkpoint, guard), "config_name": _shown(lm_config, guard),
-                  # The official repo id stays as sent (even when served from the checkpoints folder),
-                  # so the shown value can be sent back in a PUT.
-                  "tokenizer": HF_REPO_ID if body.llama.tokenizer == HF_REPO_ID else _shown(tokenizer, guard)},
+        "llama": {
+            "checkpoint_path": _shown(lm_checkpoint, guard),
+            "config_name": _shown(lm_config, guard),
+            # The official repo id stays as sent (even when served from the checkpoints folder),
+            # so the shown value can be sent back in a PUT.
+            "tokenizer": HF_REPO_ID if body.llama.tokenizer == HF_REPO_ID else _shown(tokenizer, guard),
+        },
         "vqgan": {"checkpoint_path": _shown(vqgan_checkpoint, guard), "config_name": _shown(vqgan_config, guard)},
     }
     return LoadPlan(
-        lm_checkpoint=lm_checkpoint, lm_config=str(lm_config), tokenizer=str(tokenizer),
-        vqgan_checkpoint=vqgan_checkpoint, vqgan_config=str(vqgan_config),
+        lm_checkpoint=lm_checkpoint,
+        lm_config=str(lm_config),
+        tokenizer=str(tokenizer),
+        vqgan_checkpoint=vqgan_checkpoint,
+        vqgan_config=str(vqgan_config),
         device=choose_device(body.device, settings.device),
         precision=body.llama.precision or ("float16" if settings.half else "bfloat16"),
-        compile=compile_, quantize=_quantize(body.llama.quantize, settings.quantize),
-        max_batch_size=settings.max_batch_size or None, shown=shown, replacements=guard.replacements(),
+        compile=compile_,
+        quantize=_quantize(body.llama.quantize, settings.quantize),
+        max_batch_size=settings.max_batch_size or None,
+        shown=shown,
+        replacements=guard.replacements(),
     )
 
 

@@ -35,8 +35,13 @@ class Bundle:
         return None if error is None else f"its scheduler thread died ({error.__class__.__name__})"
 
     def describe(self) -> dict:
-        return {"name": self.name, **self.info, "active_requests": self.leases, "loaded_at": self.loaded_at,
-                "failed": self.failure}
+        return {
+            "name": self.name,
+            **self.info,
+            "active_requests": self.leases,
+            "loaded_at": self.loaded_at,
+            "failed": self.failure,
+        }
 
 
 class ModelNotFound(KeyError):

@@ -40,9 +40,16 @@ TEXT_BOUND = {"min_length": 1, "json_schema_extra": {"maxLength": MAX_TEXT_LENGT
 
 def check_text_length(body: BaseModel, limit: int) -> None:
     """The --max-text-length bound on the body's `TEXT_FIELDS`, reported like pydantic's own."""
-    errors = [{"loc": ("body", name), "type": "string_too_long", "input": None,
-               "msg": f"String should have at most {limit} characters"}
-              for name in getattr(body, "TEXT_FIELDS", ()) if len(getattr(body, name) or "") > limit]
+    errors = [
+        {
+            "loc": ("body", name),
+            "type": "string_too_long",
+            "input": None,
+            "msg": f"String should have at most {limit} characters",
+        }
+        for name in getattr(body, "TEXT_FIELDS", ())
+        if len(getattr(body, name) or "") > limit
+    ]
     if errors:
         raise RequestValidationError(errors)
 
@@ -51,32 +58,62 @@ def check_text_length(body: BaseModel, limit: int) -> None:
 
 
 class LlamaSpec(BaseModel):
-    config_name: str = Field(DEFAULT_LM_CONFIG, min_length=1, max_length=MAX_PATH,
-                             description="A preset name or a .json file inside the checkpoints folder.")
-    checkpoint_path: str = Field(f"{DEFAULT_CHECKPOINTS_DIR}/{LM_FILENAME}", min_length=1, max_length=MAX_PATH,
-                                 description="A file inside the checkpoints folder.")
+    config_name: str = Field(
+        DEFAULT_LM_CONFIG,
+        min_length=1,
+        max_length=MAX_PATH,
+        description="A preset name or a .json file inside the checkpoints folder.",
+    )
+    checkpoint_path: str = Field(
+        f"{DEFAULT_CHECKPOINTS_DIR}/{LM_FILENAME}",
+        min_length=1,
+        max_length=MAX_PATH,
+        description="A file inside the checkpoints folder.",
+    )
     precision: Literal["float16", "bfloat16", "float32"] | None = Field(
-        None, description="Default bfloat16 (float16 with --half). CPU always computes in float32.")
-    tokenizer: str = Field(DEFAULT_TOKENIZER, min_length=1, max_length=MAX_PATH,
-                           description="A folder (or tokenizer.json) inside the checkpoints folder, or a Hugging Face "
-                                       "repo id: the official one is read from the checkpoints folder; others need "
-                                       "--allow-downloads.")
+        None, description="Default bfloat16 (float16 with --half). CPU always computes in float32."
+    )
+    tokenizer: str = Field(
+        DEFAULT_TOKENIZER,
+        min_length=1,
+        max_length=MAX_PATH,
+        description="A folder (or tokenizer.json) inside the checkpoints folder, or a Hugging Face "
+        "repo id: the official one is read from the checkpoints folder; others need "
+        "--allow-downloads.",
+    )
     compile: bool = Field(True, description="torch.compile the decode step; honoured only with --compile.")
-    quantize: Literal["int8", "none"] | None = Field(None, description=(
-        "int8: weights stored as int8 (faster decoding on CPU; approximate, see the README). "
-        "Default: the server's --quantize."))
+    quantize: Literal["int8", "none"] | None = Field(
+        None,
+        description=(
+            "int8: weights stored as int8 (faster decoding on CPU; approximate, see the README). "
+            "Default: the server's --quantize."
+        ),
+    )
 
 
 class VQGANSpec(BaseModel):
-    config_name: str = Field(DEFAULT_VQGAN_CONFIG, min_length=1, max_length=MAX_PATH,
-                             description="A preset name or a .json file inside the checkpoints folder.")
-    checkpoint_path: str = Field(f"{DEFAULT_CHECKPOINTS_DIR}/{VQGAN_FILENAME}", min_length=1, max_length=MAX_PATH,
-                                 description="A file inside the checkpoints folder.")
+    config_name: str = Field(
+        DEFAULT_VQGAN_CONFIG,
+        min_length=1,
+        max_length=MAX_PATH,
+        description="A preset name or a .json file inside the checkpoints folder.",
+    )
+    checkpoint_path: str = Field(
+        f"{DEFAULT_CHECKPOINTS_DIR}/{VQGAN_FILENAME}",
+        min_length=1,
+        max_length=MAX_PATH,
+        description="A file inside the checkpoints folder.",
+    )
 
 
 class LoadModelRequest(BaseModel):
-    device: str | None = Field(None, pattern=DEVICE_PATTERN, description=(
-        "cpu, cuda or cuda:N. --device on the server wins; 'cuda' on a machine without CUDA falls back to the CPU."))
+    device: str | None = Field(
+        None,
+        pattern=DEVICE_PATTERN,
+        description=(
+            "cpu, cuda or cuda:N. --device on the server wins; 'cuda' on a machine without CUDA falls back to the CPU."
+        ),
+    )
     llama: LlamaSpec = Field(default_factory=LlamaSpec)
     vqgan: VQGANSpec = Field(default_factory=VQGANSpec)
 
@@ -162,21 +199,34 @@ class Health(BaseModel):
 class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    max_new_tokens: int = Field(0, ge=0, le=MAX_CONTEXT, description=(
-        "Frames to generate at most (~21.5 per second of audio); 0 = until the model stops or its context is "
-        "full. Must also fit the loaded model's context."))
+    max_new_tokens: int = Field(
+        0,
+        ge=0,
+        le=MAX_CONTEXT,
+        description=(
+            "Frames to generate at most (~21.5 per second of audio); 0 = until the model stops or its context is "
+            "full. Must also fit the loaded model's context."
+        ),
+    )
     top_k: int | None = Field(DEFAULT_SAMPLING.top_k, ge=0, le=MAX_TOP_K, description="null or 0 = off.")
     top_p: float = Field(DEFAULT_SAMPLING.top_p, gt=0, le=1)
     repetition_penalty: float = Field(
-        DEFAULT_SAMPLING.repetition_penalty, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY,
-        description="Divides (multiplies, when negative) the logits of the codes of the last 16 frames; 1 = off.")
+        DEFAULT_SAMPLING.repetition_penalty,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        description="Divides (multiplies, when negative) the logits of the codes of the last 16 frames; 1 = off.",
+    )
     temperature: float = Field(DEFAULT_SAMPLING.temperature, gt=0, le=MAX_TEMPERATURE)
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="null = a fresh random seed.")
 
     @property
     def sampling(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None,
-                              repetition_penalty=self.repetition_penalty)
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k or None,
+            repetition_penalty=self.repetition_penalty,
+        )
 
 
 class InvokeRequest(SamplingFields):
@@ -187,19 +237,30 @@ class InvokeRequest(SamplingFields):
 
     text: str = Field(DEFAULT_TEXT, **TEXT_BOUND)
     prompt_text: str | None = Field(None, description="Transcript of the reference.")
-    prompt_tokens: str | None = Field(None, max_length=MAX_PATH, description=(
-        "A .npy of codes [4, T] or an audio file (.wav/.flac/.ogg/.mp3) inside the references folder."))
+    prompt_tokens: str | None = Field(
+        None,
+        max_length=MAX_PATH,
+        description=("A .npy of codes [4, T] or an audio file (.wav/.flac/.ogg/.mp3) inside the references folder."),
+    )
     order: str = Field(DEFAULT_ORDER, pattern=ORDER_PATTERN)
     use_g2p: bool = True
     speaker: str | None = Field(None, max_length=100)
-    reference_audio: str | None = Field(None, description=(
-        "Base64 audio bytes (any format soundfile reads), or a file part of that name in multipart/form-data."))
+    reference_audio: str | None = Field(
+        None,
+        description=(
+            "Base64 audio bytes (any format soundfile reads), or a file part of that name in multipart/form-data."
+        ),
+    )
     reference_text: str | None = Field(None, description="Alias of prompt_text.")
     reference_id: str | None = Field(None, pattern=VOICE_ID_PATTERN, description="A saved voice's id.")
     format: Literal[OUTPUT_FORMATS] = "wav"
-    streaming: bool = Field(False, description=(
-        "Send the audio while it is generated (chunked transfer): wav (a header with its length fields set "
-        "to 0xFFFFFFFF, then 16-bit PCM) or pcm. The samples equal the non-streamed response's."))
+    streaming: bool = Field(
+        False,
+        description=(
+            "Send the audio while it is generated (chunked transfer): wav (a header with its length fields set "
+            "to 0xFFFFFFFF, then 16-bit PCM) or pcm. The samples equal the non-streamed response's."
+        ),
+    )
 
     _text_not_blank = field_validator("text")(lambda value: _not_blank(value))
     _order = field_validator("order")(lambda value: check_order(value))
@@ -224,18 +285,28 @@ class SpeechRequest(SamplingFields):
 
     TEXT_FIELDS: ClassVar = ("input",)
 
-    model: str = Field(..., min_length=1, max_length=64, description=(
-        "A loaded model name; tts-1, tts-1-hd and gpt-4o-mini-tts mean the model 'default'."))
+    model: str = Field(
+        ...,
+        min_length=1,
+        max_length=64,
+        description=("A loaded model name; tts-1, tts-1-hd and gpt-4o-mini-tts mean the model 'default'."),
+    )
     input: str = Field(..., **TEXT_BOUND)
     voice: str = Field(..., min_length=1, max_length=64, description="A saved voice id (POST /v1/references).")
-    response_format: Literal[OPENAI_FORMATS] = Field("mp3", description="mp3, wav, flac or pcm (16-bit "
-                                                                       "little-endian mono at 22050 Hz); opus "
-                                                                       "and aac are not supported.")
-    speed: float = Field(1.0, ge=0.25, le=4.0, description="Accepted for compatibility; the model has no speed "
-                                                           "control, so it is not applied.")
+    response_format: Literal[OPENAI_FORMATS] = Field(
+        "mp3",
+        description="mp3, wav, flac or pcm (16-bit little-endian mono at 22050 Hz); opus and aac are not supported.",
+    )
+    speed: float = Field(
+        1.0,
+        ge=0.25,
+        le=4.0,
+        description="Accepted for compatibility; the model has no speed control, so it is not applied.",
+    )
     instructions: str | None = Field(None, max_length=4096, description="Accepted and ignored.")
-    stream_format: Literal["audio", "sse"] | None = Field(None, description=(
-        "'audio': stream the audio as it is generated (pcm or wav); 'sse' is not supported."))
+    stream_format: Literal["audio", "sse"] | None = Field(
+        None, description=("'audio': stream the audio as it is generated (pcm or wav); 'sse' is not supported.")
+    )
     stream: bool = Field(False, description="Same as stream_format 'audio'.")
 
     _input_not_blank = field_validator("input")(lambda value: _not_blank(value))

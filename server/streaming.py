@@ -21,8 +21,7 @@ from core.audio import SAMPLE_RATE, pcm16_bytes, streaming_wav_header
 from .audio_buffer import AudioBuffer
 
 log = logging.getLogger("fishtts.server")
-CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
-                 "pcm": "audio/pcm"}
+CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg", "pcm": "audio/pcm"}
 
 
 class ClientStalled(Exception):
@@ -33,8 +32,15 @@ class AudioStreamResponse(StreamingResponse):
     """The buffer's chunks as 16-bit PCM (after a WAV header for wav); every send must complete
     within `send_timeout` seconds."""
 
-    def __init__(self, buffer: AudioBuffer, first: np.ndarray, output_format: str, send_timeout: float,
-                 headers: dict[str, str], sample_rate: int = SAMPLE_RATE):
+    def __init__(
+        self,
+        buffer: AudioBuffer,
+        first: np.ndarray,
+        output_format: str,
+        send_timeout: float,
+        headers: dict[str, str],
+        sample_rate: int = SAMPLE_RATE,
+    ):
         super().__init__(iter(()), media_type=CONTENT_TYPES[output_format], headers=headers)
         self.buffer, self.first, self.output_format, self.send_timeout = buffer, first, output_format, send_timeout
         self.sample_rate = sample_rate
@@ -56,8 +62,10 @@ class AudioStreamResponse(StreamingResponse):
                 chunk = await self.buffer.next()
             await timed_send({"type": "http.response.body", "body": b"", "more_body": False})
         except ClientStalled:
-            log.warning("a streaming client took nothing for %g s (--stream-send-timeout); closing its stream",
-                        self.send_timeout)
+            log.warning(
+                "a streaming client took nothing for %g s (--stream-send-timeout); closing its stream",
+                self.send_timeout,
+            )
         except Exception:  # noqa: BLE001 - the status line is sent; log and close
             log.exception("a streamed synthesis failed midway; the response ends early")
         finally:

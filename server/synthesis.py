@@ -22,15 +22,17 @@ from .context import ServerContext
 from .streaming import CONTENT_TYPES, AudioStreamResponse
 
 
-async def synthesize(ctx: ServerContext, model: str, request: SynthesisRequest,
-                     headers: dict[str, str] | None = None) -> Response:
+async def synthesize(
+    ctx: ServerContext, model: str, request: SynthesisRequest, headers: dict[str, str] | None = None
+) -> Response:
     """The audio of `request` from model `model`, whole or (request.streaming) as it is generated."""
     admission = ctx.admit(model)
     media_type = CONTENT_TYPES[request.output_format]
     if not request.streaming:
         async with admission:
-            data = await admission.run(lambda engine: encode_output(engine.synthesize(request), request.output_format,
-                                                                     engine.info.sample_rate))
+            data = await admission.run(
+                lambda engine: encode_output(engine.synthesize(request), request.output_format, engine.info.sample_rate)
+            )
         return Response(data, media_type=media_type, headers=headers)
     sample_rate = admission.engine.info.sample_rate
     buffer = AudioBuffer(asyncio.get_running_loop(), int(MAX_BUFFERED_SECONDS * sample_rate))
@@ -53,5 +55,11 @@ async def synthesize(ctx: ServerContext, model: str, request: SynthesisRequest,
         raise
     if first is None:
         raise ValueError("the model produced no audio for this text (try a larger max_new_tokens)")
-    return AudioStreamResponse(buffer, first, request.output_format, ctx.settings.stream_send_timeout,
-                               {"Cache-Control": "no-store", **(headers or {})}, sample_rate)
+    return AudioStreamResponse(
+        buffer,
+        first,
+        request.output_format,
+        ctx.settings.stream_send_timeout,
+        {"Cache-Control": "no-store", **(headers or {})},
+        sample_rate,
+    )

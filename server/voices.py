@@ -91,8 +91,16 @@ class VoiceStore:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def create(self, *, name: str, transcript: str, codes: np.ndarray, audio: np.ndarray, model: str,
-               voice_id: str | None = None) -> dict:
+    def create(
+        self,
+        *,
+        name: str,
+        transcript: str,
+        codes: np.ndarray,
+        audio: np.ndarray,
+        model: str,
+        voice_id: str | None = None,
+    ) -> dict:
         staging = self.folder / f".tmp-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
@@ -100,9 +108,15 @@ class VoiceStore:
             _write_synced(staging / AUDIO, encode_audio(audio, SAMPLE_RATE, "wav"))
             with self._lock:
                 voice_id = self._claim_id(voice_id, name)
-                meta = {"id": voice_id, "name": name, "transcript": transcript,
-                        "duration_s": round(audio.size / SAMPLE_RATE, 3), "frames": int(codes.shape[1]),
-                        "model": model, "created_at": time.time()}
+                meta = {
+                    "id": voice_id,
+                    "name": name,
+                    "transcript": transcript,
+                    "duration_s": round(audio.size / SAMPLE_RATE, 3),
+                    "frames": int(codes.shape[1]),
+                    "model": model,
+                    "created_at": time.time(),
+                }
                 _write_synced(staging / META, json.dumps(meta, ensure_ascii=False, indent=1).encode())
                 _fsync_dir(staging)
                 os.rename(staging, self.folder / voice_id)

@@ -22,8 +22,12 @@ T = TypeVar("T")
 
 class QueueFull(ApiError):
     def __init__(self, pending: int, retry_after: int):
-        super().__init__(503, f"The server is busy ({pending} synthesis requests running or waiting); retry in "
-                              f"about {retry_after} s.", headers={"Retry-After": str(retry_after)}, code="queue_full")
+        super().__init__(
+            503,
+            f"The server is busy ({pending} synthesis requests running or waiting); retry in about {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+            code="queue_full",
+        )
 
 
 class WorkQueue:

@@ -25,7 +25,9 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """
     folder = tmp_path_factory.mktemp("checkpoints")
     lm = torch.load(PARITY / "llama_state_dict.pt", weights_only=True)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in lm.items()}, "global_step": 0}, folder / "text2semantic-tiny.pth")
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in lm.items()}, "global_step": 0}, folder / "text2semantic-tiny.pth"
+    )
     vq = torch.load(PARITY / "vqgan_state_dict.pt", weights_only=True)
     torch.save(vq, folder / "vqgan-tiny.pth")
     return {
@@ -42,9 +44,12 @@ def tiny_engine(tiny_checkpoints):
     from core.engine import TTSEngine
 
     return TTSEngine.load(
-        lm_checkpoint=tiny_checkpoints["lm"], lm_config=str(tiny_checkpoints["lm_config"]),
-        tokenizer=tiny_checkpoints["tokenizer"], vqgan_checkpoint=tiny_checkpoints["vqgan"],
-        vqgan_config=str(tiny_checkpoints["vqgan_config"]), device="cpu",
+        lm_checkpoint=tiny_checkpoints["lm"],
+        lm_config=str(tiny_checkpoints["lm_config"]),
+        tokenizer=tiny_checkpoints["tokenizer"],
+        vqgan_checkpoint=tiny_checkpoints["vqgan"],
+        vqgan_config=str(tiny_checkpoints["vqgan_config"]),
+        device="cpu",
     )
 
 
@@ -86,10 +91,15 @@ def client(request, workdir):
     from server.settings import Settings
     from tests.server.helpers import WEBUI_LOAD
 
-    settings = Settings(checkpoints_dir=workdir / "checkpoints", references_dir=workdir / "references",
-                        **getattr(request.module, "SERVER_SETTINGS", {}))
+    settings = Settings(
+        checkpoints_dir=workdir / "checkpoints",
+        references_dir=workdir / "references",
+        **getattr(request.module, "SERVER_SETTINGS", {}),
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)  # the original's relative paths (checkpoints/...) are read from here
-        with TestClient(create_app(settings), base_url="http://127.0.0.1", raise_server_exceptions=False) as test_client:
+        with TestClient(
+            create_app(settings), base_url="http://127.0.0.1", raise_server_exceptions=False
+        ) as test_client:
             assert test_client.put("/v1/models/default", json=WEBUI_LOAD).status_code == 200
             yield test_client

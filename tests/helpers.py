@@ -13,12 +13,22 @@ from tests.paths import ROOT
 def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m fishtts ARGS` the way a user would, returning the finished process."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "fishtts", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fishtts", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def synthesize_speech(path: Path, text: str = "This is a short reference clip for voice cloning.",
-                      voice: str = "en", rate: int | None = None) -> Path:
+def synthesize_speech(
+    path: Path,
+    text: str = "This is a short reference clip for voice cloning.",
+    voice: str = "en",
+    rate: int | None = None,
+) -> Path:
     """Real speech from espeak-ng (a Debian package the test script installs)."""
     cmd = ["espeak-ng", "-v", voice, "-w", str(path), text]
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)

@@ -32,10 +32,12 @@ class Launch:
         self.api_url, self.ui_url = f"http://127.0.0.1:{self.api_port}", f"http://127.0.0.1:{self.ui_port}/"
         self.log_path = workdir / f"launch-{self.api_port}.log"
         settings = {
-            "FISHTTS_LISTEN": f"127.0.0.1:{self.api_port}", "GRADIO_SERVER_PORT": str(self.ui_port),
+            "FISHTTS_LISTEN": f"127.0.0.1:{self.api_port}",
+            "GRADIO_SERVER_PORT": str(self.ui_port),
             "FISHTTS_CHECKPOINTS_DIR": str(workdir / "checkpoints"),
             "FISHTTS_REFERENCES_DIR": str(workdir / "references"),
-            "FISHTTS_LOAD": f"default={workdir / 'load_default.json'}", "FISHTTS_DEVICE": "cpu",
+            "FISHTTS_LOAD": f"default={workdir / 'load_default.json'}",
+            "FISHTTS_DEVICE": "cpu",
             "FISHTTS_START_TIMEOUT": str(START_TIMEOUT),
         }
         settings.update(env)
@@ -43,14 +45,26 @@ class Launch:
         if terminal:
             self.master, slave = pty.openpty()
             # `setsid --ctty`: a new session whose controlling terminal is the pty, as in a shell window
-            self.process = subprocess.Popen(["setsid", "--ctty", str(ROOT / "launch.sh")], cwd=workdir,
-                                            env=clean_env(**settings), stdin=slave, stdout=slave, stderr=slave)
+            self.process = subprocess.Popen(
+                ["setsid", "--ctty", str(ROOT / "launch.sh")],
+                cwd=workdir,
+                env=clean_env(**settings),
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+            )
             os.close(slave)
             threading.Thread(target=self._drain, daemon=True).start()
             return
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([str(ROOT / "launch.sh")], cwd=workdir, env=clean_env(**settings),
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [str(ROOT / "launch.sh")],
+                cwd=workdir,
+                env=clean_env(**settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def _drain(self) -> None:
         while True:
@@ -73,7 +87,9 @@ class Launch:
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while "[launch] ready" not in self.output():
-            assert self.process.poll() is None, f"launch.sh exited with {self.process.returncode}:\n{self.output()[-4000:]}"
+            assert self.process.poll() is None, (
+                f"launch.sh exited with {self.process.returncode}:\n{self.output()[-4000:]}"
+            )
             assert time.monotonic() < deadline, self.output()[-4000:]
             time.sleep(0.5)
 
@@ -181,8 +197,13 @@ def test_missing_checkpoints_are_downloaded_from_HF_ENDPOINT(tmp_path):
     threading.Thread(target=mirror.serve_forever, daemon=True).start()
     try:
         (tmp_path / "checkpoints").mkdir()
-        launch = Launch(tmp_path, FISHTTS_LOAD="", HF_ENDPOINT=f"http://127.0.0.1:{mirror.server_port}",
-                        HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf-home"))
+        launch = Launch(
+            tmp_path,
+            FISHTTS_LOAD="",
+            HF_ENDPOINT=f"http://127.0.0.1:{mirror.server_port}",
+            HF_HUB_OFFLINE="0",
+            HF_HOME=str(tmp_path / "hf-home"),
+        )
         assert launch.wait_exit(timeout=120) == 1
     finally:
         mirror.shutdown()

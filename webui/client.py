@@ -60,14 +60,16 @@ class ApiClient:
     def load_model(self, name: str, body: dict) -> dict:
         return self._json("PUT", f"/v1/models/{quote(name)}", json=body, timeout=self.long_timeout)
 
-    def invoke(self, name: str, fields: dict, reference_audio: bytes | None = None,
-               reference_filename: str = "reference.wav") -> Audio:
+    def invoke(
+        self, name: str, fields: dict, reference_audio: bytes | None = None, reference_filename: str = "reference.wav"
+    ) -> Audio:
         """Synthesize; with a reference clip the body goes as multipart (no base64 inflation)."""
         response = self._invoke(name, fields, reference_audio, reference_filename, stream=False)
         return Audio(response.content, response.headers.get("content-type", "application/octet-stream"))
 
-    def invoke_stream(self, name: str, fields: dict, reference_audio: bytes | None = None,
-                      reference_filename: str = "reference.wav") -> Iterator[bytes]:
+    def invoke_stream(
+        self, name: str, fields: dict, reference_audio: bytes | None = None, reference_filename: str = "reference.wav"
+    ) -> Iterator[bytes]:
         """Synthesize with `streaming: true`: raw 16-bit mono PCM at 22,050 Hz, as it arrives
         (errors before the first byte are ClientErrors like invoke's; later ones end the stream)."""
         fields = {**fields, "streaming": True, "format": "pcm"}
@@ -78,8 +80,9 @@ class ApiClient:
             except requests.exceptions.RequestException:
                 raise ClientError("error.stream_broken", url=self.base_url) from None
 
-    def _invoke(self, name: str, fields: dict, reference_audio: bytes | None, reference_filename: str,
-                stream: bool) -> requests.Response:
+    def _invoke(
+        self, name: str, fields: dict, reference_audio: bytes | None, reference_filename: str, stream: bool
+    ) -> requests.Response:
         path, timeout = f"/v1/models/{quote(name)}/invoke", self.long_timeout
         if reference_audio is None:
             return self._request("POST", path, json=fields, timeout=timeout, stream=stream)
@@ -102,8 +105,11 @@ class ApiClient:
         def of(schema: dict) -> dict:
             return {k: v["default"] for k, v in schema.get("properties", {}).items() if "default" in v}
 
-        return {"invoke": of(invoke["schema"]), "llama": of(schemas.get("LlamaSpec", {})),
-                "vqgan": of(schemas.get("VQGANSpec", {}))}
+        return {
+            "invoke": of(invoke["schema"]),
+            "llama": of(schemas.get("LlamaSpec", {})),
+            "vqgan": of(schemas.get("VQGANSpec", {})),
+        }
 
     def list_voices(self) -> list[dict]:
         return self._json("GET", "/v1/references").get("references", [])
@@ -111,8 +117,9 @@ class ApiClient:
     def get_voice_audio(self, voice_id: str) -> bytes:
         return self._request("GET", f"/v1/references/{quote(voice_id)}/audio").content
 
-    def create_voice(self, name: str, transcript: str, audio: bytes, filename: str = "reference.wav",
-                     model: str = "default") -> dict:
+    def create_voice(
+        self, name: str, transcript: str, audio: bytes, filename: str = "reference.wav", model: str = "default"
+    ) -> dict:
         form = {"name": name, "transcript": transcript, "model": model}
         files = {"audio": (filename, audio, "application/octet-stream")}
         return self._json("POST", "/v1/references", data=form, files=files, timeout=self.long_timeout)
@@ -132,12 +139,14 @@ class ApiClient:
             raise ClientError("error.bad_response", response.status_code)
         return body
 
-    def _request(self, method: str, path: str, timeout: float | None = None, accept: tuple[int, ...] = (),
-                 **kwargs) -> requests.Response:
+    def _request(
+        self, method: str, path: str, timeout: float | None = None, accept: tuple[int, ...] = (), **kwargs
+    ) -> requests.Response:
         read_timeout = timeout or self.timeout
         try:
-            response = self.session.request(method, self.base_url + path,
-                                            timeout=(CONNECT_TIMEOUT, read_timeout), **kwargs)
+            response = self.session.request(
+                method, self.base_url + path, timeout=(CONNECT_TIMEOUT, read_timeout), **kwargs
+            )
         except requests.exceptions.Timeout:
             raise ClientError("error.timeout", seconds=int(read_timeout)) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.InvalidURL):

@@ -38,8 +38,13 @@ class ModelForm:
         """The original UI's PUT /v1/models/default body."""
         return {
             "device": self.device,
-            "llama": {"config_name": self.llama_config, "checkpoint_path": self.llama_checkpoint,
-                      "precision": self.precision, "tokenizer": self.tokenizer, "compile": bool(self.compile)},
+            "llama": {
+                "config_name": self.llama_config,
+                "checkpoint_path": self.llama_checkpoint,
+                "precision": self.precision,
+                "tokenizer": self.tokenizer,
+                "compile": bool(self.compile),
+            },
             "vqgan": {"config_name": self.vqgan_config, "checkpoint_path": self.vqgan_checkpoint},
         }
 
@@ -172,7 +177,8 @@ class Actions:
         llama, vqgan, form = info.get("llama", {}), info.get("vqgan", {}), ModelForm()
         return ModelForm(
             device=str(info.get("device", form.device)).split(":")[0],
-            precision=info.get("precision", form.precision), compile=bool(info.get("compiled", False)),
+            precision=info.get("precision", form.precision),
+            compile=bool(info.get("compiled", False)),
             llama_checkpoint=llama.get("checkpoint_path", form.llama_checkpoint),
             llama_config=llama.get("config_name", form.llama_config),
             # The folder itself is shown as "checkpoints", a name the server does not resolve back; the
@@ -200,8 +206,9 @@ class Actions:
         segments = [segment for piece in pieces for segment in piece["segments"]]
         return [[i, s["text"], s["language"], " ".join(s["phones"])] for i, s in enumerate(segments)], ""
 
-    def synthesize(self, lang: str, server_url: str, api_key: str, form: SynthesisForm,
-                   progress: Callable | None = None) -> tuple[str | None, str | None, str]:
+    def synthesize(
+        self, lang: str, server_url: str, api_key: str, form: SynthesisForm, progress: Callable | None = None
+    ) -> tuple[str | None, str | None, str]:
         """(result audio path, the same file for download, message)."""
         started = time.monotonic()
         try:
@@ -213,8 +220,9 @@ class Actions:
             return None, None, failure_html(lang, "error.inference", exc)
         return finished(lang, result.data, "." + form.output_format, started)
 
-    def synthesize_stream(self, lang: str, server_url: str, api_key: str,
-                          form: SynthesisForm) -> Iterator[tuple[bytes | None, str | None, str | None, str]]:
+    def synthesize_stream(
+        self, lang: str, server_url: str, api_key: str, form: SynthesisForm
+    ) -> Iterator[tuple[bytes | None, str | None, str | None, str]]:
         """While generating: (the newest audio as WAV bytes, None, None, progress message); at the end
         (None, the whole audio as a WAV file, the same file, message)."""
         started = time.monotonic()
@@ -229,7 +237,12 @@ class Actions:
                     continue
                 pcm += part
                 seconds = f"{len(pcm) / 2 / SAMPLE_RATE:.1f}"
-                yield wav_bytes(part), None, None, message_html(lang, "progress.streaming", error=False, seconds=seconds)
+                yield (
+                    wav_bytes(part),
+                    None,
+                    None,
+                    message_html(lang, "progress.streaming", error=False, seconds=seconds),
+                )
         except (ClientError, UIError) as exc:
             yield None, None, None, failure_html(lang, "error.inference", exc)
             return
@@ -246,10 +259,13 @@ class Actions:
         voices = sorted(voices, key=lambda v: v.get("created_at", 0))
         names = [v["name"] for v in voices]
         # The name alone, unless two voices share it.
-        return [("—", NO_VOICE)] + [(v["name"] if names.count(v["name"]) == 1 else f"{v['name']} ({v['id']})", v["id"])
-                                    for v in voices]
+        return [("—", NO_VOICE)] + [
+            (v["name"] if names.count(v["name"]) == 1 else f"{v['name']} ({v['id']})", v["id"]) for v in voices
+        ]
 
-    def select_voice(self, lang: str, server_url: str, api_key: str, voice_id: str) -> tuple[str | None, str | None, str]:
+    def select_voice(
+        self, lang: str, server_url: str, api_key: str, voice_id: str
+    ) -> tuple[str | None, str | None, str]:
         """(the voice's clip as a file, its transcript, message); (None, None, "") for 'none'."""
         if not voice_id:
             return None, None, ""
@@ -263,8 +279,9 @@ class Actions:
             return None, None, failure_html(lang, "error.voice", exc)
         return clip, voice["transcript"], ""
 
-    def save_voice(self, lang: str, server_url: str, api_key: str, name: str, reference_audio: str | None,
-                   reference_text: str) -> tuple[list[tuple[str, str]], str, str]:
+    def save_voice(
+        self, lang: str, server_url: str, api_key: str, name: str, reference_audio: str | None, reference_text: str
+    ) -> tuple[list[tuple[str, str]], str, str]:
         """(new voice choices, the new voice's id or 'none', message)."""
         try:
             if not (name or "").strip():
@@ -278,7 +295,9 @@ class Actions:
         message = message_html(lang, "reference.saved", error=False, name=voice["name"])
         return self.voice_choices(server_url, api_key), voice["id"], message
 
-    def delete_voice(self, lang: str, server_url: str, api_key: str, voice_id: str) -> tuple[list[tuple[str, str]], str]:
+    def delete_voice(
+        self, lang: str, server_url: str, api_key: str, voice_id: str
+    ) -> tuple[list[tuple[str, str]], str]:
         """(new voice choices, message)."""
         try:
             if not voice_id:

@@ -9,7 +9,19 @@ from .sampling import SamplingParams
 from .tokenizer import TextTokenizer, load_tokenizer
 
 __all__ = [
-    "LMConfig", "LoraConfig", "ModelArgs", "SamplingParams", "TextTokenizer", "Transformer",
-    "Sequence", "decode_step", "encode_prompt", "frames_to_codes", "generate", "prefill",
-    "load_lm", "load_lm_config", "load_tokenizer",
+    "LMConfig",
+    "LoraConfig",
+    "ModelArgs",
+    "SamplingParams",
+    "TextTokenizer",
+    "Transformer",
+    "Sequence",
+    "decode_step",
+    "encode_prompt",
+    "frames_to_codes",
+    "generate",
+    "prefill",
+    "load_lm",
+    "load_lm_config",
+    "load_tokenizer",
 ]

@@ -61,8 +61,15 @@ class LMConfig:
 
 
 _OFFICIAL_ARGS = dict(
-    max_seq_len=4096, vocab_size=36408, n_layer=24, n_head=16, dim=1024,
-    rope_base=10000, norm_eps=1e-5, num_codebooks=4, codebook_size=168,
+    max_seq_len=4096,
+    vocab_size=36408,
+    n_layer=24,
+    n_head=16,
+    dim=1024,
+    rope_base=10000,
+    norm_eps=1e-5,
+    num_codebooks=4,
+    codebook_size=168,
 )
 
 PRESETS = {

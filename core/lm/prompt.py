@@ -12,8 +12,9 @@ from .generate import CODE_OFFSET
 from .tokenizer import TextTokenizer
 
 
-def encode_prompt(tokenizer: TextTokenizer, prompt: str, reference_codes: Tensor | None = None,
-                  num_codebooks: int = 4) -> Tensor:
+def encode_prompt(
+    tokenizer: TextTokenizer, prompt: str, reference_codes: Tensor | None = None, num_codebooks: int = 4
+) -> Tensor:
     """[1 + num_codebooks, L (+ T)].
 
     dtype follows the original: int32, promoted to the reference codes' dtype (int64 from .npy

@@ -113,8 +113,9 @@ def nucleus(logits: Tensor, top_p: float, candidates: int) -> tuple[Tensor, Tens
     return values[keep], ids[keep]
 
 
-def sample_fast(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None,
-                candidates: int = 256) -> Tensor:
+def sample_fast(
+    logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None, candidates: int = 256
+) -> Tensor:
     """Like `sample` for rows [N, V] without a penalty, but the nucleus is looked for among the top
     `candidates` first and only those are drawn from: ~30x cheaper than sorting 36k text logits on
     CPU. The kept set is the same unless a cumulative probability lies within float rounding of top_p
@@ -135,6 +136,7 @@ def sample_fast(logits: Tensor, params: SamplingParams, generator: torch.Generat
     return torch.cat(tokens)
 
 
-def sample(logits: Tensor, params: SamplingParams, previous: Tensor | None = None,
-           generator: torch.Generator | None = None) -> Tensor:
+def sample(
+    logits: Tensor, params: SamplingParams, previous: Tensor | None = None, generator: torch.Generator | None = None
+) -> Tensor:
     return draw(logits_to_probs(logits, params, previous), generator)

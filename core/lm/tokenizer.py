@@ -64,10 +64,14 @@ class TextTokenizer:
         return self.tokenizer.id_to_token(token_id)
 
 
-def resolve_tokenizer_dir(spec: str | os.PathLike = HF_REPO_ID,
-                          checkpoints_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR, *,
-                          root: FolderGuard | None = None, allow_download: bool = True,
-                          field: str = "tokenizer") -> Path:
+def resolve_tokenizer_dir(
+    spec: str | os.PathLike = HF_REPO_ID,
+    checkpoints_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR,
+    *,
+    root: FolderGuard | None = None,
+    allow_download: bool = True,
+    field: str = "tokenizer",
+) -> Path:
     """The one rule for tokenizers: a local folder (or its tokenizer.json), else a Hugging Face repo id.
 
     The official repo id resolves to the checkpoints folder when `fishtts download` put the files
@@ -97,8 +101,11 @@ def resolve_tokenizer_dir(spec: str | os.PathLike = HF_REPO_ID,
     if not looks_like_repo:
         raise ValueError(f"tokenizer not found: {spec} (a folder with tokenizer.json or a Hugging Face repo id)")
     if not allow_download:
-        raise OutsideFolder(f"{field}: {spec!r} is not in the checkpoints folder and downloads are disabled; "
-                            "put its files there or start the server with --allow-downloads.", field)
+        raise OutsideFolder(
+            f"{field}: {spec!r} is not in the checkpoints folder and downloads are disabled; "
+            "put its files there or start the server with --allow-downloads.",
+            field,
+        )
     if root is not None and Path(spec).exists():  # a same-named local folder would be read: it lies outside
         raise OutsideFolder(f"{field}: {spec!r} is outside the checkpoints folder.", field)
     return download_tokenizer(spec)
@@ -113,10 +120,13 @@ def download_tokenizer(repo_id: str) -> Path:
             folder = Path(hf_hub_download(repo_id=repo_id, filename=name)).parent
         except Exception as exc:  # noqa: BLE001 - offline, missing repo, missing optional file
             if name == "tokenizer.json":
-                raise ValueError(f"cannot get tokenizer {repo_id!r} from Hugging Face: {exc.__class__.__name__}") from None
+                raise ValueError(
+                    f"cannot get tokenizer {repo_id!r} from Hugging Face: {exc.__class__.__name__}"
+                ) from None
     return folder
 
 
-def load_tokenizer(spec: str | os.PathLike = HF_REPO_ID,
-                   checkpoints_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR) -> TextTokenizer:
+def load_tokenizer(
+    spec: str | os.PathLike = HF_REPO_ID, checkpoints_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR
+) -> TextTokenizer:
     return TextTokenizer(resolve_tokenizer_dir(spec, checkpoints_dir))

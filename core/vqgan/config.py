@@ -160,8 +160,10 @@ def _validate(c: VQGANConfig) -> None:
     if c.vq.in_channels != c.decoder.hidden_channels:
         problems.append("vq_encoder.in_channels must equal decoder.hidden_channels")
     g = c.generator
-    if not (len(g.upsample_rates) == len(g.upsample_kernel_sizes)
-            and len(g.resblock_kernel_sizes) == len(g.resblock_dilation_sizes)):
+    if not (
+        len(g.upsample_rates) == len(g.upsample_kernel_sizes)
+        and len(g.resblock_kernel_sizes) == len(g.resblock_dilation_sizes)
+    ):
         problems.append("generator kernel/rate lists have mismatched lengths")
     elif math.prod(g.upsample_rates) != c.hop_length:
         problems.append("prod(generator.upsample_rates) must equal hop_length")

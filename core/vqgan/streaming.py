@@ -41,8 +41,10 @@ def generator_context_frames(config: VQGANConfig) -> int:
         padding = (k - u) // 2
         reach += (math.ceil(max(k - 1 - padding, padding) / u) + 1) / rate  # transposed conv, in input samples
         rate *= u
-        blocks = [sum((rk - 1) // 2 * d for d in dilations) + (rk - 1) // 2 * len(dilations)
-                  for rk, dilations in zip(g.resblock_kernel_sizes, g.resblock_dilation_sizes)]
+        blocks = [
+            sum((rk - 1) // 2 * d for d in dilations) + (rk - 1) // 2 * len(dilations)
+            for rk, dilations in zip(g.resblock_kernel_sizes, g.resblock_dilation_sizes)
+        ]
         reach += max(blocks) / rate
     reach += 3 / rate  # conv_post: kernel 7
     return math.ceil(reach) + 1

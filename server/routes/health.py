@@ -24,8 +24,11 @@ async def health(ctx: Annotated[ServerContext, Depends(get_ctx)]) -> JSONRespons
     problems = [f"--load {name} failed: {error}" for name, error in ctx.load_errors.items()]
     problems += [f"model {m['name']!r} failed: {m['failed']}; load it again" for m in models if m["failed"]]
     body = Health(
-        status="failed" if problems else "ok", reason="; ".join(problems) or None, models=models,
-        loading=ctx.registry.loading(), load_errors=dict(ctx.load_errors),
+        status="failed" if problems else "ok",
+        reason="; ".join(problems) or None,
+        models=models,
+        loading=ctx.registry.loading(),
+        load_errors=dict(ctx.load_errors),
         queue={"pending": ctx.queue.pending, "limit": ctx.queue.max_pending, "workers": ctx.queue.workers},
     )
     return JSONResponse(body.model_dump(), status_code=503 if problems else 200)

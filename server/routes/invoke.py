@@ -23,11 +23,14 @@ router = APIRouter(tags=["synthesis"], responses=ERROR_RESPONSES)
 
 
 @router.post(
-    "/v1/models/{name}/invoke", response_class=Response, openapi_extra=openapi_body(InvokeRequest),
+    "/v1/models/{name}/invoke",
+    response_class=Response,
+    openapi_extra=openapi_body(InvokeRequest),
     responses={200: {"description": "The audio", "content": {CONTENT_TYPES[f]: {} for f in OUTPUT_FORMATS}}},
 )
-async def invoke(request: Request, ctx: Annotated[ServerContext, Depends(get_ctx)],
-                 name: str = Path(..., pattern=MODEL_NAME_PATTERN)) -> Response:
+async def invoke(
+    request: Request, ctx: Annotated[ServerContext, Depends(get_ctx)], name: str = Path(..., pattern=MODEL_NAME_PATTERN)
+) -> Response:
     """Synthesize `text`, optionally in the voice of one reference: `reference_audio` (base64 in JSON,
     or a file part in multipart/form-data; needs `reference_text`), `reference_id` (a saved voice),
     or the original's `prompt_tokens` path (inside the references folder). `streaming: true` sends the
@@ -37,15 +40,24 @@ async def invoke(request: Request, ctx: Annotated[ServerContext, Depends(get_ctx
     ctx.check_model(name)  # the original answers an unknown model before looking at the reference
     reference, transcript = await reference_of(ctx, body, files)
     synthesis = SynthesisRequest(
-        text=body.text, transcript=transcript, reference=reference, sampling=body.sampling,
-        max_frames=body.max_new_tokens, seed=body.seed, order=body.order, use_g2p=body.use_g2p,
-        speaker=body.speaker, output_format=body.format, streaming=body.streaming,
+        text=body.text,
+        transcript=transcript,
+        reference=reference,
+        sampling=body.sampling,
+        max_frames=body.max_new_tokens,
+        seed=body.seed,
+        order=body.order,
+        use_g2p=body.use_g2p,
+        speaker=body.speaker,
+        output_format=body.format,
+        streaming=body.streaming,
     )
     return await synthesize(ctx, name, synthesis, {"Content-Disposition": f"attachment; filename=audio.{body.format}"})
 
 
-async def reference_of(ctx: ServerContext, body: InvokeRequest, files: dict[str, bytes]
-                       ) -> tuple[Reference | None, str | None]:
+async def reference_of(
+    ctx: ServerContext, body: InvokeRequest, files: dict[str, bytes]
+) -> tuple[Reference | None, str | None]:
     """The reference the body names (an upload, a saved voice or a path) and its transcript."""
     limits = {"min_seconds": MIN_REFERENCE_SECONDS, "max_seconds": ctx.settings.max_reference_seconds}
     if "reference_audio" in files or body.reference_audio is not None:
@@ -68,8 +80,11 @@ def prompt_tokens_reference(ctx: ServerContext, user_path: str, limits: dict) ->
     field = "prompt_tokens"
     suffix = "." + user_path.rsplit(".", 1)[-1].lower() if "." in user_path else ""
     if suffix != ".npy" and suffix not in AUDIO_SUFFIXES:
-        raise ApiError(400, "Unknown prompt tokens, it should be either .npy or an audio file "
-                            "(.wav, .flac, .ogg, .mp3).", param=field)
+        raise ApiError(
+            400,
+            "Unknown prompt tokens, it should be either .npy or an audio file (.wav, .flac, .ogg, .mp3).",
+            param=field,
+        )
     path = ctx.references.resolve(user_path, field=field)
     if not path.is_file():
         raise ApiError(400, f"prompt_tokens: {user_path!r} is not a file.", param=field)

@@ -27,8 +27,9 @@ def load_bundle(ctx: ServerContext, name: str, body: LoadModelRequest) -> Bundle
     try:
         bundle = ctx.registry.load(name, plan.build)
     except TooManyModels:
-        raise ApiError(409, f"{ctx.registry.max_models} model(s) loaded already, the --max-models limit; "
-                            "delete one first.") from None
+        raise ApiError(
+            409, f"{ctx.registry.max_models} model(s) loaded already, the --max-models limit; delete one first."
+        ) from None
     ctx.load_errors.pop(name, None)
     log.info("model %r loaded on %s (%s)", name, bundle.info["device"], bundle.info["precision"])
     return bundle
@@ -41,8 +42,12 @@ async def load_model(body: LoadModelRequest, ctx: Ctx, name: str = ModelName) ->
     is refused with 400, never unpickled. Requests keep using the old bundle until the new one is
     ready; it is freed once its running requests finish."""
     bundle = await run_in_threadpool(load_bundle, ctx, name, body)
-    return {"name": name, "device": bundle.info["device"], "precision": bundle.info["precision"],
-            "compiled": bundle.info["compiled"]}
+    return {
+        "name": name,
+        "device": bundle.info["device"],
+        "precision": bundle.info["precision"],
+        "compiled": bundle.info["compiled"],
+    }
 
 
 @router.get("", response_model=ModelList)

@@ -19,10 +19,16 @@ def preview(body: G2PRequest) -> dict:
     context: a model with a small one may split a piece further); `segments`: each non-blank line of
     the text on its own, like the original UI."""
     pieces = read_text(body.text, body.reference_text, use_g2p=body.use_g2p, speaker=body.speaker, order=body.order)
-    prompts = [{"text": piece.text, "prompt": piece.prompt,
-                "segments": [{"line": i, "text": s.text, "language": s.language, "phones": s.phones}
-                             for s in piece.segments]}
-               for i, piece in enumerate(pieces)]
+    prompts = [
+        {
+            "text": piece.text,
+            "prompt": piece.prompt,
+            "segments": [
+                {"line": i, "text": s.text, "language": s.language, "phones": s.phones} for s in piece.segments
+            ],
+        }
+        for i, piece in enumerate(pieces)
+    ]
     return {"segments": line_segments(body.text, body.order), "prompts": prompts}
 
 

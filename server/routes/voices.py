@@ -41,14 +41,21 @@ async def create_voice(request: Request, ctx: Ctx) -> dict:
     if body.id is not None and (ctx.voices.folder / body.id).exists():
         raise id_taken(body.id)
     ctx.check_model(body.model)
-    reference = Reference("audio", audio=data, min_seconds=MIN_REFERENCE_SECONDS,
-                          max_seconds=ctx.settings.max_reference_seconds)
+    reference = Reference(
+        "audio", audio=data, min_seconds=MIN_REFERENCE_SECONDS, max_seconds=ctx.settings.max_reference_seconds
+    )
 
     def encode_and_store(engine) -> dict:
         prepared = prepare_reference(engine, reference)
         try:
-            return ctx.voices.create(name=body.name, transcript=body.transcript, codes=prepared.codes,
-                                     audio=prepared.audio, model=body.model, voice_id=body.id)
+            return ctx.voices.create(
+                name=body.name,
+                transcript=body.transcript,
+                codes=prepared.codes,
+                audio=prepared.audio,
+                model=body.model,
+                voice_id=body.id,
+            )
         except VoiceExists:
             raise id_taken(body.id) from None
 
@@ -66,8 +73,11 @@ async def get_voice(ctx: Ctx, voice_id: str = VoiceId) -> dict:
     return await run_in_threadpool(ctx.voices.get, voice_id)
 
 
-@router.get("/{voice_id}/audio", response_class=FileResponse,
-            responses={200: {"content": {"audio/wav": {}}, "description": "The saved clip (22050 Hz mono WAV)."}})
+@router.get(
+    "/{voice_id}/audio",
+    response_class=FileResponse,
+    responses={200: {"content": {"audio/wav": {}}, "description": "The saved clip (22050 Hz mono WAV)."}},
+)
 async def get_voice_audio(ctx: Ctx, voice_id: str = VoiceId) -> FileResponse:
     path = await run_in_threadpool(ctx.voices.audio_path, voice_id)
     return FileResponse(path, media_type="audio/wav", filename=f"{voice_id}.wav")

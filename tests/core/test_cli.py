@@ -22,7 +22,16 @@ def vqgan_args(ckpt):
 
 
 def lm_args(ckpt):
-    return ["--checkpoint-path", ckpt["lm"], "--config-name", ckpt["lm_config"], "--tokenizer", ckpt["tokenizer"], "--device", "cpu"]
+    return [
+        "--checkpoint-path",
+        ckpt["lm"],
+        "--config-name",
+        ckpt["lm_config"],
+        "--tokenizer",
+        ckpt["tokenizer"],
+        "--device",
+        "cpu",
+    ]
 
 
 def test_four_step_flow_writes_the_original_files(ckpt, speech_wav, tmp_path):
@@ -37,9 +46,24 @@ def test_four_step_flow_writes_the_original_files(ckpt, speech_wav, tmp_path):
     assert info.samplerate == 22050 and info.channels == 1 and info.frames == ref_codes.shape[1] * 1024
 
     # 2. generate two samples in that voice -> codes_0.npy, codes_1.npy
-    result = run_cli(["generate", "--text", "Hello there.", "--prompt-text", "This is a short reference clip.",
-                      "--prompt-tokens", "fake.npy", "--num-samples", "2", "--max-new-tokens", "12",
-                      "--no-g2p", *lm_args(ckpt)], cwd=tmp_path)
+    result = run_cli(
+        [
+            "generate",
+            "--text",
+            "Hello there.",
+            "--prompt-text",
+            "This is a short reference clip.",
+            "--prompt-tokens",
+            "fake.npy",
+            "--num-samples",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "--no-g2p",
+            *lm_args(ckpt),
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "tokens/s" in result.stderr
     samples = [np.load(tmp_path / f"codes_{i}.npy") for i in range(2)]
@@ -73,11 +97,37 @@ def test_max_new_tokens_one_does_not_crash(ckpt, tmp_path):
 @pytest.mark.parametrize("suffix", [".wav", ".flac"])
 def test_tts_speaks_in_one_step(ckpt, speech_wav, tmp_path, with_reference, suffix):
     out = tmp_path / f"out{suffix}"
-    reference = ["--reference-audio", speech_wav, "--reference-text", "This is a short reference clip."] if with_reference else []
-    result = run_cli(["tts", "--text", "Good morning.", *reference, "-o", out, "--max-new-tokens", "10", "--no-g2p",
-                      "--llama-checkpoint-path", ckpt["lm"], "--llama-config-name", ckpt["lm_config"],
-                      "--vqgan-checkpoint-path", ckpt["vqgan"], "--vqgan-config-name", ckpt["vqgan_config"],
-                      "--tokenizer", ckpt["tokenizer"], "--device", "cpu"], cwd=tmp_path)
+    reference = (
+        ["--reference-audio", speech_wav, "--reference-text", "This is a short reference clip."]
+        if with_reference
+        else []
+    )
+    result = run_cli(
+        [
+            "tts",
+            "--text",
+            "Good morning.",
+            *reference,
+            "-o",
+            out,
+            "--max-new-tokens",
+            "10",
+            "--no-g2p",
+            "--llama-checkpoint-path",
+            ckpt["lm"],
+            "--llama-config-name",
+            ckpt["lm_config"],
+            "--vqgan-checkpoint-path",
+            ckpt["vqgan"],
+            "--vqgan-config-name",
+            ckpt["vqgan_config"],
+            "--tokenizer",
+            ckpt["tokenizer"],
+            "--device",
+            "cpu",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     audio, sr = sf.read(out)
     assert sr == 22050 and audio.ndim == 1 and audio.size % 1024 == 0 and audio.size > 0
@@ -92,10 +142,28 @@ def test_tts_stream_writes_the_same_audio_as_it_comes_and_reports_the_first_audi
 
     from tests.paths import ROOT
 
-    command = ["tts", "--text", "Good morning. How are you today? Fine, thanks.", "--max-new-tokens", "30", "--no-g2p",
-               "--seed", "5", "--llama-checkpoint-path", ckpt["lm"], "--llama-config-name", ckpt["lm_config"],
-               "--vqgan-checkpoint-path", ckpt["vqgan"], "--vqgan-config-name", ckpt["vqgan_config"],
-               "--tokenizer", ckpt["tokenizer"], "--device", "cpu"]
+    command = [
+        "tts",
+        "--text",
+        "Good morning. How are you today? Fine, thanks.",
+        "--max-new-tokens",
+        "30",
+        "--no-g2p",
+        "--seed",
+        "5",
+        "--llama-checkpoint-path",
+        ckpt["lm"],
+        "--llama-config-name",
+        ckpt["lm_config"],
+        "--vqgan-checkpoint-path",
+        ckpt["vqgan"],
+        "--vqgan-config-name",
+        ckpt["vqgan_config"],
+        "--tokenizer",
+        ckpt["tokenizer"],
+        "--device",
+        "cpu",
+    ]
     whole = run_cli([*command, "-o", tmp_path / "whole.wav"])
     streamed = run_cli([*command, "--stream", "-o", tmp_path / "streamed.wav"])
     assert whole.returncode == 0 and streamed.returncode == 0, streamed.stderr
@@ -105,8 +173,12 @@ def test_tts_stream_writes_the_same_audio_as_it_comes_and_reports_the_first_audi
 
     # `-o -`: a WAV stream on stdout, its length fields "unknown", the same samples
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    to_stdout = subprocess.run([sys.executable, "-m", "core", *map(str, command), "--stream", "-o", "-"], env=env,
-                               capture_output=True, timeout=300)
+    to_stdout = subprocess.run(
+        [sys.executable, "-m", "core", *map(str, command), "--stream", "-o", "-"],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     assert to_stdout.returncode == 0, to_stdout.stderr.decode()
     assert to_stdout.stdout[:4] == b"RIFF" and to_stdout.stdout[4:8] == b"\xff\xff\xff\xff"
     np.testing.assert_array_equal(sf.read(io.BytesIO(to_stdout.stdout), dtype="int16")[0], expected)
@@ -149,9 +221,26 @@ def _bad_inputs(ckpt, tmp_path):
     (tmp_path / "not_weights.pth").write_bytes(b"nope")
     (tmp_path / "notes.txt").write_text("hello")
     return {
-        "missing-vqgan-checkpoint": (["vqgan", "-i", "good.npy", "--checkpoint-path", "missing.pth", "--device", "cpu"], "not found"),
-        "missing-lm-checkpoint": (["generate", "--text", "hi", "--checkpoint-path", "missing.pth", "--config-name", ckpt["lm_config"],
-                                   "--tokenizer", ckpt["tokenizer"], "--device", "cpu"], "not found"),
+        "missing-vqgan-checkpoint": (
+            ["vqgan", "-i", "good.npy", "--checkpoint-path", "missing.pth", "--device", "cpu"],
+            "not found",
+        ),
+        "missing-lm-checkpoint": (
+            [
+                "generate",
+                "--text",
+                "hi",
+                "--checkpoint-path",
+                "missing.pth",
+                "--config-name",
+                ckpt["lm_config"],
+                "--tokenizer",
+                ckpt["tokenizer"],
+                "--device",
+                "cpu",
+            ],
+            "not found",
+        ),
         "non-audio-file": (["vqgan", "-i", "noise.wav", *vqgan_args(ckpt)], "audio"),
         "unknown-suffix": (["vqgan", "-i", "notes.txt", *vqgan_args(ckpt)], "unknown input type"),
         "codes-wrong-shape": (["vqgan", "-i", "codes3d.npy", *vqgan_args(ckpt)], "codes must be"),
@@ -159,16 +248,73 @@ def _bad_inputs(ckpt, tmp_path):
         "codes-out-of-range": (["vqgan", "-i", "out_of_range.npy", *vqgan_args(ckpt)], "range"),
         "empty-text": (["generate", "--text", "  ", *lm_args(ckpt)], "text is empty"),
         "emoji-only-text": (["generate", "--text", "😀🎉", *lm_args(ckpt)], "nothing to speak"),
-        "not-a-checkpoint": (["generate", "--text", "hi", "--checkpoint-path", "not_weights.pth", "--config-name", ckpt["lm_config"],
-                              "--tokenizer", ckpt["tokenizer"], "--device", "cpu"], "not a loadable weights file"),
-        "checkpoint-config-mismatch": (["generate", "--text", "hi", "--checkpoint-path", ckpt["lm"],
-                                        "--tokenizer", ckpt["tokenizer"], "--device", "cpu"], "does not fit"),
-        "unknown-config": (["generate", "--text", "hi", "--checkpoint-path", ckpt["lm"], "--config-name", "nope",
-                            "--tokenizer", ckpt["tokenizer"], "--device", "cpu"], "unknown LM config"),
-        "prompt-tokens-wrong-shape": (["generate", "--text", "hi", "--prompt-text", "x", "--prompt-tokens", "codes3d.npy", *lm_args(ckpt)], "codes must be"),
+        "not-a-checkpoint": (
+            [
+                "generate",
+                "--text",
+                "hi",
+                "--checkpoint-path",
+                "not_weights.pth",
+                "--config-name",
+                ckpt["lm_config"],
+                "--tokenizer",
+                ckpt["tokenizer"],
+                "--device",
+                "cpu",
+            ],
+            "not a loadable weights file",
+        ),
+        "checkpoint-config-mismatch": (
+            [
+                "generate",
+                "--text",
+                "hi",
+                "--checkpoint-path",
+                ckpt["lm"],
+                "--tokenizer",
+                ckpt["tokenizer"],
+                "--device",
+                "cpu",
+            ],
+            "does not fit",
+        ),
+        "unknown-config": (
+            [
+                "generate",
+                "--text",
+                "hi",
+                "--checkpoint-path",
+                ckpt["lm"],
+                "--config-name",
+                "nope",
+                "--tokenizer",
+                ckpt["tokenizer"],
+                "--device",
+                "cpu",
+            ],
+            "unknown LM config",
+        ),
+        "prompt-tokens-wrong-shape": (
+            ["generate", "--text", "hi", "--prompt-text", "x", "--prompt-tokens", "codes3d.npy", *lm_args(ckpt)],
+            "codes must be",
+        ),
         "bad-top-p": (["generate", "--text", "hi", "--top-p", "1.5", *lm_args(ckpt)], "top-p"),
-        "cuda-missing": (["generate", "--text", "hi", "--checkpoint-path", ckpt["lm"], "--config-name", ckpt["lm_config"],
-                          "--tokenizer", ckpt["tokenizer"], "--device", "cuda:7"], "CUDA"),
+        "cuda-missing": (
+            [
+                "generate",
+                "--text",
+                "hi",
+                "--checkpoint-path",
+                ckpt["lm"],
+                "--config-name",
+                ckpt["lm_config"],
+                "--tokenizer",
+                ckpt["tokenizer"],
+                "--device",
+                "cuda:7",
+            ],
+            "CUDA",
+        ),
         "reference-without-text": (["tts", "--text", "hi", "--reference-audio", "noise.wav"], "go together"),
     }
 

@@ -42,8 +42,10 @@ def test_official_model_parameters_are_in_the_manifest(name):
 def test_a_state_dict_with_exactly_the_manifest_keys_loads(name, lightning):
     manifest = _manifest(name)
     prefix = "model." if lightning else ""
-    state = {prefix + k: torch.empty(v["shape"], dtype=getattr(torch, v["dtype"]), device="meta")
-             for k, v in manifest["keys"].items()}
+    state = {
+        prefix + k: torch.empty(v["shape"], dtype=getattr(torch, v["dtype"]), device="meta")
+        for k, v in manifest["keys"].items()
+    }
     model = build_lm(state, name, device="meta")
     assert model.config.n_layer == 24 and model.embeddings.weight.shape == (37080, 1024)
 
@@ -107,7 +109,9 @@ def test_lora_checkpoint_is_merged_at_load(tmp_path, plain_state):
             a = torch.randn(rank, weight.shape[0], generator=gen) * 0.01
             b = torch.randn(weight.shape[1], rank, generator=gen) * 0.01
             merged[key] = weight + (b @ a).T * scaling
-        elif key.endswith(("wqkv.weight", "wo.weight", "w1.weight", "w2.weight", "w3.weight")) or key == "output.weight":
+        elif (
+            key.endswith(("wqkv.weight", "wo.weight", "w1.weight", "w2.weight", "w3.weight")) or key == "output.weight"
+        ):
             a = torch.randn(rank, weight.shape[1], generator=gen) * 0.01
             b = torch.randn(weight.shape[0], rank, generator=gen) * 0.01
             merged[key] = weight + (b @ a) * scaling

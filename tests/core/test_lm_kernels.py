@@ -61,8 +61,9 @@ def decode_after_prefill(model, prompts: list[torch.Tensor], step_frames: torch.
     with torch.inference_mode():
         for slot, prompt in enumerate(prompts):
             model.prefill(prompt.unsqueeze(0), slot)
-        out = model.decode(step_frames.unsqueeze(-1), torch.arange(len(prompts)),
-                           torch.tensor([p.shape[1] for p in prompts]))
+        out = model.decode(
+            step_frames.unsqueeze(-1), torch.arange(len(prompts)), torch.tensor([p.shape[1] for p in prompts])
+        )
     return torch.cat([out.token_logits[:, 0], out.codebook_logits[:, 0].flatten(1)], dim=1)
 
 

@@ -62,8 +62,10 @@ def test_cached_prefill_and_decode_equal_the_full_forward(model):
         step = x[:, :, -1:]
         next_out = model.decode(step, torch.tensor([0]), torch.tensor([x.size(2)]))
         full_longer = model(torch.cat([x, step], dim=2))
-    for got, expected in ((cached.token_logits[:, -1], full.token_logits[:, -1]),
-                          (next_out.codebook_logits[:, -1], full_longer.codebook_logits[:, -1])):
+    for got, expected in (
+        (cached.token_logits[:, -1], full.token_logits[:, -1]),
+        (next_out.codebook_logits[:, -1], full_longer.codebook_logits[:, -1]),
+    ):
         torch.testing.assert_close(got, expected, atol=network_atol(expected, longest_reduction(model)), rtol=0)
 
 
@@ -73,11 +75,18 @@ def test_generation_is_token_identical_to_case5(model, key, penalty, static_cach
     case = np.load(PARITY / "case5_generate.npz")
     kwargs = json.loads((PARITY / "case5_generate_config.json").read_text())["generate_kwargs"]
     prompt = torch.from_numpy(case["prompt"])
-    params = SamplingParams(temperature=kwargs["temperature"], top_p=kwargs["top_p"], top_k=kwargs["top_k"],
-                            repetition_penalty=penalty)
+    params = SamplingParams(
+        temperature=kwargs["temperature"], top_p=kwargs["top_p"], top_k=kwargs["top_k"], repetition_penalty=penalty
+    )
     model.clear_caches()
-    frames = generate(model, prompt, max_new_tokens=kwargs["max_new_tokens"], eos_token_id=kwargs["eos_token_id"],
-                      params=params, static_cache=static_cache)[0]
+    frames = generate(
+        model,
+        prompt,
+        max_new_tokens=kwargs["max_new_tokens"],
+        eos_token_id=kwargs["eos_token_id"],
+        params=params,
+        static_cache=static_cache,
+    )[0]
     result = torch.cat([prompt, frames], dim=1)
     assert result.dtype == torch.int32
     np.testing.assert_array_equal(result.numpy(), case[key])
@@ -95,7 +104,9 @@ def test_prompt_encoding_matches_case7(tokenizer, index, case):
     prompt = prompt_string(case["text"], case["prompt_text"], use_g2p=case["use_g2p"], speaker=case["speaker"])
     encoded = encode_prompt(tokenizer, prompt, prompt_tokens)
     expected = arrays[f"case{index}_encoded"]
-    assert [tokenizer.id_to_token(int(t)) for t in encoded[0, : len(case["text_row_tokens"])]] == case["text_row_tokens"]
+    assert [tokenizer.id_to_token(int(t)) for t in encoded[0, : len(case["text_row_tokens"])]] == case[
+        "text_row_tokens"
+    ]
     np.testing.assert_array_equal(encoded.numpy(), expected)
 
 
@@ -114,10 +125,23 @@ def _case8():
 def test_generate_command_writes_the_original_codes_case8(tiny_checkpoints, tmp_path, sub):
     """Run the real CLI as the original was run (top-k 1, no code mask) and compare codes_0.npy."""
     argv = [a if a != sub["cli_args"]["prompt_tokens"] else str(PARITY / a) for a in sub["cli_argv"]]
-    result = run_cli([
-        "generate", *argv, "--checkpoint-path", tiny_checkpoints["lm"], "--config-name", tiny_checkpoints["lm_config"],
-        "--tokenizer", tiny_checkpoints["tokenizer"], "--no-code-mask", "--device", "cpu", "--output-dir", tmp_path,
-    ])
+    result = run_cli(
+        [
+            "generate",
+            *argv,
+            "--checkpoint-path",
+            tiny_checkpoints["lm"],
+            "--config-name",
+            tiny_checkpoints["lm_config"],
+            "--tokenizer",
+            tiny_checkpoints["tokenizer"],
+            "--no-code-mask",
+            "--device",
+            "cpu",
+            "--output-dir",
+            tmp_path,
+        ]
+    )
     assert result.returncode == 0, result.stderr
     codes = np.load(tmp_path / "codes_0.npy")
     expected = np.load(PARITY / "case8_cli_generate.npz")[f"{sub['name']}_codes"]

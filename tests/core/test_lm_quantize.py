@@ -108,8 +108,10 @@ def test_int8_greedy_generation_mostly_agrees_with_float32(float_model, int8_mod
     kwargs = json.loads((PARITY / "case5_generate_config.json").read_text())["generate_kwargs"]
     prompt = torch.from_numpy(case["prompt"])
     params = SamplingParams(temperature=1.0, top_p=None, top_k=1, repetition_penalty=1.0)
-    runs = [generate(m, prompt, max_new_tokens=32, eos_token_id=kwargs["eos_token_id"], params=params)[0]
-            for m in (float_model, int8_model)]
+    runs = [
+        generate(m, prompt, max_new_tokens=32, eos_token_id=kwargs["eos_token_id"], params=params)[0]
+        for m in (float_model, int8_model)
+    ]
     n = min(r.shape[1] for r in runs)
     agreement = (runs[0][:, :n] == runs[1][:, :n]).float().mean()
     assert agreement >= 0.9, f"top-1 agreement over the generation: {agreement:.2f}"
@@ -128,17 +130,42 @@ def test_int8_kernel_equals_dequantize_then_matmul(rows, in_features):
 
 
 def test_engine_quantize_option_generates_codes(tiny_checkpoints):
-    engine = TTSEngine.load(lm_checkpoint=tiny_checkpoints["lm"], lm_config=str(tiny_checkpoints["lm_config"]),
-                            tokenizer=tiny_checkpoints["tokenizer"], vqgan_checkpoint=None, device="cpu", quantize="int8")
+    engine = TTSEngine.load(
+        lm_checkpoint=tiny_checkpoints["lm"],
+        lm_config=str(tiny_checkpoints["lm_config"]),
+        tokenizer=tiny_checkpoints["tokenizer"],
+        vqgan_checkpoint=None,
+        device="cpu",
+        quantize="int8",
+    )
     assert isinstance(engine.lm.output, Int8Linear)
     codes = engine.generate_codes(SynthesisRequest(text="hi", use_g2p=False, max_frames=4, seed=1), num_samples=2)
     assert len(codes) == 2 and all(c.shape[0] == 4 for c in codes)
 
 
 def test_cli_quantize_flag(tiny_checkpoints, tmp_path):
-    result = run_cli(["generate", "--text", "hi", "--no-g2p", "--max-new-tokens", "4", "--quantize", "int8",
-                      "--checkpoint-path", tiny_checkpoints["lm"], "--config-name", tiny_checkpoints["lm_config"],
-                      "--tokenizer", tiny_checkpoints["tokenizer"], "--device", "cpu", "--output-dir", tmp_path])
+    result = run_cli(
+        [
+            "generate",
+            "--text",
+            "hi",
+            "--no-g2p",
+            "--max-new-tokens",
+            "4",
+            "--quantize",
+            "int8",
+            "--checkpoint-path",
+            tiny_checkpoints["lm"],
+            "--config-name",
+            tiny_checkpoints["lm_config"],
+            "--tokenizer",
+            tiny_checkpoints["tokenizer"],
+            "--device",
+            "cpu",
+            "--output-dir",
+            tmp_path,
+        ]
+    )
     assert result.returncode == 0, result.stderr
     assert np.load(tmp_path / "codes_0.npy").shape[0] == 4
 

@@ -14,7 +14,9 @@ from tests.paths import PARITY
 CONFIG = str(PARITY / "llama_config.json")
 
 
-@pytest.mark.skipif(not os.environ.get("FISHTTS_SLOW_TESTS"), reason="torch.compile takes ~1 min; set FISHTTS_SLOW_TESTS=1")
+@pytest.mark.skipif(
+    not os.environ.get("FISHTTS_SLOW_TESTS"), reason="torch.compile takes ~1 min; set FISHTTS_SLOW_TESTS=1"
+)
 def test_compiled_cpu_decode_generates_the_same_tokens_as_eager():
     from core.lm.compile import compile_decode
 
@@ -23,6 +25,8 @@ def test_compiled_cpu_decode_generates_the_same_tokens_as_eager():
     eager = load_lm(PARITY / "llama_state_dict.pt", CONFIG, quantize="int8")
     compiled = load_lm(PARITY / "llama_state_dict.pt", CONFIG, quantize="int8")
     compile_decode(compiled)
-    runs = [generate(m, prompt, max_new_tokens=24, eos_token_id=2, params=params, ignore_stop=True)[0]
-            for m in (eager, compiled)]
+    runs = [
+        generate(m, prompt, max_new_tokens=24, eos_token_id=2, params=params, ignore_stop=True)[0]
+        for m in (eager, compiled)
+    ]
     assert (runs[0] == runs[1]).float().mean() >= 0.95

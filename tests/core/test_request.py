@@ -11,15 +11,18 @@ from core.reference import MIN_REFERENCE_SECONDS, prepare_reference
 from core.request import DEFAULT_ORDER, DEFAULT_SAMPLING, Reference, SynthesisRequest
 
 
-@pytest.mark.parametrize("fields, field", [
-    ({"text": "  "}, "text"),
-    ({"order": "zh,zh"}, "order"),
-    ({"order": "fr"}, "order"),
-    ({"max_frames": -1}, "max_new_tokens"),
-    ({"output_format": "aiff"}, "format"),
-    ({"output_format": "mp3", "streaming": True}, "format"),
-    ({"reference": Reference("reference_audio", audio=b"RIFF")}, "reference_audio"),
-])
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"text": "  "}, "text"),
+        ({"order": "zh,zh"}, "order"),
+        ({"order": "fr"}, "order"),
+        ({"max_frames": -1}, "max_new_tokens"),
+        ({"output_format": "aiff"}, "format"),
+        ({"output_format": "mp3", "streaming": True}, "format"),
+        ({"reference": Reference("reference_audio", audio=b"RIFF")}, "reference_audio"),
+    ],
+)
 def test_a_bad_request_is_a_value_error_naming_its_field(fields, field):
     with pytest.raises(ValueError, match=f"^{field}: "):
         SynthesisRequest(**{"text": "hello", **fields})
@@ -28,7 +31,11 @@ def test_a_bad_request_is_a_value_error_naming_its_field(fields, field):
 def test_defaults_are_the_originals():
     request = SynthesisRequest(text="hello")
     assert request.sampling == DEFAULT_SAMPLING and request.order == DEFAULT_ORDER == "zh,jp,en"
-    assert (DEFAULT_SAMPLING.temperature, DEFAULT_SAMPLING.top_p, DEFAULT_SAMPLING.repetition_penalty) == (0.7, 0.5, 1.5)
+    assert (DEFAULT_SAMPLING.temperature, DEFAULT_SAMPLING.top_p, DEFAULT_SAMPLING.repetition_penalty) == (
+        0.7,
+        0.5,
+        1.5,
+    )
     with pytest.raises(ValueError, match="exactly one"):
         Reference("voice")
 
@@ -40,15 +47,23 @@ def test_engine_info_describes_the_loaded_models(tiny_engine):
     assert info.sample_rate == 22050 and info.frame_rate == pytest.approx(22050 / 1024) and info.phonemes
 
 
-@pytest.mark.parametrize("reference, message", [
-    (Reference("voice", codes=np.full((4, 5), 160)), "voice: codes must have shape [4, T] with values in 0..159"),
-    (Reference("voice", codes=np.zeros((3, 5), dtype=np.int64)), "voice: codes must have shape [4, T]"),
-    (Reference("voice", codes=np.zeros((4, 5), dtype=np.float32)), "voice: codes must be a 2-D integer array"),
-    (Reference("clip", audio=b"not audio at all"), "clip: audio data is not a readable audio file"),
-    (Reference("clip", audio=np.zeros(1000, np.float32), min_seconds=MIN_REFERENCE_SECONDS),
-     "clip: the reference clip is 0.045 s long"),
-    (Reference("clip", audio=np.zeros(22050 * 3, np.float32), max_seconds=2), "clip: the reference clip is 3.0 s long"),
-])
+@pytest.mark.parametrize(
+    "reference, message",
+    [
+        (Reference("voice", codes=np.full((4, 5), 160)), "voice: codes must have shape [4, T] with values in 0..159"),
+        (Reference("voice", codes=np.zeros((3, 5), dtype=np.int64)), "voice: codes must have shape [4, T]"),
+        (Reference("voice", codes=np.zeros((4, 5), dtype=np.float32)), "voice: codes must be a 2-D integer array"),
+        (Reference("clip", audio=b"not audio at all"), "clip: audio data is not a readable audio file"),
+        (
+            Reference("clip", audio=np.zeros(1000, np.float32), min_seconds=MIN_REFERENCE_SECONDS),
+            "clip: the reference clip is 0.045 s long",
+        ),
+        (
+            Reference("clip", audio=np.zeros(22050 * 3, np.float32), max_seconds=2),
+            "clip: the reference clip is 3.0 s long",
+        ),
+    ],
+)
 def test_reference_problems_name_the_field(tiny_engine, reference, message):
     with pytest.raises(ValueError) as error:
         prepare_reference(tiny_engine, reference)

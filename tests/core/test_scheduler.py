@@ -33,8 +33,14 @@ def prompt(length: int, seed: int) -> torch.Tensor:
 
 def request(model, length: int, seed: int, params: SamplingParams, new: int) -> Sequence:
     budget = budget_new_frames(length, new, model.config.max_seq_len)
-    return Sequence(prompt(length, seed), budget, params, eos_token_id=2,
-                    generator=torch.Generator().manual_seed(seed), code_limit=160)
+    return Sequence(
+        prompt(length, seed),
+        budget,
+        params,
+        eos_token_id=2,
+        generator=torch.Generator().manual_seed(seed),
+        code_limit=160,
+    )
 
 
 class Collector:
@@ -82,8 +88,16 @@ def run_alone(model, seq: Sequence) -> np.ndarray:
     return codes(seq)
 
 
-SPECS = [(20, 1, GREEDY, 40), (9, 2, SAMPLED, 30), (33, 3, SAMPLED, 50), (5, 4, GREEDY, 25),
-         (17, 5, SAMPLED, 45), (12, 6, GREEDY, 35), (26, 7, SAMPLED, 20), (14, 8, SAMPLED, 60)]
+SPECS = [
+    (20, 1, GREEDY, 40),
+    (9, 2, SAMPLED, 30),
+    (33, 3, SAMPLED, 50),
+    (5, 4, GREEDY, 25),
+    (17, 5, SAMPLED, 45),
+    (12, 6, GREEDY, 35),
+    (26, 7, SAMPLED, 20),
+    (14, 8, SAMPLED, 60),
+]
 
 
 def test_every_request_gets_the_same_codes_alone_and_in_a_batch_of_8(model):
@@ -214,9 +228,17 @@ def test_a_fault_in_one_sequences_sampling_fails_it_alone_mid_batch(model, fault
     assert collector.errors[2] is None and later.finished
 
 
-@pytest.mark.parametrize("options", [dict(repetition_penalty=1e-300), dict(repetition_penalty=float("nan")),
-                                     dict(repetition_penalty=11.0), dict(temperature=float("inf")),
-                                     dict(top_k=10**6), dict(top_p=float("nan"))])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(repetition_penalty=1e-300),
+        dict(repetition_penalty=float("nan")),
+        dict(repetition_penalty=11.0),
+        dict(temperature=float("inf")),
+        dict(top_k=10**6),
+        dict(top_p=float("nan")),
+    ],
+)
 def test_sampling_options_out_of_bounds_are_refused(options):
     with pytest.raises(ValueError):
         SamplingParams(**options)

@@ -86,8 +86,7 @@ def test_chunks_become_ready_only_with_enough_lookahead(vqgan):
 
 
 def test_stream_chunks_are_the_non_streamed_audio(tiny_engine):
-    request = SynthesisRequest(text="hello world. this is a test of streaming!", use_g2p=False,
-                                max_frames=80, seed=5)
+    request = SynthesisRequest(text="hello world. this is a test of streaming!", use_g2p=False, max_frames=80, seed=5)
     stream = tiny_engine.stream(request)
     chunks = list(stream)
     assert len(chunks) >= 2 and stream.time_to_first_audio is not None
@@ -95,7 +94,9 @@ def test_stream_chunks_are_the_non_streamed_audio(tiny_engine):
     # and within float rounding of decoding the generated codes in one piece
     codes = tiny_engine.generate_codes(request)[0]
     one_shot = tiny_engine.decode_codes(codes)
-    assert np.abs(np.concatenate(chunks) - one_shot).max() <= network_atol(one_shot, longest_reduction(tiny_engine.vqgan))
+    assert np.abs(np.concatenate(chunks) - one_shot).max() <= network_atol(
+        one_shot, longest_reduction(tiny_engine.vqgan)
+    )
 
 
 def test_a_long_text_streams_its_segments_in_order(tiny_engine):
@@ -129,8 +130,9 @@ def test_cancelling_a_stream_frees_the_model_within_a_second(tiny_engine):
     # A full batch of fresh sequences gets its slots (and finishes) within the second: the cancelled
     # stream's sequences left the batch.
     started = time.monotonic()
-    codes = tiny_engine.generate_codes(SynthesisRequest(text="next", use_g2p=False, max_frames=5, seed=1),
-                                       num_samples=tiny_engine.max_batch_size)
+    codes = tiny_engine.generate_codes(
+        SynthesisRequest(text="next", use_g2p=False, max_frames=5, seed=1), num_samples=tiny_engine.max_batch_size
+    )
     assert time.monotonic() - started < 1.0
     assert len(codes) == tiny_engine.max_batch_size and codes[0].shape[0] == 4
 

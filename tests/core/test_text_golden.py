@@ -48,8 +48,9 @@ def test_reference_examples_match_original(case):
         assert clean_text(case["input"]) == case["clean_text"]
     if "segments" in case:
         segments = segments_to_dicts(parse_text_to_segments(case["input"], order))
-        assert [{"language": s["language"], "text": s["text"], "phones": s["phones"]} for s in segments] \
-            == [{"language": s["language"], "text": s["text"], "phones": s["phones"]} for s in case["segments"]]
+        assert [{"language": s["language"], "text": s["text"], "phones": s["phones"]} for s in segments] == [
+            {"language": s["language"], "text": s["text"], "phones": s["phones"]} for s in case["segments"]
+        ]
     if "g2p" in case:
         assert g2p(case["input"], order) == _pairs(case["g2p"])
     options = {"prompt_text": case.get("prompt_text"), "speaker": case.get("speaker"), "order": order}

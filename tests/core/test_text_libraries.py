@@ -13,15 +13,20 @@ JA_CASES = load_json("openjtalk_examples.json")["cases"]
 
 
 def test_chinese_normalizer_matches_wetextprocessing():
-    mismatches = [(c["input"], c["output"], normalize_chinese(c["input"])) for c in ZH_CASES
-                  if normalize_chinese(c["input"]) != c["output"]]
+    mismatches = [
+        (c["input"], c["output"], normalize_chinese(c["input"]))
+        for c in ZH_CASES
+        if normalize_chinese(c["input"]) != c["output"]
+    ]
     assert mismatches == []
 
 
 def test_reorder_puts_fields_in_verbalizer_order_and_keeps_escapes():
     tagged = 'date { day: "29" month: "12" year: "2023" } char { value: "\\\\" } char { value: "\\"" }'
-    assert reorder_tokens(tagged) == \
-        'date { year: "2023" month: "12" day: "29" } char { value: "\\\\" } char { value: "\\"" }'
+    assert (
+        reorder_tokens(tagged)
+        == 'date { year: "2023" month: "12" day: "29" } char { value: "\\\\" } char { value: "\\"" }'
+    )
 
 
 @needs_japanese

@@ -32,12 +32,23 @@ print(json.dumps({"events": events, "phones": [len(p) for p in out]}))
 
 
 def _run_guarded(texts, tmp_path):
-    env = dict(os.environ, HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path / "tmp"),
-               XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        HOME=str(tmp_path / "home"),
+        TMPDIR=str(tmp_path / "tmp"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        PYTHONPATH=str(ROOT),
+    )
     for folder in ("home", "tmp", "cache"):
         (tmp_path / folder).mkdir()
-    result = subprocess.run([sys.executable, "-c", _GUARDED_RUN, json.dumps(texts)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _GUARDED_RUN, json.dumps(texts)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     leftovers = [str(p) for folder in ("home", "tmp", "cache") for p in (tmp_path / folder).rglob("*")]
@@ -45,8 +56,12 @@ def _run_guarded(texts, tmp_path):
 
 
 def test_g2p_needs_no_network_and_no_pickle(tmp_path):
-    texts = ["你好，世界！今天是2023年12月29日，气温-3度。", "The price is 42 dollars, isn't it?",
-             "GPT-4 and Genshin, 'read' 1st", "测试一下 Hugging face, BGM声音很大吗？"]
+    texts = [
+        "你好，世界！今天是2023年12月29日，气温-3度。",
+        "The price is 42 dollars, isn't it?",
+        "GPT-4 and Genshin, 'read' 1st",
+        "测试一下 Hugging face, BGM声音很大吗？",
+    ]
     if japanese_available():
         texts.append("こんにちは、元気ですか？今日は2024年1月1日です。")
     report, leftovers = _run_guarded(texts, tmp_path)
@@ -61,9 +76,17 @@ def test_no_pickle_files_in_the_package():
 
 
 def test_importing_core_text_loads_no_heavy_module():
-    code = ("import sys, core.text; heavy = ['jieba', 'pypinyin', 'nltk', 'kaldifst', 'pyopenjtalk', "
-            "'inflect', 'numpy', 'torch']; print([m for m in heavy if m in sys.modules])")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+    code = (
+        "import sys, core.text; heavy = ['jieba', 'pypinyin', 'nltk', 'kaldifst', 'pyopenjtalk', "
+        "'inflect', 'numpy', 'torch']; print([m for m in heavy if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -22,20 +22,32 @@ def _golden_prompts():
     case7 = np.load(PARITY / "case7_encode_tokens.npz")
     for index, case in enumerate(json.loads((PARITY / "case7_encode_tokens.json").read_text())["cases"]):
         row = case7[f"case{index}_encoded"][0]
-        args = dict(text=case["text"], prompt_text=case["prompt_text"], speaker=case["speaker"],
-                    use_g2p=case["use_g2p"], order="zh,jp,en")
-        yield f"case7_{index}", args, row[:len(row) - case["prompt_T"]]
+        args = dict(
+            text=case["text"],
+            prompt_text=case["prompt_text"],
+            speaker=case["speaker"],
+            use_g2p=case["use_g2p"],
+            order="zh,jp,en",
+        )
+        yield f"case7_{index}", args, row[: len(row) - case["prompt_T"]]
     case8 = np.load(PARITY / "case8_cli_generate.npz")
     for sub in json.loads((PARITY / "case8_cli_generate.json").read_text())["subcases"]:
         cli, row = sub["cli_args"], case8[f"{sub['name']}_encoded"][0]
         frames = (sub["prompt_tokens_shape"] or [0, 0])[1]
-        args = dict(text=cli["text"], prompt_text=cli["prompt_text"], speaker=cli["speaker"],
-                    use_g2p=cli["use_g2p"], order=cli["order"])
-        yield f"case8_{sub['name']}", args, row[:len(row) - frames]
+        args = dict(
+            text=cli["text"],
+            prompt_text=cli["prompt_text"],
+            speaker=cli["speaker"],
+            use_g2p=cli["use_g2p"],
+            order=cli["order"],
+        )
+        yield f"case8_{sub['name']}", args, row[: len(row) - frames]
 
 
-CASES = [pytest.param(args, ids, id=name, marks=[needs_japanese] if has_kana(args) else [])
-         for name, args, ids in _golden_prompts()]
+CASES = [
+    pytest.param(args, ids, id=name, marks=[needs_japanese] if has_kana(args) else [])
+    for name, args, ids in _golden_prompts()
+]
 
 
 @pytest.mark.parametrize("args, golden_ids", CASES)

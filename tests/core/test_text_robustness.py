@@ -25,16 +25,19 @@ def test_text_without_readable_content_gives_no_phones(text):
     assert g2p(text) == []
 
 
-@pytest.mark.parametrize("text, message", [
-    ("</en>", "no opening tag"),
-    ("你好</zh>", "no opening tag"),
-    ("<zh>你好</ZH>", "Language mismatch: zh != ZH"),
-    ("<zh>你好</en>", "Language mismatch"),
-    ("<fr>bonjour</fr>", "Unknown language: fr"),
-    ("<p:a1> 直接音素", "Unknown language: p:a1"),
-    ("<>", "Unknown language"),
-    ("噷", "Chinese g2p cannot read"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("</en>", "no opening tag"),
+        ("你好</zh>", "no opening tag"),
+        ("<zh>你好</ZH>", "Language mismatch: zh != ZH"),
+        ("<zh>你好</en>", "Language mismatch"),
+        ("<fr>bonjour</fr>", "Unknown language: fr"),
+        ("<p:a1> 直接音素", "Unknown language: p:a1"),
+        ("<>", "Unknown language"),
+        ("噷", "Chinese g2p cannot read"),
+    ],
+)
 def test_bad_markup_raises_text_error(text, message):
     with pytest.raises(TextError, match=message):
         g2p(text)
@@ -44,12 +47,15 @@ def test_unclosed_tag_reads_to_the_end_like_the_original():
     assert [(s.language, s.text) for s in parse_text_to_segments("<en>hi 你好")] == [("EN", "hi 你好")]
 
 
-@pytest.mark.parametrize("order, expected", [
-    ("zh,jp,en", ["ZH", "JP", "EN"]),
-    ("EN, zh", ["EN", "ZH"]),
-    (("jp", "ZH"), ["JP", "ZH"]),
-    (None, ["ZH", "JP", "EN"]),
-])
+@pytest.mark.parametrize(
+    "order, expected",
+    [
+        ("zh,jp,en", ["ZH", "JP", "EN"]),
+        ("EN, zh", ["EN", "ZH"]),
+        (("jp", "ZH"), ["JP", "ZH"]),
+        (None, ["ZH", "JP", "EN"]),
+    ],
+)
 def test_order_accepts_strings_and_sequences_in_any_case(order, expected):
     assert normalize_order(order) == expected
 
@@ -113,8 +119,21 @@ def test_japanese_without_a_dictionary_says_so(monkeypatch, tmp_path):
 
 
 def test_phones_to_prompt_keeps_punctuation_and_pad_raw():
-    phones = [("ZH", "n"), ("ZH", "i2"), (None, ","), ("EN", "HH"), (None, "…"), (None, "SP"),
-              (None, "UNK"), (None, "_"), (None, "'"), (None, "-"), (None, "!"), (None, "?"), (None, ".")]
+    phones = [
+        ("ZH", "n"),
+        ("ZH", "i2"),
+        (None, ","),
+        ("EN", "HH"),
+        (None, "…"),
+        (None, "SP"),
+        (None, "UNK"),
+        (None, "_"),
+        (None, "'"),
+        (None, "-"),
+        (None, "!"),
+        (None, "?"),
+        (None, "."),
+    ]
     assert phones_to_prompt(phones) == "<p:n> <p:i2> , <p:HH> … SP UNK _ ' - ! ? ."
     assert phones_to_prompt(["n", "i2", ","]) == "<p:n> <p:i2> ,"
     assert phones_to_prompt([]) == ""

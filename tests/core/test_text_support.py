@@ -22,7 +22,8 @@ def japanese_available() -> bool:
 
 needs_japanese = pytest.mark.skipif(
     not japanese_available(),
-    reason="Japanese extra not installed: pip install 'fishtts[ja]' + apt open-jtalk-mecab-naist-jdic")
+    reason="Japanese extra not installed: pip install 'fishtts[ja]' + apt open-jtalk-mecab-naist-jdic",
+)
 
 
 def has_japanese(value) -> bool:

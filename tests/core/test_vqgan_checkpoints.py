@@ -198,16 +198,19 @@ def small_model(small_sd):
     return vqgan_from_state_dict(small_sd, SMALL_CONFIG)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (torch.full((4, 5), 160), "out of range"),  # QUIRKS 14: the LM can emit 160..165
-    (torch.full((4, 5), -1), "out of range"),
-    (torch.zeros(3, 5, dtype=torch.long), "shape"),
-    (torch.zeros(4, dtype=torch.long), "shape"),
-    (torch.zeros(4, 0, dtype=torch.long), "shape"),
-    (torch.zeros(1, 4, 5, dtype=torch.long), "shape"),
-    (torch.zeros(4, 5), "integers"),
-    (torch.zeros(4, 5, dtype=torch.bool), "integers"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.full((4, 5), 160), "out of range"),  # QUIRKS 14: the LM can emit 160..165
+        (torch.full((4, 5), -1), "out of range"),
+        (torch.zeros(3, 5, dtype=torch.long), "shape"),
+        (torch.zeros(4, dtype=torch.long), "shape"),
+        (torch.zeros(4, 0, dtype=torch.long), "shape"),
+        (torch.zeros(1, 4, 5, dtype=torch.long), "shape"),
+        (torch.zeros(4, 5), "integers"),
+        (torch.zeros(4, 5, dtype=torch.bool), "integers"),
+    ],
+)
 def test_bad_codes_raise_value_error(small_model, bad, message):
     with pytest.raises(ValueError, match=message):
         small_model.decode(bad)
@@ -218,8 +221,15 @@ def test_codes_at_the_range_edges_decode(small_model):
     assert audio.shape == (1, 1, 2048) and audio.abs().max() <= 1
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(1, 1, 1000), torch.zeros(2, 1, 4096), torch.zeros(1, 2, 4096),
-                                 torch.zeros(1, 1, 4096, dtype=torch.long)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.zeros(1, 1, 1000),
+        torch.zeros(2, 1, 4096),
+        torch.zeros(1, 2, 4096),
+        torch.zeros(1, 1, 4096, dtype=torch.long),
+    ],
+)
 def test_bad_audio_raises_value_error(small_model, bad):
     with pytest.raises(ValueError):
         small_model.encode(bad)

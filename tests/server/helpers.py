@@ -29,8 +29,13 @@ SR = 22050
 # SPEC-server §8.3: the web UI's load body, with the UI's defaults except the configs of the tiny models.
 WEBUI_LOAD = {
     "device": "cuda",
-    "llama": {"config_name": "checkpoints/llama.json", "checkpoint_path": "checkpoints/text2semantic-400m-v0.2-4k.pth",
-              "precision": "float16", "tokenizer": "fishaudio/speech-lm-v1", "compile": True},
+    "llama": {
+        "config_name": "checkpoints/llama.json",
+        "checkpoint_path": "checkpoints/text2semantic-400m-v0.2-4k.pth",
+        "precision": "float16",
+        "tokenizer": "fishaudio/speech-lm-v1",
+        "compile": True,
+    },
     "vqgan": {"config_name": "checkpoints/vqgan_config.json", "checkpoint_path": "checkpoints/vqgan-v1.pth"},
 }
 FAST = {"max_new_tokens": 8, "seed": 1}  # random weights never stop on their own
@@ -54,8 +59,10 @@ def make_workdir(folder: Path) -> Path:
     ckpt = folder / "checkpoints"
     ckpt.mkdir(parents=True)
     lm = torch.load(PARITY / "llama_state_dict.pt", weights_only=True)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in lm.items()}, "global_step": 0},
-               ckpt / "text2semantic-400m-v0.2-4k.pth")
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in lm.items()}, "global_step": 0},
+        ckpt / "text2semantic-400m-v0.2-4k.pth",
+    )
     shutil.copy(PARITY / "vqgan_state_dict.pt", ckpt / "vqgan-v1.pth")
     shutil.copy(PARITY / "cli_configs" / "llama.json", ckpt / "llama.json")
     shutil.copy(PARITY / "vqgan_config.json", ckpt / "vqgan_config.json")

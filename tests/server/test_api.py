@@ -35,6 +35,7 @@ def assert_wav(response) -> np.ndarray:
 
 # -- the original web UI's exact payloads (SPEC-server §8.3) --------------------------------------
 
+
 def test_webui_load_payload_loads_the_model(client):
     response = client.put("/v1/models/default", json=WEBUI_LOAD)
     assert response.status_code == 200, response.text
@@ -47,8 +48,11 @@ def test_shown_model_settings_can_be_sent_back(client):
     details = client.get("/v1/models").json()["details"]
     shown = next(d for d in details if d["name"] == "default")
     assert shown["llama"]["tokenizer"] == WEBUI_LOAD["llama"]["tokenizer"]
-    body = {**WEBUI_LOAD, "llama": {**WEBUI_LOAD["llama"], **shown["llama"]},
-            "vqgan": {**WEBUI_LOAD["vqgan"], **shown["vqgan"]}}
+    body = {
+        **WEBUI_LOAD,
+        "llama": {**WEBUI_LOAD["llama"], **shown["llama"]},
+        "vqgan": {**WEBUI_LOAD["vqgan"], **shown["vqgan"]},
+    }
     response = client.put("/v1/models/default", json=body)
     assert response.status_code == 200, response.text
 
@@ -59,8 +63,15 @@ def test_webui_invoke_payload_returns_wav(client, enable_reference):
         "text": "测试一下 Hugging face, BGM声音很大吗？那我改一下. 世界、こんにちは。",
         "prompt_text": "在一无所知中，梦里的一天结束了。" if enable_reference else None,
         "prompt_tokens": "references/0_input.wav" if enable_reference else None,
-        "max_new_tokens": 16, "top_k": None, "top_p": 0.5, "repetition_penalty": 1.5, "temperature": 0.7,
-        "order": "zh,jp,en", "use_g2p": True, "seed": None, "speaker": None,
+        "max_new_tokens": 16,
+        "top_k": None,
+        "top_p": 0.5,
+        "repetition_penalty": 1.5,
+        "temperature": 0.7,
+        "order": "zh,jp,en",
+        "use_g2p": True,
+        "seed": None,
+        "speaker": None,
     }
     response = client.post("/v1/models/default/invoke", json=payload)
     assert_wav(response)
@@ -81,6 +92,7 @@ def test_seed_makes_output_repeatable(client):
 
 # -- uploads ------------------------------------------------------------------------------------
 
+
 def test_base64_reference_upload(client):
     clip = base64.b64encode(audio_bytes(tone(1.5))).decode()
     assert_wav(invoke(client, text="hello", reference_audio=clip, reference_text="a tone"))
@@ -94,11 +106,14 @@ def test_multipart_reference_upload(client):
     assert_wav(response)
 
 
-@pytest.mark.parametrize("label,clip,sr", [
-    ("stereo", tone(1.5, channels=2), SR),
-    ("8 kHz", tone(1.5, sr=8000), 8000),
-    ("48 kHz", tone(1.5, sr=48000), 48000),
-])
+@pytest.mark.parametrize(
+    "label,clip,sr",
+    [
+        ("stereo", tone(1.5, channels=2), SR),
+        ("8 kHz", tone(1.5, sr=8000), 8000),
+        ("48 kHz", tone(1.5, sr=48000), 48000),
+    ],
+)
 def test_references_are_mixed_down_and_resampled(client, label, clip, sr):
     """Documented: any channel count and sample rate is accepted (mono mix, resampled to 22050 Hz)."""
     encoded = base64.b64encode(audio_bytes(clip, sr)).decode()
@@ -114,8 +129,10 @@ def test_five_minute_reference_is_refused_with_422(client):
 
 # -- output formats -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt,content_type", [("wav", "audio/wav"), ("flac", "audio/flac"), ("mp3", "audio/mpeg"),
-                                              ("ogg", "audio/ogg")])
+
+@pytest.mark.parametrize(
+    "fmt,content_type", [("wav", "audio/wav"), ("flac", "audio/flac"), ("mp3", "audio/mpeg"), ("ogg", "audio/ogg")]
+)
 def test_every_output_format(client, fmt, content_type):
     response = invoke(client, text="hello", format=fmt)
     assert response.status_code == 200, response.text
@@ -126,6 +143,7 @@ def test_every_output_format(client, fmt, content_type):
 
 
 # -- text preview, health, docs, errors -----------------------------------------------------------
+
 
 def test_g2p_preview_rows_per_line(client):
     response = client.post("/v1/text/g2p", json={"text": "hello 你好\n\nworld", "order": "zh,jp,en"})
@@ -147,8 +165,16 @@ def test_health_lists_models_and_queue(client):
 def test_docs_and_openapi_show_routes_and_bounds(client):
     assert "swagger" in client.get("/docs").text.lower()
     spec = client.get("/openapi.json").json()
-    for path in ("/v1/models/{name}", "/v1/models", "/v1/models/{name}/invoke", "/v1/references",
-                 "/v1/references/{voice_id}", "/v1/audio/speech", "/v1/text/g2p", "/v1/health"):
+    for path in (
+        "/v1/models/{name}",
+        "/v1/models",
+        "/v1/models/{name}/invoke",
+        "/v1/references",
+        "/v1/references/{voice_id}",
+        "/v1/audio/speech",
+        "/v1/text/g2p",
+        "/v1/health",
+    ):
         assert path in spec["paths"]
     invoke_body = spec["paths"]["/v1/models/{name}/invoke"]["post"]["requestBody"]["content"]
     assert set(invoke_body) == {"application/json", "multipart/form-data"}
@@ -169,14 +195,14 @@ def test_docs_and_openapi_show_routes_and_bounds(client):
 
 
 def test_no_cors_headers_by_default(client):
-    response = client.options("/v1/models/default/invoke",
-                                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    response = client.options(
+        "/v1/models/default/invoke", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert "access-control-allow-origin" not in response.headers
 
 
 def test_request_id_is_echoed_and_in_errors(client):
-    response = client.post("/v1/models/nope/invoke", json={"text": "x"},
-                             headers={"X-Request-ID": "my-trace-42"})
+    response = client.post("/v1/models/nope/invoke", json={"text": "x"}, headers={"X-Request-ID": "my-trace-42"})
     body = assert_json_error(response, 404)
     assert body["requestId"] == "my-trace-42" and body["message"] == "Cannot find model."
 

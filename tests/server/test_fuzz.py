@@ -22,8 +22,13 @@ def test_no_generated_request_gets_a_server_error(tmp_path):
         for operation in operations:
 
             @given(case=operation.as_strategy())
-            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=EXAMPLES_PER_OPERATION,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             def no_server_error(case):
                 case.call_and_validate(checks=[not_a_server_error], timeout=60)
 

@@ -59,10 +59,14 @@ def test_a_failure_in_one_requests_sampling_fails_it_alone(loaded, monkeypatch):
 
     monkeypatch.setattr(Sequence, "accept", faulty_accept)
     with ThreadPoolExecutor(2) as pool:
-        bad = pool.submit(loaded.post, "/v1/models/default/invoke",
-                          json={"text": "hello", "max_new_tokens": 40, "seed": 1, "temperature": marker})
-        good = pool.submit(loaded.post, "/v1/models/default/invoke",
-                           json={"text": "hello there", "max_new_tokens": 40, "seed": 2})
+        bad = pool.submit(
+            loaded.post,
+            "/v1/models/default/invoke",
+            json={"text": "hello", "max_new_tokens": 40, "seed": 1, "temperature": marker},
+        )
+        good = pool.submit(
+            loaded.post, "/v1/models/default/invoke", json={"text": "hello there", "max_new_tokens": 40, "seed": 2}
+        )
         bad, good = bad.result(timeout=120), good.result(timeout=120)
     assert bad.status_code == 500 and bad.json()["requestId"] in bad.json()["message"]
     assert good.status_code == 200
@@ -71,8 +75,10 @@ def test_a_failure_in_one_requests_sampling_fails_it_alone(loaded, monkeypatch):
 
 
 def test_an_overflowing_penalty_is_refused_before_it_reaches_the_model(loaded):
-    for route, body in (("/v1/models/default/invoke", {"text": "hello"}),
-                        ("/v1/audio/speech", {"model": "tts-1", "input": "hello", "voice": "x"})):
+    for route, body in (
+        ("/v1/models/default/invoke", {"text": "hello"}),
+        ("/v1/audio/speech", {"model": "tts-1", "input": "hello", "voice": "x"}),
+    ):
         response = loaded.post(route, json={**body, **FAST, "repetition_penalty": 1e-300})
         assert response.status_code in (400, 422), response.text
     assert loaded.get("/v1/health").status_code == 200
@@ -111,6 +117,7 @@ def test_a_dead_scheduler_fails_fast_shows_in_health_and_a_reload_cures_it(loade
 def test_a_500_is_answered_and_logged_once_never_raised_to_the_server(loaded, monkeypatch, caplog):
     """Starlette's handler for `Exception` answers and then re-raises, so uvicorn logged every traceback a
     second time; now nothing reaches the server (a TestClient that raises server exceptions gets the 500)."""
+
     def explode(*args, **kwargs):
         raise RuntimeError("injected decode fault")
 

@@ -49,22 +49,26 @@ def test_pcm_is_raw_16_bit(client):
 
 def test_streaming_response_and_model_names(client):
     with client.audio.speech.with_streaming_response.create(
-            model="default", voice="alice", input="streamed", response_format="wav", extra_body=SAMPLING) as response:
+        model="default", voice="alice", input="streamed", response_format="wav", extra_body=SAMPLING
+    ) as response:
         assert response.headers["content-type"] == "audio/wav"
         assert sf.read(io.BytesIO(response.read()))[0].size > 0
     assert speak(client, model="gpt-4o-mini-tts", response_format="wav", speed=1.5, instructions="calm")
 
 
-@pytest.mark.parametrize("kwargs,param", [
-    ({"voice": "nobody"}, "voice"),
-    ({"speed": 5.0}, "speed"),
-    ({"speed": 0.1}, "speed"),
-    ({"response_format": "opus"}, "response_format"),
-    ({"response_format": "aac"}, "response_format"),
-    ({"input": ""}, "input"),
-    ({"input": "x" * 1001}, "input"),
-    ({"extra_body": {"temperature": 0}}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "kwargs,param",
+    [
+        ({"voice": "nobody"}, "voice"),
+        ({"speed": 5.0}, "speed"),
+        ({"speed": 0.1}, "speed"),
+        ({"response_format": "opus"}, "response_format"),
+        ({"response_format": "aac"}, "response_format"),
+        ({"input": ""}, "input"),
+        ({"input": "x" * 1001}, "input"),
+        ({"extra_body": {"temperature": 0}}, "temperature"),
+    ],
+)
 def test_bad_requests_get_openai_400(client, kwargs, param):
     with pytest.raises(openai.BadRequestError) as caught:
         speak(client, **kwargs)

@@ -37,9 +37,17 @@ def test_health_and_docs_need_no_key(server):
         assert requests.get(server.url + path).status_code == 200, path
 
 
-@pytest.mark.parametrize("method,path", [("GET", "/v1/models"), ("PUT", "/v1/models/default"),
-                                         ("DELETE", "/v1/models/default"), ("POST", "/v1/models/default/invoke"),
-                                         ("GET", "/v1/references"), ("POST", "/v1/text/g2p")])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/v1/models"),
+        ("PUT", "/v1/models/default"),
+        ("DELETE", "/v1/models/default"),
+        ("POST", "/v1/models/default/invoke"),
+        ("GET", "/v1/references"),
+        ("POST", "/v1/text/g2p"),
+    ],
+)
 def test_routes_need_the_key(server, method, path):
     for headers in ({}, auth("wrong-key"), {"Authorization": KEY}):
         response = requests.request(method, server.url + path, headers=headers, json={})
@@ -62,27 +70,33 @@ def test_openai_client_with_wrong_key_gets_openai_401(server):
 
 
 def test_cors_only_for_configured_origins(server):
-    preflight = {"Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type"}
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
     allowed = requests.options(server.url + "/v1/models/default/invoke", headers={"Origin": UI_ORIGIN, **preflight})
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == UI_ORIGIN
-    other = requests.options(server.url + "/v1/models/default/invoke",
-                             headers={"Origin": "https://evil.example", **preflight})
+    other = requests.options(
+        server.url + "/v1/models/default/invoke", headers={"Origin": "https://evil.example", **preflight}
+    )
     assert "access-control-allow-origin" not in other.headers
 
 
 def test_cross_site_posts_are_refused(server):
     """A web page can send a form POST without a preflight; its foreign Origin gets 403."""
     form = {"text": "hi", "max_new_tokens": "8"}
-    evil = requests.post(server.url + "/v1/models/default/invoke", data=form,
-                         headers={"Origin": "https://evil.example", **auth()})
+    evil = requests.post(
+        server.url + "/v1/models/default/invoke", data=form, headers={"Origin": "https://evil.example", **auth()}
+    )
     assert_json_error(evil, 403)
-    evil_delete = requests.delete(server.url + "/v1/models/default",
-                                  headers={"Origin": "https://evil.example", **auth()})
+    evil_delete = requests.delete(
+        server.url + "/v1/models/default", headers={"Origin": "https://evil.example", **auth()}
+    )
     assert_json_error(evil_delete, 403)
-    friendly = requests.post(server.url + "/v1/models/default/invoke", data=form,
-                             headers={"Origin": UI_ORIGIN, **auth()})
+    friendly = requests.post(
+        server.url + "/v1/models/default/invoke", data=form, headers={"Origin": UI_ORIGIN, **auth()}
+    )
     assert friendly.status_code == 200, friendly.text
     assert friendly.headers["access-control-allow-origin"] == UI_ORIGIN
 
@@ -108,21 +122,34 @@ def test_a_rebinding_host_is_refused(server):
     headers = {"Host": rebound, "Origin": f"http://{rebound}", **auth()}
     assert_json_error(requests.delete(server.url + "/v1/references/me", headers=headers, timeout=30), 400)
     assert_json_error(requests.get(server.url + "/v1/references", headers=headers, timeout=30), 400)
-    body = assert_json_error(requests.post(server.url + "/v1/models/default/invoke", headers=headers,
-                                           json={"text": "hi", **FAST}, timeout=30), 400)
+    body = assert_json_error(
+        requests.post(
+            server.url + "/v1/models/default/invoke", headers=headers, json={"text": "hi", **FAST}, timeout=30
+        ),
+        400,
+    )
     assert "--allowed-hosts" in body["message"]
-    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", "[::1]", f"tts.example:{server.port}",
-                 "app.localhost"):
+    for host in (
+        f"127.0.0.1:{server.port}",
+        f"localhost:{server.port}",
+        "[::1]",
+        f"tts.example:{server.port}",
+        "app.localhost",
+    ):
         response = requests.get(server.url + "/v1/references", headers={"Host": host, **auth()}, timeout=30)
         assert response.status_code == 200, (host, response.text)
 
 
-@pytest.mark.parametrize("headers", [
-    [("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {KEY}")],
-    [("Authorization", f"Bearer {KEY}"), ("Authorization", f"Bearer {KEY}")],
-    [("Authorization", f"Bearer wrong, Bearer {KEY}")],
-    [("Authorization", f"Bearer {KEY} {KEY}")],
-], ids=["wrong-then-right", "right-twice", "two-tokens-comma", "two-tokens-space"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {KEY}")],
+        [("Authorization", f"Bearer {KEY}"), ("Authorization", f"Bearer {KEY}")],
+        [("Authorization", f"Bearer wrong, Bearer {KEY}")],
+        [("Authorization", f"Bearer {KEY} {KEY}")],
+    ],
+    ids=["wrong-then-right", "right-twice", "two-tokens-comma", "two-tokens-space"],
+)
 def test_an_ambiguous_authorization_is_a_400(server, headers):
     status, body = raw_request(server, "GET", "/v1/models", [("Host", "127.0.0.1"), *headers])
     assert status == 400 and body["statusCode"] == 400 and "one token" in body["message"], body

@@ -16,8 +16,14 @@ from tests.server.helpers import ROOT, Server, make_workdir
 
 def run_server(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FISHTTS_")}
-    return subprocess.run([sys.executable, "-m", "server", "--listen", "127.0.0.1:1", *args], cwd=cwd,
-                          env=dict(env, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "server", "--listen", "127.0.0.1:1", *args],
+        cwd=cwd,
+        env=dict(env, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_an_unknown_device_is_refused_at_start(tmp_path):
@@ -35,8 +41,9 @@ def test_an_uncreatable_references_dir_is_one_line_and_exit_2(tmp_path):
 
 def test_health_reports_a_failed_load_and_polls_are_not_logged(tmp_path):
     workdir = make_workdir(tmp_path)
-    server = Server(workdir, "--load", "default", "--checkpoints-dir", "no-such-folder", "--log-level", "info",
-                    load=False)
+    server = Server(
+        workdir, "--load", "default", "--checkpoints-dir", "no-such-folder", "--log-level", "info", load=False
+    )
     try:
         deadline = time.monotonic() + 60
         while (health := requests.get(server.url + "/v1/health", timeout=5)).json()["status"] == "ok":

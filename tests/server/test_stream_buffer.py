@@ -65,12 +65,25 @@ def test_a_stalled_reader_holds_neither_the_queue_place_nor_the_model(tmp_path, 
     while the response is stuck, and deleting the model answers at once."""
     workdir = make_workdir(tmp_path)
     monkeypatch.chdir(workdir)
-    app = create_app(Settings(checkpoints_dir=workdir / "checkpoints", references_dir=workdir / "references",
-                              max_queue=1, stream_send_timeout=600))
+    app = create_app(
+        Settings(
+            checkpoints_dir=workdir / "checkpoints",
+            references_dir=workdir / "references",
+            max_queue=1,
+            stream_send_timeout=600,
+        )
+    )
     ctx = app.state.ctx
     load_bundle(ctx, "default", LoadModelRequest.model_validate(WEBUI_LOAD))
-    body = json.dumps({"text": "One sentence. And another one. And a third.", "max_new_tokens": 30, "seed": 1,
-                       "streaming": True, "format": "pcm"}).encode()
+    body = json.dumps(
+        {
+            "text": "One sentence. And another one. And a third.",
+            "max_new_tokens": 30,
+            "seed": 1,
+            "streaming": True,
+            "format": "pcm",
+        }
+    ).encode()
 
     async def scenario():
         requested = asyncio.Event()
@@ -89,12 +102,24 @@ def test_a_stalled_reader_holds_neither_the_queue_place_nor_the_model(tmp_path, 
                 stalled.set()
                 await asyncio.sleep(3600)  # its receive window is full
 
-        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-                 "method": "POST", "scheme": "http", "path": "/v1/models/default/invoke",
-                 "raw_path": b"/v1/models/default/invoke", "query_string": b"", "root_path": "",
-                 "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-                             (b"content-length", str(len(body)).encode())],
-                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/models/default/invoke",
+            "raw_path": b"/v1/models/default/invoke",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"127.0.0.1"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
         response = asyncio.create_task(app(scope, receive, send))
         await asyncio.wait_for(stalled.wait(), 120)
         assert sent[0]["status"] == 200

@@ -18,7 +18,9 @@ LONG = " ".join(f"This is sentence number {n}." for n in range(1, 8))
 
 
 def invoke(server, **fields) -> requests.Response:
-    return requests.post(server.url + INVOKE, json={"max_new_tokens": 40, "seed": 3, **fields}, timeout=120, stream=True)
+    return requests.post(
+        server.url + INVOKE, json={"max_new_tokens": 40, "seed": 3, **fields}, timeout=120, stream=True
+    )
 
 
 def pcm_of_wav(data: bytes) -> np.ndarray:
@@ -47,33 +49,50 @@ def test_streamed_long_text_equals_the_non_streamed_one(server):
 
 
 def test_openai_route_streams_pcm(server, tmp_path):
-    voice = requests.post(server.url + "/v1/references", data={"name": "Streamer", "id": "streamer", "transcript": "a tone"},
-                          files={"audio": ("tone.wav", (server.workdir / "references" / "0_input.wav").read_bytes())},
-                          timeout=60)
+    voice = requests.post(
+        server.url + "/v1/references",
+        data={"name": "Streamer", "id": "streamer", "transcript": "a tone"},
+        files={"audio": ("tone.wav", (server.workdir / "references" / "0_input.wav").read_bytes())},
+        timeout=60,
+    )
     assert voice.status_code in (200, 201), voice.text
-    body = {"model": "tts-1", "voice": "streamer", "input": "streaming through the OpenAI route",
-            "response_format": "pcm", "max_new_tokens": 30, "seed": 9}
+    body = {
+        "model": "tts-1",
+        "voice": "streamer",
+        "input": "streaming through the OpenAI route",
+        "response_format": "pcm",
+        "max_new_tokens": 30,
+        "seed": 9,
+    }
     whole = requests.post(server.url + "/v1/audio/speech", json=body, timeout=120)
-    streamed = requests.post(server.url + "/v1/audio/speech", json={**body, "stream_format": "audio"}, timeout=120,
-                             stream=True)
+    streamed = requests.post(
+        server.url + "/v1/audio/speech", json={**body, "stream_format": "audio"}, timeout=120, stream=True
+    )
     assert whole.status_code == streamed.status_code == 200
     assert b"".join(streamed.iter_content(chunk_size=None)) == whole.content
-    mp3 = requests.post(server.url + "/v1/audio/speech", json={**body, "response_format": "mp3", "stream": True}, timeout=60)
+    mp3 = requests.post(
+        server.url + "/v1/audio/speech", json={**body, "response_format": "mp3", "stream": True}, timeout=60
+    )
     assert mp3.status_code == 400 and "pcm or wav" in mp3.json()["error"]["message"]
 
 
 def test_early_errors_are_json_not_a_broken_stream(server):
     assert_json_error(invoke(server, text="x", streaming=True, format="mp3"), 422)
-    assert_json_error(invoke(server, text="hi", streaming=True, reference_audio="bm90IGF1ZGlv", reference_text="x"), 422)
-    assert_json_error(requests.post(server.url + "/v1/models/nope/invoke", json={"text": "x", "streaming": True},
-                                    timeout=30), 404)
+    assert_json_error(
+        invoke(server, text="hi", streaming=True, reference_audio="bm90IGF1ZGlv", reference_text="x"), 422
+    )
+    assert_json_error(
+        requests.post(server.url + "/v1/models/nope/invoke", json={"text": "x", "streaming": True}, timeout=30), 404
+    )
 
 
 def test_a_client_that_disconnects_frees_the_model_within_a_second(server):
     payload = ('{"text": "%s", "max_new_tokens": 0, "seed": 1, "streaming": true}' % (LONG * 3)).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(b"POST " + INVOKE.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        sock.sendall(
+            b"POST " + INVOKE.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+        )
         first = sock.recv(65536)
         assert first.startswith(b"HTTP/1.1 200")
         assert leases(server) == 2  # generating: one model lease, one queue place

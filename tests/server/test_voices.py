@@ -35,8 +35,10 @@ def test_create_list_get_use_delete(server):
 
     assert requests.delete(server.url + "/v1/references/alice").json() == {"message": "Reference deleted."}
     assert_json_error(requests.get(server.url + "/v1/references/alice"), 404)
-    assert_json_error(requests.post(server.url + "/v1/models/default/invoke",
-                                    json={"text": "hi", "reference_id": "alice", **FAST}), 404)
+    assert_json_error(
+        requests.post(server.url + "/v1/models/default/invoke", json={"text": "hi", "reference_id": "alice", **FAST}),
+        404,
+    )
     assert_json_error(requests.delete(server.url + "/v1/references/alice"), 404)
 
 
@@ -63,8 +65,9 @@ def test_voices_survive_a_restart(server, workdir):
     try:
         after = requests.get(restarted.url + "/v1/references").json()["references"]
         assert after == before
-        used = requests.post(restarted.url + "/v1/models/default/invoke",
-                             json={"text": "hi", "reference_id": "dave", **FAST})
+        used = requests.post(
+            restarted.url + "/v1/models/default/invoke", json={"text": "hi", "reference_id": "dave", **FAST}
+        )
         assert used.status_code == 200, used.text
     finally:
         restarted.stop()
@@ -120,7 +123,6 @@ def test_bad_voice_requests(workdir):
         srv.stop()
 
 
-
 def test_voice_folders_that_link_outside_are_not_voices(workdir, tmp_path):
     """A link in the voices folder leading out of it is skipped in listings (logged once), unknown by id
     (so its audio is never served) and never followed by a delete; so is a voice whose clip is such a link."""
@@ -147,8 +149,14 @@ def test_voice_folders_that_link_outside_are_not_voices(workdir, tmp_path):
             assert_json_error(requests.get(server.url + f"/v1/references/{voice_id}/audio", timeout=30), 404)
             assert_json_error(requests.delete(server.url + f"/v1/references/{voice_id}", timeout=30), 404)
         assert_json_error(requests.get(server.url + "/v1/references/linked", timeout=30), 404)
-        assert_json_error(requests.post(server.url + "/v1/models/default/invoke",
-                                        json={"text": "hi", "reference_id": "linked", **FAST}, timeout=30), 404)
+        assert_json_error(
+            requests.post(
+                server.url + "/v1/models/default/invoke",
+                json={"text": "hi", "reference_id": "linked", **FAST},
+                timeout=30,
+            ),
+            404,
+        )
         assert sorted(p.name for p in outside.iterdir()) == ["audio.wav", "codes.npy", "voice.json"]  # untouched
         assert (voices / "linked").is_symlink()
         assert server.output().count("skipping voice linked") == 1

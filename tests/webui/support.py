@@ -19,8 +19,17 @@ import requests
 from tests.server.helpers import ROOT, free_port, stop_process
 
 CHROMIUM = os.environ.get("FISHTTS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def artifacts_dir() -> Path:
@@ -60,10 +69,12 @@ class WebUI:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = log_dir / f"webui-{self.port}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - open while the process runs
-        env = clean_env(FISHTTS_API_URL=api_url, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(self.port),
-                        **env)
-        self.process = subprocess.Popen([sys.executable, "-m", "webui"], cwd=ROOT, env=env, stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+        env = clean_env(
+            FISHTTS_API_URL=api_url, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(self.port), **env
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "webui"], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         try:
             wait_http(self.url, 90, self.process, "web UI")
         except RuntimeError:
@@ -94,7 +105,7 @@ def _stat(pid: int) -> tuple[int, str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return int(fields[1]), fields[0]
 
 

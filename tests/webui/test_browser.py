@@ -53,11 +53,15 @@ def open_page(browser, url: str, locale: str):
     return page
 
 
-@pytest.mark.parametrize("locale, query, button, tab", [
-    ("zh-CN", "", "合成", "推理配置"),
-    ("en-US", "", "Synthesize", "Inference configuration"),
-    ("zh-CN", "?lang=en", "Synthesize", "Inference configuration"),
-], ids=["zh-CN", "en-US", "lang-param-wins"])
+@pytest.mark.parametrize(
+    "locale, query, button, tab",
+    [
+        ("zh-CN", "", "合成", "推理配置"),
+        ("en-US", "", "Synthesize", "Inference configuration"),
+        ("zh-CN", "?lang=en", "Synthesize", "Inference configuration"),
+    ],
+    ids=["zh-CN", "en-US", "lang-param-wins"],
+)
 def test_page_opens_in_the_browsers_language(browser, ui, locale, query, button, tab):
     page = open_page(browser, ui.url + query, locale)
     try:
@@ -101,8 +105,10 @@ def test_switch_language_upload_reference_and_synthesize(browser, ui, tmp_path):
         page.locator("#fishtts-reference-text textarea").fill(REFERENCE_TEXT)
         page.wait_for_function("() => document.querySelector('#fishtts-use-reference input').checked")
         # the phoneme preview of what the model reads: reference text, then the text
-        page.wait_for_function("() => { const t = document.querySelector('#fishtts-preview').textContent;"
-                               " return t.includes('voice cloning') && t.includes('HH AH0 L OW1') && t.includes('ZH'); }")
+        page.wait_for_function(
+            "() => { const t = document.querySelector('#fishtts-preview').textContent;"
+            " return t.includes('voice cloning') && t.includes('HH AH0 L OW1') && t.includes('ZH'); }"
+        )
 
         page.locator("#fishtts-synthesize").click()
         page.wait_for_function(AUDIO_HAS_SOURCE, timeout=120_000)
@@ -125,8 +131,7 @@ def test_record_reference_from_microphone_and_save_it_as_a_voice(playwright, ui)
     """Chromium's fake microphone (a beep) stands in for a person speaking."""
     fake_mic = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
     chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + fake_mic)
-    context = chromium.new_context(locale="en-US", viewport={"width": 1400, "height": 1000},
-                                   permissions=["microphone"])
+    context = chromium.new_context(locale="en-US", viewport={"width": 1400, "height": 1000}, permissions=["microphone"])
     page = context.new_page()
     page.set_default_timeout(30_000)
     try:
@@ -179,8 +184,11 @@ def test_streaming_plays_while_generating_and_keeps_the_same_audio(browser, ui):
         page.locator("#fishtts-synthesize").click()
         # progress while it streams, and the live player gets a media stream and plays it
         page.locator("#fishtts-message").get_by_text("Streaming").wait_for(timeout=120_000)
-        page.wait_for_function("() => { const a = document.querySelector('#fishtts-stream-audio audio');"
-                               " return !!(a && (a.currentSrc || a.src) && a.currentTime > 0); }", timeout=120_000)
+        page.wait_for_function(
+            "() => { const a = document.querySelector('#fishtts-stream-audio audio');"
+            " return !!(a && (a.currentSrc || a.src) && a.currentTime > 0); }",
+            timeout=120_000,
+        )
         page.locator("#fishtts-message").get_by_text("Done in").wait_for(timeout=120_000)
         page.wait_for_function(AUDIO_HAS_SOURCE)
         page.screenshot(path=str(artifacts_dir() / "webui-streaming-en.png"), full_page=True)
@@ -191,5 +199,6 @@ def test_streaming_plays_while_generating_and_keeps_the_same_audio(browser, ui):
     body = {"text": text, "max_new_tokens": 120, "seed": 7, "use_g2p": False, "format": "wav"}
     whole = requests.post(ui.api_url + "/v1/models/default/invoke", json=body, timeout=120)
     assert whole.status_code == 200
-    np.testing.assert_array_equal(sf.read(io.BytesIO(streamed), dtype="int16")[0],
-                                  sf.read(io.BytesIO(whole.content), dtype="int16")[0])
+    np.testing.assert_array_equal(
+        sf.read(io.BytesIO(streamed), dtype="int16")[0], sf.read(io.BytesIO(whole.content), dtype="int16")[0]
+    )

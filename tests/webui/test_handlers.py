@@ -19,8 +19,13 @@ from webui.i18n import t
 
 REFERENCE_TEXT = "This is a short reference clip for voice cloning."
 # The tiny models' files under the official names (tests/server/helpers.py), with their configs.
-TINY_MODEL = ModelForm(device="cpu", precision="float32", compile=False, llama_config="checkpoints/llama.json",
-                       vqgan_config="checkpoints/vqgan_config.json")
+TINY_MODEL = ModelForm(
+    device="cpu",
+    precision="float32",
+    compile=False,
+    llama_config="checkpoints/llama.json",
+    vqgan_config="checkpoints/vqgan_config.json",
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +45,7 @@ def fast(**fields) -> SynthesisForm:
 def assert_readable(html: str, lang: str, headline: str) -> None:
     """One short message in the page's language, never a traceback or a server path."""
     assert t(lang, headline) in html and "fishtts-error" in html
-    assert "Traceback" not in html and "File \"" not in html and "/tmp/" not in html
+    assert "Traceback" not in html and 'File "' not in html and "/tmp/" not in html
     assert len(html) < 800
 
 
@@ -83,8 +88,14 @@ def test_same_seed_same_audio(server, actions):
 
 
 def test_streaming_yields_audio_while_generating_and_the_same_whole_file(server, actions, reference_wav):
-    form = fast(text="Streaming from the web UI. It plays before the end.", max_new_tokens=60, seed=4,
-                use_reference=True, reference_audio=str(reference_wav), reference_text=REFERENCE_TEXT)
+    form = fast(
+        text="Streaming from the web UI. It plays before the end.",
+        max_new_tokens=60,
+        seed=4,
+        use_reference=True,
+        reference_audio=str(reference_wav),
+        reference_text=REFERENCE_TEXT,
+    )
     steps = list(actions.synthesize_stream("en_US", server.url, "", form))
     chunks = [chunk for chunk, _, _, _ in steps if chunk is not None]
     assert len(chunks) >= 2, "the audio should come in several chunks"
@@ -105,8 +116,9 @@ def test_streaming_errors_are_readable(actions, down_url):
 
 
 def test_saved_voice_save_pick_use_delete(server, actions, reference_wav):
-    choices, voice_id, html = actions.save_voice("en_US", server.url, "", "Test Voice", str(reference_wav),
-                                                 REFERENCE_TEXT)
+    choices, voice_id, html = actions.save_voice(
+        "en_US", server.url, "", "Test Voice", str(reference_wav), REFERENCE_TEXT
+    )
     assert t("en_US", "reference.saved", name="Test Voice") in html, html
     assert voice_id and voice_id in [value for _, value in choices]
 
@@ -166,12 +178,16 @@ def test_server_down_gives_a_readable_message(actions, down_url, lang):
     assert t(lang, "error.unreachable", url=down_url) in actions.server_status(lang, down_url, "")
 
 
-@pytest.mark.parametrize("form, key", [
-    (fast(text="   "), "error.empty_text"),
-    (fast(language_2="zh"), "languages.duplicate"),
-    (fast(use_reference=True), "reference.need_audio"),
-    (fast(use_reference=True, reference_audio="/nonexistent/ref.wav", reference_text="x"), "error.read_audio"),
-], ids=["empty-text", "duplicate-languages", "no-reference-audio", "unreadable-file"])
+@pytest.mark.parametrize(
+    "form, key",
+    [
+        (fast(text="   "), "error.empty_text"),
+        (fast(language_2="zh"), "languages.duplicate"),
+        (fast(use_reference=True), "reference.need_audio"),
+        (fast(use_reference=True, reference_audio="/nonexistent/ref.wav", reference_text="x"), "error.read_audio"),
+    ],
+    ids=["empty-text", "duplicate-languages", "no-reference-audio", "unreadable-file"],
+)
 def test_bad_form_input_gives_a_readable_message(server, actions, form, key):
     _, _, html = actions.synthesize("zh_CN", server.url, "", form)
     assert_readable(html, "zh_CN", "error.inference")
@@ -247,7 +263,10 @@ def test_client_errors_are_one_line():
     import requests
 
     response = requests.Response()
-    response.status_code, response._content = 500, b"<html>\n<body>Traceback (most recent call last):\n...</body></html>"
+    response.status_code, response._content = (
+        500,
+        b"<html>\n<body>Traceback (most recent call last):\n...</body></html>",
+    )
     response.reason = "Internal Server Error"
     error = error_from_response(response)
     assert isinstance(error, ClientError) and error.fields["message"] == "Internal Server Error"
@@ -262,7 +281,10 @@ def test_the_page_starts_from_the_api_defaults(server, actions, down_url):
 
     model, synth = actions.forms(server.url)
     assert (synth.temperature, synth.top_p, synth.repetition_penalty) == (
-        DEFAULT_SAMPLING.temperature, DEFAULT_SAMPLING.top_p, DEFAULT_SAMPLING.repetition_penalty)
+        DEFAULT_SAMPLING.temperature,
+        DEFAULT_SAMPLING.top_p,
+        DEFAULT_SAMPLING.repetition_penalty,
+    )
     assert ",".join((synth.language_1, synth.language_2, synth.language_3)) == DEFAULT_ORDER
     assert model.llama_checkpoint.endswith(LM_FILENAME) and model.vqgan_checkpoint.endswith(VQGAN_FILENAME)
     assert actions.forms(down_url) == (ModelForm(), SynthesisForm())  # unreachable: the page still opens

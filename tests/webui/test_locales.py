@@ -38,12 +38,21 @@ def keys_used_in_code() -> set[str]:
                     used.add(node.args[position].value)
                 for keyword in node.keywords:
                     if keyword.arg == "i18n" and isinstance(keyword.value, ast.Dict):
-                        used |= {n.value for value in keyword.value.values for n in ast.walk(value)
-                                 if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-            elif isinstance(node, ast.Assign) and any(isinstance(target, ast.Name) and re.search(
-                    r"(_KEYS|_HEADERS|^MODES|_CHOICES)$", target.id) for target in node.targets):
-                used |= {n.value for n in ast.walk(node.value)
-                         if isinstance(n, ast.Constant) and isinstance(n.value, str) and "." in n.value}
+                        used |= {
+                            n.value
+                            for value in keyword.value.values
+                            for n in ast.walk(value)
+                            if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                        }
+            elif isinstance(node, ast.Assign) and any(
+                isinstance(target, ast.Name) and re.search(r"(_KEYS|_HEADERS|^MODES|_CHOICES)$", target.id)
+                for target in node.targets
+            ):
+                used |= {
+                    n.value
+                    for n in ast.walk(node.value)
+                    if isinstance(n, ast.Constant) and isinstance(n.value, str) and "." in n.value
+                }
     return used
 
 
@@ -79,11 +88,18 @@ def test_no_ui_text_hard_coded_in_python():
     offenders = []
     for path in WEBUI.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.keyword) and node.arg in ("label", "placeholder", "info") \
-                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            if (
+                isinstance(node, ast.keyword)
+                and node.arg in ("label", "placeholder", "info")
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
                 offenders.append(f"{path.name}: {node.arg}={node.value.value!r}")
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                    and re.search(r"[\u4e00-\u9fff]", node.value):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and re.search(r"[\u4e00-\u9fff]", node.value)
+            ):
                 offenders.append(f"{path.name}: Chinese text {node.value!r}")
     assert offenders == []
 
@@ -92,33 +108,73 @@ def test_chinese_labels_are_the_originals():
     """SPEC-server §8.2: the original UI's Chinese labels, unchanged."""
     zh = load(LOCALES / "zh_CN.json")
     original = {
-        "tab.model": "模型配置", "tab.inference": "推理配置", "model.server_url": "服务器地址", "model.device": "设备",
-        "model.precision": "精度", "model.compile": "编译模型", "model.llama_checkpoint": "Llama 模型路径",
-        "model.llama_config": "Llama 配置文件", "model.vqgan_checkpoint": "VQGAN 模型路径",
-        "model.vqgan_config": "VQGAN 配置文件", "model.load": "加载模型", "model.loaded": "模型加载成功.",
-        "model.load_failed": "加载模型时发生错误.", "inference.text": "输入文本", "tab.params": "合成参数",
-        "params.mode": "输入模式", "mode.text": "文本", "mode.phonemes": "自动音素",
-        "params.max_new_tokens": "最大生成 Token 数", "params.repetition_penalty": "重复惩罚", "params.temperature": "温度",
-        "params.speaker": "说话人", "tab.languages": "语言优先级", "languages.markdown": "该参数只在自动音素转换时生效.",
-        "languages.first": "语言 1", "lang.zh": "中文", "lang.jp": "日文", "lang.en": "英文",
-        "languages.duplicate": "语言优先级不能重复.", "tab.reference": "参考音频",
-        "reference.markdown": "5-10 秒的参考音频, 适用于指定音色.", "reference.enable": "启用参考音频",
-        "reference.audio": "参考音频", "reference.text": "参考文本", "action.synthesize": "合成", "action.clear": "清空",
-        "output.message": "错误信息", "output.preview": "解析结果 (仅参考)", "preview.text": "文本",
-        "preview.language": "语言", "preview.phonemes": "音素", "output.audio": "合成音频",
+        "tab.model": "模型配置",
+        "tab.inference": "推理配置",
+        "model.server_url": "服务器地址",
+        "model.device": "设备",
+        "model.precision": "精度",
+        "model.compile": "编译模型",
+        "model.llama_checkpoint": "Llama 模型路径",
+        "model.llama_config": "Llama 配置文件",
+        "model.vqgan_checkpoint": "VQGAN 模型路径",
+        "model.vqgan_config": "VQGAN 配置文件",
+        "model.load": "加载模型",
+        "model.loaded": "模型加载成功.",
+        "model.load_failed": "加载模型时发生错误.",
+        "inference.text": "输入文本",
+        "tab.params": "合成参数",
+        "params.mode": "输入模式",
+        "mode.text": "文本",
+        "mode.phonemes": "自动音素",
+        "params.max_new_tokens": "最大生成 Token 数",
+        "params.repetition_penalty": "重复惩罚",
+        "params.temperature": "温度",
+        "params.speaker": "说话人",
+        "tab.languages": "语言优先级",
+        "languages.markdown": "该参数只在自动音素转换时生效.",
+        "languages.first": "语言 1",
+        "lang.zh": "中文",
+        "lang.jp": "日文",
+        "lang.en": "英文",
+        "languages.duplicate": "语言优先级不能重复.",
+        "tab.reference": "参考音频",
+        "reference.markdown": "5-10 秒的参考音频, 适用于指定音色.",
+        "reference.enable": "启用参考音频",
+        "reference.audio": "参考音频",
+        "reference.text": "参考文本",
+        "action.synthesize": "合成",
+        "action.clear": "清空",
+        "output.message": "错误信息",
+        "output.preview": "解析结果 (仅参考)",
+        "preview.text": "文本",
+        "preview.language": "语言",
+        "preview.phonemes": "音素",
+        "output.audio": "合成音频",
         "error.inference": "推理时发生错误.",
         "params.markdown": "配置常见合成参数. 自动音素会在推理时自动将文本转换为音素.",
     }
     assert {k: zh[k] for k in original} == original
-    assert zh["header.markdown"].startswith("# Fish Speech") and "基于 VQ-GAN 和 Llama 的多语种语音合成" in zh["header.markdown"]
+    assert (
+        zh["header.markdown"].startswith("# Fish Speech")
+        and "基于 VQ-GAN 和 Llama 的多语种语音合成" in zh["header.markdown"]
+    )
 
 
-@pytest.mark.parametrize("preferences, accept, expected", [
-    (["zh-CN"], None, "zh_CN"), (["zh-TW"], None, "zh_CN"), (["zh"], None, "zh_CN"),
-    (["en-GB"], None, "en_US"), (["en"], "zh-CN,zh;q=0.9", "en_US"),
-    ([""], "fr-FR,fr;q=0.9,en-US;q=0.8,zh;q=0.7", "en_US"), ([None], "de, zh;q=0.5, en;q=0.1", "zh_CN"),
-    (["fr"], "fr", "zh_CN"), ([""], "en;q=0, zh;q=0.2", "zh_CN"), ([None], None, "zh_CN"),
-])
+@pytest.mark.parametrize(
+    "preferences, accept, expected",
+    [
+        (["zh-CN"], None, "zh_CN"),
+        (["zh-TW"], None, "zh_CN"),
+        (["zh"], None, "zh_CN"),
+        (["en-GB"], None, "en_US"),
+        (["en"], "zh-CN,zh;q=0.9", "en_US"),
+        ([""], "fr-FR,fr;q=0.9,en-US;q=0.8,zh;q=0.7", "en_US"),
+        ([None], "de, zh;q=0.5, en;q=0.1", "zh_CN"),
+        (["fr"], "fr", "zh_CN"),
+        ([""], "en;q=0, zh;q=0.2", "zh_CN"),
+        ([None], None, "zh_CN"),
+    ],
+)
 def test_page_language_follows_the_browser(preferences, accept, expected):
     from webui.i18n import pick_language
 
@@ -141,7 +197,18 @@ bad = [m for m in sys.modules if m.split(".")[0] in ("core", "torch", "server")]
 assert not bad, bad
 print("ok")
 """
-    result = subprocess.run([sys.executable, "-c", script], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
-                                 "GRADIO_ANALYTICS_ENABLED": "False"})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "PYTHONPATH": str(ROOT),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+        },
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
