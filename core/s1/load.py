@@ -132,6 +132,7 @@ def load_codec(path: str | Path, config: CodecConfig | None = None, device: str 
     if config is None:
         config = load_codec_config(path.parent / CODEC_CONFIG_FILENAME)
     state = normalize_codec_state(load_state_dict_file(path))
-    model = Codec(config)
+    with torch.device("meta"):  # no random init of ~391 M parameters that the file replaces anyway
+        model = Codec(config)
     strict_load(model, {k: v.float() for k, v in state.items()}, path)
     return model.to(device).eval()
