@@ -74,3 +74,19 @@ def test_audio_longer_than_the_original_rope_tables_encodes_causally(codec, case
     assert long.size // codec.frame_length * 4 > codec.config.general_block_size
     codes = codec.encode(torch.from_numpy(long).view(1, 1, -1))
     np.testing.assert_array_equal(codes[..., :31].numpy(), cases["codes"][..., :31])
+
+
+@pytest.mark.parametrize("chunks", [[1] * 73, [5, 3, 8, 20, 37], [2, 1, 30, 40]])
+def test_streaming_decode_equals_the_one_shot_decode(codec, cases, chunks):
+    """73 frames (> the post-module's 8-frame window, so its key/value history is cut) in uneven chunks."""
+    from core.s1.codec.streaming import StreamingDecoder
+
+    codes = torch.cat([torch.from_numpy(cases[k]) for k in ("codes", "random_codes", "codes")], dim=-1)
+    whole = codec.decode(codes)
+    stream, pieces, start = StreamingDecoder(codec), [], 0
+    for size in chunks:
+        pieces.append(stream.push(codes[..., start : start + size]))
+        assert pieces[-1].size(-1) == size * codec.frame_length
+        start += size
+    assert_close(torch.cat(pieces, dim=-1), whole.numpy())
+    assert_close(whole[..., : 32 * codec.frame_length], cases["recon_audio"])  # and the whole is still the original

@@ -34,6 +34,7 @@ QUIRKS of the original (SPEC §9) and what this package does:
   normalize parameters, the stream without WAV header, int16 wrap at +1.0, `format: pcm` failing.
 """
 
+from .codec import Codec, StreamingDecoder
 from .config import CodecConfig, DualARConfig, S1ConfigError, load_codec_config, load_dual_ar_config
 from .generate import GenerationResult, decode_frame, generate
 from .load import load_codec, load_dual_ar
@@ -43,6 +44,7 @@ from .sampling import SamplingSettings, sample_token
 from .tokenizer import S1Tokenizer, load_s1_tokenizer
 
 __all__ = [
+    "Codec",
     "CodecConfig",
     "DualARConfig",
     "GenerationResult",
@@ -51,6 +53,7 @@ __all__ = [
     "S1Model",
     "S1Tokenizer",
     "SamplingSettings",
+    "StreamingDecoder",
     "Synthesis",
     "build_prompt",
     "decode_frame",

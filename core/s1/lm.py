@@ -51,7 +51,8 @@ class Attention(nn.Module):
             self.k_norm = nn.RMSNorm(shape.head_dim, eps=shape.norm_eps)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor, kv_length: int) -> Tensor:
+    def project(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, S, dim] → q [B, n_head, S, D], k and v [B, n_kv_heads, S, D] (normed, rotated)."""
         s = self.shape
         bsz, seqlen, _ = x.shape
         q_size, kv_size = s.n_head * s.head_dim, s.n_local_heads * s.head_dim
@@ -62,10 +63,12 @@ class Attention(nn.Module):
         if s.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        if self.kv_cache is not None:
-            k_all, v_all = self.kv_cache.update(input_pos, k, v)
-            k, v = k_all[:, :, :kv_length], v_all[:, :, :kv_length]
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """Attention of q over k/v (mask True = visible), then the output projection → [B, S, dim]."""
+        s = self.shape
+        bsz, _, seqlen, _ = q.shape
         repeat = s.n_head // s.n_local_heads
         k = k.repeat_interleave(repeat, dim=1)
         v = v.repeat_interleave(repeat, dim=1)
@@ -75,7 +78,14 @@ class Attention(nn.Module):
             y = weights @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.wo(y.transpose(1, 2).contiguous().view(bsz, seqlen, q_size))
+        return self.wo(y.transpose(1, 2).contiguous().view(bsz, seqlen, s.n_head * s.head_dim))
+
+    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor, kv_length: int) -> Tensor:
+        q, k, v = self.project(x, rope)
+        if self.kv_cache is not None:
+            k_all, v_all = self.kv_cache.update(input_pos, k, v)
+            k, v = k_all[:, :, :kv_length], v_all[:, :, :kv_length]
+        return self.attend(q, k, v, mask)
 
 
 class TransformerBlock(nn.Module):

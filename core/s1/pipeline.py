@@ -19,7 +19,7 @@ import torch
 
 from ..audio import load_audio
 from ..device import lm_dtype, resolve_device
-from .codec import Codec
+from .codec import Codec, StreamingDecoder
 from .generate import GenerationResult, generate
 from .lm import DualARTransformer
 from .load import CODEC_FILENAME, load_codec, load_dual_ar
@@ -84,6 +84,10 @@ class S1Model:
         with autocast:
             audio = self.codec.decode(codes)
         return audio[0, 0].float().cpu().numpy()
+
+    def streaming_decoder(self) -> StreamingDecoder:
+        """Decode frames as they are generated; the chunks concatenated equal `decode` of all frames."""
+        return StreamingDecoder(self.codec)
 
     # -- language model -----------------------------------------------------------------------------
     def prompt(self, text: str, references: Sequence[Reference] = ()) -> torch.Tensor:

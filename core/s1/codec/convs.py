@@ -84,6 +84,9 @@ class ConvNeXtBlock(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.dwconv(x).permute(0, 2, 1)
-        y = self.pwconv2(F.gelu(self.pwconv1(self.norm(y))))
+        return self.finish(x, self.dwconv(x))
+
+    def finish(self, x: Tensor, convolved: Tensor) -> Tensor:
+        """Everything after the depth-wise conv (per time step), given its output."""
+        y = self.pwconv2(F.gelu(self.pwconv1(self.norm(convolved.permute(0, 2, 1)))))
         return x + (self.gamma * y).permute(0, 2, 1)

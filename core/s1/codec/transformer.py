@@ -39,15 +39,30 @@ class CodecBlock(nn.Module):
         h = x + self.attention_layer_scale(self.attention(self.attention_norm(x), rope, mask, positions, x.size(1)))
         return h + self.ffn_layer_scale(self.feed_forward(self.ffn_norm(h)))
 
+    def forward_stream(
+        self, x: Tensor, rope: Tensor, past: tuple[Tensor, Tensor] | None, positions: Tensor, window: int | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The block on new steps at `positions`, attending to the kept keys/values of earlier steps too."""
+        q, k, v = self.attention.project(self.attention_norm(x), rope)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        first_key = int(positions[0]) - (k.size(2) - x.size(1))
+        mask = window_mask(positions, torch.arange(first_key, int(positions[-1]) + 1, device=x.device), window)
+        h = x + self.attention_layer_scale(self.attention.attend(q, k, v, mask))
+        out = h + self.ffn_layer_scale(self.feed_forward(self.ffn_norm(h)))
+        if window is not None:  # later steps see at most window - 1 earlier keys
+            start = max(0, k.size(2) - (window - 1))
+            k, v = k[:, :, start:], v[:, :, start:]
+        return out, (k, v)
 
-def window_mask(length: int, window: int | None, device: torch.device, offset: int = 0) -> Tensor:
-    """[1, 1, length, offset + length]: query i (at offset + i) sees keys j with pos - window < j ≤ pos."""
-    queries = torch.arange(offset, offset + length, device=device).view(-1, 1)
-    keys = torch.arange(offset + length, device=device).view(1, -1)
+
+def window_mask(query_positions: Tensor, key_positions: Tensor, window: int | None) -> Tensor:
+    """[1, 1, queries, keys]: the query at position i sees keys at j with i - window < j ≤ i."""
+    queries, keys = query_positions.view(-1, 1), key_positions.view(1, -1)
     mask = keys <= queries
     if window is not None:
         mask &= keys > queries - window
-    return mask.view(1, 1, length, offset + length)
+    return mask.view(1, 1, *mask.shape)
 
 
 class WindowLimitedTransformer(nn.Module):
@@ -79,8 +94,18 @@ class WindowLimitedTransformer(nn.Module):
         x = x.transpose(1, 2)
         length = x.size(1)
         positions = torch.arange(length, device=x.device)
-        mask = window_mask(length, self.config.window_size, x.device)
+        mask = window_mask(positions, positions, self.config.window_size)
         rope = self.rope(length, x.device)
         for layer in self.layers:
             x = layer(x, rope, mask, positions)
+        return self.norm(x).transpose(1, 2)
+
+    def forward_stream(self, x: Tensor, past: list, offset: int) -> Tensor:
+        """Channels-first new steps starting at position `offset`; `past` (one entry per layer, None at first)
+        keeps each layer's recent keys/values between calls."""
+        x = x.transpose(1, 2)
+        positions = torch.arange(offset, offset + x.size(1), device=x.device)
+        rope = self.rope(offset + x.size(1), x.device)[offset:]
+        for i, layer in enumerate(self.layers):
+            x, past[i] = layer.forward_stream(x, rope, past[i], positions, self.config.window_size)
         return self.norm(x).transpose(1, 2)
