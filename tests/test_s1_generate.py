@@ -57,6 +57,21 @@ def test_budget_run_keeps_its_last_frame(loaded, cases):
     np.testing.assert_array_equal(result.codes[:, :-1].numpy(), cases["gen_sample_seed42_cli_codes"])
 
 
+def test_on_frame_sees_every_frame_as_it_is_made(loaded, cases):
+    model, tokenizer = loaded
+    seen = []
+    seed, temperature, top_p, penalty = GENERATION_CASES["greedy"]
+    result = generate(
+        model,
+        torch.from_numpy(cases["prompt"]),
+        tokenizer.im_end_id,
+        SamplingSettings(temperature, top_p, penalty),
+        MAX_NEW_FRAMES,
+        on_frame=seen.append,
+    )
+    assert torch.equal(torch.stack(seen, dim=1).cpu(), result.frames)
+
+
 def test_private_generator_reproduces_the_global_seed_stream(loaded, cases):
     model, tokenizer = loaded
     name = "sample_seed7_t0.7p0.7r1.2"

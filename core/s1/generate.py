@@ -14,6 +14,7 @@ too; the returned codes drop the last frame only when it is the `<|im_end|>` fra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -76,8 +77,11 @@ def generate(
     settings: SamplingSettings | None = None,
     max_new_frames: int = 0,
     generator: torch.Generator | None = None,
+    on_frame: Callable[[Tensor], None] | None = None,
 ) -> GenerationResult:
-    """Continue `prompt` [1 + N, L]; `max_new_frames` 0 means up to max_seq_len (the original's default)."""
+    """Continue `prompt` [1 + N, L]; `max_new_frames` 0 means up to max_seq_len (the original's default).
+
+    `on_frame` sees every new frame [1 + N] as it is made (streaming, progress, timing)."""
     settings = settings or SamplingSettings()
     device = model.norm.weight.device
     n = model.config.num_codebooks
@@ -85,11 +89,13 @@ def generate(
         raise ValueError(f"prompt must be [{n + 1}, L], got {tuple(prompt.shape)}")
     length = prompt.size(1)
     budget = frame_budget(model, length, max_new_frames)
-    model.setup_caches(1)
+    model.setup_caches(1, length + budget)  # grows only; the original always holds max_seq_len positions
     params = settings.as_tensors(device)
     prompt = prompt.to(device=device, dtype=torch.int)
     frame = decode_frame(model, prompt[None], torch.arange(length, device=device), params, None, generator)
     frames = [frame]
+    if on_frame is not None:
+        on_frame(frame)
     history = torch.zeros((n + 1, max(WINDOW, budget)), dtype=torch.int, device=device)
     stopped = bool(frame[0] == im_end_id)
     for i in range(budget - 1):
@@ -100,6 +106,8 @@ def generate(
         frame = decode_frame(model, frame.view(1, n + 1, 1), position, params, window, generator)
         history[:, i] = frame
         frames.append(frame)
+        if on_frame is not None:
+            on_frame(frame)
         stopped = bool(frame[0] == im_end_id)
     all_frames = torch.stack(frames, dim=1).cpu()
     codes = all_frames[1:, :-1] if stopped else all_frames[1:]

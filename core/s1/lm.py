@@ -135,7 +135,7 @@ class DualARTransformer(nn.Module):
     def setup_caches(self, batch: int = 1, length: int | None = None) -> None:
         """Static caches in the parameter dtype; the slow one holds `length` (default max_seq_len) positions."""
         c = self.config
-        length = find_multiple(length or c.max_seq_len, 8)
+        length = min(find_multiple(length or c.max_seq_len, 8), find_multiple(c.max_seq_len, 8))
         if self.cache_length >= length and self.cache_batch == batch:
             return
         dtype, device = self.norm.weight.dtype, self.norm.weight.device
@@ -186,10 +186,9 @@ class DualARTransformer(nn.Module):
             x = block(x, rope, mask, input_pos, kv_length)
         if not all_positions:
             x = x[:, -1:]
-        hidden = x
         normed = self.norm(x)
         logits = F.linear(normed, self.embeddings.weight) if self.config.tie_word_embeddings else self.output(normed)
-        hidden = self.fast_project_in(hidden)
+        hidden = self.fast_project_in(x)  # the last block's output, before the final norm
         if not all_positions:
             return logits[:, 0], hidden[:, 0]
         return logits, hidden
