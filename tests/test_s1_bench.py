@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.s1 import bytes_per_frame, main, random_dual_ar
+
+from .s1_support import one_torch_thread  # noqa: F401 - the fixture pytestmark uses
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tiny_bench_reports_every_row(capsys):

@@ -8,7 +8,14 @@ import torch
 
 from core.s1.load import load_codec
 
-from .s1_support import S1_CHECKPOINT, assert_close, codec_cases
+from .s1_support import (
+    S1_CHECKPOINT,
+    assert_close,
+    codec_cases,
+    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

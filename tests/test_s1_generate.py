@@ -11,7 +11,15 @@ from core.s1.generate import generate, semantic_code
 from core.s1.load import load_dual_ar
 from core.s1.sampling import SamplingSettings, logits_to_probs, penalize, sample_token
 
-from .s1_support import GENERATION_CASES, MAX_NEW_FRAMES, S1_CHECKPOINT, dual_ar_cases
+from .s1_support import (
+    GENERATION_CASES,
+    MAX_NEW_FRAMES,
+    S1_CHECKPOINT,
+    dual_ar_cases,
+    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

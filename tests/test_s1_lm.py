@@ -7,7 +7,15 @@ import torch
 
 from core.s1.load import load_dual_ar
 
-from .s1_support import GENERATION_CASES, S1_CHECKPOINT, assert_close, dual_ar_cases
+from .s1_support import (
+    GENERATION_CASES,
+    S1_CHECKPOINT,
+    assert_close,
+    dual_ar_cases,
+    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

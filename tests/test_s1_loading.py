@@ -13,7 +13,14 @@ from core.checkpoints import CheckpointError
 from core.s1.config import S1ConfigError
 from core.s1.load import load_codec, load_dual_ar
 
-from .s1_support import S1_CHECKPOINT, codec_cases, dual_ar_cases
+from .s1_support import (
+    S1_CHECKPOINT,
+    codec_cases,
+    dual_ar_cases,
+    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def copy_folder(tmp_path):

@@ -9,7 +9,16 @@ import torch
 from core.s1.prompt import Reference, build_prompt
 from core.s1.tokenizer import load_s1_tokenizer
 
-from .s1_support import REF2_TEXT, REF_TEXT, S1_CHECKPOINT, TARGET_TEXT, dual_ar_cases
+from .s1_support import (
+    REF2_TEXT,
+    REF_TEXT,
+    S1_CHECKPOINT,
+    TARGET_TEXT,
+    dual_ar_cases,
+    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N = 4  # num_codebooks of the parity config
 
