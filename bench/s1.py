@@ -1,6 +1,7 @@
 """`python -m bench.s1`: OpenAudio S1-mini speed with official-size random weights (SPEC §3.6 estimated config).
 
-    python -m bench.s1 [--runs 3] [--device cpu] [--dtype float32] [--prompt 100] [--frames 32] [--seconds 10] [--tiny]
+    python -m bench.s1 [--runs 3] [--device cpu] [--dtype float32] [--prompt 100] [--frames 32] [--seconds 10]
+                       [--only lm,codec] [--threads N] [--tiny]
 
 Measured in this run: read bandwidth and the Dual-AR decode floor it sets (weight bytes read per frame:
 the slow stack + output head once, the fast stack + its head at every one of the N codebook positions;
@@ -214,6 +215,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=32, help="frames generated (stops ignored)")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length for the codec")
     parser.add_argument("--only", default="lm,codec", help="lm, codec")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--tiny", action="store_true", help="tiny models (a smoke test, not a measurement)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.frames < 2:
@@ -223,6 +225,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, log=print) -> dict:
     torch.set_flush_denormal(True)  # random weights must not wander into slow denormal arithmetic
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     report = dict(
