@@ -6,7 +6,11 @@ Public API (what an engine calls):
     model.generate(text, [Reference(codes, transcript)], SamplingSettings(...), max_new_frames, seed)
         -> GenerationResult(frames, codes, stopped)
     model.decode(codes) -> float32 audio;  model.synthesize(...) -> Synthesis(audio, sample_rate, codes, stopped)
-    StreamingDecoder(codec): push code frames, get audio chunks equal to the one-shot decode.
+    StreamingDecoder(codec) / model.streaming_decoder(): push code frames, get audio chunks equal to the one-shot
+        decode (within float rounding).
+    Cross-request batching (batch.py): lm.setup_caches(slots, length); prefill(lm, S1Sequence(...), slot);
+        decode_step(lm, [active sequences]) -> one new frame each (own settings, generator, penalty history).
+    generate(..., on_frame=callback) sees every frame as it is made (streaming, progress).
 Lower layers: load_dual_ar / load_codec, build_prompt, generate / decode_frame, sample_token.
 
 QUIRKS of the original (SPEC §9) and what this package does:
@@ -34,6 +38,7 @@ QUIRKS of the original (SPEC §9) and what this package does:
   normalize parameters, the stream without WAV header, int16 wrap at +1.0, `format: pcm` failing.
 """
 
+from .batch import S1Sequence, decode_step, prefill
 from .codec import Codec, StreamingDecoder
 from .config import CodecConfig, DualARConfig, S1ConfigError, load_codec_config, load_dual_ar_config
 from .generate import GenerationResult, decode_frame, generate
@@ -51,17 +56,20 @@ __all__ = [
     "Reference",
     "S1ConfigError",
     "S1Model",
+    "S1Sequence",
     "S1Tokenizer",
     "SamplingSettings",
     "StreamingDecoder",
     "Synthesis",
     "build_prompt",
     "decode_frame",
+    "decode_step",
     "generate",
     "load_codec",
     "load_codec_config",
     "load_dual_ar",
     "load_dual_ar_config",
     "load_s1_tokenizer",
+    "prefill",
     "sample_token",
 ]

@@ -38,6 +38,37 @@ def semantic_code(model: DualARTransformer, token: Tensor) -> Tensor:
     return torch.where(is_semantic, token - model.semantic_begin_id, torch.zeros_like(token))
 
 
+def sample_frames(
+    model: DualARTransformer,
+    logits: Tensor,
+    hidden: Tensor,
+    params: list[SamplingTensors],
+    windows: list[Tensor | None],
+    generators: list[torch.Generator | None],
+) -> Tensor:
+    """Slow-step outputs of B rows (logits [B, vocab], hidden [B, fast_dim]) → their frames [B, 1 + N].
+
+    Each row samples with its own settings, penalty window and generator, in the original's order
+    (token, then codes 1..N-1); the fast stack runs the B rows together.
+    """
+    rows = range(logits.size(0))
+
+    def draw(row_logits: Tensor, history: list[Tensor | None]) -> Tensor:
+        return torch.stack([sample_token(row_logits[b], params[b], history[b], generators[b]) for b in rows])
+
+    token = draw(logits, [None if w is None else w[:, 0] for w in windows])
+    model.clear_fast_cache()
+    model.forward_fast(hidden, 0)  # fills the fast cache at position 0; its logits are not used
+    code = semantic_code(model, token)
+    columns = [token, code]
+    limit = min(FAST_LOGIT_LIMIT, model.config.codebook_size)
+    for k in range(1, model.config.num_codebooks):
+        fast_logits = model.forward_fast(model.fast_embeddings(code), k)[:, :limit]
+        code = draw(fast_logits, [None if w is None else w[k + 1] for w in windows])
+        columns.append(code)
+    return torch.stack(columns, dim=1)
+
+
 def decode_frame(
     model: DualARTransformer,
     columns: Tensor,
@@ -48,17 +79,13 @@ def decode_frame(
 ) -> Tensor:
     """Slow step over `columns` [1, 1 + N, S] at `input_pos`, then the fast steps → the new frame [1 + N]."""
     logits, hidden = model.forward_slow(columns, input_pos)
-    token = sample_token(logits[0], params, window[:, 0] if window is not None else None, generator)
-    model.clear_fast_cache()
-    model.forward_fast(hidden, 0)  # fills the fast cache at position 0; its logits are not used
-    code = semantic_code(model, token)
-    frame = [token, code]
-    limit = min(FAST_LOGIT_LIMIT, model.config.codebook_size)
-    for k in range(1, model.config.num_codebooks):
-        fast_logits = model.forward_fast(model.fast_embeddings(code.view(1)), k)[0, :limit]
-        code = sample_token(fast_logits, params, window[k + 1] if window is not None else None, generator)
-        frame.append(code)
-    return torch.stack(frame)
+    return sample_frames(model, logits, hidden, [params], [window], [generator])[0]
+
+
+def penalty_window(history: Tensor, step: int) -> Tensor:
+    """The original's window for loop step `step`: columns [0, 16) early (zeros not yet written), then the 16
+    frames before the step."""
+    return history[:, :WINDOW] if step < WINDOW else history[:, step - WINDOW : step]
 
 
 def frame_budget(model: DualARTransformer, prompt_length: int, max_new_frames: int) -> int:
@@ -101,7 +128,7 @@ def generate(
     for i in range(budget - 1):
         if stopped:
             break
-        window = history[:, :WINDOW] if i < WINDOW else history[:, i - WINDOW : i]
+        window = penalty_window(history, i)
         position = torch.tensor([length + i], device=device)
         frame = decode_frame(model, frame.view(1, n + 1, 1), position, params, window, generator)
         history[:, i] = frame

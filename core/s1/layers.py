@@ -22,9 +22,9 @@ def rope_table(length: int, head_dim: int, base: float) -> Tensor:
 
 
 def apply_rope(x: Tensor, table: Tensor) -> Tensor:
-    """Rotate pairs (2j, 2j+1) of every head; x [B, S, H, D], table [S, D/2, 2]."""
+    """Rotate pairs (2j, 2j+1) of every head; x [B, S, H, D], table [S, D/2, 2] (or [B, S, D/2, 2] per row)."""
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    table = table.view(1, pairs.size(1), 1, pairs.size(3), 2)
+    table = table.view(table.size(0) if table.dim() == 4 else 1, pairs.size(1), 1, pairs.size(3), 2)
     rotated = torch.stack(
         [
             pairs[..., 0] * table[..., 0] - pairs[..., 1] * table[..., 1],

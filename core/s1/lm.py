@@ -28,10 +28,12 @@ class KVCache(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.k_cache[:, :, input_pos] = k
-        self.v_cache[:, :, input_pos] = v
-        return self.k_cache, self.v_cache
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, slot: int = 0) -> tuple[Tensor, Tensor]:
+        """Write k, v [B, H, S, D] at `input_pos` of slots slot .. slot + B - 1; return those slots."""
+        rows = slice(slot, slot + k.size(0))
+        self.k_cache[rows, :, input_pos] = k
+        self.v_cache[rows, :, input_pos] = v
+        return self.k_cache[rows], self.v_cache[rows]
 
     def clear(self) -> None:
         self.k_cache.zero_()
@@ -80,12 +82,28 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(y.transpose(1, 2).contiguous().view(bsz, seqlen, s.n_head * s.head_dim))
 
-    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor, kv_length: int) -> Tensor:
+    def forward(
+        self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor, kv_length: int, slot: int = 0
+    ) -> Tensor:
         q, k, v = self.project(x, rope)
         if self.kv_cache is not None:
-            k_all, v_all = self.kv_cache.update(input_pos, k, v)
+            k_all, v_all = self.kv_cache.update(input_pos, k, v, slot)
             k, v = k_all[:, :, :kv_length], v_all[:, :, :kv_length]
         return self.attend(q, k, v, mask)
+
+    def decode_rows(self, x: Tensor, rope: Tensor, slots: list[int], positions: list[int]) -> Tensor:
+        """One new position per row (x [B, 1, dim], rope [B, 1, D/2, 2]): row b goes to `positions[b]` of
+        cache slot `slots[b]` and attends over that slot's own prefix, so rows never see each other."""
+        q, k, v = self.project(x, rope)
+        cache, rows = self.kv_cache, []
+        for b, (slot, position) in enumerate(zip(slots, positions, strict=True)):
+            cache.k_cache[slot, :, position] = k[b, :, 0]
+            cache.v_cache[slot, :, position] = v[b, :, 0]
+            keys = cache.k_cache[slot : slot + 1, :, : position + 1]
+            values = cache.v_cache[slot : slot + 1, :, : position + 1]
+            visible = torch.ones((1, 1, 1, position + 1), dtype=torch.bool, device=x.device)
+            rows.append(self.attend(q[b : b + 1], keys, values, visible))
+        return torch.cat(rows)
 
 
 class TransformerBlock(nn.Module):
@@ -96,8 +114,14 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(shape.dim, shape.norm_eps)
         self.attention_norm = RMSNorm(shape.dim, shape.norm_eps)
 
-    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor, kv_length: int) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, mask, input_pos, kv_length)
+    def forward(
+        self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor, kv_length: int, slot: int = 0
+    ) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, mask, input_pos, kv_length, slot)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+    def decode_rows(self, x: Tensor, rope: Tensor, slots: list[int], positions: list[int]) -> Tensor:
+        h = x + self.attention.decode_rows(self.attention_norm(x), rope, slots, positions)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -167,8 +191,10 @@ class DualARTransformer(nn.Module):
             x = torch.where(is_semantic.unsqueeze(-1), x / math.sqrt(c.num_codebooks + 1), x)
         return x
 
-    def forward_slow(self, inp: Tensor, input_pos: Tensor, all_positions: bool = False) -> tuple[Tensor, Tensor]:
-        """Run the slow stack at `input_pos` (through the KV cache if set up).
+    def forward_slow(
+        self, inp: Tensor, input_pos: Tensor, all_positions: bool = False, slot: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        """Run the slow stack at `input_pos` (through the KV cache from `slot` on, if set up).
 
         Returns token logits and the hidden state for the fast stack (projected), both of the last
         position only unless `all_positions` ([B, S, vocab] / [B, S, fast_dim] then).
@@ -183,9 +209,25 @@ class DualARTransformer(nn.Module):
         mask = (positions.view(1, -1) <= input_pos.view(-1, 1)).view(1, 1, len(input_pos), kv_length)
         rope = self.rope[input_pos]
         for block in self.layers:
-            x = block(x, rope, mask, input_pos, kv_length)
+            x = block(x, rope, mask, input_pos, kv_length, slot)
         if not all_positions:
             x = x[:, -1:]
+        return self.heads(x, all_positions)
+
+    def forward_slow_rows(self, inp: Tensor, slots: list[int], positions: list[int]) -> tuple[Tensor, Tensor]:
+        """One new column per row, inp [B, 1 + N, 1]: row b at `positions[b]` of cache slot `slots[b]`
+        (cross-request batching). Returns logits [B, vocab] and the fast stack's input [B, fast_dim]."""
+        if max(positions) >= self.rope.size(0):
+            raise ValueError(f"position {max(positions)} is beyond max_seq_len {self.rope.size(0)}")
+        x = self.embed(inp)
+        rope = self.rope[torch.tensor(positions, device=inp.device)].unsqueeze(1)
+        for block in self.layers:
+            x = block.decode_rows(x, rope, slots, positions)
+        return self.heads(x)
+
+    def heads(self, x: Tensor, all_positions: bool = False) -> tuple[Tensor, Tensor]:
+        """Token logits and the fast stack's input from the last block's output [B, S, dim] (S = 1 unless
+        `all_positions`, which keeps the position axis)."""
         normed = self.norm(x)
         logits = F.linear(normed, self.embeddings.weight) if self.config.tie_word_embeddings else self.output(normed)
         hidden = self.fast_project_in(x)  # the last block's output, before the final norm
