@@ -37,6 +37,8 @@ def test_reference_encode_from_samples_and_from_a_wav_file(model):
     wav = io.BytesIO()
     sf.write(wav, cases["signal"], model.sample_rate, format="WAV", subtype="FLOAT")
     np.testing.assert_array_equal(model.encode_reference(wav.getvalue()).numpy(), cases["codes"][0])
+    resampled = model.encode_reference(np.repeat(cases["signal"], 2), sample_rate=2 * model.sample_rate)
+    assert resampled.shape == codes.shape  # resampled to the codec rate first
 
 
 def test_synthesize_with_a_reference_gives_the_original_codes_and_their_audio(model):
@@ -65,5 +67,9 @@ def test_bad_requests_are_clear_errors(model, tmp_path):
         model.synthesize("  ")
     with pytest.raises(ValueError, match="sample_rate is required"):
         model.encode_reference(np.zeros(100, dtype=np.float32))
+    with pytest.raises(ValueError, match="mono samples"):
+        model.encode_reference(np.zeros((100, 2), dtype=np.float32), sample_rate=16000)
+    with pytest.raises(ValueError, match="mono samples"):
+        model.encode_reference(np.full(100, np.nan, dtype=np.float32), sample_rate=16000)
     with pytest.raises(FileNotFoundError, match="folder not found"):
         S1Model.from_folder(tmp_path / "nothing")

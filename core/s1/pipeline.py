@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import load_audio
+from ..audio import load_audio, resample
 from ..device import lm_dtype, resolve_device
 from .codec import Codec, StreamingDecoder
 from .generate import GenerationResult, generate
@@ -64,13 +64,18 @@ class S1Model:
 
     # -- codec --------------------------------------------------------------------------------------
     def encode_reference(self, audio: str | os.PathLike | bytes | np.ndarray, sample_rate: int | None = None):
-        """Reference audio (file, bytes, or mono samples at `sample_rate`) → codes [num_codebooks, T]."""
+        """Reference audio (file, bytes, or mono samples at `sample_rate`) → codes [num_codebooks, T].
+
+        Resampling is soxr HQ (the original's /v1/vqgan/encode path; its TTS engine used torchaudio's sinc
+        resampler, so codes of references not already at the codec rate can differ slightly)."""
         if isinstance(audio, np.ndarray):
             if sample_rate is None:
                 raise ValueError("sample_rate is required with raw samples")
-            from ..audio import resample
-
-            samples = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, self.sample_rate)
+            samples = np.asarray(audio, dtype=np.float32).squeeze()
+            if samples.ndim != 1 or samples.size == 0 or not np.isfinite(samples).all():
+                raise ValueError(f"expected non-empty finite mono samples, got shape {np.shape(audio)}")
+            if sample_rate != self.sample_rate:
+                samples = resample(samples, sample_rate, self.sample_rate)
         else:
             samples = load_audio(audio, sample_rate=self.sample_rate)
         codes = self.codec.encode(torch.from_numpy(np.ascontiguousarray(samples)).view(1, 1, -1))
