@@ -85,3 +85,10 @@ def test_cached_decode_step_equals_the_uncached_forward(loaded, cases):
         step_logits, step_hidden = model.forward_slow(prompt[None, :, -1:], torch.tensor([prompt.size(1) - 1]))
     assert_close(step_logits[0], full_logits[0, -1].numpy())
     assert_close(step_hidden[0], full_hidden[0, -1].numpy())
+
+
+def test_rope_tables_stay_bfloat16_in_every_run_dtype():
+    for dtype in (torch.float32, torch.float16):
+        model, _ = load_dual_ar(S1_CHECKPOINT, dtype=dtype)
+        assert model.rope.dtype == model.fast_rope.dtype == torch.bfloat16
+        assert model.norm.weight.dtype == dtype

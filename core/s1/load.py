@@ -90,8 +90,10 @@ def load_dual_ar(
     with torch.device("meta"):
         model = DualARTransformer(config, tokenizer.semantic_begin_id, tokenizer.semantic_end_id)
     strict_load(model, state, path)
-    model.build_rope_tables()  # buffers built on the meta device hold no values
-    return model.to(device=device, dtype=dtype).eval(), tokenizer
+    model.build_rope_tables()  # built on the meta device they held no values
+    model = model.to(device=device, dtype=dtype)
+    model.build_rope_tables()  # and again after the cast, which would have rounded them to a float16 run's dtype
+    return model.eval(), tokenizer
 
 
 # -- codec ---------------------------------------------------------------------------------------------
