@@ -1,0 +1,98 @@
+"""Cross-request batching for the Dual-AR: many generations in flight, each in its own KV-cache slot.
+
+`prefill` runs one sequence's prompt into its slot and samples its first frame; `decode_step` advances
+any set of sequences by one frame in one batched slow step (each row attends over its own slot) and
+one batched fast stack. Every sequence keeps its own sampling settings, generator and penalty
+history, so a seeded sequence makes the same frames alone or batched (up to float rounding of the
+batched matrix products, which can only matter at exact near-ties). The rules are those of
+generate.py: a scheduler drives these two functions instead of `generate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .generate import frame_budget, penalty_window, sample_frames
+from .lm import DualARTransformer
+from .sampling import WINDOW, SamplingSettings
+
+
+@dataclass(eq=False)
+class S1Sequence:
+    """One generation: what the caller sets (prompt and rules) and its progress (set here)."""
+
+    prompt: Tensor  # [1 + N, L]
+    im_end_id: int
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
+    max_new_frames: int = 0  # 0: up to max_seq_len
+    generator: torch.Generator | None = None
+    slot: int = -1
+    budget: int = 0
+    frames: list[Tensor] = field(default_factory=list)
+    history: Tensor | None = None  # [1 + N, max(16, budget)]: frames of the decode loop (not the prefill's)
+    stopped: bool = False  # ended on <|im_end|>
+    finished: bool = False
+
+    @property
+    def position(self) -> int:
+        """Where the newest frame goes when it is fed back."""
+        return self.prompt.size(1) + len(self.frames) - 1
+
+    def window(self) -> Tensor | None:
+        return None if not self.frames else penalty_window(self.history, len(self.frames) - 1)
+
+    def accept(self, frame: Tensor) -> None:
+        if self.frames:
+            self.history[:, len(self.frames) - 1] = frame
+        self.frames.append(frame)
+        self.stopped = bool(frame[0] == self.im_end_id)
+        self.finished = self.stopped or len(self.frames) >= self.budget
+
+    def codes(self) -> Tensor:
+        """[N, F] for the codec, without the <|im_end|> frame."""
+        frames = torch.stack(self.frames, dim=1).cpu()
+        return (frames[1:, :-1] if self.stopped else frames[1:]).clone()
+
+
+@torch.inference_mode()
+def prefill(model: DualARTransformer, sequence: S1Sequence, slot: int) -> Tensor:
+    """Run `sequence`'s prompt into cache `slot` (set up with enough slots and length) → its first frame."""
+    device = model.norm.weight.device
+    length = sequence.prompt.size(1)
+    sequence.budget = frame_budget(model, length, sequence.max_new_frames)
+    if length + sequence.budget > model.cache_length or slot >= model.cache_batch:
+        raise ValueError(f"slot {slot} / {length + sequence.budget} positions exceed the caches set up")
+    sequence.slot = slot
+    sequence.history = torch.zeros(
+        (sequence.prompt.size(0), max(WINDOW, sequence.budget)), dtype=torch.int, device=device
+    )
+    prompt = sequence.prompt.to(device=device, dtype=torch.int)[None]
+    logits, hidden = model.forward_slow(prompt, torch.arange(length, device=device), slot=slot)
+    params = sequence.settings.as_tensors(device)
+    frame = sample_frames(model, logits, hidden, [params], [None], [sequence.generator])[0]
+    sequence.accept(frame)
+    return frame
+
+
+@torch.inference_mode()
+def decode_step(model: DualARTransformer, sequences: list[S1Sequence]) -> list[Tensor]:
+    """Advance every (unfinished) sequence by one frame, all in one batched step; returns the new frames."""
+    if any(s.finished for s in sequences):
+        raise ValueError("decode_step got a finished sequence")
+    device = model.norm.weight.device
+    columns = torch.stack([s.frames[-1] for s in sequences]).unsqueeze(-1)
+    logits, hidden = model.forward_slow_rows(columns, [s.slot for s in sequences], [s.position for s in sequences])
+    frames = sample_frames(
+        model,
+        logits,
+        hidden,
+        [s.settings.as_tensors(device) for s in sequences],
+        [s.window() for s in sequences],
+        [s.generator for s in sequences],
+    )
+    for sequence, frame in zip(sequences, frames, strict=True):
+        sequence.accept(frame)
+    return list(frames)

@@ -1,0 +1,92 @@
+"""Causal convolutions and the small blocks built from them (SPEC §2.2-2.4, §2.7).
+
+Weight norm is folded into plain weights at load time (load.py), so these hold `conv.weight`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class CausalConv(nn.Module):
+    """Conv1d padded on the left by (effective kernel - stride), plus what makes the last frame whole."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, dilation: int = 1, groups: int = 1):
+        super().__init__()
+        self.conv = nn.Conv1d(in_ch, out_ch, kernel, stride=stride, dilation=dilation, groups=groups)
+        self.stride = stride
+        self.effective_kernel = (kernel - 1) * dilation + 1
+        self.left_pad = self.effective_kernel - stride
+
+    def extra_right_pad(self, length: int) -> int:
+        frames = (length - self.effective_kernel + self.left_pad) / self.stride + 1
+        ideal = (math.ceil(frames) - 1) * self.stride + (self.effective_kernel - self.left_pad)
+        return ideal - length
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(x, (self.left_pad, self.extra_right_pad(x.shape[-1])))
+        return self.conv(x)
+
+
+class CausalTransposedConv(nn.Module):
+    """ConvTranspose1d with its last (kernel - stride) output samples dropped."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int):
+        super().__init__()
+        self.conv = nn.ConvTranspose1d(in_ch, out_ch, kernel, stride=stride)
+        self.trim = kernel - stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        return y[..., : y.shape[-1] - self.trim]
+
+
+class Snake(nn.Module):
+    """x + sin²(αx)/(α + 1e-9), α per channel (the descript-audio-codec activation, same op order)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, channels: int, dilation: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            Snake(channels),
+            CausalConv(channels, channels, 7, dilation=dilation),
+            Snake(channels),
+            CausalConv(channels, channels, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.block(x)
+        return x[..., : y.shape[-1]] + y  # causal padding keeps lengths equal; trim defensively like the original
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depth-wise causal conv → LayerNorm → Linear ×4 → GELU → Linear → ×γ, plus the input."""
+
+    def __init__(self, dim: int, kernel: int = 7, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.dwconv = CausalConv(dim, dim, kernel, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, int(mlp_ratio * dim))
+        self.pwconv2 = nn.Linear(int(mlp_ratio * dim), dim)
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.finish(x, self.dwconv(x))
+
+    def finish(self, x: Tensor, convolved: Tensor) -> Tensor:
+        """Everything after the depth-wise conv (per time step), given its output."""
+        y = self.pwconv2(F.gelu(self.pwconv1(self.norm(convolved.permute(0, 2, 1)))))
+        return x + (self.gamma * y).permute(0, 2, 1)

@@ -1,0 +1,270 @@
+"""The Dual-AR text-to-semantic transformer of S1 (SPEC §3) with static KV caches.
+
+The slow transformer runs along time over `[B, 1 + N, S]` columns (token id + N codes) and yields
+token logits plus the last block's output (before the final norm), which the fast transformer
+turns into the N codes of one frame, one codebook position after another.
+Parameter names equal those of `model.pth`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import DualARConfig, LayerShape, find_multiple
+from .layers import RMSNorm, SwiGLU, apply_rope, rope_table
+
+
+class KVCache(nn.Module):
+    """Keys and values of one layer: [batch, n_kv_heads, length, head_dim], written at given positions."""
+
+    def __init__(self, batch: int, length: int, n_heads: int, head_dim: int, dtype: torch.dtype, device=None):
+        super().__init__()
+        shape = (batch, n_heads, length, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, slot: int = 0) -> tuple[Tensor, Tensor]:
+        """Write k, v [B, H, S, D] at `input_pos` of slots slot .. slot + B - 1; return those slots."""
+        rows = slice(slot, slot + k.size(0))
+        self.k_cache[rows, :, input_pos] = k
+        self.v_cache[rows, :, input_pos] = v
+        return self.k_cache[rows], self.v_cache[rows]
+
+    def clear(self) -> None:
+        self.k_cache.zero_()
+        self.v_cache.zero_()
+
+
+class Attention(nn.Module):
+    def __init__(self, shape: LayerShape, explicit_softmax: bool = False):
+        super().__init__()
+        self.shape = shape
+        self.explicit_softmax = explicit_softmax  # the original's fast stack: plain softmax, not SDPA
+        total = (shape.n_head + 2 * shape.n_local_heads) * shape.head_dim
+        self.wqkv = nn.Linear(shape.dim, total, bias=shape.qkv_bias)
+        self.wo = nn.Linear(shape.n_head * shape.head_dim, shape.dim, bias=shape.o_bias)
+        if shape.qk_norm:
+            self.q_norm = nn.RMSNorm(shape.head_dim, eps=shape.norm_eps)
+            self.k_norm = nn.RMSNorm(shape.head_dim, eps=shape.norm_eps)
+        self.kv_cache: KVCache | None = None
+
+    def project(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, S, dim] → q [B, n_head, S, D], k and v [B, n_kv_heads, S, D] (normed, rotated)."""
+        s = self.shape
+        bsz, seqlen, _ = x.shape
+        q_size, kv_size = s.n_head * s.head_dim, s.n_local_heads * s.head_dim
+        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(bsz, seqlen, s.n_head, s.head_dim)
+        k = k.view(bsz, seqlen, s.n_local_heads, s.head_dim)
+        v = v.view(bsz, seqlen, s.n_local_heads, s.head_dim)
+        if s.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """Attention of q over k/v (mask True = visible), then the output projection → [B, S, dim]."""
+        s = self.shape
+        bsz, _, seqlen, _ = q.shape
+        repeat = s.n_head // s.n_local_heads
+        k = k.repeat_interleave(repeat, dim=1)
+        v = v.repeat_interleave(repeat, dim=1)
+        if self.explicit_softmax:
+            bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+            weights = torch.softmax(q @ k.transpose(-2, -1) * (1 / math.sqrt(s.head_dim)) + bias, dim=-1)
+            y = weights @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.wo(y.transpose(1, 2).contiguous().view(bsz, seqlen, s.n_head * s.head_dim))
+
+    def forward(
+        self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor, kv_length: int, slot: int = 0
+    ) -> Tensor:
+        q, k, v = self.project(x, rope)
+        if self.kv_cache is not None:
+            k_all, v_all = self.kv_cache.update(input_pos, k, v, slot)
+            k, v = k_all[:, :, :kv_length], v_all[:, :, :kv_length]
+        return self.attend(q, k, v, mask)
+
+    def decode_rows(self, x: Tensor, rope: Tensor, slots: list[int], positions: list[int]) -> Tensor:
+        """One new position per row (x [B, 1, dim], rope [B, 1, D/2, 2]): row b goes to `positions[b]` of
+        cache slot `slots[b]` and attends over that slot's own prefix, so rows never see each other."""
+        q, k, v = self.project(x, rope)
+        cache, rows = self.kv_cache, []
+        for b, (slot, position) in enumerate(zip(slots, positions, strict=True)):
+            cache.k_cache[slot, :, position] = k[b, :, 0]
+            cache.v_cache[slot, :, position] = v[b, :, 0]
+            keys = cache.k_cache[slot : slot + 1, :, : position + 1]
+            values = cache.v_cache[slot : slot + 1, :, : position + 1]
+            visible = torch.ones((1, 1, 1, position + 1), dtype=torch.bool, device=x.device)
+            rows.append(self.attend(q[b : b + 1], keys, values, visible))
+        return torch.cat(rows)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, shape: LayerShape, explicit_softmax: bool = False):
+        super().__init__()
+        self.attention = Attention(shape, explicit_softmax)
+        self.feed_forward = SwiGLU(shape.dim, shape.intermediate_size)
+        self.ffn_norm = RMSNorm(shape.dim, shape.norm_eps)
+        self.attention_norm = RMSNorm(shape.dim, shape.norm_eps)
+
+    def forward(
+        self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor, kv_length: int, slot: int = 0
+    ) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, mask, input_pos, kv_length, slot)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+    def decode_rows(self, x: Tensor, rope: Tensor, slots: list[int], positions: list[int]) -> Tensor:
+        h = x + self.attention.decode_rows(self.attention_norm(x), rope, slots, positions)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class DualARTransformer(nn.Module):
+    def __init__(self, config: DualARConfig, semantic_begin_id: int, semantic_end_id: int):
+        super().__init__()
+        self.config = config
+        self.semantic_begin_id = semantic_begin_id
+        self.semantic_end_id = semantic_end_id
+        c = config
+        self.embeddings = nn.Embedding(c.vocab_size, c.dim)
+        self.codebook_embeddings = nn.Embedding(c.codebook_size * c.num_codebooks, c.dim)
+        self.layers = nn.ModuleList(TransformerBlock(c.slow_layer()) for _ in range(c.n_layer))
+        self.norm = RMSNorm(c.dim, c.norm_eps)
+        if not c.tie_word_embeddings:
+            self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.fast_project_in = nn.Linear(c.dim, c.fast_dim) if c.fast_dim != c.dim else nn.Identity()
+        self.fast_embeddings = nn.Embedding(c.codebook_size, c.fast_dim)
+        self.fast_layers = nn.ModuleList(
+            TransformerBlock(c.fast_layer(), explicit_softmax=True) for _ in range(c.n_fast_layer)
+        )
+        self.fast_norm = RMSNorm(c.fast_dim, c.norm_eps)
+        self.fast_output = nn.Linear(c.fast_dim, c.codebook_size, bias=False)
+        self.build_rope_tables()
+        self.cache_length = 0
+        self.cache_batch = 0
+
+    def build_rope_tables(self) -> None:
+        c, device = self.config, self.norm.weight.device
+        self.register_buffer("rope", rope_table(c.max_seq_len, c.head_dim, c.rope_base).to(device), persistent=False)
+        fast = rope_table(c.num_codebooks, c.fast_head_dim, c.rope_base).to(device)
+        self.register_buffer("fast_rope", fast, persistent=False)
+
+    # -- caches -------------------------------------------------------------------------------------
+    def setup_caches(self, batch: int = 1, length: int | None = None) -> None:
+        """Static caches in the parameter dtype; the slow one holds `length` (default max_seq_len) positions."""
+        c = self.config
+        length = min(find_multiple(length or c.max_seq_len, 8), find_multiple(c.max_seq_len, 8))
+        if self.cache_length >= length and self.cache_batch == batch:
+            return
+        dtype, device = self.norm.weight.dtype, self.norm.weight.device
+        for block in self.layers:
+            block.attention.kv_cache = KVCache(batch, length, c.n_local_heads, c.head_dim, dtype, device)
+        for block in self.fast_layers:
+            block.attention.kv_cache = KVCache(
+                batch, c.num_codebooks, c.fast_n_local_heads, c.fast_head_dim, dtype, device
+            )
+        self.cache_length, self.cache_batch = length, batch
+
+    def drop_caches(self) -> None:
+        for block in (*self.layers, *self.fast_layers):
+            block.attention.kv_cache = None
+        self.cache_length = self.cache_batch = 0
+
+    # -- slow transformer ---------------------------------------------------------------------------
+    def embed(self, inp: Tensor) -> Tensor:
+        """[B, 1 + N, S] → [B, S, dim]: token embedding, plus the codebook sum at semantic positions."""
+        c = self.config
+        offsets = torch.arange(c.num_codebooks, device=inp.device).view(1, -1, 1) * c.codebook_size
+        codes = self.codebook_embeddings(inp[:, 1:].long() + offsets)  # [B, N, S, dim]
+        vq_sum = codes.sum(dim=1)
+        tokens = inp[:, 0]
+        is_semantic = (tokens >= self.semantic_begin_id) & (tokens <= self.semantic_end_id)
+        vq_sum[~is_semantic] = 0
+        x = self.embeddings(tokens.long()) + vq_sum
+        if c.scale_codebook_embeddings:
+            x = torch.where(is_semantic.unsqueeze(-1), x / math.sqrt(c.num_codebooks + 1), x)
+        return x
+
+    def forward_slow(
+        self, inp: Tensor, input_pos: Tensor, all_positions: bool = False, slot: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        """Run the slow stack at `input_pos` (through the KV cache from `slot` on, if set up).
+
+        Returns token logits and the hidden state for the fast stack (projected), both of the last
+        position only unless `all_positions` ([B, S, vocab] / [B, S, fast_dim] then).
+        """
+        x = self.embed(inp)
+        kv_length = int(input_pos[-1]) + 1
+        if self.layers[0].attention.kv_cache is None and int(input_pos[0]) != 0:
+            raise ValueError("positions after 0 need setup_caches() first")
+        if kv_length > self.rope.size(0):
+            raise ValueError(f"position {kv_length - 1} is beyond max_seq_len {self.rope.size(0)}")
+        positions = torch.arange(kv_length, device=inp.device)
+        mask = (positions.view(1, -1) <= input_pos.view(-1, 1)).view(1, 1, len(input_pos), kv_length)
+        rope = self.rope[input_pos]
+        for block in self.layers:
+            x = block(x, rope, mask, input_pos, kv_length, slot)
+        if not all_positions:
+            x = x[:, -1:]
+        return self.heads(x, all_positions)
+
+    def forward_slow_rows(self, inp: Tensor, slots: list[int], positions: list[int]) -> tuple[Tensor, Tensor]:
+        """One new column per row, inp [B, 1 + N, 1]: row b at `positions[b]` of cache slot `slots[b]`
+        (cross-request batching). Returns logits [B, vocab] and the fast stack's input [B, fast_dim]."""
+        if max(positions) >= self.rope.size(0):
+            raise ValueError(f"position {max(positions)} is beyond max_seq_len {self.rope.size(0)}")
+        x = self.embed(inp)
+        rope = self.rope[torch.tensor(positions, device=inp.device)].unsqueeze(1)
+        for block in self.layers:
+            x = block.decode_rows(x, rope, slots, positions)
+        return self.heads(x)
+
+    def heads(self, x: Tensor, all_positions: bool = False) -> tuple[Tensor, Tensor]:
+        """Token logits and the fast stack's input from the last block's output [B, S, dim] (S = 1 unless
+        `all_positions`, which keeps the position axis)."""
+        normed = self.norm(x)
+        logits = F.linear(normed, self.embeddings.weight) if self.config.tie_word_embeddings else self.output(normed)
+        hidden = self.fast_project_in(x)  # the last block's output, before the final norm
+        if not all_positions:
+            return logits[:, 0], hidden[:, 0]
+        return logits, hidden
+
+    # -- fast transformer ---------------------------------------------------------------------------
+    def clear_fast_cache(self) -> None:
+        for block in self.fast_layers:
+            block.attention.kv_cache.clear()
+
+    def forward_fast(self, x: Tensor, position: int) -> Tensor:
+        """One codebook position of the fast stack: x [B, fast_dim] → logits [B, codebook_size]."""
+        n = self.config.num_codebooks
+        input_pos = torch.tensor([position], device=x.device)
+        # The original attends over the whole N-long cache with a causal mask (zeros past `position`).
+        mask = (torch.arange(n, device=x.device) <= position).view(1, 1, 1, n)
+        rope = self.fast_rope[input_pos]
+        h = x.view(x.size(0), 1, -1)
+        for block in self.fast_layers:
+            h = block(h, rope, mask, input_pos, n)
+        return self.fast_output(self.fast_norm(h))[:, 0]
+
+    def forward_fast_sequence(self, x: Tensor) -> Tensor:
+        """The fast stack over whole frames without a cache: x [B, N, fast_dim] → logits [B, N, codebook_size]."""
+        n = x.size(1)
+        positions = torch.arange(n, device=x.device)
+        mask = (positions.view(1, -1) <= positions.view(-1, 1)).view(1, 1, n, n)
+        saved = [block.attention.kv_cache for block in self.fast_layers]
+        for block in self.fast_layers:
+            block.attention.kv_cache = None
+        try:
+            h = x
+            for block in self.fast_layers:
+                h = block(h, self.fast_rope[:n], mask, positions, n)
+        finally:
+            for block, cache in zip(self.fast_layers, saved, strict=True):
+                block.attention.kv_cache = cache
+        return self.fast_output(self.fast_norm(h))

@@ -1,0 +1,86 @@
+"""Cross-request batching: the four golden generation cases decoded together, each in its own cache slot with
+its own settings and seeded generator, give exactly the original's frames; sequences join and leave freely."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.s1.batch import S1Sequence, decode_step, prefill
+from core.s1.load import load_dual_ar
+from core.s1.sampling import SamplingSettings
+
+from .s1_support import (
+    GENERATION_CASES,
+    MAX_NEW_FRAMES,
+    S1_CHECKPOINT,
+    dual_ar_cases,
+    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_dual_ar(S1_CHECKPOINT)
+
+
+def sequence(tokenizer, cases, name: str, prompt_key: str = "prompt") -> S1Sequence:
+    seed, temperature, top_p, penalty = GENERATION_CASES[name]
+    return S1Sequence(
+        torch.from_numpy(cases[prompt_key]),
+        tokenizer.im_end_id,
+        SamplingSettings(temperature, top_p, penalty),
+        MAX_NEW_FRAMES,
+        torch.Generator().manual_seed(seed),
+    )
+
+
+def run(model, sequences: list[S1Sequence], joins: dict[int, list[int]]) -> None:
+    """Prefill sequence i into slot i at step joins-key; decode the active ones until all finish."""
+    step, active = 0, []
+    while step == 0 or active or any(k >= step for k in joins):
+        for index in joins.get(step, []):
+            prefill(model, sequences[index], index)
+            if not sequences[index].finished:
+                active.append(sequences[index])
+        if active:
+            decode_step(model, active)
+            active = [s for s in active if not s.finished]
+        step += 1
+
+
+def test_golden_cases_batched_equal_the_original(loaded):
+    model, tokenizer = loaded
+    cases = dual_ar_cases()
+    names = sorted(GENERATION_CASES)
+    sequences = [sequence(tokenizer, cases, name) for name in names]
+    model.setup_caches(len(names), model.config.max_seq_len)
+    run(model, sequences, {0: [0, 1, 2, 3]})
+    for name, seq in zip(names, sequences, strict=True):
+        np.testing.assert_array_equal(torch.stack(seq.frames, dim=1).cpu().numpy(), cases[f"gen_{name}_tokens"])
+    greedy = sequences[names.index("greedy")]
+    assert greedy.stopped and np.array_equal(greedy.codes().numpy(), cases["gen_greedy_codes"])
+
+
+def test_sequences_joining_later_with_other_prompts_are_unaffected(loaded):
+    """Rows never see each other: a sequence that joins mid-way, with a different prompt length, in a
+    different slot, still makes the original's frames."""
+    model, tokenizer = loaded
+    cases = dual_ar_cases()
+    seeded = [sequence(tokenizer, cases, "sample_seed7_t0.7p0.7r1.2"), sequence(tokenizer, cases, "sample_seed42_cli")]
+    other = sequence(tokenizer, cases, "sample_seed42_cli", prompt_key="prompt_2refs")
+    model.setup_caches(3, model.config.max_seq_len)
+    run(model, [other, *seeded], {0: [0], 3: [1], 5: [2]})
+    for name, seq in zip(["sample_seed7_t0.7p0.7r1.2", "sample_seed42_cli"], seeded, strict=True):
+        np.testing.assert_array_equal(torch.stack(seq.frames, dim=1).cpu().numpy(), cases[f"gen_{name}_tokens"])
+    assert len(other.frames) == MAX_NEW_FRAMES or other.stopped
+
+
+def test_prefill_refuses_a_slot_beyond_the_caches(loaded):
+    model, tokenizer = loaded
+    model.setup_caches(1, 128)
+    with pytest.raises(ValueError, match="exceed the caches"):
+        prefill(model, sequence(tokenizer, dual_ar_cases(), "greedy"), 1)

@@ -1,0 +1,32 @@
+"""`python -m bench.s1 --tiny` runs every part and reports numbers that hang together."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.s1 import bytes_per_frame, main, random_dual_ar
+
+from .s1_support import one_torch_thread  # noqa: F401 - the fixture pytestmark uses
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_tiny_bench_reports_every_row(capsys):
+    report = main(["--tiny", "--runs", "1", "--frames", "3", "--seconds", "0.5", "--device", "cpu"])
+    d, c = report["dual_ar"], report["codec"]
+    assert d["frames_per_s"] > 0 and d["prefill_tokens_per_s"] > 0
+    assert abs(d["floor_frames_per_s"] - report["bandwidth_gb_per_s"] / d["weights_gb"]) / d["floor_frames_per_s"] < 0.2
+    assert c["frames"] == 16 and c["decode_s"] > 0 and c["stream_decode_s"] > 0
+    out = capsys.readouterr().out
+    assert "Dual-AR decode floor" in out and "codec streamed decode" in out
+
+
+def test_weights_read_per_frame_count_the_fast_stack_once_per_codebook():
+    import torch
+
+    model = random_dual_ar(torch.device("cpu"), torch.float32, tiny=True)
+    fast = sum(
+        p.numel() for n, p in model.named_parameters() if n.startswith(("fast_layers.", "fast_norm.", "fast_output."))
+    )
+    slow = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("layers.", "norm.", "output.")))
+    assert bytes_per_frame(model) == 4 * (slow + model.config.num_codebooks * fast)

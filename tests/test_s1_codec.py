@@ -1,0 +1,99 @@
+"""The modded-DAC codec against the original (codec_cases.npz): codes exact, audio within tolerance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.s1.load import load_codec
+
+from .s1_support import (
+    S1_CHECKPOINT,
+    assert_close,
+    codec_cases,
+    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return load_codec(S1_CHECKPOINT / "codec.pth")
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return codec_cases()
+
+
+def signal(cases) -> torch.Tensor:
+    return torch.from_numpy(cases["signal"]).view(1, 1, -1)
+
+
+def test_config_comes_from_codec_config_json(codec):
+    c = codec.config
+    assert (c.sample_rate, c.encoder_dim, c.latent_dim, c.num_codebooks) == (16000, 8, 128, 4)
+    assert c.frame_length == 2 * 4 * 4 * 4 * 4
+    assert c.quantizer_transformer.window_size == 8
+
+
+def test_encode_gives_the_original_codes(codec, cases):
+    codes = codec.encode(signal(cases))
+    np.testing.assert_array_equal(codes.numpy(), cases["codes"])
+    assert codes.size(-1) == int(cases["code_lengths"][0]) == -(-cases["signal"].size // codec.frame_length)
+
+
+def test_encoder_latent_matches(codec, cases):
+    with torch.inference_mode():
+        latent = codec.encoder(codec.pad_to_frames(signal(cases)))
+    assert_close(latent, cases["encoder_latent"])
+
+
+def test_decode_of_the_encoded_codes_matches(codec, cases):
+    assert_close(codec.decode(torch.from_numpy(cases["codes"])), cases["recon_audio"])
+
+
+def test_decode_clamps_out_of_range_codes_like_the_original(codec, cases):
+    codes = torch.from_numpy(cases["random_codes"])
+    assert codes[0, 0, 0] >= codec.config.semantic_codebook_size and codes[0, 1, 1] >= codec.config.codebook_size
+    assert_close(codec.decode(codes), cases["random_decode_audio"])
+    assert torch.equal(codes, torch.from_numpy(cases["random_codes"])), "decode must not modify its input"
+
+
+def test_bad_codes_and_audio_are_refused(codec, cases):
+    codes = torch.from_numpy(cases["random_codes"]).clone()
+    with pytest.raises(ValueError, match=r"\[B, 4, T\]"):
+        codec.decode(codes[:, :3])
+    codes[0, 2, 0] = -1
+    with pytest.raises(ValueError, match="non-negative"):
+        codec.decode(codes)
+    with pytest.raises(ValueError, match="empty"):
+        codec.encode(torch.zeros(1, 1, 0))
+
+
+def test_audio_longer_than_the_original_rope_tables_encodes_causally(codec, cases):
+    """9 s exceeds the original's tables (1024 latent steps / 256 frames here, ≈190 s officially): it now
+    works, and by causality its first frames equal the short signal's (the last short frame held padding)."""
+    sig = cases["signal"]
+    long = np.concatenate([sig, sig[::-1], sig, sig[::-1], sig, sig[::-1], sig, sig[::-1], sig[:8000]])
+    assert long.size // codec.frame_length * 4 > codec.config.general_block_size
+    codes = codec.encode(torch.from_numpy(long).view(1, 1, -1))
+    np.testing.assert_array_equal(codes[..., :31].numpy(), cases["codes"][..., :31])
+
+
+@pytest.mark.parametrize("chunks", [[1] * 73, [5, 3, 8, 20, 37], [2, 1, 30, 40]])
+def test_streaming_decode_equals_the_one_shot_decode(codec, cases, chunks):
+    """73 frames (> the post-module's 8-frame window, so its key/value history is cut) in uneven chunks."""
+    from core.s1.codec.streaming import StreamingDecoder
+
+    codes = torch.cat([torch.from_numpy(cases[k]) for k in ("codes", "random_codes", "codes")], dim=-1)
+    whole = codec.decode(codes)
+    stream, pieces, start = StreamingDecoder(codec), [], 0
+    for size in chunks:
+        pieces.append(stream.push(codes[..., start : start + size]))
+        assert pieces[-1].size(-1) == size * codec.frame_length
+        start += size
+    assert_close(torch.cat(pieces, dim=-1), whole.numpy())
+    assert_close(whole[..., : 32 * codec.frame_length], cases["recon_audio"])  # and the whole is still the original

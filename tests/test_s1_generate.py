@@ -1,0 +1,143 @@
+"""Generation against the original's frames (dual_ar_cases gen_*): greedy exact (stopping by itself),
+seeded sampling exact on the CPU, plus the sampler rules and the quirks fixed here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.s1.generate import generate, semantic_code
+from core.s1.load import load_dual_ar
+from core.s1.sampling import SamplingSettings, logits_to_probs, penalize, sample_token
+
+from .s1_support import (
+    GENERATION_CASES,
+    MAX_NEW_FRAMES,
+    S1_CHECKPOINT,
+    dual_ar_cases,
+    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_dual_ar(S1_CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return dual_ar_cases()
+
+
+def run_case(model, tokenizer, cases, name, generator=None):
+    seed, temperature, top_p, penalty = GENERATION_CASES[name]
+    if generator is None:
+        torch.manual_seed(seed)
+    settings = SamplingSettings(temperature, top_p, penalty)
+    return generate(model, torch.from_numpy(cases["prompt"]), tokenizer.im_end_id, settings, MAX_NEW_FRAMES, generator)
+
+
+@pytest.mark.parametrize("name", sorted(GENERATION_CASES))
+def test_generated_frames_equal_the_original(loaded, cases, name):
+    model, tokenizer = loaded
+    result = run_case(model, tokenizer, cases, name)
+    golden = cases[f"gen_{name}_tokens"]
+    np.testing.assert_array_equal(result.frames.numpy(), golden)
+    assert result.stopped == (golden[0, -1] == tokenizer.im_end_id)
+
+
+@pytest.mark.parametrize("name", ["greedy", "greedy_rep1.5"])
+def test_greedy_runs_stop_by_themselves_with_the_original_codes(loaded, cases, name):
+    model, tokenizer = loaded
+    result = run_case(model, tokenizer, cases, name)
+    assert result.stopped and result.frames.size(1) < MAX_NEW_FRAMES
+    np.testing.assert_array_equal(result.codes.numpy(), cases[f"gen_{name}_codes"])
+
+
+def test_budget_run_keeps_its_last_frame(loaded, cases):
+    """Fixed quirk: the original drops the last frame even when it is real audio (budget exhausted)."""
+    model, tokenizer = loaded
+    result = run_case(model, tokenizer, cases, "sample_seed42_cli")
+    assert not result.stopped and result.codes.size(1) == MAX_NEW_FRAMES
+    np.testing.assert_array_equal(result.codes[:, :-1].numpy(), cases["gen_sample_seed42_cli_codes"])
+
+
+def test_on_frame_sees_every_frame_as_it_is_made(loaded, cases):
+    model, tokenizer = loaded
+    seen = []
+    seed, temperature, top_p, penalty = GENERATION_CASES["greedy"]
+    result = generate(
+        model,
+        torch.from_numpy(cases["prompt"]),
+        tokenizer.im_end_id,
+        SamplingSettings(temperature, top_p, penalty),
+        MAX_NEW_FRAMES,
+        on_frame=seen.append,
+    )
+    assert torch.equal(torch.stack(seen, dim=1).cpu(), result.frames)
+
+
+def test_private_generator_reproduces_the_global_seed_stream(loaded, cases):
+    model, tokenizer = loaded
+    name = "sample_seed7_t0.7p0.7r1.2"
+    torch.manual_seed(123)  # the global stream must not matter
+    result = run_case(model, tokenizer, cases, name, generator=torch.Generator().manual_seed(7))
+    np.testing.assert_array_equal(result.frames.numpy(), cases[f"gen_{name}_tokens"])
+
+
+def test_im_end_from_the_prefill_stops(loaded, cases):
+    """Fixed quirk: the original ignores <|im_end|> from the prefill step and generates past it."""
+    model, tokenizer = loaded
+    saved = model.output.weight.data.clone()
+    try:
+        model.output.weight.data[tokenizer.im_end_id] *= 1000  # make <|im_end|> win everywhere
+        result = generate(
+            model,
+            torch.from_numpy(cases["prompt"]),
+            tokenizer.im_end_id,
+            SamplingSettings(0.7, 1e-6, 1.0),
+            MAX_NEW_FRAMES,
+        )
+    finally:
+        model.output.weight.data.copy_(saved)
+    assert result.stopped and result.frames.size(1) == 1 and result.codes.size(1) == 0
+
+
+def test_non_semantic_tokens_give_code_zero(loaded):
+    model, tokenizer = loaded
+    ids = torch.tensor([tokenizer.im_end_id, tokenizer.semantic_begin_id + 5, tokenizer.semantic_end_id + 1, 0])
+    assert semantic_code(model, ids).tolist() == [0, 5, 0, 0]
+
+
+def test_prompt_must_fit(loaded, cases):
+    model, tokenizer = loaded
+    too_long = torch.zeros((5, model.config.max_seq_len), dtype=torch.int)
+    with pytest.raises(ValueError, match="does not fit"):
+        generate(model, too_long, tokenizer.im_end_id)
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
+    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
+    out = penalize(logits, torch.tensor([0, 1, 1]), torch.tensor(2.0))
+    assert out.tolist() == [1.0, -4.0, 1.0, 0.5]
+
+
+def test_top_p_removes_every_entry_whose_inclusive_cumulative_probability_exceeds_it():
+    cpu = torch.device("cpu")
+    logits = torch.tensor([0.0, 3.0, 2.9, -1.0])  # sorted probabilities 0.507, 0.459, 0.025, 0.009
+    params = SamplingSettings(temperature=1.0, top_p=0.97, repetition_penalty=1.0).as_tensors(cpu)
+    assert (logits_to_probs(logits, params) > 0).tolist() == [False, True, True, False]
+    params = SamplingSettings(temperature=1.0, top_p=0.5, repetition_penalty=1.0).as_tensors(cpu)
+    assert (logits_to_probs(logits, params) > 0).tolist() == [False, True, False, False]  # the best always stays
+    tiny = SamplingSettings(temperature=0.7, top_p=1e-6, repetition_penalty=1.0).as_tensors(cpu)
+    logits = torch.randn(100)
+    assert int(sample_token(logits, tiny)) == int(logits.argmax())
+
+
+def test_settings_out_of_range_are_refused():
+    for bad in (dict(temperature=0), dict(top_p=1.5), dict(repetition_penalty=2)):
+        with pytest.raises(ValueError):
+            SamplingSettings(**bad)
