@@ -13,7 +13,7 @@ from core.checkpoints import CheckpointError
 from core.s1.config import S1ConfigError
 from core.s1.load import load_codec, load_dual_ar
 
-from .s1_support import (
+from .support import (
     S1_CHECKPOINT,
     codec_cases,
     dual_ar_cases,

@@ -10,7 +10,7 @@ import pytest
 
 from core.s1.download import S1_FILENAMES, S1DownloadError, download_s1
 
-from .s1_support import S1_CHECKPOINT
+from .support import S1_CHECKPOINT
 
 
 class GatedHub(BaseHTTPRequestHandler):

@@ -15,7 +15,7 @@ from core.s1.config import CodecConfig, DualARConfig
 from core.s1.lm import DualARTransformer
 from core.s1.load import normalize_codec_state, normalize_lm_state, strict_load
 
-from .s1_support import S1_DATA
+from .support import S1_DATA
 
 MANIFESTS = S1_DATA / "manifests"
 

@@ -7,7 +7,7 @@ import torch
 
 from core.s1.load import load_dual_ar
 
-from .s1_support import (
+from .support import (
     GENERATION_CASES,
     S1_CHECKPOINT,
     assert_close,

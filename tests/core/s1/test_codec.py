@@ -8,7 +8,7 @@ import torch
 
 from core.s1.load import load_codec
 
-from .s1_support import (
+from .support import (
     S1_CHECKPOINT,
     assert_close,
     codec_cases,

@@ -8,7 +8,7 @@ import pytest
 
 from core.s1.tokenizer import BUILTIN_SPECIAL_TOKENS, S1TokenizerError, load_s1_tokenizer
 
-from .s1_support import (
+from .support import (
     S1_CHECKPOINT,
     one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
     tokenizer_cases,

@@ -12,13 +12,14 @@ any real mistake (a wrong RoPE table alone moves logits by 2.6e-2).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-S1_DATA = Path(__file__).parent / "data" / "s1"
+from tests.paths import DATA
+
+S1_DATA = DATA / "s1"
 S1_CHECKPOINT = S1_DATA / "checkpoint"
 RELATIVE_TOLERANCE = 1e-5
 

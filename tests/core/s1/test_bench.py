@@ -6,7 +6,7 @@ import pytest
 
 from bench.s1 import bytes_per_frame, main, random_dual_ar
 
-from .s1_support import one_torch_thread  # noqa: F401 - the fixture pytestmark uses
+from .support import one_torch_thread  # noqa: F401 - the fixture pytestmark uses
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,7 +11,7 @@ from core.s1.generate import generate, semantic_code
 from core.s1.load import load_dual_ar
 from core.s1.sampling import SamplingSettings, logits_to_probs, penalize, sample_token
 
-from .s1_support import (
+from .support import (
     GENERATION_CASES,
     MAX_NEW_FRAMES,
     S1_CHECKPOINT,

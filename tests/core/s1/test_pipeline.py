@@ -11,7 +11,7 @@ import torch
 
 from core.s1 import Reference, S1Model, SamplingSettings
 
-from .s1_support import (
+from .support import (
     GENERATION_CASES,
     MAX_NEW_FRAMES,
     REF_TEXT,

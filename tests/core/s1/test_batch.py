@@ -11,7 +11,7 @@ from core.s1.batch import S1Sequence, decode_step, prefill
 from core.s1.load import load_dual_ar
 from core.s1.sampling import SamplingSettings
 
-from .s1_support import (
+from .support import (
     GENERATION_CASES,
     MAX_NEW_FRAMES,
     S1_CHECKPOINT,

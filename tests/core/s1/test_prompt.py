@@ -9,7 +9,7 @@ import torch
 from core.s1.prompt import Reference, build_prompt
 from core.s1.tokenizer import load_s1_tokenizer
 
-from .s1_support import (
+from .support import (
     REF2_TEXT,
     REF_TEXT,
     S1_CHECKPOINT,
