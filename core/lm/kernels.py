@@ -7,7 +7,8 @@ float32 / bfloat16 / int8 weights at close to full bandwidth and do a layer's at
 They are batch-invariant: a row's result does not depend on the other rows in the call.
 
 The extension is built with -march=native into torch's extension cache, keyed by the CPU capability;
-without a compiler (or with FISHTTS_NO_KERNELS=1) the torch fallbacks below compute the same thing.
+without a compiler (or with FISHTTS_NO_KERNELS=1) plain torch computes the same thing. Which of the
+two (and which kernel setting) runs each weight format is chosen in paths.py / autotune.py.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def _build() -> bool:
         torch.library.register_fake("fishtts::linear_rows")(lambda x, w, s: x.new_empty(x.size(0), w.size(0)))
         torch.library.register_fake("fishtts::decode_attention")(
             lambda qkv, kc, vc, slots, pos, freqs, h, hkv: qkv.new_empty(qkv.size(0), h * kc.size(3)))
+        torch.library.register_fake("fishtts::linear_rows_int4")(
+            lambda x, packed, scales, offsets: x.new_empty(x.size(0), packed.size(0)))
         return True
     except Exception as exc:  # no compiler, no headers, no ninja: the torch fallbacks still work
         log.warning("CPU decode kernels unavailable (%s); using the slower torch path", exc)

@@ -1,0 +1,173 @@
+"""Pick each weight format's fastest decode and prefill path (paths.py) by timing them on this machine.
+
+At load, for the model's own linears: every decode candidate streams a few layers' weights with one
+activation row (as a decode step does, torch on one thread), every prefill candidate multiplies one
+layer's weights by PREFILL_ROWS rows; the fastest wins. A few hundred milliseconds, once per CPU model,
+thread count, torch version, kernel source and weight shapes: the choice is kept in
+~/.cache/fishtts/lm_paths.json ($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten).
+FISHTTS_AUTOTUNE=0 skips it (the defaults: the kernels as tuned on AMD Zen, bfloat16 prefill where fast).
+
+All candidates give the same results within the format's tolerance (tests/test_lm_paths.py), so the
+choice changes only speed. On a busy machine the timings are noisy; the best of a few runs is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import paths
+from .kernels import SOURCE, cpu_kernels_available, single_threaded_torch
+from .quantize import weight_format
+
+log = logging.getLogger(__name__)
+
+PREFILL_ROWS = 100  # a typical prompt
+DECODE_BYTES = 96 << 20  # weights streamed per decode timing: well beyond L2, so it measures memory
+RUNS = 3
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
+
+
+def cpu_info() -> dict:
+    """{"model": name, "flags": the ones that matter here} from /proc/cpuinfo (best effort elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model") and model in (platform.processor(), platform.machine()):
+                model = value.strip()
+            elif key in ("flags", "Features"):
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fishtts" / "lm_paths.json"
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(cache_file().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(data: dict) -> None:
+    path = cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError as exc:
+        log.debug("could not write %s: %s", path, exc)
+
+
+def _key(fmt: str, layers: list[nn.Module]) -> str:
+    cpu = cpu_info()
+    shapes = sorted({(m.out_features, m.in_features) for m in layers})
+    source = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:12] if cpu_kernels_available() else "none"
+    return "|".join([cpu["model"], ",".join(cpu["flags"]), f"threads={torch.get_num_threads()}",
+                     f"torch={torch.__version__}", f"kernels={source}", fmt, str(shapes)])
+
+
+def _best_time(fn, runs: int = RUNS) -> float:
+    fn()  # warm-up (first touch, lazy packing)
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _layer_bytes(layer: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in layer.buffers()) + sum(
+        p.numel() * p.element_size() for p in layer.parameters())
+
+
+def _decode_sample(layers: list[nn.Module]) -> list[nn.Module]:
+    """Consecutive linears (distinct weights, as a decode step streams them) up to DECODE_BYTES."""
+    sample, total = [], 0
+    for layer in layers:
+        sample.append(layer)
+        total += _layer_bytes(layer)
+        if total >= DECODE_BYTES:
+            break
+    return sample
+
+
+@torch.inference_mode()
+def _measure(fmt: str, layers: list[nn.Module]) -> dict:
+    rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
+    sample = _decode_sample(layers)
+    decode_times = {}
+    with single_threaded_torch():  # as a decode step runs them
+        for path in paths.decode_candidates(fmt):
+            paths.set_paths(fmt, decode=path)
+            decode_times[path] = _best_time(lambda: [m(rows[m.in_features]) for m in sample])
+    prefill_times = {}
+    one_layer = list({(m.out_features, m.in_features): m for m in layers}.values())  # each distinct shape once
+    batch = {m.in_features: torch.randn(PREFILL_ROWS, m.in_features) for m in one_layer}
+    for path in paths.prefill_candidates(fmt):
+        paths.set_paths(fmt, prefill=path)
+        prefill_times[path] = _best_time(lambda: [m(batch[m.in_features]) for m in one_layer], runs=2)
+    return {"decode": min(decode_times, key=decode_times.get), "prefill": min(prefill_times, key=prefill_times.get),
+            "decode_ms": {k: round(v * 1e3, 2) for k, v in decode_times.items()},
+            "prefill_ms": {k: round(v * 1e3, 2) for k, v in prefill_times.items()}}
+
+
+def model_formats(model: nn.Module) -> dict[str, list[nn.Module]]:
+    """Weight format -> the model's linears of that format, in model order."""
+    found: dict[str, list[nn.Module]] = {}
+    for module in model.modules():
+        fmt = weight_format(module)
+        if fmt is not None:
+            found.setdefault(fmt, []).append(module)
+    return found
+
+
+def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
+    """Choose (measure, or take from the cache) the paths for every weight format of a CPU model."""
+    formats = model_formats(model)
+    if not formats or next(iter(formats.values()))[0].weight.device.type != "cpu":
+        return {}
+    cpu_kernels_available()  # build or load the kernels now (their absence changes the candidates)
+    if os.environ.get("FISHTTS_AUTOTUNE", "1") == "0":
+        return {fmt: dict(paths.chosen(fmt)) for fmt in formats}
+    cache = _read_cache()
+    changed = False
+    for fmt, layers in formats.items():
+        key = _key(fmt, layers)
+        entry = cache.get(key)
+        valid = (isinstance(entry, dict) and entry.get("decode") in paths.decode_candidates(fmt)
+                 and entry.get("prefill") in paths.prefill_candidates(fmt))
+        if not valid:
+            start = time.perf_counter()
+            entry = _measure(fmt, layers)
+            entry["tuned_s"] = round(time.perf_counter() - start, 3)
+            cache[key], changed = entry, True
+        paths.set_paths(fmt, decode=entry["decode"], prefill=entry["prefill"])
+        log.info("LM %s paths on %s: decode %s, prefill %s (%s)", fmt, cpu_info()["model"], entry["decode"],
+                 entry["prefill"], f"measured in {entry['tuned_s']} s" if not valid else "cached")
+    if changed:
+        _write_cache(cache)
+    return {fmt: dict(paths.chosen(fmt)) for fmt in formats}
+
+
+def model_paths(model: nn.Module) -> dict[str, dict[str, str]]:
+    """The paths in use for each weight format the model holds (for /v1/health and the benchmark)."""
+    return {fmt: dict(paths.chosen(fmt)) for fmt in model_formats(model)}
