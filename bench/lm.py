@@ -9,9 +9,10 @@ import time
 import torch
 
 from core.lm import SamplingParams, generate
+from core.lm.autotune import model_paths, tune_model
 from core.lm.compile import compile_decode, uses_static_cache
 from core.lm.model import Transformer
-from core.lm.quantize import is_quantized, quantize_model_int8
+from core.lm.quantize import QUANT_MODES, is_quantized, quantize_model
 
 
 def bytes_per_step(model: Transformer) -> int:
@@ -21,19 +22,23 @@ def bytes_per_step(model: Transformer) -> int:
 
 
 def build_variant(name: str, base: Transformer) -> Transformer:
-    """float32 | bfloat16 | int8 (weight-only, core/lm/quantize.py), optionally "+compile" of the decode step."""
+    """float32 | bfloat16 | int8 | int4 (weight-only, core/lm/quantize.py), optionally "+compile" of the decode
+    step; its paths chosen by the autotuner as at load."""
     fmt, _, extra = name.partition("+")
     if extra not in ("", "compile"):
         raise SystemExit(f"unknown variant suffix {extra!r}")
     if fmt == "float32" and not extra and base.output.weight.dtype == torch.float32:
+        tune_model(base)
         return base  # generation keeps no state but the caches it clears, so no copy is needed
     model = copy.deepcopy(base)
-    if fmt == "int8":
-        quantize_model_int8(model)
+    if fmt in QUANT_MODES:
+        quantize_model(model, fmt)
     elif fmt in ("bfloat16", "float32"):
         model = model.to(getattr(torch, fmt))
     else:
         raise SystemExit(f"unknown variant {name!r}")
+    if model.output.weight.device.type == "cpu":
+        tune_model(model)
     if extra == "compile":
         compile_decode(model)
     return model
@@ -97,5 +102,6 @@ def bench_lm(models: dict[str, Transformer], setup: dict[str, float], prompt: to
             weights_gb=round(step_bytes / 1e9, 3), weight_gb_per_s=round(step_bytes * rate / 1e9, 2),
             floor_steps_per_s=round(bandwidth / step_bytes, 1),
             fraction_of_floor=round(rate * step_bytes / bandwidth, 3), setup_s=round(setup[name], 1),
+            paths=model_paths(models[name]) if models[name].output.weight.device.type == "cpu" else {},
         ))
     return rows

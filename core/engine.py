@@ -20,6 +20,7 @@ from .audio import SAMPLE_RATE
 from .checkpoints import DEFAULT_CHECKPOINTS_DIR, LLAMA_FILENAME, VQGAN_FILENAME
 from .device import lm_dtype, resolve_device
 from .lm import SamplingParams, Sequence, encode_prompt, frames_to_codes, load_lm, load_tokenizer
+from .lm.autotune import model_paths
 from .lm.compile import uses_static_cache
 from .lm.generate import budget_new_frames
 from .lm.prompt import DEFAULT_ORDER
@@ -118,10 +119,12 @@ class TTSEngine:
         compile: bool = False,
         quantize: str | None = None,
         max_batch_size: int | None = None,
+        vqgan_precision: str = "float32",
     ) -> "TTSEngine":
         """Load the parts whose checkpoint is given (None skips the LM or the VQGAN).
 
-        `quantize="int8"` stores the LM's linears as int8 (~4x less to read per token on CPU).
+        `quantize="int8"` / `"int4"` stores the LM's linears as int8 / int4 (~4x / ~6x less to read per
+        token than float32 on CPU). `vqgan_precision="bfloat16"` decodes audio in bfloat16.
         """
         dev = resolve_device(device)
         lm = tok = vqgan = None
@@ -130,7 +133,7 @@ class TTSEngine:
             lm = load_lm(llama_checkpoint, llama_config, device=dev, dtype=lm_dtype(dev, half, precision),
                          quantize=quantize)
         if vqgan_checkpoint is not None:
-            vqgan = load_vqgan(vqgan_checkpoint, vqgan_config, device=dev)
+            vqgan = load_vqgan(vqgan_checkpoint, vqgan_config, device=dev, precision=vqgan_precision)
         if compile and lm is not None:
             from .lm.compile import compile_decode
 
@@ -144,6 +147,14 @@ class TTSEngine:
         if value is None:
             raise RuntimeError(f"this engine was loaded without the {part}")
         return value
+
+    @property
+    def lm_paths(self) -> dict[str, dict[str, str]]:
+        """The code computing the LM's linears per weight format, {"int8": {"decode": ..., "prefill": ...}}
+        (core/lm/paths.py, chosen at load by core/lm/autotune.py); {} without an LM or off the CPU."""
+        if self.lm is None or self.device.type != "cpu":
+            return {}
+        return model_paths(self.lm)
 
     @property
     def codebook_size(self) -> int | None:

@@ -40,6 +40,7 @@ class LoadPlan:
     compile: bool
     quantize: str | None
     max_batch_size: int | None
+    vqgan_precision: str
     shown: dict  # the same choices as clients may see them (no server paths)
 
     def build(self, guard: FolderGuard) -> tuple[TTSEngine, dict]:
@@ -48,7 +49,7 @@ class LoadPlan:
                 llama_checkpoint=self.llama_checkpoint, llama_config=self.llama_config, tokenizer=self.tokenizer,
                 vqgan_checkpoint=self.vqgan_checkpoint, vqgan_config=self.vqgan_config, device=self.device,
                 precision=self.precision, compile=self.compile, quantize=self.quantize,
-                max_batch_size=self.max_batch_size,
+                max_batch_size=self.max_batch_size, vqgan_precision=self.vqgan_precision,
             )
         except ValueError as exc:  # CheckpointError, config and tokenizer problems: the client's files
             message = str(exc)
@@ -61,6 +62,8 @@ class LoadPlan:
             "precision": str(engine.lm.output.weight.dtype).removeprefix("torch."),
             "compiled": self.compile,
             "quantize": self.quantize or "none",
+            "vqgan_precision": self.vqgan_precision,
+            "lm_paths": engine.lm_paths,
             "max_batch_size": engine.max_batch_size,
             "context": engine.lm.config.max_seq_len,
             **self.shown,
@@ -91,6 +94,7 @@ def plan_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard) ->
         precision=body.llama.precision or ("float16" if settings.half else "bfloat16"),
         compile=compile_, quantize=_quantize(body.llama.quantize, settings.quantize),
         max_batch_size=settings.max_batch_size or None, shown=shown,
+        vqgan_precision=body.vqgan.precision or settings.vqgan_precision,
     )
 
 

@@ -46,9 +46,9 @@ class LlamaSpec(BaseModel):
                                        "repo id: the official one is read from the checkpoints folder; others need "
                                        "--allow-downloads.")
     compile: bool = Field(True, description="torch.compile the decode step; honoured only with --compile.")
-    quantize: Literal["int8", "none"] | None = Field(None, description=(
-        "int8: weights stored as int8 (~3x faster decoding on CPU; logits within ~1% of float32). "
-        "Default: the server's --quantize."))
+    quantize: Literal["int8", "int4", "none"] | None = Field(None, description=(
+        "int8: weights stored as int8 (~3x faster decoding on CPU; logits within ~1% of float32); int4: faster "
+        "still, less exact (see the README). Default: the server's --quantize."))
 
 
 class VQGANSpec(BaseModel):
@@ -56,6 +56,8 @@ class VQGANSpec(BaseModel):
                              description="A preset name or a .json file inside the checkpoints folder.")
     checkpoint_path: str = Field("checkpoints/vqgan-v1.pth", min_length=1, max_length=MAX_PATH,
                                  description="A file inside the checkpoints folder.")
+    precision: Literal["float32", "bfloat16"] | None = Field(None, description=(
+        "Decode audio in bfloat16 (faster on CPUs with AMX / AVX512-BF16). Default: the server's --vqgan-precision."))
 
 
 class LoadModelRequest(BaseModel):

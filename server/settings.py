@@ -44,8 +44,10 @@ class Settings:
                             "the rest wait in the queue).")
     max_batch_size: int = _opt(0, "Sequences one model decodes together (0 = sized to the device: 8 on CPU, "
                                   "16 on CUDA).")
-    quantize: str = _opt("", "int8: store every LM's weights as int8 unless its load request says otherwise "
-                             "(~3x faster on CPU, approximate).")
+    quantize: str = _opt("", "int8 or int4: store every LM's weights as int8 / int4 unless its load request says "
+                             "otherwise (~3x / faster still on CPU, approximate).")
+    vqgan_precision: str = _opt("float32", "float32 or bfloat16: the VQGAN's decode precision unless a load request "
+                                           "says otherwise (bfloat16: faster on CPUs with AMX / AVX512-BF16).")
     log_level: str = _opt("info", "debug, info, warning or error.")
 
     def __post_init__(self):
@@ -57,8 +59,10 @@ class Settings:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_batch_size < 0:
             raise ValueError("max_batch_size must be >= 0")
-        if self.quantize not in ("", "int8"):
-            raise ValueError("quantize must be int8 or empty")
+        if self.quantize not in ("", "int8", "int4"):
+            raise ValueError("quantize must be int8, int4 or empty")
+        if self.vqgan_precision not in ("float32", "bfloat16"):
+            raise ValueError("vqgan_precision must be float32 or bfloat16")
         for name in ("max_upload_mb", "max_reference_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")

@@ -80,8 +80,17 @@ def _key(fmt: str, layers: list[nn.Module]) -> str:
     cpu = cpu_info()
     shapes = sorted({(m.out_features, m.in_features) for m in layers})
     source = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:12] if cpu_kernels_available() else "none"
-    return "|".join([cpu["model"], ",".join(cpu["flags"]), f"threads={torch.get_num_threads()}",
-                     f"torch={torch.__version__}", f"kernels={source}", fmt, str(shapes)])
+    return "|".join(
+        [
+            cpu["model"],
+            ",".join(cpu["flags"]),
+            f"threads={torch.get_num_threads()}",
+            f"torch={torch.__version__}",
+            f"kernels={source}",
+            fmt,
+            str(shapes),
+        ]
+    )
 
 
 def _best_time(fn, runs: int = RUNS) -> float:
@@ -96,7 +105,8 @@ def _best_time(fn, runs: int = RUNS) -> float:
 
 def _layer_bytes(layer: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in layer.buffers()) + sum(
-        p.numel() * p.element_size() for p in layer.parameters())
+        p.numel() * p.element_size() for p in layer.parameters()
+    )
 
 
 def _decode_sample(layers: list[nn.Module]) -> list[nn.Module]:
@@ -125,9 +135,12 @@ def _measure(fmt: str, layers: list[nn.Module]) -> dict:
     for path in paths.prefill_candidates(fmt):
         paths.set_paths(fmt, prefill=path)
         prefill_times[path] = _best_time(lambda: [m(batch[m.in_features]) for m in one_layer], runs=2)
-    return {"decode": min(decode_times, key=decode_times.get), "prefill": min(prefill_times, key=prefill_times.get),
-            "decode_ms": {k: round(v * 1e3, 2) for k, v in decode_times.items()},
-            "prefill_ms": {k: round(v * 1e3, 2) for k, v in prefill_times.items()}}
+    return {
+        "decode": min(decode_times, key=decode_times.get),
+        "prefill": min(prefill_times, key=prefill_times.get),
+        "decode_ms": {k: round(v * 1e3, 2) for k, v in decode_times.items()},
+        "prefill_ms": {k: round(v * 1e3, 2) for k, v in prefill_times.items()},
+    }
 
 
 def model_formats(model: nn.Module) -> dict[str, list[nn.Module]]:
@@ -153,16 +166,25 @@ def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
     for fmt, layers in formats.items():
         key = _key(fmt, layers)
         entry = cache.get(key)
-        valid = (isinstance(entry, dict) and entry.get("decode") in paths.decode_candidates(fmt)
-                 and entry.get("prefill") in paths.prefill_candidates(fmt))
+        valid = (
+            isinstance(entry, dict)
+            and entry.get("decode") in paths.decode_candidates(fmt)
+            and entry.get("prefill") in paths.prefill_candidates(fmt)
+        )
         if not valid:
             start = time.perf_counter()
             entry = _measure(fmt, layers)
             entry["tuned_s"] = round(time.perf_counter() - start, 3)
             cache[key], changed = entry, True
         paths.set_paths(fmt, decode=entry["decode"], prefill=entry["prefill"])
-        log.info("LM %s paths on %s: decode %s, prefill %s (%s)", fmt, cpu_info()["model"], entry["decode"],
-                 entry["prefill"], f"measured in {entry['tuned_s']} s" if not valid else "cached")
+        log.info(
+            "LM %s paths on %s: decode %s, prefill %s (%s)",
+            fmt,
+            cpu_info()["model"],
+            entry["decode"],
+            entry["prefill"],
+            f"measured in {entry['tuned_s']} s" if not valid else "cached",
+        )
     if changed:
         _write_cache(cache)
     return {fmt: dict(paths.chosen(fmt)) for fmt in formats}

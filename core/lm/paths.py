@@ -41,8 +41,10 @@ _VARIANTS = {
     "kernel-t0-4r": KernelVariant(1024, 2, rows=4),
     "kernel-nopf-4r": KernelVariant(0, 0, rows=4),
 }
-KERNEL_VARIANTS = {**_VARIANTS, **{f"{name}-1t": KernelVariant(v.prefetch_bytes, v.hint, v.rows, threads=1)
-                                   for name, v in _VARIANTS.items()}}
+KERNEL_VARIANTS = {
+    **_VARIANTS,
+    **{f"{name}-1t": KernelVariant(v.prefetch_bytes, v.hint, v.rows, threads=1) for name, v in _VARIANTS.items()},
+}
 _KIND = {"float32": 0, "int8": 2, "int4": 3}  # cpu_kernels.cpp's WeightKind
 
 
@@ -83,8 +85,9 @@ def set_paths(fmt: str, decode: str | None = None, prefill: str | None = None) -
             raise ValueError(f"{decode!r} is not a decode path for {fmt} here ({', '.join(decode_candidates(fmt))})")
         variant = KERNEL_VARIANTS.get(decode)
         if variant is not None:
-            torch.ops.fishtts.set_tuning(_KIND[fmt], variant.prefetch_bytes, variant.hint, variant.threads,
-                                         variant.rows)
+            torch.ops.fishtts.set_tuning(
+                _KIND[fmt], variant.prefetch_bytes, variant.hint, variant.threads, variant.rows
+            )
         current["decode"] = decode
     if prefill is not None:
         if prefill not in prefill_candidates(fmt):
