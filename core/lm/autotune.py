@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import paths
-from .kernels import SOURCE, cpu_kernels_available, single_threaded_torch
+from .kernels import SOURCE, cpu_kernels_available, move_to_huge_pages, single_threaded_torch
 from .quantize import weight_format
 
 log = logging.getLogger(__name__)
@@ -154,11 +154,15 @@ def model_formats(model: nn.Module) -> dict[str, list[nn.Module]]:
 
 
 def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
-    """Choose (measure, or take from the cache) the paths for every weight format of a CPU model."""
+    """Choose (measure, or take from the cache) the paths for every weight format of a CPU model; first
+    move its linears' weights to huge pages (kernels.move_to_huge_pages)."""
     formats = model_formats(model)
     if not formats or next(iter(formats.values()))[0].weight.device.type != "cpu":
         return {}
     cpu_kernels_available()  # build or load the kernels now (their absence changes the candidates)
+    for layers in formats.values():
+        for layer in layers:
+            move_to_huge_pages(layer)
     if os.environ.get("FISHTTS_AUTOTUNE", "1") == "0":
         return {fmt: dict(paths.chosen(fmt)) for fmt in formats}
     cache = _read_cache()

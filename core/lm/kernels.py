@@ -105,6 +105,20 @@ def single_threaded_torch():
         torch.ops.fishtts.set_openmp_threads(previous)
 
 
+def move_to_huge_pages(module: torch.nn.Module) -> None:
+    """Copy the module's own tensors of 2 MiB or more into memory backed by huge pages where the OS
+    gives them on request (Linux THP "madvise"): a decode step streams every weight once, and with
+    4 KiB pages that is a page walk per 4 KiB. Values are unchanged."""
+    if not cpu_kernels_available() or getattr(module, "on_huge_pages", False):
+        return
+    module.on_huge_pages = True
+    for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+        if tensor.device.type == "cpu" and tensor.numel() * tensor.element_size() >= 2 << 20:
+            moved = torch.ops.fishtts.huge_page_copy(tensor.detach())
+            setattr(module, name, torch.nn.Parameter(moved, requires_grad=False)
+                    if isinstance(tensor, torch.nn.Parameter) else moved)
+
+
 def cpu_has_fast_bfloat16() -> bool:
     """bfloat16 matmuls run natively (AVX512-BF16 / AMX) instead of being emulated (~75x slower)."""
     cpu = getattr(torch, "cpu", None)

@@ -38,6 +38,10 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#include <cstdlib>
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -706,6 +710,23 @@ int64_t set_openmp_threads(int64_t threads) {
 #endif
 }
 
+// A copy of `t` in memory the kernel may back with 2 MiB pages (Linux transparent huge pages in
+// "madvise" mode): streaming ~1.6 GB of weights through 4 KiB pages costs a page walk every 4 KiB.
+at::Tensor huge_page_copy(const at::Tensor& t) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  const size_t bytes = t.numel() * t.element_size();
+  if (bytes < kHuge) return t.contiguous().clone();
+  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* p = std::aligned_alloc(kHuge, rounded);
+  TORCH_CHECK(p != nullptr, "out of memory");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  madvise(p, rounded, MADV_HUGEPAGE);  // before the first touch: the pages fault in as huge ones
+#endif
+  auto out = at::from_blob(p, t.sizes(), [](void* q) { std::free(q); }, t.options());
+  out.copy_(t);
+  return out;
+}
+
 // int8 -> bfloat16 (exact: every int8 value is a bfloat16) for prefill matmuls on bfloat16 hardware.
 at::Tensor int8_to_bfloat16(const at::Tensor& w) {
   TORCH_CHECK(w.scalar_type() == at::kChar && w.is_contiguous(), "w must be contiguous int8");
@@ -732,6 +753,7 @@ TORCH_LIBRARY(fishtts, m) {
   m.def("linear_rows_int4(Tensor x, Tensor packed, Tensor scales, Tensor offsets) -> Tensor");
   m.def("int4_uses_int8_activations() -> bool");
   m.def("int8_to_bfloat16(Tensor w) -> Tensor");
+  m.def("huge_page_copy(Tensor t) -> Tensor");
   m.def("set_tuning(int kind, int prefetch_bytes, int hint, int threads, int rows) -> int");
   m.def("start_pool(int threads) -> int");
   m.def("set_openmp_threads(int threads) -> int");
@@ -742,6 +764,7 @@ TORCH_LIBRARY_IMPL(fishtts, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("linear_rows_int4", &linear_rows_int4);
   m.impl("int8_to_bfloat16", &int8_to_bfloat16);
+  m.impl("huge_page_copy", &huge_page_copy);
 }
 
 // Ops without tensor arguments have no dispatch key: registered for every backend.
