@@ -166,7 +166,8 @@ def test_autotune_measures_once_then_uses_the_cached_choice(models, cache_home, 
         assert chosen["int8"]["decode"] in paths.decode_candidates("int8")
         entry = next(iter(json.loads(cache_home.read_text()).values()))
         assert set(entry["decode_ms"]) == set(paths.decode_candidates("int8"))
-        assert entry["decode_ms"][entry["decode"]] == min(entry["decode_ms"].values())  # the fastest won
+        fastest = min(entry["decode_ms"].values())  # it won, or a batch-invariant kernel within 5% of it
+        assert entry["decode_ms"][entry["decode"]] <= fastest * (1 + autotune.KERNEL_MARGIN) + 0.01
 
         def no_measuring(*_):
             raise AssertionError("measured again")
@@ -205,6 +206,12 @@ def test_a_cached_path_this_machine_cannot_run_is_measured_again(models, cache_h
         assert autotune.tune_model(models["float32"])["float32"]["decode"] in paths.decode_candidates("float32")
     finally:
         paths.set_paths("float32", **previous)
+
+
+def test_a_kernel_close_to_the_fastest_path_wins_over_torch():
+    assert autotune._prefer_kernels({"torch": 1.0, "kernel": 1.04, "kernel-t0": 1.2}) == "kernel"
+    assert autotune._prefer_kernels({"torch": 1.0, "kernel": 1.2}) == "torch"
+    assert autotune._prefer_kernels({"torch": 1.0}) == "torch"
 
 
 def test_cpu_info_names_the_model_and_only_known_flags():

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 PREFILL_ROWS = 100  # a typical prompt
 DECODE_BYTES = 96 << 20  # weights streamed per decode timing: well beyond L2, so it measures memory
 RUNS = 3
+KERNEL_MARGIN = 0.05  # see _prefer_kernels
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
 
 
@@ -136,11 +137,23 @@ def _measure(fmt: str, layers: list[nn.Module]) -> dict:
         paths.set_paths(fmt, prefill=path)
         prefill_times[path] = _best_time(lambda: [m(batch[m.in_features]) for m in one_layer], runs=2)
     return {
-        "decode": min(decode_times, key=decode_times.get),
+        "decode": _prefer_kernels(decode_times),
         "prefill": min(prefill_times, key=prefill_times.get),
         "decode_ms": {k: round(v * 1e3, 2) for k, v in decode_times.items()},
         "prefill_ms": {k: round(v * 1e3, 2) for k, v in prefill_times.items()},
     }
+
+
+def _prefer_kernels(times: dict[str, float]) -> str:
+    """The fastest path, but a kernel within KERNEL_MARGIN of it wins: the kernels are batch-invariant
+    (a sequence decodes bit for bit the same alone or batched), torch's matmuls only within rounding."""
+    best = min(times, key=times.get)
+    kernels = {k: v for k, v in times.items() if k.startswith("kernel")}
+    if kernels and not best.startswith("kernel"):
+        fastest_kernel = min(kernels, key=kernels.get)
+        if kernels[fastest_kernel] <= times[best] * (1 + KERNEL_MARGIN):
+            return fastest_kernel
+    return best
 
 
 def model_formats(model: nn.Module) -> dict[str, list[nn.Module]]:
