@@ -34,6 +34,7 @@ PREFILL_ROWS = 100  # a typical prompt
 DECODE_BYTES = 96 << 20  # weights streamed per decode timing: well beyond L2, so it measures memory
 RUNS = 3
 KERNEL_MARGIN = 0.05  # see _prefer_kernels
+GIVE_UP = 2.0  # a candidate whose first run takes this many times the best so far is not timed further
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
 
 
@@ -94,9 +95,14 @@ def _key(fmt: str, layers: list[nn.Module]) -> str:
     )
 
 
-def _best_time(fn, runs: int = RUNS) -> float:
+def _best_time(fn, runs: int = RUNS, give_up: float = float("inf")) -> float:
+    """The best of `runs` after a warm-up; a warm-up slower than `give_up` seconds is the answer (a
+    hopeless candidate costs one run, not four)."""
+    start = time.perf_counter()
     fn()  # warm-up (first touch, lazy packing)
-    best = float("inf")
+    best = time.perf_counter() - start
+    if best > give_up:
+        return best
     for _ in range(runs):
         start = time.perf_counter()
         fn()
@@ -129,13 +135,15 @@ def _measure(fmt: str, layers: list[nn.Module]) -> dict:
     with single_threaded_torch():  # as a decode step runs them
         for path in paths.decode_candidates(fmt):
             paths.set_paths(fmt, decode=path)
-            decode_times[path] = _best_time(lambda: [m(rows[m.in_features]) for m in sample])
+            give_up = GIVE_UP * min(decode_times.values(), default=float("inf"))
+            decode_times[path] = _best_time(lambda: [m(rows[m.in_features]) for m in sample], give_up=give_up)
     prefill_times = {}
     one_layer = list({(m.out_features, m.in_features): m for m in layers}.values())  # each distinct shape once
     batch = {m.in_features: torch.randn(PREFILL_ROWS, m.in_features) for m in one_layer}
     for path in paths.prefill_candidates(fmt):
         paths.set_paths(fmt, prefill=path)
-        prefill_times[path] = _best_time(lambda: [m(batch[m.in_features]) for m in one_layer], runs=2)
+        give_up = GIVE_UP * min(prefill_times.values(), default=float("inf"))
+        prefill_times[path] = _best_time(lambda: [m(batch[m.in_features]) for m in one_layer], 2, give_up)
     return {
         "decode": _prefer_kernels(decode_times),
         "prefill": min(prefill_times, key=prefill_times.get),
