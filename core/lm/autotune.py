@@ -30,8 +30,8 @@ from .quantize import weight_format
 
 log = logging.getLogger(__name__)
 
-PREFILL_ROWS = 100  # a typical prompt
-DECODE_BYTES = 96 << 20  # weights streamed per decode timing: well beyond L2, so it measures memory
+PREFILL_ROWS = 64  # a short prompt
+DECODE_BYTES = 48 << 20  # weights streamed per decode timing: well beyond L2, so it measures memory
 RUNS = 3
 KERNEL_MARGIN = 0.05  # see _prefer_kernels
 GIVE_UP = 2.0  # a candidate whose first run takes this many times the best so far is not timed further
@@ -135,6 +135,9 @@ def _measure(fmt: str, layers: list[nn.Module]) -> dict:
     with single_threaded_torch():  # as a decode step runs them
         for path in paths.decode_candidates(fmt):
             paths.set_paths(fmt, decode=path)
+            if len(paths.decode_candidates(fmt)) == 1:
+                decode_times[path] = 0.0
+                break
             give_up = GIVE_UP * min(decode_times.values(), default=float("inf"))
             decode_times[path] = _best_time(lambda: [m(rows[m.in_features]) for m in sample], give_up=give_up)
     prefill_times = {}
@@ -142,8 +145,11 @@ def _measure(fmt: str, layers: list[nn.Module]) -> dict:
     batch = {m.in_features: torch.randn(PREFILL_ROWS, m.in_features) for m in one_layer}
     for path in paths.prefill_candidates(fmt):
         paths.set_paths(fmt, prefill=path)
+        if len(paths.prefill_candidates(fmt)) == 1:  # float32: nothing to choose
+            prefill_times[path] = 0.0
+            break
         give_up = GIVE_UP * min(prefill_times.values(), default=float("inf"))
-        prefill_times[path] = _best_time(lambda: [m(batch[m.in_features]) for m in one_layer], 2, give_up)
+        prefill_times[path] = _best_time(lambda: [m(batch[m.in_features]) for m in one_layer], 1, give_up)
     return {
         "decode": _prefer_kernels(decode_times),
         "prefill": min(prefill_times, key=prefill_times.get),

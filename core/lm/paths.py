@@ -6,7 +6,7 @@ which differs between CPUs (core/lm/autotune.py measures them at load and sets t
 Decode candidates: the C++ kernel with one of KERNEL_VARIANTS' prefetch/thread settings, plain torch
 (the original's formula), and torch's packed int8 kernel. Prefill candidates: a float32 matmul, or a
 bfloat16 one (AMX / AVX512-BF16; quantized formats only: their weights are exact or nearly so in
-bfloat16, a float32 model keeps float32), or torch's packed int8 kernel.
+bfloat16, a float32 model keeps float32).
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def decode_candidates(fmt: str) -> list[str]:
 def prefill_candidates(fmt: str) -> list[str]:
     if fmt == "float32":
         return ["float32"]
-    fast_bf16 = ["bfloat16"] if cpu_has_fast_bfloat16() else []
-    packed = ["int8pack"] if fmt == "int8" and hasattr(torch.ops.aten, "_weight_int8pack_mm") else []
-    return fast_bf16 + ["float32"] + packed
+    # (torch's packed int8 kernel, _weight_int8pack_mm, is a decode candidate only: with 64+ rows it
+    # measured 20-40x slower than either matmul here.)
+    return (["bfloat16"] if cpu_has_fast_bfloat16() else []) + ["float32"]
 
 
 _chosen: dict[str, dict[str, str]] = {}
@@ -133,7 +133,7 @@ def linear_int8(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     if _kernel(path):
         y = torch.ops.fishtts.linear_rows(x.reshape(-1, x.size(-1)), weight, scales)
         return y.view(*x.shape[:-1], -1)
-    if path == "int8pack":
+    if path == "int8pack":  # (decode only)
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.size(-1)), weight, scales.float())
         return y.view(*x.shape[:-1], -1)
     if path == "bfloat16":
