@@ -1,8 +1,9 @@
 """Pick each weight format's fastest decode and prefill path (paths.py) by timing them on this machine.
 
 At load, for the model's own linears: every decode candidate streams a few layers' weights with one
-activation row (as a decode step does, torch on one thread), every prefill candidate multiplies one
-layer's weights by PREFILL_ROWS rows; the fastest wins. A few hundred milliseconds, once per CPU model,
+activation row (as a decode step does, torch on one thread; each timing reads the next layers, so
+from memory, not from the cache), every prefill candidate multiplies one layer's weights by
+PREFILL_ROWS rows; the fastest wins. A few hundred milliseconds, once per CPU model,
 thread count, torch version, kernel source and weight shapes: the choice is kept in
 ~/.cache/fishtts/lm_paths.json ($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten).
 FISHTTS_AUTOTUNE=0 skips it (the defaults: the kernels as tuned on AMD Zen, bfloat16 prefill where fast).
@@ -14,6 +15,7 @@ choice changes only speed. On a busy machine the timings are noisy; the best of 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -116,22 +118,42 @@ def _layer_bytes(layer: nn.Module) -> int:
     )
 
 
-def _decode_sample(layers: list[nn.Module]) -> list[nn.Module]:
-    """Consecutive linears (distinct weights, as a decode step streams them) up to DECODE_BYTES."""
-    sample, total = [], 0
+def _decode_chunks(layers: list[nn.Module]) -> list[tuple[list[nn.Module], int]]:
+    """The linears in model order, cut into runs of consecutive ones of DECODE_BYTES or more, each
+    with its size. Each timing takes the next chunk, cycling: with a model larger than the last-level
+    cache a chunk comes from memory every time, as in a decode step, not from the cache."""
+    chunks, current, total = [], [], 0
     for layer in layers:
-        sample.append(layer)
+        current.append(layer)
         total += _layer_bytes(layer)
         if total >= DECODE_BYTES:
+            chunks.append((current, total))
+            current, total = [], 0
+    if current:
+        chunks.append((current, total))
+    return chunks
+
+
+def _decode_seconds_per_gb(chunks, cursor: itertools.cycle, rows: dict, give_up: float) -> float:
+    """Best time per GB over a warm-up chunk and RUNS chunks; the warm-up alone when over `give_up`."""
+    best = float("inf")
+    for run in range(1 + RUNS):
+        layers, size = chunks[next(cursor)]
+        start = time.perf_counter()
+        for m in layers:
+            m(rows[m.in_features])
+        best = min(best, (time.perf_counter() - start) / size * 1e9)
+        if run == 0 and best > give_up:
             break
-    return sample
+    return best
 
 
 @torch.inference_mode()
 def _measure(fmt: str, layers: list[nn.Module]) -> dict:
     rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
-    sample = _decode_sample(layers)
-    decode_times = {}
+    chunks = _decode_chunks(layers)
+    cursor = itertools.cycle(range(len(chunks)))
+    decode_times = {}  # seconds per GB of weights
     with single_threaded_torch():  # as a decode step runs them
         for path in paths.decode_candidates(fmt):
             paths.set_paths(fmt, decode=path)
@@ -139,7 +161,7 @@ def _measure(fmt: str, layers: list[nn.Module]) -> dict:
                 decode_times[path] = 0.0
                 break
             give_up = GIVE_UP * min(decode_times.values(), default=float("inf"))
-            decode_times[path] = _best_time(lambda: [m(rows[m.in_features]) for m in sample], give_up=give_up)
+            decode_times[path] = _decode_seconds_per_gb(chunks, cursor, rows, give_up)
     prefill_times = {}
     one_layer = list({(m.out_features, m.in_features): m for m in layers}.values())  # each distinct shape once
     batch = {m.in_features: torch.randn(PREFILL_ROWS, m.in_features) for m in one_layer}
@@ -153,7 +175,7 @@ def _measure(fmt: str, layers: list[nn.Module]) -> dict:
     return {
         "decode": _prefer_kernels(decode_times),
         "prefill": min(prefill_times, key=prefill_times.get),
-        "decode_ms": {k: round(v * 1e3, 2) for k, v in decode_times.items()},
+        "decode_gb_per_s": {k: round(1 / v, 1) if v else None for k, v in decode_times.items()},
         "prefill_ms": {k: round(v * 1e3, 2) for k, v in prefill_times.items()},
     }
 

@@ -1,10 +1,11 @@
 """The LM's CPU decode kernels (csrc/cpu_kernels.cpp), compiled on first use, and their torch fallbacks.
 
 Why: a decode step is bound by reading the weights once per token. torch's CPU matrix-vector product
-streams them at about half the machine's bandwidth, its int8 paths far slower, and the ~40 small ops
-of RoPE + cache write + attention per layer cost more than the weights at int8. The kernels stream
-float32 / bfloat16 / int8 weights at close to full bandwidth and do a layer's attention in one call.
-They are batch-invariant: a row's result does not depend on the other rows in the call.
+streams them at half the bandwidth on some CPUs (AMD Zen) and near it on others (Intel Sapphire
+Rapids), its int8 paths far slower, and the ~40 small ops of RoPE + cache write + attention per layer
+cost more than the weights at int8. The kernels stream float32 / bfloat16 / int8 / int4 weights and do
+a layer's attention in one call. They are batch-invariant: a row's result does not depend on the
+other rows in the call.
 
 The extension is built with -march=native into torch's extension cache, keyed by the CPU capability;
 without a compiler (or with FISHTTS_NO_KERNELS=1) plain torch computes the same thing. Which of the
