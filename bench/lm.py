@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 
-from core.lm import SamplingParams, generate
+from core.lm import SamplingParams, generate, paths
+from core.lm.autotune import model_paths, tune_model
 from core.lm.compile import compile_decode, uses_static_cache
 from core.lm.model import Transformer
-from core.lm.quantize import is_quantized, quantize_model_int8
+from core.lm.quantize import QUANT_MODES, is_quantized, quantize_model
 
 
 def bytes_per_step(model: Transformer) -> int:
@@ -21,19 +23,25 @@ def bytes_per_step(model: Transformer) -> int:
 
 
 def build_variant(name: str, base: Transformer) -> Transformer:
-    """float32 | bfloat16 | int8 (weight-only, core/lm/quantize.py), optionally "+compile" of the decode step."""
+    """float32 | bfloat16 | int8 | int4 (weight-only, core/lm/quantize.py), optionally "+compile" of the decode
+    step; its paths chosen by the autotuner as at load, or ":PATH" names the decode path (e.g. float32:torch,
+    int8:kernel: what the autotuner chose from, measured in the same run)."""
+    name = name.split(":")[0]
     fmt, _, extra = name.partition("+")
     if extra not in ("", "compile"):
         raise SystemExit(f"unknown variant suffix {extra!r}")
     if fmt == "float32" and not extra and base.output.weight.dtype == torch.float32:
+        tune_model(base)
         return base  # generation keeps no state but the caches it clears, so no copy is needed
     model = copy.deepcopy(base)
-    if fmt == "int8":
-        quantize_model_int8(model)
+    if fmt in QUANT_MODES:
+        quantize_model(model, fmt)
     elif fmt in ("bfloat16", "float32"):
         model = model.to(getattr(torch, fmt))
     else:
         raise SystemExit(f"unknown variant {name!r}")
+    if model.output.weight.device.type == "cpu":
+        tune_model(model)
     if extra == "compile":
         compile_decode(model)
     return model
@@ -73,16 +81,32 @@ def timed_generate(model: Transformer, prompt: torch.Tensor, new: int, num_sampl
     return marks[0] - start, (len(marks) - 1) / (marks[-1] - marks[0])
 
 
+def used_paths(name: str, model: Transformer) -> dict:
+    if model.output.weight.device.type != "cpu":
+        return {}
+    with forced_path(name, model):
+        return model_paths(model)
+
+
 def build_variants(names: list[str], base: Transformer, prompt: torch.Tensor, log=print) -> tuple[dict, dict]:
     """Variant name -> model, and -> setup seconds (copy, quantize, and a warm-up that compiles)."""
     models, setup = {}, {}
     for name in names:
         start = time.perf_counter()
         models[name] = build_variant(name, base)
-        timed_generate(models[name], prompt, 3)
+        with forced_path(name, models[name]):
+            timed_generate(models[name], prompt, 3)
         setup[name] = time.perf_counter() - start
         log(f"  {name}: ready in {setup[name]:.1f} s")
     return models, setup
+
+
+def forced_path(name: str, model: Transformer):
+    """paths.using(...) for a "FORMAT:PATH" variant, else nothing."""
+    if ":" not in name or model.output.weight.device.type != "cpu":
+        return nullcontext()
+    fmt = name.split("+")[0].split(":")[0]
+    return paths.using(fmt, decode=name.split(":")[1])
 
 
 def bench_lm(
@@ -100,7 +124,8 @@ def bench_lm(
     for _ in range(runs):
         for n in num_samples:
             for name, model in models.items():
-                results[name, n].append(timed_generate(model, prompt, new, n))
+                with forced_path(name, model):
+                    results[name, n].append(timed_generate(model, prompt, new, n))
     rows = []
     for (name, n), timings in results.items():
         step_bytes = bytes_per_step(models[name])
@@ -121,6 +146,7 @@ def bench_lm(
                 floor_steps_per_s=round(bandwidth / step_bytes, 1),
                 fraction_of_floor=round(rate * step_bytes / bandwidth, 3),
                 setup_s=round(setup[name], 1),
+                paths=used_paths(name, models[name]),
             )
         )
     return rows

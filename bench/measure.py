@@ -10,20 +10,29 @@ from collections.abc import Callable
 
 import torch
 
+from core.lm import paths
 from core.lm.kernels import cpu_kernels_available, linear_rows
 
 
 def memory_bandwidth(device: torch.device, megabytes: int = 512) -> float:
     """Read bandwidth in bytes/s: the best of 5 runs (the least disturbed; a floor wants the best) of
     summing a large buffer and, on CPU, of streaming it through the decode kernel as a weight matrix
-    (torch's sum alone reaches only ~85% of what the kernel reads)."""
+    with each of its prefetch/thread settings (torch's sum alone reaches only ~85% of what the kernel
+    reads; which setting streams best depends on the CPU). On huge pages, as the LM's weights."""
     x = torch.ones(megabytes * 2**18, device=device)
     readers = [lambda: x.sum().item()]
     if device.type == "cpu" and cpu_kernels_available():
+        x = torch.ops.fishtts.huge_page_copy(x)
         matrix, row = x.view(-1, 1024), torch.ones(1, 1024)
-        readers.append(lambda: linear_rows(row, matrix))
+        for variant in paths.KERNEL_VARIANTS.keys() & set(paths.decode_candidates("float32")):
+            readers.append(lambda v=variant: _with_path(v, lambda: linear_rows(row, matrix)))
     best = min(_best_time(read) for read in readers)
     return x.numel() * 4 / best
+
+
+def _with_path(variant: str, fn: Callable[[], object]) -> object:
+    with paths.using("float32", decode=variant):
+        return fn()
 
 
 def _best_time(fn: Callable[[], object], runs: int = 5) -> float:

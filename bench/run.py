@@ -3,10 +3,12 @@
     python -m bench [--only lm,vqgan,e2e] [--runs 3] [--device cpu] [--variants float32,int8] [--compile]
                     [--num-samples 1,4] [--tiny]
 
-Measured in this run: device and threads; memory read bandwidth and the decode floor it sets per LM
-weight format (weight bytes read per token / bandwidth, as gpt-fast reports); LM prefill tokens/s
-(100-token prompt) and decode tokens/s (64 new tokens) per format, alone and as one batch of
---num-samples sequences (aggregate tokens/s); VQGAN encode and decode of 10 s of audio; end-to-end RTF
+Measured in this run: device (the CPU's model name and the flags that matter: avx2, avx512f, avx512_bf16, amx)
+and threads; the LM paths the autotuner chose per format (core/lm/autotune.py); memory read bandwidth and the
+decode floor it sets per LM weight format (weight bytes read per token / bandwidth, as gpt-fast reports); LM
+prefill tokens/s (100-token prompt) and decode tokens/s (64 new tokens) per format, alone and as one batch of
+--num-samples sequences (aggregate tokens/s); VQGAN encode and decode of 10 s of audio (decode also in
+bfloat16, with its SNR against float32); end-to-end RTF
 of one reference-prompted sentence per format (10 s reference encoded, 64 frames generated with stops
 ignored, decoded); streaming: time to first audio vs the non-streamed total for a 100- and a
 300-character text (bench/streaming.py); --concurrent requests at once vs one after another
@@ -23,6 +25,7 @@ import platform
 import torch
 
 from core.device import resolve_device
+from core.lm.autotune import cpu_info
 
 from .concurrency import bench_concurrency
 from .e2e import REFERENCE_TEXT, bench_e2e, make_engine, reference_codes
@@ -40,7 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(PARTS), help="comma list of lm, vqgan, e2e, stream, batch")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median), after a warm-up")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
-    parser.add_argument("--variants", default="float32,int8", help="LM formats: float32, bfloat16, int8, X+compile")
+    parser.add_argument(
+        "--variants", default="float32,int8,int4", help="LM formats: float32, bfloat16, int8, int4, X+compile"
+    )
     parser.add_argument("--compile", action="store_true", help="also measure int8+compile")
     parser.add_argument("--prompt", type=int, default=100, help="LM prompt length in tokens")
     parser.add_argument("--new", type=int, default=64, help="LM tokens (frames) to generate")
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
         torch=torch.__version__,
         runs=args.runs,
         tiny=args.tiny,
+        cpu=cpu_info(),
     )
     bandwidth = memory_bandwidth(device)
     report["bandwidth_gb_per_s"] = round(bandwidth / 1e9, 1)
@@ -113,7 +119,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {platform.processor() or 'unknown'})"
+    cpu = cpu_info()
+    return f"{cpu['model']} ({platform.machine()}; {' '.join(cpu['flags']) or 'no avx2'})"
 
 
 def table(report: dict) -> str:
@@ -153,11 +160,23 @@ def table(report: dict) -> str:
                 ),
             )
         row("LM setup (copy/quantize/compile + warm-up)", get("setup_s", "{} s"))
+        row(
+            "LM paths (decode / prefill, autotuned)",
+            lambda f: (
+                " / ".join(next(iter(lm_rows[f]["paths"].values()), {}).values())
+                if f in lm_rows and lm_rows[f]["paths"]
+                else ""
+            ),
+        )
     if "vqgan" in report:
         v = report["vqgan"]
         row(f"VQGAN encode {v['audio_s']:g} s of audio", shared=f"{v['encode_s']} s")
         row(
             f"VQGAN decode {v['codes']} codes ({v['audio_s']:g} s)", shared=f"{v['decode_s']} s (RTF {v['decode_rtf']})"
+        )
+        row(
+            "VQGAN decode in bfloat16 (`--vqgan-precision bfloat16`)",
+            shared=f"{v['decode_bf16_s']} s ({v['bf16_speedup']}x; SNR {v['bf16_snr_db']} dB vs float32)",
         )
     if e2e:
         any_e2e = next(iter(e2e.values()))

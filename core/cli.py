@@ -17,7 +17,7 @@ import click
 import numpy as np
 
 from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, LM_FILENAME, VQGAN_FILENAME
-from .engine import DEFAULT_LM_CONFIG, DEFAULT_VQGAN_CONFIG
+from .engine import DEFAULT_LM_CONFIG, DEFAULT_VQGAN_CONFIG, QUANT_MODES, VQGAN_PRECISIONS
 from .request import DEFAULT_ORDER, DEFAULT_SAMPLING, DEFAULT_SEED, DEFAULT_TEXT
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".wma", ".aac", ".aiff", ".aif", ".aifc"}
@@ -49,6 +49,15 @@ def report_speed(frames: int, seconds: float, model) -> None:
         f"{model_bytes * tokens_per_s / 1e9:.2f} GB/s",
         err=True,
     )
+
+
+vqgan_precision_option = click.option(
+    "--vqgan-precision",
+    type=click.Choice(VQGAN_PRECISIONS),
+    default=VQGAN_PRECISIONS[0],
+    show_default=True,
+    help="Decode audio in bfloat16 (faster on CPUs with AMX / AVX512-BF16; see the README for its SNR).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,8 +104,16 @@ def download(checkpoints_dir: Path, repo_id: str):
 )
 @click.option("-cfg", "--config-name", default=DEFAULT_VQGAN_CONFIG, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
+@vqgan_precision_option
 @friendly_errors
-def vqgan(input_path: Path, output_path: Path, checkpoint_path: Path, config_name: str, device: str | None):
+def vqgan(
+    input_path: Path,
+    output_path: Path,
+    checkpoint_path: Path,
+    config_name: str,
+    device: str | None,
+    vqgan_precision: str,
+):
     """Encode audio to VQ codes (and reconstruct it), or decode codes to audio."""
     from .audio import load_audio, write_audio
     from .engine import TTSEngine
@@ -108,7 +125,11 @@ def vqgan(input_path: Path, output_path: Path, checkpoint_path: Path, config_nam
     if suffix == ".npy":
         codes = read_codes_file(input_path, str(input_path))  # validate before loading the model
     engine = TTSEngine.load(
-        lm_checkpoint=None, vqgan_checkpoint=checkpoint_path, vqgan_config=config_name, device=device
+        lm_checkpoint=None,
+        vqgan_checkpoint=checkpoint_path,
+        vqgan_config=config_name,
+        device=device,
+        vqgan_precision=vqgan_precision,
     )
     if suffix != ".npy":
         audio = load_audio(input_path)
@@ -155,9 +176,9 @@ def generation_options(func):
         click.option("--compile/--no-compile", default=False, show_default=True),
         click.option(
             "--quantize",
-            type=click.Choice(["int8"]),
+            type=click.Choice(QUANT_MODES),
             default=None,
-            help="Quantize the LM's weights at load (int8: faster decoding on CPU, approximate; see the README).",
+            help="Quantize the LM's weights at load (int8 / int4: faster decoding on CPU, approximate; see README).",
         ),
         click.option("--use-g2p/--no-g2p", default=True, show_default=True),
         click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True),
@@ -203,7 +224,7 @@ def synthesis_request(text: str, transcript: str | None, reference, kwargs: dict
     )
 
 
-def load_engine(lm_checkpoint, lm_config, vqgan_checkpoint, vqgan_config, kwargs: dict):
+def load_engine(lm_checkpoint, lm_config, vqgan_checkpoint, vqgan_config, kwargs: dict, vqgan_precision=None):
     from .engine import TTSEngine
 
     return TTSEngine.load(
@@ -216,6 +237,7 @@ def load_engine(lm_checkpoint, lm_config, vqgan_checkpoint, vqgan_config, kwargs
         half=kwargs["half"],
         compile=kwargs["compile"],
         quantize=kwargs["quantize"],
+        vqgan_precision=vqgan_precision or VQGAN_PRECISIONS[0],
     )
 
 
@@ -302,6 +324,7 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
     show_default=True,
 )
 @click.option("--vqgan-config-name", default=DEFAULT_VQGAN_CONFIG, show_default=True)
+@vqgan_precision_option
 @generation_options
 @friendly_errors
 def tts(
@@ -314,6 +337,7 @@ def tts(
     llama_config_name,
     vqgan_checkpoint_path,
     vqgan_config_name,
+    vqgan_precision,
     **kwargs,
 ):
     """Text (+ optional reference voice) to speech in one step; long texts go sentence by sentence."""
@@ -327,7 +351,9 @@ def tts(
     sink = AudioSink(output)  # checks the suffix before the models load
     reference = Reference("--reference-audio", audio=load_audio(reference_audio)) if reference_audio else None
     request = synthesis_request(text, reference_text, reference, kwargs)
-    engine = load_engine(llama_checkpoint_path, llama_config_name, vqgan_checkpoint_path, vqgan_config_name, kwargs)
+    engine = load_engine(
+        llama_checkpoint_path, llama_config_name, vqgan_checkpoint_path, vqgan_config_name, kwargs, vqgan_precision
+    )
     sample_rate = engine.info.sample_rate
     start = time.perf_counter()
     with tqdm(total=None, unit="frame", desc="generating", file=sys.stderr) as bar:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -22,10 +22,11 @@ from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, LM_FILENAME, VQGAN
 from .device import lm_dtype, resolve_device
 from .frontend import PromptText, read_piece, read_text
 from .lm import Sequence, encode_prompt, frames_to_codes, load_lm, load_tokenizer
+from .lm.autotune import model_paths
 from .lm.compile import uses_static_cache
 from .lm.config import PRESETS as LM_PRESETS
 from .lm.generate import budget_new_frames
-from .lm.quantize import is_quantized
+from .lm.quantize import QUANT_MODES, is_quantized, quantization
 from .lm.tokenizer import resolve_tokenizer_dir
 from .reference import prepare_reference
 from .request import SynthesisRequest
@@ -35,6 +36,7 @@ from .text.split import MAX_SEGMENT_WEIGHT
 from .vqgan import load_vqgan
 from .vqgan.config import PRESETS as VQGAN_PRESETS
 from .vqgan.config import VQConfig
+from .vqgan.load import VQGAN_PRECISIONS
 
 FAMILY = "fish-speech-v0.2"
 DEFAULT_LM_CHECKPOINT = str(DEFAULT_CHECKPOINTS_DIR / LM_FILENAME)
@@ -52,7 +54,7 @@ class EngineInfo:
     family: str  # the model family; another family plugs in behind the same door with its own
     device: str
     precision: str | None  # the LM's weight dtype (None: no LM)
-    quantize: str  # "none" or "int8"
+    quantize: str  # "none", "int8" or "int4"
     compiled: bool
     max_batch_size: int  # sequences decoded together
     context: int | None  # the LM's context in positions (prompt + generated frames)
@@ -60,6 +62,8 @@ class EngineInfo:
     codebook_size: int | None  # codes the codec can decode (None: no codec loaded)
     sample_rate: int  # of the audio it reads and writes
     frame_rate: float | None  # codec frames per second of audio
+    vqgan_precision: str | None = None  # the codec's decode dtype (None: no codec loaded)
+    lm_paths: dict = field(default_factory=dict)  # per weight format, the decode/prefill code chosen at load
     phonemes: bool = True  # g2p, the language order and speaker tags apply to its prompts
 
 
@@ -127,10 +131,12 @@ class TTSEngine:
         compile: bool = False,
         quantize: str | None = None,
         max_batch_size: int | None = None,
+        vqgan_precision: str = "float32",
     ) -> TTSEngine:
         """Load the parts whose checkpoint is given (None skips the LM or the VQGAN).
 
-        `quantize="int8"` stores the LM's linears as int8 (a quarter of the bytes to read per token).
+        `quantize="int8"` / `"int4"` stores the LM's linears as int8 / int4 (~4x / ~6x less to read per
+        token than float32 on CPU). `vqgan_precision="bfloat16"` decodes audio in bfloat16.
         """
         dev = resolve_device(device)
         lm = tok = vqgan = None
@@ -138,7 +144,7 @@ class TTSEngine:
             tok = load_tokenizer(tokenizer, checkpoints_dir=os.path.dirname(str(lm_checkpoint)) or ".")
             lm = load_lm(lm_checkpoint, lm_config, device=dev, dtype=lm_dtype(dev, half, precision), quantize=quantize)
         if vqgan_checkpoint is not None:
-            vqgan = load_vqgan(vqgan_checkpoint, vqgan_config, device=dev)
+            vqgan = load_vqgan(vqgan_checkpoint, vqgan_config, device=dev, precision=vqgan_precision)
         if compile and lm is not None:
             from .lm.compile import compile_decode
 
@@ -154,7 +160,7 @@ class TTSEngine:
             family=FAMILY,
             device=str(self.device),
             precision=None if lm is None else str(lm.output.weight.dtype).removeprefix("torch."),
-            quantize="int8" if lm is not None and is_quantized(lm) else "none",
+            quantize="none" if lm is None else quantization(lm),
             compiled=self.compile,
             max_batch_size=self.max_batch_size,
             context=None if lm is None else lm.config.max_seq_len,
@@ -164,6 +170,8 @@ class TTSEngine:
             codebook_size=None if vqgan is None else vqgan.config.vq.codebook_size,
             sample_rate=SAMPLE_RATE if vqgan is None else vqgan.config.sample_rate,
             frame_rate=None if vqgan is None else vqgan.config.sample_rate / vqgan.config.samples_per_code,
+            vqgan_precision=None if vqgan is None else str(vqgan.decode_dtype).removeprefix("torch."),
+            lm_paths=self.lm_paths,
         )
 
     # -- parts -----------------------------------------------------------------------------
@@ -173,6 +181,14 @@ class TTSEngine:
         if value is None:
             raise RuntimeError(f"this engine was loaded without the {part}")
         return value
+
+    @property
+    def lm_paths(self) -> dict[str, dict[str, str]]:
+        """The code computing the LM's linears per weight format, {"int8": {"decode": ..., "prefill": ...}}
+        (core/lm/paths.py, chosen at load by core/lm/autotune.py); {} without an LM or off the CPU."""
+        if self.lm is None or self.device.type != "cpu":
+            return {}
+        return model_paths(self.lm)
 
     @property
     def scheduler(self) -> Scheduler:
@@ -359,11 +375,13 @@ class TTSEngine:
 __all__ = [
     "EngineInfo",
     "LM_PRESETS",
+    "QUANT_MODES",
     "SAMPLE_RATE",
     "SchedulerFailed",
     "SpeechStream",
     "SynthesisRequest",
     "TTSEngine",
+    "VQGAN_PRECISIONS",
     "VQGAN_PRESETS",
     "resolve_tokenizer_dir",
 ]

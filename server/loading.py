@@ -36,6 +36,7 @@ class LoadPlan:
     compile: bool
     quantize: str | None
     max_batch_size: int | None
+    vqgan_precision: str
     shown: dict  # the same choices as clients may see them (no server paths)
     replacements: dict  # server paths -> client names, for messages
 
@@ -52,6 +53,7 @@ class LoadPlan:
                 compile=self.compile,
                 quantize=self.quantize,
                 max_batch_size=self.max_batch_size,
+                vqgan_precision=self.vqgan_precision,
             )
         except ValueError as exc:  # CheckpointError, config and tokenizer problems: the client's files
             message = str(exc)
@@ -70,6 +72,8 @@ class LoadPlan:
             "max_batch_size": info.max_batch_size,
             "context": info.context,
             "family": info.family,
+            "vqgan_precision": info.vqgan_precision,
+            "lm_paths": info.lm_paths,
             **self.shown,
         }
 
@@ -121,6 +125,7 @@ def plan_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard) ->
         max_batch_size=settings.max_batch_size or None,
         shown=shown,
         replacements=guard.replacements(),
+        vqgan_precision=body.vqgan.precision or settings.vqgan_precision,
     )
 
 

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.checkpoints import DEFAULT_CHECKPOINTS_DIR, LM_FILENAME, VQGAN_FILENAME
-from core.engine import DEFAULT_LM_CONFIG, DEFAULT_TOKENIZER, DEFAULT_VQGAN_CONFIG
+from core.engine import DEFAULT_LM_CONFIG, DEFAULT_TOKENIZER, DEFAULT_VQGAN_CONFIG, QUANT_MODES, VQGAN_PRECISIONS
 from core.request import (
     DEFAULT_ORDER,
     DEFAULT_SAMPLING,
@@ -82,10 +82,10 @@ class LlamaSpec(BaseModel):
         "--allow-downloads.",
     )
     compile: bool = Field(True, description="torch.compile the decode step; honoured only with --compile.")
-    quantize: Literal["int8", "none"] | None = Field(
+    quantize: Literal[(*QUANT_MODES, "none")] | None = Field(
         None,
         description=(
-            "int8: weights stored as int8 (faster decoding on CPU; approximate, see the README). "
+            "int8 / int4: weights stored as int8 / int4 (faster decoding on CPU; approximate, see the README). "
             "Default: the server's --quantize."
         ),
     )
@@ -103,6 +103,13 @@ class VQGANSpec(BaseModel):
         min_length=1,
         max_length=MAX_PATH,
         description="A file inside the checkpoints folder.",
+    )
+    precision: Literal[VQGAN_PRECISIONS] | None = Field(
+        None,
+        description=(
+            "Decode audio in bfloat16 (faster on CPUs with AMX / AVX512-BF16; see the README for its SNR). "
+            "Default: the server's --vqgan-precision."
+        ),
     )
 
 

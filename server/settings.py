@@ -11,6 +11,8 @@ import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from core.engine import QUANT_MODES, VQGAN_PRECISIONS
+
 ENV_PREFIX = "FISHTTS_"
 MAX_TEXT_LENGTH = 1000
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"  # also the load request's `device`
@@ -67,8 +69,13 @@ class Settings:
     )
     quantize: str = _opt(
         "",
-        "int8: store every LM's weights as int8 unless its load request says otherwise "
+        "int8 or int4: store every LM's weights as int8 / int4 unless its load request says otherwise "
         "(faster on CPU, approximate; see the README).",
+    )
+    vqgan_precision: str = _opt(
+        "float32",
+        "float32 or bfloat16: the VQGAN's decode precision unless a load request says otherwise "
+        "(bfloat16: faster on CPUs with AMX / AVX512-BF16).",
     )
     stream_send_timeout: float = _opt(
         30.0,
@@ -86,8 +93,10 @@ class Settings:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_batch_size < 0:
             raise ValueError("max_batch_size must be >= 0")
-        if self.quantize not in ("", "int8"):
-            raise ValueError("quantize must be int8 or empty")
+        if self.quantize not in ("", *QUANT_MODES):
+            raise ValueError(f"quantize must be one of {', '.join(QUANT_MODES)} or empty")
+        if self.vqgan_precision not in VQGAN_PRECISIONS:
+            raise ValueError(f"vqgan_precision must be one of {', '.join(VQGAN_PRECISIONS)}")
         if self.device and not re.match(DEVICE_PATTERN, self.device):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("max_upload_mb", "max_reference_seconds", "stream_send_timeout"):

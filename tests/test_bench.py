@@ -17,16 +17,23 @@ def test_bench_tiny_reports_every_part_as_positive_numbers(capsys):
     assert sorted((r["variant"], r["num_samples"]) for r in report["lm"]) == [
         ("float32", 1),
         ("float32", 4),
+        ("int4", 1),
+        ("int4", 4),
         ("int8", 1),
         ("int8", 4),
-    ]  # alone and as one batch of 4
+    ]  # alone, batch of 4
+    assert report["cpu"]["model"] and report["cpu"]["model"] in report["device_name"]
+    for row in report["lm"]:  # the autotuner's choice, per format
+        assert set(row["paths"]) == {row["variant"]} and set(row["paths"][row["variant"]]) == {"decode", "prefill"}
+    assert any(line.startswith("| LM paths") for line in out)
     assert any(line.startswith("| LM decode, 4 sequences as one batch") for line in out)
     for row in report["lm"]:
         for key in ("prefill_tokens_per_s", "tokens_per_s", "floor_steps_per_s"):
             assert row[key] > 0, (row["variant"], key)
     assert report["vqgan"]["codes"] == 43  # 2 s at 21.5 codes/s
     assert report["vqgan"]["encode_s"] > 0 and report["vqgan"]["decode_s"] > 0
-    assert set(report["e2e"]) == {"float32", "int8"}
+    assert report["vqgan"]["decode_bf16_s"] > 0 and report["vqgan"]["bf16_snr_db"] > 10  # bfloat16 decode: close
+    assert set(report["e2e"]) == {"float32", "int8", "int4"}
     for row in report["e2e"].values():
         assert row["codes"] == 8 and row["audio_s"] > 0
         assert row["total_s"] > 0 and row["rtf"] > 0

@@ -1,13 +1,15 @@
 """The LM's CPU decode kernels (csrc/cpu_kernels.cpp), compiled on first use, and their torch fallbacks.
 
 Why: a decode step is bound by reading the weights once per token. torch's CPU matrix-vector product
-streams them at about half the machine's bandwidth, its int8 paths far slower, and the ~40 small ops
-of RoPE + cache write + attention per layer cost more than the weights at int8. The kernels stream
-float32 / bfloat16 / int8 weights at close to full bandwidth and do a layer's attention in one call.
-They are batch-invariant: a row's result does not depend on the other rows in the call.
+streams them at half the bandwidth on some CPUs (AMD Zen) and near it on others (Intel Sapphire
+Rapids), its int8 paths far slower, and the ~40 small ops of RoPE + cache write + attention per layer
+cost more than the weights at int8. The kernels stream float32 / bfloat16 / int8 / int4 weights and do
+a layer's attention in one call. They are batch-invariant: a row's result does not depend on the
+other rows in the call.
 
 The extension is built with -march=native into torch's extension cache, keyed by the CPU capability;
-without a compiler (or with FISHTTS_NO_KERNELS=1) the torch fallbacks below compute the same thing.
+without a compiler (or with FISHTTS_NO_KERNELS=1) plain torch computes the same thing. Which of the
+two (and which kernel setting) runs each weight format is chosen in paths.py / autotune.py.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def _build() -> bool:
         torch.library.register_fake("fishtts::decode_attention")(
             lambda qkv, kc, vc, slots, pos, freqs, h, hkv: qkv.new_empty(qkv.size(0), h * kc.size(3))
         )
+        torch.library.register_fake("fishtts::linear_rows_int4")(
+            lambda x, packed, scales, offsets: x.new_empty(x.size(0), packed.size(0))
+        )
         return True
     except Exception as exc:  # no compiler, no headers, no ninja: the torch fallbacks still work
         log.warning("CPU decode kernels unavailable (%s); using the slower torch path", exc)
@@ -106,6 +111,23 @@ def single_threaded_torch():
         yield
     finally:
         torch.ops.fishtts.set_openmp_threads(previous)
+
+
+def move_to_huge_pages(module: torch.nn.Module) -> None:
+    """Copy the module's own tensors of 2 MiB or more into memory backed by huge pages where the OS
+    gives them on request (Linux THP "madvise"): a decode step streams every weight once, and with
+    4 KiB pages that is a page walk per 4 KiB. Values are unchanged."""
+    if not cpu_kernels_available() or getattr(module, "on_huge_pages", False):
+        return
+    module.on_huge_pages = True
+    for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+        if tensor.device.type == "cpu" and tensor.numel() * tensor.element_size() >= 2 << 20:
+            moved = torch.ops.fishtts.huge_page_copy(tensor.detach())
+            setattr(
+                module,
+                name,
+                torch.nn.Parameter(moved, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else moved,
+            )
 
 
 def cpu_has_fast_bfloat16() -> bool:

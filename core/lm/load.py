@@ -7,10 +7,10 @@ import os
 import torch
 
 from ..checkpoints import CheckpointError, describe_key_mismatch, describe_shape_mismatch, load_state_dict_file
+from .autotune import tune_model
 from .config import LMConfig, LoraConfig, load_lm_config
-from .kernels import cpu_kernels_available
 from .model import Transformer
-from .quantize import QUANT_MODES, checkpoint_quantization, convert_to_int8, quantize_model_int8
+from .quantize import QUANT_MODES, checkpoint_quantization, convert_to_int8, quantize_model
 
 # Stored by the original as persistent buffers; we recompute them.
 _DERIVED_BUFFERS = ("freqs_cis", "causal_mask")
@@ -61,7 +61,7 @@ def load_lm(
 ) -> Transformer:
     """Read a checkpoint file (any wrapping of the original's, or its int8 quantized one) into a ready model.
 
-    `quantize="int8"` quantizes a float checkpoint's linears at load (see quantize.py).
+    `quantize="int8"` or `"int4"` quantizes a float checkpoint's linears at load (see quantize.py).
     """
     state_dict = load_state_dict_file(checkpoint_path)  # its errors name the file already
     try:
@@ -87,7 +87,7 @@ def build_lm(
     if stored == "int4":
         raise CheckpointError(
             "int4 checkpoints of the original (CUDA tinygemm layout) are not supported; "
-            "use its int8 checkpoint, or the float one with quantize='int8'"
+            "use its int8 checkpoint, or the float one with quantize='int4' or 'int8'"
         )
     if any(k.endswith(".lora_A") for k in state_dict):
         scaling = config.lora.scaling if config.lora else LoraConfig().scaling  # official: alpha 16 / r 8
@@ -111,9 +111,9 @@ def build_lm(
         k: v.to(device=device, dtype=v.dtype if v.dtype == torch.int8 else dtype) for k, v in state_dict.items()
     }
     model.load_state_dict(state_dict, assign=True)
-    if quantize == "int8" and stored is None:
-        quantize_model_int8(model)
+    if quantize is not None and stored is None:
+        quantize_model(model, quantize)
     model.init_buffers(device)
     if torch.device(device).type == "cpu":
-        cpu_kernels_available()  # build (first time on this machine) or load the decode kernels now, not mid-request
+        tune_model(model)  # builds or loads the decode kernels now, not mid-request, and picks the fastest paths
     return model.eval().requires_grad_(False)

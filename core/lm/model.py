@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import ModelArgs, find_multiple
-from .kernels import few_rows, linear_rows, uses_cpu_kernels
+from .kernels import uses_cpu_kernels
+from .paths import linear_float32
 
 
 @dataclass
@@ -46,13 +46,13 @@ def apply_rotary_emb(x: Tensor, freqs_cis: Tensor) -> Tensor:
 
 
 class Linear(nn.Linear):
-    """nn.Linear (no bias); the few rows of a CPU decode step go to the streaming kernel (kernels.py)."""
+    """nn.Linear (no bias); a CPU decode step's few rows go to the float32 decode path (paths.py)."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear_rows(x, self.weight) if few_rows(x) else F.linear(x, self.weight)
+        return linear_float32(x, self.weight)
 
 
 KERNEL_CACHE_DTYPES = (torch.float32, torch.bfloat16)
@@ -173,8 +173,8 @@ class Attention(nn.Module):
             )
             return self.wo(y.view(bsz, 1, self.dim))
         q, k, v = self._qkv(x, rope[positions].unsqueeze(1))
-        cache.k_cache[slots, :, positions] = k[:, :, 0]
-        cache.v_cache[slots, :, positions] = v[:, :, 0]
+        cache.k_cache[slots, :, positions] = k[:, :, 0].to(cache.k_cache.dtype)  # (a bfloat16 cache: int8, int4)
+        cache.v_cache[slots, :, positions] = v[:, :, 0].to(cache.v_cache.dtype)
         if static:
             mask = torch.arange(cache.k_cache.size(2), device=x.device) <= positions[:, None]
             y = self._attend(q, cache.k_cache[:bsz], cache.v_cache[:bsz], mask[:, None, None, :])

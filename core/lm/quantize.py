@@ -1,21 +1,26 @@
-"""Int8 weight-only quantization of the LM's linears, in the format of the original's quantize.py.
+"""Weight-only quantization of the LM's linears: int8 (the original's quantize.py format) and int4.
 
-Every nn.Linear (output head included) becomes an `Int8Linear`: `weight` int8 [out, in] and
+int8: every nn.Linear (output head included) becomes an `Int8Linear`: `weight` int8 [out, in] and
 `scales` [out], symmetric per output row (scale = absmax / 127.5, values clamped to -128..127).
-Activations stay float, so only the weight bytes shrink (4x against float32): decode at batch 1
-is bound by reading the weights, so it gets up to ~4x faster. Embeddings stay float.
+int4: an `Int4Linear`: per group of INT4_GROUP inputs of a row, w = q * scale + offset with q in
+0..15 (offset = the group's minimum, scale = its range / 15), two values packed per byte: ~0.63
+byte per weight with the float32 scales and offsets. Its CPU kernel rounds the activations to int8
+per group where AVX512-VNNI exists (cpu_kernels.cpp); that error is small against int4's own.
+The original's int4 checkpoints hold CUDA tinygemm-packed tensors (its quantize.py packs them on the
+GPU) and are refused with a clear message; int4 here is quantized at load from the float checkpoint.
+Activations stay float elsewhere, so only the weight bytes shrink: decode at batch 1 is bound by
+reading the weights. Embeddings stay float. Which code computes the products is chosen in paths.py.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from .kernels import cpu_has_fast_bfloat16, few_rows, linear_rows, uses_cpu_kernels
+from .paths import linear_int4, linear_int8
 
-QUANT_MODES = ("int8",)
+QUANT_MODES = ("int8", "int4")
+INT4_GROUP = 64  # inputs per scale/offset pair (cpu_kernels.cpp's kInt4Group); widths must be multiples of it
 
 
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -37,15 +42,48 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", torch.empty(out_features, dtype=dtype, device=device))
 
     def forward(self, x: Tensor) -> Tensor:
-        if few_rows(x):  # decode: stream the int8 weights
-            return linear_rows(x, self.weight, self.scales)
-        if uses_cpu_kernels(x) and cpu_has_fast_bfloat16():
-            # Prefill on a CPU with bfloat16 matmuls: ~4x faster than float32. The int8 values are
-            # exact in bfloat16; the activations and sums are rounded to it (this path is approximate anyway).
-            weight = torch.ops.fishtts.int8_to_bfloat16(self.weight)
-            return F.linear(x.to(torch.bfloat16), weight).to(x.dtype) * self.scales
-        # GPU and fallback: the original's formula (dequantize, then a regular matmul).
-        return F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+        return linear_int8(x, self.weight, self.scales)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def quantize_int4(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(packed uint8 [out, in / 2], scales [out, in / 64], offsets [out, in / 64]), asymmetric per group."""
+    out_features, in_features = weight.shape
+    if in_features % INT4_GROUP:
+        raise ValueError(f"int4 needs linears whose input width is a multiple of {INT4_GROUP} (got {in_features})")
+    w = weight.float().view(out_features, in_features // INT4_GROUP, INT4_GROUP)
+    low, high = w.amin(dim=-1), w.amax(dim=-1)
+    scales = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).eps)
+    q = torch.round((w - low[..., None]) / scales[..., None]).clamp(0, 15).to(torch.uint8)
+    # Blocks of 64 inputs: byte k holds input k (low nibble) and input k + 32 (high nibble).
+    halves = q.view(out_features, -1, 2, 32)
+    packed = (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(out_features, in_features // 2)
+    return packed.contiguous(), scales.contiguous(), low.contiguous()
+
+
+def dequantize_int4(packed: Tensor, scales: Tensor, offsets: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    out_features = packed.size(0)
+    blocks = packed.view(out_features, -1, 1, 32)
+    q = torch.cat([blocks & 15, blocks >> 4], dim=2).view(out_features, -1, INT4_GROUP)
+    w = q.to(scales.dtype) * scales[..., None] + offsets[..., None]
+    return w.view(out_features, -1).to(dtype)
+
+
+class Int4Linear(nn.Module):
+    """y = x @ dequantize_int4(weight, scales, offsets).T; `weight` is the packed uint8 [out, in / 2]."""
+
+    def __init__(self, in_features: int, out_features: int, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        groups = in_features // INT4_GROUP
+        self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.empty(out_features, groups, device=device))
+        self.register_buffer("offsets", torch.empty(out_features, groups, device=device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear_int4(x, self.weight, self.scales, self.offsets)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -58,9 +96,9 @@ def _linears(model: nn.Module):
                 yield parent, name, child
 
 
-# The int8 path keeps its KV cache in bfloat16, as the original does on GPU: half the cache traffic
-# per decode step, which at a few hundred positions and batch 4 rivals the int8 weights' own.
-INT8_KV_CACHE_DTYPE = torch.bfloat16
+# The quantized paths keep their KV cache in bfloat16, as the original does on GPU: half the cache
+# traffic per decode step, which at a few hundred positions and batch 4 rivals the int8 weights' own.
+QUANTIZED_KV_CACHE_DTYPE = torch.bfloat16
 
 
 def convert_to_int8(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -68,7 +106,7 @@ def convert_to_int8(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.
     for parent, name, child in _linears(model):
         device = child.weight.device
         setattr(parent, name, Int8Linear(child.in_features, child.out_features, device=device, dtype=dtype))
-    model.kv_cache_dtype = INT8_KV_CACHE_DTYPE
+    model.kv_cache_dtype = QUANTIZED_KV_CACHE_DTYPE
     return model
 
 
@@ -80,12 +118,48 @@ def quantize_model_int8(model: nn.Module) -> nn.Module:
         layer = Int8Linear(child.in_features, child.out_features, device=q.device, dtype=scales.dtype)
         layer.weight, layer.scales = q, scales
         setattr(parent, name, layer)
-    model.kv_cache_dtype = INT8_KV_CACHE_DTYPE
+    model.kv_cache_dtype = QUANTIZED_KV_CACHE_DTYPE
     return model
 
 
+@torch.no_grad()
+def quantize_model_int4(model: nn.Module) -> nn.Module:
+    """Quantize a float model's linears to int4 in place."""
+    for parent, name, child in _linears(model):
+        layer = Int4Linear(child.in_features, child.out_features, device=child.weight.device)
+        layer.weight, layer.scales, layer.offsets = quantize_int4(child.weight)
+        setattr(parent, name, layer)
+    model.kv_cache_dtype = QUANTIZED_KV_CACHE_DTYPE
+    return model
+
+
+def quantize_model(model: nn.Module, mode: str) -> nn.Module:
+    if mode not in QUANT_MODES:
+        raise ValueError(f"unknown quantization {mode!r} (use one of: {', '.join(QUANT_MODES)})")
+    return quantize_model_int8(model) if mode == "int8" else quantize_model_int4(model)
+
+
+def weight_format(layer: nn.Module) -> str | None:
+    """paths.py's name for a linear layer's weight format (None: not an LM linear)."""
+    if isinstance(layer, Int8Linear):
+        return "int8"
+    if isinstance(layer, Int4Linear):
+        return "int4"
+    if isinstance(layer, nn.Linear) and layer.weight.dtype == torch.float32:
+        return "float32"
+    return None
+
+
 def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, Int8Linear) for m in model.modules())
+    return any(isinstance(m, (Int8Linear, Int4Linear)) for m in model.modules())
+
+
+def quantization(model: nn.Module) -> str:
+    """ "int8" / "int4" for a model whose linears are quantized, else "none"."""
+    for m in model.modules():
+        if isinstance(m, (Int8Linear, Int4Linear)):
+            return weight_format(m)
+    return "none"
 
 
 def checkpoint_quantization(state_dict: dict[str, Tensor]) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -22,6 +24,13 @@ class VQGAN(nn.Module):
         self.vq_encoder = VQEncoder(config.vq)
         self.decoder = WN(config.decoder)
         self.generator = Generator(config.generator)
+        # bfloat16: decode's convolutions run in bfloat16 (autocast; AMX / AVX512-BF16 on CPU), encode stays float32.
+        self.decode_dtype = torch.float32
+
+    def _decode_precision(self):
+        if self.decode_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.decode_dtype)
 
     @property
     def device(self) -> torch.device:
@@ -45,14 +54,20 @@ class VQGAN(nn.Module):
     @torch.inference_mode()
     def decode(self, codes: Tensor | np.ndarray) -> Tensor:
         """codes [groups, T] of any integer dtype -> waveform [1, 1, 1024 * T] float32 in [-1, 1]."""
-        return self.generator(self.codes_to_mel(self.check_codes(codes)))
+        return self.mel_to_audio(self.codes_to_mel(self.check_codes(codes)))
 
     def codes_to_mel(self, codes: Tensor) -> Tensor:
-        """Checked codes [groups, T] -> mel [1, n_mels, 4T] (the first half of decode)."""
-        x = self.vq_encoder.decode(codes)
-        # Nearest-neighbour upsampling to the mel rate: each token repeated 4 times.
-        x = x.repeat_interleave(self.config.downsample.total_strides, dim=-1)
-        return self.decoder(x)  # an all-ones mask: the masking multiplies are skipped
+        """Checked codes [groups, T] -> mel [1, n_mels, 4T] float32 (the first half of decode)."""
+        with self._decode_precision():
+            x = self.vq_encoder.decode(codes)
+            # Nearest-neighbour upsampling to the mel rate: each token repeated 4 times.
+            x = x.repeat_interleave(self.config.downsample.total_strides, dim=-1)
+            return self.decoder(x).float()  # an all-ones mask: the masking multiplies are skipped
+
+    def mel_to_audio(self, mel: Tensor) -> Tensor:
+        """mel [1, n_mels, F] -> waveform [1, 1, 256 F] float32 (the second half of decode)."""
+        with self._decode_precision():
+            return self.generator(mel).float()
 
     def _check_audio(self, audio: Tensor | np.ndarray) -> Tensor:
         audio = torch.as_tensor(audio)

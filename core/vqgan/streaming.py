@@ -148,6 +148,6 @@ class StreamingDecoder:
         """Audio of tokens [start, end) from the mel, with the generator's context on both sides."""
         f, c = self.frames_per_token, self.generator_context
         lo, hi = max(0, start * f - c), min(self.mel.shape[-1], end * f + c)
-        audio = self.vqgan.generator(self.mel[..., lo:hi]).reshape(-1)
+        audio = self.vqgan.mel_to_audio(self.mel[..., lo:hi]).reshape(-1)
         s = self.samples_per_frame
         return audio[(start * f - lo) * s : (end * f - lo) * s].float().cpu().numpy()

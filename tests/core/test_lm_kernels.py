@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.lm import kernels, load_lm
+from core.lm import kernels, load_lm, paths
 from core.lm.quantize import quantize_int8
 from tests.paths import PARITY
 from tests.tolerances import FLOAT32_EPS, assert_within, longest_reduction, matmul_bound, network_atol
@@ -54,6 +54,13 @@ def model():
     return load_lm(PARITY / "llama_state_dict.pt", str(PARITY / "llama_config.json"))
 
 
+@pytest.fixture(autouse=True)
+def kernel_path():
+    """The float32 decode on the kernels, whatever the autotuner chose on this machine."""
+    with paths.using("float32", decode="kernel"):
+        yield
+
+
 def decode_after_prefill(model, prompts: list[torch.Tensor], step_frames: torch.Tensor) -> torch.Tensor:
     """Prefill each prompt into its own slot, then decode one frame for all of them in one batch."""
     model.clear_caches()
@@ -81,15 +88,19 @@ def test_kernel_decode_equals_the_torch_path(model, monkeypatch):
     torch.testing.assert_close(with_kernels, plain, atol=network_atol(plain, longest_reduction(model)), rtol=0)
 
 
-@pytest.mark.parametrize("path", ["kernels", "torch"])
+@pytest.mark.parametrize("path", [*paths.KERNEL_VARIANTS, "torch"])
 def test_decode_gives_a_sequence_the_same_logits_alone_and_batched(model, monkeypatch, path):
     if path == "torch":
         monkeypatch.setitem(kernels._state, "ok", False)
+    elif path not in paths.decode_candidates("float32"):
+        pytest.skip(f"{path} needs more than one thread")
+    else:
+        paths.set_paths("float32", decode=path)
     prompts, frames = prompts_and_frames()
     batched = decode_after_prefill(model, prompts, frames)
     for i, prompt in enumerate(prompts):
         alone = decode_after_prefill(model, [prompt], frames[i : i + 1])
-        if path == "kernels":
+        if path != "torch":
             assert torch.equal(alone[0], batched[i])
         else:  # torch's matmul may sum in another order for another batch size
             atol = network_atol(batched[i], longest_reduction(model))

@@ -158,6 +158,8 @@ def test_health_lists_models_and_queue(client):
     assert health["status"] == "ok"
     (model,) = health["models"]
     assert model["name"] == "default" and model["device"] == "cpu" and model["context"] == 256
+    assert set(model["lm_paths"]) == {"float32"} and set(model["lm_paths"]["float32"]) == {"decode", "prefill"}
+    assert model["vqgan_precision"] == "float32"
     assert "/tmp/" not in str(health)  # client-facing names only
     assert health["queue"]["limit"] == 16
 
@@ -217,6 +219,17 @@ def test_int8_models_per_load_request_and_server_default(client, tmp_path):
     response = client.post("/v1/models/small/invoke", json={"text": "int8 speaks", **FAST})
     assert_wav(response)
     assert client.delete("/v1/models/small").status_code == 200
+
+    body = {
+        **WEBUI_LOAD,
+        "llama": {**WEBUI_LOAD["llama"], "quantize": "int4"},
+        "vqgan": {**WEBUI_LOAD["vqgan"], "precision": "bfloat16"},
+    }
+    assert client.put("/v1/models/small4", json=body).status_code == 200
+    info = {d["name"]: d for d in client.get("/v1/models").json()["details"]}["small4"]
+    assert info["quantize"] == "int4" and info["vqgan_precision"] == "bfloat16" and set(info["lm_paths"]) == {"int4"}
+    assert_wav(client.post("/v1/models/small4/invoke", json={"text": "int4 speaks", **FAST}))
+    assert client.delete("/v1/models/small4").status_code == 200
 
     quantized = Server(make_workdir(tmp_path / "work"), "--quantize", "int8", "--max-batch-size", "3")
     try:

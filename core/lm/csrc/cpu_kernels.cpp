@@ -2,8 +2,11 @@
 //
 // linear_rows: y[n, o] = scale[o] * sum_i x[n, i] * w[o, i] for a few activation rows n and float32,
 //   bfloat16 or int8 weights. A decode step is a chain of such matrix-vector products bound by memory
-//   bandwidth; torch's own GEMV reaches about half of it here, this one streams the weights with
-//   prefetching and reads every weight row once for all activation rows.
+//   bandwidth; this one streams the weights and reads every weight row once for all activation rows.
+// linear_rows_int4: the same for 4-bit weights with group-wise scales and offsets (quantize.py's layout).
+// set_tuning: software prefetch (distance, hint) and thread count per weight format. What streams best
+//   differs between CPUs (a non-temporal prefetch 4 KiB ahead helps on AMD Zen and halves the bandwidth
+//   on Intel Sapphire Rapids), so core/lm/autotune.py measures the settings at load and picks.
 // decode_attention: one new position per sequence: RoPE, the KV-cache write and attention over that
 //   sequence's filled prefix, for a batch of sequences that each have their own cache slot and position.
 //
@@ -14,7 +17,9 @@
 // while they spin, and libgomp stops spinning once it manages more threads than there are CPUs, which
 // happens as soon as two Python threads have used torch (the engine's scheduler runs on its own
 // thread): each call then waits on a futex wake-up, ~1.5x slower in all. So these kernels use their
-// own small pool, whose workers spin briefly between calls whatever else the process does.
+// own small pool, whose workers spin briefly between calls whatever else the process does, and whose
+// pieces of work go to whichever thread is running (the caller never waits for a descheduled worker
+// to start).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -33,6 +38,10 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#include <cstdlib>
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -55,10 +64,14 @@ class SpinPool {
     return pool;
   }
 
-  // fn(begin, end) over contiguous pieces of [0, n) (at least `grain` each), the caller taking one.
-  void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
-    const int64_t parts = std::min<int64_t>(workers_.size() + 1, std::max<int64_t>(1, n / std::max<int64_t>(1, grain)));
-    if (parts <= 1) {
+  // fn(begin, end) over contiguous pieces of [0, n) (at least `grain` each), on at most `max_parts`
+  // threads (0: all). The pieces are claimed by whichever thread comes first, the caller included, and
+  // there are kPiecesPerThread per thread: on a busy machine (a 2-vCPU VM shared with other work) a
+  // worker that is not running when a call starts costs that call nothing but its own share.
+  void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn, int64_t max_parts = 0) {
+    const int64_t threads = max_parts > 0 ? std::min<int64_t>(max_parts, workers_.size() + 1) : workers_.size() + 1;
+    const int64_t parts = std::min<int64_t>(threads * kPiecesPerThread, std::max<int64_t>(1, n / std::max<int64_t>(1, grain)));
+    if (threads <= 1 || parts <= 1) {
       fn(0, n);
       return;
     }
@@ -66,75 +79,99 @@ class SpinPool {
     job_ = &fn;
     n_ = n;
     parts_ = parts;
-    pending_.store(parts - 1, std::memory_order_relaxed);
+    helpers_.store(threads - 1, std::memory_order_relaxed);
+    pending_.store(parts, std::memory_order_relaxed);
+    const uint64_t job = ++job_id_;
     {
       std::lock_guard<std::mutex> lock(sleep_mutex_);
-      generation_.fetch_add(1, std::memory_order_release);
+      state_.store(job << 32, std::memory_order_release);  // job id, next piece 0
     }
     sleep_cv_.notify_all();
-    fn(piece(0), piece(1));
+    work(job);
     while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
   }
 
+  size_t size() const { return workers_.size(); }
+
  private:
   explicit SpinPool(int workers) {
-    for (int i = 0; i < workers; ++i) workers_.emplace_back([this, i] { loop(i + 1); });
+    for (int i = 0; i < workers; ++i) workers_.emplace_back([this, i] { loop(i); });
   }
   ~SpinPool() {
     {
       std::lock_guard<std::mutex> lock(sleep_mutex_);
       stop_ = true;
-      generation_.fetch_add(1, std::memory_order_release);
+      state_.fetch_add(uint64_t(1) << 32, std::memory_order_release);
     }
     sleep_cv_.notify_all();
     for (auto& t : workers_) t.join();
   }
 
-  int64_t piece(int64_t part) const { return n_ * part / parts_; }
+  // Claim and run pieces of job `job` until none are left. A piece is claimed by bumping the low half
+  // of state_ only while the high half still names this job, so a late thread never runs a newer job's piece.
+  void work(uint64_t job) {
+    uint64_t s = state_.load(std::memory_order_acquire);
+    while ((s >> 32) == job) {
+      const int64_t part = (int64_t)(s & 0xffffffffu);
+      if (part >= parts_) return;
+      if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+      (*job_)(n_ * part / parts_, n_ * (part + 1) / parts_);
+      pending_.fetch_sub(1, std::memory_order_release);
+      s = state_.load(std::memory_order_acquire);
+    }
+  }
 
- public:
-  size_t size() const { return workers_.size(); }
-
- private:
-
-  void loop(int64_t part) {
+  void loop(int worker) {
     uint64_t seen = 0;
     while (true) {
       // Spin ~1-2 ms for the next call (yielding, so that torch's own OpenMP workers can still have
       // this core), then sleep until one comes.
       int spins = 0;
-      while (generation_.load(std::memory_order_acquire) == seen && spins < kSpins) {
+      while ((state_.load(std::memory_order_acquire) >> 32) == seen && spins < kSpins) {
         std::this_thread::yield();
         ++spins;
       }
-      if (generation_.load(std::memory_order_acquire) == seen) {
+      if ((state_.load(std::memory_order_acquire) >> 32) == seen) {
         std::unique_lock<std::mutex> lock(sleep_mutex_);
-        sleep_cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        sleep_cv_.wait(lock, [&] { return (state_.load(std::memory_order_acquire) >> 32) != seen; });
       }
-      seen = generation_.load(std::memory_order_acquire);
+      seen = state_.load(std::memory_order_acquire) >> 32;
       if (stop_) return;
-      if (part < parts_) {
-        (*job_)(piece(part), piece(part + 1));
-        pending_.fetch_sub(1, std::memory_order_release);
-      }
+      if (worker < helpers_.load(std::memory_order_relaxed)) work(seen);  // a call limited to fewer threads leaves the rest idle
     }
   }
 
   static constexpr int kSpins = 2000;  // x ~0.5-1 us per yield
+  static constexpr int64_t kPiecesPerThread = 4;
   std::vector<std::thread> workers_;
   std::mutex run_mutex_, sleep_mutex_;
   std::condition_variable sleep_cv_;
-  std::atomic<uint64_t> generation_{0};
+  std::atomic<uint64_t> state_{0};  // (job id << 32) | next piece
   std::atomic<int64_t> pending_{0};
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
+  uint64_t job_id_ = 0;
   int64_t n_ = 0, parts_ = 1;
+  std::atomic<int64_t> helpers_{0};
   bool stop_ = false;
 };
 
 template <typename F>
-void parallel(int64_t n, int64_t grain, F&& fn) {
-  SpinPool::get().run(n, grain, fn);
+void parallel(int64_t n, int64_t grain, F&& fn, int64_t max_parts = 0) {
+  SpinPool::get().run(n, grain, fn, max_parts);
 }
+
+// -- tuning (set by autotune.py) -----------------------------------------------------------------
+
+enum WeightKind { kFloat32 = 0, kBFloat16 = 1, kInt8 = 2, kInt4 = 3, kKinds = 4 };
+enum PrefetchHint { kNoPrefetch = 0, kPrefetchNTA = 1, kPrefetchT0 = 2 };
+
+struct Tuning {
+  int64_t prefetch_bytes = 4096;
+  int64_t hint = kPrefetchNTA;
+  int64_t threads = 0;  // 0: the whole pool
+  int64_t rows = 1;     // weight rows streamed at once for a single activation row
+};
+Tuning g_tuning[kKinds];
 
 // GCC vector type: becomes AVX-512 (or 2 x AVX2) code under -march=native.
 typedef float f32x16 __attribute__((vector_size(64)));
@@ -208,60 +245,100 @@ inline f32x16 widen(const at::BFloat16* p) {  // bfloat16 is the top half of a f
 #endif
 }
 
-constexpr int kUnroll = 4;            // independent accumulators per row: 64 weights per iteration
-constexpr int kGroup = 4;             // activation rows per pass over a weight row
-constexpr int kPrefetchBytes = 4096;  // how far ahead of the stream to prefetch
+constexpr int kUnroll = 4;  // independent accumulators per row: 64 weights per iteration
+constexpr int kGroup = 4;   // activation rows per pass over a weight row
 
-// out[b] = dot(x[b], w_row) for B activation rows of length I.
-template <typename W, int B>
-inline void dot_rows(const float* x, int64_t I, const W* wr, bool prefetch, float* out) {
-  f32x16 acc[kUnroll][B] = {};
+// Prefetch the `lines` cache lines `distance` bytes ahead of p.
+template <int Hint>
+inline void prefetch_ahead(const void* p, int64_t distance, int lines) {
+  const char* ahead = reinterpret_cast<const char*>(p) + distance;
+  for (int line = 0; line < lines; ++line) {
+    if (Hint == kPrefetchNTA) __builtin_prefetch(ahead + 64 * line, 0, 0);
+    if (Hint == kPrefetchT0) __builtin_prefetch(ahead + 64 * line, 0, 3);
+  }
+}
+
+// out[r * B + b] = dot(x[b], w_row r) for R consecutive weight rows and B activation rows of length I.
+// Every (r, b) pair is summed in the same order whatever R and B are (batch invariance); several weight
+// rows at once give the memory system several streams to fetch ahead (what a single activation row needs
+// to reach the bandwidth on Intel).
+template <typename W, int B, int R, int Hint>
+inline void dot_block(const float* x, int64_t I, const W* wr, int64_t distance, float* out) {
+  f32x16 acc[kUnroll][R][B] = {};
   int64_t i = 0;
   for (; i + 16 * kUnroll <= I; i += 16 * kUnroll) {
-    if (prefetch) {
-      const char* ahead = reinterpret_cast<const char*>(wr + i) + kPrefetchBytes;
-      for (size_t line = 0; line < sizeof(W); ++line) __builtin_prefetch(ahead + 64 * line, 0, 0);
-    }
+    if (Hint != kNoPrefetch)
+      for (int r = 0; r < R; ++r) prefetch_ahead<Hint>(wr + r * I + i, distance, sizeof(W));
     #pragma GCC unroll 4
     for (int u = 0; u < kUnroll; ++u) {
-      const f32x16 wv = widen(wr + i + 16 * u);
       #pragma GCC unroll 4
-      for (int b = 0; b < B; ++b) acc[u][b] = fma16(load16(x + b * I + i + 16 * u), wv, acc[u][b]);
+      for (int r = 0; r < R; ++r) {
+        const f32x16 wv = widen(wr + r * I + i + 16 * u);
+        #pragma GCC unroll 4
+        for (int b = 0; b < B; ++b) acc[u][r][b] = fma16(load16(x + b * I + i + 16 * u), wv, acc[u][r][b]);
+      }
     }
   }
   for (; i + 16 <= I; i += 16) {
-    const f32x16 wv = widen(wr + i);
-    for (int b = 0; b < B; ++b) acc[0][b] = fma16(load16(x + b * I + i), wv, acc[0][b]);
+    for (int r = 0; r < R; ++r) {
+      const f32x16 wv = widen(wr + r * I + i);
+      for (int b = 0; b < B; ++b) acc[0][r][b] = fma16(load16(x + b * I + i), wv, acc[0][r][b]);
+    }
   }
-  for (int b = 0; b < B; ++b) {
-    f32x16 t = acc[0][b];
-    for (int u = 1; u < kUnroll; ++u) t += acc[u][b];
-    float s = hsum(t);
-    for (int64_t k = i; k < I; ++k) s += x[b * I + k] * (float)wr[k];
-    out[b] = s;
+  for (int r = 0; r < R; ++r) {
+    for (int b = 0; b < B; ++b) {
+      f32x16 t = acc[0][r][b];
+      for (int u = 1; u < kUnroll; ++u) t += acc[u][r][b];
+      float s = hsum(t);
+      for (int64_t k = i; k < I; ++k) s += x[b * I + k] * (float)wr[r * I + k];
+      out[r * B + b] = s;
+    }
+  }
+}
+
+template <typename W, int B, int R>
+inline void dot_block_tuned(const float* x, int64_t I, const W* wr, const Tuning& t, bool prefetch, float* out) {
+  // Later row groups find the weight rows in L1: only the first prefetches.
+  const int hint = prefetch && t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
+  if (hint == kPrefetchNTA) dot_block<W, B, R, kPrefetchNTA>(x, I, wr, t.prefetch_bytes, out);
+  else if (hint == kPrefetchT0) dot_block<W, B, R, kPrefetchT0>(x, I, wr, t.prefetch_bytes, out);
+  else dot_block<W, B, R, kNoPrefetch>(x, I, wr, 0, out);
+}
+
+// y[n, o] for weight rows [begin, end): one activation row takes kRows weight rows at a time.
+template <typename W>
+void linear_piece(const float* x, const W* w, const float* scales, float* y, int64_t N, int64_t I, int64_t O,
+                  const Tuning& t, int64_t begin, int64_t end) {
+  constexpr int kRows = 4;
+  float out[kRows * kGroup];
+  int64_t o = begin;
+  if (N == 1 && t.rows > 1) {
+    for (; o + kRows <= end; o += kRows) {
+      dot_block_tuned<W, 1, kRows>(x, I, w + o * I, t, true, out);
+      for (int r = 0; r < kRows; ++r) y[o + r] = scales ? out[r] * scales[o + r] : out[r];
+    }
+  }
+  for (; o < end; ++o) {
+    const W* wr = w + o * I;
+    for (int64_t g = 0; g < N; g += kGroup) {
+      const float* xg = x + g * I;
+      switch (std::min<int64_t>(kGroup, N - g)) {
+        case 1: dot_block_tuned<W, 1, 1>(xg, I, wr, t, g == 0, out); break;
+        case 2: dot_block_tuned<W, 2, 1>(xg, I, wr, t, g == 0, out); break;
+        case 3: dot_block_tuned<W, 3, 1>(xg, I, wr, t, g == 0, out); break;
+        default: dot_block_tuned<W, 4, 1>(xg, I, wr, t, g == 0, out); break;
+      }
+      const float s = scales ? scales[o] : 1.f;
+      for (int64_t b = 0; b < std::min<int64_t>(kGroup, N - g); ++b) y[(g + b) * O + o] = scales ? out[b] * s : out[b];
+    }
   }
 }
 
 template <typename W>
-void linear_impl(const float* x, const W* w, const float* scales, float* y, int64_t N, int64_t I, int64_t O) {
-  parallel(O, 16, [&](int64_t begin, int64_t end) {
-    float out[kGroup];
-    for (int64_t o = begin; o < end; ++o) {
-      const W* wr = w + o * I;
-      for (int64_t g = 0; g < N; g += kGroup) {
-        const float* xg = x + g * I;
-        const bool prefetch = g == 0;  // later groups find the row in L1
-        switch (std::min<int64_t>(kGroup, N - g)) {
-          case 1: dot_rows<W, 1>(xg, I, wr, prefetch, out); break;
-          case 2: dot_rows<W, 2>(xg, I, wr, prefetch, out); break;
-          case 3: dot_rows<W, 3>(xg, I, wr, prefetch, out); break;
-          default: dot_rows<W, 4>(xg, I, wr, prefetch, out); break;
-        }
-        const float s = scales ? scales[o] : 1.f;
-        for (int64_t b = 0; b < std::min<int64_t>(kGroup, N - g); ++b) y[(g + b) * O + o] = scales ? out[b] * s : out[b];
-      }
-    }
-  });
+void linear_impl(const float* x, const W* w, const float* scales, float* y, int64_t N, int64_t I, int64_t O,
+                 const Tuning& t) {
+  parallel(O, 16, [&](int64_t begin, int64_t end) { linear_piece(x, w, scales, y, N, I, O, t, begin, end); },
+           t.threads);
 }
 
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& scales) {
@@ -280,12 +357,194 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const c10::opti
   const float* xp = xc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   switch (w.scalar_type()) {
-    case at::kFloat: linear_impl(xp, w.data_ptr<float>(), sp, yp, N, I, O); break;
-    case at::kBFloat16: linear_impl(xp, w.data_ptr<at::BFloat16>(), sp, yp, N, I, O); break;
-    case at::kChar: linear_impl(xp, w.data_ptr<int8_t>(), sp, yp, N, I, O); break;
+    case at::kFloat: linear_impl(xp, w.data_ptr<float>(), sp, yp, N, I, O, g_tuning[kFloat32]); break;
+    case at::kBFloat16: linear_impl(xp, w.data_ptr<at::BFloat16>(), sp, yp, N, I, O, g_tuning[kBFloat16]); break;
+    case at::kChar: linear_impl(xp, w.data_ptr<int8_t>(), sp, yp, N, I, O, g_tuning[kInt8]); break;
     default: TORCH_CHECK(false, "w must be float32, bfloat16 or int8");
   }
   return y;
+}
+
+// -- int4 ----------------------------------------------------------------------------------------
+// Weights q in 0..15, w = q * scale[o, g] + offset[o, g] for groups of G = kInt4Group inputs. Packed
+// [O, I / 2] bytes: in every block of 64 inputs, byte k holds input k (low nibble) and input k + 32
+// (high nibble), so 32 bytes widen to the block's 64 values in order with a mask and a shift.
+// Per row: y = sum_g scale[g] * dot(x_g, q_g) + sum_g offset[g] * sum(x_g).
+// With AVX512-VNNI the group dots run on int8 activations (x_g / (absmax(x_g) / 127), rounded; one
+// instruction per 64 weights): their rounding (~0.5% of a dot) is small against int4's own error (~10%),
+// and without it the float path is compute-bound below the memory bandwidth. Elsewhere: float32 dots.
+
+constexpr int64_t kInt4Group = 64;
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define FISHTTS_INT4_VNNI 1
+#endif
+
+// Per activation row and group: the int8 values, their scale, the float sum, and what the int8 values
+// miss of it (sum - scale * sum(int8)): a row's own alone.
+// The int8 dot uses q in 0..15, whose mean 7.5 would multiply the rounding of x; the kernel adds back
+// 8 * scale * residual so that the rounding acts as on (q - 8) only, about half the error.
+struct Int4Activations {
+  std::vector<int8_t> q;
+  std::vector<float> scale, sum, residual8;  // residual8: 8 * the residual (0 without int8 dots)
+  Int4Activations(const float* x, int64_t N, int64_t I)
+      : q(N * I), scale(N * I / kInt4Group), sum(N * I / kInt4Group), residual8(N * I / kInt4Group) {
+    for (int64_t r = 0; r < N * I / kInt4Group; ++r) {
+      const float* xg = x + r * kInt4Group;
+      f32x16 total = {}, top = {};
+      for (int64_t i = 0; i < kInt4Group; i += 16) {
+        const f32x16 v = load16(xg + i);
+        total += v;
+        for (int j = 0; j < 16; ++j) top[j] = std::max(top[j], std::fabs(v[j]));
+      }
+      sum[r] = hsum(total);
+      float absmax = 0.f;
+      for (int j = 0; j < 16; ++j) absmax = std::max(absmax, top[j]);
+      scale[r] = absmax / 127.f;
+      const float inv = absmax > 0.f ? 127.f / absmax : 0.f;
+      int32_t qsum = 0;
+      for (int64_t i = 0; i < kInt4Group; ++i) {
+        q[r * kInt4Group + i] = (int8_t)std::nearbyint(xg[i] * inv);
+        qsum += q[r * kInt4Group + i];
+      }
+#if defined(FISHTTS_INT4_VNNI)
+      residual8[r] = 8.f * (sum[r] - scale[r] * (float)qsum);
+#endif
+    }
+  }
+};
+
+// Block of 64 inputs starting at input i: the 16-value vectors for inputs i..i+15, +16, +32, +48.
+inline void widen_nibbles64(const uint8_t* p, f32x16 v[4]) {
+#if defined(__AVX512F__)
+  for (int h = 0; h < 2; ++h) {
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + 16 * h)));
+    v[h] = (f32x16)_mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(15)));
+    v[h + 2] = (f32x16)_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
+  }
+#else
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 16; ++j) {
+      v[h][j] = (float)(p[16 * h + j] & 15);
+      v[h + 2][j] = (float)(p[16 * h + j] >> 4);
+    }
+#endif
+}
+
+// Sum over groups of a[g] * b[g] + c[g] * d[g], in a fixed order.
+inline float dot2(const float* a, const float* b, const float* c, const float* d, int64_t n) {
+  f32x16 acc = {};
+  int64_t g = 0;
+  for (; g + 16 <= n; g += 16) acc = fma16(load16(c + g), load16(d + g), fma16(load16(a + g), load16(b + g), acc));
+  float s = hsum(acc);
+  for (; g < n; ++g) s += a[g] * b[g] + c[g] * d[g];
+  return s;
+}
+
+template <int B, int Hint>
+inline void dot_rows_int4(const float* x, const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* wr,
+                          const float* sr, const float* zr, int64_t distance, float* out) {
+  const int64_t groups = I / kInt4Group;
+  f32x16 acc[B] = {};
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* wg = wr + g * kInt4Group / 2;
+    if (Hint != kNoPrefetch) prefetch_ahead<Hint>(wg, distance, 1);
+#if defined(FISHTTS_INT4_VNNI)
+    const __m256i packed = _mm256_loadu_si256((const __m256i*)wg);
+    const __m256i low = _mm256_and_si256(packed, _mm256_set1_epi8(15));
+    const __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), _mm256_set1_epi8(15));
+    const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+    for (int b = 0; b < B; ++b) {
+      const int64_t r = (row0 + b) * groups + g;
+      const __m512i xq = _mm512_loadu_si512((const void*)(act.q.data() + r * kInt4Group));
+      const __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xq);
+      acc[b] = fma16((f32x16)_mm512_cvtepi32_ps(dots), splat(sr[g] * act.scale[r]), acc[b]);
+    }
+#else
+    f32x16 w[4];
+    widen_nibbles64(wg, w);
+    for (int b = 0; b < B; ++b) {
+      const float* xg = x + b * I + g * kInt4Group;
+      f32x16 part = load16(xg) * w[0];
+      for (int k = 1; k < 4; ++k) part = fma16(load16(xg + 16 * k), w[k], part);
+      acc[b] = fma16(part, splat(sr[g]), acc[b]);
+    }
+#endif
+  }
+  for (int b = 0; b < B; ++b) {
+    const int64_t r = (row0 + b) * groups;
+    out[b] = hsum(acc[b]) + dot2(zr, act.sum.data() + r, sr, act.residual8.data() + r, groups);
+  }
+}
+
+template <int B>
+inline void dot_rows_int4_tuned(const float* x, const Int4Activations& act, int64_t row0, int64_t I,
+                                const uint8_t* wr, const float* sr, const float* zr, const Tuning& t, bool prefetch,
+                                float* out) {
+  const int hint = prefetch && t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
+  if (hint == kPrefetchNTA) dot_rows_int4<B, kPrefetchNTA>(x, act, row0, I, wr, sr, zr, t.prefetch_bytes, out);
+  else if (hint == kPrefetchT0) dot_rows_int4<B, kPrefetchT0>(x, act, row0, I, wr, sr, zr, t.prefetch_bytes, out);
+  else dot_rows_int4<B, kNoPrefetch>(x, act, row0, I, wr, sr, zr, 0, out);
+}
+
+// x [N, I] float32; packed [O, I / 2] uint8; scales, offsets [O, I / 64] float32.
+at::Tensor linear_rows_int4(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                            const at::Tensor& offsets) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be float32 [N, in]");
+  const int64_t N = x.size(0), I = x.size(1), O = packed.size(0);
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous() && packed.size(1) * 2 == I,
+              "packed must be contiguous uint8 [out, in / 2]");
+  TORCH_CHECK(I % kInt4Group == 0, "in must be a multiple of 64");
+  const int64_t groups = I / kInt4Group;
+  for (const auto* t : {&scales, &offsets})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 && t->size(0) == O
+                && t->size(1) == groups, "scales and offsets must be contiguous float32 [out, in / 64]");
+  auto xc = x.contiguous();
+  const float* xp = xc.data_ptr<float>();
+  const Int4Activations act(xp, N, I);
+  auto y = at::empty({N, O}, x.options());
+  const uint8_t* wp = packed.data_ptr<uint8_t>();
+  const float* sp = scales.data_ptr<float>();
+  const float* zp = offsets.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const Tuning& t = g_tuning[kInt4];
+  parallel(O, 16, [&](int64_t begin, int64_t end) {
+    float out[kGroup];
+    for (int64_t o = begin; o < end; ++o) {
+      const uint8_t* wr = wp + o * I / 2;
+      const float *sr = sp + o * groups, *zr = zp + o * groups;
+      for (int64_t g = 0; g < N; g += kGroup) {
+        const float* xg = xp + g * I;
+        switch (std::min<int64_t>(kGroup, N - g)) {
+          case 1: dot_rows_int4_tuned<1>(xg, act, g, I, wr, sr, zr, t, g == 0, out); break;
+          case 2: dot_rows_int4_tuned<2>(xg, act, g, I, wr, sr, zr, t, g == 0, out); break;
+          case 3: dot_rows_int4_tuned<3>(xg, act, g, I, wr, sr, zr, t, g == 0, out); break;
+          default: dot_rows_int4_tuned<4>(xg, act, g, I, wr, sr, zr, t, g == 0, out); break;
+        }
+        for (int64_t b = 0; b < std::min<int64_t>(kGroup, N - g); ++b) yp[(g + b) * O + o] = out[b];
+      }
+    }
+  }, t.threads);
+  return y;
+}
+
+// Whether linear_rows_int4 rounds the activations to int8 (AVX512-VNNI) on this build.
+bool int4_uses_int8_activations() {
+#if defined(FISHTTS_INT4_VNNI)
+  return true;
+#else
+  return false;
+#endif
+}
+
+// Weight kind 0 float32, 1 bfloat16, 2 int8, 3 int4: prefetch `prefetch_bytes` ahead with hint
+// 0 none, 1 non-temporal, 2 all cache levels; at most `threads` threads (0: all); `rows` > 1: stream
+// several weight rows at once for a single activation row (float32, bfloat16, int8).
+int64_t set_tuning(int64_t kind, int64_t prefetch_bytes, int64_t hint, int64_t threads, int64_t rows) {
+  TORCH_CHECK(kind >= 0 && kind < kKinds && hint >= 0 && hint <= kPrefetchT0 && prefetch_bytes >= 0 && threads >= 0
+              && rows >= 1, "bad tuning");
+  g_tuning[kind] = Tuning{prefetch_bytes, hint, threads, rows};
+  return kind;
 }
 
 // Interleaved RoPE of one head, in float32 like the original (cos/sin read from its bfloat16 table):
@@ -451,6 +710,23 @@ int64_t set_openmp_threads(int64_t threads) {
 #endif
 }
 
+// A copy of `t` in memory the kernel may back with 2 MiB pages (Linux transparent huge pages in
+// "madvise" mode): streaming ~1.6 GB of weights through 4 KiB pages costs a page walk every 4 KiB.
+at::Tensor huge_page_copy(const at::Tensor& t) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  const size_t bytes = t.numel() * t.element_size();
+  if (bytes < kHuge) return t.contiguous().clone();
+  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* p = std::aligned_alloc(kHuge, rounded);
+  TORCH_CHECK(p != nullptr, "out of memory");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  madvise(p, rounded, MADV_HUGEPAGE);  // before the first touch: the pages fault in as huge ones
+#endif
+  auto out = at::from_blob(p, t.sizes(), [](void* q) { std::free(q); }, t.options());
+  out.copy_(t);
+  return out;
+}
+
 // int8 -> bfloat16 (exact: every int8 value is a bfloat16) for prefill matmuls on bfloat16 hardware.
 at::Tensor int8_to_bfloat16(const at::Tensor& w) {
   TORCH_CHECK(w.scalar_type() == at::kChar && w.is_contiguous(), "w must be contiguous int8");
@@ -474,7 +750,11 @@ TORCH_LIBRARY(fishtts, m) {
   m.def("linear_rows(Tensor x, Tensor w, Tensor? scales) -> Tensor");
   m.def("decode_attention(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor positions, "
         "Tensor freqs, int n_head, int n_kv_head) -> Tensor");
+  m.def("linear_rows_int4(Tensor x, Tensor packed, Tensor scales, Tensor offsets) -> Tensor");
+  m.def("int4_uses_int8_activations() -> bool");
   m.def("int8_to_bfloat16(Tensor w) -> Tensor");
+  m.def("huge_page_copy(Tensor t) -> Tensor");
+  m.def("set_tuning(int kind, int prefetch_bytes, int hint, int threads, int rows) -> int");
   m.def("start_pool(int threads) -> int");
   m.def("set_openmp_threads(int threads) -> int");
 }
@@ -482,11 +762,15 @@ TORCH_LIBRARY(fishtts, m) {
 TORCH_LIBRARY_IMPL(fishtts, CPU, m) {
   m.impl("linear_rows", &linear_rows);
   m.impl("decode_attention", &decode_attention);
+  m.impl("linear_rows_int4", &linear_rows_int4);
   m.impl("int8_to_bfloat16", &int8_to_bfloat16);
+  m.impl("huge_page_copy", &huge_page_copy);
 }
 
 // Ops without tensor arguments have no dispatch key: registered for every backend.
 TORCH_LIBRARY_IMPL(fishtts, CompositeExplicitAutograd, m) {
   m.impl("start_pool", &start_pool);
   m.impl("set_openmp_threads", &set_openmp_threads);
+  m.impl("set_tuning", &set_tuning);
+  m.impl("int4_uses_int8_activations", &int4_uses_int8_activations);
 }

@@ -1,0 +1,248 @@
+"""Pick each weight format's fastest decode and prefill path (paths.py) by timing them on this machine.
+
+At load, for the model's own linears: every decode candidate streams a few layers' weights with one
+activation row (as a decode step does, torch on one thread; each timing reads the next layers, so
+from memory, not from the cache), every prefill candidate multiplies one layer's weights by
+PREFILL_ROWS rows; the fastest wins. A few hundred milliseconds, once per CPU model,
+thread count, torch version, kernel source and weight shapes: the choice is kept in
+~/.cache/fishtts/lm_paths.json ($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten).
+FISHTTS_AUTOTUNE=0 skips it (the defaults: the kernels as tuned on AMD Zen, bfloat16 prefill where fast).
+
+All candidates give the same results within the format's tolerance (tests/test_lm_paths.py), so the
+choice changes only speed. On a busy machine the timings are noisy; the best of a few runs is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import paths
+from .kernels import SOURCE, cpu_kernels_available, move_to_huge_pages, single_threaded_torch
+from .quantize import weight_format
+
+log = logging.getLogger(__name__)
+
+PREFILL_ROWS = 64  # a short prompt
+DECODE_BYTES = 48 << 20  # weights streamed per decode timing: well beyond L2, so it measures memory
+RUNS = 3
+KERNEL_MARGIN = 0.05  # see _prefer_kernels
+GIVE_UP = 2.0  # a candidate whose first run takes this many times the best so far is not timed further
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
+
+
+def cpu_info() -> dict:
+    """{"model": name, "flags": the ones that matter here} from /proc/cpuinfo (best effort elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model") and model in (platform.processor(), platform.machine()):
+                model = value.strip()
+            elif key in ("flags", "Features"):
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fishtts" / "lm_paths.json"
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(cache_file().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(data: dict) -> None:
+    path = cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError as exc:
+        log.debug("could not write %s: %s", path, exc)
+
+
+def _key(fmt: str, layers: list[nn.Module]) -> str:
+    cpu = cpu_info()
+    shapes = sorted({(m.out_features, m.in_features) for m in layers})
+    source = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:12] if cpu_kernels_available() else "none"
+    return "|".join(
+        [
+            cpu["model"],
+            ",".join(cpu["flags"]),
+            f"threads={torch.get_num_threads()}",
+            f"torch={torch.__version__}",
+            f"kernels={source}",
+            fmt,
+            str(shapes),
+        ]
+    )
+
+
+def _best_time(fn, runs: int = RUNS, give_up: float = float("inf")) -> float:
+    """The best of `runs` after a warm-up; a warm-up slower than `give_up` seconds is the answer (a
+    hopeless candidate costs one run, not four)."""
+    start = time.perf_counter()
+    fn()  # warm-up (first touch, lazy packing)
+    best = time.perf_counter() - start
+    if best > give_up:
+        return best
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _layer_bytes(layer: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in layer.buffers()) + sum(
+        p.numel() * p.element_size() for p in layer.parameters()
+    )
+
+
+def _decode_chunks(layers: list[nn.Module]) -> list[tuple[list[nn.Module], int]]:
+    """The linears in model order, cut into runs of consecutive ones of DECODE_BYTES or more, each
+    with its size. Each timing takes the next chunk, cycling: with a model larger than the last-level
+    cache a chunk comes from memory every time, as in a decode step, not from the cache."""
+    chunks, current, total = [], [], 0
+    for layer in layers:
+        current.append(layer)
+        total += _layer_bytes(layer)
+        if total >= DECODE_BYTES:
+            chunks.append((current, total))
+            current, total = [], 0
+    if current:
+        chunks.append((current, total))
+    return chunks
+
+
+def _decode_seconds_per_gb(chunks, cursor: itertools.cycle, rows: dict, give_up: float) -> float:
+    """Best time per GB over a warm-up chunk and RUNS chunks; the warm-up alone when over `give_up`."""
+    best = float("inf")
+    for run in range(1 + RUNS):
+        layers, size = chunks[next(cursor)]
+        start = time.perf_counter()
+        for m in layers:
+            m(rows[m.in_features])
+        best = min(best, (time.perf_counter() - start) / size * 1e9)
+        if run == 0 and best > give_up:
+            break
+    return best
+
+
+@torch.inference_mode()
+def _measure(fmt: str, layers: list[nn.Module]) -> dict:
+    rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
+    chunks = _decode_chunks(layers)
+    cursor = itertools.cycle(range(len(chunks)))
+    decode_times = {}  # seconds per GB of weights
+    with single_threaded_torch():  # as a decode step runs them
+        for path in paths.decode_candidates(fmt):
+            paths.set_paths(fmt, decode=path)
+            if len(paths.decode_candidates(fmt)) == 1:
+                decode_times[path] = 0.0
+                break
+            give_up = GIVE_UP * min(decode_times.values(), default=float("inf"))
+            decode_times[path] = _decode_seconds_per_gb(chunks, cursor, rows, give_up)
+    prefill_times = {}
+    one_layer = list({(m.out_features, m.in_features): m for m in layers}.values())  # each distinct shape once
+    batch = {m.in_features: torch.randn(PREFILL_ROWS, m.in_features) for m in one_layer}
+    for path in paths.prefill_candidates(fmt):
+        paths.set_paths(fmt, prefill=path)
+        if len(paths.prefill_candidates(fmt)) == 1:  # float32: nothing to choose
+            prefill_times[path] = 0.0
+            break
+        give_up = GIVE_UP * min(prefill_times.values(), default=float("inf"))
+        prefill_times[path] = _best_time(lambda: [m(batch[m.in_features]) for m in one_layer], 1, give_up)
+    return {
+        "decode": _prefer_kernels(decode_times),
+        "prefill": min(prefill_times, key=prefill_times.get),
+        "decode_gb_per_s": {k: round(1 / v, 1) if v else None for k, v in decode_times.items()},
+        "prefill_ms": {k: round(v * 1e3, 2) for k, v in prefill_times.items()},
+    }
+
+
+def _prefer_kernels(times: dict[str, float]) -> str:
+    """The fastest path, but a kernel within KERNEL_MARGIN of it wins: the kernels are batch-invariant
+    (a sequence decodes bit for bit the same alone or batched), torch's matmuls only within rounding."""
+    best = min(times, key=times.get)
+    kernels = {k: v for k, v in times.items() if k.startswith("kernel")}
+    if kernels and not best.startswith("kernel"):
+        fastest_kernel = min(kernels, key=kernels.get)
+        if kernels[fastest_kernel] <= times[best] * (1 + KERNEL_MARGIN):
+            return fastest_kernel
+    return best
+
+
+def model_formats(model: nn.Module) -> dict[str, list[nn.Module]]:
+    """Weight format -> the model's linears of that format, in model order."""
+    found: dict[str, list[nn.Module]] = {}
+    for module in model.modules():
+        fmt = weight_format(module)
+        if fmt is not None:
+            found.setdefault(fmt, []).append(module)
+    return found
+
+
+def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
+    """Choose (measure, or take from the cache) the paths for every weight format of a CPU model; first
+    move its linears' weights to huge pages (kernels.move_to_huge_pages)."""
+    formats = model_formats(model)
+    if not formats or next(iter(formats.values()))[0].weight.device.type != "cpu":
+        return {}
+    cpu_kernels_available()  # build or load the kernels now (their absence changes the candidates)
+    for layers in formats.values():
+        for layer in layers:
+            move_to_huge_pages(layer)
+    if os.environ.get("FISHTTS_AUTOTUNE", "1") == "0":
+        return {fmt: dict(paths.chosen(fmt)) for fmt in formats}
+    cache = _read_cache()
+    changed = False
+    for fmt, layers in formats.items():
+        key = _key(fmt, layers)
+        entry = cache.get(key)
+        valid = (
+            isinstance(entry, dict)
+            and entry.get("decode") in paths.decode_candidates(fmt)
+            and entry.get("prefill") in paths.prefill_candidates(fmt)
+        )
+        if not valid:
+            start = time.perf_counter()
+            entry = _measure(fmt, layers)
+            entry["tuned_s"] = round(time.perf_counter() - start, 3)
+            cache[key], changed = entry, True
+        paths.set_paths(fmt, decode=entry["decode"], prefill=entry["prefill"])
+        log.info(
+            "LM %s paths on %s: decode %s, prefill %s (%s)",
+            fmt,
+            cpu_info()["model"],
+            entry["decode"],
+            entry["prefill"],
+            f"measured in {entry['tuned_s']} s" if not valid else "cached",
+        )
+    if changed:
+        _write_cache(cache)
+    return {fmt: dict(paths.chosen(fmt)) for fmt in formats}
+
+
+def model_paths(model: nn.Module) -> dict[str, dict[str, str]]:
+    """The paths in use for each weight format the model holds (for /v1/health and the benchmark)."""
+    return {fmt: dict(paths.chosen(fmt)) for fmt in model_formats(model)}

@@ -1,0 +1,158 @@
+"""Which implementation computes the LM's linears, per weight format: decode (a few rows) and prefill.
+
+Every candidate computes the same product within the format's tolerance; they differ only in speed,
+which differs between CPUs (core/lm/autotune.py measures them at load and sets the fastest here).
+
+Decode candidates: the C++ kernel with one of KERNEL_VARIANTS' prefetch/thread settings, plain torch
+(the original's formula), and torch's packed int8 kernel. Prefill candidates: a float32 matmul, or a
+bfloat16 one (AMX / AVX512-BF16; quantized formats only: their weights are exact or nearly so in
+bfloat16, a float32 model keeps float32).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .kernels import MAX_ROWS, cpu_has_fast_bfloat16, cpu_kernels_available
+
+FORMATS = ("float32", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class KernelVariant:
+    prefetch_bytes: int
+    hint: int  # 0 none, 1 non-temporal, 2 into every cache level (cpu_kernels.cpp's PrefetchHint)
+    rows: int = 1  # weight rows streamed at once for one activation row
+    threads: int = 0  # 0: the kernels' whole pool
+
+
+# "kernel" is the setting tuned on AMD Zen; Intel Sapphire Rapids streams best without the
+# non-temporal prefetch (which halves its bandwidth) and with several weight rows at once ("-4r").
+# Each also as "-1t" (one thread), for a 2-vCPU VM whose other vCPU is busy.
+_VARIANTS = {
+    "kernel": KernelVariant(4096, 1),
+    "kernel-t0": KernelVariant(1024, 2),
+    "kernel-nopf": KernelVariant(0, 0),
+    "kernel-t0-4r": KernelVariant(1024, 2, rows=4),
+    "kernel-nopf-4r": KernelVariant(0, 0, rows=4),
+}
+KERNEL_VARIANTS = {
+    **_VARIANTS,
+    **{f"{name}-1t": KernelVariant(v.prefetch_bytes, v.hint, v.rows, threads=1) for name, v in _VARIANTS.items()},
+}
+_KIND = {"float32": 0, "int8": 2, "int4": 3}  # cpu_kernels.cpp's WeightKind
+
+
+def decode_candidates(fmt: str) -> list[str]:
+    """The decode paths this machine can run for `fmt`, the default first."""
+    kernels = list(KERNEL_VARIANTS) if cpu_kernels_available() else []
+    if kernels and torch.ops.fishtts.start_pool(0) == 1:  # the pool's size (set at the kernels' load)
+        kernels = [k for k in kernels if not k.endswith("-1t")]
+    if fmt == "int4":  # (it streams one weight row at a time)
+        kernels = [k for k in kernels if "-4r" not in k]
+    packed = ["int8pack"] if fmt == "int8" and hasattr(torch.ops.aten, "_weight_int8pack_mm") else []
+    return kernels + ["torch"] + packed
+
+
+def prefill_candidates(fmt: str) -> list[str]:
+    if fmt == "float32":
+        return ["float32"]
+    # (torch's packed int8 kernel, _weight_int8pack_mm, is a decode candidate only: with 64+ rows it
+    # measured 20-40x slower than either matmul here.)
+    return (["bfloat16"] if cpu_has_fast_bfloat16() else []) + ["float32"]
+
+
+_chosen: dict[str, dict[str, str]] = {}
+
+
+def chosen(fmt: str) -> dict[str, str]:
+    """{"decode": path, "prefill": path} in use for `fmt` (the defaults until autotune sets them)."""
+    if fmt not in _chosen:
+        _chosen[fmt] = {"decode": decode_candidates(fmt)[0], "prefill": prefill_candidates(fmt)[0]}
+    return _chosen[fmt]
+
+
+def set_paths(fmt: str, decode: str | None = None, prefill: str | None = None) -> None:
+    """Use these paths for `fmt` from now on (process-wide: every model of that format on this CPU)."""
+    current = chosen(fmt)
+    if decode is not None:
+        if decode not in decode_candidates(fmt):
+            raise ValueError(f"{decode!r} is not a decode path for {fmt} here ({', '.join(decode_candidates(fmt))})")
+        variant = KERNEL_VARIANTS.get(decode)
+        if variant is not None:
+            torch.ops.fishtts.set_tuning(
+                _KIND[fmt], variant.prefetch_bytes, variant.hint, variant.threads, variant.rows
+            )
+        current["decode"] = decode
+    if prefill is not None:
+        if prefill not in prefill_candidates(fmt):
+            raise ValueError(f"{prefill!r} is not a prefill path for {fmt} here")
+        current["prefill"] = prefill
+
+
+@contextmanager
+def using(fmt: str, decode: str | None = None, prefill: str | None = None):
+    """These paths for `fmt` inside the block (tests, the benchmark), the previous ones after."""
+    previous = dict(chosen(fmt))
+    set_paths(fmt, decode, prefill)
+    try:
+        yield
+    finally:
+        set_paths(fmt, previous["decode"], previous["prefill"])
+
+
+def few_rows(x: Tensor) -> bool:
+    """A CPU decode step's float32 input (at most MAX_ROWS rows): the decode path's work."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() // x.size(-1) <= MAX_ROWS
+
+
+def _kernel(path: str) -> bool:
+    return path.startswith("kernel") and cpu_kernels_available()  # (tests switch the kernels off)
+
+
+# -- the implementations -----------------------------------------------------------------------------
+
+
+def linear_float32(x: Tensor, weight: Tensor) -> Tensor:
+    if few_rows(x) and weight.dtype == torch.float32 and _kernel(chosen("float32")["decode"]):
+        y = torch.ops.fishtts.linear_rows(x.reshape(-1, x.size(-1)), weight, None)
+        return y.view(*x.shape[:-1], -1)
+    return F.linear(x, weight)
+
+
+def linear_int8(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+    """x @ (weight * scales).T with int8 weight [out, in] and scales [out]."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:  # GPU: the original's formula
+        return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
+    path = chosen("int8")["decode" if few_rows(x) else "prefill"]
+    if _kernel(path):
+        y = torch.ops.fishtts.linear_rows(x.reshape(-1, x.size(-1)), weight, scales)
+        return y.view(*x.shape[:-1], -1)
+    if path == "int8pack":  # (decode only)
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.size(-1)), weight, scales.float())
+        return y.view(*x.shape[:-1], -1)
+    if path == "bfloat16":
+        # int8 values are exact in bfloat16; the activations and sums are rounded to it.
+        w = torch.ops.fishtts.int8_to_bfloat16(weight) if cpu_kernels_available() else weight.to(torch.bfloat16)
+        return F.linear(x.to(torch.bfloat16), w).to(x.dtype) * scales
+    return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)  # "torch" / "float32"
+
+
+def linear_int4(x: Tensor, packed: Tensor, scales: Tensor, offsets: Tensor) -> Tensor:
+    """x @ dequantize_int4(...).T (quantize.py's layout)."""
+    from .quantize import dequantize_int4
+
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        path = chosen("int4")["decode" if few_rows(x) else "prefill"]
+        if _kernel(path):
+            y = torch.ops.fishtts.linear_rows_int4(x.reshape(-1, x.size(-1)), packed, scales, offsets)
+            return y.view(*x.shape[:-1], -1)
+        if path == "bfloat16":
+            w = dequantize_int4(packed, scales, offsets, torch.bfloat16)
+            return F.linear(x.to(torch.bfloat16), w).to(x.dtype)
+    return F.linear(x, dequantize_int4(packed, scales, offsets, x.dtype))

@@ -1,0 +1,279 @@
+"""Every path the autotuner may choose (core/lm/paths.py) against the float32 reference within its format's
+tolerance, on whatever CPU runs the suite (a candidate this CPU lacks is skipped); the autotuner's cache;
+int4 quality bounds; the plain-torch path of every format (no C++ kernels at all)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.engine import GenerationRequest, TTSEngine
+from core.lm import SamplingParams, autotune, generate, kernels, load_lm, paths
+from core.lm.quantize import Int4Linear, dequantize_int4, quantize_int4
+from tests.helpers import run_cli
+from tests.paths import PARITY
+
+CONFIG = str(PARITY / "llama_config.json")
+# Relative logit error against float32 (scale-aware: |a - b| / |b| over all logits). int8: half a step
+# of 1/255 of each row's range per weight, measured 0.4-0.5%; int4: 1/15 of each 64-weight group's range,
+# measured 6.6% on the parity model (random-init weights); the bounds leave ~2x room.
+TOLERANCE = {"float32": 1e-5, "int8": 0.01, "int4": 0.12}
+# Between two paths of one format: float32 and int8 differ only in summation order (~1e-6); bfloat16
+# prefill rounds activations to 8 bits (~0.4% per product, averaging down); int4's VNNI kernel rounds
+# activations to int8 per 64-group (~0.6% of a product).
+SAME_FORMAT = {"float32": 2e-5, "int8": 1e-4, "int4": 0.03}
+BFLOAT16_PREFILL = 0.02
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {
+        fmt: load_lm(PARITY / "llama_state_dict.pt", CONFIG, quantize=None if fmt == "float32" else fmt)
+        for fmt in paths.FORMATS
+    }
+
+
+def decode_logits(model, prompts: list[torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
+    """Prefill each prompt into its own slot, then one decode step for all of them (1 to 3 rows)."""
+    model.clear_caches()
+    model.setup_caches(len(prompts), max(p.shape[1] for p in prompts) + 4)
+    with torch.inference_mode():
+        for slot, prompt in enumerate(prompts):
+            model.prefill(prompt.unsqueeze(0), slot)
+        out = model.decode(
+            frames.unsqueeze(-1), torch.arange(len(prompts)), torch.tensor([p.shape[1] for p in prompts])
+        )
+    return torch.cat([out.token_logits[:, 0], out.codebook_logits[:, 0].flatten(1)], dim=1)
+
+
+def prompts_and_frames():
+    x = torch.from_numpy(np.load(PARITY / "case4_forward.npz")["x"])[0]
+    return [x[:, :24], x[:, :9], x[:, 3:20]], x[:, [5, 7, 11]].T.contiguous()
+
+
+@pytest.fixture(scope="module")
+def reference(models):
+    """float32 on plain torch: the reference every path is held to."""
+    prompts, frames = prompts_and_frames()
+    with paths.using("float32", decode="torch"):
+        decoded = decode_logits(models["float32"], prompts, frames)
+    with torch.inference_mode():
+        forward = models["float32"](torch.from_numpy(np.load(PARITY / "case4_forward.npz")["x"]))
+    return decoded, forward
+
+
+ALL_DECODE = sorted({*paths.KERNEL_VARIANTS, "torch", "int8pack"})
+
+
+@pytest.mark.parametrize("path", ALL_DECODE)
+@pytest.mark.parametrize("fmt", paths.FORMATS)
+def test_every_decode_path_matches_float32_within_its_format_tolerance(models, reference, fmt, path):
+    if path not in paths.decode_candidates(fmt):
+        pytest.skip(f"{path} is not a {fmt} decode path on this machine")
+    prompts, frames = prompts_and_frames()
+    with paths.using(fmt, decode="torch"):
+        plain = decode_logits(models[fmt], prompts, frames)
+    with paths.using(fmt, decode=path):
+        batched = decode_logits(models[fmt], prompts, frames)
+        alone = decode_logits(models[fmt], prompts[1:2], frames[1:2])
+    assert relative_error(batched, reference[0]) < TOLERANCE[fmt]
+    assert relative_error(batched, plain) < SAME_FORMAT[fmt]
+    if path.startswith("kernel"):  # the kernels are batch-invariant: a row alone gets the same bits
+        assert torch.equal(alone[0], batched[1])
+
+
+@pytest.mark.parametrize("path", ["float32", "bfloat16"])
+@pytest.mark.parametrize("fmt", paths.FORMATS)
+def test_every_prefill_path_matches_float32_within_its_format_tolerance(models, reference, fmt, path):
+    if path not in paths.prefill_candidates(fmt):
+        pytest.skip(f"{path} is not a {fmt} prefill path on this machine")
+    x = torch.from_numpy(np.load(PARITY / "case4_forward.npz")["x"])
+    with torch.inference_mode():
+        with paths.using(fmt, prefill="float32"):
+            plain = models[fmt](x).codebook_logits
+        with paths.using(fmt, prefill=path):
+            out = models[fmt](x)
+    assert relative_error(out.token_logits, reference[1].token_logits) < TOLERANCE[fmt]
+    assert relative_error(out.codebook_logits, reference[1].codebook_logits) < TOLERANCE[fmt]
+    limit = BFLOAT16_PREFILL if path == "bfloat16" else SAME_FORMAT[fmt]
+    assert relative_error(out.codebook_logits, plain) < limit
+
+
+def test_unknown_or_unavailable_paths_are_refused():
+    with pytest.raises(ValueError, match="decode path"):
+        paths.set_paths("float32", decode="int8pack")
+    with pytest.raises(ValueError, match="prefill path"):
+        paths.set_paths("float32", prefill="bfloat16")  # float32 models keep float32 prefill
+
+
+@pytest.mark.parametrize("in_features", [64, 128, 1024])
+def test_int4_packing_round_trips_and_stays_within_half_a_step(in_features):
+    w = torch.randn(40, in_features, generator=torch.Generator().manual_seed(0))
+    packed, scales, offsets = quantize_int4(w)
+    assert packed.dtype == torch.uint8 and packed.shape == (40, in_features // 2)
+    restored = dequantize_int4(packed, scales, offsets)
+    step = scales.repeat_interleave(64, dim=1)
+    assert ((restored - w).abs() <= step * 0.5 + 1e-6).all()
+    q = torch.round((restored - offsets.repeat_interleave(64, dim=1)) / step)
+    assert q.min() >= 0 and q.max() <= 15
+
+
+def test_int4_rejects_widths_it_cannot_pack():
+    with pytest.raises(ValueError, match="multiple of 64"):
+        quantize_int4(torch.randn(8, 96))
+
+
+def test_int4_quality_against_float32_on_the_parity_model(models, reference):
+    """Published in the README: logits 6.6% relative error, top-1 87.5% (text) / ~89% (codes) on case4;
+    greedy decoding keeps the first ~4 of 64 frames identical (int8: ~35). Bounds leave room for other CPUs."""
+    assert isinstance(models["int4"].output, Int4Linear)
+    x = torch.from_numpy(np.load(PARITY / "case4_forward.npz")["x"])
+    with torch.inference_mode():
+        out = models["int4"](x)
+    ref = reference[1]
+    assert relative_error(out.token_logits, ref.token_logits) < TOLERANCE["int4"]
+    assert (out.token_logits.argmax(-1) == ref.token_logits.argmax(-1)).float().mean() >= 0.75
+    assert (out.codebook_logits.argmax(-1) == ref.codebook_logits.argmax(-1)).float().mean() >= 0.8
+
+
+def test_int4_weights_take_about_five_eighths_of_a_byte_each(models):
+    layer = models["int4"].layers[0].feed_forward.w1
+    stored = sum(t.numel() * t.element_size() for t in (layer.weight, layer.scales, layer.offsets))
+    assert stored / (layer.in_features * layer.out_features) == pytest.approx(0.5 + 8 / 64)
+
+
+# -- the autotuner ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("FISHTTS_AUTOTUNE", raising=False)
+    return tmp_path / "fishtts" / "lm_paths.json"
+
+
+def test_autotune_measures_once_then_uses_the_cached_choice(models, cache_home, monkeypatch):
+    previous = {fmt: dict(paths.chosen(fmt)) for fmt in paths.FORMATS}
+    try:
+        chosen = autotune.tune_model(models["int8"])
+        assert chosen["int8"]["decode"] in paths.decode_candidates("int8")
+        entry = next(iter(json.loads(cache_home.read_text()).values()))
+        rates = entry["decode_gb_per_s"]
+        assert set(rates) == set(paths.decode_candidates("int8"))
+        fastest = max(rates.values())  # it won, or a batch-invariant kernel within 5% of it
+        assert rates[entry["decode"]] * (1 + autotune.KERNEL_MARGIN) >= fastest - 0.1
+
+        def no_measuring(*_):
+            raise AssertionError("measured again")
+
+        monkeypatch.setattr(autotune, "_measure", no_measuring)
+        assert autotune.tune_model(models["int8"]) == chosen
+        assert TTSEngine(lm=models["int8"]).lm_paths == {"int8": chosen["int8"]}
+    finally:
+        for fmt, choice in previous.items():
+            paths.set_paths(fmt, **choice)
+
+
+@pytest.mark.parametrize("garbage", ["{not json", "[1, 2]", '{"x": 3}'])
+def test_a_corrupt_cache_is_ignored_and_rewritten(models, cache_home, garbage):
+    cache_home.parent.mkdir(parents=True)
+    cache_home.write_text(garbage)
+    previous = dict(paths.chosen("float32"))
+    try:
+        chosen = autotune.tune_model(models["float32"])
+    finally:
+        paths.set_paths("float32", **previous)
+    assert chosen["float32"]["decode"] in paths.decode_candidates("float32")
+    assert any(
+        v.get("decode") == chosen["float32"]["decode"]
+        for v in json.loads(cache_home.read_text()).values()
+        if isinstance(v, dict)
+    )
+
+
+def test_a_cached_path_this_machine_cannot_run_is_measured_again(models, cache_home):
+    key = autotune._key("float32", autotune.model_formats(models["float32"])["float32"])
+    cache_home.parent.mkdir(parents=True)
+    cache_home.write_text(json.dumps({key: {"decode": "kernel-from-the-future", "prefill": "float32"}}))
+    previous = dict(paths.chosen("float32"))
+    try:
+        assert autotune.tune_model(models["float32"])["float32"]["decode"] in paths.decode_candidates("float32")
+    finally:
+        paths.set_paths("float32", **previous)
+
+
+def test_a_kernel_close_to_the_fastest_path_wins_over_torch():
+    assert autotune._prefer_kernels({"torch": 1.0, "kernel": 1.04, "kernel-t0": 1.2}) == "kernel"
+    assert autotune._prefer_kernels({"torch": 1.0, "kernel": 1.2}) == "torch"
+    assert autotune._prefer_kernels({"torch": 1.0}) == "torch"
+
+
+def test_cpu_info_names_the_model_and_only_known_flags():
+    info = autotune.cpu_info()
+    assert info["model"] and set(info["flags"]) <= set(autotune.CPU_FLAGS)
+
+
+# -- without the C++ kernels ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", paths.FORMATS)
+def test_every_format_generates_on_plain_torch_without_the_kernels(models, monkeypatch, fmt):
+    """As on a machine without a compiler: the kernels are off, whatever path was chosen."""
+    monkeypatch.setitem(kernels._state, "ok", False)
+    prompt = torch.from_numpy(np.load(PARITY / "case5_generate.npz")["prompt"])
+    params = SamplingParams(temperature=1.0, top_p=None, top_k=1, repetition_penalty=1.0)
+    frames = generate(
+        models[fmt], prompt, max_new_tokens=6, eos_token_id=2, params=params, num_samples=2, ignore_stop=True
+    )
+    assert len(frames) == 2 and frames[0].shape[1] == 6 and torch.equal(frames[0], frames[1])
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_cli_quantized_generation_without_kernels(tiny_checkpoints, tmp_path, monkeypatch, mode):
+    """FISHTTS_NO_KERNELS=1: a fresh process that never builds the kernels (issue 12 item 7)."""
+    monkeypatch.setenv("FISHTTS_NO_KERNELS", "1")
+    result = run_cli(
+        [
+            "generate",
+            "--text",
+            "hi",
+            "--no-g2p",
+            "--max-new-tokens",
+            "4",
+            "--quantize",
+            mode,
+            "--checkpoint-path",
+            tiny_checkpoints["lm"],
+            "--config-name",
+            tiny_checkpoints["lm_config"],
+            "--tokenizer",
+            tiny_checkpoints["tokenizer"],
+            "--device",
+            "cpu",
+            "--output-dir",
+            tmp_path,
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "codes_0.npy").shape[0] == 4
+
+
+def test_engine_int4_generates_codes(tiny_checkpoints):
+    engine = TTSEngine.load(
+        llama_checkpoint=tiny_checkpoints["lm"],
+        llama_config=str(tiny_checkpoints["lm_config"]),
+        tokenizer=tiny_checkpoints["tokenizer"],
+        vqgan_checkpoint=None,
+        device="cpu",
+        quantize="int4",
+    )
+    assert isinstance(engine.lm.output, Int4Linear) and set(engine.lm_paths) == {"int4"}
+    codes = engine.generate_codes(GenerationRequest(text="hi", use_g2p=False, max_new_tokens=4, seed=1))
+    assert codes[0].shape[0] == 4
