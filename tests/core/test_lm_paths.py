@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.engine import GenerationRequest, TTSEngine
+from core.engine import TTSEngine
+from core.request import SynthesisRequest
 from core.lm import SamplingParams, autotune, generate, kernels, load_lm, paths
 from core.lm.quantize import Int4Linear, dequantize_int4, quantize_int4
 from tests.helpers import run_cli
@@ -267,13 +268,14 @@ def test_cli_quantized_generation_without_kernels(tiny_checkpoints, tmp_path, mo
 
 def test_engine_int4_generates_codes(tiny_checkpoints):
     engine = TTSEngine.load(
-        llama_checkpoint=tiny_checkpoints["lm"],
-        llama_config=str(tiny_checkpoints["lm_config"]),
+        lm_checkpoint=tiny_checkpoints["lm"],
+        lm_config=str(tiny_checkpoints["lm_config"]),
         tokenizer=tiny_checkpoints["tokenizer"],
         vqgan_checkpoint=None,
         device="cpu",
         quantize="int4",
     )
     assert isinstance(engine.lm.output, Int4Linear) and set(engine.lm_paths) == {"int4"}
-    codes = engine.generate_codes(GenerationRequest(text="hi", use_g2p=False, max_new_tokens=4, seed=1))
+    assert engine.info.quantize == "int4" and engine.info.lm_paths == engine.lm_paths
+    codes = engine.generate_codes(SynthesisRequest(text="hi", use_g2p=False, max_frames=4, seed=1))
     assert codes[0].shape[0] == 4
