@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from core.engine import TTSEngine
-from core.request import SynthesisRequest
 from core.lm import SamplingParams, autotune, generate, kernels, load_lm, paths
 from core.lm.quantize import Int4Linear, dequantize_int4, quantize_int4
+from core.request import SynthesisRequest
 from tests.helpers import run_cli
 from tests.paths import PARITY
 
