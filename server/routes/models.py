@@ -31,6 +31,12 @@ def load_bundle(ctx: ServerContext, name: str, body: LoadModelRequest) -> Bundle
     return bundle
 
 
+def refuse_if_fixed(ctx: ServerContext) -> None:
+    if ctx.models_fixed_by:
+        raise ApiError(409, f"Models on this server are set by {ctx.models_fixed_by}; change them there and "
+                            "redeploy (PUT and DELETE /v1/models/{name} are disabled here).", code="models_fixed")
+
+
 def build_router(ctx: ServerContext) -> APIRouter:
     router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -39,7 +45,9 @@ def build_router(ctx: ServerContext) -> APIRouter:
         """Load a bundle (or replace one of that name). Paths name files inside the checkpoints folder
         (400 for `..`/absolute paths, 403 outside it, 404 missing); a file that is not a weights file
         is refused with 400, never unpickled. Requests keep using the old bundle until the new one is
-        ready; it is freed once its running requests finish."""
+        ready; it is freed once its running requests finish. 409 where models are fixed by a deployment
+        config (Ray Serve)."""
+        refuse_if_fixed(ctx)
         bundle = await run_in_threadpool(load_bundle, ctx, name, body)
         return {"name": name, "device": bundle.info["device"], "precision": bundle.info["precision"],
                 "compiled": bundle.info["compiled"]}
@@ -52,7 +60,9 @@ def build_router(ctx: ServerContext) -> APIRouter:
     @router.delete("/{name}", response_model=Message)
     async def delete_model(name: str = ModelName) -> dict:
         """Unload a bundle: new requests get 404 at once; answers after its running requests finish.
-        Unknown name: 400 "Model not found." (as the original)."""
+        Unknown name: 400 "Model not found." (as the original). 409 where models are fixed by a
+        deployment config (Ray Serve)."""
+        refuse_if_fixed(ctx)
         try:
             await run_in_threadpool(ctx.registry.delete, name)
         except ModelNotFound:
