@@ -12,6 +12,7 @@ deployment's (arguments `load` and `models`), loaded before a replica takes traf
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .app import create_app, parse_load_spec
 from .routes.models import load_bundle
 from .schemas import MODEL_NAME_PATTERN, LoadModelRequest
-from .settings import Settings, env_name
+from .settings import ENV_PREFIX, Settings, env_name
 
 DEPLOYMENT_NAME = "fishtts"
 REPLICA_HEADER = b"x-fishtts-replica"
@@ -53,8 +54,9 @@ class Scaling:
 def split_args(args: dict[str, Any]) -> tuple[Settings, Scaling, dict[str, dict]]:
     """`serve run` key=value strings or a config's `args` mapping -> settings, scaling, models to load.
 
-    Settings fields take the same values as their `FISHTTS_*` variables; `load` takes `--load` specs
-    (space-separated, or a list); `models` maps names to PUT /v1/models bodies.
+    Settings fields take the same values as their `FISHTTS_*` variables (which are read too, where the
+    application is built); `load` takes `--load` specs (space-separated, or a list); `models` maps
+    names to PUT /v1/models bodies.
     """
     setting_names = {f.name for f in fields(Settings)}
     scaling_names = {f.name for f in fields(Scaling)}
@@ -65,7 +67,9 @@ def split_args(args: dict[str, Any]) -> tuple[Settings, Scaling, dict[str, dict]
             f"({', '.join(sorted(setting_names))}), {', '.join(sorted(scaling_names))} or models"
         )
     scaling = Scaling(**{k: type(getattr(Scaling, k))(v) for k, v in args.items() if k in scaling_names})
-    environ = {env_name(k): _as_env_value(v) for k, v in args.items() if k in setting_names}
+    # FISHTTS_* variables where the application is built (e.g. the API key), then the arguments.
+    environ = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    environ.update({env_name(k): _as_env_value(v) for k, v in args.items() if k in setting_names})
     settings = Settings.from_env(environ)
     models = {}
     for spec in settings.load:

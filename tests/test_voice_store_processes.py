@@ -53,7 +53,9 @@ def test_processes_saving_at_once_each_keep_their_voice(tmp_path):
 
 
 def test_only_writes_of_dead_processes_are_swept(tmp_path):
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     host = socket.gethostname()
     live = tmp_path / f".tmp-{host}-{os.getpid()}-abc"
     dead = tmp_path / f".tmp-{host}-{finished.stdout.strip()}-abc"
