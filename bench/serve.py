@@ -5,7 +5,7 @@
 Both run the tiny test models (tests/data/parity) with the same settings (CPU, batch 8, one thread
 each). Measured in one run, both servers up at once: added latency per request (one client, the
 same seeded request alternately to the direct server and through Serve's proxy to 1 replica; medians)
-for a clip of --seconds of audio; aggregate throughput (requests/s) with --clients clients for the
+for a clip of --seconds of audio, and for GET /v1/health (the proxy hop alone); aggregate throughput (requests/s) with --clients clients for the
 direct server, Serve with 1 replica and Serve with 2 replicas. Needs the [ray] extra. A table and a
 JSON line.
 """
@@ -29,7 +29,8 @@ import soundfile as sf
 from tests.server_helpers import ROOT, Server, free_port, make_workdir
 
 INVOKE = "/v1/models/default/invoke"
-TEXT = "A short sentence, spoken again and again for the benchmark."
+SENTENCE = "This is sentence number {}."
+MAX_TOKENS = 200  # per sentence; the tiny models stop on their own well before
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,8 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def post(url: str, tokens: int, seed: int = 1) -> requests.Response:
-    response = requests.post(url + INVOKE, json={"text": TEXT, "max_new_tokens": tokens, "seed": seed}, timeout=300)
+def post(url: str, text: str, seed: int = 1) -> requests.Response:
+    response = requests.post(url + INVOKE, json={"text": text, "max_new_tokens": MAX_TOKENS, "seed": seed}, timeout=300)
     response.raise_for_status()
     return response
 
@@ -52,22 +53,31 @@ def clip_seconds(response: requests.Response) -> float:
     return info.frames / info.samplerate
 
 
-def tokens_for(url: str, seconds: float) -> int:
-    """Codes for a clip of about `seconds` (random weights never stop on their own)."""
-    probe = 64
-    return max(1, round(probe * seconds / clip_seconds(post(url, probe))))
+def text_for(url: str, seconds: float) -> str:
+    """Enough sentences (segments, each generated until the model stops) for about `seconds` of audio."""
+    for count in range(1, 60):
+        text = " ".join(SENTENCE.format(n) for n in range(1, count + 1))
+        if clip_seconds(post(url, text)) >= seconds:
+            return text
+    return text
 
 
-def latency(url: str, tokens: int) -> float:
+def health_latency(url: str) -> float:
     start = time.perf_counter()
-    post(url, tokens)
+    requests.get(url + "/v1/health", timeout=60).raise_for_status()
     return time.perf_counter() - start
 
 
-def throughput(url: str, tokens: int, clients: int, per_client: int) -> float:
+def latency(url: str, text: str) -> float:
+    start = time.perf_counter()
+    post(url, text)
+    return time.perf_counter() - start
+
+
+def throughput(url: str, text: str, clients: int, per_client: int) -> float:
     def client(index: int) -> None:
         for n in range(per_client):
-            post(url, tokens, seed=index * 100 + n)
+            post(url, text, seed=index * 100 + n)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -119,23 +129,24 @@ def main(argv=None) -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         proxied = f"http://127.0.0.1:{port}"
         deploy(workdir, 1)
-        tokens = tokens_for(direct.url, args.seconds)
-        seconds = clip_seconds(post(direct.url, tokens))
-        assert post(proxied, tokens).content == post(direct.url, tokens).content  # same audio both ways
+        text = text_for(direct.url, args.seconds)
+        seconds = clip_seconds(post(direct.url, text))
+        assert post(proxied, text).content == post(direct.url, text).content  # same audio both ways
         for url in (direct.url, proxied):  # warm-up
             for _ in range(3):
-                latency(url, tokens)
-        pairs = [(latency(direct.url, tokens), latency(proxied, tokens)) for _ in range(args.requests)]
+                latency(url, text)
+        health = [(health_latency(direct.url), health_latency(proxied)) for _ in range(2 * args.requests)]
+        pairs = [(latency(direct.url, text), latency(proxied, text)) for _ in range(args.requests)]
         direct_s = statistics.median(d for d, _ in pairs)
         serve_s = statistics.median(s for _, s in pairs)
         added_s = statistics.median(s - d for d, s in pairs)
         rows = {
-            "direct": throughput(direct.url, tokens, args.clients, args.per_client),
-            "serve_1_replica": throughput(proxied, tokens, args.clients, args.per_client),
+            "direct": throughput(direct.url, text, args.clients, args.per_client),
+            "serve_1_replica": throughput(proxied, text, args.clients, args.per_client),
         }
         deploy(workdir, 2)
-        throughput(proxied, tokens, 2, 1)  # warm the new replica
-        rows["serve_2_replicas"] = throughput(proxied, tokens, args.clients, args.per_client)
+        throughput(proxied, text, 2, 1)  # warm the new replica
+        rows["serve_2_replicas"] = throughput(proxied, text, args.clients, args.per_client)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -144,18 +155,24 @@ def main(argv=None) -> None:
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "clip_s": round(seconds, 2),
-        "tokens": tokens,
+        "sentences": text.count("."),
         "direct_ms": round(direct_s * 1000, 1),
         "serve_ms": round(serve_s * 1000, 1),
         "added_ms": round(added_s * 1000, 1),
         "added_pct": round(100 * added_s / direct_s, 1),
+        "health_direct_ms": round(1000 * statistics.median(d for d, _ in health), 1),
+        "health_serve_ms": round(1000 * statistics.median(s for _, s in health), 1),
         "clients": args.clients,
         "requests_per_s": {k: round(v, 2) for k, v in rows.items()},
     }
-    print(f"clip {seconds:.2f} s ({tokens} codes), tiny models, {os.cpu_count()} cores, medians of {args.requests}")
+    print(
+        f"clip {seconds:.2f} s ({result['sentences']} sentences), tiny models, {result['cores']} cores, "
+        f"medians of {args.requests}"
+    )
     print(f"{'':<22}{'latency ms':>12}")
     print(f"{'direct server':<22}{result['direct_ms']:>12}")
     print(f"{'Serve, 1 replica':<22}{result['serve_ms']:>12}   added {result['added_ms']} ms ({result['added_pct']}%)")
+    print(f"{'GET /v1/health':<22}{result['health_direct_ms']:>12}   through Serve {result['health_serve_ms']} ms")
     print(f"{'throughput, clients':<22}{args.clients:>12}")
     for name, value in result["requests_per_s"].items():
         print(f"{name:<22}{value:>12} requests/s")
