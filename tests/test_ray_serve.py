@@ -227,9 +227,17 @@ def test_streaming_through_the_proxy_sends_audio_before_generation_ends(cluster)
     np.testing.assert_array_equal(np.frombuffer(body, "<i2"), np.frombuffer(whole.content, "<i2"))
 
 
-def test_openai_sdk_and_docs_through_the_proxy(cluster):
+def test_uploads_openai_sdk_and_docs_through_the_proxy(cluster):
     openai = pytest.importorskip("openai")
     url = cluster["url"]
+    uploaded = requests.post(
+        url + INVOKE,
+        data={"text": "in the uploaded voice", "reference_text": "a tone", "max_new_tokens": "8", "seed": "1"},
+        files={"reference_audio": ("tone.wav", (cluster["workdir"] / "references" / "0_input.wav").read_bytes())},
+        headers=AUTH,
+        timeout=120,
+    )
+    assert uploaded.status_code == 200 and read_wav(uploaded.content)[0].size > 0, uploaded.text[:300]
     client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
     audio = client.audio.speech.create(
         model="tts-1",
@@ -329,12 +337,21 @@ def test_a_killed_replica_is_replaced_and_in_flight_requests_fail_fast(cluster):
         f"in-flight requests when a replica was killed: {dict(statuses)} "
         f"(replicas that answered: {Counter(r.headers.get('x-fishtts-replica') for r in outcomes)})"
     )
+    for response in outcomes:
+        if response.status_code != 200:
+            print(f"  {response.status_code} {response.headers.get('content-type')}: {response.text[:120]!r}")
     assert set(statuses) <= {200, 500, 502, 503}, statuses
     assert all(r.headers.get("x-fishtts-replica") != victim for r in outcomes if r.status_code == 200)
 
     def replaced() -> bool:
         status = serve.status().applications["fishtts"].deployments["fishtts"]
-        return status.replica_states.get("RUNNING", 0) == REPLICAS and status.status == "HEALTHY"
+        names = replica_actor_names()
+        return (
+            len(names) == REPLICAS
+            and not any(name.endswith(victim) for name in names)
+            and status.replica_states.get("RUNNING", 0) == REPLICAS
+            and status.status == "HEALTHY"
+        )
 
     wait_until(replaced, 180, interval=1.0)
     recovered_s = time.monotonic() - killed_at
@@ -346,8 +363,17 @@ def test_a_killed_replica_is_replaced_and_in_flight_requests_fail_fast(cluster):
     print(f"replica replaced and healthy {recovered_s:.1f} s after the kill")
 
 
+def replica_actor_names() -> list[str]:
+    """The live replica actors (a killed one drops out at once)."""
+    return [
+        entry["name"]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry["name"].startswith("SERVE_REPLICA")
+    ]
+
+
 def replica_actor(replica_tag: str):
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if "SERVE_REPLICA" in entry["name"] and entry["name"].endswith(replica_tag):
-            return ray.get_actor(entry["name"], namespace=entry["namespace"])
+    for name in replica_actor_names():
+        if name.endswith(replica_tag):
+            return ray.get_actor(name, namespace="serve")
     raise AssertionError(f"no actor for replica {replica_tag}")
