@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import serve
 from ray.serve import Application
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.engine import default_max_batch
 
 from .app import create_app, parse_load_spec
 from .routes.models import load_bundle
@@ -31,7 +34,6 @@ from .settings import ENV_PREFIX, Settings, env_name
 DEPLOYMENT_NAME = "fishtts"
 REPLICA_HEADER = b"x-fishtts-replica"
 MODELS_SET_BY = "the Ray Serve deployment config"
-CPU_BATCH = 8  # what a CPU engine batches unless max_batch_size says otherwise (core.engine.default_max_batch)
 
 
 @dataclass
@@ -92,19 +94,18 @@ def replica_settings(settings: Settings, scaling: Scaling) -> Settings:
     directory), the device Ray gives it, and a queue sized to its batch."""
     if scaling.num_gpus == 0 and (settings.device or "cpu") != "cpu":
         raise ValueError(f"device={settings.device} needs num_gpus=1 (Ray assigns each replica its GPU)")
-    batch = settings.max_batch_size or CPU_BATCH
-    waiting = scaling.max_waiting or batch
-    return Settings(
-        **{
-            **{f.name: getattr(settings, f.name) for f in fields(Settings)},
-            "checkpoints_dir": Path(settings.checkpoints_dir).expanduser().absolute(),
-            "references_dir": Path(settings.references_dir).expanduser().absolute(),
-            "load": (),  # loaded by the replica before it takes traffic, not in the background
-            "device": settings.device or ("cuda" if scaling.num_gpus else "cpu"),
-            "max_batch_size": batch,
-            "workers": batch,
-            "max_queue": batch + waiting,
-        }
+    if scaling.num_gpus > 0 and (settings.device or "cuda") != "cuda":
+        raise ValueError(f"device={settings.device}: with num_gpus, a replica sees only the GPU Ray gave it (cuda)")
+    batch = settings.max_batch_size or default_max_batch(torch.device("cpu"))  # pinned: autoscaling targets it
+    return replace(
+        settings,
+        checkpoints_dir=Path(settings.checkpoints_dir).expanduser().absolute(),
+        references_dir=Path(settings.references_dir).expanduser().absolute(),
+        load=(),  # loaded by the replica before it takes traffic, not in the background
+        device=settings.device or ("cuda" if scaling.num_gpus else "cpu"),
+        max_batch_size=batch,
+        workers=batch,
+        max_queue=batch + (scaling.max_waiting or batch),
     )
 
 

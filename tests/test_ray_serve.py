@@ -139,6 +139,7 @@ def test_arguments_size_each_replica_to_its_batch(tmp_path):
         {"load": "default", "nonsense": 1},
         {},
         {"load": "default", "device": "cuda"},
+        {"load": "default", "device": "cuda:1", "num_gpus": 1},
         {"load": "default", "min_replicas": 3, "max_replicas": 2},
         {"load": "bad name!"},
     ):
