@@ -5,9 +5,9 @@
 Both run the tiny test models (tests/data/parity) with the same settings (CPU, batch 8, one thread
 each). Measured in one run, both servers up at once: added latency per request (one client, the
 same seeded request alternately to the direct server and through Serve's proxy to 1 replica; medians)
-for a clip of --seconds of audio, and for GET /v1/health (the proxy hop alone); aggregate throughput (requests/s) with --clients clients for the
-direct server, Serve with 1 replica and Serve with 2 replicas. Needs the [ray] extra. A table and a
-JSON line.
+for a clip of --seconds of audio, and for GET /v1/health (the proxy hop alone); aggregate throughput
+(requests/s) with --clients clients for the direct server, Serve with 1 replica and Serve with 2
+replicas. Needs the [ray] extra. A table and a JSON line.
 """
 
 from __future__ import annotations
