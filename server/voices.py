@@ -107,7 +107,7 @@ class VoiceStore:
                     try:
                         os.rename(staging, self.folder / candidate)  # the claim: fails if the id is taken
                     except OSError as exc:
-                        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):  # taken
                             raise
                         if voice_id is not None:
                             raise VoiceExists(voice_id) from None
