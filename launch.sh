@@ -114,7 +114,7 @@ set -m
 FISHTTS_CHECKPOINTS_DIR="$checkpoints" "$py" -m server --listen "$listen" --load "$load" &
 server_pid=$!
 set +m
-wait_for "$api_url/v1/health" "API" "r.status_code == 200"
+wait_for "$api_url/v1/health" "API" "r.status_code in (200, 503)"  # 503: a failed load, reported below
 say "API is up; loading the model"
 name="${load%%=*}"
 wait_for "$api_url/v1/health" "model" \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the test suite from a fresh checkout: system packages, .venv with test extras, then pytest.
+# Run the checks and the test suite from a fresh checkout: system packages, .venv with test extras,
+# then ruff (lint + format), the import contracts (pyproject.toml), and pytest.
 #   ./test.sh [PYTEST ARGS]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -16,4 +17,5 @@ if [ -f .ci/apt-packages.txt ]; then
   fi
 fi
 scripts/bootstrap.sh "test"
+scripts/check.sh .venv/bin
 exec .venv/bin/python -m pytest "$@"

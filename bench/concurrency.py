@@ -11,18 +11,19 @@ import statistics
 import threading
 import time
 
-from core.engine import GenerationRequest, TTSEngine
+from core.engine import TTSEngine
+from core.request import SynthesisRequest
 
 TEXT = "Request number {} asks for its own sentence, with its own seed and its own length."
 
 
-def _latencies(engine: TTSEngine, requests: list[GenerationRequest], together: bool) -> tuple[float, list[float]]:
+def _latencies(engine: TTSEngine, requests: list[SynthesisRequest], together: bool) -> tuple[float, list[float]]:
     """(wall seconds, per-request seconds from the common start)."""
     done = [0.0] * len(requests)
     start = time.perf_counter()
 
     def run(i: int) -> None:
-        engine.generate_codes(requests[i])
+        engine.generate_codes(requests[i], ignore_stop=True)
         done[i] = time.perf_counter() - start
 
     if together:
@@ -41,8 +42,9 @@ def bench_concurrency(engine: TTSEngine, sizes: tuple[int, ...], frames: int, ru
     rows = []
     alone = None
     for n in sizes:
-        requests = [GenerationRequest(text=TEXT.format(i), use_g2p=False, max_new_tokens=frames + 1, ignore_stop=True,
-                                      seed=i) for i in range(n)]
+        requests = [
+            SynthesisRequest(text=TEXT.format(i), use_g2p=False, max_frames=frames + 1, seed=i) for i in range(n)
+        ]
         _latencies(engine, requests[:1], True)  # warm-up
         batched = [_latencies(engine, requests, True) for _ in range(runs)]
         serial = [_latencies(engine, requests, False) for _ in range(runs)]
@@ -51,12 +53,17 @@ def bench_concurrency(engine: TTSEngine, sizes: tuple[int, ...], frames: int, ru
         serial_wall = statistics.median(w for w, _ in serial)
         if n == 1:
             alone = p50
-        rows.append(dict(
-            requests=n, frames=frames, tokens_per_s=round(n * frames / wall, 1),
-            serialized_tokens_per_s=round(n * frames / serial_wall, 1), p50_s=round(p50, 3),
-            serialized_p50_s=round(statistics.median(statistics.median(d) for _, d in serial), 3),
-            p50_vs_alone=round(p50 / alone, 2) if alone else None,
-        ))
+        rows.append(
+            dict(
+                requests=n,
+                frames=frames,
+                tokens_per_s=round(n * frames / wall, 1),
+                serialized_tokens_per_s=round(n * frames / serial_wall, 1),
+                p50_s=round(p50, 3),
+                serialized_p50_s=round(statistics.median(statistics.median(d) for _, d in serial), 3),
+                p50_vs_alone=round(p50 / alone, 2) if alone else None,
+            )
+        )
     one = rows[0]["tokens_per_s"]
     for row in rows:
         row["aggregate_vs_one"] = round(row["tokens_per_s"] / one, 2)

@@ -13,7 +13,8 @@ import zlib
 
 import torch
 
-from core.engine import GenerationRequest, TTSEngine
+from core.engine import TTSEngine
+from core.request import Reference, SynthesisRequest
 
 from .measure import median_runs
 from .vqgan import test_audio
@@ -37,12 +38,12 @@ class SyntheticTokenizer:
 
 
 def reference_codes(engine: TTSEngine, seconds: float):
-    return engine.encode_reference(test_audio(seconds, engine.vqgan.config.sample_rate).numpy())
+    return engine.encode_reference(test_audio(seconds, engine.info.sample_rate).numpy())
 
 
 def bench_e2e(engine: TTSEngine, reference_seconds: float, frames: int, runs: int) -> dict:
     """Medians of: reference encode, synthesis, total; and RTF. `engine.lm` is the format measured."""
-    reference = test_audio(reference_seconds, engine.vqgan.config.sample_rate).numpy()
+    reference = test_audio(reference_seconds, engine.info.sample_rate).numpy()
     info = {}
 
     def once():
@@ -50,22 +51,40 @@ def bench_e2e(engine: TTSEngine, reference_seconds: float, frames: int, runs: in
         codes = engine.encode_reference(reference)
         encoded = time.perf_counter()
         # frames + 1: the last generated frame is the stop/budget frame, which is not audio
-        request = GenerationRequest(text=TEXT, prompt_text=REFERENCE_TEXT, prompt_tokens=codes, order="en",
-                                    max_new_tokens=frames + 1, ignore_stop=True, seed=1)
-        audio = engine.synthesize(request)
+        request = SynthesisRequest(
+            text=TEXT,
+            transcript=REFERENCE_TEXT,
+            reference=Reference("codes", codes=codes),
+            order="en",
+            max_frames=frames + 1,
+            seed=1,
+        )
+        audio = engine.synthesize(request, ignore_stop=True)
         done = time.perf_counter()
-        generated = engine.generate_codes(request)[0]
+        generated = engine.generate_codes(request, ignore_stop=True)[0]
         lm_done = time.perf_counter()
         engine.decode_codes(generated)
         decode_done = time.perf_counter()
-        info.update(prompt_tokens=engine.encode_prompt(request).shape[1], codes=generated.shape[1],
-                    audio_s=audio.size / engine.vqgan.config.sample_rate)
-        return dict(encode_s=encoded - start, synthesize_s=done - encoded, total_s=done - start,
-                    lm_s=lm_done - done, decode_s=decode_done - lm_done)
+        info.update(
+            prompt_tokens=engine.encode_prompt(request).shape[1],
+            codes=generated.shape[1],
+            audio_s=audio.size / engine.info.sample_rate,
+        )
+        return dict(
+            encode_s=encoded - start,
+            synthesize_s=done - encoded,
+            total_s=done - start,
+            lm_s=lm_done - done,
+            decode_s=decode_done - lm_done,
+        )
 
     result = median_runs(once, runs)
-    return dict(reference_s=reference_seconds, **info, **{k: round(v, 3) for k, v in result.items()},
-                rtf=round(result["total_s"] / info["audio_s"], 3))
+    return dict(
+        reference_s=reference_seconds,
+        **info,
+        **{k: round(v, 3) for k, v in result.items()},
+        rtf=round(result["total_s"] / info["audio_s"], 3),
+    )
 
 
 def make_engine(lm: torch.nn.Module, vqgan: torch.nn.Module, device: torch.device) -> TTSEngine:

@@ -57,9 +57,18 @@ def timed_generate(model: Transformer, prompt: torch.Tensor, new: int, num_sampl
     model.clear_caches()
     marks = []
     start = time.perf_counter()
-    generate(model, prompt, max_new_tokens=new, eos_token_id=2, params=SamplingParams(), num_samples=num_samples,
-             ignore_stop=True, fast_sampling=is_quantized(model), static_cache=static_cache_for(model),
-             progress=lambda: marks.append(time.perf_counter()))
+    generate(
+        model,
+        prompt,
+        max_new_tokens=new,
+        eos_token_id=2,
+        params=SamplingParams(),
+        num_samples=num_samples,
+        ignore_stop=True,
+        fast_sampling=is_quantized(model),
+        static_cache=static_cache_for(model),
+        progress=lambda: marks.append(time.perf_counter()),
+    )
     # The first progress mark comes after prefill and its sampled frame; the rest are decode steps.
     return marks[0] - start, (len(marks) - 1) / (marks[-1] - marks[0])
 
@@ -76,8 +85,15 @@ def build_variants(names: list[str], base: Transformer, prompt: torch.Tensor, lo
     return models, setup
 
 
-def bench_lm(models: dict[str, Transformer], setup: dict[str, float], prompt: torch.Tensor, new: int, runs: int,
-             bandwidth: float, num_samples: tuple[int, ...] = (1,)) -> list[dict]:
+def bench_lm(
+    models: dict[str, Transformer],
+    setup: dict[str, float],
+    prompt: torch.Tensor,
+    new: int,
+    runs: int,
+    bandwidth: float,
+    num_samples: tuple[int, ...] = (1,),
+) -> list[dict]:
     """One row per (variant, batch). Variants run interleaved in every round, so a busy machine slows
     them alike and their ratios stay honest; the warm-up was the build's."""
     results = {(v, n): [] for v in models for n in num_samples}
@@ -90,12 +106,21 @@ def bench_lm(models: dict[str, Transformer], setup: dict[str, float], prompt: to
         step_bytes = bytes_per_step(models[name])
         prefill = statistics.median(t[0] for t in timings)
         rate = statistics.median(t[1] for t in timings)
-        rows.append(dict(
-            variant=name, num_samples=n, prompt_tokens=prompt.shape[1], new_tokens=new,
-            prefill_s=round(prefill, 3), prefill_tokens_per_s=round(prompt.shape[1] * n / prefill, 1),
-            tokens_per_s=round(rate * n, 2), steps_per_s=round(rate, 2),
-            weights_gb=round(step_bytes / 1e9, 3), weight_gb_per_s=round(step_bytes * rate / 1e9, 2),
-            floor_steps_per_s=round(bandwidth / step_bytes, 1),
-            fraction_of_floor=round(rate * step_bytes / bandwidth, 3), setup_s=round(setup[name], 1),
-        ))
+        rows.append(
+            dict(
+                variant=name,
+                num_samples=n,
+                prompt_tokens=prompt.shape[1],
+                new_tokens=new,
+                prefill_s=round(prefill, 3),
+                prefill_tokens_per_s=round(prompt.shape[1] * n / prefill, 1),
+                tokens_per_s=round(rate * n, 2),
+                steps_per_s=round(rate, 2),
+                weights_gb=round(step_bytes / 1e9, 3),
+                weight_gb_per_s=round(step_bytes * rate / 1e9, 2),
+                floor_steps_per_s=round(bandwidth / step_bytes, 1),
+                fraction_of_floor=round(rate * step_bytes / bandwidth, 3),
+                setup_s=round(setup[name], 1),
+            )
+        )
     return rows

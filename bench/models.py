@@ -19,12 +19,21 @@ def official_lm_config() -> ModelArgs:
 
 
 def tiny_lm_config() -> ModelArgs:
-    return dataclasses.replace(official_lm_config(), n_layer=2, n_head=4, n_local_heads=4, dim=64, intermediate_size=None,
-                               vocab_size=512, max_seq_len=1024)
+    return dataclasses.replace(
+        official_lm_config(),
+        n_layer=2,
+        n_head=4,
+        n_local_heads=4,
+        dim=64,
+        intermediate_size=None,
+        vocab_size=512,
+        max_seq_len=1024,
+    )
 
 
-def random_official_lm(device: torch.device, dtype: torch.dtype, seed: int = 0,
-                       config: ModelArgs | None = None) -> Transformer:
+def random_official_lm(
+    device: torch.device, dtype: torch.dtype, seed: int = 0, config: ModelArgs | None = None
+) -> Transformer:
     """Built on meta then materialised once, as load_lm does (no second full-size copy)."""
     with torch.device("meta"):
         model = Transformer(config or official_lm_config())

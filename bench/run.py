@@ -26,10 +26,10 @@ from core.device import resolve_device
 
 from .concurrency import bench_concurrency
 from .e2e import REFERENCE_TEXT, bench_e2e, make_engine, reference_codes
-from .streaming import bench_streaming
 from .lm import bench_lm, build_variants, random_prompt
 from .measure import memory_bandwidth, peak_rss_mb
 from .models import random_official_lm, random_vqgan, tiny_lm_config, tiny_vqgan_config
+from .streaming import bench_streaming
 from .vqgan import bench_vqgan
 
 PARTS = ("lm", "vqgan", "e2e", "stream", "batch")
@@ -64,8 +64,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, log=print) -> dict:
     device = resolve_device(args.device)
-    report = dict(device=str(device), device_name=device_name(device), threads=torch.get_num_threads(),
-                  torch=torch.__version__, runs=args.runs, tiny=args.tiny)
+    report = dict(
+        device=str(device),
+        device_name=device_name(device),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        runs=args.runs,
+        tiny=args.tiny,
+    )
     bandwidth = memory_bandwidth(device)
     report["bandwidth_gb_per_s"] = round(bandwidth / 1e9, 1)
     log(f"device {report['device_name']}, {report['threads']} threads, read bandwidth {bandwidth / 1e9:.1f} GB/s")
@@ -123,46 +129,87 @@ def table(report: dict) -> str:
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
 
     if lm_rows:
-        get = lambda key, fmt="{}": (lambda f: fmt.format(lm_rows[f][key]) if f in lm_rows else "")
+        get = lambda key, fmt="{}": lambda f: fmt.format(lm_rows[f][key]) if f in lm_rows else ""
         row("LM weights read per token", get("weights_gb", "{} GB"))
         row(f"LM decode floor ({report['bandwidth_gb_per_s']} GB/s)", get("floor_steps_per_s", "{} tokens/s"))
         first = next(iter(lm_rows.values()))
         row(f"LM prefill, {first['prompt_tokens']}-token prompt", get("prefill_tokens_per_s", "{} tokens/s"))
-        row(f"LM decode, {first['new_tokens']} new tokens",
-            lambda f: f"{lm_rows[f]['tokens_per_s']} tokens/s ({lm_rows[f]['fraction_of_floor']:.0%} of floor)"
-            if f in lm_rows else "")
+        row(
+            f"LM decode, {first['new_tokens']} new tokens",
+            lambda f: (
+                f"{lm_rows[f]['tokens_per_s']} tokens/s ({lm_rows[f]['fraction_of_floor']:.0%} of floor)"
+                if f in lm_rows
+                else ""
+            ),
+        )
         for n in sorted({n for _, n in batch_rows}):
-            row(f"LM decode, {n} sequences as one batch (aggregate)",
-                lambda f, n=n: f"{batch_rows[f, n]['tokens_per_s']} tokens/s "
-                               f"({batch_rows[f, n]['tokens_per_s'] / lm_rows[f]['tokens_per_s']:.2f}x one)"
-                if (f, n) in batch_rows and f in lm_rows else "")
+            row(
+                f"LM decode, {n} sequences as one batch (aggregate)",
+                lambda f, n=n: (
+                    f"{batch_rows[f, n]['tokens_per_s']} tokens/s "
+                    f"({batch_rows[f, n]['tokens_per_s'] / lm_rows[f]['tokens_per_s']:.2f}x one)"
+                    if (f, n) in batch_rows and f in lm_rows
+                    else ""
+                ),
+            )
         row("LM setup (copy/quantize/compile + warm-up)", get("setup_s", "{} s"))
     if "vqgan" in report:
         v = report["vqgan"]
         row(f"VQGAN encode {v['audio_s']:g} s of audio", shared=f"{v['encode_s']} s")
-        row(f"VQGAN decode {v['codes']} codes ({v['audio_s']:g} s)", shared=f"{v['decode_s']} s (RTF {v['decode_rtf']})")
+        row(
+            f"VQGAN decode {v['codes']} codes ({v['audio_s']:g} s)", shared=f"{v['decode_s']} s (RTF {v['decode_rtf']})"
+        )
     if e2e:
         any_e2e = next(iter(e2e.values()))
-        row(f"end to end RTF ({any_e2e['reference_s']:g} s reference, {any_e2e['prompt_tokens']}-token prompt, "
+        row(
+            f"end to end RTF ({any_e2e['reference_s']:g} s reference, {any_e2e['prompt_tokens']}-token prompt, "
             f"{any_e2e['codes']} frames = {any_e2e['audio_s']:.2f} s audio)",
-            lambda f: f"{e2e[f]['rtf']} ({e2e[f]['total_s']} s: encode {e2e[f]['encode_s']} + synthesize "
-                      f"{e2e[f]['synthesize_s']}; alone: LM {e2e[f]['lm_s']}, decode {e2e[f]['decode_s']})"
-                      if f in e2e else "")
+            lambda f: (
+                f"{e2e[f]['rtf']} ({e2e[f]['total_s']} s: encode {e2e[f]['encode_s']} + synthesize "
+                f"{e2e[f]['synthesize_s']}; alone: LM {e2e[f]['lm_s']}, decode {e2e[f]['decode_s']})"
+                if f in e2e
+                else ""
+            ),
+        )
     if stream:
         for i, sample in enumerate(next(iter(stream.values()))):
-            label = f"streaming, {sample['chars']}-char text ({sample['segments']} segment(s), {sample['audio_s']} s audio)"
-            row(label, lambda f, i=i: (
-                f"first audio {stream[f][i]['first_audio_s']} s ({stream[f][i]['first_audio_fraction']:.0%} of the "
-                f"{stream[f][i]['whole_s']} s non-streamed), stream done {stream[f][i]['stream_total_s']} s, "
-                f"longest stall {stream[f][i]['stall_s']} s") if f in stream else "")
+            label = (
+                f"streaming, {sample['chars']}-char text ({sample['segments']} segment(s), {sample['audio_s']} s audio)"
+            )
+            row(
+                label,
+                lambda f, i=i: (
+                    (
+                        f"first audio {stream[f][i]['first_audio_s']} s "
+                        f"({stream[f][i]['first_audio_fraction']:.0%} of the "
+                        f"{stream[f][i]['whole_s']} s non-streamed), stream done {stream[f][i]['stream_total_s']} s, "
+                        f"longest stall {stream[f][i]['stall_s']} s"
+                    )
+                    if f in stream
+                    else ""
+                ),
+            )
     if batch:
         for i, sample in enumerate(next(iter(batch.values()))):
-            row(f"{sample['requests']} concurrent requests x {sample['frames']} frames", lambda f, i=i: (
-                f"{batch[f][i]['tokens_per_s']} tokens/s ({batch[f][i]['aggregate_vs_one']}x one; serialized "
-                f"{batch[f][i]['serialized_tokens_per_s']}), p50 {batch[f][i]['p50_s']} s ({batch[f][i]['p50_vs_alone']}x "
-                f"alone; serialized {batch[f][i]['serialized_p50_s']} s)") if f in batch else "")
+            row(
+                f"{sample['requests']} concurrent requests x {sample['frames']} frames",
+                lambda f, i=i: (
+                    (
+                        f"{batch[f][i]['tokens_per_s']} tokens/s ({batch[f][i]['aggregate_vs_one']}x one; serialized "
+                        f"{batch[f][i]['serialized_tokens_per_s']}), p50 {batch[f][i]['p50_s']} s "
+                        f"({batch[f][i]['p50_vs_alone']}x "
+                        f"alone; serialized {batch[f][i]['serialized_p50_s']} s)"
+                    )
+                    if f in batch
+                    else ""
+                ),
+            )
     row("peak RSS", shared=f"{report['peak_rss_mb']} MB")
-    head = f"| {report['device_name']}, {report['threads']} threads, median of {report['runs']} | " + " | ".join(formats) + " |"
+    head = (
+        f"| {report['device_name']}, {report['threads']} threads, median of {report['runs']} | "
+        + " | ".join(formats)
+        + " |"
+    )
     return "\n".join([head, "|---" * (len(formats) + 1) + "|", *rows])
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import requests
 import soundfile as sf
 
-from tests.server_helpers import ROOT, Server, free_port, make_workdir
+from tests.paths import ROOT
+from tests.server.helpers import Server, free_port, make_workdir
 
 INVOKE = "/v1/models/default/invoke"
 SENTENCE = "This is sentence number {}."

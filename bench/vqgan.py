@@ -19,8 +19,9 @@ def bench_vqgan(vqgan: VQGAN, seconds: float, runs: int) -> dict:
     device = vqgan.device
     audio = test_audio(seconds, cfg.sample_rate).to(device)
     frames = round(seconds * cfg.sample_rate / cfg.samples_per_code)  # 215 for 10 s
-    codes = torch.randint(0, cfg.vq.codebook_size, (cfg.vq.codebook_groups, frames),
-                          generator=torch.Generator().manual_seed(0)).to(device)
+    codes = torch.randint(
+        0, cfg.vq.codebook_size, (cfg.vq.codebook_groups, frames), generator=torch.Generator().manual_seed(0)
+    ).to(device)
 
     def once():
         encode_s, _ = timed(lambda: vqgan.encode(audio), device)
@@ -28,5 +29,10 @@ def bench_vqgan(vqgan: VQGAN, seconds: float, runs: int) -> dict:
         return dict(encode_s=encode_s, decode_s=decode_s)
 
     result = median_runs(once, runs)
-    return dict(audio_s=seconds, codes=frames, encode_s=round(result["encode_s"], 3),
-                decode_s=round(result["decode_s"], 3), decode_rtf=round(result["decode_s"] / seconds, 3))
+    return dict(
+        audio_s=seconds,
+        codes=frames,
+        encode_s=round(result["encode_s"], 3),
+        decode_s=round(result["decode_s"], 3),
+        decode_rtf=round(result["decode_s"] / seconds, 3),
+    )

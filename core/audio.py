@@ -115,6 +115,11 @@ def encode_audio(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, format: str 
     return buffer.getvalue()
 
 
+def encode_output(audio: np.ndarray, format: str, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """`encode_audio`'s formats, plus pcm: OpenAI's raw format (16-bit little-endian mono)."""
+    return pcm16_bytes(audio) if format == "pcm" else encode_audio(audio, sample_rate, format)
+
+
 def pcm16_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     """Raw 16-bit little-endian mono PCM, converted exactly as the wav format's samples are."""
     samples = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
@@ -130,11 +135,21 @@ def streaming_wav_header(sample_rate: int = SAMPLE_RATE) -> bytes:
     """A 16-bit mono WAV header for a stream of unknown length: its size fields are the maximum
     (0xFFFFFFFF), which streaming players read as "until the data ends"."""
     block = 2  # one channel of 16-bit samples
-    return (b"RIFF" + (0xFFFFFFFF).to_bytes(4, "little") + b"WAVE"
-            + b"fmt " + (16).to_bytes(4, "little") + (1).to_bytes(2, "little") + (1).to_bytes(2, "little")
-            + sample_rate.to_bytes(4, "little") + (sample_rate * block).to_bytes(4, "little")
-            + block.to_bytes(2, "little") + (16).to_bytes(2, "little")
-            + b"data" + (0xFFFFFFFF).to_bytes(4, "little"))
+    return (
+        b"RIFF"
+        + (0xFFFFFFFF).to_bytes(4, "little")
+        + b"WAVE"
+        + b"fmt "
+        + (16).to_bytes(4, "little")
+        + (1).to_bytes(2, "little")
+        + (1).to_bytes(2, "little")
+        + sample_rate.to_bytes(4, "little")
+        + (sample_rate * block).to_bytes(4, "little")
+        + block.to_bytes(2, "little")
+        + (16).to_bytes(2, "little")
+        + b"data"
+        + (0xFFFFFFFF).to_bytes(4, "little")
+    )
 
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:

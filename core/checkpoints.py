@@ -12,11 +12,29 @@ from pathlib import Path
 
 import torch
 
+from .paths import FolderGuard
+
 HF_REPO_ID = "fishaudio/speech-lm-v1"
 VQGAN_FILENAME = "vqgan-v1.pth"
-LLAMA_FILENAME = "text2semantic-400m-v0.2-4k.pth"
+LM_FILENAME = "text2semantic-400m-v0.2-4k.pth"
 TOKENIZER_FILENAMES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 DEFAULT_CHECKPOINTS_DIR = Path("checkpoints")
+
+
+def resolve_config(
+    name: str, presets: dict, what: str, *, root: FolderGuard | None = None, field: str = "config_name"
+) -> str | Path:
+    """The one rule for configs: a preset's name as is, else a .json file (inside `root` when given:
+    the server's checkpoints folder). Nothing is instantiated by name; the file holds plain fields."""
+    if name in presets:
+        return name
+    where = " in the checkpoints folder" if root is not None else ""
+    if not str(name).lower().endswith(".json"):
+        raise ValueError(f"{field}: unknown {what} {name!r}; use {', '.join(sorted(presets))} or a .json file{where}.")
+    path = Path(name) if root is None else root.resolve(str(name), field=field)
+    if not path.is_file():
+        raise ValueError(f"{field}: unknown {what} {str(name)!r}; {name!r} is not a file{where}.")
+    return path
 
 
 class CheckpointError(ValueError):
@@ -69,7 +87,9 @@ def describe_shape_mismatch(expected: dict[str, torch.Size], given: dict[str, to
     return "; ".join(lines)
 
 
-def download_checkpoints(target_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR, repo_id: str = HF_REPO_ID) -> list[Path]:
+def download_checkpoints(
+    target_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR, repo_id: str = HF_REPO_ID
+) -> list[Path]:
     """Fetch the official files into `target_dir`, skipping those already present.
 
     huggingface_hub honours HF_ENDPOINT (mirrors) and shows tqdm progress bars.
@@ -79,7 +99,7 @@ def download_checkpoints(target_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR
     target_dir = Path(target_dir)
     target_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in (VQGAN_FILENAME, LLAMA_FILENAME, *TOKENIZER_FILENAMES):
+    for name in (VQGAN_FILENAME, LM_FILENAME, *TOKENIZER_FILENAMES):
         dest = target_dir / name
         if dest.is_file() and dest.stat().st_size > 0:
             paths.append(dest)

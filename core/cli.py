@@ -1,7 +1,8 @@
-"""`fishtts` command line: download, vqgan, generate, tts, g2p (also `python -m core ...`).
+"""`fishtts` command line: download, vqgan, generate, tts, g2p (also `python -m core ...`; the
+`fishtts` package adds serve and webui).
 
-Flag names and defaults follow the original tools (tools/vqgan/inference.py, tools/llama/generate.py);
-every subcommand is a thin shell over TTSEngine.
+Flag names follow the original tools (tools/vqgan/inference.py, tools/llama/generate.py); defaults
+come from core/request.py and core/engine.py; every subcommand is a thin shell over TTSEngine.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID
+from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, LM_FILENAME, VQGAN_FILENAME
+from .engine import DEFAULT_LM_CONFIG, DEFAULT_VQGAN_CONFIG
+from .request import DEFAULT_ORDER, DEFAULT_SAMPLING, DEFAULT_SEED, DEFAULT_TEXT
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".wma", ".aac", ".aiff", ".aif", ".aifc"}
 
@@ -38,50 +41,26 @@ def friendly_errors(func):
     return wrapper
 
 
-def load_codes_file(path: Path) -> np.ndarray:
-    try:
-        codes = np.load(path, allow_pickle=False)  # never unpickle user files
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{path} is not a .npy array of codes: {exc}") from None
-    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
-        raise ValueError(f"{path}: codes must be a 2-D integer array [4, T], got {codes.dtype} {list(codes.shape)}")
-    return codes
-
-
 def report_speed(frames: int, seconds: float, model) -> None:
     tokens_per_s = frames / max(seconds, 1e-9)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     click.echo(
         f"Generated {frames} frames in {seconds:.2f} s: {tokens_per_s:.2f} tokens/s, "
-        f"{model_bytes * tokens_per_s / 1e9:.2f} GB/s", err=True,
+        f"{model_bytes * tokens_per_s / 1e9:.2f} GB/s",
+        err=True,
     )
 
 
-class FishttsGroup(click.Group):
-    """The core commands, plus `serve` and `webui`, imported only when invoked (core has no web imports)."""
-
-    lazy_commands = {"serve": ("server.cli", "serve"), "webui": ("webui.cli", "webui")}
-
-    def list_commands(self, ctx):
-        return sorted([*super().list_commands(ctx), *self.lazy_commands])
-
-    def get_command(self, ctx, name):
-        if name in self.lazy_commands:
-            import importlib
-
-            module, attr = self.lazy_commands[name]
-            return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, name)
-
-
-@click.group(cls=FishttsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """fishtts: Fish Speech v0.2 text-to-speech with zero-shot voice cloning."""
 
 
 @main.command()
 @click.option("--checkpoints-dir", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR, show_default=True)
-@click.option("--repo-id", default=HF_REPO_ID, show_default=True, help="Hugging Face repo (HF_ENDPOINT selects a mirror).")
+@click.option(
+    "--repo-id", default=HF_REPO_ID, show_default=True, help="Hugging Face repo (HF_ENDPOINT selects a mirror)."
+)
 @friendly_errors
 def download(checkpoints_dir: Path, repo_id: str):
     """Fetch the official VQGAN, LM and tokenizer files (skips files already present)."""
@@ -92,111 +71,193 @@ def download(checkpoints_dir: Path, repo_id: str):
 
 
 @main.command()
-@click.option("-i", "--input-path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
-              help="Audio to encode (writes codes + reconstruction) or a .npy of codes to decode.")
-@click.option("-o", "--output-path", type=click.Path(path_type=Path), default="fake.wav", show_default=True,
-              help="Audio output; codes go next to it with the suffix .npy.")
-@click.option("-ckpt", "--checkpoint-path", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR / "vqgan-v1.pth", show_default=True)
-@click.option("-cfg", "--config-name", default="vqgan_pretrain", show_default=True)
+@click.option(
+    "-i",
+    "--input-path",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="Audio to encode (writes codes + reconstruction) or a .npy of codes to decode.",
+)
+@click.option(
+    "-o",
+    "--output-path",
+    type=click.Path(path_type=Path),
+    default="fake.wav",
+    show_default=True,
+    help="Audio output; codes go next to it with the suffix .npy.",
+)
+@click.option(
+    "-ckpt",
+    "--checkpoint-path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CHECKPOINTS_DIR / VQGAN_FILENAME,
+    show_default=True,
+)
+@click.option("-cfg", "--config-name", default=DEFAULT_VQGAN_CONFIG, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
 @friendly_errors
 def vqgan(input_path: Path, output_path: Path, checkpoint_path: Path, config_name: str, device: str | None):
     """Encode audio to VQ codes (and reconstruct it), or decode codes to audio."""
-    from .audio import SAMPLE_RATE, load_audio, write_audio
+    from .audio import load_audio, write_audio
     from .engine import TTSEngine
+    from .reference import read_codes_file
 
     suffix = input_path.suffix.lower()
     if suffix != ".npy" and suffix not in AUDIO_SUFFIXES:
         raise click.ClickException(f"unknown input type {suffix!r}: give an audio file or a .npy of codes")
     if suffix == ".npy":
-        codes = load_codes_file(input_path)  # validate before loading the model
-    engine = TTSEngine.load(llama_checkpoint=None, vqgan_checkpoint=checkpoint_path, vqgan_config=config_name, device=device)
+        codes = read_codes_file(input_path, str(input_path))  # validate before loading the model
+    engine = TTSEngine.load(
+        lm_checkpoint=None, vqgan_checkpoint=checkpoint_path, vqgan_config=config_name, device=device
+    )
     if suffix != ".npy":
         audio = load_audio(input_path)
         codes = engine.encode_reference(audio)
         codes_path = output_path.with_suffix(".npy")
         np.save(codes_path, codes)
-        click.echo(f"Saved codes {list(codes.shape)} ({SAMPLE_RATE / engine.vqgan.config.samples_per_code:.2f} Hz) to {codes_path}", err=True)
+        click.echo(f"Saved codes {list(codes.shape)} ({engine.info.frame_rate:.2f} Hz) to {codes_path}", err=True)
     audio = engine.decode_codes(codes)
-    write_audio(output_path, audio, SAMPLE_RATE)
-    click.echo(f"Saved audio ({audio.size / SAMPLE_RATE:.2f} s) to {output_path}", err=True)
+    write_audio(output_path, audio, engine.info.sample_rate)
+    click.echo(f"Saved audio ({audio.size / engine.info.sample_rate:.2f} s) to {output_path}", err=True)
 
 
 def generation_options(func):
     """Options shared by `generate` and `tts`, with the original generate.py's defaults."""
     options = [
-        click.option("--max-new-tokens", "--max_new_tokens", "max_new_tokens", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Frames to generate at most; 0 = until the context is full."),
-        click.option("--top-k", type=click.IntRange(min=1), default=None),
-        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True),
-        click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=1.5, show_default=True),
-        click.option("--temperature", type=click.FloatRange(0, min_open=True), default=0.7, show_default=True),
-        click.option("--tokenizer", default=HF_REPO_ID, show_default=True, help="HF repo id, or a folder / tokenizer.json."),
+        click.option(
+            "--max-new-tokens",
+            "--max_new_tokens",
+            "max_new_tokens",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Frames to generate at most; 0 = until the context is full.",
+        ),
+        click.option("--top-k", type=click.IntRange(min=1), default=DEFAULT_SAMPLING.top_k),
+        click.option(
+            "--top-p", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_SAMPLING.top_p, show_default=True
+        ),
+        click.option(
+            "--repetition-penalty",
+            type=click.FloatRange(0, min_open=True),
+            default=DEFAULT_SAMPLING.repetition_penalty,
+            show_default=True,
+        ),
+        click.option(
+            "--temperature",
+            type=click.FloatRange(0, min_open=True),
+            default=DEFAULT_SAMPLING.temperature,
+            show_default=True,
+        ),
+        click.option(
+            "--tokenizer", default=HF_REPO_ID, show_default=True, help="HF repo id, or a folder / tokenizer.json."
+        ),
         click.option("--compile/--no-compile", default=False, show_default=True),
-        click.option("--quantize", type=click.Choice(["int8"]), default=None,
-                     help="Quantize the LM's weights at load (int8: ~3x faster decode on CPU)."),
+        click.option(
+            "--quantize",
+            type=click.Choice(["int8"]),
+            default=None,
+            help="Quantize the LM's weights at load (int8: faster decoding on CPU, approximate; see the README).",
+        ),
         click.option("--use-g2p/--no-g2p", default=True, show_default=True),
-        click.option("--seed", type=int, default=42, show_default=True),
+        click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True),
         click.option("--speaker", default=None),
-        click.option("--order", default="zh,jp,en", show_default=True, help="Language priority for g2p."),
-        click.option("--half/--no-half", default=False, show_default=True, help="float16 instead of bfloat16 (CUDA only)."),
+        click.option("--order", default=DEFAULT_ORDER, show_default=True, help="Language priority for g2p."),
+        click.option(
+            "--half/--no-half", default=False, show_default=True, help="float16 instead of bfloat16 (CUDA only)."
+        ),
         click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)."),
-        click.option("--code-mask/--no-code-mask", default=True, show_default=True,
-                     help="Never sample codes the VQGAN cannot decode (off = the original's behaviour)."),
+        click.option(
+            "--code-mask/--no-code-mask",
+            default=True,
+            show_default=True,
+            help="Never sample codes the VQGAN cannot decode (off = the original's behaviour).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def sampling_from(kwargs):
+def synthesis_request(text: str, transcript: str | None, reference, kwargs: dict):
     from .lm import SamplingParams
+    from .request import SynthesisRequest
 
-    return SamplingParams(temperature=kwargs["temperature"], top_p=kwargs["top_p"], top_k=kwargs["top_k"],
-                          repetition_penalty=kwargs["repetition_penalty"])
+    sampling = SamplingParams(
+        temperature=kwargs["temperature"],
+        top_p=kwargs["top_p"],
+        top_k=kwargs["top_k"],
+        repetition_penalty=kwargs["repetition_penalty"],
+    )
+    return SynthesisRequest(
+        text=text,
+        transcript=transcript,
+        reference=reference,
+        sampling=sampling,
+        max_frames=kwargs["max_new_tokens"],
+        seed=kwargs["seed"],
+        order=kwargs["order"],
+        use_g2p=kwargs["use_g2p"],
+        speaker=kwargs["speaker"],
+        code_mask=kwargs["code_mask"],
+    )
 
 
-def run_generation(engine, request) -> list[np.ndarray]:
-    """Generate with a tqdm bar and report the speed; returns the codes per sample."""
-    from tqdm import tqdm
+def load_engine(lm_checkpoint, lm_config, vqgan_checkpoint, vqgan_config, kwargs: dict):
+    from .engine import TTSEngine
 
-    prompt = engine.encode_prompt(request)
-    click.echo(f"Encoded prompt shape: {list(prompt.shape)}", err=True)
-    with tqdm(total=None, unit="frame", desc="generating", file=sys.stderr) as bar:
-        start = time.perf_counter()
-        codes = engine.generate_codes(request, prompt=prompt, progress=bar.update)
-        seconds = time.perf_counter() - start
-    frames = sum(c.shape[1] + 1 for c in codes)
-    report_speed(frames, seconds, engine.lm)
-    return codes
+    return TTSEngine.load(
+        lm_checkpoint=lm_checkpoint,
+        lm_config=lm_config,
+        tokenizer=kwargs["tokenizer"],
+        vqgan_checkpoint=vqgan_checkpoint,
+        vqgan_config=vqgan_config,
+        device=kwargs["device"],
+        half=kwargs["half"],
+        compile=kwargs["compile"],
+        quantize=kwargs["quantize"],
+    )
 
 
 @main.command()
-@click.option("--text", default="你说的对, 但是原神是一款由米哈游自主研发的开放世界手游.", show_default=True)
+@click.option("--text", default=DEFAULT_TEXT, show_default=True)
 @click.option("--prompt-text", default=None, help="Transcript of the reference clip.")
-@click.option("--prompt-tokens", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Reference codes (.npy [4, T] from `fishtts vqgan`).")
+@click.option(
+    "--prompt-tokens",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Reference codes (.npy [4, T] from `fishtts vqgan`).",
+)
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--checkpoint-path", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR / "text2semantic-400m-v0.2-4k.pth", show_default=True)
-@click.option("--config-name", default="text2semantic_finetune", show_default=True)
+@click.option(
+    "--checkpoint-path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CHECKPOINTS_DIR / LM_FILENAME,
+    show_default=True,
+)
+@click.option("--config-name", default=DEFAULT_LM_CONFIG, show_default=True)
 @click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True)
 @generation_options
 @friendly_errors
 def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, config_name, output_dir, **kwargs):
     """Generate semantic codes for TEXT (codes_N.npy), optionally in the voice of reference codes."""
-    from .engine import GenerationRequest, TTSEngine
+    from tqdm import tqdm
 
-    request = GenerationRequest(
-        text=text, prompt_text=prompt_text,
-        prompt_tokens=load_codes_file(prompt_tokens) if prompt_tokens else None,
-        max_new_tokens=kwargs["max_new_tokens"], sampling=sampling_from(kwargs), use_g2p=kwargs["use_g2p"],
-        speaker=kwargs["speaker"], order=kwargs["order"], seed=kwargs["seed"], num_samples=num_samples,
-        code_mask=kwargs["code_mask"],
-    )
-    engine = TTSEngine.load(llama_checkpoint=checkpoint_path, llama_config=config_name, tokenizer=kwargs["tokenizer"],
-                            vqgan_checkpoint=None, device=kwargs["device"], half=kwargs["half"], compile=kwargs["compile"],
-                            quantize=kwargs["quantize"])
-    codes = run_generation(engine, request)
+    from .reference import read_codes_file
+    from .request import Reference
+
+    reference = None
+    if prompt_tokens:  # checked before the model loads
+        reference = Reference("--prompt-tokens", codes=read_codes_file(prompt_tokens, str(prompt_tokens)))
+    request = synthesis_request(text, prompt_text, reference, kwargs)
+    engine = load_engine(checkpoint_path, config_name, None, DEFAULT_VQGAN_CONFIG, kwargs)
+    prompt = engine.encode_prompt(request)
+    click.echo(f"Encoded prompt shape: {list(prompt.shape)}", err=True)
+    with tqdm(total=None, unit="frame", desc="generating", file=sys.stderr) as bar:
+        start = time.perf_counter()
+        codes = engine.generate_codes(request, num_samples=num_samples, prompt=prompt, progress=bar.update)
+        seconds = time.perf_counter() - start
+    report_speed(sum(c.shape[1] + 1 for c in codes), seconds, engine.lm)
     output_dir.mkdir(parents=True, exist_ok=True)
     for i, sample_codes in enumerate(codes):
         path = output_dir / f"codes_{i}.npy"
@@ -206,65 +267,91 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
 
 @main.command()
 @click.option("--text", required=True)
-@click.option("--reference-audio", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="A 5-10 s clip of the voice to clone.")
+@click.option(
+    "--reference-audio",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="A 5-10 s clip of the voice to clone.",
+)
 @click.option("--reference-text", default=None, help="Transcript of the reference clip.")
-@click.option("-o", "--output", default="output.wav", show_default=True,
-              help="Audio file (.wav, .flac, .ogg or .mp3), or - for a WAV stream on stdout.")
-@click.option("--stream/--no-stream", default=False, show_default=True,
-              help="Write the audio while it is generated and report the time to first audio "
-                   "(e.g. `-o - | ffplay -nodisp -autoexit -` plays it as it comes).")
-@click.option("--llama-checkpoint-path", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR / "text2semantic-400m-v0.2-4k.pth", show_default=True)
-@click.option("--llama-config-name", default="text2semantic_finetune", show_default=True)
-@click.option("--vqgan-checkpoint-path", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR / "vqgan-v1.pth", show_default=True)
-@click.option("--vqgan-config-name", default="vqgan_pretrain", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    default="output.wav",
+    show_default=True,
+    help="Audio file (.wav, .flac, .ogg or .mp3), or - for a WAV stream on stdout.",
+)
+@click.option(
+    "--stream/--no-stream",
+    default=False,
+    show_default=True,
+    help="Write the audio while it is generated and report the time to first audio "
+    "(e.g. `-o - | ffplay -nodisp -autoexit -` plays it as it comes).",
+)
+@click.option(
+    "--llama-checkpoint-path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CHECKPOINTS_DIR / LM_FILENAME,
+    show_default=True,
+)
+@click.option("--llama-config-name", default=DEFAULT_LM_CONFIG, show_default=True)
+@click.option(
+    "--vqgan-checkpoint-path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CHECKPOINTS_DIR / VQGAN_FILENAME,
+    show_default=True,
+)
+@click.option("--vqgan-config-name", default=DEFAULT_VQGAN_CONFIG, show_default=True)
 @generation_options
 @friendly_errors
-def tts(text, reference_audio, reference_text, output, stream, llama_checkpoint_path, llama_config_name,
-        vqgan_checkpoint_path, vqgan_config_name, **kwargs):
+def tts(
+    text,
+    reference_audio,
+    reference_text,
+    output,
+    stream,
+    llama_checkpoint_path,
+    llama_config_name,
+    vqgan_checkpoint_path,
+    vqgan_config_name,
+    **kwargs,
+):
     """Text (+ optional reference voice) to speech in one step; long texts go sentence by sentence."""
     from tqdm import tqdm
 
-    from .audio import SAMPLE_RATE, load_audio
-    from .engine import GenerationRequest, TTSEngine
+    from .audio import load_audio
+    from .request import Reference
 
     if (reference_audio is None) != (reference_text is None):
         raise click.ClickException("--reference-audio and --reference-text go together")
     sink = AudioSink(output)  # checks the suffix before the models load
-    reference = load_audio(reference_audio) if reference_audio else None
-    request = GenerationRequest(
-        text=text, prompt_text=reference_text, max_new_tokens=kwargs["max_new_tokens"],
-        sampling=sampling_from(kwargs), use_g2p=kwargs["use_g2p"], speaker=kwargs["speaker"],
-        order=kwargs["order"], seed=kwargs["seed"], code_mask=kwargs["code_mask"],
-    )
-    engine = TTSEngine.load(
-        llama_checkpoint=llama_checkpoint_path, llama_config=llama_config_name, tokenizer=kwargs["tokenizer"],
-        vqgan_checkpoint=vqgan_checkpoint_path, vqgan_config=vqgan_config_name, device=kwargs["device"],
-        half=kwargs["half"], compile=kwargs["compile"], quantize=kwargs["quantize"],
-    )
+    reference = Reference("--reference-audio", audio=load_audio(reference_audio)) if reference_audio else None
+    request = synthesis_request(text, reference_text, reference, kwargs)
+    engine = load_engine(llama_checkpoint_path, llama_config_name, vqgan_checkpoint_path, vqgan_config_name, kwargs)
+    sample_rate = engine.info.sample_rate
     start = time.perf_counter()
-    first_audio = None
     with tqdm(total=None, unit="frame", desc="generating", file=sys.stderr) as bar:
-        speech = engine.stream(request, reference, progress=bar.update)
+        speech = engine.stream(request, progress=bar.update)
         chunks = []
         for chunk in speech:
             chunks.append(chunk)
             if stream:
-                sink.write(chunk)
-                if first_audio is None:
-                    first_audio = time.perf_counter() - start
+                sink.write(chunk, sample_rate)
     samples = sum(c.size for c in chunks)
     if samples == 0:
         raise click.ClickException("the model produced no audio for this text (try a larger --max-new-tokens)")
     if not stream:
-        sink.write(np.concatenate(chunks))
+        sink.write(np.concatenate(chunks), sample_rate)
     sink.close()
     seconds = time.perf_counter() - start
-    duration = samples / SAMPLE_RATE
+    duration = samples / sample_rate
     where = "stdout" if output == "-" else output
-    ttfa = f", first audio after {first_audio:.2f} s" if first_audio is not None else ""
-    click.echo(f"Saved {duration:.2f} s of audio to {where} in {len(speech.segments)} segment(s) "
-               f"(real-time factor {seconds / max(duration, 1e-9):.2f}{ttfa})", err=True)
+    ttfa = f", first audio after {speech.time_to_first_audio:.2f} s" if stream else ""
+    click.echo(
+        f"Saved {duration:.2f} s of audio to {where} in {len(speech.segments)} segment(s) "
+        f"(real-time factor {seconds / max(duration, 1e-9):.2f}{ttfa})",
+        err=True,
+    )
 
 
 class AudioSink:
@@ -278,19 +365,19 @@ class AudioSink:
         self.format = None if output == "-" else suffix_format(output)  # checked before any work
         self.writer = None
 
-    def write(self, chunk: np.ndarray) -> None:
-        from .audio import SAMPLE_RATE, AudioWriter, pcm16_bytes, streaming_wav_header
+    def write(self, chunk: np.ndarray, sample_rate: int) -> None:
+        from .audio import AudioWriter, pcm16_bytes, streaming_wav_header
 
         if self.format is None:
             out = sys.stdout.buffer
             if self.writer is None:
                 self.writer = out
-                out.write(streaming_wav_header(SAMPLE_RATE))
+                out.write(streaming_wav_header(sample_rate))
             out.write(pcm16_bytes(chunk))
             out.flush()
             return
         if self.writer is None:
-            self.writer = AudioWriter(self.output, self.format, SAMPLE_RATE)
+            self.writer = AudioWriter(self.output, self.format, sample_rate)
         self.writer.write(chunk)
 
     def close(self) -> None:
@@ -300,7 +387,7 @@ class AudioSink:
 
 @main.command()
 @click.argument("text")
-@click.option("--order", default="zh,jp,en", show_default=True, help="Language priority.")
+@click.option("--order", default=DEFAULT_ORDER, show_default=True, help="Language priority.")
 @friendly_errors
 def g2p(text: str, order: str):
     """Print TEXT's language segments and phonemes as JSON (pronunciation debugging)."""

@@ -24,8 +24,15 @@ def resolve_device(device: str | None = None) -> torch.device:
 def lm_dtype(device: torch.device, half: bool = False, precision: str | None = None) -> torch.dtype:
     """The original runs bf16 (fp16 with --half) on CUDA; on CPU we compute in float32."""
     if precision:
-        table = {"float32": torch.float32, "float16": torch.float16, "half": torch.float16,
-                 "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+        table = {
+            "float32": torch.float32,
+            "float16": torch.float16,
+            "half": torch.float16,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "fp16": torch.float16,
+            "fp32": torch.float32,
+        }
         if precision not in table:
             raise ValueError(f"unknown precision {precision!r} (use float32, bfloat16 or float16)")
         if device.type == "cpu":

@@ -1,8 +1,9 @@
-"""TTSEngine: the one object the CLI, the server and the tests use.
+"""TTSEngine: the one door the CLI, the server and the benchmark go through.
 
-Load once; encode a reference clip to codes; generate codes for text in that voice; decode codes to
-audio, streaming or in one piece. An engine can be shared between threads: its scheduler batches
-their generations (core/scheduler.py).
+Load once; `info` says what callers may need to know (rates, context, precision, capabilities);
+`stream` / `synthesize` turn a `SynthesisRequest` (core/request.py) into audio; `generate_codes`
+stops at the codes (the original's `generate` step). An engine can be shared between threads: its
+scheduler batches their generations (core/scheduler.py).
 """
 
 from __future__ import annotations
@@ -10,56 +11,56 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE
-from .checkpoints import DEFAULT_CHECKPOINTS_DIR, LLAMA_FILENAME, VQGAN_FILENAME
+from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, LM_FILENAME, VQGAN_FILENAME
 from .device import lm_dtype, resolve_device
-from .lm import SamplingParams, Sequence, encode_prompt, frames_to_codes, load_lm, load_tokenizer
+from .frontend import PromptText, read_piece, read_text
+from .lm import Sequence, encode_prompt, frames_to_codes, load_lm, load_tokenizer
 from .lm.compile import uses_static_cache
+from .lm.config import PRESETS as LM_PRESETS
 from .lm.generate import budget_new_frames
-from .lm.prompt import DEFAULT_ORDER
 from .lm.quantize import is_quantized
-from .scheduler import Job, Scheduler
+from .lm.tokenizer import resolve_tokenizer_dir
+from .reference import prepare_reference
+from .request import SynthesisRequest
+from .scheduler import Job, Scheduler, SchedulerFailed
 from .speech import SpeechStream
-from .text.split import MAX_SEGMENT_WEIGHT, split_text
+from .text.split import MAX_SEGMENT_WEIGHT
 from .vqgan import load_vqgan
+from .vqgan.config import PRESETS as VQGAN_PRESETS
 from .vqgan.config import VQConfig
 
-DEFAULT_LLAMA_CHECKPOINT = str(DEFAULT_CHECKPOINTS_DIR / LLAMA_FILENAME)
+FAMILY = "fish-speech-v0.2"
+DEFAULT_LM_CHECKPOINT = str(DEFAULT_CHECKPOINTS_DIR / LM_FILENAME)
 DEFAULT_VQGAN_CHECKPOINT = str(DEFAULT_CHECKPOINTS_DIR / VQGAN_FILENAME)
-DEFAULT_LLAMA_CONFIG = "text2semantic_finetune"
+DEFAULT_LM_CONFIG = "text2semantic_finetune"
 DEFAULT_VQGAN_CONFIG = "vqgan_pretrain"
-DEFAULT_TOKENIZER = "fishaudio/speech-lm-v1"
+DEFAULT_TOKENIZER = HF_REPO_ID
 T = TypeVar("T")
 
 
-@dataclass
-class GenerationRequest:
-    """Everything that decides what the LM generates (the original CLI's options and defaults)."""
+@dataclass(frozen=True)
+class EngineInfo:
+    """What callers may know about a loaded engine, without reaching into its models."""
 
-    text: str
-    prompt_text: str | None = None
-    prompt_tokens: np.ndarray | torch.Tensor | None = None  # reference codes [4, T]
-    max_new_tokens: int = 0  # 0 = until the context is full
-    sampling: SamplingParams = SamplingParams()
-    use_g2p: bool = True
-    speaker: str | None = None
-    order: str = DEFAULT_ORDER
-    seed: int | None = None
-    num_samples: int = 1
-    code_mask: bool = True  # never sample codes the VQGAN cannot decode
-    ignore_stop: bool = False  # benchmarks: run the whole max_new_tokens (random weights stop anywhere)
-
-    def __post_init__(self):
-        if not self.text or not self.text.strip():
-            raise ValueError("text is empty")
-        if self.num_samples < 1:
-            raise ValueError("num_samples must be >= 1")
+    family: str  # the model family; another family plugs in behind the same door with its own
+    device: str
+    precision: str | None  # the LM's weight dtype (None: no LM)
+    quantize: str  # "none" or "int8"
+    compiled: bool
+    max_batch_size: int  # sequences decoded together
+    context: int | None  # the LM's context in positions (prompt + generated frames)
+    num_codebooks: int | None
+    codebook_size: int | None  # codes the codec can decode (None: no codec loaded)
+    sample_rate: int  # of the audio it reads and writes
+    frame_rate: float | None  # codec frames per second of audio
+    phonemes: bool = True  # g2p, the language order and speaker tags apply to its prompts
 
 
 def sample_generators(device: torch.device, seed: int | None, count: int) -> list[torch.Generator]:
@@ -92,8 +93,16 @@ class TTSEngine:
     the decode steps of concurrent requests (core/scheduler.py); without one (VQGAN only), calls
     run directly under a lock."""
 
-    def __init__(self, *, lm=None, tokenizer=None, vqgan=None, device: torch.device | str = "cpu",
-                 compile: bool = False, max_batch_size: int | None = None):
+    def __init__(
+        self,
+        *,
+        lm=None,
+        tokenizer=None,
+        vqgan=None,
+        device: torch.device | str = "cpu",
+        compile: bool = False,
+        max_batch_size: int | None = None,
+    ):
         self.lm = lm
         self.tokenizer = tokenizer
         self.vqgan = vqgan
@@ -107,8 +116,8 @@ class TTSEngine:
     def load(
         cls,
         *,
-        llama_checkpoint: str | os.PathLike | None = DEFAULT_LLAMA_CHECKPOINT,
-        llama_config: str = DEFAULT_LLAMA_CONFIG,
+        lm_checkpoint: str | os.PathLike | None = DEFAULT_LM_CHECKPOINT,
+        lm_config: str = DEFAULT_LM_CONFIG,
         tokenizer: str | os.PathLike = DEFAULT_TOKENIZER,
         vqgan_checkpoint: str | os.PathLike | None = DEFAULT_VQGAN_CHECKPOINT,
         vqgan_config: str = DEFAULT_VQGAN_CONFIG,
@@ -118,17 +127,16 @@ class TTSEngine:
         compile: bool = False,
         quantize: str | None = None,
         max_batch_size: int | None = None,
-    ) -> "TTSEngine":
+    ) -> TTSEngine:
         """Load the parts whose checkpoint is given (None skips the LM or the VQGAN).
 
-        `quantize="int8"` stores the LM's linears as int8 (~4x less to read per token on CPU).
+        `quantize="int8"` stores the LM's linears as int8 (a quarter of the bytes to read per token).
         """
         dev = resolve_device(device)
         lm = tok = vqgan = None
-        if llama_checkpoint is not None:
-            tok = load_tokenizer(tokenizer, checkpoints_dir=os.path.dirname(str(llama_checkpoint)) or ".")
-            lm = load_lm(llama_checkpoint, llama_config, device=dev, dtype=lm_dtype(dev, half, precision),
-                         quantize=quantize)
+        if lm_checkpoint is not None:
+            tok = load_tokenizer(tokenizer, checkpoints_dir=os.path.dirname(str(lm_checkpoint)) or ".")
+            lm = load_lm(lm_checkpoint, lm_config, device=dev, dtype=lm_dtype(dev, half, precision), quantize=quantize)
         if vqgan_checkpoint is not None:
             vqgan = load_vqgan(vqgan_checkpoint, vqgan_config, device=dev)
         if compile and lm is not None:
@@ -136,6 +144,27 @@ class TTSEngine:
 
             compile_decode(lm)
         return cls(lm=lm, tokenizer=tok, vqgan=vqgan, device=dev, compile=compile, max_batch_size=max_batch_size)
+
+    # -- what callers may know -------------------------------------------------------------
+
+    @property
+    def info(self) -> EngineInfo:
+        lm, vqgan = self.lm, self.vqgan
+        return EngineInfo(
+            family=FAMILY,
+            device=str(self.device),
+            precision=None if lm is None else str(lm.output.weight.dtype).removeprefix("torch."),
+            quantize="int8" if lm is not None and is_quantized(lm) else "none",
+            compiled=self.compile,
+            max_batch_size=self.max_batch_size,
+            context=None if lm is None else lm.config.max_seq_len,
+            num_codebooks=lm.config.num_codebooks
+            if lm is not None
+            else (vqgan.config.vq.codebook_groups if vqgan is not None else None),
+            codebook_size=None if vqgan is None else vqgan.config.vq.codebook_size,
+            sample_rate=SAMPLE_RATE if vqgan is None else vqgan.config.sample_rate,
+            frame_rate=None if vqgan is None else vqgan.config.sample_rate / vqgan.config.samples_per_code,
+        )
 
     # -- parts -----------------------------------------------------------------------------
 
@@ -146,10 +175,6 @@ class TTSEngine:
         return value
 
     @property
-    def codebook_size(self) -> int | None:
-        return None if self.vqgan is None else self.vqgan.config.vq.codebook_size
-
-    @property
     def scheduler(self) -> Scheduler:
         """The thread that owns the LM (started on first use)."""
         lm = self._need("lm")
@@ -158,6 +183,12 @@ class TTSEngine:
                 static = self.compile and uses_static_cache(lm)  # CUDA graphs want one batch shape
                 self._scheduler = Scheduler(lm, self.max_batch_size, static=static)
             return self._scheduler
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why this engine's scheduler thread died, if it did: it then refuses all work (load anew)."""
+        scheduler = self._scheduler
+        return None if scheduler is None else scheduler.failure
 
     def _model_call(self, fn: Callable[[], T]) -> T:
         """Run model work where it does not compete with the scheduler for the cores."""
@@ -176,47 +207,80 @@ class TTSEngine:
     # -- audio <-> codes -------------------------------------------------------------------
 
     def encode_reference(self, audio: np.ndarray) -> np.ndarray:
-        """Mono float32 audio at 22,050 Hz -> codes [4, T] int64."""
+        """Mono float32 audio at the codec's rate -> codes [4, T] int64."""
         vqgan = self._need("vqgan")
         audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
         codes = self._model_call(lambda: vqgan.encode(audio))  # the VQGAN checks shape and length
         return codes.cpu().numpy().astype(np.int64)
 
     def decode_codes(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Codes [4, T] -> mono float32 audio at 22,050 Hz (in one piece)."""
+        """Codes [4, T] -> mono float32 audio at the codec's rate (in one piece)."""
         vqgan = self._need("vqgan")
         audio = self._model_call(lambda: vqgan.decode(codes))  # the VQGAN checks shape, dtype and range
         return audio.reshape(-1).float().cpu().numpy()
 
     # -- text -> codes ---------------------------------------------------------------------
 
-    def encode_prompt(self, request: GenerationRequest) -> torch.Tensor:
-        prompt_tokens = None if request.prompt_tokens is None else torch.as_tensor(request.prompt_tokens)
-        return encode_prompt(
-            self._need("tokenizer"), request.text, prompt_text=request.prompt_text, prompt_tokens=prompt_tokens,
-            use_g2p=request.use_g2p, speaker=request.speaker, order=request.order,
-            num_codebooks=self._need("lm").config.num_codebooks,
+    def _check(self, request: SynthesisRequest) -> np.ndarray | None:
+        """Request limits that depend on the model; the reference's codes."""
+        context = self._need("lm").config.max_seq_len
+        if request.max_frames > context:
+            raise ValueError(f"max_new_tokens: {request.max_frames} exceeds the model's context of {context}.")
+        if request.reference is None:
+            return None
+        return prepare_reference(self, request.reference).codes
+
+    def encode_prompt(self, request: SynthesisRequest) -> torch.Tensor:
+        """The LM's input [1 + codebooks, L (+ T)] for the request's whole text as one prompt."""
+        piece = read_piece(
+            request.text, request.transcript, use_g2p=request.use_g2p, speaker=request.speaker, order=request.order
         )
+        return self._prompt_tensor(piece, self._check(request))
 
-    def _sequences(self, request: GenerationRequest, prompt: torch.Tensor, count: int,
-                   seed: int | None) -> list[Sequence]:
+    def _prompt_tensor(self, piece: PromptText, reference_codes: np.ndarray | None) -> torch.Tensor:
+        codes = None if reference_codes is None else torch.as_tensor(reference_codes)
+        return encode_prompt(self._need("tokenizer"), piece.prompt, codes, self._need("lm").config.num_codebooks)
+
+    def _sequences(
+        self, request: SynthesisRequest, prompt: torch.Tensor, count: int, seed: int | None, ignore_stop: bool
+    ) -> list[Sequence]:
         lm = self._need("lm")
-        budget = budget_new_frames(prompt.shape[1], request.max_new_tokens, lm.config.max_seq_len)
-        code_limit = (self.codebook_size or VQConfig().codebook_size) if request.code_mask else None
-        return [Sequence(prompt, budget, request.sampling, self._need("tokenizer").eos_token_id, generator,
-                         code_limit, fast_sampling=is_quantized(lm),  # the int8 path is not bit-exact anyway
-                         ignore_stop=request.ignore_stop)
-                for generator in sample_generators(self.device, seed, count)]
+        budget = budget_new_frames(prompt.shape[1], request.max_frames, lm.config.max_seq_len)
+        code_limit = (self.info.codebook_size or VQConfig().codebook_size) if request.code_mask else None
+        return [
+            Sequence(
+                prompt,
+                budget,
+                request.sampling,
+                self._need("tokenizer").eos_token_id,
+                generator,
+                code_limit,
+                fast_sampling=is_quantized(lm),  # the int8 path is not bit-exact anyway
+                ignore_stop=ignore_stop,
+            )
+            for generator in sample_generators(self.device, seed, count)
+        ]
 
-    def generate_codes(self, request: GenerationRequest, prompt: torch.Tensor | None = None,
-                       progress: Callable[[], None] | None = None) -> list[np.ndarray]:
-        """Codes [4, n] per sample (the samples decode as one batch); dtype int32, or int64 with int64
-        reference codes (as the original). `progress` is called once per step."""
+    def generate_codes(
+        self,
+        request: SynthesisRequest,
+        *,
+        num_samples: int = 1,
+        prompt: torch.Tensor | None = None,
+        progress: Callable[[], None] | None = None,
+        ignore_stop: bool = False,
+    ) -> list[np.ndarray]:
+        """Codes [4, n] per sample for the whole text as one prompt (`encode_prompt`'s, unless given;
+        the samples decode as one batch); dtype int32, or int64 with int64 reference codes (as the
+        original). `progress` is called once per step; `ignore_stop` (benchmarks: random weights stop
+        anywhere) runs the whole budget."""
+        if num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
+        if num_samples > self.max_batch_size:
+            raise ValueError(f"num_samples is {num_samples}; at most {self.max_batch_size} run as one batch")
         if prompt is None:
             prompt = self.encode_prompt(request)
-        if request.num_samples > self.max_batch_size:
-            raise ValueError(f"num_samples is {request.num_samples}; at most {self.max_batch_size} run as one batch")
-        sequences = self._sequences(request, prompt, request.num_samples, request.seed)
+        sequences = self._sequences(request, prompt, num_samples, request.seed, ignore_stop)
         done = threading.Event()
         errors: list[BaseException] = []
 
@@ -242,54 +306,64 @@ class TTSEngine:
 
     # -- everything ------------------------------------------------------------------------
 
-    def stream(self, request: GenerationRequest, reference_audio: np.ndarray | None = None,
-               max_segment_weight: int = MAX_SEGMENT_WEIGHT, progress: Callable[[], None] | None = None,
-               max_parallel: int = 2) -> SpeechStream:
-        """Text (+ optional reference clip or codes) -> a SpeechStream of audio chunks (first sample).
+    def read_text(
+        self, request: SynthesisRequest, reference_frames: int = 0, max_segment_weight: int = MAX_SEGMENT_WEIGHT
+    ) -> list[PromptText]:
+        """The pieces the request's text is synthesized in (core/frontend.py), each with a prompt that
+        leaves at least half the context for its audio (a long transcript, a small model)."""
+        limit = self._need("lm").config.max_seq_len // 2
+        tokenizer = self._need("tokenizer")
+        return read_text(
+            request.text,
+            request.transcript,
+            use_g2p=request.use_g2p,
+            speaker=request.speaker,
+            order=request.order,
+            max_weight=max_segment_weight,
+            fits=lambda prompt: len(tokenizer.encode(prompt)) + reference_frames <= limit,
+        )
 
-        A long text is split into segments (core/text/split.py), each generated with the reference
-        as its prompt; segment i samples with seed + i. `progress` is called for every frame.
-        `max_parallel` segments generate at once: each one more at the start delays the first audio by
-        a prompt's prefill; later ones join as earlier ones finish, when plenty of audio is buffered.
+    def stream(
+        self,
+        request: SynthesisRequest,
+        *,
+        progress: Callable[[], None] | None = None,
+        max_parallel: int = 2,
+        max_segment_weight: int = MAX_SEGMENT_WEIGHT,
+        ignore_stop: bool = False,
+    ) -> SpeechStream:
+        """The request's audio as a SpeechStream of chunks, while it is generated.
+
+        The text is read in pieces (`read_text`), each generated with the reference as its prompt;
+        piece i samples with seed + i. `progress` is called for every frame. `max_parallel` pieces
+        generate at once: each one more at the start delays the first audio by a prompt's prefill;
+        later ones join as earlier ones finish, when plenty of audio is buffered.
         """
         self._need("vqgan")
-        if reference_audio is not None:
-            if request.prompt_text is None:
-                raise ValueError("a reference clip needs its transcript (reference text)")
-            request = replace(request, prompt_tokens=self.encode_reference(reference_audio))
+        codes = self._check(request)
+        pieces = self.read_text(request, 0 if codes is None else codes.shape[1], max_segment_weight)
         sequences = []
-        for i, (segment, prompt) in enumerate(self._segment_prompts(request, max_segment_weight)):
+        for i, piece in enumerate(pieces):
             seed = None if request.seed is None else request.seed + i
-            sequences += self._sequences(segment, prompt, 1, seed)
+            sequences += self._sequences(request, self._prompt_tensor(piece, codes), 1, seed, ignore_stop)
         return SpeechStream(self.scheduler, self.vqgan, sequences, max_parallel, progress)
 
-    def _segment_prompts(self, request: GenerationRequest, max_weight: int) -> list[tuple[GenerationRequest, torch.Tensor]]:
-        """(request, prompt) per segment of the text. A segment whose prompt takes more than half the
-        context (a long transcript, a small model) is split further, so that its audio has room."""
-        limit = self._need("lm").config.max_seq_len // 2
-        out = []
-
-        def add(text: str, weight: int) -> None:
-            segment = replace(request, text=text)
-            prompt = self.encode_prompt(segment)
-            if prompt.shape[1] > limit and weight > 1:
-                pieces = split_text(text, max(1, weight // 2))
-                if len(pieces) > 1:
-                    for piece in pieces:
-                        add(piece, weight // 2)
-                    return
-            out.append((segment, prompt))
-
-        for text in split_text(request.text, max_weight) or [request.text]:
-            add(text, max_weight)
-        return out
-
-    def synthesize(self, request: GenerationRequest, reference_audio: np.ndarray | None = None) -> np.ndarray:
+    def synthesize(self, request: SynthesisRequest, *, ignore_stop: bool = False) -> np.ndarray:
         """The whole stream's audio at once (the same samples as streaming it)."""
-        chunks = list(self.stream(request, reference_audio, max_parallel=4))  # no first audio to hurry
+        chunks = list(self.stream(request, max_parallel=4, ignore_stop=ignore_stop))  # no first audio to hurry
         if not chunks:
             raise ValueError("the model produced no audio for this text (try a larger max_new_tokens)")
         return np.concatenate(chunks)
 
 
-__all__ = ["GenerationRequest", "TTSEngine", "SAMPLE_RATE"]
+__all__ = [
+    "EngineInfo",
+    "LM_PRESETS",
+    "SAMPLE_RATE",
+    "SchedulerFailed",
+    "SpeechStream",
+    "SynthesisRequest",
+    "TTSEngine",
+    "VQGAN_PRESETS",
+    "resolve_tokenizer_dir",
+]

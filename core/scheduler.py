@@ -10,6 +10,10 @@ decode kernels are batch-invariant, so its tokens do not depend on who else is i
 Everything that touches the models runs on this thread, so the CPU cores are never shared by two
 torch calls at once and the KV cache needs no lock. Callers talk to it through `submit` (sequences)
 and `call` (any function, run between steps by priority: lower first, then first come).
+
+An error in one job's work (its prefill, its sampling, its callbacks) fails that job alone; an
+error of the batched forward fails the jobs in that batch. Should the thread itself die, `failure`
+says why, everything waiting fails with `SchedulerFailed`, and so does all later work.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .lm.generate import Sequence, decode_step, prefill
+from .lm.generate import Sequence, decode_logits, decode_threads, prefill
 from .lm.model import Transformer
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,10 @@ log = logging.getLogger(__name__)
 
 class Cancelled(Exception):
     """The owner of a job or task cancelled it."""
+
+
+class SchedulerFailed(RuntimeError):
+    """The scheduler thread died; its model takes no more work until it is loaded anew."""
 
 
 @dataclass(eq=False)
@@ -65,6 +73,7 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closed = False
         self._caches_ready = False
+        self.failure: BaseException | None = None  # why the thread died, if it did
         self._thread = threading.Thread(target=self._run, name="fishtts-scheduler", daemon=True)
         self._thread.start()
 
@@ -107,22 +116,31 @@ class Scheduler:
         if threading.current_thread() is not self._thread:
             self._thread.join()
 
-    @property
-    def active_sequences(self) -> int:
-        with self._wake:
-            return sum(len(j.sequences) for j in self._active)
-
     def _check_open(self) -> None:
+        if self.failure is not None:
+            raise _failed(self.failure)
         if self._closed:
             raise RuntimeError("the scheduler is closed")
 
     # -- the thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+            error: BaseException = RuntimeError("the model was unloaded")
+        except BaseException as exc:  # noqa: BLE001 - a bug here must not leave callers waiting forever
+            log.exception("the scheduler thread died; its model fails all work until it is loaded again")
+            with self._wake:
+                self.failure, self._closed = exc, True
+            error = _failed(exc)
+        self._fail_everything(error)
+
+    def _loop(self) -> None:
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._closed or self._waiting or self._active or self._tasks
-                                    or self._cancelled)
+                self._wake.wait_for(
+                    lambda: self._closed or self._waiting or self._active or self._tasks or self._cancelled
+                )
                 if self._closed:
                     break
                 self._drop_cancelled()
@@ -135,7 +153,6 @@ class Scheduler:
                     self._step()
                 if task is not None:
                     self._run_task(task)
-        self._fail_everything(RuntimeError("the model was unloaded"))
 
     def _admit(self) -> list[Job]:
         """Waiting jobs that fit in the free slots, in arrival order (called with the lock held)."""
@@ -166,15 +183,24 @@ class Scheduler:
 
     def _step(self) -> None:
         running = [(job, i, seq) for job in self._active for i, seq in enumerate(job.sequences) if not seq.finished]
-        try:
-            frames = decode_step(self.model, [seq for _, _, seq in running], self.max_batch if self.static else None)
-        except Exception as exc:  # noqa: BLE001 - nothing the batch can go on with
-            log.exception("decode step failed")
-            for job in list(self._active):
-                self._finish(job, exc)
-            return
-        for (job, i, _), frame in zip(running, frames):
-            job.on_frame(i, frame)
+        failed: dict[Job, BaseException] = {}
+        with decode_threads(self.model):
+            try:
+                logits = decode_logits(
+                    self.model, [seq for _, _, seq in running], self.max_batch if self.static else None
+                )
+            except Exception as exc:  # noqa: BLE001 - no job of this batch can go on
+                log.exception("decode step failed")
+                logits, failed = [], {job: exc for job, _, _ in running}
+            for (job, i, seq), out in zip(running, logits, strict=False):  # no logits: the forward failed
+                if job in failed:
+                    continue
+                try:  # sampling and the callback are this job's own: a failure stops it alone
+                    job.on_frame(i, seq.accept(out))
+                except Exception as exc:  # noqa: BLE001
+                    failed[job] = exc
+        for job, exc in failed.items():
+            self._finish(job, exc)
         self._finish_stopped()
 
     def _finish_stopped(self) -> None:
@@ -235,6 +261,10 @@ class Scheduler:
             _report(job, error)
         for task in tasks:
             task[3].set_exception(error)
+
+
+def _failed(cause: BaseException) -> SchedulerFailed:
+    return SchedulerFailed(f"its scheduler thread died ({cause.__class__.__name__})")
 
 
 def _report(job: Job, error: BaseException | None) -> None:

@@ -3,8 +3,9 @@
 Text segments (core/text/split.py) each become one sequence in the batch scheduler, up to
 `max_parallel` of them at a time; every frame goes into that segment's StreamingDecoder, whose
 chunks are decoded on the scheduler thread as soon as no later code can change them, a segment's
-only once the segments before it are generated (their audio is needed first). The consumer iterates the chunks of segment 0, then 1, ...; where two segments meet,
-each side is faded over a few milliseconds so the join cannot click.
+only once the segments before it are generated (their audio is needed first). The consumer iterates
+the chunks of segment 0, then 1, ...; where two segments meet, each side is faded over a few
+milliseconds so the join cannot click.
 
 Streaming or not, a request produces the same samples: the decode kernels are batch-invariant and
 the chunks depend only on the codes, never on timing. `synthesize` is `concatenate(stream)`.
@@ -44,8 +45,14 @@ class SpeechStream:
     """Iterate for mono float32 chunks at the VQGAN's rate; `cancel()` (or closing the iterator)
     stops the generation and frees the scheduler's slots."""
 
-    def __init__(self, scheduler: Scheduler, vqgan: VQGAN, sequences: list[Sequence], max_parallel: int = 4,
-                 progress: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        vqgan: VQGAN,
+        sequences: list[Sequence],
+        max_parallel: int = 4,
+        progress: Callable[[], None] | None = None,
+    ):
         """`progress`, if given, is called (on the scheduler thread) for every generated frame."""
         if not sequences:
             raise ValueError("nothing to synthesize")
@@ -122,8 +129,12 @@ class SpeechStream:
                 return
             segment = self.segments[self._next_submit]
             self._next_submit += 1
-        job = Job([segment.sequence], lambda _, frame: self._on_frame(segment, frame),
-                  lambda error: self._on_generated(segment, error), owner=self)
+        job = Job(
+            [segment.sequence],
+            lambda _, frame: self._on_frame(segment, frame),
+            lambda error: self._on_generated(segment, error),
+            owner=self,
+        )
         try:
             self.scheduler.submit(job)
         except RuntimeError as exc:  # closed: the model is being unloaded
@@ -159,9 +170,17 @@ class SpeechStream:
             return
         segment.decoding = True
         try:
-            self.scheduler.call(lambda: self._decode(segment), priority=segment.index, owner=self)
+            task = self.scheduler.call(lambda: self._decode(segment), priority=segment.index, owner=self)
         except RuntimeError as exc:
             self._fail(exc)
+            return
+        task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task) -> None:
+        """`_decode` reports its own errors; a task that failed without running (the scheduler died) is
+        reported here, or the consumer would wait for its chunks forever."""
+        if not task.cancelled() and task.exception() is not None:
+            self._fail(task.exception())
 
     def _decode(self, segment: Segment) -> None:
         """One chunk per task: the consumer gets each as soon as it is decoded, and LM steps run between."""

@@ -9,12 +9,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
 from .auth import install_access_control, install_cors
 from .context import ServerContext
-from .errors import ApiError, install_error_handlers
+from .errors import ApiError, install_error_handlers, scrub
 from .middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from .routes import include_routes
 from .routes.models import load_bundle
@@ -22,6 +21,17 @@ from .schemas import MODEL_NAME_PATTERN, LoadModelRequest
 from .settings import Settings
 
 log = logging.getLogger("fishtts.server")
+
+
+class QuietHealthPolls(logging.Filter):
+    """Drops uvicorn's access line for GET /v1/health: monitors and launch.sh poll it every second."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (len(args) >= 3 and str(args[2]).partition("?")[0] == "/v1/health")
+
+
+QUIET_HEALTH_POLLS = QuietHealthPolls()
 
 DESCRIPTION = """Fish Speech v0.2 text-to-speech with zero-shot voice cloning.
 
@@ -45,9 +55,10 @@ async def load_at_start(ctx: ServerContext, specs: tuple[str, ...]) -> None:
         try:
             name, body = parse_load_spec(spec)
             await run_in_threadpool(load_bundle, ctx, name, body)
-        except ApiError as exc:
-            ctx.load_errors[name] = exc.message
-            log.error("--load %s failed: %s", spec, exc.message)
+        except (ApiError, ValueError) as exc:
+            message = exc.message if isinstance(exc, ApiError) else scrub(str(exc), ctx.replacements())
+            ctx.load_errors[name] = message
+            log.error("--load %s failed: %s", spec, message)
         except Exception as exc:  # noqa: BLE001 - keep serving; /v1/health reports the failure
             ctx.load_errors[name] = f"{exc.__class__.__name__}: see the server log"
             log.exception("--load %s failed", spec)
@@ -59,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if settings.log_level.lower() != "debug":  # uvicorn has set up its loggers by now
+            logging.getLogger("uvicorn.access").addFilter(QUIET_HEALTH_POLLS)
         # Loads run in the background so /v1/health answers (and reports "loading") meanwhile.
         task = asyncio.create_task(load_at_start(ctx, settings.load)) if settings.load else None
         yield
@@ -69,24 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="fishtts", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, redoc_url=None)
     app.state.ctx = ctx
     install_error_handlers(app)
-    include_routes(app, ctx)
+    include_routes(app)
     # Added innermost first; a request passes: request id -> CORS -> body limit -> access control -> app.
-    install_access_control(app, settings.api_key, settings.allowed_origins)
+    install_access_control(app, settings.api_key, settings.allowed_origins, settings.allowed_host_names)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_cors(app, settings.allowed_origins)
     app.add_middleware(RequestIdMiddleware)
-    app.openapi = lambda: openapi_schema(app, ctx)
     return app
-
-
-def openapi_schema(app: FastAPI, ctx: ServerContext) -> dict:
-    """FastAPI's schema plus the bodies that routes read themselves (JSON or multipart)."""
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ctx.schemas.InvokeRequest, ctx.schemas.VoiceCreate):
-            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(model_schema.pop("$defs", {}))
-            components[model.__name__] = model_schema
-        app.openapi_schema = schema
-    return app.openapi_schema

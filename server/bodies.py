@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from typing import TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -17,25 +18,33 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from .errors import ApiError
+from .schemas import check_text_length
+
+T = TypeVar("T", bound=BaseModel)
 
 JSON_TYPES = ("application/json",)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-async def read_body(request: Request, model: type[BaseModel],
-                    file_fields: tuple[str, ...]) -> tuple[BaseModel, dict[str, bytes]]:
-    """The validated body and the raw bytes of any uploaded files among `file_fields`."""
+async def read_body(request: Request, model: type[T], max_text_length: int) -> tuple[T, dict[str, bytes]]:
+    """The validated body and the raw bytes of any uploaded files among the model's `FILE_FIELDS`."""
+    file_fields = model.FILE_FIELDS
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     files: dict[str, bytes] = {}
     if content_type in JSON_TYPES or content_type.endswith("+json"):
         raw = await request.body()
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "Malformed JSON body.", code="json_invalid") from None
+        except RecursionError:
+            raise ApiError(400, "The JSON body is nested too deeply.", code="json_invalid") from None
+        except ValueError as exc:  # malformed, not UTF-8, or an integer of more than 4,300 digits
+            too_long = "digits" in str(exc)
+            message = "An integer in the JSON body has too many digits." if too_long else "Malformed JSON body."
+            raise ApiError(400, message, code="json_invalid") from None
         if not isinstance(data, dict):
-            raise RequestValidationError([{"loc": ("body",), "msg": "Input should be a JSON object",
-                                           "type": "model_attributes_type"}])
+            raise RequestValidationError(
+                [{"loc": ("body",), "msg": "Input should be a JSON object", "type": "model_attributes_type"}]
+            )
     elif content_type in FORM_TYPES:
         data = {}
         form = await request.form(max_files=len(file_fields) or 1, max_fields=64)
@@ -43,7 +52,7 @@ async def read_body(request: Request, model: type[BaseModel],
             if isinstance(value, UploadFile):
                 if key not in file_fields:
                     allowed = ", ".join(file_fields) or "none"
-                    raise ApiError(422, f"{key}: unexpected file part (files go in {allowed}).", param=key)
+                    raise ValueError(f"{key}: unexpected file part (files go in {allowed}).")
                 files[key] = await value.read()
             elif value != "":  # an empty form field means "not given"
                 data[key] = value
@@ -53,26 +62,43 @@ async def read_body(request: Request, model: type[BaseModel],
         body = model.model_validate({k: v for k, v in data.items() if k not in files})
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    check_text_length(body, max_text_length)
     return body, files
 
 
 def decode_base64(value: str, field: str) -> bytes:
-    """Standard base64, with or without a `data:...;base64,` prefix; 422 if it is not."""
+    """Standard base64, with or without a `data:...;base64,` prefix; ValueError (422) if it is not."""
     if value.startswith("data:") and "," in value:
         value = value.split(",", 1)[1]
     try:
         data = base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(422, f"{field}: not valid base64.", param=field) from None
+        raise ValueError(f"{field}: not valid base64.") from None
     if not data:
-        raise ApiError(422, f"{field}: the audio is empty (0 bytes).", param=field)
+        raise ValueError(f"{field}: the audio is empty (0 bytes).")
     return data
 
 
-def openapi_body(schema_name: str, file_fields: tuple[str, ...]) -> dict:
-    """`openapi_extra` documenting both body encodings of such a route."""
-    ref = {"$ref": f"#/components/schemas/{schema_name}"}
-    form_schema = {"allOf": [ref, {"type": "object", "properties": {
-        f: {"type": "string", "format": "binary"} for f in file_fields}}]}
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": ref}, "multipart/form-data": {"schema": form_schema}}}}
+def openapi_body(model: type[BaseModel]) -> dict:
+    """`openapi_extra` documenting both body encodings of such a route (the model's schema inline); the
+    model's REQUIRED_FILES must be given (base64 in JSON, a file part in multipart) though the model has
+    them optional (either may carry them)."""
+    schema = model.model_json_schema()
+    required = {"required": list(getattr(model, "REQUIRED_FILES", ()))} if getattr(model, "REQUIRED_FILES", ()) else {}
+    json_schema = {"allOf": [schema, {"type": "object", **required}]} if required else schema
+    form_schema = {
+        "allOf": [
+            schema,
+            {
+                "type": "object",
+                "properties": {f: {"type": "string", "format": "binary"} for f in model.FILE_FIELDS},
+                **required,
+            },
+        ]
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": json_schema}, "multipart/form-data": {"schema": form_schema}},
+        }
+    }

@@ -25,8 +25,14 @@ def settings_options(func):
         elif isinstance(default, tuple):
             option = click.option(flag, f.name, default=default, **common)
         elif isinstance(default, Path):
-            option = click.option(flag, f.name, type=click.Path(path_type=Path, file_okay=False), default=default,
-                                  show_default=True, **common)
+            option = click.option(
+                flag,
+                f.name,
+                type=click.Path(path_type=Path, file_okay=False),
+                default=default,
+                show_default=True,
+                **common,
+            )
         elif isinstance(default, (int, float)):
             option = click.option(flag, f.name, type=type(default), default=default, show_default=True, **common)
         else:
@@ -54,10 +60,18 @@ def serve(**options):
             parse_load_spec(spec)
         except (ValueError, OSError) as exc:
             raise click.BadParameter(str(exc), param_hint="--load") from None
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except OSError as exc:  # e.g. an uncreatable --references-dir
+        click.echo(
+            f"Error: cannot create {exc.filename or 'the references folder'}: {exc.strerror or exc} (--references-dir)",
+            err=True,
+        )
+        raise SystemExit(2) from None
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         logging.getLogger("fishtts.server").warning(
-            "listening on %s without --api-key: anyone who can reach this port can use the server", host)
+            "listening on %s without --api-key: anyone who can reach this port can use the server", host
+        )
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level, timeout_graceful_shutdown=10)
 
 

@@ -1,35 +1,37 @@
-"""What every route shares: settings, request models, the model registry, the work queue, the voice
-store and the two folder guards; plus the one way to run model work for a request.
+"""What every route shares (settings, model registry, work queue, voice store, folder guards), the
+`get_ctx` dependency that hands it to the routes, and `admit`: the one way a request gets a model.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-import numpy as np
-from starlette.concurrency import run_in_threadpool
+from fastapi import Depends, Request
+from pydantic import BaseModel
 
 from core.engine import TTSEngine
-from core.speech import SpeechStream
+from core.paths import FolderGuard
 
-from .errors import ApiError
-from .paths import FolderGuard
-from .registry import ModelLoading, ModelNotFound, ModelRegistry
-from .schemas import Schemas, make_schemas
+from .registry import Bundle, ModelNotFound, ModelRegistry
+from .schemas import check_text_length
 from .settings import Settings
 from .voices import VoiceStore
-from .work_queue import QueueFull, WorkQueue
+from .work_queue import WorkQueue
 
 T = TypeVar("T")
+B = TypeVar("B", bound=BaseModel)
 
 
 @dataclass
 class ServerContext:
     settings: Settings
-    schemas: Schemas
     registry: ModelRegistry
     queue: WorkQueue
     voices: VoiceStore
@@ -40,11 +42,10 @@ class ServerContext:
     models_fixed_by: str | None = None
 
     @classmethod
-    def create(cls, settings: Settings) -> "ServerContext":
+    def create(cls, settings: Settings) -> ServerContext:
         settings.references_dir.mkdir(parents=True, exist_ok=True)
         return cls(
             settings=settings,
-            schemas=make_schemas(settings.max_text_length),
             registry=ModelRegistry(settings.max_models),
             queue=WorkQueue(settings.workers, settings.max_queue),
             voices=VoiceStore(settings.references_dir),
@@ -53,70 +54,99 @@ class ServerContext:
         )
 
     def replacements(self) -> dict[str, str]:
+        """Server folders as clients know them, for error messages."""
         return {**self.checkpoints.replacements(), **self.references.replacements()}
 
     def check_model(self, name: str) -> None:
+        """404 for a name that is neither loaded nor loading (before any other work on the request)."""
         if name not in self.registry.names() and name not in self.registry.loading():
-            raise ApiError(404, "Cannot find model.", code="model_not_found")
+            raise ModelNotFound(name)
 
-    def _lease(self, name: str):
-        try:
-            return self.registry.acquire(name)
-        except ModelLoading:
-            raise ApiError(503, f"Model {name!r} is still loading; retry shortly.", headers={"Retry-After": "5"},
-                           code="model_loading") from None
-        except ModelNotFound:
-            raise ApiError(404, "Cannot find model.", code="model_not_found") from None
-
-    async def run_with_model(self, name: str, work: Callable[[TTSEngine], T]) -> T:
-        """Run `work(engine)` on the queue, holding a lease on model `name` until it finishes.
-
-        The lease is returned by the job itself, so a client that disconnects cannot release the
-        model while its generation is still running.
-        """
-        bundle = self._lease(name)
-        engine = bundle.engine
-
-        def job() -> T:
-            try:
-                return work(engine)
-            finally:
-                self.registry.release(bundle)
-
-        try:
-            return await self.queue.run(job)
-        except QueueFull:
-            self.registry.release(bundle)
-            raise
-
-    async def stream_with_model(self, name: str, start: Callable[[TTSEngine], SpeechStream]
-                                ) -> AsyncIterator[np.ndarray]:
-        """Start `start(engine)` (a SpeechStream) and iterate its chunks. The queue place and the model
-        lease are held until the stream ends; closing the iterator early (a client that went away)
-        cancels the generation, which frees the model's batch slots at its next step."""
-        bundle = self._lease(name)
+    def admit(self, name: str) -> Admission:
+        """A lease on model `name` and a place in the queue, at once or not at all (404 / 503)."""
+        bundle = self.registry.acquire(name)
         try:
             self.queue.reserve()
-        except QueueFull:
-            self.registry.release(bundle)
-            raise
-        began = time.perf_counter()
-        try:
-            stream = await run_in_threadpool(start, bundle.engine)
         except BaseException:
-            self.queue.release()
             self.registry.release(bundle)
             raise
+        return Admission(self, bundle)
 
-        async def chunks() -> AsyncIterator[np.ndarray]:
-            iterator = iter(stream)
-            try:
-                while (chunk := await run_in_threadpool(next, iterator, None)) is not None:
-                    yield chunk
-            finally:
-                stream.cancel()  # a no-op once it has ended
-                self.queue.record(time.perf_counter() - began)
-                self.queue.release()
-                self.registry.release(bundle)
 
-        return chunks()
+def get_ctx(request: Request) -> ServerContext:
+    """The routes' dependency: the context of the app that received the request."""
+    return request.app.state.ctx
+
+
+def text_limited(model: type[B]):
+    """`Annotated[model, Depends(...)]`: the JSON body as `model`, checked against --max-text-length."""
+
+    def body(data, request):
+        check_text_length(data, get_ctx(request).settings.max_text_length)
+        return data
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    body.__signature__ = inspect.Signature(  # real types: FastAPI reads the body's model from here
+        [inspect.Parameter("data", kind, annotation=model), inspect.Parameter("request", kind, annotation=Request)],
+        return_annotation=model,
+    )
+    return Annotated[model, Depends(body)]
+
+
+class Admission:
+    """One admitted request: holds its model lease and queue place until it is closed *and* its work
+    on the worker threads has ended, so a client that goes away cannot free a model under a running
+    generation. Use it as `async with ctx.admit(name) as admission:`; a streamed response's generation
+    runs to its end on a worker thread and holds the admission until then, not while a slow client
+    reads (server/audio_buffer.py)."""
+
+    def __init__(self, ctx: ServerContext, bundle: Bundle):
+        self.ctx, self.bundle, self.engine = ctx, bundle, bundle.engine
+        self.began = time.perf_counter()
+        self._lock = threading.Lock()
+        self._running = 0
+        self._closed = False
+
+    async def __aenter__(self) -> Admission:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+    def start(self, work: Callable[[TTSEngine], T]) -> Future:
+        """Start `work(engine)` on a worker thread; the admission is held until it ends (callbacks
+        added to the returned future run after its release)."""
+        with self._lock:
+            self._running += 1
+        try:
+            future = self.ctx.queue.submit(work, self.engine)
+        except BaseException:  # the pool is shut down: the server is stopping
+            self._ended()
+            raise
+        future.add_done_callback(lambda _: self._ended())
+        return future
+
+    async def run(self, work: Callable[[TTSEngine], T]) -> T:
+        """`work(engine)` on a worker thread, awaited; an accepted piece of work always runs to its end,
+        even when the request awaiting it is cancelled."""
+        result = asyncio.wrap_future(self.start(work))
+        result.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
+        return await asyncio.shield(result)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed, release = True, not self._closed and self._running == 0
+        if release:
+            self._release()
+
+    def _ended(self) -> None:
+        with self._lock:
+            self._running -= 1
+            release = self._closed and self._running == 0
+        if release:
+            self._release()
+
+    def _release(self) -> None:
+        self.ctx.queue.record(time.perf_counter() - self.began)
+        self.ctx.queue.release()
+        self.ctx.registry.release(self.bundle)

@@ -40,8 +40,11 @@ class RequestIdMiddleware:
 
 class BodyTooLarge(ApiError):
     def __init__(self, limit: int):
-        super().__init__(413, f"Request body is larger than the server's limit of {limit / 2**20:g} MiB "
-                              "(--max-upload-mb).", code="body_too_large")
+        super().__init__(
+            413,
+            f"Request body is larger than the server's limit of {limit / 2**20:g} MiB (--max-upload-mb).",
+            code="body_too_large",
+        )
 
 
 class BodySizeLimitMiddleware:
@@ -62,8 +65,9 @@ class BodySizeLimitMiddleware:
             if too_large:
                 rid = scope.get("state", {}).get("request_id", "-")
                 exc = BodyTooLarge(self.max_bytes)
-                response = error_response(None, 413, exc.message, path=scope["path"], rid=rid, code=exc.code,
-                                          headers={"Connection": "close"})
+                response = error_response(
+                    None, 413, exc.message, path=scope["path"], rid=rid, code=exc.code, headers={"Connection": "close"}
+                )
                 return await response(scope, receive, send)
         seen = 0
 

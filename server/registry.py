@@ -12,8 +12,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,8 +28,20 @@ class Bundle:
     loaded_at: float = field(default_factory=time.time)
     leases: int = 0
 
+    @property
+    def failure(self) -> str | None:
+        """Why the bundle cannot serve (its scheduler thread died), as clients may see it."""
+        error = None if self.engine is None else self.engine.failure
+        return None if error is None else f"its scheduler thread died ({error.__class__.__name__})"
+
     def describe(self) -> dict:
-        return {"name": self.name, **self.info, "active_requests": self.leases, "loaded_at": self.loaded_at}
+        return {
+            "name": self.name,
+            **self.info,
+            "active_requests": self.leases,
+            "loaded_at": self.loaded_at,
+            "failed": self.failure,
+        }
 
 
 class ModelNotFound(KeyError):
@@ -43,6 +54,10 @@ class TooManyModels(RuntimeError):
 
 class ModelLoading(KeyError):
     """The name is being loaded and has no previous version to serve meanwhile."""
+
+
+class ModelFailed(KeyError):
+    """The bundle's scheduler died: it serves nothing until it is loaded again."""
 
 
 class ModelRegistry:
@@ -60,6 +75,8 @@ class ModelRegistry:
             bundle = self._bundles.get(name)
             if bundle is None:
                 raise ModelLoading(name) if name in self._loading else ModelNotFound(name)
+            if bundle.failure is not None:
+                raise ModelFailed(name, bundle.failure)
             bundle.leases += 1
             return bundle
 
@@ -67,14 +84,6 @@ class ModelRegistry:
         with self._changed:
             bundle.leases -= 1
             self._changed.notify_all()
-
-    @contextmanager
-    def lease(self, name: str) -> Iterator[Bundle]:
-        bundle = self.acquire(name)
-        try:
-            yield bundle
-        finally:
-            self.release(bundle)
 
     # -- admin (blocking: call from a worker thread) ------------------------------------------
 
@@ -127,8 +136,3 @@ class ModelRegistry:
     def loading(self) -> list[str]:
         with self._changed:
             return sorted(self._loading)
-
-    def get_info(self, name: str) -> dict | None:
-        with self._changed:
-            bundle = self._bundles.get(name)
-            return None if bundle is None else bundle.describe()

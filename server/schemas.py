@@ -1,66 +1,119 @@
 """Request and response bodies, with every bound a pydantic `Field` limit so /openapi.json shows it.
 
-The text-length bound is a server setting, so the request models are built per app by
-`make_schemas(settings)`; the original's field names and defaults are kept (SPEC-server §7.2).
+Defaults come from core (core/request.py, core/engine.py); the original's field names are kept
+(SPEC-server §7.2). The text-length bound is a server setting (--max-text-length), checked by
+`check_text_length` once the body is parsed; the schemas show its default.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.engine import DEFAULT_LLAMA_CONFIG, DEFAULT_TOKENIZER, DEFAULT_VQGAN_CONFIG
+from core.checkpoints import DEFAULT_CHECKPOINTS_DIR, LM_FILENAME, VQGAN_FILENAME
+from core.engine import DEFAULT_LM_CONFIG, DEFAULT_TOKENIZER, DEFAULT_VQGAN_CONFIG
+from core.request import (
+    DEFAULT_ORDER,
+    DEFAULT_SAMPLING,
+    DEFAULT_TEXT,
+    MAX_REPETITION_PENALTY,
+    MAX_TEMPERATURE,
+    MAX_TOP_K,
+    MIN_REPETITION_PENALTY,
+    ORDER_PATTERN,
+    OUTPUT_FORMATS,
+    SamplingParams,
+    check_order,
+)
+
+from .settings import DEVICE_PATTERN, MAX_TEXT_LENGTH
+from .voices import VOICE_ID_PATTERN
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-VOICE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"
-ORDER_PATTERN = r"^(zh|jp|en)(,(zh|jp|en)){0,2}$"
 MAX_CONTEXT = 4096  # the official LM's context; the loaded model's own context is checked per request
 MAX_PATH = 1024
-DEFAULT_TEXT = "你说的对, 但是原神是一款由米哈游自主研发的开放世界手游."
-AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg", "pcm")  # pcm: raw 16-bit little-endian mono
 OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+TEXT_BOUND = {"min_length": 1, "json_schema_extra": {"maxLength": MAX_TEXT_LENGTH}}  # maxLength: --max-text-length
 
 
-def check_order(order: str) -> str:
-    languages = order.split(",")
-    if len(set(languages)) != len(languages):
-        raise ValueError("languages in order must not repeat")
-    return order
+def check_text_length(body: BaseModel, limit: int) -> None:
+    """The --max-text-length bound on the body's `TEXT_FIELDS`, reported like pydantic's own."""
+    errors = [
+        {
+            "loc": ("body", name),
+            "type": "string_too_long",
+            "input": None,
+            "msg": f"String should have at most {limit} characters",
+        }
+        for name in getattr(body, "TEXT_FIELDS", ())
+        if len(getattr(body, name) or "") > limit
+    ]
+    if errors:
+        raise RequestValidationError(errors)
 
 
 # -- models -------------------------------------------------------------------------------------
 
 
 class LlamaSpec(BaseModel):
-    config_name: str = Field(DEFAULT_LLAMA_CONFIG, min_length=1, max_length=MAX_PATH,
-                             description="A preset name or a .json file inside the checkpoints folder.")
-    checkpoint_path: str = Field("checkpoints/text2semantic-400m-v0.2-4k.pth", min_length=1, max_length=MAX_PATH,
-                                 description="A file inside the checkpoints folder.")
+    config_name: str = Field(
+        DEFAULT_LM_CONFIG,
+        min_length=1,
+        max_length=MAX_PATH,
+        description="A preset name or a .json file inside the checkpoints folder.",
+    )
+    checkpoint_path: str = Field(
+        f"{DEFAULT_CHECKPOINTS_DIR}/{LM_FILENAME}",
+        min_length=1,
+        max_length=MAX_PATH,
+        description="A file inside the checkpoints folder.",
+    )
     precision: Literal["float16", "bfloat16", "float32"] | None = Field(
-        None, description="Default bfloat16 (float16 with --half). CPU always computes in float32.")
-    tokenizer: str = Field(DEFAULT_TOKENIZER, min_length=1, max_length=MAX_PATH,
-                           description="A folder (or tokenizer.json) inside the checkpoints folder, or a Hugging Face "
-                                       "repo id: the official one is read from the checkpoints folder; others need "
-                                       "--allow-downloads.")
+        None, description="Default bfloat16 (float16 with --half). CPU always computes in float32."
+    )
+    tokenizer: str = Field(
+        DEFAULT_TOKENIZER,
+        min_length=1,
+        max_length=MAX_PATH,
+        description="A folder (or tokenizer.json) inside the checkpoints folder, or a Hugging Face "
+        "repo id: the official one is read from the checkpoints folder; others need "
+        "--allow-downloads.",
+    )
     compile: bool = Field(True, description="torch.compile the decode step; honoured only with --compile.")
-    quantize: Literal["int8", "none"] | None = Field(None, description=(
-        "int8: weights stored as int8 (~3x faster decoding on CPU; logits within ~1% of float32). "
-        "Default: the server's --quantize."))
+    quantize: Literal["int8", "none"] | None = Field(
+        None,
+        description=(
+            "int8: weights stored as int8 (faster decoding on CPU; approximate, see the README). "
+            "Default: the server's --quantize."
+        ),
+    )
 
 
 class VQGANSpec(BaseModel):
-    config_name: str = Field(DEFAULT_VQGAN_CONFIG, min_length=1, max_length=MAX_PATH,
-                             description="A preset name or a .json file inside the checkpoints folder.")
-    checkpoint_path: str = Field("checkpoints/vqgan-v1.pth", min_length=1, max_length=MAX_PATH,
-                                 description="A file inside the checkpoints folder.")
+    config_name: str = Field(
+        DEFAULT_VQGAN_CONFIG,
+        min_length=1,
+        max_length=MAX_PATH,
+        description="A preset name or a .json file inside the checkpoints folder.",
+    )
+    checkpoint_path: str = Field(
+        f"{DEFAULT_CHECKPOINTS_DIR}/{VQGAN_FILENAME}",
+        min_length=1,
+        max_length=MAX_PATH,
+        description="A file inside the checkpoints folder.",
+    )
 
 
 class LoadModelRequest(BaseModel):
-    device: str | None = Field(None, pattern=DEVICE_PATTERN, description=(
-        "cpu, cuda or cuda:N. --device on the server wins; 'cuda' on a machine without CUDA falls back to the CPU."))
+    device: str | None = Field(
+        None,
+        pattern=DEVICE_PATTERN,
+        description=(
+            "cpu, cuda or cuda:N. --device on the server wins; 'cuda' on a machine without CUDA falls back to the CPU."
+        ),
+    )
     llama: LlamaSpec = Field(default_factory=LlamaSpec)
     vqgan: VQGANSpec = Field(default_factory=VQGANSpec)
 
@@ -88,6 +141,20 @@ class ErrorBody(BaseModel):
     requestId: str
 
 
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+    request_id: str
+
+
+class OpenAIErrorBody(BaseModel):
+    """Errors on /v1/audio/speech, in OpenAI's shape."""
+
+    error: OpenAIError
+
+
 class G2PSegment(BaseModel):
     line: int
     text: str
@@ -95,8 +162,15 @@ class G2PSegment(BaseModel):
     phones: list[str]
 
 
+class PromptPiece(BaseModel):
+    text: str  # the piece of the text
+    prompt: str  # exactly what the model reads for it
+    segments: list[G2PSegment]  # its language runs and phones (line: the piece's index)
+
+
 class G2PResponse(BaseModel):
-    segments: list[G2PSegment]
+    segments: list[G2PSegment]  # per non-blank line of `text` (the original UI's preview)
+    prompts: list[PromptPiece]  # the pieces the engine synthesizes, as it reads them
 
 
 class Voice(BaseModel):
@@ -114,110 +188,158 @@ class VoiceList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "failed"]
+    reason: str | None = Field(None, description="Why the status is 'failed' (then the answer is 503).")
     models: list[dict]
     loading: list[str]
     load_errors: dict[str, str] = {}
     queue: dict
 
 
-@dataclass(frozen=True)
-class Schemas:
-    InvokeRequest: type[BaseModel]
-    SpeechRequest: type[BaseModel]
-    G2PRequest: type[BaseModel]
-    VoiceCreate: type[BaseModel]
+class SamplingFields(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
-
-def make_schemas(max_text_length: int) -> Schemas:
-    """The request models whose bounds depend on the server's settings."""
-    text_field = dict(min_length=1, max_length=max_text_length)
-
-    class SamplingFields(BaseModel):
-        model_config = ConfigDict(extra="ignore")
-
-        max_new_tokens: int = Field(0, ge=0, le=MAX_CONTEXT, description=(
+    max_new_tokens: int = Field(
+        0,
+        ge=0,
+        le=MAX_CONTEXT,
+        description=(
             "Frames to generate at most (~21.5 per second of audio); 0 = until the model stops or its context is "
-            "full. Must also fit the loaded model's context."))
-        top_k: int | None = Field(None, ge=0, le=1000, description="null or 0 = off.")
-        top_p: float = Field(0.5, gt=0, le=1)
-        repetition_penalty: float = Field(1.5, gt=0, le=10)
-        temperature: float = Field(0.7, gt=0, le=10)
-        seed: int | None = Field(None, ge=0, le=2**63 - 1, description="null = a fresh random seed.")
+            "full. Must also fit the loaded model's context."
+        ),
+    )
+    top_k: int | None = Field(DEFAULT_SAMPLING.top_k, ge=0, le=MAX_TOP_K, description="null or 0 = off.")
+    top_p: float = Field(DEFAULT_SAMPLING.top_p, gt=0, le=1)
+    repetition_penalty: float = Field(
+        DEFAULT_SAMPLING.repetition_penalty,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        description="Divides (multiplies, when negative) the logits of the codes of the last 16 frames; 1 = off.",
+    )
+    temperature: float = Field(DEFAULT_SAMPLING.temperature, gt=0, le=MAX_TEMPERATURE)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="null = a fresh random seed.")
 
-    class InvokeRequest(SamplingFields):
-        """The original's invoke body, plus uploads, saved voices and the output format."""
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k or None,
+            repetition_penalty=self.repetition_penalty,
+        )
 
-        text: str = Field(DEFAULT_TEXT, **text_field)
-        prompt_text: str | None = Field(None, max_length=max_text_length, description="Transcript of the reference.")
-        prompt_tokens: str | None = Field(None, max_length=MAX_PATH, description=(
-            "A .npy of codes [4, T] or an audio file (.wav/.flac/.ogg/.mp3) inside the references folder."))
-        order: str = Field("zh,jp,en", pattern=ORDER_PATTERN)
-        use_g2p: bool = True
-        speaker: str | None = Field(None, max_length=100)
-        reference_audio: str | None = Field(None, description=(
-            "Base64 audio bytes (any format soundfile reads), or a file part of that name in multipart/form-data."))
-        reference_text: str | None = Field(None, max_length=max_text_length, description="Alias of prompt_text.")
-        reference_id: str | None = Field(None, pattern=VOICE_ID_PATTERN, description="A saved voice's id.")
-        format: Literal[AUDIO_FORMATS] = "wav"
-        streaming: bool = Field(False, description=(
+
+class InvokeRequest(SamplingFields):
+    """The original's invoke body, plus uploads, saved voices and the output format."""
+
+    TEXT_FIELDS: ClassVar = ("text", "prompt_text", "reference_text")
+    FILE_FIELDS: ClassVar = ("reference_audio",)  # may come as file parts in multipart/form-data
+
+    text: str = Field(DEFAULT_TEXT, **TEXT_BOUND)
+    prompt_text: str | None = Field(None, description="Transcript of the reference.")
+    prompt_tokens: str | None = Field(
+        None,
+        max_length=MAX_PATH,
+        description=("A .npy of codes [4, T] or an audio file (.wav/.flac/.ogg/.mp3) inside the references folder."),
+    )
+    order: str = Field(DEFAULT_ORDER, pattern=ORDER_PATTERN)
+    use_g2p: bool = True
+    speaker: str | None = Field(None, max_length=100)
+    reference_audio: str | None = Field(
+        None,
+        description=(
+            "Base64 audio bytes (any format soundfile reads), or a file part of that name in multipart/form-data."
+        ),
+    )
+    reference_text: str | None = Field(None, description="Alias of prompt_text.")
+    reference_id: str | None = Field(None, pattern=VOICE_ID_PATTERN, description="A saved voice's id.")
+    format: Literal[OUTPUT_FORMATS] = "wav"
+    streaming: bool = Field(
+        False,
+        description=(
             "Send the audio while it is generated (chunked transfer): wav (a header with its length fields set "
-            "to 0xFFFFFFFF, then 16-bit PCM) or pcm. The samples equal the non-streamed response's."))
+            "to 0xFFFFFFFF, then 16-bit PCM) or pcm. The samples equal the non-streamed response's."
+        ),
+    )
 
-        _text_not_blank = field_validator("text")(_not_blank)
-        _order = field_validator("order")(check_order)
+    _text_not_blank = field_validator("text")(lambda value: _not_blank(value))
+    _order = field_validator("order")(lambda value: check_order(value))
 
-        @model_validator(mode="after")
-        def _one_reference(self):
-            sources = ("prompt_tokens", "reference_audio", "reference_id")
-            given = [n for n in sources if getattr(self, n) is not None]
-            if len(given) > 1:
-                raise ValueError(f"give at most one of {', '.join(sources)} (got {', '.join(given)})")
-            if None not in (self.prompt_text, self.reference_text) and self.prompt_text != self.reference_text:
-                raise ValueError("prompt_text and reference_text differ; give one of them")
-            return self
+    @model_validator(mode="after")
+    def _one_reference(self):
+        sources = ("prompt_tokens", "reference_audio", "reference_id")
+        given = [n for n in sources if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of {', '.join(sources)} (got {', '.join(given)})")
+        if None not in (self.prompt_text, self.reference_text) and self.prompt_text != self.reference_text:
+            raise ValueError("prompt_text and reference_text differ; give one of them")
+        return self
 
-        @property
-        def transcript(self) -> str | None:
-            return self.reference_text if self.reference_text is not None else self.prompt_text
+    @property
+    def transcript(self) -> str | None:
+        return self.reference_text if self.reference_text is not None else self.prompt_text
 
-    class SpeechRequest(SamplingFields):
-        """OpenAI `audio.speech.create`; sampling fields may be added through `extra_body`."""
 
-        model: str = Field(..., min_length=1, max_length=64, description=(
-            "A loaded model name; tts-1, tts-1-hd and gpt-4o-mini-tts mean the model 'default'."))
-        input: str = Field(..., **text_field)
-        voice: str = Field(..., min_length=1, max_length=64, description="A saved voice id (POST /v1/references).")
-        response_format: Literal[OPENAI_FORMATS] = Field("mp3", description="mp3, wav, flac or pcm (16-bit "
-                                                                           "little-endian mono at 22050 Hz); opus "
-                                                                           "and aac are not supported.")
-        speed: float = Field(1.0, ge=0.25, le=4.0, description="Accepted for compatibility; the model has no speed "
-                                                               "control, so it is not applied.")
-        instructions: str | None = Field(None, max_length=4096, description="Accepted and ignored.")
-        stream_format: Literal["audio", "sse"] | None = Field(None, description=(
-            "'audio': stream the audio as it is generated (pcm or wav); 'sse' is not supported."))
-        stream: bool = Field(False, description="Same as stream_format 'audio'.")
+class SpeechRequest(SamplingFields):
+    """OpenAI `audio.speech.create`; sampling fields may be added through `extra_body`."""
 
-        _input_not_blank = field_validator("input")(_not_blank)
+    TEXT_FIELDS: ClassVar = ("input",)
 
-    class G2PRequest(BaseModel):
-        text: str = Field(..., **text_field)
-        order: str = Field("zh,jp,en", pattern=ORDER_PATTERN)
+    model: str = Field(
+        ...,
+        min_length=1,
+        max_length=64,
+        description=("A loaded model name; tts-1, tts-1-hd and gpt-4o-mini-tts mean the model 'default'."),
+    )
+    input: str = Field(..., **TEXT_BOUND)
+    voice: str = Field(..., min_length=1, max_length=64, description="A saved voice id (POST /v1/references).")
+    response_format: Literal[OPENAI_FORMATS] = Field(
+        "mp3",
+        description="mp3, wav, flac or pcm (16-bit little-endian mono at 22050 Hz); opus and aac are not supported.",
+    )
+    speed: float = Field(
+        1.0,
+        ge=0.25,
+        le=4.0,
+        description="Accepted for compatibility; the model has no speed control, so it is not applied.",
+    )
+    instructions: str | None = Field(None, max_length=4096, description="Accepted and ignored.")
+    stream_format: Literal["audio", "sse"] | None = Field(
+        None, description=("'audio': stream the audio as it is generated (pcm or wav); 'sse' is not supported.")
+    )
+    stream: bool = Field(False, description="Same as stream_format 'audio'.")
 
-        _order = field_validator("order")(check_order)
+    _input_not_blank = field_validator("input")(lambda value: _not_blank(value))
 
-    class VoiceCreate(BaseModel):
-        """A saved voice: the audio is encoded once with `model`'s VQGAN and its codes kept."""
 
-        name: str = Field(..., min_length=1, max_length=100)
-        transcript: str = Field(..., **text_field)
-        audio: str | None = Field(None, description="Base64 audio bytes, or a file part `audio` in multipart.")
-        id: str | None = Field(None, pattern=VOICE_ID_PATTERN, description="Default: derived from the name.")
-        model: str = Field("default", pattern=MODEL_NAME_PATTERN, description="The bundle that encodes the clip.")
+class G2PRequest(BaseModel):
+    """The phoneme preview: `text` read as the engine reads it (with the reference's transcript)."""
 
-        _name_not_blank = field_validator("name", "transcript")(_not_blank)
+    TEXT_FIELDS: ClassVar = ("text", "reference_text")
 
-    return Schemas(InvokeRequest, SpeechRequest, G2PRequest, VoiceCreate)
+    text: str = Field(..., **TEXT_BOUND)
+    order: str = Field(DEFAULT_ORDER, pattern=ORDER_PATTERN)
+    reference_text: str | None = Field(None, description="The reference's transcript, read before the text.")
+    use_g2p: bool = True
+    speaker: str | None = Field(None, max_length=100)
+
+    _order = field_validator("order")(lambda value: check_order(value))
+
+
+class VoiceCreate(BaseModel):
+    """A saved voice: the audio is encoded once with `model`'s VQGAN and its codes kept."""
+
+    TEXT_FIELDS: ClassVar = ("transcript",)
+    FILE_FIELDS: ClassVar = ("audio",)
+    REQUIRED_FILES: ClassVar = ("audio",)  # base64 in JSON or a file part: one of them
+
+    name: str = Field(..., min_length=1, max_length=100)
+    transcript: str = Field(..., **TEXT_BOUND)
+    audio: str | None = Field(None, description="Base64 audio bytes, or a file part `audio` in multipart.")
+    id: str | None = Field(None, pattern=VOICE_ID_PATTERN, description="Default: derived from the name.")
+    model: str = Field("default", pattern=MODEL_NAME_PATTERN, description="The bundle that encodes the clip.")
+
+    _name_not_blank = field_validator("name", "transcript")(lambda value: _not_blank(value))
 
 
 def _not_blank(value: str) -> str:

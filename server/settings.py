@@ -7,10 +7,13 @@ setting is declared once (name, default, help) and shows up in `--help`, the env
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 ENV_PREFIX = "FISHTTS_"
+MAX_TEXT_LENGTH = 1000
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"  # also the load request's `device`
 
 
 def _opt(default, help: str, **click_kwargs):
@@ -20,33 +23,59 @@ def _opt(default, help: str, **click_kwargs):
 @dataclass
 class Settings:
     listen: str = _opt("127.0.0.1:8000", "HOST:PORT to bind ([::1]:8000 for IPv6). Loopback unless you opt in.")
-    checkpoints_dir: Path = _opt(Path("checkpoints"),
-                                 "The only folder clients may name checkpoints, configs and tokenizers in.")
-    references_dir: Path = _opt(Path("references"),
-                                "Saved voices, and the only folder `prompt_tokens` paths may point into.")
+    checkpoints_dir: Path = _opt(
+        Path("checkpoints"), "The only folder clients may name checkpoints, configs and tokenizers in."
+    )
+    references_dir: Path = _opt(
+        Path("references"), "Saved voices, and the only folder `prompt_tokens` paths may point into."
+    )
     load: tuple[str, ...] = _opt(
-        (), "Load a model bundle at start: NAME (official files in the checkpoints dir) or NAME=BODY.json "
-            "(a PUT /v1/models body). Repeatable.", multiple=True)
-    device: str | None = _opt(None, "cpu, cuda or cuda:N for every bundle (default: the client's choice, "
-                                    "CUDA when available).")
+        (),
+        "Load a model bundle at start: NAME (official files in the checkpoints dir) or NAME=BODY.json "
+        "(a PUT /v1/models body). Repeatable.",
+        multiple=True,
+    )
+    device: str | None = _opt(
+        None, "cpu, cuda or cuda:N for every bundle (default: the client's choice, CUDA when available)."
+    )
     half: bool = _opt(False, "float16 instead of bfloat16 when a load request names no precision (CUDA only).")
-    compile: bool = _opt(False, "Allow torch.compile of the decode step (a client's `compile: true` is "
-                                "ignored without it).")
+    compile: bool = _opt(
+        False, "Allow torch.compile of the decode step (a client's `compile: true` is ignored without it)."
+    )
     api_key: str | None = _opt(None, "Require `Authorization: Bearer KEY` on every route but /v1/health and the docs.")
     cors_origins: str | None = _opt(None, "Comma-separated origins allowed by CORS (default: no CORS headers at all).")
+    allowed_hosts: str | None = _opt(
+        None,
+        "Comma-separated host names clients may call the server by, besides "
+        "loopback names, IP addresses and the --listen host (a guard against DNS "
+        "rebinding; '*' allows any).",
+    )
     allow_downloads: bool = _opt(False, "Let a load request fetch a tokenizer given as a Hugging Face repo id.")
-    max_text_length: int = _opt(1000, "Longest `text` / `input` / transcript, in characters.")
+    max_text_length: int = _opt(MAX_TEXT_LENGTH, "Longest `text` / `input` / transcript, in characters.")
     max_upload_mb: float = _opt(20.0, "Largest request body in MiB (uploads included); bigger bodies get 413.")
     max_reference_seconds: float = _opt(30.0, "Longest reference clip; longer clips get 422 (5-10 s works best).")
     max_models: int = _opt(4, "Model bundles loaded at once; loading one more under a new name gets 409.")
     max_queue: int = _opt(16, "Synthesis requests running or waiting; beyond it the server answers 503 + Retry-After.")
-    workers: int = _opt(16, "Synthesis requests served at once (their generations share the model's batch; "
-                            "the rest wait in the queue).")
-    max_batch_size: int = _opt(0, "Sequences one model decodes together (0 = sized to the device: 8 on CPU, "
-                                  "16 on CUDA).")
-    quantize: str = _opt("", "int8: store every LM's weights as int8 unless its load request says otherwise "
-                             "(~3x faster on CPU, approximate).")
-    log_level: str = _opt("info", "debug, info, warning or error.")
+    workers: int = _opt(
+        16,
+        "Worker threads that prepare requests and wait for their audio (the model itself runs "
+        "on each model's scheduler thread, which batches their generations); the rest wait "
+        "in the queue.",
+    )
+    max_batch_size: int = _opt(
+        0, "Sequences one model decodes together (0 = sized to the device: 8 on CPU, 16 on CUDA)."
+    )
+    quantize: str = _opt(
+        "",
+        "int8: store every LM's weights as int8 unless its load request says otherwise "
+        "(faster on CPU, approximate; see the README).",
+    )
+    stream_send_timeout: float = _opt(
+        30.0,
+        "Close a streamed response whose client has taken nothing for this many "
+        "seconds (its generation is not held up by slow readers meanwhile).",
+    )
+    log_level: str = _opt("info", "debug, info, warning or error (health polls are logged at debug only).")
 
     def __post_init__(self):
         self.checkpoints_dir = Path(self.checkpoints_dir)
@@ -59,7 +88,9 @@ class Settings:
             raise ValueError("max_batch_size must be >= 0")
         if self.quantize not in ("", "int8"):
             raise ValueError("quantize must be int8 or empty")
-        for name in ("max_upload_mb", "max_reference_seconds"):
+        if self.device and not re.match(DEVICE_PATTERN, self.device):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        for name in ("max_upload_mb", "max_reference_seconds", "stream_send_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
 
@@ -72,11 +103,15 @@ class Settings:
         return int(self.max_upload_mb * 1024 * 1024)
 
     @property
+    def allowed_host_names(self) -> list[str]:
+        return [self.host_port[0], *(h.strip() for h in (self.allowed_hosts or "").split(",") if h.strip())]
+
+    @property
     def allowed_origins(self) -> list[str]:
         return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
         """Settings from `FISHTTS_*` variables (for embedding the app without the CLI)."""
         environ = os.environ if environ is None else environ
         values = {}

@@ -10,6 +10,10 @@ claims the id (it fails when a voice of that name exists), so two saves never ov
 nothing is cached, so a voice saved by one process is seen by the others at once; only temporary
 folders of dead processes (or, from other hosts, old enough to be abandoned) are swept, never another
 process's write in progress.
+
+Only what lies inside the voices folder is a voice: an entry that is a link leading out of it (or
+whose files are) is skipped in listings (logged once) and unknown by id; deleting renames the link
+itself, never what it points to.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from core.audio import SAMPLE_RATE, encode_audio
 
 log = logging.getLogger("fishtts.server")
 
-VOICE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+VOICE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # a fixed safe alphabet: ids are never paths
+VOICE_ID = re.compile(VOICE_ID_PATTERN)
 META, CODES, AUDIO = "voice.json", "codes.npy", "audio.wav"
 ABANDONED_AFTER_S = 3600  # a temporary folder this old belongs to no write in progress
 MAX_NAME_TRIES = 1000
@@ -53,6 +58,8 @@ class VoiceStore:
     def __init__(self, references_dir: Path):
         self.folder = Path(references_dir) / "voices"
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.root = self.folder.resolve()
+        self._reported: set[str] = set()  # entries already logged as leading outside
         self._lock = threading.Lock()  # this process's saves one at a time; reads need no lock (renames are atomic)
         self._sweep()
 
@@ -63,6 +70,11 @@ class VoiceStore:
         for entry in sorted(self.folder.iterdir()):
             if entry.name.startswith(".") or not VOICE_ID.match(entry.name):
                 continue
+            if not self._inside(entry, META, CODES, AUDIO):
+                if entry.name not in self._reported:
+                    self._reported.add(entry.name)
+                    log.warning("skipping voice %s: it is a link leading outside %s", entry.name, self.folder)
+                continue
             try:
                 voices.append(self._read_meta(entry))
             except (OSError, ValueError) as exc:
@@ -70,7 +82,7 @@ class VoiceStore:
         return sorted(voices, key=lambda v: v["created_at"])
 
     def get(self, voice_id: str) -> dict:
-        folder = self._folder(voice_id)
+        folder = self._folder(voice_id, META)
         try:
             return self._read_meta(folder)
         except (OSError, ValueError):
@@ -78,27 +90,41 @@ class VoiceStore:
 
     def codes(self, voice_id: str) -> np.ndarray:
         try:
-            return np.load(self._folder(voice_id) / CODES, allow_pickle=False)
+            return np.load(self._folder(voice_id, CODES) / CODES, allow_pickle=False)
         except (OSError, ValueError):
             raise VoiceNotFound(voice_id) from None
 
     def audio_path(self, voice_id: str) -> Path:
-        path = self._folder(voice_id) / AUDIO
+        path = self._folder(voice_id, AUDIO) / AUDIO
         if not path.is_file():
             raise VoiceNotFound(voice_id)
         return path
 
     # -- writing ------------------------------------------------------------------------------
 
-    def create(self, *, name: str, transcript: str, codes: np.ndarray, audio: np.ndarray, model: str,
-               voice_id: str | None = None) -> dict:
+    def create(
+        self,
+        *,
+        name: str,
+        transcript: str,
+        codes: np.ndarray,
+        audio: np.ndarray,
+        model: str,
+        voice_id: str | None = None,
+    ) -> dict:
         staging = self.folder / f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
             _write_synced(staging / CODES, _npy_bytes(codes))
             _write_synced(staging / AUDIO, encode_audio(audio, SAMPLE_RATE, "wav"))
-            fields = {"name": name, "transcript": transcript, "duration_s": round(audio.size / SAMPLE_RATE, 3),
-                      "frames": int(codes.shape[1]), "model": model, "created_at": time.time()}
+            fields = {
+                "name": name,
+                "transcript": transcript,
+                "duration_s": round(audio.size / SAMPLE_RATE, 3),
+                "frames": int(codes.shape[1]),
+                "model": model,
+                "created_at": time.time(),
+            }
             with self._lock:
                 for candidate in self._candidates(voice_id, name):
                     meta = {"id": candidate, **fields}
@@ -120,7 +146,7 @@ class VoiceStore:
                 shutil.rmtree(staging, ignore_errors=True)
 
     def delete(self, voice_id: str) -> None:
-        folder = self._folder(voice_id)
+        folder = self._folder(voice_id, META, CODES, AUDIO)  # a link out of the folder is no voice to delete
         trash = self.folder / f".trash-{uuid.uuid4().hex}"
         with self._lock:
             try:
@@ -132,10 +158,19 @@ class VoiceStore:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _folder(self, voice_id: str) -> Path:
-        if not VOICE_ID.match(voice_id or ""):
+    def _folder(self, voice_id: str, *files: str) -> Path:
+        """The voice's folder, if the id is valid and it and `files` lie inside the voices folder."""
+        if not VOICE_ID.match(voice_id or "") or not self._inside(self.folder / voice_id, *files):
             raise VoiceNotFound(voice_id)
         return self.folder / voice_id
+
+    def _inside(self, folder: Path, *files: str) -> bool:
+        """The folder and its files, links resolved, lie in the voices folder (missing ones are fine)."""
+        for path in (folder, *(folder / name for name in files)):
+            resolved = path.resolve()
+            if resolved.parent != self.root and resolved.parent.parent != self.root:
+                return False
+        return True
 
     def _candidates(self, wanted: str | None, name: str) -> Iterator[str]:
         """The id asked for, or the name's slug then `slug-2`, `slug-3`, ... (skipping ids seen taken)."""

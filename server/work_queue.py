@@ -1,18 +1,18 @@
-"""The bounded synthesis queue: model work runs on worker threads, never on the event loop.
+"""The bounded synthesis queue: request work runs on worker threads, never on the event loop.
 
-At most `max_pending` jobs are running or waiting (a streamed response counts until its last byte);
-one more is refused at once with 503 and a Retry-After estimated from recent job times, instead of
-piling up connections and memory.
+The model itself runs on each engine's scheduler thread (core/scheduler.py), which batches the
+generations of all requests; a worker thread prepares a request (decoding an upload, reading the
+text), hands it to the scheduler and waits for its audio. At most `max_pending` requests are
+admitted at once (a streamed response counts until its last byte); one more is refused at once with
+503 and a Retry-After estimated from recent request times, instead of piling up connections.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from .errors import ApiError
@@ -22,8 +22,12 @@ T = TypeVar("T")
 
 class QueueFull(ApiError):
     def __init__(self, pending: int, retry_after: int):
-        super().__init__(503, f"The server is busy ({pending} synthesis requests running or waiting); retry in "
-                              f"about {retry_after} s.", headers={"Retry-After": str(retry_after)}, code="queue_full")
+        super().__init__(
+            503,
+            f"The server is busy ({pending} synthesis requests running or waiting); retry in about {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+            code="queue_full",
+        )
 
 
 class WorkQueue:
@@ -32,7 +36,7 @@ class WorkQueue:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fishtts-synth")
         self._lock = threading.Lock()
         self._pending = 0
-        self._mean_seconds = 2.0  # running mean of job durations, for Retry-After
+        self._mean_seconds = 2.0  # running mean of request durations, for Retry-After
 
     @property
     def pending(self) -> int:
@@ -45,7 +49,7 @@ class WorkQueue:
             return max(1, min(120, math.ceil(waves * self._mean_seconds)))
 
     def reserve(self) -> None:
-        """Count one request as running until `release()`; 503 at once when the queue is full."""
+        """Count one request as admitted until `release()`; 503 at once when the queue is full."""
         with self._lock:
             if self._pending >= self.max_pending:
                 pending = self._pending
@@ -58,29 +62,14 @@ class WorkQueue:
         with self._lock:
             self._pending -= 1
 
-    async def run(self, job: Callable[[], T]) -> T:
-        """Run `job` on a worker thread; 503 at once when the queue is full."""
-        self.reserve()
-        future = self._pool.submit(self._timed, job)
-        # Counted until the job itself ends, even if the client went away meanwhile.
-        future.add_done_callback(lambda _: self.release())
-        result = asyncio.wrap_future(future)
-        result.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if nobody waits
-        # Shielded: an accepted job always runs to its end (it returns its model lease there), even
-        # when the request that queued it is cancelled.
-        return await asyncio.shield(result)
+    def submit(self, work: Callable[..., T], *args) -> Future:
+        """Run `work(*args)` on a worker thread (for an admitted request)."""
+        return self._pool.submit(work, *args)
 
     def record(self, seconds: float) -> None:
-        """A request's duration, for Retry-After."""
+        """An admitted request's duration, for Retry-After."""
         with self._lock:
             self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * seconds
-
-    def _timed(self, job: Callable[[], T]) -> T:
-        start = time.perf_counter()
-        try:
-            return job()
-        finally:
-            self.record(time.perf_counter() - start)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

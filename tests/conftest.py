@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-DATA = Path(__file__).parent / "data"
-PARITY = DATA / "parity"
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import synthesize_speech
+from tests.paths import PARITY
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +25,9 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """
     folder = tmp_path_factory.mktemp("checkpoints")
     lm = torch.load(PARITY / "llama_state_dict.pt", weights_only=True)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in lm.items()}, "global_step": 0}, folder / "text2semantic-tiny.pth")
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in lm.items()}, "global_step": 0}, folder / "text2semantic-tiny.pth"
+    )
     vq = torch.load(PARITY / "vqgan_state_dict.pt", weights_only=True)
     torch.save(vq, folder / "vqgan-tiny.pth")
     return {
@@ -46,33 +44,62 @@ def tiny_engine(tiny_checkpoints):
     from core.engine import TTSEngine
 
     return TTSEngine.load(
-        llama_checkpoint=tiny_checkpoints["lm"], llama_config=str(tiny_checkpoints["lm_config"]),
-        tokenizer=tiny_checkpoints["tokenizer"], vqgan_checkpoint=tiny_checkpoints["vqgan"],
-        vqgan_config=str(tiny_checkpoints["vqgan_config"]), device="cpu",
+        lm_checkpoint=tiny_checkpoints["lm"],
+        lm_config=str(tiny_checkpoints["lm_config"]),
+        tokenizer=tiny_checkpoints["tokenizer"],
+        vqgan_checkpoint=tiny_checkpoints["vqgan"],
+        vqgan_config=str(tiny_checkpoints["vqgan_config"]),
+        device="cpu",
     )
-
-
-def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m core ARGS` the way a user would, returning the finished process."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def synthesize_speech(path: Path, text: str = "This is a short reference clip for voice cloning.",
-                      voice: str = "en", rate: int | None = None) -> Path:
-    """Real speech from espeak-ng (a Debian package the test script installs)."""
-    cmd = ["espeak-ng", "-v", voice, "-w", str(path), text]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-    if rate is not None:
-        import soundfile as sf
-        import soxr
-
-        audio, sr = sf.read(path, dtype="float32")
-        sf.write(path, soxr.resample(audio, sr, rate), rate)
-    return path
 
 
 @pytest.fixture(scope="session")
 def speech_wav(tmp_path_factory) -> Path:
     return synthesize_speech(tmp_path_factory.mktemp("audio") / "reference.wav")
+
+
+# -- the HTTP API: one workdir, one real server and one in-process client per test module ------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A user's folder: checkpoints/ (the tiny models under the official names), references/."""
+    from tests.server.helpers import make_workdir
+
+    return make_workdir(tmp_path_factory.mktemp("work"))
+
+
+@pytest.fixture(scope="module")
+def server(request, workdir):
+    """`python -m server` in a real process on the module's workdir, with the official model loaded;
+    a module sets SERVER_ARGS / SERVER_ENV for its own options. For lifecycle, streaming over the
+    wire and kill tests (and the web UI's)."""
+    from tests.server.helpers import Server
+
+    srv = Server(workdir, *getattr(request.module, "SERVER_ARGS", ()), env=getattr(request.module, "SERVER_ENV", None))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(request, workdir):
+    """The same app in-process (FastAPI's TestClient) with the model loaded, for routing and
+    validation; a module sets SERVER_SETTINGS (Settings fields) for its own options."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+    from tests.server.helpers import WEBUI_LOAD
+
+    settings = Settings(
+        checkpoints_dir=workdir / "checkpoints",
+        references_dir=workdir / "references",
+        **getattr(request.module, "SERVER_SETTINGS", {}),
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)  # the original's relative paths (checkpoints/...) are read from here
+        with TestClient(
+            create_app(settings), base_url="http://127.0.0.1", raise_server_exceptions=False
+        ) as test_client:
+            assert test_client.put("/v1/models/default", json=WEBUI_LOAD).status_code == 200
+            yield test_client

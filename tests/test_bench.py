@@ -15,7 +15,11 @@ def test_bench_tiny_reports_every_part_as_positive_numbers(capsys):
 
     assert report["threads"] >= 1 and report["bandwidth_gb_per_s"] > 0 and report["peak_rss_mb"] > 0
     assert sorted((r["variant"], r["num_samples"]) for r in report["lm"]) == [
-        ("float32", 1), ("float32", 4), ("int8", 1), ("int8", 4)]  # alone and as one batch of 4
+        ("float32", 1),
+        ("float32", 4),
+        ("int8", 1),
+        ("int8", 4),
+    ]  # alone and as one batch of 4
     assert any(line.startswith("| LM decode, 4 sequences as one batch") for line in out)
     for row in report["lm"]:
         for key in ("prefill_tokens_per_s", "tokens_per_s", "floor_steps_per_s"):

@@ -5,6 +5,7 @@ a taken port is refused with a clear message."""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import pty
 import signal
@@ -17,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.server_helpers import ROOT, free_port, make_workdir
-from tests.webui_support import alive, clean_env, descendants
+from tests.server.helpers import ROOT, free_port, make_workdir
+from tests.webui.support import alive, clean_env, descendants
 
 START_TIMEOUT = 240  # bootstrap check, API start, model load, UI start on a slow 2-core machine
 
@@ -31,10 +32,12 @@ class Launch:
         self.api_url, self.ui_url = f"http://127.0.0.1:{self.api_port}", f"http://127.0.0.1:{self.ui_port}/"
         self.log_path = workdir / f"launch-{self.api_port}.log"
         settings = {
-            "FISHTTS_LISTEN": f"127.0.0.1:{self.api_port}", "GRADIO_SERVER_PORT": str(self.ui_port),
+            "FISHTTS_LISTEN": f"127.0.0.1:{self.api_port}",
+            "GRADIO_SERVER_PORT": str(self.ui_port),
             "FISHTTS_CHECKPOINTS_DIR": str(workdir / "checkpoints"),
             "FISHTTS_REFERENCES_DIR": str(workdir / "references"),
-            "FISHTTS_LOAD": f"default={workdir / 'load_default.json'}", "FISHTTS_DEVICE": "cpu",
+            "FISHTTS_LOAD": f"default={workdir / 'load_default.json'}",
+            "FISHTTS_DEVICE": "cpu",
             "FISHTTS_START_TIMEOUT": str(START_TIMEOUT),
         }
         settings.update(env)
@@ -42,14 +45,26 @@ class Launch:
         if terminal:
             self.master, slave = pty.openpty()
             # `setsid --ctty`: a new session whose controlling terminal is the pty, as in a shell window
-            self.process = subprocess.Popen(["setsid", "--ctty", str(ROOT / "launch.sh")], cwd=workdir,
-                                            env=clean_env(**settings), stdin=slave, stdout=slave, stderr=slave)
+            self.process = subprocess.Popen(
+                ["setsid", "--ctty", str(ROOT / "launch.sh")],
+                cwd=workdir,
+                env=clean_env(**settings),
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+            )
             os.close(slave)
             threading.Thread(target=self._drain, daemon=True).start()
             return
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([str(ROOT / "launch.sh")], cwd=workdir, env=clean_env(**settings),
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [str(ROOT / "launch.sh")],
+                cwd=workdir,
+                env=clean_env(**settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def _drain(self) -> None:
         while True:
@@ -72,7 +87,9 @@ class Launch:
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while "[launch] ready" not in self.output():
-            assert self.process.poll() is None, f"launch.sh exited with {self.process.returncode}:\n{self.output()[-4000:]}"
+            assert self.process.poll() is None, (
+                f"launch.sh exited with {self.process.returncode}:\n{self.output()[-4000:]}"
+            )
             assert time.monotonic() < deadline, self.output()[-4000:]
             time.sleep(0.5)
 
@@ -81,7 +98,7 @@ class Launch:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill_all()
-            raise AssertionError(f"launch.sh did not exit:\n{self.output()[-4000:]}")
+            raise AssertionError(f"launch.sh did not exit:\n{self.output()[-4000:]}") from None
 
     def kill_all(self) -> None:
         for pid in descendants(self.process.pid) | {self.process.pid}:
@@ -180,8 +197,13 @@ def test_missing_checkpoints_are_downloaded_from_HF_ENDPOINT(tmp_path):
     threading.Thread(target=mirror.serve_forever, daemon=True).start()
     try:
         (tmp_path / "checkpoints").mkdir()
-        launch = Launch(tmp_path, FISHTTS_LOAD="", HF_ENDPOINT=f"http://127.0.0.1:{mirror.server_port}",
-                        HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf-home"))
+        launch = Launch(
+            tmp_path,
+            FISHTTS_LOAD="",
+            HF_ENDPOINT=f"http://127.0.0.1:{mirror.server_port}",
+            HF_HUB_OFFLINE="0",
+            HF_HOME=str(tmp_path / "hf-home"),
+        )
         assert launch.wait_exit(timeout=120) == 1
     finally:
         mirror.shutdown()
@@ -199,3 +221,18 @@ def test_refuses_a_port_in_use(workdir):
         assert launch.wait_exit(timeout=60) == 1
     assert f"port {port} on 127.0.0.1 is already in use" in launch.output()
     assert "GRADIO_SERVER_PORT" in launch.output() and "starting the API" not in launch.output()
+
+
+def test_a_failed_model_load_stops_the_launch(workdir):
+    """The API answers /v1/health with 503 after a failed --load: the script reports it and exits 1
+    (instead of waiting for a 200 that never comes)."""
+    body = json.loads((workdir / "load_default.json").read_text())
+    body["vqgan"]["checkpoint_path"] = "checkpoints/missing.pth"
+    (workdir / "bad_load.json").write_text(json.dumps(body))
+    launch = Launch(workdir, FISHTTS_LOAD=f"default={workdir / 'bad_load.json'}")
+    try:
+        assert launch.wait_exit(timeout=120) == 1
+    finally:
+        launch.kill_all()
+    assert "the model failed to load" in launch.output()
+    assert "starting the web UI" not in launch.output()

@@ -30,7 +30,7 @@ def build_app(settings: UISettings | None = None) -> gr.Blocks:
     settings = settings or UISettings.from_env()
     actions = Actions(settings)
     with gr.Blocks(title=t(DEFAULT_LANGUAGE, "app.title"), delete_cache=(3600, 3600), analytics_enabled=False) as demo:
-        page = Page(DEFAULT_LANGUAGE, settings.api_url)
+        page = Page(DEFAULT_LANGUAGE, settings.api_url, *actions.forms())
         preview = wire_inference(page, actions)
         wire_language(demo, page, preview)
         wire_model_tab(demo, page, actions)
@@ -49,6 +49,7 @@ def preview_value(lang: str, rows: list) -> dict:
 
 def wire_language(demo: gr.Blocks, page: Page, preview: dict) -> None:
     """`preview` (the preview event's fn, inputs, outputs) reruns after a switch: its headers are text."""
+
     def initial_language(browser_language: str, request: gr.Request):
         accept = request.headers.get("accept-language") if request is not None else None
         lang = pick_language(browser_language, accept_language=accept)
@@ -57,10 +58,17 @@ def wire_language(demo: gr.Blocks, page: Page, preview: dict) -> None:
     def switch_language(lang: str):
         return page.labels.updates(lang)
 
-    demo.load(initial_language, inputs=[page.browser_language], outputs=[page.language, *page.labels.components],
-              js=DETECT_LANGUAGE_JS, show_progress="hidden", **PRIVATE).then(**preview)
-    page.language.input(switch_language, inputs=[page.language], outputs=page.labels.components,
-                        show_progress="hidden", **PRIVATE).then(**preview)
+    demo.load(
+        initial_language,
+        inputs=[page.browser_language],
+        outputs=[page.language, *page.labels.components],
+        js=DETECT_LANGUAGE_JS,
+        show_progress="hidden",
+        **PRIVATE,
+    ).then(**preview)
+    page.language.input(
+        switch_language, inputs=[page.language], outputs=page.labels.components, show_progress="hidden", **PRIVATE
+    ).then(**preview)
 
 
 def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
@@ -68,8 +76,9 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
     model_fields = page.components(ModelForm)
 
     def load_model(data: dict) -> str:
-        return actions.load_model(data[page.language], data[page.server_url], data[page.api_key],
-                                  form(data, page, ModelForm))
+        return actions.load_model(
+            data[page.language], data[page.server_url], data[page.api_key], form(data, page, ModelForm)
+        )
 
     def server_status(lang: str, server_url: str, api_key: str) -> str:
         return actions.server_status(lang, server_url, api_key)
@@ -82,8 +91,13 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
 
     page.load_button.click(load_model, inputs={*connection, *model_fields}, outputs=page.model_message, **PRIVATE)
     page.status_button.click(server_status, inputs=connection, outputs=page.model_message, **PRIVATE)
-    demo.load(from_server, inputs=[page.server_url, page.api_key], outputs=[*model_fields, page.voice_id],
-              show_progress="hidden", **PRIVATE)
+    demo.load(
+        from_server,
+        inputs=[page.server_url, page.api_key],
+        outputs=[*model_fields, page.voice_id],
+        show_progress="hidden",
+        **PRIVATE,
+    )
 
 
 def wire_inference(page: Page, actions: Actions) -> dict:
@@ -91,7 +105,9 @@ def wire_inference(page: Page, actions: Actions) -> dict:
 
     def preview(data: dict):
         lang = data[page.language]
-        rows, message = actions.preview(lang, data[page.server_url], data[page.api_key], form(data, page, SynthesisForm))
+        rows, message = actions.preview(
+            lang, data[page.server_url], data[page.api_key], form(data, page, SynthesisForm)
+        )
         return preview_value(lang, rows), message
 
     def synthesize(data: dict, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
@@ -121,21 +137,36 @@ def wire_inference(page: Page, actions: Actions) -> dict:
 
     # The preview follows whatever changes the string the model will read. One event for all triggers,
     # so "always_last" orders them: separate events raced, and a stale preview could land last.
-    preview_event = dict(fn=preview, inputs=inputs, outputs=[page.preview, page.message], show_progress="hidden",
-                         **PRIVATE)
-    triggers = (page.text, page.mode, page.language_1, page.language_2, page.language_3, page.use_reference,
-                page.reference_text)
+    preview_event = dict(
+        fn=preview, inputs=inputs, outputs=[page.preview, page.message], show_progress="hidden", **PRIVATE
+    )
+    triggers = (
+        page.text,
+        page.mode,
+        page.language_1,
+        page.language_2,
+        page.language_3,
+        page.use_reference,
+        page.reference_text,
+    )
     gr.on([trigger.change for trigger in triggers], **preview_event, trigger_mode="always_last", concurrency_limit=1)
-    page.synthesize_button.click(synthesize, inputs=inputs,
-                                 outputs=[page.stream_audio, page.result_audio, page.download, page.message],
-                                 show_progress_on=[page.result_audio], **PRIVATE)
-    page.stream.change(show_stream_player, inputs=[page.stream], outputs=[page.stream_audio], show_progress="hidden",
-                       **PRIVATE)
+    page.synthesize_button.click(
+        synthesize,
+        inputs=inputs,
+        outputs=[page.stream_audio, page.result_audio, page.download, page.message],
+        show_progress_on=[page.result_audio],
+        **PRIVATE,
+    )
+    page.stream.change(
+        show_stream_player, inputs=[page.stream], outputs=[page.stream_audio], show_progress="hidden", **PRIVATE
+    )
     page.examples.click(example_text, inputs=[page.language, page.examples], outputs=page.text, **PRIVATE)
-    page.clear_button.click(clear, inputs=[page.language],
-                            outputs=[page.text, page.preview, page.stream_audio, page.result_audio, page.download,
-                                     page.message],
-                            **PRIVATE)
+    page.clear_button.click(
+        clear,
+        inputs=[page.language],
+        outputs=[page.text, page.preview, page.stream_audio, page.result_audio, page.download, page.message],
+        **PRIVATE,
+    )
     return preview_event
 
 
@@ -163,19 +194,33 @@ def wire_voices(page: Page, actions: Actions) -> None:
         """A clip the user uploaded or recorded replaces the saved voice, and turns the reference on."""
         return NO_VOICE, True
 
-    page.voice_id.input(select_voice, inputs=[*connection, page.voice_id],
-                        outputs=[page.reference_audio, page.reference_text, page.use_reference, page.message],
-                        **PRIVATE)
+    page.voice_id.input(
+        select_voice,
+        inputs=[*connection, page.voice_id],
+        outputs=[page.reference_audio, page.reference_text, page.use_reference, page.message],
+        **PRIVATE,
+    )
     page.refresh_voices.click(refresh, inputs=[page.server_url, page.api_key], outputs=page.voice_id, **PRIVATE)
-    page.save_voice.click(save, inputs=[*connection, page.voice_name, page.reference_audio, page.reference_text],
-                          outputs=[page.voice_id, page.message], **PRIVATE)
-    page.delete_voice.click(delete, inputs=[*connection, page.voice_id], outputs=[page.voice_id, page.message],
-                            **PRIVATE)
+    page.save_voice.click(
+        save,
+        inputs=[*connection, page.voice_name, page.reference_audio, page.reference_text],
+        outputs=[page.voice_id, page.message],
+        **PRIVATE,
+    )
+    page.delete_voice.click(
+        delete, inputs=[*connection, page.voice_id], outputs=[page.voice_id, page.message], **PRIVATE
+    )
     for event in (page.reference_audio.upload, page.reference_audio.stop_recording):
         event(own_clip, outputs=[page.voice_id, page.use_reference], show_progress="hidden", **PRIVATE)
 
 
 def launch(demo: gr.Blocks, settings: UISettings, **kwargs):
     """Gradio 6 takes theme and CSS at launch; no public API page (the original's show_api=False)."""
-    return demo.launch(server_name=settings.host, server_port=settings.port, theme=gr.themes.Base(), css=CSS,
-                       footer_links=["gradio", "settings"], **kwargs)
+    return demo.launch(
+        server_name=settings.host,
+        server_port=settings.port,
+        theme=gr.themes.Base(),
+        css=CSS,
+        footer_links=["gradio", "settings"],
+        **kwargs,
+    )

@@ -12,16 +12,47 @@ DEFAULTS = UISettings()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--host", envvar="GRADIO_SERVER_NAME", default=DEFAULTS.host, show_default=True, show_envvar=True,
-              help="Address the UI listens on (0.0.0.0 exposes it to the network).")
-@click.option("--port", envvar="GRADIO_SERVER_PORT", type=int, default=DEFAULTS.port, show_default=True,
-              show_envvar=True, help="Port the UI listens on.")
-@click.option("--api-url", envvar="FISHTTS_API_URL", default=DEFAULTS.api_url, show_default=True, show_envvar=True,
-              help="The fishtts HTTP API (fishtts serve).")
-@click.option("--api-key", envvar="FISHTTS_API_KEY", default=None, show_envvar=True,
-              help="Sent as 'Authorization: Bearer KEY' when the API was started with --api-key.")
-@click.option("--timeout", envvar="FISHTTS_API_TIMEOUT", type=float, default=DEFAULTS.timeout, show_default=True,
-              show_envvar=True, help="Seconds to wait for a model load or a synthesis.")
+@click.option(
+    "--host",
+    envvar="GRADIO_SERVER_NAME",
+    default=DEFAULTS.host,
+    show_default=True,
+    show_envvar=True,
+    help="Address the UI listens on (0.0.0.0 exposes it to the network).",
+)
+@click.option(
+    "--port",
+    envvar="GRADIO_SERVER_PORT",
+    type=int,
+    default=DEFAULTS.port,
+    show_default=True,
+    show_envvar=True,
+    help="Port the UI listens on.",
+)
+@click.option(
+    "--api-url",
+    envvar="FISHTTS_API_URL",
+    default=DEFAULTS.api_url,
+    show_default=True,
+    show_envvar=True,
+    help="The fishtts HTTP API (fishtts serve).",
+)
+@click.option(
+    "--api-key",
+    envvar="FISHTTS_API_KEY",
+    default=None,
+    show_envvar=True,
+    help="Sent as 'Authorization: Bearer KEY' when the API was started with --api-key.",
+)
+@click.option(
+    "--timeout",
+    envvar="FISHTTS_API_TIMEOUT",
+    type=float,
+    default=DEFAULTS.timeout,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds to wait for a model load or a synthesis.",
+)
 def webui(host: str, port: int, api_url: str, api_key: str | None, timeout: float):
     """Serve the web UI (Chinese and English) for the fishtts HTTP API."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # self-hosted: no calls home

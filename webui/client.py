@@ -51,7 +51,8 @@ class ApiClient:
     # -- routes ---------------------------------------------------------------------------------
 
     def health(self) -> dict:
-        return self._json("GET", "/v1/health")
+        """The server's state; a 503 (a failed load or model) carries it too."""
+        return self._json("GET", "/v1/health", accept=(503,))
 
     def list_models(self) -> list[dict]:
         return self._json("GET", "/v1/models").get("details", [])
@@ -59,41 +60,56 @@ class ApiClient:
     def load_model(self, name: str, body: dict) -> dict:
         return self._json("PUT", f"/v1/models/{quote(name)}", json=body, timeout=self.long_timeout)
 
-    def delete_model(self, name: str) -> dict:
-        return self._json("DELETE", f"/v1/models/{quote(name)}", timeout=self.long_timeout)
-
-    def invoke(self, name: str, fields: dict, reference_audio: bytes | None = None,
-               reference_filename: str = "reference.wav") -> Audio:
+    def invoke(
+        self, name: str, fields: dict, reference_audio: bytes | None = None, reference_filename: str = "reference.wav"
+    ) -> Audio:
         """Synthesize; with a reference clip the body goes as multipart (no base64 inflation)."""
-        path = f"/v1/models/{quote(name)}/invoke"
-        if reference_audio is None:
-            response = self._request("POST", path, json=fields, timeout=self.long_timeout)
-        else:
-            form = {k: _form_value(v) for k, v in fields.items() if v is not None}
-            files = {"reference_audio": (reference_filename, reference_audio, "application/octet-stream")}
-            response = self._request("POST", path, data=form, files=files, timeout=self.long_timeout)
+        response = self._invoke(name, fields, reference_audio, reference_filename, stream=False)
         return Audio(response.content, response.headers.get("content-type", "application/octet-stream"))
 
-    def invoke_stream(self, name: str, fields: dict, reference_audio: bytes | None = None,
-                      reference_filename: str = "reference.wav") -> Iterator[bytes]:
+    def invoke_stream(
+        self, name: str, fields: dict, reference_audio: bytes | None = None, reference_filename: str = "reference.wav"
+    ) -> Iterator[bytes]:
         """Synthesize with `streaming: true`: raw 16-bit mono PCM at 22,050 Hz, as it arrives
         (errors before the first byte are ClientErrors like invoke's; later ones end the stream)."""
         fields = {**fields, "streaming": True, "format": "pcm"}
-        path = f"/v1/models/{quote(name)}/invoke"
-        if reference_audio is None:
-            response = self._request("POST", path, json=fields, timeout=self.long_timeout, stream=True)
-        else:
-            form = {k: _form_value(v) for k, v in fields.items() if v is not None}
-            files = {"reference_audio": (reference_filename, reference_audio, "application/octet-stream")}
-            response = self._request("POST", path, data=form, files=files, timeout=self.long_timeout, stream=True)
+        response = self._invoke(name, fields, reference_audio, reference_filename, stream=True)
         with response:
             try:
                 yield from response.iter_content(chunk_size=None)
             except requests.exceptions.RequestException:
                 raise ClientError("error.stream_broken", url=self.base_url) from None
 
-    def g2p(self, text: str, order: str) -> list[dict]:
-        return self._json("POST", "/v1/text/g2p", json={"text": text, "order": order}).get("segments", [])
+    def _invoke(
+        self, name: str, fields: dict, reference_audio: bytes | None, reference_filename: str, stream: bool
+    ) -> requests.Response:
+        path, timeout = f"/v1/models/{quote(name)}/invoke", self.long_timeout
+        if reference_audio is None:
+            return self._request("POST", path, json=fields, timeout=timeout, stream=stream)
+        form = {k: _form_value(v) for k, v in fields.items() if v is not None}
+        files = {"reference_audio": (reference_filename, reference_audio, "application/octet-stream")}
+        return self._request("POST", path, data=form, files=files, timeout=timeout, stream=stream)
+
+    def preview(self, fields: dict) -> list[dict]:
+        """The pieces the engine reads for an invoke body's text, as the server's front end reads them."""
+        keys = ("text", "order", "reference_text", "use_g2p", "speaker")
+        body = {k: fields[k] for k in keys if fields.get(k) is not None}
+        return self._json("POST", "/v1/text/g2p", json=body).get("prompts", [])
+
+    def defaults(self) -> dict[str, dict]:
+        """The API's own defaults, by body: "invoke" (sampling, order), "llama" and "vqgan" (model files)."""
+        spec = self._json("GET", "/openapi.json")
+        invoke = spec["paths"]["/v1/models/{name}/invoke"]["post"]["requestBody"]["content"]["application/json"]
+        schemas = spec.get("components", {}).get("schemas", {})
+
+        def of(schema: dict) -> dict:
+            return {k: v["default"] for k, v in schema.get("properties", {}).items() if "default" in v}
+
+        return {
+            "invoke": of(invoke["schema"]),
+            "llama": of(schemas.get("LlamaSpec", {})),
+            "vqgan": of(schemas.get("VQGANSpec", {})),
+        }
 
     def list_voices(self) -> list[dict]:
         return self._json("GET", "/v1/references").get("references", [])
@@ -101,8 +117,9 @@ class ApiClient:
     def get_voice_audio(self, voice_id: str) -> bytes:
         return self._request("GET", f"/v1/references/{quote(voice_id)}/audio").content
 
-    def create_voice(self, name: str, transcript: str, audio: bytes, filename: str = "reference.wav",
-                     model: str = "default") -> dict:
+    def create_voice(
+        self, name: str, transcript: str, audio: bytes, filename: str = "reference.wav", model: str = "default"
+    ) -> dict:
         form = {"name": name, "transcript": transcript, "model": model}
         files = {"audio": (filename, audio, "application/octet-stream")}
         return self._json("POST", "/v1/references", data=form, files=files, timeout=self.long_timeout)
@@ -122,18 +139,21 @@ class ApiClient:
             raise ClientError("error.bad_response", response.status_code)
         return body
 
-    def _request(self, method: str, path: str, timeout: float | None = None, **kwargs) -> requests.Response:
+    def _request(
+        self, method: str, path: str, timeout: float | None = None, accept: tuple[int, ...] = (), **kwargs
+    ) -> requests.Response:
         read_timeout = timeout or self.timeout
         try:
-            response = self.session.request(method, self.base_url + path,
-                                            timeout=(CONNECT_TIMEOUT, read_timeout), **kwargs)
+            response = self.session.request(
+                method, self.base_url + path, timeout=(CONNECT_TIMEOUT, read_timeout), **kwargs
+            )
         except requests.exceptions.Timeout:
             raise ClientError("error.timeout", seconds=int(read_timeout)) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.InvalidURL):
             raise ClientError("error.unreachable", url=self.base_url) from None
         except requests.exceptions.RequestException:
             raise ClientError("error.unreachable", url=self.base_url) from None
-        if response.status_code >= 400:
+        if response.status_code >= 400 and response.status_code not in accept:
             raise error_from_response(response)
         return response
 

@@ -22,7 +22,8 @@ NO_VOICE = ""  # the voice dropdown's "none" entry
 
 @dataclass
 class ModelForm:
-    """The model tab; the field names are the components' names in the layout."""
+    """The model tab; the field names are the components' names in the layout. The page starts from
+    the API's defaults (`Actions.forms`); these are used only when it cannot be reached."""
 
     device: str = "cuda"
     precision: str = "bfloat16"
@@ -37,15 +38,21 @@ class ModelForm:
         """The original UI's PUT /v1/models/default body."""
         return {
             "device": self.device,
-            "llama": {"config_name": self.llama_config, "checkpoint_path": self.llama_checkpoint,
-                      "precision": self.precision, "tokenizer": self.tokenizer, "compile": bool(self.compile)},
+            "llama": {
+                "config_name": self.llama_config,
+                "checkpoint_path": self.llama_checkpoint,
+                "precision": self.precision,
+                "tokenizer": self.tokenizer,
+                "compile": bool(self.compile),
+            },
             "vqgan": {"config_name": self.vqgan_config, "checkpoint_path": self.vqgan_checkpoint},
         }
 
 
 @dataclass
 class SynthesisForm:
-    """The inference tab; the field names are the components' names in the layout."""
+    """The inference tab; the field names are the components' names in the layout. The page starts
+    from the API's defaults (`Actions.forms`); these are used only when it cannot be reached."""
 
     text: str = ""
     mode: str = "text"  # "text" or "phonemes" (the original's 文本 / 自动音素)
@@ -108,6 +115,29 @@ class Actions:
         default_key = self.settings.api_key if url == self.settings.api_url.strip().rstrip("/") else None
         return ApiClient(url, (api_key or "").strip() or default_key, long_timeout=self.settings.timeout)
 
+    def forms(self, server_url: str = "", api_key: str = "") -> tuple[ModelForm, SynthesisForm]:
+        """The two forms as the page starts: the API's defaults (sampling, language order, model
+        files), so they are defined once, in core; the dataclasses' own when the API is unreachable."""
+        model, synth = ModelForm(), SynthesisForm()
+        try:
+            defaults = self.client(server_url, api_key).defaults()
+        except (ClientError, KeyError, TypeError):
+            return model, synth
+        invoke, llama, vqgan = defaults["invoke"], defaults["llama"], defaults["vqgan"]
+        languages = str(invoke.get("order", "")).split(",")
+        if len(languages) == 3:
+            synth.language_1, synth.language_2, synth.language_3 = languages
+        for name in ("max_new_tokens", "top_p", "repetition_penalty", "temperature"):
+            setattr(synth, name, invoke.get(name, getattr(synth, name)))
+        synth.top_k = invoke.get("top_k") or 0
+        model.compile = llama.get("compile", model.compile)
+        model.llama_checkpoint = llama.get("checkpoint_path", model.llama_checkpoint)
+        model.llama_config = llama.get("config_name", model.llama_config)
+        model.tokenizer = llama.get("tokenizer", model.tokenizer)
+        model.vqgan_checkpoint = vqgan.get("checkpoint_path", model.vqgan_checkpoint)
+        model.vqgan_config = vqgan.get("config_name", model.vqgan_config)
+        return model, synth
+
     # -- model tab ------------------------------------------------------------------------------
 
     def load_model(self, lang: str, server_url: str, api_key: str, form: ModelForm) -> str:
@@ -147,7 +177,8 @@ class Actions:
         llama, vqgan, form = info.get("llama", {}), info.get("vqgan", {}), ModelForm()
         return ModelForm(
             device=str(info.get("device", form.device)).split(":")[0],
-            precision=info.get("precision", form.precision), compile=bool(info.get("compiled", False)),
+            precision=info.get("precision", form.precision),
+            compile=bool(info.get("compiled", False)),
             llama_checkpoint=llama.get("checkpoint_path", form.llama_checkpoint),
             llama_config=llama.get("config_name", form.llama_config),
             # The folder itself is shown as "checkpoints", a name the server does not resolve back; the
@@ -160,23 +191,24 @@ class Actions:
     # -- inference ------------------------------------------------------------------------------
 
     def preview(self, lang: str, server_url: str, api_key: str, form: SynthesisForm) -> tuple[list[list], str]:
-        """Rows (ID, text, language, phonemes) of exactly the string the model will read: reference
-        text + input text as one piece (the original previewed line by line but synthesized it whole)."""
-        full = prompt_string(form)
-        if not full.strip():
+        """Rows (ID, text, language, phonemes) of exactly what the model will read, as the server's
+        front end reads it: each piece of the text with the reference text in front (text mode: one
+        row per piece, no phonemes)."""
+        if not (form.text or "").strip():
             return [], ""
-        if form.mode != "phonemes":
-            return [[0, full, "-", "-"]], ""
         try:
-            order = language_order(form)
-            # The server's preview reads line by line; the engine turns newlines into "." (clean_text).
-            segments = self.client(server_url, api_key).g2p(full.strip().replace("\n", "."), order)
+            fields, _, _ = invoke_request(form, need_reference=False)
+            pieces = self.client(server_url, api_key).preview(fields)
         except (ClientError, UIError) as exc:
             return [], failure_html(lang, "error.preview", exc)
+        if form.mode != "phonemes":
+            return [[i, piece["text"], "-", "-"] for i, piece in enumerate(pieces)], ""
+        segments = [segment for piece in pieces for segment in piece["segments"]]
         return [[i, s["text"], s["language"], " ".join(s["phones"])] for i, s in enumerate(segments)], ""
 
-    def synthesize(self, lang: str, server_url: str, api_key: str, form: SynthesisForm,
-                   progress: Callable | None = None) -> tuple[str | None, str | None, str]:
+    def synthesize(
+        self, lang: str, server_url: str, api_key: str, form: SynthesisForm, progress: Callable | None = None
+    ) -> tuple[str | None, str | None, str]:
         """(result audio path, the same file for download, message)."""
         started = time.monotonic()
         try:
@@ -188,8 +220,9 @@ class Actions:
             return None, None, failure_html(lang, "error.inference", exc)
         return finished(lang, result.data, "." + form.output_format, started)
 
-    def synthesize_stream(self, lang: str, server_url: str, api_key: str,
-                          form: SynthesisForm) -> Iterator[tuple[bytes | None, str | None, str | None, str]]:
+    def synthesize_stream(
+        self, lang: str, server_url: str, api_key: str, form: SynthesisForm
+    ) -> Iterator[tuple[bytes | None, str | None, str | None, str]]:
         """While generating: (the newest audio as WAV bytes, None, None, progress message); at the end
         (None, the whole audio as a WAV file, the same file, message)."""
         started = time.monotonic()
@@ -204,7 +237,12 @@ class Actions:
                     continue
                 pcm += part
                 seconds = f"{len(pcm) / 2 / SAMPLE_RATE:.1f}"
-                yield wav_bytes(part), None, None, message_html(lang, "progress.streaming", error=False, seconds=seconds)
+                yield (
+                    wav_bytes(part),
+                    None,
+                    None,
+                    message_html(lang, "progress.streaming", error=False, seconds=seconds),
+                )
         except (ClientError, UIError) as exc:
             yield None, None, None, failure_html(lang, "error.inference", exc)
             return
@@ -221,10 +259,13 @@ class Actions:
         voices = sorted(voices, key=lambda v: v.get("created_at", 0))
         names = [v["name"] for v in voices]
         # The name alone, unless two voices share it.
-        return [("—", NO_VOICE)] + [(v["name"] if names.count(v["name"]) == 1 else f"{v['name']} ({v['id']})", v["id"])
-                                    for v in voices]
+        return [("—", NO_VOICE)] + [
+            (v["name"] if names.count(v["name"]) == 1 else f"{v['name']} ({v['id']})", v["id"]) for v in voices
+        ]
 
-    def select_voice(self, lang: str, server_url: str, api_key: str, voice_id: str) -> tuple[str | None, str | None, str]:
+    def select_voice(
+        self, lang: str, server_url: str, api_key: str, voice_id: str
+    ) -> tuple[str | None, str | None, str]:
         """(the voice's clip as a file, its transcript, message); (None, None, "") for 'none'."""
         if not voice_id:
             return None, None, ""
@@ -238,8 +279,9 @@ class Actions:
             return None, None, failure_html(lang, "error.voice", exc)
         return clip, voice["transcript"], ""
 
-    def save_voice(self, lang: str, server_url: str, api_key: str, name: str, reference_audio: str | None,
-                   reference_text: str) -> tuple[list[tuple[str, str]], str, str]:
+    def save_voice(
+        self, lang: str, server_url: str, api_key: str, name: str, reference_audio: str | None, reference_text: str
+    ) -> tuple[list[tuple[str, str]], str, str]:
         """(new voice choices, the new voice's id or 'none', message)."""
         try:
             if not (name or "").strip():
@@ -253,7 +295,9 @@ class Actions:
         message = message_html(lang, "reference.saved", error=False, name=voice["name"])
         return self.voice_choices(server_url, api_key), voice["id"], message
 
-    def delete_voice(self, lang: str, server_url: str, api_key: str, voice_id: str) -> tuple[list[tuple[str, str]], str]:
+    def delete_voice(
+        self, lang: str, server_url: str, api_key: str, voice_id: str
+    ) -> tuple[list[tuple[str, str]], str]:
         """(new voice choices, message)."""
         try:
             if not voice_id:
@@ -288,12 +332,6 @@ def reference_transcript(form: SynthesisForm) -> str | None:
     return (form.reference_text or "").strip() or None
 
 
-def prompt_string(form: SynthesisForm) -> str:
-    """What the engine reads: `{reference text} {text}` (core.lm.prompt.build_prompt_string)."""
-    transcript = reference_transcript(form)
-    return form.text if transcript is None else f"{transcript} {form.text}"
-
-
 def read_reference(path: str | None) -> tuple[bytes, str]:
     if not path:
         raise UIError("reference.need_audio")
@@ -303,8 +341,9 @@ def read_reference(path: str | None) -> tuple[bytes, str]:
         raise UIError("error.read_audio") from None
 
 
-def invoke_request(form: SynthesisForm) -> tuple[dict, bytes | None, str]:
-    """The invoke fields (the original UI's, plus seed, format and the reference) and the clip."""
+def invoke_request(form: SynthesisForm, need_reference: bool = True) -> tuple[dict, bytes | None, str]:
+    """The invoke fields (the original UI's, plus seed, format and the reference) and the clip
+    (`need_reference=False`: the fields only, for the preview)."""
     if not (form.text or "").strip():
         raise UIError("error.empty_text")
     fields = {
@@ -325,7 +364,7 @@ def invoke_request(form: SynthesisForm) -> tuple[dict, bytes | None, str]:
         fields["reference_text"] = reference_transcript(form)
         if form.voice_id:
             fields["reference_id"] = form.voice_id  # its saved transcript is used when the box is empty
-        else:
+        elif need_reference:
             audio, filename = read_reference(form.reference_audio)
             if fields["reference_text"] is None:
                 raise UIError("reference.need_text")

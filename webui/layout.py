@@ -25,15 +25,22 @@ LANGUAGE_SLOT_KEYS = ["languages.first", "languages.second", "languages.third"]
 class Page:
     """Every component the handlers read or write, by name."""
 
-    def __init__(self, lang: str, api_url: str):
+    def __init__(self, lang: str, api_url: str, model: ModelForm | None = None, synth: SynthesisForm | None = None):
         self.labels = labels = Labels(lang)
         make = labels.make
-        model, synth = ModelForm(), SynthesisForm()
+        model, synth = model or ModelForm(), synth or SynthesisForm()
 
         with gr.Row(equal_height=True):
             make(gr.Markdown, i18n={"value": "header.markdown"})
-            self.language = make(gr.Radio, i18n={"label": "language.label"}, choices=language_choices(),
-                                 value=lang, scale=0, min_width=220, elem_id="fishtts-language")
+            self.language = make(
+                gr.Radio,
+                i18n={"label": "language.label"},
+                choices=language_choices(),
+                value=lang,
+                scale=0,
+                min_width=220,
+                elem_id="fishtts-language",
+            )
         # navigator.language arrives here on page load (JS), then picks the page's language.
         self.browser_language = gr.Textbox(visible=False)
 
@@ -41,134 +48,258 @@ class Page:
             with gr.Column(scale=3), gr.Tabs(selected="inference"):
                 with make(gr.Tab, i18n={"label": "tab.model"}, id="model"):
                     self.server_url = make(gr.Textbox, i18n={"label": "model.server_url"}, value=api_url)
-                    self.api_key = make(gr.Textbox, i18n={"label": "model.api_key",
-                                                          "placeholder": "model.api_key.placeholder"},
-                                        type="password")
+                    self.api_key = make(
+                        gr.Textbox,
+                        i18n={"label": "model.api_key", "placeholder": "model.api_key.placeholder"},
+                        type="password",
+                    )
                     with gr.Row():
-                        self.device = make(gr.Dropdown, i18n={"label": "model.device"},
-                                           choices=["cpu", "cuda"], value=model.device)
+                        self.device = make(
+                            gr.Dropdown, i18n={"label": "model.device"}, choices=["cpu", "cuda"], value=model.device
+                        )
                         # bfloat16 like the API (the original UI said float16, QUIRKS 32)
-                        self.precision = make(gr.Dropdown, i18n={"label": "model.precision"},
-                                              choices=["bfloat16", "float16", "float32"], value=model.precision)
+                        self.precision = make(
+                            gr.Dropdown,
+                            i18n={"label": "model.precision"},
+                            choices=["bfloat16", "float16", "float32"],
+                            value=model.precision,
+                        )
                     self.compile = make(gr.Checkbox, i18n={"label": "model.compile"}, value=model.compile)
-                    self.llama_checkpoint = make(gr.Textbox, i18n={"label": "model.llama_checkpoint"},
-                                                 value=model.llama_checkpoint)
-                    self.llama_config = make(gr.Textbox, i18n={"label": "model.llama_config"},
-                                             value=model.llama_config)
+                    self.llama_checkpoint = make(
+                        gr.Textbox, i18n={"label": "model.llama_checkpoint"}, value=model.llama_checkpoint
+                    )
+                    self.llama_config = make(gr.Textbox, i18n={"label": "model.llama_config"}, value=model.llama_config)
                     self.tokenizer = make(gr.Textbox, i18n={"label": "model.tokenizer"}, value=model.tokenizer)
-                    self.vqgan_checkpoint = make(gr.Textbox, i18n={"label": "model.vqgan_checkpoint"},
-                                                 value=model.vqgan_checkpoint)
-                    self.vqgan_config = make(gr.Textbox, i18n={"label": "model.vqgan_config"},
-                                             value=model.vqgan_config)
+                    self.vqgan_checkpoint = make(
+                        gr.Textbox, i18n={"label": "model.vqgan_checkpoint"}, value=model.vqgan_checkpoint
+                    )
+                    self.vqgan_config = make(gr.Textbox, i18n={"label": "model.vqgan_config"}, value=model.vqgan_config)
                     with gr.Row():
-                        self.load_button = make(gr.Button, i18n={"value": "model.load"}, variant="primary",
-                                                elem_id="fishtts-load")
+                        self.load_button = make(
+                            gr.Button, i18n={"value": "model.load"}, variant="primary", elem_id="fishtts-load"
+                        )
                         self.status_button = make(gr.Button, i18n={"value": "model.check"})
-                    self.model_message = make(gr.HTML, i18n={"label": "model.message"}, show_label=True,
-                                              container=True, elem_id="fishtts-model-message")
+                    self.model_message = make(
+                        gr.HTML,
+                        i18n={"label": "model.message"},
+                        show_label=True,
+                        container=True,
+                        elem_id="fishtts-model-message",
+                    )
 
                 with make(gr.Tab, i18n={"label": "tab.inference"}, id="inference"):
-                    self.text = make(gr.Textbox, i18n={"label": "inference.text",
-                                                       "placeholder": "inference.text.placeholder"},
-                                     lines=15, max_lines=30, elem_id="fishtts-text")
+                    self.text = make(
+                        gr.Textbox,
+                        i18n={"label": "inference.text", "placeholder": "inference.text.placeholder"},
+                        lines=15,
+                        max_lines=30,
+                        elem_id="fishtts-text",
+                    )
                     # A Dataset rather than gr.Examples: an Examples click re-sends the textbox's first
                     # config, label included, which undid the language switch.
-                    self.examples = make(gr.Dataset, i18n={"label": "inference.examples"}, components=[self.text],
-                                         samples=[[t(lang, key)] for key in EXAMPLE_KEYS], type="index",
-                                         elem_id="fishtts-examples")
+                    self.examples = make(
+                        gr.Dataset,
+                        i18n={"label": "inference.examples"},
+                        components=[self.text],
+                        samples=[[t(lang, key)] for key in EXAMPLE_KEYS],
+                        type="index",
+                        elem_id="fishtts-examples",
+                    )
 
                     with gr.Tabs():
                         with make(gr.Tab, i18n={"label": "tab.params"}):
                             make(gr.Markdown, i18n={"value": "params.markdown"})
-                            self.mode = make(gr.Dropdown, i18n={"label": "params.mode", "choices": MODES},
-                                             value=synth.mode)
+                            self.mode = make(
+                                gr.Dropdown, i18n={"label": "params.mode", "choices": MODES}, value=synth.mode
+                            )
                             self.max_new_tokens = make(
-                                gr.Slider, i18n={"label": "params.max_new_tokens", "info": "params.max_new_tokens.info"},
-                                minimum=0, maximum=4096, step=8, value=synth.max_new_tokens,
-                                elem_id="fishtts-max-new-tokens")
-                            self.top_k = make(gr.Slider, i18n={"label": "params.top_k", "info": "params.top_k.info"},
-                                              minimum=0, maximum=100, step=1, value=synth.top_k)
+                                gr.Slider,
+                                i18n={"label": "params.max_new_tokens", "info": "params.max_new_tokens.info"},
+                                minimum=0,
+                                maximum=4096,
+                                step=8,
+                                value=synth.max_new_tokens,
+                                elem_id="fishtts-max-new-tokens",
+                            )
+                            self.top_k = make(
+                                gr.Slider,
+                                i18n={"label": "params.top_k", "info": "params.top_k.info"},
+                                minimum=0,
+                                maximum=100,
+                                step=1,
+                                value=synth.top_k,
+                            )
                             # The API needs top_p, penalty and temperature > 0: the sliders start at 0.01.
-                            self.top_p = make(gr.Slider, i18n={"label": "params.top_p"},
-                                              minimum=0.01, maximum=1, step=0.01, value=synth.top_p)
-                            self.repetition_penalty = make(gr.Slider, i18n={"label": "params.repetition_penalty"},
-                                                           minimum=0.01, maximum=2, step=0.01,
-                                                           value=synth.repetition_penalty)
-                            self.temperature = make(gr.Slider, i18n={"label": "params.temperature"},
-                                                    minimum=0.01, maximum=2, step=0.01, value=synth.temperature)
-                            self.speaker = make(gr.Textbox, i18n={"label": "params.speaker",
-                                                                  "placeholder": "params.speaker.placeholder"})
+                            self.top_p = make(
+                                gr.Slider,
+                                i18n={"label": "params.top_p"},
+                                minimum=0.01,
+                                maximum=1,
+                                step=0.01,
+                                value=synth.top_p,
+                            )
+                            self.repetition_penalty = make(
+                                gr.Slider,
+                                i18n={"label": "params.repetition_penalty"},
+                                minimum=0.01,
+                                maximum=2,
+                                step=0.01,
+                                value=synth.repetition_penalty,
+                            )
+                            self.temperature = make(
+                                gr.Slider,
+                                i18n={"label": "params.temperature"},
+                                minimum=0.01,
+                                maximum=2,
+                                step=0.01,
+                                value=synth.temperature,
+                            )
+                            self.speaker = make(
+                                gr.Textbox,
+                                i18n={"label": "params.speaker", "placeholder": "params.speaker.placeholder"},
+                            )
                             with gr.Row():
-                                self.seed = make(gr.Number, i18n={"label": "params.seed", "info": "params.seed.info"},
-                                                 value=synth.seed, precision=0, minimum=0,
-                                                 elem_id="fishtts-seed")
-                                self.output_format = make(gr.Dropdown, i18n={"label": "params.format"},
-                                                          choices=FORMATS, value=synth.output_format)
+                                self.seed = make(
+                                    gr.Number,
+                                    i18n={"label": "params.seed", "info": "params.seed.info"},
+                                    value=synth.seed,
+                                    precision=0,
+                                    minimum=0,
+                                    elem_id="fishtts-seed",
+                                )
+                                self.output_format = make(
+                                    gr.Dropdown,
+                                    i18n={"label": "params.format"},
+                                    choices=FORMATS,
+                                    value=synth.output_format,
+                                )
                             # Gradio plays a stream through ffmpeg on this machine; without it, no toggle.
                             can_stream = shutil.which("ffmpeg") is not None
-                            self.stream = make(gr.Checkbox, i18n={"label": "params.stream", "info": "params.stream.info"
-                                                                  if can_stream else "params.stream.unavailable"},
-                                               value=synth.stream, interactive=can_stream, elem_id="fishtts-stream")
+                            self.stream = make(
+                                gr.Checkbox,
+                                i18n={
+                                    "label": "params.stream",
+                                    "info": "params.stream.info" if can_stream else "params.stream.unavailable",
+                                },
+                                value=synth.stream,
+                                interactive=can_stream,
+                                elem_id="fishtts-stream",
+                            )
 
                         with make(gr.Tab, i18n={"label": "tab.languages"}):
                             make(gr.Markdown, i18n={"value": "languages.markdown"})
                             self.language_1, self.language_2, self.language_3 = (
                                 make(gr.Dropdown, i18n={"label": key, "choices": LANGUAGE_CHOICES}, value=value)
-                                for key, value in zip(LANGUAGE_SLOT_KEYS, (synth.language_1, synth.language_2,
-                                                                           synth.language_3)))
+                                for key, value in zip(
+                                    LANGUAGE_SLOT_KEYS, (synth.language_1, synth.language_2, synth.language_3)
+                                )
+                            )
 
                         with make(gr.Tab, i18n={"label": "tab.reference"}, id="reference"):
                             make(gr.Markdown, i18n={"value": "reference.markdown"})
-                            self.use_reference = make(gr.Checkbox, i18n={"label": "reference.enable"},
-                                                      value=synth.use_reference, elem_id="fishtts-use-reference")
+                            self.use_reference = make(
+                                gr.Checkbox,
+                                i18n={"label": "reference.enable"},
+                                value=synth.use_reference,
+                                elem_id="fishtts-use-reference",
+                            )
                             with gr.Row():
-                                self.voice_id = make(gr.Dropdown, i18n={"label": "reference.voice",
-                                                                        "info": "reference.voice.info"},
-                                                     choices=[("—", NO_VOICE)], value=NO_VOICE, scale=3,
-                                                     elem_id="fishtts-voice")
+                                self.voice_id = make(
+                                    gr.Dropdown,
+                                    i18n={"label": "reference.voice", "info": "reference.voice.info"},
+                                    choices=[("—", NO_VOICE)],
+                                    value=NO_VOICE,
+                                    scale=3,
+                                    elem_id="fishtts-voice",
+                                )
                                 with gr.Column(scale=1, min_width=120):
-                                    self.refresh_voices = make(gr.Button, i18n={"value": "reference.refresh"},
-                                                               size="sm")
-                                    self.delete_voice = make(gr.Button, i18n={"value": "reference.delete"},
-                                                             size="sm", variant="stop")
-                            self.reference_audio = make(gr.Audio, i18n={"label": "reference.audio"},
-                                                        sources=["upload", "microphone"], type="filepath",
-                                                        elem_id="fishtts-reference-audio")
-                            self.reference_text = make(gr.Textbox, i18n={"label": "reference.text",
-                                                                         "placeholder": "reference.text.placeholder"},
-                                                       lines=1, elem_id="fishtts-reference-text")
+                                    self.refresh_voices = make(
+                                        gr.Button, i18n={"value": "reference.refresh"}, size="sm"
+                                    )
+                                    self.delete_voice = make(
+                                        gr.Button, i18n={"value": "reference.delete"}, size="sm", variant="stop"
+                                    )
+                            self.reference_audio = make(
+                                gr.Audio,
+                                i18n={"label": "reference.audio"},
+                                sources=["upload", "microphone"],
+                                type="filepath",
+                                elem_id="fishtts-reference-audio",
+                            )
+                            self.reference_text = make(
+                                gr.Textbox,
+                                i18n={"label": "reference.text", "placeholder": "reference.text.placeholder"},
+                                lines=1,
+                                elem_id="fishtts-reference-text",
+                            )
                             with gr.Row():
-                                self.voice_name = make(gr.Textbox, i18n={"label": "reference.save_name",
-                                                                         "placeholder": "reference.save_name.placeholder"},
-                                                       scale=3)
-                                self.save_voice = make(gr.Button, i18n={"value": "reference.save"}, scale=1,
-                                                       elem_id="fishtts-save-voice")
+                                self.voice_name = make(
+                                    gr.Textbox,
+                                    i18n={
+                                        "label": "reference.save_name",
+                                        "placeholder": "reference.save_name.placeholder",
+                                    },
+                                    scale=3,
+                                )
+                                self.save_voice = make(
+                                    gr.Button, i18n={"value": "reference.save"}, scale=1, elem_id="fishtts-save-voice"
+                                )
 
                     with gr.Row():
-                        self.synthesize_button = make(gr.Button, i18n={"value": "action.synthesize"},
-                                                      variant="primary", scale=2, elem_id="fishtts-synthesize")
-                        self.clear_button = make(gr.Button, i18n={"value": "action.clear"}, scale=1,
-                                                 elem_id="fishtts-clear")
+                        self.synthesize_button = make(
+                            gr.Button,
+                            i18n={"value": "action.synthesize"},
+                            variant="primary",
+                            scale=2,
+                            elem_id="fishtts-synthesize",
+                        )
+                        self.clear_button = make(
+                            gr.Button, i18n={"value": "action.clear"}, scale=1, elem_id="fishtts-clear"
+                        )
 
             with gr.Column(scale=3):
-                self.message = make(gr.HTML, i18n={"label": "output.message"}, show_label=True, container=True,
-                                    elem_id="fishtts-message")
-                self.preview = make(gr.Dataframe, i18n={"label": "output.preview"},
-                                    headers=[t(lang, key) for key in PREVIEW_HEADERS], column_count=4,
-                                    column_widths=["8%", "37%", "15%", "40%"], interactive=False, wrap=True,
-                                    elem_id="fishtts-preview")
+                self.message = make(
+                    gr.HTML,
+                    i18n={"label": "output.message"},
+                    show_label=True,
+                    container=True,
+                    elem_id="fishtts-message",
+                )
+                self.preview = make(
+                    gr.Dataframe,
+                    i18n={"label": "output.preview"},
+                    headers=[t(lang, key) for key in PREVIEW_HEADERS],
+                    column_count=4,
+                    column_widths=["8%", "37%", "15%", "40%"],
+                    interactive=False,
+                    wrap=True,
+                    elem_id="fishtts-preview",
+                )
                 # While streaming: Gradio's live player (chunks re-encoded to AAC by one ffmpeg process,
                 # so the joins have no gaps); hidden unless the stream toggle is on.
-                self.stream_audio = make(gr.Audio, i18n={"label": "output.stream"}, streaming=True, autoplay=True,
-                                         interactive=False, visible=False, elem_id="fishtts-stream-audio")
+                self.stream_audio = make(
+                    gr.Audio,
+                    i18n={"label": "output.stream"},
+                    streaming=True,
+                    autoplay=True,
+                    interactive=False,
+                    visible=False,
+                    elem_id="fishtts-stream-audio",
+                )
                 # The browser's own player (a plain <audio src=...>): plays every output format.
-                self.result_audio = make(gr.Audio, i18n={"label": "output.audio"}, type="filepath",
-                                         interactive=False, buttons=["download"], elem_id="fishtts-result",
-                                         waveform_options=gr.WaveformOptions(show_recording_waveform=False))
-                self.download = make(gr.File, i18n={"label": "output.download"}, interactive=False, height=90,
-                                     elem_id="fishtts-download")
+                self.result_audio = make(
+                    gr.Audio,
+                    i18n={"label": "output.audio"},
+                    type="filepath",
+                    interactive=False,
+                    buttons=["download"],
+                    elem_id="fishtts-result",
+                    waveform_options=gr.WaveformOptions(show_recording_waveform=False),
+                )
+                self.download = make(
+                    gr.File, i18n={"label": "output.download"}, interactive=False, height=90, elem_id="fishtts-download"
+                )
 
     def components(self, form_class) -> list:
         """The components that fill `form_class`, in its field order."""
         return [getattr(self, name) for name in form_class.__dataclass_fields__]
-

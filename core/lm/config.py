@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..checkpoints import resolve_config
+
 
 def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
@@ -59,8 +61,15 @@ class LMConfig:
 
 
 _OFFICIAL_ARGS = dict(
-    max_seq_len=4096, vocab_size=36408, n_layer=24, n_head=16, dim=1024,
-    rope_base=10000, norm_eps=1e-5, num_codebooks=4, codebook_size=168,
+    max_seq_len=4096,
+    vocab_size=36408,
+    n_layer=24,
+    n_head=16,
+    dim=1024,
+    rope_base=10000,
+    norm_eps=1e-5,
+    num_codebooks=4,
+    codebook_size=168,
 )
 
 PRESETS = {
@@ -97,14 +106,10 @@ def lm_config_from_dict(data: dict) -> LMConfig:
 
 def load_lm_config(name_or_path: str | Path) -> LMConfig:
     """A preset name of the original (`text2semantic_finetune`, `..._lora`) or a JSON file."""
-    key = str(name_or_path)
-    if key in PRESETS:
-        return PRESETS[key]()
-    path = Path(key)
-    if path.suffix.lower() != ".json" or not path.is_file():
-        raise ValueError(
-            f"unknown LM config {key!r}: use one of {', '.join(PRESETS)} or a path to a JSON file"
-        )
+    choice = resolve_config(str(name_or_path), PRESETS, "LM config")
+    if not isinstance(choice, Path):
+        return PRESETS[choice]()
+    path = choice
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

@@ -31,18 +31,25 @@ CODE_OFFSET = 2  # LM codebook value = VQ index + 2
 FAST_TOP_P_CANDIDATES = 256  # `fast_sampling`: look for the text token's nucleus among the top 256 first
 
 
-def budget_new_frames(prompt_len: int, max_new_tokens: int, max_seq_len: int) -> int:
-    """The original's rule: 0 means "fill the context"; never run past the context."""
+def budget_new_frames(prompt_len: int, max_frames: int, max_seq_len: int) -> int:
+    """The original's rule (its `max_new_tokens`): 0 means "fill the context"; never run past the context."""
     if prompt_len >= max_seq_len:
         raise ValueError(f"the prompt is {prompt_len} tokens; the model's context is {max_seq_len}")
-    if max_new_tokens < 0:
+    if max_frames < 0:
         raise ValueError("max_new_tokens must be >= 0")
     room = max_seq_len - prompt_len
-    return room if max_new_tokens == 0 else min(max_new_tokens, room)
+    return room if max_frames == 0 else min(max_frames, room)
 
 
-def sample_frame(out: ForwardResult, params: SamplingParams, window: Tensor | None, mask_end: bool,
-                 code_limit: int | None, generator: torch.Generator | None, fast_sampling: bool = False) -> Tensor:
+def sample_frame(
+    out: ForwardResult,
+    params: SamplingParams,
+    window: Tensor | None,
+    mask_end: bool,
+    code_limit: int | None,
+    generator: torch.Generator | None,
+    fast_sampling: bool = False,
+) -> Tensor:
     """Sample [B, 1 + C] from the last position's logits (all rows share params and generator).
     `mask_end` forbids the end value too (the prefill frame, and runs that ignore stops)."""
     token_logits = out.token_logits[:, -1].float()
@@ -89,15 +96,15 @@ class Sequence:
         """Sample the next frame from this sequence's logits [1, 1, ...] and advance."""
         first = self.steps == 0
         window = None if first else self.history.unsqueeze(0)
-        frame = sample_frame(out, self.params, window, first or self.ignore_stop, self.code_limit, self.generator,
-                             self.fast_sampling)[0]
+        frame = sample_frame(
+            out, self.params, window, first or self.ignore_stop, self.code_limit, self.generator, self.fast_sampling
+        )[0]
         if first:
             self.history = torch.zeros(frame.numel() - 1, REPETITION_WINDOW, dtype=torch.int, device=frame.device)
             stopped = False  # the prefill frame never ends generation
         else:
             self.history[:, (self.steps - 1) % REPETITION_WINDOW] = frame[1:]
-            stopped = not self.ignore_stop and bool(
-                (frame[0] == self.eos_token_id) | (frame[1:] == CODEBOOK_END).any())
+            stopped = not self.ignore_stop and bool((frame[0] == self.eos_token_id) | (frame[1:] == CODEBOOK_END).any())
         self.steps += 1
         self.last = frame
         self.finished = stopped or self.steps >= self.budget
@@ -126,13 +133,22 @@ def decode_step(model: Transformer, sequences: list[Sequence], static_slots: int
     graphs): slots without a sequence compute a throwaway row at position 0, which the prefill of
     the slot's next sequence overwrites before anything reads it.
     """
+    with decode_threads(model):
+        logits = decode_logits(model, sequences, static_slots)
+        return [seq.accept(out) for seq, out in zip(sequences, logits, strict=True)]
+
+
+def decode_threads(model: Transformer):
+    """The context a decode step runs in: on CPU, torch's small ops on one thread (see kernels)."""
+    return single_threaded_torch() if model.output.weight.device.type == "cpu" else nullcontext()
+
+
+def decode_logits(
+    model: Transformer, sequences: list[Sequence], static_slots: int | None = None
+) -> list[ForwardResult]:
+    """The batched forward of `decode_step`: each sequence's logits [1, 1, ...], not yet sampled (so a
+    caller can sample every sequence on its own and a failure stays with that sequence)."""
     device = model.output.weight.device
-    with single_threaded_torch() if device.type == "cpu" else nullcontext():
-        return _decode_step(model, sequences, static_slots, device)
-
-
-def _decode_step(model: Transformer, sequences: list[Sequence], static_slots: int | None,
-                 device: torch.device) -> list[Tensor]:
     decode = getattr(model, "compiled_decode", None) or model.decode
     if static_slots is None:
         rows = list(range(len(sequences)))
@@ -147,15 +163,25 @@ def _decode_step(model: Transformer, sequences: list[Sequence], static_slots: in
         for seq in sequences:
             x[seq.slot], positions[seq.slot] = seq.last, seq.position
         out = decode(x.unsqueeze(-1), torch.arange(static_slots, device=device), positions, True)
-    return [seq.accept(ForwardResult(out.token_logits[r : r + 1], out.codebook_logits[r : r + 1]))
-            for r, seq in zip(rows, sequences)]
+    return [ForwardResult(out.token_logits[r : r + 1], out.codebook_logits[r : r + 1]) for r in rows]
 
 
 @torch.inference_mode()
-def generate(model: Transformer, prompt: Tensor, *, max_new_tokens: int, eos_token_id: int, params: SamplingParams,
-             num_samples: int = 1, code_limit: int | None = None,
-             generator: torch.Generator | list[torch.Generator] | None = None, static_cache: bool = False,
-             ignore_stop: bool = False, fast_sampling: bool = False, progress=None) -> list[Tensor]:
+def generate(
+    model: Transformer,
+    prompt: Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    params: SamplingParams,
+    num_samples: int = 1,
+    code_limit: int | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    static_cache: bool = False,
+    ignore_stop: bool = False,
+    fast_sampling: bool = False,
+    progress=None,
+) -> list[Tensor]:
     """Generated frames per sample, each [1 + C, n] in the prompt's dtype (stop frame included).
 
     The samples run as one batch (one prefill, then one forward per step for all of them); a list of
@@ -169,8 +195,9 @@ def generate(model: Transformer, prompt: Tensor, *, max_new_tokens: int, eos_tok
         raise ValueError(f"prompt must have {1 + cfg.num_codebooks} rows, got {rows}")
     budget = budget_new_frames(prompt_len, max_new_tokens, cfg.max_seq_len)
     generators = generator if isinstance(generator, list) else [generator] * num_samples
-    sequences = [Sequence(prompt, budget, params, eos_token_id, g, code_limit, fast_sampling, ignore_stop)
-                 for g in generators]
+    sequences = [
+        Sequence(prompt, budget, params, eos_token_id, g, code_limit, fast_sampling, ignore_stop) for g in generators
+    ]
     model.setup_caches(num_samples, prompt_len + budget, zeroed=static_cache or None)
     prefill(model, sequences, list(range(num_samples)))
     if progress is not None:

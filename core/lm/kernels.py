@@ -45,13 +45,19 @@ def _build() -> bool:
 
         _put_ninja_on_path()
         name = f"fishtts_cpu_{torch.backends.cpu.get_cpu_capability().lower()}"
-        load(name, [str(SOURCE)], is_python_module=False, verbose=False,
-             extra_cflags=["-O3", "-march=native", "-fopenmp"])
+        load(
+            name,
+            [str(SOURCE)],
+            is_python_module=False,
+            verbose=False,
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        )
         torch.ops.fishtts.start_pool(torch.get_num_threads())
         # Output shapes, so torch.compile can treat the kernels as opaque ops.
         torch.library.register_fake("fishtts::linear_rows")(lambda x, w, s: x.new_empty(x.size(0), w.size(0)))
         torch.library.register_fake("fishtts::decode_attention")(
-            lambda qkv, kc, vc, slots, pos, freqs, h, hkv: qkv.new_empty(qkv.size(0), h * kc.size(3)))
+            lambda qkv, kc, vc, slots, pos, freqs, h, hkv: qkv.new_empty(qkv.size(0), h * kc.size(3))
+        )
         return True
     except Exception as exc:  # no compiler, no headers, no ninja: the torch fallbacks still work
         log.warning("CPU decode kernels unavailable (%s); using the slower torch path", exc)

@@ -29,7 +29,9 @@ def normalize_lm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, to
             raise CheckpointError(f"{prefix}wq/wk/wv: separate q/k/v weights must all be present")
         state_dict[prefix + "wqkv.weight"] = torch.cat(parts, dim=0)
         if prefix + "wq.scales" in state_dict:  # an int8 checkpoint with separate q/k/v
-            state_dict[prefix + "wqkv.scales"] = torch.cat([state_dict.pop(prefix + n + ".scales") for n in ("wq", "wk", "wv")])
+            state_dict[prefix + "wqkv.scales"] = torch.cat(
+                [state_dict.pop(prefix + n + ".scales") for n in ("wq", "wk", "wv")]
+            )
     return state_dict
 
 
@@ -83,8 +85,10 @@ def build_lm(
     state_dict = normalize_lm_state_dict(state_dict)
     stored = checkpoint_quantization(state_dict)
     if stored == "int4":
-        raise CheckpointError("int4 checkpoints of the original (CUDA tinygemm layout) are not supported; "
-                              "use its int8 checkpoint, or the float one with quantize='int8'")
+        raise CheckpointError(
+            "int4 checkpoints of the original (CUDA tinygemm layout) are not supported; "
+            "use its int8 checkpoint, or the float one with quantize='int8'"
+        )
     if any(k.endswith(".lora_A") for k in state_dict):
         scaling = config.lora.scaling if config.lora else LoraConfig().scaling  # official: alpha 16 / r 8
         state_dict = merge_lora(state_dict, scaling, dtype)
@@ -103,7 +107,9 @@ def build_lm(
         raise CheckpointError(f"checkpoint does not fit the LM config: {shapes}")
 
     # int8 weights stay int8; everything else (scales included) takes the compute dtype.
-    state_dict = {k: v.to(device=device, dtype=v.dtype if v.dtype == torch.int8 else dtype) for k, v in state_dict.items()}
+    state_dict = {
+        k: v.to(device=device, dtype=v.dtype if v.dtype == torch.int8 else dtype) for k, v in state_dict.items()
+    }
     model.load_state_dict(state_dict, assign=True)
     if quantize == "int8" and stored is None:
         quantize_model_int8(model)

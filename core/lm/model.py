@@ -65,8 +65,16 @@ class KVCache(nn.Module):
     only the filled prefix is ever read); the static-shape path reads the whole cache, so it is zeroed.
     """
 
-    def __init__(self, slots: int, seq_len: int, n_heads: int, head_dim: int, dtype: torch.dtype, device=None,
-                 zeroed: bool = True):
+    def __init__(
+        self,
+        slots: int,
+        seq_len: int,
+        n_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device=None,
+        zeroed: bool = True,
+    ):
         super().__init__()
         shape = (slots, n_heads, seq_len, head_dim)
         make = torch.zeros if zeroed else torch.empty
@@ -153,8 +161,16 @@ class Attention(nn.Module):
         cache = self.kv_cache
         bsz = x.size(0)
         if not static and self.kernel_layout and uses_cpu_kernels(x) and cache.k_cache.dtype in KERNEL_CACHE_DTYPES:
-            y = torch.ops.fishtts.decode_attention(self.wqkv(x.view(bsz, self.dim)), cache.k_cache, cache.v_cache,
-                                                   slots, positions, rope, self.n_head, self.n_local_heads)
+            y = torch.ops.fishtts.decode_attention(
+                self.wqkv(x.view(bsz, self.dim)),
+                cache.k_cache,
+                cache.v_cache,
+                slots,
+                positions,
+                rope,
+                self.n_head,
+                self.n_local_heads,
+            )
             return self.wo(y.view(bsz, 1, self.dim))
         q, k, v = self._qkv(x, rope[positions].unsqueeze(1))
         cache.k_cache[slots, :, positions] = k[:, :, 0]
@@ -165,7 +181,10 @@ class Attention(nn.Module):
         else:
             rows = []
             for b, (slot, pos) in enumerate(zip(slots.tolist(), positions.tolist())):
-                keys, values = cache.k_cache[slot : slot + 1, :, : pos + 1], cache.v_cache[slot : slot + 1, :, : pos + 1]
+                keys, values = (
+                    cache.k_cache[slot : slot + 1, :, : pos + 1],
+                    cache.v_cache[slot : slot + 1, :, : pos + 1],
+                )
                 rows.append(self._attend(q[b : b + 1], keys, values, None))
             y = torch.cat(rows)
         return self._out(y)
@@ -219,8 +238,9 @@ class Transformer(nn.Module):
         self.freqs_cis = precompute_freqs_cis(n, self.config.head_dim, self.config.rope_base).to(device)
         self.causal_mask = torch.tril(torch.ones(n, n, dtype=torch.bool, device=device))
 
-    def setup_caches(self, slots: int, seq_len: int, dtype: torch.dtype | None = None,
-                     zeroed: bool | None = None) -> None:
+    def setup_caches(
+        self, slots: int, seq_len: int, dtype: torch.dtype | None = None, zeroed: bool | None = None
+    ) -> None:
         """KV caches for `slots` sequences of up to `seq_len` positions (rounded up to a multiple of 8).
 
         Like the original, caches are only reallocated when a larger one is needed. `zeroed`
@@ -230,8 +250,12 @@ class Transformer(nn.Module):
         zeroed = device.type == "cuda" if zeroed is None else zeroed
         dtype = dtype or self.kv_cache_dtype or self.embeddings.weight.dtype  # (linears may hold int8)
         current = self.layers[0].attention.kv_cache
-        if (self.cache_seq_len >= seq_len and self.cache_batch_size >= slots and (self.cache_zeroed or not zeroed)
-                and current.k_cache.dtype == dtype):
+        if (
+            self.cache_seq_len >= seq_len
+            and self.cache_batch_size >= slots
+            and (self.cache_zeroed or not zeroed)
+            and current.k_cache.dtype == dtype
+        ):
             return
         seq_len = min(find_multiple(seq_len, 8), max(self.config.max_seq_len, 8))
         for layer in self.layers:

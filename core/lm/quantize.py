@@ -89,7 +89,7 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 def checkpoint_quantization(state_dict: dict[str, Tensor]) -> str | None:
-    """"int8" / "int4" when the state dict holds the original's quantized linears, else None."""
+    """ "int8" / "int4" when the state dict holds the original's quantized linears, else None."""
     if any(k.endswith(".scales_and_zeros") for k in state_dict):
         return "int4"
     if any(k.endswith(".scales") for k in state_dict):

@@ -13,6 +13,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# The bounds of the sampling options (the server's request schemas show these same numbers).
+# The penalty divides or multiplies logits: within [0.01, 10] a logit grows at most 100x, so no
+# float32 logit a model produces can overflow (1e-300 made every penalised logit inf, then NaN).
+MAX_TEMPERATURE = 10.0  # below 1e-5 it is taken as 1e-5 (logits / 1e-5 stays finite too)
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
+MAX_TOP_K = 1000
+
+
+class NonFiniteLogits(RuntimeError):
+    """The model produced NaN or +inf logits (or masked every id): nothing meaningful to draw from."""
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -21,15 +32,15 @@ class SamplingParams:
     top_k: int | None = None
     repetition_penalty: float = 1.5
 
-    def __post_init__(self):
-        if not self.temperature > 0:
-            raise ValueError("temperature must be > 0")
+    def __post_init__(self):  # written so that NaN fails every check
+        if not 0 < self.temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be in (0, {MAX_TEMPERATURE:g}]")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError("top_k must be >= 1")
-        if not self.repetition_penalty > 0:
-            raise ValueError("repetition_penalty must be > 0")
+        if self.top_k is not None and not 1 <= self.top_k <= MAX_TOP_K:
+            raise ValueError(f"top_k must be in 1..{MAX_TOP_K}")
+        if not MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            raise ValueError(f"repetition_penalty must be in [{MIN_REPETITION_PENALTY:g}, {MAX_REPETITION_PENALTY:g}]")
 
 
 def apply_repetition_penalty(logits: Tensor, previous: Tensor, penalty: float) -> Tensor:
@@ -77,7 +88,13 @@ def logits_to_probs(logits: Tensor, params: SamplingParams, previous: Tensor | N
 
 
 def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """argmax(p / q), q ~ Exp(1): a multinomial draw without a device sync. Returns [N] int."""
+    """argmax(p / q), q ~ Exp(1): a multinomial draw. Returns [N] int.
+
+    Softmax gives NaN exactly when a row held NaN or +inf logits or masked every id; argmax would
+    then pick an arbitrary (often forbidden) id, so such rows raise instead (one device sync).
+    """
+    if bool(torch.isnan(probs).any()):
+        raise NonFiniteLogits("the model produced NaN or infinite logits")
     q = torch.empty_like(probs).exponential_(1, generator=generator)
     return torch.argmax(probs / q, dim=-1).to(torch.int)
 
@@ -96,8 +113,9 @@ def nucleus(logits: Tensor, top_p: float, candidates: int) -> tuple[Tensor, Tens
     return values[keep], ids[keep]
 
 
-def sample_fast(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None,
-                candidates: int = 256) -> Tensor:
+def sample_fast(
+    logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None, candidates: int = 256
+) -> Tensor:
     """Like `sample` for rows [N, V] without a penalty, but the nucleus is looked for among the top
     `candidates` first and only those are drawn from: ~30x cheaper than sorting 36k text logits on
     CPU. The kept set is the same unless a cumulative probability lies within float rounding of top_p
@@ -118,6 +136,7 @@ def sample_fast(logits: Tensor, params: SamplingParams, generator: torch.Generat
     return torch.cat(tokens)
 
 
-def sample(logits: Tensor, params: SamplingParams, previous: Tensor | None = None,
-           generator: torch.Generator | None = None) -> Tensor:
+def sample(
+    logits: Tensor, params: SamplingParams, previous: Tensor | None = None, generator: torch.Generator | None = None
+) -> Tensor:
     return draw(logits_to_probs(logits, params, previous), generator)

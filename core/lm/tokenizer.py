@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from ..checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, TOKENIZER_FILENAMES
+from ..paths import FolderGuard, NotInFolder, OutsideFolder
 
 _LLAMA_CLASSES = {"LlamaTokenizer", "LlamaTokenizerFast"}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _token_content(value) -> str | None:
@@ -61,37 +64,69 @@ class TextTokenizer:
         return self.tokenizer.id_to_token(token_id)
 
 
-def resolve_tokenizer_dir(spec: str | os.PathLike = HF_REPO_ID,
-                          checkpoints_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR) -> Path:
-    """A local folder (or its tokenizer.json), else a Hugging Face repo id.
+def resolve_tokenizer_dir(
+    spec: str | os.PathLike = HF_REPO_ID,
+    checkpoints_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR,
+    *,
+    root: FolderGuard | None = None,
+    allow_download: bool = True,
+    field: str = "tokenizer",
+) -> Path:
+    """The one rule for tokenizers: a local folder (or its tokenizer.json), else a Hugging Face repo id.
 
-    The official repo id resolves to `checkpoints_dir` when `fishtts download` put the files there,
-    so a downloaded setup works offline.
+    The official repo id resolves to the checkpoints folder when `fishtts download` put the files
+    there, so a downloaded setup works offline. `root` (the server's checkpoints folder) confines
+    local paths to it; `allow_download=False` refuses any other repo id (OutsideFolder).
     """
-    path = Path(spec)
-    if path.is_file() and path.name == "tokenizer.json":
-        return path.parent
-    if path.is_dir():
-        if not (path / "tokenizer.json").is_file():
-            raise ValueError(f"{path} has no tokenizer.json")
-        return path
     spec = str(spec)
-    if spec == HF_REPO_ID and (Path(checkpoints_dir) / "tokenizer.json").is_file():
-        return Path(checkpoints_dir)
-    if spec.count("/") != 1 or spec.startswith((".", "/")):
+    looks_like_repo = bool(_REPO_ID.match(spec)) and not spec.endswith(".json")
+    path: Path | None = Path(spec) if Path(spec).exists() else None
+    if root is not None:
+        try:
+            path = root.resolve(spec, field=field)
+        except (NotInFolder, OutsideFolder):
+            if not looks_like_repo:
+                raise
+            path = None
+    if path is not None:
+        if path.is_file() and path.name == "tokenizer.json":
+            return path.parent
+        if path.is_dir() and (path / "tokenizer.json").is_file():
+            return path
+        raise ValueError(f"{field}: {spec!r} is not a folder with tokenizer.json.")
+    if spec == HF_REPO_ID:
+        for folder in ([root.root] if root is not None else []) + [Path(checkpoints_dir)]:
+            if (folder / "tokenizer.json").is_file():
+                return folder
+    if not looks_like_repo:
         raise ValueError(f"tokenizer not found: {spec} (a folder with tokenizer.json or a Hugging Face repo id)")
+    if not allow_download:
+        raise OutsideFolder(
+            f"{field}: {spec!r} is not in the checkpoints folder and downloads are disabled; "
+            "put its files there or start the server with --allow-downloads.",
+            field,
+        )
+    if root is not None and Path(spec).exists():  # a same-named local folder would be read: it lies outside
+        raise OutsideFolder(f"{field}: {spec!r} is outside the checkpoints folder.", field)
+    return download_tokenizer(spec)
+
+
+def download_tokenizer(repo_id: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     folder = None
     for name in TOKENIZER_FILENAMES:
         try:
-            folder = Path(hf_hub_download(repo_id=spec, filename=name)).parent
+            folder = Path(hf_hub_download(repo_id=repo_id, filename=name)).parent
         except Exception as exc:  # noqa: BLE001 - offline, missing repo, missing optional file
             if name == "tokenizer.json":
-                raise ValueError(f"cannot get tokenizer {spec!r} from Hugging Face: {exc.__class__.__name__}") from None
+                raise ValueError(
+                    f"cannot get tokenizer {repo_id!r} from Hugging Face: {exc.__class__.__name__}"
+                ) from None
     return folder
 
 
-def load_tokenizer(spec: str | os.PathLike = HF_REPO_ID,
-                   checkpoints_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR) -> TextTokenizer:
+def load_tokenizer(
+    spec: str | os.PathLike = HF_REPO_ID, checkpoints_dir: str | os.PathLike = DEFAULT_CHECKPOINTS_DIR
+) -> TextTokenizer:
     return TextTokenizer(resolve_tokenizer_dir(spec, checkpoints_dir))

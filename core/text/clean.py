@@ -7,13 +7,39 @@ Quirks kept on purpose (QUIRKS 18, 19): `...` becomes `…` and is then deleted 
 import re
 
 _REPLACEMENTS = {
-    "：": ",", "；": ",", "，": ",", "·": ",", "、": ",", ";": ",", ":": ",",
-    "。": ".", "\n": ".", "$": ".",
-    "！": "!", "？": "?",
+    "：": ",",
+    "；": ",",
+    "，": ",",
+    "·": ",",
+    "、": ",",
+    ";": ",",
+    ":": ",",
+    "。": ".",
+    "\n": ".",
+    "$": ".",
+    "！": "!",
+    "？": "?",
     "...": "…",
-    "“": "'", "”": "'", "‘": "'", "’": "'", "（": "'", "）": "'", "(": "'", ")": "'",
-    "《": "'", "》": "'", "【": "'", "】": "'", "[": "'", "]": "'", "「": "'", "」": "'",
-    "—": "-", "～": "-", "~": "-", "・": "-",
+    "“": "'",
+    "”": "'",
+    "‘": "'",
+    "’": "'",
+    "（": "'",
+    "）": "'",
+    "(": "'",
+    ")": "'",
+    "《": "'",
+    "》": "'",
+    "【": "'",
+    "】": "'",
+    "[": "'",
+    "]": "'",
+    "「": "'",
+    "」": "'",
+    "—": "-",
+    "～": "-",
+    "~": "-",
+    "・": "-",
 }
 # One left-to-right pass; `...` is tried before the single characters at each position.
 _REPLACE_RE = re.compile("|".join(re.escape(key) for key in sorted(_REPLACEMENTS, key=len, reverse=True)))
@@ -36,5 +62,6 @@ def clean_text(text: str) -> str:
     """
     pieces = _PHONE_TAG_RE.split(text.strip())
     # split() alternates: text, phone name, text, phone name, ..., text
-    return "".join(_clean_piece(piece) if index % 2 == 0 else f"<p:{_clean_piece(piece)}>"
-                   for index, piece in enumerate(pieces))
+    return "".join(
+        _clean_piece(piece) if index % 2 == 0 else f"<p:{_clean_piece(piece)}>" for index, piece in enumerate(pieces)
+    )

@@ -13,11 +13,12 @@ from functools import lru_cache
 from .errors import TextError
 
 DEBIAN_DICT_DIR = "/var/lib/mecab/dic/open-jtalk/naist-jdic"
-INSTALL_HINT = ("Japanese text needs the optional extra: pip install 'fishtts[ja]' "
-                "(and the dictionary: apt-get install open-jtalk-mecab-naist-jdic)")
+INSTALL_HINT = (
+    "Japanese text needs the optional extra: pip install 'fishtts[ja]' "
+    "(and the dictionary: apt-get install open-jtalk-mecab-naist-jdic)"
+)
 # Characters OpenJTalk reads; every other character is a "mark" that splits the text.
-_JAPANESE_CHARS = ("A-Za-z\\d\u3005\u3040-\u30ff\u4e00-\u9fff"
-                   "\uff11-\uff19\uff21-\uff3a\uff41-\uff5a\uff66-\uff9d")
+_JAPANESE_CHARS = "A-Za-z\\d\u3005\u3040-\u30ff\u4e00-\u9fff\uff11-\uff19\uff21-\uff3a\uff41-\uff5a\uff66-\uff9d"
 _JAPANESE_RE = re.compile(f"[{_JAPANESE_CHARS}]")
 _MARKS_RE = re.compile(f"[^{_JAPANESE_CHARS}]")
 # OpenJTalk's text buffer holds 8192 bytes (~2730 characters): longer input crashes the process
@@ -27,13 +28,18 @@ _lock = threading.Lock()
 
 
 def _dictionary_dir(pyopenjtalk) -> str:
-    candidates = [os.environ.get("OPEN_JTALK_DICT_DIR"), DEBIAN_DICT_DIR,
-                  os.path.join(os.path.dirname(pyopenjtalk.__file__), "open_jtalk_dic_utf_8-1.11")]
+    candidates = [
+        os.environ.get("OPEN_JTALK_DICT_DIR"),
+        DEBIAN_DICT_DIR,
+        os.path.join(os.path.dirname(pyopenjtalk.__file__), "open_jtalk_dic_utf_8-1.11"),
+    ]
     for folder in candidates:
         if folder and os.path.isfile(os.path.join(folder, "sys.dic")):
             return folder
-    raise TextError("Japanese text needs the OpenJTalk dictionary: apt-get install "
-                    "open-jtalk-mecab-naist-jdic, or set OPEN_JTALK_DICT_DIR to a naist-jdic folder")
+    raise TextError(
+        "Japanese text needs the OpenJTalk dictionary: apt-get install "
+        "open-jtalk-mecab-naist-jdic, or set OPEN_JTALK_DICT_DIR to a naist-jdic folder"
+    )
 
 
 @lru_cache(maxsize=None)
@@ -57,7 +63,7 @@ def g2p_japanese(text: str) -> list[str]:
         if _JAPANESE_RE.match(piece):
             for start in range(0, len(piece), MAX_CHUNK_CHARS):
                 with _lock:
-                    phones += _openjtalk().g2p(piece[start:start + MAX_CHUNK_CHARS]).split(" ")
+                    phones += _openjtalk().g2p(piece[start : start + MAX_CHUNK_CHARS]).split(" ")
         if index < len(marks):
             phones.append(marks[index].replace(" ", ""))
     return ["-" if phone == "pau" else phone for phone in phones if phone != ""]

@@ -7,7 +7,8 @@ from .clean import clean_text
 from .errors import TextError
 from .symbols import LANGUAGES, PUNCTUATION, symbol_ids, unicode_ranges
 
-DEFAULT_ORDER = ("ZH", "JP", "EN")
+DEFAULT_ORDER = "zh,jp,en"  # the language priority every caller defaults to
+LANGUAGE_CODES = tuple(language.lower() for language in LANGUAGES)  # as written in an order
 _TAG_RE = re.compile(r"(<.*?>)")
 # Characters that take the language of the text before them (or order[0] at the start).
 _NEUTRAL = frozenset(" 0123456789" + "".join(PUNCTUATION))
@@ -41,12 +42,15 @@ def phones_for(text: str, language: str) -> list[str]:
     """Run one language's g2p; the heavy modules load on first use."""
     if language == "ZH":
         from .chinese import g2p_chinese
+
         return g2p_chinese(text)
     if language == "JP":
         from .japanese import g2p_japanese
+
         return g2p_japanese(text)
     if language == "EN":
         from .english import g2p_english
+
         return g2p_english(text)
     raise TextError(f"Unknown language: {language}")
 
@@ -71,8 +75,10 @@ def detect_segments(text: str, order: list[str]) -> list[tuple[str, str]]:
         priority = [current] + [lang for lang in order if lang != current] if current else order
         language = next((lang for lang in priority if _in_ranges(char, lang)), None)
         if language is None:
-            raise TextError(f"No language in order {','.join(order).lower()} covers the character "
-                            f"{char!r}; add its language to the order")
+            raise TextError(
+                f"No language in order {','.join(order).lower()} covers the character "
+                f"{char!r}; add its language to the order"
+            )
         if language != current:
             if current is not None:
                 runs.append((text[start:index], current))
@@ -98,8 +104,10 @@ def parse_text_to_segments(text: str, order=DEFAULT_ORDER) -> list[Segment]:
         elif piece.startswith("<") and piece.endswith(">"):
             language = piece[1:-1]
             if language.upper() not in LANGUAGES:
-                raise TextError(f"Unknown language: {language} (tags are <zh>, <jp>, <en>; "
-                                "phone tags <p:…> are not accepted with g2p)")
+                raise TextError(
+                    f"Unknown language: {language} (tags are <zh>, <jp>, <en>; "
+                    "phone tags <p:…> are not accepted with g2p)"
+                )
             stack.append(language)
         elif stack:
             # Tagged text is one segment, kept even when it yields no phones.

@@ -33,5 +33,4 @@ def symbol_ids() -> dict[tuple[str | None, str], int]:
 def unicode_ranges() -> dict[str, tuple[tuple[int, int], ...]]:
     """Per language, the code-point ranges that auto-detection assigns to it."""
     table = symbol_table()["language_unicode_range_map"]
-    return {language: tuple((int(lo, 16), int(hi, 16)) for lo, hi in ranges)
-            for language, ranges in table.items()}
+    return {language: tuple((int(lo, 16), int(hi, 16)) for lo, hi in ranges) for language, ranges in table.items()}

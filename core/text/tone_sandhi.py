@@ -31,8 +31,8 @@ def split_word(word: str) -> list[str]:
     """Two parts, split around jieba's shortest search sub-word."""
     shortest = sorted(cut_for_search(word), key=len)[0]
     if word.find(shortest) == 0:
-        return [shortest, word[len(shortest):]]
-    return [word[:-len(shortest)], shortest]
+        return [shortest, word[len(shortest) :]]
+    return [word[: -len(shortest)], shortest]
 
 
 def _bu_sandhi(word: str, finals: list[str]) -> list[str]:
@@ -81,14 +81,15 @@ def _neutral_sandhi(word: str, pos: str, finals: list[str]) -> list[str]:
         finals[-1] = _set_tone(finals[-1], "5")
     elif len(word) > 1 and word[-1] in "来去" and word[-2] in "上下进出回过起开":  # 上来
         finals[-1] = _set_tone(finals[-1], "5")
-    elif (ge_index >= 1 and (word[ge_index - 1].isnumeric() or word[ge_index - 1] in "几有两半多各整每做是")) \
-            or word == "个":  # 个 as a measure word
+    elif (
+        ge_index >= 1 and (word[ge_index - 1].isnumeric() or word[ge_index - 1] in "几有两半多各整每做是")
+    ) or word == "个":  # 个 as a measure word
         finals[ge_index] = _set_tone(finals[ge_index], "5")
     elif word in must_neutral or word[-2:] in must_neutral:
         finals[-1] = _set_tone(finals[-1], "5")
 
     parts = split_word(word)
-    split_finals = [finals[:len(parts[0])], finals[len(parts[0]):]]
+    split_finals = [finals[: len(parts[0])], finals[len(parts[0]) :]]
     for i, part in enumerate(parts):
         if part in must_neutral or part[-2:] in must_neutral:
             split_finals[i][-1] = _set_tone(split_finals[i][-1], "5")
@@ -107,12 +108,13 @@ def _three_sandhi(word: str, finals: list[str]) -> list[str]:
             elif len(parts[0]) == 1:  # 纸/老虎
                 finals[1] = _set_tone(finals[1], "2")
         else:
-            split_finals = [finals[:len(parts[0])], finals[len(parts[0]):]]
+            split_finals = [finals[: len(parts[0])], finals[len(parts[0]) :]]
             for i, sub in enumerate(split_finals):
                 if _all_tone_three(sub) and len(sub) == 2:  # 所有/人
                     sub[0] = _set_tone(sub[0], "2")
-                elif i == 1 and not _all_tone_three(sub) and sub[0][-1] == "3" \
-                        and split_finals[0][-1][-1] == "3":  # 好/喜欢
+                elif (
+                    i == 1 and not _all_tone_three(sub) and sub[0][-1] == "3" and split_finals[0][-1][-1] == "3"
+                ):  # 好/喜欢
                     split_finals[0][-1] = _set_tone(split_finals[0][-1], "2")
             finals = split_finals[0] + split_finals[1]
     elif len(word) == 4:  # idioms: two halves of two
@@ -134,6 +136,7 @@ def modified_tone(word: str, pos: str, finals: list[str]) -> list[str]:
 
 # --- merges on jieba's (word, pos) list before the per-word rules -------------------------
 
+
 def _merge_bu(words):
     merged, last = [], ""
     for word, pos in words:
@@ -150,8 +153,13 @@ def _merge_bu(words):
 def _merge_yi(words):
     merged = []
     for i, (word, pos) in enumerate(words):  # X 一 X (verb) -> X一X
-        if i >= 1 and word == "一" and i + 1 < len(words) and words[i - 1][0] == words[i + 1][0] \
-                and words[i - 1][1] == "v":
+        if (
+            i >= 1
+            and word == "一"
+            and i + 1 < len(words)
+            and words[i - 1][0] == words[i + 1][0]
+            and words[i - 1][1] == "v"
+        ):
             # Indexes the merged list by the input position, like the original (may raise).
             merged[i - 1][0] = merged[i - 1][0] + "一" + merged[i - 1][0]
         elif i >= 2 and words[i - 1][0] == "一" and words[i - 2][0] == word and pos == "v":
@@ -186,8 +194,13 @@ def _merge_three_tones(words, finals_of, joins):
     all_finals = [finals_of(word) for word, _ in words]
     merged, merged_last = [], [False] * len(words)
     for i, (word, pos) in enumerate(words):
-        if i >= 1 and joins(all_finals[i - 1], all_finals[i]) and not merged_last[i - 1] \
-                and not _is_reduplication(words[i - 1][0]) and len(words[i - 1][0]) + len(word) <= 3:
+        if (
+            i >= 1
+            and joins(all_finals[i - 1], all_finals[i])
+            and not merged_last[i - 1]
+            and not _is_reduplication(words[i - 1][0])
+            and len(words[i - 1][0]) + len(word) <= 3
+        ):
             merged[-1][0] = merged[-1][0] + word
             merged_last[i] = True
         else:
@@ -213,8 +226,10 @@ def pre_merge(words, finals_of):
     except Exception:
         pass
     words = _merge_reduplication(words)
-    for joins in (lambda prev, cur: _all_tone_three(prev) and _all_tone_three(cur),
-                  lambda prev, cur: prev[-1][-1] == "3" and cur[0][-1] == "3"):
+    for joins in (
+        lambda prev, cur: _all_tone_three(prev) and _all_tone_three(cur),
+        lambda prev, cur: prev[-1][-1] == "3" and cur[0][-1] == "3",
+    ):
         try:
             words = _merge_three_tones(words, finals_of, joins)
         except Exception:

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ..checkpoints import resolve_config
+
 
 @dataclass
 class MelConfig:
@@ -158,8 +160,10 @@ def _validate(c: VQGANConfig) -> None:
     if c.vq.in_channels != c.decoder.hidden_channels:
         problems.append("vq_encoder.in_channels must equal decoder.hidden_channels")
     g = c.generator
-    if not (len(g.upsample_rates) == len(g.upsample_kernel_sizes)
-            and len(g.resblock_kernel_sizes) == len(g.resblock_dilation_sizes)):
+    if not (
+        len(g.upsample_rates) == len(g.upsample_kernel_sizes)
+        and len(g.resblock_kernel_sizes) == len(g.resblock_dilation_sizes)
+    ):
         problems.append("generator kernel/rate lists have mismatched lengths")
     elif math.prod(g.upsample_rates) != c.hop_length:
         problems.append("prod(generator.upsample_rates) must equal hop_length")
@@ -169,11 +173,10 @@ def _validate(c: VQGANConfig) -> None:
 
 def load_vqgan_config(name_or_path: str | Path) -> VQGANConfig:
     """`vqgan_pretrain` (the official preset) or a path to a JSON model section."""
-    if str(name_or_path) in PRESETS:
-        return PRESETS[str(name_or_path)]()
-    path = Path(name_or_path)
-    if path.suffix.lower() != ".json" or not path.is_file():
-        raise ValueError(f"unknown VQGAN config {str(name_or_path)!r}: use one of {sorted(PRESETS)} or a .json file")
+    choice = resolve_config(str(name_or_path), PRESETS, "VQGAN config")
+    if not isinstance(choice, Path):
+        return PRESETS[choice]()
+    path = choice
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -19,7 +19,10 @@ from .model import VQGAN
 WN_G, WN_V = ".parametrizations.weight.original0", ".parametrizations.weight.original1"
 LEGACY_WN = {".weight_g": WN_G, ".weight_v": WN_V}  # old torch.nn.utils.weight_norm spelling
 # Model buffer -> checkpoint key. Optional: recomputed if a checkpoint lacks them.
-MEL_KEYS = {"mel_transform.window": "mel_transform.spectrogram.window", "mel_transform.fb": "mel_transform.mel_scale.fb"}
+MEL_KEYS = {
+    "mel_transform.window": "mel_transform.spectrogram.window",
+    "mel_transform.fb": "mel_transform.mel_scale.fb",
+}
 CODEBOOKS = "vq_encoder.vq.codebooks"
 
 

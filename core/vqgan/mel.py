@@ -69,8 +69,15 @@ class LogMelSpectrogram(nn.Module):
         pad_left, pad_right = (c.win_length - c.hop_length) // 2, (c.win_length - c.hop_length + 1) // 2
         audio = F.pad(audio.unsqueeze(1), (pad_left, pad_right), mode="reflect").squeeze(1)
         spec = torch.stft(
-            audio, c.n_fft, hop_length=c.hop_length, win_length=c.win_length, window=self.window,
-            center=False, normalized=False, onesided=True, return_complex=True,
+            audio,
+            c.n_fft,
+            hop_length=c.hop_length,
+            win_length=c.win_length,
+            window=self.window,
+            center=False,
+            normalized=False,
+            onesided=True,
+            return_complex=True,
         )
         # sqrt(re² + im² + 1e-6): the epsilon sits inside the root, as in the original.
         return torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + 1e-6)

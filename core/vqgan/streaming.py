@@ -41,8 +41,10 @@ def generator_context_frames(config: VQGANConfig) -> int:
         padding = (k - u) // 2
         reach += (math.ceil(max(k - 1 - padding, padding) / u) + 1) / rate  # transposed conv, in input samples
         rate *= u
-        blocks = [sum((rk - 1) // 2 * d for d in dilations) + (rk - 1) // 2 * len(dilations)
-                  for rk, dilations in zip(g.resblock_kernel_sizes, g.resblock_dilation_sizes)]
+        blocks = [
+            sum((rk - 1) // 2 * d for d in dilations) + (rk - 1) // 2 * len(dilations)
+            for rk, dilations in zip(g.resblock_kernel_sizes, g.resblock_dilation_sizes)
+        ]
         reach += max(blocks) / rate
     reach += 3 / rate  # conv_post: kernel 7
     return math.ceil(reach) + 1
@@ -50,9 +52,10 @@ def generator_context_frames(config: VQGANConfig) -> int:
 
 class StreamingDecoder:
     """Feed codes as they come (`push`), take audio chunks as they become final (`chunks`); after the
-    last codes, `finish` (or `chunks(final=True)`, a chunk at a time with `limit`) returns the rest. The chunks concatenate to `VQGAN.decode(all codes)` (within
-    float rounding: the same sums over different tensor lengths), and they depend only on the codes and
-    the chunk schedule, never on how the codes were pushed."""
+    last codes, `finish` (or `chunks(final=True)`, a chunk at a time with `limit`) returns the rest.
+    The chunks concatenate to `VQGAN.decode(all codes)` (within float rounding: the same sums over
+    different tensor lengths), and they depend only on the codes and the chunk schedule, never on how
+    the codes were pushed."""
 
     def __init__(self, vqgan: VQGAN, schedule: tuple[int, ...] = CHUNK_SCHEDULE):
         if not schedule or min(schedule) < 1:

@@ -2,89 +2,92 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from core.reference import MIN_REFERENCE_SECONDS
+from core.request import OUTPUT_FORMATS, Reference, SynthesisRequest
+
 from ..bodies import decode_base64, openapi_body, read_body
-from ..context import ServerContext
+from ..context import ServerContext, get_ctx
 from ..errors import ApiError
-from ..schemas import AUDIO_FORMATS, MODEL_NAME_PATTERN
-from ..streaming import check_stream_format, streamed_synthesis
-from ..synthesis import CONTENT_TYPES, Reference, SynthesisJob, run_synthesis, sampling_params
-from ..voices import VoiceNotFound
+from ..schemas import MODEL_NAME_PATTERN, InvokeRequest
+from ..streaming import CONTENT_TYPES
+from ..synthesis import synthesize
 from . import ERROR_RESPONSES
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-FILE_FIELDS = ("reference_audio",)
+router = APIRouter(tags=["synthesis"], responses=ERROR_RESPONSES)
 
 
-async def saved_voice(ctx: ServerContext, voice_id: str, field: str) -> tuple[dict, Reference]:
-    try:
-        meta = await run_in_threadpool(ctx.voices.get, voice_id)
-        codes = await run_in_threadpool(ctx.voices.codes, voice_id)
-    except VoiceNotFound:
-        raise ApiError(404, f"Cannot find voice {voice_id!r}.", param=field, code="voice_not_found") from None
-    return meta, Reference(field=field, codes=codes)
+@router.post(
+    "/v1/models/{name}/invoke",
+    response_class=Response,
+    openapi_extra=openapi_body(InvokeRequest),
+    responses={200: {"description": "The audio", "content": {CONTENT_TYPES[f]: {} for f in OUTPUT_FORMATS}}},
+)
+async def invoke(
+    request: Request, ctx: Annotated[ServerContext, Depends(get_ctx)], name: str = Path(..., pattern=MODEL_NAME_PATTERN)
+) -> Response:
+    """Synthesize `text`, optionally in the voice of one reference: `reference_audio` (base64 in JSON,
+    or a file part in multipart/form-data; needs `reference_text`), `reference_id` (a saved voice),
+    or the original's `prompt_tokens` path (inside the references folder). `streaming: true` sends the
+    audio as it is generated. Unknown model: 404; full queue: 503 + Retry-After; reference over
+    --max-reference-seconds: 422."""
+    body, files = await read_body(request, InvokeRequest, ctx.settings.max_text_length)
+    ctx.check_model(name)  # the original answers an unknown model before looking at the reference
+    reference, transcript = await reference_of(ctx, body, files)
+    synthesis = SynthesisRequest(
+        text=body.text,
+        transcript=transcript,
+        reference=reference,
+        sampling=body.sampling,
+        max_frames=body.max_new_tokens,
+        seed=body.seed,
+        order=body.order,
+        use_g2p=body.use_g2p,
+        speaker=body.speaker,
+        output_format=body.format,
+        streaming=body.streaming,
+    )
+    return await synthesize(ctx, name, synthesis, {"Content-Disposition": f"attachment; filename=audio.{body.format}"})
 
 
-def prompt_tokens_reference(ctx: ServerContext, user_path: str) -> Reference:
+async def reference_of(
+    ctx: ServerContext, body: InvokeRequest, files: dict[str, bytes]
+) -> tuple[Reference | None, str | None]:
+    """The reference the body names (an upload, a saved voice or a path) and its transcript."""
+    limits = {"min_seconds": MIN_REFERENCE_SECONDS, "max_seconds": ctx.settings.max_reference_seconds}
+    if "reference_audio" in files or body.reference_audio is not None:
+        data = files.get("reference_audio") or decode_base64(body.reference_audio, "reference_audio")
+        if body.transcript is None:
+            raise ValueError("reference_text: reference_audio needs its transcript in reference_text (or prompt_text).")
+        return Reference("reference_audio", audio=data, **limits), body.transcript
+    if body.reference_id is not None:
+        meta = await run_in_threadpool(ctx.voices.get, body.reference_id)
+        codes = await run_in_threadpool(ctx.voices.codes, body.reference_id)
+        transcript = meta["transcript"] if body.transcript is None else body.transcript
+        return Reference("reference_id", codes=codes, **limits), transcript
+    if body.prompt_tokens is not None:
+        return await run_in_threadpool(prompt_tokens_reference, ctx, body.prompt_tokens, limits), body.transcript
+    return None, body.transcript
+
+
+def prompt_tokens_reference(ctx: ServerContext, user_path: str, limits: dict) -> Reference:
     """The original's server-side path field, confined to the references folder."""
+    field = "prompt_tokens"
     suffix = "." + user_path.rsplit(".", 1)[-1].lower() if "." in user_path else ""
     if suffix != ".npy" and suffix not in AUDIO_SUFFIXES:
-        raise ApiError(400, "Unknown prompt tokens, it should be either .npy or an audio file "
-                            "(.wav, .flac, .ogg, .mp3).", param="prompt_tokens")
-    path = ctx.references.resolve(user_path, field="prompt_tokens")
-    if not path.is_file():
-        raise ApiError(400, f"prompt_tokens: {user_path!r} is not a file.", param="prompt_tokens")
-    if suffix == ".npy":
-        return Reference(field="prompt_tokens", codes_path=path)
-    return Reference(field="prompt_tokens", audio_path=path)
-
-
-def build_router(ctx: ServerContext) -> APIRouter:
-    router = APIRouter(tags=["synthesis"], responses=ERROR_RESPONSES)
-    schemas = ctx.schemas
-
-    @router.post(
-        "/v1/models/{name}/invoke", response_class=Response,
-        responses={200: {"description": "The audio", "content": {CONTENT_TYPES[f]: {} for f in AUDIO_FORMATS}}},
-        openapi_extra=openapi_body(schemas.InvokeRequest.__name__, FILE_FIELDS),
-    )
-    async def invoke(request: Request, name: str = Path(..., pattern=MODEL_NAME_PATTERN)) -> Response:
-        """Synthesize `text`, optionally in the voice of one reference: `reference_audio` (base64 in JSON,
-        or a file part in multipart/form-data; needs `reference_text`), `reference_id` (a saved voice),
-        or the original's `prompt_tokens` path (inside the references folder). `streaming: true` sends the
-        audio as it is generated. Unknown model: 404; full queue: 503 + Retry-After; reference over
-        --max-reference-seconds: 422."""
-        body, files = await read_body(request, schemas.InvokeRequest, FILE_FIELDS)
-        ctx.check_model(name)  # the original answers an unknown model before looking at the reference
-        transcript = body.transcript
-        reference = None
-        if "reference_audio" in files or body.reference_audio is not None:
-            data = files.get("reference_audio")
-            if data is None:
-                data = decode_base64(body.reference_audio, "reference_audio")
-            reference = Reference(field="reference_audio", audio_bytes=data)
-            if transcript is None:
-                raise ApiError(422, "reference_audio needs its transcript in reference_text (or prompt_text).",
-                               param="reference_text")
-        elif body.reference_id is not None:
-            meta, reference = await saved_voice(ctx, body.reference_id, "reference_id")
-            transcript = meta["transcript"] if transcript is None else transcript
-        elif body.prompt_tokens is not None:
-            reference = await run_in_threadpool(prompt_tokens_reference, ctx, body.prompt_tokens)
-        job = SynthesisJob(
-            text=body.text, prompt_text=transcript, reference=reference, max_new_tokens=body.max_new_tokens,
-            sampling=sampling_params(body), use_g2p=body.use_g2p, speaker=body.speaker, order=body.order,
-            seed=body.seed, output_format=body.format,
+        raise ApiError(
+            400,
+            "Unknown prompt tokens, it should be either .npy or an audio file (.wav, .flac, .ogg, .mp3).",
+            param=field,
         )
-        if body.streaming:
-            check_stream_format(body.format, "format")
-            disposition = {"Content-Disposition": f"attachment; filename=audio.{body.format}"}
-            return await streamed_synthesis(ctx, name, job, disposition)
-        limit, hidden = ctx.settings.max_reference_seconds, ctx.replacements()
-        audio = await ctx.run_with_model(name, lambda engine: run_synthesis(engine, job, limit, hidden))
-        return Response(audio, media_type=CONTENT_TYPES[body.format],
-                        headers={"Content-Disposition": f"attachment; filename=audio.{body.format}"})
-
-    return router
+    path = ctx.references.resolve(user_path, field=field)
+    if not path.is_file():
+        raise ApiError(400, f"prompt_tokens: {user_path!r} is not a file.", param=field)
+    if suffix == ".npy":
+        return Reference(field, codes=path, **limits)
+    return Reference(field, audio=path, **limits)

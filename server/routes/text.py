@@ -1,38 +1,39 @@
-"""POST /v1/text/g2p: the phoneme preview the web UI shows (per non-blank line, like the original UI)."""
+"""POST /v1/text/g2p: the phoneme preview, read by the engine's own front end (core/frontend.py)."""
 
-# No `from __future__ import annotations`: FastAPI must see the per-app body class, not its name.
+from __future__ import annotations
+
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from ..context import ServerContext
-from ..errors import ApiError, scrub
-from ..schemas import G2PResponse
+from core.frontend import line_segments, read_text
+
+from ..context import text_limited
+from ..schemas import G2PRequest, G2PResponse
 from . import ERROR_RESPONSES
 
-
-def preview(text: str, order: str) -> list[dict]:
-    from core.text import TextError, parse_text_to_segments, segments_to_dicts  # lazy: g2p modules are heavy
-
-    rows = []
-    for line_index, line in enumerate(text.splitlines()):
-        if not line.strip():
-            continue
-        try:
-            segments = parse_text_to_segments(line, order)
-        except (TextError, ValueError) as exc:
-            raise ApiError(422, f"line {line_index}: {scrub(str(exc))}", param="text") from None
-        rows += [{"line": line_index, **segment} for segment in segments_to_dicts(segments)]
-    return rows
+router = APIRouter(tags=["text"], responses=ERROR_RESPONSES)
 
 
-def build_router(ctx: ServerContext) -> APIRouter:
-    router = APIRouter(tags=["text"], responses=ERROR_RESPONSES)
-    G2PRequest = ctx.schemas.G2PRequest
+def preview(body: G2PRequest) -> dict:
+    """`prompts`: the pieces the engine synthesizes and exactly the strings it reads (for a large
+    context: a model with a small one may split a piece further); `segments`: each non-blank line of
+    the text on its own, like the original UI."""
+    pieces = read_text(body.text, body.reference_text, use_g2p=body.use_g2p, speaker=body.speaker, order=body.order)
+    prompts = [
+        {
+            "text": piece.text,
+            "prompt": piece.prompt,
+            "segments": [
+                {"line": i, "text": s.text, "language": s.language, "phones": s.phones} for s in piece.segments
+            ],
+        }
+        for i, piece in enumerate(pieces)
+    ]
+    return {"segments": line_segments(body.text, body.order), "prompts": prompts}
 
-    @router.post("/v1/text/g2p", response_model=G2PResponse)
-    async def g2p(body: G2PRequest) -> dict:  # type: ignore[valid-type]
-        """Segments (text, language, phones) of each non-blank line, in the language `order`; text the
-        front end cannot read: 422. No model is needed."""
-        return {"segments": await run_in_threadpool(preview, body.text, body.order)}
 
-    return router
+@router.post("/v1/text/g2p", response_model=G2PResponse)
+async def g2p(body: text_limited(G2PRequest)) -> dict:
+    """What the engine reads for `text` (after `reference_text`), in the language `order`; text the
+    front end cannot read: 422. No model is needed."""
+    return await run_in_threadpool(preview, body)

@@ -1,0 +1,108 @@
+"""The model-free front end: text (+ the reference's transcript) -> the prompt strings the engine reads.
+
+The engine tokenizes exactly what `read_text` returns, and the HTTP phoneme preview shows the same
+pieces, so what a user previews is what the model gets. Layout of one prompt string (the original's
+`encode_tokens`, SPEC-text §3.2): `[INST] {[SPK: name] }{transcript} {text} [/INST]`, the text part
+as `<p:X>` phone tags with g2p, or cleaned text without.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .text.clean import clean_text
+from .text.errors import TextError
+from .text.prompt import phones_to_prompt
+from .text.segment import DEFAULT_ORDER, Segment, parse_text_to_segments, segments_to_dicts, segments_to_phones
+from .text.split import MAX_SEGMENT_WEIGHT, split_text
+
+
+@dataclass(frozen=True)
+class PromptText:
+    """One piece of the input text and the string the engine reads for it."""
+
+    text: str  # the piece of the input text
+    prompt: str  # what the tokenizer reads
+    segments: tuple[Segment, ...] = ()  # its language runs and phones (with g2p)
+
+
+def read_piece(
+    text: str,
+    transcript: str | None = None,
+    *,
+    use_g2p: bool = True,
+    speaker: str | None = None,
+    order: str = DEFAULT_ORDER,
+) -> PromptText:
+    """The prompt for `text` read whole (no splitting)."""
+    if not clean_text(text).strip():
+        raise TextError("the text has nothing to speak after cleaning (only unsupported characters?)")
+    string = text if transcript is None else f"{transcript} {text}"
+    segments: tuple[Segment, ...] = ()
+    if use_g2p:
+        segments = tuple(parse_text_to_segments(string, order))
+        string = phones_to_prompt(segments_to_phones(list(segments)))
+    else:
+        string = clean_text(string)
+    if speaker is not None:
+        string = f"[SPK: {speaker}] {string}"
+    return PromptText(text, f"[INST] {string} [/INST]", segments)
+
+
+def read_text(
+    text: str,
+    transcript: str | None = None,
+    *,
+    use_g2p: bool = True,
+    speaker: str | None = None,
+    order: str = DEFAULT_ORDER,
+    max_weight: int = MAX_SEGMENT_WEIGHT,
+    fits: Callable[[str], bool] | None = None,
+) -> list[PromptText]:
+    """The pieces a long text is synthesized in (core/text/split.py), each with the transcript in front.
+
+    `fits(prompt)` (the engine's: does the prompt leave half the model's context for audio?) splits a
+    piece further while it says no; without it (no model at hand) the pieces are as for a large context.
+    """
+    out: list[PromptText] = []
+
+    def add(piece_text: str, weight: int) -> None:
+        piece = read_piece(piece_text, transcript, use_g2p=use_g2p, speaker=speaker, order=order)
+        if fits is not None and weight > 1 and not fits(piece.prompt):
+            smaller = split_text(piece_text, max(1, weight // 2))
+            if len(smaller) > 1:
+                for part in smaller:
+                    add(part, weight // 2)
+                return
+        out.append(piece)
+
+    for piece_text in split_text(text, max_weight) or [text]:
+        add(piece_text, max_weight)
+    return out
+
+
+def prompt_string(
+    text: str,
+    transcript: str | None = None,
+    *,
+    use_g2p: bool = True,
+    speaker: str | None = None,
+    order: str = DEFAULT_ORDER,
+) -> str:
+    """The prompt string for `text` read whole (the CLI's `generate`, parity checks)."""
+    return read_piece(text, transcript, use_g2p=use_g2p, speaker=speaker, order=order).prompt
+
+
+def line_segments(text: str, order: str = DEFAULT_ORDER) -> list[dict]:
+    """Each non-blank line's language runs and phones on its own (the original UI's preview rows);
+    a line the front end cannot read raises ValueError naming it."""
+    rows = []
+    for index, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                segments = parse_text_to_segments(line, order)
+            except ValueError as exc:
+                raise ValueError(f"text: line {index}: {exc}") from None
+            rows += [{"line": index, **segment} for segment in segments_to_dicts(segments)]
+    return rows

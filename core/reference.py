@@ -1,0 +1,110 @@
+"""A voice reference -> codes: the one place uploaded audio, saved codes and .npy files are checked.
+
+Every failure is a `ValueError` whose message starts with the request field the reference came
+from (`Reference.field`), so a caller can show it as is (the server answers 422).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import soundfile as sf
+
+from .audio import load_audio
+from .request import Reference
+
+if TYPE_CHECKING:
+    from .engine import TTSEngine
+
+MIN_REFERENCE_SECONDS = 0.5  # shorter clips carry too little of the voice (5-10 s works best)
+
+
+@dataclass(frozen=True)
+class PreparedReference:
+    codes: np.ndarray  # [codebooks, frames] int64 (or the caller's integer dtype for in-memory codes)
+    audio: np.ndarray | None = None  # the decoded clip at the engine's rate, when the reference was audio
+
+
+def prepare_reference(engine: TTSEngine, reference: Reference) -> PreparedReference:
+    """Check the reference against the engine's codec and encode audio to codes."""
+    info = engine.info
+    if reference.audio is not None:
+        audio = read_reference_audio(reference, info.sample_rate)
+        return PreparedReference(engine.encode_reference(audio), audio)
+    codes = reference.codes
+    if isinstance(codes, (str, Path)):
+        max_frames = None
+        if reference.max_seconds is not None and info.frame_rate is not None:
+            max_frames = int(reference.max_seconds * info.frame_rate) + 1
+        codes = read_codes_file(Path(codes), reference.field, max_frames)
+    codes = np.asarray(codes)
+    field = reference.field
+    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(
+            f"{field}: codes must be a 2-D integer array [{info.num_codebooks}, T], got {codes.dtype} "
+            f"{list(codes.shape)}."
+        )
+    size = info.codebook_size
+    if (info.num_codebooks is not None and codes.shape[0] != info.num_codebooks) or (
+        size is not None and codes.size and (codes.min() < 0 or codes.max() >= size)
+    ):
+        raise ValueError(f"{field}: codes must have shape [{info.num_codebooks}, T] with values in 0..{size - 1}.")
+    return PreparedReference(codes)
+
+
+def read_reference_audio(reference: Reference, sample_rate: int) -> np.ndarray:
+    """Decode (or take) the clip as mono samples at `sample_rate` and check its length."""
+    field, source, max_seconds = reference.field, reference.audio, reference.max_seconds
+    if isinstance(source, np.ndarray):
+        audio = np.ascontiguousarray(source, dtype=np.float32)
+    else:
+        if max_seconds is not None:
+            declared = _declared_seconds(source)
+            if declared > max_seconds:  # refuse before decoding and resampling a long file
+                raise _too_long(declared, max_seconds, field)
+        try:
+            audio = load_audio(source, sample_rate)
+        except ValueError as exc:
+            raise ValueError(f"{field}: {exc}") from None
+    seconds = audio.size / sample_rate
+    if max_seconds is not None and seconds > max_seconds:
+        raise _too_long(seconds, max_seconds, field)
+    if reference.min_seconds is not None and seconds < reference.min_seconds:
+        raise ValueError(
+            f"{field}: the reference clip is {seconds:.3f} s long; at least {reference.min_seconds} s "
+            "is needed (5-10 s works best)."
+        )
+    return audio
+
+
+def read_codes_file(path: Path, field: str, max_frames: int | None = None) -> np.ndarray:
+    """A .npy of codes, never unpickled (the file may come from a client or a user)."""
+    try:
+        codes = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError):
+        raise ValueError(f"{field}: not a .npy array of codes.") from None
+    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"{field}: codes must be a 2-D integer array [4, T], got {codes.dtype} {list(codes.shape)}.")
+    if codes.shape[1] == 0 or (max_frames is not None and codes.shape[1] > max_frames):
+        limit = f"1 to {max_frames}" if max_frames is not None else "at least 1"
+        raise ValueError(f"{field}: {codes.shape[1]} frames of codes; {limit} are accepted.")
+    return np.array(codes)
+
+
+def _declared_seconds(source: bytes | Path) -> float:
+    try:
+        info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else source)
+        return info.frames / info.samplerate if info.samplerate else 0.0
+    except Exception:  # noqa: BLE001 - load_audio gives the readable error
+        return 0.0
+
+
+def _too_long(seconds: float, limit: float, field: str) -> ValueError:
+    return ValueError(
+        f"{field}: the reference clip is {seconds:.1f} s long; the limit is {limit:g} s "
+        "(--max-reference-seconds). Trim it to 5-10 s of speech."
+    )

@@ -1,0 +1,104 @@
+"""The synthesis request: what every caller (CLI, HTTP server, benchmark) hands the engine.
+
+Defaults and validation live here and nowhere else: the server's schemas, the CLI's options and
+the web UI (through the server's API) read them from this module. A request names its voice as a
+`Reference` (audio or codes, as given); `core.reference.prepare_reference` checks and encodes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .lm.sampling import MAX_REPETITION_PENALTY, MAX_TEMPERATURE, MAX_TOP_K, MIN_REPETITION_PENALTY, SamplingParams
+from .text.segment import DEFAULT_ORDER, LANGUAGE_CODES
+
+DEFAULT_TEXT = "你说的对, 但是原神是一款由米哈游自主研发的开放世界手游."
+DEFAULT_SAMPLING = SamplingParams()  # the original generate.py's: temperature 0.7, top_p 0.5, penalty 1.5
+DEFAULT_SEED = 42  # the CLI's (the original's); the HTTP API draws a fresh one when none is given
+OUTPUT_FORMATS = ("wav", "flac", "mp3", "ogg", "pcm")  # pcm: raw 16-bit little-endian mono
+STREAM_FORMATS = ("wav", "pcm")  # formats whose bytes can be sent as the samples come
+ORDER_PATTERN = "^({0})(,({0})){{0,{1}}}$".format("|".join(LANGUAGE_CODES), len(LANGUAGE_CODES) - 1)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A voice to clone, as the caller got it: audio (encoded bytes, a file, or mono samples at the
+    engine's rate) or codes (an array [codebooks, frames] or a .npy file). `field` names where it came
+    from in every error about it; the clip-length bounds apply to audio (None: no bound)."""
+
+    field: str
+    audio: bytes | Path | np.ndarray | None = None
+    codes: np.ndarray | Path | None = None
+    min_seconds: float | None = None
+    max_seconds: float | None = None
+
+    def __post_init__(self):
+        if (self.audio is None) == (self.codes is None):
+            raise ValueError(f"{self.field}: give the reference as audio or as codes (exactly one)")
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """Text (+ a voice) -> speech. `transcript` is what the reference clip says."""
+
+    text: str
+    transcript: str | None = None
+    reference: Reference | None = None
+    sampling: SamplingParams = DEFAULT_SAMPLING
+    max_frames: int = 0  # frames to generate at most (per text segment); 0 = until the context is full
+    seed: int | None = None  # None: a fresh random seed; text segment i samples with seed + i
+    order: str = DEFAULT_ORDER  # language priority for g2p
+    use_g2p: bool = True
+    speaker: str | None = None
+    code_mask: bool = True  # never sample codes the codec cannot decode (False: the original's behaviour)
+    output_format: str = "wav"
+    streaming: bool = False
+
+    def __post_init__(self):
+        if not self.text or not self.text.strip():
+            raise ValueError("text: the text is empty")
+        if self.max_frames < 0:
+            raise ValueError("max_new_tokens: must be >= 0")
+        check_order(self.order)
+        if self.reference is not None and self.reference.audio is not None and self.transcript is None:
+            raise ValueError(f"{self.reference.field}: a reference clip needs its transcript (reference text)")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"format: {self.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+        if self.streaming and self.output_format not in STREAM_FORMATS:
+            raise ValueError(
+                f"format: streaming sends {' or '.join(STREAM_FORMATS)}; {self.output_format!r} "
+                "cannot be streamed (ask for it without streaming)."
+            )
+
+
+def check_order(order: str) -> str:
+    """`zh,jp,en`-style: known languages, each at most once."""
+    languages = order.split(",")
+    unknown = [language for language in languages if language not in LANGUAGE_CODES]
+    if unknown or not languages:
+        raise ValueError(f"order: unknown language {', '.join(unknown)!r} (use {', '.join(LANGUAGE_CODES)})")
+    if len(set(languages)) != len(languages):
+        raise ValueError("order: languages must not repeat")
+    return order
+
+
+__all__ = [
+    "DEFAULT_ORDER",
+    "DEFAULT_SAMPLING",
+    "DEFAULT_SEED",
+    "DEFAULT_TEXT",
+    "MAX_REPETITION_PENALTY",
+    "MAX_TEMPERATURE",
+    "MAX_TOP_K",
+    "MIN_REPETITION_PENALTY",
+    "OUTPUT_FORMATS",
+    "ORDER_PATTERN",
+    "Reference",
+    "STREAM_FORMATS",
+    "SamplingParams",
+    "SynthesisRequest",
+    "check_order",
+]

@@ -1,0 +1,328 @@
+"""The command line end to end on tiny checkpoints: the original's four-step flow, `tts`, `g2p`
+and clear errors (a message and a non-zero exit, never a traceback)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_checkpoints):
+    return tiny_checkpoints
+
+
+def vqgan_args(ckpt):
+    return ["--checkpoint-path", ckpt["vqgan"], "--config-name", ckpt["vqgan_config"], "--device", "cpu"]
+
+
+def lm_args(ckpt):
+    return [
+        "--checkpoint-path",
+        ckpt["lm"],
+        "--config-name",
+        ckpt["lm_config"],
+        "--tokenizer",
+        ckpt["tokenizer"],
+        "--device",
+        "cpu",
+    ]
+
+
+def test_four_step_flow_writes_the_original_files(ckpt, speech_wav, tmp_path):
+    # 1. encode the reference clip -> fake.npy [4, T] int64 + fake.wav reconstruction
+    result = run_cli(["vqgan", "-i", speech_wav, *vqgan_args(ckpt)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ref_codes = np.load(tmp_path / "fake.npy")
+    n_samples = sf.info(speech_wav).frames
+    assert ref_codes.dtype == np.int64 and ref_codes.shape == (4, -(-(n_samples // 256) // 4))
+    assert ref_codes.min() >= 0 and ref_codes.max() < 160
+    info = sf.info(tmp_path / "fake.wav")
+    assert info.samplerate == 22050 and info.channels == 1 and info.frames == ref_codes.shape[1] * 1024
+
+    # 2. generate two samples in that voice -> codes_0.npy, codes_1.npy
+    result = run_cli(
+        [
+            "generate",
+            "--text",
+            "Hello there.",
+            "--prompt-text",
+            "This is a short reference clip.",
+            "--prompt-tokens",
+            "fake.npy",
+            "--num-samples",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "--no-g2p",
+            *lm_args(ckpt),
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tokens/s" in result.stderr
+    samples = [np.load(tmp_path / f"codes_{i}.npy") for i in range(2)]
+    for codes in samples:
+        assert codes.dtype == np.int64 and codes.ndim == 2 and codes.shape[0] == 4
+        assert 1 <= codes.shape[1] <= 11
+        assert codes.min() >= 0 and codes.max() < 160  # the code mask keeps them decodable
+
+    # 3. decode generated codes -> speech, honouring -o
+    result = run_cli(["vqgan", "-i", "codes_0.npy", "-o", "speech.wav", *vqgan_args(ckpt)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    audio, sr = sf.read(tmp_path / "speech.wav")
+    assert sr == 22050 and audio.shape == (samples[0].shape[1] * 1024,)
+    assert np.abs(audio).max() > 0
+
+
+def test_generate_without_prompt_tokens_writes_int32_codes(ckpt, tmp_path):
+    result = run_cli(["generate", "--text", "你好", "--no-g2p", "--max_new_tokens", "6", *lm_args(ckpt)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    codes = np.load(tmp_path / "codes_0.npy")
+    assert codes.dtype == np.int32 and codes.shape[0] == 4
+
+
+def test_max_new_tokens_one_does_not_crash(ckpt, tmp_path):
+    result = run_cli(["generate", "--text", "hi", "--no-g2p", "--max-new-tokens", "1", *lm_args(ckpt)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "codes_0.npy").shape == (4, 0)
+
+
+@pytest.mark.parametrize("with_reference", [False, True])
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_tts_speaks_in_one_step(ckpt, speech_wav, tmp_path, with_reference, suffix):
+    out = tmp_path / f"out{suffix}"
+    reference = (
+        ["--reference-audio", speech_wav, "--reference-text", "This is a short reference clip."]
+        if with_reference
+        else []
+    )
+    result = run_cli(
+        [
+            "tts",
+            "--text",
+            "Good morning.",
+            *reference,
+            "-o",
+            out,
+            "--max-new-tokens",
+            "10",
+            "--no-g2p",
+            "--llama-checkpoint-path",
+            ckpt["lm"],
+            "--llama-config-name",
+            ckpt["lm_config"],
+            "--vqgan-checkpoint-path",
+            ckpt["vqgan"],
+            "--vqgan-config-name",
+            ckpt["vqgan_config"],
+            "--tokenizer",
+            ckpt["tokenizer"],
+            "--device",
+            "cpu",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    audio, sr = sf.read(out)
+    assert sr == 22050 and audio.ndim == 1 and audio.size % 1024 == 0 and audio.size > 0
+    assert "real-time factor" in result.stderr
+
+
+def test_tts_stream_writes_the_same_audio_as_it_comes_and_reports_the_first_audio(ckpt, tmp_path):
+    import io
+    import os
+    import subprocess
+    import sys
+
+    from tests.paths import ROOT
+
+    command = [
+        "tts",
+        "--text",
+        "Good morning. How are you today? Fine, thanks.",
+        "--max-new-tokens",
+        "30",
+        "--no-g2p",
+        "--seed",
+        "5",
+        "--llama-checkpoint-path",
+        ckpt["lm"],
+        "--llama-config-name",
+        ckpt["lm_config"],
+        "--vqgan-checkpoint-path",
+        ckpt["vqgan"],
+        "--vqgan-config-name",
+        ckpt["vqgan_config"],
+        "--tokenizer",
+        ckpt["tokenizer"],
+        "--device",
+        "cpu",
+    ]
+    whole = run_cli([*command, "-o", tmp_path / "whole.wav"])
+    streamed = run_cli([*command, "--stream", "-o", tmp_path / "streamed.wav"])
+    assert whole.returncode == 0 and streamed.returncode == 0, streamed.stderr
+    assert "first audio after" in streamed.stderr and "first audio" not in whole.stderr
+    expected, _ = sf.read(tmp_path / "whole.wav", dtype="int16")
+    np.testing.assert_array_equal(sf.read(tmp_path / "streamed.wav", dtype="int16")[0], expected)
+
+    # `-o -`: a WAV stream on stdout, its length fields "unknown", the same samples
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    to_stdout = subprocess.run(
+        [sys.executable, "-m", "core", *map(str, command), "--stream", "-o", "-"],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert to_stdout.returncode == 0, to_stdout.stderr.decode()
+    assert to_stdout.stdout[:4] == b"RIFF" and to_stdout.stdout[4:8] == b"\xff\xff\xff\xff"
+    np.testing.assert_array_equal(sf.read(io.BytesIO(to_stdout.stdout), dtype="int16")[0], expected)
+
+
+def test_g2p_prints_segments_as_json():
+    result = run_cli(["g2p", "你好, world!"])
+    assert result.returncode == 0, result.stderr
+    segments = json.loads(result.stdout)
+    assert [s["language"] for s in segments] == ["ZH", "EN"]
+    assert segments[0]["phones"][:4] == ["n", "i2", "h", "ao3"]
+
+
+def test_python_m_fishtts_and_console_script_are_the_same_cli():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    via_module = run_cli(["--help"])
+    assert via_module.returncode == 0
+    for command in ("download", "vqgan", "generate", "tts", "g2p", "serve", "webui"):
+        assert command in via_module.stdout
+    beside_python = Path(sys.executable).parent / "fishtts"
+    script = str(beside_python) if beside_python.exists() else shutil.which("fishtts")
+    if script is None:
+        pytest.skip("fishtts console script not on PATH (package not installed)")
+    if "fishtts.__main__" not in Path(script).read_text(errors="replace"):
+        pytest.skip(f"the installed console script {script} predates this tree (core.cli); reinstall to compare")
+    via_script = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert via_script.stdout.replace("fishtts", "") == via_module.stdout.replace("fishtts", "")
+
+
+def _bad_inputs(ckpt, tmp_path):
+    (tmp_path / "noise.wav").write_bytes(b"RIFF....WAVEfmt this is not audio")
+    np.save(tmp_path / "codes3d.npy", np.zeros((1, 4, 5), dtype=np.int64))
+    np.save(tmp_path / "float_codes.npy", np.zeros((4, 5), dtype=np.float32))
+    np.save(tmp_path / "out_of_range.npy", np.full((4, 5), 170, dtype=np.int64))
+    np.save(tmp_path / "good.npy", np.zeros((4, 5), dtype=np.int64))
+    (tmp_path / "not_weights.pth").write_bytes(b"nope")
+    (tmp_path / "notes.txt").write_text("hello")
+    return {
+        "missing-vqgan-checkpoint": (
+            ["vqgan", "-i", "good.npy", "--checkpoint-path", "missing.pth", "--device", "cpu"],
+            "not found",
+        ),
+        "missing-lm-checkpoint": (
+            [
+                "generate",
+                "--text",
+                "hi",
+                "--checkpoint-path",
+                "missing.pth",
+                "--config-name",
+                ckpt["lm_config"],
+                "--tokenizer",
+                ckpt["tokenizer"],
+                "--device",
+                "cpu",
+            ],
+            "not found",
+        ),
+        "non-audio-file": (["vqgan", "-i", "noise.wav", *vqgan_args(ckpt)], "audio"),
+        "unknown-suffix": (["vqgan", "-i", "notes.txt", *vqgan_args(ckpt)], "unknown input type"),
+        "codes-wrong-shape": (["vqgan", "-i", "codes3d.npy", *vqgan_args(ckpt)], "codes must be"),
+        "codes-not-integers": (["vqgan", "-i", "float_codes.npy", *vqgan_args(ckpt)], "codes must be"),
+        "codes-out-of-range": (["vqgan", "-i", "out_of_range.npy", *vqgan_args(ckpt)], "range"),
+        "empty-text": (["generate", "--text", "  ", *lm_args(ckpt)], "text is empty"),
+        "emoji-only-text": (["generate", "--text", "😀🎉", *lm_args(ckpt)], "nothing to speak"),
+        "not-a-checkpoint": (
+            [
+                "generate",
+                "--text",
+                "hi",
+                "--checkpoint-path",
+                "not_weights.pth",
+                "--config-name",
+                ckpt["lm_config"],
+                "--tokenizer",
+                ckpt["tokenizer"],
+                "--device",
+                "cpu",
+            ],
+            "not a loadable weights file",
+        ),
+        "checkpoint-config-mismatch": (
+            [
+                "generate",
+                "--text",
+                "hi",
+                "--checkpoint-path",
+                ckpt["lm"],
+                "--tokenizer",
+                ckpt["tokenizer"],
+                "--device",
+                "cpu",
+            ],
+            "does not fit",
+        ),
+        "unknown-config": (
+            [
+                "generate",
+                "--text",
+                "hi",
+                "--checkpoint-path",
+                ckpt["lm"],
+                "--config-name",
+                "nope",
+                "--tokenizer",
+                ckpt["tokenizer"],
+                "--device",
+                "cpu",
+            ],
+            "unknown LM config",
+        ),
+        "prompt-tokens-wrong-shape": (
+            ["generate", "--text", "hi", "--prompt-text", "x", "--prompt-tokens", "codes3d.npy", *lm_args(ckpt)],
+            "codes must be",
+        ),
+        "bad-top-p": (["generate", "--text", "hi", "--top-p", "1.5", *lm_args(ckpt)], "top-p"),
+        "cuda-missing": (
+            [
+                "generate",
+                "--text",
+                "hi",
+                "--checkpoint-path",
+                ckpt["lm"],
+                "--config-name",
+                ckpt["lm_config"],
+                "--tokenizer",
+                ckpt["tokenizer"],
+                "--device",
+                "cuda:7",
+            ],
+            "CUDA",
+        ),
+        "reference-without-text": (["tts", "--text", "hi", "--reference-audio", "noise.wav"], "go together"),
+    }
+
+
+def test_bad_input_gets_a_clear_message_and_nonzero_exit(ckpt, tmp_path):
+    failures = []
+    for name, (args, message) in _bad_inputs(ckpt, tmp_path).items():
+        result = run_cli(args, cwd=tmp_path)
+        if result.returncode == 0 or "Traceback" in result.stderr or message.lower() not in result.stderr.lower():
+            failures.append(f"{name}: rc={result.returncode} stderr={result.stderr[-400:]!r}")
+    assert not failures, "\n".join(failures)

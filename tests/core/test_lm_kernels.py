@@ -1,0 +1,96 @@
+"""The CPU decode kernels (core/lm/csrc/cpu_kernels.cpp) against plain torch, and their batch invariance:
+a row's result is bit-identical whatever else is in the call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.lm import kernels, load_lm
+from core.lm.quantize import quantize_int8
+from tests.paths import PARITY
+from tests.tolerances import FLOAT32_EPS, assert_within, longest_reduction, matmul_bound, network_atol
+
+pytestmark = pytest.mark.skipif(not kernels.cpu_kernels_available(), reason="no C++ compiler for the CPU kernels here")
+
+
+@pytest.mark.parametrize("in_features", [64, 100, 1030])  # 100, 1030: tails after the 64- and 16-wide loops
+@pytest.mark.parametrize("weight_format", ["float32", "bfloat16", "int8"])
+def test_linear_rows_equals_the_matmul(in_features, weight_format):
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(72, in_features, generator=gen)
+    scales = None
+    if weight_format == "int8":
+        weight, scales = quantize_int8(weight)
+    elif weight_format == "bfloat16":
+        weight = weight.bfloat16()
+    for rows in (1, 3, 4, 5, 8):
+        x = torch.randn(rows, in_features, generator=gen)
+        expected = F.linear(x, weight.float()) * (1 if scales is None else scales)
+        # the sums' rounding, scaled like the output, plus one rounding of the scale multiply
+        bound = matmul_bound(x, weight.float()) * (1 if scales is None else scales) + FLOAT32_EPS * expected.abs()
+        assert_within(kernels.linear_rows(x, weight, scales), expected, bound)
+
+
+def test_linear_rows_gives_a_row_the_same_bits_alone_and_in_any_batch():
+    gen = torch.Generator().manual_seed(1)
+    weight, scales = quantize_int8(torch.randn(96, 1024, generator=gen))
+    x = torch.randn(8, 1024, generator=gen)
+    for w, s in ((weight.float() * scales[:, None], None), (weight, scales)):
+        together = kernels.linear_rows(x, w, s)
+        for rows in (slice(0, 1), slice(2, 5), slice(3, 8)):
+            assert torch.equal(kernels.linear_rows(x[rows], w, s), together[rows])
+
+
+def test_int8_to_bfloat16_is_exact():
+    q = torch.arange(-128, 128, dtype=torch.int8).repeat(3, 1)
+    assert torch.equal(torch.ops.fishtts.int8_to_bfloat16(q), q.to(torch.bfloat16))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_lm(PARITY / "llama_state_dict.pt", str(PARITY / "llama_config.json"))
+
+
+def decode_after_prefill(model, prompts: list[torch.Tensor], step_frames: torch.Tensor) -> torch.Tensor:
+    """Prefill each prompt into its own slot, then decode one frame for all of them in one batch."""
+    model.clear_caches()
+    model.setup_caches(len(prompts), max(p.shape[1] for p in prompts) + 4)
+    with torch.inference_mode():
+        for slot, prompt in enumerate(prompts):
+            model.prefill(prompt.unsqueeze(0), slot)
+        out = model.decode(
+            step_frames.unsqueeze(-1), torch.arange(len(prompts)), torch.tensor([p.shape[1] for p in prompts])
+        )
+    return torch.cat([out.token_logits[:, 0], out.codebook_logits[:, 0].flatten(1)], dim=1)
+
+
+def prompts_and_frames():
+    x = torch.from_numpy(np.load(PARITY / "case4_forward.npz")["x"])[0]
+    prompts = [x[:, :24], x[:, :9], x[:, 3:20]]  # different lengths, so different positions
+    return prompts, x[:, [5, 7, 11]].T.contiguous()
+
+
+def test_kernel_decode_equals_the_torch_path(model, monkeypatch):
+    prompts, frames = prompts_and_frames()
+    with_kernels = decode_after_prefill(model, prompts, frames)
+    monkeypatch.setitem(kernels._state, "ok", False)
+    plain = decode_after_prefill(model, prompts, frames)
+    torch.testing.assert_close(with_kernels, plain, atol=network_atol(plain, longest_reduction(model)), rtol=0)
+
+
+@pytest.mark.parametrize("path", ["kernels", "torch"])
+def test_decode_gives_a_sequence_the_same_logits_alone_and_batched(model, monkeypatch, path):
+    if path == "torch":
+        monkeypatch.setitem(kernels._state, "ok", False)
+    prompts, frames = prompts_and_frames()
+    batched = decode_after_prefill(model, prompts, frames)
+    for i, prompt in enumerate(prompts):
+        alone = decode_after_prefill(model, [prompt], frames[i : i + 1])
+        if path == "kernels":
+            assert torch.equal(alone[0], batched[i])
+        else:  # torch's matmul may sum in another order for another batch size
+            atol = network_atol(batched[i], longest_reduction(model))
+            torch.testing.assert_close(alone[0], batched[i], atol=atol, rtol=0)

@@ -1,0 +1,96 @@
+"""The door into the engine: the request type's rules, reference checks naming their field, the
+engine's info, and the front end reading exactly what the engine reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.frontend import prompt_string, read_text
+from core.reference import MIN_REFERENCE_SECONDS, prepare_reference
+from core.request import DEFAULT_ORDER, DEFAULT_SAMPLING, Reference, SynthesisRequest
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"text": "  "}, "text"),
+        ({"order": "zh,zh"}, "order"),
+        ({"order": "fr"}, "order"),
+        ({"max_frames": -1}, "max_new_tokens"),
+        ({"output_format": "aiff"}, "format"),
+        ({"output_format": "mp3", "streaming": True}, "format"),
+        ({"reference": Reference("reference_audio", audio=b"RIFF")}, "reference_audio"),
+    ],
+)
+def test_a_bad_request_is_a_value_error_naming_its_field(fields, field):
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        SynthesisRequest(**{"text": "hello", **fields})
+
+
+def test_defaults_are_the_originals():
+    request = SynthesisRequest(text="hello")
+    assert request.sampling == DEFAULT_SAMPLING and request.order == DEFAULT_ORDER == "zh,jp,en"
+    assert (DEFAULT_SAMPLING.temperature, DEFAULT_SAMPLING.top_p, DEFAULT_SAMPLING.repetition_penalty) == (
+        0.7,
+        0.5,
+        1.5,
+    )
+    with pytest.raises(ValueError, match="exactly one"):
+        Reference("voice")
+
+
+def test_engine_info_describes_the_loaded_models(tiny_engine):
+    info = tiny_engine.info
+    assert (info.family, info.device, info.precision, info.quantize) == ("fish-speech-v0.2", "cpu", "float32", "none")
+    assert (info.context, info.num_codebooks, info.codebook_size) == (256, 4, 160)
+    assert info.sample_rate == 22050 and info.frame_rate == pytest.approx(22050 / 1024) and info.phonemes
+
+
+@pytest.mark.parametrize(
+    "reference, message",
+    [
+        (Reference("voice", codes=np.full((4, 5), 160)), "voice: codes must have shape [4, T] with values in 0..159"),
+        (Reference("voice", codes=np.zeros((3, 5), dtype=np.int64)), "voice: codes must have shape [4, T]"),
+        (Reference("voice", codes=np.zeros((4, 5), dtype=np.float32)), "voice: codes must be a 2-D integer array"),
+        (Reference("clip", audio=b"not audio at all"), "clip: audio data is not a readable audio file"),
+        (
+            Reference("clip", audio=np.zeros(1000, np.float32), min_seconds=MIN_REFERENCE_SECONDS),
+            "clip: the reference clip is 0.045 s long",
+        ),
+        (
+            Reference("clip", audio=np.zeros(22050 * 3, np.float32), max_seconds=2),
+            "clip: the reference clip is 3.0 s long",
+        ),
+    ],
+)
+def test_reference_problems_name_the_field(tiny_engine, reference, message):
+    with pytest.raises(ValueError) as error:
+        prepare_reference(tiny_engine, reference)
+    assert str(error.value).startswith(message)
+
+
+def test_reference_codes_files_are_checked_without_unpickling(tiny_engine, tmp_path):
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "long.npy", np.zeros((4, 100), dtype=np.int64))
+    with pytest.raises(ValueError, match="^prompt_tokens: not a .npy array of codes"):
+        prepare_reference(tiny_engine, Reference("prompt_tokens", codes=tmp_path / "objects.npy"))
+    with pytest.raises(ValueError, match="^prompt_tokens: 100 frames of codes; 1 to 44 are accepted"):
+        prepare_reference(tiny_engine, Reference("prompt_tokens", codes=tmp_path / "long.npy", max_seconds=2))
+    audio = np.sin(np.arange(22050, dtype=np.float32) / 10)
+    prepared = prepare_reference(tiny_engine, Reference("clip", audio=audio, min_seconds=MIN_REFERENCE_SECONDS))
+    assert prepared.codes.shape[0] == 4 and prepared.audio is not None
+
+
+def test_the_engine_reads_what_the_front_end_shows(tiny_engine):
+    """Without a model the front end gives the pieces for a large context; the engine, whose tiny
+    model has 256 positions, splits a piece whose prompt would leave less than half for audio."""
+    text = "First sentence here. Second one follows. " * 6
+    request = SynthesisRequest(text=text, transcript="the reference says this", use_g2p=False)
+    shown = read_text(text, "the reference says this", use_g2p=False)
+    assert len(shown) == 2 and all(piece.prompt.startswith("[INST] the reference says this") for piece in shown)
+    read = tiny_engine.read_text(request)
+    assert len(read) > len(shown)  # split further for the small context
+    assert "".join(piece.text for piece in read).replace(" ", "") == text.replace(" ", "")
+    assert all(piece.prompt == prompt_string(piece.text, "the reference says this", use_g2p=False) for piece in read)
+    assert tiny_engine.read_text(SynthesisRequest(text="short", use_g2p=False)) == read_text("short", use_g2p=False)

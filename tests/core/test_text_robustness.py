@@ -1,0 +1,148 @@
+"""Bad or odd input: a clear TextError or a defined result, never a hang or a raw traceback."""
+
+import sys
+import time
+
+import pytest
+
+import core.text.japanese as japanese
+from core.text import (
+    Segment,
+    TextError,
+    clean_text,
+    g2p,
+    normalize_order,
+    parse_text_to_segments,
+    phones_to_prompt,
+    segments_to_dicts,
+)
+
+from .test_text_support import needs_japanese
+
+
+@pytest.mark.parametrize("text", ["", "   ", "😀🎉", "…", "한국어", "%", "<en></en>", "<zh>Hello</zh>"])
+def test_text_without_readable_content_gives_no_phones(text):
+    assert g2p(text) == []
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("</en>", "no opening tag"),
+        ("你好</zh>", "no opening tag"),
+        ("<zh>你好</ZH>", "Language mismatch: zh != ZH"),
+        ("<zh>你好</en>", "Language mismatch"),
+        ("<fr>bonjour</fr>", "Unknown language: fr"),
+        ("<p:a1> 直接音素", "Unknown language: p:a1"),
+        ("<>", "Unknown language"),
+        ("噷", "Chinese g2p cannot read"),
+    ],
+)
+def test_bad_markup_raises_text_error(text, message):
+    with pytest.raises(TextError, match=message):
+        g2p(text)
+
+
+def test_unclosed_tag_reads_to_the_end_like_the_original():
+    assert [(s.language, s.text) for s in parse_text_to_segments("<en>hi 你好")] == [("EN", "hi 你好")]
+
+
+@pytest.mark.parametrize(
+    "order, expected",
+    [
+        ("zh,jp,en", ["ZH", "JP", "EN"]),
+        ("EN, zh", ["EN", "ZH"]),
+        (("jp", "ZH"), ["JP", "ZH"]),
+        (None, ["ZH", "JP", "EN"]),
+    ],
+)
+def test_order_accepts_strings_and_sequences_in_any_case(order, expected):
+    assert normalize_order(order) == expected
+
+
+@pytest.mark.parametrize("order", ["fr", "", "zh,de", "_"])
+def test_bad_order_raises_text_error(order):
+    with pytest.raises(TextError):
+        normalize_order(order)
+
+
+def test_character_outside_the_order_raises_text_error():
+    with pytest.raises(TextError, match="covers the character"):
+        g2p("hello 你好", order="en")
+
+
+def test_leading_digit_takes_the_first_language_of_the_order():
+    assert [(s.language, s.text) for s in parse_text_to_segments("2 apples")] == [("ZH", "2 "), ("EN", "apples")]
+    assert [s.language for s in parse_text_to_segments("2 apples", "en,zh")] == ["EN"]
+
+
+def test_no_g2p_cleaning_keeps_phone_tags():
+    assert clean_text(" <p:a1>你好：（测试）... ") == "<p:a1>你好,'测试'"
+
+
+@pytest.mark.parametrize("text", ["你好世界。" * 2000, "hello world, " * 800, "1234567890" * 1000])
+def test_ten_thousand_characters_finish_quickly(text):
+    start = time.monotonic()
+    phones = g2p(text)
+    assert phones and time.monotonic() - start < 60
+
+
+@needs_japanese
+def test_long_japanese_run_does_not_crash_openjtalk():
+    # OpenJTalk segfaults past ~2730 characters; we read long runs in chunks.
+    phones = g2p("こんにちは" * 2000)
+    assert len(phones) == 2000 * 9
+
+
+def test_japanese_without_the_extra_names_the_extra(monkeypatch):
+    japanese._openjtalk.cache_clear()
+    monkeypatch.setitem(sys.modules, "pyopenjtalk", None)  # import now fails like a missing package
+    try:
+        with pytest.raises(TextError, match=r"fishtts\[ja\]"):
+            g2p("こんにちは")
+        assert g2p("你好") == [("ZH", "n"), ("ZH", "i2"), ("ZH", "h"), ("ZH", "ao3")]
+    finally:
+        japanese._openjtalk.cache_clear()
+
+
+def test_japanese_without_a_dictionary_says_so(monkeypatch, tmp_path):
+    pytest.importorskip("pyopenjtalk")
+    japanese._openjtalk.cache_clear()
+    monkeypatch.setenv("OPEN_JTALK_DICT_DIR", str(tmp_path))
+    monkeypatch.setattr(japanese, "DEBIAN_DICT_DIR", str(tmp_path / "missing"))
+    monkeypatch.setattr(japanese.os.path, "isfile", lambda path: False)
+    try:
+        with pytest.raises(TextError, match="dictionary"):
+            g2p("こんにちは")
+    finally:
+        japanese._openjtalk.cache_clear()
+
+
+def test_phones_to_prompt_keeps_punctuation_and_pad_raw():
+    phones = [
+        ("ZH", "n"),
+        ("ZH", "i2"),
+        (None, ","),
+        ("EN", "HH"),
+        (None, "…"),
+        (None, "SP"),
+        (None, "UNK"),
+        (None, "_"),
+        (None, "'"),
+        (None, "-"),
+        (None, "!"),
+        (None, "?"),
+        (None, "."),
+    ]
+    assert phones_to_prompt(phones) == "<p:n> <p:i2> , <p:HH> … SP UNK _ ' - ! ? ."
+    assert phones_to_prompt(["n", "i2", ","]) == "<p:n> <p:i2> ,"
+    assert phones_to_prompt([]) == ""
+
+
+def test_segments_to_dicts_is_json_ready():
+    segments = [Segment("你好", "ZH", ["n", "i2", "h", "ao3"])]
+    assert segments_to_dicts(segments) == [{"text": "你好", "language": "ZH", "phones": ["n", "i2", "h", "ao3"]}]
+
+
+def test_text_error_is_a_value_error():
+    assert issubclass(TextError, ValueError)

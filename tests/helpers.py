@@ -1,0 +1,41 @@
+"""Helpers the tests share: the CLI as a user runs it, and real speech to use as a reference."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.paths import ROOT
+
+
+def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m fishtts ARGS` the way a user would, returning the finished process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    return subprocess.run(
+        [sys.executable, "-m", "fishtts", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def synthesize_speech(
+    path: Path,
+    text: str = "This is a short reference clip for voice cloning.",
+    voice: str = "en",
+    rate: int | None = None,
+) -> Path:
+    """Real speech from espeak-ng (a Debian package the test script installs)."""
+    cmd = ["espeak-ng", "-v", voice, "-w", str(path), text]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    if rate is not None:
+        import soundfile as sf
+        import soxr
+
+        audio, sr = sf.read(path, dtype="float32")
+        sf.write(path, soxr.resample(audio, sr, rate), rate)
+    return path

@@ -1,0 +1,8 @@
+"""Where the tests' files are: the repository and the golden data (each file stored once)."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+PARITY = DATA / "parity"  # the original's models and outputs (weights, configs, tokenizer, cases 1-8)
+TEXT_DATA = DATA / "text"  # text front end cases (g2p, normalizer, OpenJTalk, case 6)

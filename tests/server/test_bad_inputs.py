@@ -1,0 +1,301 @@
+"""A table of bad requests: each gets its documented 4xx as JSON, and the server keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from tests.server.helpers import (
+    FAST,
+    SR,
+    WEBUI_LOAD,
+    assert_json_error,
+    audio_bytes,
+    make_workdir,
+    read_wav,
+    tone,
+)
+
+MAX_UPLOAD_MB = 1
+
+
+class RunsCode:
+    """A pickle that would create a file if it were ever unpickled."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+SERVER_SETTINGS = {"max_upload_mb": MAX_UPLOAD_MB, "max_models": 1}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """The usual workdir, plus links out of its folders and files no loader may trust."""
+    workdir = make_workdir(tmp_path_factory.mktemp("bad"))
+    outside = tmp_path_factory.mktemp("outside")
+    np.save(outside / "secret.npy", np.zeros((4, 10), dtype=np.int64))
+    (outside / "secret.pth").write_bytes((workdir / "checkpoints" / "vqgan-v1.pth").read_bytes())
+    os.symlink(outside / "secret.npy", workdir / "references" / "escape.npy")
+    os.symlink(outside / "secret.pth", workdir / "checkpoints" / "escape.pth")
+    with open(workdir / "checkpoints" / "evil.pth", "wb") as handle:
+        pickle.dump(RunsCode(str(workdir / "PWNED")), handle)
+    np.save(workdir / "references" / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(workdir / "references" / "floats.npy", np.zeros((4, 10), dtype=np.float32))
+    np.save(workdir / "references" / "huge_codes.npy", np.full((4, 10), 999, dtype=np.int64))
+    (workdir / "references" / "notes.txt").write_text("not audio")
+    return workdir
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+WAV = b64(audio_bytes(tone(1.0)))
+NOISE = b64(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())  # bytes, not audio
+TOO_BIG = "A" * (MAX_UPLOAD_MB * 2**20 + 10)
+INVOKE = "/v1/models/default/invoke"
+LOAD = "/v1/models/default"  # failed loads must leave the loaded bundle in service
+
+
+def load_body(**changes) -> dict:
+    body = {"device": "cpu", "llama": dict(WEBUI_LOAD["llama"], compile=False), "vqgan": dict(WEBUI_LOAD["vqgan"])}
+    for key, value in changes.items():
+        part, _, field = key.partition("__")
+        if field:
+            body[part][field] = value
+        else:
+            body[part] = value
+    return body
+
+
+def invoke_json(**fields) -> dict:
+    return {"json": {"text": "hello", **FAST, **fields}}
+
+
+# (name, method, path, httpx kwargs, status)
+DEEP_JSON = '{"text": "x", "a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+JSON_TYPE = {"Content-Type": "application/json"}
+CASES = [
+    ("malformed JSON", "POST", INVOKE, {"content": b'{"text": ', "headers": {"Content-Type": "application/json"}}, 400),
+    ("JSON array body", "POST", INVOKE, {"json": ["hello"]}, 422),
+    ("text is a number", "POST", INVOKE, invoke_json(text=123), 422),
+    ("top_p is a string", "POST", INVOKE, invoke_json(top_p="high"), 422),
+    ("top_p zero", "POST", INVOKE, invoke_json(top_p=0), 422),
+    ("top_p above one", "POST", INVOKE, invoke_json(top_p=1.5), 422),
+    ("temperature zero", "POST", INVOKE, invoke_json(temperature=0), 422),
+    ("temperature negative", "POST", INVOKE, invoke_json(temperature=-1), 422),
+    ("repetition_penalty zero", "POST", INVOKE, invoke_json(repetition_penalty=0), 422),
+    ("max_new_tokens negative", "POST", INVOKE, invoke_json(max_new_tokens=-1), 422),
+    ("max_new_tokens over 4096", "POST", INVOKE, invoke_json(max_new_tokens=5000), 422),
+    ("max_new_tokens over the model context", "POST", INVOKE, invoke_json(max_new_tokens=300), 422),
+    ("top_k negative", "POST", INVOKE, invoke_json(top_k=-1), 422),
+    ("seed negative", "POST", INVOKE, invoke_json(seed=-5), 422),
+    ("use_g2p not a bool", "POST", INVOKE, invoke_json(use_g2p="maybe"), 422),
+    ("order repeats a language", "POST", INVOKE, invoke_json(order="zh,zh"), 422),
+    ("order names an unknown language", "POST", INVOKE, invoke_json(order="fr"), 422),
+    ("unknown output format", "POST", INVOKE, invoke_json(format="aiff"), 422),
+    ("empty text", "POST", INVOKE, invoke_json(text=""), 422),
+    ("blank text", "POST", INVOKE, invoke_json(text="   \n "), 422),
+    ("text over --max-text-length", "POST", INVOKE, invoke_json(text="a" * 1001), 422),
+    # (a long text is split into segments; a long transcript is part of every segment's prompt)
+    ("prompt longer than the model context", "POST", INVOKE, invoke_json(prompt_text="hello world " * 80), 422),
+    ("reference not base64", "POST", INVOKE, invoke_json(reference_audio="not base64!", reference_text="x"), 422),
+    ("reference corrupted", "POST", INVOKE, invoke_json(reference_audio=NOISE, reference_text="x"), 422),
+    ("reference zero-length", "POST", INVOKE, invoke_json(reference_audio="", reference_text="x"), 422),
+    (
+        "reference one sample",
+        "POST",
+        INVOKE,
+        invoke_json(reference_audio=b64(audio_bytes(np.zeros(1, np.float32))), reference_text="x"),
+        422,
+    ),
+    (
+        "reference truncated WAV",
+        "POST",
+        INVOKE,
+        invoke_json(reference_audio=b64(audio_bytes(tone(1.0))[:30]), reference_text="x"),
+        422,
+    ),
+    ("reference without transcript", "POST", INVOKE, invoke_json(reference_audio=WAV), 422),
+    (
+        "non-audio multipart upload",
+        "POST",
+        INVOKE,
+        {
+            "data": {"text": "hello", "reference_text": "x", "max_new_tokens": "8"},
+            "files": {"reference_audio": ("notes.txt", b"just some text, not audio", "text/plain")},
+        },
+        422,
+    ),
+    (
+        "unexpected multipart file",
+        "POST",
+        INVOKE,
+        {"data": {"text": "hello"}, "files": {"other": ("a.wav", audio_bytes(tone(1.0)), "audio/wav")}},
+        422,
+    ),
+    (
+        "two references at once",
+        "POST",
+        INVOKE,
+        invoke_json(reference_audio=WAV, reference_id="alice", reference_text="x"),
+        422,
+    ),
+    ("unknown model", "POST", "/v1/models/nope/invoke", invoke_json(), 404),
+    ("unknown voice", "POST", INVOKE, invoke_json(reference_id="nobody"), 404),
+    ("voice id traversal", "POST", INVOKE, invoke_json(reference_id="../etc"), 422),
+    ("prompt_tokens traversal", "POST", INVOKE, invoke_json(prompt_tokens="references/../../../etc/passwd.wav"), 400),
+    ("prompt_tokens absolute", "POST", INVOKE, invoke_json(prompt_tokens="/etc/hosts.npy"), 400),
+    ("prompt_tokens home dir", "POST", INVOKE, invoke_json(prompt_tokens="~/.ssh/id.npy"), 400),
+    ("prompt_tokens backslashes", "POST", INVOKE, invoke_json(prompt_tokens="..\\..\\x.npy"), 400),
+    ("prompt_tokens wrong suffix", "POST", INVOKE, invoke_json(prompt_tokens="references/notes.txt"), 400),
+    ("prompt_tokens link out of the folder", "POST", INVOKE, invoke_json(prompt_tokens="references/escape.npy"), 403),
+    # A relative path that names another folder is read inside this one (and is not there).
+    ("prompt_tokens naming another folder", "POST", INVOKE, invoke_json(prompt_tokens="checkpoints/llama.npy"), 404),
+    ("prompt_tokens missing", "POST", INVOKE, invoke_json(prompt_tokens="references/missing.npy"), 404),
+    ("prompt_tokens pickled objects", "POST", INVOKE, invoke_json(prompt_tokens="references/objects.npy"), 422),
+    ("prompt_tokens float codes", "POST", INVOKE, invoke_json(prompt_tokens="references/floats.npy"), 422),
+    ("prompt_tokens codes out of range", "POST", INVOKE, invoke_json(prompt_tokens="references/huge_codes.npy"), 422),
+    (
+        "load: checkpoint traversal",
+        "PUT",
+        LOAD,
+        {"json": load_body(llama__checkpoint_path="checkpoints/../../etc/passwd")},
+        400,
+    ),
+    ("load: absolute checkpoint", "PUT", LOAD, {"json": load_body(vqgan__checkpoint_path="/etc/passwd")}, 400),
+    ("load: config traversal", "PUT", LOAD, {"json": load_body(llama__config_name="../../x.json")}, 400),
+    ("load: absolute config", "PUT", LOAD, {"json": load_body(vqgan__config_name="/etc/x.json")}, 400),
+    ("load: tokenizer traversal", "PUT", LOAD, {"json": load_body(llama__tokenizer="../tokenizer")}, 400),
+    (
+        "load: tokenizer download disabled",
+        "PUT",
+        LOAD,
+        {"json": load_body(llama__tokenizer="someone/other-tokenizer")},
+        403,
+    ),
+    (
+        "load: checkpoint link out of the folder",
+        "PUT",
+        LOAD,
+        {"json": load_body(vqgan__checkpoint_path="checkpoints/escape.pth")},
+        403,
+    ),
+    (
+        "load: checkpoint naming another folder",
+        "PUT",
+        LOAD,
+        {"json": load_body(vqgan__checkpoint_path="references/0_input.npy")},
+        404,
+    ),
+    ("load: non-weights pickle", "PUT", LOAD, {"json": load_body(llama__checkpoint_path="checkpoints/evil.pth")}, 400),
+    (
+        "load: wrong weights for the config",
+        "PUT",
+        LOAD,
+        {"json": load_body(llama__checkpoint_path="checkpoints/vqgan-v1.pth")},
+        400,
+    ),
+    ("load: missing checkpoint", "PUT", LOAD, {"json": load_body(vqgan__checkpoint_path="checkpoints/nope.pth")}, 404),
+    ("load: unknown config preset", "PUT", LOAD, {"json": load_body(llama__config_name="text2semantic_huge")}, 400),
+    ("load: unknown device", "PUT", LOAD, {"json": load_body(device="tpu")}, 422),
+    ("load: bad model name", "PUT", "/v1/models/bad%20name!", {"json": load_body()}, 422),
+    ("load: one model more than --max-models", "PUT", "/v1/models/second", {"json": load_body()}, 409),
+    ("delete unknown model", "DELETE", "/v1/models/nope", {}, 400),
+    ("oversized body", "POST", INVOKE, {"json": {"text": "x", "reference_audio": TOO_BIG}}, 413),
+    (
+        "unsupported content type",
+        "POST",
+        INVOKE,
+        {"content": "text=hello", "headers": {"Content-Type": "text/plain"}},
+        415,
+    ),
+    ("g2p text the order cannot read", "POST", "/v1/text/g2p", {"json": {"text": "你好", "order": "en"}}, 422),
+    ("unknown route", "GET", "/v1/nothing-here", {}, 404),
+    ("wrong method", "PATCH", "/v1/models/default", {}, 405),
+    # Inputs that used to escape as 500s: a name longer than a file name can be, JSON nested deeper than
+    # the parser recurses, integers longer than Python converts.
+    (
+        "load: a file name over 255 bytes",
+        "PUT",
+        LOAD,
+        {"json": load_body(llama__checkpoint_path="a" * 256 + ".pth")},
+        400,
+    ),
+    (
+        "load: a folder name over 255 bytes",
+        "PUT",
+        LOAD,
+        {"json": load_body(vqgan__config_name="checkpoints/" + "é" * 128 + "/x.json")},
+        400,
+    ),
+    (
+        "invoke: prompt_tokens name over 255 bytes",
+        "POST",
+        INVOKE,
+        {"json": {"text": "x", "prompt_tokens": "b" * 300 + ".npy"}},
+        400,
+    ),
+    ("invoke: JSON nested 100,000 deep", "POST", INVOKE, {"content": DEEP_JSON, "headers": JSON_TYPE}, 400),
+    ("voices: JSON nested 100,000 deep", "POST", "/v1/references", {"content": DEEP_JSON, "headers": JSON_TYPE}, 400),
+    ("g2p: JSON nested 100,000 deep", "POST", "/v1/text/g2p", {"content": DEEP_JSON, "headers": JSON_TYPE}, 400),
+    (
+        "invoke: an integer of 5,000 digits",
+        "POST",
+        INVOKE,
+        {"content": '{"text": "x", "seed": ' + "7" * 5000 + "}", "headers": JSON_TYPE},
+        400,
+    ),
+    (
+        "g2p: an integer of 5,000 digits",
+        "POST",
+        "/v1/text/g2p",
+        {"content": '{"text": "x", "n": ' + "7" * 5000 + "}", "headers": JSON_TYPE},
+        400,
+    ),
+    ("invoke: a form integer of 5,000 digits", "POST", INVOKE, {"data": {"text": "x", "seed": "7" * 5000}}, 422),
+    (
+        "invoke: a penalty that overflows logits",
+        "POST",
+        INVOKE,
+        {"json": {"text": "x", "repetition_penalty": 1e-300}},
+        422,
+    ),
+]
+
+
+def test_table_has_at_least_30_cases():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("name,method,path,kwargs,status", CASES, ids=[c[0] for c in CASES])
+def test_bad_request_gets_documented_json_error(client, name, method, path, kwargs, status):
+    response = client.request(method, path, **kwargs)
+    assert_json_error(response, status)
+
+
+def test_pickled_checkpoint_never_ran(client, workdir):
+    assert not (workdir / "PWNED").exists()
+
+
+def test_server_still_serves_after_all_of_them(client):
+    health = client.get("/v1/health").json()
+    assert [m["name"] for m in health["models"]] == ["default"] and health["queue"]["pending"] == 0
+    response = client.post(INVOKE, json={"text": "hello", **FAST})
+    assert response.status_code == 200
+    audio, sr = read_wav(response.content)
+    assert sr == SR and audio.size > 0
+
+
+def test_a_405_lists_every_method_of_the_path(client):
+    response = client.options("/v1/references")
+    assert_json_error(response, 405)
+    assert {"GET", "POST"} <= {m.strip() for m in response.headers["allow"].split(",")}

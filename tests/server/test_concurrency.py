@@ -1,0 +1,106 @@
+"""Concurrency over real HTTP: parallel clients, a full queue, health during work, DELETE during invoke."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from tests.server.helpers import FAST, WEBUI_LOAD, assert_json_error, read_wav
+
+MAX_QUEUE = 8
+INVOKE = "/v1/models/default/invoke"
+
+
+SERVER_ARGS = ("--max-queue", str(MAX_QUEUE))
+
+
+def synthesize(url: str, text: str, **fields) -> requests.Response:
+    return requests.post(url + INVOKE, json={"text": text, **FAST, **fields}, timeout=120)
+
+
+def test_eight_clients_five_requests_each(server):
+    def client(index: int) -> list[int]:
+        sizes = []
+        for request in range(5):
+            response = synthesize(server.url, f"client {index} request {request}", seed=index * 10 + request)
+            assert response.status_code == 200, response.text
+            sizes.append(read_wav(response.content)[0].size)
+        return sizes
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(client, range(8)))
+    assert all(len(sizes) == 5 and min(sizes) > 0 for sizes in results)
+    assert requests.get(server.url + "/v1/health").json()["queue"]["pending"] == 0
+
+
+def test_eight_concurrent_clients_get_the_audio_each_gets_alone(server):
+    """Batched together, each request's audio is bit-identical to the same request made alone."""
+    requests_ = [(f"client {i} says something{' more' * i}.", 20 + 5 * i, 100 + i) for i in range(8)]
+    alone = [synthesize(server.url, text, max_new_tokens=n, seed=seed) for text, n, seed in requests_]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda r: synthesize(server.url, r[0], max_new_tokens=r[1], seed=r[2]), requests_))
+    for solo, batched in zip(alone, together):
+        assert solo.status_code == batched.status_code == 200, batched.text
+        assert read_wav(solo.content)[0].size > 0
+        assert (read_wav(solo.content)[0] == read_wav(batched.content)[0]).all()
+
+
+def test_full_queue_answers_503_with_retry_after(server):
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda i: synthesize(server.url, "hello there", max_new_tokens=0, seed=i), range(24)))
+    busy = [r for r in responses if r.status_code == 503]
+    assert busy, "24 requests at once should overflow a queue of 8"
+    assert all(r.status_code in (200, 503) for r in responses)
+    for response in busy:
+        assert_json_error(response, 503)
+        assert int(response.headers["retry-after"]) >= 1
+    assert synthesize(server.url, "after the rush").status_code == 200
+
+
+def test_health_answers_while_generating(server):
+    with ThreadPoolExecutor(6) as pool:
+        work = [pool.submit(synthesize, server.url, "a long one", max_new_tokens=0, seed=i) for i in range(6)]
+        seen_busy = False
+        while not all(f.done() for f in work):
+            start = time.perf_counter()
+            health = requests.get(server.url + "/v1/health", timeout=5).json()
+            assert time.perf_counter() - start < 2.0
+            seen_busy |= health["queue"]["pending"] > 0
+        assert all(f.result().status_code == 200 for f in work)
+    assert seen_busy
+
+
+def test_delete_during_invoke_waits_and_does_not_break_it(server):
+    def timed_invoke(seed: int) -> tuple[requests.Response, float]:
+        response = synthesize(server.url, "keep going", max_new_tokens=0, seed=seed)
+        return response, time.monotonic()
+
+    with ThreadPoolExecutor(8) as pool:
+        invokes = [pool.submit(timed_invoke, i) for i in range(8)]
+        deadline = time.monotonic() + 30
+        while requests.get(server.url + "/v1/health").json()["models"][0]["active_requests"] == 0:
+            assert time.monotonic() < deadline, "no invoke reached the server"
+            time.sleep(0.01)
+        deleted = requests.delete(server.url + "/v1/models/default", timeout=120)
+        deleted_at = time.monotonic()
+        assert deleted.status_code == 200 and deleted.json() == {"message": "Model deleted."}
+        results = [f.result() for f in invokes]
+    for response, _ in results:
+        assert response.status_code == 200, response.text
+        assert read_wav(response.content)[0].size > 0
+    # DELETE answered only once the accepted invokes were done (their responses follow within moments).
+    assert max(finished for _, finished in results) - deleted_at < 0.5
+    assert_json_error(synthesize(server.url, "gone"), 404)
+    assert requests.put(server.url + "/v1/models/default", json=WEBUI_LOAD, timeout=120).status_code == 200
+    assert synthesize(server.url, "back again").status_code == 200
+
+
+def test_replacing_a_model_during_invokes(server):
+    with ThreadPoolExecutor(8) as pool:
+        invokes = [pool.submit(synthesize, server.url, "replace me", max_new_tokens=0, seed=i) for i in range(4)]
+        replaced = requests.put(server.url + "/v1/models/default", json=WEBUI_LOAD, timeout=120)
+        assert replaced.status_code == 200
+        assert all(f.result().status_code == 200 for f in invokes)
+    assert requests.get(server.url + "/v1/models").json()["models"] == ["default"]

@@ -1,0 +1,69 @@
+"""Starting the server: bad options stop it with one line and exit 2; a failed --load shows in /v1/health
+(503 with the reason) instead of an "ok"; health polls stay out of the log at the default level."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import requests
+
+from server.errors import scrub
+from tests.server.helpers import ROOT, Server, make_workdir
+
+
+def run_server(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FISHTTS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "server", "--listen", "127.0.0.1:1", *args],
+        cwd=cwd,
+        env=dict(env, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_unknown_device_is_refused_at_start(tmp_path):
+    result = run_server("--device", "tpu", cwd=tmp_path)
+    assert result.returncode == 2 and "tpu" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_uncreatable_references_dir_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    result = run_server("--references-dir", "a-file/references", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "Error" in line or "Traceback" in line]
+    assert len(lines) == 1 and "--references-dir" in lines[0], result.stderr
+
+
+def test_health_reports_a_failed_load_and_polls_are_not_logged(tmp_path):
+    workdir = make_workdir(tmp_path)
+    server = Server(
+        workdir, "--load", "default", "--checkpoints-dir", "no-such-folder", "--log-level", "info", load=False
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (health := requests.get(server.url + "/v1/health", timeout=5)).json()["status"] == "ok":
+            assert time.monotonic() < deadline, "the failed load never showed in /v1/health"
+            time.sleep(0.2)
+        assert health.status_code == 503 and "--load default failed" in health.json()["reason"]
+        assert "default" in health.json()["load_errors"]
+        for _ in range(3):
+            requests.get(server.url + "/v1/health", timeout=5)
+        assert requests.get(server.url + "/v1/models", timeout=5).status_code == 200
+        time.sleep(0.5)
+        log = server.output()
+        assert "GET /v1/models" in log  # the access log is on...
+        assert "/v1/health" not in log  # ...but not for health polls
+    finally:
+        server.stop()
+
+
+def test_the_scrubber_hides_real_paths_only():
+    assert scrub("hi </s> there") == "hi </s> there"
+    assert scrub("1/2 and a/b") == "1/2 and a/b"
+    assert "secret" not in scrub(f"cannot open {ROOT}/secret/file.pth") and "<path>" in scrub(f"at {ROOT}/x")
+    assert scrub(r"C:\Users\me\model.pth is missing") == "<path> is missing"

@@ -1,0 +1,111 @@
+"""Streamed synthesis over real HTTP: the stream is a valid WAV (or PCM) equal to the non-streamed
+response, early errors are still JSON, and a client that disconnects frees the model at once."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+
+import numpy as np
+import requests
+import soundfile as sf
+
+from tests.server.helpers import assert_json_error
+
+INVOKE = "/v1/models/default/invoke"
+LONG = " ".join(f"This is sentence number {n}." for n in range(1, 8))
+
+
+def invoke(server, **fields) -> requests.Response:
+    return requests.post(
+        server.url + INVOKE, json={"max_new_tokens": 40, "seed": 3, **fields}, timeout=120, stream=True
+    )
+
+
+def pcm_of_wav(data: bytes) -> np.ndarray:
+    audio, sr = sf.read(io.BytesIO(data), dtype="int16")
+    assert sr == 22050
+    return audio
+
+
+def test_streamed_wav_equals_the_non_streamed_response(server):
+    whole = invoke(server, text="hello there, streaming world")
+    streamed = invoke(server, text="hello there, streaming world", streaming=True)
+    assert whole.status_code == streamed.status_code == 200
+    assert "content-length" not in streamed.headers and streamed.headers["transfer-encoding"] == "chunked"
+    body = b"".join(streamed.iter_content(chunk_size=None))
+    assert body[:4] == b"RIFF" and body[4:8] == b"\xff\xff\xff\xff"  # length unknown while streaming
+    assert body[40:44] == b"\xff\xff\xff\xff"
+    np.testing.assert_array_equal(pcm_of_wav(body), pcm_of_wav(whole.content))
+
+
+def test_streamed_long_text_equals_the_non_streamed_one(server):
+    whole = invoke(server, text=LONG, max_new_tokens=20)
+    streamed = invoke(server, text=LONG, max_new_tokens=20, streaming=True, format="pcm")
+    assert streamed.headers["content-type"] == "audio/pcm"
+    pcm = np.frombuffer(b"".join(streamed.iter_content(chunk_size=None)), dtype="<i2")
+    np.testing.assert_array_equal(pcm, pcm_of_wav(whole.content))
+
+
+def test_openai_route_streams_pcm(server, tmp_path):
+    voice = requests.post(
+        server.url + "/v1/references",
+        data={"name": "Streamer", "id": "streamer", "transcript": "a tone"},
+        files={"audio": ("tone.wav", (server.workdir / "references" / "0_input.wav").read_bytes())},
+        timeout=60,
+    )
+    assert voice.status_code in (200, 201), voice.text
+    body = {
+        "model": "tts-1",
+        "voice": "streamer",
+        "input": "streaming through the OpenAI route",
+        "response_format": "pcm",
+        "max_new_tokens": 30,
+        "seed": 9,
+    }
+    whole = requests.post(server.url + "/v1/audio/speech", json=body, timeout=120)
+    streamed = requests.post(
+        server.url + "/v1/audio/speech", json={**body, "stream_format": "audio"}, timeout=120, stream=True
+    )
+    assert whole.status_code == streamed.status_code == 200
+    assert b"".join(streamed.iter_content(chunk_size=None)) == whole.content
+    mp3 = requests.post(
+        server.url + "/v1/audio/speech", json={**body, "response_format": "mp3", "stream": True}, timeout=60
+    )
+    assert mp3.status_code == 400 and "pcm or wav" in mp3.json()["error"]["message"]
+
+
+def test_early_errors_are_json_not_a_broken_stream(server):
+    assert_json_error(invoke(server, text="x", streaming=True, format="mp3"), 422)
+    assert_json_error(
+        invoke(server, text="hi", streaming=True, reference_audio="bm90IGF1ZGlv", reference_text="x"), 422
+    )
+    assert_json_error(
+        requests.post(server.url + "/v1/models/nope/invoke", json={"text": "x", "streaming": True}, timeout=30), 404
+    )
+
+
+def test_a_client_that_disconnects_frees_the_model_within_a_second(server):
+    payload = ('{"text": "%s", "max_new_tokens": 0, "seed": 1, "streaming": true}' % (LONG * 3)).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST " + INVOKE.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+        )
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        assert leases(server) == 2  # generating: one model lease, one queue place
+    closed = time.monotonic()
+    while leases(server) and time.monotonic() - closed < 1.0:
+        time.sleep(0.02)
+    assert leases(server) == 0, "the model was still busy a second after the client left"
+    start = time.monotonic()
+    assert invoke(server, text="next please", max_new_tokens=8).status_code == 200
+    assert time.monotonic() - start < 10  # not queued behind the abandoned generation
+
+
+def leases(server) -> int:
+    """Requests holding the model plus requests counted by the queue."""
+    health = requests.get(server.url + "/v1/health", timeout=5).json()
+    return health["models"][0]["active_requests"] + health["queue"]["pending"]

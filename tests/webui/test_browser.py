@@ -1,0 +1,204 @@
+"""The web UI in a real browser (Debian's chromium, headless, driven by Playwright), the way a person
+uses it: the page's language, the in-page switch, upload a reference, type, synthesize, listen, clear.
+Screenshots go to the test artifacts folder (test-artifacts/, or TEST_ARTIFACTS_DIR)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+
+from tests.helpers import synthesize_speech
+from tests.server.helpers import Server, make_workdir
+from tests.webui.support import CHROMIUM, CHROMIUM_ARGS, WebUI, artifacts_dir, require_browser
+
+REFERENCE_TEXT = "This is a short reference clip for voice cloning."
+AUDIO_HAS_SOURCE = "() => { const a = document.querySelector('#fishtts-result audio'); return !!(a && a.src); }"
+AUDIO_IS_EMPTY = "() => { const a = document.querySelector('#fishtts-result audio'); return !(a && a.src); }"
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    with require_browser().sync_playwright() as p:  # one per process: the tests share it
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture(scope="module")
+def ui(browser, tmp_path_factory):
+    workdir = make_workdir(tmp_path_factory.mktemp("webui-browser"))
+    server = Server(workdir)
+    webui = WebUI(server.url, workdir)
+    webui.api_url = server.url
+    yield webui
+    webui.stop()
+    server.stop()
+
+
+def open_page(browser, url: str, locale: str):
+    context = browser.new_context(locale=locale, viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    return page
+
+
+@pytest.mark.parametrize(
+    "locale, query, button, tab",
+    [
+        ("zh-CN", "", "合成", "推理配置"),
+        ("en-US", "", "Synthesize", "Inference configuration"),
+        ("zh-CN", "?lang=en", "Synthesize", "Inference configuration"),
+    ],
+    ids=["zh-CN", "en-US", "lang-param-wins"],
+)
+def test_page_opens_in_the_browsers_language(browser, ui, locale, query, button, tab):
+    page = open_page(browser, ui.url + query, locale)
+    try:
+        page.locator("#fishtts-synthesize").filter(has_text=button).wait_for()
+        page.get_by_role("tab", name=tab).wait_for()
+    finally:
+        page.context.close()
+
+
+def test_switch_language_upload_reference_and_synthesize(browser, ui, tmp_path):
+    wav = synthesize_speech(tmp_path / "my-voice.wav", REFERENCE_TEXT)
+    page = open_page(browser, ui.url, "zh-CN")
+    try:
+        page.locator("#fishtts-synthesize").filter(has_text="合成").wait_for()
+        page.get_by_text("输入文本", exact=True).wait_for()
+        page.screenshot(path=str(artifacts_dir() / "webui-zh.png"), full_page=True)
+
+        # the in-page switch: every label changes
+        page.locator("#fishtts-language").get_by_text("English").click()
+        page.locator("#fishtts-synthesize").filter(has_text="Synthesize").wait_for()
+        page.get_by_role("tab", name="Inference configuration").wait_for()
+        page.get_by_role("tab", name="Model configuration").wait_for()
+        page.get_by_text("Input text", exact=True).wait_for()
+        assert page.get_by_text("输入文本", exact=True).count() == 0
+
+        # an example fills the text, and the labels stay in the chosen language
+        page.locator("#fishtts-examples").get_by_text("Hugging face", exact=False).click()
+        page.wait_for_function("() => document.querySelector('#fishtts-text textarea').value.includes('BGM')")
+        assert page.get_by_text("Input text", exact=True).count() == 1
+
+        page.locator("#fishtts-text textarea").fill("你好, hello world.")
+        page.get_by_label("Input mode").click()
+        page.get_by_role("option", name="Auto phonemes").click()
+        # random weights never stop on their own: 8 frames
+        tokens = page.locator("#fishtts-max-new-tokens input[type=number]")
+        tokens.fill("8")
+        tokens.press("Enter")
+
+        page.get_by_role("tab", name="Reference audio").click()
+        page.locator("#fishtts-reference-audio input[type=file]").set_input_files(str(wav))
+        page.locator("#fishtts-reference-text textarea").fill(REFERENCE_TEXT)
+        page.wait_for_function("() => document.querySelector('#fishtts-use-reference input').checked")
+        # the phoneme preview of what the model reads: reference text, then the text
+        page.wait_for_function(
+            "() => { const t = document.querySelector('#fishtts-preview').textContent;"
+            " return t.includes('voice cloning') && t.includes('HH AH0 L OW1') && t.includes('ZH'); }"
+        )
+
+        page.locator("#fishtts-synthesize").click()
+        page.wait_for_function(AUDIO_HAS_SOURCE, timeout=120_000)
+        page.locator("#fishtts-message").get_by_text("Done in").wait_for()
+        page.locator("#fishtts-download").get_by_text(".wav").first.wait_for()
+        src = page.locator("#fishtts-result audio").get_attribute("src")
+        assert src.endswith(".wav")
+        assert page.request.get(src).body()[:4] == b"RIFF"  # the player's source is the WAV the API made
+        page.screenshot(path=str(artifacts_dir() / "webui-synthesis-en.png"), full_page=True)
+
+        # Clear (a dead button in the original) empties the text and the result
+        page.locator("#fishtts-clear").click()
+        page.wait_for_function(AUDIO_IS_EMPTY)
+        assert page.locator("#fishtts-text textarea").input_value() == ""
+    finally:
+        page.context.close()
+
+
+def test_record_reference_from_microphone_and_save_it_as_a_voice(playwright, ui):
+    """Chromium's fake microphone (a beep) stands in for a person speaking."""
+    fake_mic = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + fake_mic)
+    context = chromium.new_context(locale="en-US", viewport={"width": 1400, "height": 1000}, permissions=["microphone"])
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(ui.url)
+        page.locator("#fishtts-synthesize").filter(has_text="Synthesize").wait_for()
+        page.locator("#fishtts-text textarea").fill("Hello from the microphone.")
+        tokens = page.locator("#fishtts-max-new-tokens input[type=number]")
+        tokens.fill("8")
+        tokens.press("Enter")
+
+        page.get_by_role("tab", name="Reference audio").click()
+        clip = page.locator("#fishtts-reference-audio")
+        clip.get_by_label("Record audio").click()
+        clip.locator("button", has_text="Record").first.click()
+        page.wait_for_timeout(2000)
+        clip.locator("button", has_text="Stop").first.click()
+        page.wait_for_function("() => document.querySelector('#fishtts-use-reference input').checked")
+
+        page.locator("#fishtts-reference-text textarea").fill("beep")
+        page.get_by_label("Voice name").fill("Mic voice")
+        page.locator("#fishtts-save-voice").click()
+        page.locator("#fishtts-message").get_by_text('Voice "Mic voice" saved.').wait_for()
+        page.wait_for_function("() => document.querySelector('#fishtts-voice input').value === 'Mic voice'")
+
+        page.locator("#fishtts-synthesize").click()
+        page.wait_for_function(AUDIO_HAS_SOURCE, timeout=120_000)
+        page.locator("#fishtts-message").get_by_text("Done in").wait_for()
+        page.screenshot(path=str(artifacts_dir() / "webui-microphone-voice.png"), full_page=True)
+    finally:
+        context.close()
+        chromium.close()
+
+
+def test_streaming_plays_while_generating_and_keeps_the_same_audio(browser, ui):
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("Gradio's live player needs ffmpeg (apt-get install ffmpeg)")
+    text = "Streaming in the browser. It starts playing before the end."
+    page = open_page(browser, ui.url + "?lang=en", "en-US")
+    try:
+        page.locator("#fishtts-synthesize").filter(has_text="Synthesize").wait_for()  # the page's language is set
+        page.locator("#fishtts-text textarea").fill(text)
+        for selector, value in (("#fishtts-max-new-tokens", "120"), ("#fishtts-seed", "7")):
+            box = page.locator(f"{selector} input[type=number]")
+            box.fill(value)
+            box.press("Enter")
+        assert not page.locator("#fishtts-stream-audio").is_visible()
+        page.locator("#fishtts-stream input").check()
+        page.locator("#fishtts-stream-audio").wait_for()
+
+        page.locator("#fishtts-synthesize").click()
+        # progress while it streams, and the live player gets a media stream and plays it
+        page.locator("#fishtts-message").get_by_text("Streaming").wait_for(timeout=120_000)
+        page.wait_for_function(
+            "() => { const a = document.querySelector('#fishtts-stream-audio audio');"
+            " return !!(a && (a.currentSrc || a.src) && a.currentTime > 0); }",
+            timeout=120_000,
+        )
+        page.locator("#fishtts-message").get_by_text("Done in").wait_for(timeout=120_000)
+        page.wait_for_function(AUDIO_HAS_SOURCE)
+        page.screenshot(path=str(artifacts_dir() / "webui-streaming-en.png"), full_page=True)
+        streamed = page.request.get(page.locator("#fishtts-result audio").get_attribute("src")).body()
+    finally:
+        page.context.close()
+    # the whole streamed audio is what the API gives for the same request without streaming
+    body = {"text": text, "max_new_tokens": 120, "seed": 7, "use_g2p": False, "format": "wav"}
+    whole = requests.post(ui.api_url + "/v1/models/default/invoke", json=body, timeout=120)
+    assert whole.status_code == 200
+    np.testing.assert_array_equal(
+        sf.read(io.BytesIO(streamed), dtype="int16")[0], sf.read(io.BytesIO(whole.content), dtype="int16")[0]
+    )

@@ -1,0 +1,290 @@
+"""The web UI's handlers against a live API (`python -m server` with tiny checkpoints): load a model,
+synthesize with an uploaded reference, saved voices, the preview, and readable error messages."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.helpers import synthesize_speech
+from tests.server.helpers import Server, free_port, make_workdir
+from webui.client import ClientError, error_from_response
+from webui.config import UISettings
+from webui.handlers import Actions, ModelForm, SynthesisForm
+from webui.i18n import t
+
+REFERENCE_TEXT = "This is a short reference clip for voice cloning."
+# The tiny models' files under the official names (tests/server/helpers.py), with their configs.
+TINY_MODEL = ModelForm(
+    device="cpu",
+    precision="float32",
+    compile=False,
+    llama_config="checkpoints/llama.json",
+    vqgan_config="checkpoints/vqgan_config.json",
+)
+
+
+@pytest.fixture(scope="module")
+def actions(server) -> Actions:
+    return Actions(UISettings(api_url=server.url, timeout=120))
+
+
+@pytest.fixture(scope="module")
+def reference_wav(tmp_path_factory):
+    return synthesize_speech(tmp_path_factory.mktemp("ref") / "reference.wav", REFERENCE_TEXT)
+
+
+def fast(**fields) -> SynthesisForm:
+    return SynthesisForm(**{"text": "Hello world. 你好。", "max_new_tokens": 8, "seed": 1, **fields})
+
+
+def assert_readable(html: str, lang: str, headline: str) -> None:
+    """One short message in the page's language, never a traceback or a server path."""
+    assert t(lang, headline) in html and "fishtts-error" in html
+    assert "Traceback" not in html and 'File "' not in html and "/tmp/" not in html
+    assert len(html) < 800
+
+
+def test_load_model_shows_the_originals_success_message(server, actions):
+    for lang in ("zh_CN", "en_US"):
+        html = actions.load_model(lang, server.url, "", TINY_MODEL)
+        assert t(lang, "model.loaded") in html and "fishtts-ok" in html, html
+    status = actions.server_status("en_US", server.url, "")
+    assert "default (cpu, float32)" in status
+
+
+def test_model_tab_is_filled_from_the_loaded_model(server, actions):
+    form = actions.loaded_model_form(server.url)
+    assert form.llama_checkpoint == "checkpoints/text2semantic-400m-v0.2-4k.pth"
+    assert form.vqgan_config == "checkpoints/vqgan_config.json" and form.device == "cpu"
+    # loading it back as shown works: the shown paths are ones the server accepts
+    assert t("en_US", "model.loaded") in actions.load_model("en_US", server.url, "", form)
+
+
+def test_synthesize_with_an_uploaded_reference(server, actions, reference_wav):
+    form = fast(use_reference=True, reference_audio=str(reference_wav), reference_text=REFERENCE_TEXT)
+    audio_path, download_path, html = actions.synthesize("zh_CN", server.url, "", form)
+    assert "fishtts-ok" in html and "Traceback" not in html, html
+    assert audio_path == download_path and audio_path.endswith(".wav")
+    audio, sr = sf.read(audio_path)
+    assert sr == 22050 and audio.ndim == 1 and len(audio) > 0
+
+
+@pytest.mark.parametrize("fmt", ["flac", "mp3", "ogg"])
+def test_output_formats(server, actions, fmt):
+    audio_path, _, html = actions.synthesize("en_US", server.url, "", fast(output_format=fmt, mode="phonemes"))
+    assert audio_path and audio_path.endswith("." + fmt), html
+    assert Path(audio_path).stat().st_size > 100
+
+
+def test_same_seed_same_audio(server, actions):
+    first, _, _ = actions.synthesize("en_US", server.url, "", fast(seed=7))
+    second, _, _ = actions.synthesize("en_US", server.url, "", fast(seed=7))
+    assert Path(first).read_bytes() == Path(second).read_bytes()
+
+
+def test_streaming_yields_audio_while_generating_and_the_same_whole_file(server, actions, reference_wav):
+    form = fast(
+        text="Streaming from the web UI. It plays before the end.",
+        max_new_tokens=60,
+        seed=4,
+        use_reference=True,
+        reference_audio=str(reference_wav),
+        reference_text=REFERENCE_TEXT,
+    )
+    steps = list(actions.synthesize_stream("en_US", server.url, "", form))
+    chunks = [chunk for chunk, _, _, _ in steps if chunk is not None]
+    assert len(chunks) >= 2, "the audio should come in several chunks"
+    assert all("Streaming" in html and "fishtts-ok" in html for chunk, _, _, html in steps if chunk)
+    final_chunk, path, download, done = steps[-1]
+    assert final_chunk is None and path == download and path.endswith(".wav") and "fishtts-ok" in done
+    pieces = [sf.read(io.BytesIO(chunk), dtype="int16")[0] for chunk in chunks]
+    whole, _ = sf.read(path, dtype="int16")
+    assert (np.concatenate(pieces) == whole).all()
+    not_streamed, _, _ = actions.synthesize("en_US", server.url, "", form)  # the same request, in one piece
+    assert (sf.read(not_streamed, dtype="int16")[0] == whole).all()
+
+
+def test_streaming_errors_are_readable(actions, down_url):
+    steps = list(actions.synthesize_stream("zh_CN", down_url, "", fast()))
+    assert len(steps) == 1 and steps[0][:3] == (None, None, None)
+    assert_readable(steps[0][3], "zh_CN", "error.inference")
+
+
+def test_saved_voice_save_pick_use_delete(server, actions, reference_wav):
+    choices, voice_id, html = actions.save_voice(
+        "en_US", server.url, "", "Test Voice", str(reference_wav), REFERENCE_TEXT
+    )
+    assert t("en_US", "reference.saved", name="Test Voice") in html, html
+    assert voice_id and voice_id in [value for _, value in choices]
+
+    clip, transcript, html = actions.select_voice("en_US", server.url, "", voice_id)
+    assert transcript == REFERENCE_TEXT and html == ""
+    assert sf.info(clip).samplerate == 22050
+
+    # the saved voice alone (no upload) is a reference; its stored transcript is used
+    audio_path, _, html = actions.synthesize("en_US", server.url, "", fast(use_reference=True, voice_id=voice_id))
+    assert audio_path and "fishtts-ok" in html, html
+
+    choices, html = actions.delete_voice("zh_CN", server.url, "", voice_id)
+    assert t("zh_CN", "reference.deleted", name="Test Voice") in html
+    assert voice_id not in [value for _, value in choices]
+
+
+def test_preview_shows_exactly_what_is_synthesized(server, actions):
+    """Reference text + the whole text, as one string (the original previewed line by line)."""
+    from core.text import g2p
+
+    form = fast(text="你好世界\nhello world", mode="phonemes", use_reference=True, reference_text="参考文本")
+    rows, html = actions.preview("zh_CN", server.url, "", form)
+    assert html == ""
+    engine_phones = [phone for _, phone in g2p("参考文本 你好世界\nhello world", order="zh,jp,en")]
+    assert " ".join(row[3] for row in rows).split() == engine_phones
+    assert [row[2] for row in rows] == ["ZH", "EN"]
+
+    rows, _ = actions.preview("zh_CN", server.url, "", fast(text="line one\nline two"))
+    assert rows == [[0, "line one\nline two", "-", "-"]]  # text mode: one row, no phonemes
+    assert actions.preview("zh_CN", server.url, "", fast(text="  ")) == ([], "")
+
+
+def test_clear_and_language_switch_are_wired():
+    from webui.app import build_app
+
+    demo = build_app(UISettings(api_url="http://127.0.0.1:9"))
+    names = {getattr(fn.fn, "__name__", "") for fn in demo.fns.values()}
+    assert {"clear", "switch_language", "initial_language", "synthesize", "preview", "load_model"} <= names
+
+
+# -- errors: short and readable ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def down_url():
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+@pytest.mark.parametrize("lang", ["zh_CN", "en_US"])
+def test_server_down_gives_a_readable_message(actions, down_url, lang):
+    _, _, html = actions.synthesize(lang, down_url, "", fast())
+    assert_readable(html, lang, "error.inference")
+    assert t(lang, "error.unreachable", url=down_url) in html
+    assert_readable(actions.load_model(lang, down_url, "", TINY_MODEL), lang, "model.load_failed")
+    assert actions.preview(lang, down_url, "", fast(mode="phonemes"))[0] == []
+    assert actions.voice_choices(down_url) == [("—", "")]
+    assert t(lang, "error.unreachable", url=down_url) in actions.server_status(lang, down_url, "")
+
+
+@pytest.mark.parametrize(
+    "form, key",
+    [
+        (fast(text="   "), "error.empty_text"),
+        (fast(language_2="zh"), "languages.duplicate"),
+        (fast(use_reference=True), "reference.need_audio"),
+        (fast(use_reference=True, reference_audio="/nonexistent/ref.wav", reference_text="x"), "error.read_audio"),
+    ],
+    ids=["empty-text", "duplicate-languages", "no-reference-audio", "unreadable-file"],
+)
+def test_bad_form_input_gives_a_readable_message(server, actions, form, key):
+    _, _, html = actions.synthesize("zh_CN", server.url, "", form)
+    assert_readable(html, "zh_CN", "error.inference")
+    assert t("zh_CN", key) in html
+
+
+def test_reference_without_its_text(server, actions, reference_wav):
+    form = fast(use_reference=True, reference_audio=str(reference_wav))
+    _, _, html = actions.synthesize("en_US", server.url, "", form)
+    assert t("en_US", "reference.need_text") in html
+
+
+def test_server_rejections_are_shown_briefly(server, actions, tmp_path):
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("this is not audio")
+    form = fast(use_reference=True, reference_audio=str(not_audio), reference_text="x")
+    _, _, html = actions.synthesize("en_US", server.url, "", form)
+    assert_readable(html, "en_US", "error.inference")
+    assert "The server answered 4" in html  # 4xx with the server's one-line reason
+
+    outside = ModelForm(**{**vars(TINY_MODEL), "llama_checkpoint": "../../../etc/passwd"})
+    html = actions.load_model("zh_CN", server.url, "", outside)
+    assert_readable(html, "zh_CN", "model.load_failed")
+    assert "服务器返回错误 40" in html and "llama.checkpoint_path" in html
+
+    _, _, html = actions.synthesize("en_US", server.url, "", fast(text="x" * 5000))
+    assert_readable(html, "en_US", "error.inference")
+    assert "422" in html
+
+    clip, _, html = actions.select_voice("en_US", server.url, "", "no-such-voice")
+    assert clip is None and "no-such-voice" in html
+    _, html = actions.delete_voice("en_US", server.url, "", "")
+    assert t("en_US", "reference.need_voice") in html
+    _, voice_id, html = actions.save_voice("en_US", server.url, "", "", None, "")
+    assert voice_id == "" and t("en_US", "reference.need_name") in html
+
+
+def test_bad_server_address(actions):
+    _, _, html = actions.synthesize("en_US", "localhost:8000", "", fast())
+    assert t("en_US", "error.bad_url", url="localhost:8000") in html
+
+
+def test_missing_model_points_to_the_model_tab(tmp_path):
+    srv = Server(make_workdir(tmp_path), load=False)
+    try:
+        _, _, html = Actions(UISettings(api_url=srv.url)).synthesize("en_US", srv.url, "", fast())
+        assert t("en_US", "error.no_model", name="default") in html
+    finally:
+        srv.stop()
+
+
+def test_api_key(tmp_path):
+    srv = Server(make_workdir(tmp_path), "--api-key", "s3cret", load=False)
+    try:
+        without = Actions(UISettings(api_url=srv.url))
+        _, _, html = without.synthesize("en_US", srv.url, "", fast())
+        assert t("en_US", "error.unauthorized", status=401) in html
+        with pytest.raises(ClientError):
+            without.client(srv.url).list_voices()
+        # the key from the page's field, or from FISHTTS_API_KEY (the settings)
+        assert without.client(srv.url, "s3cret").list_voices() == []
+        with_env_key = Actions(UISettings(api_url=srv.url, api_key="s3cret"))
+        assert with_env_key.client(srv.url + "/").list_voices() == []
+        # ...but never to an address typed in the page
+        assert with_env_key.client(srv.url.replace("127.0.0.1", "localhost")).api_key is None
+        _, _, html = with_env_key.synthesize("en_US", srv.url, "", fast())
+        assert t("en_US", "error.no_model", name="default") in html  # past the key check
+    finally:
+        srv.stop()
+
+
+def test_client_errors_are_one_line():
+    import requests
+
+    response = requests.Response()
+    response.status_code, response._content = (
+        500,
+        b"<html>\n<body>Traceback (most recent call last):\n...</body></html>",
+    )
+    response.reason = "Internal Server Error"
+    error = error_from_response(response)
+    assert isinstance(error, ClientError) and error.fields["message"] == "Internal Server Error"
+    response._content = io.BytesIO(b'{"statusCode": 422, "message": "text: too long\\nsecond line"}').read()
+    assert error_from_response(response).fields["message"] == "text: too long second line"
+
+
+def test_the_page_starts_from_the_api_defaults(server, actions, down_url):
+    """Sampling, language order and model files come from the API (defined once, in core)."""
+    from core.checkpoints import LM_FILENAME, VQGAN_FILENAME
+    from core.request import DEFAULT_ORDER, DEFAULT_SAMPLING
+
+    model, synth = actions.forms(server.url)
+    assert (synth.temperature, synth.top_p, synth.repetition_penalty) == (
+        DEFAULT_SAMPLING.temperature,
+        DEFAULT_SAMPLING.top_p,
+        DEFAULT_SAMPLING.repetition_penalty,
+    )
+    assert ",".join((synth.language_1, synth.language_2, synth.language_3)) == DEFAULT_ORDER
+    assert model.llama_checkpoint.endswith(LM_FILENAME) and model.vqgan_checkpoint.endswith(VQGAN_FILENAME)
+    assert actions.forms(down_url) == (ModelForm(), SynthesisForm())  # unreachable: the page still opens
