@@ -38,6 +38,8 @@ class ServerContext:
     checkpoints: FolderGuard
     references: FolderGuard
     load_errors: dict[str, str] = field(default_factory=dict)  # startup loads that failed, for /v1/health
+    # Who sets the models when clients may not (a Ray Serve deployment config); PUT/DELETE then answer 409.
+    models_fixed_by: str | None = None
 
     @classmethod
     def create(cls, settings: Settings) -> ServerContext:

@@ -5,6 +5,12 @@ into place (atomic on POSIX) and the parent fsynced: after a crash or `kill -9` 
 exists completely or not at all. Deletion renames it away first for the same reason. Leftover
 temporary folders are swept at start. Ids are a fixed safe alphabet, so they are never paths.
 
+Several processes may share the folder (Ray Serve replicas, on one disk or NFS): the rename itself
+claims the id (it fails when a voice of that name exists), so two saves never overwrite each other;
+nothing is cached, so a voice saved by one process is seen by the others at once; only temporary
+folders of dead processes (or, from other hosts, old enough to be abandoned) are swept, never another
+process's write in progress.
+
 Only what lies inside the voices folder is a voice: an entry that is a link leading out of it (or
 whose files are) is skipped in listings (logged once) and unknown by id; deleting renames the link
 itself, never what it points to.
@@ -12,16 +18,19 @@ itself, never what it points to.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 import unicodedata
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +42,8 @@ log = logging.getLogger("fishtts.server")
 VOICE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # a fixed safe alphabet: ids are never paths
 VOICE_ID = re.compile(VOICE_ID_PATTERN)
 META, CODES, AUDIO = "voice.json", "codes.npy", "audio.wav"
+ABANDONED_AFTER_S = 3600  # a temporary folder this old belongs to no write in progress
+MAX_NAME_TRIES = 1000
 
 
 class VoiceNotFound(KeyError):
@@ -49,7 +60,7 @@ class VoiceStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.root = self.folder.resolve()
         self._reported: set[str] = set()  # entries already logged as leading outside
-        self._lock = threading.Lock()  # id choice + rename; reads need no lock (folders appear atomically)
+        self._lock = threading.Lock()  # this process's saves one at a time; reads need no lock (renames are atomic)
         self._sweep()
 
     # -- reading ------------------------------------------------------------------------------
@@ -101,27 +112,35 @@ class VoiceStore:
         model: str,
         voice_id: str | None = None,
     ) -> dict:
-        staging = self.folder / f".tmp-{uuid.uuid4().hex}"
+        staging = self.folder / f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
             _write_synced(staging / CODES, _npy_bytes(codes))
             _write_synced(staging / AUDIO, encode_audio(audio, SAMPLE_RATE, "wav"))
+            fields = {
+                "name": name,
+                "transcript": transcript,
+                "duration_s": round(audio.size / SAMPLE_RATE, 3),
+                "frames": int(codes.shape[1]),
+                "model": model,
+                "created_at": time.time(),
+            }
             with self._lock:
-                voice_id = self._claim_id(voice_id, name)
-                meta = {
-                    "id": voice_id,
-                    "name": name,
-                    "transcript": transcript,
-                    "duration_s": round(audio.size / SAMPLE_RATE, 3),
-                    "frames": int(codes.shape[1]),
-                    "model": model,
-                    "created_at": time.time(),
-                }
-                _write_synced(staging / META, json.dumps(meta, ensure_ascii=False, indent=1).encode())
-                _fsync_dir(staging)
-                os.rename(staging, self.folder / voice_id)
-                _fsync_dir(self.folder)
-            return meta
+                for candidate in self._candidates(voice_id, name):
+                    meta = {"id": candidate, **fields}
+                    _write_synced(staging / META, json.dumps(meta, ensure_ascii=False, indent=1).encode())
+                    _fsync_dir(staging)
+                    try:
+                        os.rename(staging, self.folder / candidate)  # the claim: fails if the id is taken
+                    except OSError as exc:
+                        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):  # taken
+                            raise
+                        if voice_id is not None:
+                            raise VoiceExists(voice_id) from None
+                        continue
+                    _fsync_dir(self.folder)
+                    return meta
+            raise VoiceExists(voice_id or name)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -153,19 +172,18 @@ class VoiceStore:
                 return False
         return True
 
-    def _claim_id(self, wanted: str | None, name: str) -> str:
+    def _candidates(self, wanted: str | None, name: str) -> Iterator[str]:
+        """The id asked for, or the name's slug then `slug-2`, `slug-3`, ... (skipping ids seen taken)."""
         if wanted is not None:
             if not VOICE_ID.match(wanted):
                 raise ValueError(f"invalid voice id {wanted!r}")
-            if (self.folder / wanted).exists():
-                raise VoiceExists(wanted)
-            return wanted
+            yield wanted
+            return
         base = slugify(name)
-        candidate, n = base, 1
-        while (self.folder / candidate).exists():
-            n += 1
-            candidate = f"{base[:58]}-{n}"
-        return candidate
+        for n in range(1, MAX_NAME_TRIES + 1):
+            candidate = base if n == 1 else f"{base[:58]}-{n}"
+            if not (self.folder / candidate).exists():
+                yield candidate
 
     def _read_meta(self, folder: Path) -> dict:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
@@ -174,10 +192,27 @@ class VoiceStore:
         return meta
 
     def _sweep(self) -> None:
-        """Remove what an interrupted write or delete left behind."""
+        """Remove what an interrupted write or delete left behind (trash at once: it is unpublished)."""
         for entry in self.folder.iterdir():
-            if entry.name.startswith((".tmp-", ".trash-")):
+            if entry.name.startswith(".trash-") or (entry.name.startswith(".tmp-") and _abandoned(entry)):
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+def _abandoned(staging: Path) -> bool:
+    """A temporary folder whose writer is gone: a dead process of this host, a name without its
+    writer (older versions), or any folder older than an hour (a write takes seconds)."""
+    host, _, pid = staging.name.removeprefix(".tmp-").rpartition("-")[0].rpartition("-")
+    try:
+        if not pid.isdigit() or time.time() - staging.stat().st_mtime > ABANDONED_AFTER_S:
+            return True
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive but not ours to signal, or the folder is gone
+        return False
+    return False
 
 
 def slugify(name: str) -> str:

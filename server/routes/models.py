@@ -35,12 +35,23 @@ def load_bundle(ctx: ServerContext, name: str, body: LoadModelRequest) -> Bundle
     return bundle
 
 
-@router.put("/{name}", response_model=LoadModelResponse)
+def models_editable(ctx: Ctx) -> None:
+    """409 where the models are fixed by a deployment config (Ray Serve) rather than by clients."""
+    if ctx.models_fixed_by:
+        raise ApiError(
+            409,
+            f"Models on this server are set by {ctx.models_fixed_by}; change them there and "
+            "redeploy (PUT and DELETE /v1/models/{name} are disabled here).",
+            code="models_fixed",
+        )
+
+
+@router.put("/{name}", response_model=LoadModelResponse, dependencies=[Depends(models_editable)])
 async def load_model(body: LoadModelRequest, ctx: Ctx, name: str = ModelName) -> dict:
     """Load a bundle (or replace one of that name). Paths name files inside the checkpoints folder
     (400 for `..`/absolute paths, 403 outside it, 404 missing); a file that is not a weights file
     is refused with 400, never unpickled. Requests keep using the old bundle until the new one is
-    ready; it is freed once its running requests finish."""
+    ready; it is freed once its running requests finish. 409 where a deployment config sets the models."""
     bundle = await run_in_threadpool(load_bundle, ctx, name, body)
     return {
         "name": name,
@@ -56,10 +67,10 @@ async def list_models(ctx: Ctx) -> dict:
     return {"models": ctx.registry.names(), "details": ctx.registry.describe()}
 
 
-@router.delete("/{name}", response_model=Message)
+@router.delete("/{name}", response_model=Message, dependencies=[Depends(models_editable)])
 async def delete_model(ctx: Ctx, name: str = ModelName) -> dict:
     """Unload a bundle: new requests get 404 at once; answers after its running requests finish.
-    Unknown name: 400 "Model not found." (as the original)."""
+    Unknown name: 400 "Model not found." (as the original). 409 where a deployment config sets the models."""
     try:
         await run_in_threadpool(ctx.registry.delete, name)
     except ModelNotFound:

@@ -1,0 +1,382 @@
+"""The HTTP API on Ray Serve: a local Ray (2 CPUs) runs the deployment with 2 replicas of tiny models;
+every request goes through Serve's HTTP proxy on 127.0.0.1, exactly as clients would send it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from uuid import uuid4
+
+import numpy as np
+import pytest
+import requests
+
+from tests.paths import ROOT
+from tests.server.helpers import FAST, assert_json_error, free_port, make_workdir, read_wav
+
+ray = pytest.importorskip("ray", reason="Ray Serve is an optional extra: pip install -e '.[ray]'")
+serve = pytest.importorskip("ray.serve", reason="Ray Serve is an optional extra: pip install -e '.[ray]'")
+
+from server.ray_app import app as build_app  # noqa: E402 - needs ray
+from server.ray_app import deployment_options, split_args  # noqa: E402
+
+KEY = "serve-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ORIGIN = "http://app.example"
+INVOKE = "/v1/models/default/invoke"
+REPLICAS = 2
+START_TIMEOUT_S = 240  # Ray and two replicas starting on 2 shared cores
+LONG = " ".join(f"This is sentence number {n}." for n in range(1, 9))
+
+
+def deployment_args(workdir) -> dict:
+    return {
+        "checkpoints_dir": str(workdir / "checkpoints"),
+        "references_dir": str(workdir / "references"),
+        "load": f"default={workdir / 'load_default.json'}",
+        "api_key": KEY,
+        "cors_origins": ORIGIN,
+        "max_upload_mb": "1",
+        "min_replicas": str(REPLICAS),
+        "max_replicas": str(REPLICAS),
+        "num_cpus": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    workdir = make_workdir(tmp_path_factory.mktemp("ray"))
+    port = free_port()
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 2**20,
+        runtime_env={"env_vars": env},
+        logging_level="warning",
+        configure_logging=False,
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(deployment_args(workdir)), name="fishtts", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: requests.get(url + "/v1/health", timeout=5).status_code == 200, START_TIMEOUT_S)
+        yield {"url": url, "workdir": workdir}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def wait_until(check, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if result := check():
+                return result
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"not done within {timeout} s"
+        time.sleep(interval)
+
+
+def invoke(url: str, timeout: float = 120, **fields) -> requests.Response:
+    return requests.post(
+        url + INVOKE, json={"text": "hello from a replica", **FAST, **fields}, headers=AUTH, timeout=timeout
+    )
+
+
+def replica_of(response: requests.Response) -> str:
+    return response.headers["x-fishtts-replica"]
+
+
+def concurrently(n: int, call) -> list:
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(call, range(n)))
+
+
+def until_every_replica_answered(call, batch: int = 8, rounds: int = 10) -> list[requests.Response]:
+    """Rounds of concurrent requests until both replicas have answered (Serve picks the replica)."""
+    responses = []
+    for _ in range(rounds):
+        responses += concurrently(batch, call)
+        if len({r.headers.get("x-fishtts-replica") for r in responses if r.status_code == 200}) == REPLICAS:
+            break
+    return responses
+
+
+# -- the deployment's arguments (no cluster needed) ----------------------------------------------
+
+
+def test_arguments_size_each_replica_to_its_batch(tmp_path):
+    (tmp_path / "body.json").write_text(json.dumps({"device": "cpu"}))
+    settings, scaling, models = split_args(
+        {
+            "load": f"default={tmp_path / 'body.json'}",
+            "max_batch_size": "4",
+            "max_waiting": "2",
+            "min_replicas": "1",
+            "max_replicas": "3",
+            "references_dir": "refs",
+            "models": {"second": {}},
+        }
+    )
+    assert sorted(models) == ["default", "second"] and models["default"]["device"] == "cpu"
+    assert settings.references_dir.is_absolute() and settings.device == "cpu" and settings.load == ()
+    assert (settings.max_batch_size, settings.workers, settings.max_queue) == (4, 4, 6)
+    options = deployment_options(settings, scaling)
+    assert options["max_ongoing_requests"] == 6  # the batch plus its queue
+    assert options["autoscaling_config"]["target_ongoing_requests"] == 4
+    assert options["autoscaling_config"]["max_replicas"] == 3 and options["ray_actor_options"]["num_gpus"] == 0
+    gpu, gpu_scaling, _ = split_args({"load": "default", "num_gpus": 1, "max_batch_size": 16})
+    assert gpu.device == "cuda" and deployment_options(gpu, gpu_scaling)["ray_actor_options"]["num_gpus"] == 1
+    for bad in (
+        {"load": "default", "nonsense": 1},
+        {},
+        {"load": "default", "device": "cuda"},
+        {"load": "default", "device": "cuda:1", "num_gpus": 1},
+        {"load": "default", "min_replicas": 3, "max_replicas": 2},
+        {"load": "bad name!"},
+    ):
+        with pytest.raises(ValueError):
+            split_args(bad)
+
+
+# -- through Serve's proxy -----------------------------------------------------------------------
+
+
+def test_sixteen_concurrent_invokes_succeed_on_both_replicas(cluster):
+    responses = concurrently(16, lambda i: invoke(cluster["url"], text=f"request number {i}", seed=i))
+    assert [r.status_code for r in responses] == [200] * 16, [r.text[:200] for r in responses if r.status_code != 200]
+    assert all(read_wav(r.content)[0].size > 0 for r in responses)
+    served = Counter(replica_of(r) for r in responses)
+    assert len(served) == REPLICAS, served
+
+
+def test_a_seeded_request_gives_the_same_audio_on_every_replica(cluster):
+    responses = until_every_replica_answered(lambda i: invoke(cluster["url"], text="the same words", seed=7))
+    assert all(r.status_code == 200 for r in responses)
+    by_replica = {replica_of(r): r.content for r in responses}
+    assert len(by_replica) == REPLICAS
+    assert len({r.content for r in responses}) == 1
+
+
+def test_a_voice_saved_through_one_replica_is_used_on_every_replica(cluster):
+    url, clip = cluster["url"], (cluster["workdir"] / "references" / "0_input.wav").read_bytes()
+    saved = requests.post(
+        url + "/v1/references",
+        data={"name": "Shared", "id": "shared", "transcript": "a tone"},
+        files={"audio": ("tone.wav", clip)},
+        headers=AUTH,
+        timeout=120,
+    )
+    assert saved.status_code == 201, saved.text
+    responses = until_every_replica_answered(lambda i: invoke(url, reference_id="shared", seed=i))
+    assert all(r.status_code == 200 for r in responses), [r.text[:200] for r in responses]
+    assert len({replica_of(r) for r in responses}) == REPLICAS
+    listed = concurrently(8, lambda i: requests.get(url + "/v1/references/shared", headers=AUTH, timeout=30))
+    assert all(r.status_code == 200 and r.json()["transcript"] == "a tone" for r in listed)
+
+
+def test_concurrent_saves_on_both_replicas_never_lose_a_voice(cluster):
+    url, clip = cluster["url"], (cluster["workdir"] / "references" / "0_input.wav").read_bytes()
+
+    def save(i: int, **fields) -> requests.Response:
+        return requests.post(
+            url + "/v1/references",
+            data={"name": "Twin", "transcript": f"take {uuid4()}", **fields},
+            files={"audio": ("tone.wav", clip)},
+            headers=AUTH,
+            timeout=120,
+        )
+
+    same_name = until_every_replica_answered(save)
+    assert {r.status_code for r in same_name} == {201}, [r.text[:200] for r in same_name]
+    assert len({replica_of(r) for r in same_name}) == REPLICAS
+    ids = [r.json()["id"] for r in same_name]
+    assert len(set(ids)) == len(ids)  # every save got its own id, none overwrote another
+    voices = {v["id"]: v for v in requests.get(url + "/v1/references", headers=AUTH, timeout=30).json()["references"]}
+    assert [voices[r.json()["id"]]["transcript"] for r in same_name] == [r.json()["transcript"] for r in same_name]
+    same_id = concurrently(6, lambda i: save(i, id="only-one"))
+    assert sorted(r.status_code for r in same_id) == [201] + [409] * 5
+    for response in same_id:
+        if response.status_code == 409:
+            assert_json_error(response, 409)
+
+
+def test_streaming_through_the_proxy_sends_audio_before_generation_ends(cluster):
+    fields = {"text": LONG, "max_new_tokens": 150, "seed": 3, "format": "pcm"}
+    whole = invoke(cluster["url"], **fields)
+    start = time.perf_counter()
+    streamed = requests.post(
+        cluster["url"] + INVOKE, json={**fields, "streaming": True}, headers=AUTH, timeout=120, stream=True
+    )
+    assert streamed.status_code == 200 and streamed.headers["content-type"] == "audio/pcm"
+    chunks = streamed.iter_content(chunk_size=None)
+    body = next(chunks)
+    first_byte_s = time.perf_counter() - start
+    body += b"".join(chunks)
+    total_s = time.perf_counter() - start
+    # Eight sentences of 150 codes each; the first chunk is 8 codes of the first one.
+    assert first_byte_s < total_s / 2, (first_byte_s, total_s)
+    assert whole.status_code == 200
+    np.testing.assert_array_equal(np.frombuffer(body, "<i2"), np.frombuffer(whole.content, "<i2"))
+
+
+def test_uploads_openai_sdk_and_docs_through_the_proxy(cluster):
+    openai = pytest.importorskip("openai")
+    url = cluster["url"]
+    uploaded = requests.post(
+        url + INVOKE,
+        data={"text": "in the uploaded voice", "reference_text": "a tone", "max_new_tokens": "8", "seed": "1"},
+        files={"reference_audio": ("tone.wav", (cluster["workdir"] / "references" / "0_input.wav").read_bytes())},
+        headers=AUTH,
+        timeout=120,
+    )
+    assert uploaded.status_code == 200 and read_wav(uploaded.content)[0].size > 0, uploaded.text[:300]
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    audio = client.audio.speech.create(
+        model="tts-1",
+        voice="shared",
+        input="through the proxy",
+        response_format="wav",
+        extra_body={"max_new_tokens": 8, "seed": 1},
+    )
+    assert read_wav(audio.content)[0].size > 0
+    docs = requests.get(url + "/docs", timeout=30)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert INVOKE.replace("default", "{name}") in requests.get(url + "/openapi.json", timeout=30).json()["paths"]
+    health = requests.get(url + "/v1/health", timeout=30)
+    assert health.status_code == 200 and health.json()["models"][0]["name"] == "default"
+
+
+def test_models_are_set_by_the_deployment(cluster):
+    url = cluster["url"]
+    listed = requests.get(url + "/v1/models", headers=AUTH, timeout=30)
+    assert listed.status_code == 200 and listed.json()["models"] == ["default"]
+    for response in (
+        requests.put(url + "/v1/models/other", json={}, headers=AUTH, timeout=30),
+        requests.delete(url + "/v1/models/default", headers=AUTH, timeout=30),
+    ):
+        body = assert_json_error(response, 409)
+        assert "deployment config" in body["message"]
+    assert invoke(url).status_code == 200
+
+
+def test_errors_limits_and_cors_match_the_single_process_server(cluster):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    settings, _, _ = split_args(deployment_args(cluster["workdir"]))
+    url = cluster["url"]
+    cases = [
+        ("post", INVOKE, {"json": {"text": "no key"}}),  # 401
+        ("post", INVOKE, {"json": {"text": "x", "top_p": 5}, "headers": AUTH}),  # 422
+        ("post", INVOKE, {"data": b"{not json", "headers": {**AUTH, "Content-Type": "application/json"}}),
+        ("post", "/v1/models/nope/invoke", {"json": {"text": "x"}, "headers": AUTH}),  # 404
+        (
+            "post",
+            "/v1/audio/speech",
+            {"json": {"model": "tts-1", "voice": "x", "input": "x", "response_format": "ogg"}, "headers": AUTH},
+        ),  # OpenAI shape, 400
+        ("post", INVOKE, {"data": b"x" * (2 * 2**20), "headers": {**AUTH, "Content-Type": "application/json"}}),
+        ("post", INVOKE, {"json": {"text": "x"}, "headers": {**AUTH, "Origin": "http://evil.example"}}),  # 403
+        ("get", "/v1/models", {"headers": {**AUTH, "Host": "rebound.example"}}),  # DNS rebinding guard: 400
+    ]
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as direct:
+        for method, path, kwargs in cases:
+            served = getattr(requests, method)(url + path, timeout=60, **kwargs)
+            alone = getattr(direct, method)(path, **{"content" if k == "data" else k: v for k, v in kwargs.items()})
+            assert 400 <= served.status_code < 500 and served.status_code == alone.status_code, (
+                path,
+                served.text[:300],
+            )
+            assert served.headers["content-type"] == alone.headers["content-type"] == "application/json"
+            assert without_request_id(served.json()) == without_request_id(alone.json())
+            assert served.headers.get("www-authenticate") == alone.headers.get("www-authenticate")
+            if "error" not in served.json():
+                assert_json_error(served, served.status_code)
+        preflight = {
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        }
+        served = requests.options(url + INVOKE, headers=preflight, timeout=30)
+        alone = direct.options(INVOKE, headers=preflight)
+        assert served.status_code == alone.status_code == 200
+        assert served.headers["access-control-allow-origin"] == alone.headers["access-control-allow-origin"] == ORIGIN
+
+
+def without_request_id(body: dict) -> dict:
+    inner = body.get("error") if isinstance(body.get("error"), dict) else body
+    return {**body, **({"error": {**inner, "request_id": None}} if inner is not body else {"requestId": None})}
+
+
+# -- last: it takes a replica down -----------------------------------------------------------------
+
+
+def test_a_killed_replica_is_replaced_and_in_flight_requests_fail_fast(cluster):
+    url = cluster["url"]
+    before = {replica_of(r) for r in until_every_replica_answered(lambda i: invoke(url, seed=i))}
+    assert len(before) == REPLICAS
+    victim = min(before)
+    actor = replica_actor(victim)
+
+    with ThreadPoolExecutor(8) as pool:
+        in_flight = [pool.submit(invoke, url, timeout=90, text=LONG, max_new_tokens=150, seed=i) for i in range(8)]
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        ray.kill(actor, no_restart=True)
+        outcomes = [f.result() for f in in_flight]  # requests.Timeout here would mean a hung request
+    statuses = Counter(r.status_code for r in outcomes)
+    print(
+        f"in-flight requests when a replica was killed: {dict(statuses)} "
+        f"(replicas that answered: {Counter(r.headers.get('x-fishtts-replica') for r in outcomes)})"
+    )
+    for response in outcomes:
+        if response.status_code != 200:
+            print(f"  {response.status_code} {response.headers.get('content-type')}: {response.text[:120]!r}")
+    assert set(statuses) <= {200, 500, 502, 503}, statuses
+    assert all(r.headers.get("x-fishtts-replica") != victim for r in outcomes if r.status_code == 200)
+
+    def replaced() -> bool:
+        status = serve.status().applications["fishtts"].deployments["fishtts"]
+        names = replica_actor_names()
+        return (
+            len(names) == REPLICAS
+            and not any(name.endswith(victim) for name in names)
+            and status.replica_states.get("RUNNING", 0) == REPLICAS
+            and status.status == "HEALTHY"
+        )
+
+    wait_until(replaced, 180, interval=1.0)
+    recovered_s = time.monotonic() - killed_at
+    after = concurrently(8, lambda i: invoke(url, seed=i))
+    assert [r.status_code for r in after] == [200] * 8
+    assert victim not in {replica_of(r) for r in after}
+    health = requests.get(url + "/v1/health", timeout=30)
+    assert health.status_code == 200 and health.json()["models"][0]["name"] == "default"
+    print(f"replica replaced and healthy {recovered_s:.1f} s after the kill")
+
+
+def replica_actor_names() -> list[str]:
+    """The live replica actors (a killed one drops out at once)."""
+    return [
+        entry["name"]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry["name"].startswith("SERVE_REPLICA")
+    ]
+
+
+def replica_actor(replica_tag: str):
+    for name in replica_actor_names():
+        if name.endswith(replica_tag):
+            return ray.get_actor(name, namespace="serve")
+    raise AssertionError(f"no actor for replica {replica_tag}")
