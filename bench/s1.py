@@ -224,7 +224,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
-    torch.set_flush_denormal(True)  # random weights must not wander into slow denormal arithmetic
+    # Random weights must not wander into slow denormal arithmetic; the flag is the calling thread's
+    # (a test runs this in-process), so it is put back afterwards.
+    torch.set_flush_denormal(True)
+    try:
+        return _run(args, log)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _run(args: argparse.Namespace, log) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -30,3 +30,10 @@ def test_weights_read_per_frame_count_the_fast_stack_once_per_codebook():
     )
     slow = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("layers.", "norm.", "output.")))
     assert bytes_per_frame(model) == 4 * (slow + model.config.num_codebooks * fast)
+
+
+def test_the_bench_leaves_denormals_as_it_found_them():
+    """It flushes denormals while it measures; a caller's float arithmetic must not inherit that."""
+    main(["--tiny", "--runs", "1", "--frames", "2", "--seconds", "0.2", "--device", "cpu", "--only", "lm"])
+    smallest_normal = float("2.2250738585072014e-308")
+    assert smallest_normal / 2 != 0.0
