@@ -69,15 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, log=print) -> dict:
     device = resolve_device(args.device)
-    report = dict(
-        device=str(device),
-        device_name=device_name(device),
-        threads=torch.get_num_threads(),
-        torch=torch.__version__,
-        runs=args.runs,
-        tiny=args.tiny,
-        cpu=cpu_info(),
-    )
+    report = dict(**run_header(device, args), cpu=cpu_info())
     bandwidth = memory_bandwidth(device)
     report["bandwidth_gb_per_s"] = round(bandwidth / 1e9, 1)
     log(f"device {report['device_name']}, {report['threads']} threads, read bandwidth {bandwidth / 1e9:.1f} GB/s")
@@ -232,9 +224,26 @@ def table(report: dict) -> str:
     return "\n".join([head, "|---" * (len(formats) + 1) + "|", *rows])
 
 
-def main(argv=None) -> dict:
+def run_header(device: torch.device, args: argparse.Namespace) -> dict:
+    """What every benchmark report starts with: where it ran and how often it measured."""
+    return dict(
+        device=str(device),
+        device_name=device_name(device),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        runs=args.runs,
+        tiny=args.tiny,
+    )
+
+
+def report_main(parse_args, run, table, argv=None) -> dict:
+    """Parse, run (progress on stdout), then the table and one JSON line."""
     args = parse_args(argv)
     report = run(args, log=lambda s: print(s, flush=True))
     print(table(report))
     print(json.dumps(report))
     return report
+
+
+def main(argv=None) -> dict:
+    return report_main(parse_args, run, table, argv)

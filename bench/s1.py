@@ -13,7 +13,6 @@ Each number is the median of --runs after a warm-up. `--tiny` uses tiny models (
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -27,7 +26,7 @@ from core.s1.lm import DualARTransformer
 from core.s1.sampling import SamplingSettings
 
 from .measure import median_runs, memory_bandwidth, peak_rss_mb, timed
-from .run import device_name
+from .run import report_main, run_header
 
 # SPEC §3.6: the estimate that reproduces the published model.pth size (the real config.json was unreachable).
 ESTIMATED_S1_MINI = dict(
@@ -238,15 +237,7 @@ def _run(args: argparse.Namespace, log) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    report = dict(
-        device=str(device),
-        device_name=device_name(device),
-        threads=torch.get_num_threads(),
-        torch=torch.__version__,
-        runs=args.runs,
-        tiny=args.tiny,
-        dtype=str(dtype).removeprefix("torch."),
-    )
+    report = dict(**run_header(device, args), dtype=str(dtype).removeprefix("torch."))
     bandwidth = memory_bandwidth(device)
     report["bandwidth_gb_per_s"] = round(bandwidth / 1e9, 1)
     log(f"device {report['device_name']}, {report['threads']} threads, read bandwidth {bandwidth / 1e9:.1f} GB/s")
@@ -290,11 +281,7 @@ def table(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    report = run(args, log=lambda s: print(s, flush=True))
-    print(table(report))
-    print(json.dumps(report))
-    return report
+    return report_main(parse_args, run, table, argv)
 
 
 if __name__ == "__main__":

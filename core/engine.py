@@ -8,6 +8,7 @@ scheduler batches their generations (core/scheduler.py).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -153,8 +154,9 @@ class TTSEngine:
 
     # -- what callers may know -------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def info(self) -> EngineInfo:
+        """Fixed once loaded, so built once: request paths read it (sample rate, codebook size)."""
         lm, vqgan = self.lm, self.vqgan
         return EngineInfo(
             family=FAMILY,

@@ -151,7 +151,7 @@ def weight_format(layer: nn.Module) -> str | None:
 
 
 def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, (Int8Linear, Int4Linear)) for m in model.modules())
+    return quantization(model) != "none"
 
 
 def quantization(model: nn.Module) -> str:
