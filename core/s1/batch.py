@@ -112,6 +112,7 @@ def next_frames(model: DualARTransformer, sequences: list[S1Sequence]) -> list[T
     return list(frames)
 
 
+@torch.inference_mode()
 def decode_step(model: DualARTransformer, sequences: list[S1Sequence]) -> list[Tensor]:
     """Advance every (unfinished) sequence by one frame, all in one batched step; returns the new frames."""
     return [s.accept(frame) for s, frame in zip(sequences, next_frames(model, sequences), strict=True)]
