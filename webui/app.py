@@ -8,7 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .config import UISettings
-from .handlers import NO_VOICE, Actions, ModelForm, SynthesisForm
+from .handlers import NO_VOICE, Actions, LoadedModel, ModelForm, SynthesisForm, pick_model
 from .i18n import DEFAULT_LANGUAGE, pick_language, t
 from .layout import EXAMPLE_KEYS, PREVIEW_HEADERS, Page
 
@@ -41,6 +41,20 @@ def build_app(settings: UISettings | None = None) -> gr.Blocks:
 def form(data: dict, page: Page, form_class):
     """The dataclass `form_class` filled from an event's {component: value} inputs."""
     return form_class(**{name: data[getattr(page, name)] for name in form_class.__dataclass_fields__})
+
+
+def model_updates(page: Page, models: list[LoadedModel], current: str | None) -> dict:
+    """The model picker's choices and choice, and the fields that apply to the picked model's family
+    only (input mode, speaker, language order) shown or hidden; hidden, the mode is plain text."""
+    name = pick_model(models, current)
+    picked = next((m for m in models if m.name == name), None)
+    phonemes = picked is None or picked.phonemes
+    return {
+        page.model: gr.update(choices=[(m.label, m.name) for m in models] or [name], value=name),
+        page.mode: gr.update(visible=True) if phonemes else gr.update(visible=False, value="text"),
+        page.speaker: gr.update(visible=phonemes),
+        page.languages_tab: gr.update(visible=phonemes),
+    }
 
 
 def preview_value(lang: str, rows: list) -> dict:
@@ -84,17 +98,32 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
         return actions.server_status(lang, server_url, api_key)
 
     def from_server(server_url: str, api_key: str):
-        """On page load: the loaded model's files in the model tab, and the saved voices."""
+        """On page load: the loaded model's files in the model tab, the models to pick from, and the
+        saved voices."""
         loaded = actions.loaded_model_form(server_url, api_key)
         fields = [gr.update()] * len(model_fields) if loaded is None else list(vars(loaded).values())
-        return [*fields, gr.update(choices=actions.voice_choices(server_url, api_key))]
+        picker = model_updates(page, actions.loaded_models(server_url, api_key), None)
+        return [*fields, *picker.values(), gr.update(choices=actions.voice_choices(server_url, api_key))]
 
-    page.load_button.click(load_model, inputs={*connection, *model_fields}, outputs=page.model_message, **PRIVATE)
-    page.status_button.click(server_status, inputs=connection, outputs=page.model_message, **PRIVATE)
+    def pick(server_url: str, api_key: str, current: str):
+        """The models the server has now, with `current` picked if it still is one of them."""
+        return model_updates(page, actions.loaded_models(server_url, api_key), current)
+
+    picker_outputs = [page.model, page.mode, page.speaker, page.languages_tab]
+    refresh_picker = dict(
+        fn=pick, inputs=[page.server_url, page.api_key, page.model], outputs=picker_outputs, **PRIVATE
+    )
+    page.load_button.click(load_model, inputs={*connection, *model_fields}, outputs=page.model_message, **PRIVATE).then(
+        **refresh_picker, show_progress="hidden"
+    )
+    page.status_button.click(server_status, inputs=connection, outputs=page.model_message, **PRIVATE).then(
+        **refresh_picker, show_progress="hidden"
+    )
+    page.model.input(**refresh_picker, show_progress="hidden")
     demo.load(
         from_server,
         inputs=[page.server_url, page.api_key],
-        outputs=[*model_fields, page.voice_id],
+        outputs=[*model_fields, *picker_outputs, page.voice_id],
         show_progress="hidden",
         **PRIVATE,
     )
@@ -182,8 +211,8 @@ def wire_voices(page: Page, actions: Actions) -> None:
     def refresh(server_url: str, api_key: str):
         return gr.update(choices=actions.voice_choices(server_url, api_key))
 
-    def save(lang: str, server_url: str, api_key: str, name: str, clip: str | None, transcript: str):
-        choices, voice_id, message = actions.save_voice(lang, server_url, api_key, name, clip, transcript)
+    def save(lang: str, server_url: str, api_key: str, name: str, clip: str | None, transcript: str, model: str):
+        choices, voice_id, message = actions.save_voice(lang, server_url, api_key, name, clip, transcript, model)
         return gr.update(choices=choices, value=voice_id), message
 
     def delete(lang: str, server_url: str, api_key: str, voice_id: str):
@@ -203,7 +232,7 @@ def wire_voices(page: Page, actions: Actions) -> None:
     page.refresh_voices.click(refresh, inputs=[page.server_url, page.api_key], outputs=page.voice_id, **PRIVATE)
     page.save_voice.click(
         save,
-        inputs=[*connection, page.voice_name, page.reference_audio, page.reference_text],
+        inputs=[*connection, page.voice_name, page.reference_audio, page.reference_text, page.model],
         outputs=[page.voice_id, page.message],
         **PRIVATE,
     )

@@ -88,6 +88,15 @@ class Page:
                     )
 
                 with make(gr.Tab, i18n={"label": "tab.inference"}, id="inference"):
+                    # The loaded models (GET /v1/models); what does not apply to the picked one hides.
+                    self.model = make(
+                        gr.Dropdown,
+                        i18n={"label": "inference.model", "info": "inference.model.info"},
+                        choices=[synth.model],
+                        value=synth.model,
+                        allow_custom_value=True,  # the page may start before the server lists its models
+                        elem_id="fishtts-model",
+                    )
                     self.text = make(
                         gr.Textbox,
                         i18n={"label": "inference.text", "placeholder": "inference.text.placeholder"},
@@ -110,7 +119,10 @@ class Page:
                         with make(gr.Tab, i18n={"label": "tab.params"}):
                             make(gr.Markdown, i18n={"value": "params.markdown"})
                             self.mode = make(
-                                gr.Dropdown, i18n={"label": "params.mode", "choices": MODES}, value=synth.mode
+                                gr.Dropdown,
+                                i18n={"label": "params.mode", "choices": MODES},
+                                value=synth.mode,
+                                elem_id="fishtts-mode",
                             )
                             self.max_new_tokens = make(
                                 gr.Slider,
@@ -157,6 +169,7 @@ class Page:
                             self.speaker = make(
                                 gr.Textbox,
                                 i18n={"label": "params.speaker", "placeholder": "params.speaker.placeholder"},
+                                elem_id="fishtts-speaker",
                             )
                             with gr.Row():
                                 self.seed = make(
@@ -186,7 +199,9 @@ class Page:
                                 elem_id="fishtts-stream",
                             )
 
-                        with make(gr.Tab, i18n={"label": "tab.languages"}):
+                        with make(
+                            gr.Tab, i18n={"label": "tab.languages"}, elem_id="fishtts-languages"
+                        ) as self.languages_tab:
                             make(gr.Markdown, i18n={"value": "languages.markdown"})
                             self.language_1, self.language_2, self.language_3 = (
                                 make(gr.Dropdown, i18n={"label": key, "choices": LANGUAGE_CHOICES}, value=value)
