@@ -21,13 +21,14 @@ import torch
 from .audio import SAMPLE_RATE
 from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, LM_FILENAME, VQGAN_FILENAME
 from .device import lm_dtype, resolve_device
-from .frontend import PromptText, read_piece, read_text
-from .lm import Sequence, encode_prompt, frames_to_codes, load_lm, load_tokenizer
-from .lm.autotune import model_paths
+from .families import FAMILIES, FISH_SPEECH_V02, OPENAUDIO_S1_MINI, ModelFamily
+from .families.fish_speech import FishSpeech
+from .families.openaudio import OpenAudioS1
+from .frontend import PromptText
+from .lm import load_lm, load_tokenizer
 from .lm.compile import uses_static_cache
 from .lm.config import PRESETS as LM_PRESETS
-from .lm.generate import budget_new_frames
-from .lm.quantize import QUANT_MODES, is_quantized, quantization
+from .lm.quantize import QUANT_MODES
 from .lm.tokenizer import resolve_tokenizer_dir
 from .reference import prepare_reference
 from .request import SynthesisRequest
@@ -36,10 +37,10 @@ from .speech import SpeechStream
 from .text.split import MAX_SEGMENT_WEIGHT
 from .vqgan import load_vqgan
 from .vqgan.config import PRESETS as VQGAN_PRESETS
-from .vqgan.config import VQConfig
 from .vqgan.load import VQGAN_PRECISIONS
 
-FAMILY = "fish-speech-v0.2"
+FAMILY = FISH_SPEECH_V02  # what `load` loads
+S1_FAMILY = OPENAUDIO_S1_MINI  # what `load_s1` loads
 DEFAULT_LM_CHECKPOINT = str(DEFAULT_CHECKPOINTS_DIR / LM_FILENAME)
 DEFAULT_VQGAN_CHECKPOINT = str(DEFAULT_CHECKPOINTS_DIR / VQGAN_FILENAME)
 DEFAULT_LM_CONFIG = "text2semantic_finetune"
@@ -52,7 +53,7 @@ T = TypeVar("T")
 class EngineInfo:
     """What callers may know about a loaded engine, without reaching into its models."""
 
-    family: str  # the model family; another family plugs in behind the same door with its own
+    family: str  # the model family (core/families): FAMILY or S1_FAMILY
     device: str
     precision: str | None  # the LM's weight dtype (None: no LM)
     quantize: str  # "none", "int8" or "int4"
@@ -87,16 +88,16 @@ def default_max_batch(device: torch.device, lm=None) -> int:
     if device.type != "cuda" or lm is None:
         return 8
     cfg = lm.config
-    dtype = lm.kv_cache_dtype or lm.embeddings.weight.dtype
+    dtype = getattr(lm, "kv_cache_dtype", None) or lm.embeddings.weight.dtype
     per_slot = 2 * cfg.n_layer * cfg.n_local_heads * cfg.max_seq_len * cfg.head_dim * dtype.itemsize
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(16, int(0.5 * free // per_slot)))
 
 
 class TTSEngine:
-    """Text -> codes -> audio. With an LM, all model work runs on one scheduler thread that batches
-    the decode steps of concurrent requests (core/scheduler.py); without one (VQGAN only), calls
-    run directly under a lock."""
+    """Text -> codes -> audio for one loaded model family (core/families). With an LM, all model work
+    runs on one scheduler thread that batches the decode steps of concurrent requests
+    (core/scheduler.py); without one (a codec only), calls run directly under a lock."""
 
     def __init__(
         self,
@@ -107,13 +108,14 @@ class TTSEngine:
         device: torch.device | str = "cpu",
         compile: bool = False,
         max_batch_size: int | None = None,
+        family: ModelFamily | None = None,
     ):
-        self.lm = lm
-        self.tokenizer = tokenizer
-        self.vqgan = vqgan
+        """A v0.2 engine from its parts, or any `family` (then lm/tokenizer/vqgan are not given)."""
+        self.family = family or FishSpeech(lm, tokenizer, vqgan)
+        self.lm = self.family.lm
         self.device = torch.device(device)
         self.compile = compile
-        self.max_batch_size = max_batch_size or default_max_batch(self.device, lm)
+        self.max_batch_size = max_batch_size or default_max_batch(self.device, self.lm)
         self.lock = threading.RLock()
         self._scheduler: Scheduler | None = None
 
@@ -134,7 +136,7 @@ class TTSEngine:
         max_batch_size: int | None = None,
         vqgan_precision: str = "float32",
     ) -> TTSEngine:
-        """Load the parts whose checkpoint is given (None skips the LM or the VQGAN).
+        """Load the Fish Speech v0.2 parts whose checkpoint is given (None skips the LM or the VQGAN).
 
         `quantize="int8"` / `"int4"` stores the LM's linears as int8 / int4 (~4x / ~6x less to read per
         token than float32 on CPU). `vqgan_precision="bfloat16"` decodes audio in bfloat16.
@@ -152,54 +154,62 @@ class TTSEngine:
             compile_decode(lm)
         return cls(lm=lm, tokenizer=tok, vqgan=vqgan, device=dev, compile=compile, max_batch_size=max_batch_size)
 
+    @classmethod
+    def load_s1(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        device: str | None = None,
+        precision: str | None = None,
+        quantize: str | None = None,
+        compile: bool = False,
+        max_batch_size: int | None = None,
+    ) -> TTSEngine:
+        """Load an OpenAudio S1-mini folder as downloaded (config.json, model.pth, codec.pth,
+        tokenizer.tiktoken, special_tokens.json). `compile` is accepted for a uniform door; the S1
+        decode step runs eagerly."""
+        family = OpenAudioS1.load(folder, device=device, precision=precision, quantize=quantize)
+        return cls(family=family, device=family.model.device, max_batch_size=max_batch_size)
+
     # -- what callers may know -------------------------------------------------------------
 
     @functools.cached_property
     def info(self) -> EngineInfo:
         """Fixed once loaded, so built once: request paths read it (sample rate, codebook size)."""
-        lm, vqgan = self.lm, self.vqgan
         return EngineInfo(
-            family=FAMILY,
+            family=self.family.name,
             device=str(self.device),
-            precision=None if lm is None else str(lm.output.weight.dtype).removeprefix("torch."),
-            quantize="none" if lm is None else quantization(lm),
             compiled=self.compile,
             max_batch_size=self.max_batch_size,
-            context=None if lm is None else lm.config.max_seq_len,
-            num_codebooks=lm.config.num_codebooks
-            if lm is not None
-            else (vqgan.config.vq.codebook_groups if vqgan is not None else None),
-            codebook_size=None if vqgan is None else vqgan.config.vq.codebook_size,
-            sample_rate=SAMPLE_RATE if vqgan is None else vqgan.config.sample_rate,
-            frame_rate=None if vqgan is None else vqgan.config.sample_rate / vqgan.config.samples_per_code,
-            vqgan_precision=None if vqgan is None else str(vqgan.decode_dtype).removeprefix("torch."),
-            lm_paths=self.lm_paths,
+            phonemes=self.family.phonemes,
+            **self.family.describe(),
         )
-
-    # -- parts -----------------------------------------------------------------------------
-
-    def _need(self, part: str):
-        value = getattr(self, part)
-        if value is None:
-            raise RuntimeError(f"this engine was loaded without the {part}")
-        return value
 
     @property
     def lm_paths(self) -> dict[str, dict[str, str]]:
         """The code computing the LM's linears per weight format, {"int8": {"decode": ..., "prefill": ...}}
         (core/lm/paths.py, chosen at load by core/lm/autotune.py); {} without an LM or off the CPU."""
-        if self.lm is None or self.device.type != "cpu":
-            return {}
-        return model_paths(self.lm)
+        return self.info.lm_paths
+
+    # -- parts -----------------------------------------------------------------------------
+
+    def _need_lm(self):
+        if self.lm is None:
+            raise RuntimeError("this engine was loaded without the lm")
+        return self.lm
+
+    def _need_codec(self):
+        if not self.family.has_codec:
+            raise RuntimeError("this engine was loaded without the vqgan")
 
     @property
     def scheduler(self) -> Scheduler:
         """The thread that owns the LM (started on first use)."""
-        lm = self._need("lm")
+        lm = self._need_lm()
         with self.lock:
             if self._scheduler is None:
                 static = self.compile and uses_static_cache(lm)  # CUDA graphs want one batch shape
-                self._scheduler = Scheduler(lm, self.max_batch_size, static=static)
+                self._scheduler = Scheduler(self.family.stepper(), self.max_batch_size, static=static)
             return self._scheduler
 
     @property
@@ -225,23 +235,22 @@ class TTSEngine:
     # -- audio <-> codes -------------------------------------------------------------------
 
     def encode_reference(self, audio: np.ndarray) -> np.ndarray:
-        """Mono float32 audio at the codec's rate -> codes [4, T] int64."""
-        vqgan = self._need("vqgan")
-        audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
-        codes = self._model_call(lambda: vqgan.encode(audio))  # the VQGAN checks shape and length
-        return codes.cpu().numpy().astype(np.int64)
+        """Mono float32 audio at the codec's rate -> codes [codebooks, T] int64."""
+        self._need_codec()
+        return self._model_call(lambda: self.family.encode(audio))
 
     def decode_codes(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Codes [4, T] -> mono float32 audio at the codec's rate (in one piece)."""
-        vqgan = self._need("vqgan")
-        audio = self._model_call(lambda: vqgan.decode(codes))  # the VQGAN checks shape, dtype and range
-        return audio.reshape(-1).float().cpu().numpy()
+        """Codes [codebooks, T] -> mono float32 audio at the codec's rate (in one piece)."""
+        self._need_codec()
+        return self._model_call(lambda: self.family.decode(codes))
 
     # -- text -> codes ---------------------------------------------------------------------
 
     def _check(self, request: SynthesisRequest) -> np.ndarray | None:
         """Request limits that depend on the model; the reference's codes."""
-        context = self._need("lm").config.max_seq_len
+        context = self.info.context
+        if context is None:
+            self._need_lm()
         if request.max_frames > context:
             raise ValueError(f"max_new_tokens: {request.max_frames} exceeds the model's context of {context}.")
         if request.reference is None:
@@ -250,34 +259,13 @@ class TTSEngine:
 
     def encode_prompt(self, request: SynthesisRequest) -> torch.Tensor:
         """The LM's input [1 + codebooks, L (+ T)] for the request's whole text as one prompt."""
-        piece = read_piece(
-            request.text, request.transcript, use_g2p=request.use_g2p, speaker=request.speaker, order=request.order
-        )
-        return self._prompt_tensor(piece, self._check(request))
-
-    def _prompt_tensor(self, piece: PromptText, reference_codes: np.ndarray | None) -> torch.Tensor:
-        codes = None if reference_codes is None else torch.as_tensor(reference_codes)
-        return encode_prompt(self._need("tokenizer"), piece.prompt, codes, self._need("lm").config.num_codebooks)
+        return self.family.prompt(self.family.whole_piece(request), request, self._check(request))
 
     def _sequences(
         self, request: SynthesisRequest, prompt: torch.Tensor, count: int, seed: int | None, ignore_stop: bool
-    ) -> list[Sequence]:
-        lm = self._need("lm")
-        budget = budget_new_frames(prompt.shape[1], request.max_frames, lm.config.max_seq_len)
-        code_limit = (self.info.codebook_size or VQConfig().codebook_size) if request.code_mask else None
-        return [
-            Sequence(
-                prompt,
-                budget,
-                request.sampling,
-                self._need("tokenizer").eos_token_id,
-                generator,
-                code_limit,
-                fast_sampling=is_quantized(lm),  # the int8 path is not bit-exact anyway
-                ignore_stop=ignore_stop,
-            )
-            for generator in sample_generators(self.device, seed, count)
-        ]
+    ) -> list:
+        generators = sample_generators(self.device, seed, count)
+        return self.family.sequences(request, prompt, generators, ignore_stop)
 
     def generate_codes(
         self,
@@ -288,10 +276,10 @@ class TTSEngine:
         progress: Callable[[], None] | None = None,
         ignore_stop: bool = False,
     ) -> list[np.ndarray]:
-        """Codes [4, n] per sample for the whole text as one prompt (`encode_prompt`'s, unless given;
-        the samples decode as one batch); dtype int32, or int64 with int64 reference codes (as the
-        original). `progress` is called once per step; `ignore_stop` (benchmarks: random weights stop
-        anywhere) runs the whole budget."""
+        """Codes [codebooks, n] per sample for the whole text as one prompt (`encode_prompt`'s, unless
+        given; the samples decode as one batch); v0.2: dtype int32, or int64 with int64 reference codes
+        (as the original). `progress` is called once per step; `ignore_stop` (benchmarks: random weights
+        stop anywhere) runs the whole budget."""
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
         if num_samples > self.max_batch_size:
@@ -320,26 +308,17 @@ class TTSEngine:
             raise
         if errors:
             raise errors[0]
-        return [frames_to_codes(torch.stack(seq.frames, dim=1).to(prompt.dtype).cpu()).numpy() for seq in sequences]
+        return [self.family.codes(seq, prompt) for seq in sequences]
 
     # -- everything ------------------------------------------------------------------------
 
     def read_text(
         self, request: SynthesisRequest, reference_frames: int = 0, max_segment_weight: int = MAX_SEGMENT_WEIGHT
     ) -> list[PromptText]:
-        """The pieces the request's text is synthesized in (core/frontend.py), each with a prompt that
-        leaves at least half the context for its audio (a long transcript, a small model)."""
-        limit = self._need("lm").config.max_seq_len // 2
-        tokenizer = self._need("tokenizer")
-        return read_text(
-            request.text,
-            request.transcript,
-            use_g2p=request.use_g2p,
-            speaker=request.speaker,
-            order=request.order,
-            max_weight=max_segment_weight,
-            fits=lambda prompt: len(tokenizer.encode(prompt)) + reference_frames <= limit,
-        )
+        """The pieces the request's text is synthesized in (v0.2: core/frontend.py, each with a prompt
+        that leaves at least half the context for its audio; S1: the text whole, as the original)."""
+        self._need_lm()
+        return self.family.pieces(request, reference_frames, max_segment_weight)
 
     def stream(
         self,
@@ -357,14 +336,17 @@ class TTSEngine:
         generate at once: each one more at the start delays the first audio by a prompt's prefill;
         later ones join as earlier ones finish, when plenty of audio is buffered.
         """
-        self._need("vqgan")
+        self._need_codec()
         codes = self._check(request)
         pieces = self.read_text(request, 0 if codes is None else codes.shape[1], max_segment_weight)
         sequences = []
         for i, piece in enumerate(pieces):
             seed = None if request.seed is None else request.seed + i
-            sequences += self._sequences(request, self._prompt_tensor(piece, codes), 1, seed, ignore_stop)
-        return SpeechStream(self.scheduler, self.vqgan, sequences, max_parallel, progress)
+            prompt = self.family.prompt(piece, request, codes)
+            sequences += self._sequences(request, prompt, 1, seed, ignore_stop)
+        return SpeechStream(
+            self.scheduler, self.family.chunk_decoder, self.info.sample_rate, sequences, max_parallel, progress
+        )
 
     def synthesize(self, request: SynthesisRequest, *, ignore_stop: bool = False) -> np.ndarray:
         """The whole stream's audio at once (the same samples as streaming it)."""
@@ -376,6 +358,9 @@ class TTSEngine:
 
 __all__ = [
     "EngineInfo",
+    "FAMILIES",
+    "FAMILY",
+    "S1_FAMILY",
     "LM_PRESETS",
     "QUANT_MODES",
     "SAMPLE_RATE",

@@ -7,6 +7,9 @@ batch at the next step after its prefill and leaves when it stops, each with its
 position, sampling parameters, random generator and repetition window (core/lm/generate.py); the
 decode kernels are batch-invariant, so its tokens do not depend on who else is in the batch.
 
+The model comes as a `Stepper` (core/lm/stepper.py for v0.2, core/s1/batch.py for S1): the scheduler
+knows slots, sequences and failures; the stepper knows its model's prefill and batched forward.
+
 Everything that touches the models runs on this thread, so the CPU cores are never shared by two
 torch calls at once and the KV cache needs no lock. Callers talk to it through `submit` (sequences)
 and `call` (any function, run between steps by priority: lower first, then first come).
@@ -26,13 +29,10 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
-
-from .lm.generate import Sequence, decode_logits, decode_threads, prefill
-from .lm.model import Transformer
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,37 @@ class SchedulerFailed(RuntimeError):
     """The scheduler thread died; its model takes no more work until it is loaded anew."""
 
 
+class GeneratedSequence(Protocol):
+    """What the scheduler reads of a sequence (each family's `Sequence` has more)."""
+
+    finished: bool
+    last: Tensor | None  # the newest frame
+
+    def accept(self, out: Any) -> Tensor: ...
+
+
+class Stepper(Protocol):
+    """One model family's side of batched decoding."""
+
+    def setup_caches(self, slots: int, zeroed: bool) -> None: ...
+
+    def prefill(self, sequences: list, slots: list[int]) -> None:
+        """Run the sequences' (shared) prompt into their slots; each gets its first frame (`last`)."""
+
+    def forward(self, sequences: list, static_slots: int | None) -> list:
+        """One batched step: per sequence, what its `accept(out)` turns into its next frame."""
+
+    def threads(self):
+        """The context manager a step runs in (thread settings)."""
+
+
 @dataclass(eq=False)
 class Job:
     """Sequences of one prompt to generate (`len > 1`: samples sharing one prefill). `on_frame(i, frame)`
     gets sequence i's frames as they come, `on_done(error)` is called once when all have stopped, on
     the scheduler thread; both must be quick."""
 
-    sequences: list[Sequence]
+    sequences: list[GeneratedSequence]
     on_frame: Callable[[int, Tensor], None]
     on_done: Callable[[BaseException | None], None]
     owner: object = None
@@ -59,11 +83,11 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, model: Transformer, max_batch: int, static: bool = False):
+    def __init__(self, stepper: Stepper, max_batch: int, static: bool = False):
         """`static`: every step decodes all `max_batch` slots with fixed shapes (for CUDA graphs)."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
-        self.model, self.max_batch, self.static = model, max_batch, static
+        self.stepper, self.max_batch, self.static = stepper, max_batch, static
         self._free = list(range(max_batch))
         self._waiting: deque[Job] = deque()
         self._active: list[Job] = []
@@ -169,9 +193,9 @@ class Scheduler:
     def _prefill(self, job: Job) -> None:
         try:
             if not self._caches_ready:
-                self.model.setup_caches(self.max_batch, self.model.config.max_seq_len, zeroed=self.static or None)
+                self.stepper.setup_caches(self.max_batch, self.static)
                 self._caches_ready = True
-            prefill(self.model, job.sequences, job.slots)
+            self.stepper.prefill(job.sequences, job.slots)
             for i, seq in enumerate(job.sequences):
                 job.on_frame(i, seq.last)
         except Exception as exc:  # noqa: BLE001 - a bad job fails alone
@@ -184,11 +208,9 @@ class Scheduler:
     def _step(self) -> None:
         running = [(job, i, seq) for job in self._active for i, seq in enumerate(job.sequences) if not seq.finished]
         failed: dict[Job, BaseException] = {}
-        with decode_threads(self.model):
+        with self.stepper.threads():
             try:
-                logits = decode_logits(
-                    self.model, [seq for _, _, seq in running], self.max_batch if self.static else None
-                )
+                logits = self.stepper.forward([seq for _, _, seq in running], self.max_batch if self.static else None)
             except Exception as exc:  # noqa: BLE001 - no job of this batch can go on
                 log.exception("decode step failed")
                 logits, failed = [], {job: exc for job, _, _ in running}

@@ -1,7 +1,7 @@
 """One synthesis request as a stream of audio chunks, in order, while the rest is still being made.
 
 Text segments (core/text/split.py) each become one sequence in the batch scheduler, up to
-`max_parallel` of them at a time; every frame goes into that segment's StreamingDecoder, whose
+`max_parallel` of them at a time; every frame goes into that segment's streaming codec decoder, whose
 chunks are decoded on the scheduler thread as soon as no later code can change them, a segment's
 only once the segments before it are generated (their audio is needed first). The consumer iterates
 the chunks of segment 0, then 1, ...; where two segments meet, each side is faded over a few
@@ -17,23 +17,39 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from torch import Tensor
 
-from .lm.generate import CODE_OFFSET, Sequence
-from .scheduler import Cancelled, Job, Scheduler
-from .vqgan.model import VQGAN
-from .vqgan.streaming import StreamingDecoder
+from .scheduler import Cancelled, GeneratedSequence, Job, Scheduler
 
 JOIN_FADE_SECONDS = 0.005
+
+
+class ChunkDecoder(Protocol):
+    """A codec's streaming decoder as the stream drives it (core/vqgan/streaming.py, core/s1/codec/chunks.py)."""
+
+    done: bool  # every pushed code's audio was returned
+
+    def push(self, codes: Tensor) -> None: ...
+
+    def chunk_ready(self, final: bool = False) -> bool: ...
+
+    def chunks(self, final: bool = False, limit: int | None = None) -> list[np.ndarray]: ...
+
+
+class StreamedSequence(GeneratedSequence, Protocol):
+    ends_with_audio: bool  # whether the sequence's last frame is audio (else a stop frame)
+
+    def audio_codes(self, frame: Tensor) -> Tensor: ...
 
 
 @dataclass(eq=False)
 class Segment:
     index: int
-    sequence: Sequence
-    decoder: StreamingDecoder
+    sequence: StreamedSequence
+    decoder: ChunkDecoder
     pending: Tensor | None = None  # the newest frame: kept back until we know it is not the stop frame
     generated: bool = False  # the LM is done with it
     decoding: bool = False  # a decode task is queued or running
@@ -42,25 +58,27 @@ class Segment:
 
 
 class SpeechStream:
-    """Iterate for mono float32 chunks at the VQGAN's rate; `cancel()` (or closing the iterator)
+    """Iterate for mono float32 chunks at the codec's rate; `cancel()` (or closing the iterator)
     stops the generation and frees the scheduler's slots."""
 
     def __init__(
         self,
         scheduler: Scheduler,
-        vqgan: VQGAN,
-        sequences: list[Sequence],
+        new_decoder: Callable[[], ChunkDecoder],
+        sample_rate: int,
+        sequences: list[StreamedSequence],
         max_parallel: int = 4,
         progress: Callable[[], None] | None = None,
     ):
-        """`progress`, if given, is called (on the scheduler thread) for every generated frame."""
+        """`new_decoder()` makes one segment's codec decoder; `progress`, if given, is called (on the
+        scheduler thread) for every generated frame."""
         if not sequences:
             raise ValueError("nothing to synthesize")
-        self.scheduler, self.vqgan = scheduler, vqgan
-        self.segments = [Segment(i, seq, StreamingDecoder(vqgan)) for i, seq in enumerate(sequences)]
+        self.scheduler = scheduler
+        self.segments = [Segment(i, seq, new_decoder()) for i, seq in enumerate(sequences)]
         self.max_parallel = max(1, min(max_parallel, scheduler.max_batch))
         self.progress = progress
-        self.sample_rate = vqgan.config.sample_rate
+        self.sample_rate = sample_rate
         self.fade = int(JOIN_FADE_SECONDS * self.sample_rate)
         self._changed = threading.Condition()
         self._error: BaseException | None = None
@@ -144,7 +162,7 @@ class SpeechStream:
         if self.progress is not None:
             self.progress()
         if segment.pending is not None:
-            segment.decoder.push(segment.pending[1:, None].long() - CODE_OFFSET)
+            segment.decoder.push(segment.sequence.audio_codes(segment.pending))
         segment.pending = frame
         self._maybe_decode(segment)
 
@@ -152,7 +170,9 @@ class SpeechStream:
         if error is not None:
             self._fail(error)
             return
-        segment.pending = None  # the stop frame (or the budget's last frame) is not audio
+        if segment.pending is not None and segment.sequence.ends_with_audio:
+            segment.decoder.push(segment.sequence.audio_codes(segment.pending))
+        segment.pending = None  # else the stop frame (or, for v0.2, the budget's last frame) is not audio
         segment.generated = True
         for later in self.segments[segment.index :]:  # a later one may have been waiting for this one
             self._maybe_decode(later)

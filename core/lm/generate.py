@@ -92,6 +92,13 @@ class Sequence:
         """Where `last` goes when it is fed back."""
         return self.prompt.shape[1] + self.steps - 1
 
+    ends_with_audio = False  # the last frame (stop, or the budget's last) is never decoded, as the original
+
+    @staticmethod
+    def audio_codes(frame: Tensor) -> Tensor:
+        """A frame's VQ codes for the codec, [C, 1]."""
+        return frame[1:, None].long() - CODE_OFFSET
+
     def accept(self, out: ForwardResult) -> Tensor:
         """Sample the next frame from this sequence's logits [1, 1, ...] and advance."""
         first = self.steps == 0

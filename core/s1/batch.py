@@ -10,6 +10,7 @@ generate.py: a scheduler drives these two functions instead of `generate`.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -41,15 +42,30 @@ class S1Sequence:
         """Where the newest frame goes when it is fed back."""
         return self.prompt.size(1) + len(self.frames) - 1
 
+    @property
+    def last(self) -> Tensor | None:
+        return self.frames[-1] if self.frames else None
+
+    @property
+    def ends_with_audio(self) -> bool:
+        """Whether the last frame is audio: yes unless it is the <|im_end|> frame."""
+        return not self.stopped
+
+    @staticmethod
+    def audio_codes(frame: Tensor) -> Tensor:
+        """A frame's codes for the codec, [N, 1]."""
+        return frame[1:, None].long()
+
     def window(self) -> Tensor | None:
         return None if not self.frames else penalty_window(self.history, len(self.frames) - 1)
 
-    def accept(self, frame: Tensor) -> None:
+    def accept(self, frame: Tensor) -> Tensor:
         if self.frames:
             self.history[:, len(self.frames) - 1] = frame
         self.frames.append(frame)
         self.stopped = bool(frame[0] == self.im_end_id)
         self.finished = self.stopped or len(self.frames) >= self.budget
+        return frame
 
     def codes(self) -> Tensor:
         """[N, F] for the codec, without the <|im_end|> frame."""
@@ -78,8 +94,8 @@ def prefill(model: DualARTransformer, sequence: S1Sequence, slot: int) -> Tensor
 
 
 @torch.inference_mode()
-def decode_step(model: DualARTransformer, sequences: list[S1Sequence]) -> list[Tensor]:
-    """Advance every (unfinished) sequence by one frame, all in one batched step; returns the new frames."""
+def next_frames(model: DualARTransformer, sequences: list[S1Sequence]) -> list[Tensor]:
+    """Every (unfinished) sequence's next frame, all in one batched step, not yet accepted."""
     if any(s.finished for s in sequences):
         raise ValueError("decode_step got a finished sequence")
     device = model.norm.weight.device
@@ -93,6 +109,30 @@ def decode_step(model: DualARTransformer, sequences: list[S1Sequence]) -> list[T
         [s.window() for s in sequences],
         [s.generator for s in sequences],
     )
-    for sequence, frame in zip(sequences, frames, strict=True):
-        sequence.accept(frame)
     return list(frames)
+
+
+def decode_step(model: DualARTransformer, sequences: list[S1Sequence]) -> list[Tensor]:
+    """Advance every (unfinished) sequence by one frame, all in one batched step; returns the new frames."""
+    return [s.accept(frame) for s, frame in zip(sequences, next_frames(model, sequences), strict=True)]
+
+
+class S1Stepper:
+    """The Dual-AR as core/scheduler.py drives it. The fast stack samples inside the batched step, so a
+    failing draw fails that step's batch (the v0.2 stepper samples per sequence)."""
+
+    def __init__(self, model: DualARTransformer):
+        self.model = model
+
+    def setup_caches(self, slots: int, zeroed: bool) -> None:
+        self.model.setup_caches(slots, self.model.config.max_seq_len)
+
+    def prefill(self, sequences: list[S1Sequence], slots: list[int]) -> None:
+        for sequence, slot in zip(sequences, slots, strict=True):  # samples of one prompt: each prefilled
+            prefill(self.model, sequence, slot)
+
+    def forward(self, sequences: list[S1Sequence], static_slots: int | None) -> list[Tensor]:
+        return next_frames(self.model, sequences)
+
+    def threads(self):
+        return contextlib.nullcontext()

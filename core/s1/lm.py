@@ -20,13 +20,20 @@ from .layers import RMSNorm, SwiGLU, apply_rope, rope_table
 
 
 class KVCache(nn.Module):
-    """Keys and values of one layer: [batch, n_kv_heads, length, head_dim], written at given positions."""
+    """Keys and values of one layer: [batch, n_kv_heads, length, head_dim], written at given positions.
 
-    def __init__(self, batch: int, length: int, n_heads: int, head_dim: int, dtype: torch.dtype, device=None):
+    `zeroed=False` leaves the memory uninitialised, so a CPU cache's pages are committed only as positions
+    are written (a full-context slot of S1-mini is ~1.9 GB in float32): the slow stack only ever reads the
+    prefix a slot has written."""
+
+    def __init__(
+        self, batch: int, length: int, n_heads: int, head_dim: int, dtype: torch.dtype, device=None, zeroed=True
+    ):
         super().__init__()
         shape = (batch, n_heads, length, head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        make = torch.zeros if zeroed else torch.empty
+        self.register_buffer("k_cache", make(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", make(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: Tensor, k: Tensor, v: Tensor, slot: int = 0) -> tuple[Tensor, Tensor]:
         """Write k, v [B, H, S, D] at `input_pos` of slots slot .. slot + B - 1; return those slots."""
@@ -163,8 +170,9 @@ class DualARTransformer(nn.Module):
         if self.cache_length >= length and self.cache_batch == batch:
             return
         dtype, device = self.norm.weight.dtype, self.norm.weight.device
+        zeroed = torch.device(device).type != "cpu"
         for block in self.layers:
-            block.attention.kv_cache = KVCache(batch, length, c.n_local_heads, c.head_dim, dtype, device)
+            block.attention.kv_cache = KVCache(batch, length, c.n_local_heads, c.head_dim, dtype, device, zeroed)
         for block in self.fast_layers:
             block.attention.kv_cache = KVCache(
                 batch, c.num_codebooks, c.fast_n_local_heads, c.fast_head_dim, dtype, device

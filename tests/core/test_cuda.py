@@ -57,6 +57,7 @@ def test_batched_requests_on_cuda_match_their_single_runs():
     """The scheduler on the GPU: a request's greedy tokens alone and in a batch of 4 (float32; the GPU's
     matmuls may sum in another order for another batch size, so tokens, not bits, must agree)."""
     from core.lm import Sequence
+    from core.lm.stepper import LMStepper
     from core.scheduler import Job, Scheduler
 
     model = load_lm(PARITY / "llama_state_dict.pt", CONFIG, device="cuda", dtype=torch.float32)
@@ -64,7 +65,7 @@ def test_batched_requests_on_cuda_match_their_single_runs():
     prompts = [torch.from_numpy(np.load(PARITY / "case5_generate.npz")["prompt"])[:, :n] for n in (20, 14, 9, 17)]
 
     def run(batch: list[torch.Tensor]) -> list[torch.Tensor]:
-        scheduler = Scheduler(model, max_batch=4)
+        scheduler = Scheduler(LMStepper(model), max_batch=4)
         sequences = [Sequence(p, 24, params, eos_token_id=2, code_limit=160, ignore_stop=True) for p in batch]
         done = []
         for seq in sequences:

@@ -13,6 +13,7 @@ from core.lm import SamplingParams, Sequence, load_lm
 from core.lm.generate import budget_new_frames
 from core.lm.model import ForwardResult
 from core.lm.sampling import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY, NonFiniteLogits, apply_repetition_penalty
+from core.lm.stepper import LMStepper
 from core.scheduler import Job, Scheduler, SchedulerFailed
 from tests.paths import PARITY
 
@@ -79,7 +80,7 @@ def codes(seq: Sequence) -> np.ndarray:
 
 
 def run_alone(model, seq: Sequence) -> np.ndarray:
-    scheduler = Scheduler(model, max_batch=1)
+    scheduler = Scheduler(LMStepper(model), max_batch=1)
     collector = Collector(scheduler)
     collector.submit(0, seq)
     collector.wait(0)
@@ -102,7 +103,7 @@ SPECS = [
 
 def test_every_request_gets_the_same_codes_alone_and_in_a_batch_of_8(model):
     alone = [run_alone(model, request(model, *spec)) for spec in SPECS]
-    scheduler = Scheduler(model, max_batch=8)
+    scheduler = Scheduler(LMStepper(model), max_batch=8)
     collector = Collector(scheduler)
     batched = [request(model, *spec) for spec in SPECS]
     for key, seq in enumerate(batched):
@@ -116,7 +117,7 @@ def test_every_request_gets_the_same_codes_alone_and_in_a_batch_of_8(model):
 
 def test_requests_join_and_leave_mid_generation(model):
     alone = [run_alone(model, request(model, *spec)) for spec in SPECS[:4]]
-    scheduler = Scheduler(model, max_batch=2)  # fewer slots than requests: the later ones wait for a slot
+    scheduler = Scheduler(LMStepper(model), max_batch=2)  # fewer slots than requests: the later ones wait for a slot
     collector = Collector(scheduler)
     seqs = [request(model, *spec) for spec in SPECS[:4]]
     # request 1 joins when request 0 is 10 frames in; 2 and 3 queue behind them
@@ -130,7 +131,7 @@ def test_requests_join_and_leave_mid_generation(model):
 
 def test_a_failing_request_does_not_disturb_the_others(model):
     alone = run_alone(model, request(model, *SPECS[2]))
-    scheduler = Scheduler(model, max_batch=4)
+    scheduler = Scheduler(LMStepper(model), max_batch=4)
     collector = Collector(scheduler)
     good = request(model, *SPECS[2])
     bad = request(model, *SPECS[1])
@@ -147,7 +148,7 @@ def test_a_failing_request_does_not_disturb_the_others(model):
 def test_static_shape_batches_agree_with_the_dynamic_path(model):
     """The CUDA-graph path (all slots every step, masks over the whole cache), checked on CPU."""
     dynamic = [run_alone(model, request(model, *spec)) for spec in SPECS[:3] if spec[2] is GREEDY]
-    scheduler = Scheduler(model, max_batch=4, static=True)
+    scheduler = Scheduler(LMStepper(model), max_batch=4, static=True)
     collector = Collector(scheduler)
     seqs = [request(model, *spec) for spec in SPECS[:3] if spec[2] is GREEDY]
     for key, seq in enumerate(seqs):
@@ -160,7 +161,7 @@ def test_static_shape_batches_agree_with_the_dynamic_path(model):
 
 
 def test_cancel_drops_waiting_and_active_work(model):
-    scheduler = Scheduler(model, max_batch=1)
+    scheduler = Scheduler(LMStepper(model), max_batch=1)
     collector = Collector(scheduler)
     first, second = request(model, 10, 1, GREEDY, 0), request(model, 10, 2, GREEDY, 0)  # 0: fill the context
     first.ignore_stop = second.ignore_stop = True  # long enough to be cancelled while running
@@ -178,7 +179,7 @@ def test_cancel_drops_waiting_and_active_work(model):
 
 
 def test_tasks_run_between_steps_and_report_errors(model):
-    scheduler = Scheduler(model, max_batch=1)
+    scheduler = Scheduler(LMStepper(model), max_batch=1)
     assert scheduler.run(lambda: 41 + 1) == 42
     with pytest.raises(ZeroDivisionError):
         scheduler.run(lambda: 1 / 0)
@@ -210,7 +211,7 @@ def nan_logits(seq, out):
 @pytest.mark.parametrize("fault", [raise_error, nan_logits], ids=["exception", "nan-logits"])
 def test_a_fault_in_one_sequences_sampling_fails_it_alone_mid_batch(model, fault):
     alone = run_alone(model, request(model, *SPECS[2]))
-    scheduler = Scheduler(model, max_batch=4)
+    scheduler = Scheduler(LMStepper(model), max_batch=4)
     collector = Collector(scheduler)
     good = request(model, *SPECS[2])
     bad = faulty(request(model, *SPECS[1]), fault)
@@ -253,7 +254,7 @@ def test_at_the_penalty_bounds_logits_stay_finite(model):
 
 
 def test_a_dead_scheduler_fails_every_waiting_and_later_job(model):
-    scheduler = Scheduler(model, max_batch=1)
+    scheduler = Scheduler(LMStepper(model), max_batch=1)
     collector = Collector(scheduler)
 
     def broken_admit():

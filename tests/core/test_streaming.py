@@ -95,7 +95,7 @@ def test_stream_chunks_are_the_non_streamed_audio(tiny_engine):
     codes = tiny_engine.generate_codes(request)[0]
     one_shot = tiny_engine.decode_codes(codes)
     assert np.abs(np.concatenate(chunks) - one_shot).max() <= network_atol(
-        one_shot, longest_reduction(tiny_engine.vqgan)
+        one_shot, longest_reduction(tiny_engine.family.vqgan)
     )
 
 

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from starlette.testclient import TestClient
 
+import core.lm.stepper
 import core.scheduler
 from core.lm.generate import Sequence
 from tests.server.helpers import FAST, WEBUI_LOAD
@@ -21,7 +22,7 @@ def test_crash_inside_generation_is_a_clean_500_and_releases_everything(client, 
     def explode(*args, **kwargs):
         raise RuntimeError("CUDA exploded in /home/someone/secret/place")
 
-    monkeypatch.setattr(core.scheduler, "decode_logits", explode)  # inside the batch scheduler's thread
+    monkeypatch.setattr(core.lm.stepper, "decode_logits", explode)  # inside the batch scheduler's thread
     with caplog.at_level(logging.ERROR, logger="fishtts.server"):
         response = client.post("/v1/models/default/invoke", json={"text": "hello", **FAST})
     assert response.status_code == 500
@@ -121,7 +122,7 @@ def test_a_500_is_answered_and_logged_once_never_raised_to_the_server(loaded, mo
     def explode(*args, **kwargs):
         raise RuntimeError("injected decode fault")
 
-    monkeypatch.setattr(core.scheduler, "decode_logits", explode)
+    monkeypatch.setattr(core.lm.stepper, "decode_logits", explode)
     strict = TestClient(loaded.app, base_url="http://127.0.0.1", raise_server_exceptions=True)
     with caplog.at_level(logging.ERROR):
         response = strict.post("/v1/models/default/invoke", json={"text": "hello", **FAST})

@@ -1,0 +1,105 @@
+"""Fish Speech v0.2: the LLaMA-style text2semantic LM (core/lm) and the 22,050 Hz VQGAN (core/vqgan)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..audio import SAMPLE_RATE
+from ..frontend import PromptText, read_piece, read_text
+from ..lm import Sequence, encode_prompt, frames_to_codes
+from ..lm.autotune import model_paths
+from ..lm.generate import budget_new_frames
+from ..lm.quantize import is_quantized, quantization
+from ..lm.stepper import LMStepper
+from ..request import SynthesisRequest
+from ..vqgan.config import VQConfig
+from ..vqgan.streaming import StreamingDecoder
+from . import FISH_SPEECH_V02
+
+
+class FishSpeech:
+    name = FISH_SPEECH_V02
+    phonemes = True
+
+    def __init__(self, lm=None, tokenizer=None, vqgan=None):
+        self.lm, self.tokenizer, self.vqgan = lm, tokenizer, vqgan
+        self.has_codec = vqgan is not None
+
+    def describe(self) -> dict:
+        lm, vqgan = self.lm, self.vqgan
+        on_cpu = lm is not None and lm.output.weight.device.type == "cpu"
+        return dict(
+            precision=None if lm is None else str(lm.output.weight.dtype).removeprefix("torch."),
+            quantize="none" if lm is None else quantization(lm),
+            context=None if lm is None else lm.config.max_seq_len,
+            num_codebooks=lm.config.num_codebooks
+            if lm is not None
+            else (vqgan.config.vq.codebook_groups if vqgan is not None else None),
+            codebook_size=None if vqgan is None else vqgan.config.vq.codebook_size,
+            sample_rate=SAMPLE_RATE if vqgan is None else vqgan.config.sample_rate,
+            frame_rate=None if vqgan is None else vqgan.config.sample_rate / vqgan.config.samples_per_code,
+            vqgan_precision=None if vqgan is None else str(vqgan.decode_dtype).removeprefix("torch."),
+            lm_paths=model_paths(lm) if on_cpu else {},
+        )
+
+    def stepper(self) -> LMStepper:
+        return LMStepper(self.lm)
+
+    # -- codec ---------------------------------------------------------------------------------
+
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        codes = self.vqgan.encode(torch.as_tensor(np.asarray(audio, dtype=np.float32)))  # checks shape, length
+        return codes.cpu().numpy().astype(np.int64)
+
+    def decode(self, codes) -> np.ndarray:
+        return self.vqgan.decode(codes).reshape(-1).float().cpu().numpy()  # checks shape, dtype and range
+
+    def chunk_decoder(self) -> StreamingDecoder:
+        return StreamingDecoder(self.vqgan)
+
+    # -- text -> sequences ---------------------------------------------------------------------
+
+    def pieces(self, request: SynthesisRequest, reference_frames: int, max_segment_weight: int) -> list[PromptText]:
+        """Each piece's prompt leaves at least half the context for its audio (a long transcript, a small model)."""
+        limit = self.lm.config.max_seq_len // 2
+        return read_text(
+            request.text,
+            request.transcript,
+            use_g2p=request.use_g2p,
+            speaker=request.speaker,
+            order=request.order,
+            max_weight=max_segment_weight,
+            fits=lambda prompt: len(self.tokenizer.encode(prompt)) + reference_frames <= limit,
+        )
+
+    def whole_piece(self, request: SynthesisRequest) -> PromptText:
+        return read_piece(
+            request.text, request.transcript, use_g2p=request.use_g2p, speaker=request.speaker, order=request.order
+        )
+
+    def prompt(self, piece: PromptText, request: SynthesisRequest, codes: np.ndarray | None) -> torch.Tensor:
+        codes = None if codes is None else torch.as_tensor(codes)
+        return encode_prompt(self.tokenizer, piece.prompt, codes, self.lm.config.num_codebooks)
+
+    def sequences(
+        self, request: SynthesisRequest, prompt: torch.Tensor, generators: list, ignore_stop: bool
+    ) -> list[Sequence]:
+        budget = budget_new_frames(prompt.shape[1], request.max_frames, self.lm.config.max_seq_len)
+        code_limit = self.vqgan.config.vq.codebook_size if self.vqgan else VQConfig().codebook_size
+        return [
+            Sequence(
+                prompt,
+                budget,
+                request.sampling,
+                self.tokenizer.eos_token_id,
+                generator,
+                code_limit if request.code_mask else None,
+                fast_sampling=is_quantized(self.lm),  # the int8 path is not bit-exact anyway
+                ignore_stop=ignore_stop,
+            )
+            for generator in generators
+        ]
+
+    def codes(self, sequence: Sequence, prompt: torch.Tensor) -> np.ndarray:
+        return frames_to_codes(torch.stack(sequence.frames, dim=1).to(prompt.dtype).cpu()).numpy()

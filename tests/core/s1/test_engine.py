@@ -1,0 +1,120 @@
+"""S1-mini behind the engine's door: the same TTSEngine calls as v0.2 give the original's prompts and frames,
+run through the batch scheduler, and stream audio equal to the one-shot decode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.engine import S1_FAMILY, SynthesisRequest, TTSEngine
+from core.lm.sampling import SamplingParams
+from core.request import Reference
+
+from .support import (
+    GENERATION_CASES,
+    MAX_NEW_FRAMES,
+    REF_TEXT,
+    S1_CHECKPOINT,
+    TARGET_TEXT,
+    assert_close,
+    dual_ar_cases,
+    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = TTSEngine.load_s1(S1_CHECKPOINT, device="cpu", max_batch_size=4)
+    yield engine
+    engine.close()
+
+
+def case_request(name: str, **changes) -> SynthesisRequest:
+    seed, temperature, top_p, penalty = GENERATION_CASES[name]
+    fields = dict(
+        text=TARGET_TEXT,
+        transcript=REF_TEXT,
+        reference=Reference("reference", codes=dual_ar_cases()["ref_codes"]),
+        sampling=SamplingParams(temperature=temperature, top_p=top_p, repetition_penalty=penalty),
+        max_frames=MAX_NEW_FRAMES,
+        seed=seed,
+    )
+    return SynthesisRequest(**{**fields, **changes})
+
+
+def test_info_describes_the_s1_folder(engine):
+    info = engine.info
+    codec_rows = dual_ar_cases()["ref_codes"].shape[0]
+    assert (info.family, info.phonemes, info.num_codebooks) == (S1_FAMILY, False, codec_rows)
+    codec = engine.family.codec  # the golden folder's small codec (the real one: 44,100 Hz, 2048 samples a frame)
+    assert info.sample_rate == codec.sample_rate and info.frame_rate == pytest.approx(
+        codec.sample_rate / codec.frame_length
+    )
+    assert info.quantize == "none" and info.precision == "float32" and info.context > MAX_NEW_FRAMES
+
+
+def test_the_prompt_is_the_originals(engine):
+    np.testing.assert_array_equal(engine.encode_prompt(case_request("greedy")).numpy(), dual_ar_cases()["prompt"])
+
+
+def test_concurrent_generations_through_the_scheduler_give_the_originals_codes(engine):
+    """Every golden case at once (the scheduler batches them); the budget-run cases keep their last frame,
+    which the original dropped (a documented fix), so the golden codes are ours minus the last column."""
+    import threading
+
+    cases, results = dual_ar_cases(), {}
+
+    def run(name: str) -> None:
+        results[name] = engine.generate_codes(case_request(name))[0]
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in GENERATION_CASES]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for name in GENERATION_CASES:
+        golden = cases[f"gen_{name}_codes"]
+        stopped = cases[f"gen_{name}_tokens"].shape[1] < MAX_NEW_FRAMES
+        ours = results[name] if stopped else results[name][:, :-1]
+        np.testing.assert_array_equal(ours, golden, err_msg=name)
+
+
+def test_streamed_audio_is_the_one_shot_decode_of_the_codes(engine):
+    request = case_request("sample_seed42_cli")
+    codes = engine.generate_codes(request)[0]
+    stream = engine.stream(request)
+    chunks = list(stream)
+    assert len(chunks) > 1 and stream.sample_rate == engine.info.sample_rate
+    audio = np.concatenate(chunks)
+    assert audio.size == codes.shape[1] * engine.family.codec.frame_length
+    assert_close(audio, engine.decode_codes(codes))
+    np.testing.assert_array_equal(engine.synthesize(request), audio)
+
+
+def test_reference_audio_is_encoded_by_the_s1_codec(engine):
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(engine.info.sample_rate)).astype(np.float32)
+    codes = engine.encode_reference(audio)
+    assert codes.shape == (engine.info.num_codebooks, -(-audio.size // engine.family.codec.frame_length))
+    request = case_request("greedy", reference=Reference("reference", audio=audio), max_frames=4)
+    assert engine.generate_codes(request)[0].shape[0] == engine.info.num_codebooks
+
+
+@pytest.mark.parametrize(
+    ("sampling", "message"),
+    [
+        (SamplingParams(top_k=5), "top_k"),
+        (SamplingParams(temperature=3.0), "temperature"),
+        (SamplingParams(repetition_penalty=2.5), "repetition_penalty"),
+    ],
+)
+def test_sampling_outside_s1s_rules_is_refused_naming_the_field(engine, sampling, message):
+    with pytest.raises(ValueError, match=f"^{message}:"):
+        engine.generate_codes(case_request("greedy", sampling=sampling))
+
+
+def test_a_folder_that_is_not_there_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        TTSEngine.load_s1(tmp_path / "missing")
