@@ -33,6 +33,7 @@ class LoadPlan:
     load: Callable[[], TTSEngine]  # TTSEngine.load or TTSEngine.load_s1 with the checked arguments
     shown: dict  # the choices as clients may see them (no server paths)
     replacements: dict  # server paths -> client names, for messages
+    field: str | None = None  # the body field its files came from, when one names them all
 
     def build(self) -> tuple[TTSEngine, dict]:
         try:
@@ -44,7 +45,8 @@ class LoadPlan:
                     message.split("Weights only load failed")[0] + "it holds more than tensors, and "
                     "pickled objects are never loaded."
                 )
-            raise ApiError(400, f"Cannot load the model: {scrub(message, self.replacements)}") from None
+            message = f"Cannot load the model: {scrub(message, self.replacements)}"
+            raise ApiError(400, message, param=self.field) from None
         info = engine.info
         return engine, {
             "family": info.family,
@@ -55,6 +57,9 @@ class LoadPlan:
             "max_batch_size": info.max_batch_size,
             "context": info.context,
             "sample_rate": info.sample_rate,
+            "frame_rate": info.frame_rate,
+            "num_codebooks": info.num_codebooks,
+            "codebook_size": info.codebook_size,
             "phonemes": info.phonemes,  # whether use_g2p, order and speaker apply to its requests
             "vqgan_precision": info.vqgan_precision,
             "lm_paths": info.lm_paths,
@@ -132,7 +137,7 @@ def plan_s1_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard)
         compile=_compile(spec.compile, settings),
         max_batch_size=settings.max_batch_size or None,
     )
-    return LoadPlan(load, {"s1": {"folder": guard.display(folder)}}, guard.replacements())
+    return LoadPlan(load, {"s1": {"folder": guard.display(folder)}}, guard.replacements(), field)
 
 
 def _precision(requested: str | None, settings: Settings) -> str:
