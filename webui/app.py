@@ -45,7 +45,7 @@ def form(data: dict, page: Page, form_class):
 
 def model_updates(page: Page, models: list[LoadedModel], current: str | None) -> dict:
     """The model picker's choices and choice, and the fields that apply to the picked model's family
-    only (input mode, speaker, language order) shown or hidden; hidden, the mode is plain text."""
+    only (input mode, speaker, language priority) shown or hidden; hidden, the mode is plain text."""
     name = pick_model(models, current)
     picked = next((m for m in models if m.name == name), None)
     phonemes = picked is None or picked.phonemes
@@ -53,7 +53,8 @@ def model_updates(page: Page, models: list[LoadedModel], current: str | None) ->
         page.model: gr.update(choices=[(m.label, m.name) for m in models] or [name], value=name),
         page.mode: gr.update(visible=True) if phonemes else gr.update(visible=False, value="text"),
         page.speaker: gr.update(visible=phonemes),
-        page.languages_tab: gr.update(visible=phonemes),
+        page.languages: gr.update(visible=phonemes),
+        page.languages_not_applicable: gr.update(visible=not phonemes),
     }
 
 
@@ -109,7 +110,7 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
         """The models the server has now, with `current` picked if it still is one of them."""
         return model_updates(page, actions.loaded_models(server_url, api_key), current)
 
-    picker_outputs = [page.model, page.mode, page.speaker, page.languages_tab]
+    picker_outputs = [page.model, page.mode, page.speaker, page.languages, page.languages_not_applicable]
     refresh_picker = dict(
         fn=pick, inputs=[page.server_url, page.api_key, page.model], outputs=picker_outputs, **PRIVATE
     )

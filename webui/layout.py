@@ -199,16 +199,23 @@ class Page:
                                 elem_id="fishtts-stream",
                             )
 
-                        with make(
-                            gr.Tab, i18n={"label": "tab.languages"}, elem_id="fishtts-languages"
-                        ) as self.languages_tab:
-                            make(gr.Markdown, i18n={"value": "languages.markdown"})
-                            self.language_1, self.language_2, self.language_3 = (
-                                make(gr.Dropdown, i18n={"label": key, "choices": LANGUAGE_CHOICES}, value=value)
-                                for key, value in zip(
-                                    LANGUAGE_SLOT_KEYS, (synth.language_1, synth.language_2, synth.language_3)
-                                )
+                        with make(gr.Tab, i18n={"label": "tab.languages"}):
+                            # Shown instead of the fields for a model that reads text as it is (S1-mini);
+                            # the tab stays (Gradio 6 does not hide a tab on an update).
+                            self.languages_not_applicable = make(
+                                gr.Markdown,
+                                i18n={"value": "languages.not_applicable"},
+                                visible=False,
+                                elem_id="fishtts-languages-not-applicable",
                             )
+                            with gr.Column(elem_id="fishtts-languages") as self.languages:
+                                make(gr.Markdown, i18n={"value": "languages.markdown"})
+                                self.language_1, self.language_2, self.language_3 = (
+                                    make(gr.Dropdown, i18n={"label": key, "choices": LANGUAGE_CHOICES}, value=value)
+                                    for key, value in zip(
+                                        LANGUAGE_SLOT_KEYS, (synth.language_1, synth.language_2, synth.language_3)
+                                    )
+                                )
 
                         with make(gr.Tab, i18n={"label": "tab.reference"}, id="reference"):
                             make(gr.Markdown, i18n={"value": "reference.markdown"})
