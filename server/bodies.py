@@ -98,11 +98,36 @@ def decode_base64(value: str, field: str) -> bytes:
     return data
 
 
+def inline_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with its nested models written in place: a request body's schema in
+    `openapi_extra` cannot point into pydantic's `$defs`, which are not in the OpenAPI document."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if set(node) == {"$ref"} and node["$ref"].startswith("#/$defs/"):
+                return resolve(defs[node["$ref"].removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+def openapi_msgpack_body(model: type[BaseModel]) -> dict:
+    """`openapi_extra` documenting a body sent as JSON or msgpack (the same fields)."""
+    schema = inline_schema(model)
+    content = {kind: {"schema": schema} for kind in (JSON_TYPES[0], MSGPACK_TYPES[0])}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 def openapi_body(model: type[BaseModel]) -> dict:
     """`openapi_extra` documenting both body encodings of such a route (the model's schema inline); the
     model's REQUIRED_FILES must be given (base64 in JSON, a file part in multipart) though the model has
     them optional (either may carry them)."""
-    schema = model.model_json_schema()
+    schema = inline_schema(model)
     required = {"required": list(getattr(model, "REQUIRED_FILES", ()))} if getattr(model, "REQUIRED_FILES", ()) else {}
     json_schema = {"allOf": [schema, {"type": "object", **required}]} if required else schema
     form_schema = {

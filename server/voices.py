@@ -112,7 +112,10 @@ class VoiceStore:
     def keep_codes(self, voice_id: str, family: str, codes: np.ndarray) -> None:
         """Store the codes another family's model made from the clip (a voice deleted meanwhile: nothing)."""
         name = family_codes_name(family)
-        folder = self._folder(voice_id, name)
+        try:
+            folder = self._folder(voice_id, name)
+        except VoiceNotFound:
+            return
         staging = folder / f".{name}.tmp-{uuid.uuid4().hex}"
         try:
             _write_synced(staging, _npy_bytes(codes))

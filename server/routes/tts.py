@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from core.reference import MIN_REFERENCE_SECONDS
 from core.request import OUTPUT_FORMATS, STREAM_FORMATS, Reference, SynthesisRequest
 
-from ..bodies import MSGPACK_TYPES, decode_base64, read_body
+from ..bodies import decode_base64, openapi_msgpack_body, read_body
 from ..context import ServerContext, get_ctx
 from ..schemas import TTSRequest
 from ..streaming import CONTENT_TYPES
@@ -28,20 +28,12 @@ from ..synthesis import SavedVoice, synthesize
 from . import ERROR_RESPONSES
 
 router = APIRouter(tags=["synthesis"], responses=ERROR_RESPONSES)
-OPENAPI_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            kind: {"schema": TTSRequest.model_json_schema()} for kind in ("application/json", MSGPACK_TYPES[0])
-        },
-    }
-}
 
 
 @router.post(
     "/v1/tts",
     response_class=Response,
-    openapi_extra=OPENAPI_BODY,
+    openapi_extra=openapi_msgpack_body(TTSRequest),
     responses={200: {"description": "The audio", "content": {CONTENT_TYPES[f]: {} for f in OUTPUT_FORMATS}}},
 )
 async def tts(request: Request, ctx: Annotated[ServerContext, Depends(get_ctx)]) -> Response:
