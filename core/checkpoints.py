@@ -14,11 +14,15 @@ import torch
 
 from .paths import FolderGuard
 
+FISH_SPEECH_V02 = "fish-speech-v0.2"  # the model families (core/families)
+OPENAUDIO_S1_MINI = "openaudio-s1-mini"
+FAMILIES = (FISH_SPEECH_V02, OPENAUDIO_S1_MINI)
 HF_REPO_ID = "fishaudio/speech-lm-v1"
 VQGAN_FILENAME = "vqgan-v1.pth"
 LM_FILENAME = "text2semantic-400m-v0.2-4k.pth"
 TOKENIZER_FILENAMES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 DEFAULT_CHECKPOINTS_DIR = Path("checkpoints")
+DEFAULT_S1_DIR = DEFAULT_CHECKPOINTS_DIR / OPENAUDIO_S1_MINI  # the S1 folder, as `fishtts download` lays it out
 
 
 def resolve_config(

@@ -16,9 +16,18 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, LM_FILENAME, VQGAN_FILENAME
+from .checkpoints import (
+    DEFAULT_CHECKPOINTS_DIR,
+    DEFAULT_S1_DIR,
+    FAMILIES,
+    FISH_SPEECH_V02,
+    HF_REPO_ID,
+    LM_FILENAME,
+    OPENAUDIO_S1_MINI,
+    VQGAN_FILENAME,
+)
 from .engine import DEFAULT_LM_CONFIG, DEFAULT_VQGAN_CONFIG, QUANT_MODES, VQGAN_PRECISIONS
-from .request import DEFAULT_ORDER, DEFAULT_SAMPLING, DEFAULT_SEED, DEFAULT_TEXT
+from .request import DEFAULT_ORDER, DEFAULT_SAMPLING, DEFAULT_SEED, DEFAULT_TEXT, S1_DEFAULT_SAMPLING
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".wma", ".aac", ".aiff", ".aif", ".aifc"}
 
@@ -62,21 +71,58 @@ vqgan_precision_option = click.option(
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
-    """fishtts: Fish Speech v0.2 text-to-speech with zero-shot voice cloning."""
+    """fishtts: Fish Speech v0.2 and OpenAudio S1-mini text-to-speech with zero-shot voice cloning."""
 
 
 @main.command()
-@click.option("--checkpoints-dir", type=click.Path(path_type=Path), default=DEFAULT_CHECKPOINTS_DIR, show_default=True)
 @click.option(
-    "--repo-id", default=HF_REPO_ID, show_default=True, help="Hugging Face repo (HF_ENDPOINT selects a mirror)."
+    "--model",
+    "family",
+    type=click.Choice(FAMILIES),
+    default=FISH_SPEECH_V02,
+    show_default=True,
+    help=f"Which model's files. {OPENAUDIO_S1_MINI} is a gated repo: accept its licence on Hugging Face and "
+    "set HF_TOKEN.",
+)
+@click.option(
+    "--checkpoints-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"Where to put them [default: {DEFAULT_CHECKPOINTS_DIR} for {FISH_SPEECH_V02}, {DEFAULT_S1_DIR} for "
+    f"{OPENAUDIO_S1_MINI}].",
+)
+@click.option(
+    "--repo-id", default=None, help="Another Hugging Face repo of the same layout (HF_ENDPOINT selects a mirror)."
 )
 @friendly_errors
-def download(checkpoints_dir: Path, repo_id: str):
-    """Fetch the official VQGAN, LM and tokenizer files (skips files already present)."""
-    from .checkpoints import download_checkpoints
+def download(family: str, checkpoints_dir: Path | None, repo_id: str | None):
+    """Fetch a model's official files (skips files already present)."""
+    if family == OPENAUDIO_S1_MINI:
+        from .s1.download import S1_REPO_ID, download_s1
 
-    for path in download_checkpoints(checkpoints_dir, repo_id):
+        paths = download_s1(checkpoints_dir or DEFAULT_S1_DIR, repo_id or S1_REPO_ID)
+    else:
+        from .checkpoints import download_checkpoints
+
+        paths = download_checkpoints(checkpoints_dir or DEFAULT_CHECKPOINTS_DIR, repo_id or HF_REPO_ID)
+    for path in paths:
         click.echo(str(path))
+
+
+model_option = click.option(
+    "--model",
+    "s1_folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help=f"An {OPENAUDIO_S1_MINI} folder as downloaded (config.json, model.pth, codec.pth, tokenizer files), "
+    f"e.g. {DEFAULT_S1_DIR}; without it, the {FISH_SPEECH_V02} checkpoints.",
+)
+
+
+def load_s1_engine(folder: Path, device: str | None, half: bool = False, quantize: str | None = None):
+    from .engine import TTSEngine
+
+    return TTSEngine.load_s1(folder, device=device, precision="float16" if half else None, quantize=quantize)
 
 
 @main.command()
@@ -105,6 +151,7 @@ def download(checkpoints_dir: Path, repo_id: str):
 @click.option("-cfg", "--config-name", default=DEFAULT_VQGAN_CONFIG, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
 @vqgan_precision_option
+@model_option
 @friendly_errors
 def vqgan(
     input_path: Path,
@@ -113,8 +160,9 @@ def vqgan(
     config_name: str,
     device: str | None,
     vqgan_precision: str,
+    s1_folder: Path | None,
 ):
-    """Encode audio to VQ codes (and reconstruct it), or decode codes to audio."""
+    """Encode audio to VQ codes (and reconstruct it), or decode codes to audio (with --model: the S1 codec)."""
     from .audio import load_audio, write_audio
     from .engine import TTSEngine
     from .reference import read_codes_file
@@ -124,15 +172,18 @@ def vqgan(
         raise click.ClickException(f"unknown input type {suffix!r}: give an audio file or a .npy of codes")
     if suffix == ".npy":
         codes = read_codes_file(input_path, str(input_path))  # validate before loading the model
-    engine = TTSEngine.load(
-        lm_checkpoint=None,
-        vqgan_checkpoint=checkpoint_path,
-        vqgan_config=config_name,
-        device=device,
-        vqgan_precision=vqgan_precision,
-    )
+    if s1_folder is not None:
+        engine = load_s1_engine(s1_folder, device)
+    else:
+        engine = TTSEngine.load(
+            lm_checkpoint=None,
+            vqgan_checkpoint=checkpoint_path,
+            vqgan_config=config_name,
+            device=device,
+            vqgan_precision=vqgan_precision,
+        )
     if suffix != ".npy":
-        audio = load_audio(input_path)
+        audio = load_audio(input_path, engine.info.sample_rate)
         codes = engine.encode_reference(audio)
         codes_path = output_path.with_suffix(".npy")
         np.save(codes_path, codes)
@@ -156,19 +207,23 @@ def generation_options(func):
         ),
         click.option("--top-k", type=click.IntRange(min=1), default=DEFAULT_SAMPLING.top_k),
         click.option(
-            "--top-p", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_SAMPLING.top_p, show_default=True
+            "--top-p",
+            type=click.FloatRange(0, 1, min_open=True),
+            default=None,
+            help=f"[default: {DEFAULT_SAMPLING.top_p}; {S1_DEFAULT_SAMPLING.top_p} with --model]",
         ),
         click.option(
             "--repetition-penalty",
             type=click.FloatRange(0, min_open=True),
-            default=DEFAULT_SAMPLING.repetition_penalty,
-            show_default=True,
+            default=None,
+            help=f"[default: {DEFAULT_SAMPLING.repetition_penalty}; {S1_DEFAULT_SAMPLING.repetition_penalty} "
+            "with --model]",
         ),
         click.option(
             "--temperature",
             type=click.FloatRange(0, min_open=True),
-            default=DEFAULT_SAMPLING.temperature,
-            show_default=True,
+            default=None,
+            help=f"[default: {DEFAULT_SAMPLING.temperature}; {S1_DEFAULT_SAMPLING.temperature} with --model]",
         ),
         click.option(
             "--tokenizer", default=HF_REPO_ID, show_default=True, help="HF repo id, or a folder / tokenizer.json."
@@ -200,15 +255,18 @@ def generation_options(func):
     return func
 
 
-def synthesis_request(text: str, transcript: str | None, reference, kwargs: dict):
+def synthesis_request(text: str, transcript: str | None, reference, kwargs: dict, family: str = FISH_SPEECH_V02):
     from .lm import SamplingParams
-    from .request import SynthesisRequest
+    from .request import SynthesisRequest, default_sampling
 
+    defaults = default_sampling(family)
     sampling = SamplingParams(
-        temperature=kwargs["temperature"],
-        top_p=kwargs["top_p"],
+        temperature=defaults.temperature if kwargs["temperature"] is None else kwargs["temperature"],
+        top_p=defaults.top_p if kwargs["top_p"] is None else kwargs["top_p"],
         top_k=kwargs["top_k"],
-        repetition_penalty=kwargs["repetition_penalty"],
+        repetition_penalty=defaults.repetition_penalty
+        if kwargs["repetition_penalty"] is None
+        else kwargs["repetition_penalty"],
     )
     return SynthesisRequest(
         text=text,
@@ -325,6 +383,7 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
 )
 @click.option("--vqgan-config-name", default=DEFAULT_VQGAN_CONFIG, show_default=True)
 @vqgan_precision_option
+@model_option
 @generation_options
 @friendly_errors
 def tts(
@@ -338,22 +397,27 @@ def tts(
     vqgan_checkpoint_path,
     vqgan_config_name,
     vqgan_precision,
+    s1_folder,
     **kwargs,
 ):
-    """Text (+ optional reference voice) to speech in one step; long texts go sentence by sentence."""
+    """Text (+ optional reference voice) to speech in one step; long texts go sentence by sentence.
+    With --model, OpenAudio S1-mini reads the text whole (g2p, --order, --speaker do not apply)."""
     from tqdm import tqdm
 
-    from .audio import load_audio
     from .request import Reference
 
     if (reference_audio is None) != (reference_text is None):
         raise click.ClickException("--reference-audio and --reference-text go together")
     sink = AudioSink(output)  # checks the suffix before the models load
-    reference = Reference("--reference-audio", audio=load_audio(reference_audio)) if reference_audio else None
-    request = synthesis_request(text, reference_text, reference, kwargs)
-    engine = load_engine(
-        llama_checkpoint_path, llama_config_name, vqgan_checkpoint_path, vqgan_config_name, kwargs, vqgan_precision
-    )
+    family = FISH_SPEECH_V02 if s1_folder is None else OPENAUDIO_S1_MINI
+    reference = Reference("--reference-audio", audio=reference_audio) if reference_audio else None
+    request = synthesis_request(text, reference_text, reference, kwargs, family)
+    if s1_folder is not None:
+        engine = load_s1_engine(s1_folder, kwargs["device"], kwargs["half"], kwargs["quantize"])
+    else:
+        engine = load_engine(
+            llama_checkpoint_path, llama_config_name, vqgan_checkpoint_path, vqgan_config_name, kwargs, vqgan_precision
+        )
     sample_rate = engine.info.sample_rate
     start = time.perf_counter()
     with tqdm(total=None, unit="frame", desc="generating", file=sys.stderr) as bar:

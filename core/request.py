@@ -7,16 +7,21 @@ the web UI (through the server's API) read them from this module. A request name
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .checkpoints import OPENAUDIO_S1_MINI
 from .lm.sampling import MAX_REPETITION_PENALTY, MAX_TEMPERATURE, MAX_TOP_K, MIN_REPETITION_PENALTY, SamplingParams
+from .s1.sampling import SamplingSettings
 from .text.segment import DEFAULT_ORDER, LANGUAGE_CODES
 
 DEFAULT_TEXT = "你说的对, 但是原神是一款由米哈游自主研发的开放世界手游."
 DEFAULT_SAMPLING = SamplingParams()  # the original generate.py's: temperature 0.7, top_p 0.5, penalty 1.5
+# S1-mini's, from its original CLI (core/s1/sampling.py): temperature 0.8, top_p 0.8, penalty 1.1
+S1_DEFAULT_SAMPLING = SamplingParams(**dataclasses.asdict(SamplingSettings()))
 DEFAULT_SEED = 42  # the CLI's (the original's); the HTTP API draws a fresh one when none is given
 OUTPUT_FORMATS = ("wav", "flac", "mp3", "ogg", "pcm")  # pcm: raw 16-bit little-endian mono
 STREAM_FORMATS = ("wav", "pcm")  # formats whose bytes can be sent as the samples come
@@ -74,6 +79,11 @@ class SynthesisRequest:
             )
 
 
+def default_sampling(family: str) -> SamplingParams:
+    """The sampling a model family was tuned with, for callers that were given none."""
+    return S1_DEFAULT_SAMPLING if family == OPENAUDIO_S1_MINI else DEFAULT_SAMPLING
+
+
 def check_order(order: str) -> str:
     """`zh,jp,en`-style: known languages, each at most once."""
     languages = order.split(",")
@@ -100,5 +110,7 @@ __all__ = [
     "STREAM_FORMATS",
     "SamplingParams",
     "SynthesisRequest",
+    "S1_DEFAULT_SAMPLING",
     "check_order",
+    "default_sampling",
 ]

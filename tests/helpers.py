@@ -10,9 +10,11 @@ from pathlib import Path
 from tests.paths import ROOT
 
 
-def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m fishtts ARGS` the way a user would, returning the finished process."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+def run_cli(
+    args: list[str], cwd: Path | None = None, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m fishtts ARGS` the way a user would (offline unless `env` says otherwise)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "fishtts", *map(str, args)],
         cwd=cwd,

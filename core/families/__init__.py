@@ -12,16 +12,13 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from ..checkpoints import FAMILIES, FISH_SPEECH_V02, OPENAUDIO_S1_MINI
 from ..frontend import PromptText
 from ..request import SynthesisRequest
 
 if TYPE_CHECKING:
     from ..scheduler import Stepper
     from ..speech import ChunkDecoder, StreamedSequence
-
-FISH_SPEECH_V02 = "fish-speech-v0.2"
-OPENAUDIO_S1_MINI = "openaudio-s1-mini"
-FAMILIES = (FISH_SPEECH_V02, OPENAUDIO_S1_MINI)
 
 
 class ModelFamily(Protocol):

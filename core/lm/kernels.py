@@ -60,6 +60,7 @@ def _build() -> bool:
         torch.library.register_fake("fishtts::decode_attention")(
             lambda qkv, kc, vc, slots, pos, freqs, h, hkv: qkv.new_empty(qkv.size(0), h * kc.size(3))
         )
+        torch.library.register_fake("fishtts::linear_rows_int8_vnni")(lambda x, w, s: x.new_empty(x.size(0), w.size(0)))
         torch.library.register_fake("fishtts::linear_rows_int4")(
             lambda x, packed, scales, offsets: x.new_empty(x.size(0), packed.size(0))
         )

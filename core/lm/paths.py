@@ -3,8 +3,9 @@
 Every candidate computes the same product within the format's tolerance; they differ only in speed,
 which differs between CPUs (core/lm/autotune.py measures them at load and sets the fastest here).
 
-Decode candidates: the C++ kernel with one of KERNEL_VARIANTS' prefetch/thread settings, plain torch
-(the original's formula), and torch's packed int8 kernel. Prefill candidates: a float32 matmul, or a
+Decode candidates: the C++ kernel with one of KERNEL_VARIANTS' prefetch/thread settings (for int8 on
+AVX512-VNNI also with int8 activations), plain torch (the original's formula), and torch's packed int8
+kernel. Prefill candidates: a float32 matmul, or a
 bfloat16 one (AMX / AVX512-BF16; quantized formats only: their weights are exact or nearly so in
 bfloat16, a float32 model keeps float32).
 """
@@ -40,6 +41,9 @@ _VARIANTS = {
     "kernel-nopf": KernelVariant(0, 0),
     "kernel-t0-4r": KernelVariant(1024, 2, rows=4),
     "kernel-nopf-4r": KernelVariant(0, 0, rows=4),
+    # int8 only, on AVX512-VNNI: the activations rounded to int8, one dpbusd per 64 weights (cpu_kernels.cpp)
+    "kernel-vnni-t0": KernelVariant(1024, 2),
+    "kernel-vnni-nopf": KernelVariant(0, 0),
 }
 KERNEL_VARIANTS = {
     **_VARIANTS,
@@ -55,6 +59,8 @@ def decode_candidates(fmt: str) -> list[str]:
         kernels = [k for k in kernels if not k.endswith("-1t")]
     if fmt == "int4":  # (it streams one weight row at a time)
         kernels = [k for k in kernels if "-4r" not in k]
+    if fmt != "int8" or not (kernels and torch.ops.fishtts.int4_uses_int8_activations()):  # (built with VNNI)
+        kernels = [k for k in kernels if "-vnni" not in k]
     packed = ["int8pack"] if fmt == "int8" and hasattr(torch.ops.aten, "_weight_int8pack_mm") else []
     return kernels + ["torch"] + packed
 
@@ -131,7 +137,11 @@ def linear_int8(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
         return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
     path = chosen("int8")["decode" if few_rows(x) else "prefill"]
     if _kernel(path):
-        y = torch.ops.fishtts.linear_rows(x.reshape(-1, x.size(-1)), weight, scales)
+        rows = x.reshape(-1, x.size(-1))
+        if "-vnni" in path and x.size(-1) % 64 == 0:
+            y = torch.ops.fishtts.linear_rows_int8_vnni(rows, weight, scales)
+        else:
+            y = torch.ops.fishtts.linear_rows(rows, weight, scales)
         return y.view(*x.shape[:-1], -1)
     if path == "int8pack":  # (decode only)
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.size(-1)), weight, scales.float())

@@ -93,7 +93,7 @@ def test_decode_gives_a_sequence_the_same_logits_alone_and_batched(model, monkey
     if path == "torch":
         monkeypatch.setitem(kernels._state, "ok", False)
     elif path not in paths.decode_candidates("float32"):
-        pytest.skip(f"{path} needs more than one thread")
+        pytest.skip(f"{path} is not a float32 decode path here (one thread, or int8 only)")
     else:
         paths.set_paths("float32", decode=path)
     prompts, frames = prompts_and_frames()

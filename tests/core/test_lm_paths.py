@@ -26,6 +26,9 @@ TOLERANCE = {"float32": 1e-5, "int8": 0.01, "int4": 0.12}
 # prefill rounds activations to 8 bits (~0.4% per product, averaging down); int4's VNNI kernel rounds
 # activations to int8 per 64-group (~0.6% of a product).
 SAME_FORMAT = {"float32": 2e-5, "int8": 1e-4, "int4": 0.03}
+# int8's VNNI paths round the activations to int8 per 64-group like int4's kernel (~0.6% of a product,
+# independent of the weights' own rounding): that much more against float32, and against plain int8.
+INT8_ACTIVATIONS = 0.015
 BFLOAT16_PREFILL = 0.02
 
 
@@ -84,8 +87,9 @@ def test_every_decode_path_matches_float32_within_its_format_tolerance(models, r
     with paths.using(fmt, decode=path):
         batched = decode_logits(models[fmt], prompts, frames)
         alone = decode_logits(models[fmt], prompts[1:2], frames[1:2])
-    assert relative_error(batched, reference[0]) < TOLERANCE[fmt]
-    assert relative_error(batched, plain) < SAME_FORMAT[fmt]
+    rounds_activations = "-vnni" in path
+    assert relative_error(batched, reference[0]) < TOLERANCE[fmt] + (INT8_ACTIVATIONS if rounds_activations else 0)
+    assert relative_error(batched, plain) < (INT8_ACTIVATIONS if rounds_activations else SAME_FORMAT[fmt])
     if path.startswith("kernel"):  # the kernels are batch-invariant: a row alone gets the same bits
         assert torch.equal(alone[0], batched[1])
 

@@ -528,6 +528,97 @@ at::Tensor linear_rows_int4(const at::Tensor& x, const at::Tensor& packed, const
   return y;
 }
 
+// -- int8 weights with int8 activations (AVX512-VNNI) -------------------------------------------------
+// The float path widens 16 weights per instruction chain and is compute-bound below the bandwidth on a
+// core that two vCPUs share. Here the activations are rounded to int8 per group of 64 (as for int4)
+// and one dpbusd multiplies 64 weights: the weights' sign bit is flipped to make them unsigned
+// (w + 128), and 128 * sum(x_q) per group, a row's own, is taken off again. The rounding of the
+// activations (~0.2% of a dot) adds to int8's own weight error; the autotuner picks this path only where
+// it is faster, and the tests hold it to the int8 tolerance.
+
+#if defined(FISHTTS_INT4_VNNI)
+template <int B, int Hint>
+inline void dot_rows_int8_vnni(const Int4Activations& act, const float* offset128, int64_t row0, int64_t I,
+                               const int8_t* wr, int64_t distance, float* out) {
+  const int64_t groups = I / kInt4Group;
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  f32x16 acc[B] = {};
+  for (int64_t g = 0; g < groups; ++g) {
+    const int8_t* wg = wr + g * kInt4Group;
+    if (Hint != kNoPrefetch) prefetch_ahead<Hint>(wg, distance, 1);
+    const __m512i wu = _mm512_xor_si512(_mm512_loadu_si512((const void*)wg), flip);
+    for (int b = 0; b < B; ++b) {
+      const int64_t r = (row0 + b) * groups + g;
+      const __m512i xq = _mm512_loadu_si512((const void*)(act.q.data() + r * kInt4Group));
+      const __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, xq);
+      acc[b] = fma16((f32x16)_mm512_cvtepi32_ps(dots), splat(act.scale[r]), acc[b]);
+    }
+  }
+  for (int b = 0; b < B; ++b) out[b] = hsum(acc[b]) - offset128[row0 + b];
+}
+
+template <int B>
+inline void dot_rows_int8_vnni_tuned(const Int4Activations& act, const float* offset128, int64_t row0, int64_t I,
+                                     const int8_t* wr, const Tuning& t, bool prefetch, float* out) {
+  const int hint = prefetch && t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
+  if (hint == kPrefetchNTA) dot_rows_int8_vnni<B, kPrefetchNTA>(act, offset128, row0, I, wr, t.prefetch_bytes, out);
+  else if (hint == kPrefetchT0) dot_rows_int8_vnni<B, kPrefetchT0>(act, offset128, row0, I, wr, t.prefetch_bytes, out);
+  else dot_rows_int8_vnni<B, kNoPrefetch>(act, offset128, row0, I, wr, 0, out);
+}
+#endif
+
+// x [N, I] float32 (I a multiple of 64); w [O, I] int8; scales [O] float32: x @ (w * scales).T.
+at::Tensor linear_rows_int8_vnni(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales) {
+#if defined(FISHTTS_INT4_VNNI)
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be float32 [N, in]");
+  const int64_t N = x.size(0), I = x.size(1), O = w.size(0);
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous() && w.size(1) == I,
+              "w must be contiguous int8 [out, in]");
+  TORCH_CHECK(I % kInt4Group == 0, "in must be a multiple of 64");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == O,
+              "scales must be float32 [out]");
+  auto xc = x.contiguous();
+  const float* xp = xc.data_ptr<float>();
+  const Int4Activations act(xp, N, I);
+  const int64_t groups = I / kInt4Group;
+  std::vector<float> offset128(N, 0.f);  // 128 * sum over groups of scale * sum(x_q): the flipped sign bit
+  for (int64_t n = 0; n < N; ++n) {
+    float total = 0.f;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t r = n * groups + g;
+      int32_t qsum = 0;
+      for (int64_t i = 0; i < kInt4Group; ++i) qsum += act.q[r * kInt4Group + i];
+      total += act.scale[r] * (float)qsum;
+    }
+    offset128[n] = 128.f * total;
+  }
+  auto y = at::empty({N, O}, x.options());
+  const int8_t* wp = w.data_ptr<int8_t>();
+  const float* sp = scales.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const Tuning& t = g_tuning[kInt8];
+  parallel(O, 16, [&](int64_t begin, int64_t end) {
+    float out[kGroup];
+    for (int64_t o = begin; o < end; ++o) {
+      const int8_t* wr = wp + o * I;
+      for (int64_t g = 0; g < N; g += kGroup) {
+        switch (std::min<int64_t>(kGroup, N - g)) {
+          case 1: dot_rows_int8_vnni_tuned<1>(act, offset128.data(), g, I, wr, t, g == 0, out); break;
+          case 2: dot_rows_int8_vnni_tuned<2>(act, offset128.data(), g, I, wr, t, g == 0, out); break;
+          case 3: dot_rows_int8_vnni_tuned<3>(act, offset128.data(), g, I, wr, t, g == 0, out); break;
+          default: dot_rows_int8_vnni_tuned<4>(act, offset128.data(), g, I, wr, t, g == 0, out); break;
+        }
+        for (int64_t b = 0; b < std::min<int64_t>(kGroup, N - g); ++b) yp[(g + b) * O + o] = out[b] * sp[o];
+      }
+    }
+  }, t.threads);
+  return y;
+#else
+  TORCH_CHECK(false, "linear_rows_int8_vnni needs AVX512-VNNI");
+  return x;
+#endif
+}
+
 // Whether linear_rows_int4 rounds the activations to int8 (AVX512-VNNI) on this build.
 bool int4_uses_int8_activations() {
 #if defined(FISHTTS_INT4_VNNI)
@@ -752,6 +843,7 @@ TORCH_LIBRARY(fishtts, m) {
         "Tensor freqs, int n_head, int n_kv_head) -> Tensor");
   m.def("linear_rows_int4(Tensor x, Tensor packed, Tensor scales, Tensor offsets) -> Tensor");
   m.def("int4_uses_int8_activations() -> bool");
+  m.def("linear_rows_int8_vnni(Tensor x, Tensor w, Tensor scales) -> Tensor");
   m.def("int8_to_bfloat16(Tensor w) -> Tensor");
   m.def("huge_page_copy(Tensor t) -> Tensor");
   m.def("set_tuning(int kind, int prefetch_bytes, int hint, int threads, int rows) -> int");
@@ -763,6 +855,7 @@ TORCH_LIBRARY_IMPL(fishtts, CPU, m) {
   m.impl("linear_rows", &linear_rows);
   m.impl("decode_attention", &decode_attention);
   m.impl("linear_rows_int4", &linear_rows_int4);
+  m.impl("linear_rows_int8_vnni", &linear_rows_int8_vnni);
   m.impl("int8_to_bfloat16", &int8_to_bfloat16);
   m.impl("huge_page_copy", &huge_page_copy);
 }

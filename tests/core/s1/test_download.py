@@ -55,3 +55,15 @@ def test_files_already_present_are_kept_without_any_request(tmp_path):
         shutil.copy(S1_CHECKPOINT / name, tmp_path / name)
     paths = download_s1(tmp_path, endpoint="http://127.0.0.1:9")
     assert [p.name for p in paths] == list(S1_FILENAMES)
+
+
+def test_the_cli_download_of_s1_without_a_token_says_what_to_do(tmp_path, gated_endpoint):
+    from tests.helpers import run_cli
+
+    result = run_cli(
+        ["download", "--model", "openaudio-s1-mini", "--checkpoints-dir", tmp_path / "s1"],
+        cwd=tmp_path,
+        env={"HF_TOKEN": "", "HF_ENDPOINT": gated_endpoint, "HF_HUB_OFFLINE": "0"},
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "HF_TOKEN" in result.stderr

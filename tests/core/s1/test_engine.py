@@ -118,3 +118,32 @@ def test_sampling_outside_s1s_rules_is_refused_naming_the_field(engine, sampling
 def test_a_folder_that_is_not_there_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         TTSEngine.load_s1(tmp_path / "missing")
+
+
+def test_the_cli_speaks_and_codes_with_an_s1_folder(tmp_path):
+    """`fishtts tts --model FOLDER` and `fishtts vqgan --model FOLDER` (the S1 codec alone, both ways)."""
+    import soundfile as sf
+
+    from tests.helpers import run_cli
+
+    out = tmp_path / "out.wav"
+    common = ["--model", S1_CHECKPOINT, "--device", "cpu"]
+    result = run_cli(["tts", "--text", TARGET_TEXT, "-o", out, "--max-new-tokens", "6", *common], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    audio, rate = sf.read(out)
+    from core.s1 import load_codec
+
+    codec = load_codec(S1_CHECKPOINT / "codec.pth")
+    assert rate == codec.sample_rate and 0 < audio.size <= 6 * codec.frame_length
+    assert audio.size % codec.frame_length == 0
+
+    result = run_cli(["vqgan", "-i", out, "-o", tmp_path / "again.wav", *common], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    codes = np.load(tmp_path / "again.npy")
+    assert codes.shape == (codec.config.num_codebooks, audio.size // codec.frame_length)
+    result = run_cli(["vqgan", "-i", tmp_path / "again.npy", "-o", tmp_path / "decoded.wav", *common], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sf.read(tmp_path / "decoded.wav")[0].size == audio.size
+
+    bad = run_cli(["tts", "--text", "hi", "--top-k", "3", "-o", out, *common], cwd=tmp_path)
+    assert bad.returncode != 0 and "top_k" in bad.stderr and "Traceback" not in bad.stderr
