@@ -7,6 +7,7 @@ Defaults come from core (core/request.py, core/engine.py); the original's field 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar, Literal
 
 from fastapi.exceptions import RequestValidationError
@@ -24,8 +25,10 @@ from core.request import (
     MIN_REPETITION_PENALTY,
     ORDER_PATTERN,
     OUTPUT_FORMATS,
+    S1_DEFAULT_SAMPLING,
     SamplingParams,
     check_order,
+    default_sampling,
 )
 
 from .settings import DEVICE_PATTERN, MAX_TEXT_LENGTH
@@ -248,7 +251,14 @@ class Health(BaseModel):
     queue: dict
 
 
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty")  # SamplingParams' fields
+
+
 class SamplingFields(BaseModel):
+    """Sampling fields; those a client leaves out take the loaded model family's defaults (the
+    schema shows Fish Speech v0.2's; S1-mini's are its original's: temperature 0.8, top_p 0.8,
+    repetition_penalty 1.1)."""
+
     model_config = ConfigDict(extra="ignore")
 
     max_new_tokens: int = Field(
@@ -279,6 +289,14 @@ class SamplingFields(BaseModel):
             top_k=self.top_k or None,
             repetition_penalty=self.repetition_penalty,
         )
+
+    def sampling_for(self, family: str) -> SamplingParams:
+        """The fields the client sent, over the model family's own defaults for the others (a v0.2
+        model: the schema's defaults, so `sampling`; S1-mini: its original's)."""
+        sent = {name: getattr(self, name) for name in SAMPLING_FIELDS if name in self.model_fields_set}
+        if "top_k" in sent:
+            sent["top_k"] = sent["top_k"] or None
+        return dataclasses.replace(default_sampling(family), **sent)
 
 
 class InvokeRequest(SamplingFields):
@@ -418,9 +436,12 @@ class TTSRequest(SamplingFields):
     max_new_tokens: int = Field(
         1024, ge=0, le=MAX_CONTEXT, description="Frames to generate at most (the original's default); 0 = no limit."
     )
-    top_p: float = Field(0.8, gt=0, le=1)
-    repetition_penalty: float = Field(1.1, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
-    temperature: float = Field(0.8, gt=0, le=MAX_TEMPERATURE)
+    # The original's defaults, S1-mini's (a v0.2 model takes its own for the fields left out: sampling_for)
+    top_p: float = Field(S1_DEFAULT_SAMPLING.top_p, gt=0, le=1)
+    repetition_penalty: float = Field(
+        S1_DEFAULT_SAMPLING.repetition_penalty, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY
+    )
+    temperature: float = Field(S1_DEFAULT_SAMPLING.temperature, gt=0, le=MAX_TEMPERATURE)
     chunk_length: int = Field(200, ge=100, le=1000, description="Accepted; not used (nor by the original).")
     normalize: bool = Field(True, description="Accepted; not used (nor by the original).")
     use_memory_cache: Literal["on", "off"] = Field(

@@ -27,6 +27,7 @@ from core.request import Reference, SynthesisRequest
 
 from .audio_buffer import MAX_BUFFERED_SECONDS, AudioBuffer
 from .context import ServerContext
+from .schemas import SamplingFields
 from .streaming import CONTENT_TYPES, AudioStreamResponse
 
 
@@ -55,18 +56,23 @@ async def synthesize(
     request: SynthesisRequest,
     headers: dict[str, str] | None = None,
     voice: SavedVoice | None = None,
+    sampling: SamplingFields | None = None,
 ) -> Response:
     """The audio of `request` from model `model`, whole or (request.streaming) as it is generated;
-    with `voice`, in that saved voice (its codes become the request's reference)."""
+    with `voice`, in that saved voice (its codes become the request's reference); with `sampling`
+    (the body), its fields over the model family's defaults."""
     admission = ctx.admit(model)
     media_type = CONTENT_TYPES[request.output_format]
     sample_rate = admission.engine.info.sample_rate
     headers = {**(headers or {}), "X-Sample-Rate": str(sample_rate)}
 
     def prepared(engine: TTSEngine) -> SynthesisRequest:
-        if voice is None:
-            return request
-        return dataclasses.replace(request, reference=Reference(voice.field, codes=voice_codes(ctx, voice, engine)))
+        changes = {}
+        if sampling is not None:
+            changes["sampling"] = sampling.sampling_for(engine.info.family)
+        if voice is not None:
+            changes["reference"] = Reference(voice.field, codes=voice_codes(ctx, voice, engine))
+        return dataclasses.replace(request, **changes)
 
     if not request.streaming:
         async with admission:

@@ -55,7 +55,7 @@ async def invoke(
         streaming=body.streaming,
     )
     headers = {"Content-Disposition": f"attachment; filename=audio.{body.format}"}
-    return await synthesize(ctx, name, synthesis, headers, voice)
+    return await synthesize(ctx, name, synthesis, headers, voice, body)
 
 
 async def reference_of(

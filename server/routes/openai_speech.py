@@ -68,4 +68,4 @@ async def speech(body: text_limited(SpeechRequest), ctx: Annotated[ServerContext
         output_format=body.response_format,
         streaming=streaming,
     )
-    return await synthesize(ctx, model, synthesis, voice=SavedVoice(body.voice, "voice"))
+    return await synthesize(ctx, model, synthesis, voice=SavedVoice(body.voice, "voice"), sampling=body)

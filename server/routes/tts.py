@@ -3,8 +3,8 @@ so its clients (the official `api_client.py`, ormsgpack or JSON) work unchanged,
 either family. It goes through the same synthesis path as invoke (admission, limits, batching).
 
 Mapping: `references` (at most one {audio, text}) is the reference clip, `reference_id` a saved
-voice (it wins over `references`, as in the original); the sampling fields and `seed` as on invoke,
-with the original's defaults. A stream is raw 16-bit PCM at the model's rate for `wav` and `pcm`
+voice (it wins over `references`, as in the original); the sampling fields and `seed` as on invoke
+(left out: the model family's defaults, for S1-mini the original's). A stream is raw 16-bit PCM at the model's rate for `wav` and `pcm`
 alike, as the original sends it (its WAV header never reached the client). `chunk_length`,
 `normalize`, `use_memory_cache` and the original's later additions (`latency`, ...) are accepted
 and not used.
@@ -67,4 +67,4 @@ async def tts(request: Request, ctx: Annotated[ServerContext, Depends(get_ctx)])
         streaming=body.streaming,
     )
     headers = {"Content-Disposition": f"attachment; filename=audio.{body.format}"}
-    return await synthesize(ctx, body.model, synthesis, headers, voice)
+    return await synthesize(ctx, body.model, synthesis, headers, voice, body)

@@ -143,6 +143,23 @@ def test_streamed_s1_audio_equals_the_whole_response(client, s1):
     assert np.abs(streamed.astype(np.int32) - whole).max() <= 1
 
 
+def test_sampling_fields_left_out_take_the_familys_defaults(client, s1):
+    from core.request import DEFAULT_SAMPLING, S1_DEFAULT_SAMPLING
+
+    def speak(path: str, sampling=None) -> bytes:
+        sent = {} if sampling is None else {k: getattr(sampling, k) for k in ("temperature", "top_p")}
+        if sampling is not None:
+            sent["repetition_penalty"] = sampling.repetition_penalty
+        answer = client.post(path, json={"text": "Defaults.", **FAST, **sent})
+        assert answer.status_code == 200, answer.text
+        return answer.content
+
+    s1_invoke = "/v1/models/s1/invoke"
+    assert speak(s1_invoke) == speak(s1_invoke, S1_DEFAULT_SAMPLING) != speak(s1_invoke, DEFAULT_SAMPLING)
+    # /v1/tts documents S1's defaults (the original's); a v0.2 model takes its own for the fields left out
+    assert speak("/v1/tts") == speak("/v1/tts", DEFAULT_SAMPLING) != speak("/v1/tts", S1_DEFAULT_SAMPLING)
+
+
 def test_sampling_outside_s1s_ranges_is_a_422(client, s1):
     assert_json_error(client.post("/v1/models/s1/invoke", json={"text": "Hi.", "top_k": 5, **FAST}), 422)
 
