@@ -6,9 +6,8 @@ Mapping: `references` (at most one {audio, text}) is the reference clip, `refere
 voice (it wins over `references`, as in the original); the sampling fields and `seed` as on invoke
 (left out: the model family's defaults, for S1-mini the original's). A stream is raw 16-bit PCM
 at the model's rate for `wav` and `pcm` alike, as the original sends it (its WAV header never
-reached the client). `chunk_length`,
-`normalize`, `use_memory_cache` and the original's later additions (`latency`, ...) are accepted
-and not used.
+reached the client). `chunk_length`, `normalize`, `use_memory_cache` and the original's later
+additions (`latency`, ...) are accepted and not used.
 """
 
 from __future__ import annotations
