@@ -9,6 +9,7 @@ whose entries may lead out of it); core's loader names what is wrong inside it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import torch
 from core.checkpoints import HF_REPO_ID, resolve_config
 from core.engine import LM_PRESETS, VQGAN_PRESETS, TTSEngine, resolve_tokenizer_dir
 from core.paths import BadPath, FolderGuard, NotInFolder, OutsideFolder
+from core.request import default_sampling
 
 from .errors import ApiError, scrub
 from .schemas import LoadModelRequest
@@ -61,6 +63,7 @@ class LoadPlan:
             "num_codebooks": info.num_codebooks,
             "codebook_size": info.codebook_size,
             "phonemes": info.phonemes,  # whether use_g2p, order and speaker apply to its requests
+            "sampling": dataclasses.asdict(default_sampling(info.family)),  # what fields left out become
             "vqgan_precision": info.vqgan_precision,
             "lm_paths": info.lm_paths,
             **self.shown,

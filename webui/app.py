@@ -58,6 +58,18 @@ def model_updates(page: Page, models: list[LoadedModel], current: str | None) ->
     }
 
 
+def sampling_updates(page: Page, models: list[LoadedModel], name: str) -> dict:
+    """The sliders at the picked model family's own sampling defaults (S1-mini's differ from v0.2's)."""
+    picked = next((m for m in models if m.name == name), None)
+    defaults = {} if picked is None else picked.sampling
+    updates = {
+        getattr(page, field): gr.update(value=defaults[field])
+        for field in ("top_p", "repetition_penalty", "temperature")
+        if isinstance(defaults.get(field), (int, float))
+    }
+    return {page.top_k: gr.update(value=defaults.get("top_k") or 0), **updates} if updates else {}
+
+
 def preview_value(lang: str, rows: list) -> dict:
     return {"headers": [t(lang, key) for key in PREVIEW_HEADERS], "data": rows or [["", "", "", ""]]}
 
@@ -103,28 +115,43 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
         saved voices."""
         loaded = actions.loaded_model_form(server_url, api_key)
         fields = [gr.update()] * len(model_fields) if loaded is None else list(vars(loaded).values())
-        picker = model_updates(page, actions.loaded_models(server_url, api_key), None)
-        return [*fields, *picker.values(), gr.update(choices=actions.voice_choices(server_url, api_key))]
+        models = actions.loaded_models(server_url, api_key)
+        picker = model_updates(page, models, None)
+        sliders = {slider: gr.update() for slider in sampling_sliders}
+        sliders.update(sampling_updates(page, models, pick_model(models, None)))
+        return [
+            *fields,
+            *picker.values(),
+            *sliders.values(),
+            gr.update(choices=actions.voice_choices(server_url, api_key)),
+        ]
 
     def pick(server_url: str, api_key: str, current: str):
         """The models the server has now, with `current` picked if it still is one of them."""
         return model_updates(page, actions.loaded_models(server_url, api_key), current)
 
+    def picked(server_url: str, api_key: str, current: str):
+        """A model picked by the user: the fields that apply to it, and its family's sampling defaults."""
+        models = actions.loaded_models(server_url, api_key)
+        return {**model_updates(page, models, current), **sampling_updates(page, models, current)}
+
     picker_outputs = [page.model, page.mode, page.speaker, page.languages, page.languages_not_applicable]
-    refresh_picker = dict(
-        fn=pick, inputs=[page.server_url, page.api_key, page.model], outputs=picker_outputs, **PRIVATE
-    )
+    sampling_sliders = [page.top_k, page.top_p, page.repetition_penalty, page.temperature]
+    picker_inputs = [page.server_url, page.api_key, page.model]
+    refresh_picker = dict(fn=pick, inputs=picker_inputs, outputs=picker_outputs, **PRIVATE)
     page.load_button.click(load_model, inputs={*connection, *model_fields}, outputs=page.model_message, **PRIVATE).then(
         **refresh_picker, show_progress="hidden"
     )
     page.status_button.click(server_status, inputs=connection, outputs=page.model_message, **PRIVATE).then(
         **refresh_picker, show_progress="hidden"
     )
-    page.model.input(**refresh_picker, show_progress="hidden")
+    page.model.input(
+        picked, inputs=picker_inputs, outputs=picker_outputs + sampling_sliders, show_progress="hidden", **PRIVATE
+    )
     demo.load(
         from_server,
         inputs=[page.server_url, page.api_key],
-        outputs=[*model_fields, *picker_outputs, page.voice_id],
+        outputs=[*model_fields, *picker_outputs, *sampling_sliders, page.voice_id],
         show_progress="hidden",
         **PRIVATE,
     )

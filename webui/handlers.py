@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .client import ApiClient, ClientError
@@ -98,10 +98,12 @@ class LoadedModel:
     name: str
     family: str = ""
     phonemes: bool = True  # input mode, language order and speaker apply to it (not to S1-mini)
+    sampling: dict = field(default_factory=dict, compare=False)  # its family's defaults (temperature, ...)
 
     @classmethod
     def from_details(cls, details: dict) -> LoadedModel:
-        return cls(str(details["name"]), str(details.get("family", "")), details.get("phonemes") is not False)
+        sampling = details.get("sampling") if isinstance(details.get("sampling"), dict) else {}
+        return cls(str(details["name"]), str(details.get("family", "")), details.get("phonemes") is not False, sampling)
 
     @property
     def label(self) -> str:

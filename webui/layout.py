@@ -165,6 +165,7 @@ class Page:
                                 maximum=2,
                                 step=0.01,
                                 value=synth.temperature,
+                                elem_id="fishtts-temperature",
                             )
                             self.speaker = make(
                                 gr.Textbox,

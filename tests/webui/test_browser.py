@@ -227,8 +227,11 @@ def test_picking_an_s1_model_hides_what_does_not_apply_and_synthesizes_with_it(b
         page.wait_for_function("() => document.querySelector('#fishtts-model input').value.startsWith('default')")
         v02_fields("visible", "Synthesis parameters", "Language priority")
 
+        temperature = "() => document.querySelector('#fishtts-temperature input[type=number]').value"
+        assert page.evaluate(temperature) == "0.7"  # v0.2's default
         pick("Model", "s1 (openaudio-s1-mini)")
         v02_fields("hidden", "Synthesis parameters", "Language priority")
+        page.wait_for_function(f"() => ({temperature})() === '0.8'")  # S1-mini's own default
         page.get_by_role("tab", name="Synthesis parameters").click()
         page.locator("#fishtts-text textarea").fill("Hello from the second family.")
         tokens = page.locator("#fishtts-max-new-tokens input[type=number]")
@@ -246,5 +249,6 @@ def test_picking_an_s1_model_hides_what_does_not_apply_and_synthesizes_with_it(b
         page.locator("#fishtts-language").get_by_text("中文").click()
         pick("模型", "default (fish-speech-v0.2)")
         v02_fields("visible", "合成参数", "语言优先级")
+        page.wait_for_function(f"() => ({temperature})() === '0.7'")
     finally:
         page.context.close()

@@ -121,6 +121,10 @@ def test_the_models_to_pick_from_say_what_applies_to_them(server, actions):
     assert models["default"] == LoadedModel("default", "fish-speech-v0.2", phonemes=True)
     assert models["s1"] == LoadedModel("s1", "openaudio-s1-mini", phonemes=False)
     assert models["s1"].label == "s1 (openaudio-s1-mini)"
+    from core.request import DEFAULT_SAMPLING, S1_DEFAULT_SAMPLING
+
+    assert models["s1"].sampling["temperature"] == S1_DEFAULT_SAMPLING.temperature  # what the sliders take
+    assert models["default"].sampling["top_p"] == DEFAULT_SAMPLING.top_p
     assert pick_model(list(models.values()), None) == "default"  # the page starts on 'default'
     assert pick_model(list(models.values()), "s1") == "s1"
     assert pick_model([models["s1"]], "gone") == "s1"
