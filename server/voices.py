@@ -102,12 +102,10 @@ class VoiceStore:
         name = CODES if own else family_codes_name(family)
         try:
             return np.load(self._folder(voice_id, name) / name, allow_pickle=False)
-        except FileNotFoundError:
+        except (OSError, ValueError):
             if own:
                 raise VoiceNotFound(voice_id) from None
-            return None
-        except (OSError, ValueError):
-            raise VoiceNotFound(voice_id) from None
+            return None  # not made yet, or unreadable: made again from the clip
 
     def keep_codes(self, voice_id: str, family: str, codes: np.ndarray) -> None:
         """Store the codes another family's model made from the clip (a voice deleted meanwhile: nothing)."""

@@ -187,6 +187,9 @@ def test_a_v02_voice_speaks_through_s1_encoded_once(client, s1, workdir):
         "/v1/models/s1/invoke", json={"text": "In the second family.", "reference_id": "from-v02", **FAST}
     )
     assert invoked.status_code == 200 and invoked.content == first.content
+    kept.write_bytes(b"damaged")  # unreadable kept codes are made again from the clip
+    assert client.post("/v1/audio/speech", json=body).content == first.content
+    np.testing.assert_array_equal(np.load(kept), codes)
     assert np.load(folder / "codes.npy").shape[0] == 4  # the voice's own v0.2 codes are untouched
 
 
