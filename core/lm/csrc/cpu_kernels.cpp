@@ -70,7 +70,8 @@ class SpinPool {
   // worker that is not running when a call starts costs that call nothing but its own share.
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn, int64_t max_parts = 0) {
     const int64_t threads = max_parts > 0 ? std::min<int64_t>(max_parts, workers_.size() + 1) : workers_.size() + 1;
-    const int64_t parts = std::min<int64_t>(threads * kPiecesPerThread, std::max<int64_t>(1, n / std::max<int64_t>(1, grain)));
+    const int64_t parts = std::min<int64_t>({threads * kPiecesPerThread, std::max<int64_t>(1, n / std::max<int64_t>(1, grain)),
+                                             kPieceMask});
     if (threads <= 1 || parts <= 1) {
       fn(0, n);
       return;
@@ -78,13 +79,12 @@ class SpinPool {
     std::lock_guard<std::mutex> serial(run_mutex_);  // one call at a time (several Python threads may call)
     job_ = &fn;
     n_ = n;
-    parts_ = parts;
     helpers_.store(threads - 1, std::memory_order_relaxed);
     pending_.store(parts, std::memory_order_relaxed);
     const uint64_t job = ++job_id_;
     {
       std::lock_guard<std::mutex> lock(sleep_mutex_);
-      state_.store(job << 32, std::memory_order_release);  // job id, next piece 0
+      state_.store((job << 32) | ((uint64_t)parts << kPieceBits), std::memory_order_release);  // next piece 0
     }
     sleep_cv_.notify_all();
     work(job);
@@ -107,15 +107,19 @@ class SpinPool {
     for (auto& t : workers_) t.join();
   }
 
-  // Claim and run pieces of job `job` until none are left. A piece is claimed by bumping the low half
-  // of state_ only while the high half still names this job, so a late thread never runs a newer job's piece.
+  // Claim and run pieces of job `job` until none are left. A piece is claimed by bumping the next-piece
+  // field of state_ only while the high half still names this job. The job's piece count lives in the same
+  // word: read apart from it, a late thread could pair an old job's exhausted counter with the next job's
+  // larger count while the caller sets that job up, claim a piece that does not exist, and count it off
+  // the next job's pending pieces (pending then never reaches zero: the caller spun forever under load).
   void work(uint64_t job) {
     uint64_t s = state_.load(std::memory_order_acquire);
     while ((s >> 32) == job) {
-      const int64_t part = (int64_t)(s & 0xffffffffu);
-      if (part >= parts_) return;
+      const int64_t part = (int64_t)(s & kPieceMask), parts = (int64_t)((s >> kPieceBits) & kPieceMask);
+      if (part >= parts) return;
       if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
-      (*job_)(n_ * part / parts_, n_ * (part + 1) / parts_);
+      // The claim succeeded while piece `part` was unclaimed, so this job is not done and job_/n_ are its own.
+      (*job_)(n_ * part / parts, n_ * (part + 1) / parts);
       pending_.fetch_sub(1, std::memory_order_release);
       s = state_.load(std::memory_order_acquire);
     }
@@ -143,14 +147,16 @@ class SpinPool {
 
   static constexpr int kSpins = 2000;  // x ~0.5-1 us per yield
   static constexpr int64_t kPiecesPerThread = 4;
+  static constexpr int kPieceBits = 16;  // state_: job id (32 bits) | piece count (16) | next piece (16)
+  static constexpr int64_t kPieceMask = (int64_t(1) << kPieceBits) - 1;
   std::vector<std::thread> workers_;
   std::mutex run_mutex_, sleep_mutex_;
   std::condition_variable sleep_cv_;
-  std::atomic<uint64_t> state_{0};  // (job id << 32) | next piece
+  std::atomic<uint64_t> state_{0};  // (job id << 32) | (piece count << 16) | next piece
   std::atomic<int64_t> pending_{0};
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   uint64_t job_id_ = 0;
-  int64_t n_ = 0, parts_ = 1;
+  int64_t n_ = 0;
   std::atomic<int64_t> helpers_{0};
   bool stop_ = false;
 };
