@@ -33,9 +33,10 @@ class QuietHealthPolls(logging.Filter):
 
 QUIET_HEALTH_POLLS = QuietHealthPolls()
 
-DESCRIPTION = """Fish Speech v0.2 text-to-speech with zero-shot voice cloning.
+DESCRIPTION = """Text-to-speech with zero-shot voice cloning: Fish Speech v0.2 and OpenAudio S1-mini models.
 
-Load a model with `PUT /v1/models/default`, then `POST /v1/models/default/invoke`. Errors are
+Load a model with `PUT /v1/models/default` (v0.2 files in `llama`/`vqgan`, or an S1-mini folder in `s1`),
+then `POST /v1/models/default/invoke` (or the fish-speech server's own `POST /v1/tts`). Errors are
 `{"statusCode", "message", "error", "requestId"}` (OpenAI's shape on `/v1/audio/speech`)."""
 
 

@@ -26,8 +26,13 @@ class BufferOverflow(RuntimeError):
 
 
 class AudioBuffer:
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_samples: int = int(MAX_BUFFERED_SECONDS * SAMPLE_RATE)):
-        self._loop, self.max_samples = loop, max_samples
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        max_samples: int = int(MAX_BUFFERED_SECONDS * SAMPLE_RATE),
+        sample_rate: int = SAMPLE_RATE,
+    ):
+        self._loop, self.max_samples, self.sample_rate = loop, max_samples, sample_rate
         self._queue: asyncio.Queue = asyncio.Queue()  # touched on the event loop only
         self._lock = threading.Lock()
         self._buffered = 0  # samples put and not yet taken
@@ -50,7 +55,7 @@ class AudioBuffer:
             if self._buffered + chunk.size > self.max_samples:
                 self._push(
                     BufferOverflow(
-                        f"the client fell more than {self.max_samples / SAMPLE_RATE:g} s of audio "
+                        f"the client fell more than {self.max_samples / self.sample_rate:g} s of audio "
                         "behind; the stream was ended"
                     )
                 )

@@ -1,4 +1,5 @@
-"""Bodies that come as JSON or as multipart/form-data (uploads as file parts), validated alike.
+"""Bodies that come as JSON or as multipart/form-data (uploads as file parts), or as msgpack for the
+models that say so (`MSGPACK`: the original fish-speech client's encoding), validated alike.
 
 FastAPI binds one body type per route, so the routes that take uploads read the request here and
 validate it with the same pydantic model; a failure raises FastAPI's own validation error, which
@@ -12,6 +13,7 @@ import binascii
 import json
 from typing import TypeVar
 
+import msgpack
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -24,6 +26,7 @@ T = TypeVar("T", bound=BaseModel)
 
 JSON_TYPES = ("application/json",)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 
 
 async def read_body(request: Request, model: type[T], max_text_length: int) -> tuple[T, dict[str, bytes]]:
@@ -56,14 +59,30 @@ async def read_body(request: Request, model: type[T], max_text_length: int) -> t
                 files[key] = await value.read()
             elif value != "":  # an empty form field means "not given"
                 data[key] = value
+    elif content_type in MSGPACK_TYPES and getattr(model, "MSGPACK", False):
+        data = unpack_msgpack(await request.body())
     else:
-        raise ApiError(415, "Send the body as application/json or multipart/form-data.", code="unsupported_media_type")
+        kinds = "application/json, application/msgpack" if getattr(model, "MSGPACK", False) else "application/json"
+        raise ApiError(415, f"Send the body as {kinds} or multipart/form-data.", code="unsupported_media_type")
     try:
         body = model.model_validate({k: v for k, v in data.items() if k not in files})
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     check_text_length(body, max_text_length)
     return body, files
+
+
+def unpack_msgpack(raw: bytes) -> dict:
+    """A msgpack map (strings as str, binary as bytes); 400 for anything else."""
+    try:
+        data = msgpack.unpackb(raw, raw=False)
+    except (ValueError, msgpack.UnpackException):  # malformed, truncated, nested too deeply, bad UTF-8
+        raise ApiError(400, "Malformed msgpack body.", code="msgpack_invalid") from None
+    if not isinstance(data, dict):
+        raise RequestValidationError(
+            [{"loc": ("body",), "msg": "Input should be a msgpack map", "type": "model_attributes_type"}]
+        )
+    return data
 
 
 def decode_base64(value: str, field: str) -> bytes:
@@ -79,11 +98,36 @@ def decode_base64(value: str, field: str) -> bytes:
     return data
 
 
+def inline_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with its nested models written in place: a request body's schema in
+    `openapi_extra` cannot point into pydantic's `$defs`, which are not in the OpenAPI document."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if set(node) == {"$ref"} and node["$ref"].startswith("#/$defs/"):
+                return resolve(defs[node["$ref"].removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+def openapi_msgpack_body(model: type[BaseModel]) -> dict:
+    """`openapi_extra` documenting a body sent as JSON or msgpack (the same fields)."""
+    schema = inline_schema(model)
+    content = {kind: {"schema": schema} for kind in (JSON_TYPES[0], MSGPACK_TYPES[0])}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 def openapi_body(model: type[BaseModel]) -> dict:
     """`openapi_extra` documenting both body encodings of such a route (the model's schema inline); the
     model's REQUIRED_FILES must be given (base64 in JSON, a file part in multipart) though the model has
     them optional (either may carry them)."""
-    schema = model.model_json_schema()
+    schema = inline_schema(model)
     required = {"required": list(getattr(model, "REQUIRED_FILES", ()))} if getattr(model, "REQUIRED_FILES", ()) else {}
     json_schema = {"allOf": [schema, {"type": "object", **required}]} if required else schema
     form_schema = {

@@ -3,11 +3,16 @@
 Every client-named file goes through the checkpoints-folder guard (core/paths.py); configs and the
 tokenizer are resolved by core's rules with that guard as their root; weights load with
 `weights_only=True` (core.checkpoints); a tokenizer repo id is fetched only with --allow-downloads.
+An OpenAudio S1-mini body (`s1`) names one folder, which goes through the same guard (and none of
+whose entries may lead out of it); core's loader names what is wrong inside it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import torch
 from core.checkpoints import HF_REPO_ID, resolve_config
 from core.engine import LM_PRESETS, VQGAN_PRESETS, TTSEngine, resolve_tokenizer_dir
 from core.paths import BadPath, FolderGuard, NotInFolder, OutsideFolder
+from core.request import default_sampling
 
 from .errors import ApiError, scrub
 from .schemas import LoadModelRequest
@@ -26,52 +32,38 @@ log = logging.getLogger("fishtts.server")
 
 @dataclass
 class LoadPlan:
-    lm_checkpoint: Path
-    lm_config: str
-    tokenizer: str
-    vqgan_checkpoint: Path
-    vqgan_config: str
-    device: str | None
-    precision: str
-    compile: bool
-    quantize: str | None
-    max_batch_size: int | None
-    vqgan_precision: str
-    shown: dict  # the same choices as clients may see them (no server paths)
+    load: Callable[[], TTSEngine]  # TTSEngine.load or TTSEngine.load_s1 with the checked arguments
+    shown: dict  # the choices as clients may see them (no server paths)
     replacements: dict  # server paths -> client names, for messages
+    field: str | None = None  # the body field its files came from, when one names them all
 
     def build(self) -> tuple[TTSEngine, dict]:
         try:
-            engine = TTSEngine.load(
-                lm_checkpoint=self.lm_checkpoint,
-                lm_config=self.lm_config,
-                tokenizer=self.tokenizer,
-                vqgan_checkpoint=self.vqgan_checkpoint,
-                vqgan_config=self.vqgan_config,
-                device=self.device,
-                precision=self.precision,
-                compile=self.compile,
-                quantize=self.quantize,
-                max_batch_size=self.max_batch_size,
-                vqgan_precision=self.vqgan_precision,
-            )
-        except ValueError as exc:  # CheckpointError, config and tokenizer problems: the client's files
+            engine = self.load()
+        except (ValueError, FileNotFoundError) as exc:  # the client's files: unreadable, misshapen, missing
             message = str(exc)
             if "Weights only load failed" in message:  # torch's long advice to unpickle it anyway: no
                 message = (
                     message.split("Weights only load failed")[0] + "it holds more than tensors, and "
                     "pickled objects are never loaded."
                 )
-            raise ApiError(400, f"Cannot load the model: {scrub(message, self.replacements)}") from None
+            message = f"Cannot load the model: {scrub(message, self.replacements)}"
+            raise ApiError(400, message, param=self.field) from None
         info = engine.info
         return engine, {
+            "family": info.family,
             "device": info.device,
             "precision": info.precision,
             "compiled": info.compiled,
             "quantize": info.quantize,
             "max_batch_size": info.max_batch_size,
             "context": info.context,
-            "family": info.family,
+            "sample_rate": info.sample_rate,
+            "frame_rate": info.frame_rate,
+            "num_codebooks": info.num_codebooks,
+            "codebook_size": info.codebook_size,
+            "phonemes": info.phonemes,  # whether use_g2p, order and speaker apply to its requests
+            "sampling": dataclasses.asdict(default_sampling(info.family)),  # what fields left out become
             "vqgan_precision": info.vqgan_precision,
             "lm_paths": info.lm_paths,
             **self.shown,
@@ -81,6 +73,8 @@ class LoadPlan:
 def plan_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard) -> LoadPlan:
     """Every client-named file through the folder guard, configs and tokenizer by core's rules;
     a ValueError (an unknown preset, a folder without tokenizer.json) is the body's: 400."""
+    if body.s1 is not None:
+        return plan_s1_load(body, settings, guard)
     lm_checkpoint = _weights_file(body.llama.checkpoint_path, guard, "llama.checkpoint_path")
     vqgan_checkpoint = _weights_file(body.vqgan.checkpoint_path, guard, "vqgan.checkpoint_path")
     try:
@@ -99,9 +93,6 @@ def plan_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard) ->
         raise
     except ValueError as exc:
         raise ApiError(400, scrub(str(exc), guard.replacements()), param=str(exc).partition(":")[0]) from None
-    compile_ = bool(body.llama.compile and settings.compile)
-    if body.llama.compile and not settings.compile:
-        log.info("compile requested for a model but the server runs without --compile; loading uncompiled")
     shown = {
         "llama": {
             "checkpoint_path": _shown(lm_checkpoint, guard),
@@ -112,21 +103,54 @@ def plan_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard) ->
         },
         "vqgan": {"checkpoint_path": _shown(vqgan_checkpoint, guard), "config_name": _shown(vqgan_config, guard)},
     }
-    return LoadPlan(
+    load = functools.partial(
+        TTSEngine.load,
         lm_checkpoint=lm_checkpoint,
         lm_config=str(lm_config),
         tokenizer=str(tokenizer),
         vqgan_checkpoint=vqgan_checkpoint,
         vqgan_config=str(vqgan_config),
         device=choose_device(body.device, settings.device),
-        precision=body.llama.precision or ("float16" if settings.half else "bfloat16"),
-        compile=compile_,
+        precision=_precision(body.llama.precision, settings),
+        compile=_compile(body.llama.compile, settings),
         quantize=_quantize(body.llama.quantize, settings.quantize),
         max_batch_size=settings.max_batch_size or None,
-        shown=shown,
-        replacements=guard.replacements(),
         vqgan_precision=body.vqgan.precision or settings.vqgan_precision,
     )
+    return LoadPlan(load, shown, guard.replacements())
+
+
+def plan_s1_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard) -> LoadPlan:
+    """An OpenAudio S1-mini folder inside the checkpoints folder; core names what is wrong in its files."""
+    spec, field = body.s1, "s1.folder"
+    folder = guard.resolve(spec.folder, field=field)
+    if not folder.is_dir():
+        raise ApiError(400, f"{field}: {spec.folder!r} is not a folder.", param=field)
+    for entry in folder.iterdir():  # the loader opens files by name: none may lead out of the folder
+        if not guard.contains(entry.resolve()):
+            raise OutsideFolder(
+                f"{field}: {entry.name!r} in {spec.folder!r} leads outside the checkpoints folder.", field
+            )
+    load = functools.partial(
+        TTSEngine.load_s1,
+        folder,
+        device=choose_device(body.device, settings.device),
+        precision=_precision(spec.precision, settings),
+        quantize=_quantize(spec.quantize, settings.quantize),
+        compile=_compile(spec.compile, settings),
+        max_batch_size=settings.max_batch_size or None,
+    )
+    return LoadPlan(load, {"s1": {"folder": guard.display(folder)}}, guard.replacements(), field)
+
+
+def _precision(requested: str | None, settings: Settings) -> str:
+    return requested or ("float16" if settings.half else "bfloat16")
+
+
+def _compile(requested: bool, settings: Settings) -> bool:
+    if requested and not settings.compile:
+        log.info("compile requested for a model but the server runs without --compile; loading uncompiled")
+    return bool(requested and settings.compile)
 
 
 def _quantize(requested: str | None, server_default: str) -> str | None:

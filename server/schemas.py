@@ -7,6 +7,7 @@ Defaults come from core (core/request.py, core/engine.py); the original's field 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar, Literal
 
 from fastapi.exceptions import RequestValidationError
@@ -24,8 +25,10 @@ from core.request import (
     MIN_REPETITION_PENALTY,
     ORDER_PATTERN,
     OUTPUT_FORMATS,
+    S1_DEFAULT_SAMPLING,
     SamplingParams,
     check_order,
+    default_sampling,
 )
 
 from .settings import DEVICE_PATTERN, MAX_TEXT_LENGTH
@@ -35,6 +38,7 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_CONTEXT = 4096  # the official LM's context; the loaded model's own context is checked per request
 MAX_PATH = 1024
 OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+V02_ONLY = "Fish Speech v0.2 only: S1-mini models read the text as it is and ignore it."
 TEXT_BOUND = {"min_length": 1, "json_schema_extra": {"maxLength": MAX_TEXT_LENGTH}}  # maxLength: --max-text-length
 
 
@@ -113,7 +117,30 @@ class VQGANSpec(BaseModel):
     )
 
 
+class S1Spec(BaseModel):
+    """An OpenAudio S1-mini model: its folder as downloaded from Hugging Face."""
+
+    folder: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_PATH,
+        description=(
+            "The model's folder inside the checkpoints folder (e.g. 'openaudio-s1-mini'), laid out as the official "
+            "repo: config.json, model.pth, codec.pth, tokenizer.tiktoken, special_tokens.json."
+        ),
+    )
+    precision: Literal["float16", "bfloat16", "float32"] | None = Field(
+        None, description="Default bfloat16 (float16 with --half). CPU always computes in float32."
+    )
+    quantize: Literal[(*QUANT_MODES, "none")] | None = Field(
+        None, description="int8 / int4 weights for the LM (see the README). Default: the server's --quantize."
+    )
+    compile: bool = Field(True, description="torch.compile the decode step; honoured only with --compile.")
+
+
 class LoadModelRequest(BaseModel):
+    """Fish Speech v0.2 files (`llama` + `vqgan`, the original's body), or an OpenAudio S1-mini folder (`s1`)."""
+
     device: str | None = Field(
         None,
         pattern=DEVICE_PATTERN,
@@ -123,6 +150,19 @@ class LoadModelRequest(BaseModel):
     )
     llama: LlamaSpec = Field(default_factory=LlamaSpec)
     vqgan: VQGANSpec = Field(default_factory=VQGANSpec)
+    s1: S1Spec | None = Field(
+        None,
+        description=(
+            "Load an OpenAudio S1-mini model (family 'openaudio-s1-mini') from its folder instead of the v0.2 "
+            "files; `llama` and `vqgan` are then left out."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_family(self):
+        if self.s1 is not None and {"llama", "vqgan"} & self.model_fields_set:
+            raise ValueError("give s1 (an OpenAudio S1-mini folder) or llama and vqgan (Fish Speech v0.2), not both")
+        return self
 
 
 class LoadModelResponse(BaseModel):
@@ -130,6 +170,7 @@ class LoadModelResponse(BaseModel):
     device: str
     precision: str
     compiled: bool
+    family: str = Field(..., description="The model family: 'fish-speech-v0.2' or 'openaudio-s1-mini'.")
 
 
 class ModelList(BaseModel):
@@ -187,6 +228,13 @@ class Voice(BaseModel):
     duration_s: float
     frames: int
     model: str
+    family: str = Field(
+        ...,
+        description=(
+            "The model family whose codes the voice was saved with; a model of another family encodes its "
+            "clip once more (and keeps those codes too)."
+        ),
+    )
     created_at: float
 
 
@@ -203,7 +251,14 @@ class Health(BaseModel):
     queue: dict
 
 
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty")  # SamplingParams' fields
+
+
 class SamplingFields(BaseModel):
+    """Sampling fields; those a client leaves out take the loaded model family's defaults (the
+    schema shows Fish Speech v0.2's; S1-mini's are its original's: temperature 0.8, top_p 0.8,
+    repetition_penalty 1.1)."""
+
     model_config = ConfigDict(extra="ignore")
 
     max_new_tokens: int = Field(
@@ -235,6 +290,14 @@ class SamplingFields(BaseModel):
             repetition_penalty=self.repetition_penalty,
         )
 
+    def sampling_for(self, family: str) -> SamplingParams:
+        """The fields the client sent, over the model family's own defaults for the others (a v0.2
+        model: the schema's defaults, so `sampling`; S1-mini: its original's)."""
+        sent = {name: getattr(self, name) for name in SAMPLING_FIELDS if name in self.model_fields_set}
+        if "top_k" in sent:
+            sent["top_k"] = sent["top_k"] or None
+        return dataclasses.replace(default_sampling(family), **sent)
+
 
 class InvokeRequest(SamplingFields):
     """The original's invoke body, plus uploads, saved voices and the output format."""
@@ -247,11 +310,14 @@ class InvokeRequest(SamplingFields):
     prompt_tokens: str | None = Field(
         None,
         max_length=MAX_PATH,
-        description=("A .npy of codes [4, T] or an audio file (.wav/.flac/.ogg/.mp3) inside the references folder."),
+        description=(
+            "A .npy of codes [codebooks, T] (the model's) or an audio file (.wav/.flac/.ogg/.mp3) inside the "
+            "references folder."
+        ),
     )
-    order: str = Field(DEFAULT_ORDER, pattern=ORDER_PATTERN)
-    use_g2p: bool = True
-    speaker: str | None = Field(None, max_length=100)
+    order: str = Field(DEFAULT_ORDER, pattern=ORDER_PATTERN, description=f"Language priority for g2p. {V02_ONLY}")
+    use_g2p: bool = Field(True, description=f"Read the text as phonemes. {V02_ONLY}")
+    speaker: str | None = Field(None, max_length=100, description=f"A speaker tag in the prompt. {V02_ONLY}")
     reference_audio: str | None = Field(
         None,
         description=(
@@ -302,7 +368,10 @@ class SpeechRequest(SamplingFields):
     voice: str = Field(..., min_length=1, max_length=64, description="A saved voice id (POST /v1/references).")
     response_format: Literal[OPENAI_FORMATS] = Field(
         "mp3",
-        description="mp3, wav, flac or pcm (16-bit little-endian mono at 22050 Hz); opus and aac are not supported.",
+        description=(
+            "mp3, wav, flac or pcm (16-bit little-endian mono at the model's rate, the X-Sample-Rate header: 22050 "
+            "Hz for v0.2, 44100 Hz for S1-mini); opus and aac are not supported."
+        ),
     )
     speed: float = Field(
         1.0,
@@ -331,6 +400,63 @@ class G2PRequest(BaseModel):
     speaker: str | None = Field(None, max_length=100)
 
     _order = field_validator("order")(lambda value: check_order(value))
+
+
+class TTSReference(BaseModel):
+    audio: bytes | str = Field(
+        ..., description="The clip (any format soundfile reads): bytes in msgpack, base64 in JSON (or in msgpack)."
+    )
+    text: str = Field(..., description="What the clip says.")
+
+
+class TTSRequest(SamplingFields):
+    """The original fish-speech server's `ServeTTSRequest` (its `POST /v1/tts`), so its clients work
+    unchanged; sent as JSON or msgpack. Its defaults are the original's; fields it has that are not
+    listed here (e.g. `latency`) are accepted and ignored."""
+
+    TEXT_FIELDS: ClassVar = ("text",)
+    FILE_FIELDS: ClassVar = ()
+    MSGPACK: ClassVar = True  # the original client (ormsgpack) sends application/msgpack
+
+    text: str = Field(..., **TEXT_BOUND)
+    references: list[TTSReference] = Field(
+        [], description="Inline reference clips with their transcripts (at most one here)."
+    )
+    reference_id: str | None = Field(
+        None, max_length=255, description="A saved voice's id (POST /v1/references); wins over `references`."
+    )
+    format: Literal[OUTPUT_FORMATS] = Field(
+        "wav",
+        description=(
+            "The file format. Streamed audio is raw 16-bit little-endian mono PCM at the model's rate "
+            "(X-Sample-Rate) for wav and pcm alike: what the original sends (its WAV header never went out)."
+        ),
+    )
+    streaming: bool = Field(False, description="Send the audio while it is generated (format wav or pcm).")
+    max_new_tokens: int = Field(
+        1024, ge=0, le=MAX_CONTEXT, description="Frames to generate at most (the original's default); 0 = no limit."
+    )
+    # The original's defaults, S1-mini's (a v0.2 model takes its own for the fields left out: sampling_for)
+    top_p: float = Field(S1_DEFAULT_SAMPLING.top_p, gt=0, le=1)
+    repetition_penalty: float = Field(
+        S1_DEFAULT_SAMPLING.repetition_penalty, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY
+    )
+    temperature: float = Field(S1_DEFAULT_SAMPLING.temperature, gt=0, le=MAX_TEMPERATURE)
+    chunk_length: int = Field(200, ge=100, le=1000, description="Accepted; not used (nor by the original).")
+    normalize: bool = Field(True, description="Accepted; not used (nor by the original).")
+    use_memory_cache: Literal["on", "off"] = Field(
+        "off", description="Accepted; saved voices' codes are always kept, inline clips are encoded per request."
+    )
+    model: str = Field("default", pattern=MODEL_NAME_PATTERN, description="The loaded model to use (an addition).")
+
+    _text_not_blank = field_validator("text")(lambda value: _not_blank(value))
+
+    @field_validator("references")
+    @classmethod
+    def _one_reference(cls, references: list[TTSReference]) -> list[TTSReference]:
+        if len(references) > 1:
+            raise ValueError(f"at most one reference clip is supported here (got {len(references)})")
+        return references
 
 
 class VoiceCreate(BaseModel):

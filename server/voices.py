@@ -1,5 +1,10 @@
 """Saved voices on disk: `<references-dir>/voices/<id>/{voice.json, codes.npy, audio.wav}`.
 
+`codes.npy` holds the codes of the model family the voice was saved with (`family` in voice.json;
+voices saved before it was recorded are Fish Speech v0.2's), `audio.wav` the clip at that model's
+rate. A model of another family encodes the clip once and keeps its codes beside them
+(`codes.<family>.npy`, written to a temporary name and renamed into place).
+
 A voice is written into a hidden temporary folder, every file fsynced, then the folder is renamed
 into place (atomic on POSIX) and the parent fsynced: after a crash or `kill -9` a voice either
 exists completely or not at all. Deletion renames it away first for the same reason. Leftover
@@ -35,13 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from core.audio import SAMPLE_RATE, encode_audio
+from core.audio import encode_audio
+from core.engine import FAMILY
 
 log = logging.getLogger("fishtts.server")
 
 VOICE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # a fixed safe alphabet: ids are never paths
 VOICE_ID = re.compile(VOICE_ID_PATTERN)
 META, CODES, AUDIO = "voice.json", "codes.npy", "audio.wav"
+LEGACY_FAMILY = FAMILY  # voices saved before the family was recorded hold Fish Speech v0.2 codes
 ABANDONED_AFTER_S = 3600  # a temporary folder this old belongs to no write in progress
 MAX_NAME_TRIES = 1000
 
@@ -88,11 +95,33 @@ class VoiceStore:
         except (OSError, ValueError):
             raise VoiceNotFound(voice_id) from None
 
-    def codes(self, voice_id: str) -> np.ndarray:
+    def codes(self, voice_id: str, family: str | None = None) -> np.ndarray | None:
+        """The voice's codes for model family `family` (default: its own); None when that family's
+        have not been made yet (`keep_codes` stores them)."""
+        own = family is None or family == self.get(voice_id)["family"]
+        name = CODES if own else family_codes_name(family)
         try:
-            return np.load(self._folder(voice_id, CODES) / CODES, allow_pickle=False)
+            return np.load(self._folder(voice_id, name) / name, allow_pickle=False)
         except (OSError, ValueError):
-            raise VoiceNotFound(voice_id) from None
+            if own:
+                raise VoiceNotFound(voice_id) from None
+            return None  # not made yet, or unreadable: made again from the clip
+
+    def keep_codes(self, voice_id: str, family: str, codes: np.ndarray) -> None:
+        """Store the codes another family's model made from the clip (a voice deleted meanwhile: nothing)."""
+        name = family_codes_name(family)
+        try:
+            folder = self._folder(voice_id, name)
+        except VoiceNotFound:
+            return
+        staging = folder / f".{name}.tmp-{uuid.uuid4().hex}"
+        try:
+            _write_synced(staging, _npy_bytes(codes))
+            os.replace(staging, folder / name)  # readers see the old file or the new one, never a part
+            _fsync_dir(folder)
+        except OSError as exc:
+            log.info("the %s codes of voice %s were not kept: %s", family, voice_id, exc)
+            staging.unlink(missing_ok=True)
 
     def audio_path(self, voice_id: str) -> Path:
         path = self._folder(voice_id, AUDIO) / AUDIO
@@ -109,20 +138,24 @@ class VoiceStore:
         transcript: str,
         codes: np.ndarray,
         audio: np.ndarray,
+        sample_rate: int,
         model: str,
+        family: str,
         voice_id: str | None = None,
     ) -> dict:
+        """A voice of `family`'s `codes`, made from the clip `audio` (mono, at `sample_rate`) by model `model`."""
         staging = self.folder / f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
             _write_synced(staging / CODES, _npy_bytes(codes))
-            _write_synced(staging / AUDIO, encode_audio(audio, SAMPLE_RATE, "wav"))
+            _write_synced(staging / AUDIO, encode_audio(audio, sample_rate, "wav"))
             fields = {
                 "name": name,
                 "transcript": transcript,
-                "duration_s": round(audio.size / SAMPLE_RATE, 3),
+                "duration_s": round(audio.size / sample_rate, 3),
                 "frames": int(codes.shape[1]),
                 "model": model,
+                "family": family,
                 "created_at": time.time(),
             }
             with self._lock:
@@ -189,6 +222,7 @@ class VoiceStore:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
         if not isinstance(meta, dict) or meta.get("id") != folder.name:
             raise ValueError("metadata does not match its folder")
+        meta.setdefault("family", LEGACY_FAMILY)
         return meta
 
     def _sweep(self) -> None:
@@ -213,6 +247,13 @@ def _abandoned(staging: Path) -> bool:
     except OSError:  # alive but not ours to signal, or the folder is gone
         return False
     return False
+
+
+def family_codes_name(family: str) -> str:
+    """Where a voice keeps the codes of a family other than its own (family names are the engine's, not a client's)."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", family):
+        raise ValueError(f"invalid model family {family!r}")
+    return f"codes.{family}.npy"
 
 
 def slugify(name: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .config import UISettings
-from .handlers import NO_VOICE, Actions, ModelForm, SynthesisForm
+from .handlers import NO_VOICE, Actions, LoadedModel, ModelForm, SynthesisForm, pick_model
 from .i18n import DEFAULT_LANGUAGE, pick_language, t
 from .layout import EXAMPLE_KEYS, PREVIEW_HEADERS, Page
 
@@ -41,6 +41,33 @@ def build_app(settings: UISettings | None = None) -> gr.Blocks:
 def form(data: dict, page: Page, form_class):
     """The dataclass `form_class` filled from an event's {component: value} inputs."""
     return form_class(**{name: data[getattr(page, name)] for name in form_class.__dataclass_fields__})
+
+
+def model_updates(page: Page, models: list[LoadedModel], current: str | None) -> dict:
+    """The model picker's choices and choice, and the fields that apply to the picked model's family
+    only (input mode, speaker, language priority) shown or hidden; hidden, the mode is plain text."""
+    name = pick_model(models, current)
+    picked = next((m for m in models if m.name == name), None)
+    phonemes = picked is None or picked.phonemes
+    return {
+        page.model: gr.update(choices=[(m.label, m.name) for m in models] or [name], value=name),
+        page.mode: gr.update(visible=True) if phonemes else gr.update(visible=False, value="text"),
+        page.speaker: gr.update(visible=phonemes),
+        page.languages: gr.update(visible=phonemes),
+        page.languages_not_applicable: gr.update(visible=not phonemes),
+    }
+
+
+def sampling_updates(page: Page, models: list[LoadedModel], name: str) -> dict:
+    """The sliders at the picked model family's own sampling defaults (S1-mini's differ from v0.2's)."""
+    picked = next((m for m in models if m.name == name), None)
+    defaults = {} if picked is None else picked.sampling
+    updates = {
+        getattr(page, field): gr.update(value=defaults[field])
+        for field in ("top_p", "repetition_penalty", "temperature")
+        if isinstance(defaults.get(field), (int, float))
+    }
+    return {page.top_k: gr.update(value=defaults.get("top_k") or 0), **updates} if updates else {}
 
 
 def preview_value(lang: str, rows: list) -> dict:
@@ -84,17 +111,47 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
         return actions.server_status(lang, server_url, api_key)
 
     def from_server(server_url: str, api_key: str):
-        """On page load: the loaded model's files in the model tab, and the saved voices."""
+        """On page load: the loaded model's files in the model tab, the models to pick from, and the
+        saved voices."""
         loaded = actions.loaded_model_form(server_url, api_key)
         fields = [gr.update()] * len(model_fields) if loaded is None else list(vars(loaded).values())
-        return [*fields, gr.update(choices=actions.voice_choices(server_url, api_key))]
+        models = actions.loaded_models(server_url, api_key)
+        picker = model_updates(page, models, None)
+        sliders = {slider: gr.update() for slider in sampling_sliders}
+        sliders.update(sampling_updates(page, models, pick_model(models, None)))
+        return [
+            *fields,
+            *picker.values(),
+            *sliders.values(),
+            gr.update(choices=actions.voice_choices(server_url, api_key)),
+        ]
 
-    page.load_button.click(load_model, inputs={*connection, *model_fields}, outputs=page.model_message, **PRIVATE)
-    page.status_button.click(server_status, inputs=connection, outputs=page.model_message, **PRIVATE)
+    def pick(server_url: str, api_key: str, current: str):
+        """The models the server has now, with `current` picked if it still is one of them."""
+        return model_updates(page, actions.loaded_models(server_url, api_key), current)
+
+    def picked(server_url: str, api_key: str, current: str):
+        """A model picked by the user: the fields that apply to it, and its family's sampling defaults."""
+        models = actions.loaded_models(server_url, api_key)
+        return {**model_updates(page, models, current), **sampling_updates(page, models, current)}
+
+    picker_outputs = [page.model, page.mode, page.speaker, page.languages, page.languages_not_applicable]
+    sampling_sliders = [page.top_k, page.top_p, page.repetition_penalty, page.temperature]
+    picker_inputs = [page.server_url, page.api_key, page.model]
+    refresh_picker = dict(fn=pick, inputs=picker_inputs, outputs=picker_outputs, **PRIVATE)
+    page.load_button.click(load_model, inputs={*connection, *model_fields}, outputs=page.model_message, **PRIVATE).then(
+        **refresh_picker, show_progress="hidden"
+    )
+    page.status_button.click(server_status, inputs=connection, outputs=page.model_message, **PRIVATE).then(
+        **refresh_picker, show_progress="hidden"
+    )
+    page.model.input(
+        picked, inputs=picker_inputs, outputs=picker_outputs + sampling_sliders, show_progress="hidden", **PRIVATE
+    )
     demo.load(
         from_server,
         inputs=[page.server_url, page.api_key],
-        outputs=[*model_fields, page.voice_id],
+        outputs=[*model_fields, *picker_outputs, *sampling_sliders, page.voice_id],
         show_progress="hidden",
         **PRIVATE,
     )
@@ -182,8 +239,8 @@ def wire_voices(page: Page, actions: Actions) -> None:
     def refresh(server_url: str, api_key: str):
         return gr.update(choices=actions.voice_choices(server_url, api_key))
 
-    def save(lang: str, server_url: str, api_key: str, name: str, clip: str | None, transcript: str):
-        choices, voice_id, message = actions.save_voice(lang, server_url, api_key, name, clip, transcript)
+    def save(lang: str, server_url: str, api_key: str, name: str, clip: str | None, transcript: str, model: str):
+        choices, voice_id, message = actions.save_voice(lang, server_url, api_key, name, clip, transcript, model)
         return gr.update(choices=choices, value=voice_id), message
 
     def delete(lang: str, server_url: str, api_key: str, voice_id: str):
@@ -203,7 +260,7 @@ def wire_voices(page: Page, actions: Actions) -> None:
     page.refresh_voices.click(refresh, inputs=[page.server_url, page.api_key], outputs=page.voice_id, **PRIVATE)
     page.save_voice.click(
         save,
-        inputs=[*connection, page.voice_name, page.reference_audio, page.reference_text],
+        inputs=[*connection, page.voice_name, page.reference_audio, page.reference_text, page.model],
         outputs=[page.voice_id, page.message],
         **PRIVATE,
     )

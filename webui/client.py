@@ -16,6 +16,7 @@ SHORT_TIMEOUT = 30.0  # health, lists, g2p, voices
 LONG_TIMEOUT = 900.0  # loading a model or synthesizing on a CPU can take minutes
 CONNECT_TIMEOUT = 5.0
 MAX_MESSAGE = 300
+DEFAULT_SAMPLE_RATE = 22050  # a server too old to say X-Sample-Rate sends Fish Speech v0.2's rate
 
 
 class ClientError(Exception):
@@ -30,6 +31,24 @@ class ClientError(Exception):
 class Audio:
     data: bytes
     content_type: str
+
+
+class PCMStream:
+    """A streamed synthesis: its sample rate (the server's X-Sample-Rate), then its PCM bytes."""
+
+    def __init__(self, response: requests.Response, base_url: str):
+        self.response, self.base_url = response, base_url
+        try:
+            self.sample_rate = int(response.headers.get("x-sample-rate", DEFAULT_SAMPLE_RATE))
+        except ValueError:
+            self.sample_rate = DEFAULT_SAMPLE_RATE
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.response:
+            try:
+                yield from self.response.iter_content(chunk_size=None)
+            except requests.exceptions.RequestException:
+                raise ClientError("error.stream_broken", url=self.base_url) from None
 
 
 @dataclass
@@ -69,16 +88,12 @@ class ApiClient:
 
     def invoke_stream(
         self, name: str, fields: dict, reference_audio: bytes | None = None, reference_filename: str = "reference.wav"
-    ) -> Iterator[bytes]:
-        """Synthesize with `streaming: true`: raw 16-bit mono PCM at 22,050 Hz, as it arrives
+    ) -> PCMStream:
+        """Synthesize with `streaming: true`: raw 16-bit mono PCM at the model's rate, as it arrives
         (errors before the first byte are ClientErrors like invoke's; later ones end the stream)."""
         fields = {**fields, "streaming": True, "format": "pcm"}
         response = self._invoke(name, fields, reference_audio, reference_filename, stream=True)
-        with response:
-            try:
-                yield from response.iter_content(chunk_size=None)
-            except requests.exceptions.RequestException:
-                raise ClientError("error.stream_broken", url=self.base_url) from None
+        return PCMStream(response, self.base_url)
 
     def _invoke(
         self, name: str, fields: dict, reference_audio: bytes | None, reference_filename: str, stream: bool

@@ -10,10 +10,9 @@ import wave
 from pathlib import Path
 
 MAX_AGE_S = 3600
-SAMPLE_RATE = 22050  # what the API sends
 
 
-def wav_bytes(pcm: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
+def wav_bytes(pcm: bytes, sample_rate: int) -> bytes:
     """16-bit mono PCM as a WAV file (the stdlib's wave: no numpy or soundfile needed here)."""
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:

@@ -8,15 +8,15 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .client import ApiClient, ClientError
 from .config import UISettings
-from .files import SAMPLE_RATE, wav_bytes, write_temp
+from .files import wav_bytes, write_temp
 from .i18n import t
 
-MODEL_NAME = "default"  # the original UI always loads and invokes this bundle
+MODEL_NAME = "default"  # the model the page loads, and picks when the server has it
 NO_VOICE = ""  # the voice dropdown's "none" entry
 
 
@@ -54,6 +54,7 @@ class SynthesisForm:
     """The inference tab; the field names are the components' names in the layout. The page starts
     from the API's defaults (`Actions.forms`); these are used only when it cannot be reached."""
 
+    model: str = MODEL_NAME  # the loaded model the page synthesizes with
     text: str = ""
     mode: str = "text"  # "text" or "phonemes" (the original's 文本 / 自动音素)
     max_new_tokens: float = 0
@@ -90,12 +91,40 @@ def message_html(lang: str, key: str, detail: str | None = None, *, error: bool 
     return f'<div class="fishtts-message {css}">' + "<br>".join(lines) + "</div>"
 
 
-def failure_html(lang: str, headline: str, exc: Exception) -> str:
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model the server has loaded, as the page needs it (GET /v1/models' details)."""
+
+    name: str
+    family: str = ""
+    phonemes: bool = True  # input mode, language order and speaker apply to it (not to S1-mini)
+    sampling: dict = field(default_factory=dict, compare=False)  # its family's defaults (temperature, ...)
+
+    @classmethod
+    def from_details(cls, details: dict) -> LoadedModel:
+        sampling = details.get("sampling") if isinstance(details.get("sampling"), dict) else {}
+        return cls(str(details["name"]), str(details.get("family", "")), details.get("phonemes") is not False, sampling)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.family})" if self.family else self.name
+
+
+def pick_model(models: list[LoadedModel], current: str | None) -> str:
+    """The page's choice: the current one while it is loaded, else 'default', else the first."""
+    names = [m.name for m in models]
+    for name in (current, MODEL_NAME):
+        if name in names:
+            return name
+    return names[0] if names else MODEL_NAME
+
+
+def failure_html(lang: str, headline: str, exc: Exception, model: str = MODEL_NAME) -> str:
     """`headline` then the reason: a server or connection problem, or a form problem."""
     if isinstance(exc, ClientError):
         if exc.status == 404 and str(exc.fields.get("message", "")).startswith("Cannot find model"):
             # The server's "Cannot find model.": tell users where to load one.
-            return message_html(lang, headline, t(lang, "error.no_model", name=MODEL_NAME))
+            return message_html(lang, headline, t(lang, "error.no_model", name=model))
         return message_html(lang, headline, t(lang, exc.key, **exc.fields))
     if isinstance(exc, UIError):
         return message_html(lang, headline, t(lang, exc.key, **exc.fields))
@@ -164,6 +193,13 @@ class Actions:
             lines.append(t(lang, "status.load_errors", errors=errors))
         return '<div class="fishtts-message fishtts-ok">' + "<br>".join(map(html.escape, lines)) + "</div>"
 
+    def loaded_models(self, server_url: str, api_key: str = "") -> list[LoadedModel]:
+        """The server's loaded models ([] when it cannot be reached)."""
+        try:
+            return [LoadedModel.from_details(d) for d in self.client(server_url, api_key).list_models()]
+        except (ClientError, KeyError, TypeError):
+            return []
+
     def loaded_model_form(self, server_url: str, api_key: str = "") -> ModelForm | None:
         """The form as the server's loaded 'default' bundle was loaded (its paths as the server shows
         them), so a later 'Load model' reloads the same files; None when there is none."""
@@ -215,9 +251,9 @@ class Actions:
             fields, audio, filename = invoke_request(form)
             if progress is not None:
                 progress(None, desc=t(lang, "progress.synthesizing"))
-            result = self.client(server_url, api_key).invoke(MODEL_NAME, fields, audio, filename)
+            result = self.client(server_url, api_key).invoke(form.model, fields, audio, filename)
         except (ClientError, UIError) as exc:
-            return None, None, failure_html(lang, "error.inference", exc)
+            return None, None, failure_html(lang, "error.inference", exc, form.model)
         return finished(lang, result.data, "." + form.output_format, started)
 
     def synthesize_stream(
@@ -229,24 +265,26 @@ class Actions:
         pcm, carry = bytearray(), b""
         try:
             fields, audio, filename = invoke_request(form)
-            for part in self.client(server_url, api_key).invoke_stream(MODEL_NAME, fields, audio, filename):
+            stream = self.client(server_url, api_key).invoke_stream(form.model, fields, audio, filename)
+            rate = stream.sample_rate
+            for part in stream:
                 part = carry + part
                 whole = len(part) - len(part) % 2  # 16-bit samples may straddle two network reads
                 part, carry = part[:whole], part[whole:]
                 if not part:
                     continue
                 pcm += part
-                seconds = f"{len(pcm) / 2 / SAMPLE_RATE:.1f}"
+                seconds = f"{len(pcm) / 2 / rate:.1f}"
                 yield (
-                    wav_bytes(part),
+                    wav_bytes(part, rate),
                     None,
                     None,
                     message_html(lang, "progress.streaming", error=False, seconds=seconds),
                 )
         except (ClientError, UIError) as exc:
-            yield None, None, None, failure_html(lang, "error.inference", exc)
+            yield None, None, None, failure_html(lang, "error.inference", exc, form.model)
             return
-        yield None, *finished(lang, wav_bytes(bytes(pcm)), ".wav", started)
+        yield None, *finished(lang, wav_bytes(bytes(pcm), rate), ".wav", started)
 
     # -- saved voices ---------------------------------------------------------------------------
 
@@ -280,18 +318,26 @@ class Actions:
         return clip, voice["transcript"], ""
 
     def save_voice(
-        self, lang: str, server_url: str, api_key: str, name: str, reference_audio: str | None, reference_text: str
+        self,
+        lang: str,
+        server_url: str,
+        api_key: str,
+        name: str,
+        reference_audio: str | None,
+        reference_text: str,
+        model: str = MODEL_NAME,
     ) -> tuple[list[tuple[str, str]], str, str]:
-        """(new voice choices, the new voice's id or 'none', message)."""
+        """(new voice choices, the new voice's id or 'none', message); `model` encodes the clip."""
         try:
             if not (name or "").strip():
                 raise UIError("reference.need_name")
             audio, filename = read_reference(reference_audio)
             if not (reference_text or "").strip():
                 raise UIError("reference.need_text")
-            voice = self.client(server_url, api_key).create_voice(name.strip(), reference_text.strip(), audio, filename)
+            client = self.client(server_url, api_key)
+            voice = client.create_voice(name.strip(), reference_text.strip(), audio, filename, model)
         except (ClientError, UIError) as exc:
-            return self.voice_choices(server_url, api_key), NO_VOICE, failure_html(lang, "error.voice", exc)
+            return self.voice_choices(server_url, api_key), NO_VOICE, failure_html(lang, "error.voice", exc, model)
         message = message_html(lang, "reference.saved", error=False, name=voice["name"])
         return self.voice_choices(server_url, api_key), voice["id"], message
 

@@ -88,6 +88,15 @@ class Page:
                     )
 
                 with make(gr.Tab, i18n={"label": "tab.inference"}, id="inference"):
+                    # The loaded models (GET /v1/models); what does not apply to the picked one hides.
+                    self.model = make(
+                        gr.Dropdown,
+                        i18n={"label": "inference.model", "info": "inference.model.info"},
+                        choices=[synth.model],
+                        value=synth.model,
+                        allow_custom_value=True,  # the page may start before the server lists its models
+                        elem_id="fishtts-model",
+                    )
                     self.text = make(
                         gr.Textbox,
                         i18n={"label": "inference.text", "placeholder": "inference.text.placeholder"},
@@ -110,7 +119,10 @@ class Page:
                         with make(gr.Tab, i18n={"label": "tab.params"}):
                             make(gr.Markdown, i18n={"value": "params.markdown"})
                             self.mode = make(
-                                gr.Dropdown, i18n={"label": "params.mode", "choices": MODES}, value=synth.mode
+                                gr.Dropdown,
+                                i18n={"label": "params.mode", "choices": MODES},
+                                value=synth.mode,
+                                elem_id="fishtts-mode",
                             )
                             self.max_new_tokens = make(
                                 gr.Slider,
@@ -153,10 +165,12 @@ class Page:
                                 maximum=2,
                                 step=0.01,
                                 value=synth.temperature,
+                                elem_id="fishtts-temperature",
                             )
                             self.speaker = make(
                                 gr.Textbox,
                                 i18n={"label": "params.speaker", "placeholder": "params.speaker.placeholder"},
+                                elem_id="fishtts-speaker",
                             )
                             with gr.Row():
                                 self.seed = make(
@@ -187,13 +201,22 @@ class Page:
                             )
 
                         with make(gr.Tab, i18n={"label": "tab.languages"}):
-                            make(gr.Markdown, i18n={"value": "languages.markdown"})
-                            self.language_1, self.language_2, self.language_3 = (
-                                make(gr.Dropdown, i18n={"label": key, "choices": LANGUAGE_CHOICES}, value=value)
-                                for key, value in zip(
-                                    LANGUAGE_SLOT_KEYS, (synth.language_1, synth.language_2, synth.language_3)
-                                )
+                            # Shown instead of the fields for a model that reads text as it is (S1-mini);
+                            # the tab stays (Gradio 6 does not hide a tab on an update).
+                            self.languages_not_applicable = make(
+                                gr.Markdown,
+                                i18n={"value": "languages.not_applicable"},
+                                visible=False,
+                                elem_id="fishtts-languages-not-applicable",
                             )
+                            with gr.Column(elem_id="fishtts-languages") as self.languages:
+                                make(gr.Markdown, i18n={"value": "languages.markdown"})
+                                self.language_1, self.language_2, self.language_3 = (
+                                    make(gr.Dropdown, i18n={"label": key, "choices": LANGUAGE_CHOICES}, value=value)
+                                    for key, value in zip(
+                                        LANGUAGE_SLOT_KEYS, (synth.language_1, synth.language_2, synth.language_3)
+                                    )
+                                )
 
                         with make(gr.Tab, i18n={"label": "tab.reference"}, id="reference"):
                             make(gr.Markdown, i18n={"value": "reference.markdown"})

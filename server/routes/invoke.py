@@ -15,7 +15,7 @@ from ..context import ServerContext, get_ctx
 from ..errors import ApiError
 from ..schemas import MODEL_NAME_PATTERN, InvokeRequest
 from ..streaming import CONTENT_TYPES
-from ..synthesis import synthesize
+from ..synthesis import SavedVoice, synthesize
 from . import ERROR_RESPONSES
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -34,11 +34,13 @@ async def invoke(
     """Synthesize `text`, optionally in the voice of one reference: `reference_audio` (base64 in JSON,
     or a file part in multipart/form-data; needs `reference_text`), `reference_id` (a saved voice),
     or the original's `prompt_tokens` path (inside the references folder). `streaming: true` sends the
-    audio as it is generated. Unknown model: 404; full queue: 503 + Retry-After; reference over
-    --max-reference-seconds: 422."""
+    audio as it is generated. For an S1-mini model, `use_g2p`, `order` and `speaker` do not apply
+    (ignored); its audio is 44.1 kHz (`X-Sample-Rate`). Unknown model: 404; full queue: 503 +
+    Retry-After; reference over --max-reference-seconds: 422."""
     body, files = await read_body(request, InvokeRequest, ctx.settings.max_text_length)
     ctx.check_model(name)  # the original answers an unknown model before looking at the reference
     reference, transcript = await reference_of(ctx, body, files)
+    voice = None if body.reference_id is None else SavedVoice(body.reference_id)
     synthesis = SynthesisRequest(
         text=body.text,
         transcript=transcript,
@@ -52,13 +54,15 @@ async def invoke(
         output_format=body.format,
         streaming=body.streaming,
     )
-    return await synthesize(ctx, name, synthesis, {"Content-Disposition": f"attachment; filename=audio.{body.format}"})
+    headers = {"Content-Disposition": f"attachment; filename=audio.{body.format}"}
+    return await synthesize(ctx, name, synthesis, headers, voice, body)
 
 
 async def reference_of(
     ctx: ServerContext, body: InvokeRequest, files: dict[str, bytes]
 ) -> tuple[Reference | None, str | None]:
-    """The reference the body names (an upload, a saved voice or a path) and its transcript."""
+    """The reference the body names (an upload or a path; None for a saved voice, whose codes depend on
+    the model: `synthesize` reads them) and its transcript."""
     limits = {"min_seconds": MIN_REFERENCE_SECONDS, "max_seconds": ctx.settings.max_reference_seconds}
     if "reference_audio" in files or body.reference_audio is not None:
         data = files.get("reference_audio") or decode_base64(body.reference_audio, "reference_audio")
@@ -66,10 +70,8 @@ async def reference_of(
             raise ValueError("reference_text: reference_audio needs its transcript in reference_text (or prompt_text).")
         return Reference("reference_audio", audio=data, **limits), body.transcript
     if body.reference_id is not None:
-        meta = await run_in_threadpool(ctx.voices.get, body.reference_id)
-        codes = await run_in_threadpool(ctx.voices.codes, body.reference_id)
-        transcript = meta["transcript"] if body.transcript is None else body.transcript
-        return Reference("reference_id", codes=codes, **limits), transcript
+        meta = await run_in_threadpool(ctx.voices.get, body.reference_id)  # 404 before any model work
+        return None, meta["transcript"] if body.transcript is None else body.transcript
     if body.prompt_tokens is not None:
         return await run_in_threadpool(prompt_tokens_reference, ctx, body.prompt_tokens, limits), body.transcript
     return None, body.transcript

@@ -48,16 +48,19 @@ def models_editable(ctx: Ctx) -> None:
 
 @router.put("/{name}", response_model=LoadModelResponse, dependencies=[Depends(models_editable)])
 async def load_model(body: LoadModelRequest, ctx: Ctx, name: str = ModelName) -> dict:
-    """Load a bundle (or replace one of that name). Paths name files inside the checkpoints folder
-    (400 for `..`/absolute paths, 403 outside it, 404 missing); a file that is not a weights file
-    is refused with 400, never unpickled. Requests keep using the old bundle until the new one is
-    ready; it is freed once its running requests finish. 409 where a deployment config sets the models."""
+    """Load a bundle (or replace one of that name): Fish Speech v0.2 files (`llama`, `vqgan`) or an
+    OpenAudio S1-mini folder (`s1`). Paths name files or folders inside the checkpoints folder
+    (400 for `..`/absolute paths, 403 outside it, 404 missing); a file that is not a weights file,
+    or a folder whose files are wrong, is refused with 400 naming it, never unpickled. Requests keep
+    using the old bundle until the new one is ready; it is freed once its running requests finish.
+    409 where a deployment config sets the models."""
     bundle = await run_in_threadpool(load_bundle, ctx, name, body)
     return {
         "name": name,
         "device": bundle.info["device"],
         "precision": bundle.info["precision"],
         "compiled": bundle.info["compiled"],
+        "family": bundle.info["family"],
     }
 
 

@@ -11,13 +11,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from starlette.concurrency import run_in_threadpool
 
-from core.request import STREAM_FORMATS, Reference, SynthesisRequest
+from core.request import STREAM_FORMATS, SynthesisRequest
 
 from ..context import ServerContext, get_ctx, text_limited
 from ..errors import ApiError
 from ..schemas import SpeechRequest
 from ..streaming import CONTENT_TYPES
-from ..synthesis import synthesize
+from ..synthesis import SavedVoice, synthesize
 from . import OPENAI_ERROR_RESPONSES
 
 OPENAI_MODELS = {"tts-1", "tts-1-hd", "gpt-4o-mini-tts"}
@@ -59,15 +59,13 @@ async def speech(body: text_limited(SpeechRequest), ctx: Annotated[ServerContext
     if model is None:
         raise ApiError(404, f"The model {body.model!r} does not exist.", param="model", code="model_not_found")
     meta = await run_in_threadpool(ctx.voices.get, body.voice)
-    codes = await run_in_threadpool(ctx.voices.codes, body.voice)
     synthesis = SynthesisRequest(
         text=body.input,
         transcript=meta["transcript"],
-        reference=Reference("voice", codes=codes),
         sampling=body.sampling,
         max_frames=body.max_new_tokens,
         seed=body.seed,
         output_format=body.response_format,
         streaming=streaming,
     )
-    return await synthesize(ctx, model, synthesis)
+    return await synthesize(ctx, model, synthesis, voice=SavedVoice(body.voice, "voice"), sampling=body)

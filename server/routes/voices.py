@@ -31,7 +31,9 @@ def id_taken(voice_id: str) -> ApiError:
 async def create_voice(request: Request, ctx: Ctx) -> dict:
     """Save a voice: `name`, `transcript` and `audio` (base64 in JSON, or a file part in
     multipart/form-data). The clip (0.5 s to --max-reference-seconds) is encoded with `model`'s
-    VQGAN; codes, clip and metadata are written atomically. An `id` that exists: 409."""
+    codec; codes, clip (at that model's rate) and metadata (with the model's family) are written
+    atomically. A model of another family using the voice encodes the clip again, once. An `id`
+    that exists: 409."""
     body, files = await read_body(request, VoiceCreate, ctx.settings.max_text_length)
     data = files.get("audio")
     if data is None:
@@ -53,7 +55,9 @@ async def create_voice(request: Request, ctx: Ctx) -> dict:
                 transcript=body.transcript,
                 codes=prepared.codes,
                 audio=prepared.audio,
+                sample_rate=engine.info.sample_rate,
                 model=body.model,
+                family=engine.info.family,
                 voice_id=body.id,
             )
         except VoiceExists:
@@ -76,7 +80,12 @@ async def get_voice(ctx: Ctx, voice_id: str = VoiceId) -> dict:
 @router.get(
     "/{voice_id}/audio",
     response_class=FileResponse,
-    responses={200: {"content": {"audio/wav": {}}, "description": "The saved clip (22050 Hz mono WAV)."}},
+    responses={
+        200: {
+            "content": {"audio/wav": {}},
+            "description": "The saved clip (mono WAV at the rate of the model that saved it).",
+        }
+    },
 )
 async def get_voice_audio(ctx: Ctx, voice_id: str = VoiceId) -> FileResponse:
     path = await run_in_threadpool(ctx.voices.audio_path, voice_id)

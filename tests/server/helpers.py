@@ -22,7 +22,7 @@ import requests
 import soundfile as sf
 import torch
 
-from tests.paths import PARITY, ROOT
+from tests.paths import DATA, PARITY, ROOT
 
 SR = 22050
 
@@ -39,6 +39,8 @@ WEBUI_LOAD = {
     "vqgan": {"config_name": "checkpoints/vqgan_config.json", "checkpoint_path": "checkpoints/vqgan-v1.pth"},
 }
 FAST = {"max_new_tokens": 8, "seed": 1}  # random weights never stop on their own
+S1_FOLDER = "openaudio-s1-mini"  # the golden random-weight S1 folder, as `add_s1_model` places it
+S1_LOAD = {"device": "cpu", "s1": {"folder": S1_FOLDER}}  # its PUT /v1/models body
 
 
 def tone(seconds: float, sr: int = SR, channels: int = 1, freq: float = 220.0) -> np.ndarray:
@@ -74,6 +76,14 @@ def make_workdir(folder: Path) -> Path:
     sf.write(refs / "0_input.wav", tone(2.0), SR)
     np.save(refs / "0_input.npy", np.random.default_rng(0).integers(0, 160, size=(4, 40), dtype=np.int64))
     (folder / "load_default.json").write_text(_json(WEBUI_LOAD), encoding="utf-8")
+    return folder
+
+
+def add_s1_model(folder: Path) -> Path:
+    """The golden S1-mini folder (tests/data/s1/checkpoint, laid out as the official one) in the work
+    dir's checkpoints, and its load body as `load_s1.json` (for `--load s1=load_s1.json`)."""
+    shutil.copytree(DATA / "s1" / "checkpoint", folder / "checkpoints" / S1_FOLDER)
+    (folder / "load_s1.json").write_text(_json(S1_LOAD), encoding="utf-8")
     return folder
 
 

@@ -21,15 +21,13 @@ PROCESSES = 3
 
 def save_voices(references: str, writer: int) -> tuple[list[str], list[str | None]]:
     store = VoiceStore(references)  # sweeps at start, while the other processes are writing
-    audio = np.zeros(22050, np.float32)
+    clip = {"audio": np.zeros(22050, np.float32), "sample_rate": 22050, "model": "m", "family": "fish-speech-v0.2"}
     auto_ids, claimed = [], []
     for i in range(SAVES):
         codes = np.full((4, 5), writer * 100 + i, np.int64)
-        auto_ids.append(
-            store.create(name="Twin", transcript=f"{writer}-{i}", codes=codes, audio=audio, model="m")["id"]
-        )
+        auto_ids.append(store.create(name="Twin", transcript=f"{writer}-{i}", codes=codes, **clip)["id"])
         try:
-            store.create(name="x", transcript=f"{writer}", codes=codes, audio=audio, model="m", voice_id=f"one-{i}")
+            store.create(name="x", transcript=f"{writer}", codes=codes, voice_id=f"one-{i}", **clip)
             claimed.append(f"one-{i}")
         except VoiceExists:
             claimed.append(None)

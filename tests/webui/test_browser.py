@@ -13,7 +13,7 @@ import requests
 import soundfile as sf
 
 from tests.helpers import synthesize_speech
-from tests.server.helpers import Server, make_workdir
+from tests.server.helpers import Server, add_s1_model, make_workdir
 from tests.webui.support import CHROMIUM, CHROMIUM_ARGS, WebUI, artifacts_dir, require_browser
 
 REFERENCE_TEXT = "This is a short reference clip for voice cloning."
@@ -36,8 +36,8 @@ def browser(playwright):
 
 @pytest.fixture(scope="module")
 def ui(browser, tmp_path_factory):
-    workdir = make_workdir(tmp_path_factory.mktemp("webui-browser"))
-    server = Server(workdir)
+    workdir = add_s1_model(make_workdir(tmp_path_factory.mktemp("webui-browser")))
+    server = Server(workdir, "--load", "s1=load_s1.json")  # an S1-mini model beside the v0.2 'default'
     webui = WebUI(server.url, workdir)
     webui.api_url = server.url
     yield webui
@@ -202,3 +202,53 @@ def test_streaming_plays_while_generating_and_keeps_the_same_audio(browser, ui):
     np.testing.assert_array_equal(
         sf.read(io.BytesIO(streamed), dtype="int16")[0], sf.read(io.BytesIO(whole.content), dtype="int16")[0]
     )
+
+
+def test_picking_an_s1_model_hides_what_does_not_apply_and_synthesizes_with_it(browser, ui):
+    """The model picker lists the server's models; for S1-mini the input mode, speaker and language
+    priority hide (they apply to v0.2 only), and synthesis uses the picked model."""
+    page = open_page(browser, ui.url + "?lang=en", "en-US")
+
+    def pick(label: str, option: str) -> None:
+        page.get_by_label(label, exact=True).click()
+        page.get_by_role("option", name=option).click()
+
+    def v02_fields(state: str, params_tab: str, languages_tab: str) -> None:
+        page.get_by_role("tab", name=params_tab).click()
+        page.locator("#fishtts-max-new-tokens").wait_for(state="visible")  # the tab is showing
+        page.locator("#fishtts-mode").wait_for(state=state)
+        page.locator("#fishtts-speaker").wait_for(state=state)
+        page.get_by_role("tab", name=languages_tab).click()
+        page.locator("#fishtts-languages").wait_for(state=state)
+        page.locator("#fishtts-languages-not-applicable").wait_for(state="hidden" if state == "visible" else "visible")
+
+    try:
+        page.locator("#fishtts-synthesize").filter(has_text="Synthesize").wait_for()
+        page.wait_for_function("() => document.querySelector('#fishtts-model input').value.startsWith('default')")
+        v02_fields("visible", "Synthesis parameters", "Language priority")
+
+        temperature = "() => document.querySelector('#fishtts-temperature input[type=number]').value"
+        assert page.evaluate(temperature) == "0.7"  # v0.2's default
+        pick("Model", "s1 (openaudio-s1-mini)")
+        v02_fields("hidden", "Synthesis parameters", "Language priority")
+        page.wait_for_function(f"() => ({temperature})() === '0.8'")  # S1-mini's own default
+        page.get_by_role("tab", name="Synthesis parameters").click()
+        page.locator("#fishtts-text textarea").fill("Hello from the second family.")
+        tokens = page.locator("#fishtts-max-new-tokens input[type=number]")
+        tokens.fill("16")
+        tokens.press("Enter")
+        page.locator("#fishtts-synthesize").click()
+        page.wait_for_function(AUDIO_HAS_SOURCE, timeout=120_000)
+        page.locator("#fishtts-message").get_by_text("Done in").wait_for()
+        page.screenshot(path=str(artifacts_dir() / "webui-s1-en.png"), full_page=True)
+        result = page.request.get(page.locator("#fishtts-result audio").get_attribute("src")).body()
+        s1 = next(d for d in requests.get(ui.api_url + "/v1/models").json()["details"] if d["name"] == "s1")
+        assert sf.info(io.BytesIO(result)).samplerate == s1["sample_rate"]  # S1's audio, not v0.2's
+
+        # in Chinese, back to v0.2: the fields return
+        page.locator("#fishtts-language").get_by_text("中文").click()
+        pick("模型", "default (fish-speech-v0.2)")
+        v02_fields("visible", "合成参数", "语言优先级")
+        page.wait_for_function(f"() => ({temperature})() === '0.7'")
+    finally:
+        page.context.close()

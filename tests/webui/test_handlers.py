@@ -11,11 +11,13 @@ import pytest
 import soundfile as sf
 
 from tests.helpers import synthesize_speech
-from tests.server.helpers import Server, free_port, make_workdir
+from tests.server.helpers import Server, add_s1_model, free_port, make_workdir
 from webui.client import ClientError, error_from_response
 from webui.config import UISettings
-from webui.handlers import Actions, ModelForm, SynthesisForm
+from webui.handlers import Actions, LoadedModel, ModelForm, SynthesisForm, pick_model
 from webui.i18n import t
+
+SERVER_ARGS = ("--load", "s1=load_s1.json")  # an OpenAudio S1-mini model beside the v0.2 'default'
 
 REFERENCE_TEXT = "This is a short reference clip for voice cloning."
 # The tiny models' files under the official names (tests/server/helpers.py), with their configs.
@@ -26,6 +28,11 @@ TINY_MODEL = ModelForm(
     llama_config="checkpoints/llama.json",
     vqgan_config="checkpoints/vqgan_config.json",
 )
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return add_s1_model(make_workdir(tmp_path_factory.mktemp("work-ui")))
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +114,47 @@ def test_streaming_yields_audio_while_generating_and_the_same_whole_file(server,
     assert (np.concatenate(pieces) == whole).all()
     not_streamed, _, _ = actions.synthesize("en_US", server.url, "", form)  # the same request, in one piece
     assert (sf.read(not_streamed, dtype="int16")[0] == whole).all()
+
+
+def test_the_models_to_pick_from_say_what_applies_to_them(server, actions):
+    models = {m.name: m for m in actions.loaded_models(server.url)}
+    assert models["default"] == LoadedModel("default", "fish-speech-v0.2", phonemes=True)
+    assert models["s1"] == LoadedModel("s1", "openaudio-s1-mini", phonemes=False)
+    assert models["s1"].label == "s1 (openaudio-s1-mini)"
+    from core.request import DEFAULT_SAMPLING, S1_DEFAULT_SAMPLING
+
+    assert models["s1"].sampling["temperature"] == S1_DEFAULT_SAMPLING.temperature  # what the sliders take
+    assert models["default"].sampling["top_p"] == DEFAULT_SAMPLING.top_p
+    assert pick_model(list(models.values()), None) == "default"  # the page starts on 'default'
+    assert pick_model(list(models.values()), "s1") == "s1"
+    assert pick_model([models["s1"]], "gone") == "s1"
+    assert actions.loaded_models(f"http://127.0.0.1:{free_port()}") == []
+
+
+def test_an_s1_model_synthesizes_and_streams_at_its_own_rate(server, actions):
+    s1_rate = next(d for d in actions.client(server.url).list_models() if d["name"] == "s1")["sample_rate"]
+    assert s1_rate != 22050  # so a page that assumed v0.2's rate would be caught
+    form = fast(model="s1", text="The second family in the web UI.", max_new_tokens=24, seed=3)
+    whole_path, _, html = actions.synthesize("en_US", server.url, "", form)
+    assert whole_path and "fishtts-ok" in html, html
+    whole, rate = sf.read(whole_path, dtype="int16")
+    assert rate == s1_rate
+    steps = list(actions.synthesize_stream("en_US", server.url, "", form))
+    chunks = [sf.read(io.BytesIO(chunk), dtype="int16") for chunk, _, _, _ in steps if chunk is not None]
+    assert chunks and all(chunk_rate == s1_rate for _, chunk_rate in chunks)
+    streamed, streamed_rate = sf.read(steps[-1][1], dtype="int16")
+    assert streamed_rate == s1_rate and streamed.shape == whole.shape
+    assert np.abs(streamed.astype(np.int32) - whole).max() <= 1  # S1's chunked decode: within rounding
+
+
+def test_a_voice_saved_with_s1_is_s1s(server, actions, reference_wav):
+    _, voice_id, html = actions.save_voice("en_US", server.url, "", "S1 Voice", str(reference_wav), "Hi.", "s1")
+    assert voice_id, html
+    voice = next(v for v in actions.client(server.url).list_voices() if v["id"] == voice_id)
+    assert voice["model"] == "s1" and voice["family"] == "openaudio-s1-mini"
+    path, _, html = actions.synthesize("en_US", server.url, "", fast(use_reference=True, voice_id=voice_id))
+    assert path and "fishtts-ok" in html, html  # and v0.2 ('default') speaks in it too
+    actions.delete_voice("en_US", server.url, "", voice_id)
 
 
 def test_streaming_errors_are_readable(actions, down_url):
