@@ -6,7 +6,8 @@
 #   FISHTTS_DEVICE           cpu, cuda, cuda:N                  (CUDA when available)
 #   FISHTTS_CHECKPOINTS_DIR  checkpoints folder                 (checkpoints)
 #   FISHTTS_LOAD             model to load at start: "default" (the official files, downloaded when
-#                            missing) or "default=BODY.json" (a PUT /v1/models body naming other files)
+#                            missing) or "NAME=BODY.json" (a PUT /v1/models body naming other files, e.g.
+#                            {"s1": {"folder": "openaudio-s1-mini"}} for OpenAudio S1-mini)
 #   FISHTTS_API_KEY          require this key on the API (the UI sends it)
 #   GRADIO_SERVER_NAME       web UI address                     (127.0.0.1)
 #   GRADIO_SERVER_PORT       web UI port                        (7860)
