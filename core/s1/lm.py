@@ -15,8 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import DualARConfig, LayerShape, find_multiple
 from ..lm.quantize import quantize_model
+from .config import DualARConfig, LayerShape, find_multiple
 from .layers import Linear, RMSNorm, SwiGLU, apply_rope, rope_table
 
 
