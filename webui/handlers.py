@@ -99,11 +99,19 @@ class LoadedModel:
     family: str = ""
     phonemes: bool = True  # input mode, language order and speaker apply to it (not to S1-mini)
     sampling: dict = field(default_factory=dict, compare=False)  # its family's defaults (temperature, ...)
+    sampling_fields: tuple[str, ...] | None = field(default=None, compare=False)  # None: not told, all apply
 
     @classmethod
     def from_details(cls, details: dict) -> LoadedModel:
         sampling = details.get("sampling") if isinstance(details.get("sampling"), dict) else {}
-        return cls(str(details["name"]), str(details.get("family", "")), details.get("phonemes") is not False, sampling)
+        fields = details.get("sampling_fields")
+        fields = tuple(str(f) for f in fields) if isinstance(fields, list) else None
+        phonemes = details.get("phonemes") is not False
+        return cls(str(details["name"]), str(details.get("family", "")), phonemes, sampling, fields)
+
+    def samples_with(self, name: str) -> bool:
+        """Whether the sampling field `name` applies to this model (S1-mini has no top-k)."""
+        return self.sampling_fields is None or name in self.sampling_fields
 
     @property
     def label(self) -> str:

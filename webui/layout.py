@@ -140,6 +140,7 @@ class Page:
                                 maximum=100,
                                 step=1,
                                 value=synth.top_k,
+                                elem_id="fishtts-top-k",
                             )
                             # The API needs top_p, penalty and temperature > 0: the sliders start at 0.01.
                             self.top_p = make(

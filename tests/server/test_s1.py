@@ -73,12 +73,14 @@ def save_voice(client, voice_id: str, model: str, seconds: float = 2.0, rate: in
 
 def test_put_loads_the_folder_and_every_view_names_the_family(client, s1):
     assert s1["family"] == S1_FAMILY and s1["phonemes"] is False
+    assert s1["sampling_fields"] == ["temperature", "top_p", "repetition_penalty"]  # no top-k: refused
     assert s1["s1"] == {"folder": f"checkpoints/{S1_FOLDER}"} and "llama" not in s1
     assert s1["sample_rate"] > 0 and s1["frame_rate"] > 0 and s1["device"] == "cpu"
     models = client.get("/v1/models").json()
     assert models["models"] == ["default", "s1"]
     default = next(d for d in models["details"] if d["name"] == "default")
     assert default["family"] == FAMILY and default["phonemes"] is True and default["sample_rate"] == 22050
+    assert "top_k" in default["sampling_fields"]
     health = client.get("/v1/health").json()
     assert {m["name"]: m["family"] for m in health["models"]} == {"default": FAMILY, "s1": S1_FAMILY}
 

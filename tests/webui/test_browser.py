@@ -218,6 +218,7 @@ def test_picking_an_s1_model_hides_what_does_not_apply_and_synthesizes_with_it(b
         page.locator("#fishtts-max-new-tokens").wait_for(state="visible")  # the tab is showing
         page.locator("#fishtts-mode").wait_for(state=state)
         page.locator("#fishtts-speaker").wait_for(state=state)
+        page.locator("#fishtts-top-k").wait_for(state=state)  # S1-mini samples without top-k
         page.get_by_role("tab", name=languages_tab).click()
         page.locator("#fishtts-languages").wait_for(state=state)
         page.locator("#fishtts-languages-not-applicable").wait_for(state="hidden" if state == "visible" else "visible")

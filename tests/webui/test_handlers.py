@@ -121,6 +121,9 @@ def test_the_models_to_pick_from_say_what_applies_to_them(server, actions):
     assert models["default"] == LoadedModel("default", "fish-speech-v0.2", phonemes=True)
     assert models["s1"] == LoadedModel("s1", "openaudio-s1-mini", phonemes=False)
     assert models["s1"].label == "s1 (openaudio-s1-mini)"
+    assert not models["s1"].samples_with("top_k") and models["s1"].samples_with("top_p")  # its slider hides
+    assert models["default"].samples_with("top_k")
+    assert LoadedModel("old-server").samples_with("top_k")  # a server that does not say: every field shows
     from core.request import DEFAULT_SAMPLING, S1_DEFAULT_SAMPLING
 
     assert models["s1"].sampling["temperature"] == S1_DEFAULT_SAMPLING.temperature  # what the sliders take
