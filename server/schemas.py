@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.checkpoints import DEFAULT_CHECKPOINTS_DIR, LM_FILENAME, VQGAN_FILENAME
+from core.checkpoints import DEFAULT_CHECKPOINTS_DIR, DEFAULT_S1_DIR, LM_FILENAME, VQGAN_FILENAME
 from core.engine import DEFAULT_LM_CONFIG, DEFAULT_TOKENIZER, DEFAULT_VQGAN_CONFIG, QUANT_MODES, VQGAN_PRECISIONS
 from core.request import (
     DEFAULT_ORDER,
@@ -124,6 +124,7 @@ class S1Spec(BaseModel):
         ...,
         min_length=1,
         max_length=MAX_PATH,
+        examples=[str(DEFAULT_S1_DIR)],
         description=(
             "The model's folder inside the checkpoints folder (e.g. 'openaudio-s1-mini'), laid out as the official "
             "repo: config.json, model.pth, codec.pth, tokenizer.tiktoken, special_tokens.json."

@@ -108,10 +108,13 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
     connection = [page.language, page.server_url, page.api_key]
     model_fields = page.components(ModelForm)
 
-    def load_model(data: dict) -> str:
+    def load_model(data: dict, s1: bool = False) -> str:
         return actions.load_model(
-            data[page.language], data[page.server_url], data[page.api_key], form(data, page, ModelForm)
+            data[page.language], data[page.server_url], data[page.api_key], form(data, page, ModelForm), s1=s1
         )
+
+    def load_s1_model(data: dict) -> str:
+        return load_model(data, s1=True)
 
     def server_status(lang: str, server_url: str, api_key: str) -> str:
         return actions.server_status(lang, server_url, api_key)
@@ -145,6 +148,9 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
     page.load_button.click(load_model, inputs={*connection, *model_fields}, outputs=page.model_message, **PRIVATE).then(
         **refresh_picker, show_progress="hidden"
     )
+    page.s1_load_button.click(
+        load_s1_model, inputs={*connection, *model_fields}, outputs=page.model_message, **PRIVATE
+    ).then(**refresh_picker, show_progress="hidden")
     page.status_button.click(server_status, inputs=connection, outputs=page.model_message, **PRIVATE).then(
         **refresh_picker, show_progress="hidden"
     )
