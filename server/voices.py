@@ -1,9 +1,11 @@
 """Saved voices on disk: `<references-dir>/voices/<id>/{voice.json, codes.npy, audio.wav}`.
 
 `codes.npy` holds the codes of the model family the voice was saved with (`family` in voice.json;
-voices saved before it was recorded are Fish Speech v0.2's), `audio.wav` the clip at that model's
-rate. A model of another family encodes the clip once and keeps its codes beside them
-(`codes.<family>.npy`, written to a temporary name and renamed into place).
+voices saved before it was recorded are Fish Speech v0.2's), `audio.wav` the clip at its upload's
+own rate (up to MAX_CLIP_RATE; voices saved before kept the model's rate). A model of another family
+encodes the clip once and keeps its codes beside them (`codes.<family>.npy`, written to a temporary
+name and renamed into place): from the upload's rate, S1-mini's 44.1 kHz codec hears the band above
+v0.2's 11 kHz that a 22.05 kHz copy would have lost.
 
 A voice is written into a hidden temporary folder, every file fsynced, then the folder is renamed
 into place (atomic on POSIX) and the parent fsynced: after a crash or `kill -9` a voice either
@@ -40,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.audio import encode_audio
+from core.audio import encode_audio, resample
 from core.engine import FAMILY
 
 log = logging.getLogger("fishtts.server")
@@ -51,6 +53,7 @@ META, CODES, AUDIO = "voice.json", "codes.npy", "audio.wav"
 LEGACY_FAMILY = FAMILY  # voices saved before the family was recorded hold Fish Speech v0.2 codes
 ABANDONED_AFTER_S = 3600  # a temporary folder this old belongs to no write in progress
 MAX_NAME_TRIES = 1000
+MAX_CLIP_RATE = 48_000  # a saved clip keeps its upload's rate up to this (above: more bytes, no codec hears it)
 
 
 class VoiceNotFound(KeyError):
@@ -144,6 +147,8 @@ class VoiceStore:
         voice_id: str | None = None,
     ) -> dict:
         """A voice of `family`'s `codes`, made from the clip `audio` (mono, at `sample_rate`) by model `model`."""
+        if sample_rate > MAX_CLIP_RATE:
+            audio, sample_rate = resample(audio, sample_rate, MAX_CLIP_RATE), MAX_CLIP_RATE
         staging = self.folder / f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
         staging.mkdir()
         try:

@@ -31,7 +31,7 @@ def id_taken(voice_id: str) -> ApiError:
 async def create_voice(request: Request, ctx: Ctx) -> dict:
     """Save a voice: `name`, `transcript` and `audio` (base64 in JSON, or a file part in
     multipart/form-data). The clip (0.5 s to --max-reference-seconds) is encoded with `model`'s
-    codec; codes, clip (at that model's rate) and metadata (with the model's family) are written
+    codec; codes, clip (at the upload's rate) and metadata (with the model's family) are written
     atomically. A model of another family using the voice encodes the clip again, once. An `id`
     that exists: 409."""
     body, files = await read_body(request, VoiceCreate, ctx.settings.max_text_length)
@@ -54,8 +54,8 @@ async def create_voice(request: Request, ctx: Ctx) -> dict:
                 name=body.name,
                 transcript=body.transcript,
                 codes=prepared.codes,
-                audio=prepared.audio,
-                sample_rate=engine.info.sample_rate,
+                audio=prepared.clip,
+                sample_rate=prepared.clip_rate,
                 model=body.model,
                 family=engine.info.family,
                 voice_id=body.id,
@@ -83,7 +83,7 @@ async def get_voice(ctx: Ctx, voice_id: str = VoiceId) -> dict:
     responses={
         200: {
             "content": {"audio/wav": {}},
-            "description": "The saved clip (mono WAV at the rate of the model that saved it).",
+            "description": "The saved clip (mono WAV at the upload's rate, at most 48 kHz).",
         }
     },
 )
