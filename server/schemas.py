@@ -410,6 +410,40 @@ class TTSReference(BaseModel):
     text: str = Field(..., description="What the clip says.")
 
 
+MAX_CODEC_ITEMS = 16  # clips or code arrays per /v1/vqgan call
+
+
+class CodecEncodeRequest(BaseModel):
+    """The original S1 server's `POST /v1/vqgan/encode` body (`ServeVQGANEncodeRequest`), JSON or msgpack."""
+
+    FILE_FIELDS: ClassVar = ()
+    MSGPACK: ClassVar = True
+
+    audios: list[bytes | str] = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_CODEC_ITEMS,
+        description="Clips (any format soundfile reads): bytes in msgpack, base64 in JSON. Each at most "
+        "--max-reference-seconds long.",
+    )
+    model: str = Field("default", pattern=MODEL_NAME_PATTERN, description="The loaded model whose codec encodes.")
+
+
+class CodecDecodeRequest(BaseModel):
+    """The original S1 server's `POST /v1/vqgan/decode` body (`ServeVQGANDecodeRequest`), JSON or msgpack."""
+
+    FILE_FIELDS: ClassVar = ()
+    MSGPACK: ClassVar = True
+
+    tokens: list[list[list[int]]] = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_CODEC_ITEMS,
+        description="Code arrays [codebooks, T], each at most the model's context in frames.",
+    )
+    model: str = Field("default", pattern=MODEL_NAME_PATTERN, description="The loaded model whose codec decodes.")
+
+
 class TTSRequest(SamplingFields):
     """The original fish-speech server's `ServeTTSRequest` (its `POST /v1/tts`), so its clients work
     unchanged; sent as JSON or msgpack. Its defaults are the original's; fields it has that are not

@@ -17,7 +17,7 @@ OPENAI_ERROR_RESPONSES = {
 
 
 def include_routes(app: FastAPI) -> None:
-    from . import health, invoke, models, openai_speech, text, tts, voices
+    from . import codec, health, invoke, models, openai_speech, text, tts, voices
 
-    for module in (health, models, invoke, tts, voices, openai_speech, text):
+    for module in (health, models, invoke, tts, codec, voices, openai_speech, text):
         app.include_router(module.router)
