@@ -444,6 +444,41 @@ class CodecDecodeRequest(BaseModel):
     model: str = Field("default", pattern=MODEL_NAME_PATTERN, description="The loaded model whose codec decodes.")
 
 
+REFERENCE_ID_NOTE = "Lower-case letters, digits, '-' and '_' (the original also allowed capitals and spaces)."
+
+
+class ReferenceAdd(BaseModel):
+    """The original S1 server's `POST /v1/references/add` (multipart with a file part `audio`, msgpack
+    with bytes, or JSON with base64)."""
+
+    TEXT_FIELDS: ClassVar = ("text",)
+    FILE_FIELDS: ClassVar = ("audio",)
+    REQUIRED_FILES: ClassVar = ("audio",)
+    MSGPACK: ClassVar = True
+
+    id: str = Field(..., pattern=VOICE_ID_PATTERN, description=f"The voice's id. {REFERENCE_ID_NOTE}")
+    audio: bytes | str | None = Field(None, description="The clip: bytes in msgpack, base64 in JSON, a file part.")
+    text: str = Field(..., **TEXT_BOUND, description="What the clip says.")
+    model: str = Field("default", pattern=MODEL_NAME_PATTERN, description="The model that encodes it (an addition).")
+
+    _text_not_blank = field_validator("text")(lambda value: _not_blank(value))
+
+
+class ReferenceDelete(BaseModel):
+    FILE_FIELDS: ClassVar = ()
+    MSGPACK: ClassVar = True
+
+    reference_id: str = Field(..., pattern=VOICE_ID_PATTERN)
+
+
+class ReferenceUpdate(BaseModel):
+    FILE_FIELDS: ClassVar = ()
+    MSGPACK: ClassVar = True
+
+    old_reference_id: str = Field(..., pattern=VOICE_ID_PATTERN)
+    new_reference_id: str = Field(..., pattern=VOICE_ID_PATTERN, description=REFERENCE_ID_NOTE)
+
+
 class TTSRequest(SamplingFields):
     """The original fish-speech server's `ServeTTSRequest` (its `POST /v1/tts`), so its clients work
     unchanged; sent as JSON or msgpack. Its defaults are the original's; fields it has that are not

@@ -53,6 +53,8 @@ META, CODES, AUDIO = "voice.json", "codes.npy", "audio.wav"
 LEGACY_FAMILY = FAMILY  # voices saved before the family was recorded hold Fish Speech v0.2 codes
 ABANDONED_AFTER_S = 3600  # a temporary folder this old belongs to no write in progress
 MAX_NAME_TRIES = 1000
+# the original fish-speech server's reference routes (/v1/references/add, ...) sit where a voice's id would
+RESERVED_IDS = frozenset({"add", "list", "delete", "update"})
 MAX_CLIP_RATE = 48_000  # a saved clip keeps its upload's rate up to this (above: more bytes, no codec hears it)
 
 
@@ -183,6 +185,37 @@ class VoiceStore:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
+    def rename(self, voice_id: str, new_id: str) -> dict:
+        """Give a voice another id. The files are linked into a new folder under `new_id` (claimed by the
+        rename, as a save), then the old one is deleted: a crash in between leaves both, never neither."""
+        check_new_id(new_id)
+        source = self._folder(voice_id, META, CODES, AUDIO)
+        meta = {**self.get(voice_id), "id": new_id}
+        staging = self.folder / f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            for entry in source.iterdir():
+                if entry.name != META and not entry.name.startswith(".") and entry.is_file():
+                    _link_or_copy(entry, staging / entry.name)  # files are replaced, never written in place
+            _write_synced(staging / META, json.dumps(meta, ensure_ascii=False, indent=1).encode())
+            _fsync_dir(staging)
+            with self._lock:
+                try:
+                    os.rename(staging, self.folder / new_id)
+                except OSError as exc:
+                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                        raise VoiceExists(new_id) from None
+                    raise
+                _fsync_dir(self.folder)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        try:
+            self.delete(voice_id)
+        except VoiceNotFound:
+            pass  # deleted meanwhile by another request: the new id holds the voice
+        return meta
+
     def delete(self, voice_id: str) -> None:
         folder = self._folder(voice_id, META, CODES, AUDIO)  # a link out of the folder is no voice to delete
         trash = self.folder / f".trash-{uuid.uuid4().hex}"
@@ -213,14 +246,13 @@ class VoiceStore:
     def _candidates(self, wanted: str | None, name: str) -> Iterator[str]:
         """The id asked for, or the name's slug then `slug-2`, `slug-3`, ... (skipping ids seen taken)."""
         if wanted is not None:
-            if not VOICE_ID.match(wanted):
-                raise ValueError(f"invalid voice id {wanted!r}")
+            check_new_id(wanted)
             yield wanted
             return
         base = slugify(name)
         for n in range(1, MAX_NAME_TRIES + 1):
             candidate = base if n == 1 else f"{base[:58]}-{n}"
-            if not (self.folder / candidate).exists():
+            if candidate not in RESERVED_IDS and not (self.folder / candidate).exists():
                 yield candidate
 
     def _read_meta(self, folder: Path) -> dict:
@@ -259,6 +291,23 @@ def family_codes_name(family: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", family):
         raise ValueError(f"invalid model family {family!r}")
     return f"codes.{family}.npy"
+
+
+def check_new_id(voice_id: str) -> None:
+    """An id a voice may take (ValueError, the client's: 422)."""
+    if not VOICE_ID.match(voice_id):
+        raise ValueError(f"id: {voice_id!r} is not a voice id (lower-case letters, digits, '-' and '_', up to 64)")
+    if voice_id in RESERVED_IDS:
+        raise ValueError(f"id: {voice_id!r} is reserved (a route of the original server's /v1/references)")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
+        with open(target, "rb") as handle:
+            os.fsync(handle.fileno())
 
 
 def slugify(name: str) -> str:
