@@ -39,7 +39,8 @@ MAX_CONTEXT = 4096  # the official LM's context; the loaded model's own context 
 MAX_PATH = 1024
 OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 V02_ONLY = "Fish Speech v0.2 only: S1-mini models read the text as it is and ignore it."
-TEXT_BOUND = {"min_length": 1, "json_schema_extra": {"maxLength": MAX_TEXT_LENGTH}}  # maxLength: --max-text-length
+TEXT_LIMIT_MARK = "x-fishtts-text-limit"  # app.py's OpenAPI writes the server's --max-text-length there
+TEXT_BOUND = {"min_length": 1, "json_schema_extra": {"maxLength": MAX_TEXT_LENGTH, TEXT_LIMIT_MARK: True}}
 
 
 def check_text_length(body: BaseModel, limit: int) -> None:
