@@ -151,8 +151,7 @@ class VoiceStore:
         """A voice of `family`'s `codes`, made from the clip `audio` (mono, at `sample_rate`) by model `model`."""
         if sample_rate > MAX_CLIP_RATE:
             audio, sample_rate = resample(audio, sample_rate, MAX_CLIP_RATE), MAX_CLIP_RATE
-        staging = self.folder / f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
-        staging.mkdir()
+        staging = self._staging()
         try:
             _write_synced(staging / CODES, _npy_bytes(codes))
             _write_synced(staging / AUDIO, encode_audio(audio, sample_rate, "wav"))
@@ -168,18 +167,11 @@ class VoiceStore:
             with self._lock:
                 for candidate in self._candidates(voice_id, name):
                     meta = {"id": candidate, **fields}
-                    _write_synced(staging / META, json.dumps(meta, ensure_ascii=False, indent=1).encode())
-                    _fsync_dir(staging)
-                    try:
-                        os.rename(staging, self.folder / candidate)  # the claim: fails if the id is taken
-                    except OSError as exc:
-                        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):  # taken
-                            raise
-                        if voice_id is not None:
-                            raise VoiceExists(voice_id) from None
-                        continue
-                    _fsync_dir(self.folder)
-                    return meta
+                    _write_synced(staging / META, _meta_bytes(meta))
+                    if self._claim(staging, candidate):
+                        return meta
+                    if voice_id is not None:
+                        raise VoiceExists(voice_id)
             raise VoiceExists(voice_id or name)
         finally:
             if staging.exists():
@@ -191,22 +183,15 @@ class VoiceStore:
         check_new_id(new_id)
         source = self._folder(voice_id, META, CODES, AUDIO)
         meta = {**self.get(voice_id), "id": new_id}
-        staging = self.folder / f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
-        staging.mkdir()
+        staging = self._staging()
         try:
             for entry in source.iterdir():
-                if entry.name != META and not entry.name.startswith(".") and entry.is_file():
+                if entry.name != META and not entry.name.startswith(".") and _plain_file(entry):
                     _link_or_copy(entry, staging / entry.name)  # files are replaced, never written in place
-            _write_synced(staging / META, json.dumps(meta, ensure_ascii=False, indent=1).encode())
-            _fsync_dir(staging)
+            _write_synced(staging / META, _meta_bytes(meta))
             with self._lock:
-                try:
-                    os.rename(staging, self.folder / new_id)
-                except OSError as exc:
-                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
-                        raise VoiceExists(new_id) from None
-                    raise
-                _fsync_dir(self.folder)
+                if not self._claim(staging, new_id):
+                    raise VoiceExists(new_id)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -228,6 +213,24 @@ class VoiceStore:
         shutil.rmtree(trash, ignore_errors=True)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _staging(self) -> Path:
+        """A new hidden folder to write a voice into before it is published."""
+        staging = self.folder / f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+        staging.mkdir()
+        return staging
+
+    def _claim(self, staging: Path, voice_id: str) -> bool:
+        """Publish the written folder as `voice_id`; False when the id is taken (the rename fails then)."""
+        _fsync_dir(staging)
+        try:
+            os.rename(staging, self.folder / voice_id)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                return False
+            raise
+        _fsync_dir(self.folder)
+        return True
 
     def _folder(self, voice_id: str, *files: str) -> Path:
         """The voice's folder, if the id is valid and it and `files` lie inside the voices folder."""
@@ -299,6 +302,14 @@ def check_new_id(voice_id: str) -> None:
         raise ValueError(f"id: {voice_id!r} is not a voice id (lower-case letters, digits, '-' and '_', up to 64)")
     if voice_id in RESERVED_IDS:
         raise ValueError(f"id: {voice_id!r} is reserved (a route of the original server's /v1/references)")
+
+
+def _meta_bytes(meta: dict) -> bytes:
+    return json.dumps(meta, ensure_ascii=False, indent=1).encode()
+
+
+def _plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
