@@ -1,12 +1,14 @@
 """`python -m bench.streams`: N streamed requests at once against the same N one after another, and where
 the scheduler thread's time goes.
 
-    python -m bench.streams [--format int8] [--requests 4] [--frames 64] [--reference-seconds 5] [--runs 3] [--tiny]
+    python -m bench.streams [--format int8] [--requests 4] [--frames 64] [--reference-seconds 5] [--runs 3]
+                       [--packed-rows N] [--tiny]
 
 Official-size random weights (the autotuner's paths), through the engine's streaming path as the
 server's workers drive it (`TTSEngine.stream`, one thread per request; HTTP adds only its own
 transport). Every request is one segment in the voice of a reference clip's codes and generates
---frames frames (stops ignored). Reported per mode: wall seconds, the speedup of running together,
+--frames frames (stops ignored). Modes: together, together with one prompt per prefill call (as before
+packed prefill), one after another. Reported per mode: wall seconds, the speedup of running together,
 time to first audio (median over the requests, from the common start), the real-time factor (wall /
 seconds of audio, per request when one after another), and the scheduler thread's seconds in prefill,
 decode steps and VQGAN chunk decoding, as shares of the wall time. Time to first audio is counted from
@@ -16,6 +18,7 @@ each request's own start (together: the common start).
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import threading
 import time
@@ -32,6 +35,7 @@ from .lm import build_variant
 from .models import random_official_lm, random_vqgan, tiny_lm_config, tiny_vqgan_config
 from .run import report_main, run_header
 
+generation = importlib.import_module("core.lm.generate")  # (the package's `generate` is the function)
 TEXT = "Request number {} speaks its own short sentence."
 
 
@@ -42,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=64, help="frames generated per request")
     parser.add_argument("--reference-seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--packed-rows", type=int, default=None, help="positions per packed prefill call (0: one prompt per call)"
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny models (a smoke test)")
     return parser.parse_args(argv)
 
@@ -110,15 +117,18 @@ def bench_streams(engine: TTSEngine, count: int, frames: int, reference_seconds:
         for i in range(count)
     ]
     accounting = Accounting(engine)
+    packed_rows = generation.BATCHED_PREFILL_ROWS
     try:
         run_streams(engine, requests[:1], True)  # warm-up
-        results: dict[str, list[dict]] = {"together": [], "one_by_one": []}
+        results: dict[str, list[dict]] = {"together": [], "together_unpacked": [], "one_by_one": []}
         for _ in range(runs):
-            for mode in results:  # alternating: each pair sees the same moment of a shared machine
+            for mode in results:  # alternating: each round sees the same moment of a shared machine
                 accounting.seconds.clear()
-                result = run_streams(engine, requests, mode == "together")
+                generation.BATCHED_PREFILL_ROWS = 0 if mode == "together_unpacked" else packed_rows
+                result = run_streams(engine, requests, mode != "one_by_one")
                 results[mode].append({**result, **accounting.seconds})
     finally:
+        generation.BATCHED_PREFILL_ROWS = packed_rows
         accounting.restore()
     prompt_tokens = int(engine.encode_prompt(requests[0]).shape[1])
     report = dict(requests=count, frames=frames, prompt_tokens=prompt_tokens, modes={})
@@ -130,19 +140,23 @@ def bench_streams(engine: TTSEngine, count: int, frames: int, reference_seconds:
             wall_s=round(wall, 3),
             first_audio_s=round(median["first_audio_s"], 3),
             audio_s=round(median["audio_s"], 2),
-            rtf=round(wall / median["audio_s"] if mode == "together" else wall / count / per_request_audio, 3),
+            rtf=round(wall / count / per_request_audio if mode == "one_by_one" else wall / median["audio_s"], 3),
             **{
                 f"{key[:-2]}_share": round(median.get(key, 0.0) / wall, 3) for key in ("prefill_s", "step_s", "vqgan_s")
             },
             **{key: round(median.get(key, 0.0), 3) for key in ("prefill_s", "step_s", "vqgan_s")},
         )
-    report["speedup"] = round(report["modes"]["one_by_one"]["wall_s"] / report["modes"]["together"]["wall_s"], 2)
+    walls = {mode: row["wall_s"] for mode, row in report["modes"].items()}
+    report["speedup"] = round(walls["one_by_one"] / walls["together"], 2)
+    report["speedup_unpacked"] = round(walls["one_by_one"] / walls["together_unpacked"], 2)
     return report
 
 
 def run(args: argparse.Namespace, log=print) -> dict:
     device = torch.device("cpu")
-    report = {**run_header(device, args), "format": args.format}
+    if args.packed_rows is not None:
+        generation.BATCHED_PREFILL_ROWS = args.packed_rows
+    report = {**run_header(device, args), "format": args.format, "packed_rows": generation.BATCHED_PREFILL_ROWS}
     base = random_official_lm(device, torch.float32, config=tiny_lm_config() if args.tiny else None)
     lm = build_variant(args.format, base)
     del base
@@ -159,8 +173,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
 def table(report: dict) -> str:
     lines = [
         f"{report['device_name']}, {report['threads']} threads; {report['format']}; {report['requests']} requests of "
-        f"{report['frames']} frames, {report['prompt_tokens']}-token prompts; medians of {report['runs']}; "
-        f"together {report['speedup']}x faster",
+        f"{report['frames']} frames, {report['prompt_tokens']}-token prompts; packed prefill calls of up to "
+        f"{report['packed_rows']} positions; medians of {report['runs']}; "
+        f"together {report['speedup']}x faster ({report['speedup_unpacked']}x with one prompt per prefill call)",
         "| mode | wall | first audio | RTF | prefill | decode steps | VQGAN decode |",
         "|---|---|---|---|---|---|---|",
     ]

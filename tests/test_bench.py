@@ -56,7 +56,7 @@ def test_streams_bench_tiny_reports_both_modes_and_shares(capsys):
     report = streams_main(["--tiny", "--runs", "1", "--frames", "8", "--reference-seconds", "1", "--requests", "2"])
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
     assert report["speedup"] > 0 and report["prompt_tokens"] > 0
-    for mode in ("together", "one_by_one"):
+    for mode in ("together", "together_unpacked", "one_by_one"):
         row = report["modes"][mode]
         assert row["wall_s"] > 0 and row["first_audio_s"] > 0 and row["audio_s"] > 0
         assert row["prefill_s"] > 0 and row["step_s"] > 0 and row["vqgan_s"] > 0
