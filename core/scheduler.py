@@ -26,10 +26,12 @@ says why, everything waiting fails with `SchedulerFailed`, and so does all later
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import itertools
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -40,6 +42,7 @@ import torch
 from torch import Tensor
 
 log = logging.getLogger(__name__)
+EXIT_JOIN_S = 60.0  # at interpreter exit, how long a scheduler may take to finish the step it is in
 
 
 class Cancelled(Exception):
@@ -109,6 +112,7 @@ class Scheduler:
         self.failure: BaseException | None = None  # why the thread died, if it did
         self._thread = threading.Thread(target=self._run, name="fishtts-scheduler", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     # -- callers ---------------------------------------------------------------------------
 
@@ -142,12 +146,13 @@ class Scheduler:
             self._cancelled[id(owner)] = owner
             self._wake.notify()
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop after the step in progress (work still waiting fails) and wait for the thread."""
         with self._wake:
             self._closed = True
             self._wake.notify()
         if threading.current_thread() is not self._thread:
-            self._thread.join()
+            self._thread.join(timeout)
 
     def _check_open(self) -> None:
         if self.failure is not None:
@@ -305,6 +310,18 @@ class Scheduler:
             _report(job, error)
         for task in tasks:
             task[3].set_exception(error)
+
+
+_LIVE: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_schedulers() -> None:
+    """A daemon thread still inside torch when the interpreter finalizes is ended by pthread_exit, whose
+    unwinding through torch's noexcept frames aborts the process ("terminate called without an active
+    exception", exit 134): a CLI run that returned while the thread finished its last step. Stop them first."""
+    for scheduler in list(_LIVE):
+        scheduler.close(EXIT_JOIN_S)
 
 
 def _failed(cause: BaseException) -> SchedulerFailed:

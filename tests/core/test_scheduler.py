@@ -384,3 +384,39 @@ def test_a_failing_prefill_call_fails_only_its_round(model):
     collector.wait(2)
     scheduler.close()
     assert collector.errors[2] is None and later.finished
+
+
+EXIT_SCRIPT = """
+import time, torch
+from core.lm import load_lm
+from core.lm.stepper import LMStepper
+from core.scheduler import Scheduler
+from tests.paths import PARITY
+
+model = load_lm(PARITY / "llama_state_dict.pt", str(PARITY / "llama_config.json"))
+scheduler = Scheduler(LMStepper(model), 2)
+a = torch.randn(1000, 1000)
+
+def busy():  # torch work (the GIL released inside each op) still running when the script ends
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        torch.mm(a, a)
+
+scheduler.call(busy)
+time.sleep(0.3)
+print("main done")
+"""
+
+
+def test_the_process_exits_cleanly_while_the_scheduler_is_inside_torch():
+    """A daemon thread inside torch at interpreter finalization aborts the process (exit 134); the
+    scheduler is closed at exit first (seen as a rare CLI failure: 'terminate called without an active
+    exception')."""
+    import subprocess
+    import sys
+
+    from tests.paths import ROOT
+
+    result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "main done" in result.stdout, (result.returncode, result.stderr[-2000:])
+    assert "terminate called" not in result.stderr
