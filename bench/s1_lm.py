@@ -30,6 +30,13 @@ def build(fmt: str, device: torch.device, dtype: torch.dtype, tiny: bool) -> tup
     return model, chosen, time.perf_counter() - start
 
 
+def prefill_job(stepper: S1Stepper, sequences: list[S1Sequence], slots: list[int]) -> None:
+    """One job through the stepper's prefill (as a scheduler admission round); its error raised."""
+    (error,) = stepper.prefill([(sequences, slots)])
+    if error is not None:
+        raise error
+
+
 @torch.inference_mode()  # as the scheduler's thread runs (a sequence's history is an inference tensor)
 def decode_run(model: DualARTransformer, stepper: S1Stepper, prompt: torch.Tensor, frames: int, batch: int) -> dict:
     """Prefill `batch` sequences of `prompt`, then decode them together until each has `frames` frames."""
@@ -40,10 +47,10 @@ def decode_run(model: DualARTransformer, stepper: S1Stepper, prompt: torch.Tenso
     ]
     sync(device)
     start = time.perf_counter()
-    stepper.prefill(sequences[:1], [0])
+    prefill_job(stepper, sequences[:1], [0])
     sync(device)
     prefill_s = time.perf_counter() - start
-    stepper.prefill(sequences[1:], list(range(1, batch)))
+    prefill_job(stepper, sequences[1:], list(range(1, batch)))
     sync(device)
     start = time.perf_counter()
     while active := [s for s in sequences if not s.finished]:

@@ -31,6 +31,12 @@ class AudioError(ValueError):
 
 def load_audio(source: str | os.PathLike | bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode a file path or encoded bytes to mono float32 samples at `sample_rate`."""
+    audio, source_rate = read_audio(source)
+    return audio if source_rate == sample_rate else resample(audio, source_rate, sample_rate)
+
+
+def read_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
+    """Decode a file path or encoded bytes to mono float32 samples at the file's own rate: (samples, rate)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise AudioError("audio is empty (0 bytes)")
@@ -47,11 +53,9 @@ def load_audio(source: str | os.PathLike | bytes, sample_rate: int = SAMPLE_RATE
     if data.shape[0] == 0:
         raise AudioError(f"{name} contains no audio samples")
     audio = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if source_rate != sample_rate:
-        audio = resample(audio, source_rate, sample_rate)
     if not np.isfinite(audio).all():
         raise AudioError(f"{name} contains NaN or infinite samples")
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    return np.ascontiguousarray(audio, dtype=np.float32), int(source_rate)
 
 
 def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:

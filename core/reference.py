@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
-from .audio import load_audio
+from .audio import read_audio, resample
 from .request import Reference
 
 if TYPE_CHECKING:
@@ -27,14 +27,18 @@ MIN_REFERENCE_SECONDS = 0.5  # shorter clips carry too little of the voice (5-10
 class PreparedReference:
     codes: np.ndarray  # [codebooks, frames] int64 (or the caller's integer dtype for in-memory codes)
     audio: np.ndarray | None = None  # the decoded clip at the engine's rate, when the reference was audio
+    # the clip at its own rate (a saved voice keeps it, so a codec of a higher rate reads its whole band)
+    clip: np.ndarray | None = None
+    clip_rate: int | None = None
 
 
 def prepare_reference(engine: TTSEngine, reference: Reference) -> PreparedReference:
     """Check the reference against the engine's codec and encode audio to codes."""
     info = engine.info
     if reference.audio is not None:
-        audio = read_reference_audio(reference, info.sample_rate)
-        return PreparedReference(engine.encode_reference(audio), audio)
+        clip, clip_rate = read_reference_audio(reference, info.sample_rate)
+        audio = clip if clip_rate == info.sample_rate else resample(clip, clip_rate, info.sample_rate)
+        return PreparedReference(engine.encode_reference(audio), audio, clip, clip_rate)
     codes = reference.codes
     if isinstance(codes, (str, Path)):
         max_frames = None
@@ -56,21 +60,22 @@ def prepare_reference(engine: TTSEngine, reference: Reference) -> PreparedRefere
     return PreparedReference(codes)
 
 
-def read_reference_audio(reference: Reference, sample_rate: int) -> np.ndarray:
-    """Decode (or take) the clip as mono samples at `sample_rate` and check its length."""
+def read_reference_audio(reference: Reference, sample_rate: int) -> tuple[np.ndarray, int]:
+    """Decode (or take: samples given as an array are at `sample_rate`) the clip as mono samples at
+    its own rate and check its length: (samples, rate)."""
     field, source, max_seconds = reference.field, reference.audio, reference.max_seconds
     if isinstance(source, np.ndarray):
-        audio = np.ascontiguousarray(source, dtype=np.float32)
+        audio, rate = np.ascontiguousarray(source, dtype=np.float32), sample_rate
     else:
         if max_seconds is not None:
             declared = _declared_seconds(source)
             if declared > max_seconds:  # refuse before decoding and resampling a long file
                 raise _too_long(declared, max_seconds, field)
         try:
-            audio = load_audio(source, sample_rate)
+            audio, rate = read_audio(source)
         except ValueError as exc:
             raise ValueError(f"{field}: {exc}") from None
-    seconds = audio.size / sample_rate
+    seconds = audio.size / rate
     if max_seconds is not None and seconds > max_seconds:
         raise _too_long(seconds, max_seconds, field)
     if reference.min_seconds is not None and seconds < reference.min_seconds:
@@ -78,7 +83,7 @@ def read_reference_audio(reference: Reference, sample_rate: int) -> np.ndarray:
             f"{field}: the reference clip is {seconds:.3f} s long; at least {reference.min_seconds} s "
             "is needed (5-10 s works best)."
         )
-    return audio
+    return audio, rate
 
 
 def read_codes_file(path: Path, field: str, max_frames: int | None = None) -> np.ndarray:

@@ -84,6 +84,12 @@ def default_sampling(family: str) -> SamplingParams:
     return S1_DEFAULT_SAMPLING if family == OPENAUDIO_S1_MINI else DEFAULT_SAMPLING
 
 
+def sampling_fields(family: str) -> tuple[str, ...]:
+    """The sampling fields a model family reads (S1-mini's sampler has no top-k); the others are refused."""
+    settings = SamplingSettings if family == OPENAUDIO_S1_MINI else SamplingParams
+    return tuple(f.name for f in dataclasses.fields(settings))
+
+
 def check_order(order: str) -> str:
     """`zh,jp,en`-style: known languages, each at most once."""
     languages = order.split(",")
@@ -113,4 +119,5 @@ __all__ = [
     "S1_DEFAULT_SAMPLING",
     "check_order",
     "default_sampling",
+    "sampling_fields",
 ]

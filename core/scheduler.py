@@ -7,6 +7,11 @@ batch at the next step after its prefill and leaves when it stops, each with its
 position, sampling parameters, random generator and repetition window (core/lm/generate.py); the
 decode kernels are batch-invariant, so its tokens do not depend on who else is in the batch.
 
+Admission: the jobs that fit in the free slots join in rounds of up to the stepper's `prefill_rows`
+prompt positions, prefilled in one stepper call (the v0.2 stepper packs a quantized model's prompts
+into one forward), then a decode step runs before the next round, so a burst of long prompts
+holds up the running sequences by one round's prefill at a time.
+
 The model comes as a `Stepper` (core/lm/stepper.py for v0.2, core/s1/batch.py for S1): the scheduler
 knows slots, sequences and failures; the stepper knows its model's prefill and batched forward.
 
@@ -21,10 +26,12 @@ says why, everything waiting fails with `SchedulerFailed`, and so does all later
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import itertools
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -35,6 +42,7 @@ import torch
 from torch import Tensor
 
 log = logging.getLogger(__name__)
+EXIT_JOIN_S = 60.0  # at interpreter exit, how long a scheduler may take to finish the step it is in
 
 
 class Cancelled(Exception):
@@ -48,6 +56,7 @@ class SchedulerFailed(RuntimeError):
 class GeneratedSequence(Protocol):
     """What the scheduler reads of a sequence (each family's `Sequence` has more)."""
 
+    prompt: Tensor  # [rows, positions]
     finished: bool
     last: Tensor | None  # the newest frame
 
@@ -57,10 +66,13 @@ class GeneratedSequence(Protocol):
 class Stepper(Protocol):
     """One model family's side of batched decoding."""
 
+    prefill_rows: int  # prompt positions admitted per round (one longer prompt alone): bounds a round's stall
+
     def setup_caches(self, slots: int, zeroed: bool) -> None: ...
 
-    def prefill(self, sequences: list, slots: list[int]) -> None:
-        """Run the sequences' (shared) prompt into their slots; each gets its first frame (`last`)."""
+    def prefill(self, jobs: list[tuple[list, list[int]]]) -> list[Exception | None]:
+        """Run each job's (shared) prompt into its slots, each sequence getting its first frame (`last`);
+        per job, the error that stopped it (one job's failure must not fail the others)."""
 
     def forward(self, sequences: list, static_slots: int | None) -> list:
         """One batched step: per sequence, what its `accept(out)` turns into its next frame."""
@@ -100,6 +112,7 @@ class Scheduler:
         self.failure: BaseException | None = None  # why the thread died, if it did
         self._thread = threading.Thread(target=self._run, name="fishtts-scheduler", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     # -- callers ---------------------------------------------------------------------------
 
@@ -133,12 +146,13 @@ class Scheduler:
             self._cancelled[id(owner)] = owner
             self._wake.notify()
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop after the step in progress (work still waiting fails) and wait for the thread."""
         with self._wake:
             self._closed = True
             self._wake.notify()
         if threading.current_thread() is not self._thread:
-            self._thread.join()
+            self._thread.join(timeout)
 
     def _check_open(self) -> None:
         if self.failure is not None:
@@ -171,17 +185,21 @@ class Scheduler:
                 admitted = self._admit()
                 task = heapq.heappop(self._tasks) if self._tasks else None
             with torch.inference_mode():
-                for job in admitted:
-                    self._prefill(job)
+                if admitted:
+                    self._prefill(admitted)
                 if self._active:
                     self._step()
                 if task is not None:
                     self._run_task(task)
 
     def _admit(self) -> list[Job]:
-        """Waiting jobs that fit in the free slots, in arrival order (called with the lock held)."""
-        admitted = []
+        """Waiting jobs that fit in the free slots, in arrival order, up to the stepper's `prefill_rows`
+        prompt positions (at least one job): the rest wait for a decode step (called with the lock held)."""
+        admitted, rows = [], 0
         while self._waiting and len(self._waiting[0].sequences) <= len(self._free):
+            rows += self._waiting[0].sequences[0].prompt.shape[-1]
+            if admitted and rows > self.stepper.prefill_rows:
+                break
             job = self._waiting.popleft()
             count = len(job.sequences)
             self._free.sort()
@@ -190,19 +208,28 @@ class Scheduler:
             admitted.append(job)
         return admitted
 
-    def _prefill(self, job: Job) -> None:
+    def _prefill(self, jobs: list[Job]) -> None:
+        """One round's admitted jobs, prefilled in one stepper call (it may batch them)."""
         try:
             if not self._caches_ready:
                 self.stepper.setup_caches(self.max_batch, self.static)
                 self._caches_ready = True
-            self.stepper.prefill(job.sequences, job.slots)
-            for i, seq in enumerate(job.sequences):
-                job.on_frame(i, seq.last)
-        except Exception as exc:  # noqa: BLE001 - a bad job fails alone
-            self._finish(job, exc)
-            return
-        with self._wake:
-            self._active.append(job)
+            errors = self.stepper.prefill([(job.sequences, job.slots) for job in jobs])
+        except Exception as exc:  # noqa: BLE001 - shared work failed: no job of this round can start
+            log.exception("prefill failed")
+            errors = [exc] * len(jobs)
+        for job, error in zip(jobs, errors, strict=True):
+            if error is None:
+                try:
+                    for i, seq in enumerate(job.sequences):
+                        job.on_frame(i, seq.last)
+                except Exception as exc:  # noqa: BLE001 - its callback: a bad job fails alone
+                    error = exc
+            if error is not None:
+                self._finish(job, error)
+                continue
+            with self._wake:
+                self._active.append(job)
         self._finish_stopped()
 
     def _step(self) -> None:
@@ -283,6 +310,18 @@ class Scheduler:
             _report(job, error)
         for task in tasks:
             task[3].set_exception(error)
+
+
+_LIVE: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_schedulers() -> None:
+    """A daemon thread still inside torch when the interpreter finalizes is ended by pthread_exit, whose
+    unwinding through torch's noexcept frames aborts the process ("terminate called without an active
+    exception", exit 134): a CLI run that returned while the thread finished its last step. Stop them first."""
+    for scheduler in list(_LIVE):
+        scheduler.close(EXIT_JOIN_S)
 
 
 def _failed(cause: BaseException) -> SchedulerFailed:

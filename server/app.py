@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from .errors import ApiError, install_error_handlers, scrub
 from .middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from .routes import include_routes
 from .routes.models import load_bundle
-from .schemas import MODEL_NAME_PATTERN, LoadModelRequest
+from .schemas import MODEL_NAME_PATTERN, TEXT_LIMIT_MARK, LoadModelRequest
 from .settings import Settings
 
 log = logging.getLogger("fishtts.server")
@@ -65,6 +66,24 @@ async def load_at_start(ctx: ServerContext, specs: tuple[str, ...]) -> None:
             log.exception("--load %s failed", spec)
 
 
+def openapi_with_text_limit(app: FastAPI, limit: int) -> dict:
+    """FastAPI's document, with this server's --max-text-length as the text fields' maxLength."""
+    if app.openapi_schema is None:
+
+        def mark(node):
+            if isinstance(node, dict):
+                if node.pop(TEXT_LIMIT_MARK, False):
+                    node["maxLength"] = limit
+                for value in node.values():
+                    mark(value)
+            elif isinstance(node, list):
+                for value in node:
+                    mark(value)
+
+        mark(FastAPI.openapi(app))  # FastAPI's own (cached in app.openapi_schema), marked in place
+    return app.openapi_schema
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     ctx = ServerContext.create(settings)
@@ -84,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     install_error_handlers(app)
     include_routes(app)
+    app.openapi = functools.partial(openapi_with_text_limit, app, settings.max_text_length)
     # Added innermost first; a request passes: request id -> CORS -> body limit -> access control -> app.
     install_access_control(app, settings.api_key, settings.allowed_origins, settings.allowed_host_names)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

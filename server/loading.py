@@ -21,7 +21,7 @@ import torch
 from core.checkpoints import HF_REPO_ID, resolve_config
 from core.engine import LM_PRESETS, VQGAN_PRESETS, TTSEngine, resolve_tokenizer_dir
 from core.paths import BadPath, FolderGuard, NotInFolder, OutsideFolder
-from core.request import default_sampling
+from core.request import default_sampling, sampling_fields
 
 from .errors import ApiError, scrub
 from .schemas import LoadModelRequest
@@ -64,6 +64,7 @@ class LoadPlan:
             "codebook_size": info.codebook_size,
             "phonemes": info.phonemes,  # whether use_g2p, order and speaker apply to its requests
             "sampling": dataclasses.asdict(default_sampling(info.family)),  # what fields left out become
+            "sampling_fields": list(sampling_fields(info.family)),  # the others are refused for this model
             "vqgan_precision": info.vqgan_precision,
             "lm_paths": info.lm_paths,
             **self.shown,

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.checkpoints import DEFAULT_CHECKPOINTS_DIR, LM_FILENAME, VQGAN_FILENAME
+from core.checkpoints import DEFAULT_CHECKPOINTS_DIR, DEFAULT_S1_DIR, LM_FILENAME, VQGAN_FILENAME
 from core.engine import DEFAULT_LM_CONFIG, DEFAULT_TOKENIZER, DEFAULT_VQGAN_CONFIG, QUANT_MODES, VQGAN_PRECISIONS
 from core.request import (
     DEFAULT_ORDER,
@@ -39,7 +39,8 @@ MAX_CONTEXT = 4096  # the official LM's context; the loaded model's own context 
 MAX_PATH = 1024
 OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 V02_ONLY = "Fish Speech v0.2 only: S1-mini models read the text as it is and ignore it."
-TEXT_BOUND = {"min_length": 1, "json_schema_extra": {"maxLength": MAX_TEXT_LENGTH}}  # maxLength: --max-text-length
+TEXT_LIMIT_MARK = "x-fishtts-text-limit"  # app.py's OpenAPI writes the server's --max-text-length there
+TEXT_BOUND = {"min_length": 1, "json_schema_extra": {"maxLength": MAX_TEXT_LENGTH, TEXT_LIMIT_MARK: True}}
 
 
 def check_text_length(body: BaseModel, limit: int) -> None:
@@ -124,6 +125,7 @@ class S1Spec(BaseModel):
         ...,
         min_length=1,
         max_length=MAX_PATH,
+        examples=[str(DEFAULT_S1_DIR)],
         description=(
             "The model's folder inside the checkpoints folder (e.g. 'openaudio-s1-mini'), laid out as the official "
             "repo: config.json, model.pth, codec.pth, tokenizer.tiktoken, special_tokens.json."
@@ -407,6 +409,75 @@ class TTSReference(BaseModel):
         ..., description="The clip (any format soundfile reads): bytes in msgpack, base64 in JSON (or in msgpack)."
     )
     text: str = Field(..., description="What the clip says.")
+
+
+MAX_CODEC_ITEMS = 16  # clips or code arrays per /v1/vqgan call
+
+
+class CodecEncodeRequest(BaseModel):
+    """The original S1 server's `POST /v1/vqgan/encode` body (`ServeVQGANEncodeRequest`), JSON or msgpack."""
+
+    FILE_FIELDS: ClassVar = ()
+    MSGPACK: ClassVar = True
+
+    audios: list[bytes | str] = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_CODEC_ITEMS,
+        description="Clips (any format soundfile reads): bytes in msgpack, base64 in JSON. Each at most "
+        "--max-reference-seconds long.",
+    )
+    model: str = Field("default", pattern=MODEL_NAME_PATTERN, description="The loaded model whose codec encodes.")
+
+
+class CodecDecodeRequest(BaseModel):
+    """The original S1 server's `POST /v1/vqgan/decode` body (`ServeVQGANDecodeRequest`), JSON or msgpack."""
+
+    FILE_FIELDS: ClassVar = ()
+    MSGPACK: ClassVar = True
+
+    tokens: list[list[list[int]]] = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_CODEC_ITEMS,
+        description="Code arrays [codebooks, T], each at most the model's context in frames.",
+    )
+    model: str = Field("default", pattern=MODEL_NAME_PATTERN, description="The loaded model whose codec decodes.")
+
+
+REFERENCE_ID_NOTE = "Lower-case letters, digits, '-' and '_' (the original also allowed capitals and spaces)."
+
+
+class ReferenceAdd(BaseModel):
+    """The original S1 server's `POST /v1/references/add` (multipart with a file part `audio`, msgpack
+    with bytes, or JSON with base64)."""
+
+    TEXT_FIELDS: ClassVar = ("text",)
+    FILE_FIELDS: ClassVar = ("audio",)
+    REQUIRED_FILES: ClassVar = ("audio",)
+    MSGPACK: ClassVar = True
+
+    id: str = Field(..., pattern=VOICE_ID_PATTERN, description=f"The voice's id. {REFERENCE_ID_NOTE}")
+    audio: bytes | str | None = Field(None, description="The clip: bytes in msgpack, base64 in JSON, a file part.")
+    text: str = Field(..., **TEXT_BOUND, description="What the clip says.")
+    model: str = Field("default", pattern=MODEL_NAME_PATTERN, description="The model that encodes it (an addition).")
+
+    _text_not_blank = field_validator("text")(lambda value: _not_blank(value))
+
+
+class ReferenceDelete(BaseModel):
+    FILE_FIELDS: ClassVar = ()
+    MSGPACK: ClassVar = True
+
+    reference_id: str = Field(..., pattern=VOICE_ID_PATTERN)
+
+
+class ReferenceUpdate(BaseModel):
+    FILE_FIELDS: ClassVar = ()
+    MSGPACK: ClassVar = True
+
+    old_reference_id: str = Field(..., pattern=VOICE_ID_PATTERN)
+    new_reference_id: str = Field(..., pattern=VOICE_ID_PATTERN, description=REFERENCE_ID_NOTE)
 
 
 class TTSRequest(SamplingFields):

@@ -1,9 +1,11 @@
 """Saved voices on disk: `<references-dir>/voices/<id>/{voice.json, codes.npy, audio.wav}`.
 
 `codes.npy` holds the codes of the model family the voice was saved with (`family` in voice.json;
-voices saved before it was recorded are Fish Speech v0.2's), `audio.wav` the clip at that model's
-rate. A model of another family encodes the clip once and keeps its codes beside them
-(`codes.<family>.npy`, written to a temporary name and renamed into place).
+voices saved before it was recorded are Fish Speech v0.2's), `audio.wav` the clip at its upload's
+own rate (up to MAX_CLIP_RATE; voices saved before kept the model's rate). A model of another family
+encodes the clip once and keeps its codes beside them (`codes.<family>.npy`, written to a temporary
+name and renamed into place): from the upload's rate, S1-mini's 44.1 kHz codec hears the band above
+v0.2's 11 kHz that a 22.05 kHz copy would have lost.
 
 A voice is written into a hidden temporary folder, every file fsynced, then the folder is renamed
 into place (atomic on POSIX) and the parent fsynced: after a crash or `kill -9` a voice either
@@ -40,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.audio import encode_audio
+from core.audio import encode_audio, resample
 from core.engine import FAMILY
 
 log = logging.getLogger("fishtts.server")
@@ -51,6 +53,9 @@ META, CODES, AUDIO = "voice.json", "codes.npy", "audio.wav"
 LEGACY_FAMILY = FAMILY  # voices saved before the family was recorded hold Fish Speech v0.2 codes
 ABANDONED_AFTER_S = 3600  # a temporary folder this old belongs to no write in progress
 MAX_NAME_TRIES = 1000
+# the original fish-speech server's reference routes (/v1/references/add, ...) sit where a voice's id would
+RESERVED_IDS = frozenset({"add", "list", "delete", "update"})
+MAX_CLIP_RATE = 48_000  # a saved clip keeps its upload's rate up to this (above: more bytes, no codec hears it)
 
 
 class VoiceNotFound(KeyError):
@@ -144,8 +149,9 @@ class VoiceStore:
         voice_id: str | None = None,
     ) -> dict:
         """A voice of `family`'s `codes`, made from the clip `audio` (mono, at `sample_rate`) by model `model`."""
-        staging = self.folder / f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
-        staging.mkdir()
+        if sample_rate > MAX_CLIP_RATE:
+            audio, sample_rate = resample(audio, sample_rate, MAX_CLIP_RATE), MAX_CLIP_RATE
+        staging = self._staging()
         try:
             _write_synced(staging / CODES, _npy_bytes(codes))
             _write_synced(staging / AUDIO, encode_audio(audio, sample_rate, "wav"))
@@ -161,22 +167,39 @@ class VoiceStore:
             with self._lock:
                 for candidate in self._candidates(voice_id, name):
                     meta = {"id": candidate, **fields}
-                    _write_synced(staging / META, json.dumps(meta, ensure_ascii=False, indent=1).encode())
-                    _fsync_dir(staging)
-                    try:
-                        os.rename(staging, self.folder / candidate)  # the claim: fails if the id is taken
-                    except OSError as exc:
-                        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):  # taken
-                            raise
-                        if voice_id is not None:
-                            raise VoiceExists(voice_id) from None
-                        continue
-                    _fsync_dir(self.folder)
-                    return meta
+                    _write_synced(staging / META, _meta_bytes(meta))
+                    if self._claim(staging, candidate):
+                        return meta
+                    if voice_id is not None:
+                        raise VoiceExists(voice_id)
             raise VoiceExists(voice_id or name)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+    def rename(self, voice_id: str, new_id: str) -> dict:
+        """Give a voice another id. The files are linked into a new folder under `new_id` (claimed by the
+        rename, as a save), then the old one is deleted: a crash in between leaves both, never neither."""
+        check_new_id(new_id)
+        source = self._folder(voice_id, META, CODES, AUDIO)
+        meta = {**self.get(voice_id), "id": new_id}
+        staging = self._staging()
+        try:
+            for entry in source.iterdir():
+                if entry.name != META and not entry.name.startswith(".") and _plain_file(entry):
+                    _link_or_copy(entry, staging / entry.name)  # files are replaced, never written in place
+            _write_synced(staging / META, _meta_bytes(meta))
+            with self._lock:
+                if not self._claim(staging, new_id):
+                    raise VoiceExists(new_id)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        try:
+            self.delete(voice_id)
+        except VoiceNotFound:
+            pass  # deleted meanwhile by another request: the new id holds the voice
+        return meta
 
     def delete(self, voice_id: str) -> None:
         folder = self._folder(voice_id, META, CODES, AUDIO)  # a link out of the folder is no voice to delete
@@ -190,6 +213,24 @@ class VoiceStore:
         shutil.rmtree(trash, ignore_errors=True)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _staging(self) -> Path:
+        """A new hidden folder to write a voice into before it is published."""
+        staging = self.folder / f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+        staging.mkdir()
+        return staging
+
+    def _claim(self, staging: Path, voice_id: str) -> bool:
+        """Publish the written folder as `voice_id`; False when the id is taken (the rename fails then)."""
+        _fsync_dir(staging)
+        try:
+            os.rename(staging, self.folder / voice_id)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                return False
+            raise
+        _fsync_dir(self.folder)
+        return True
 
     def _folder(self, voice_id: str, *files: str) -> Path:
         """The voice's folder, if the id is valid and it and `files` lie inside the voices folder."""
@@ -208,14 +249,13 @@ class VoiceStore:
     def _candidates(self, wanted: str | None, name: str) -> Iterator[str]:
         """The id asked for, or the name's slug then `slug-2`, `slug-3`, ... (skipping ids seen taken)."""
         if wanted is not None:
-            if not VOICE_ID.match(wanted):
-                raise ValueError(f"invalid voice id {wanted!r}")
+            check_new_id(wanted)
             yield wanted
             return
         base = slugify(name)
         for n in range(1, MAX_NAME_TRIES + 1):
             candidate = base if n == 1 else f"{base[:58]}-{n}"
-            if not (self.folder / candidate).exists():
+            if candidate not in RESERVED_IDS and not (self.folder / candidate).exists():
                 yield candidate
 
     def _read_meta(self, folder: Path) -> dict:
@@ -254,6 +294,31 @@ def family_codes_name(family: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", family):
         raise ValueError(f"invalid model family {family!r}")
     return f"codes.{family}.npy"
+
+
+def check_new_id(voice_id: str) -> None:
+    """An id a voice may take (ValueError, the client's: 422)."""
+    if not VOICE_ID.match(voice_id):
+        raise ValueError(f"id: {voice_id!r} is not a voice id (lower-case letters, digits, '-' and '_', up to 64)")
+    if voice_id in RESERVED_IDS:
+        raise ValueError(f"id: {voice_id!r} is reserved (a route of the original server's /v1/references)")
+
+
+def _meta_bytes(meta: dict) -> bytes:
+    return json.dumps(meta, ensure_ascii=False, indent=1).encode()
+
+
+def _plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
+        with open(target, "rb") as handle:
+            os.fsync(handle.fileno())
 
 
 def slugify(name: str) -> str:

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.cpp_extension import get_default_build_root
 
 from tests.helpers import synthesize_speech
 from tests.paths import PARITY
+
+# The tests' autotune choices (tiny models' shapes) go to a cache of their own, not the user's
+# ~/.cache/fishtts; the compiled kernels stay in torch's usual folder (they take a while to build).
+# Set at import, so every server or CLI the tests start inherits it.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", get_default_build_root())
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fishtts-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -37,3 +37,26 @@ def test_bench_tiny_reports_every_part_as_positive_numbers(capsys):
     for row in report["e2e"].values():
         assert row["codes"] == 8 and row["audio_s"] > 0
         assert row["total_s"] > 0 and row["rtf"] > 0
+
+
+def test_prefill_bench_tiny_reports_both_ways_per_length(capsys):
+    from bench.prefill import main as prefill_main
+
+    report = prefill_main(["--tiny", "--runs", "1", "--lengths", "8,24", "--formats", "float32,int8"])
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
+    for fmt in ("float32", "int8"):
+        assert [row["length"] for row in report["formats"][fmt]] == [8, 24]
+        for row in report["formats"][fmt]:
+            assert row["sequential_s"] > 0 and row["batched_s"] > 0 and row["speedup"] > 0
+
+
+def test_streams_bench_tiny_reports_both_modes_and_shares(capsys):
+    from bench.streams import main as streams_main
+
+    report = streams_main(["--tiny", "--runs", "1", "--frames", "8", "--reference-seconds", "1", "--requests", "2"])
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
+    assert report["speedup"] > 0 and report["prompt_tokens"] > 0
+    for mode in ("together", "together_unpacked", "one_by_one"):
+        row = report["modes"][mode]
+        assert row["wall_s"] > 0 and row["first_audio_s"] > 0 and row["audio_s"] > 0
+        assert row["prefill_s"] > 0 and row["step_s"] > 0 and row["vqgan_s"] > 0

@@ -49,12 +49,15 @@ def model_updates(page: Page, models: list[LoadedModel], current: str | None) ->
     name = pick_model(models, current)
     picked = next((m for m in models if m.name == name), None)
     phonemes = picked is None or picked.phonemes
+    top_k = picked is None or picked.samples_with("top_k")
     return {
         page.model: gr.update(choices=[(m.label, m.name) for m in models] or [name], value=name),
         page.mode: gr.update(visible=True) if phonemes else gr.update(visible=False, value="text"),
         page.speaker: gr.update(visible=phonemes),
         page.languages: gr.update(visible=phonemes),
         page.languages_not_applicable: gr.update(visible=not phonemes),
+        # hidden, it is 0 (not sent): the server refuses a top-k for a model that samples without one
+        page.top_k: gr.update(visible=True) if top_k else gr.update(visible=False, value=0),
     }
 
 
@@ -67,7 +70,10 @@ def sampling_updates(page: Page, models: list[LoadedModel], name: str) -> dict:
         for field in ("top_p", "repetition_penalty", "temperature")
         if isinstance(defaults.get(field), (int, float))
     }
-    return {page.top_k: gr.update(value=defaults.get("top_k") or 0), **updates} if updates else {}
+    if not updates:
+        return {}
+    top_k = gr.update(value=defaults.get("top_k") or 0, visible=picked.samples_with("top_k"))
+    return {page.top_k: top_k, **updates}
 
 
 def preview_value(lang: str, rows: list) -> dict:
@@ -102,10 +108,13 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
     connection = [page.language, page.server_url, page.api_key]
     model_fields = page.components(ModelForm)
 
-    def load_model(data: dict) -> str:
+    def load_model(data: dict, s1: bool = False) -> str:
         return actions.load_model(
-            data[page.language], data[page.server_url], data[page.api_key], form(data, page, ModelForm)
+            data[page.language], data[page.server_url], data[page.api_key], form(data, page, ModelForm), s1=s1
         )
+
+    def load_s1_model(data: dict) -> str:
+        return load_model(data, s1=True)
 
     def server_status(lang: str, server_url: str, api_key: str) -> str:
         return actions.server_status(lang, server_url, api_key)
@@ -114,17 +123,14 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
         """On page load: the loaded model's files in the model tab, the models to pick from, and the
         saved voices."""
         loaded = actions.loaded_model_form(server_url, api_key)
-        fields = [gr.update()] * len(model_fields) if loaded is None else list(vars(loaded).values())
+        fields = {} if loaded is None else dict(zip(model_fields, vars(loaded).values()))
         models = actions.loaded_models(server_url, api_key)
-        picker = model_updates(page, models, None)
-        sliders = {slider: gr.update() for slider in sampling_sliders}
-        sliders.update(sampling_updates(page, models, pick_model(models, None)))
-        return [
-            *fields,
-            *picker.values(),
-            *sliders.values(),
-            gr.update(choices=actions.voice_choices(server_url, api_key)),
-        ]
+        return {
+            **fields,
+            **model_updates(page, models, None),
+            **sampling_updates(page, models, pick_model(models, None)),
+            page.voice_id: gr.update(choices=actions.voice_choices(server_url, api_key)),
+        }
 
     def pick(server_url: str, api_key: str, current: str):
         """The models the server has now, with `current` picked if it still is one of them."""
@@ -135,13 +141,16 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
         models = actions.loaded_models(server_url, api_key)
         return {**model_updates(page, models, current), **sampling_updates(page, models, current)}
 
-    picker_outputs = [page.model, page.mode, page.speaker, page.languages, page.languages_not_applicable]
-    sampling_sliders = [page.top_k, page.top_p, page.repetition_penalty, page.temperature]
+    picker_outputs = [page.model, page.mode, page.speaker, page.languages, page.languages_not_applicable, page.top_k]
+    sampling_sliders = [page.top_p, page.repetition_penalty, page.temperature]
     picker_inputs = [page.server_url, page.api_key, page.model]
     refresh_picker = dict(fn=pick, inputs=picker_inputs, outputs=picker_outputs, **PRIVATE)
     page.load_button.click(load_model, inputs={*connection, *model_fields}, outputs=page.model_message, **PRIVATE).then(
         **refresh_picker, show_progress="hidden"
     )
+    page.s1_load_button.click(
+        load_s1_model, inputs={*connection, *model_fields}, outputs=page.model_message, **PRIVATE
+    ).then(**refresh_picker, show_progress="hidden")
     page.status_button.click(server_status, inputs=connection, outputs=page.model_message, **PRIVATE).then(
         **refresh_picker, show_progress="hidden"
     )

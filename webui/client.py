@@ -112,7 +112,8 @@ class ApiClient:
         return self._json("POST", "/v1/text/g2p", json=body).get("prompts", [])
 
     def defaults(self) -> dict[str, dict]:
-        """The API's own defaults, by body: "invoke" (sampling, order), "llama" and "vqgan" (model files)."""
+        """The API's own defaults, by body: "invoke" (sampling, order), "llama" and "vqgan" (model files),
+        "s1" (the S1-mini folder)."""
         spec = self._json("GET", "/openapi.json")
         invoke = spec["paths"]["/v1/models/{name}/invoke"]["post"]["requestBody"]["content"]["application/json"]
         schemas = spec.get("components", {}).get("schemas", {})
@@ -120,10 +121,14 @@ class ApiClient:
         def of(schema: dict) -> dict:
             return {k: v["default"] for k, v in schema.get("properties", {}).items() if "default" in v}
 
+        def examples(schema: dict) -> dict:
+            return {k: v["examples"][0] for k, v in schema.get("properties", {}).items() if v.get("examples")}
+
         return {
             "invoke": of(invoke["schema"]),
             "llama": of(schemas.get("LlamaSpec", {})),
             "vqgan": of(schemas.get("VQGANSpec", {})),
+            "s1": examples(schemas.get("S1Spec", {})),  # its folder is required: the schema gives an example
         }
 
     def list_voices(self) -> list[dict]:

@@ -33,6 +33,13 @@ class ModelForm:
     tokenizer: str = "fishaudio/speech-lm-v1"
     vqgan_checkpoint: str = "checkpoints/vqgan-v1.pth"
     vqgan_config: str = "vqgan_pretrain"
+    s1_name: str = "s1"  # an OpenAudio S1-mini model loads beside 'default' under this name
+    s1_folder: str = "checkpoints/openaudio-s1-mini"
+
+    def s1_load_body(self) -> dict:
+        """PUT /v1/models/{s1_name}'s body: the S1-mini folder, with the device and precision above."""
+        s1 = {"folder": self.s1_folder, "precision": self.precision, "compile": bool(self.compile)}
+        return {"device": self.device, "s1": s1}
 
     def load_body(self) -> dict:
         """The original UI's PUT /v1/models/default body."""
@@ -99,11 +106,19 @@ class LoadedModel:
     family: str = ""
     phonemes: bool = True  # input mode, language order and speaker apply to it (not to S1-mini)
     sampling: dict = field(default_factory=dict, compare=False)  # its family's defaults (temperature, ...)
+    sampling_fields: tuple[str, ...] | None = field(default=None, compare=False)  # None: not told, all apply
 
     @classmethod
     def from_details(cls, details: dict) -> LoadedModel:
         sampling = details.get("sampling") if isinstance(details.get("sampling"), dict) else {}
-        return cls(str(details["name"]), str(details.get("family", "")), details.get("phonemes") is not False, sampling)
+        fields = details.get("sampling_fields")
+        fields = tuple(str(f) for f in fields) if isinstance(fields, list) else None
+        phonemes = details.get("phonemes") is not False
+        return cls(str(details["name"]), str(details.get("family", "")), phonemes, sampling, fields)
+
+    def samples_with(self, name: str) -> bool:
+        """Whether the sampling field `name` applies to this model (S1-mini has no top-k)."""
+        return self.sampling_fields is None or name in self.sampling_fields
 
     @property
     def label(self) -> str:
@@ -165,13 +180,16 @@ class Actions:
         model.tokenizer = llama.get("tokenizer", model.tokenizer)
         model.vqgan_checkpoint = vqgan.get("checkpoint_path", model.vqgan_checkpoint)
         model.vqgan_config = vqgan.get("config_name", model.vqgan_config)
+        model.s1_folder = defaults["s1"].get("folder", model.s1_folder)
         return model, synth
 
     # -- model tab ------------------------------------------------------------------------------
 
-    def load_model(self, lang: str, server_url: str, api_key: str, form: ModelForm) -> str:
+    def load_model(self, lang: str, server_url: str, api_key: str, form: ModelForm, s1: bool = False) -> str:
+        """Load the v0.2 files as 'default', or (`s1`) the S1-mini folder under its own name."""
+        name, body = (form.s1_name.strip(), form.s1_load_body()) if s1 else (MODEL_NAME, form.load_body())
         try:
-            info = self.client(server_url, api_key).load_model(MODEL_NAME, form.load_body())
+            info = self.client(server_url, api_key).load_model(name, body)
         except ClientError as exc:
             return failure_html(lang, "model.load_failed", exc)
         detail = t(lang, "model.loaded_detail", device=info.get("device", "?"), precision=info.get("precision", "?"))
@@ -208,9 +226,12 @@ class Actions:
         except ClientError:
             return None
         info = next((d for d in details if d.get("name") == MODEL_NAME), None)
+        s1 = next((d for d in details if isinstance(d.get("s1"), dict)), None)
         if not info:
             return None
         llama, vqgan, form = info.get("llama", {}), info.get("vqgan", {}), ModelForm()
+        if s1 is not None:
+            form.s1_name, form.s1_folder = str(s1.get("name", form.s1_name)), s1["s1"].get("folder", form.s1_folder)
         return ModelForm(
             device=str(info.get("device", form.device)).split(":")[0],
             precision=info.get("precision", form.precision),
@@ -222,6 +243,8 @@ class Actions:
             tokenizer=form.tokenizer if llama.get("tokenizer") in (None, "checkpoints") else llama["tokenizer"],
             vqgan_checkpoint=vqgan.get("checkpoint_path", form.vqgan_checkpoint),
             vqgan_config=vqgan.get("config_name", form.vqgan_config),
+            s1_name=form.s1_name,
+            s1_folder=form.s1_folder,
         )
 
     # -- inference ------------------------------------------------------------------------------

@@ -79,6 +79,16 @@ class Page:
                             gr.Button, i18n={"value": "model.load"}, variant="primary", elem_id="fishtts-load"
                         )
                         self.status_button = make(gr.Button, i18n={"value": "model.check"})
+                    # An OpenAudio S1-mini folder loads beside the v0.2 model, with the device and precision above.
+                    with gr.Row(equal_height=True):
+                        self.s1_name = make(gr.Textbox, i18n={"label": "model.s1_name"}, value=model.s1_name, scale=1)
+                        self.s1_folder = make(
+                            gr.Textbox,
+                            i18n={"label": "model.s1_folder", "info": "model.s1_folder.info"},
+                            value=model.s1_folder,
+                            scale=3,
+                        )
+                    self.s1_load_button = make(gr.Button, i18n={"value": "model.s1_load"}, elem_id="fishtts-load-s1")
                     self.model_message = make(
                         gr.HTML,
                         i18n={"label": "model.message"},
@@ -140,6 +150,7 @@ class Page:
                                 maximum=100,
                                 step=1,
                                 value=synth.top_k,
+                                elem_id="fishtts-top-k",
                             )
                             # The API needs top_p, penalty and temperature > 0: the sliders start at 0.01.
                             self.top_p = make(

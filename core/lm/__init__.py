@@ -1,7 +1,7 @@
 """The text2semantic language model: config, transformer, loading, sampling, generation, prompts."""
 
 from .config import LMConfig, LoraConfig, ModelArgs, load_lm_config
-from .generate import Sequence, decode_step, frames_to_codes, generate, prefill
+from .generate import Sequence, decode_step, frames_to_codes, generate, prefill, prefill_many
 from .load import load_lm
 from .model import Transformer
 from .prompt import encode_prompt
@@ -21,6 +21,7 @@ __all__ = [
     "frames_to_codes",
     "generate",
     "prefill",
+    "prefill_many",
     "load_lm",
     "load_lm_config",
     "load_tokenizer",

@@ -14,6 +14,7 @@ many requests through the same two functions.
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -22,13 +23,19 @@ from torch import Tensor
 
 from .kernels import single_threaded_torch
 from .model import ForwardResult, Transformer
+from .quantize import is_quantized
 from .sampling import SamplingParams, sample, sample_fast
+
+log = logging.getLogger(__name__)
 
 REPETITION_WINDOW = 16
 CODEBOOK_PAD = 0  # codebook value that embeds as nothing
 CODEBOOK_END = 1  # codebook value that ends the audio
 CODE_OFFSET = 2  # LM codebook value = VQ index + 2
 FAST_TOP_P_CANDIDATES = 256  # `fast_sampling`: look for the text token's nucleus among the top 256 first
+# Prompt positions per packed prefill call (prefill_many), and per scheduler admission round: bounds
+# how long one round's prefill holds up the running decode batch. (measured: see the README)
+BATCHED_PREFILL_ROWS = 768
 
 
 def budget_new_frames(prompt_len: int, max_frames: int, max_seq_len: int) -> int:
@@ -123,14 +130,76 @@ def prefill(model: Transformer, sequences: list[Sequence], slots: list[int]) -> 
     """Run the (shared) prompt of `sequences` once into slots[0], give every slot a copy, and sample
     each sequence's first frame from the same logits with its own generator."""
     prompt = sequences[0].prompt
-    device = model.output.weight.device
-    out = model.prefill(prompt.to(device).unsqueeze(0), slots[0])
+    out = model.prefill(prompt.to(model.output.weight.device).unsqueeze(0), slots[0])
+    _start(model, sequences, slots, out)
+
+
+def _start(model: Transformer, sequences: list[Sequence], slots: list[int], out: ForwardResult) -> None:
+    """slots[0] holds the shared prompt and `out` its last logits: copy it to the other slots, sample each
+    sequence's first frame with its own generator."""
     if len(sequences) > 1:
         for layer in model.layers:
-            layer.attention.kv_cache.copy_slot(slots[0], slots[1:], prompt.shape[1])
+            layer.attention.kv_cache.copy_slot(slots[0], slots[1:], sequences[0].prompt.shape[1])
     for seq, slot in zip(sequences, slots):
         seq.slot = slot
         seq.accept(out)
+
+
+def batches_prefill(model: Transformer) -> bool:
+    """Whether `prefill_many` packs several prompts into one forward: for quantized weights, whose
+    prefill widens every weight once per call (so G prompts pay it once); not for float32, whose
+    matmul rounding changes with the row count (golden parity wants one prompt per call, and its
+    prefill has no per-call widening to share)."""
+    return is_quantized(model)
+
+
+def prefill_many(model: Transformer, jobs: list[tuple[list[Sequence], list[int]]]) -> list[Exception | None]:
+    """`prefill` for several jobs (each: sequences sharing one prompt, and their slots); per job, the
+    error that stopped it (None: its sequences have their first frames).
+
+    With `batches_prefill`, the prompts run packed in calls of up to BATCHED_PREFILL_ROWS positions
+    (a longer prompt alone); otherwise one job per call. A failed packed call (one bad prompt fails
+    the whole forward) is redone one job at a time, so a bad job fails alone."""
+    errors: list[Exception | None] = [None] * len(jobs)
+    for call in _prefill_calls(model, [seqs[0].prompt.shape[1] for seqs, _ in jobs]):
+        outs = None
+        if len(call) > 1:
+            try:
+                outs = _forward_many(model, [jobs[j] for j in call])
+            except Exception:  # noqa: BLE001 - which job caused it is found by redoing them one by one
+                log.info("a batched prefill of %d jobs failed; prefilling them one by one", len(call), exc_info=True)
+        for i, j in enumerate(call):
+            sequences, slots = jobs[j]
+            try:
+                if outs is None:
+                    prefill(model, sequences, slots)
+                else:
+                    _start(model, sequences, slots, outs[i])
+            except Exception as exc:  # noqa: BLE001 - this job's own failure
+                errors[j] = exc
+    return errors
+
+
+def _prefill_calls(model: Transformer, lengths: list[int]) -> list[list[int]]:
+    """Job indices per prefill call, in order."""
+    if not batches_prefill(model):
+        return [[j] for j in range(len(lengths))]
+    calls: list[list[int]] = []
+    rows = 0
+    for j, length in enumerate(lengths):
+        if calls and rows + length <= BATCHED_PREFILL_ROWS:
+            calls[-1].append(j)
+            rows += length
+        else:
+            calls.append([j])
+            rows = length
+    return calls
+
+
+def _forward_many(model: Transformer, jobs: list[tuple[list[Sequence], list[int]]]) -> list[ForwardResult]:
+    device = model.output.weight.device
+    out = model.prefill_many([seqs[0].prompt.to(device) for seqs, _ in jobs], [slots[0] for _, slots in jobs])
+    return [ForwardResult(out.token_logits[g : g + 1], out.codebook_logits[g : g + 1]) for g in range(len(jobs))]
 
 
 def decode_step(model: Transformer, sequences: list[Sequence], static_slots: int | None = None) -> list[Tensor]:

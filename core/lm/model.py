@@ -151,6 +151,21 @@ class Attention(nn.Module):
         keys, values = cache.k_cache[slot : slot + 1, :, :end], cache.v_cache[slot : slot + 1, :, :end]
         return self._out(self._attend(q, keys, values, mask))
 
+    def prefill_packed(self, x: Tensor, freqs_cis: Tensor, lengths: list[int], slots: list[int]) -> Tensor:
+        """Several whole prompts packed end to end (x [1, sum(lengths), dim]), prompt i into cache slot
+        `slots[i]` from position 0. The linears see all rows at once (one pass over the weights); each
+        prompt attends only over its own keys, causally, exactly as `prefill` alone would."""
+        q, k, v = self._qkv(x, freqs_cis)
+        cache, outs, start = self.kv_cache, [], 0
+        for length, slot in zip(lengths, slots, strict=True):
+            end = start + length
+            keys, values = k[:, :, start:end], v[:, :, start:end]
+            cache.k_cache[slot, :, :length] = keys[0]
+            cache.v_cache[slot, :, :length] = values[0]
+            outs.append(self._attend(q[:, :, start:end], keys, values, None, causal=True))
+            start = end
+        return self._out(torch.cat(outs, dim=2))
+
     def decode(self, x: Tensor, rope: Tensor, slots: Tensor, positions: Tensor, static: bool) -> Tensor:
         """One new position per sequence: x [B, 1, dim]; row b is at `positions[b]` in cache slot `slots[b]`.
 
@@ -316,6 +331,24 @@ class Transformer(nn.Module):
         for layer in self.layers:
             h = layer(h, lambda n, a=layer.attention: a.prefill(n, freqs_cis, mask, slot, start))
         return self._heads(h[:, -1:])
+
+    def prefill_many(self, prompts: list[Tensor], slots: list[int]) -> ForwardResult:
+        """Whole prompts of several sequences (each [1 + C, S_i], any lengths) in one forward, packed
+        end to end with no padding, prompt i into cache slot `slots[i]`; the heads' output for each
+        prompt's last position, [G, 1, ...] in prompt order.
+
+        Why: a quantized model's prefill widens all its weights once per call (bfloat16 / float32
+        matmul), so G prompts in one call pay that once. Rows meet only in the linears' matmul, whose
+        float rounding may depend on the row count: not bit-exact with `prefill` one by one (float32
+        stays one by one, see generate.batches_prefill)."""
+        lengths = [p.size(1) for p in prompts]
+        self._check_cache(max(lengths))
+        h = self.embed(torch.cat(prompts, dim=1).unsqueeze(0))
+        freqs_cis = torch.cat([self.freqs_cis[:n] for n in lengths])
+        for layer in self.layers:
+            h = layer(h, lambda n, a=layer.attention: a.prefill_packed(n, freqs_cis, lengths, slots))
+        last = torch.tensor(lengths, device=h.device).cumsum(0) - 1
+        return self._heads(h[0, last].unsqueeze(1))
 
     def decode(self, x: Tensor, slots: Tensor, positions: Tensor, static: bool = False) -> ForwardResult:
         """One new frame per sequence: x [B, 1 + C, 1]; row b at `positions[b]` of cache slot `slots[b]`

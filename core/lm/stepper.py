@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from .generate import Sequence, decode_logits, decode_threads, prefill
+from .generate import BATCHED_PREFILL_ROWS, Sequence, decode_logits, decode_threads, prefill_many
 from .model import ForwardResult, Transformer
 
 
 class LMStepper:
+    prefill_rows = BATCHED_PREFILL_ROWS
+
     def __init__(self, model: Transformer):
         self.model = model
 
     def setup_caches(self, slots: int, zeroed: bool) -> None:
         self.model.setup_caches(slots, self.model.config.max_seq_len, zeroed=zeroed or None)
 
-    def prefill(self, sequences: list[Sequence], slots: list[int]) -> None:
-        prefill(self.model, sequences, slots)
+    def prefill(self, jobs: list[tuple[list[Sequence], list[int]]]) -> list[Exception | None]:
+        return prefill_many(self.model, jobs)
 
     def forward(self, sequences: list[Sequence], static_slots: int | None) -> list[ForwardResult]:
         """Each sequence's logits, not yet sampled: `sequence.accept(out)` samples it."""

@@ -21,6 +21,10 @@ from .generate import frame_budget, penalty_window, sample_frames
 from .lm import DualARTransformer
 from .sampling import WINDOW, SamplingSettings
 
+# Prompt positions prefilled per scheduler admission round (one prompt longer than that alone): bounds
+# how long one round holds up the running decode batch. Prompts are prefilled one by one.
+PREFILL_ROWS = 768
+
 
 @dataclass(eq=False)
 class S1Sequence:
@@ -131,9 +135,21 @@ class S1Stepper:
     def setup_caches(self, slots: int, zeroed: bool) -> None:
         self.model.setup_caches(slots, self.model.config.max_seq_len)
 
-    def prefill(self, sequences: list[S1Sequence], slots: list[int]) -> None:
-        for sequence, slot in zip(sequences, slots, strict=True):  # samples of one prompt: each prefilled
-            prefill(self.model, sequence, slot)
+    prefill_rows = PREFILL_ROWS
+
+    def prefill(self, jobs: list[tuple[list[S1Sequence], list[int]]]) -> list[Exception | None]:
+        """Each job's sequences prefilled one at a time (samples of one prompt too); per job, the error
+        that stopped it."""
+        errors: list[Exception | None] = []
+        for sequences, slots in jobs:
+            try:
+                for sequence, slot in zip(sequences, slots, strict=True):
+                    prefill(self.model, sequence, slot)
+            except Exception as exc:  # noqa: BLE001 - this job's own failure
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
 
     def forward(self, sequences: list[S1Sequence], static_slots: int | None) -> list[Tensor]:
         return self.step_threads.run(lambda: next_frames(self.model, sequences))

@@ -17,7 +17,8 @@ OPENAI_ERROR_RESPONSES = {
 
 
 def include_routes(app: FastAPI) -> None:
-    from . import health, invoke, models, openai_speech, text, tts, voices
+    from . import codec, fish_references, health, invoke, models, openai_speech, text, tts, voices
 
-    for module in (health, models, invoke, tts, voices, openai_speech, text):
+    # fish_references before voices: its fixed paths (/v1/references/list, ...) win over /v1/references/{id}
+    for module in (health, models, invoke, tts, codec, fish_references, voices, openai_speech, text):
         app.include_router(module.router)

@@ -31,7 +31,7 @@ def id_taken(voice_id: str) -> ApiError:
 async def create_voice(request: Request, ctx: Ctx) -> dict:
     """Save a voice: `name`, `transcript` and `audio` (base64 in JSON, or a file part in
     multipart/form-data). The clip (0.5 s to --max-reference-seconds) is encoded with `model`'s
-    codec; codes, clip (at that model's rate) and metadata (with the model's family) are written
+    codec; codes, clip (at the upload's rate) and metadata (with the model's family) are written
     atomically. A model of another family using the voice encodes the clip again, once. An `id`
     that exists: 409."""
     body, files = await read_body(request, VoiceCreate, ctx.settings.max_text_length)
@@ -40,30 +40,35 @@ async def create_voice(request: Request, ctx: Ctx) -> dict:
         if body.audio is None:
             raise ValueError("audio: required (base64 in JSON, or a file part named 'audio').")
         data = decode_base64(body.audio, "audio")
-    if body.id is not None and (ctx.voices.folder / body.id).exists():
-        raise id_taken(body.id)
-    ctx.check_model(body.model)
+    return await save_voice(ctx, body.name, body.transcript, data, body.model, body.id)
+
+
+async def save_voice(ctx: ServerContext, name: str, transcript: str, audio: bytes, model: str, voice_id: str | None):
+    """Encode the clip with `model`'s codec and store the voice (409 when `voice_id` is taken)."""
+    if voice_id is not None and (ctx.voices.folder / voice_id).exists():
+        raise id_taken(voice_id)
+    ctx.check_model(model)
     reference = Reference(
-        "audio", audio=data, min_seconds=MIN_REFERENCE_SECONDS, max_seconds=ctx.settings.max_reference_seconds
+        "audio", audio=audio, min_seconds=MIN_REFERENCE_SECONDS, max_seconds=ctx.settings.max_reference_seconds
     )
 
     def encode_and_store(engine) -> dict:
         prepared = prepare_reference(engine, reference)
         try:
             return ctx.voices.create(
-                name=body.name,
-                transcript=body.transcript,
+                name=name,
+                transcript=transcript,
                 codes=prepared.codes,
-                audio=prepared.audio,
-                sample_rate=engine.info.sample_rate,
-                model=body.model,
+                audio=prepared.clip,
+                sample_rate=prepared.clip_rate,
+                model=model,
                 family=engine.info.family,
-                voice_id=body.id,
+                voice_id=voice_id,
             )
         except VoiceExists:
-            raise id_taken(body.id) from None
+            raise id_taken(voice_id) from None
 
-    async with ctx.admit(body.model) as admission:
+    async with ctx.admit(model) as admission:
         return await admission.run(encode_and_store)
 
 
@@ -83,7 +88,7 @@ async def get_voice(ctx: Ctx, voice_id: str = VoiceId) -> dict:
     responses={
         200: {
             "content": {"audio/wav": {}},
-            "description": "The saved clip (mono WAV at the rate of the model that saved it).",
+            "description": "The saved clip (mono WAV at the upload's rate, at most 48 kHz).",
         }
     },
 )

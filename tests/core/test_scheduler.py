@@ -271,3 +271,152 @@ def test_a_dead_scheduler_fails_every_waiting_and_later_job(model):
     with pytest.raises(SchedulerFailed):
         scheduler.call(lambda: None)
     scheduler.close()  # returns at once
+
+
+# -- admission rounds: one stepper call per round, a row limit per round ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_model():
+    return load_lm(PARITY / "llama_state_dict.pt", str(PARITY / "llama_config.json"), quantize="int8")
+
+
+class RecordingStepper(LMStepper):
+    """LMStepper that logs its calls: ("prefill", [prompt lengths]) and ("step", rows)."""
+
+    def __init__(self, model, prefill_rows: int):
+        super().__init__(model)
+        self.prefill_rows, self.calls = prefill_rows, []
+
+    def prefill(self, jobs):
+        self.calls.append(("prefill", [seqs[0].prompt.shape[1] for seqs, _ in jobs]))
+        return super().prefill(jobs)
+
+    def forward(self, sequences, static_slots):
+        self.calls.append(("step", len(sequences)))
+        return super().forward(sequences, static_slots)
+
+
+def submit_together(scheduler: Scheduler, collector: Collector, seqs: list[Sequence]) -> None:
+    """Submit while the scheduler thread is held by a task, so that all of them wait for one admission."""
+    held, release = threading.Event(), threading.Event()
+    scheduler.call(lambda: held.set() or release.wait(60))
+    assert held.wait(60)
+    for key, seq in enumerate(seqs):
+        collector.submit(key, seq)
+    release.set()
+
+
+def test_admission_rounds_hold_at_most_prefill_rows_and_a_step_runs_between(model):
+    """20 + 9 fit in 40 positions, 33 does not: it and 5 wait for the next round, after one decode step."""
+    stepper = RecordingStepper(model, prefill_rows=40)
+    scheduler = Scheduler(stepper, max_batch=8)
+    collector = Collector(scheduler)
+    seqs = [request(model, *spec) for spec in (SPECS[0], SPECS[1], SPECS[2], SPECS[3], SPECS[6])]
+    submit_together(scheduler, collector, seqs)
+    collector.wait(*range(len(seqs)))
+    scheduler.close()
+    prefills = [lengths for kind, lengths in stepper.calls if kind == "prefill"]
+    assert prefills == [[20, 9], [33, 5], [26]]
+    first, second = stepper.calls.index(("prefill", [20, 9])), stepper.calls.index(("prefill", [33, 5]))
+    assert stepper.calls[first + 1 : second] == [("step", 2)]
+    assert all(error is None for error in collector.errors.values())
+
+
+def test_a_prompt_longer_than_the_round_is_admitted_alone(model):
+    stepper = RecordingStepper(model, prefill_rows=8)
+    scheduler = Scheduler(stepper, max_batch=4)
+    collector = Collector(scheduler)
+    seqs = [request(model, *SPECS[0]), request(model, *SPECS[3])]
+    submit_together(scheduler, collector, seqs)
+    collector.wait(0, 1)
+    scheduler.close()
+    assert [lengths for kind, lengths in stepper.calls if kind == "prefill"] == [[20], [5]]
+
+
+def test_int8_requests_admitted_together_get_their_codes_alone(int8_model):
+    """One packed prefill for the round; the tiny model has no near-ties, so every code is the same."""
+    alone = [run_alone(int8_model, request(int8_model, *spec)) for spec in SPECS[:4]]
+    stepper = RecordingStepper(int8_model, prefill_rows=LMStepper.prefill_rows)
+    scheduler = Scheduler(stepper, max_batch=4)
+    collector = Collector(scheduler)
+    seqs = [request(int8_model, *spec) for spec in SPECS[:4]]
+    submit_together(scheduler, collector, seqs)
+    collector.wait(*range(4))
+    scheduler.close()
+    assert stepper.calls[0] == ("prefill", [20, 9, 33, 5])
+    for key, seq in enumerate(seqs):
+        assert collector.errors[key] is None
+        np.testing.assert_array_equal(codes(seq), alone[key], err_msg=f"request {key}")
+
+
+def test_a_bad_job_in_a_packed_round_fails_alone(int8_model):
+    """The packed forward fails on the bad prompt; the round is redone job by job: the others' codes
+    are exactly their codes alone."""
+    alone = [run_alone(int8_model, request(int8_model, *spec)) for spec in (SPECS[0], SPECS[2])]
+    scheduler = Scheduler(LMStepper(int8_model), max_batch=4)
+    collector = Collector(scheduler)
+    bad = request(int8_model, *SPECS[1])
+    bad.prompt = bad.prompt.clone()
+    bad.prompt[0, 3] = 10**6  # a token id past the embedding table
+    seqs = [request(int8_model, *SPECS[0]), bad, request(int8_model, *SPECS[2])]
+    submit_together(scheduler, collector, seqs)
+    collector.wait(0, 1, 2)
+    scheduler.close()
+    assert isinstance(collector.errors[1], IndexError)
+    assert collector.errors[0] is None and collector.errors[2] is None
+    np.testing.assert_array_equal(codes(seqs[0]), alone[0])
+    np.testing.assert_array_equal(codes(seqs[2]), alone[1])
+
+
+def test_a_failing_prefill_call_fails_only_its_round(model):
+    """A stepper whose whole prefill call raises: that round's jobs fail, the scheduler goes on."""
+    stepper = RecordingStepper(model, prefill_rows=LMStepper.prefill_rows)
+    real = stepper.prefill
+    stepper.prefill = lambda jobs: (_ for _ in ()).throw(RuntimeError("injected")) if len(jobs) == 2 else real(jobs)
+    scheduler = Scheduler(stepper, max_batch=4)
+    collector = Collector(scheduler)
+    submit_together(scheduler, collector, [request(model, *SPECS[0]), request(model, *SPECS[1])])
+    collector.wait(0, 1)
+    assert all(isinstance(collector.errors[k], RuntimeError) for k in (0, 1))
+    later = request(model, *SPECS[3])
+    collector.submit(2, later)
+    collector.wait(2)
+    scheduler.close()
+    assert collector.errors[2] is None and later.finished
+
+
+EXIT_SCRIPT = """
+import time, torch
+from core.lm import load_lm
+from core.lm.stepper import LMStepper
+from core.scheduler import Scheduler
+from tests.paths import PARITY
+
+model = load_lm(PARITY / "llama_state_dict.pt", str(PARITY / "llama_config.json"))
+scheduler = Scheduler(LMStepper(model), 2)
+a = torch.randn(1000, 1000)
+
+def busy():  # torch work (the GIL released inside each op) still running when the script ends
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        torch.mm(a, a)
+
+scheduler.call(busy)
+time.sleep(0.3)
+print("main done")
+"""
+
+
+def test_the_process_exits_cleanly_while_the_scheduler_is_inside_torch():
+    """A daemon thread inside torch at interpreter finalization aborts the process (exit 134); the
+    scheduler is closed at exit first (seen as a rare CLI failure: 'terminate called without an active
+    exception')."""
+    import subprocess
+    import sys
+
+    from tests.paths import ROOT
+
+    result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "main done" in result.stdout, (result.returncode, result.stderr[-2000:])
+    assert "terminate called" not in result.stderr

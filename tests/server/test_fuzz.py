@@ -3,6 +3,7 @@ bounded number per operation) and checks that none is answered with a 5xx."""
 
 from __future__ import annotations
 
+import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
@@ -16,6 +17,11 @@ def test_no_generated_request_gets_a_server_error(tmp_path):
     # --max-text-length 200: every generated text stays short, so each synthesis takes a moment.
     server = Server(make_workdir(tmp_path), "--max-text-length", "200")
     try:
+        spec = requests.get(server.url + "/openapi.json", timeout=30).json()
+        invoke = spec["paths"]["/v1/models/{name}/invoke"]["post"]["requestBody"]["content"]["application/json"]
+        text = invoke["schema"]["properties"]["text"]
+        assert text["maxLength"] == 200  # the server's own limit, not the default's
+        assert "x-fishtts-text-limit" not in str(spec)
         schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
         assert len(operations) >= 10

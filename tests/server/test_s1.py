@@ -59,8 +59,9 @@ def wav(data: bytes) -> tuple[np.ndarray, int]:
     return audio, rate
 
 
-def save_voice(client, voice_id: str, model: str, seconds: float = 2.0, rate: int = 22050) -> dict:
-    clip = base64.b64encode(audio_bytes(tone(seconds, sr=rate), sr=rate)).decode()
+def save_voice(client, voice_id: str, model: str, seconds: float = 2.0, rate: int = 22050, samples=None) -> dict:
+    samples = tone(seconds, sr=rate) if samples is None else samples
+    clip = base64.b64encode(audio_bytes(samples, sr=rate)).decode()
     made = client.post(
         "/v1/references", json={"name": voice_id, "id": voice_id, "transcript": "a tone", "audio": clip, "model": model}
     )
@@ -73,12 +74,14 @@ def save_voice(client, voice_id: str, model: str, seconds: float = 2.0, rate: in
 
 def test_put_loads_the_folder_and_every_view_names_the_family(client, s1):
     assert s1["family"] == S1_FAMILY and s1["phonemes"] is False
+    assert s1["sampling_fields"] == ["temperature", "top_p", "repetition_penalty"]  # no top-k: refused
     assert s1["s1"] == {"folder": f"checkpoints/{S1_FOLDER}"} and "llama" not in s1
     assert s1["sample_rate"] > 0 and s1["frame_rate"] > 0 and s1["device"] == "cpu"
     models = client.get("/v1/models").json()
     assert models["models"] == ["default", "s1"]
     default = next(d for d in models["details"] if d["name"] == "default")
     assert default["family"] == FAMILY and default["phonemes"] is True and default["sample_rate"] == 22050
+    assert "top_k" in default["sampling_fields"]
     health = client.get("/v1/health").json()
     assert {m["name"]: m["family"] for m in health["models"]} == {"default": FAMILY, "s1": S1_FAMILY}
 
@@ -193,13 +196,13 @@ def test_a_v02_voice_speaks_through_s1_encoded_once(client, s1, workdir):
     assert np.load(folder / "codes.npy").shape[0] == 4  # the voice's own v0.2 codes are untouched
 
 
-def test_an_s1_voice_keeps_its_clip_at_s1s_rate_and_speaks_through_v02(client, s1, workdir):
+def test_an_s1_voice_keeps_its_upload_and_speaks_through_v02(client, s1, workdir):
     voice = save_voice(client, "from-s1", "s1", rate=44100)
     assert voice["family"] == S1_FAMILY and abs(voice["duration_s"] - 2.0) < 0.01
     folder = workdir / "references" / "voices" / "from-s1"
     assert np.load(folder / "codes.npy").shape[0] == s1["num_codebooks"]
     clip, rate = wav(client.get("/v1/references/from-s1/audio").content)
-    assert rate == s1["sample_rate"] and abs(clip.size - 2 * rate) <= 1
+    assert rate == 44100 and abs(clip.size - 2 * rate) <= 1  # the upload's rate, whatever the codec's
     used = client.post("/v1/models/default/invoke", json={"text": "Back to v0.2.", "reference_id": "from-s1", **FAST})
     assert used.status_code == 200, used.text
     assert wav(used.content)[1] == 22050
@@ -207,6 +210,24 @@ def test_an_s1_voice_keeps_its_clip_at_s1s_rate_and_speaks_through_v02(client, s
     codes = np.load(folder / f"codes.{FAMILY}.npy")
     assert codes.shape[0] == v02["num_codebooks"] and codes.max() < v02["codebook_size"]
     assert abs(codes.shape[1] - 2.0 * v02["frame_rate"]) <= 1
+
+
+def test_a_voice_keeps_its_uploads_band_for_the_family_with_the_higher_rate(client, s1, workdir):
+    """Saved through v0.2 (22.05 kHz), a 44.1 kHz upload is kept whole: S1 (44.1 kHz with the official
+    codec) encodes the same clip, top octave included, as when the voice is saved through S1 itself.
+    Above 48 kHz the clip is downsampled."""
+    noise = (np.random.default_rng(7).standard_normal(2 * 44100) * 0.2).astype(np.float32)  # energy up to 22 kHz
+    save_voice(client, "wide-v02", "default", rate=44100, samples=noise)
+    save_voice(client, "wide-s1", "s1", rate=44100, samples=noise)
+    voices = workdir / "references" / "voices"
+    assert sf.info(str(voices / "wide-v02" / "audio.wav")).samplerate == 44100
+    body = {"text": "Wide band.", "reference_id": "wide-v02", **FAST}
+    assert client.post("/v1/models/s1/invoke", json=body).status_code == 200
+    np.testing.assert_array_equal(
+        np.load(voices / "wide-v02" / f"codes.{S1_FAMILY}.npy"), np.load(voices / "wide-s1" / "codes.npy")
+    )
+    save_voice(client, "high-rate", "default", rate=96000, samples=np.zeros(2 * 96000, np.float32) + 0.1)
+    assert sf.info(str(voices / "high-rate" / "audio.wav")).samplerate == 48000
 
 
 def test_a_voice_saved_before_families_is_v02s(client, s1, workdir):

@@ -13,7 +13,7 @@ import requests
 import soundfile as sf
 
 from tests.helpers import synthesize_speech
-from tests.server.helpers import Server, add_s1_model, make_workdir
+from tests.server.helpers import S1_FOLDER, Server, add_s1_model, make_workdir
 from tests.webui.support import CHROMIUM, CHROMIUM_ARGS, WebUI, artifacts_dir, require_browser
 
 REFERENCE_TEXT = "This is a short reference clip for voice cloning."
@@ -218,6 +218,7 @@ def test_picking_an_s1_model_hides_what_does_not_apply_and_synthesizes_with_it(b
         page.locator("#fishtts-max-new-tokens").wait_for(state="visible")  # the tab is showing
         page.locator("#fishtts-mode").wait_for(state=state)
         page.locator("#fishtts-speaker").wait_for(state=state)
+        page.locator("#fishtts-top-k").wait_for(state=state)  # S1-mini samples without top-k
         page.get_by_role("tab", name=languages_tab).click()
         page.locator("#fishtts-languages").wait_for(state=state)
         page.locator("#fishtts-languages-not-applicable").wait_for(state="hidden" if state == "visible" else "visible")
@@ -250,5 +251,16 @@ def test_picking_an_s1_model_hides_what_does_not_apply_and_synthesizes_with_it(b
         pick("模型", "default (fish-speech-v0.2)")
         v02_fields("visible", "合成参数", "语言优先级")
         page.wait_for_function(f"() => ({temperature})() === '0.7'")
+
+        # the model tab loads another S1-mini folder under a name of its own; the picker offers it
+        page.get_by_role("tab", name="模型配置").click()
+        page.get_by_label("OpenAudio S1-mini 模型名").fill("s1-page")
+        page.get_by_label("OpenAudio S1-mini 文件夹").fill(S1_FOLDER)
+        page.locator("#fishtts-load-s1").click()
+        page.locator("#fishtts-model-message").get_by_text("模型加载成功").wait_for(timeout=60_000)
+        page.screenshot(path=str(artifacts_dir() / "webui-model-s1-zh.png"), full_page=True)
+        page.get_by_role("tab", name="推理配置").click()
+        pick("模型", "s1-page (openaudio-s1-mini)")
+        v02_fields("hidden", "合成参数", "语言优先级")
     finally:
         page.context.close()

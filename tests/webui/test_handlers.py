@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from tests.helpers import synthesize_speech
-from tests.server.helpers import Server, add_s1_model, free_port, make_workdir
+from tests.server.helpers import S1_FOLDER, Server, add_s1_model, free_port, make_workdir
 from webui.client import ClientError, error_from_response
 from webui.config import UISettings
 from webui.handlers import Actions, LoadedModel, ModelForm, SynthesisForm, pick_model
@@ -62,6 +62,19 @@ def test_load_model_shows_the_originals_success_message(server, actions):
         assert t(lang, "model.loaded") in html and "fishtts-ok" in html, html
     status = actions.server_status("en_US", server.url, "")
     assert "default (cpu, float32)" in status
+
+
+def test_the_model_tab_loads_an_s1_folder_under_its_own_name(server, actions):
+    form = ModelForm(device="cpu", precision="float32", compile=False, s1_name="s1-ui", s1_folder=S1_FOLDER)
+    html = actions.load_model("en_US", server.url, "", form, s1=True)
+    assert t("en_US", "model.loaded") in html and "fishtts-ok" in html, html
+    models = {m.name: m for m in actions.loaded_models(server.url)}
+    assert models["s1-ui"].family == "openaudio-s1-mini" and models["default"].family == "fish-speech-v0.2"
+    missing = ModelForm(device="cpu", s1_name="s1-missing", s1_folder="no-such-folder")
+    assert_readable(actions.load_model("en_US", server.url, "", missing, s1=True), "en_US", "model.load_failed")
+    assert "s1-missing" not in {m.name for m in actions.loaded_models(server.url)}
+    filled = actions.loaded_model_form(server.url)  # the page reopened: the S1 fields show a loaded S1 folder
+    assert filled.s1_name in ("s1", "s1-ui") and filled.s1_folder.endswith(S1_FOLDER)
 
 
 def test_model_tab_is_filled_from_the_loaded_model(server, actions):
@@ -121,6 +134,9 @@ def test_the_models_to_pick_from_say_what_applies_to_them(server, actions):
     assert models["default"] == LoadedModel("default", "fish-speech-v0.2", phonemes=True)
     assert models["s1"] == LoadedModel("s1", "openaudio-s1-mini", phonemes=False)
     assert models["s1"].label == "s1 (openaudio-s1-mini)"
+    assert not models["s1"].samples_with("top_k") and models["s1"].samples_with("top_p")  # its slider hides
+    assert models["default"].samples_with("top_k")
+    assert LoadedModel("old-server").samples_with("top_k")  # a server that does not say: every field shows
     from core.request import DEFAULT_SAMPLING, S1_DEFAULT_SAMPLING
 
     assert models["s1"].sampling["temperature"] == S1_DEFAULT_SAMPLING.temperature  # what the sliders take
@@ -324,7 +340,7 @@ def test_client_errors_are_one_line():
 
 def test_the_page_starts_from_the_api_defaults(server, actions, down_url):
     """Sampling, language order and model files come from the API (defined once, in core)."""
-    from core.checkpoints import LM_FILENAME, VQGAN_FILENAME
+    from core.checkpoints import DEFAULT_S1_DIR, LM_FILENAME, VQGAN_FILENAME
     from core.request import DEFAULT_ORDER, DEFAULT_SAMPLING
 
     model, synth = actions.forms(server.url)
@@ -335,4 +351,5 @@ def test_the_page_starts_from_the_api_defaults(server, actions, down_url):
     )
     assert ",".join((synth.language_1, synth.language_2, synth.language_3)) == DEFAULT_ORDER
     assert model.llama_checkpoint.endswith(LM_FILENAME) and model.vqgan_checkpoint.endswith(VQGAN_FILENAME)
+    assert model.s1_folder == str(DEFAULT_S1_DIR)  # where `fishtts download --model openaudio-s1-mini` puts it
     assert actions.forms(down_url) == (ModelForm(), SynthesisForm())  # unreachable: the page still opens

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.s1.batch import S1Sequence, decode_step, prefill
+from core.s1.batch import S1Sequence, S1Stepper, decode_step, prefill
 from core.s1.load import load_dual_ar
 from core.s1.sampling import SamplingSettings
 
@@ -84,3 +84,16 @@ def test_prefill_refuses_a_slot_beyond_the_caches(loaded):
     model.setup_caches(1, 128)
     with pytest.raises(ValueError, match="exceed the caches"):
         prefill(model, sequence(tokenizer, dual_ar_cases(), "greedy"), 1)
+
+
+def test_stepper_prefill_fails_a_bad_job_alone(loaded):
+    """The scheduler's contract: one call for a round of jobs, per job the error that stopped it."""
+    model, tokenizer = loaded
+    cases = dual_ar_cases()
+    model.setup_caches(3, model.config.max_seq_len)
+    good = [sequence(tokenizer, cases, "greedy"), sequence(tokenizer, cases, "sample_seed42_cli")]
+    errors = S1Stepper(model).prefill(
+        [([good[0]], [0]), ([sequence(tokenizer, cases, "greedy")], [7]), ([good[1]], [2])]
+    )
+    assert errors[0] is None and errors[2] is None and isinstance(errors[1], ValueError)
+    assert all(len(seq.frames) == 1 for seq in good)
