@@ -4,7 +4,7 @@ At load, for the model's own linears: every decode candidate streams a few layer
 activation row (as a decode step does, torch on one thread; each timing reads the next layers, so
 from memory, not from the cache), every prefill candidate multiplies one layer's weights by
 PREFILL_ROWS rows; the fastest wins. A few hundred milliseconds, once per CPU model,
-thread count, torch version, kernel source and weight shapes: the choice is kept in
+thread count, torch version, kernel source, weight shapes and candidate list: the choice is kept in
 ~/.cache/fishtts/lm_paths.json ($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten).
 FISHTTS_AUTOTUNE=0 skips it (the defaults: the kernels as tuned on AMD Zen, bfloat16 prefill where fast).
 
@@ -93,6 +93,8 @@ def _key(fmt: str, layers: list[nn.Module]) -> str:
             f"kernels={source}",
             fmt,
             str(shapes),
+            # a new candidate (a kernel setting, a prefill path) is measured, not skipped for a cached choice
+            ",".join(paths.decode_candidates(fmt) + paths.prefill_candidates(fmt)),
         ]
     )
 
@@ -162,6 +164,8 @@ def _measure(fmt: str, layers: list[nn.Module]) -> dict:
                 break
             give_up = GIVE_UP * min(decode_times.values(), default=float("inf"))
             decode_times[path] = _decode_seconds_per_gb(chunks, cursor, rows, give_up)
+    # The "kernel" prefill runs with the decode path's setting (threads, prefetch): time it with the winner's.
+    paths.set_paths(fmt, decode=_prefer_kernels(decode_times))
     prefill_times = {}
     one_layer = list({(m.out_features, m.in_features): m for m in layers}.values())  # each distinct shape once
     batch = {m.in_features: torch.randn(PREFILL_ROWS, m.in_features) for m in one_layer}

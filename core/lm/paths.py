@@ -7,7 +7,7 @@ Decode candidates: the C++ kernel with one of KERNEL_VARIANTS' prefetch/thread s
 AVX512-VNNI also with int8 activations), plain torch (the original's formula), and torch's packed int8
 kernel. Prefill candidates: a float32 matmul, or a
 bfloat16 one (AMX / AVX512-BF16; quantized formats only: their weights are exact or nearly so in
-bfloat16, a float32 model keeps float32).
+bfloat16, a float32 model keeps float32), or for the quantized formats the decode kernel over all rows.
 """
 
 from __future__ import annotations
@@ -69,8 +69,11 @@ def prefill_candidates(fmt: str) -> list[str]:
     if fmt == "float32":
         return ["float32"]
     # (torch's packed int8 kernel, _weight_int8pack_mm, is a decode candidate only: with 64+ rows it
-    # measured 20-40x slower than either matmul here.)
-    return (["bfloat16"] if cpu_has_fast_bfloat16() else []) + ["float32"]
+    # measured 20-40x slower than either matmul here.) "kernel": the decode kernel over all the rows
+    # (with the decode path's setting), which reads each quantized weight row once for every row instead
+    # of dequantizing the whole matrix per call: 5x faster for int4 at 100 rows on the Intel Xeon.
+    kernel = ["kernel"] if cpu_kernels_available() else []
+    return (["bfloat16"] if cpu_has_fast_bfloat16() else []) + ["float32"] + kernel
 
 
 _chosen: dict[str, dict[str, str]] = {}

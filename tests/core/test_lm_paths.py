@@ -94,7 +94,7 @@ def test_every_decode_path_matches_float32_within_its_format_tolerance(models, r
         assert torch.equal(alone[0], batched[1])
 
 
-@pytest.mark.parametrize("path", ["float32", "bfloat16"])
+@pytest.mark.parametrize("path", ["float32", "bfloat16", "kernel"])
 @pytest.mark.parametrize("fmt", paths.FORMATS)
 def test_every_prefill_path_matches_float32_within_its_format_tolerance(models, reference, fmt, path):
     if path not in paths.prefill_candidates(fmt):
