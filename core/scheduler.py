@@ -117,6 +117,8 @@ class Scheduler:
     # -- callers ---------------------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
+        if not job.sequences:
+            raise ValueError("a job needs at least one sequence")
         if len(job.sequences) > self.max_batch:
             raise ValueError(f"{len(job.sequences)} sequences at once; the batch holds {self.max_batch}")
         with self._wake:

@@ -323,6 +323,13 @@ def test_admission_rounds_hold_at_most_prefill_rows_and_a_step_runs_between(mode
     assert all(error is None for error in collector.errors.values())
 
 
+def test_a_job_without_sequences_is_refused(model):
+    scheduler = Scheduler(LMStepper(model), max_batch=1)
+    with pytest.raises(ValueError, match="at least one sequence"):
+        scheduler.submit(Job([], lambda i, f: None, lambda e: None))
+    scheduler.close()
+
+
 def test_a_prompt_longer_than_the_round_is_admitted_alone(model):
     stepper = RecordingStepper(model, prefill_rows=8)
     scheduler = Scheduler(stepper, max_batch=4)
