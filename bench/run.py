@@ -2,6 +2,7 @@
 
     python -m bench [--only lm,vqgan,e2e] [--runs 3] [--device cpu] [--variants float32,int8] [--compile]
                     [--num-samples 1,4] [--tiny]
+    python -m bench --family openaudio-s1-mini [bench/s1.py's options]: S1-mini's rows instead
 
 Measured in this run: device (the CPU's model name and the flags that matter: avx2, avx512f, avx512_bf16, amx)
 and threads; the LM paths the autotuner chose per format (core/lm/autotune.py); memory read bandwidth and the
@@ -24,6 +25,7 @@ import platform
 
 import torch
 
+from core.checkpoints import FAMILIES, FISH_SPEECH_V02, OPENAUDIO_S1_MINI
 from core.device import resolve_device
 from core.lm.autotune import cpu_info
 
@@ -246,4 +248,12 @@ def report_main(parse_args, run, table, argv=None) -> dict:
 
 
 def main(argv=None) -> dict:
-    return report_main(parse_args, run, table, argv)
+    """`--family openaudio-s1-mini` hands the other arguments to bench/s1.py (S1-mini's own parts)."""
+    family = argparse.ArgumentParser(add_help=False)
+    family.add_argument("--family", choices=FAMILIES, default=FISH_SPEECH_V02)
+    known, rest = family.parse_known_args(argv)
+    if known.family == OPENAUDIO_S1_MINI:
+        from .s1 import main as s1_main  # (bench.s1 imports this module)
+
+        return s1_main(rest)
+    return report_main(parse_args, run, table, rest)

@@ -17,7 +17,7 @@ import torch
 
 from ..frontend import PromptText
 from ..lm.autotune import model_paths, tune_model
-from ..lm.quantize import QUANT_MODES, quantization, quantize_model
+from ..lm.quantize import QUANT_MODES, quantization
 from ..request import SynthesisRequest
 from ..s1 import S1Model, S1Sequence, SamplingSettings
 from ..s1.batch import S1Stepper
@@ -60,9 +60,9 @@ class OpenAudioS1:
             raise ValueError(f"unknown quantization {quantize!r} (use one of: {', '.join(QUANT_MODES)})")
         model = S1Model.from_folder(Path(folder), device, precision)
         if quantize is not None:
-            quantize_model(model.lm, quantize)
-            if model.device.type == "cpu":
-                tune_model(model.lm)
+            model.lm.quantize(quantize)
+        if model.device.type == "cpu":
+            tune_model(model.lm)  # the decode paths of its linears' format (float32 too), core/lm/autotune.py
         return cls(model)
 
     def describe(self) -> dict:
@@ -79,8 +79,7 @@ class OpenAudioS1:
             sample_rate=codec.sample_rate,
             frame_rate=codec.sample_rate / codec.frame_length,
             vqgan_precision="bfloat16" if self.cuda else "float32",
-            # the float32 linears are torch's own; only quantized ones go through core/lm/paths.py
-            lm_paths=model_paths(lm) if quantize != "none" and not self.cuda else {},
+            lm_paths={} if self.cuda else model_paths(lm),
         )
 
     def stepper(self) -> S1Stepper:
@@ -113,10 +112,9 @@ class OpenAudioS1:
         self, request: SynthesisRequest, prompt: torch.Tensor, generators: list, ignore_stop: bool
     ) -> list[S1Sequence]:
         settings = s1_sampling(request)
-        return [
-            S1Sequence(prompt, self.tokenizer.im_end_id, settings, request.max_frames, generator)
-            for generator in generators
-        ]
+        # ignore_stop (the benchmark's fixed frame counts): no token id is -1, so only the budget ends it
+        im_end_id = -1 if ignore_stop else self.tokenizer.im_end_id
+        return [S1Sequence(prompt, im_end_id, settings, request.max_frames, generator) for generator in generators]
 
     def codes(self, sequence: S1Sequence, prompt: torch.Tensor) -> np.ndarray:
         return sequence.codes().numpy()

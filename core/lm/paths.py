@@ -124,11 +124,11 @@ def _kernel(path: str) -> bool:
 # -- the implementations -----------------------------------------------------------------------------
 
 
-def linear_float32(x: Tensor, weight: Tensor) -> Tensor:
+def linear_float32(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if few_rows(x) and weight.dtype == torch.float32 and _kernel(chosen("float32")["decode"]):
-        y = torch.ops.fishtts.linear_rows(x.reshape(-1, x.size(-1)), weight, None)
-        return y.view(*x.shape[:-1], -1)
-    return F.linear(x, weight)
+        y = torch.ops.fishtts.linear_rows(x.reshape(-1, x.size(-1)), weight, None).view(*x.shape[:-1], -1)
+        return y if bias is None else y + bias
+    return F.linear(x, weight, bias)
 
 
 def linear_int8(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:

@@ -9,12 +9,14 @@ per group where AVX512-VNNI exists (cpu_kernels.cpp); that error is small agains
 The original's int4 checkpoints hold CUDA tinygemm-packed tensors (its quantize.py packs them on the
 GPU) and are refused with a clear message; int4 here is quantized at load from the float checkpoint.
 Activations stay float elsewhere, so only the weight bytes shrink: decode at batch 1 is bound by
-reading the weights. Embeddings stay float. Which code computes the products is chosen in paths.py.
+reading the weights. Embeddings and biases stay float (a bias is added after the product, as
+nn.Linear does). Which code computes the products is chosen in paths.py.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .paths import linear_int4, linear_int8
@@ -35,14 +37,15 @@ def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
 class Int8Linear(nn.Module):
     """y = (x @ weight.T) * scales, with int8 `weight` [out, in] and float `scales` [out]."""
 
-    def __init__(self, in_features: int, out_features: int, device=None, dtype=torch.float32):
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=torch.float32, bias: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.empty(out_features, dtype=dtype, device=device))
+        self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear_int8(x, self.weight, self.scales)
+        return _add_bias(linear_int8(x, self.weight, self.scales), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -71,22 +74,44 @@ def dequantize_int4(packed: Tensor, scales: Tensor, offsets: Tensor, dtype: torc
     return w.view(out_features, -1).to(dtype)
 
 
-class Int4Linear(nn.Module):
-    """y = x @ dequantize_int4(weight, scales, offsets).T; `weight` is the packed uint8 [out, in / 2]."""
+def int4_width(in_features: int) -> int:
+    """The stored input width: rounded up to whole groups (the extra inputs are zeros on both sides)."""
+    return -(-in_features // INT4_GROUP) * INT4_GROUP
 
-    def __init__(self, in_features: int, out_features: int, device=None):
+
+class Int4Linear(nn.Module):
+    """y = x @ dequantize_int4(weight, scales, offsets).T; `weight` is the packed uint8 [out, width / 2].
+
+    A width that is not a multiple of INT4_GROUP (small test models) is stored zero-padded to whole
+    groups and the activations are padded with zeros to match, so the padding adds nothing."""
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=torch.float32, bias: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        groups = in_features // INT4_GROUP
-        self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        width = int4_width(in_features)
+        groups = width // INT4_GROUP
+        self.register_buffer("weight", torch.empty(out_features, width // 2, dtype=torch.uint8, device=device))
         self.register_buffer("scales", torch.empty(out_features, groups, device=device))
         self.register_buffer("offsets", torch.empty(out_features, groups, device=device))
+        self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear_int4(x, self.weight, self.scales, self.offsets)
+        padding = int4_width(self.in_features) - self.in_features
+        if padding:
+            x = F.pad(x, (0, padding))
+        return _add_bias(linear_int4(x, self.weight, self.scales, self.offsets), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def _add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
+    return y if bias is None else y + bias.to(y.dtype)
+
+
+def _copy_bias(layer: nn.Module, linear: nn.Linear) -> None:
+    if linear.bias is not None:
+        layer.bias = linear.bias.detach().to(layer.bias.dtype)
 
 
 def _linears(model: nn.Module):
@@ -104,8 +129,10 @@ QUANTIZED_KV_CACHE_DTYPE = torch.bfloat16
 def convert_to_int8(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Swap every nn.Linear for an empty Int8Linear (to load an int8 state dict into)."""
     for parent, name, child in _linears(model):
-        device = child.weight.device
-        setattr(parent, name, Int8Linear(child.in_features, child.out_features, device=device, dtype=dtype))
+        layer = Int8Linear(
+            child.in_features, child.out_features, child.weight.device, dtype, bias=child.bias is not None
+        )
+        setattr(parent, name, layer)
     model.kv_cache_dtype = QUANTIZED_KV_CACHE_DTYPE
     return model
 
@@ -115,8 +142,9 @@ def quantize_model_int8(model: nn.Module) -> nn.Module:
     """Quantize a float model's linears in place (frees the float weights as it goes)."""
     for parent, name, child in _linears(model):
         q, scales = quantize_int8(child.weight)
-        layer = Int8Linear(child.in_features, child.out_features, device=q.device, dtype=scales.dtype)
+        layer = Int8Linear(child.in_features, child.out_features, q.device, scales.dtype, child.bias is not None)
         layer.weight, layer.scales = q, scales
+        _copy_bias(layer, child)
         setattr(parent, name, layer)
     model.kv_cache_dtype = QUANTIZED_KV_CACHE_DTYPE
     return model
@@ -126,8 +154,11 @@ def quantize_model_int8(model: nn.Module) -> nn.Module:
 def quantize_model_int4(model: nn.Module) -> nn.Module:
     """Quantize a float model's linears to int4 in place."""
     for parent, name, child in _linears(model):
-        layer = Int4Linear(child.in_features, child.out_features, device=child.weight.device)
-        layer.weight, layer.scales, layer.offsets = quantize_int4(child.weight)
+        weight = child.weight
+        layer = Int4Linear(child.in_features, child.out_features, weight.device, weight.dtype, child.bias is not None)
+        padded = F.pad(weight, (0, int4_width(child.in_features) - child.in_features))
+        layer.weight, layer.scales, layer.offsets = quantize_int4(padded)
+        _copy_bias(layer, child)
         setattr(parent, name, layer)
     model.kv_cache_dtype = QUANTIZED_KV_CACHE_DTYPE
     return model

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..lm.step_threads import StepThreads
 from .generate import frame_budget, penalty_window, sample_frames
 from .lm import DualARTransformer
 from .sampling import WINDOW, SamplingSettings
@@ -124,15 +125,17 @@ def decode_step(model: DualARTransformer, sequences: list[S1Sequence]) -> list[T
 
 class S1Stepper:
     """The Dual-AR as core/scheduler.py drives it. The fast stack samples inside the batched step, so a
-    failing draw fails that step's batch (the v0.2 stepper samples per sequence)."""
+    failing draw fails that step's batch (the v0.2 stepper samples per sequence). On CPU each step runs
+    torch's own ops on one thread or on its pool, whichever measures faster here (step_threads.py)."""
+
+    prefill_rows = PREFILL_ROWS
 
     def __init__(self, model: DualARTransformer):
         self.model = model
+        self.step_threads = StepThreads(cpu=model.norm.weight.device.type == "cpu")
 
     def setup_caches(self, slots: int, zeroed: bool) -> None:
         self.model.setup_caches(slots, self.model.config.max_seq_len)
-
-    prefill_rows = PREFILL_ROWS
 
     def prefill(self, jobs: list[tuple[list[S1Sequence], list[int]]]) -> list[Exception | None]:
         """Each job's sequences prefilled one at a time (samples of one prompt too); per job, the error
@@ -149,7 +152,7 @@ class S1Stepper:
         return errors
 
     def forward(self, sequences: list[S1Sequence], static_slots: int | None) -> list[Tensor]:
-        return next_frames(self.model, sequences)
+        return self.step_threads.run(lambda: next_frames(self.model, sequences))
 
     def threads(self):
-        return contextlib.nullcontext()
+        return contextlib.nullcontext()  # (chosen per step inside forward, which alone is timed)

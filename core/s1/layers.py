@@ -3,6 +3,8 @@
 Numerics follow the original on purpose (SPEC §2.6, §3.2): RMSNorm computed in float32; RoPE over
 interleaved pairs with a cos/sin table rounded to bfloat16 (even in float32 runs; exact tables move
 logits by ~2.6e-2) and the rotation computed in float32.
+Linears are `Linear`: a CPU decode step's few float32 rows take v0.2's autotuned float32 decode path
+(core/lm/paths.py), anything else torch's own op, so prefill and full forwards round as before.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..lm.paths import linear_float32
 
 
 def rope_table(length: int, head_dim: int, base: float) -> Tensor:
@@ -35,6 +39,13 @@ def apply_rope(x: Tensor, table: Tensor) -> Tensor:
     return rotated.flatten(3).type_as(x)
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose decode rows go through paths.linear_float32 (the same parameters and state dict)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear_float32(x, self.weight, self.bias)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -52,9 +63,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w1 = Linear(dim, hidden, bias=False)
+        self.w3 = Linear(dim, hidden, bias=False)
+        self.w2 = Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))

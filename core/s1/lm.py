@@ -15,8 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..lm.quantize import quantize_model
 from .config import DualARConfig, LayerShape, find_multiple
-from .layers import RMSNorm, SwiGLU, apply_rope, rope_table
+from .layers import Linear, RMSNorm, SwiGLU, apply_rope, rope_table
 
 
 class KVCache(nn.Module):
@@ -53,8 +54,8 @@ class Attention(nn.Module):
         self.shape = shape
         self.explicit_softmax = explicit_softmax  # the original's fast stack: plain softmax, not SDPA
         total = (shape.n_head + 2 * shape.n_local_heads) * shape.head_dim
-        self.wqkv = nn.Linear(shape.dim, total, bias=shape.qkv_bias)
-        self.wo = nn.Linear(shape.n_head * shape.head_dim, shape.dim, bias=shape.o_bias)
+        self.wqkv = Linear(shape.dim, total, bias=shape.qkv_bias)
+        self.wo = Linear(shape.n_head * shape.head_dim, shape.dim, bias=shape.o_bias)
         if shape.qk_norm:
             self.q_norm = nn.RMSNorm(shape.head_dim, eps=shape.norm_eps)
             self.k_norm = nn.RMSNorm(shape.head_dim, eps=shape.norm_eps)
@@ -143,15 +144,15 @@ class DualARTransformer(nn.Module):
         self.codebook_embeddings = nn.Embedding(c.codebook_size * c.num_codebooks, c.dim)
         self.layers = nn.ModuleList(TransformerBlock(c.slow_layer()) for _ in range(c.n_layer))
         self.norm = RMSNorm(c.dim, c.norm_eps)
-        if not c.tie_word_embeddings:
-            self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
-        self.fast_project_in = nn.Linear(c.dim, c.fast_dim) if c.fast_dim != c.dim else nn.Identity()
+        # A tied model reads its logits from the embedding table (no `output` of its own) until quantized.
+        self.output = None if c.tie_word_embeddings else Linear(c.dim, c.vocab_size, bias=False)
+        self.fast_project_in = Linear(c.dim, c.fast_dim) if c.fast_dim != c.dim else nn.Identity()
         self.fast_embeddings = nn.Embedding(c.codebook_size, c.fast_dim)
         self.fast_layers = nn.ModuleList(
             TransformerBlock(c.fast_layer(), explicit_softmax=True) for _ in range(c.n_fast_layer)
         )
         self.fast_norm = RMSNorm(c.fast_dim, c.norm_eps)
-        self.fast_output = nn.Linear(c.fast_dim, c.codebook_size, bias=False)
+        self.fast_output = Linear(c.fast_dim, c.codebook_size, bias=False)
         self.build_rope_tables()
         self.cache_length = 0
         self.cache_batch = 0
@@ -161,6 +162,16 @@ class DualARTransformer(nn.Module):
         self.register_buffer("rope", rope_table(c.max_seq_len, c.head_dim, c.rope_base).to(device), persistent=False)
         fast = rope_table(c.num_codebooks, c.fast_head_dim, c.rope_base).to(device)
         self.register_buffer("fast_rope", fast, persistent=False)
+
+    def quantize(self, mode: str) -> DualARTransformer:
+        """Quantize every linear (core/lm/quantize.py) in place. A tied output head becomes a quantized
+        copy of the embedding table first; the table itself stays float for the embedding lookups."""
+        if self.output is None:
+            head = Linear(self.config.dim, self.config.vocab_size, bias=False, device="meta")
+            head.weight = self.embeddings.weight  # shared until quantize_model replaces the layer
+            self.output = head
+        quantize_model(self, mode)
+        return self
 
     # -- caches -------------------------------------------------------------------------------------
     def setup_caches(self, batch: int = 1, length: int | None = None) -> None:
@@ -237,7 +248,7 @@ class DualARTransformer(nn.Module):
         """Token logits and the fast stack's input from the last block's output [B, S, dim] (S = 1 unless
         `all_positions`, which keeps the position axis)."""
         normed = self.norm(x)
-        logits = F.linear(normed, self.embeddings.weight) if self.config.tie_word_embeddings else self.output(normed)
+        logits = F.linear(normed, self.embeddings.weight) if self.output is None else self.output(normed)
         hidden = self.fast_project_in(x)  # the last block's output, before the final norm
         if not all_positions:
             return logits[:, 0], hidden[:, 0]

@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import pytest
 
-from bench.s1 import bytes_per_frame, main, random_dual_ar
+from bench.run import main as bench_main
+from bench.s1 import OFFICIAL_FRAME_RATE, bytes_per_frame, main, random_dual_ar
 
 from .support import one_torch_thread  # noqa: F401 - the fixture pytestmark uses
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_tiny_bench_reports_every_row(capsys):
-    report = main(["--tiny", "--runs", "1", "--frames", "3", "--seconds", "0.5", "--device", "cpu"])
-    d, c = report["dual_ar"], report["codec"]
-    assert d["frames_per_s"] > 0 and d["prefill_tokens_per_s"] > 0
-    assert abs(d["floor_frames_per_s"] - report["bandwidth_gb_per_s"] / d["weights_gb"]) / d["floor_frames_per_s"] < 0.2
-    assert c["frames"] == 16 and c["decode_s"] > 0 and c["stream_decode_s"] > 0
+def test_tiny_bench_reports_every_row_per_format(capsys):
+    report = bench_main(["--family", "openaudio-s1-mini", "--tiny", "--runs", "1", "--frames", "3", "--seconds", "0.5"])
+    assert report["device"] == "cpu" or report["device"].startswith("cuda")
+    c = report["codec"]
+    assert c["frames"] == 16 and c["decode_s"] > 0 and c["stream_decode_s"] > 0 and c["request_frames"] == 3
+    for fmt, d in report["dual_ar"].items():
+        assert d["frames_per_s"] > 0 and d["prefill_tokens_per_s"] > 0 and d["batch_frames_per_s"] > 0, fmt
+        floor = report["bandwidth_gb_per_s"] / d["weights_gb"]
+        assert abs(d["floor_frames_per_s"] - floor) / d["floor_frames_per_s"] < 0.01, fmt
+        audio_s = d["frames"] / OFFICIAL_FRAME_RATE
+        compute_s = d["prefill_s"] + (d["frames"] - 1) / d["frames_per_s"] + c["request_decode_s"]
+        assert abs(d["end_to_end_rtf"] - compute_s / audio_s) <= 0.01 * d["end_to_end_rtf"] + 1e-3, fmt
+        if report["device"] == "cpu":
+            assert d["paths"][fmt]["decode"] and d["step_threads"].endswith(("thread", "threads"))
+    if report["device"] == "cpu":
+        assert list(report["dual_ar"]) == ["float32", "int8", "int4"]
+        weights = {f: d["weights_gb"] for f, d in report["dual_ar"].items()}
+        assert weights["float32"] > weights["int8"] > weights["int4"]
     out = capsys.readouterr().out
-    assert "Dual-AR decode floor" in out and "codec streamed decode" in out
+    assert "decode floor" in out and "codec streamed decode" in out and "as one batch" in out
 
 
 def test_weights_read_per_frame_count_the_fast_stack_once_per_codebook():

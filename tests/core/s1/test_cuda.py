@@ -55,3 +55,70 @@ def test_cuda_synthesis_runs_and_decodes_under_bf16_autocast():
     assert np.abs(audio - cases["recon_audio"][0, 0]).max() < 0.05 * np.abs(cases["recon_audio"]).max()
     codes = model.encode_reference(cases["signal"], sample_rate=model.sample_rate)  # float32 encode, as the original
     assert (codes.numpy() == cases["codes"][0]).mean() > 0.9
+
+
+# -- quantized S1 on the GPU (the original's formulas: int8 weights cast per product, int4 dequantized) ---------
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_cuda_quantized_logits_equal_the_cpu_plain_formula(fmt):
+    """float32 on both sides: the same weights and formula, so only summation order differs."""
+    from core.lm import paths
+    from core.s1.load import load_dual_ar
+
+    from .test_quantize import SAME_FORMAT, over_prompts, relative_error
+
+    cpu = load_dual_ar(S1_CHECKPOINT)[0].quantize(fmt)
+    gpu = load_dual_ar(S1_CHECKPOINT, device="cuda")[0].quantize(fmt)
+    with paths.using(fmt, decode="torch", prefill="float32"):
+        expected = over_prompts(cpu)
+    ours = over_prompts(gpu)
+    for part in expected:
+        assert relative_error(ours[part], expected[part]) < SAME_FORMAT, part
+
+
+def test_cuda_tied_biased_bfloat16_int8_model_keeps_its_biases_and_generates():
+    from core.lm.quantize import Int8Linear
+    from core.s1.generate import generate
+
+    from .test_quantize import tied_biased_model
+
+    model = tied_biased_model().to(device="cuda", dtype=torch.bfloat16)
+    model.build_rope_tables()
+    model.quantize("int8")
+    assert isinstance(model.output, Int8Linear) and model.embeddings.weight.dtype == torch.bfloat16
+    assert model.layers[0].attention.wqkv.bias.dtype == torch.bfloat16
+    prompt = torch.from_numpy(dual_ar_cases()["prompt_noref"])
+    result = generate(model, prompt, im_end_id=-1, settings=SamplingSettings(), max_new_frames=6)
+    assert result.frames.shape == (5, 6)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_cuda_quantized_engine_batches_requests_like_single_runs(fmt):
+    """The scheduler on the GPU with quantized linears: greedy codes alone and four at once (the GPU's
+    matmuls may sum in another order for another batch size, so most codes, not bits, must agree)."""
+    import threading
+
+    from core.engine import TTSEngine
+
+    from .test_quantize import case_request
+
+    engine = TTSEngine.load_s1(S1_CHECKPOINT, device="cuda", quantize=fmt, max_batch_size=4)
+    try:
+        names = ["greedy", "greedy_rep1.5"] * 2
+        alone = [engine.generate_codes(case_request(name))[0] for name in names]
+        together = [None] * len(names)
+
+        def run(i: int) -> None:
+            together[i] = engine.generate_codes(case_request(names[i]))[0]
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(names))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        engine.close()
+    for a, b in zip(alone, together, strict=True):
+        n = min(a.shape[1], b.shape[1])
+        assert (a[:, :n] == b[:, :n]).mean() > 0.9

@@ -53,6 +53,8 @@ def test_info_describes_the_s1_folder(engine):
         codec.sample_rate / codec.frame_length
     )
     assert info.quantize == "none" and info.precision == "float32" and info.context > MAX_NEW_FRAMES
+    # float32 linears take the autotuned decode paths too (core/lm/paths.py), so they are reported
+    assert set(info.lm_paths) == {"float32"} and set(info.lm_paths["float32"]) == {"decode", "prefill"}
 
 
 def test_the_prompt_is_the_originals(engine):
@@ -147,3 +149,13 @@ def test_the_cli_speaks_and_codes_with_an_s1_folder(tmp_path):
 
     bad = run_cli(["tts", "--text", "hi", "--top-k", "3", "-o", out, *common], cwd=tmp_path)
     assert bad.returncode != 0 and "top_k" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ignore_stop_runs_the_whole_budget(engine):
+    """The benchmark's fixed frame counts: the greedy case ends on <|im_end|> by itself, not with ignore_stop."""
+    request = case_request("greedy")
+    assert engine.generate_codes(request)[0].shape[1] < MAX_NEW_FRAMES
+    assert engine.generate_codes(request, ignore_stop=True)[0].shape == (
+        dual_ar_cases()["ref_codes"].shape[0],
+        MAX_NEW_FRAMES,
+    )

@@ -1,0 +1,102 @@
+"""The Dual-AR part of `python -m bench.s1`: one weight format's prefill, decode alone and batched, against its floor.
+
+Decode runs as the engine runs it: core/s1/batch.py's S1Stepper (each sequence in its own cache slot, the step's
+torch threads chosen by timing, core/lm/step_threads.py), stops ignored (no token id is -1), so every run
+decodes exactly `frames` frames per sequence.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from core.lm.autotune import tune_model
+from core.s1.batch import S1Sequence, S1Stepper
+from core.s1.lm import DualARTransformer
+from core.s1.sampling import SamplingSettings
+
+from .measure import median_runs, sync
+from .s1_models import OFFICIAL_FRAME_RATE, bytes_per_frame, random_dual_ar, random_prompt
+
+
+def build(fmt: str, device: torch.device, dtype: torch.dtype, tiny: bool) -> tuple[DualARTransformer, dict, float]:
+    """A random model in `fmt` (float32 / bfloat16 / int8 / int4), its autotuned paths and the setup seconds."""
+    start = time.perf_counter()
+    model = random_dual_ar(device, dtype, tiny)
+    if fmt in ("int8", "int4"):
+        model.quantize(fmt)
+    chosen = tune_model(model) if device.type == "cpu" else {}
+    return model, chosen, time.perf_counter() - start
+
+
+def prefill_job(stepper: S1Stepper, sequences: list[S1Sequence], slots: list[int]) -> None:
+    """One job through the stepper's prefill (as a scheduler admission round); its error raised."""
+    (error,) = stepper.prefill([(sequences, slots)])
+    if error is not None:
+        raise error
+
+
+@torch.inference_mode()  # as the scheduler's thread runs (a sequence's history is an inference tensor)
+def decode_run(model: DualARTransformer, stepper: S1Stepper, prompt: torch.Tensor, frames: int, batch: int) -> dict:
+    """Prefill `batch` sequences of `prompt`, then decode them together until each has `frames` frames."""
+    device = model.norm.weight.device
+    model.setup_caches(batch, prompt.size(1) + frames)
+    sequences = [
+        S1Sequence(prompt, -1, SamplingSettings(), frames, torch.Generator(device).manual_seed(i)) for i in range(batch)
+    ]
+    sync(device)
+    start = time.perf_counter()
+    prefill_job(stepper, sequences[:1], [0])
+    sync(device)
+    prefill_s = time.perf_counter() - start
+    prefill_job(stepper, sequences[1:], list(range(1, batch)))
+    sync(device)
+    start = time.perf_counter()
+    while active := [s for s in sequences if not s.finished]:
+        for sequence, frame in zip(active, stepper.forward(active, None), strict=True):
+            sequence.accept(frame)
+    sync(device)
+    decoded = sum(len(s.frames) - 1 for s in sequences)  # (the first frame of each is the prefill's)
+    return dict(prefill_s=prefill_s, frames_per_s=decoded / (time.perf_counter() - start))
+
+
+def bench_format(
+    fmt: str, device: torch.device, dtype: torch.dtype, args, bandwidth: float, log=print
+) -> dict[str, object]:
+    model, chosen, setup_s = build(fmt, device, dtype, args.tiny)
+    stepper = S1Stepper(model)
+    prompt = random_prompt(model, args.prompt)
+    log(f"  {fmt}: decode alone...")
+    one = median_runs(lambda: decode_run(model, stepper, prompt, args.frames, 1), args.runs)
+    threads = stepper.step_threads.setting  # (chosen during the warm-up's first steps)
+    log(f"  {fmt}: {args.batch} sequences as one batch...")
+    batched = median_runs(lambda: decode_run(model, stepper, prompt, args.frames, args.batch), args.runs)
+    weights = bytes_per_frame(model)
+    floor = bandwidth / weights
+    return dict(
+        format=fmt,
+        prompt_tokens=args.prompt,
+        frames=args.frames,
+        weights_gb=float(f"{weights / 1e9:.4g}"),
+        floor_frames_per_s=round(floor, 2),
+        prefill_tokens_per_s=round(args.prompt / one["prefill_s"], 1),
+        prefill_s=round(one["prefill_s"], 3),
+        frames_per_s=round(one["frames_per_s"], 2),
+        fraction_of_floor=round(one["frames_per_s"] / floor, 3),
+        real_time_factor=round(one["frames_per_s"] / OFFICIAL_FRAME_RATE, 3),
+        batch=args.batch,
+        batch_frames_per_s=round(batched["frames_per_s"], 2),
+        batch_vs_one=round(batched["frames_per_s"] / one["frames_per_s"], 2),
+        paths=chosen,
+        step_threads=threads,
+        setup_s=round(setup_s, 1),
+    )
+
+
+def end_to_end_rtf(row: dict, codec_decode_s: float) -> float:
+    """Seconds per second of audio for one request of `frames` frames: this run's prefill, `frames` decode
+    steps at its decode rate and the codec's decode of that many frames (each a median of this run)."""
+    frames = row["frames"]
+    seconds = row["prefill_s"] + (frames - 1) / row["frames_per_s"] + codec_decode_s
+    return round(seconds / (frames / OFFICIAL_FRAME_RATE), 3)
