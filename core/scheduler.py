@@ -19,8 +19,9 @@ Everything that touches the models runs on this thread, so the CPU cores are nev
 torch calls at once and the KV cache needs no lock. Callers talk to it through `submit` (sequences)
 and `call` (any function, run between steps by priority: lower first, then first come).
 
-An error in one job's work (its prefill, its sampling, its callbacks) fails that job alone; an
-error of the batched forward fails the jobs in that batch. Should the thread itself die, `failure`
+An error in one job's work (its prefill, its sampling, its callbacks) fails that job alone (a stepper
+reports prefill errors per job: a packed prefill that fails is redone job by job); an error of the
+batched forward fails the jobs in that batch. Should the thread itself die, `failure`
 says why, everything waiting fails with `SchedulerFailed`, and so does all later work.
 """
 
@@ -117,6 +118,8 @@ class Scheduler:
     # -- callers ---------------------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
+        if not job.sequences:
+            raise ValueError("a job needs at least one sequence")
         if len(job.sequences) > self.max_batch:
             raise ValueError(f"{len(job.sequences)} sequences at once; the batch holds {self.max_batch}")
         with self._wake:

@@ -9,7 +9,8 @@ codebook's last 16 decode-loop frames and never touches the text row.
 A `Sequence` is one generation in progress with its own cache slot, position, sampling parameters,
 random generator and repetition window; `decode_step` advances any set of them by one frame in one
 batched forward. `generate` runs one prompt (N samples as one batch); the engine's scheduler runs
-many requests through the same two functions.
+many requests through `prefill_many` (the jobs admitted together: one packed forward for a quantized
+model) and `decode_logits`.
 """
 
 from __future__ import annotations

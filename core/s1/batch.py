@@ -128,14 +128,14 @@ class S1Stepper:
     failing draw fails that step's batch (the v0.2 stepper samples per sequence). On CPU each step runs
     torch's own ops on one thread or on its pool, whichever measures faster here (step_threads.py)."""
 
+    prefill_rows = PREFILL_ROWS
+
     def __init__(self, model: DualARTransformer):
         self.model = model
         self.step_threads = StepThreads(cpu=model.norm.weight.device.type == "cpu")
 
     def setup_caches(self, slots: int, zeroed: bool) -> None:
         self.model.setup_caches(slots, self.model.config.max_seq_len)
-
-    prefill_rows = PREFILL_ROWS
 
     def prefill(self, jobs: list[tuple[list[S1Sequence], list[int]]]) -> list[Exception | None]:
         """Each job's sequences prefilled one at a time (samples of one prompt too); per job, the error

@@ -323,6 +323,13 @@ def test_admission_rounds_hold_at_most_prefill_rows_and_a_step_runs_between(mode
     assert all(error is None for error in collector.errors.values())
 
 
+def test_a_job_without_sequences_is_refused(model):
+    scheduler = Scheduler(LMStepper(model), max_batch=1)
+    with pytest.raises(ValueError, match="at least one sequence"):
+        scheduler.submit(Job([], lambda i, f: None, lambda e: None))
+    scheduler.close()
+
+
 def test_a_prompt_longer_than_the_round_is_admitted_alone(model):
     stepper = RecordingStepper(model, prefill_rows=8)
     scheduler = Scheduler(stepper, max_batch=4)
@@ -335,16 +342,18 @@ def test_a_prompt_longer_than_the_round_is_admitted_alone(model):
 
 
 def test_int8_requests_admitted_together_get_their_codes_alone(int8_model):
-    """One packed prefill for the round; the tiny model has no near-ties, so every code is the same."""
-    alone = [run_alone(int8_model, request(int8_model, *spec)) for spec in SPECS[:4]]
+    """One packed prefill for the round; the tiny model has no near-ties, so every code is the same.
+    (Prompts of more than 8 positions: alone they take the same prefill matmul, not the decode path.)"""
+    specs = [SPECS[0], SPECS[1], SPECS[2], SPECS[4]]
+    alone = [run_alone(int8_model, request(int8_model, *spec)) for spec in specs]
     stepper = RecordingStepper(int8_model, prefill_rows=LMStepper.prefill_rows)
     scheduler = Scheduler(stepper, max_batch=4)
     collector = Collector(scheduler)
-    seqs = [request(int8_model, *spec) for spec in SPECS[:4]]
+    seqs = [request(int8_model, *spec) for spec in specs]
     submit_together(scheduler, collector, seqs)
     collector.wait(*range(4))
     scheduler.close()
-    assert stepper.calls[0] == ("prefill", [20, 9, 33, 5])
+    assert stepper.calls[0] == ("prefill", [20, 9, 33, 17])
     for key, seq in enumerate(seqs):
         assert collector.errors[key] is None
         np.testing.assert_array_equal(codes(seq), alone[key], err_msg=f"request {key}")
