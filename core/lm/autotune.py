@@ -37,7 +37,7 @@ DECODE_BYTES = 48 << 20  # weights streamed per decode timing: well beyond L2, s
 RUNS = 3
 KERNEL_MARGIN = 0.05  # see _prefer_kernels
 GIVE_UP = 2.0  # a candidate whose first run takes this many times the best so far is not timed further
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
 
 
 def cpu_info() -> dict:
