@@ -26,16 +26,21 @@ def _latencies(engine: TTSEngine, requests: list[SynthesisRequest], together: bo
         engine.generate_codes(requests[i], ignore_stop=True)
         done[i] = time.perf_counter() - start
 
+    run_requests(run, len(requests), together)
+    return time.perf_counter() - start, done
+
+
+def run_requests(run, count: int, together: bool) -> None:
+    """`run(i)` for each request: all at once on threads, or one after another."""
     if together:
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
     else:
-        for i in range(len(requests)):
+        for i in range(count):
             run(i)
-    return time.perf_counter() - start, done
 
 
 def bench_concurrency(engine: TTSEngine, sizes: tuple[int, ...], frames: int, runs: int) -> list[dict]:

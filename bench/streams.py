@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import statistics
-import threading
 import time
 from collections import defaultdict
 
@@ -30,6 +29,7 @@ from core.engine import TTSEngine
 from core.request import Reference, SynthesisRequest
 from core.vqgan.streaming import StreamingDecoder
 
+from .concurrency import run_requests
 from .e2e import REFERENCE_TEXT, make_engine, reference_codes
 from .lm import build_variant
 from .models import random_official_lm, random_vqgan, tiny_lm_config, tiny_vqgan_config
@@ -90,15 +90,7 @@ def run_streams(engine: TTSEngine, requests: list[SynthesisRequest], together: b
                 first[i] = time.perf_counter() - began
             audio[i] += chunk.size / engine.info.sample_rate
 
-    if together:
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    else:
-        for i in range(len(requests)):
-            one(i)
+    run_requests(one, len(requests), together)
     wall = time.perf_counter() - start
     return dict(wall_s=wall, first_audio_s=statistics.median(first), audio_s=sum(audio))
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.s1_models import TINY_S1
 from core.checkpoints import CheckpointError
 from core.engine import SynthesisRequest, TTSEngine
 from core.lm import paths
@@ -45,29 +46,18 @@ QUANTIZED = {"int8": Int8Linear, "int4": Int4Linear}
 # golden one leaves off: attention biases (slow and fast), a tied output head, a fast stack narrower than
 # the slow one (so fast_project_in is a biased linear) and widths that are not whole int4 groups (96).
 TIED_BIASED = dict(
-    vocab_size=1837,
-    n_layer=2,
-    n_head=4,
-    n_local_heads=2,
-    head_dim=16,
-    dim=64,
-    intermediate_size=160,
+    TINY_S1,
     rope_base=1e6,
     norm_eps=1e-6,
     max_seq_len=256,
     tie_word_embeddings=True,
     attention_qkv_bias=True,
     attention_o_bias=True,
-    attention_qk_norm=True,
-    codebook_size=1280,
-    num_codebooks=4,
-    n_fast_layer=2,
     fast_dim=32,
     fast_n_head=2,
     fast_n_local_heads=1,
     fast_head_dim=16,
     fast_intermediate_size=96,
-    scale_codebook_embeddings=True,
 )
 SEMANTIC_BEGIN = 557  # the golden tokenizer's (tests/data/s1/README)
 
