@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .config import ModelArgs, find_multiple
 from .kernels import uses_cpu_kernels
-from .paths import linear_float32
+from .paths import Linear
 
 
 @dataclass
@@ -43,16 +43,6 @@ def apply_rotary_emb(x: Tensor, freqs_cis: Tensor) -> Tensor:
         dim=-1,
     )
     return rotated.flatten(3).type_as(x)
-
-
-class Linear(nn.Linear):
-    """nn.Linear (no bias); a CPU decode step's few rows go to the float32 decode path (paths.py)."""
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return linear_float32(x, self.weight)
 
 
 KERNEL_CACHE_DTYPES = (torch.float32, torch.bfloat16)
@@ -107,8 +97,8 @@ class Attention(nn.Module):
         self.n_local_heads = config.n_local_heads
         self.head_dim = config.head_dim
         self.dim = config.dim
-        self.wqkv = Linear(config.dim, (config.n_head + 2 * config.n_local_heads) * config.head_dim)
-        self.wo = Linear(config.dim, config.dim)
+        self.wqkv = Linear(config.dim, (config.n_head + 2 * config.n_local_heads) * config.head_dim, bias=False)
+        self.wo = Linear(config.dim, config.dim, bias=False)
         self.kv_cache: KVCache | None = None
         # Head layouts the decode-attention kernel handles (the official model's: 16 heads of 64).
         self.kernel_layout = self.head_dim % 16 == 0 and self.head_dim <= 256 and self.n_head % self.n_local_heads == 0
@@ -208,9 +198,9 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, config: ModelArgs):
         super().__init__()
-        self.w1 = Linear(config.dim, config.intermediate_size)
-        self.w3 = Linear(config.dim, config.intermediate_size)
-        self.w2 = Linear(config.intermediate_size, config.dim)
+        self.w1 = Linear(config.dim, config.intermediate_size, bias=False)
+        self.w3 = Linear(config.dim, config.intermediate_size, bias=False)
+        self.w2 = Linear(config.intermediate_size, config.dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -237,7 +227,7 @@ class Transformer(nn.Module):
         self.embeddings = nn.Embedding(config.total_vocab, config.dim)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, eps=config.norm_eps)
-        self.output = Linear(config.dim, config.total_vocab)
+        self.output = Linear(config.dim, config.total_vocab, bias=False)
         # Derived tables are not loaded from checkpoints (non-persistent); see init_buffers().
         self.register_buffer("freqs_cis", torch.empty(0), persistent=False)
         self.register_buffer("causal_mask", torch.empty(0, dtype=torch.bool), persistent=False)

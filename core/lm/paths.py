@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .kernels import MAX_ROWS, cpu_has_fast_bfloat16, cpu_kernels_available
 
@@ -132,6 +132,13 @@ def linear_float32(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Ten
         y = torch.ops.fishtts.linear_rows(x.reshape(-1, x.size(-1)), weight, None).view(*x.shape[:-1], -1)
         return y if bias is None else y + bias
     return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (the same parameters and state dict) whose CPU decode rows take the float32 decode path."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear_float32(x, self.weight, self.bias)
 
 
 def linear_int8(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..lm.paths import linear_float32
+from ..lm.paths import Linear
 
 
 def rope_table(length: int, head_dim: int, base: float) -> Tensor:
@@ -37,13 +37,6 @@ def apply_rope(x: Tensor, table: Tensor) -> Tensor:
         dim=-1,
     )
     return rotated.flatten(3).type_as(x)
-
-
-class Linear(nn.Linear):
-    """nn.Linear whose decode rows go through paths.linear_float32 (the same parameters and state dict)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return linear_float32(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
