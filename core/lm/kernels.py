@@ -56,13 +56,15 @@ def _build() -> bool:
         )
         torch.ops.fishtts.start_pool(torch.get_num_threads())
         # Output shapes, so torch.compile can treat the kernels as opaque ops.
-        torch.library.register_fake("fishtts::linear_rows")(lambda x, w, s: x.new_empty(x.size(0), w.size(0)))
+        torch.library.register_fake("fishtts::linear_rows")(lambda x, w, s: x.new_empty(*x.shape[:-1], w.size(0)))
         torch.library.register_fake("fishtts::decode_attention")(
             lambda qkv, kc, vc, slots, pos, freqs, h, hkv: qkv.new_empty(qkv.size(0), h * kc.size(3))
         )
-        torch.library.register_fake("fishtts::linear_rows_int8_vnni")(lambda x, w, s: x.new_empty(x.size(0), w.size(0)))
+        torch.library.register_fake("fishtts::linear_rows_int8_vnni")(
+            lambda x, w, s: x.new_empty(*x.shape[:-1], w.size(0))
+        )
         torch.library.register_fake("fishtts::linear_rows_int4")(
-            lambda x, packed, scales, offsets: x.new_empty(x.size(0), packed.size(0))
+            lambda x, packed, scales, offsets: x.new_empty(*x.shape[:-1], packed.size(0))
         )
         return True
     except Exception as exc:  # no compiler, no headers, no ninja: the torch fallbacks still work
@@ -93,8 +95,7 @@ def few_rows(x: Tensor) -> bool:
 def linear_rows(x: Tensor, weight: Tensor, scales: Tensor | None = None) -> Tensor:
     """x [..., in] @ weight.T (* scales) for the few rows of a decode step; weight float32, bfloat16 or int8."""
     if uses_cpu_kernels(x):
-        y = torch.ops.fishtts.linear_rows(x.reshape(-1, x.size(-1)), weight, scales)
-        return y.view(*x.shape[:-1], -1)
+        return torch.ops.fishtts.linear_rows(x, weight, scales)
     y = F.linear(x, weight.to(x.dtype))
     return y if scales is None else y * scales.to(x.dtype)
 

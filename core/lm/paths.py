@@ -4,7 +4,7 @@ Every candidate computes the same product within the format's tolerance; they di
 which differs between CPUs (core/lm/autotune.py measures them at load and sets the fastest here).
 
 Decode candidates: the C++ kernel with one of KERNEL_VARIANTS' prefetch/thread settings (for int8 on
-AVX512-VNNI also with int8 activations), plain torch (the original's formula), and torch's packed int8
+AVX512-VNNI also with int16 activations), plain torch (the original's formula), and torch's packed int8
 kernel. Prefill candidates: a float32 matmul, or a
 bfloat16 one (AMX / AVX512-BF16; quantized formats only: their weights are exact or nearly so in
 bfloat16, a float32 model keeps float32), or for the quantized formats the decode kernel over all rows.
@@ -41,7 +41,7 @@ _VARIANTS = {
     "kernel-nopf": KernelVariant(0, 0),
     "kernel-t0-4r": KernelVariant(1024, 2, rows=4),
     "kernel-nopf-4r": KernelVariant(0, 0, rows=4),
-    # int8 only, on AVX512-VNNI: the activations rounded to int8, one dpbusd per 64 weights (cpu_kernels.cpp)
+    # int8 only, on AVX512-VNNI: the activations rounded to int16, two vpdpwssd per 64 weights (cpu_kernels.cpp)
     "kernel-vnni-t0": KernelVariant(1024, 2),
     "kernel-vnni-nopf": KernelVariant(0, 0),
 }
@@ -57,9 +57,10 @@ def decode_candidates(fmt: str) -> list[str]:
     kernels = list(KERNEL_VARIANTS) if cpu_kernels_available() else []
     if kernels and torch.ops.fishtts.start_pool(0) == 1:  # the pool's size (set at the kernels' load)
         kernels = [k for k in kernels if not k.endswith("-1t")]
-    if fmt == "int4":  # (it streams one weight row at a time)
+    vnni = bool(kernels) and torch.ops.fishtts.int4_uses_int8_activations()  # (built with AVX512-VNNI)
+    if fmt == "int4" and not vnni:  # (its float kernel streams one weight row at a time)
         kernels = [k for k in kernels if "-4r" not in k]
-    if fmt != "int8" or not (kernels and torch.ops.fishtts.int4_uses_int8_activations()):  # (built with VNNI)
+    if fmt != "int8" or not vnni:
         kernels = [k for k in kernels if "-vnni" not in k]
     packed = ["int8pack"] if fmt == "int8" and hasattr(torch.ops.aten, "_weight_int8pack_mm") else []
     return kernels + ["torch"] + packed
@@ -117,7 +118,11 @@ def using(fmt: str, decode: str | None = None, prefill: str | None = None):
 
 def few_rows(x: Tensor) -> bool:
     """A CPU decode step's float32 input (at most MAX_ROWS rows): the decode path's work."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() // x.size(-1) <= MAX_ROWS
+    return x.device.type == "cpu" and x.dtype == torch.float32 and _few(x)
+
+
+def _few(x: Tensor) -> bool:
+    return x.numel() <= MAX_ROWS * x.shape[-1]
 
 
 def _kernel(path: str) -> bool:
@@ -125,11 +130,12 @@ def _kernel(path: str) -> bool:
 
 
 # -- the implementations -----------------------------------------------------------------------------
+# A decode step makes ~120 of these calls: they stay lean (no reshapes: the kernels take [..., in]).
 
 
 def linear_float32(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if few_rows(x) and weight.dtype == torch.float32 and _kernel(chosen("float32")["decode"]):
-        y = torch.ops.fishtts.linear_rows(x.reshape(-1, x.size(-1)), weight, None).view(*x.shape[:-1], -1)
+        y = torch.ops.fishtts.linear_rows(x, weight, None)
         return y if bias is None else y + bias
     return F.linear(x, weight, bias)
 
@@ -145,14 +151,11 @@ def linear_int8(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     """x @ (weight * scales).T with int8 weight [out, in] and scales [out]."""
     if x.device.type != "cpu" or x.dtype != torch.float32:  # GPU: the original's formula
         return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
-    path = chosen("int8")["decode" if few_rows(x) else "prefill"]
+    path = chosen("int8")["decode" if _few(x) else "prefill"]
     if _kernel(path):
-        rows = x.reshape(-1, x.size(-1))
-        if "-vnni" in path and x.size(-1) % 64 == 0:
-            y = torch.ops.fishtts.linear_rows_int8_vnni(rows, weight, scales)
-        else:
-            y = torch.ops.fishtts.linear_rows(rows, weight, scales)
-        return y.view(*x.shape[:-1], -1)
+        if "-vnni" in path:  # (widths that are not whole 64-groups take the float-activation kernel)
+            return torch.ops.fishtts.linear_rows_int8_vnni(x, weight, scales)
+        return torch.ops.fishtts.linear_rows(x, weight, scales)
     if path == "int8pack":  # (decode only)
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.size(-1)), weight, scales.float())
         return y.view(*x.shape[:-1], -1)
@@ -168,10 +171,9 @@ def linear_int4(x: Tensor, packed: Tensor, scales: Tensor, offsets: Tensor) -> T
     from .quantize import dequantize_int4
 
     if x.device.type == "cpu" and x.dtype == torch.float32:
-        path = chosen("int4")["decode" if few_rows(x) else "prefill"]
+        path = chosen("int4")["decode" if _few(x) else "prefill"]
         if _kernel(path):
-            y = torch.ops.fishtts.linear_rows_int4(x.reshape(-1, x.size(-1)), packed, scales, offsets)
-            return y.view(*x.shape[:-1], -1)
+            return torch.ops.fishtts.linear_rows_int4(x, packed, scales, offsets)
         if path == "bfloat16":
             w = dequantize_int4(packed, scales, offsets, torch.bfloat16)
             return F.linear(x.to(torch.bfloat16), w).to(x.dtype)
