@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .config import ModelArgs, find_multiple
 from .kernels import uses_cpu_kernels
+from .norm import RMSNorm
 from .paths import Linear
 
 
@@ -76,18 +77,6 @@ class KVCache(nn.Module):
         index = torch.tensor(targets, device=self.k_cache.device)
         self.k_cache[index, :, :length] = self.k_cache[source : source + 1, :, :length]
         self.v_cache[index, :, :length] = self.v_cache[source : source + 1, :, :length]
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
 
 
 class Attention(nn.Module):

@@ -1,8 +1,8 @@
 """Pieces shared by the Dual-AR model and the codec's transformers.
 
-Numerics follow the original on purpose (SPEC §2.6, §3.2): RMSNorm computed in float32; RoPE over
-interleaved pairs with a cos/sin table rounded to bfloat16 (even in float32 runs; exact tables move
-logits by ~2.6e-2) and the rotation computed in float32.
+Numerics follow the original on purpose (SPEC §2.6, §3.2): RMSNorm computed in float32 (v0.2's,
+core/lm/norm.py); RoPE over interleaved pairs with a cos/sin table rounded to bfloat16 (even in float32
+runs; exact tables move logits by ~2.6e-2) and the rotation computed in float32.
 Linears are `Linear`: a CPU decode step's few float32 rows take v0.2's autotuned float32 decode path
 (core/lm/paths.py), anything else torch's own op, so prefill and full forwards round as before.
 """
@@ -37,18 +37,6 @@ def apply_rope(x: Tensor, table: Tensor) -> Tensor:
         dim=-1,
     )
     return rotated.flatten(3).type_as(x)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(torch.mean(x32 * x32, dim=-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
 
 
 class SwiGLU(nn.Module):

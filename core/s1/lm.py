@@ -15,9 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..lm.norm import RMSNorm
 from ..lm.quantize import quantize_model
 from .config import DualARConfig, LayerShape, find_multiple
-from .layers import Linear, RMSNorm, SwiGLU, apply_rope, rope_table
+from .layers import Linear, SwiGLU, apply_rope, rope_table
 
 
 class KVCache(nn.Module):

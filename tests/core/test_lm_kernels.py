@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from core.lm import kernels, load_lm, paths
+from core.lm.norm import RMSNorm
 from core.lm.quantize import quantize_int8
 from tests.paths import PARITY
 from tests.tolerances import FLOAT32_EPS, assert_within, longest_reduction, matmul_bound, network_atol
@@ -47,6 +48,21 @@ def test_linear_rows_gives_a_row_the_same_bits_alone_and_in_any_batch():
 def test_int8_to_bfloat16_is_exact():
     q = torch.arange(-128, 128, dtype=torch.int8).repeat(3, 1)
     assert torch.equal(torch.ops.fishtts.int8_to_bfloat16(q), q.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("dim", [64, 1024, 1030])  # 1030: a tail after the 16-wide loop
+def test_rms_norm_of_decode_rows_equals_the_formula(dim):
+    gen = torch.Generator().manual_seed(2)
+    norm = RMSNorm(dim, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(dim, generator=gen))
+    x = torch.randn(3, 1, dim, generator=gen) * 5
+    xf = x.double()
+    expected = xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + 1e-5) * norm.weight.double()
+    got = norm(x)
+    assert got.shape == x.shape
+    # the sum of squares (~√dim roundings), the scale, and the two products
+    assert_within(got, expected, (2 * dim**0.5 + 4) * FLOAT32_EPS * expected.abs())
 
 
 @pytest.fixture(scope="module")

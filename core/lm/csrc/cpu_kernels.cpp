@@ -928,6 +928,31 @@ at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor& k_cache, at::Tens
   return out;
 }
 
+// RMSNorm of a decode step's few rows: x * rsqrt(mean(x^2) + eps) * weight, rounded as the module's
+// formula (the normed row, then the weight); one call instead of torch's six small ops, whose dispatch
+// cost more than the arithmetic (~40 us a norm, ~50 norms a step).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  auto xc = rows_of(x);
+  const int64_t N = xc.size(0), D = xc.size(1);
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.numel() == D,
+              "weight must be float32 [dim]");
+  auto y = output_for(x, D);
+  const float* xp = xc.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) {
+    const float* row = xp + n * D;
+    f32x16 acc = {};
+    int64_t i = 0;
+    for (; i + 16 <= D; i += 16) acc = fma16(load16(row + i), load16(row + i), acc);
+    float sum = hsum(acc);
+    for (; i < D; ++i) sum += row[i] * row[i];
+    const float r = 1.f / std::sqrt(sum / (float)D + (float)eps);
+    for (int64_t k = 0; k < D; ++k) yp[n * D + k] = (row[k] * r) * wp[k];
+  }
+  return y;
+}
+
 // Start the pool with `threads` in all (the caller included); later calls change nothing.
 int64_t start_pool(int64_t threads) { return (int64_t)SpinPool::get(threads).size() + 1; }
 
@@ -987,6 +1012,7 @@ TORCH_LIBRARY(fishtts, m) {
   m.def("int4_uses_int8_activations() -> bool");
   m.def("linear_rows_int8_vnni(Tensor x, Tensor w, Tensor scales) -> Tensor");
   m.def("int8_to_bfloat16(Tensor w) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("huge_page_copy(Tensor t) -> Tensor");
   m.def("set_tuning(int kind, int prefetch_bytes, int hint, int threads, int rows) -> int");
   m.def("start_pool(int threads) -> int");
@@ -999,6 +1025,7 @@ TORCH_LIBRARY_IMPL(fishtts, CPU, m) {
   m.impl("linear_rows_int4", &linear_rows_int4);
   m.impl("linear_rows_int8_vnni", &linear_rows_int8_vnni);
   m.impl("int8_to_bfloat16", &int8_to_bfloat16);
+  m.impl("rms_norm", &rms_norm);
   m.impl("huge_page_copy", &huge_page_copy);
 }
 

@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ...lm.norm import RMSNorm
 from ..config import CodecTransformerConfig, LayerShape
-from ..layers import RMSNorm, SwiGLU, rope_table
+from ..layers import SwiGLU, rope_table
 from ..lm import Attention
 
 
