@@ -32,7 +32,7 @@ from .quantize import weight_format
 
 log = logging.getLogger(__name__)
 
-PREFILL_ROWS = 64  # a short prompt
+PREFILL_ROWS = 256  # a prompt with a reference voice: 5-10 s of codes (~21.5 a second) and its text
 DECODE_BYTES = 48 << 20  # weights streamed per decode timing: well beyond L2, so it measures memory
 RUNS = 3
 KERNEL_MARGIN = 0.05  # see _prefer_kernels

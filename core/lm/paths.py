@@ -175,6 +175,9 @@ def linear_int4(x: Tensor, packed: Tensor, scales: Tensor, offsets: Tensor) -> T
         if _kernel(path):
             return torch.ops.fishtts.linear_rows_int4(x, packed, scales, offsets)
         if path == "bfloat16":
-            w = dequantize_int4(packed, scales, offsets, torch.bfloat16)
+            if cpu_kernels_available():
+                w = torch.ops.fishtts.int4_to_bfloat16(packed, scales, offsets)
+            else:
+                w = dequantize_int4(packed, scales, offsets, torch.bfloat16)
             return F.linear(x.to(torch.bfloat16), w).to(x.dtype)
     return F.linear(x, dequantize_int4(packed, scales, offsets, x.dtype))

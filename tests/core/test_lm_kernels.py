@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from core.lm import kernels, load_lm, paths
 from core.lm.norm import RMSNorm
-from core.lm.quantize import quantize_int8
+from core.lm.quantize import dequantize_int4, quantize_int4, quantize_int8
 from tests.paths import PARITY
 from tests.tolerances import FLOAT32_EPS, assert_within, longest_reduction, matmul_bound, network_atol
 
@@ -48,6 +48,12 @@ def test_linear_rows_gives_a_row_the_same_bits_alone_and_in_any_batch():
 def test_int8_to_bfloat16_is_exact():
     q = torch.arange(-128, 128, dtype=torch.int8).repeat(3, 1)
     assert torch.equal(torch.ops.fishtts.int8_to_bfloat16(q), q.to(torch.bfloat16))
+
+
+def test_int4_to_bfloat16_rounds_as_dequantize_then_cast():
+    packed, scales, offsets = quantize_int4(torch.randn(40, 192, generator=torch.Generator().manual_seed(3)) * 3)
+    ours = torch.ops.fishtts.int4_to_bfloat16(packed, scales, offsets)
+    assert torch.equal(ours, dequantize_int4(packed, scales, offsets, torch.bfloat16))
 
 
 @pytest.mark.parametrize("dim", [64, 1024, 1030])  # 1030: a tail after the 16-wide loop

@@ -477,6 +477,23 @@ inline float dot2(const float* a, const float* b, const float* c, const float* d
   return s;
 }
 
+// Block of 64 inputs starting at input i: the 16-value vectors for inputs i..i+15, +16, +32, +48.
+inline void widen_nibbles64(const uint8_t* p, f32x16 v[4]) {
+#if defined(__AVX512F__)
+  for (int h = 0; h < 2; ++h) {
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + 16 * h)));
+    v[h] = (f32x16)_mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(15)));
+    v[h + 2] = (f32x16)_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
+  }
+#else
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 16; ++j) {
+      v[h][j] = (float)(p[16 * h + j] & 15);
+      v[h + 2][j] = (float)(p[16 * h + j] >> 4);
+    }
+#endif
+}
+
 #if defined(FISHTTS_INT4_VNNI)
 // out[r * B + b] for R weight rows and B activation rows: per pair of groups one 64-byte load of
 // weights, two dpbusd per activation row (low nibbles, then high), and one FMA with the lanes'
@@ -537,23 +554,6 @@ inline void dot_rows_int4(const Int4Activations& act, int64_t row0, int64_t I, c
     }
 }
 #else
-// Block of 64 inputs starting at input i: the 16-value vectors for inputs i..i+15, +16, +32, +48.
-inline void widen_nibbles64(const uint8_t* p, f32x16 v[4]) {
-#if defined(__AVX512F__)
-  for (int h = 0; h < 2; ++h) {
-    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + 16 * h)));
-    v[h] = (f32x16)_mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(15)));
-    v[h + 2] = (f32x16)_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
-  }
-#else
-  for (int h = 0; h < 2; ++h)
-    for (int j = 0; j < 16; ++j) {
-      v[h][j] = (float)(p[16 * h + j] & 15);
-      v[h + 2][j] = (float)(p[16 * h + j] >> 4);
-    }
-#endif
-}
-
 // Float dots (no VNNI): one weight row at a time (R == 1), B activation rows.
 template <int B, int R, int Hint>
 inline void dot_rows_int4(const float* x, const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* wr,
@@ -1002,6 +1002,55 @@ at::Tensor int8_to_bfloat16(const at::Tensor& w) {
   return out;
 }
 
+// One weight of int4_to_bfloat16 without vector units; its own function so that the pragma (no fused
+// multiply-add) keeps the two roundings.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+at::BFloat16 dequantized_bfloat16(int q, float scale, float offset) {
+  const float product = (float)q * scale;
+  return at::BFloat16(product + offset);
+}
+#pragma GCC pop_options
+
+// int4 -> bfloat16 for prefill matmuls on bfloat16 hardware: q * scale + offset in float32 (a product,
+// then a sum: two roundings, as quantize.dequantize_int4 computes it), then rounded to nearest even.
+at::Tensor int4_to_bfloat16(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& offsets) {
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous(),
+              "packed must be contiguous uint8 [out, in / 2]");
+  const int64_t O = packed.size(0), I = packed.size(1) * 2, groups = I / kInt4Group;
+  TORCH_CHECK(I % kInt4Group == 0, "in must be a multiple of 64");
+  for (const auto* t : {&scales, &offsets})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == O * groups,
+                "scales and offsets must be contiguous float32 [out, in / 64]");
+  auto out = at::empty({O, I}, packed.options().dtype(at::kBFloat16));
+  const uint8_t* src = packed.data_ptr<uint8_t>();
+  const float* sp = scales.data_ptr<float>();
+  const float* zp = offsets.data_ptr<float>();
+  at::BFloat16* dst = out.data_ptr<at::BFloat16>();
+  at::parallel_for(0, O * groups, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {  // group k: 32 bytes in, 64 values out
+      const uint8_t* p = src + k * kInt4Group / 2;
+      at::BFloat16* d = dst + k * kInt4Group;
+#if defined(__AVX512BF16__)
+      f32x16 v[4];
+      widen_nibbles64(p, v);
+      const __m512 scale = _mm512_set1_ps(sp[k]), offset = _mm512_set1_ps(zp[k]);
+      for (int j = 0; j < 4; ++j) {  // (the _round_ forms are never fused into one FMA)
+        const __m512 w = _mm512_add_round_ps(_mm512_mul_round_ps((__m512)v[j], scale, _MM_FROUND_CUR_DIRECTION),
+                                             offset, _MM_FROUND_CUR_DIRECTION);
+        _mm256_storeu_si256((__m256i*)(d + 16 * j), (__m256i)_mm512_cvtneps_pbh(w));
+      }
+#else
+      for (int i = 0; i < kInt4Group / 2; ++i) {
+        d[i] = dequantized_bfloat16(p[i] & 15, sp[k], zp[k]);
+        d[i + kInt4Group / 2] = dequantized_bfloat16(p[i] >> 4, sp[k], zp[k]);
+      }
+#endif
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fishtts, m) {
@@ -1012,6 +1061,7 @@ TORCH_LIBRARY(fishtts, m) {
   m.def("int4_uses_int8_activations() -> bool");
   m.def("linear_rows_int8_vnni(Tensor x, Tensor w, Tensor scales) -> Tensor");
   m.def("int8_to_bfloat16(Tensor w) -> Tensor");
+  m.def("int4_to_bfloat16(Tensor packed, Tensor scales, Tensor offsets) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("huge_page_copy(Tensor t) -> Tensor");
   m.def("set_tuning(int kind, int prefetch_bytes, int hint, int threads, int rows) -> int");
@@ -1025,6 +1075,7 @@ TORCH_LIBRARY_IMPL(fishtts, CPU, m) {
   m.impl("linear_rows_int4", &linear_rows_int4);
   m.impl("linear_rows_int8_vnni", &linear_rows_int8_vnni);
   m.impl("int8_to_bfloat16", &int8_to_bfloat16);
+  m.impl("int4_to_bfloat16", &int4_to_bfloat16);
   m.impl("rms_norm", &rms_norm);
   m.impl("huge_page_copy", &huge_page_copy);
 }
