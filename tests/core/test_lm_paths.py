@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.engine import TTSEngine
-from core.lm import SamplingParams, autotune, generate, kernels, load_lm, paths
+from core.lm import SamplingParams, autotune, fused, generate, kernels, load_lm, paths
 from core.lm.quantize import Int4Linear, dequantize_int4, quantize_int4
 from core.request import SynthesisRequest
 from tests.helpers import run_cli
@@ -89,6 +89,24 @@ def test_every_decode_path_matches_float32_within_its_format_tolerance(models, r
     assert relative_error(batched, plain) < SAME_FORMAT[fmt]
     if path.startswith("kernel"):  # the kernels are batch-invariant: a row alone gets the same bits
         assert torch.equal(alone[0], batched[1])
+
+
+@pytest.mark.parametrize("path", sorted(k for k in paths.KERNEL_VARIANTS if not k.endswith("-1t")))
+@pytest.mark.parametrize("fmt", paths.FORMATS)
+def test_a_fused_decode_layer_gives_the_same_bits_as_the_modules(models, monkeypatch, fmt, path):
+    """fused.py's one C++ call a layer runs the modules' kernels in their order: not one bit differs."""
+    if path not in paths.decode_candidates(fmt):
+        pytest.skip(f"{path} is not a {fmt} decode path on this machine")
+    prompts, frames = prompts_and_frames()
+    calls = []
+    kind = fused.decode_kind
+    monkeypatch.setattr(fused, "decode_kind", lambda *a: calls.append(kind(*a)) or calls[-1])
+    with paths.using(fmt, decode=path):
+        together = decode_logits(models[fmt], prompts, frames)
+        monkeypatch.setattr(fused, "decode_kind", lambda *a: None)
+        apart = decode_logits(models[fmt], prompts, frames)
+    assert calls and calls[-1] is not None  # the fused op did run
+    assert torch.equal(together, apart)
 
 
 @pytest.mark.parametrize("path", ["float32", "bfloat16", "kernel"])

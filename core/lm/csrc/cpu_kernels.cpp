@@ -953,6 +953,44 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return y;
 }
 
+// -- a whole transformer layer of a decode step -----------------------------------------------------
+// The ops above, called from here instead of from Python: a decode step's ~12 small calls a layer
+// cost ~40 us of Python and dispatch each layer, more than its attention. The same ops in the same
+// order as model.py's modules, so the result is the same bits.
+
+enum LinearKind { kLinearFloat32 = 0, kLinearInt8 = 1, kLinearInt8Vnni = 2, kLinearInt4 = 3 };
+
+int64_t tensors_per_linear(int64_t kind) { return kind == kLinearFloat32 ? 1 : kind == kLinearInt4 ? 3 : 2; }
+
+at::Tensor linear_of_kind(const at::Tensor& x, const at::Tensor* w, int64_t kind) {
+  switch (kind) {
+    case kLinearFloat32: return linear_rows(x, w[0], c10::nullopt);
+    case kLinearInt8: return linear_rows(x, w[0], w[1]);
+    case kLinearInt8Vnni: return linear_rows_int8_vnni(x, w[0], w[1]);
+    default: return linear_rows_int4(x, w[0], w[1], w[2]);
+  }
+}
+
+// x [B, 1, dim]; linears: wqkv, wo, w1, w3, w2, each as its tensors (weight; weight, scales; or packed,
+// scales, offsets for kind 0, 1-2, 3).
+at::Tensor decode_layer(const at::Tensor& x, at::TensorList linears, int64_t kind, const at::Tensor& attention_norm,
+                        const at::Tensor& ffn_norm, double eps, at::Tensor& k_cache, at::Tensor& v_cache,
+                        const at::Tensor& slots, const at::Tensor& positions, const at::Tensor& freqs, int64_t n_head,
+                        int64_t n_kv_head) {
+  TORCH_CHECK(kind >= kLinearFloat32 && kind <= kLinearInt4, "unknown linear kind");
+  const int64_t per = tensors_per_linear(kind);
+  TORCH_CHECK((int64_t)linears.size() == 5 * per, "five linears: wqkv, wo, w1, w3, w2");
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == 1, "x must be [B, 1, dim]");
+  const at::Tensor* w = linears.data();
+  const int64_t B = x.size(0), dim = x.size(2);
+  auto qkv = linear_of_kind(rms_norm(x, attention_norm, eps).view({B, dim}), w, kind);
+  auto y = decode_attention(qkv, k_cache, v_cache, slots, positions, freqs, n_head, n_kv_head);
+  auto h = x + linear_of_kind(y.view({B, 1, dim}), w + per, kind);
+  auto normed = rms_norm(h, ffn_norm, eps);
+  auto gate = at::silu(linear_of_kind(normed, w + 2 * per, kind)) * linear_of_kind(normed, w + 3 * per, kind);
+  return h + linear_of_kind(gate, w + 4 * per, kind);
+}
+
 // Start the pool with `threads` in all (the caller included); later calls change nothing.
 int64_t start_pool(int64_t threads) { return (int64_t)SpinPool::get(threads).size() + 1; }
 
@@ -1063,6 +1101,9 @@ TORCH_LIBRARY(fishtts, m) {
   m.def("int8_to_bfloat16(Tensor w) -> Tensor");
   m.def("int4_to_bfloat16(Tensor packed, Tensor scales, Tensor offsets) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("decode_layer(Tensor x, Tensor[] linears, int kind, Tensor attention_norm, Tensor ffn_norm, float eps, "
+        "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor positions, Tensor freqs, int n_head, "
+        "int n_kv_head) -> Tensor");
   m.def("huge_page_copy(Tensor t) -> Tensor");
   m.def("set_tuning(int kind, int prefetch_bytes, int hint, int threads, int rows) -> int");
   m.def("start_pool(int threads) -> int");
@@ -1077,6 +1118,7 @@ TORCH_LIBRARY_IMPL(fishtts, CPU, m) {
   m.impl("int8_to_bfloat16", &int8_to_bfloat16);
   m.impl("int4_to_bfloat16", &int4_to_bfloat16);
   m.impl("rms_norm", &rms_norm);
+  m.impl("decode_layer", &decode_layer);
   m.impl("huge_page_copy", &huge_page_copy);
 }
 

@@ -1,0 +1,60 @@
+"""A CPU decode step's transformer layers as one C++ call each (cpu_kernels.cpp `decode_layer`).
+
+Why: a layer's decode is ~12 small calls (norms, five linears, attention, residual adds, SwiGLU), and
+their Python and dispatch cost ~40 us a layer, ~1 ms a step: as much as the attention itself. The C++
+op runs the very same kernels in the same order, so a layer's result is the same bits; it is used only
+where every part of the layer would take a kernel anyway (the format's chosen decode path is a kernel,
+no biases, the attention kernel's head layout and cache types).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import paths
+from .kernels import few_rows
+from .quantize import weight_format
+
+# cpu_kernels.cpp's LinearKind
+FLOAT32, INT8, INT8_VNNI, INT4 = 0, 1, 2, 3
+_BUFFERS = {
+    FLOAT32: ("weight",),
+    INT8: ("weight", "scales"),
+    INT8_VNNI: ("weight", "scales"),
+    INT4: ("weight", "scales", "offsets"),
+}
+_FORMAT = {FLOAT32: "float32", INT8: "int8", INT8_VNNI: "int8", INT4: "int4"}
+
+
+def decode_kind(first_layer: nn.Module, h: Tensor, cache_dtypes: tuple[torch.dtype, ...]) -> int | None:
+    """The linear kind every layer of this step would run, or None where some part would not take a kernel."""
+    attention = first_layer.attention
+    if not (few_rows(h) and attention.kernel_layout and attention.kv_cache.k_cache.dtype in cache_dtypes):
+        return None
+    fmt = weight_format(attention.wqkv)
+    if fmt is None or not paths.chosen(fmt)["decode"].startswith("kernel"):
+        return None
+    if fmt == "int8":
+        return INT8_VNNI if "-vnni" in paths.chosen(fmt)["decode"] else INT8
+    return INT4 if fmt == "int4" else FLOAT32
+
+
+def layer_tensors(layer: nn.Module, kind: int) -> list[Tensor] | None:
+    """wqkv, wo, w1, w3, w2's tensors for `decode_layer`, built once a layer and kind (None: not fusable)."""
+    cached = layer.__dict__.get("_fused_tensors")
+    if cached is not None and cached[0] == kind and cached[1][0] is layer.attention.wqkv.weight:
+        return cached[1]
+    attention, ffn = layer.attention, layer.feed_forward
+    linears = [attention.wqkv, attention.wo, ffn.w1, ffn.w3, ffn.w2]
+    fmt = _FORMAT[kind]
+    norms = (layer.attention_norm.weight, layer.ffn_norm.weight)
+    if any(weight_format(m) != fmt or getattr(m, "bias", None) is not None for m in linears) or any(
+        w.dtype != torch.float32 for w in norms
+    ):
+        return None
+    if kind == INT4 and any(m.in_features != m.weight.size(1) * 2 for m in linears):  # (padded widths)
+        return None
+    tensors = [getattr(m, name) for m in linears for name in _BUFFERS[kind]]
+    layer.__dict__["_fused_tensors"] = (kind, tensors)
+    return tensors
