@@ -136,34 +136,37 @@ def _decode_chunks(layers: list[nn.Module]) -> list[tuple[list[nn.Module], int]]
     return chunks
 
 
-def _decode_seconds_per_gb(chunks, cursor: itertools.cycle, rows: dict, give_up: float) -> float:
-    """Best time per GB over a warm-up chunk and RUNS chunks; the warm-up alone when over `give_up`."""
-    best = float("inf")
+def _decode_seconds_per_gb(fmt: str, candidates: list[str], chunks, rows: dict) -> dict[str, float]:
+    """Each candidate's best time per GB over a warm-up round and RUNS rounds. The candidates take turns
+    within each round (on a shared VM the machine's speed drifts: one after another, a candidate timed
+    in a quiet moment would win); one whose warm-up took GIVE_UP times the best warm-up sits out the
+    rest. Each timing takes the next chunk, cycling."""
+    cursor = itertools.cycle(range(len(chunks)))
+    best = dict.fromkeys(candidates, float("inf"))
+    alive = list(candidates)
     for run in range(1 + RUNS):
-        layers, size = chunks[next(cursor)]
-        start = time.perf_counter()
-        for m in layers:
-            m(rows[m.in_features])
-        best = min(best, (time.perf_counter() - start) / size * 1e9)
-        if run == 0 and best > give_up:
-            break
+        for path in alive:
+            paths.set_paths(fmt, decode=path)
+            layers, size = chunks[next(cursor)]
+            start = time.perf_counter()
+            for m in layers:
+                m(rows[m.in_features])
+            best[path] = min(best[path], (time.perf_counter() - start) / size * 1e9)
+        if run == 0:
+            fastest = min(best.values())
+            alive = [path for path in alive if best[path] <= GIVE_UP * fastest]
     return best
 
 
 @torch.inference_mode()
 def _measure(fmt: str, layers: list[nn.Module]) -> dict:
     rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
-    chunks = _decode_chunks(layers)
-    cursor = itertools.cycle(range(len(chunks)))
-    decode_times = {}  # seconds per GB of weights
+    candidates = paths.decode_candidates(fmt)
     with single_threaded_torch():  # as a decode step runs them
-        for path in paths.decode_candidates(fmt):
-            paths.set_paths(fmt, decode=path)
-            if len(paths.decode_candidates(fmt)) == 1:
-                decode_times[path] = 0.0
-                break
-            give_up = GIVE_UP * min(decode_times.values(), default=float("inf"))
-            decode_times[path] = _decode_seconds_per_gb(chunks, cursor, rows, give_up)
+        if len(candidates) == 1:
+            decode_times = {candidates[0]: 0.0}
+        else:  # seconds per GB of weights
+            decode_times = _decode_seconds_per_gb(fmt, candidates, _decode_chunks(layers), rows)
     # The "kernel" prefill runs with the decode path's setting (threads, prefetch): time it with the winner's.
     paths.set_paths(fmt, decode=_prefer_kernels(decode_times))
     prefill_times = {}
