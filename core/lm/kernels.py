@@ -7,9 +7,10 @@ cost more than the weights at int8. The kernels stream float32 / bfloat16 / int8
 a layer's attention in one call. They are batch-invariant: a row's result does not depend on the
 other rows in the call.
 
-The extension is built with -march=native into torch's extension cache, keyed by the CPU capability;
-without a compiler (or with FISHTTS_NO_KERNELS=1) plain torch computes the same thing. Which of the
-two (and which kernel setting) runs each weight format is chosen in paths.py / autotune.py.
+The extension is built with -march=native (or FISHTTS_KERNEL_ARCH) into torch's extension cache, keyed
+by the CPU capability; without a compiler (or with FISHTTS_NO_KERNELS=1) plain torch computes the same
+thing. Which of the two (and which kernel setting) runs each weight format is chosen in paths.py /
+autotune.py.
 """
 
 from __future__ import annotations
@@ -46,13 +47,16 @@ def _build() -> bool:
         from torch.utils.cpp_extension import load
 
         _put_ninja_on_path()
+        # FISHTTS_KERNEL_ARCH (a gcc -march value) builds for an older CPU than this one, so that the
+        # tests can run, say, the AVX2-only code of an AMD Zen 2 on an AVX-512 machine.
+        arch = os.environ.get("FISHTTS_KERNEL_ARCH", "native")
         name = f"fishtts_cpu_{torch.backends.cpu.get_cpu_capability().lower()}"
         load(
-            name,
+            name if arch == "native" else f"{name}_{arch.replace('-', '_')}",
             [str(SOURCE)],
             is_python_module=False,
             verbose=False,
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_cflags=["-O3", f"-march={arch}", "-fopenmp"],
         )
         torch.ops.fishtts.start_pool(torch.get_num_threads())
         # Output shapes, so torch.compile can treat the kernels as opaque ops.
