@@ -12,6 +12,7 @@ import pytest
 
 from core.lm.autotune import cpu_info
 from core.lm.kernels import cpu_kernels_available
+from tests.paths import ROOT
 
 FILES = [
     "tests/core/test_lm_kernels.py",
@@ -28,15 +29,14 @@ FILES = [
 )
 def test_an_avx2_build_of_the_kernels_passes_their_tests(tmp_path):
     env = {**os.environ, "FISHTTS_KERNEL_ARCH": "haswell", "XDG_CACHE_HOME": str(tmp_path)}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     check = "import torch; from core.lm import kernels; assert kernels.cpu_kernels_available(); "
     check += "assert not torch.ops.fishtts.int4_uses_int8_activations()"  # (really the AVX2 build)
-    built = subprocess.run([sys.executable, "-c", check], env=env, cwd=root, capture_output=True, text=True)
+    built = subprocess.run([sys.executable, "-c", check], env=env, cwd=ROOT, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-3000:]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *FILES],
         env=env,
-        cwd=root,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=1800,
