@@ -53,6 +53,8 @@ def layer_tensors(layer: nn.Module, kind: int) -> list[Tensor] | None:
         w.dtype != torch.float32 for w in norms
     ):
         return None
+    if layer.attention_norm.eps != layer.ffn_norm.eps:  # (the C++ op takes one)
+        return None
     if kind == INT4 and any(m.in_features != m.weight.size(1) * 2 for m in linears):  # (padded widths)
         return None
     tensors = [getattr(m, name) for m in linears for name in _BUFFERS[kind]]
