@@ -3,7 +3,7 @@
 At load, for the model's own linears: every decode candidate streams a few layers' weights with one
 activation row (as a decode step does, torch on one thread; each timing reads the next layers, so
 from memory, not from the cache), every prefill candidate multiplies one layer's weights by
-PREFILL_ROWS rows; the fastest wins. A few hundred milliseconds, once per CPU model,
+PREFILL_ROWS rows; the fastest wins. Under a second a format at official size, once per CPU model,
 thread count, torch version, kernel source, weight shapes and candidate list: the choice is kept in
 ~/.cache/fishtts/lm_paths.json ($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten).
 FISHTTS_AUTOTUNE=0 skips it (the defaults: the kernels as tuned on AMD Zen, bfloat16 prefill where fast).
