@@ -9,11 +9,17 @@
 //   on Intel Sapphire Rapids), so core/lm/autotune.py measures the settings at load and picks.
 // decode_attention: one new position per sequence: RoPE, the KV-cache write and attention over that
 //   sequence's filled prefix, for a batch of sequences that each have their own cache slot and position.
+// linear_rows_int8_vnni: int8 weights against int16-rounded activations (AVX512-VNNI dot products).
+// rms_norm, decode_layer: a decode step's norms, and a whole transformer layer (norms, linears,
+//   attention, SwiGLU, residuals) in one call from Python (core/lm/fused.py).
+// int8_to_bfloat16, int4_to_bfloat16: weights widened for a prefill matmul on bfloat16 hardware.
+//
+// The kernels take activations of any shape [..., in] and return [..., out].
 //
 // Batch invariance: every output value is computed by the same sequence of float operations whatever
 // the number of rows in the call, so a sequence gets bit-identical results alone or in a batch.
 //
-// Threads: a decode step makes ~200 short calls (10-100 us each). OpenMP wakes its workers fast only
+// Threads: a decode step makes ~150 short calls (10-150 us each). OpenMP wakes its workers fast only
 // while they spin, and libgomp stops spinning once it manages more threads than there are CPUs, which
 // happens as soon as two Python threads have used torch (the engine's scheduler runs on its own
 // thread): each call then waits on a futex wake-up, ~1.5x slower in all. So these kernels use their
