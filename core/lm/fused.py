@@ -33,10 +33,11 @@ def decode_kind(first_layer: nn.Module, h: Tensor, cache_dtypes: tuple[torch.dty
     if not (few_rows(h) and attention.kernel_layout and attention.kv_cache.k_cache.dtype in cache_dtypes):
         return None
     fmt = weight_format(attention.wqkv)
-    if fmt is None or not paths.chosen(fmt)["decode"].startswith("kernel"):
+    path = paths.chosen(fmt)["decode"] if fmt is not None else ""
+    if not path.startswith("kernel"):
         return None
     if fmt == "int8":
-        return INT8_VNNI if "-vnni" in paths.chosen(fmt)["decode"] else INT8
+        return INT8_VNNI if "-vnni" in path else INT8
     return INT4 if fmt == "int4" else FLOAT32
 
 

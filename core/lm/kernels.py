@@ -93,9 +93,14 @@ def uses_cpu_kernels(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and cpu_kernels_available()
 
 
+def has_few_rows(x: Tensor) -> bool:
+    """At most MAX_ROWS rows of activations: a decode step's work, not a prefill's."""
+    return x.numel() <= MAX_ROWS * x.shape[-1]
+
+
 def few_rows(x: Tensor) -> bool:
-    """A decode step's input (at most MAX_ROWS rows of activations) on a CPU with the kernels."""
-    return x.numel() // x.size(-1) <= MAX_ROWS and uses_cpu_kernels(x)
+    """A decode step's input on a CPU with the kernels."""
+    return has_few_rows(x) and uses_cpu_kernels(x)
 
 
 def linear_rows(x: Tensor, weight: Tensor, scales: Tensor | None = None) -> Tensor:

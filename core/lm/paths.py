@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import MAX_ROWS, cpu_has_fast_bfloat16, cpu_kernels_available
+from .kernels import cpu_has_fast_bfloat16, cpu_kernels_available, few_rows, has_few_rows
 
 FORMATS = ("float32", "int8", "int4")
 
@@ -116,15 +116,6 @@ def using(fmt: str, decode: str | None = None, prefill: str | None = None):
         set_paths(fmt, previous["decode"], previous["prefill"])
 
 
-def few_rows(x: Tensor) -> bool:
-    """A CPU decode step's float32 input (at most MAX_ROWS rows): the decode path's work."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and _few(x)
-
-
-def _few(x: Tensor) -> bool:
-    return x.numel() <= MAX_ROWS * x.shape[-1]
-
-
 def _kernel(path: str) -> bool:
     return path.startswith("kernel") and cpu_kernels_available()  # (tests switch the kernels off)
 
@@ -151,7 +142,7 @@ def linear_int8(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     """x @ (weight * scales).T with int8 weight [out, in] and scales [out]."""
     if x.device.type != "cpu" or x.dtype != torch.float32:  # GPU: the original's formula
         return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
-    path = chosen("int8")["decode" if _few(x) else "prefill"]
+    path = chosen("int8")["decode" if has_few_rows(x) else "prefill"]
     if _kernel(path):
         if "-vnni" in path:  # (widths that are not whole 64-groups take the float-activation kernel)
             return torch.ops.fishtts.linear_rows_int8_vnni(x, weight, scales)
@@ -171,7 +162,7 @@ def linear_int4(x: Tensor, packed: Tensor, scales: Tensor, offsets: Tensor) -> T
     from .quantize import dequantize_int4
 
     if x.device.type == "cpu" and x.dtype == torch.float32:
-        path = chosen("int4")["decode" if _few(x) else "prefill"]
+        path = chosen("int4")["decode" if has_few_rows(x) else "prefill"]
         if _kernel(path):
             return torch.ops.fishtts.linear_rows_int4(x, packed, scales, offsets)
         if path == "bfloat16":

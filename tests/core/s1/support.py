@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from tests.paths import DATA
@@ -57,13 +56,3 @@ def assert_close(actual: torch.Tensor | np.ndarray, expected: np.ndarray) -> flo
     bound = RELATIVE_TOLERANCE * float(np.abs(expected).max())
     assert difference <= bound, f"max difference {difference:.3g} > tolerance {bound:.3g}"
     return difference
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Tiny models are all per-op overhead: one intra-op thread is faster, and on a busy machine (shared cores)
-    two threads waiting on each other at every small op made these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

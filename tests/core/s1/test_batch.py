@@ -16,10 +16,7 @@ from .support import (
     MAX_NEW_FRAMES,
     S1_CHECKPOINT,
     dual_ar_cases,
-    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
 )
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

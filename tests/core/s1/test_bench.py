@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from bench.run import main as bench_main
 from bench.s1 import OFFICIAL_FRAME_RATE, bytes_per_frame, main, random_dual_ar
-
-from .support import one_torch_thread  # noqa: F401 - the fixture pytestmark uses
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tiny_bench_reports_every_row_per_format(capsys):

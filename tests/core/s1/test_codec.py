@@ -12,10 +12,7 @@ from .support import (
     S1_CHECKPOINT,
     assert_close,
     codec_cases,
-    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
 )
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -97,28 +97,12 @@ def test_cuda_tied_biased_bfloat16_int8_model_keeps_its_biases_and_generates():
 def test_cuda_quantized_engine_batches_requests_like_single_runs(fmt):
     """The scheduler on the GPU with quantized linears: greedy codes alone and four at once (the GPU's
     matmuls may sum in another order for another batch size, so most codes, not bits, must agree)."""
-    import threading
-
     from core.engine import TTSEngine
 
-    from .test_quantize import case_request
+    from .test_quantize import codes_alone_and_together
 
     engine = TTSEngine.load_s1(S1_CHECKPOINT, device="cuda", quantize=fmt, max_batch_size=4)
-    try:
-        names = ["greedy", "greedy_rep1.5"] * 2
-        alone = [engine.generate_codes(case_request(name))[0] for name in names]
-        together = [None] * len(names)
-
-        def run(i: int) -> None:
-            together[i] = engine.generate_codes(case_request(names[i]))[0]
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(names))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-    finally:
-        engine.close()
+    alone, together = codes_alone_and_together(engine, ["greedy", "greedy_rep1.5"] * 2)
     for a, b in zip(alone, together, strict=True):
         n = min(a.shape[1], b.shape[1])
         assert (a[:, :n] == b[:, :n]).mean() > 0.9

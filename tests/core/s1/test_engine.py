@@ -18,10 +18,7 @@ from .support import (
     TARGET_TEXT,
     assert_close,
     dual_ar_cases,
-    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
 )
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,7 @@ from .support import (
     S1_CHECKPOINT,
     codec_cases,
     dual_ar_cases,
-    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
 )
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def copy_folder(tmp_path):

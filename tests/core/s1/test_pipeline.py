@@ -19,10 +19,7 @@ from .support import (
     TARGET_TEXT,
     codec_cases,
     dual_ar_cases,
-    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
 )
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

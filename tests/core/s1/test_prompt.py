@@ -15,10 +15,7 @@ from .support import (
     S1_CHECKPOINT,
     TARGET_TEXT,
     dual_ar_cases,
-    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
 )
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N = 4  # num_codebooks of the parity config
 

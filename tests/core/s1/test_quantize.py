@@ -36,10 +36,7 @@ from .support import (
     S1_CHECKPOINT,
     TARGET_TEXT,
     dual_ar_cases,
-    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
 )
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 QUANTIZED = {"int8": Int8Linear, "int4": Int4Linear}
 # The golden checkpoint's sizes and tokenizer, with every option the official config may turn on that the
@@ -322,24 +319,31 @@ def case_request(name: str) -> SynthesisRequest:
     )
 
 
-@pytest.mark.parametrize("fmt", ["int8", "int4"])
-def test_quantized_sequences_batched_by_the_scheduler_equal_each_alone(fmt):
-    """The kernels are batch-invariant and every sequence samples with its own generator, so a request's
-    codes do not depend on what else is in the batch."""
-    engine = TTSEngine.load_s1(S1_CHECKPOINT, device="cpu", quantize=fmt, max_batch_size=4)
+def codes_alone_and_together(engine: TTSEngine, names: list[str]) -> tuple[list, list]:
+    """Each named case's codes generated alone, then all of them at once from threads (the scheduler
+    batches them), in the order of `names`; closes the engine."""
     try:
-        alone = {name: engine.generate_codes(case_request(name))[0] for name in GENERATION_CASES}
-        together: dict[str, np.ndarray] = {}
+        alone = [engine.generate_codes(case_request(name))[0] for name in names]
+        together = [None] * len(names)
 
-        def run(name: str) -> None:
-            together[name] = engine.generate_codes(case_request(name))[0]
+        def run(i: int) -> None:
+            together[i] = engine.generate_codes(case_request(names[i]))[0]
 
-        threads = [threading.Thread(target=run, args=(name,)) for name in GENERATION_CASES]
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(names))]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(120)
     finally:
         engine.close()
-    for name in GENERATION_CASES:
-        np.testing.assert_array_equal(together[name], alone[name], err_msg=name)
+    return alone, together
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_quantized_sequences_batched_by_the_scheduler_equal_each_alone(fmt):
+    """The kernels are batch-invariant and every sequence samples with its own generator, so a request's
+    codes do not depend on what else is in the batch."""
+    engine = TTSEngine.load_s1(S1_CHECKPOINT, device="cpu", quantize=fmt, max_batch_size=4)
+    alone, together = codes_alone_and_together(engine, list(GENERATION_CASES))
+    for name, a, b in zip(GENERATION_CASES, alone, together, strict=True):
+        np.testing.assert_array_equal(b, a, err_msg=name)

@@ -10,11 +10,8 @@ from core.s1.tokenizer import BUILTIN_SPECIAL_TOKENS, S1TokenizerError, load_s1_
 
 from .support import (
     S1_CHECKPOINT,
-    one_torch_thread,  # noqa: F401 - the fixture pytestmark uses
     tokenizer_cases,
 )
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
