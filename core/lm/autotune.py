@@ -1,9 +1,11 @@
 """Pick each weight format's fastest decode and prefill path (paths.py) by timing them on this machine.
 
 At load, for the model's own linears: every decode candidate streams a few layers' weights with one
-activation row (as a decode step does, torch on one thread; each timing reads the next layers, so
-from memory, not from the cache), every prefill candidate multiplies one layer's weights by
-PREFILL_ROWS rows; the fastest wins. Under a second a format at official size, once per CPU model,
+activation row and with BATCH_ROWS rows (as a decode step does, alone or for concurrent requests,
+torch on one thread; each timing reads the next layers, so from memory, not from the cache); the
+geometric mean of the two speeds ranks them (one path serves both: a sequence then decodes to the
+same bits alone or batched). Every prefill candidate multiplies one layer's weights by PREFILL_ROWS
+rows. The fastest wins. Under a second a format at official size, once per CPU model,
 thread count, torch version, kernel source, weight shapes and candidate list: the choice is kept in
 ~/.cache/fishtts/lm_paths.json ($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten).
 FISHTTS_AUTOTUNE=0 skips it (the defaults: the kernels as tuned on AMD Zen, bfloat16 prefill where fast).
@@ -33,6 +35,7 @@ from .quantize import weight_format
 log = logging.getLogger(__name__)
 
 PREFILL_ROWS = 256  # a prompt with a reference voice: 5-10 s of codes (~21.5 a second) and its text
+BATCH_ROWS = 4  # sequences decoded together: the scheduler's concurrent requests
 DECODE_BYTES = 48 << 20  # weights streamed per decode timing: well beyond L2, so it measures memory
 RUNS = 3
 KERNEL_MARGIN = 0.05  # see _prefer_kernels
@@ -160,13 +163,19 @@ def _decode_seconds_per_gb(fmt: str, candidates: list[str], chunks, rows: dict) 
 
 @torch.inference_mode()
 def _measure(fmt: str, layers: list[nn.Module]) -> dict:
-    rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
     candidates = paths.decode_candidates(fmt)
+    one_row, batch_times = {}, {}
     with single_threaded_torch():  # as a decode step runs them
         if len(candidates) == 1:
             decode_times = {candidates[0]: 0.0}
         else:  # seconds per GB of weights
-            decode_times = _decode_seconds_per_gb(fmt, candidates, _decode_chunks(layers), rows)
+            chunks = _decode_chunks(layers)
+            rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
+            one_row = _decode_seconds_per_gb(fmt, candidates, chunks, rows)
+            contenders = [k for k in candidates if one_row[k] <= GIVE_UP * min(one_row.values())]
+            rows = {m.in_features: torch.randn(BATCH_ROWS, m.in_features) for m in layers}
+            batch_times = _decode_seconds_per_gb(fmt, contenders, chunks, rows)
+            decode_times = {k: (one_row[k] * batch_times.get(k, float("inf"))) ** 0.5 for k in candidates}
     # The "kernel" prefill runs with the decode path's setting (threads, prefetch): time it with the winner's.
     paths.set_paths(fmt, decode=_prefer_kernels(decode_times))
     prefill_times = {}
@@ -182,7 +191,10 @@ def _measure(fmt: str, layers: list[nn.Module]) -> dict:
     return {
         "decode": _prefer_kernels(decode_times),
         "prefill": min(prefill_times, key=prefill_times.get),
+        # the ranking (0: sat out), then its two parts
         "decode_gb_per_s": {k: round(1 / v, 1) if v else None for k, v in decode_times.items()},
+        "one_row_gb_per_s": {k: round(1 / v, 1) for k, v in one_row.items()},
+        "batch_gb_per_s": {k: round(1 / v, 1) for k, v in batch_times.items()},
         "prefill_ms": {k: round(v * 1e3, 2) for k, v in prefill_times.items()},
     }
 

@@ -17,14 +17,15 @@ from .kernels import few_rows
 from .quantize import weight_format
 
 # cpu_kernels.cpp's LinearKind
-FLOAT32, INT8, INT8_VNNI, INT4 = 0, 1, 2, 3
+FLOAT32, INT8, INT8_VNNI, INT4, INT8_AMX = 0, 1, 2, 3, 4
 _BUFFERS = {
     FLOAT32: ("weight",),
     INT8: ("weight", "scales"),
     INT8_VNNI: ("weight", "scales"),
+    INT8_AMX: ("weight", "scales"),
     INT4: ("weight", "scales", "offsets"),
 }
-_FORMAT = {FLOAT32: "float32", INT8: "int8", INT8_VNNI: "int8", INT4: "int4"}
+_FORMAT = {FLOAT32: "float32", INT8: "int8", INT8_VNNI: "int8", INT8_AMX: "int8", INT4: "int4"}
 
 
 def decode_kind(first_layer: nn.Module, h: Tensor, cache_dtypes: tuple[torch.dtype, ...]) -> int | None:
@@ -37,7 +38,7 @@ def decode_kind(first_layer: nn.Module, h: Tensor, cache_dtypes: tuple[torch.dty
     if not path.startswith("kernel"):
         return None
     if fmt == "int8":
-        return INT8_VNNI if "-vnni" in path else INT8
+        return INT8_VNNI if "-vnni" in path else INT8_AMX if "-amx" in path else INT8
     return INT4 if fmt == "int4" else FLOAT32
 
 

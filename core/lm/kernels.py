@@ -67,6 +67,9 @@ def _build() -> bool:
         torch.library.register_fake("fishtts::linear_rows_int8_vnni")(
             lambda x, w, s: x.new_empty(*x.shape[:-1], w.size(0))
         )
+        torch.library.register_fake("fishtts::linear_rows_int8_amx")(
+            lambda x, w, s: x.new_empty(*x.shape[:-1], w.size(0))
+        )
         torch.library.register_fake("fishtts::rms_norm")(lambda x, w, eps: torch.empty_like(x))
         torch.library.register_fake("fishtts::decode_layer")(lambda x, *rest: torch.empty_like(x))
         torch.library.register_fake("fishtts::linear_rows_int4")(

@@ -44,6 +44,8 @@ _VARIANTS = {
     # int8 only, on AVX512-VNNI: the activations rounded to int16, two vpdpwssd per 64 weights (cpu_kernels.cpp)
     "kernel-vnni-t0": KernelVariant(1024, 2),
     "kernel-vnni-nopf": KernelVariant(0, 0),
+    # int8 only, with AMX-INT8: 16-row weight tiles against 24-bit activations split into bytes (cpu_kernels.cpp)
+    "kernel-amx": KernelVariant(0, 0),
 }
 KERNEL_VARIANTS = {
     **_VARIANTS,
@@ -62,6 +64,8 @@ def decode_candidates(fmt: str) -> list[str]:
         kernels = [k for k in kernels if "-4r" not in k]
     if fmt != "int8" or not vnni:
         kernels = [k for k in kernels if "-vnni" not in k]
+    if fmt != "int8" or not (kernels and torch.ops.fishtts.int8_amx_available()):
+        kernels = [k for k in kernels if "-amx" not in k]
     packed = ["int8pack"] if fmt == "int8" and hasattr(torch.ops.aten, "_weight_int8pack_mm") else []
     return kernels + ["torch"] + packed
 
@@ -144,8 +148,11 @@ def linear_int8(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
         return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
     path = chosen("int8")["decode" if has_few_rows(x) else "prefill"]
     if _kernel(path):
-        if "-vnni" in path:  # (widths that are not whole 64-groups take the float-activation kernel)
+        # (widths that are not whole 64-groups take the float-activation kernel)
+        if "-vnni" in path:
             return torch.ops.fishtts.linear_rows_int8_vnni(x, weight, scales)
+        if "-amx" in path:
+            return torch.ops.fishtts.linear_rows_int8_amx(x, weight, scales)
         return torch.ops.fishtts.linear_rows(x, weight, scales)
     if path == "int8pack":  # (decode only)
         y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.size(-1)), weight, scales.float())

@@ -45,6 +45,36 @@ def test_linear_rows_gives_a_row_the_same_bits_alone_and_in_any_batch():
             assert torch.equal(kernels.linear_rows(x[rows], w, s), together[rows])
 
 
+@pytest.mark.parametrize("shape", [(3, 100), (1024, 2048 + 5), (3 << 20,)])  # small: a plain clone
+def test_huge_page_copy_keeps_the_values_and_outlives_the_original(shape):
+    original = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    expected = original.clone()
+    copies = [torch.ops.fishtts.huge_page_copy(original) for _ in range(3)]
+    original.fill_(0)
+    del copies[1]  # freeing one copy leaves the others intact
+    for copy in copies:
+        assert torch.equal(copy, expected) and copy.data_ptr() != original.data_ptr()
+        if copy.numel() * 4 >= 2 << 20:
+            assert copy.data_ptr() % (2 << 20) == 0  # aligned to a 2 MiB page
+
+
+@pytest.mark.skipif(not torch.ops.fishtts.int8_amx_available(), reason="no AMX-INT8 here")
+def test_amx_int8_kernel_uses_exact_integer_sums_of_the_rounded_rows():
+    """The kernel's arithmetic: each row rounded to integers (x * (8355711 / absmax), to nearest even),
+    exact sums with the int8 weights, then the two scales; 16-row tiles, the rows after the last whole
+    tile, 1 to 10 rows."""
+    gen = torch.Generator().manual_seed(4)
+    weight, scales = quantize_int8(torch.randn(40, 192, generator=gen))
+    for rows in (1, 5, 6, 10):
+        x = torch.randn(rows, 192, generator=gen)
+        absmax, limit = x.abs().amax(-1, keepdim=True), torch.tensor(8355711.0)
+        x_scale, inverse = absmax / limit, limit / absmax  # (true divisions: torch multiplies by 1 / a number)
+        q = torch.round(x * inverse).clamp(-limit, limit)  # (the largest may round up past the limit)
+        sums = q.double() @ weight.double().T  # exact: integers below 2**53
+        expected = (sums * x_scale.double()).float() * scales
+        assert torch.equal(torch.ops.fishtts.linear_rows_int8_amx(x, weight, scales), expected)
+
+
 def test_int8_to_bfloat16_is_exact():
     q = torch.arange(-128, 128, dtype=torch.int8).repeat(3, 1)
     assert torch.equal(torch.ops.fishtts.int8_to_bfloat16(q), q.to(torch.bfloat16))

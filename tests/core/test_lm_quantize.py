@@ -130,6 +130,13 @@ def int16_activation_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     return half_step.double() @ weight.abs().double().T
 
 
+def int24_row_activation_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """What the AMX kernel's rounding of each row of x to integers of three signed bytes (at most
+    127 * 65793 = 8355711, scale absmax / 8355711) can move x @ weight.T: half a step per input, times |w|."""
+    half_step = (x.abs().amax(-1, keepdim=True) / 8355711 / 2).expand_as(x)
+    return half_step.double() @ weight.abs().double().T
+
+
 @pytest.mark.skipif(not cpu_kernels_available(), reason="no C++ compiler for the CPU kernels here")
 @pytest.mark.parametrize("path", sorted(k for k in paths.KERNEL_VARIANTS if not k.endswith("-1t")))
 @pytest.mark.parametrize("rows", [1, 3, 4, 8])
@@ -144,6 +151,8 @@ def test_int8_kernel_equals_dequantize_then_matmul(rows, in_features, path):
     bound = matmul_bound(x, layer.weight.float()) * layer.scales + FLOAT32_EPS * expected.abs()
     if "-vnni" in path and in_features % 64 == 0:  # (other widths take the float-activation kernel)
         bound = bound + int16_activation_bound(x, layer.weight.float()) * layer.scales
+    if "-amx" in path and in_features % 64 == 0:
+        bound = bound + int24_row_activation_bound(x, layer.weight.float()) * layer.scales
     with paths.using("int8", decode=path):
         assert_within(layer(x), expected, bound)
 

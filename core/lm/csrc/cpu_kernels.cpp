@@ -10,6 +10,7 @@
 // decode_attention: one new position per sequence: RoPE, the KV-cache write and attention over that
 //   sequence's filled prefix, for a batch of sequences that each have their own cache slot and position.
 // linear_rows_int8_vnni: int8 weights against int16-rounded activations (AVX512-VNNI dot products).
+// linear_rows_int8_amx: int8 weights on AMX tiles against activations rounded to 24 bits a row.
 // rms_norm, decode_layer: a decode step's norms, and a whole transformer layer (norms, linears,
 //   attention, SwiGLU, residuals) in one call from Python (core/lm/fused.py).
 // int8_to_bfloat16, int4_to_bfloat16: weights widened for a prefill matmul on bfloat16 hardware.
@@ -46,6 +47,8 @@
 #endif
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 #include <cstdlib>
 #if defined(_OPENMP)
@@ -767,6 +770,203 @@ at::Tensor linear_rows_int8_vnni(const at::Tensor& x, const at::Tensor& w, const
 #endif
 }
 
+// -- int8 weights on AMX tiles -------------------------------------------------------------------
+// The AVX-512 kernels spend about as long multiplying as the memory takes to deliver the weights, and
+// the two overlap only in part. An AMX tile multiply takes 1 KiB of weights (16 rows x 64 inputs) in
+// one instruction, so the multiplying nearly vanishes. Tiles multiply int8 by int8, so each activation
+// row is rounded to a 24-bit integer (one scale a row: absmax / kAmxLimit) and split into three signed
+// bytes, x = 65536 h + 256 m + l: three columns of the activation tile. The int32 sums are exact, so a
+// row's result does not depend on the order of the work or the other rows (batch invariance), and the
+// rounding (~1e-7 of the row's largest value) is far below int8's own.
+
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AVX512BW__) && defined(__linux__)
+#define FISHTTS_INT8_AMX 1
+#endif
+
+#if defined(FISHTTS_INT8_AMX)
+constexpr int32_t kAmxLimit = 127 * 65536 + 127 * 256 + 127;  // the largest x with h, m, l in int8
+constexpr int kAmxDigits = 3;
+constexpr int kAmxChunkRows = 5;  // activation rows a tile holds: 5 x 3 columns of 4 bytes <= 64 bytes
+
+// Linux hands out AMX state only on request, once per process.
+bool amx_permitted() {
+  static const bool ok = [] {
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+// The activation rows as digit tiles: chunks of at most kAmxChunkRows rows; per chunk and 64-group,
+// 16 tile rows of `columns` int32 words, word (k, 3 j + d) = digit d of inputs 4k..4k+3 of the chunk's
+// row j (h, m, l). Also every row's digits in input order, for weight rows outside whole 16-row blocks.
+struct AmxActivations {
+  int64_t N, I, chunks;
+  int64_t chunk_rows[2], columns[2];
+  int8_t* digits;  // [N, 3, I]
+  int32_t* tiles;  // [chunks][I / 64][16][columns]
+  float* scale;    // [N]
+  AmxActivations(const float* x, int64_t N_, int64_t I_) : N(N_), I(I_) {
+    chunks = N <= kAmxChunkRows ? 1 : 2;
+    chunk_rows[0] = chunks == 1 ? N : (N + 1) / 2;
+    chunk_rows[1] = N - chunk_rows[0];
+    for (int c = 0; c < 2; ++c) columns[c] = kAmxDigits * chunk_rows[c];
+    thread_local std::vector<int8_t> digit_buffer;
+    thread_local std::vector<int32_t> tile_buffer;
+    thread_local std::vector<float> scale_buffer;
+    digit_buffer.resize(N * kAmxDigits * I);
+    tile_buffer.resize(I / 4 * kAmxDigits * N);
+    scale_buffer.resize(N);
+    digits = digit_buffer.data();
+    tiles = tile_buffer.data();
+    scale = scale_buffer.data();
+    for (int64_t b = 0; b < N; ++b) {
+      const float* xb = x + b * I;
+      __m512 top = _mm512_setzero_ps();
+      for (int64_t i = 0; i < I; i += 16) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
+      const float absmax = _mm512_reduce_max_ps(top);
+      scale[b] = absmax / (float)kAmxLimit;
+      const __m512 inv = _mm512_set1_ps(absmax > 0.f ? (float)kAmxLimit / absmax : 0.f);
+      const __m512i limit = _mm512_set1_epi32(kAmxLimit);
+      int8_t* h = digits + b * kAmxDigits * I;
+      for (int64_t i = 0; i < I; i += 16) {
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + i), inv));
+        q = _mm512_max_epi32(_mm512_min_epi32(q, limit), _mm512_sub_epi32(_mm512_setzero_si512(), limit));
+        const __m512i l = _mm512_srai_epi32(_mm512_slli_epi32(q, 24), 24);  // the low byte, signed
+        const __m512i t = _mm512_srai_epi32(_mm512_sub_epi32(q, l), 8);
+        const __m512i m = _mm512_srai_epi32(_mm512_slli_epi32(t, 24), 24);
+        const __m512i hh = _mm512_srai_epi32(_mm512_sub_epi32(t, m), 8);
+        _mm_storeu_si128((__m128i*)(h + i), _mm512_cvtepi32_epi8(hh));
+        _mm_storeu_si128((__m128i*)(h + I + i), _mm512_cvtepi32_epi8(m));
+        _mm_storeu_si128((__m128i*)(h + 2 * I + i), _mm512_cvtepi32_epi8(l));
+      }
+    }
+    const int64_t words = I / 4;
+    int32_t* out = tiles;
+    for (int64_t c = 0, row0 = 0; c < chunks; row0 += chunk_rows[c], ++c)
+      for (int64_t k = 0; k < words; ++k)  // tile row k of group k / 16
+        for (int64_t j = 0; j < chunk_rows[c]; ++j)
+          for (int d = 0; d < kAmxDigits; ++d) {
+            std::memcpy(out++, digits + ((row0 + j) * kAmxDigits + d) * I + 4 * k, 4);
+          }
+  }
+  const int32_t* chunk(int c) const { return tiles + (c == 0 ? 0 : I / 4 * columns[0]); }
+};
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles: sums 0-1 (16 weight rows x a chunk's columns), weights 4 (16 rows x 64 inputs), activation
+// chunks 6-7.
+void configure_tiles(const AmxActivations& act) {
+  TileConfig config;
+  for (int c = 0; c < act.chunks; ++c) {
+    config.rows[c] = 16, config.colsb[c] = 4 * act.columns[c];
+    config.rows[6 + c] = 16, config.colsb[6 + c] = 4 * act.columns[c];
+  }
+  config.rows[4] = 16, config.colsb[4] = 64;
+  _tile_loadconfig(&config);
+}
+
+// The sums of one 16-row block of `w` (row stride I) against each chunk: sums [chunk][16][columns].
+// One block at a time: its 16 rows are 16 sequential streams, which the hardware prefetchers follow
+// (four blocks at once, 64 streams, streamed ~15% slower from memory).
+template <int Chunks>
+inline void amx_block(const int8_t* w, int64_t I, const AmxActivations& act, int32_t* sums) {
+  _tile_zero(0);
+  if (Chunks == 2) _tile_zero(1);
+  const int32_t *c0 = act.chunk(0), *c1 = act.chunk(1);
+  const int64_t stride0 = 4 * act.columns[0], stride1 = 4 * act.columns[1];
+  for (int64_t g = 0; g < I / kInt4Group; ++g) {
+    _tile_loadd(4, w + g * kInt4Group, I);
+    _tile_loadd(6, c0 + g * 16 * act.columns[0], stride0);
+    _tile_dpbssd(0, 4, 6);
+    if (Chunks == 2) {
+      _tile_loadd(7, c1 + g * 16 * act.columns[1], stride1);
+      _tile_dpbssd(1, 4, 7);
+    }
+  }
+  _tile_stored(0, sums, stride0);
+  if (Chunks == 2) _tile_stored(1, sums + 16 * act.columns[0], stride1);
+}
+
+// y[b, o] from the three digit sums of (row o, activation row b).
+inline float amx_output(const int32_t* digit_sums, float x_scale, float w_scale) {
+  const double v = 65536.0 * digit_sums[0] + 256.0 * digit_sums[1] + (double)digit_sums[2];
+  return (float)(v * (double)x_scale) * w_scale;
+}
+
+// Weight rows [o0, o0 + 16) from sums laid out [chunk][16][columns].
+void amx_store(const AmxActivations& act, const int32_t* sums, int64_t o0, const float* sp, float* y, int64_t O) {
+  const int32_t* s = sums;
+  for (int64_t c = 0, row0 = 0; c < act.chunks; row0 += act.chunk_rows[c], ++c)
+    for (int64_t r = 0; r < 16; ++r, s += act.columns[c])
+      for (int64_t j = 0; j < act.chunk_rows[c]; ++j)
+        y[(row0 + j) * O + o0 + r] = amx_output(s + kAmxDigits * j, act.scale[row0 + j], sp[o0 + r]);
+}
+
+// A weight row outside whole 16-row blocks: the same exact integer sums, without tiles.
+void amx_row_without_tiles(const AmxActivations& act, const int8_t* wr, int64_t o, const float* sp, float* y,
+                           int64_t O) {
+  for (int64_t b = 0; b < act.N; ++b) {
+    int32_t sums[kAmxDigits];
+    for (int d = 0; d < kAmxDigits; ++d) {
+      const int8_t* xd = act.digits + (b * kAmxDigits + d) * act.I;
+      int32_t s = 0;
+      for (int64_t i = 0; i < act.I; ++i) s += (int32_t)wr[i] * (int32_t)xd[i];
+      sums[d] = s;
+    }
+    y[b * O + o] = amx_output(sums, act.scale[b], sp[o]);
+  }
+}
+#endif
+
+bool int8_amx_available() {
+#if defined(FISHTTS_INT8_AMX)
+  return amx_permitted();
+#else
+  return false;
+#endif
+}
+
+// x [..., I] float32 (at most 2 * kAmxChunkRows rows); w [O, I] int8; scales [O] float32.
+at::Tensor linear_rows_int8_amx(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales) {
+#if defined(FISHTTS_INT8_AMX)
+  auto xc = rows_of(x);
+  const int64_t N = xc.size(0), I = xc.size(1), O = w.size(0);
+  if (I % kInt4Group || N > 2 * kAmxChunkRows || !amx_permitted()) return linear_rows(x, w, scales);
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous() && w.size(1) == I,
+              "w must be contiguous int8 [out, in]");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == O,
+              "scales must be float32 [out]");
+  const AmxActivations act(xc.data_ptr<float>(), N, I);
+  auto y = output_for(x, O);
+  const int8_t* wp = w.data_ptr<int8_t>();
+  const float* sp = scales.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t blocks = O / 16;
+  parallel(blocks, 1, [&](int64_t begin, int64_t end) {
+    // Each piece loads its own configuration: torch's oneDNN matmuls on this thread set theirs.
+    configure_tiles(act);
+    int32_t sums[16 * kAmxDigits * 2 * kAmxChunkRows];
+    for (int64_t k = begin; k < end; ++k) {
+      if (act.chunks == 1) amx_block<1>(wp + 16 * k * I, I, act, sums);
+      else amx_block<2>(wp + 16 * k * I, I, act, sums);
+      amx_store(act, sums, 16 * k, sp, yp, O);
+    }
+    _tile_release();
+  }, g_tuning[kInt8].threads);
+  for (int64_t o = 16 * blocks; o < O; ++o) amx_row_without_tiles(act, wp + o * I, o, sp, yp, O);
+  return y;
+#else
+  TORCH_CHECK(false, "linear_rows_int8_amx needs AMX-INT8");
+  return x;
+#endif
+}
+
 // Whether linear_rows_int4 rounds the activations to int8 (AVX512-VNNI) on this build.
 bool int4_uses_int8_activations() {
 #if defined(FISHTTS_INT4_VNNI)
@@ -964,7 +1164,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 // cost ~40 us of Python and dispatch each layer, more than its attention. The same ops in the same
 // order as model.py's modules, so the result is the same bits.
 
-enum LinearKind { kLinearFloat32 = 0, kLinearInt8 = 1, kLinearInt8Vnni = 2, kLinearInt4 = 3 };
+enum LinearKind { kLinearFloat32 = 0, kLinearInt8 = 1, kLinearInt8Vnni = 2, kLinearInt4 = 3, kLinearInt8Amx = 4 };
 
 int64_t tensors_per_linear(int64_t kind) { return kind == kLinearFloat32 ? 1 : kind == kLinearInt4 ? 3 : 2; }
 
@@ -973,6 +1173,7 @@ at::Tensor linear_of_kind(const at::Tensor& x, const at::Tensor* w, int64_t kind
     case kLinearFloat32: return linear_rows(x, w[0], c10::nullopt);
     case kLinearInt8: return linear_rows(x, w[0], w[1]);
     case kLinearInt8Vnni: return linear_rows_int8_vnni(x, w[0], w[1]);
+    case kLinearInt8Amx: return linear_rows_int8_amx(x, w[0], w[1]);
     default: return linear_rows_int4(x, w[0], w[1], w[2]);
   }
 }
@@ -983,7 +1184,7 @@ at::Tensor decode_layer(const at::Tensor& x, at::TensorList linears, int64_t kin
                         const at::Tensor& ffn_norm, double eps, at::Tensor& k_cache, at::Tensor& v_cache,
                         const at::Tensor& slots, const at::Tensor& positions, const at::Tensor& freqs, int64_t n_head,
                         int64_t n_kv_head) {
-  TORCH_CHECK(kind >= kLinearFloat32 && kind <= kLinearInt4, "unknown linear kind");
+  TORCH_CHECK(kind >= kLinearFloat32 && kind <= kLinearInt8Amx, "unknown linear kind");
   const int64_t per = tensors_per_linear(kind);
   TORCH_CHECK((int64_t)linears.size() == 5 * per, "five linears: wqkv, wo, w1, w3, w2");
   TORCH_CHECK(x.dim() == 3 && x.size(1) == 1, "x must be [B, 1, dim]");
@@ -1014,17 +1215,27 @@ int64_t set_openmp_threads(int64_t threads) {
 
 // A copy of `t` in memory the kernel may back with 2 MiB pages (Linux transparent huge pages in
 // "madvise" mode): streaming ~1.6 GB of weights through 4 KiB pages costs a page walk every 4 KiB.
+// The memory is a fresh mapping, advised before its first touch: memory from malloc may be recycled
+// heap that already has its small pages (after a model load's large temporaries were freed, 16 of
+// 300 MB of int8 weights got huge pages, and they streamed 25% slower).
 at::Tensor huge_page_copy(const at::Tensor& t) {
   constexpr size_t kHuge = size_t(2) << 20;
   const size_t bytes = t.numel() * t.element_size();
   if (bytes < kHuge) return t.contiguous().clone();
   const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  char* mapped = (char*)mmap(nullptr, rounded + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  TORCH_CHECK(mapped != MAP_FAILED, "out of memory");
+  char* p = (char*)(((uintptr_t)mapped + kHuge - 1) & ~(uintptr_t)(kHuge - 1));  // 2 MiB aligned
+  if (p > mapped) munmap(mapped, p - mapped);
+  if (mapped + kHuge > p) munmap(p + rounded, mapped + kHuge - p);
+  madvise(p, rounded, MADV_HUGEPAGE);
+  auto out = at::from_blob(p, t.sizes(), [rounded](void* q) { munmap(q, rounded); }, t.options());
+#else
   void* p = std::aligned_alloc(kHuge, rounded);
   TORCH_CHECK(p != nullptr, "out of memory");
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  madvise(p, rounded, MADV_HUGEPAGE);  // before the first touch: the pages fault in as huge ones
-#endif
   auto out = at::from_blob(p, t.sizes(), [](void* q) { std::free(q); }, t.options());
+#endif
   out.copy_(t);
   return out;
 }
@@ -1104,6 +1315,8 @@ TORCH_LIBRARY(fishtts, m) {
   m.def("linear_rows_int4(Tensor x, Tensor packed, Tensor scales, Tensor offsets) -> Tensor");
   m.def("int4_uses_int8_activations() -> bool");
   m.def("linear_rows_int8_vnni(Tensor x, Tensor w, Tensor scales) -> Tensor");
+  m.def("linear_rows_int8_amx(Tensor x, Tensor w, Tensor scales) -> Tensor");
+  m.def("int8_amx_available() -> bool");
   m.def("int8_to_bfloat16(Tensor w) -> Tensor");
   m.def("int4_to_bfloat16(Tensor packed, Tensor scales, Tensor offsets) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
@@ -1121,6 +1334,7 @@ TORCH_LIBRARY_IMPL(fishtts, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("linear_rows_int4", &linear_rows_int4);
   m.impl("linear_rows_int8_vnni", &linear_rows_int8_vnni);
+  m.impl("linear_rows_int8_amx", &linear_rows_int8_amx);
   m.impl("int8_to_bfloat16", &int8_to_bfloat16);
   m.impl("int4_to_bfloat16", &int4_to_bfloat16);
   m.impl("rms_norm", &rms_norm);
@@ -1134,4 +1348,5 @@ TORCH_LIBRARY_IMPL(fishtts, CompositeExplicitAutograd, m) {
   m.impl("set_openmp_threads", &set_openmp_threads);
   m.impl("set_tuning", &set_tuning);
   m.impl("int4_uses_int8_activations", &int4_uses_int8_activations);
+  m.impl("int8_amx_available", &int8_amx_available);
 }
