@@ -4,10 +4,10 @@ Every candidate computes the same product within the format's tolerance; they di
 which differs between CPUs (core/lm/autotune.py measures them at load and sets the fastest here).
 
 Decode candidates: the C++ kernel with one of KERNEL_VARIANTS' prefetch/thread settings (for int8 on
-AVX512-VNNI also with int16 activations), plain torch (the original's formula), and torch's packed int8
-kernel. Prefill candidates: a float32 matmul, or a
-bfloat16 one (AMX / AVX512-BF16; quantized formats only: their weights are exact or nearly so in
-bfloat16, a float32 model keeps float32), or for the quantized formats the decode kernel over all rows.
+AVX512-VNNI also with int16 activations, and with AMX on its tiles), plain torch (the original's
+formula), and torch's packed int8 kernel. Prefill candidates: a float32 matmul, or a bfloat16 one
+(AMX / AVX512-BF16; quantized formats only: their weights are exact or nearly so in bfloat16, a
+float32 model keeps float32), or for the quantized formats the decode kernel over all rows.
 """
 
 from __future__ import annotations
