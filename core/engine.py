@@ -328,8 +328,10 @@ class TTSEngine:
         max_parallel: int = 2,
         max_segment_weight: int = MAX_SEGMENT_WEIGHT,
         ignore_stop: bool = False,
+        streamed: bool = True,
     ) -> SpeechStream:
-        """The request's audio as a SpeechStream of chunks, while it is generated.
+        """The request's audio as a SpeechStream of chunks, while it is generated (`streamed=False`: to be
+        joined whole, in the codec's larger chunks for that).
 
         The text is read in pieces (`read_text`), each generated with the reference as its prompt;
         piece i samples with seed + i. `progress` is called for every frame. `max_parallel` pieces
@@ -345,12 +347,19 @@ class TTSEngine:
             prompt = self.family.prompt(piece, request, codes)
             sequences += self._sequences(request, prompt, 1, seed, ignore_stop)
         return SpeechStream(
-            self.scheduler, self.family.chunk_decoder, self.info.sample_rate, sequences, max_parallel, progress
+            self.scheduler,
+            lambda: self.family.chunk_decoder(streamed),
+            self.info.sample_rate,
+            sequences,
+            max_parallel,
+            progress,
         )
 
     def synthesize(self, request: SynthesisRequest, *, ignore_stop: bool = False) -> np.ndarray:
-        """The whole stream's audio at once (the same samples as streaming it)."""
-        chunks = list(self.stream(request, max_parallel=4, ignore_stop=ignore_stop))  # no first audio to hurry
+        """The whole stream's audio at once: the same frames as streaming it, decoded in larger chunks
+        (the same audio within float rounding, and closer to the original's one-piece decode)."""
+        # no first audio to hurry
+        chunks = list(self.stream(request, max_parallel=4, ignore_stop=ignore_stop, streamed=False))
         if not chunks:
             raise ValueError("the model produced no audio for this text (try a larger max_new_tokens)")
         return np.concatenate(chunks)

@@ -7,7 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from tests.paths import ROOT
+
+
+def assert_same_pcm(streamed: np.ndarray, whole: np.ndarray) -> None:
+    """A streamed response's int16 samples against the non-streamed one's: the same frames, decoded in
+    smaller chunks (float rounding of the same sums), so at most one step of int16 apart."""
+    streamed, whole = np.asarray(streamed), np.asarray(whole)
+    assert streamed.shape == whole.shape
+    assert np.abs(streamed.astype(np.int32) - whole.astype(np.int32)).max(initial=0) <= 1
 
 
 def run_cli(

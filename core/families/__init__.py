@@ -38,7 +38,8 @@ class ModelFamily(Protocol):
     def decode(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
         """Codes [codebooks, T] → mono float32 audio."""
 
-    def chunk_decoder(self) -> ChunkDecoder: ...
+    def chunk_decoder(self, streamed: bool = True) -> ChunkDecoder:
+        """A segment's codec decoder; `streamed=False`: its audio is returned whole (no hurry for a first chunk)."""
 
     def pieces(self, request: SynthesisRequest, reference_frames: int, max_segment_weight: int) -> list[PromptText]:
         """The pieces the request's text is synthesized in."""

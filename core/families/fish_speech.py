@@ -14,7 +14,7 @@ from ..lm.quantize import is_quantized, quantization
 from ..lm.stepper import LMStepper
 from ..request import SynthesisRequest
 from ..vqgan.config import VQConfig
-from ..vqgan.streaming import StreamingDecoder
+from ..vqgan.streaming import CHUNK_SCHEDULE, WHOLE_SCHEDULE, StreamingDecoder
 from . import FISH_SPEECH_V02
 
 
@@ -55,8 +55,8 @@ class FishSpeech:
     def decode(self, codes) -> np.ndarray:
         return self.vqgan.decode(codes).reshape(-1).float().cpu().numpy()  # checks shape, dtype and range
 
-    def chunk_decoder(self) -> StreamingDecoder:
-        return StreamingDecoder(self.vqgan)
+    def chunk_decoder(self, streamed: bool = True) -> StreamingDecoder:
+        return StreamingDecoder(self.vqgan, CHUNK_SCHEDULE if streamed else WHOLE_SCHEDULE)
 
     # -- text -> sequences ---------------------------------------------------------------------
 

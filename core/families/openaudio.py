@@ -93,7 +93,8 @@ class OpenAudioS1:
     def decode(self, codes) -> np.ndarray:
         return self.model.decode(torch.as_tensor(np.asarray(codes)))
 
-    def chunk_decoder(self) -> ChunkedDecoder:
+    def chunk_decoder(self, streamed: bool = True) -> ChunkedDecoder:
+        # The same chunks either way: the causal decoder recomputes nothing between chunks.
         return ChunkedDecoder(self.codec, autocast=self.cuda)
 
     # -- text -> sequences ---------------------------------------------------------------------

@@ -90,13 +90,16 @@ def test_stream_chunks_are_the_non_streamed_audio(tiny_engine):
     stream = tiny_engine.stream(request)
     chunks = list(stream)
     assert len(chunks) >= 2 and stream.time_to_first_audio is not None
-    assert np.array_equal(np.concatenate(chunks), tiny_engine.synthesize(request))
-    # and within float rounding of decoding the generated codes in one piece
+    # Both within float rounding of decoding the generated codes in one piece; the non-streamed audio
+    # comes in larger chunks (the same frames: the same seed and scheduler).
     codes = tiny_engine.generate_codes(request)[0]
     one_shot = tiny_engine.decode_codes(codes)
-    assert np.abs(np.concatenate(chunks) - one_shot).max() <= network_atol(
-        one_shot, longest_reduction(tiny_engine.family.vqgan)
-    )
+    atol = network_atol(one_shot, longest_reduction(tiny_engine.family.vqgan))
+    whole = tiny_engine.stream(request, streamed=False)
+    whole_chunks = list(whole)
+    assert len(whole_chunks) < len(chunks)
+    for audio in (np.concatenate(chunks), np.concatenate(whole_chunks), tiny_engine.synthesize(request)):
+        assert audio.shape == one_shot.shape and np.abs(audio - one_shot).max() <= atol
 
 
 def test_a_long_text_streams_its_segments_in_order(tiny_engine):
@@ -118,7 +121,10 @@ def test_a_long_text_streams_its_segments_in_order(tiny_engine):
         if i < len(segments) - 1:
             part = _fade(part, fade, rising=False)
         parts.append(part)
-    assert np.array_equal(audio, np.concatenate(parts))
+    # (synthesize decodes in larger chunks than the stream: the same within float rounding)
+    expected = np.concatenate(parts)
+    atol = network_atol(expected, longest_reduction(tiny_engine.family.vqgan))
+    assert audio.shape == expected.shape and np.abs(audio - expected).max() <= atol
 
 
 def test_cancelling_a_stream_frees_the_model_within_a_second(tiny_engine):

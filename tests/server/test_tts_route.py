@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.helpers import assert_same_pcm
 from tests.server.helpers import add_s1_model, assert_json_error, audio_bytes, make_workdir, tone
 
 FAST = {"max_new_tokens": 8, "seed": 9}  # random weights: a short budget
@@ -86,8 +87,7 @@ def test_streaming_sends_raw_pcm_like_the_original(client, rates, model):
     assert response.status_code == 200 and response.headers["x-sample-rate"] == str(rate)
     assert response.content[:4] != b"RIFF"  # the original's stream never carried its WAV header
     streamed = np.frombuffer(response.content, dtype="<i2")
-    assert streamed.shape == whole.shape
-    assert np.abs(streamed.astype(np.int32) - whole).max() <= 1  # v0.2: equal; S1: chunked decode within rounding
+    assert_same_pcm(streamed, whole)
 
 
 def test_reference_id_is_a_saved_voice_for_either_family(client, rates):
