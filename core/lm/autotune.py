@@ -1,12 +1,12 @@
 """Pick each weight format's fastest decode and prefill path (paths.py) by timing them on this machine.
 
-At load, for the model's own linears: every decode candidate streams a few layers' weights with one
-activation row and with BATCH_ROWS rows (as a decode step does, alone or for concurrent requests,
-torch on one thread; each timing reads the next layers, so from memory, not from the cache); the
+At load, for the model's own linears: every decode candidate streams the first TIMED_BYTES of the
+layers' weights with one activation row, and the fastest few with BATCH_ROWS rows (as a decode step
+does, alone or for concurrent requests, torch on one thread; from memory, not from the cache); the
 geometric mean of the two speeds ranks them (one path serves both: a sequence then decodes to the
 same bits alone or batched). Every prefill candidate multiplies one layer's weights by PREFILL_ROWS
-rows. The fastest wins. Under a second a format at official size, once per CPU model,
-thread count, torch version, kernel source, weight shapes and candidate list: the choice is kept in
+rows. The fastest wins. About a second a format at official size, once per CPU model, thread
+count, torch version, kernel source, timing method, weight shapes and candidate list: the choice is kept in
 ~/.cache/fishtts/lm_paths.json ($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten).
 FISHTTS_AUTOTUNE=0 skips it (the defaults: the kernels as tuned on AMD Zen, bfloat16 prefill where fast).
 
@@ -17,7 +17,6 @@ choice changes only speed. On a busy machine the timings are noisy; the best of 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -36,10 +35,13 @@ log = logging.getLogger(__name__)
 
 PREFILL_ROWS = 256  # a prompt with a reference voice: 5-10 s of codes (~21.5 a second) and its text
 BATCH_ROWS = 4  # sequences decoded together: the scheduler's concurrent requests
-DECODE_BYTES = 48 << 20  # weights streamed per decode timing: well beyond L2, so it measures memory
-RUNS = 3
+WARM_UP_BYTES = 48 << 20  # weights a decode candidate streams to warm up (and to sort out the slow ones)
+TIMED_BYTES = 160 << 20  # and in each timing: beyond the last-level cache, so from memory
+BATCH_CONTENDERS = 4  # the fastest with one row, timed with BATCH_ROWS
+RUNS = 2
 KERNEL_MARGIN = 0.05  # see _prefer_kernels
 GIVE_UP = 2.0  # a candidate whose first run takes this many times the best so far is not timed further
+METHOD = 2  # how the timings are taken: a choice cached by another method is measured again
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
 
 
@@ -94,6 +96,7 @@ def _key(fmt: str, layers: list[nn.Module]) -> str:
             f"threads={torch.get_num_threads()}",
             f"torch={torch.__version__}",
             f"kernels={source}",
+            f"method={METHOD}",
             fmt,
             str(shapes),
             # a new candidate (a kernel setting, a prefill path) is measured, not skipped for a cached choice
@@ -102,18 +105,23 @@ def _key(fmt: str, layers: list[nn.Module]) -> str:
     )
 
 
-def _best_time(fn, runs: int = RUNS, give_up: float = float("inf")) -> float:
-    """The best of `runs` after a warm-up; a warm-up slower than `give_up` seconds is the answer (a
-    hopeless candidate costs one run, not four)."""
-    start = time.perf_counter()
-    fn()  # warm-up (first touch, lazy packing)
-    best = time.perf_counter() - start
-    if best > give_up:
-        return best
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+def _timed_in_turns(candidates: list[str], use, warm_up, timed) -> dict[str, float]:
+    """Each candidate's best of RUNS timings, after a warm-up round (first touch, lazy packing) after
+    which one GIVE_UP times slower than the best sits out (keeping its warm-up time). The candidates take
+    turns within each round: on a shared VM the machine's speed drifts, and one after another, whichever
+    was timed in a quiet moment would win. `use(path)` switches to a candidate; `warm_up()` and `timed()`
+    run the work and return its cost (seconds, or seconds per GB)."""
+    best = {}
+    for path in candidates:
+        use(path)
+        best[path] = warm_up()
+    fastest = min(best.values())
+    alive = [path for path in candidates if best[path] <= GIVE_UP * fastest]
+    best.update(dict.fromkeys(alive, float("inf")))
+    for _ in range(RUNS):
+        for path in alive:
+            use(path)
+            best[path] = min(best[path], timed())
     return best
 
 
@@ -123,42 +131,34 @@ def _layer_bytes(layer: nn.Module) -> int:
     )
 
 
-def _decode_chunks(layers: list[nn.Module]) -> list[tuple[list[nn.Module], int]]:
-    """The linears in model order, cut into runs of consecutive ones of DECODE_BYTES or more, each
-    with its size. Each timing takes the next chunk, cycling: with a model larger than the last-level
-    cache a chunk comes from memory every time, as in a decode step, not from the cache."""
-    chunks, current, total = [], [], 0
-    for layer in layers:
-        current.append(layer)
+def _first_layers(layers: list[nn.Module], size: int) -> list[nn.Module]:
+    """The first linears in model order, `size` bytes of them or more (all if fewer)."""
+    total = 0
+    for count, layer in enumerate(layers, 1):
         total += _layer_bytes(layer)
-        if total >= DECODE_BYTES:
-            chunks.append((current, total))
-            current, total = [], 0
-    if current:
-        chunks.append((current, total))
-    return chunks
+        if total >= size:
+            return layers[:count]
+    return layers
 
 
-def _decode_seconds_per_gb(fmt: str, candidates: list[str], chunks, rows: dict) -> dict[str, float]:
-    """Each candidate's best time per GB over a warm-up round and RUNS rounds. The candidates take turns
-    within each round (on a shared VM the machine's speed drifts: one after another, a candidate timed
-    in a quiet moment would win); one whose warm-up took GIVE_UP times the best warm-up sits out the
-    rest. Each timing takes the next chunk, cycling."""
-    cursor = itertools.cycle(range(len(chunks)))
-    best = dict.fromkeys(candidates, float("inf"))
-    alive = list(candidates)
-    for run in range(1 + RUNS):
-        for path in alive:
-            paths.set_paths(fmt, decode=path)
-            layers, size = chunks[next(cursor)]
-            start = time.perf_counter()
-            for m in layers:
-                m(rows[m.in_features])
-            best[path] = min(best[path], (time.perf_counter() - start) / size * 1e9)
-        if run == 0:
-            fastest = min(best.values())
-            alive = [path for path in alive if best[path] <= GIVE_UP * fastest]
-    return best
+def _decode_seconds_per_gb(fmt: str, candidates: list[str], layers: list[nn.Module], rows: dict) -> dict[str, float]:
+    """Each candidate's seconds per GB of weights for passes over the format's first TIMED_BYTES of
+    linears (from memory, as a decode step reads them: more than the last-level cache), warmed up on
+    the first WARM_UP_BYTES. Every timing reads the same weights: a different chunk of the model per
+    candidate gave each a different mix of shapes, and the ranking changed from run to run."""
+
+    def seconds_per_gb(timed: list[nn.Module]) -> float:
+        start = time.perf_counter()
+        for m in timed:
+            m(rows[m.in_features])
+        return (time.perf_counter() - start) / sum(_layer_bytes(m) for m in timed) * 1e9
+
+    return _timed_in_turns(
+        candidates,
+        lambda path: paths.set_paths(fmt, decode=path),
+        lambda: seconds_per_gb(_first_layers(layers, WARM_UP_BYTES)),
+        lambda: seconds_per_gb(_first_layers(layers, TIMED_BYTES)),
+    )
 
 
 @torch.inference_mode()
@@ -169,25 +169,33 @@ def _measure(fmt: str, layers: list[nn.Module]) -> dict:
         if len(candidates) == 1:
             decode_times = {candidates[0]: 0.0}
         else:  # seconds per GB of weights
-            chunks = _decode_chunks(layers)
             rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
-            one_row = _decode_seconds_per_gb(fmt, candidates, chunks, rows)
-            contenders = [k for k in candidates if one_row[k] <= GIVE_UP * min(one_row.values())]
+            one_row = _decode_seconds_per_gb(fmt, candidates, layers, rows)
+            contenders = sorted(candidates, key=one_row.get)[:BATCH_CONTENDERS]
             rows = {m.in_features: torch.randn(BATCH_ROWS, m.in_features) for m in layers}
-            batch_times = _decode_seconds_per_gb(fmt, contenders, chunks, rows)
+            batch_times = _decode_seconds_per_gb(fmt, contenders, layers, rows)
             decode_times = {k: (one_row[k] * batch_times.get(k, float("inf"))) ** 0.5 for k in candidates}
     # The "kernel" prefill runs with the decode path's setting (threads, prefetch): time it with the winner's.
     paths.set_paths(fmt, decode=_prefer_kernels(decode_times))
-    prefill_times = {}
     one_layer = list({(m.out_features, m.in_features): m for m in layers}.values())  # each distinct shape once
     batch = {m.in_features: torch.randn(PREFILL_ROWS, m.in_features) for m in one_layer}
-    for path in paths.prefill_candidates(fmt):
-        paths.set_paths(fmt, prefill=path)
-        if len(paths.prefill_candidates(fmt)) == 1:  # float32: nothing to choose
-            prefill_times[path] = 0.0
-            break
-        give_up = GIVE_UP * min(prefill_times.values(), default=float("inf"))
-        prefill_times[path] = _best_time(lambda: [m(batch[m.in_features]) for m in one_layer], 1, give_up)
+
+    def prefill_seconds() -> float:
+        start = time.perf_counter()
+        for m in one_layer:
+            m(batch[m.in_features])
+        return time.perf_counter() - start
+
+    candidates = paths.prefill_candidates(fmt)
+    if len(candidates) == 1:  # float32: nothing to choose
+        prefill_times = {candidates[0]: 0.0}
+        paths.set_paths(fmt, prefill=candidates[0])
+    else:
+
+        def use(path: str) -> None:
+            paths.set_paths(fmt, prefill=path)
+
+        prefill_times = _timed_in_turns(candidates, use, prefill_seconds, prefill_seconds)
     return {
         "decode": _prefer_kernels(decode_times),
         "prefill": min(prefill_times, key=prefill_times.get),
