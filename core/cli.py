@@ -421,7 +421,7 @@ def tts(
     sample_rate = engine.info.sample_rate
     start = time.perf_counter()
     with tqdm(total=None, unit="frame", desc="generating", file=sys.stderr) as bar:
-        speech = engine.stream(request, progress=bar.update)
+        speech = engine.stream(request, progress=bar.update, streamed=stream)  # (to a file: larger chunks)
         chunks = []
         for chunk in speech:
             chunks.append(chunk)
