@@ -18,6 +18,9 @@ import numpy as np
 import torch
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
+# The AMX int8 kernel rounds each activation row to integers of three signed bytes: at most
+# 127 * 65536 + 127 * 256 + 127 (cpu_kernels.cpp's kAmxLimit), scale absmax / AMX_ROW_LIMIT.
+AMX_ROW_LIMIT = 127 * 65793
 BFLOAT16_EPS = 2.0**-7
 
 

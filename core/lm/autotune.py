@@ -147,18 +147,22 @@ def _decode_seconds_per_gb(fmt: str, candidates: list[str], layers: list[nn.Modu
     the first WARM_UP_BYTES. Every timing reads the same weights: a different chunk of the model per
     candidate gave each a different mix of shapes, and the ranking changed from run to run."""
 
-    def seconds_per_gb(timed: list[nn.Module]) -> float:
-        start = time.perf_counter()
-        for m in timed:
-            m(rows[m.in_features])
-        return (time.perf_counter() - start) / sum(_layer_bytes(m) for m in timed) * 1e9
+    def timing(size: int):
+        timed = _first_layers(layers, size)
+        gigabytes = sum(_layer_bytes(m) for m in timed) / 1e9
 
-    return _timed_in_turns(
-        candidates,
-        lambda path: paths.set_paths(fmt, decode=path),
-        lambda: seconds_per_gb(_first_layers(layers, WARM_UP_BYTES)),
-        lambda: seconds_per_gb(_first_layers(layers, TIMED_BYTES)),
-    )
+        def seconds_per_gb() -> float:
+            start = time.perf_counter()
+            for m in timed:
+                m(rows[m.in_features])
+            return (time.perf_counter() - start) / gigabytes
+
+        return seconds_per_gb
+
+    def use(path: str) -> None:
+        paths.set_paths(fmt, decode=path)
+
+    return _timed_in_turns(candidates, use, timing(WARM_UP_BYTES), timing(TIMED_BYTES))
 
 
 @torch.inference_mode()

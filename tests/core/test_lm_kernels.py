@@ -12,7 +12,7 @@ from core.lm import kernels, load_lm, paths
 from core.lm.norm import RMSNorm
 from core.lm.quantize import dequantize_int4, quantize_int4, quantize_int8
 from tests.paths import PARITY
-from tests.tolerances import FLOAT32_EPS, assert_within, longest_reduction, matmul_bound, network_atol
+from tests.tolerances import AMX_ROW_LIMIT, FLOAT32_EPS, assert_within, longest_reduction, matmul_bound, network_atol
 
 pytestmark = pytest.mark.skipif(not kernels.cpu_kernels_available(), reason="no C++ compiler for the CPU kernels here")
 
@@ -60,14 +60,14 @@ def test_huge_page_copy_keeps_the_values_and_outlives_the_original(shape):
 
 @pytest.mark.skipif(not torch.ops.fishtts.int8_amx_available(), reason="no AMX-INT8 here")
 def test_amx_int8_kernel_uses_exact_integer_sums_of_the_rounded_rows():
-    """The kernel's arithmetic: each row rounded to integers (x * (8355711 / absmax), to nearest even),
+    """The kernel's arithmetic: each row rounded to integers (x * (AMX_ROW_LIMIT / absmax), to nearest even),
     exact sums with the int8 weights, then the two scales; 16-row tiles, the rows after the last whole
     tile, 1 to 10 rows."""
     gen = torch.Generator().manual_seed(4)
     weight, scales = quantize_int8(torch.randn(40, 192, generator=gen))
     for rows in (1, 5, 6, 10):
         x = torch.randn(rows, 192, generator=gen)
-        absmax, limit = x.abs().amax(-1, keepdim=True), torch.tensor(8355711.0)
+        absmax, limit = x.abs().amax(-1, keepdim=True), torch.tensor(float(AMX_ROW_LIMIT))
         x_scale, inverse = absmax / limit, limit / absmax  # (true divisions: torch multiplies by 1 / a number)
         q = torch.round(x * inverse).clamp(-limit, limit)  # (the largest may round up past the limit)
         sums = q.double() @ weight.double().T  # exact: integers below 2**53

@@ -18,7 +18,7 @@ from core.lm.quantize import Int8Linear, quantize_int8
 from core.request import SynthesisRequest
 from tests.helpers import run_cli
 from tests.paths import PARITY
-from tests.tolerances import FLOAT32_EPS, assert_within, matmul_bound
+from tests.tolerances import AMX_ROW_LIMIT, FLOAT32_EPS, assert_within, matmul_bound
 
 CONFIG = str(PARITY / "llama_config.json")
 
@@ -131,9 +131,9 @@ def int16_activation_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
 
 
 def int24_row_activation_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """What the AMX kernel's rounding of each row of x to integers of three signed bytes (at most
-    127 * 65793 = 8355711, scale absmax / 8355711) can move x @ weight.T: half a step per input, times |w|."""
-    half_step = (x.abs().amax(-1, keepdim=True) / 8355711 / 2).expand_as(x)
+    """What the AMX kernel's rounding of each row of x to integers of three signed bytes (scale
+    absmax / AMX_ROW_LIMIT) can move x @ weight.T: half a step per input, times |w|."""
+    half_step = (x.abs().amax(-1, keepdim=True) / AMX_ROW_LIMIT / 2).expand_as(x)
     return half_step.double() @ weight.abs().double().T
 
 
