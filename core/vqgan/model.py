@@ -27,7 +27,8 @@ class VQGAN(nn.Module):
         # bfloat16: decode's convolutions run in bfloat16 (autocast; AMX / AVX512-BF16 on CPU), encode stays float32.
         self.decode_dtype = torch.float32
 
-    def _decode_precision(self):
+    def decode_precision(self):
+        """The context decode's convolutions run in (autocast to bfloat16, or nothing for float32)."""
         if self.decode_dtype == torch.float32:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.decode_dtype)
@@ -58,7 +59,7 @@ class VQGAN(nn.Module):
 
     def codes_to_mel(self, codes: Tensor) -> Tensor:
         """Checked codes [groups, T] -> mel [1, n_mels, 4T] float32 (the first half of decode)."""
-        with self._decode_precision():
+        with self.decode_precision():
             x = self.vq_encoder.decode(codes)
             # Nearest-neighbour upsampling to the mel rate: each token repeated 4 times.
             x = x.repeat_interleave(self.config.downsample.total_strides, dim=-1)
@@ -66,7 +67,7 @@ class VQGAN(nn.Module):
 
     def mel_to_audio(self, mel: Tensor) -> Tensor:
         """mel [1, n_mels, F] -> waveform [1, 1, 256 F] float32 (the second half of decode)."""
-        with self._decode_precision():
+        with self.decode_precision():
             return self.generator(mel).float()
 
     def _check_audio(self, audio: Tensor | np.ndarray) -> Tensor:

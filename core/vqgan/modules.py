@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .config import DownsampleConfig, GeneratorConfig, WNConfig
 
 LRELU_SLOPE = 0.1
+POST_SLOPE = 0.01  # the generator's last activation uses the default slope, not 0.1 (QUIRKS 2)
 
 
 def weight_normed(conv: nn.Module) -> nn.Module:
@@ -133,6 +134,5 @@ class Generator(nn.Module):
             for j in range(1, n):
                 xs = xs.add_(self.resblocks[i * n + j](x))
             x = xs.div_(n)
-        # The last activation uses the default slope 0.01, not 0.1 (QUIRKS 2).
-        x = self.conv_post(F.leaky_relu_(x, 0.01))
+        x = self.conv_post(F.leaky_relu_(x, POST_SLOPE))
         return torch.tanh_(x)

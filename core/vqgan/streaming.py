@@ -1,11 +1,12 @@
 """Decode codes to audio while they are still being generated, in chunks that join into the one-shot decode.
 
 The decoder is non-causal, so a chunk of audio is only final once enough codes on both sides are known.
-Decoding runs in two stages with their own context: codes -> mel (the WN stack, wide but cheap) is
-computed once per code with `mel_context` tokens on either side; mel -> audio (HiFi-GAN, where the cost
-is) runs per chunk with only `generator_context` mel frames on either side. Both contexts cover the
-layers' receptive fields (computed from the config), so every sample of a chunk is computed from the
-same inputs as in `VQGAN.decode` of the whole sequence, and the chunks concatenate to it.
+Decoding runs in two stages: codes -> mel (the WN stack, wide but cheap) is computed once per code with
+`mel_context` tokens on either side; mel -> audio (HiFi-GAN, where the cost is) runs as a stream
+(generator_stream.py) that computes every layer once and holds back what still waits for its right
+context, so a chunk is ready once the mel reaches `lookahead_tokens` past it. The mel is fed to it in
+pieces that depend only on the chunk schedule, so the audio never depends on when codes arrived, and the
+chunks concatenate to `VQGAN.decode` of the whole sequence up to float rounding.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ import torch
 from torch import Tensor
 
 from .config import VQGANConfig
+from .generator_stream import GeneratorStream, lag_samples
 from .model import VQGAN
 
 # Chunk sizes in tokens (the last repeats): a small first one for an early start, then sizes that grow
 # slowly enough to stay ahead of playback up to a real-time factor of ~0.75 (chunk k + 1 must be made
-# while chunks 0..k play). 16 tokens = 0.74 s of audio; the generator recomputes ~50% context per chunk.
+# while chunks 0..k play). 16 tokens = 0.74 s of audio.
 CHUNK_SCHEDULE = (8, 8, 12, 16)
-# For audio returned whole (not streamed): no playback to stay ahead of, so chunks of 256 tokens (12 s:
-# the recomputed context adds 7%, not the 53-100% of the streaming chunks; a 7 s sentence decodes in one
-# piece, ~30% less generator work), still bounded in memory for a long segment.
+# For audio returned whole (not streamed): no playback to stay ahead of, so chunks of 256 tokens (12 s;
+# larger convolutions per call), still bounded in memory for a long segment.
 WHOLE_SCHEDULE = (256,)
 MEL_BLOCK_TOKENS = 8  # the mel is computed on a fixed grid of blocks, so the audio never depends on timing
 
@@ -37,21 +38,9 @@ def mel_context_tokens(config: VQGANConfig) -> int:
     return math.ceil(reach / config.downsample.total_strides)  # a token's frames reach this many tokens out
 
 
-def generator_context_frames(config: VQGANConfig) -> int:
-    """Mel frames needed on each side of a frame for its audio samples: HiFi-GAN's reach."""
-    g = config.generator
-    reach, rate = 3.0, 1  # conv_pre: kernel 7
-    for u, k in zip(g.upsample_rates, g.upsample_kernel_sizes):
-        padding = (k - u) // 2
-        reach += (math.ceil(max(k - 1 - padding, padding) / u) + 1) / rate  # transposed conv, in input samples
-        rate *= u
-        blocks = [
-            sum((rk - 1) // 2 * d for d in dilations) + (rk - 1) // 2 * len(dilations)
-            for rk, dilations in zip(g.resblock_kernel_sizes, g.resblock_dilation_sizes)
-        ]
-        reach += max(blocks) / rate
-    reach += 3 / rate  # conv_post: kernel 7
-    return math.ceil(reach) + 1
+def generator_lookahead_frames(config: VQGANConfig) -> int:
+    """Mel frames the generator stream needs past a frame before that frame's audio is out."""
+    return math.ceil(lag_samples(config.generator) / math.prod(config.generator.upsample_rates))
 
 
 class StreamingDecoder:
@@ -69,8 +58,11 @@ class StreamingDecoder:
         self.frames_per_token = cfg.downsample.total_strides
         self.samples_per_frame = cfg.samples_per_code // self.frames_per_token
         self.mel_context = mel_context_tokens(cfg)
-        self.generator_context = generator_context_frames(cfg)
-        self.lookahead_tokens = math.ceil(self.generator_context / self.frames_per_token)
+        self.lookahead_tokens = math.ceil(generator_lookahead_frames(cfg) / self.frames_per_token)
+        self.generator = GeneratorStream(vqgan.generator)
+        self.mel_fed = 0  # mel frames pushed into the generator
+        self.generator_finished = False  # the last mel frame went in (as final)
+        self.audio = torch.zeros(0, device=vqgan.device)  # generator output not yet returned
         self.schedule = schedule
         self.codes: list[Tensor] = []
         self.num_codes = 0
@@ -139,7 +131,7 @@ class StreamingDecoder:
         while self.mel_tokens < tokens:
             start = self.mel_tokens
             end = min(start + block, self.num_codes)
-            if not final and end + self.mel_context > self.num_codes:
+            if end <= start or (not final and end + self.mel_context > self.num_codes):
                 return False
             codes = torch.cat(self.codes, dim=1)
             self.codes = [codes]
@@ -149,9 +141,19 @@ class StreamingDecoder:
         return True
 
     def _audio(self, start: int, end: int) -> np.ndarray:
-        """Audio of tokens [start, end) from the mel, with the generator's context on both sides."""
-        f, c = self.frames_per_token, self.generator_context
-        lo, hi = max(0, start * f - c), min(self.mel.shape[-1], end * f + c)
-        audio = self.vqgan.mel_to_audio(self.mel[..., lo:hi]).reshape(-1)
-        s = self.samples_per_frame
-        return audio[(start * f - lo) * s : (end * f - lo) * s].float().cpu().numpy()
+        """Audio of tokens [start, end): the mel up to `lookahead_tokens` past `end` goes into the generator
+        (all of it, as final, when that reaches the end of the codes)."""
+        f = self.frames_per_token
+        feed_to = (end + self.lookahead_tokens) * f
+        final = self.finished and feed_to >= self.num_codes * f
+        feed_to = self.mel.shape[-1] if final else feed_to
+        if not self.generator_finished and (feed_to > self.mel_fed or final):
+            with self.vqgan.decode_precision():
+                audio = self.generator.push(self.mel[..., self.mel_fed : feed_to], final)
+            self.audio = torch.cat([self.audio, audio.float().reshape(-1)])
+            self.mel_fed, self.generator_finished = feed_to, final
+        n = (end - start) * f * self.samples_per_frame
+        if self.audio.shape[0] < n:
+            raise RuntimeError("the generator stream returned less audio than its lag promises")
+        chunk, self.audio = self.audio[:n], self.audio[n:]
+        return chunk.cpu().numpy()

@@ -14,7 +14,8 @@ from core.speech import JOIN_FADE_SECONDS, _fade
 from core.text.split import split_text
 from core.vqgan import load_vqgan, streaming
 from core.vqgan.config import VQGANConfig
-from core.vqgan.streaming import StreamingDecoder, generator_context_frames, mel_context_tokens
+from core.vqgan.generator_stream import GeneratorStream, lag_samples
+from core.vqgan.streaming import StreamingDecoder, generator_lookahead_frames, mel_context_tokens
 from tests.paths import PARITY
 from tests.tolerances import longest_reduction, network_atol
 
@@ -34,10 +35,13 @@ def stream_decode(vqgan, codes: torch.Tensor, schedule, step: int) -> list[np.nd
 
 
 def test_official_receptive_fields():
-    """The WN decoder reaches 63 mel frames (16 codes) each way; HiFi-GAN about 16 mel frames."""
+    """The WN decoder reaches 63 mel frames (16 codes) each way; HiFi-GAN's stream trails its input by
+    3258 samples: 3 frames (conv_pre) * 256 + 4 * 32 + 60 * 32 (first upsampling: padding, widest
+    ResBlock) + 4 * 4 + 60 * 4 + 1 * 2 + 60 * 2 + 1 + 60 + 3 (conv_post) = 12.7 frames."""
     config = VQGANConfig()
     assert mel_context_tokens(config) == 16
-    assert generator_context_frames(config) == 17
+    assert lag_samples(config.generator) == 3258
+    assert generator_lookahead_frames(config) == 13
 
 
 @pytest.mark.parametrize("schedule", [(8, 16, 32), (1,), (5, 11), (64,)])
@@ -60,16 +64,44 @@ def test_chunks_do_not_depend_on_how_the_codes_arrive(vqgan):
     assert all(np.array_equal(runs[0], other) for other in runs[1:])
 
 
-def test_a_context_shorter_than_the_receptive_field_would_change_the_audio(vqgan, monkeypatch):
-    """What the contexts are for: with too little, chunk edges differ from the one-shot decode."""
+def test_a_mel_context_shorter_than_the_receptive_field_would_change_the_audio(vqgan, monkeypatch):
+    """What the context is for: with too little, chunk edges differ from the one-shot decode."""
     codes = torch.randint(0, 160, (4, 80), generator=torch.Generator().manual_seed(2))
     expected = vqgan.decode(codes).reshape(-1).numpy()
     exact = np.concatenate(stream_decode(vqgan, codes, (16,), 1))
-    monkeypatch.setattr(streaming, "mel_context_tokens", lambda config: 1)
-    monkeypatch.setattr(streaming, "generator_context_frames", lambda config: 1)
+    monkeypatch.setattr(streaming, "mel_context_tokens", lambda config: 0)  # the parity WN reaches 1
     blind = np.concatenate(stream_decode(vqgan, codes, (16,), 1))
     rounding = network_atol(expected, longest_reduction(vqgan))
-    assert np.abs(exact - expected).max() <= rounding and np.abs(blind - expected).max() > 10 * rounding
+    # (a small difference: the parity WN reaches 3 mel frames, so only a few edge frames go wrong)
+    assert np.abs(exact - expected).max() <= rounding and np.abs(blind - expected).max() > 2 * rounding
+
+
+def test_a_generator_lookahead_too_short_is_an_error_not_wrong_audio(vqgan, monkeypatch):
+    monkeypatch.setattr(streaming, "generator_lookahead_frames", lambda config: 1)
+    codes = torch.randint(0, 160, (4, 80), generator=torch.Generator().manual_seed(2))
+    with pytest.raises(RuntimeError, match="less audio"):
+        stream_decode(vqgan, codes, (16,), 1)
+
+
+@pytest.mark.parametrize("pieces", [(1,) * 40, (3, 17, 1, 9, 10), (40,)])
+def test_generator_stream_equals_the_generator_and_trails_by_its_lag(vqgan, pieces):
+    """Each push returns exactly the samples no later frame can change (the lag is tight, not just
+    enough), and together they are the generator's output for the whole mel."""
+    generator = vqgan.generator
+    hop, lag = int(np.prod(vqgan.config.generator.upsample_rates)), lag_samples(vqgan.config.generator)
+    mel = torch.randn(1, vqgan.config.mel.n_mels, sum(pieces), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected = generator(mel)
+        stream, outs, fed = GeneratorStream(generator), [], 0
+        for i, n in enumerate(pieces):
+            final = i == len(pieces) - 1
+            outs.append(stream.push(mel[..., fed : fed + n], final))
+            fed += n
+            returned = sum(o.shape[-1] for o in outs)
+            assert returned == (fed * hop if final else max(0, fed * hop - lag))
+    audio = torch.cat(outs, dim=-1)
+    assert audio.shape == expected.shape
+    assert float((audio - expected).abs().max()) <= network_atol(expected, longest_reduction(generator))
 
 
 def test_chunks_become_ready_only_with_enough_lookahead(vqgan):

@@ -1,0 +1,138 @@
+"""HiFi-GAN run on a stream of mel frames, each layer once per sample, with state between calls.
+
+The generator is non-causal, so each layer holds its output back until the inputs to its right have
+arrived: a conv keeps its last 2 * padding inputs, a transposed conv its last inputs that still reach
+new outputs, a residual add the inputs its branch has not caught up with. Nothing is recomputed (the
+chunked decode before this redid ~50-100% of each chunk as context), and the audio equals
+`Generator(mel)` of the whole mel up to float rounding (the same sums over other lengths).
+`lag_samples(config)` is how far the audio trails the mel fed in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import GeneratorConfig
+from .modules import LRELU_SLOPE, POST_SLOPE, Generator, ResBlock1
+
+
+def _resblock_lag(kernel_size: int, dilations) -> int:
+    """Samples a ResBlock1's output trails its input: both convs of each pair wait for their padding."""
+    return sum((kernel_size - 1) // 2 * d + (kernel_size - 1) // 2 for d in dilations)
+
+
+def lag_samples(config: GeneratorConfig) -> int:
+    """Output samples the streamed audio trails the mel fed in (all of it once the stream is final)."""
+    lag = 3  # conv_pre: kernel 7, in mel frames
+    for u, k in zip(config.upsample_rates, config.upsample_kernel_sizes):
+        lag = lag * u + (k - u) // 2  # a transposed conv holds back its padding
+        lag += max(
+            _resblock_lag(rk, rd) for rk, rd in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes)
+        )
+    return lag + 3  # conv_post: kernel 7
+
+
+class _Conv:
+    """A stride-1 conv with symmetric zero padding: an output leaves once its right context is in."""
+
+    def __init__(self, conv: nn.Conv1d):
+        (k,), (d,), (self.pad,) = conv.kernel_size, conv.dilation, conv.padding
+        if conv.stride != (1,) or 2 * self.pad != (k - 1) * d:
+            raise ValueError("streaming needs stride-1 convs padded evenly on both sides")
+        self.conv = conv
+        self.held: Tensor | None = None  # inputs from (next output - pad) on
+
+    def __call__(self, x: Tensor, final: bool) -> Tensor:
+        if self.held is None:
+            self.held = x.new_zeros(*x.shape[:-1], self.pad)  # the left zero padding
+        parts = [self.held, x] + ([x.new_zeros(*x.shape[:-1], self.pad)] if final else [])
+        joined = torch.cat(parts, dim=-1)
+        ready = joined.shape[-1] - 2 * self.pad
+        if ready <= 0:
+            self.held = joined
+            return x.new_zeros(*x.shape[:-2], self.conv.out_channels, 0)
+        self.held = joined[..., ready:]
+        return F.conv1d(joined, self.conv.weight, self.conv.bias, dilation=self.conv.dilation)
+
+
+class _TransposedConv:
+    """A transposed conv: output q of the unpadded result is complete once inputs up to q // stride are in."""
+
+    def __init__(self, conv: nn.ConvTranspose1d):
+        (self.stride,), (self.kernel,), (self.pad,) = conv.stride, conv.kernel_size, conv.padding
+        self.conv = conv
+        self.keep = math.ceil(self.kernel / self.stride) - 1  # earlier inputs that still reach new outputs
+        self.held: Tensor | None = None
+        self.inputs = 0  # inputs seen
+        self.next = self.pad  # next unpadded output position to return
+
+    def __call__(self, x: Tensor, final: bool) -> Tensor:
+        joined = x if self.held is None else torch.cat([self.held, x], dim=-1)
+        first = self.inputs + x.shape[-1] - joined.shape[-1]  # input index of joined[..., 0]
+        self.inputs += x.shape[-1]
+        self.held = joined[..., joined.shape[-1] - min(self.keep, joined.shape[-1]) :]
+        u = self.stride
+        end = (self.inputs - 1) * u + self.kernel - self.pad if final else self.inputs * u
+        if end <= self.next:
+            return x.new_zeros(*x.shape[:-2], self.conv.out_channels, 0)
+        y = F.conv_transpose1d(joined, self.conv.weight, self.conv.bias, stride=u)
+        out = y[..., self.next - first * u : end - first * u]
+        self.next = end
+        return out
+
+
+class _Aligned:
+    """Inputs that arrive ahead of the stream they are combined with, held until it catches up."""
+
+    def __init__(self):
+        self.held: Tensor | None = None
+
+    def add(self, x: Tensor) -> None:
+        self.held = x if self.held is None else torch.cat([self.held, x], dim=-1)
+
+    def take(self, n: int) -> Tensor:
+        taken, self.held = self.held[..., :n], self.held[..., n:]
+        return taken
+
+
+class _ResBlock:
+    def __init__(self, block: ResBlock1):
+        self.pairs = [(_Conv(c1), _Conv(c2), _Aligned()) for c1, c2 in zip(block.convs1, block.convs2)]
+
+    def __call__(self, x: Tensor, final: bool) -> Tensor:
+        for c1, c2, residual in self.pairs:
+            residual.add(x)
+            xt = c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE), final), LRELU_SLOPE), final)
+            x = xt + residual.take(xt.shape[-1])
+        return x
+
+
+class GeneratorStream:
+    """`push(mel frames, final)` -> the audio samples that are now final, [1, 1, n]."""
+
+    def __init__(self, generator: Generator):
+        self.conv_pre = _Conv(generator.conv_pre)
+        self.ups = [_TransposedConv(up) for up in generator.ups]
+        n = generator.num_kernels
+        self.resblocks = [
+            [_ResBlock(b) for b in generator.resblocks[i * n : (i + 1) * n]] for i in range(len(self.ups))
+        ]
+        self.branches = [[_Aligned() for _ in range(n)] for _ in self.ups]  # resblock outputs, summed in step
+        self.conv_post = _Conv(generator.conv_post)
+
+    def push(self, mel: Tensor, final: bool = False) -> Tensor:
+        x = self.conv_pre(mel, final)
+        for up, resblocks, branches in zip(self.ups, self.resblocks, self.branches):
+            x = up(F.leaky_relu(x, LRELU_SLOPE), final)
+            for block, branch in zip(resblocks, branches):
+                branch.add(block(x, final))
+            ready = min(branch.held.shape[-1] for branch in branches)
+            x = branches[0].take(ready)
+            for branch in branches[1:]:
+                x = x + branch.take(ready)  # summed in the order Generator.forward sums them
+            x = x / len(branches)
+        return torch.tanh(self.conv_post(F.leaky_relu(x, POST_SLOPE), final))
