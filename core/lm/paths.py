@@ -44,8 +44,10 @@ _VARIANTS = {
     # int8 only, on AVX512-VNNI: the activations rounded to int16, two vpdpwssd per 64 weights (cpu_kernels.cpp)
     "kernel-vnni-t0": KernelVariant(1024, 2),
     "kernel-vnni-nopf": KernelVariant(0, 0),
-    # int8 only, with AMX-INT8: 16-row weight tiles against 24-bit activations split into bytes (cpu_kernels.cpp)
+    # int8 only, with AMX-INT8: 16-row weight tiles against 24-bit activations split into bytes (cpu_kernels.cpp);
+    # "-t0": the next 16-row block fetched ahead as one stream (its distance is always a block)
     "kernel-amx": KernelVariant(0, 0),
+    "kernel-amx-t0": KernelVariant(16384, 2),
 }
 KERNEL_VARIANTS = {
     **_VARIANTS,

@@ -873,14 +873,18 @@ void configure_tiles(const AmxActivations& act) {
 
 // The sums of one 16-row block of `w` (row stride I) against each chunk: sums [chunk][16][columns].
 // One block at a time: its 16 rows are 16 sequential streams, which the hardware prefetchers follow
-// (four blocks at once, 64 streams, streamed ~15% slower from memory).
-template <int Chunks>
+// (four blocks at once, 64 streams, streamed ~15% slower from memory). The block is also 16 I
+// contiguous bytes, so with the T0 hint (set_tuning; the distance is always a block) each tile step
+// asks for the next 1 KiB of the next block: one sequential stream a block ahead, ~3-6% faster on the
+// Intel Xeon (per-row prefetches 512 B / 2 KiB ahead and the non-temporal hint were slower).
+template <int Chunks, int Hint>
 inline void amx_block(const int8_t* w, int64_t I, const AmxActivations& act, int32_t* sums) {
   _tile_zero(0);
   if (Chunks == 2) _tile_zero(1);
   const int32_t *c0 = act.chunk(0), *c1 = act.chunk(1);
   const int64_t stride0 = 4 * act.columns[0], stride1 = 4 * act.columns[1];
   for (int64_t g = 0; g < I / kInt4Group; ++g) {
+    if (Hint != kNoPrefetch) prefetch_ahead<Hint>(w + 16 * kInt4Group * g, 16 * I, 16);
     _tile_loadd(4, w + g * kInt4Group, I);
     _tile_loadd(6, c0 + g * 16 * act.columns[0], stride0);
     _tile_dpbssd(0, 4, 6);
@@ -891,6 +895,12 @@ inline void amx_block(const int8_t* w, int64_t I, const AmxActivations& act, int
   }
   _tile_stored(0, sums, stride0);
   if (Chunks == 2) _tile_stored(1, sums + 16 * act.columns[0], stride1);
+}
+
+template <int Hint>
+inline void amx_block_rows(const int8_t* w, int64_t I, const AmxActivations& act, int32_t* sums) {
+  if (act.chunks == 1) amx_block<1, Hint>(w, I, act, sums);
+  else amx_block<2, Hint>(w, I, act, sums);
 }
 
 // y[b, o] from the three digit sums of (row o, activation row b).
@@ -948,17 +958,20 @@ at::Tensor linear_rows_int8_amx(const at::Tensor& x, const at::Tensor& w, const 
   const float* sp = scales.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t blocks = O / 16;
+  const Tuning& t = g_tuning[kInt8];
+  const int hint = t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
   parallel(blocks, 1, [&](int64_t begin, int64_t end) {
     // Each piece loads its own configuration: torch's oneDNN matmuls on this thread set theirs.
     configure_tiles(act);
     int32_t sums[16 * kAmxDigits * 2 * kAmxChunkRows];
     for (int64_t k = begin; k < end; ++k) {
-      if (act.chunks == 1) amx_block<1>(wp + 16 * k * I, I, act, sums);
-      else amx_block<2>(wp + 16 * k * I, I, act, sums);
+      const int8_t* block = wp + 16 * k * I;
+      if (hint == kPrefetchT0) amx_block_rows<kPrefetchT0>(block, I, act, sums);
+      else amx_block_rows<kNoPrefetch>(block, I, act, sums);
       amx_store(act, sums, 16 * k, sp, yp, O);
     }
     _tile_release();
-  }, g_tuning[kInt8].threads);
+  }, t.threads);
   for (int64_t o = 16 * blocks; o < O; ++o) amx_row_without_tiles(act, wp + o * I, o, sp, yp, O);
   return y;
 #else
