@@ -6,6 +6,11 @@ new outputs, a residual add the inputs its branch has not caught up with. Nothin
 chunked decode before this redid ~50-100% of each chunk as context), and the audio equals
 `Generator(mel)` of the whole mel up to float rounding (the same sums over other lengths).
 `lag_samples(config)` is how far the audio trails the mel fed in.
+
+What a layer keeps between pushes is a copy (a few samples), never a view: a view keeps its whole tensor
+alive, so a sentence decoded in one push would hold every layer's output at once (gigabytes, faulted in
+afresh for each request: the generator ran 3x slower inside the server). In place where the tensor is a
+conv's fresh output, as modules.Generator does, for the same reason.
 """
 
 from __future__ import annotations
@@ -44,19 +49,23 @@ class _Conv:
         if conv.stride != (1,) or 2 * self.pad != (k - 1) * d:
             raise ValueError("streaming needs stride-1 convs padded evenly on both sides")
         self.conv = conv
-        self.held: Tensor | None = None  # inputs from (next output - pad) on
+        self.held: Tensor | None = None  # inputs from max(0, next output - pad) on
+        self.next = 0  # the next output's position
 
     def __call__(self, x: Tensor, final: bool) -> Tensor:
-        if self.held is None:
-            self.held = x.new_zeros(*x.shape[:-1], self.pad)  # the left zero padding
-        parts = [self.held, x] + ([x.new_zeros(*x.shape[:-1], self.pad)] if final else [])
-        joined = torch.cat(parts, dim=-1)
-        ready = joined.shape[-1] - 2 * self.pad
-        if ready <= 0:
+        joined = x if self.held is None else torch.cat([self.held, x], dim=-1)
+        held_from = max(0, self.next - self.pad)
+        # The conv pads both ends with zeros: right at the sequence's true ends, and otherwise its outputs
+        # there are dropped (a few of them, cheaper than copying the input into a padded buffer).
+        start = self.next - held_from
+        end = joined.shape[-1] - (0 if final else self.pad)
+        if end <= start:
             self.held = joined
             return x.new_zeros(*x.shape[:-2], self.conv.out_channels, 0)
-        self.held = joined[..., ready:]
-        return F.conv1d(joined, self.conv.weight, self.conv.bias, dilation=self.conv.dilation)
+        self.next += end - start
+        self.held = joined[..., max(0, self.next - self.pad) - held_from :].clone()
+        y = F.conv1d(joined, self.conv.weight, self.conv.bias, padding=self.pad, dilation=self.conv.dilation)
+        return y[..., start:end]
 
 
 class _TransposedConv:
@@ -74,7 +83,7 @@ class _TransposedConv:
         joined = x if self.held is None else torch.cat([self.held, x], dim=-1)
         first = self.inputs + x.shape[-1] - joined.shape[-1]  # input index of joined[..., 0]
         self.inputs += x.shape[-1]
-        self.held = joined[..., joined.shape[-1] - min(self.keep, joined.shape[-1]) :]
+        self.held = joined[..., joined.shape[-1] - min(self.keep, joined.shape[-1]) :].clone()
         u = self.stride
         end = (self.inputs - 1) * u + self.kernel - self.pad if final else self.inputs * u
         if end <= self.next:
@@ -92,10 +101,10 @@ class _Aligned:
         self.held: Tensor | None = None
 
     def add(self, x: Tensor) -> None:
-        self.held = x if self.held is None else torch.cat([self.held, x], dim=-1)
+        self.held = x if self.held is None or self.held.shape[-1] == 0 else torch.cat([self.held, x], dim=-1)
 
     def take(self, n: int) -> Tensor:
-        taken, self.held = self.held[..., :n], self.held[..., n:]
+        taken, self.held = self.held[..., :n], self.held[..., n:].clone()
         return taken
 
 
@@ -106,8 +115,8 @@ class _ResBlock:
     def __call__(self, x: Tensor, final: bool) -> Tensor:
         for c1, c2, residual in self.pairs:
             residual.add(x)
-            xt = c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE), final), LRELU_SLOPE), final)
-            x = xt + residual.take(xt.shape[-1])
+            xt = c2(F.leaky_relu_(c1(F.leaky_relu(x, LRELU_SLOPE), final), LRELU_SLOPE), final)
+            x = xt.add_(residual.take(xt.shape[-1]))
         return x
 
 
@@ -131,8 +140,10 @@ class GeneratorStream:
             for block, branch in zip(resblocks, branches):
                 branch.add(block(x, final))
             ready = min(branch.held.shape[-1] for branch in branches)
+            # (the branches hold their resblocks' outputs, referenced nowhere else: summed in place, in the
+            # order Generator.forward sums them)
             x = branches[0].take(ready)
             for branch in branches[1:]:
-                x = x + branch.take(ready)  # summed in the order Generator.forward sums them
-            x = x / len(branches)
-        return torch.tanh(self.conv_post(F.leaky_relu(x, POST_SLOPE), final))
+                x.add_(branch.take(ready))
+            x.div_(len(branches))
+        return torch.tanh_(self.conv_post(F.leaky_relu_(x, POST_SLOPE), final))
