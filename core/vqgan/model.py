@@ -60,10 +60,13 @@ class VQGAN(nn.Module):
     def codes_to_mel(self, codes: Tensor) -> Tensor:
         """Checked codes [groups, T] -> mel [1, n_mels, 4T] float32 (the first half of decode)."""
         with self.decode_precision():
-            x = self.vq_encoder.decode(codes)
-            # Nearest-neighbour upsampling to the mel rate: each token repeated 4 times.
-            x = x.repeat_interleave(self.config.downsample.total_strides, dim=-1)
-            return self.decoder(x).float()  # an all-ones mask: the masking multiplies are skipped
+            return self.decoder(self.codes_to_features(codes)).float()  # all-ones mask: no multiplies
+
+    def codes_to_features(self, codes: Tensor) -> Tensor:
+        """Checked codes [groups, T] -> the WN decoder's input [1, C, 4T] (per code: nothing to wait for)."""
+        x = self.vq_encoder.decode(codes)
+        # Nearest-neighbour upsampling to the mel rate: each token repeated 4 times.
+        return x.repeat_interleave(self.config.downsample.total_strides, dim=-1)
 
     def mel_to_audio(self, mel: Tensor) -> Tensor:
         """mel [1, n_mels, F] -> waveform [1, 1, 256 F] float32 (the second half of decode)."""

@@ -1,12 +1,12 @@
 """Decode codes to audio while they are still being generated, in chunks that join into the one-shot decode.
 
-The decoder is non-causal, so a chunk of audio is only final once enough codes on both sides are known.
-Decoding runs in two stages: codes -> mel (the WN stack, wide but cheap) is computed once per code with
-`mel_context` tokens on either side; mel -> audio (HiFi-GAN, where the cost is) runs as a stream
-(generator_stream.py) that computes every layer once and holds back what still waits for its right
-context, so a chunk is ready once the mel reaches `lookahead_tokens` past it. The mel is fed to it in
-pieces that depend only on the chunk schedule, so the audio never depends on when codes arrived, and the
-chunks concatenate to `VQGAN.decode` of the whole sequence up to float rounding.
+The decoder is non-causal, so a chunk of audio is only final once enough codes after it are known. Both
+of its networks run as streams (decoder_stream.py) that compute every layer once and hold back what still
+waits for its right context: codes -> mel (the WN stack) and mel -> audio (HiFi-GAN). A chunk is ready
+once the mel reaches the generator's lookahead past it, which the WN gives once its own lag of codes has
+arrived. Codes go into the WN in fixed blocks, and mel into the generator up to fixed points of the chunk
+schedule, so the audio never depends on when codes arrived; the chunks concatenate to `VQGAN.decode` of
+the whole sequence up to float rounding.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .config import VQGANConfig
-from .generator_stream import GeneratorStream, lag_samples
+from .decoder_stream import GeneratorStream, WNStream, generator_lag_samples, wn_lag_frames
 from .model import VQGAN
 
 # Chunk sizes in tokens (the last repeats): a small first one for an early start, then sizes that grow
@@ -28,19 +28,12 @@ CHUNK_SCHEDULE = (8, 8, 12, 16)
 # For audio returned whole (not streamed): no playback to stay ahead of, so chunks of 256 tokens (12 s;
 # larger convolutions per call), still bounded in memory for a long segment.
 WHOLE_SCHEDULE = (256,)
-MEL_BLOCK_TOKENS = 8  # the mel is computed on a fixed grid of blocks, so the audio never depends on timing
-
-
-def mel_context_tokens(config: VQGANConfig) -> int:
-    """Codes needed on each side of a code for its mel frames: the WN stack's reach, in tokens."""
-    wn = config.decoder
-    reach = sum(wn.dilation_rate**i * (wn.kernel_size - 1) // 2 for i in range(wn.n_layers))  # mel frames
-    return math.ceil(reach / config.downsample.total_strides)  # a token's frames reach this many tokens out
+MEL_BLOCK_TOKENS = 8  # codes go into the WN stream in blocks of this many (the rest once final)
 
 
 def generator_lookahead_frames(config: VQGANConfig) -> int:
     """Mel frames the generator stream needs past a frame before that frame's audio is out."""
-    return math.ceil(lag_samples(config.generator) / math.prod(config.generator.upsample_rates))
+    return math.ceil(generator_lag_samples(config.generator) / math.prod(config.generator.upsample_rates))
 
 
 class StreamingDecoder:
@@ -57,23 +50,22 @@ class StreamingDecoder:
         cfg = vqgan.config
         self.frames_per_token = cfg.downsample.total_strides
         self.samples_per_frame = cfg.samples_per_code // self.frames_per_token
-        self.mel_context = mel_context_tokens(cfg)
-        self.lookahead_tokens = math.ceil(generator_lookahead_frames(cfg) / self.frames_per_token)
-        self.generator = GeneratorStream(vqgan.generator)
-        self.mel_fed = 0  # mel frames pushed into the generator
-        self.generator_finished = False  # the last mel frame went in (as final)
-        self.audio = torch.zeros(0, device=vqgan.device)  # generator output not yet returned
+        self.wn_lag = wn_lag_frames(cfg.decoder)  # mel frames short of the codes fed
+        self.lookahead = generator_lookahead_frames(cfg)  # mel frames a chunk's audio needs past its end
+        self.mel_stream, self.generator = WNStream(vqgan.decoder), GeneratorStream(vqgan.generator)
+        self.feature_channels = cfg.decoder.hidden_channels
         self.schedule = schedule
         self.codes: list[Tensor] = []
         self.num_codes = 0
+        self.codes_fed = 0  # codes pushed into the WN stream
         self.mel = torch.zeros(1, cfg.decoder.out_channels, 0, device=vqgan.device)  # final mel frames
+        self.mel_finished = False  # the WN stream has had the last codes (as final)
+        self.mel_fed = 0  # mel frames pushed into the generator
+        self.generator_finished = False
+        self.audio = torch.zeros(0, device=vqgan.device)  # generator output not yet returned
         self.emitted = 0  # tokens whose audio has been returned
         self.chunk_index = 0
         self.finished = False
-
-    @property
-    def mel_tokens(self) -> int:
-        return self.mel.shape[-1] // self.frames_per_token
 
     def push(self, codes: Tensor | np.ndarray) -> None:
         """Append codes [groups, n] (any integer dtype, values checked like VQGAN.decode)."""
@@ -91,11 +83,15 @@ class StreamingDecoder:
             return False
         if final:
             return True
-        needed = self.emitted + self.schedule[min(self.chunk_index, len(self.schedule) - 1)] + self.lookahead_tokens
-        if self.mel_tokens >= needed:
+        needed = self._mel_needed(self.emitted + self.schedule[min(self.chunk_index, len(self.schedule) - 1)])
+        if self.mel.shape[-1] >= needed:
             return True
-        mel_end = -(-needed // MEL_BLOCK_TOKENS) * MEL_BLOCK_TOKENS  # the block grid, rounded up
-        return mel_end + self.mel_context <= self.num_codes
+        codes = -(-(needed + self.wn_lag) // self.frames_per_token)  # the WN gives fed * 4 - lag frames
+        return -(-codes // MEL_BLOCK_TOKENS) * MEL_BLOCK_TOKENS <= self.num_codes  # in whole blocks
+
+    def _mel_needed(self, end: int) -> int:
+        """Mel frames the audio of tokens up to `end` needs."""
+        return end * self.frames_per_token + self.lookahead
 
     @property
     def done(self) -> bool:
@@ -112,8 +108,7 @@ class StreamingDecoder:
         while self.emitted < self.num_codes and (limit is None or len(out) < limit):
             size = self.schedule[min(self.chunk_index, len(self.schedule) - 1)]
             end = min(self.emitted + size, self.num_codes) if final else self.emitted + size
-            # The chunk's audio needs the mel up to `lookahead_tokens` past its end (or to the true end).
-            if not self._extend_mel(self.num_codes if final else end + self.lookahead_tokens, final):
+            if not self._extend_mel(self._mel_needed(end), final):
                 break
             out.append(self._audio(self.emitted, end))
             self.emitted = end
@@ -124,35 +119,42 @@ class StreamingDecoder:
         """Everything not yet returned: the codes are complete."""
         return self.chunks(final=True)
 
-    def _extend_mel(self, tokens: int, final: bool) -> bool:
-        """Make the mel known for the first `tokens` codes, block by block; False if the codes so far
-        are not enough (a block needs `mel_context` codes after it, unless they are all there is)."""
-        block, f = MEL_BLOCK_TOKENS, self.frames_per_token
-        while self.mel_tokens < tokens:
-            start = self.mel_tokens
-            end = min(start + block, self.num_codes)
-            if end <= start or (not final and end + self.mel_context > self.num_codes):
+    def _extend_mel(self, frames: int, final: bool) -> bool:
+        """Make the mel known up to `frames` (all of it once it reaches the end of final codes); False if
+        the codes so far are not enough. Codes go into the WN in whole blocks, the rest once final."""
+        while self.mel.shape[-1] < frames and not self.mel_finished:
+            if self.codes_fed + MEL_BLOCK_TOKENS <= self.num_codes:
+                self._feed_mel(self.codes_fed + MEL_BLOCK_TOKENS, final=False)
+            elif final:
+                self._feed_mel(self.num_codes, final=True)
+            else:
                 return False
-            codes = torch.cat(self.codes, dim=1)
-            self.codes = [codes]
-            lo, hi = max(0, start - self.mel_context), min(self.num_codes, end + self.mel_context)
-            mel = self.vqgan.codes_to_mel(codes[:, lo:hi])
-            self.mel = torch.cat([self.mel, mel[..., (start - lo) * f : (end - lo) * f]], dim=-1)
         return True
 
+    def _feed_mel(self, end: int, final: bool) -> None:
+        codes = torch.cat(self.codes, dim=1)
+        self.codes = [codes]
+        with self.vqgan.decode_precision():
+            if end > self.codes_fed:
+                features = self.vqgan.codes_to_features(codes[:, self.codes_fed : end])
+            else:  # (only the last, empty piece: it flushes what waited for the end)
+                features = self.mel.new_zeros(1, self.feature_channels, 0)
+            mel = self.mel_stream.push(features, final).float()
+        self.mel = torch.cat([self.mel, mel], dim=-1)
+        self.codes_fed, self.mel_finished = end, final
+
     def _audio(self, start: int, end: int) -> np.ndarray:
-        """Audio of tokens [start, end): the mel up to `lookahead_tokens` past `end` goes into the generator
-        (all of it, as final, when that reaches the end of the codes)."""
-        f = self.frames_per_token
-        feed_to = (end + self.lookahead_tokens) * f
-        final = self.finished and feed_to >= self.num_codes * f
+        """Audio of tokens [start, end): the mel it needs goes into the generator (all of it, as final,
+        when that reaches the end of the codes)."""
+        feed_to = self._mel_needed(end)
+        final = self.finished and feed_to >= self.num_codes * self.frames_per_token
         feed_to = self.mel.shape[-1] if final else feed_to
         if not self.generator_finished and (feed_to > self.mel_fed or final):
             with self.vqgan.decode_precision():
                 audio = self.generator.push(self.mel[..., self.mel_fed : feed_to], final)
             self.audio = torch.cat([self.audio, audio.float().reshape(-1)])
             self.mel_fed, self.generator_finished = feed_to, final
-        n = (end - start) * f * self.samples_per_frame
+        n = (end - start) * self.frames_per_token * self.samples_per_frame
         if self.audio.shape[0] < n:
             raise RuntimeError("the generator stream returned less audio than its lag promises")
         chunk, self.audio = self.audio[:n], self.audio[n:]

@@ -14,8 +14,8 @@ from core.speech import JOIN_FADE_SECONDS, _fade
 from core.text.split import split_text
 from core.vqgan import load_vqgan, streaming
 from core.vqgan.config import VQGANConfig
-from core.vqgan.generator_stream import GeneratorStream, lag_samples
-from core.vqgan.streaming import StreamingDecoder, generator_lookahead_frames, mel_context_tokens
+from core.vqgan.decoder_stream import GeneratorStream, WNStream, generator_lag_samples, wn_lag_frames
+from core.vqgan.streaming import StreamingDecoder, generator_lookahead_frames
 from tests.paths import PARITY
 from tests.tolerances import longest_reduction, network_atol
 
@@ -34,13 +34,14 @@ def stream_decode(vqgan, codes: torch.Tensor, schedule, step: int) -> list[np.nd
     return chunks + decoder.finish()
 
 
-def test_official_receptive_fields():
-    """The WN decoder reaches 63 mel frames (16 codes) each way; HiFi-GAN's stream trails its input by
-    3258 samples: 3 frames (conv_pre) * 256 + 4 * 32 + 60 * 32 (first upsampling: padding, widest
-    ResBlock) + 4 * 4 + 60 * 4 + 1 * 2 + 60 * 2 + 1 + 60 + 3 (conv_post) = 12.7 frames."""
+def test_official_lags():
+    """The WN stack's mel trails its input by sum(dilation * (kernel - 1) / 2) = 1 + 2 + ... + 32 = 63
+    frames; HiFi-GAN's audio trails the mel by 3258 samples: 3 frames (conv_pre) * 256 + 4 * 32 + 60 * 32
+    (first upsampling: padding, widest ResBlock) + 4 * 4 + 60 * 4 + 1 * 2 + 60 * 2 + 1 + 60 + 3 (conv_post)
+    = 12.7 frames."""
     config = VQGANConfig()
-    assert mel_context_tokens(config) == 16
-    assert lag_samples(config.generator) == 3258
+    assert wn_lag_frames(config.decoder) == 63
+    assert generator_lag_samples(config.generator) == 3258
     assert generator_lookahead_frames(config) == 13
 
 
@@ -64,18 +65,6 @@ def test_chunks_do_not_depend_on_how_the_codes_arrive(vqgan):
     assert all(np.array_equal(runs[0], other) for other in runs[1:])
 
 
-def test_a_mel_context_shorter_than_the_receptive_field_would_change_the_audio(vqgan, monkeypatch):
-    """What the context is for: with too little, chunk edges differ from the one-shot decode."""
-    codes = torch.randint(0, 160, (4, 80), generator=torch.Generator().manual_seed(2))
-    expected = vqgan.decode(codes).reshape(-1).numpy()
-    exact = np.concatenate(stream_decode(vqgan, codes, (16,), 1))
-    monkeypatch.setattr(streaming, "mel_context_tokens", lambda config: 0)  # the parity WN reaches 1
-    blind = np.concatenate(stream_decode(vqgan, codes, (16,), 1))
-    rounding = network_atol(expected, longest_reduction(vqgan))
-    # (a small difference: the parity WN reaches 3 mel frames, so only a few edge frames go wrong)
-    assert np.abs(exact - expected).max() <= rounding and np.abs(blind - expected).max() > 2 * rounding
-
-
 def test_a_generator_lookahead_too_short_is_an_error_not_wrong_audio(vqgan, monkeypatch):
     monkeypatch.setattr(streaming, "generator_lookahead_frames", lambda config: 1)
     codes = torch.randint(0, 160, (4, 80), generator=torch.Generator().manual_seed(2))
@@ -83,25 +72,45 @@ def test_a_generator_lookahead_too_short_is_an_error_not_wrong_audio(vqgan, monk
         stream_decode(vqgan, codes, (16,), 1)
 
 
-@pytest.mark.parametrize("pieces", [(1,) * 40, (3, 17, 1, 9, 10), (40,)])
+def push_in_pieces(stream, x: torch.Tensor, pieces, out_per_in: int, lag: int) -> torch.Tensor:
+    """Push x [1, C, T] in pieces; each push must return exactly what no later input can change."""
+    outs, fed = [], 0
+    with torch.inference_mode():
+        for i, n in enumerate(pieces):
+            final = i == len(pieces) - 1
+            outs.append(stream.push(x[..., fed : fed + n], final))
+            fed += n
+            returned = sum(o.shape[-1] for o in outs)
+            assert returned == (fed * out_per_in if final else max(0, fed * out_per_in - lag))
+    return torch.cat(outs, dim=-1)
+
+
+PIECES = [(1,) * 40, (3, 17, 1, 9, 10), (40,)]
+
+
+@pytest.mark.parametrize("pieces", PIECES)
 def test_generator_stream_equals_the_generator_and_trails_by_its_lag(vqgan, pieces):
     """Each push returns exactly the samples no later frame can change (the lag is tight, not just
     enough), and together they are the generator's output for the whole mel."""
     generator = vqgan.generator
-    hop, lag = int(np.prod(vqgan.config.generator.upsample_rates)), lag_samples(vqgan.config.generator)
+    hop, lag = int(np.prod(vqgan.config.generator.upsample_rates)), generator_lag_samples(vqgan.config.generator)
     mel = torch.randn(1, vqgan.config.mel.n_mels, sum(pieces), generator=torch.Generator().manual_seed(4))
+    audio = push_in_pieces(GeneratorStream(generator), mel, pieces, hop, lag)
     with torch.inference_mode():
         expected = generator(mel)
-        stream, outs, fed = GeneratorStream(generator), [], 0
-        for i, n in enumerate(pieces):
-            final = i == len(pieces) - 1
-            outs.append(stream.push(mel[..., fed : fed + n], final))
-            fed += n
-            returned = sum(o.shape[-1] for o in outs)
-            assert returned == (fed * hop if final else max(0, fed * hop - lag))
-    audio = torch.cat(outs, dim=-1)
     assert audio.shape == expected.shape
     assert float((audio - expected).abs().max()) <= network_atol(expected, longest_reduction(generator))
+
+
+@pytest.mark.parametrize("pieces", PIECES)
+def test_wn_stream_equals_the_wn_stack_and_trails_by_its_lag(vqgan, pieces):
+    wn = vqgan.decoder
+    x = torch.randn(1, wn.hidden_channels, sum(pieces), generator=torch.Generator().manual_seed(5))
+    mel = push_in_pieces(WNStream(wn), x, pieces, 1, wn_lag_frames(vqgan.config.decoder))
+    with torch.inference_mode():
+        expected = wn(x)
+    assert mel.shape == expected.shape
+    assert float((mel - expected).abs().max()) <= network_atol(expected, longest_reduction(wn))
 
 
 def test_chunks_become_ready_only_with_enough_lookahead(vqgan):
@@ -111,9 +120,10 @@ def test_chunks_become_ready_only_with_enough_lookahead(vqgan):
     while not decoder.chunk_ready():
         decoder.push(codes[:, pushed : pushed + 1])
         pushed += 1
-    # 8 codes of audio, the generator's reach after them, rounded up to the mel block grid, the WN's reach
-    mel_end = -(-(8 + decoder.lookahead_tokens) // streaming.MEL_BLOCK_TOKENS) * streaming.MEL_BLOCK_TOKENS
-    assert pushed == mel_end + decoder.mel_context
+    # 8 codes of audio and the generator's lookahead in mel frames, plus the WN's lag, in whole blocks
+    frames = 8 * 4 + generator_lookahead_frames(vqgan.config) + wn_lag_frames(vqgan.config.decoder)
+    block = streaming.MEL_BLOCK_TOKENS
+    assert pushed == -(-frames // (4 * block)) * block
     assert [len(c) for c in decoder.chunks()] == [8 * 1024]
 
 

@@ -1,11 +1,12 @@
-"""HiFi-GAN run on a stream of mel frames, each layer once per sample, with state between calls.
+"""The VQGAN decoder's two networks run on a stream, each layer once per sample, with state between calls:
+the WN stack (code features -> mel, `WNStream`) and HiFi-GAN (mel -> audio, `GeneratorStream`).
 
-The generator is non-causal, so each layer holds its output back until the inputs to its right have
-arrived: a conv keeps its last 2 * padding inputs, a transposed conv its last inputs that still reach
-new outputs, a residual add the inputs its branch has not caught up with. Nothing is recomputed (the
-chunked decode before this redid ~50-100% of each chunk as context), and the audio equals
-`Generator(mel)` of the whole mel up to float rounding (the same sums over other lengths).
-`lag_samples(config)` is how far the audio trails the mel fed in.
+Both are non-causal, so each layer holds its output back until the inputs to its right have arrived: a
+conv keeps its last 2 * padding inputs, a transposed conv its last inputs that still reach new outputs, a
+residual or skip sum the inputs its other side has not caught up with. Nothing is recomputed (the chunked
+decode before this redid ~50-100% of each chunk's audio and ~4x its mel as context), and the outputs
+equal the networks' on the whole input up to float rounding (the same sums over other lengths).
+`wn_lag_frames` and `generator_lag_samples` are how far each output trails its input.
 
 What a layer keeps between pushes is a copy (a few samples), never a view: a view keeps its whole tensor
 alive, so a sentence decoded in one push would hold every layer's output at once (gigabytes, faulted in
@@ -21,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import GeneratorConfig
-from .modules import LRELU_SLOPE, POST_SLOPE, Generator, ResBlock1
+from .config import GeneratorConfig, WNConfig
+from .modules import LRELU_SLOPE, POST_SLOPE, WN, Generator, ResBlock1
 
 
 def _resblock_lag(kernel_size: int, dilations) -> int:
@@ -30,7 +31,12 @@ def _resblock_lag(kernel_size: int, dilations) -> int:
     return sum((kernel_size - 1) // 2 * d + (kernel_size - 1) // 2 for d in dilations)
 
 
-def lag_samples(config: GeneratorConfig) -> int:
+def wn_lag_frames(config: WNConfig) -> int:
+    """Frames the WN stream's output trails its input: each layer's dilated conv waits for its padding."""
+    return sum((config.kernel_size - 1) // 2 * config.dilation_rate**i for i in range(config.n_layers))
+
+
+def generator_lag_samples(config: GeneratorConfig) -> int:
     """Output samples the streamed audio trails the mel fed in (all of it once the stream is final)."""
     lag = 3  # conv_pre: kernel 7, in mel frames
     for u, k in zip(config.upsample_rates, config.upsample_kernel_sizes):
@@ -118,6 +124,39 @@ class _ResBlock:
             xt = c2(F.leaky_relu_(c1(F.leaky_relu(x, LRELU_SLOPE), final), LRELU_SLOPE), final)
             x = xt.add_(residual.take(xt.shape[-1]))
         return x
+
+
+def _pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """A 1x1 conv, also of no frames (a push may make none yet)."""
+    return conv(x) if x.shape[-1] else x.new_zeros(*x.shape[:-2], conv.out_channels, 0)
+
+
+class WNStream:
+    """`push(features, final)` -> the output frames of modules.WN (without a mask) that are now final."""
+
+    def __init__(self, wn: WN):
+        self.hidden = wn.hidden_channels
+        self.in_layers = [_Conv(conv) for conv in wn.in_layers]
+        self.res_skip_layers = list(wn.res_skip_layers)  # 1x1 convs: per frame, nothing to wait for
+        self.inputs = [_Aligned() for _ in wn.in_layers[:-1]]  # each layer's input, for its residual add
+        self.skips = [_Aligned() for _ in wn.in_layers]  # each layer's skip output, summed in step
+        self.out_layer = wn.out_layer
+
+    def push(self, x: Tensor, final: bool = False) -> Tensor:
+        h, last = self.hidden, len(self.in_layers) - 1
+        for i, (in_layer, res_skip, skip) in enumerate(zip(self.in_layers, self.res_skip_layers, self.skips)):
+            a = in_layer(x, final)
+            rs = _pointwise(res_skip, torch.tanh(a[:, :h]) * torch.sigmoid(a[:, h:]))
+            if i < last:  # (the last layer only feeds the skip sum)
+                self.inputs[i].add(x)
+                x = self.inputs[i].take(rs.shape[-1]) + rs[:, :h]
+                rs = rs[:, h:]
+            skip.add(rs)
+        ready = min(skip.held.shape[-1] for skip in self.skips)
+        total = self.skips[0].take(ready)
+        for skip in self.skips[1:]:
+            total = total + skip.take(ready)  # in the order WN.forward sums them
+        return _pointwise(self.out_layer, total) if self.out_layer is not None else total
 
 
 class GeneratorStream:
