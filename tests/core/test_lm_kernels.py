@@ -3,6 +3,10 @@ a row's result is bit-identical whatever else is in the call."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +47,32 @@ def test_linear_rows_gives_a_row_the_same_bits_alone_and_in_any_batch():
         together = kernels.linear_rows(x, w, s)
         for rows in (slice(0, 1), slice(2, 5), slice(3, 8)):
             assert torch.equal(kernels.linear_rows(x[rows], w, s), together[rows])
+
+
+def test_every_row_is_computed_once_however_the_pool_splits_the_call():
+    """Output sizes that make 1, 2, 3 or 4 pieces (16 rows at least each), called repeatedly while another
+    process keeps a core busy, so that the worker often starts late and its pieces are taken from the
+    far end of its run: every call gives the same bits (a skipped piece would leave unset memory) and
+    they equal the matmul within its rounding."""
+    gen = torch.Generator().manual_seed(2)
+    cases = []
+    for out_features in (1, 17, 33, 48, 64, 100, 1000):
+        weight = torch.randn(out_features, 256, generator=gen)
+        x = torch.randn(3, 256, generator=gen)
+        expected = F.linear(x, weight)
+        result = kernels.linear_rows(x, weight)
+        assert_within(result, expected, matmul_bound(x, weight))
+        cases.append((x, weight, result))
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # (its interpreter starting)
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            for x, weight, result in cases:
+                assert torch.equal(kernels.linear_rows(x, weight), result)
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 @pytest.mark.parametrize("shape", [(3, 100), (1024, 2048 + 5), (3 << 20,)])  # small: a plain clone
