@@ -180,9 +180,17 @@ def test_streaming_plays_while_generating_and_keeps_the_same_audio(browser, ui):
         page.locator("#fishtts-stream input").check()
         page.locator("#fishtts-stream-audio").wait_for()
 
+        # Every text the message shows, recorded as it changes: with the tiny models the stream can end
+        # before a poll for the "Streaming" progress would see it.
+        page.evaluate(
+            "() => { window.fishttsMessages = [];"
+            " new MutationObserver(() => { const m = document.querySelector('#fishtts-message');"
+            " if (m) window.fishttsMessages.push(m.innerText); })"
+            ".observe(document.body, {subtree: true, childList: true, characterData: true}); }"
+        )
         page.locator("#fishtts-synthesize").click()
         # progress while it streams, and the live player gets a media stream and plays it
-        page.locator("#fishtts-message").get_by_text("Streaming").wait_for(timeout=120_000)
+        page.wait_for_function("() => window.fishttsMessages.some(m => m.includes('Streaming'))", timeout=120_000)
         page.wait_for_function(
             "() => { const a = document.querySelector('#fishtts-stream-audio audio');"
             " return !!(a && (a.currentSrc || a.src) && a.currentTime > 0); }",
