@@ -159,10 +159,9 @@ def _decode_seconds_per_gb(fmt: str, candidates: list[str], layers: list[nn.Modu
 
         return seconds_per_gb
 
-    def use(path: str) -> None:
-        paths.set_paths(fmt, decode=path)
-
-    return _timed_in_turns(candidates, use, timing(WARM_UP_BYTES), timing(TIMED_BYTES))
+    return _timed_in_turns(
+        candidates, lambda path: paths.set_paths(fmt, decode=path), timing(WARM_UP_BYTES), timing(TIMED_BYTES)
+    )
 
 
 @torch.inference_mode()
@@ -195,11 +194,9 @@ def _measure(fmt: str, layers: list[nn.Module]) -> dict:
         prefill_times = {candidates[0]: 0.0}
         paths.set_paths(fmt, prefill=candidates[0])
     else:
-
-        def use(path: str) -> None:
-            paths.set_paths(fmt, prefill=path)
-
-        prefill_times = _timed_in_turns(candidates, use, prefill_seconds, prefill_seconds)
+        prefill_times = _timed_in_turns(
+            candidates, lambda path: paths.set_paths(fmt, prefill=path), prefill_seconds, prefill_seconds
+        )
     return {
         "decode": _prefer_kernels(decode_times),
         "prefill": min(prefill_times, key=prefill_times.get),

@@ -47,6 +47,11 @@ def generator_lag_samples(config: GeneratorConfig) -> int:
     return lag + 3  # conv_post: kernel 7
 
 
+def _no_frames(x: Tensor, channels: int) -> Tensor:
+    """An output of `channels` channels and no frames yet (a push may make none)."""
+    return x.new_zeros(*x.shape[:-2], channels, 0)
+
+
 class _Conv:
     """A stride-1 conv with symmetric zero padding: an output leaves once its right context is in."""
 
@@ -67,7 +72,7 @@ class _Conv:
         end = joined.shape[-1] - (0 if final else self.pad)
         if end <= start:
             self.held = joined
-            return x.new_zeros(*x.shape[:-2], self.conv.out_channels, 0)
+            return _no_frames(x, self.conv.out_channels)
         self.next += end - start
         self.held = joined[..., max(0, self.next - self.pad) - held_from :].clone()
         y = F.conv1d(joined, self.conv.weight, self.conv.bias, padding=self.pad, dilation=self.conv.dilation)
@@ -93,7 +98,7 @@ class _TransposedConv:
         u = self.stride
         end = (self.inputs - 1) * u + self.kernel - self.pad if final else self.inputs * u
         if end <= self.next:
-            return x.new_zeros(*x.shape[:-2], self.conv.out_channels, 0)
+            return _no_frames(x, self.conv.out_channels)
         y = F.conv_transpose1d(joined, self.conv.weight, self.conv.bias, stride=u)
         out = y[..., self.next - first * u : end - first * u]
         self.next = end
@@ -128,7 +133,7 @@ class _ResBlock:
 
 def _pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
     """A 1x1 conv, also of no frames (a push may make none yet)."""
-    return conv(x) if x.shape[-1] else x.new_zeros(*x.shape[:-2], conv.out_channels, 0)
+    return conv(x) if x.shape[-1] else _no_frames(x, conv.out_channels)
 
 
 class WNStream:

@@ -55,7 +55,7 @@ class StreamingDecoder:
         self.mel_stream, self.generator = WNStream(vqgan.decoder), GeneratorStream(vqgan.generator)
         self.feature_channels = cfg.decoder.hidden_channels
         self.schedule = schedule
-        self.codes: list[Tensor] = []
+        self.codes: list[Tensor] = []  # pushed, not yet fed to the WN stream
         self.num_codes = 0
         self.codes_fed = 0  # codes pushed into the WN stream
         self.mel = torch.zeros(1, cfg.decoder.out_channels, 0, device=vqgan.device)  # final mel frames
@@ -132,11 +132,11 @@ class StreamingDecoder:
         return True
 
     def _feed_mel(self, end: int, final: bool) -> None:
-        codes = torch.cat(self.codes, dim=1)
-        self.codes = [codes]
+        waiting = torch.cat(self.codes, dim=1)  # the codes pushed since the last feed
+        self.codes = [waiting[:, end - self.codes_fed :]]
         with self.vqgan.decode_precision():
             if end > self.codes_fed:
-                features = self.vqgan.codes_to_features(codes[:, self.codes_fed : end])
+                features = self.vqgan.codes_to_features(waiting[:, : end - self.codes_fed])
             else:  # (only the last, empty piece: it flushes what waited for the end)
                 features = self.mel.new_zeros(1, self.feature_channels, 0)
             mel = self.mel_stream.push(features, final).float()
