@@ -41,7 +41,7 @@ BATCH_CONTENDERS = 4  # the fastest with one row, timed with BATCH_ROWS
 RUNS = 2
 KERNEL_MARGIN = 0.05  # see _prefer_kernels
 GIVE_UP = 2.0  # a candidate whose first run takes this many times the best so far is not timed further
-METHOD = 2  # how the timings are taken: a choice cached by another method is measured again
+METHOD = 3  # how the timings are taken: a choice cached by another method is measured again
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
 
 
@@ -165,7 +165,7 @@ def _decode_seconds_per_gb(fmt: str, candidates: list[str], layers: list[nn.Modu
 
 
 @torch.inference_mode()
-def _measure(fmt: str, layers: list[nn.Module]) -> dict:
+def _measure(fmt: str, layers: list[nn.Module], prompt_layers: list[nn.Module]) -> dict:
     candidates = paths.decode_candidates(fmt)
     one_row, batch_times = {}, {}
     with single_threaded_torch():  # as a decode step runs them
@@ -180,7 +180,7 @@ def _measure(fmt: str, layers: list[nn.Module]) -> dict:
             decode_times = {k: (one_row[k] * batch_times.get(k, float("inf"))) ** 0.5 for k in candidates}
     # The "kernel" prefill runs with the decode path's setting (threads, prefetch): time it with the winner's.
     paths.set_paths(fmt, decode=_prefer_kernels(decode_times))
-    one_layer = list({(m.out_features, m.in_features): m for m in layers}.values())  # each distinct shape once
+    one_layer = list({(m.out_features, m.in_features): m for m in prompt_layers}.values())  # each shape once
     batch = {m.in_features: torch.randn(PREFILL_ROWS, m.in_features) for m in one_layer}
 
     def prefill_seconds() -> float:
@@ -230,6 +230,15 @@ def model_formats(model: nn.Module) -> dict[str, list[nn.Module]]:
     return found
 
 
+def _prompt_layers(model: nn.Module, layers: list[nn.Module]) -> list[nn.Module]:
+    """The linears a prefill runs over every prompt position: all but the output head, which takes only
+    the last position's rows (a decode path's work). Timed with the prompt's rows, the head (the largest
+    matrix) outweighed the rest, and its widened copies' fresh memory made the matmuls' timings erratic:
+    int4 on the Intel Xeon once chose the kernel for prefill, 4x slower than bfloat16."""
+    head = getattr(model, "output", None)
+    return [m for m in layers if m is not head] or layers
+
+
 def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
     """Choose (measure, or take from the cache) the paths for every weight format of a CPU model; first
     move its linears' weights to huge pages (kernels.move_to_huge_pages)."""
@@ -254,7 +263,7 @@ def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
         )
         if not valid:
             start = time.perf_counter()
-            entry = _measure(fmt, layers)
+            entry = _measure(fmt, layers, _prompt_layers(model, layers))
             entry["tuned_s"] = round(time.perf_counter() - start, 3)
             cache[key], changed = entry, True
         paths.set_paths(fmt, decode=entry["decode"], prefill=entry["prefill"])

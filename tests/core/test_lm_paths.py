@@ -202,6 +202,28 @@ def test_autotune_measures_once_then_uses_the_cached_choice(models, cache_home, 
             paths.set_paths(fmt, **choice)
 
 
+def test_prefill_is_timed_on_the_linears_that_see_every_prompt_position(models, cache_home, monkeypatch):
+    """The output head takes only the last position's rows in a prefill: timed with the prompt's rows it
+    outweighed the blocks' linears and once flipped int4's prefill choice to a 4x slower path."""
+    model = models["int8"]
+    timed = {}
+
+    def record(fmt, layers, prompt_layers):
+        timed[fmt] = (layers, prompt_layers)
+        return {"decode": paths.decode_candidates(fmt)[0], "prefill": paths.prefill_candidates(fmt)[0]}
+
+    monkeypatch.setattr(autotune, "_measure", record)
+    previous = dict(paths.chosen("int8"))
+    try:
+        autotune.tune_model(model)
+    finally:
+        paths.set_paths("int8", **previous)
+    layers, prompt_layers = timed["int8"]
+    assert model.output in layers and model.output not in prompt_layers
+    assert prompt_layers == [m for m in layers if m is not model.output]
+    assert {id(m) for m in prompt_layers} >= {id(model.layers[0].feed_forward.w2)}
+
+
 @pytest.mark.parametrize("garbage", ["{not json", "[1, 2]", '{"x": 3}'])
 def test_a_corrupt_cache_is_ignored_and_rewritten(models, cache_home, garbage):
     cache_home.parent.mkdir(parents=True)
