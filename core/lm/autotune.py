@@ -246,9 +246,7 @@ def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
     if not formats or next(iter(formats.values()))[0].weight.device.type != "cpu":
         return {}
     cpu_kernels_available()  # build or load the kernels now (their absence changes the candidates)
-    for layers in formats.values():
-        for layer in layers:
-            move_to_huge_pages(layer)
+    move_to_huge_pages(m for m in model.modules() if weight_format(m) is not None)  # in the order a step reads them
     if os.environ.get("FISHTTS_AUTOTUNE", "1") == "0":
         return {fmt: dict(paths.chosen(fmt)) for fmt in formats}
     cache = _read_cache()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -129,21 +130,42 @@ def single_threaded_torch():
         torch.ops.fishtts.set_openmp_threads(previous)
 
 
-def move_to_huge_pages(module: torch.nn.Module) -> None:
-    """Copy the module's own tensors of 2 MiB or more into memory backed by huge pages where the OS
-    gives them on request (Linux THP "madvise"): a decode step streams every weight once, and with
-    4 KiB pages that is a page walk per 4 KiB. Values are unchanged."""
-    if not cpu_kernels_available() or getattr(module, "on_huge_pages", False):
+HUGE_PAGE_ALIGNMENT = 64  # bytes: each tensor in the shared region starts on a cache line
+
+
+def move_to_huge_pages(modules: Iterable[torch.nn.Module]) -> None:
+    """Copy the modules' own tensors, in order, into one region of memory backed by huge pages where the
+    OS gives them on request (Linux THP "madvise"): a decode step streams every weight once, and with
+    4 KiB pages that is a page walk per 4 KiB. One region, not one per tensor, so that the small ones
+    (int4's 0.5-1.5 MB matrices and every format's scales) get huge pages too: int4's linears streamed
+    ~10% faster (Intel Xeon). Values are unchanged; modules already moved are skipped."""
+    if not cpu_kernels_available():
         return
-    module.on_huge_pages = True
-    for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-        if tensor.device.type == "cpu" and tensor.numel() * tensor.element_size() >= 2 << 20:
-            moved = torch.ops.fishtts.huge_page_copy(tensor.detach())
-            setattr(
-                module,
-                name,
-                torch.nn.Parameter(moved, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else moved,
-            )
+    todo = []
+    for module in modules:
+        if getattr(module, "on_huge_pages", False):
+            continue
+        module.on_huge_pages = True
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if tensor is not None and tensor.device.type == "cpu":
+                todo.append((module, name, tensor))
+    offsets, total = [], 0
+    for _, _, tensor in todo:
+        offsets.append(total)
+        total += -(-tensor.numel() * tensor.element_size() // HUGE_PAGE_ALIGNMENT) * HUGE_PAGE_ALIGNMENT
+    if total == 0:
+        return
+    # (untouched: the region's pages come one tensor at a time, as each old tensor is let go)
+    region = torch.ops.fishtts.huge_page_empty(total)
+    for (module, name, tensor), offset in zip(todo, offsets):
+        size = tensor.numel() * tensor.element_size()
+        moved = region[offset : offset + size].view(tensor.dtype).view(tensor.shape)
+        moved.copy_(tensor.detach())
+        setattr(
+            module,
+            name,
+            torch.nn.Parameter(moved, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else moved,
+        )
 
 
 def cpu_has_fast_bfloat16() -> bool:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from core.lm import kernels, load_lm, paths
 from core.lm.norm import RMSNorm
-from core.lm.quantize import dequantize_int4, quantize_int4, quantize_int8
+from core.lm.quantize import Int4Linear, dequantize_int4, quantize_int4, quantize_int8
 from tests.paths import PARITY
 from tests.tolerances import AMX_ROW_LIMIT, FLOAT32_EPS, assert_within, longest_reduction, matmul_bound, network_atol
 
@@ -86,6 +86,40 @@ def test_huge_page_copy_keeps_the_values_and_outlives_the_original(shape):
         assert torch.equal(copy, expected) and copy.data_ptr() != original.data_ptr()
         if copy.numel() * 4 >= 2 << 20:
             assert copy.data_ptr() % (2 << 20) == 0  # aligned to a 2 MiB page
+
+
+def test_move_to_huge_pages_packs_the_modules_tensors_into_one_region_in_order():
+    """Every own tensor (parameters and buffers, large or small) moves, keeps its values and type, and
+    lies in one 2 MiB-aligned region in module order, each on a cache line; moved modules stay put."""
+    gen = torch.Generator().manual_seed(5)
+    float_layer = torch.nn.Linear(1024, 700, bias=True)  # (2.9 MB: a region under 2 MiB is a plain copy)
+    int4_layer = Int4Linear(256, 40)
+    int4_layer.weight, int4_layer.scales, int4_layer.offsets = quantize_int4(torch.randn(40, 256, generator=gen))
+    modules = [float_layer, int4_layer]
+    tensors = [
+        (m, name)
+        for m in modules
+        for name in ("weight", "bias", "scales", "offsets")
+        if getattr(m, name, None) is not None
+    ]
+    before = {(id(m), name): getattr(m, name).clone() for m, name in tensors}
+    x = torch.randn(2, 256, generator=gen)
+    expected = int4_layer(x)
+    kernels.move_to_huge_pages(modules)
+    pointers = []
+    for m, name in tensors:
+        moved = getattr(m, name)
+        assert torch.equal(moved, before[(id(m), name)]) and moved.is_contiguous()
+        assert pointers == [] or moved.data_ptr() > pointers[-1]  # in order, one region
+        assert moved.data_ptr() % kernels.HUGE_PAGE_ALIGNMENT == 0
+        pointers.append(moved.data_ptr())
+    assert isinstance(float_layer.weight, torch.nn.Parameter) and not float_layer.weight.requires_grad
+    first = float_layer.weight.untyped_storage()
+    assert all(getattr(m, name).untyped_storage().data_ptr() == first.data_ptr() for m, name in tensors)
+    assert first.data_ptr() % (2 << 20) == 0  # the region starts on a 2 MiB page
+    assert torch.equal(int4_layer(x), expected)
+    kernels.move_to_huge_pages(modules)  # already moved: nothing changes
+    assert float_layer.weight.data_ptr() == pointers[0]
 
 
 @pytest.mark.skipif(not torch.ops.fishtts.int8_amx_available(), reason="no AMX-INT8 here")

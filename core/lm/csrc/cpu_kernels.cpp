@@ -1286,16 +1286,17 @@ int64_t set_openmp_threads(int64_t threads) {
 #endif
 }
 
-// A copy of `t` in memory the kernel may back with 2 MiB pages (Linux transparent huge pages in
-// "madvise" mode): streaming ~1.6 GB of weights through 4 KiB pages costs a page walk every 4 KiB.
-// The memory is a fresh mapping, advised before its first touch: memory from malloc may be recycled
-// heap that already has its small pages (after a model load's large temporaries were freed, 16 of
-// 300 MB of int8 weights got huge pages, and they streamed 25% slower).
-at::Tensor huge_page_copy(const at::Tensor& t) {
+// `bytes` bytes (uint8, untouched) that the kernel may back with 2 MiB pages (Linux transparent huge
+// pages in "madvise" mode): streaming ~1.6 GB of weights through 4 KiB pages costs a page walk every
+// 4 KiB. The memory is a fresh mapping, advised before its first touch: memory from malloc may be
+// recycled heap that already has its small pages (after a model load's large temporaries were freed,
+// 16 of 300 MB of int8 weights got huge pages, and they streamed 25% slower). Under 2 MiB: plain memory.
+at::Tensor huge_page_empty(int64_t bytes) {
   constexpr size_t kHuge = size_t(2) << 20;
-  const size_t bytes = t.numel() * t.element_size();
-  if (bytes < kHuge) return t.contiguous().clone();
-  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+  TORCH_CHECK(bytes >= 0, "bytes must be >= 0");
+  const auto options = at::TensorOptions().dtype(at::kByte);
+  if ((size_t)bytes < kHuge) return at::empty({bytes}, options);
+  const size_t rounded = ((size_t)bytes + kHuge - 1) / kHuge * kHuge;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   char* mapped = (char*)mmap(nullptr, rounded + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   TORCH_CHECK(mapped != MAP_FAILED, "out of memory");
@@ -1303,12 +1304,19 @@ at::Tensor huge_page_copy(const at::Tensor& t) {
   if (p > mapped) munmap(mapped, p - mapped);
   if (mapped + kHuge > p) munmap(p + rounded, mapped + kHuge - p);
   madvise(p, rounded, MADV_HUGEPAGE);
-  auto out = at::from_blob(p, t.sizes(), [rounded](void* q) { munmap(q, rounded); }, t.options());
+  return at::from_blob(p, {bytes}, [rounded](void* q) { munmap(q, rounded); }, options);
 #else
   void* p = std::aligned_alloc(kHuge, rounded);
   TORCH_CHECK(p != nullptr, "out of memory");
-  auto out = at::from_blob(p, t.sizes(), [](void* q) { std::free(q); }, t.options());
+  return at::from_blob(p, {bytes}, [](void* q) { std::free(q); }, options);
 #endif
+}
+
+// A copy of `t` in huge_page_empty's memory.
+at::Tensor huge_page_copy(const at::Tensor& t) {
+  const int64_t bytes = t.numel() * t.element_size();
+  if (bytes < (int64_t(2) << 20)) return t.contiguous().clone();
+  auto out = huge_page_empty(bytes).view(t.scalar_type()).view(t.sizes());
   out.copy_(t);
   return out;
 }
@@ -1397,6 +1405,7 @@ TORCH_LIBRARY(fishtts, m) {
         "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor positions, Tensor freqs, int n_head, "
         "int n_kv_head) -> Tensor");
   m.def("huge_page_copy(Tensor t) -> Tensor");
+  m.def("huge_page_empty(int bytes) -> Tensor");
   m.def("set_tuning(int kind, int prefetch_bytes, int hint, int threads, int rows) -> int");
   m.def("start_pool(int threads) -> int");
   m.def("set_openmp_threads(int threads) -> int");
@@ -1422,4 +1431,5 @@ TORCH_LIBRARY_IMPL(fishtts, CompositeExplicitAutograd, m) {
   m.impl("set_tuning", &set_tuning);
   m.impl("int4_uses_int8_activations", &int4_uses_int8_activations);
   m.impl("int8_amx_available", &int8_amx_available);
+  m.impl("huge_page_empty", &huge_page_empty);
 }
