@@ -141,31 +141,31 @@ def move_to_huge_pages(modules: Iterable[torch.nn.Module]) -> None:
     ~10% faster (Intel Xeon). Values are unchanged; modules already moved are skipped."""
     if not cpu_kernels_available():
         return
-    todo = []
+    todo, offsets, total = [], {}, 0
     for module in modules:
         if getattr(module, "on_huge_pages", False):
             continue
         module.on_huge_pages = True
         for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-            if tensor is not None and tensor.device.type == "cpu":
-                todo.append((module, name, tensor))
-    offsets, total = [], 0
-    for _, _, tensor in todo:
-        offsets.append(total)
-        total += -(-tensor.numel() * tensor.element_size() // HUGE_PAGE_ALIGNMENT) * HUGE_PAGE_ALIGNMENT
+            if tensor.device.type != "cpu":
+                continue
+            todo.append((module, name, tensor))
+            if id(tensor) not in offsets:  # (a tensor two modules share moves once and stays shared)
+                offsets[id(tensor)] = total
+                total += -(-tensor.numel() * tensor.element_size() // HUGE_PAGE_ALIGNMENT) * HUGE_PAGE_ALIGNMENT
     if total == 0:
         return
     # (untouched: the region's pages come one tensor at a time, as each old tensor is let go)
     region = torch.ops.fishtts.huge_page_empty(total)
-    for (module, name, tensor), offset in zip(todo, offsets):
-        size = tensor.numel() * tensor.element_size()
-        moved = region[offset : offset + size].view(tensor.dtype).view(tensor.shape)
-        moved.copy_(tensor.detach())
-        setattr(
-            module,
-            name,
-            torch.nn.Parameter(moved, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else moved,
-        )
+    moved: dict[int, Tensor] = {}
+    for module, name, tensor in todo:
+        if id(tensor) not in moved:
+            offset, size = offsets[id(tensor)], tensor.numel() * tensor.element_size()
+            copy = region[offset : offset + size].view(tensor.dtype).view(tensor.shape)
+            copy.copy_(tensor.detach())
+            is_parameter = isinstance(tensor, torch.nn.Parameter)
+            moved[id(tensor)] = torch.nn.Parameter(copy, requires_grad=False) if is_parameter else copy
+        setattr(module, name, moved[id(tensor)])
 
 
 def cpu_has_fast_bfloat16() -> bool:

@@ -95,10 +95,12 @@ def test_move_to_huge_pages_packs_the_modules_tensors_into_one_region_in_order()
     float_layer = torch.nn.Linear(1024, 700, bias=True)  # (2.9 MB: a region under 2 MiB is a plain copy)
     int4_layer = Int4Linear(256, 40)
     int4_layer.weight, int4_layer.scales, int4_layer.offsets = quantize_int4(torch.randn(40, 256, generator=gen))
-    modules = [float_layer, int4_layer]
+    sharing = torch.nn.Linear(1024, 700, bias=False)
+    sharing.weight = float_layer.weight  # (tied weights stay one tensor)
+    modules = [float_layer, int4_layer, sharing]
     tensors = [
         (m, name)
-        for m in modules
+        for m in modules[:2]
         for name in ("weight", "bias", "scales", "offsets")
         if getattr(m, name, None) is not None
     ]
@@ -117,6 +119,7 @@ def test_move_to_huge_pages_packs_the_modules_tensors_into_one_region_in_order()
     first = float_layer.weight.untyped_storage()
     assert all(getattr(m, name).untyped_storage().data_ptr() == first.data_ptr() for m, name in tensors)
     assert first.data_ptr() % (2 << 20) == 0  # the region starts on a 2 MiB page
+    assert sharing.weight is float_layer.weight
     assert torch.equal(int4_layer(x), expected)
     kernels.move_to_huge_pages(modules)  # already moved: nothing changes
     assert float_layer.weight.data_ptr() == pointers[0]
