@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GeneratorConfig, WNConfig
-from .modules import LRELU_SLOPE, POST_SLOPE, WN, Generator, ResBlock1
+from .modules import LRELU_SLOPE, POST_SLOPE, WN, Generator, ResBlock1, conv1d, conv_transpose1d
 
 
 def _resblock_lag(kernel_size: int, dilations) -> int:
@@ -75,7 +75,7 @@ class _Conv:
             return _no_frames(x, self.conv.out_channels)
         self.next += end - start
         self.held = joined[..., max(0, self.next - self.pad) - held_from :].clone()
-        y = F.conv1d(joined, self.conv.weight, self.conv.bias, padding=self.pad, dilation=self.conv.dilation)
+        y = conv1d(self.conv, joined)
         return y[..., start:end]
 
 
@@ -99,7 +99,7 @@ class _TransposedConv:
         end = (self.inputs - 1) * u + self.kernel - self.pad if final else self.inputs * u
         if end <= self.next:
             return _no_frames(x, self.conv.out_channels)
-        y = F.conv_transpose1d(joined, self.conv.weight, self.conv.bias, stride=u)
+        y = conv_transpose1d(self.conv, joined, padding=0)
         out = y[..., self.next - first * u : end - first * u]
         self.next = end
         return out
