@@ -29,19 +29,18 @@ def _weight_2d(conv: nn.Module) -> Tensor:
     return cached[2]
 
 
-def conv1d(conv: nn.Conv1d, x: Tensor, padding: int | None = None) -> Tensor:
-    """conv(x) (with `padding` instead of the conv's own, if given) as a channels-last 2-D conv: x86's
-    oneDNN computes in that layout, and a contiguous 1-D conv spent as long again copying into and out
-    of it (Intel Xeon, HiFi-GAN's convs: float32 ~2x, bfloat16 ~6x slower). The result [B, C, T] is
-    time-major in memory (channels innermost), as the next conv takes it; pointwise ops keep that."""
-    (pad,) = conv.padding if padding is None else (padding,)
+def conv1d(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """conv(x) as a channels-last 2-D conv: x86's oneDNN computes in that layout, and a contiguous 1-D
+    conv spent as long again copying into and out of it (Intel Xeon, HiFi-GAN's convs: float32 ~2x,
+    bfloat16 ~6x slower). The result [B, C, T] is time-major in memory (channels innermost), as the
+    next conv takes it; pointwise ops keep that."""
     x2d = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    y = F.conv2d(x2d, _weight_2d(conv), conv.bias, (1, conv.stride[0]), (0, pad), (1, conv.dilation[0]))
+    y = F.conv2d(x2d, _weight_2d(conv), conv.bias, (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0]))
     return y.squeeze(2)
 
 
 def conv_transpose1d(conv: nn.ConvTranspose1d, x: Tensor, padding: int | None = None) -> Tensor:
-    """conv(x) for a transposed conv, as `conv1d` does for a conv."""
+    """conv(x) for a transposed conv (with `padding` instead of its own, if given), as `conv1d` does."""
     (pad,) = conv.padding if padding is None else (padding,)
     x2d = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
     y = F.conv_transpose2d(x2d, _weight_2d(conv), conv.bias, (1, conv.stride[0]), (0, pad))
