@@ -17,15 +17,12 @@ LRELU_SLOPE = 0.1
 POST_SLOPE = 0.01  # the generator's last activation uses the default slope, not 0.1 (QUIRKS 2)
 
 
-def _as_2d(weight: Tensor) -> Tensor:
-    return weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
-
-
 def _weight_2d(conv: nn.Module) -> Tensor:
     """conv.weight as a channels-last [.., .., 1, K] weight, kept until the weight changes."""
     w, cached = conv.weight, conv.__dict__.get("_weight_2d")
     if cached is None or cached[0] is not w or cached[1] != w._version:
-        cached = conv.__dict__["_weight_2d"] = (w, w._version, _as_2d(w))
+        as_2d = w.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        cached = conv.__dict__["_weight_2d"] = (w, w._version, as_2d)
     return cached[2]
 
 
