@@ -4,9 +4,10 @@ The decoder is non-causal, so a chunk of audio is only final once enough codes a
 of its networks run as streams (decoder_stream.py) that compute every layer once and hold back what still
 waits for its right context: codes -> mel (the WN stack) and mel -> audio (HiFi-GAN). A chunk is ready
 once the mel reaches the generator's lookahead past it, which the WN gives once its own lag of codes has
-arrived. Codes go into the WN in fixed blocks, and mel into the generator up to fixed points of the chunk
-schedule, so the audio never depends on when codes arrived; the chunks concatenate to `VQGAN.decode` of
-the whole sequence up to float rounding.
+arrived. Codes go into the WN, and mel into the generator, up to points fixed by the chunk schedule (a
+chunk's end plus the lookahead and lag it needs, no more: a chunk is out as soon as its codes are), so the
+audio never depends on when codes arrived; the chunks concatenate to `VQGAN.decode` of the whole sequence
+up to float rounding.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ CHUNK_SCHEDULE = (8, 8, 12, 16)
 # For audio returned whole (not streamed): no playback to stay ahead of, so chunks of 256 tokens (12 s;
 # larger convolutions per call), still bounded in memory for a long segment.
 WHOLE_SCHEDULE = (256,)
-MEL_BLOCK_TOKENS = 8  # codes go into the WN stream in blocks of this many (the rest once final)
 
 
 def generator_lookahead_frames(config: VQGANConfig) -> int:
@@ -86,8 +86,7 @@ class StreamingDecoder:
         needed = self._mel_needed(self.emitted + self.schedule[min(self.chunk_index, len(self.schedule) - 1)])
         if self.mel.shape[-1] >= needed:
             return True
-        codes = -(-(needed + self.wn_lag) // self.frames_per_token)  # the WN gives fed * 4 - lag frames
-        return -(-codes // MEL_BLOCK_TOKENS) * MEL_BLOCK_TOKENS <= self.num_codes  # in whole blocks
+        return self._codes_for_mel(needed) <= self.num_codes
 
     def _mel_needed(self, end: int) -> int:
         """Mel frames the audio of tokens up to `end` needs."""
@@ -119,16 +118,25 @@ class StreamingDecoder:
         """Everything not yet returned: the codes are complete."""
         return self.chunks(final=True)
 
+    def _codes_for_mel(self, frames: int) -> int:
+        """Codes the WN stream needs before `frames` mel frames are final (it gives fed * 4 - lag)."""
+        return -(-(frames + self.wn_lag) // self.frames_per_token)
+
     def _extend_mel(self, frames: int, final: bool) -> bool:
         """Make the mel known up to `frames` (all of it once it reaches the end of final codes); False if
-        the codes so far are not enough. Codes go into the WN in whole blocks, the rest once final."""
-        while self.mel.shape[-1] < frames and not self.mel_finished:
-            if self.codes_fed + MEL_BLOCK_TOKENS <= self.num_codes:
-                self._feed_mel(self.codes_fed + MEL_BLOCK_TOKENS, final=False)
-            elif final:
-                self._feed_mel(self.num_codes, final=True)
-            else:
-                return False
+        the codes so far are not enough. The WN gets exactly the codes `frames` needs, a point fixed by
+        the chunk schedule (so the audio never depends on when codes arrived); the rest once final."""
+        if self.mel.shape[-1] >= frames or self.mel_finished:
+            return True
+        codes = self._codes_for_mel(frames)
+        if codes <= self.num_codes:
+            self._feed_mel(codes, final=False)
+        elif final:
+            self._feed_mel(self.num_codes, final=True)
+        else:
+            return False
+        if self.mel.shape[-1] < frames and not self.mel_finished:
+            raise RuntimeError("the WN stream returned fewer mel frames than its lag promises")
         return True
 
     def _feed_mel(self, end: int, final: bool) -> None:
