@@ -1,6 +1,11 @@
-"""Device and precision choice: CUDA when present; float32 on CPU (bf16 matmuls are ~75x slower there)."""
+"""Device and precision choice: CUDA when present; float32 on CPU (bf16 matmuls are ~75x slower there);
+and the CPU threads a loading thread leaves behind."""
 
 from __future__ import annotations
+
+import ctypes
+import functools
+import os
 
 import torch
 
@@ -41,3 +46,29 @@ def lm_dtype(device: torch.device, half: bool = False, precision: str | None = N
     if device.type == "cpu":
         return torch.float32
     return torch.float16 if half else torch.bfloat16
+
+
+OMP_PAUSE_HARD = 2  # OpenMP 5.0's omp_pause_hard: free the calling thread's worker threads
+
+
+def release_openmp_threads() -> bool:
+    """Free the calling thread's OpenMP worker threads (torch's intra-op pool); True if it did.
+
+    Why: GNU OpenMP gives every thread that runs a parallel region a team of its own, and once its
+    workers outnumber the CPUs, every team's idle workers sleep at once instead of spinning, so each
+    parallel op pays a wake-up. A thread that loaded the models keeps its team, so the scheduler's work
+    (prefill, the VQGAN) ran ~1.4x slower (Intel Xeon, 2 vCPUs). The next parallel op on this thread
+    makes a new team: call this once the thread's torch work is done. Only the runtime torch ships with
+    is used (torch/lib); where torch has none there, nothing happens."""
+    for runtime in _openmp_runtimes():
+        pause = getattr(runtime, "omp_pause_resource_all", None)
+        if pause is not None:
+            return pause(OMP_PAUSE_HARD) == 0
+    return False
+
+
+@functools.cache
+def _openmp_runtimes() -> list[ctypes.CDLL]:
+    folder = os.path.join(os.path.dirname(torch.__file__), "lib")
+    names = ("libgomp.so.1", "libiomp5.so", "libomp.so", "libomp.dylib")
+    return [ctypes.CDLL(os.path.join(folder, name)) for name in names if os.path.exists(os.path.join(folder, name))]

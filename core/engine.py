@@ -20,7 +20,7 @@ import torch
 
 from .audio import SAMPLE_RATE
 from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, LM_FILENAME, VQGAN_FILENAME
-from .device import lm_dtype, resolve_device
+from .device import lm_dtype, release_openmp_threads, resolve_device
 from .families import FAMILIES, FISH_SPEECH_V02, OPENAUDIO_S1_MINI, ModelFamily
 from .families.fish_speech import FishSpeech
 from .families.openaudio import OpenAudioS1
@@ -118,6 +118,9 @@ class TTSEngine:
         self.max_batch_size = max_batch_size or default_max_batch(self.device, self.lm)
         self.lock = threading.RLock()
         self._scheduler: Scheduler | None = None
+        # Model work runs on the scheduler thread from now on: the OpenMP workers of the thread that
+        # loaded the models (this one) would only slow the scheduler's (core/device.py).
+        release_openmp_threads()
 
     @classmethod
     def load(

@@ -17,7 +17,8 @@ knows slots, sequences and failures; the stepper knows its model's prefill and b
 
 Everything that touches the models runs on this thread, so the CPU cores are never shared by two
 torch calls at once and the KV cache needs no lock. Callers talk to it through `submit` (sequences)
-and `call` (any function, run between steps by priority: lower first, then first come).
+and `call` (any function, run between steps by priority: lower first, then first come); a thread that
+hands work over gives up its own OpenMP workers, which would slow this thread's (core/device.py).
 
 An error in one job's work (its prefill, its sampling, its callbacks) fails that job alone (a stepper
 reports prefill errors per job: a packed prefill that fails is redone job by job); an error of the
@@ -41,6 +42,8 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from .device import release_openmp_threads
 
 log = logging.getLogger(__name__)
 EXIT_JOIN_S = 60.0  # at interpreter exit, how long a scheduler may take to finish the step it is in
@@ -122,6 +125,7 @@ class Scheduler:
             raise ValueError("a job needs at least one sequence")
         if len(job.sequences) > self.max_batch:
             raise ValueError(f"{len(job.sequences)} sequences at once; the batch holds {self.max_batch}")
+        self._hand_over()
         with self._wake:
             self._check_open()
             self._waiting.append(job)
@@ -130,6 +134,7 @@ class Scheduler:
     def call(self, fn: Callable[[], Any], priority: int = 0, owner: object = None) -> Future:
         """Run `fn()` on the scheduler thread between steps; its result or error lands in the future."""
         future: Future = Future()
+        self._hand_over()
         with self._wake:
             self._check_open()
             heapq.heappush(self._tasks, (priority, next(self._order), fn, future, owner))
@@ -156,6 +161,10 @@ class Scheduler:
             self._wake.notify()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+    def _hand_over(self) -> None:
+        if threading.current_thread() is not self._thread:
+            release_openmp_threads()
 
     def _check_open(self) -> None:
         if self.failure is not None:

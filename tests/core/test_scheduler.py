@@ -3,12 +3,15 @@ requests join and leave mid-generation, and a failing one does not disturb the o
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
+from core.device import release_openmp_threads
 from core.lm import SamplingParams, Sequence, load_lm
 from core.lm.generate import budget_new_frames
 from core.lm.model import ForwardResult
@@ -429,3 +432,37 @@ def test_the_process_exits_cleanly_while_the_scheduler_is_inside_torch():
     result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "main done" in result.stdout, (result.returncode, result.stderr[-2000:])
     assert "terminate called" not in result.stderr
+
+
+def _thread_count() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_a_thread_that_hands_work_over_frees_its_openmp_workers(model):
+    """Two threads with OpenMP teams of their own outnumber the cores and slow each other's parallel
+    ops (core/device.py): handing work to the scheduler frees the caller's workers."""
+    scheduler = Scheduler(LMStepper(model), max_batch=1)
+    scheduler.run(lambda: torch.ones(1 << 22).add_(1))  # the scheduler thread's own team
+    counts = {}
+
+    def caller():
+        if torch.get_num_threads() < 2 or not release_openmp_threads():  # (also frees any earlier team)
+            return
+        before = _thread_count()
+        torch.ones(1 << 22).add_(1)  # a parallel op: this thread gets a team (at least one worker)
+        counts["with team"] = _thread_count()
+        scheduler.run(lambda: None)
+        deadline = time.monotonic() + 5
+        while _thread_count() > before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        counts["before"], counts["after"] = before, _thread_count()
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    thread.join()
+    scheduler.close()
+    if not counts:
+        pytest.skip("one OpenMP thread here, or no OpenMP runtime in torch/lib")
+    assert counts["with team"] > counts["before"]
+    assert counts["after"] == counts["before"]
