@@ -337,9 +337,10 @@ class TTSEngine:
         joined whole, in the codec's larger chunks for that).
 
         The text is read in pieces (`read_text`), each generated with the reference as its prompt;
-        piece i samples with seed + i. `progress` is called for every frame. `max_parallel` pieces
-        generate at once: each one more at the start delays the first audio by a prompt's prefill;
-        later ones join as earlier ones finish, when plenty of audio is buffered.
+        piece i samples with seed + i. `progress` is called for every frame. Up to `max_parallel`
+        pieces generate at once, the others join as earlier ones finish; streamed, the first piece
+        starts alone and the others join once its first audio is out (each would delay that by a
+        prompt's prefill).
         """
         self._need_codec()
         codes = self._check(request)
@@ -356,6 +357,7 @@ class TTSEngine:
             sequences,
             max_parallel,
             progress,
+            first_audio_alone=streamed,
         )
 
     def synthesize(self, request: SynthesisRequest, *, ignore_stop: bool = False) -> np.ndarray:

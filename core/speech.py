@@ -25,6 +25,10 @@ from torch import Tensor
 from .scheduler import Cancelled, GeneratedSequence, Job, Scheduler
 
 JOIN_FADE_SECONDS = 0.005
+# Streamed, the later segments join once the first one's decoded audio is this far ahead of its playback:
+# a prompt's prefill holds up the decode steps (~0.4 s for a 10 s reference on 2 cores), and joining at
+# the first chunk stalled playback by ~0.7 s.
+JOIN_AHEAD_SECONDS = 1.0
 
 
 class ChunkDecoder(Protocol):
@@ -69,9 +73,13 @@ class SpeechStream:
         sequences: list[StreamedSequence],
         max_parallel: int = 4,
         progress: Callable[[], None] | None = None,
+        first_audio_alone: bool = False,
     ):
         """`new_decoder()` makes one segment's codec decoder; `progress`, if given, is called (on the
-        scheduler thread) for every generated frame."""
+        scheduler thread) for every generated frame. Up to `max_parallel` segments generate at once;
+        `first_audio_alone`: the first alone until its audio is JOIN_AHEAD_SECONDS ahead of playback (from
+        its first chunk) or it is generated: a second prompt's prefill would delay the first audio, and
+        the later segments' audio is needed only once the first has played."""
         if not sequences:
             raise ValueError("nothing to synthesize")
         self.scheduler = scheduler
@@ -83,11 +91,14 @@ class SpeechStream:
         self._changed = threading.Condition()
         self._error: BaseException | None = None
         self._next_submit = 0
+        self._generating = 0  # segments submitted and not yet generated
+        self._parallel = 1 if first_audio_alone else self.max_parallel
+        self._first_chunk_at: float | None = None  # when the first segment's first chunk was decoded
+        self._first_decoded_s = 0.0  # seconds of the first segment's audio decoded
         self._cancelled = False
         self.started = time.perf_counter()
         self.first_audio_at: float | None = None
-        for _ in range(self.max_parallel):
-            self._submit_next()
+        self._submit()
 
     # -- the consumer ----------------------------------------------------------------------
 
@@ -141,22 +152,26 @@ class SpeechStream:
 
     # -- the scheduler thread --------------------------------------------------------------
 
-    def _submit_next(self) -> None:
-        with self._changed:
-            if self._cancelled or self._next_submit >= len(self.segments):
+    def _submit(self) -> None:
+        """Submit the next segments until `_parallel` of them are generating."""
+        while True:
+            with self._changed:
+                if self._cancelled or self._next_submit >= len(self.segments) or self._generating >= self._parallel:
+                    return
+                segment = self.segments[self._next_submit]
+                self._next_submit += 1
+                self._generating += 1
+            job = Job(
+                [segment.sequence],
+                lambda _, frame, segment=segment: self._on_frame(segment, frame),
+                lambda error, segment=segment: self._on_generated(segment, error),
+                owner=self,
+            )
+            try:
+                self.scheduler.submit(job)
+            except RuntimeError as exc:  # closed: the model is being unloaded
+                self._fail(exc)
                 return
-            segment = self.segments[self._next_submit]
-            self._next_submit += 1
-        job = Job(
-            [segment.sequence],
-            lambda _, frame: self._on_frame(segment, frame),
-            lambda error: self._on_generated(segment, error),
-            owner=self,
-        )
-        try:
-            self.scheduler.submit(job)
-        except RuntimeError as exc:  # closed: the model is being unloaded
-            self._fail(exc)
 
     def _on_frame(self, segment: Segment, frame: Tensor) -> None:
         if self.progress is not None:
@@ -176,7 +191,10 @@ class SpeechStream:
         segment.generated = True
         for later in self.segments[segment.index :]:  # a later one may have been waiting for this one
             self._maybe_decode(later)
-        self._submit_next()
+        with self._changed:
+            self._generating -= 1
+            self._parallel = self.max_parallel
+        self._submit()
 
     def _maybe_decode(self, segment: Segment) -> None:
         """Queue a decode task for the segment if it has audio to give and none is queued. A segment is
@@ -214,7 +232,14 @@ class SpeechStream:
             segment.chunks.extend(chunks)
             segment.complete = final and segment.decoder.done
             segment.decoding = False
+            if segment.index == 0 and chunks and self._parallel < self.max_parallel:
+                now = time.perf_counter()
+                self._first_chunk_at = self._first_chunk_at or now
+                self._first_decoded_s += sum(c.size for c in chunks) / self.sample_rate
+                if self._first_decoded_s - (now - self._first_chunk_at) >= JOIN_AHEAD_SECONDS:
+                    self._parallel = self.max_parallel
             self._changed.notify_all()
+        self._submit()
         self._maybe_decode(segment)
 
     def _fail(self, error: BaseException) -> None:

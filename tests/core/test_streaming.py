@@ -168,6 +168,29 @@ def test_a_long_text_streams_its_segments_in_order(tiny_engine):
     assert audio.shape == expected.shape and np.abs(audio - expected).max() <= atol
 
 
+def test_streamed_the_first_segment_starts_alone_until_its_first_audio(tiny_engine):
+    """A second segment's prefill would delay the first audio: it joins only after the first audio is out
+    (once it is far enough ahead of playback, or the first segment is generated); not streamed, both
+    start together."""
+    text = "sentence number one is here. sentence number two is here. sentence number three is here."
+    request = SynthesisRequest(text=text, use_g2p=False, max_frames=60, seed=3)
+    for streamed in (True, False):
+        snapshots, holder = [], []
+
+        def progress(snapshots=snapshots, holder=holder):
+            if holder:
+                first, second = holder[0].segments[:2]
+                snapshots.append((second.sequence.steps, first.decoder.emitted, first.generated))
+
+        stream = tiny_engine.stream(request, max_segment_weight=30, progress=progress, streamed=streamed)
+        holder.append(stream)
+        assert len(stream.segments) >= 3
+        list(stream)
+        early = [s for s in snapshots if s[0] > 0 and s[1] == 0 and not s[2]]  # the second ran before the first audio
+        assert snapshots[-1][0] > 0
+        assert (not early) if streamed else early
+
+
 def test_cancelling_a_stream_frees_the_model_within_a_second(tiny_engine):
     request = SynthesisRequest(text="a long one. " * 12, use_g2p=False, max_frames=0, seed=1)
     stream = tiny_engine.stream(request, max_segment_weight=30)
