@@ -339,8 +339,8 @@ class TTSEngine:
         The text is read in pieces (`read_text`), each generated with the reference as its prompt;
         piece i samples with seed + i. `progress` is called for every frame. Up to `max_parallel`
         pieces generate at once, the others join as earlier ones finish; streamed, the first piece
-        starts alone and the others join once its first audio is out (each would delay that by a
-        prompt's prefill).
+        starts alone and the others join once its audio is well ahead of playback (each would delay
+        the first audio by a prompt's prefill; core/speech.py).
         """
         self._need_codec()
         codes = self._check(request)
