@@ -9,6 +9,8 @@ no biases, the attention kernel's head layout and cache types).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -62,3 +64,32 @@ def layer_tensors(layer: nn.Module, kind: int) -> list[Tensor] | None:
     tensors = [getattr(m, name) for m in linears for name in _BUFFERS[kind]]
     layer.__dict__["_fused_tensors"] = (kind, tensors)
     return tensors
+
+
+LayerStep = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (h, slots, positions, rope) -> h
+
+
+def layer_steps(model: nn.Module, kind: int) -> list[LayerStep | None]:
+    """Per layer, its `decode_layer` call with everything but the step's own inputs bound, or None where
+    the layer is not fusable. Built once per kind, caches and weights: looking up a layer's ~10 arguments
+    at every step cost ~1.2 ms of a ~22 ms int8 step (Intel Xeon). The caches and weights are replaced
+    whole (setup_caches, quantization, huge pages, `.to`), so the first and last layers' tell."""
+    first, last = model.layers[0].attention, model.layers[-1].attention
+    key = (first.kv_cache.k_cache, first.wqkv.weight, last.kv_cache.k_cache, last.wqkv.weight)
+    cached = model.__dict__.get("_layer_steps")
+    if cached is not None and cached[0] == kind and all(a is b for a, b in zip(cached[1], key, strict=True)):
+        return cached[2]
+    steps = []
+    for layer in model.layers:
+        tensors = layer_tensors(layer, kind)
+        steps.append(None if tensors is None else _layer_step(layer, tensors, kind))
+    model.__dict__["_layer_steps"] = (kind, key, steps)
+    return steps
+
+
+def _layer_step(layer: nn.Module, tensors: list[Tensor], kind: int) -> LayerStep:
+    attention, cache = layer.attention, layer.attention.kv_cache
+    weights = (tensors, kind, layer.attention_norm.weight, layer.ffn_norm.weight, layer.attention_norm.eps)
+    caches, heads = (cache.k_cache, cache.v_cache), (attention.n_head, attention.n_local_heads)
+    op = torch.ops.fishtts.decode_layer
+    return lambda h, slots, positions, rope: op(h, *weights, *caches, slots, positions, rope, *heads)

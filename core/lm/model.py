@@ -335,25 +335,11 @@ class Transformer(nn.Module):
         (int64 tensors [B]). Rows never see each other: a sequence decodes the same alone or batched."""
         h = self.embed(x)
         kind = None if static else fused.decode_kind(self.layers[0], h, KERNEL_CACHE_DTYPES)
-        for layer in self.layers:
-            tensors = None if kind is None else fused.layer_tensors(layer, kind)
-            if tensors is not None:  # the same ops as the modules', in one C++ call (fused.py)
-                cache, attention = layer.attention.kv_cache, layer.attention
-                h = torch.ops.fishtts.decode_layer(
-                    h,
-                    tensors,
-                    kind,
-                    layer.attention_norm.weight,
-                    layer.ffn_norm.weight,
-                    layer.attention_norm.eps,
-                    cache.k_cache,
-                    cache.v_cache,
-                    slots,
-                    positions,
-                    self.freqs_cis,
-                    attention.n_head,
-                    attention.n_local_heads,
-                )
+        steps = None if kind is None else fused.layer_steps(self, kind)
+        for i, layer in enumerate(self.layers):
+            step = None if steps is None else steps[i]
+            if step is not None:  # the same ops as the modules', in one C++ call (fused.py)
+                h = step(h, slots, positions, self.freqs_cis)
             else:
                 h = layer(h, lambda n, a=layer.attention: a.decode(n, self.freqs_cis, slots, positions, static))
         return self._heads(h)
