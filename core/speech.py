@@ -27,7 +27,8 @@ from .scheduler import Cancelled, GeneratedSequence, Job, Scheduler
 JOIN_FADE_SECONDS = 0.005
 # Streamed, the later segments join once the first one's decoded audio is this far ahead of its playback:
 # a prompt's prefill holds up the decode steps (~0.4 s for a 10 s reference on 2 cores), and joining at
-# the first chunk stalled playback by ~0.7 s.
+# the first chunk stalled playback by ~0.7 s. They join too once it falls behind (slower than real time,
+# playback stalls anyway, and decoding segments together is what makes up time).
 JOIN_AHEAD_SECONDS = 1.0
 
 
@@ -78,8 +79,8 @@ class SpeechStream:
         """`new_decoder()` makes one segment's codec decoder; `progress`, if given, is called (on the
         scheduler thread) for every generated frame. Up to `max_parallel` segments generate at once;
         `first_audio_alone`: the first alone until its audio is JOIN_AHEAD_SECONDS ahead of playback (from
-        its first chunk) or it is generated: a second prompt's prefill would delay the first audio, and
-        the later segments' audio is needed only once the first has played."""
+        its first chunk), falls behind it, or is generated: a second prompt's prefill would delay the
+        first audio, and the later segments' audio is needed only once the first has played."""
         if not sequences:
             raise ValueError("nothing to synthesize")
         self.scheduler = scheduler
@@ -236,7 +237,8 @@ class SpeechStream:
                 now = time.perf_counter()
                 self._first_chunk_at = self._first_chunk_at or now
                 self._first_decoded_s += sum(c.size for c in chunks) / self.sample_rate
-                if self._first_decoded_s - (now - self._first_chunk_at) >= JOIN_AHEAD_SECONDS:
+                ahead = self._first_decoded_s - (now - self._first_chunk_at)
+                if ahead >= JOIN_AHEAD_SECONDS or ahead < 0:
                     self._parallel = self.max_parallel
             self._changed.notify_all()
         self._submit()
