@@ -465,4 +465,4 @@ def test_a_thread_that_hands_work_over_frees_its_openmp_workers(model):
     if not counts:
         pytest.skip("one OpenMP thread here, or no OpenMP runtime in torch/lib")
     assert counts["with team"] > counts["before"]
-    assert counts["after"] == counts["before"]
+    assert counts["after"] <= counts["before"]  # (another test's thread may have ended meanwhile)

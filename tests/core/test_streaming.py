@@ -170,8 +170,8 @@ def test_a_long_text_streams_its_segments_in_order(tiny_engine):
 
 def test_streamed_the_first_segment_starts_alone_until_its_first_audio(tiny_engine):
     """A second segment's prefill would delay the first audio: it joins only after the first audio is out
-    (once it is far enough ahead of playback, or the first segment is generated); not streamed, both
-    start together."""
+    (once that is far enough ahead of playback or behind it, or the first segment is generated); not
+    streamed, both start together."""
     text = "sentence number one is here. sentence number two is here. sentence number three is here."
     request = SynthesisRequest(text=text, use_g2p=False, max_frames=60, seed=3)
     for streamed in (True, False):
