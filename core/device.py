@@ -48,7 +48,7 @@ def lm_dtype(device: torch.device, half: bool = False, precision: str | None = N
     return torch.float16 if half else torch.bfloat16
 
 
-OMP_PAUSE_HARD = 2  # OpenMP 5.0's omp_pause_hard: free the calling thread's worker threads
+OMP_PAUSE_HARD = 2  # OpenMP 5.0's omp_pause_hard
 
 
 def release_openmp_threads() -> bool:
@@ -58,17 +58,22 @@ def release_openmp_threads() -> bool:
     workers outnumber the CPUs, every team's idle workers sleep at once instead of spinning, so each
     parallel op pays a wake-up. A thread that loaded the models keeps its team, so the scheduler's work
     (prefill, the VQGAN) ran ~1.4x slower (Intel Xeon, 2 vCPUs). The next parallel op on this thread
-    makes a new team: call this once the thread's torch work is done. Only the runtime torch ships with
-    is used (torch/lib); where torch has none there, nothing happens."""
-    for runtime in _openmp_runtimes():
-        pause = getattr(runtime, "omp_pause_resource_all", None)
-        if pause is not None:
-            return pause(OMP_PAUSE_HARD) == 0
-    return False
+    makes a new team: call this once the thread's torch work is done. Only GNU OpenMP as torch ships
+    it (torch/lib/libgomp.so.1), where a hard pause frees just the calling thread's pool; LLVM's runtime
+    (libomp, libiomp5) would shut down every thread's, so elsewhere nothing happens."""
+    pause = _gomp_pause()
+    return pause is not None and pause(OMP_PAUSE_HARD) == 0
 
 
 @functools.cache
-def _openmp_runtimes() -> list[ctypes.CDLL]:
-    folder = os.path.join(os.path.dirname(torch.__file__), "lib")
-    names = ("libgomp.so.1", "libiomp5.so", "libomp.so", "libomp.dylib")
-    return [ctypes.CDLL(os.path.join(folder, name)) for name in names if os.path.exists(os.path.join(folder, name))]
+def _gomp_pause():
+    """torch's own libgomp's omp_pause_resource_all, if torch runs on it (already mapped: never load a
+    second OpenMP runtime into the process)."""
+    path = os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1"))
+    try:
+        with open("/proc/self/maps") as maps:
+            if path not in maps.read():
+                return None
+    except OSError:
+        return None
+    return getattr(ctypes.CDLL(path), "omp_pause_resource_all", None)
