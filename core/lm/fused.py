@@ -45,10 +45,7 @@ def decode_kind(first_layer: nn.Module, h: Tensor, cache_dtypes: tuple[torch.dty
 
 
 def layer_tensors(layer: nn.Module, kind: int) -> list[Tensor] | None:
-    """wqkv, wo, w1, w3, w2's tensors for `decode_layer`, built once a layer and kind (None: not fusable)."""
-    cached = layer.__dict__.get("_fused_tensors")
-    if cached is not None and cached[0] == kind and cached[1][0] is layer.attention.wqkv.weight:
-        return cached[1]
+    """wqkv, wo, w1, w3, w2's tensors for `decode_layer` (None: not fusable); layer_steps keeps them."""
     attention, ffn = layer.attention, layer.feed_forward
     linears = [attention.wqkv, attention.wo, ffn.w1, ffn.w3, ffn.w2]
     fmt = _FORMAT[kind]
@@ -61,9 +58,7 @@ def layer_tensors(layer: nn.Module, kind: int) -> list[Tensor] | None:
         return None
     if kind == INT4 and any(m.in_features != m.weight.size(1) * 2 for m in linears):  # (padded widths)
         return None
-    tensors = [getattr(m, name) for m in linears for name in _BUFFERS[kind]]
-    layer.__dict__["_fused_tensors"] = (kind, tensors)
-    return tensors
+    return [getattr(m, name) for m in linears for name in _BUFFERS[kind]]
 
 
 LayerStep = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (h, slots, positions, rope) -> h

@@ -335,9 +335,8 @@ class Transformer(nn.Module):
         (int64 tensors [B]). Rows never see each other: a sequence decodes the same alone or batched."""
         h = self.embed(x)
         kind = None if static else fused.decode_kind(self.layers[0], h, KERNEL_CACHE_DTYPES)
-        steps = None if kind is None else fused.layer_steps(self, kind)
-        for i, layer in enumerate(self.layers):
-            step = None if steps is None else steps[i]
+        steps = [None] * len(self.layers) if kind is None else fused.layer_steps(self, kind)
+        for layer, step in zip(self.layers, steps, strict=True):
             if step is not None:  # the same ops as the modules', in one C++ call (fused.py)
                 h = step(h, slots, positions, self.freqs_cis)
             else:
