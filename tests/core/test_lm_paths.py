@@ -252,6 +252,25 @@ def test_a_cached_path_this_machine_cannot_run_is_measured_again(models, cache_h
         paths.set_paths("float32", **previous)
 
 
+def test_a_candidate_slow_in_one_warm_up_gets_a_second_before_it_sits_out():
+    """One slow pass (a shared VM's hiccup) must not rule a path out; a path slow twice sits out."""
+    costs = {  # per candidate: its warm-ups, then its timed runs
+        "kernel": {"warm": [1.0], "timed": [1.0] * autotune.RUNS},
+        "torch": {"warm": [3.0, 1.1], "timed": [0.8] * autotune.RUNS},  # slow once, then the fastest
+        "slow": {"warm": [5.0, 4.0], "timed": []},
+    }
+    current, calls = [], []
+
+    def run(kind):
+        calls.append((current[-1], kind))
+        return costs[current[-1]][kind].pop(0)
+
+    best = autotune._timed_in_turns(list(costs), current.append, lambda: run("warm"), lambda: run("timed"))
+    assert best == {"kernel": 1.0, "torch": 0.8, "slow": 4.0}
+    assert calls.count(("slow", "warm")) == 2 and ("slow", "timed") not in calls  # sat out after two
+    assert calls.count(("kernel", "warm")) == 1  # a fast one is warmed up once
+
+
 def test_a_kernel_close_to_the_fastest_path_wins_over_torch():
     assert autotune._prefer_kernels({"torch": 1.0, "kernel": 1.04, "kernel-t0": 1.2}) == "kernel"
     assert autotune._prefer_kernels({"torch": 1.0, "kernel": 1.2}) == "torch"
