@@ -107,22 +107,24 @@ def _key(fmt: str, layers: list[nn.Module]) -> str:
 
 def _timed_in_turns(candidates: list[str], use, warm_up, timed) -> dict[str, float]:
     """Each candidate's best of RUNS timings, after a warm-up round (first touch, lazy packing) after
-    which one GIVE_UP times slower than the best sits out (keeping its warm-up time), if a second warm-up
-    is no faster: one slow pass may be a shared VM's hiccup (torch's float32 path once measured 2.2 GB/s
-    and sat out on an AMD EPYC, 11.5-13.9 GB/s in every other tuning). The candidates take turns within
-    each round: on a shared VM the machine's speed drifts, and one after another, whichever was timed in
-    a quiet moment would win. `use(path)` switches to a candidate; `warm_up()` and `timed()` run the
+    which one GIVE_UP times slower than the best sits out (keeping its better warm-up time), if a second
+    warm-up is no faster: one slow pass may be a shared VM's hiccup (torch's float32 path once measured
+    2.2 GB/s and sat out on an AMD EPYC, 11.5-13.9 GB/s in every other tuning). The candidates take
+    turns within each round: on a shared VM the machine's speed drifts, and one after another, whichever
+    was timed in a quiet moment would win. `use(path)` switches to a candidate; `warm_up()` and `timed()` run the
     work and return its cost (seconds, or seconds per GB)."""
     best = {}
     for path in candidates:
         use(path)
         best[path] = warm_up()
-    for path in candidates:
-        if best[path] > GIVE_UP * min(best.values()):
-            use(path)
-            best[path] = min(best[path], warm_up())
-    fastest = min(best.values())
-    alive = [path for path in candidates if best[path] <= GIVE_UP * fastest]
+
+    def too_slow(path: str) -> bool:
+        return best[path] > GIVE_UP * min(best.values())
+
+    for path in filter(too_slow, candidates):
+        use(path)
+        best[path] = min(best[path], warm_up())
+    alive = [path for path in candidates if not too_slow(path)]
     best.update(dict.fromkeys(alive, float("inf")))
     for _ in range(RUNS):
         for path in alive:
