@@ -5,7 +5,7 @@ streams them at half the bandwidth on some CPUs (AMD Zen) and near it on others 
 Rapids), its int8 paths far slower, and the ~40 small ops of RoPE + cache write + attention per layer
 cost more than the weights at int8. The kernels stream float32 / bfloat16 / int8 / int4 weights and do
 a layer's attention in one call. They are batch-invariant: a row's result does not depend on the
-other rows in the call.
+other rows in the call. The same extension holds the sampler's sort and draw (csrc/sampling.cpp).
 
 The extension is built with -march=native (or FISHTTS_KERNEL_ARCH) into torch's extension cache, keyed
 by the CPU capability; without a compiler (or with FISHTTS_NO_KERNELS=1) plain torch computes the same
@@ -29,7 +29,8 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 8  # activation rows the matrix-vector kernel serves; more rows (prefill) go to a matmul
-SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"  # the decode kernels (the autotuner keys its cache by it)
+SAMPLING_SOURCE = SOURCE.with_name("sampling.cpp")  # the sampler's sort and draw (sampling.py)
 
 _state: dict[str, bool] = {}
 
@@ -54,7 +55,7 @@ def _build() -> bool:
         name = f"fishtts_cpu_{torch.backends.cpu.get_cpu_capability().lower()}"
         load(
             name if arch == "native" else f"{name}_{arch.replace('-', '_')}",
-            [str(SOURCE)],
+            [str(SOURCE), str(SAMPLING_SOURCE)],
             is_python_module=False,
             verbose=False,
             extra_cflags=["-O3", f"-march={arch}", "-fopenmp"],

@@ -1,0 +1,96 @@
+"""The sampler's C++ sort and draw (core/lm/csrc/sampling.cpp) against the original's torch ops: the same
+ids from the same generator, which is left in the same state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.lm import kernels, sampling
+from core.lm.sampling import NonFiniteLogits, SamplingParams
+
+pytestmark = pytest.mark.skipif(not kernels.cpu_kernels_available(), reason="no C++ compiler for the CPU kernels here")
+
+
+def original_sample(logits, params, generator):
+    """SPEC-generation §5.1 in torch's ops, as the original runs it (no repetition penalty)."""
+    sorted_logits, sorted_ids = torch.sort(logits, dim=-1, descending=True)
+    remove = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1) > params.top_p
+    remove[..., 0] = False
+    logits = logits.masked_fill(remove.scatter(-1, sorted_ids, remove), float("-inf"))
+    logits = logits / params.temperature
+    if params.top_k is not None:
+        logits = sampling.apply_top_k(logits, params.top_k)
+    probs = torch.softmax(logits, dim=-1)
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.argmax(probs / q, dim=-1).to(torch.int)
+
+
+def test_the_native_sampler_serves_float32_cpu_rows_here():
+    assert sampling.native_draw_matches_torch()
+    assert sampling.native_sampler_serves(torch.zeros(2, 8))
+    assert not sampling.native_sampler_serves(torch.zeros(8))
+    assert not sampling.native_sampler_serves(torch.zeros(2, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("width", [36408, 168, 7])  # the text vocabulary, a codebook, a tail under a SIMD width
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.7, top_p=0.5, repetition_penalty=1.0),
+        SamplingParams(temperature=1.0, top_p=0.9, top_k=5, repetition_penalty=1.0),
+        SamplingParams(temperature=0.3, top_p=0.05, repetition_penalty=1.0),
+    ],
+    ids=["defaults", "top-k", "narrow"],
+)
+def test_sampling_draws_the_originals_ids_from_the_same_stream(width, rows, params):
+    for seed in range(12):
+        gen = torch.Generator().manual_seed(seed)
+        logits = torch.randn(rows, width, generator=gen) * (1 + seed % 4)  # flat to peaked
+        if seed % 3 == 0:
+            logits[:, : width // 3] = float("-inf")  # masked ids, as the codebooks' specials are
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        for _ in range(3):
+            assert torch.equal(sampling.sample(logits, params, None, ours), original_sample(logits, params, theirs))
+        assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+def test_the_draw_consumes_torchs_default_generator_when_given_none():
+    probs = torch.softmax(torch.randn(2, 3000, generator=torch.Generator().manual_seed(0)), dim=-1)
+    probs[probs < probs.quantile(0.99)] = 0  # mostly zeros: most draws are skipped, not taken
+    torch.manual_seed(5)
+    ours = sampling.draw(probs)
+    after = torch.get_rng_state()
+    torch.manual_seed(5)
+    assert torch.equal(ours, sampling.torch_draw(probs))
+    assert torch.equal(after, torch.get_rng_state())
+
+
+def test_top_p_keeps_exactly_the_nucleus_size_when_logits_tie_at_the_cut():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 3.0, 2.0, 2.0, 0.0]])
+    # softmax of the sorted values: 0.305, 0.305, 0.112, ... -> the cut falls among the 2.0s
+    kept = ~sampling.apply_top_p(logits, 0.75).isinf()
+    assert kept.sum().item() == 3
+    assert kept[0, 1] and kept[0, 3] and kept[0, 2]  # both 3.0s, then the lowest id of the tied 2.0s
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_infinite_logits_are_refused_not_drawn_from(bad):
+    logits = torch.randn(2, 500)
+    logits[1, 17] = bad
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    with pytest.raises(NonFiniteLogits):
+        sampling.sample(logits, SamplingParams(), None, gen)
+    assert torch.equal(gen.get_state(), state)  # raised before any draw, as the original's check
+
+
+def test_a_draw_that_differs_from_torchs_hands_sampling_back_to_torch(monkeypatch):
+    def always_the_first_id(probs, generator=None):
+        return torch.zeros(probs.size(0), dtype=torch.int)
+
+    monkeypatch.setattr(sampling, "torch_draw", always_the_first_id)
+    assert not sampling.native_draw_matches_torch()
+    monkeypatch.setattr(sampling, "_native", {})
+    assert not sampling.native_sampler_serves(torch.zeros(2, 8))
