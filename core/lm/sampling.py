@@ -61,8 +61,8 @@ def apply_repetition_penalty(logits: Tensor, previous: Tensor, penalty: float) -
 
 
 def sort_descending(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """torch.sort(descending=True) (where the C++ sampler does not serve); on CPU numpy's argsort (SIMD, ~6x faster on 36k logits) gives the
-    same sorted values (equal logits may come in another order, which no later step can tell apart)."""
+    """torch.sort(descending=True), where the C++ sampler does not serve; on CPU numpy's argsort (~1.5x
+    faster on 36k logits) gives the same sorted values (equal logits may come in another order)."""
     if logits.device.type != "cpu":
         return torch.sort(logits, dim=-1, descending=True)
     indices = torch.from_numpy(np.argsort(-logits.numpy(), axis=-1))

@@ -4,6 +4,7 @@ repetition penalty → top-p on the un-tempered logits → temperature → softm
 (`argmax(p / q)`, q ~ Exp(1)), which is a multinomial draw. The race draws exactly one `exponential_`
 vector as wide as the distribution from the given generator (the global one by default): seeded runs
 then reproduce the original's frames on the CPU. `top_p` → 0 is greedy (random numbers are still drawn).
+Top-p and the race are v0.2's (core/lm/sampling.py: the same rules, in C++ on CPU).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from ..lm.sampling import NonFiniteLogits, apply_top_p, draw, torch_draw
 
 WINDOW = 16  # frames of repetition-penalty history
 
@@ -58,12 +61,7 @@ def penalize(logits: Tensor, previous: Tensor, penalty: Tensor) -> Tensor:
 def logits_to_probs(logits: Tensor, params: SamplingTensors, previous: Tensor | None = None) -> Tensor:
     if previous is not None:
         logits = penalize(logits, previous, params.repetition_penalty)
-    sorted_logits, sorted_indices = torch.sort(logits, descending=True)
-    cumulative = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
-    remove_sorted = cumulative > params.top_p
-    remove_sorted[0] = False  # always keep the most likely entry
-    remove = remove_sorted.scatter(-1, sorted_indices, remove_sorted)
-    logits = logits.masked_fill(remove, -float("inf"))
+    logits = apply_top_p(logits[None], params.top_p)[0]  # v0.2's top-p, the same rule
     logits = logits / torch.clip(params.temperature, min=1e-5)
     return torch.softmax(logits, dim=-1)
 
@@ -72,6 +70,10 @@ def sample_token(
     logits: Tensor, params: SamplingTensors, previous: Tensor | None = None, generator: torch.Generator | None = None
 ) -> Tensor:
     """One id (a 0-d int tensor) from 1-D `logits`."""
-    probs = logits_to_probs(logits, params, previous)
-    race = torch.empty_like(probs).exponential_(1, generator=generator)
-    return torch.argmax(probs / race, dim=-1).to(torch.int)
+    probs = logits_to_probs(logits, params, previous)[None]
+    try:
+        return draw(probs, generator)[0]
+    except NonFiniteLogits:
+        # Drawn from anyway, as the original does: the fast stack samples a step's rows together, so
+        # raising would fail every sequence in the batch (batch.py), not just this one.
+        return torch_draw(probs, generator)[0]

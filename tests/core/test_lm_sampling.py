@@ -94,3 +94,26 @@ def test_a_draw_that_differs_from_torchs_hands_sampling_back_to_torch(monkeypatc
     assert not sampling.native_draw_matches_torch()
     monkeypatch.setattr(sampling, "_native", {})
     assert not sampling.native_sampler_serves(torch.zeros(2, 8))
+
+
+def test_top_p_as_a_float32_tensor_keeps_the_originals_nucleus():
+    """S1 passes its settings as float32 tensors (core/s1/sampling.py)."""
+    logits = torch.randn(1, 155776, generator=torch.Generator().manual_seed(3)) * 4  # S1-mini's vocabulary
+    top_p = torch.tensor(0.8)
+    sorted_logits, sorted_ids = torch.sort(logits, dim=-1, descending=True)
+    remove = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1) > top_p
+    remove[..., 0] = False
+    expected = logits.masked_fill(remove.scatter(-1, sorted_ids, remove), float("-inf"))
+    assert torch.equal(sampling.apply_top_p(logits, top_p), expected)
+
+
+def test_s1_draws_from_nan_logits_as_the_original_instead_of_failing_its_batch():
+    from core.s1.sampling import SamplingSettings, sample_token
+
+    logits = torch.randn(1000)
+    logits[5] = float("nan")
+    ours, theirs = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    token = sample_token(logits, SamplingSettings().as_tensors(torch.device("cpu")), None, ours)
+    probs = torch.full((1, 1000), float("nan"))  # what the original's softmax gives such a row
+    assert torch.equal(token, sampling.torch_draw(probs, theirs)[0])
+    assert torch.equal(ours.get_state(), theirs.get_state())
