@@ -89,7 +89,9 @@ def random_vqgan_checkpoint(config: VQGANConfig, seed: int = 0) -> dict[str, tor
     return state
 
 
-def random_vqgan(device: torch.device, config: VQGANConfig | None = None, seed: int = 0) -> VQGAN:
+def random_vqgan(
+    device: torch.device, config: VQGANConfig | None = None, seed: int = 0, precision: str = "float32"
+) -> VQGAN:
     """Through the real loader, so the model is what a checkpoint gives: weight norm folded, codebooks stacked."""
     config = config or VQGANConfig()
-    return vqgan_from_state_dict(random_vqgan_checkpoint(config, seed), config, device)
+    return vqgan_from_state_dict(random_vqgan_checkpoint(config, seed), config, device, precision)

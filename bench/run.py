@@ -27,7 +27,8 @@ import torch
 
 from core.checkpoints import FAMILIES, FISH_SPEECH_V02, OPENAUDIO_S1_MINI
 from core.device import resolve_device
-from core.lm.autotune import cpu_info
+from core.tuning import cpu_info
+from core.vqgan import DEFAULT_VQGAN_PRECISION, VQGAN_PRECISIONS
 
 from .concurrency import bench_concurrency
 from .e2e import REFERENCE_TEXT, bench_e2e, make_engine, reference_codes
@@ -55,6 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=64, help="frames generated end to end (~3 s of audio)")
     parser.add_argument("--num-samples", default="1,4", help="LM batch sizes (sequences decoded together)")
     parser.add_argument("--concurrent", default="1,2,4,8", help="concurrent requests for the batch part")
+    parser.add_argument(
+        "--vqgan-precision",
+        choices=VQGAN_PRECISIONS,
+        default=DEFAULT_VQGAN_PRECISION,
+        help="the VQGAN's decode precision for the parts that synthesize (auto: as the server chooses)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny models (a smoke test, not a measurement)")
     args = parser.parse_args(argv)
     args.batch_sizes = tuple(sorted({1, *(int(n) for n in args.num_samples.split(",") if n.strip())}))
@@ -89,7 +96,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
             report["lm"] = bench_lm(models, setup, prompt, args.new, args.runs, bandwidth, args.batch_sizes)
     engine_parts = uses_lm - {"lm"}  # the parts that run through a TTSEngine
     if "vqgan" in args.parts or engine_parts:
-        vqgan = random_vqgan(device, tiny_vqgan_config() if args.tiny else None)
+        vqgan = random_vqgan(device, tiny_vqgan_config() if args.tiny else None, precision=args.vqgan_precision)
+        report["vqgan_precision"] = str(vqgan.decode_dtype).removeprefix("torch.")
         if "vqgan" in args.parts:
             log("VQGAN encode/decode...")
             report["vqgan"] = bench_vqgan(vqgan, args.seconds, args.runs)
@@ -172,6 +180,8 @@ def table(report: dict) -> str:
             "VQGAN decode in bfloat16 (`--vqgan-precision bfloat16`)",
             shared=f"{v['decode_bf16_s']} s ({v['bf16_speedup']}x; SNR {v['bf16_snr_db']} dB vs float32)",
         )
+    if "vqgan_precision" in report:
+        row("VQGAN decode precision of e2e / stream / batch (`--vqgan-precision`)", shared=report["vqgan_precision"])
     if e2e:
         any_e2e = next(iter(e2e.values()))
         row(

@@ -21,8 +21,8 @@ import argparse
 import torch
 
 from core.device import resolve_device
-from core.lm.autotune import cpu_info
 from core.s1.codec import Codec, StreamingDecoder
+from core.tuning import cpu_info
 
 from .measure import median_runs, memory_bandwidth, peak_rss_mb, timed
 from .run import report_main, run_header

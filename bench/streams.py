@@ -27,6 +27,7 @@ import torch
 
 from core.engine import TTSEngine
 from core.request import Reference, SynthesisRequest
+from core.vqgan import DEFAULT_VQGAN_PRECISION, VQGAN_PRECISIONS
 from core.vqgan.streaming import StreamingDecoder
 
 from .concurrency import run_requests
@@ -48,6 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--packed-rows", type=int, default=None, help="positions per packed prefill call (0: one prompt per call)"
+    )
+    parser.add_argument(
+        "--vqgan-precision",
+        choices=VQGAN_PRECISIONS,
+        default=DEFAULT_VQGAN_PRECISION,
+        help="the VQGAN's decode precision for the parts that synthesize (auto: as the server chooses)",
     )
     parser.add_argument("--tiny", action="store_true", help="tiny models (a smoke test)")
     return parser.parse_args(argv)
@@ -152,7 +159,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     base = random_official_lm(device, torch.float32, config=tiny_lm_config() if args.tiny else None)
     lm = build_variant(args.format, base)
     del base
-    vqgan = random_vqgan(device, tiny_vqgan_config() if args.tiny else None)
+    vqgan = random_vqgan(device, tiny_vqgan_config() if args.tiny else None, precision=args.vqgan_precision)
+    report["vqgan_precision"] = str(vqgan.decode_dtype).removeprefix("torch.")
     engine = make_engine(lm, vqgan, device)
     try:
         log(f"{args.requests} streams of {args.frames} frames, {args.format}...")

@@ -38,21 +38,16 @@ def bench_vqgan(vqgan: VQGAN, seconds: float, runs: int) -> dict:
         decode_s, _ = timed(lambda: vqgan.decode(codes), device)
         return dict(encode_s=encode_s, decode_s=decode_s)
 
-    def once_bfloat16():
-        vqgan.decode_dtype = torch.bfloat16
-        try:
-            return {"decode_bf16_s": timed(lambda: vqgan.decode(codes), device)[0]}
-        finally:
-            vqgan.decode_dtype = torch.float32
-
-    result = median_runs(once, runs)
-    bf16 = median_runs(once_bfloat16, runs)
-    reference = vqgan.decode(codes)
-    vqgan.decode_dtype = torch.bfloat16
+    chosen = vqgan.decode_dtype  # (the precision "auto" chose for the other parts, put back afterwards)
     try:
+        vqgan.decode_dtype = torch.float32
+        result = median_runs(once, runs)
+        reference = vqgan.decode(codes)
+        vqgan.decode_dtype = torch.bfloat16
+        bf16 = median_runs(lambda: {"decode_bf16_s": timed(lambda: vqgan.decode(codes), device)[0]}, runs)
         snr = snr_db(reference, vqgan.decode(codes))
     finally:
-        vqgan.decode_dtype = torch.float32
+        vqgan.decode_dtype = chosen
     return dict(
         audio_s=seconds,
         codes=frames,

@@ -26,7 +26,7 @@ from .checkpoints import (
     OPENAUDIO_S1_MINI,
     VQGAN_FILENAME,
 )
-from .engine import DEFAULT_LM_CONFIG, DEFAULT_VQGAN_CONFIG, QUANT_MODES, VQGAN_PRECISIONS
+from .engine import DEFAULT_LM_CONFIG, DEFAULT_VQGAN_CONFIG, DEFAULT_VQGAN_PRECISION, QUANT_MODES, VQGAN_PRECISIONS
 from .request import DEFAULT_ORDER, DEFAULT_SAMPLING, DEFAULT_SEED, DEFAULT_TEXT, S1_DEFAULT_SAMPLING
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".wma", ".aac", ".aiff", ".aif", ".aifc"}
@@ -63,9 +63,11 @@ def report_speed(frames: int, seconds: float, model) -> None:
 vqgan_precision_option = click.option(
     "--vqgan-precision",
     type=click.Choice(VQGAN_PRECISIONS),
-    default=VQGAN_PRECISIONS[0],
+    default=DEFAULT_VQGAN_PRECISION,
     show_default=True,
-    help="Decode audio in bfloat16 (faster on CPUs with AMX / AVX512-BF16; see the README for its SNR).",
+    envvar="FISHTTS_VQGAN_PRECISION",
+    help="Decode audio in bfloat16 (faster on CPUs with AMX / AVX512-BF16; see the README for its SNR); "
+    "auto: bfloat16 where it is measured clearly faster on this machine.",
 )
 
 
@@ -295,7 +297,7 @@ def load_engine(lm_checkpoint, lm_config, vqgan_checkpoint, vqgan_config, kwargs
         half=kwargs["half"],
         compile=kwargs["compile"],
         quantize=kwargs["quantize"],
-        vqgan_precision=vqgan_precision or VQGAN_PRECISIONS[0],
+        vqgan_precision=vqgan_precision or DEFAULT_VQGAN_PRECISION,
     )
 
 

@@ -35,9 +35,8 @@ from .request import SynthesisRequest
 from .scheduler import Job, Scheduler, SchedulerFailed
 from .speech import SpeechStream
 from .text.split import MAX_SEGMENT_WEIGHT
-from .vqgan import load_vqgan
+from .vqgan import DEFAULT_VQGAN_PRECISION, VQGAN_PRECISIONS, load_vqgan
 from .vqgan.config import PRESETS as VQGAN_PRESETS
-from .vqgan.load import VQGAN_PRECISIONS
 
 FAMILY = FISH_SPEECH_V02  # what `load` loads
 S1_FAMILY = OPENAUDIO_S1_MINI  # what `load_s1` loads
@@ -137,12 +136,13 @@ class TTSEngine:
         compile: bool = False,
         quantize: str | None = None,
         max_batch_size: int | None = None,
-        vqgan_precision: str = "float32",
+        vqgan_precision: str = DEFAULT_VQGAN_PRECISION,
     ) -> TTSEngine:
         """Load the Fish Speech v0.2 parts whose checkpoint is given (None skips the LM or the VQGAN).
 
         `quantize="int8"` / `"int4"` stores the LM's linears as int8 / int4 (~4x / ~6x less to read per
-        token than float32 on CPU). `vqgan_precision="bfloat16"` decodes audio in bfloat16.
+        token than float32 on CPU). `vqgan_precision="bfloat16"` decodes audio in bfloat16; "auto" (the
+        default) where that is measured faster on this machine (core/vqgan/precision.py).
         """
         dev = resolve_device(device)
         lm = tok = vqgan = None
@@ -382,6 +382,7 @@ __all__ = [
     "SpeechStream",
     "SynthesisRequest",
     "TTSEngine",
+    "DEFAULT_VQGAN_PRECISION",
     "VQGAN_PRECISIONS",
     "VQGAN_PRESETS",
     "resolve_tokenizer_dir",

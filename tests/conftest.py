@@ -21,6 +21,9 @@ from tests.paths import PARITY
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", get_default_build_root())
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fishtts-test-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+# Audio is compared with float32 references: the servers and CLIs started here decode in float32 unless a
+# test asks otherwise ("auto" would pick bfloat16 on some CPUs; test_vqgan_precision.py tests it).
+os.environ["FISHTTS_VQGAN_PRECISION"] = "float32"
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +65,7 @@ def tiny_engine(tiny_checkpoints):
         vqgan_checkpoint=tiny_checkpoints["vqgan"],
         vqgan_config=str(tiny_checkpoints["vqgan_config"]),
         device="cpu",
+        vqgan_precision="float32",
     )
 
 

@@ -17,16 +17,14 @@ choice changes only speed. On a busy machine the timings are noisy; the best of 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..tuning import cpu_info, machine_key, read_cache, write_cache
 from . import paths
 from .kernels import SOURCE, cpu_kernels_available, move_to_huge_pages, single_threaded_torch
 from .quantize import weight_format
@@ -42,59 +40,15 @@ RUNS = 2
 KERNEL_MARGIN = 0.05  # see _prefer_kernels
 GIVE_UP = 2.0  # a candidate whose two warm-ups both take this many times the best is not timed further
 METHOD = 4  # how the timings are taken: a choice cached by another method is measured again
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
-
-
-def cpu_info() -> dict:
-    """{"model": name, "flags": the ones that matter here} from /proc/cpuinfo (best effort elsewhere)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("model name", "Model") and model in (platform.processor(), platform.machine()):
-                model = value.strip()
-            elif key in ("flags", "Features"):
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags]}
-
-
-def cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fishtts" / "lm_paths.json"
-
-
-def _read_cache() -> dict:
-    try:
-        data = json.loads(cache_file().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_cache(data: dict) -> None:
-    path = cache_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        tmp.replace(path)
-    except OSError as exc:
-        log.debug("could not write %s: %s", path, exc)
+CACHE_NAME = "lm_paths.json"
 
 
 def _key(fmt: str, layers: list[nn.Module]) -> str:
-    cpu = cpu_info()
     shapes = sorted({(m.out_features, m.in_features) for m in layers})
     source = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:12] if cpu_kernels_available() else "none"
     return "|".join(
         [
-            cpu["model"],
-            ",".join(cpu["flags"]),
-            f"threads={torch.get_num_threads()}",
-            f"torch={torch.__version__}",
+            *machine_key(),
             f"kernels={source}",
             f"method={METHOD}",
             fmt,
@@ -257,7 +211,7 @@ def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
     move_to_huge_pages(m for m in model.modules() if weight_format(m) is not None)  # in the order a step reads them
     if os.environ.get("FISHTTS_AUTOTUNE", "1") == "0":
         return {fmt: dict(paths.chosen(fmt)) for fmt in formats}
-    cache = _read_cache()
+    cache = read_cache(CACHE_NAME)
     changed = False
     for fmt, layers in formats.items():
         key = _key(fmt, layers)
@@ -282,7 +236,7 @@ def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
             f"measured in {entry['tuned_s']} s" if not valid else "cached",
         )
     if changed:
-        _write_cache(cache)
+        write_cache(CACHE_NAME, cache)
     return {fmt: dict(paths.chosen(fmt)) for fmt in formats}
 
 

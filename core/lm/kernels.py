@@ -167,10 +167,3 @@ def move_to_huge_pages(modules: Iterable[torch.nn.Module]) -> None:
             is_parameter = isinstance(tensor, torch.nn.Parameter)
             moved[id(tensor)] = torch.nn.Parameter(copy, requires_grad=False) if is_parameter else copy
         setattr(module, name, moved[id(tensor)])
-
-
-def cpu_has_fast_bfloat16() -> bool:
-    """bfloat16 matmuls run natively (AVX512-BF16 / AMX) instead of being emulated (~75x slower)."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)

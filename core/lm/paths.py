@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import cpu_has_fast_bfloat16, cpu_kernels_available, few_rows, has_few_rows
+from ..tuning import cpu_has_fast_bfloat16
+from .kernels import cpu_kernels_available, few_rows, has_few_rows
 
 FORMATS = ("float32", "int8", "int4")
 

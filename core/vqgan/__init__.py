@@ -3,5 +3,15 @@
 from .config import VQGANConfig, load_vqgan_config
 from .load import checkpoint_layout, load_vqgan, vqgan_from_state_dict
 from .model import VQGAN
+from .precision import DEFAULT_VQGAN_PRECISION, VQGAN_PRECISIONS
 
-__all__ = ["VQGAN", "VQGANConfig", "checkpoint_layout", "load_vqgan", "load_vqgan_config", "vqgan_from_state_dict"]
+__all__ = [
+    "DEFAULT_VQGAN_PRECISION",
+    "VQGAN",
+    "VQGANConfig",
+    "VQGAN_PRECISIONS",
+    "checkpoint_layout",
+    "load_vqgan",
+    "load_vqgan_config",
+    "vqgan_from_state_dict",
+]

@@ -15,6 +15,7 @@ from torch import Tensor
 from ..checkpoints import CheckpointError, describe_key_mismatch, describe_shape_mismatch, load_state_dict_file
 from .config import VQGANConfig, load_vqgan_config
 from .model import VQGAN
+from .precision import check_precision, resolve_precision
 
 WN_G, WN_V = ".parametrizations.weight.original0", ".parametrizations.weight.original1"
 LEGACY_WN = {".weight_g": WN_G, ".weight_v": WN_V}  # old torch.nn.utils.weight_norm spelling
@@ -104,24 +105,21 @@ def convert_state_dict(model: VQGAN, state_dict: dict[str, Tensor]) -> dict[str,
     return state
 
 
-VQGAN_PRECISIONS = ("float32", "bfloat16")  # of decode; encode is float32
-
-
 def vqgan_from_state_dict(
     state_dict: dict[str, Tensor],
     config: VQGANConfig | str = "vqgan_pretrain",
     device: str | torch.device = "cpu",
     precision: str = "float32",
 ) -> VQGAN:
-    if precision not in VQGAN_PRECISIONS:
-        raise ValueError(f"unknown VQGAN precision {precision!r} (use one of: {', '.join(VQGAN_PRECISIONS)})")
+    check_precision(precision)
     if not isinstance(config, VQGANConfig):
         config = load_vqgan_config(config)
     with torch.device("meta"):
         model = VQGAN(config)
     model.load_state_dict(convert_state_dict(model, state_dict), strict=True, assign=True)
-    model.decode_dtype = getattr(torch, precision)
-    return model.requires_grad_(False).to(device).eval()
+    model = model.requires_grad_(False).to(device).eval()
+    model.decode_dtype = getattr(torch, resolve_precision(model, precision))
+    return model
 
 
 def load_vqgan(
@@ -131,5 +129,6 @@ def load_vqgan(
     precision: str = "float32",
 ) -> VQGAN:
     """Read a VQGAN checkpoint (flat or Lightning-wrapped, either weight-norm spelling) in eval mode.
-    `precision="bfloat16"` decodes in bfloat16 (an option: see README for its speed and SNR)."""
+    `precision="bfloat16"` decodes in bfloat16 (see README for its speed and SNR); "auto" where that is
+    measured faster here (precision.py)."""
     return vqgan_from_state_dict(load_state_dict_file(checkpoint_path), config, device, precision)

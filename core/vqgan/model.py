@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -24,14 +22,20 @@ class VQGAN(nn.Module):
         self.vq_encoder = VQEncoder(config.vq)
         self.decoder = WN(config.decoder)
         self.generator = Generator(config.generator)
-        # bfloat16: decode's convolutions run in bfloat16 (autocast; AMX / AVX512-BF16 on CPU), encode stays float32.
         self.decode_dtype = torch.float32
 
-    def decode_precision(self):
-        """The context decode's convolutions run in (autocast to bfloat16, or nothing for float32)."""
-        if self.decode_dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.decode_dtype)
+    @property
+    def decode_dtype(self) -> torch.dtype:
+        """What the generator's convs compute in: float32, or bfloat16 (AMX / AVX512-BF16 on CPU) with
+        float32 between them (modules.conv1d). The WN decoder (~2% of decode) and encode stay float32."""
+        return self._decode_dtype
+
+    @decode_dtype.setter
+    def decode_dtype(self, dtype: torch.dtype) -> None:
+        for module in self.generator.modules():
+            if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
+                module.__dict__["compute_dtype"] = dtype
+        self._decode_dtype = dtype
 
     @property
     def device(self) -> torch.device:
@@ -59,8 +63,7 @@ class VQGAN(nn.Module):
 
     def codes_to_mel(self, codes: Tensor) -> Tensor:
         """Checked codes [groups, T] -> mel [1, n_mels, 4T] float32 (the first half of decode)."""
-        with self.decode_precision():
-            return self.decoder(self.codes_to_features(codes)).float()  # all-ones mask: no multiplies
+        return self.decoder(self.codes_to_features(codes))  # all-ones mask: no multiplies
 
     def codes_to_features(self, codes: Tensor) -> Tensor:
         """Checked codes [groups, T] -> the WN decoder's input [1, C, 4T] (per code: nothing to wait for)."""
@@ -70,8 +73,7 @@ class VQGAN(nn.Module):
 
     def mel_to_audio(self, mel: Tensor) -> Tensor:
         """mel [1, n_mels, F] -> waveform [1, 1, 256 F] float32 (the second half of decode)."""
-        with self.decode_precision():
-            return self.generator(mel).float()
+        return self.generator(mel)
 
     def _check_audio(self, audio: Tensor | np.ndarray) -> Tensor:
         audio = torch.as_tensor(audio)

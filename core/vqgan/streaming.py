@@ -142,12 +142,11 @@ class StreamingDecoder:
     def _feed_mel(self, end: int, final: bool) -> None:
         waiting = torch.cat(self.codes, dim=1)  # the codes pushed since the last feed
         self.codes = [waiting[:, end - self.codes_fed :]]
-        with self.vqgan.decode_precision():
-            if end > self.codes_fed:
-                features = self.vqgan.codes_to_features(waiting[:, : end - self.codes_fed])
-            else:  # (only the last, empty piece: it flushes what waited for the end)
-                features = self.mel.new_zeros(1, self.feature_channels, 0)
-            mel = self.mel_stream.push(features, final).float()
+        if end > self.codes_fed:
+            features = self.vqgan.codes_to_features(waiting[:, : end - self.codes_fed])
+        else:  # (only the last, empty piece: it flushes what waited for the end)
+            features = self.mel.new_zeros(1, self.feature_channels, 0)
+        mel = self.mel_stream.push(features, final)
         self.mel = torch.cat([self.mel, mel], dim=-1)
         self.codes_fed, self.mel_finished = end, final
 
@@ -158,9 +157,8 @@ class StreamingDecoder:
         final = self.finished and feed_to >= self.num_codes * self.frames_per_token
         feed_to = self.mel.shape[-1] if final else feed_to
         if not self.generator_finished and (feed_to > self.mel_fed or final):
-            with self.vqgan.decode_precision():
-                audio = self.generator.push(self.mel[..., self.mel_fed : feed_to], final)
-            self.audio = torch.cat([self.audio, audio.float().reshape(-1)])
+            audio = self.generator.push(self.mel[..., self.mel_fed : feed_to], final)
+            self.audio = torch.cat([self.audio, audio.reshape(-1)])
             self.mel_fed, self.generator_finished = feed_to, final
         n = (end - start) * self.frames_per_token * self.samples_per_frame
         if self.audio.shape[0] < n:

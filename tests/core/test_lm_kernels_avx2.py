@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from core.lm.autotune import cpu_info
 from core.lm.kernels import cpu_kernels_available
+from core.tuning import cpu_info
 from tests.paths import ROOT
 
 FILES = [

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from core import tuning
 from core.engine import TTSEngine
 from core.lm import SamplingParams, autotune, fused, generate, kernels, load_lm, paths
 from core.lm.quantize import Int4Linear, dequantize_int4, quantize_int4
@@ -278,8 +279,8 @@ def test_a_kernel_close_to_the_fastest_path_wins_over_torch():
 
 
 def test_cpu_info_names_the_model_and_only_known_flags():
-    info = autotune.cpu_info()
-    assert info["model"] and set(info["flags"]) <= set(autotune.CPU_FLAGS)
+    info = tuning.cpu_info()
+    assert info["model"] and set(info["flags"]) <= set(tuning.CPU_FLAGS)
 
 
 # -- without the C++ kernels ------------------------------------------------------------------------

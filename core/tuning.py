@@ -1,0 +1,70 @@
+"""What this machine is, and the choices measured on it, kept per machine in ~/.cache/fishtts/
+($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten). The LM's paths
+(core/lm/autotune.py) and the VQGAN's decode precision (core/vqgan/precision.py) are chosen this way."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
+
+
+def cpu_info() -> dict:
+    """{"model": name, "flags": the ones that matter here} from /proc/cpuinfo (best effort elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model") and model in (platform.processor(), platform.machine()):
+                model = value.strip()
+            elif key in ("flags", "Features"):
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def machine_key() -> list[str]:
+    """What a measured choice holds for: the CPU, its flags, the thread count and the torch version."""
+    cpu = cpu_info()
+    return [cpu["model"], ",".join(cpu["flags"]), f"threads={torch.get_num_threads()}", f"torch={torch.__version__}"]
+
+
+def cpu_has_fast_bfloat16() -> bool:
+    """bfloat16 matmuls run natively (AVX512-BF16 / AMX) instead of being emulated (~75x slower)."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def cache_file(name: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fishtts" / name
+
+
+def read_cache(name: str) -> dict:
+    try:
+        data = json.loads(cache_file(name).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_cache(name: str, data: dict) -> None:
+    path = cache_file(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError as exc:
+        log.debug("could not write %s: %s", path, exc)
