@@ -27,7 +27,7 @@ VQGAN_PRECISIONS = (AUTO, "float32", "bfloat16")  # of decode; encode is float32
 DEFAULT_VQGAN_PRECISION = AUTO  # the CLI's, the server's and the engine's
 MIN_SPEEDUP = 1.5  # bfloat16's speed-up over float32 that makes it the choice (with its SNR above 40 dB)
 PROBE_CODES = 16  # codes (0.74 s of audio) the generator decodes in each timing
-RUNS = 2  # timings per precision, taken in turns after a warm-up of each
+RUNS = 3  # timings per precision (the best counts), taken in turns after a warm-up of each
 METHOD = 1  # how the timings are taken: a choice cached by another method is measured again
 CACHE_NAME = "vqgan_precision.json"
 
