@@ -9,6 +9,7 @@ import torch
 from core.lm import load_lm_config
 from core.lm.config import ModelArgs
 from core.lm.model import Transformer
+from core.vqgan import DEFAULT_VQGAN_PRECISION, VQGAN_PRECISIONS
 from core.vqgan.config import DownsampleConfig, GeneratorConfig, VQConfig, VQGANConfig, WNConfig
 from core.vqgan.load import MEL_KEYS, WN_G, checkpoint_layout, vqgan_from_state_dict
 from core.vqgan.model import VQGAN
@@ -87,6 +88,15 @@ def random_vqgan_checkpoint(config: VQGANConfig, seed: int = 0) -> dict[str, tor
         else:
             state[key] = torch.randn(shape, generator=gen)
     return state
+
+
+def add_vqgan_precision_argument(parser) -> None:
+    parser.add_argument(
+        "--vqgan-precision",
+        choices=VQGAN_PRECISIONS,
+        default=DEFAULT_VQGAN_PRECISION,
+        help="the VQGAN's decode precision for the parts that synthesize (auto: as the server chooses)",
+    )
 
 
 def random_vqgan(

@@ -28,13 +28,12 @@ import torch
 from core.checkpoints import FAMILIES, FISH_SPEECH_V02, OPENAUDIO_S1_MINI
 from core.device import resolve_device
 from core.tuning import cpu_info
-from core.vqgan import DEFAULT_VQGAN_PRECISION, VQGAN_PRECISIONS
 
 from .concurrency import bench_concurrency
 from .e2e import REFERENCE_TEXT, bench_e2e, make_engine, reference_codes
 from .lm import bench_lm, build_variants, random_prompt
 from .measure import memory_bandwidth, peak_rss_mb
-from .models import random_official_lm, random_vqgan, tiny_lm_config, tiny_vqgan_config
+from .models import add_vqgan_precision_argument, random_official_lm, random_vqgan, tiny_lm_config, tiny_vqgan_config
 from .streaming import bench_streaming
 from .vqgan import bench_vqgan
 
@@ -56,12 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=64, help="frames generated end to end (~3 s of audio)")
     parser.add_argument("--num-samples", default="1,4", help="LM batch sizes (sequences decoded together)")
     parser.add_argument("--concurrent", default="1,2,4,8", help="concurrent requests for the batch part")
-    parser.add_argument(
-        "--vqgan-precision",
-        choices=VQGAN_PRECISIONS,
-        default=DEFAULT_VQGAN_PRECISION,
-        help="the VQGAN's decode precision for the parts that synthesize (auto: as the server chooses)",
-    )
+    add_vqgan_precision_argument(parser)
     parser.add_argument("--tiny", action="store_true", help="tiny models (a smoke test, not a measurement)")
     args = parser.parse_args(argv)
     args.batch_sizes = tuple(sorted({1, *(int(n) for n in args.num_samples.split(",") if n.strip())}))

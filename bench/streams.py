@@ -27,13 +27,12 @@ import torch
 
 from core.engine import TTSEngine
 from core.request import Reference, SynthesisRequest
-from core.vqgan import DEFAULT_VQGAN_PRECISION, VQGAN_PRECISIONS
 from core.vqgan.streaming import StreamingDecoder
 
 from .concurrency import run_requests
 from .e2e import REFERENCE_TEXT, make_engine, reference_codes
 from .lm import build_variant
-from .models import random_official_lm, random_vqgan, tiny_lm_config, tiny_vqgan_config
+from .models import add_vqgan_precision_argument, random_official_lm, random_vqgan, tiny_lm_config, tiny_vqgan_config
 from .run import report_main, run_header
 
 generation = importlib.import_module("core.lm.generate")  # (the package's `generate` is the function)
@@ -50,12 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--packed-rows", type=int, default=None, help="positions per packed prefill call (0: one prompt per call)"
     )
-    parser.add_argument(
-        "--vqgan-precision",
-        choices=VQGAN_PRECISIONS,
-        default=DEFAULT_VQGAN_PRECISION,
-        help="the VQGAN's decode precision for the parts that synthesize (auto: as the server chooses)",
-    )
+    add_vqgan_precision_argument(parser)
     parser.add_argument("--tiny", action="store_true", help="tiny models (a smoke test)")
     return parser.parse_args(argv)
 

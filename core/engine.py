@@ -371,6 +371,7 @@ class TTSEngine:
 
 
 __all__ = [
+    "DEFAULT_VQGAN_PRECISION",
     "EngineInfo",
     "FAMILIES",
     "FAMILY",
@@ -382,7 +383,6 @@ __all__ = [
     "SpeechStream",
     "SynthesisRequest",
     "TTSEngine",
-    "DEFAULT_VQGAN_PRECISION",
     "VQGAN_PRECISIONS",
     "VQGAN_PRESETS",
     "resolve_tokenizer_dir",

@@ -38,7 +38,8 @@ def check_precision(precision: str) -> None:
 
 
 def resolve_precision(vqgan: VQGAN, precision: str) -> str:
-    """ "float32" or "bfloat16": `precision` itself, or what "auto" chooses for this VQGAN here."""
+    """The precision to decode in, float32 or bfloat16: `precision` itself, or what "auto" chooses for
+    this VQGAN on this machine."""
     check_precision(precision)
     if precision != AUTO:
         return precision
