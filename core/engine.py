@@ -24,7 +24,7 @@ from .device import lm_dtype, release_openmp_threads, resolve_device
 from .families import FAMILIES, FISH_SPEECH_V02, OPENAUDIO_S1_MINI, ModelFamily
 from .families.fish_speech import FishSpeech
 from .families.openaudio import OpenAudioS1
-from .frontend import PromptText
+from .frontend import PromptText, warm_up_g2p
 from .lm import load_lm, load_tokenizer
 from .lm.compile import uses_static_cache
 from .lm.config import PRESETS as LM_PRESETS
@@ -314,6 +314,12 @@ class TTSEngine:
         return [self.family.codes(seq, prompt) for seq in sequences]
 
     # -- everything ------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Load now what a first request would wait for: the g2p's dictionaries and models, where this
+        model reads phonemes (~2.5 s once per process; a server calls it after loading a model)."""
+        if self.info.phonemes:
+            warm_up_g2p()
 
     def read_text(
         self, request: SynthesisRequest, reference_frames: int = 0, max_segment_weight: int = MAX_SEGMENT_WEIGHT

