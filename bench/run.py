@@ -91,7 +91,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     engine_parts = uses_lm - {"lm"}  # the parts that run through a TTSEngine
     if "vqgan" in args.parts or engine_parts:
         vqgan = random_vqgan(device, tiny_vqgan_config() if args.tiny else None, precision=args.vqgan_precision)
-        report["vqgan_precision"] = str(vqgan.decode_dtype).removeprefix("torch.")
+        report["vqgan_precision"] = vqgan.decode_precision
         if "vqgan" in args.parts:
             log("VQGAN encode/decode...")
             report["vqgan"] = bench_vqgan(vqgan, args.seconds, args.runs)

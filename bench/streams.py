@@ -154,7 +154,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     lm = build_variant(args.format, base)
     del base
     vqgan = random_vqgan(device, tiny_vqgan_config() if args.tiny else None, precision=args.vqgan_precision)
-    report["vqgan_precision"] = str(vqgan.decode_dtype).removeprefix("torch.")
+    report["vqgan_precision"] = vqgan.decode_precision
     engine = make_engine(lm, vqgan, device)
     try:
         log(f"{args.requests} streams of {args.frames} frames, {args.format}...")

@@ -39,7 +39,7 @@ class FishSpeech:
             codebook_size=None if vqgan is None else vqgan.config.vq.codebook_size,
             sample_rate=SAMPLE_RATE if vqgan is None else vqgan.config.sample_rate,
             frame_rate=None if vqgan is None else vqgan.config.sample_rate / vqgan.config.samples_per_code,
-            vqgan_precision=None if vqgan is None else str(vqgan.decode_dtype).removeprefix("torch."),
+            vqgan_precision=None if vqgan is None else vqgan.decode_precision,
             lm_paths=model_paths(lm) if on_cpu else {},
         )
 

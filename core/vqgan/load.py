@@ -15,7 +15,7 @@ from torch import Tensor
 from ..checkpoints import CheckpointError, describe_key_mismatch, describe_shape_mismatch, load_state_dict_file
 from .config import VQGANConfig, load_vqgan_config
 from .model import VQGAN
-from .precision import check_precision, resolve_precision
+from .precision import resolve_precision
 
 WN_G, WN_V = ".parametrizations.weight.original0", ".parametrizations.weight.original1"
 LEGACY_WN = {".weight_g": WN_G, ".weight_v": WN_V}  # old torch.nn.utils.weight_norm spelling
@@ -111,7 +111,6 @@ def vqgan_from_state_dict(
     device: str | torch.device = "cpu",
     precision: str = "float32",
 ) -> VQGAN:
-    check_precision(precision)
     if not isinstance(config, VQGANConfig):
         config = load_vqgan_config(config)
     with torch.device("meta"):

@@ -38,6 +38,11 @@ class VQGAN(nn.Module):
         self._decode_dtype = dtype
 
     @property
+    def decode_precision(self) -> str:
+        """decode_dtype's name: "float32" or "bfloat16" (what `--vqgan-precision` resolved to)."""
+        return str(self.decode_dtype).removeprefix("torch.")
+
+    @property
     def device(self) -> torch.device:
         return self.vq_encoder.conv_in.weight.device
 

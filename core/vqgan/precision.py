@@ -32,15 +32,11 @@ METHOD = 1  # how the timings are taken: a choice cached by another method is me
 CACHE_NAME = "vqgan_precision.json"
 
 
-def check_precision(precision: str) -> None:
-    if precision not in VQGAN_PRECISIONS:
-        raise ValueError(f"unknown VQGAN precision {precision!r} (use one of: {', '.join(VQGAN_PRECISIONS)})")
-
-
 def resolve_precision(vqgan: VQGAN, precision: str) -> str:
     """The precision to decode in, float32 or bfloat16: `precision` itself, or what "auto" chooses for
     this VQGAN on this machine."""
-    check_precision(precision)
+    if precision not in VQGAN_PRECISIONS:
+        raise ValueError(f"unknown VQGAN precision {precision!r} (use one of: {', '.join(VQGAN_PRECISIONS)})")
     if precision != AUTO:
         return precision
     if vqgan.device.type != "cpu" or not cpu_has_fast_bfloat16():
