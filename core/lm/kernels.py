@@ -29,6 +29,14 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 8  # activation rows the matrix-vector kernel serves; more rows (prefill) go to a matmul
+KERNEL_CACHE_DTYPES = (torch.float32, torch.bfloat16)  # KV caches the decode-attention kernel reads
+
+
+def attention_kernel_layout(n_head: int, n_kv_head: int, head_dim: int) -> bool:
+    """Whether the decode-attention kernel handles these heads (v0.2: 16 of 64; S1-mini: 16 of 128, 8 for k/v)."""
+    return head_dim % 16 == 0 and head_dim <= 256 and n_head % n_kv_head == 0
+
+
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"  # the decode kernels (the autotuner keys its cache by it)
 SAMPLING_SOURCE = SOURCE.with_name("sampling.cpp")  # the sampler's sort and draw (sampling.py)
 
@@ -64,7 +72,7 @@ def _build() -> bool:
         # Output shapes, so torch.compile can treat the kernels as opaque ops.
         torch.library.register_fake("fishtts::linear_rows")(lambda x, w, s: x.new_empty(*x.shape[:-1], w.size(0)))
         torch.library.register_fake("fishtts::decode_attention")(
-            lambda qkv, kc, vc, slots, pos, freqs, h, hkv: qkv.new_empty(qkv.size(0), h * kc.size(3))
+            lambda qkv, kc, vc, slots, pos, freqs, h, hkv, *norms: qkv.new_empty(qkv.size(0), h * kc.size(3))
         )
         torch.library.register_fake("fishtts::linear_rows_int8_vnni")(
             lambda x, w, s: x.new_empty(*x.shape[:-1], w.size(0))

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from . import fused
 from .config import ModelArgs, find_multiple
-from .kernels import uses_cpu_kernels
+from .kernels import KERNEL_CACHE_DTYPES, attention_kernel_layout, uses_cpu_kernels
 from .norm import RMSNorm
 from .paths import Linear
 
@@ -45,9 +45,6 @@ def apply_rotary_emb(x: Tensor, freqs_cis: Tensor) -> Tensor:
         dim=-1,
     )
     return rotated.flatten(3).type_as(x)
-
-
-KERNEL_CACHE_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class KVCache(nn.Module):
@@ -90,8 +87,7 @@ class Attention(nn.Module):
         self.wqkv = Linear(config.dim, (config.n_head + 2 * config.n_local_heads) * config.head_dim, bias=False)
         self.wo = Linear(config.dim, config.dim, bias=False)
         self.kv_cache: KVCache | None = None
-        # Head layouts the decode-attention kernel handles (the official model's: 16 heads of 64).
-        self.kernel_layout = self.head_dim % 16 == 0 and self.head_dim <= 256 and self.n_head % self.n_local_heads == 0
+        self.kernel_layout = attention_kernel_layout(self.n_head, self.n_local_heads, self.head_dim)
 
     def _qkv(self, x: Tensor, freqs_cis: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, S, dim] -> rotated q [B, H, S, D], k and v [B, Hkv, S, D]."""
@@ -334,8 +330,8 @@ class Transformer(nn.Module):
         """One new frame per sequence: x [B, 1 + C, 1]; row b at `positions[b]` of cache slot `slots[b]`
         (int64 tensors [B]). Rows never see each other: a sequence decodes the same alone or batched."""
         h = self.embed(x)
-        kind = None if static else fused.decode_kind(self.layers[0], h, KERNEL_CACHE_DTYPES)
-        steps = [None] * len(self.layers) if kind is None else fused.layer_steps(self, kind)
+        kind = None if static else fused.decode_kind(self.layers[0], h)
+        steps = [None] * len(self.layers) if kind is None else fused.layer_steps(self.layers, kind)
         for layer, step in zip(self.layers, steps, strict=True):
             if step is not None:  # the same ops as the modules', in one C++ call (fused.py)
                 h = step(h, slots, positions, self.freqs_cis)

@@ -15,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..lm import fused
+from ..lm.kernels import attention_kernel_layout
 from ..lm.norm import RMSNorm
 from ..lm.quantize import quantize_model
 from .config import DualARConfig, LayerShape, find_multiple
@@ -54,6 +56,9 @@ class Attention(nn.Module):
         super().__init__()
         self.shape = shape
         self.explicit_softmax = explicit_softmax  # the original's fast stack: plain softmax, not SDPA
+        # (read by core/lm/fused.py, whose one C++ call a layer runs a CPU decode step)
+        self.n_head, self.n_local_heads = shape.n_head, shape.n_local_heads
+        self.kernel_layout = attention_kernel_layout(shape.n_head, shape.n_local_heads, shape.head_dim)
         total = (shape.n_head + 2 * shape.n_local_heads) * shape.head_dim
         self.wqkv = Linear(shape.dim, total, bias=shape.qkv_bias)
         self.wo = Linear(shape.n_head * shape.head_dim, shape.dim, bias=shape.o_bias)
@@ -225,6 +230,13 @@ class DualARTransformer(nn.Module):
             raise ValueError("positions after 0 need setup_caches() first")
         if kv_length > self.rope.size(0):
             raise ValueError(f"position {kv_length - 1} is beyond max_seq_len {self.rope.size(0)}")
+        steps = fused_steps(self.layers, x) if inp.size(-1) == 1 and not all_positions else None
+        if steps is not None:  # one cached position: each layer in one C++ call (rows in slots slot, slot + 1, ..)
+            rows = torch.arange(slot, slot + x.size(0))
+            at = input_pos.expand(x.size(0))
+            for step in steps:
+                x = step(x, rows, at, self.rope)
+            return self.heads(x)
         positions = torch.arange(kv_length, device=inp.device)
         mask = (positions.view(1, -1) <= input_pos.view(-1, 1)).view(1, 1, len(input_pos), kv_length)
         rope = self.rope[input_pos]
@@ -240,6 +252,12 @@ class DualARTransformer(nn.Module):
         if max(positions) >= self.rope.size(0):
             raise ValueError(f"position {max(positions)} is beyond max_seq_len {self.rope.size(0)}")
         x = self.embed(inp)
+        steps = fused_steps(self.layers, x)
+        if steps is not None:  # each layer in one C++ call (core/lm/fused.py)
+            slot_index, position_index = torch.tensor(slots), torch.tensor(positions)
+            for step in steps:
+                x = step(x, slot_index, position_index, self.rope)
+            return self.heads(x)
         rope = self.rope[torch.tensor(positions, device=inp.device)].unsqueeze(1)
         for block in self.layers:
             x = block.decode_rows(x, rope, slots, positions)
@@ -263,11 +281,18 @@ class DualARTransformer(nn.Module):
     def forward_fast(self, x: Tensor, position: int) -> Tensor:
         """One codebook position of the fast stack: x [B, fast_dim] → logits [B, codebook_size]."""
         n = self.config.num_codebooks
+        h = x.view(x.size(0), 1, -1)
+        steps = fused_steps(self.fast_layers, h)
+        if steps is not None:  # (row b in cache slot b, as below; attending over positions 0..position only
+            # is the masked attention below: the masked scores weigh nothing)
+            rows, at = torch.arange(x.size(0)), torch.full((x.size(0),), position)
+            for step in steps:
+                h = step(h, rows, at, self.fast_rope)
+            return self.fast_output(self.fast_norm(h))[:, 0]
         input_pos = torch.tensor([position], device=x.device)
         # The original attends over the whole N-long cache with a causal mask (zeros past `position`).
         mask = (torch.arange(n, device=x.device) <= position).view(1, 1, 1, n)
         rope = self.fast_rope[input_pos]
-        h = x.view(x.size(0), 1, -1)
         for block in self.fast_layers:
             h = block(h, rope, mask, input_pos, n)
         return self.fast_output(self.fast_norm(h))[:, 0]
@@ -288,3 +313,12 @@ class DualARTransformer(nn.Module):
             for block, cache in zip(self.fast_layers, saved, strict=True):
                 block.attention.kv_cache = cache
         return self.fast_output(self.fast_norm(h))
+
+
+def fused_steps(layers: nn.ModuleList, h: Tensor) -> list | None:
+    """A CPU decode step's layers as core/lm/fused.py's C++ calls, or None where any would not take them."""
+    if layers[0].attention.kv_cache is None:
+        return None
+    kind = fused.decode_kind(layers[0], h)
+    steps = None if kind is None else fused.layer_steps(layers, kind)
+    return None if steps is None or any(step is None for step in steps) else steps

@@ -1139,18 +1139,36 @@ inline void store_row(at::BFloat16* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = at::BFloat16(src[i]);  // round to nearest even, as torch's cast
 }
 
+// RMSNorm of one head's D values (S1's q/k norms, before RoPE): x * rsqrt(mean(x^2) + eps) * weight in
+// float32 like torch's; null weight: x unchanged.
+inline const float* head_norm(const float* x, const float* weight, float eps, int64_t D, float* out) {
+  if (weight == nullptr) return x;
+  f32x16 acc = {};
+  for (int64_t i = 0; i < D; i += 16) acc = fma16(load16(x + i), load16(x + i), acc);
+  const float r = 1.f / std::sqrt(hsum(acc) / (float)D + eps);
+  for (int64_t i = 0; i < D; ++i) out[i] = (x[i] * r) * weight[i];
+  return out;
+}
+
+// Per head of q and of k: optional RMSNorm weights [D] (null: none) and their eps.
+struct HeadNorms {
+  const float* q = nullptr;
+  const float* k = nullptr;
+  float eps = 0.f;
+};
+
 template <typename C, typename F>
 void decode_attention_impl(const float* in, int64_t width, C* kc, C* vc, const int64_t* slot, const int64_t* pos,
                            const F* freqs, int64_t B, int64_t n_head, int64_t n_kv_head, int64_t T, int64_t D,
-                           float* out) {
+                           const HeadNorms& norms, float* out) {
   auto cache_row = [&](int64_t b, int64_t h) { return ((slot[b] * n_kv_head + h) * T + pos[b]) * D; };
-  // New keys (rotated) and values into each sequence's cache at its position.
+  // New keys (normed, rotated) and values into each sequence's cache at its position.
   parallel(B * n_kv_head, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> k(D);
+    std::vector<float> k(D), normed(D);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_kv_head, h = task % n_kv_head;
       const float* row = in + b * width;
-      rope_head(row + (n_head + h) * D, freqs + pos[b] * D, D, k.data());
+      rope_head(head_norm(row + (n_head + h) * D, norms.k, norms.eps, D, normed.data()), freqs + pos[b] * D, D, k.data());
       store_row(kc + cache_row(b, h), k.data(), D);
       store_row(vc + cache_row(b, h), row + (n_head + n_kv_head + h) * D, D);
     }
@@ -1158,20 +1176,28 @@ void decode_attention_impl(const float* in, int64_t width, C* kc, C* vc, const i
   const float scale = 1.f / std::sqrt((float)D);
   const int64_t group = n_head / n_kv_head;
   parallel(B * n_head, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(T), q(D);
+    std::vector<float> scores(T), q(D), normed(D);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_head, h = task % n_head, hk = h / group;
-      rope_head(in + b * width + h * D, freqs + pos[b] * D, D, q.data());
+      rope_head(head_norm(in + b * width + h * D, norms.q, norms.eps, D, normed.data()), freqs + pos[b] * D, D, q.data());
       const int64_t base = (slot[b] * n_kv_head + hk) * T * D;
       attend(q.data(), kc + base, vc + base, pos[b] + 1, D, scale, scores.data(), out + b * n_head * D + h * D);
     }
   });
 }
 
+const float* float32_head_weight(const c10::optional<at::Tensor>& w, int64_t D) {
+  if (!w.has_value()) return nullptr;
+  TORCH_CHECK(w->scalar_type() == at::kFloat && w->is_contiguous() && w->numel() == D, "q/k norm weights must be float32 [D]");
+  return w->data_ptr<float>();
+}
+
 // qkv [B, (H + 2 Hkv) D]; caches [slots, Hkv, T, D] float32 or bfloat16; slots, positions [B] int64;
-// freqs [T', D/2, 2] bfloat16 or float32.
+// freqs [T', D/2, 2] bfloat16 or float32; q_norm, k_norm: RMSNorm weights [D] for every head, or none.
 at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots,
-                            const at::Tensor& positions, const at::Tensor& freqs, int64_t n_head, int64_t n_kv_head) {
+                            const at::Tensor& positions, const at::Tensor& freqs, int64_t n_head, int64_t n_kv_head,
+                            const c10::optional<at::Tensor>& q_norm, const c10::optional<at::Tensor>& k_norm,
+                            double norm_eps) {
   TORCH_CHECK(qkv.dim() == 2 && qkv.scalar_type() == at::kFloat, "qkv must be float32 [B, (H + 2 Hkv) D]");
   const auto cache_type = k_cache.scalar_type();
   TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes()
@@ -1196,11 +1222,12 @@ at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor& k_cache, at::Tens
   const float* in = qkv_c.data_ptr<float>();
   const int64_t width = qkv.size(1);
   float* op = out.data_ptr<float>();
+  const HeadNorms norms{float32_head_weight(q_norm, D), float32_head_weight(k_norm, D), (float)norm_eps};
   auto run = [&](auto* kc, auto* vc) {
     if (freqs.scalar_type() == at::kBFloat16)
-      decode_attention_impl(in, width, kc, vc, slot, pos, freqs.data_ptr<at::BFloat16>(), B, n_head, n_kv_head, T, D, op);
+      decode_attention_impl(in, width, kc, vc, slot, pos, freqs.data_ptr<at::BFloat16>(), B, n_head, n_kv_head, T, D, norms, op);
     else
-      decode_attention_impl(in, width, kc, vc, slot, pos, freqs.data_ptr<float>(), B, n_head, n_kv_head, T, D, op);
+      decode_attention_impl(in, width, kc, vc, slot, pos, freqs.data_ptr<float>(), B, n_head, n_kv_head, T, D, norms, op);
   };
   if (cache_type == at::kFloat) run(k_cache.data_ptr<float>(), v_cache.data_ptr<float>());
   else run(k_cache.data_ptr<at::BFloat16>(), v_cache.data_ptr<at::BFloat16>());
@@ -1252,11 +1279,12 @@ at::Tensor linear_of_kind(const at::Tensor& x, const at::Tensor* w, int64_t kind
 }
 
 // x [B, 1, dim]; linears: wqkv, wo, w1, w3, w2, each as its tensors (weight; weight, scales; or packed,
-// scales, offsets for kind 0, 1-2, 3).
+// scales, offsets for kind 0, 1-2, 3); q_norm, k_norm: the attention's per-head norms (S1), or none.
 at::Tensor decode_layer(const at::Tensor& x, at::TensorList linears, int64_t kind, const at::Tensor& attention_norm,
                         const at::Tensor& ffn_norm, double eps, at::Tensor& k_cache, at::Tensor& v_cache,
                         const at::Tensor& slots, const at::Tensor& positions, const at::Tensor& freqs, int64_t n_head,
-                        int64_t n_kv_head) {
+                        int64_t n_kv_head, const c10::optional<at::Tensor>& q_norm,
+                        const c10::optional<at::Tensor>& k_norm) {
   TORCH_CHECK(kind >= kLinearFloat32 && kind <= kLinearInt8Amx, "unknown linear kind");
   const int64_t per = tensors_per_linear(kind);
   TORCH_CHECK((int64_t)linears.size() == 5 * per, "five linears: wqkv, wo, w1, w3, w2");
@@ -1264,8 +1292,8 @@ at::Tensor decode_layer(const at::Tensor& x, at::TensorList linears, int64_t kin
   const at::Tensor* w = linears.data();
   const int64_t B = x.size(0), dim = x.size(2);
   auto qkv = linear_of_kind(rms_norm(x, attention_norm, eps).view({B, dim}), w, kind);
-  auto y = decode_attention(qkv, k_cache, v_cache, slots, positions, freqs, n_head, n_kv_head);
-  auto h = x + linear_of_kind(y.view({B, 1, dim}), w + per, kind);
+  auto y = decode_attention(qkv, k_cache, v_cache, slots, positions, freqs, n_head, n_kv_head, q_norm, k_norm, eps);
+  auto h = x + linear_of_kind(y.view({B, 1, y.size(1)}), w + per, kind);  // (S1: heads * D may exceed dim)
   auto normed = rms_norm(h, ffn_norm, eps);
   auto gate = at::silu(linear_of_kind(normed, w + 2 * per, kind)) * linear_of_kind(normed, w + 3 * per, kind);
   return h + linear_of_kind(gate, w + 4 * per, kind);
@@ -1392,7 +1420,7 @@ at::Tensor int4_to_bfloat16(const at::Tensor& packed, const at::Tensor& scales, 
 TORCH_LIBRARY(fishtts, m) {
   m.def("linear_rows(Tensor x, Tensor w, Tensor? scales) -> Tensor");
   m.def("decode_attention(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor positions, "
-        "Tensor freqs, int n_head, int n_kv_head) -> Tensor");
+        "Tensor freqs, int n_head, int n_kv_head, Tensor? q_norm=None, Tensor? k_norm=None, float norm_eps=0.) -> Tensor");
   m.def("linear_rows_int4(Tensor x, Tensor packed, Tensor scales, Tensor offsets) -> Tensor");
   m.def("int4_uses_int8_activations() -> bool");
   m.def("linear_rows_int8_vnni(Tensor x, Tensor w, Tensor scales) -> Tensor");
@@ -1403,7 +1431,7 @@ TORCH_LIBRARY(fishtts, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("decode_layer(Tensor x, Tensor[] linears, int kind, Tensor attention_norm, Tensor ffn_norm, float eps, "
         "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor positions, Tensor freqs, int n_head, "
-        "int n_kv_head) -> Tensor");
+        "int n_kv_head, Tensor? q_norm=None, Tensor? k_norm=None) -> Tensor");
   m.def("huge_page_copy(Tensor t) -> Tensor");
   m.def("huge_page_empty(int bytes) -> Tensor");
   m.def("set_tuning(int kind, int prefetch_bytes, int hint, int threads, int rows) -> int");
