@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..convs import conv1d, conv_transpose1d, join_time
 from .config import GeneratorConfig, WNConfig
-from .modules import LRELU_SLOPE, POST_SLOPE, WN, Generator, ResBlock1, conv1d, conv_transpose1d
+from .modules import LRELU_SLOPE, POST_SLOPE, WN, Generator, ResBlock1
 
 
 def _resblock_lag(kernel_size: int, dilations) -> int:
@@ -52,12 +53,6 @@ def _no_frames(x: Tensor, channels: int) -> Tensor:
     return x.new_zeros(*x.shape[:-2], channels, 0)
 
 
-def _join(a: Tensor, b: Tensor) -> Tensor:
-    """a then b along time [.., C, T], time-major in memory as the convs' outputs are (modules.conv1d):
-    torch.cat would lay it out channel-major, and the next conv would copy it back."""
-    return torch.cat([a.transpose(-1, -2), b.transpose(-1, -2)], dim=-2).transpose(-1, -2)
-
-
 class _Conv:
     """A stride-1 conv with symmetric zero padding: an output leaves once its right context is in."""
 
@@ -70,7 +65,7 @@ class _Conv:
         self.next = 0  # the next output's position
 
     def __call__(self, x: Tensor, final: bool) -> Tensor:
-        joined = x if self.held is None else _join(self.held, x)
+        joined = x if self.held is None else join_time(self.held, x)
         held_from = max(0, self.next - self.pad)
         # The conv pads both ends with zeros: right at the sequence's true ends, and otherwise its outputs
         # there are dropped (a few of them, cheaper than copying the input into a padded buffer).
@@ -97,7 +92,7 @@ class _TransposedConv:
         self.next = self.pad  # next unpadded output position to return
 
     def __call__(self, x: Tensor, final: bool) -> Tensor:
-        joined = x if self.held is None else _join(self.held, x)
+        joined = x if self.held is None else join_time(self.held, x)
         first = self.inputs + x.shape[-1] - joined.shape[-1]  # input index of joined[..., 0]
         self.inputs += x.shape[-1]
         self.held = joined[..., joined.shape[-1] - min(self.keep, joined.shape[-1]) :].clone()
@@ -118,7 +113,7 @@ class _Aligned:
         self.held: Tensor | None = None
 
     def add(self, x: Tensor) -> None:
-        self.held = x if self.held is None or self.held.shape[-1] == 0 else _join(self.held, x)
+        self.held = x if self.held is None or self.held.shape[-1] == 0 else join_time(self.held, x)
 
     def take(self, n: int) -> Tensor:
         taken, self.held = self.held[..., :n], self.held[..., n:].clone()

@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...convs import conv1d, conv_transpose1d, pad_time
+
 
 class CausalConv(nn.Module):
     """Conv1d padded on the left by (effective kernel - stride), plus what makes the last frame whole."""
@@ -29,8 +31,7 @@ class CausalConv(nn.Module):
         return ideal - length
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.pad(x, (self.left_pad, self.extra_right_pad(x.shape[-1])))
-        return self.conv(x)
+        return conv1d(self.conv, pad_time(x, self.left_pad, self.extra_right_pad(x.shape[-1])))
 
 
 class CausalTransposedConv(nn.Module):
@@ -42,7 +43,7 @@ class CausalTransposedConv(nn.Module):
         self.trim = kernel - stride
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv(x)
+        y = conv_transpose1d(self.conv, x)
         return y[..., : y.shape[-1] - self.trim]
 
 
@@ -54,7 +55,10 @@ class Snake(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+        # In place after the first product: one new tensor instead of five (the decoder's largest are
+        # ~50 MB a second of audio); the same operations on the same values, so the same bits.
+        y = torch.mul(self.alpha, x).sin_().pow_(2).mul_((self.alpha + 1e-9).reciprocal())
+        return y.add_(x)
 
 
 class ResidualUnit(nn.Module):

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ...convs import conv1d, conv_transpose1d, join_time
 from .convs import CausalConv, CausalTransposedConv, ConvNeXtBlock, ResidualUnit, Snake
 from .model import Codec, DecoderBlock
 
@@ -43,19 +44,19 @@ class StreamingDecoder:
         past = self.conv_state.get(id(module))
         if past is None:
             past = x.new_zeros(*x.shape[:-1], keep)
-        joined = torch.cat([past, x], dim=-1)
+        joined = join_time(past, x)
         self.conv_state[id(module)] = joined[..., joined.size(-1) - keep :]
         return joined
 
     def conv(self, module: CausalConv, x: Tensor) -> Tensor:
         if module.stride != 1:
             raise ValueError("streaming supports stride-1 causal convs only (the decode path has no others)")
-        return module.conv(self.with_history(module, x, module.left_pad))
+        return conv1d(module.conv, self.with_history(module, x, module.left_pad))
 
     def transposed_conv(self, module: CausalTransposedConv, x: Tensor) -> Tensor:
         stride, kernel = module.conv.stride[0], module.conv.kernel_size[0]
         context = math.ceil(kernel / stride) - 1  # earlier input steps that reach this chunk's outputs
-        y = module.conv(self.with_history(module, x, context))
+        y = conv_transpose1d(module.conv, self.with_history(module, x, context))
         return y[..., context * stride : (context + x.size(-1)) * stride]
 
     def run(self, module: nn.Module, x: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.s1.codec.convs import Snake
 from core.s1.load import load_codec
 
 from .support import (
@@ -94,3 +95,15 @@ def test_streaming_decode_equals_the_one_shot_decode(codec, cases, chunks):
         start += size
     assert_close(torch.cat(pieces, dim=-1), whole.numpy())
     assert_close(whole[..., : 32 * codec.frame_length], cases["recon_audio"])  # and the whole is still the original
+
+
+def test_snake_computed_in_place_gives_the_originals_formula_to_the_bit():
+    snake = Snake(6)
+    with torch.no_grad():
+        snake.alpha.copy_(torch.tensor([0.3, 1.0, 2.5, 7.0, 1e-3, 40.0]).view(1, 6, 1))
+    x = torch.randn(2, 6, 301, generator=torch.Generator().manual_seed(0)) * 4
+    time_major = x.transpose(1, 2).contiguous().transpose(1, 2)  # as the convs' outputs are laid out
+    with torch.inference_mode():
+        expected = x + (snake.alpha + 1e-9).reciprocal() * torch.sin(snake.alpha * x).pow(2)
+        assert torch.equal(snake(x), expected)
+        assert torch.equal(snake(time_major), expected)
