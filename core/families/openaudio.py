@@ -22,7 +22,7 @@ from ..request import SynthesisRequest
 from ..s1 import S1Model, S1Sequence, SamplingSettings
 from ..s1.batch import S1Stepper
 from ..s1.codec.chunks import ChunkedDecoder
-from ..s1.prompt import Reference
+from ..s1.prompt import Reference, reference_length
 from . import OPENAUDIO_S1_MINI
 
 
@@ -115,7 +115,11 @@ class OpenAudioS1:
         settings = s1_sampling(request)
         # ignore_stop (the benchmark's fixed frame counts): no token id is -1, so only the budget ends it
         im_end_id = -1 if ignore_stop else self.tokenizer.im_end_id
-        return [S1Sequence(prompt, im_end_id, settings, request.max_frames, generator) for generator in generators]
+        prefix = reference_length(prompt, self.tokenizer.im_end_id)
+        return [
+            S1Sequence(prompt, im_end_id, settings, request.max_frames, generator, prefix_length=prefix)
+            for generator in generators
+        ]
 
     def codes(self, sequence: S1Sequence, prompt: torch.Tensor) -> np.ndarray:
         return sequence.codes().numpy()

@@ -19,6 +19,7 @@ from torch import Tensor
 from ..lm.step_threads import StepThreads
 from .generate import frame_budget, penalty_window, sample_frames
 from .lm import DualARTransformer
+from .prefixes import MIN_PREFIX, PrefixCache
 from .sampling import WINDOW, SamplingSettings
 
 # Prompt positions prefilled per scheduler admission round (one prompt longer than that alone): bounds
@@ -35,6 +36,7 @@ class S1Sequence:
     settings: SamplingSettings = field(default_factory=SamplingSettings)
     max_new_frames: int = 0  # 0: up to max_seq_len
     generator: torch.Generator | None = None
+    prefix_length: int = 0  # prompt positions that depend on the references only (prompt.reference_length)
     slot: int = -1
     budget: int = 0
     frames: list[Tensor] = field(default_factory=list)
@@ -79,8 +81,9 @@ class S1Sequence:
 
 
 @torch.inference_mode()
-def prefill(model: DualARTransformer, sequence: S1Sequence, slot: int) -> Tensor:
-    """Run `sequence`'s prompt into cache `slot` (set up with enough slots and length) → its first frame."""
+def prefill(model: DualARTransformer, sequence: S1Sequence, slot: int, prefixes: PrefixCache | None = None) -> Tensor:
+    """Run `sequence`'s prompt into cache `slot` (set up with enough slots and length) → its first frame.
+    With `prefixes`, a reusable prefix is prefilled on its own, or copied from there (prefixes.py)."""
     device = model.norm.weight.device
     length = sequence.prompt.size(1)
     sequence.budget = frame_budget(model, length, sequence.max_new_frames)
@@ -91,7 +94,11 @@ def prefill(model: DualARTransformer, sequence: S1Sequence, slot: int) -> Tensor
         (sequence.prompt.size(0), max(WINDOW, sequence.budget)), dtype=torch.int, device=device
     )
     prompt = sequence.prompt.to(device=device, dtype=torch.int)[None]
-    logits, hidden = model.forward_slow(prompt, torch.arange(length, device=device), slot=slot)
+    start = sequence.prefix_length if prefixes is not None and MIN_PREFIX <= sequence.prefix_length < length else 0
+    if start and not prefixes.restore(model, sequence.prompt[:, :start], slot):
+        model.forward_slow(prompt[..., :start], torch.arange(start, device=device), slot=slot)
+        prefixes.keep(model, sequence.prompt[:, :start], slot)
+    logits, hidden = model.forward_slow(prompt[..., start:], torch.arange(start, length, device=device), slot=slot)
     params = sequence.settings.as_tensors(device)
     frame = sample_frames(model, logits, hidden, [params], [None], [sequence.generator])[0]
     sequence.accept(frame)
@@ -132,6 +139,7 @@ class S1Stepper:
 
     def __init__(self, model: DualARTransformer):
         self.model = model
+        self.prefixes = PrefixCache()
         self.step_threads = StepThreads(cpu=model.norm.weight.device.type == "cpu")
 
     def setup_caches(self, slots: int, zeroed: bool) -> None:
@@ -144,7 +152,7 @@ class S1Stepper:
         for sequences, slots in jobs:
             try:
                 for sequence, slot in zip(sequences, slots, strict=True):
-                    prefill(self.model, sequence, slot)
+                    prefill(self.model, sequence, slot, self.prefixes)
             except Exception as exc:  # noqa: BLE001 - this job's own failure
                 errors.append(exc)
             else:
