@@ -20,6 +20,7 @@ FILES = [
     "tests/core/test_lm_paths.py",
     "tests/core/test_lm_prefill_many.py",
     "tests/core/s1/test_quantize.py",
+    "tests/core/s1/test_fused.py",
 ]
 
 
