@@ -224,27 +224,32 @@ class DualARTransformer(nn.Module):
         Returns token logits and the hidden state for the fast stack (projected), both of the last
         position only unless `all_positions` ([B, S, vocab] / [B, S, fast_dim] then).
         """
+        x = self.slow_stack(inp, input_pos, slot)
+        if not all_positions:
+            x = x[:, -1:]
+        return self.heads(x, all_positions)
+
+    def slow_stack(self, inp: Tensor, input_pos: Tensor, slot: int = 0) -> Tensor:
+        """The last block's output [B, S, dim] at `input_pos`, the keys and values written to the caches from
+        `slot` on (if set up); `forward_slow` without the heads (a prompt prefix needs only its cache)."""
         x = self.embed(inp)
         kv_length = int(input_pos[-1]) + 1
         if self.layers[0].attention.kv_cache is None and int(input_pos[0]) != 0:
             raise ValueError("positions after 0 need setup_caches() first")
         if kv_length > self.rope.size(0):
             raise ValueError(f"position {kv_length - 1} is beyond max_seq_len {self.rope.size(0)}")
-        steps = fused_steps(self.layers, x) if inp.size(-1) == 1 and not all_positions else None
+        steps = fused_steps(self.layers, x) if inp.size(-1) == 1 else None
         if steps is not None:  # one cached position: each layer in one C++ call (rows in slots slot, slot + 1, ..)
-            rows = torch.arange(slot, slot + x.size(0))
-            at = input_pos.expand(x.size(0))
+            rows, at = torch.arange(slot, slot + x.size(0)), input_pos.expand(x.size(0))
             for step in steps:
                 x = step(x, rows, at, self.rope)
-            return self.heads(x)
+            return x
         positions = torch.arange(kv_length, device=inp.device)
         mask = (positions.view(1, -1) <= input_pos.view(-1, 1)).view(1, 1, len(input_pos), kv_length)
         rope = self.rope[input_pos]
         for block in self.layers:
             x = block(x, rope, mask, input_pos, kv_length, slot)
-        if not all_positions:
-            x = x[:, -1:]
-        return self.heads(x, all_positions)
+        return x
 
     def forward_slow_rows(self, inp: Tensor, slots: list[int], positions: list[int]) -> tuple[Tensor, Tensor]:
         """One new column per row, inp [B, 1 + N, 1]: row b at `positions[b]` of cache slot `slots[b]`
