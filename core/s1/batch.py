@@ -95,9 +95,11 @@ def prefill(model: DualARTransformer, sequence: S1Sequence, slot: int, prefixes:
     )
     prompt = sequence.prompt.to(device=device, dtype=torch.int)[None]
     start = sequence.prefix_length if prefixes is not None and MIN_PREFIX <= sequence.prefix_length < length else 0
-    if start and not prefixes.restore(model, sequence.prompt[:, :start], slot):
-        model.slow_stack(prompt[..., :start], torch.arange(start, device=device), slot=slot)
-        prefixes.keep(model, sequence.prompt[:, :start], slot)
+    if start:
+        key = PrefixCache.key(sequence.prompt[:, :start])
+        if not prefixes.restore(model, key, start, slot):
+            model.slow_stack(prompt[..., :start], torch.arange(start, device=device), slot=slot)
+            prefixes.keep(model, key, start, slot)
     logits, hidden = model.forward_slow(prompt[..., start:], torch.arange(start, length, device=device), slot=slot)
     params = sequence.settings.as_tensors(device)
     frame = sample_frames(model, logits, hidden, [params], [None], [sequence.generator])[0]

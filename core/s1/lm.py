@@ -238,12 +238,9 @@ class DualARTransformer(nn.Module):
             raise ValueError("positions after 0 need setup_caches() first")
         if kv_length > self.rope.size(0):
             raise ValueError(f"position {kv_length - 1} is beyond max_seq_len {self.rope.size(0)}")
-        steps = fused_steps(self.layers, x) if inp.size(-1) == 1 else None
-        if steps is not None:  # one cached position: each layer in one C++ call (rows in slots slot, slot + 1, ..)
-            rows, at = torch.arange(slot, slot + x.size(0)), input_pos.expand(x.size(0))
-            for step in steps:
-                x = step(x, rows, at, self.rope)
-            return x
+        stack = fused_stack(self.layers, x) if inp.size(-1) == 1 else None
+        if stack is not None:  # one cached position: each layer in one C++ call (rows in slots slot, slot + 1, ..)
+            return stack(x, torch.arange(slot, slot + x.size(0)), input_pos.expand(x.size(0)), self.rope)
         positions = torch.arange(kv_length, device=inp.device)
         mask = (positions.view(1, -1) <= input_pos.view(-1, 1)).view(1, 1, len(input_pos), kv_length)
         rope = self.rope[input_pos]
@@ -257,12 +254,9 @@ class DualARTransformer(nn.Module):
         if max(positions) >= self.rope.size(0):
             raise ValueError(f"position {max(positions)} is beyond max_seq_len {self.rope.size(0)}")
         x = self.embed(inp)
-        steps = fused_steps(self.layers, x)
-        if steps is not None:  # each layer in one C++ call (core/lm/fused.py)
-            slot_index, position_index = torch.tensor(slots), torch.tensor(positions)
-            for step in steps:
-                x = step(x, slot_index, position_index, self.rope)
-            return self.heads(x)
+        stack = fused_stack(self.layers, x)
+        if stack is not None:  # each layer in one C++ call (core/lm/fused.py)
+            return self.heads(stack(x, torch.tensor(slots), torch.tensor(positions), self.rope))
         rope = self.rope[torch.tensor(positions, device=inp.device)].unsqueeze(1)
         for block in self.layers:
             x = block.decode_rows(x, rope, slots, positions)
@@ -287,12 +281,10 @@ class DualARTransformer(nn.Module):
         """One codebook position of the fast stack: x [B, fast_dim] → logits [B, codebook_size]."""
         n = self.config.num_codebooks
         h = x.view(x.size(0), 1, -1)
-        steps = fused_steps(self.fast_layers, h)
-        if steps is not None:  # (row b in cache slot b, as below; attending over positions 0..position only
+        stack = fused_stack(self.fast_layers, h)
+        if stack is not None:  # (row b in cache slot b, as below; attending over positions 0..position only
             # is the masked attention below: the masked scores weigh nothing)
-            rows, at = torch.arange(x.size(0)), torch.full((x.size(0),), position)
-            for step in steps:
-                h = step(h, rows, at, self.fast_rope)
+            h = stack(h, torch.arange(x.size(0)), torch.full((x.size(0),), position), self.fast_rope)
             return self.fast_output(self.fast_norm(h))[:, 0]
         input_pos = torch.tensor([position], device=x.device)
         # The original attends over the whole N-long cache with a causal mask (zeros past `position`).
@@ -320,10 +312,19 @@ class DualARTransformer(nn.Module):
         return self.fast_output(self.fast_norm(h))
 
 
-def fused_steps(layers: nn.ModuleList, h: Tensor) -> list | None:
-    """A CPU decode step's layers as core/lm/fused.py's C++ calls, or None where any would not take them."""
+def fused_stack(layers: nn.ModuleList, h: Tensor) -> fused.LayerStep | None:
+    """A CPU decode step through all `layers` as core/lm/fused.py's C++ calls, one a layer, or None where any
+    layer would not take them."""
     if layers[0].attention.kv_cache is None:
         return None
     kind = fused.decode_kind(layers[0], h)
     steps = None if kind is None else fused.layer_steps(layers, kind)
-    return None if steps is None or any(step is None for step in steps) else steps
+    if steps is None or any(step is None for step in steps):
+        return None
+
+    def stack(x: Tensor, slots: Tensor, positions: Tensor, rope: Tensor) -> Tensor:
+        for step in steps:
+            x = step(x, slots, positions, rope)
+        return x
+
+    return stack

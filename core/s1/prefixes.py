@@ -38,15 +38,14 @@ class PrefixCache:
         data = prefix.to(torch.int32).contiguous().cpu().numpy()
         return hashlib.sha256(str(data.shape).encode() + data.tobytes()).hexdigest()
 
-    def restore(self, model: DualARTransformer, prefix: Tensor, slot: int) -> bool:
-        """Copy the prefix's keys and values into cache `slot` if they are kept; whether they were."""
-        key = self.key(prefix)
+    def restore(self, model: DualARTransformer, key: str, length: int, slot: int) -> bool:
+        """Copy the keys and values of the prefix `key` (its `length` positions) into cache `slot` if they are
+        kept; whether they were."""
         entry = self.entries.get(key)
         if entry is None:
             self.misses += 1
             return False
         self.entries.move_to_end(key)
-        length = prefix.size(1)
         for block, (keys, values) in zip(model.layers, entry, strict=True):
             cache = block.attention.kv_cache
             cache.k_cache[slot, :, :length] = keys
@@ -54,15 +53,13 @@ class PrefixCache:
         self.hits += 1
         return True
 
-    def keep(self, model: DualARTransformer, prefix: Tensor, slot: int) -> None:
-        """Keep the keys and values that cache `slot` holds for `prefix` (just prefilled there)."""
-        length = prefix.size(1)
+    def keep(self, model: DualARTransformer, key: str, length: int, slot: int) -> None:
+        """Keep the first `length` keys and values of cache `slot`, just prefilled there with the prefix `key`."""
         caches = [block.attention.kv_cache for block in model.layers]
         entry = [(c.k_cache[slot, :, :length].clone(), c.v_cache[slot, :, :length].clone()) for c in caches]
         size = entry_bytes(entry)
         if size > self.max_bytes:
             return
-        key = self.key(prefix)
         if key in self.entries:
             self.bytes -= entry_bytes(self.entries.pop(key))
         self.entries[key] = entry

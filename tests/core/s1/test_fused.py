@@ -60,12 +60,12 @@ def test_fused_s1_layers_match_the_modules_within_the_paths_rounding(models, mon
     if path not in paths.decode_candidates(fmt):
         pytest.skip(f"{path} is not a {fmt} decode path on this machine")
     ran = []
-    steps = s1_lm.fused_steps
-    monkeypatch.setattr(s1_lm, "fused_steps", lambda layers, h: ran.append(steps(layers, h)) or ran[-1])
+    stack = s1_lm.fused_stack
+    monkeypatch.setattr(s1_lm, "fused_stack", lambda layers, h: ran.append(stack(layers, h)) or ran[-1])
     with paths.using(fmt, decode=path, prefill="float32"):
         fused = one_step(models[fmt], PROMPTS)
         alone = one_step(models[fmt], PROMPTS[1:2])
-        monkeypatch.setattr(s1_lm, "fused_steps", lambda layers, h: None)
+        monkeypatch.setattr(s1_lm, "fused_stack", lambda layers, h: None)
         modules = one_step(models[fmt], PROMPTS)
     assert len(ran) == 2 * (1 + models[fmt].config.num_codebooks) and all(s is not None for s in ran)
     # The linears are the same kernels; only the attention's and q/k norms' rounding differs.
