@@ -58,7 +58,7 @@ def layer_tensors(layer: nn.Module, kind: int) -> list[Tensor] | None:
         return None
     if len({n.eps for n in norms}) > 1:  # (the C++ op takes one)
         return None
-    if kind == INT4 and any(m.in_features != m.weight.size(1) * 2 for m in linears):  # (padded widths)
+    if kind == INT4 and any(m.padded for m in linears):  # (padded widths or rows)
         return None
     return [getattr(m, name) for m in linears for name in _BUFFERS[kind]]
 

@@ -83,7 +83,7 @@ def _build() -> bool:
         torch.library.register_fake("fishtts::rms_norm")(lambda x, w, eps: torch.empty_like(x))
         torch.library.register_fake("fishtts::decode_layer")(lambda x, *rest: torch.empty_like(x))
         torch.library.register_fake("fishtts::linear_rows_int4")(
-            lambda x, packed, scales, offsets: x.new_empty(*x.shape[:-1], packed.size(0))
+            lambda x, packed, scales, offsets: x.new_empty(*x.shape[:-1], packed.size(0) * packed.size(2))
         )
         return True
     except Exception as exc:  # no compiler, no headers, no ninja: the torch fallbacks still work

@@ -29,7 +29,7 @@ FORMATS = ("float32", "int8", "int4")
 class KernelVariant:
     prefetch_bytes: int
     hint: int  # 0 none, 1 non-temporal, 2 into every cache level (cpu_kernels.cpp's PrefetchHint)
-    rows: int = 1  # weight rows streamed at once for one activation row
+    rows: int = 1  # weight rows streamed at once for one activation row (int4, rows > 1: two 16-row blocks)
     threads: int = 0  # 0: the kernels' whole pool
 
 
@@ -62,9 +62,7 @@ def decode_candidates(fmt: str) -> list[str]:
     kernels = list(KERNEL_VARIANTS) if cpu_kernels_available() else []
     if kernels and torch.ops.fishtts.start_pool(0) == 1:  # the pool's size (set at the kernels' load)
         kernels = [k for k in kernels if not k.endswith("-1t")]
-    vnni = bool(kernels) and torch.ops.fishtts.int4_uses_int8_activations()  # (built with AVX512-VNNI)
-    if fmt == "int4" and not vnni:  # (its float kernel streams one weight row at a time)
-        kernels = [k for k in kernels if "-4r" not in k]
+    vnni = bool(kernels) and torch.ops.fishtts.vnni_available()  # (built with AVX512-VNNI)
     if fmt != "int8" or not vnni:
         kernels = [k for k in kernels if "-vnni" not in k]
     if fmt != "int8" or not (kernels and torch.ops.fishtts.int8_amx_available()):

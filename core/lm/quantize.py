@@ -3,9 +3,9 @@
 int8: every nn.Linear (output head included) becomes an `Int8Linear`: `weight` int8 [out, in] and
 `scales` [out], symmetric per output row (scale = absmax / 127.5, values clamped to -128..127).
 int4: an `Int4Linear`: per group of INT4_GROUP inputs of a row, w = q * scale + offset with q in
-0..15 (offset = the group's minimum, scale = its range / 15), two values packed per byte: ~0.63
-byte per weight with the float32 scales and offsets. Its CPU kernel rounds the activations to int8
-per group where AVX512-VNNI exists (cpu_kernels.cpp); that error is small against int4's own.
+0..15 (offset = the group's minimum, scale = its range / 15), two values packed per byte in blocks
+of INT4_ROWS rows: ~0.63 byte per weight with the float32 scales and offsets. Its CPU kernel rounds
+the activations to int8 per group (cpu_kernels.cpp); that error is small against int4's own.
 The original's int4 checkpoints hold CUDA tinygemm-packed tensors (its quantize.py packs them on the
 GPU) and are refused with a clear message; int4 here is quantized at load from the float checkpoint.
 Activations stay float elsewhere, so only the weight bytes shrink: decode at batch 1 is bound by
@@ -23,6 +23,7 @@ from .paths import linear_int4, linear_int8
 
 QUANT_MODES = ("int8", "int4")
 INT4_GROUP = 64  # inputs per scale/offset pair (cpu_kernels.cpp's kInt4Group); widths must be multiples of it
+INT4_ROWS = 16  # output rows packed together (cpu_kernels.cpp's kInt4Rows)
 
 
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -52,26 +53,44 @@ class Int8Linear(nn.Module):
 
 
 def quantize_int4(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(packed uint8 [out, in / 2], scales [out, in / 64], offsets [out, in / 64]), asymmetric per group."""
+    """(packed uint8 [blocks, in / 8, 16, 4], scales and offsets [blocks, in / 64, 16]), asymmetric per group.
+
+    Rows come in blocks of INT4_ROWS (the last one padded with zero rows, which come out as zeros): in
+    chunk c of a block, row r's 4 bytes hold inputs 8c..8c+3 in their low nibbles and 8c+4..8c+7 in
+    their high ones, so that the CPU kernel gives each of 16 rows a vector lane (cpu_kernels.cpp)."""
     out_features, in_features = weight.shape
     if in_features % INT4_GROUP:
         raise ValueError(f"int4 needs linears whose input width is a multiple of {INT4_GROUP} (got {in_features})")
-    w = weight.float().view(out_features, in_features // INT4_GROUP, INT4_GROUP)
+    rows = int4_rows(out_features)
+    w = weight.float()
+    if rows != out_features:  # (F.pad would copy even a matrix it leaves as it is: 0.6 GB for S1's head)
+        w = F.pad(w, (0, 0, 0, rows - out_features))
+    w = w.view(rows, in_features // INT4_GROUP, INT4_GROUP)
     low, high = w.amin(dim=-1), w.amax(dim=-1)
     scales = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).eps)
     q = torch.round((w - low[..., None]) / scales[..., None]).clamp(0, 15).to(torch.uint8)
-    # Blocks of 64 inputs: byte k holds input k (low nibble) and input k + 32 (high nibble).
-    halves = q.view(out_features, -1, 2, 32)
-    packed = (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(out_features, in_features // 2)
-    return packed.contiguous(), scales.contiguous(), low.contiguous()
+    chunks = q.view(rows // INT4_ROWS, INT4_ROWS, in_features // 8, 2, 4).permute(0, 2, 1, 3, 4)
+    packed = chunks[..., 0, :] | (chunks[..., 1, :] << 4)
+    return packed.contiguous(), _blocked(scales), _blocked(low)
+
+
+def _blocked(per_row: Tensor) -> Tensor:
+    """[rows, groups] -> [rows / 16, groups, 16]: a group's values for a block's rows side by side."""
+    return per_row.view(-1, INT4_ROWS, per_row.size(1)).transpose(1, 2).contiguous()
+
+
+def unblocked(blocked: Tensor) -> Tensor:
+    """[blocks, groups, 16] -> [blocks * 16, groups]: a row's scales (or offsets), padding rows included."""
+    return blocked.transpose(1, 2).reshape(-1, blocked.size(1))
 
 
 def dequantize_int4(packed: Tensor, scales: Tensor, offsets: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    out_features = packed.size(0)
-    blocks = packed.view(out_features, -1, 1, 32)
-    q = torch.cat([blocks & 15, blocks >> 4], dim=2).view(out_features, -1, INT4_GROUP)
-    w = q.to(scales.dtype) * scales[..., None] + offsets[..., None]
-    return w.view(out_features, -1).to(dtype)
+    """The weights [blocks * 16, in] (padding rows included) of quantize_int4's layout."""
+    blocks, chunks = packed.shape[:2]
+    nibbles = torch.stack([packed & 15, packed >> 4], dim=3)  # [blocks, chunks, 16, 2, 4]
+    q = nibbles.permute(0, 2, 1, 3, 4).reshape(blocks * INT4_ROWS, -1, INT4_GROUP)
+    w = q.to(scales.dtype) * unblocked(scales)[..., None] + unblocked(offsets)[..., None]
+    return w.view(blocks * INT4_ROWS, chunks * 8).to(dtype)
 
 
 def int4_width(in_features: int) -> int:
@@ -79,27 +98,39 @@ def int4_width(in_features: int) -> int:
     return -(-in_features // INT4_GROUP) * INT4_GROUP
 
 
-class Int4Linear(nn.Module):
-    """y = x @ dequantize_int4(weight, scales, offsets).T; `weight` is the packed uint8 [out, width / 2].
+def int4_rows(out_features: int) -> int:
+    """The stored output rows: rounded up to whole blocks (the extra rows' outputs are dropped)."""
+    return -(-out_features // INT4_ROWS) * INT4_ROWS
 
-    A width that is not a multiple of INT4_GROUP (small test models) is stored zero-padded to whole
-    groups and the activations are padded with zeros to match, so the padding adds nothing."""
+
+class Int4Linear(nn.Module):
+    """y = x @ dequantize_int4(weight, scales, offsets).T; `weight` is quantize_int4's packed uint8.
+
+    Widths that are not whole groups, and output rows that are not whole blocks (small test models),
+    are stored zero-padded: the activations are padded with zeros to match, and the extra outputs dropped."""
 
     def __init__(self, in_features: int, out_features: int, device=None, dtype=torch.float32, bias: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        width = int4_width(in_features)
+        width, blocks = int4_width(in_features), int4_rows(out_features) // INT4_ROWS
         groups = width // INT4_GROUP
-        self.register_buffer("weight", torch.empty(out_features, width // 2, dtype=torch.uint8, device=device))
-        self.register_buffer("scales", torch.empty(out_features, groups, device=device))
-        self.register_buffer("offsets", torch.empty(out_features, groups, device=device))
+        self.register_buffer("weight", torch.empty(blocks, width // 8, INT4_ROWS, 4, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.empty(blocks, groups, INT4_ROWS, device=device))
+        self.register_buffer("offsets", torch.empty(blocks, groups, INT4_ROWS, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
+
+    @property
+    def padded(self) -> bool:
+        return int4_width(self.in_features) != self.in_features or int4_rows(self.out_features) != self.out_features
 
     def forward(self, x: Tensor) -> Tensor:
         padding = int4_width(self.in_features) - self.in_features
         if padding:
             x = F.pad(x, (0, padding))
-        return _add_bias(linear_int4(x, self.weight, self.scales, self.offsets), self.bias)
+        y = linear_int4(x, self.weight, self.scales, self.offsets)
+        if y.size(-1) != self.out_features:
+            y = y[..., : self.out_features]
+        return _add_bias(y, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -156,8 +187,8 @@ def quantize_model_int4(model: nn.Module) -> nn.Module:
     for parent, name, child in _linears(model):
         weight = child.weight
         layer = Int4Linear(child.in_features, child.out_features, weight.device, weight.dtype, child.bias is not None)
-        padded = F.pad(weight, (0, int4_width(child.in_features) - child.in_features))
-        layer.weight, layer.scales, layer.offsets = quantize_int4(padded)
+        padding = int4_width(child.in_features) - child.in_features
+        layer.weight, layer.scales, layer.offsets = quantize_int4(F.pad(weight, (0, padding)) if padding else weight)
         _copy_bias(layer, child)
         setattr(parent, name, layer)
     model.kv_cache_dtype = QUANTIZED_KV_CACHE_DTYPE

@@ -31,7 +31,7 @@ FILES = [
 def test_an_avx2_build_of_the_kernels_passes_their_tests(tmp_path):
     env = {**os.environ, "FISHTTS_KERNEL_ARCH": "haswell", "XDG_CACHE_HOME": str(tmp_path)}
     check = "import torch; from core.lm import kernels; assert kernels.cpu_kernels_available(); "
-    check += "assert not torch.ops.fishtts.int4_uses_int8_activations()"  # (really the AVX2 build)
+    check += "assert not torch.ops.fishtts.vnni_available()"  # (really the AVX2 build)
     built = subprocess.run([sys.executable, "-c", check], env=env, cwd=ROOT, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-3000:]
     result = subprocess.run(

@@ -13,7 +13,7 @@ import torch
 from core import tuning
 from core.engine import TTSEngine
 from core.lm import SamplingParams, autotune, fused, generate, kernels, load_lm, paths
-from core.lm.quantize import Int4Linear, dequantize_int4, quantize_int4
+from core.lm.quantize import Int4Linear, dequantize_int4, quantize_int4, unblocked
 from core.request import SynthesisRequest
 from tests.helpers import run_cli
 from tests.paths import PARITY
@@ -26,7 +26,7 @@ TOLERANCE = {"float32": 1e-5, "int8": 0.01, "int4": 0.12}
 # Between two paths of one format: float32 and int8 differ only in summation order (~1e-6; int8's VNNI
 # paths also round the activations to int16 per 64-group, at most 1/65534 of the group's largest, its
 # AMX path to 24 bits per row, 1/16711422 of the row's largest);
-# bfloat16 prefill rounds activations to 8 bits (~0.4% per product, averaging down); int4's VNNI kernel
+# bfloat16 prefill rounds activations to 8 bits (~0.4% per product, averaging down); int4's kernel
 # rounds activations to int8 per 64-group (~0.6% of a product).
 SAME_FORMAT = {"float32": 2e-5, "int8": 1e-4, "int4": 0.03}
 BFLOAT16_PREFILL = 0.02
@@ -138,12 +138,19 @@ def test_unknown_or_unavailable_paths_are_refused():
 @pytest.mark.parametrize("in_features", [64, 128, 1024])
 def test_int4_packing_round_trips_and_stays_within_half_a_step(in_features):
     w = torch.randn(40, in_features, generator=torch.Generator().manual_seed(0))
-    packed, scales, offsets = quantize_int4(w)
-    assert packed.dtype == torch.uint8 and packed.shape == (40, in_features // 2)
+    packed, scales, offsets = quantize_int4(w)  # 40 rows: blocks of 16, the last padded
+    assert packed.dtype == torch.uint8 and packed.shape == (3, in_features // 8, 16, 4)
+    assert scales.shape == offsets.shape == (3, in_features // 64, 16)
     restored = dequantize_int4(packed, scales, offsets)
-    step = scales.repeat_interleave(64, dim=1)
+    assert restored.shape == (48, in_features) and not restored[40:].any()
+    restored = restored[:40]
+
+    def per_input(t):  # [blocks, groups, 16] -> [rows, in]
+        return unblocked(t)[:40].repeat_interleave(64, dim=1)
+
+    step = per_input(scales)
     assert ((restored - w).abs() <= step * 0.5 + 1e-6).all()
-    q = torch.round((restored - offsets.repeat_interleave(64, dim=1)) / step)
+    q = torch.round((restored - per_input(offsets)) / step)
     assert q.min() >= 0 and q.max() <= 15
 
 

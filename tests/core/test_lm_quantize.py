@@ -1,9 +1,11 @@
 """Int8 weight-only quantization: the original's checkpoint format, quantizing at load, quality bounds
-against float32 on the parity model, the CPU kernel against the plain formula, and the CLI flag."""
+against float32 on the parity model, the CPU kernels (int8's and int4's) against the plain formula, and
+the CLI flag."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from core.checkpoints import CheckpointError
 from core.engine import TTSEngine
 from core.lm import SamplingParams, generate, load_lm, paths
 from core.lm.kernels import cpu_kernels_available
-from core.lm.quantize import Int8Linear, quantize_int8
+from core.lm.quantize import Int4Linear, Int8Linear, dequantize_int4, quantize_int4, quantize_int8, unblocked
 from core.request import SynthesisRequest
 from tests.helpers import run_cli
 from tests.paths import PARITY
@@ -155,6 +157,46 @@ def test_int8_kernel_equals_dequantize_then_matmul(rows, in_features, path):
         bound = bound + int24_row_activation_bound(x, layer.weight.float()) * layer.scales
     with paths.using("int8", decode=path):
         assert_within(layer(x), expected, bound)
+
+
+def int4_kernel_bound(x: torch.Tensor, layer: Int4Linear) -> torch.Tensor:
+    """What int4's kernel may differ from x @ dequantize_int4(...).T. It rounds x to int8 per 64-group
+    (scale absmax / 127) and adds back 8 * scale * the rounding's sum, so the rounding meets (q - 8) * scale
+    of each weight: half a step times that, summed. Its float arithmetic sums per group q * scale * x,
+    8 * scale * x and offset * x: a matmul's rounding over those magnitudes."""
+    ones, zeros = torch.ones_like(layer.scales), torch.zeros_like(layer.scales)
+    rows = slice(0, layer.out_features)
+    q = dequantize_int4(layer.weight, ones, zeros)[rows].double()  # the stored 0..15
+    scale, offset = (unblocked(t)[rows].repeat_interleave(64, dim=1).double() for t in (layer.scales, layer.offsets))
+    groups = x.double().unflatten(-1, (-1, 64))
+    half_step = (groups.abs().amax(-1, keepdim=True) / 127 / 2).expand_as(groups).flatten(-2)
+    rounding = half_step @ (scale * (q - 8)).abs().T
+    magnitudes = scale * q + 8 * scale + offset.abs()
+    return rounding + 4 * FLOAT32_EPS * math.sqrt(x.shape[-1]) * (x.abs().double() @ magnitudes.T)
+
+
+@pytest.mark.skipif(not cpu_kernels_available(), reason="no C++ compiler for the CPU kernels here")
+@pytest.mark.parametrize("path", sorted(k for k in paths.KERNEL_VARIANTS if not k.endswith("-1t")))
+@pytest.mark.parametrize("rows", [1, 3, 4, 8])
+@pytest.mark.parametrize("shape", [(40, 64), (40, 192), (96, 1024)])  # 40: a padded last block of rows
+def test_int4_kernel_equals_dequantize_then_matmul_within_its_activation_rounding(rows, shape, path):
+    if path not in paths.decode_candidates("int4"):
+        pytest.skip(f"{path} is not an int4 decode path here")
+    out_features, in_features = shape
+    gen = torch.Generator().manual_seed(rows * 1000 + in_features)
+    layer = Int4Linear(in_features, out_features)
+    layer.weight, layer.scales, layer.offsets = quantize_int4(torch.randn(out_features, in_features, generator=gen))
+    x = torch.randn(rows, 1, in_features, generator=gen) * torch.rand(in_features, generator=gen) * 4
+    # Row 0 rounds every input the same way (scale 1: each group's largest is 127, the rest k + 0.4), so
+    # that the errors add up: only the kernel's correction keeps them within the bound.
+    x[0, 0] = torch.arange(in_features) % 100 + 0.4
+    x[0, 0, ::64] = 127.0
+    weight = dequantize_int4(layer.weight, layer.scales, layer.offsets)[:out_features]
+    expected = x.double() @ weight.double().T
+    with paths.using("int4", decode=path):
+        ours = layer(x)
+        assert torch.equal(layer(x[:1]), ours[:1])  # a row alone: the same bits
+    assert_within(ours, expected, int4_kernel_bound(x, layer))
 
 
 def test_engine_quantize_option_generates_codes(tiny_checkpoints):

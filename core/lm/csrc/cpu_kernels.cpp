@@ -3,7 +3,8 @@
 // linear_rows: y[n, o] = scale[o] * sum_i x[n, i] * w[o, i] for a few activation rows n and float32,
 //   bfloat16 or int8 weights. A decode step is a chain of such matrix-vector products bound by memory
 //   bandwidth; this one streams the weights and reads every weight row once for all activation rows.
-// linear_rows_int4: the same for 4-bit weights with group-wise scales and offsets (quantize.py's layout).
+// linear_rows_int4: the same for 4-bit weights with group-wise scales and offsets, in blocks of 16 rows
+//   (quantize.py's layout), against int8-rounded activations.
 // set_tuning: software prefetch (distance, hint) and thread count per weight format. What streams best
 //   differs between CPUs (a non-temporal prefetch 4 KiB ahead helps on AMD Zen and halves the bandwidth
 //   on Intel Sapphire Rapids), so core/lm/autotune.py measures the settings at load and picks.
@@ -412,265 +413,237 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const c10::opti
 }
 
 // -- int4 ----------------------------------------------------------------------------------------
-// Weights q in 0..15, w = q * scale[o, g] + offset[o, g] for groups of G = kInt4Group inputs. Packed
-// [O, I / 2] bytes: in every block of 64 inputs, byte k holds input k (low nibble) and input k + 32
-// (high nibble), so 32 bytes widen to the block's 64 values in order with a mask and a shift.
-// Per row: y = sum_g scale[g] * dot(x_g, q_g) + sum_g offset[g] * sum(x_g).
-// With AVX512-VNNI the group dots run on int8 activations (x_g / (absmax(x_g) / 127), rounded; one
-// instruction per 64 weights): their rounding (~0.5% of a dot) is small against int4's own error (~10%),
-// and without it the float path is compute-bound below the memory bandwidth. Elsewhere: float32 dots.
+// Weights q in 0..15, w = q * scale + offset per row and group of G = kInt4Group inputs. Rows come in
+// blocks of kInt4Rows (quantize.py pads the last block with zero rows): a block is I / 8 chunks of 64
+// bytes, and in chunk c the 4 bytes of row r hold inputs 8c..8c+3 (low nibbles) and 8c+4..8c+7 (high
+// nibbles). So one 64-byte load holds 8 inputs of 16 rows, and an instruction that sums 4 byte
+// products a 32-bit lane, against 4 activations broadcast to every lane, gives each row its own lane:
+// no horizontal sums, and a group's scales and offsets apply to 16 rows as one vector each
+// ([blocks, groups, 16]). Row-major packing, one row per vector, spent ~40% of its instructions on
+// per-group bookkeeping and ran compute-bound at ~60% of the memory bandwidth (AMD EPYC, 2 vCPUs).
+// The activations are rounded to int8 per row and group (x / (absmax / 127), to nearest even): their
+// rounding (~0.5% of a dot) is small against int4's own error (~10%), and the dots are then integers,
+// exact in any order, so every instruction set below computes the same bits.
+// Per row: y = sum_g scale[g] * (xscale_g * dot(q_g, xq_g) + residual8_g) + offset[g] * sum(x_g), in
+// that order (batch invariance: the same whatever the rows in the call).
 
 constexpr int64_t kInt4Group = 64;
+constexpr int64_t kInt4Rows = 16;
+constexpr int64_t kInt4Chunk = 64;  // bytes: 8 inputs of a block's 16 rows
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-#define FISHTTS_INT4_VNNI 1
+#define FISHTTS_VNNI 1
 #endif
 
-// Per activation row and group: the int8 values, their scale, the float sum, and what the int8 values
-// miss of it (sum - scale * sum(int8)): a row's own alone.
-// The int8 dot uses q in 0..15, whose mean 7.5 would multiply the rounding of x; the kernel adds back
-// 8 * scale * residual so that the rounding acts as on (q - 8) only, about half the error.
-// With VNNI, q is laid out for the weights' nibbles: each pair of groups (g, g + 1) of a row is stored
-// as x_g[0:32] x_g+1[0:32] x_g[32:64] x_g+1[32:64], so that one 64-byte load of packed weights (both
-// groups' bytes) meets its low nibbles' activations in one vector and its high nibbles' in the next;
-// pair_scale holds the two groups' scales, 8 lanes each. A row's last group, when the count is odd,
-// keeps the plain order.
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+
+// Per activation row and group: the int8 values (in input order), their scale, the float sum, and
+// 8 * what the int8 values miss of it (sum - scale * sum(int8)). The dot uses q in 0..15, whose mean
+// 7.5 would multiply the rounding of x; adding 8 * scale * residual makes the rounding act on (q - 8)
+// only, about half the error.
 // The buffers are the calling thread's, reused from call to call (a decode step makes ~120 calls).
 struct Int4Activations {
-  int8_t* q;
-  float *scale, *sum, *residual8, *pair_scale;  // residual8: 8 * the residual (0 without int8 dots)
+  const int8_t* q;
+  const float *scale, *sum, *residual8;
   Int4Activations(const float* x, int64_t N, int64_t I) {
-    const int64_t per_row = I / kInt4Group, groups = N * per_row, pairs = N * (per_row / 2);
+    const int64_t groups = N * I / kInt4Group;
     thread_local std::vector<int8_t> q_buffer;
     thread_local std::vector<float> f_buffer;
     q_buffer.resize(N * I);
-    f_buffer.resize(3 * groups + 16 * pairs);
-    q = q_buffer.data();
-    scale = f_buffer.data();
-    sum = scale + groups;
-    residual8 = sum + groups;
-    pair_scale = residual8 + groups;
+    f_buffer.resize(3 * groups);
+    int8_t* qp = q_buffer.data();
+    float *sp = f_buffer.data(), *sums = sp + groups, *res = sums + groups;
     for (int64_t r = 0; r < groups; ++r) {
       const float* xg = x + r * kInt4Group;
+      int8_t* dst = qp + r * kInt4Group;
       f32x16 v[4], total = {}, top = {};
       for (int k = 0; k < 4; ++k) {
         v[k] = load16(xg + 16 * k);
         total += v[k];
         for (int j = 0; j < 16; ++j) top[j] = std::max(top[j], std::fabs(v[k][j]));
       }
-      sum[r] = hsum(total);
+      sums[r] = hsum(total);
       float absmax = 0.f;
       for (int j = 0; j < 16; ++j) absmax = std::max(absmax, top[j]);
-      scale[r] = absmax / 127.f;
+      sp[r] = absmax / 127.f;
       const float inv = absmax > 0.f ? 127.f / absmax : 0.f;
-      const int64_t g = r % per_row;
-      const bool paired = g / 2 * 2 + 1 < per_row;
-      int8_t* dst = q + (r - g % 2) * kInt4Group + (paired ? 32 * (g % 2) : 0);
       int32_t qsum = 0;
 #if defined(__AVX512F__)
       __m512i qs = _mm512_setzero_si512();
       for (int k = 0; k < 4; ++k) {  // rounds to nearest even, as nearbyint under the default rounding mode
         const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps((__m512)v[k], _mm512_set1_ps(inv)));
-        _mm_storeu_si128((__m128i*)(dst + 16 * k + (paired && k >= 2 ? 32 : 0)), _mm512_cvtsepi32_epi8(qi));
+        _mm_storeu_si128((__m128i*)(dst + 16 * k), _mm512_cvtsepi32_epi8(qi));
         qs = _mm512_add_epi32(qs, qi);
       }
       qsum = _mm512_reduce_add_epi32(qs);
 #else
       for (int64_t i = 0; i < kInt4Group; ++i) {
-        const int8_t qi = (int8_t)std::nearbyint(xg[i] * inv);
-        dst[paired && i >= 32 ? i + 32 : i] = qi;
-        qsum += qi;
+        dst[i] = (int8_t)std::nearbyint(xg[i] * inv);
+        qsum += dst[i];
       }
 #endif
-#if defined(FISHTTS_INT4_VNNI)
-      residual8[r] = 8.f * (sum[r] - scale[r] * (float)qsum);
-#else
-      residual8[r] = 0.f;
-#endif
+      res[r] = 8.f * (sums[r] - sp[r] * (float)qsum);
     }
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t g = 0; g + 1 < per_row; g += 2)
-        for (int j = 0; j < 16; ++j)
-          pair_scale[(n * (per_row / 2) + g / 2) * 16 + j] = scale[n * per_row + g + j / 8];
+    q = qp;
+    scale = sp;
+    sum = sums;
+    residual8 = res;
   }
 };
 
-// Sum over groups of a[g] * b[g] + c[g] * d[g], in a fixed order.
-inline float dot2(const float* a, const float* b, const float* c, const float* d, int64_t n) {
-  f32x16 acc = {};
-  int64_t g = 0;
-  for (; g + 16 <= n; g += 16) acc = fma16(load16(c + g), load16(d + g), fma16(load16(a + g), load16(b + g), acc));
-  float s = hsum(acc);
-  for (; g < n; ++g) s += a[g] * b[g] + c[g] * d[g];
-  return s;
-}
+inline int32_t four_bytes(const int8_t* p) { int32_t v; std::memcpy(&v, p, 4); return v; }
 
-// Block of 64 inputs starting at input i: the 16-value vectors for inputs i..i+15, +16, +32, +48.
-inline void widen_nibbles64(const uint8_t* p, f32x16 v[4]) {
-#if defined(__AVX512F__)
-  for (int h = 0; h < 2; ++h) {
-    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + 16 * h)));
-    v[h] = (f32x16)_mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(15)));
-    v[h + 2] = (f32x16)_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4));
+// d[k][b]: the 16 rows' integer dots over group g for R blocks (block k at w + k * block_bytes) and B
+// activation rows (row b's int8 values at xq + b * I).
+template <int R, int B, int Hint>
+inline void group_dots_int4(const uint8_t* w, int64_t block_bytes, const int8_t* xq, int64_t I, int64_t g,
+                            int64_t distance, i32x16 d[R][B]) {
+#if defined(FISHTTS_VNNI)
+  // Two chains per (block, row): the low nibbles, and the high ones masked in place (16 q: the products
+  // stay exact in int32 and the sum is shifted back once per group).
+  const __m512i low_mask = _mm512_set1_epi8(0x0F), high_mask = _mm512_set1_epi8((char)0xF0);
+  __m512i low[R][B], high[R][B];
+  for (int k = 0; k < R; ++k)
+    for (int b = 0; b < B; ++b) low[k][b] = high[k][b] = _mm512_setzero_si512();
+  #pragma GCC unroll 8
+  for (int64_t c = g * 8; c < g * 8 + 8; ++c) {
+    for (int k = 0; k < R; ++k) {
+      const uint8_t* p = w + k * block_bytes + c * kInt4Chunk;
+      if (Hint != kNoPrefetch) prefetch_ahead<Hint>(p, distance, 1);
+      const __m512i packed = _mm512_loadu_si512((const void*)p);
+      const __m512i q_low = _mm512_and_si512(packed, low_mask), q_high = _mm512_and_si512(packed, high_mask);
+      for (int b = 0; b < B; ++b) {
+        const int8_t* x = xq + b * I + c * 8;
+        low[k][b] = _mm512_dpbusd_epi32(low[k][b], q_low, _mm512_set1_epi32(four_bytes(x)));
+        high[k][b] = _mm512_dpbusd_epi32(high[k][b], q_high, _mm512_set1_epi32(four_bytes(x + 4)));
+      }
+    }
+  }
+  for (int k = 0; k < R; ++k)
+    for (int b = 0; b < B; ++b) d[k][b] = (i32x16)_mm512_add_epi32(low[k][b], _mm512_srai_epi32(high[k][b], 4));
+#elif defined(__AVX2__)
+  // Per half block (8 rows): byte products summed in pairs into int16 (|sum| <= 2 * 15 * 127), four
+  // chunks' worth of them (<= 30480) before widening to int32 pairs.
+  const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  for (int k = 0; k < R; ++k)
+    for (int b = 0; b < B; ++b) d[k][b] = i32x16{};
+  for (int64_t c0 = g * 8; c0 < g * 8 + 8; c0 += 4) {
+    for (int k = 0; k < R; ++k) {
+      __m256i pairs[B][2];
+      for (int b = 0; b < B; ++b) pairs[b][0] = pairs[b][1] = _mm256_setzero_si256();
+      for (int64_t c = c0; c < c0 + 4; ++c) {
+        const uint8_t* p = w + k * block_bytes + c * kInt4Chunk;
+        if (Hint != kNoPrefetch) prefetch_ahead<Hint>(p, distance, 1);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i packed = _mm256_loadu_si256((const __m256i*)(p + 32 * h));
+          const __m256i q_low = _mm256_and_si256(packed, mask);
+          const __m256i q_high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+          for (int b = 0; b < B; ++b) {
+            const int8_t* x = xq + b * I + c * 8;
+            const __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(q_low, _mm256_set1_epi32(four_bytes(x))),
+                                               _mm256_maddubs_epi16(q_high, _mm256_set1_epi32(four_bytes(x + 4))));
+            pairs[b][h] = _mm256_add_epi16(pairs[b][h], s);
+          }
+        }
+      }
+      for (int b = 0; b < B; ++b) {
+        __m256i half[2];
+        for (int h = 0; h < 2; ++h) half[h] = _mm256_madd_epi16(pairs[b][h], ones);
+        i32x16 sum;
+        std::memcpy(&sum, half, sizeof sum);
+        d[k][b] += sum;
+      }
+    }
   }
 #else
-  for (int h = 0; h < 2; ++h)
-    for (int j = 0; j < 16; ++j) {
-      v[h][j] = (float)(p[16 * h + j] & 15);
-      v[h + 2][j] = (float)(p[16 * h + j] >> 4);
+  for (int k = 0; k < R; ++k)
+    for (int b = 0; b < B; ++b) {
+      i32x16 sum = {};
+      for (int64_t c = g * 8; c < g * 8 + 8; ++c) {
+        const uint8_t* p = w + k * block_bytes + c * kInt4Chunk;
+        const int8_t* x = xq + b * I + c * 8;
+        for (int r = 0; r < 16; ++r)
+          for (int j = 0; j < 4; ++j) sum[r] += (p[4 * r + j] & 15) * x[j] + (p[4 * r + j] >> 4) * x[4 + j];
+      }
+      d[k][b] = sum;
     }
 #endif
 }
 
-#if defined(FISHTTS_INT4_VNNI)
-// out[r * B + b] for R weight rows and B activation rows: per pair of groups one 64-byte load of
-// weights, two dpbusd per activation row (low nibbles, then high), and one FMA with the lanes'
-// scales (8 lanes a group). Two accumulators per (r, b) (even and odd pairs) and R * B pairs keep the
-// core busy; each pair's sum runs in the same order whatever R and B are (batch invariance).
-template <int B, int R, int Hint>
-inline void dot_rows_int4(const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* wr,
-                          const float* sr, const float* zr, int64_t distance, float* out) {
-  const int64_t groups = I / kInt4Group, pairs = groups / 2, row_bytes = I / 2;
-  const __m512i nibble = _mm512_set1_epi8(15);
-  const __m512i two_groups = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  f32x16 acc[2][R][B] = {};
-  auto step = [&](int64_t p, int u) __attribute__((always_inline)) {
-    for (int r = 0; r < R; ++r) {
-      const uint8_t* wp = wr + r * row_bytes + p * kInt4Group;
-      if (Hint != kNoPrefetch) prefetch_ahead<Hint>(wp, distance, 1);
-      const __m512i packed = _mm512_loadu_si512((const void*)wp);
-      const __m512i low = _mm512_and_si512(packed, nibble);
-      const __m512i high = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
-      const __m512 ws = _mm512_permutexvar_ps(two_groups, _mm512_castps128_ps512(
-          _mm_castpd_ps(_mm_load_sd((const double*)(sr + r * groups + 2 * p)))));
-      for (int b = 0; b < B; ++b) {
-        const int64_t k = (row0 + b) * groups + 2 * p;  // the pair's first group
-        const int8_t* xq = act.q + k * kInt4Group;
-        __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low, _mm512_loadu_si512((const void*)xq));
-        dots = _mm512_dpbusd_epi32(dots, high, _mm512_loadu_si512((const void*)(xq + 64)));
-        const __m512 xs = _mm512_loadu_ps(act.pair_scale + ((row0 + b) * pairs + p) * 16);
-        acc[u][r][b] = fma16((f32x16)_mm512_cvtepi32_ps(dots), (f32x16)_mm512_mul_ps(ws, xs), acc[u][r][b]);
-      }
-    }
-  };
-  int64_t p = 0;
-  for (; p + 2 <= pairs; p += 2) {
-    step(p, 0);
-    step(p + 1, 1);
-  }
-  if (p < pairs) step(p, 0);
-  if (groups % 2) {  // the last group alone: 32 bytes
-    const int64_t g = groups - 1;
-    for (int r = 0; r < R; ++r) {
-      const __m256i packed = _mm256_loadu_si256((const __m256i*)(wr + r * row_bytes + g * kInt4Group / 2));
-      const __m256i low = _mm256_and_si256(packed, _mm256_set1_epi8(15));
-      const __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), _mm256_set1_epi8(15));
-      const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
-      for (int b = 0; b < B; ++b) {
-        const int64_t k = (row0 + b) * groups + g;
-        const __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q,
-                                                 _mm512_loadu_si512((const void*)(act.q + k * kInt4Group)));
-        acc[1][r][b] = fma16((f32x16)_mm512_cvtepi32_ps(dots), splat(sr[r * groups + g] * act.scale[k]), acc[1][r][b]);
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < B; ++b) {
-      const int64_t k = (row0 + b) * groups;
-      out[r * B + b] = hsum(acc[0][r][b] + acc[1][r][b]) +
-                       dot2(zr + r * groups, act.sum + k, sr + r * groups, act.residual8 + k, groups);
-    }
-}
-#else
-// Float dots (no VNNI): one weight row at a time (R == 1), B activation rows.
-template <int B, int R, int Hint>
-inline void dot_rows_int4(const float* x, const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* wr,
-                          const float* sr, const float* zr, int64_t distance, float* out) {
-  static_assert(R == 1, "one weight row at a time");
-  const int64_t groups = I / kInt4Group;
-  f32x16 acc[B] = {};
+// y[b * O + 16 k + r] for R blocks (k) of 16 rows (r) and B activation rows from row0.
+template <int R, int B, int Hint>
+inline void dot_blocks_int4(const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* w, const float* s,
+                            const float* z, int64_t distance, float* y, int64_t O) {
+  const int64_t groups = I / kInt4Group, block_bytes = I * kInt4Rows / 2, block_floats = groups * kInt4Rows;
+  const int8_t* xq = act.q + row0 * I;
+  f32x16 acc[R][B] = {};
   for (int64_t g = 0; g < groups; ++g) {
-    const uint8_t* wg = wr + g * kInt4Group / 2;
-    if (Hint != kNoPrefetch) prefetch_ahead<Hint>(wg, distance, 1);
-    f32x16 w[4];
-    widen_nibbles64(wg, w);
-    for (int b = 0; b < B; ++b) {
-      const float* xg = x + b * I + g * kInt4Group;
-      f32x16 part = load16(xg) * w[0];
-      for (int k = 1; k < 4; ++k) part = fma16(load16(xg + 16 * k), w[k], part);
-      acc[b] = fma16(part, splat(sr[g]), acc[b]);
+    i32x16 d[R][B];
+    group_dots_int4<R, B, Hint>(w, block_bytes, xq, I, g, distance, d);
+    for (int k = 0; k < R; ++k) {
+      const f32x16 scale = load16(s + k * block_floats + g * kInt4Rows);
+      const f32x16 offset = load16(z + k * block_floats + g * kInt4Rows);
+      for (int b = 0; b < B; ++b) {
+        const int64_t a = (row0 + b) * groups + g;
+        const f32x16 t = fma16(__builtin_convertvector(d[k][b], f32x16), splat(act.scale[a]),
+                                     splat(act.residual8[a]));
+        acc[k][b] = fma16(offset, splat(act.sum[a]), fma16(scale, t, acc[k][b]));
+      }
     }
   }
-  for (int b = 0; b < B; ++b) {
-    const int64_t r = (row0 + b) * groups;
-    out[b] = hsum(acc[b]) + dot2(zr, act.sum + r, sr, act.residual8 + r, groups);
-  }
+  for (int k = 0; k < R; ++k)
+    for (int b = 0; b < B; ++b) store16(y + b * O + k * kInt4Rows, acc[k][b]);
 }
-#endif
 
-template <int B, int R>
-inline void dot_rows_int4_tuned(const float* x, const Int4Activations& act, int64_t row0, int64_t I,
-                                const uint8_t* wr, const float* sr, const float* zr, const Tuning& t, bool prefetch,
-                                float* out) {
+template <int R, int B>
+inline void dot_blocks_int4_tuned(const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* w,
+                                  const float* s, const float* z, const Tuning& t, bool prefetch, float* y, int64_t O) {
   const int hint = prefetch && t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
-#if defined(FISHTTS_INT4_VNNI)
-  (void)x;
-#define FISHTTS_INT4_ARGS act, row0, I, wr, sr, zr
-#else
-#define FISHTTS_INT4_ARGS x, act, row0, I, wr, sr, zr
-#endif
-  if (hint == kPrefetchNTA) dot_rows_int4<B, R, kPrefetchNTA>(FISHTTS_INT4_ARGS, t.prefetch_bytes, out);
-  else if (hint == kPrefetchT0) dot_rows_int4<B, R, kPrefetchT0>(FISHTTS_INT4_ARGS, t.prefetch_bytes, out);
-  else dot_rows_int4<B, R, kNoPrefetch>(FISHTTS_INT4_ARGS, 0, out);
-#undef FISHTTS_INT4_ARGS
+  if (hint == kPrefetchNTA) dot_blocks_int4<R, B, kPrefetchNTA>(act, row0, I, w, s, z, t.prefetch_bytes, y, O);
+  else if (hint == kPrefetchT0) dot_blocks_int4<R, B, kPrefetchT0>(act, row0, I, w, s, z, t.prefetch_bytes, y, O);
+  else dot_blocks_int4<R, B, kNoPrefetch>(act, row0, I, w, s, z, 0, y, O);
 }
 
-// x [..., I] float32; packed [O, I / 2] uint8; scales, offsets [O, I / 64] float32.
+// x [..., I] float32; packed [blocks, I / 8, 16, 4] uint8; scales, offsets [blocks, I / 64, 16] float32
+// -> [..., blocks * 16] (the padding rows included).
 at::Tensor linear_rows_int4(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                             const at::Tensor& offsets) {
   auto xc = rows_of(x);
-  const int64_t N = xc.size(0), I = xc.size(1), O = packed.size(0);
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous() && packed.size(1) * 2 == I,
-              "packed must be contiguous uint8 [out, in / 2]");
+  const int64_t N = xc.size(0), I = xc.size(1), blocks = packed.size(0), O = blocks * kInt4Rows;
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 4 && packed.is_contiguous() &&
+                  packed.size(1) * 8 == I && packed.size(2) == kInt4Rows && packed.size(3) == 4,
+              "packed must be contiguous uint8 [out / 16, in / 8, 16, 4]");
   TORCH_CHECK(I % kInt4Group == 0, "in must be a multiple of 64");
   const int64_t groups = I / kInt4Group;
   for (const auto* t : {&scales, &offsets})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 && t->size(0) == O
-                && t->size(1) == groups, "scales and offsets must be contiguous float32 [out, in / 64]");
-  const float* xp = xc.data_ptr<float>();
-  const Int4Activations act(xp, N, I);
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 3 && t->size(0) == blocks
+                && t->size(1) == groups && t->size(2) == kInt4Rows,
+                "scales and offsets must be contiguous float32 [out / 16, in / 64, 16]");
+  const Int4Activations act(xc.data_ptr<float>(), N, I);
   auto y = output_for(x, O);
   const uint8_t* wp = packed.data_ptr<uint8_t>();
   const float* sp = scales.data_ptr<float>();
   const float* zp = offsets.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const Tuning& t = g_tuning[kInt4];
-#if defined(FISHTTS_INT4_VNNI)
-  constexpr int kRows = 4;
-#else
-  constexpr int kRows = 1;
-#endif
-  parallel(O, 16, [&](int64_t begin, int64_t end) {
-    float out[kRows * kGroup];
-    int64_t o = begin;
-    if (N == 1 && kRows > 1 && t.rows > 1) {  // one activation row: several weight rows at once
-      for (; o + kRows <= end; o += kRows) {
-        dot_rows_int4_tuned<1, kRows>(xp, act, 0, I, wp + o * I / 2, sp + o * groups, zp + o * groups, t, true, out);
-        for (int r = 0; r < kRows; ++r) yp[o + r] = out[r];
-      }
-    }
-    for (; o < end; ++o) {
-      const uint8_t* wr = wp + o * I / 2;
-      const float *sr = sp + o * groups, *zr = zp + o * groups;
-      for (int64_t g = 0; g < N; g += kGroup) {
-        const float* xg = xp + g * I;
-        switch (std::min<int64_t>(kGroup, N - g)) {
-          case 1: dot_rows_int4_tuned<1, 1>(xg, act, g, I, wr, sr, zr, t, g == 0, out); break;
-          case 2: dot_rows_int4_tuned<2, 1>(xg, act, g, I, wr, sr, zr, t, g == 0, out); break;
-          case 3: dot_rows_int4_tuned<3, 1>(xg, act, g, I, wr, sr, zr, t, g == 0, out); break;
-          default: dot_rows_int4_tuned<4, 1>(xg, act, g, I, wr, sr, zr, t, g == 0, out); break;
+  const int64_t block_bytes = I * kInt4Rows / 2, block_floats = groups * kInt4Rows;
+  parallel(blocks, 1, [&](int64_t begin, int64_t end) {
+    int64_t k = begin;
+    if (N == 1 && t.rows > 1)  // one activation row: two blocks at once (two streams to fetch ahead)
+      for (; k + 2 <= end; k += 2)
+        dot_blocks_int4_tuned<2, 1>(act, 0, I, wp + k * block_bytes, sp + k * block_floats, zp + k * block_floats, t,
+                                    true, yp + k * kInt4Rows, O);
+    for (; k < end; ++k) {
+      const uint8_t* w = wp + k * block_bytes;
+      const float *s = sp + k * block_floats, *z = zp + k * block_floats;
+      for (int64_t n = 0; n < N; n += kGroup) {
+        float* out = yp + n * O + k * kInt4Rows;
+        switch (std::min<int64_t>(kGroup, N - n)) {
+          case 1: dot_blocks_int4_tuned<1, 1>(act, n, I, w, s, z, t, n == 0, out, O); break;
+          case 2: dot_blocks_int4_tuned<1, 2>(act, n, I, w, s, z, t, n == 0, out, O); break;
+          case 3: dot_blocks_int4_tuned<1, 3>(act, n, I, w, s, z, t, n == 0, out, O); break;
+          default: dot_blocks_int4_tuned<1, 4>(act, n, I, w, s, z, t, n == 0, out, O); break;
         }
-        for (int64_t b = 0; b < std::min<int64_t>(kGroup, N - g); ++b) yp[(g + b) * O + o] = out[b];
       }
     }
   }, t.threads);
@@ -684,7 +657,7 @@ at::Tensor linear_rows_int4(const at::Tensor& x, const at::Tensor& packed, const
 // flipped greedy tokens of the parity model) and two vpdpwssd multiply 64 sign-extended weights into
 // int32 (at most 4 products of 127 * 32767 a lane: no overflow).
 
-#if defined(FISHTTS_INT4_VNNI)
+#if defined(FISHTTS_VNNI)
 struct Int16Activations {
   int16_t* q;    // [N, I]
   float* scale;  // [N, I / 64]
@@ -753,7 +726,7 @@ inline void dot_rows_int8_vnni_tuned(const Int16Activations& act, int64_t row0, 
 
 // x [..., I] float32; w [O, I] int8; scales [O] float32: x @ (w * scales).T.
 at::Tensor linear_rows_int8_vnni(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales) {
-#if defined(FISHTTS_INT4_VNNI)
+#if defined(FISHTTS_VNNI)
   if (x.size(-1) % kInt4Group) return linear_rows(x, w, scales);  // (the float-activation kernel)
   auto xc = rows_of(x);
   const int64_t N = xc.size(0), I = xc.size(1), O = w.size(0);
@@ -1040,9 +1013,9 @@ at::Tensor linear_rows_int8_amx(const at::Tensor& x, const at::Tensor& w, const 
 #endif
 }
 
-// Whether linear_rows_int4 rounds the activations to int8 (AVX512-VNNI) on this build.
-bool int4_uses_int8_activations() {
-#if defined(FISHTTS_INT4_VNNI)
+// Whether this build has the AVX512-VNNI kernels (linear_rows_int8_vnni; int4's dots with one instruction).
+bool vnni_available() {
+#if defined(FISHTTS_VNNI)
   return true;
 #else
   return false;
@@ -1379,37 +1352,52 @@ at::BFloat16 dequantized_bfloat16(int q, float scale, float offset) {
 // int4 -> bfloat16 for prefill matmuls on bfloat16 hardware: q * scale + offset in float32 (a product,
 // then a sum: two roundings, as quantize.dequantize_int4 computes it), then rounded to nearest even.
 at::Tensor int4_to_bfloat16(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& offsets) {
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous(),
-              "packed must be contiguous uint8 [out, in / 2]");
-  const int64_t O = packed.size(0), I = packed.size(1) * 2, groups = I / kInt4Group;
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 4 && packed.is_contiguous() &&
+                  packed.size(2) == kInt4Rows && packed.size(3) == 4,
+              "packed must be contiguous uint8 [out / 16, in / 8, 16, 4]");
+  const int64_t blocks = packed.size(0), I = packed.size(1) * 8, groups = I / kInt4Group;
   TORCH_CHECK(I % kInt4Group == 0, "in must be a multiple of 64");
   for (const auto* t : {&scales, &offsets})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == O * groups,
-                "scales and offsets must be contiguous float32 [out, in / 64]");
-  auto out = at::empty({O, I}, packed.options().dtype(at::kBFloat16));
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == blocks * groups * kInt4Rows,
+                "scales and offsets must be contiguous float32 [out / 16, in / 64, 16]");
+  auto out = at::empty({blocks * kInt4Rows, I}, packed.options().dtype(at::kBFloat16));
   const uint8_t* src = packed.data_ptr<uint8_t>();
   const float* sp = scales.data_ptr<float>();
   const float* zp = offsets.data_ptr<float>();
   at::BFloat16* dst = out.data_ptr<at::BFloat16>();
-  at::parallel_for(0, O * groups, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {  // group k: 32 bytes in, 64 values out
-      const uint8_t* p = src + k * kInt4Group / 2;
-      at::BFloat16* d = dst + k * kInt4Group;
+  at::parallel_for(0, blocks * groups, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t kg = begin; kg < end; ++kg) {  // block k, group g: 16 rows of 64 values
+      const int64_t k = kg / groups, g = kg % groups;
+      const uint8_t* p = src + k * I * kInt4Rows / 2 + g * 8 * kInt4Chunk;
+      for (int64_t r = 0; r < kInt4Rows; ++r) {
+        const float scale = sp[kg * kInt4Rows + r], offset = zp[kg * kInt4Rows + r];
+        at::BFloat16* d = dst + (k * kInt4Rows + r) * I + g * kInt4Group;
+        uint8_t bytes[32];  // the row's 4 bytes of each of the group's 8 chunks
+        for (int c = 0; c < 8; ++c) std::memcpy(bytes + 4 * c, p + c * kInt4Chunk + 4 * r, 4);
 #if defined(__AVX512BF16__)
-      f32x16 v[4];
-      widen_nibbles64(p, v);
-      const __m512 scale = _mm512_set1_ps(sp[k]), offset = _mm512_set1_ps(zp[k]);
-      for (int j = 0; j < 4; ++j) {  // (the _round_ forms are never fused into one FMA)
-        const __m512 w = _mm512_add_round_ps(_mm512_mul_round_ps((__m512)v[j], scale, _MM_FROUND_CUR_DIRECTION),
-                                             offset, _MM_FROUND_CUR_DIRECTION);
-        _mm256_storeu_si256((__m256i*)(d + 16 * j), (__m256i)_mm512_cvtneps_pbh(w));
-      }
+        // 4 chunks at a time: low nibbles are inputs 8c..8c+3, high nibbles 8c+4..8c+7.
+        const __m512i first = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0);
+        const __m512i second = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8);
+        for (int h = 0; h < 2; ++h) {
+          const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(bytes + 16 * h)));
+          const __m512 low = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)));
+          const __m512 high = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+          const __m512 values[2] = {_mm512_permutex2var_ps(low, first, high), _mm512_permutex2var_ps(low, second, high)};
+          for (int j = 0; j < 2; ++j) {  // (the _round_ forms are never fused into one FMA)
+            const __m512 w = _mm512_add_round_ps(
+                _mm512_mul_round_ps(values[j], _mm512_set1_ps(scale), _MM_FROUND_CUR_DIRECTION),
+                _mm512_set1_ps(offset), _MM_FROUND_CUR_DIRECTION);
+            _mm256_storeu_si256((__m256i*)(d + 32 * h + 16 * j), (__m256i)_mm512_cvtneps_pbh(w));
+          }
+        }
 #else
-      for (int i = 0; i < kInt4Group / 2; ++i) {
-        d[i] = dequantized_bfloat16(p[i] & 15, sp[k], zp[k]);
-        d[i + kInt4Group / 2] = dequantized_bfloat16(p[i] >> 4, sp[k], zp[k]);
-      }
+        for (int c = 0; c < 8; ++c)
+          for (int j = 0; j < 4; ++j) {
+            d[8 * c + j] = dequantized_bfloat16(bytes[4 * c + j] & 15, scale, offset);
+            d[8 * c + 4 + j] = dequantized_bfloat16(bytes[4 * c + j] >> 4, scale, offset);
+          }
 #endif
+      }
     }
   });
   return out;
@@ -1422,7 +1410,7 @@ TORCH_LIBRARY(fishtts, m) {
   m.def("decode_attention(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor positions, "
         "Tensor freqs, int n_head, int n_kv_head, Tensor? q_norm=None, Tensor? k_norm=None, float norm_eps=0.) -> Tensor");
   m.def("linear_rows_int4(Tensor x, Tensor packed, Tensor scales, Tensor offsets) -> Tensor");
-  m.def("int4_uses_int8_activations() -> bool");
+  m.def("vnni_available() -> bool");
   m.def("linear_rows_int8_vnni(Tensor x, Tensor w, Tensor scales) -> Tensor");
   m.def("linear_rows_int8_amx(Tensor x, Tensor w, Tensor scales) -> Tensor");
   m.def("int8_amx_available() -> bool");
@@ -1457,7 +1445,7 @@ TORCH_LIBRARY_IMPL(fishtts, CompositeExplicitAutograd, m) {
   m.impl("start_pool", &start_pool);
   m.impl("set_openmp_threads", &set_openmp_threads);
   m.impl("set_tuning", &set_tuning);
-  m.impl("int4_uses_int8_activations", &int4_uses_int8_activations);
+  m.impl("vnni_available", &vnni_available);
   m.impl("int8_amx_available", &int8_amx_available);
   m.impl("huge_page_empty", &huge_page_empty);
 }

@@ -21,7 +21,15 @@ from core.checkpoints import CheckpointError
 from core.engine import SynthesisRequest, TTSEngine
 from core.lm import paths
 from core.lm.kernels import MAX_ROWS
-from core.lm.quantize import INT4_GROUP, Int4Linear, Int8Linear, convert_to_int8, dequantize_int4, int4_width
+from core.lm.quantize import (
+    INT4_GROUP,
+    Int4Linear,
+    Int8Linear,
+    convert_to_int8,
+    dequantize_int4,
+    int4_width,
+    unblocked,
+)
 from core.lm.sampling import SamplingParams
 from core.request import Reference
 from core.s1.config import DualARConfig
@@ -78,8 +86,8 @@ def half_step(layer) -> torch.Tensor:
     """[out, in]: the largest |weight error| quantization may make, half a rounding step per weight."""
     if isinstance(layer, Int8Linear):
         return (layer.scales.float() / 2)[:, None].expand(-1, layer.in_features)
-    half = (layer.scales / 2).repeat_interleave(INT4_GROUP, dim=1)
-    return half[:, : layer.in_features]
+    half = (unblocked(layer.scales) / 2).repeat_interleave(INT4_GROUP, dim=1)
+    return half[: layer.out_features, : layer.in_features]
 
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
@@ -215,7 +223,7 @@ def weight_error(layer, weight: torch.Tensor) -> float:
     if isinstance(layer, Int8Linear):
         restored = layer.weight.float() * layer.scales[:, None]
     else:
-        restored = dequantize_int4(layer.weight, layer.scales, layer.offsets)[:, : layer.in_features]
+        restored = dequantize_int4(layer.weight, layer.scales, layer.offsets)[: layer.out_features, : layer.in_features]
     return float((restored - weight.detach()).norm() / weight.detach().norm())
 
 
@@ -250,7 +258,7 @@ def test_golden_quantized_logits_stay_near_float32(golden, float_logits, fmt):
 
 
 # Between two paths of one format (the plain-torch one and another) on S1's shapes: float32 and int8 differ in
-# summation order only, ~√K ulps at each of the ~10 linears a logit passes through; int4's kernel on VNNI
+# summation order only, ~√K ulps at each of the ~10 linears a logit passes through; int4's kernel
 # rounds the activations to int8 per 64-group: half a step of 1/127 of a group's largest |x| per product,
 # ≈0.2% rms, amplified like the weights' error (x8); int8's VNNI paths round them to int16 (1/32767).
 SAME_FORMAT = 64 * math.sqrt(160) * FLOAT32_EPS  # ≈1e-4
@@ -259,8 +267,8 @@ INT16_ACTIVATIONS = AMPLIFICATION * 0.5 / 32767 / math.sqrt(3) * 3  # ≈2e-4
 
 
 def rounds_activations(fmt: str, path: str) -> bool:
-    """Whether this path rounds the activations to int8 (int4's kernel where VNNI exists)."""
-    return fmt == "int4" and path.startswith("kernel") and torch.ops.fishtts.int4_uses_int8_activations()
+    """Whether this path rounds the activations to int8 (int4's kernel)."""
+    return fmt == "int4" and path.startswith("kernel")
 
 
 def same_format_limit(fmt: str, path: str) -> float:
@@ -293,7 +301,7 @@ def test_every_prefill_path_of_s1_shapes_matches_float32_prefill(golden, fmt):
             ours = over_prompts(golden[fmt])["prefill"]
         # bfloat16 rounds the activations to 8 bits: 2^-9 relative per product, rms /√3, amplified as above
         limit = AMPLIFICATION * 2**-9 / math.sqrt(3) * 3 if path == "bfloat16" else SAME_FORMAT
-        if rounds_activations(fmt, path):  # (int4's kernel on VNNI)
+        if rounds_activations(fmt, path):  # (int4's kernel)
             limit = ROUNDED_ACTIVATIONS
         assert relative_error(ours, plain) < limit, path
 
@@ -301,7 +309,7 @@ def test_every_prefill_path_of_s1_shapes_matches_float32_prefill(golden, fmt):
 def test_int4_pads_widths_that_are_not_whole_groups():
     assert int4_width(160) == 192 and int4_width(64) == 64
     layer = dict(tied_biased_model().quantize("int4").named_modules())["fast_layers.0.feed_forward.w2"]
-    assert layer.in_features == 96 and layer.weight.shape == (32, 64)  # 128 stored inputs, two per byte
+    assert layer.in_features == 96 and layer.weight.shape == (2, 16, 16, 4)  # 128 stored inputs of 32 rows
 
 
 # -- the scheduler ------------------------------------------------------------------------------------
