@@ -4,7 +4,7 @@ int8: every nn.Linear (output head included) becomes an `Int8Linear`: `weight` i
 `scales` [out], symmetric per output row (scale = absmax / 127.5, values clamped to -128..127).
 int4: an `Int4Linear`: per group of INT4_GROUP inputs of a row, w = q * scale + offset with q in
 0..15 (offset = the group's minimum, scale = its range / 15), two values packed per byte in blocks
-of INT4_ROWS rows: ~0.63 byte per weight with the float32 scales and offsets. Its CPU kernel rounds
+of INT4_ROWS rows: 0.5625 byte per weight with the bfloat16 scales and offsets. Its CPU kernel rounds
 the activations to int8 per group (cpu_kernels.cpp); that error is small against int4's own.
 The original's int4 checkpoints hold CUDA tinygemm-packed tensors (its quantize.py packs them on the
 GPU) and are refused with a clear message; int4 here is quantized at load from the float checkpoint.
@@ -24,6 +24,10 @@ from .paths import linear_int4, linear_int8
 QUANT_MODES = ("int8", "int4")
 INT4_GROUP = 64  # inputs per scale/offset pair (cpu_kernels.cpp's kInt4Group); widths must be multiples of it
 INT4_ROWS = 16  # output rows packed together (cpu_kernels.cpp's kInt4Rows)
+# Scales and offsets are stored in bfloat16: 1/9 of int4's bytes instead of 1/5 in float32. The values
+# are quantized against the rounded scale and offset, so their rounding only moves the grid, each end by
+# less than 2^-8 of the group's largest magnitude: a weight beyond an end is off by that much more.
+INT4_SCALE_DTYPE = torch.bfloat16
 
 
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -53,7 +57,8 @@ class Int8Linear(nn.Module):
 
 
 def quantize_int4(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(packed uint8 [blocks, in / 8, 16, 4], scales and offsets [blocks, in / 64, 16]), asymmetric per group.
+    """(packed uint8 [blocks, in / 8, 16, 4], bfloat16 scales and offsets [blocks, in / 64, 16]), asymmetric
+    per group.
 
     Rows come in blocks of INT4_ROWS (the last one padded with zero rows, which come out as zeros): in
     chunk c of a block, row r's 4 bytes hold inputs 8c..8c+3 in their low nibbles and 8c+4..8c+7 in
@@ -67,11 +72,12 @@ def quantize_int4(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         w = F.pad(w, (0, 0, 0, rows - out_features))
     w = w.view(rows, in_features // INT4_GROUP, INT4_GROUP)
     low, high = w.amin(dim=-1), w.amax(dim=-1)
-    scales = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).eps)
-    q = torch.round((w - low[..., None]) / scales[..., None]).clamp(0, 15).to(torch.uint8)
+    scales = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).eps).to(INT4_SCALE_DTYPE)
+    offsets = low.to(INT4_SCALE_DTYPE)
+    q = torch.round((w - offsets.float()[..., None]) / scales.float()[..., None]).clamp(0, 15).to(torch.uint8)
     chunks = q.view(rows // INT4_ROWS, INT4_ROWS, in_features // 8, 2, 4).permute(0, 2, 1, 3, 4)
     packed = chunks[..., 0, :] | (chunks[..., 1, :] << 4)
-    return packed.contiguous(), _blocked(scales), _blocked(low)
+    return packed.contiguous(), _blocked(scales), _blocked(offsets)
 
 
 def _blocked(per_row: Tensor) -> Tensor:
@@ -89,7 +95,7 @@ def dequantize_int4(packed: Tensor, scales: Tensor, offsets: Tensor, dtype: torc
     blocks, chunks = packed.shape[:2]
     nibbles = torch.stack([packed & 15, packed >> 4], dim=3)  # [blocks, chunks, 16, 2, 4]
     q = nibbles.permute(0, 2, 1, 3, 4).reshape(blocks * INT4_ROWS, -1, INT4_GROUP)
-    w = q.to(scales.dtype) * unblocked(scales)[..., None] + unblocked(offsets)[..., None]
+    w = q.float() * unblocked(scales).float()[..., None] + unblocked(offsets).float()[..., None]
     return w.view(blocks * INT4_ROWS, chunks * 8).to(dtype)
 
 
@@ -115,8 +121,8 @@ class Int4Linear(nn.Module):
         width, blocks = int4_width(in_features), int4_rows(out_features) // INT4_ROWS
         groups = width // INT4_GROUP
         self.register_buffer("weight", torch.empty(blocks, width // 8, INT4_ROWS, 4, dtype=torch.uint8, device=device))
-        self.register_buffer("scales", torch.empty(blocks, groups, INT4_ROWS, device=device))
-        self.register_buffer("offsets", torch.empty(blocks, groups, INT4_ROWS, device=device))
+        for name in ("scales", "offsets"):
+            self.register_buffer(name, torch.empty(blocks, groups, INT4_ROWS, dtype=INT4_SCALE_DTYPE, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
 
     @property

@@ -212,6 +212,21 @@ Tuning g_tuning[kKinds];
 typedef float f32x16 __attribute__((vector_size(64)));
 
 inline f32x16 load16(const float* p) { f32x16 v; std::memcpy(&v, p, sizeof v); return v; }
+// 16 bfloat16 values (their bits) -> float32, exactly.
+inline f32x16 load16(const uint16_t* p) {
+#if defined(__AVX512F__)
+  return (f32x16)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16);
+#elif defined(__AVX2__)
+  __m256i h[2];
+  for (int k = 0; k < 2; ++k)
+    h[k] = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p + 8 * k))), 16);
+  f32x16 v; std::memcpy(&v, h, sizeof v); return v;
+#else
+  uint32_t bits[16];
+  for (int j = 0; j < 16; ++j) bits[j] = (uint32_t)p[j] << 16;
+  f32x16 v; std::memcpy(&v, bits, sizeof v); return v;
+#endif
+}
 inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
 inline f32x16 splat(float s) { return f32x16{} + s; }
 
@@ -419,7 +434,7 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const c10::opti
 // nibbles). So one 64-byte load holds 8 inputs of 16 rows, and an instruction that sums 4 byte
 // products a 32-bit lane, against 4 activations broadcast to every lane, gives each row its own lane:
 // no horizontal sums, and a group's scales and offsets apply to 16 rows as one vector each
-// ([blocks, groups, 16]). Row-major packing, one row per vector, spent ~40% of its instructions on
+// ([blocks, groups, 16], bfloat16: 32 bytes each per 512 bytes of weights). Row-major packing, one row per vector, spent ~40% of its instructions on
 // per-group bookkeeping and ran compute-bound at ~60% of the memory bandwidth (AMD EPYC, 2 vCPUs).
 // The activations are rounded to int8 per row and group (x / (absmax / 127), to nearest even): their
 // rounding (~0.5% of a dot) is small against int4's own error (~10%), and the dots are then integers,
@@ -572,17 +587,17 @@ inline void group_dots_int4(const uint8_t* w, int64_t block_bytes, const int8_t*
 
 // y[b * O + 16 k + r] for R blocks (k) of 16 rows (r) and B activation rows from row0.
 template <int R, int B, int Hint>
-inline void dot_blocks_int4(const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* w, const float* s,
-                            const float* z, int64_t distance, float* y, int64_t O) {
-  const int64_t groups = I / kInt4Group, block_bytes = I * kInt4Rows / 2, block_floats = groups * kInt4Rows;
+inline void dot_blocks_int4(const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* w, const uint16_t* s,
+                            const uint16_t* z, int64_t distance, float* y, int64_t O) {
+  const int64_t groups = I / kInt4Group, block_bytes = I * kInt4Rows / 2, block_scales = groups * kInt4Rows;
   const int8_t* xq = act.q + row0 * I;
   f32x16 acc[R][B] = {};
   for (int64_t g = 0; g < groups; ++g) {
     i32x16 d[R][B];
     group_dots_int4<R, B, Hint>(w, block_bytes, xq, I, g, distance, d);
     for (int k = 0; k < R; ++k) {
-      const f32x16 scale = load16(s + k * block_floats + g * kInt4Rows);
-      const f32x16 offset = load16(z + k * block_floats + g * kInt4Rows);
+      const f32x16 scale = load16(s + k * block_scales + g * kInt4Rows);
+      const f32x16 offset = load16(z + k * block_scales + g * kInt4Rows);
       for (int b = 0; b < B; ++b) {
         const int64_t a = (row0 + b) * groups + g;
         const f32x16 t = fma16(__builtin_convertvector(d[k][b], f32x16), splat(act.scale[a]),
@@ -597,14 +612,19 @@ inline void dot_blocks_int4(const Int4Activations& act, int64_t row0, int64_t I,
 
 template <int R, int B>
 inline void dot_blocks_int4_tuned(const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* w,
-                                  const float* s, const float* z, const Tuning& t, bool prefetch, float* y, int64_t O) {
+                                  const uint16_t* s, const uint16_t* z, const Tuning& t, bool prefetch, float* y,
+                                  int64_t O) {
   const int hint = prefetch && t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
   if (hint == kPrefetchNTA) dot_blocks_int4<R, B, kPrefetchNTA>(act, row0, I, w, s, z, t.prefetch_bytes, y, O);
   else if (hint == kPrefetchT0) dot_blocks_int4<R, B, kPrefetchT0>(act, row0, I, w, s, z, t.prefetch_bytes, y, O);
   else dot_blocks_int4<R, B, kNoPrefetch>(act, row0, I, w, s, z, 0, y, O);
 }
 
-// x [..., I] float32; packed [blocks, I / 8, 16, 4] uint8; scales, offsets [blocks, I / 64, 16] float32
+inline const uint16_t* bfloat16_bits(const at::Tensor& t) {
+  return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+}
+
+// x [..., I] float32; packed [blocks, I / 8, 16, 4] uint8; scales, offsets [blocks, I / 64, 16] bfloat16
 // -> [..., blocks * 16] (the padding rows included).
 at::Tensor linear_rows_int4(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                             const at::Tensor& offsets) {
@@ -616,26 +636,26 @@ at::Tensor linear_rows_int4(const at::Tensor& x, const at::Tensor& packed, const
   TORCH_CHECK(I % kInt4Group == 0, "in must be a multiple of 64");
   const int64_t groups = I / kInt4Group;
   for (const auto* t : {&scales, &offsets})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 3 && t->size(0) == blocks
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->dim() == 3 && t->size(0) == blocks
                 && t->size(1) == groups && t->size(2) == kInt4Rows,
-                "scales and offsets must be contiguous float32 [out / 16, in / 64, 16]");
+                "scales and offsets must be contiguous bfloat16 [out / 16, in / 64, 16]");
   const Int4Activations act(xc.data_ptr<float>(), N, I);
   auto y = output_for(x, O);
   const uint8_t* wp = packed.data_ptr<uint8_t>();
-  const float* sp = scales.data_ptr<float>();
-  const float* zp = offsets.data_ptr<float>();
+  const uint16_t* sp = bfloat16_bits(scales);
+  const uint16_t* zp = bfloat16_bits(offsets);
   float* yp = y.data_ptr<float>();
   const Tuning& t = g_tuning[kInt4];
-  const int64_t block_bytes = I * kInt4Rows / 2, block_floats = groups * kInt4Rows;
+  const int64_t block_bytes = I * kInt4Rows / 2, block_scales = groups * kInt4Rows;
   parallel(blocks, 1, [&](int64_t begin, int64_t end) {
     int64_t k = begin;
     if (N == 1 && t.rows > 1)  // one activation row: two blocks at once (two streams to fetch ahead)
       for (; k + 2 <= end; k += 2)
-        dot_blocks_int4_tuned<2, 1>(act, 0, I, wp + k * block_bytes, sp + k * block_floats, zp + k * block_floats, t,
+        dot_blocks_int4_tuned<2, 1>(act, 0, I, wp + k * block_bytes, sp + k * block_scales, zp + k * block_scales, t,
                                     true, yp + k * kInt4Rows, O);
     for (; k < end; ++k) {
       const uint8_t* w = wp + k * block_bytes;
-      const float *s = sp + k * block_floats, *z = zp + k * block_floats;
+      const uint16_t *s = sp + k * block_scales, *z = zp + k * block_scales;
       for (int64_t n = 0; n < N; n += kGroup) {
         float* out = yp + n * O + k * kInt4Rows;
         switch (std::min<int64_t>(kGroup, N - n)) {
@@ -1358,19 +1378,19 @@ at::Tensor int4_to_bfloat16(const at::Tensor& packed, const at::Tensor& scales, 
   const int64_t blocks = packed.size(0), I = packed.size(1) * 8, groups = I / kInt4Group;
   TORCH_CHECK(I % kInt4Group == 0, "in must be a multiple of 64");
   for (const auto* t : {&scales, &offsets})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == blocks * groups * kInt4Rows,
-                "scales and offsets must be contiguous float32 [out / 16, in / 64, 16]");
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->numel() == blocks * groups * kInt4Rows,
+                "scales and offsets must be contiguous bfloat16 [out / 16, in / 64, 16]");
   auto out = at::empty({blocks * kInt4Rows, I}, packed.options().dtype(at::kBFloat16));
   const uint8_t* src = packed.data_ptr<uint8_t>();
-  const float* sp = scales.data_ptr<float>();
-  const float* zp = offsets.data_ptr<float>();
+  const at::BFloat16* sp = scales.data_ptr<at::BFloat16>();
+  const at::BFloat16* zp = offsets.data_ptr<at::BFloat16>();
   at::BFloat16* dst = out.data_ptr<at::BFloat16>();
   at::parallel_for(0, blocks * groups, 16, [&](int64_t begin, int64_t end) {
     for (int64_t kg = begin; kg < end; ++kg) {  // block k, group g: 16 rows of 64 values
       const int64_t k = kg / groups, g = kg % groups;
       const uint8_t* p = src + k * I * kInt4Rows / 2 + g * 8 * kInt4Chunk;
       for (int64_t r = 0; r < kInt4Rows; ++r) {
-        const float scale = sp[kg * kInt4Rows + r], offset = zp[kg * kInt4Rows + r];
+        const float scale = (float)sp[kg * kInt4Rows + r], offset = (float)zp[kg * kInt4Rows + r];
         at::BFloat16* d = dst + (k * kInt4Rows + r) * I + g * kInt4Group;
         uint8_t bytes[32];  // the row's 4 bytes of each of the group's 8 chunks
         for (int c = 0; c < 8; ++c) std::memcpy(bytes + 4 * c, p + c * kInt4Chunk + 4 * r, 4);
