@@ -434,8 +434,9 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const c10::opti
 // nibbles). So one 64-byte load holds 8 inputs of 16 rows, and an instruction that sums 4 byte
 // products a 32-bit lane, against 4 activations broadcast to every lane, gives each row its own lane:
 // no horizontal sums, and a group's scales and offsets apply to 16 rows as one vector each
-// ([blocks, groups, 16], bfloat16: 32 bytes each per 512 bytes of weights). Row-major packing, one row per vector, spent ~40% of its instructions on
-// per-group bookkeeping and ran compute-bound at ~60% of the memory bandwidth (AMD EPYC, 2 vCPUs).
+// ([blocks, groups, 16], bfloat16: 32 bytes each per 512 bytes of weights). Row-major packing, one
+// row per vector, spent ~40% of its instructions on per-group bookkeeping and ran compute-bound at
+// ~60% of the memory bandwidth (AMD EPYC, 2 vCPUs).
 // The activations are rounded to int8 per row and group (x / (absmax / 127), to nearest even): their
 // rounding (~0.5% of a dot) is small against int4's own error (~10%), and the dots are then integers,
 // exact in any order, so every instruction set below computes the same bits.
