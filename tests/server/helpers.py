@@ -22,7 +22,8 @@ import requests
 import soundfile as sf
 import torch
 
-from tests.paths import DATA, PARITY, ROOT
+from tests.core.s1.support import S1_CHECKPOINT
+from tests.paths import PARITY, ROOT
 
 SR = 22050
 
@@ -80,9 +81,9 @@ def make_workdir(folder: Path) -> Path:
 
 
 def add_s1_model(folder: Path) -> Path:
-    """The golden S1-mini folder (tests/data/s1/checkpoint, laid out as the official one) in the work
+    """The golden S1-mini folder (laid out as the official one: tests/core/s1/support.py) in the work
     dir's checkpoints, and its load body as `load_s1.json` (for `--load s1=load_s1.json`)."""
-    shutil.copytree(DATA / "s1" / "checkpoint", folder / "checkpoints" / S1_FOLDER)
+    shutil.copytree(S1_CHECKPOINT, folder / "checkpoints" / S1_FOLDER)
     (folder / "load_s1.json").write_text(_json(S1_LOAD), encoding="utf-8")
     return folder
 

@@ -2,7 +2,7 @@
 naming its folder (and every way that body can be wrong), invoke, streaming, the OpenAI route, and saved
 voices that cross families (the clip is encoded again for the other family, once, and kept).
 
-The S1 folder is the golden random-weight one (tests/data/s1/checkpoint: a small codec, so its rate is
+The S1 folder is the golden random-weight one (tests/core/s1/support.py: a small codec, so its rate is
 read from the server, not assumed to be 44.1 kHz)."""
 
 from __future__ import annotations

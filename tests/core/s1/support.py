@@ -11,7 +11,12 @@ any real mistake (a wrong RoPE table alone moves logits by 2.6e-2).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,8 +24,62 @@ import torch
 from tests.paths import DATA
 
 S1_DATA = DATA / "s1"
-S1_CHECKPOINT = S1_DATA / "checkpoint"
+S1_FILES = S1_DATA / "checkpoint"  # the folder's small files: configs and tokenizer
+S1_WEIGHTS = S1_DATA / "weights"  # its two weight files' tensors, packed (pack_state)
+WEIGHT_FILES = {"model.pth": ("model.npz",), "codec.pth": ("codec_encoder.npz", "codec_decoder.npz")}
 RELATIVE_TOLERANCE = 1e-5
+
+
+# The golden weights are the original's random ones, so the tests cannot make them; stored as
+# checkpoints they took 13 MB. Packed, each tensor's bytes are split into planes (the bytes holding
+# sign and exponent compress well, the mantissa's do not) and deflated: 9 MB, the codec in two files
+# (the encoder's side and the rest). The tests get the folder laid out as the official one, its
+# model.pth and codec.pth written back key for key (the same order, dtypes and bits) with torch.save.
+
+
+def pack_state(state: dict[str, torch.Tensor], positions: list[int]) -> dict[str, np.ndarray]:
+    """Arrays for np.savez_compressed: per tensor its byte planes [itemsize, numel], plus the keys, dtypes,
+    shapes and their positions in the state dict (`positions`, one per tensor)."""
+    arrays, meta = {}, []
+    for i, (position, (key, tensor)) in enumerate(zip(positions, state.items(), strict=True)):
+        raw = tensor.contiguous().view(-1).view(torch.uint8).numpy()
+        arrays[f"t{i}"] = raw.reshape(-1, tensor.element_size()).T.copy()
+        meta.append([position, key, str(tensor.dtype).removeprefix("torch."), list(tensor.shape)])
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    return arrays
+
+
+def unpack_state(paths: list[Path]) -> dict[str, torch.Tensor]:
+    entries = []
+    for path in paths:
+        with np.load(path) as packed:
+            for i, (position, key, dtype, shape) in enumerate(json.loads(packed["meta"].tobytes())):
+                raw = np.ascontiguousarray(packed[f"t{i}"].T).reshape(-1)
+                tensor = torch.from_numpy(raw).view(getattr(torch, dtype)).reshape(shape)
+                entries.append((position, key, tensor))
+    return {key: tensor for _, key, tensor in sorted(entries, key=lambda e: e[0])}
+
+
+def golden_checkpoint() -> Path:
+    """The golden S1-mini folder, built once per content in the system's temp folder."""
+    sources = sorted(S1_FILES.iterdir()) + [S1_WEIGHTS / n for names in WEIGHT_FILES.values() for n in names]
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "fishtts-tests" / f"s1-golden-{digest}"
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=folder.parent))
+    shutil.copytree(S1_FILES, building, dirs_exist_ok=True)
+    for name, packed in WEIGHT_FILES.items():
+        torch.save(unpack_state([S1_WEIGHTS / n for n in packed]), building / name)
+    try:
+        os.rename(building, folder)  # whole or not at all (another test process may have built it)
+    except OSError:
+        shutil.rmtree(building, ignore_errors=True)
+    return folder
+
+
+S1_CHECKPOINT = golden_checkpoint()
 
 REF_TEXT = "(calm) This is the reference transcript. 参考音频。"
 REF2_TEXT = "第二段参考。テストです。"
