@@ -212,21 +212,6 @@ Tuning g_tuning[kKinds];
 typedef float f32x16 __attribute__((vector_size(64)));
 
 inline f32x16 load16(const float* p) { f32x16 v; std::memcpy(&v, p, sizeof v); return v; }
-// 16 bfloat16 values (their bits) -> float32, exactly.
-inline f32x16 load16(const uint16_t* p) {
-#if defined(__AVX512F__)
-  return (f32x16)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16);
-#elif defined(__AVX2__)
-  __m256i h[2];
-  for (int k = 0; k < 2; ++k)
-    h[k] = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p + 8 * k))), 16);
-  f32x16 v; std::memcpy(&v, h, sizeof v); return v;
-#else
-  uint32_t bits[16];
-  for (int j = 0; j < 16; ++j) bits[j] = (uint32_t)p[j] << 16;
-  f32x16 v; std::memcpy(&v, bits, sizeof v); return v;
-#endif
-}
 inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
 inline f32x16 splat(float s) { return f32x16{} + s; }
 
@@ -588,8 +573,8 @@ inline void group_dots_int4(const uint8_t* w, int64_t block_bytes, const int8_t*
 
 // y[b * O + 16 k + r] for R blocks (k) of 16 rows (r) and B activation rows from row0.
 template <int R, int B, int Hint>
-inline void dot_blocks_int4(const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* w, const uint16_t* s,
-                            const uint16_t* z, int64_t distance, float* y, int64_t O) {
+inline void dot_blocks_int4(const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* w,
+                            const at::BFloat16* s, const at::BFloat16* z, int64_t distance, float* y, int64_t O) {
   const int64_t groups = I / kInt4Group, block_bytes = I * kInt4Rows / 2, block_scales = groups * kInt4Rows;
   const int8_t* xq = act.q + row0 * I;
   f32x16 acc[R][B] = {};
@@ -597,8 +582,8 @@ inline void dot_blocks_int4(const Int4Activations& act, int64_t row0, int64_t I,
     i32x16 d[R][B];
     group_dots_int4<R, B, Hint>(w, block_bytes, xq, I, g, distance, d);
     for (int k = 0; k < R; ++k) {
-      const f32x16 scale = load16(s + k * block_scales + g * kInt4Rows);
-      const f32x16 offset = load16(z + k * block_scales + g * kInt4Rows);
+      const f32x16 scale = widen(s + k * block_scales + g * kInt4Rows);
+      const f32x16 offset = widen(z + k * block_scales + g * kInt4Rows);
       for (int b = 0; b < B; ++b) {
         const int64_t a = (row0 + b) * groups + g;
         const f32x16 t = fma16(__builtin_convertvector(d[k][b], f32x16), splat(act.scale[a]),
@@ -613,16 +598,12 @@ inline void dot_blocks_int4(const Int4Activations& act, int64_t row0, int64_t I,
 
 template <int R, int B>
 inline void dot_blocks_int4_tuned(const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* w,
-                                  const uint16_t* s, const uint16_t* z, const Tuning& t, bool prefetch, float* y,
-                                  int64_t O) {
+                                  const at::BFloat16* s, const at::BFloat16* z, const Tuning& t, bool prefetch,
+                                  float* y, int64_t O) {
   const int hint = prefetch && t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
   if (hint == kPrefetchNTA) dot_blocks_int4<R, B, kPrefetchNTA>(act, row0, I, w, s, z, t.prefetch_bytes, y, O);
   else if (hint == kPrefetchT0) dot_blocks_int4<R, B, kPrefetchT0>(act, row0, I, w, s, z, t.prefetch_bytes, y, O);
   else dot_blocks_int4<R, B, kNoPrefetch>(act, row0, I, w, s, z, 0, y, O);
-}
-
-inline const uint16_t* bfloat16_bits(const at::Tensor& t) {
-  return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
 }
 
 // x [..., I] float32; packed [blocks, I / 8, 16, 4] uint8; scales, offsets [blocks, I / 64, 16] bfloat16
@@ -643,8 +624,8 @@ at::Tensor linear_rows_int4(const at::Tensor& x, const at::Tensor& packed, const
   const Int4Activations act(xc.data_ptr<float>(), N, I);
   auto y = output_for(x, O);
   const uint8_t* wp = packed.data_ptr<uint8_t>();
-  const uint16_t* sp = bfloat16_bits(scales);
-  const uint16_t* zp = bfloat16_bits(offsets);
+  const at::BFloat16* sp = scales.data_ptr<at::BFloat16>();
+  const at::BFloat16* zp = offsets.data_ptr<at::BFloat16>();
   float* yp = y.data_ptr<float>();
   const Tuning& t = g_tuning[kInt4];
   const int64_t block_bytes = I * kInt4Rows / 2, block_scales = groups * kInt4Rows;
@@ -656,7 +637,7 @@ at::Tensor linear_rows_int4(const at::Tensor& x, const at::Tensor& packed, const
                                     true, yp + k * kInt4Rows, O);
     for (; k < end; ++k) {
       const uint8_t* w = wp + k * block_bytes;
-      const uint16_t *s = sp + k * block_scales, *z = zp + k * block_scales;
+      const at::BFloat16 *s = sp + k * block_scales, *z = zp + k * block_scales;
       for (int64_t n = 0; n < N; n += kGroup) {
         float* out = yp + n * O + k * kInt4Rows;
         switch (std::min<int64_t>(kGroup, N - n)) {
