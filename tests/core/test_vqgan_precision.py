@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 
 from core import tuning
 from core.vqgan import load_vqgan, precision
@@ -43,6 +44,30 @@ def test_bfloat16_decode_is_close_to_float32(codes):
     assert audio.dtype == torch.float32 and audio.shape == reference.shape
     assert not np.array_equal(audio.numpy(), reference)  # it did run in bfloat16
     assert snr_db(reference, audio.numpy()) >= MIN_SNR_DB
+
+
+def test_a_bfloat16_resblock_rounds_only_each_convs_input_and_weight():
+    """Between a resblock's two convs the activations stay bfloat16 (no float32 round trip), and the result
+    is still the float32-between-convs formula: each conv's input and weight rounded once, nothing else
+    (a leaky ReLU or residual sum in bfloat16 would be off by ~2^-9 of a value, far past the bound)."""
+    vqgan = load_vqgan(PARITY / "vqgan_state_dict.pt", CONFIG, precision="bfloat16")
+    block = vqgan.generator.resblocks[4]
+    x = torch.randn(1, block.convs1[0].in_channels, 300, generator=torch.Generator().manual_seed(3))
+
+    def conv(c, h):  # rounds input and weight, sums in float32, returns float32
+        w = c.weight.to(torch.bfloat16)
+        return F.conv1d(h.to(torch.bfloat16), w, c.bias.to(torch.bfloat16), 1, c.padding, c.dilation).float()
+
+    expected = x
+    for c1, c2 in zip(block.convs1, block.convs2, strict=True):
+        h = conv(c1, F.leaky_relu(expected, 0.1))
+        expected = conv(c2, F.leaky_relu(h, 0.1)) + expected
+    with torch.inference_mode():
+        got = block(x)
+    assert got.dtype == torch.float32
+    # oneDNN's and torch's convs may sum in other orders: bound by float32 sums of the rounded products
+    bound = 8 * torch.finfo(torch.float32).eps * math.sqrt(block.convs1[0].in_channels * 11) * expected.abs().max()
+    assert (got - expected).abs().max() <= bound
 
 
 def test_bfloat16_encode_stays_float32():
