@@ -88,11 +88,17 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(request, workdir):
     """`python -m server` in a real process on the module's workdir, with the official model loaded;
-    a module sets SERVER_ARGS / SERVER_ENV for its own options. For lifecycle, streaming over the
-    wire and kill tests (and the web UI's)."""
+    a module sets SERVER_ARGS / SERVER_ENV / SERVER_TIMEOUT (seconds to become healthy) for its own options.
+    For lifecycle, streaming over the wire and kill tests (and the web UI's)."""
     from tests.server.helpers import Server
 
-    srv = Server(workdir, *getattr(request.module, "SERVER_ARGS", ()), env=getattr(request.module, "SERVER_ENV", None))
+    module = request.module
+    srv = Server(
+        workdir,
+        *getattr(module, "SERVER_ARGS", ()),
+        env=getattr(module, "SERVER_ENV", None),
+        timeout=getattr(module, "SERVER_TIMEOUT", 90),
+    )
     yield srv
     srv.stop()
 

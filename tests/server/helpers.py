@@ -103,7 +103,9 @@ def free_port() -> int:
 class Server:
     """`python -m server` in a subprocess, the way a user starts it."""
 
-    def __init__(self, workdir: Path, *args: str, load: bool = True, env: dict[str, str] | None = None):
+    def __init__(
+        self, workdir: Path, *args: str, load: bool = True, env: dict[str, str] | None = None, timeout: float = 90
+    ):
         self.workdir, self.port = workdir, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(workdir / f"server-{self.port}.log", "wb")
@@ -113,7 +115,7 @@ class Server:
         base = {k: v for k, v in os.environ.items() if not k.startswith("FISHTTS_")}
         env = dict(base, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env or {}))
         self.process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.wait_healthy(models=["default"] if load else [])
+        self.wait_healthy(models=["default"] if load else [], timeout=timeout)
 
     def wait_healthy(self, models: list[str], timeout: float = 90) -> dict:
         deadline = time.monotonic() + timeout

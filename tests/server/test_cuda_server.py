@@ -17,6 +17,7 @@ from tests.core.test_vqgan_precision import MIN_SNR_DB, snr_db
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine")
 
 SERVER_ARGS = ("--compile",)  # a client's `compile: true` counts only when the operator allows it
+SERVER_TIMEOUT = 600  # the load compiles the decode step (and warms it up) before the model is served
 INVOKE = "/v1/models/default/invoke"
 HOP = 512  # the VQGAN's samples per code frame
 
