@@ -33,9 +33,9 @@ def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None) -> 
     conv spent as long again copying into and out of it (Intel Xeon, HiFi-GAN's convs: float32 ~2x,
     bfloat16 ~6x slower). The result [B, C, T] is time-major in memory (channels innermost), as the
     next conv takes it; pointwise ops keep that. A conv set to bfloat16 rounds its input and weight
-    and returns x's dtype (or `out_dtype`): the residual sums and activations between convs stay float32
-    (the audio's SNR against float32: 42 dB on the official-size random VQGAN, 38 dB with everything in
-    bfloat16)."""
+    and returns x's dtype, or `out_dtype` (a resblock's first conv hands bfloat16 to the second, which
+    would round it anyway): the residual sums stay float32 (the audio's SNR against float32: 42 dB on
+    the official-size random VQGAN, 38 dB with everything in bfloat16)."""
     weight, bias = _weight_2d(conv)
     stride, padding, dilation = (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0])
     y = F.conv2d(_as_2d_input(conv, x), weight, bias, stride, padding, dilation, conv.groups)
