@@ -24,6 +24,18 @@ AMX_ROW_LIMIT = 127 * 65793
 BFLOAT16_EPS = 2.0**-7
 
 
+# bfloat16 keeps 8 significant bits (relative rounding 2^-9, about -54 dB per rounded value); each of
+# the generator's ~40 convs rounds its input and weight once (float32 in between), and the errors add
+# up to -52 dB on the parity model (-42 dB on official-size random weights). 40 dB is the bar for
+# decoding in bfloat16 unasked ("auto"); a broken cast fails it by far.
+MIN_SNR_DB = 40
+
+
+def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    noise = float(((other.astype(np.float64) - reference) ** 2).sum())
+    return math.inf if noise == 0 else 10 * math.log10(float((reference.astype(np.float64) ** 2).sum()) / noise)
+
+
 def longest_reduction(module: torch.nn.Module) -> int:
     """Products summed into one output of the module's widest linear or convolution (in features x kernel)."""
     return max(p[0].numel() for p in module.parameters() if p.dim() >= 2)

@@ -18,18 +18,9 @@ from core.vqgan import load_vqgan, precision
 from core.vqgan.streaming import StreamingDecoder
 from tests.helpers import run_cli
 from tests.paths import PARITY
+from tests.tolerances import MIN_SNR_DB, snr_db
 
 CONFIG = str(PARITY / "vqgan_config.json")
-# bfloat16 keeps 8 significant bits (relative rounding 2^-9, about -54 dB per rounded value); each of
-# the generator's ~40 convs rounds its input and weight once (float32 in between), and the errors add
-# up to -52 dB on the parity model (-42 dB on official-size random weights). 40 dB is the bar for
-# decoding in bfloat16 unasked ("auto"); a broken cast fails it by far.
-MIN_SNR_DB = 40
-
-
-def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    noise = float(((other.astype(np.float64) - reference) ** 2).sum())
-    return math.inf if noise == 0 else 10 * math.log10(float((reference.astype(np.float64) ** 2).sum()) / noise)
 
 
 @pytest.fixture(scope="module")

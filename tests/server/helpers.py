@@ -22,7 +22,6 @@ import requests
 import soundfile as sf
 import torch
 
-from tests.core.s1.support import S1_CHECKPOINT
 from tests.paths import PARITY, ROOT
 
 SR = 22050
@@ -83,6 +82,8 @@ def make_workdir(folder: Path) -> Path:
 def add_s1_model(folder: Path) -> Path:
     """The golden S1-mini folder (laid out as the official one: tests/core/s1/support.py) in the work
     dir's checkpoints, and its load body as `load_s1.json` (for `--load s1=load_s1.json`)."""
+    from tests.core.s1.support import S1_CHECKPOINT  # (built on first import: only modules that serve S1 pay)
+
     shutil.copytree(S1_CHECKPOINT, folder / "checkpoints" / S1_FOLDER)
     (folder / "load_s1.json").write_text(_json(S1_LOAD), encoding="utf-8")
     return folder

@@ -12,7 +12,7 @@ import requests
 import soundfile as sf
 import torch
 
-from tests.core.test_vqgan_precision import MIN_SNR_DB, snr_db
+from tests.tolerances import MIN_SNR_DB, snr_db
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine")
 
