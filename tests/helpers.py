@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.paths import ROOT
+from tests.paths import PYTHONPATH
 
 
 def assert_same_pcm(streamed: np.ndarray, whole: np.ndarray) -> None:
@@ -24,7 +24,7 @@ def run_cli(
     args: list[str], cwd: Path | None = None, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run `python -m fishtts ARGS` the way a user would (offline unless `env` says otherwise)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "fishtts", *map(str, args)],
         cwd=cwd,

@@ -1,8 +1,11 @@
 """Where the tests' files are: the repository and the golden data (each file stored once)."""
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 PARITY = DATA / "parity"  # the original's models and outputs (weights, configs, tokenizer, cases 1-8)
 TEXT_DATA = DATA / "text"  # text front end cases (g2p, normalizer, OpenJTalk, case 6)
+# For the tests' subprocesses: the repository first, then what the caller had (a site folder of wheels, say)
+PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))

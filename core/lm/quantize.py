@@ -30,11 +30,18 @@ INT4_ROWS = 16  # output rows packed together (cpu_kernels.cpp's kInt4Rows)
 INT4_SCALE_DTYPE = torch.bfloat16
 
 
+def divided(x: Tensor, divisor: float) -> Tensor:
+    """x / divisor, correctly rounded on every device. (CUDA turns a division by a Python number into a
+    product with its rounded reciprocal: scales 1 ulp off move the rounding of rows' extreme weights,
+    and an S1-mini quantized on an H200 gave logits 0.6% away from the same model quantized on a CPU.)"""
+    return x / torch.full_like(x, divisor)
+
+
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     """The original's dynamically_quantize_per_channel(w, -128, 127): (int8 [out, in], scales [out])."""
     w = weight.float()
     absmax = torch.maximum(-w.amin(dim=1).clamp(max=0), w.amax(dim=1).clamp(min=0))
-    scales = (absmax / 127.5).clamp(min=torch.finfo(torch.float32).eps)
+    scales = divided(absmax, 127.5).clamp(min=torch.finfo(torch.float32).eps)
     q = torch.round(w / scales.unsqueeze(-1)).clamp(-128, 127).to(torch.int8)
     return q, scales.to(weight.dtype)  # like the original: quantized with float32 scales, stored in the model dtype
 
@@ -72,7 +79,7 @@ def quantize_int4(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         w = F.pad(w, (0, 0, 0, rows - out_features))
     w = w.view(rows, in_features // INT4_GROUP, INT4_GROUP)
     low, high = w.amin(dim=-1), w.amax(dim=-1)
-    scales = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).eps).to(INT4_SCALE_DTYPE)
+    scales = divided(high - low, 15).clamp(min=torch.finfo(torch.float32).eps).to(INT4_SCALE_DTYPE)
     offsets = low.to(INT4_SCALE_DTYPE)
     q = torch.round((w - offsets.float()[..., None]) / scales.float()[..., None]).clamp(0, 15).to(torch.uint8)
     chunks = q.view(rows // INT4_ROWS, INT4_ROWS, in_features // 8, 2, 4).permute(0, 2, 1, 3, 4)

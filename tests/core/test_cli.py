@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from tests.helpers import assert_same_pcm, run_cli
+from tests.paths import PYTHONPATH
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +141,6 @@ def test_tts_stream_writes_the_same_audio_as_it_comes_and_reports_the_first_audi
     import subprocess
     import sys
 
-    from tests.paths import ROOT
-
     command = [
         "tts",
         "--text",
@@ -172,7 +171,7 @@ def test_tts_stream_writes_the_same_audio_as_it_comes_and_reports_the_first_audi
     assert_same_pcm(sf.read(tmp_path / "streamed.wav", dtype="int16")[0], expected)
 
     # `-o -`: a WAV stream on stdout, its length fields "unknown", the same samples
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=PYTHONPATH, HF_HUB_OFFLINE="1")
     to_stdout = subprocess.run(
         [sys.executable, "-m", "core", *map(str, command), "--stream", "-o", "-"],
         env=env,

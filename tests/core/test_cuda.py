@@ -81,3 +81,14 @@ def test_batched_requests_on_cuda_match_their_single_runs():
     for prompt, batched in zip(prompts, together):
         alone = run([prompt])[0]
         assert (alone == batched).float().mean() >= 0.95
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_quantizing_on_the_gpu_gives_the_cpus_bits(fmt):
+    """A model quantized at load on the GPU holds the same weights as one quantized on the CPU."""
+    from core.lm.quantize import quantize_int4, quantize_int8
+
+    quantize = quantize_int8 if fmt == "int8" else quantize_int4
+    w = torch.randn(256, 192, generator=torch.Generator().manual_seed(5))
+    for cpu, gpu in zip(quantize(w), quantize(w.cuda()), strict=True):
+        assert torch.equal(gpu.cpu(), cpu)

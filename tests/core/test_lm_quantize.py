@@ -56,6 +56,20 @@ def test_quantize_int8_is_symmetric_per_row_within_half_a_step():
     assert ((q.float() * scales[:, None] - w).abs() <= scales[:, None] * 0.5001).all()
 
 
+def test_int8_weights_are_the_original_formula_with_ieee_division():
+    """Every value as numpy computes the original's formula in float32 (each division correctly
+    rounded). CUDA's product with the reciprocal of a Python number leaves about two scales in three
+    1 ulp off, and that moves the rounding of many rows' extreme weights by a whole step."""
+    w = torch.randn(256, 96, generator=torch.Generator().manual_seed(5))
+    q, scales = quantize_int8(w)
+    x = w.numpy()
+    absmax = np.maximum(-x.min(axis=1).clip(max=0), x.max(axis=1).clip(min=0))
+    expected_scales = absmax / np.float32(127.5)
+    expected = np.round(x / expected_scales[:, None]).clip(-128, 127)
+    np.testing.assert_array_equal(scales.numpy(), expected_scales)
+    np.testing.assert_array_equal(q.numpy(), expected)
+
+
 def test_every_linear_becomes_int8_and_embeddings_stay_float(int8_model):
     linears = [m for m in int8_model.modules() if isinstance(m, torch.nn.Linear)]
     assert not linears and isinstance(int8_model.output, Int8Linear)

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.paths import ROOT
+from tests.paths import PYTHONPATH, ROOT
 
 from .test_text_support import japanese_available
 
@@ -37,7 +37,7 @@ def _run_guarded(texts, tmp_path):
         HOME=str(tmp_path / "home"),
         TMPDIR=str(tmp_path / "tmp"),
         XDG_CACHE_HOME=str(tmp_path / "cache"),
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=PYTHONPATH,
     )
     for folder in ("home", "tmp", "cache"):
         (tmp_path / folder).mkdir()
@@ -85,7 +85,7 @@ def test_importing_core_text_loads_no_heavy_module():
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        env=dict(os.environ, PYTHONPATH=PYTHONPATH),
         timeout=60,
     )
     assert result.returncode == 0, result.stderr

@@ -4,7 +4,6 @@ every request goes through Serve's HTTP proxy on 127.0.0.1, exactly as clients w
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ import pytest
 import requests
 
 from tests.helpers import assert_same_pcm
-from tests.paths import ROOT
+from tests.paths import PYTHONPATH
 from tests.server.helpers import FAST, assert_json_error, free_port, make_workdir, read_wav
 
 ray = pytest.importorskip("ray", reason="Ray Serve is an optional extra: pip install -e '.[ray]'")
@@ -52,7 +51,7 @@ def cluster(tmp_path_factory):
     workdir = make_workdir(tmp_path_factory.mktemp("ray"))
     port = free_port()
     env = {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": PYTHONPATH,
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
     }

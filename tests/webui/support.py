@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.paths import PYTHONPATH
 from tests.server.helpers import ROOT, free_port, stop_process
 
 CHROMIUM = os.environ.get("FISHTTS_CHROMIUM", "/usr/bin/chromium")
@@ -42,7 +43,7 @@ def artifacts_dir() -> Path:
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without the developer's own FISHTTS_/GRADIO_ settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FISHTTS_", "GRADIO_", "HF_"))}
-    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
+    env.update(PYTHONPATH=PYTHONPATH, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
     env.update(extra)
     return env
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.paths import ROOT
+from tests.paths import PYTHONPATH, ROOT
 
 LOCALES = ROOT / "locales"
 WEBUI = ROOT / "webui"
@@ -207,7 +207,7 @@ print("ok")
         env={
             "PATH": "/usr/bin:/bin",
             "HOME": str(tmp_path),
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": PYTHONPATH,
             "GRADIO_ANALYTICS_ENABLED": "False",
         },
     )
