@@ -26,7 +26,7 @@ from core.tuning import cpu_info
 
 from .measure import median_runs, memory_bandwidth, peak_rss_mb, timed
 from .run import report_main, run_header
-from .s1_lm import bench_format, end_to_end_rtf
+from .s1_lm import COMPILED, bench_format, end_to_end_rtf
 from .s1_models import OFFICIAL_FRAME_RATE, bytes_per_frame, random_codec, random_dual_ar
 
 __all__ = ["OFFICIAL_FRAME_RATE", "bytes_per_frame", "main", "random_dual_ar"]
@@ -80,7 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--formats",
         default=None,
-        help="Dual-AR weights: float32, bfloat16, int8, int4 (default: CPU float32,int8,int4; CUDA bfloat16,int8)",
+        help="Dual-AR weights: float32, bfloat16, int8, int4, X+compile (CUDA graphs on a GPU; default: CPU "
+        "float32,int8,int4; CUDA bfloat16,bfloat16+compile,int8)",
     )
     parser.add_argument("--batch", type=int, default=4, help="sequences decoded as one batch")
     parser.add_argument("--prompt", type=int, default=100, help="prompt length in tokens")
@@ -93,8 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.runs < 1 or args.frames < 2 or args.batch < 1:
         parser.error("--runs and --batch must be >= 1, --frames >= 2")
     args.format_list = [f.strip() for f in args.formats.split(",") if f.strip()] if args.formats else None
-    if args.format_list and set(args.format_list) - set(FORMATS):
-        parser.error(f"--formats takes {', '.join(FORMATS)}")
+    if args.format_list and {f.removesuffix(COMPILED) for f in args.format_list} - set(FORMATS):
+        parser.error(f"--formats takes {', '.join(FORMATS)}, each with {COMPILED} or not")
     return args
 
 
@@ -112,7 +113,8 @@ def _run(args: argparse.Namespace, log) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    formats = args.format_list or (["bfloat16", "int8"] if device.type == "cuda" else ["float32", "int8", "int4"])
+    cuda_formats = ["bfloat16", "bfloat16" + COMPILED, "int8"]
+    formats = args.format_list or (cuda_formats if device.type == "cuda" else ["float32", "int8", "int4"])
     report = dict(**run_header(device, args), cpu=cpu_info())
     bandwidth = memory_bandwidth(device)
     report["bandwidth_gb_per_s"] = round(bandwidth / 1e9, 1)
@@ -123,8 +125,11 @@ def _run(args: argparse.Namespace, log) -> dict:
         for fmt in formats:
             log(f"Dual-AR {fmt} (random weights)...")
             # quantized formats start from float32 on CPU (their activations stay float32), the model dtype on GPU
+            weights = fmt.removesuffix(COMPILED)
             dtype = (
-                torch.bfloat16 if fmt == "bfloat16" or (device.type == "cuda" and fmt != "float32") else torch.float32
+                torch.bfloat16
+                if weights == "bfloat16" or (device.type == "cuda" and weights != "float32")
+                else torch.float32
             )
             report["dual_ar"][fmt] = bench_format(fmt, device, dtype, args, bandwidth, log)
     if "codec" in parts:

@@ -13,20 +13,28 @@ import torch
 
 from core.lm.autotune import tune_model
 from core.s1.batch import S1Sequence, S1Stepper
+from core.s1.compile import compile_decode
 from core.s1.lm import DualARTransformer
 from core.s1.sampling import SamplingSettings
 
 from .measure import median_runs, sync
 from .s1_models import OFFICIAL_FRAME_RATE, bytes_per_frame, random_dual_ar, random_prompt
 
+COMPILED = "+compile"  # a format's suffix: its decode compiled (core/s1/compile.py)
 
-def build(fmt: str, device: torch.device, dtype: torch.dtype, tiny: bool) -> tuple[DualARTransformer, dict, float]:
-    """A random model in `fmt` (float32 / bfloat16 / int8 / int4), its autotuned paths and the setup seconds."""
+
+def build(
+    fmt: str, device: torch.device, dtype: torch.dtype, tiny: bool, static_slots: int | None = None
+) -> tuple[DualARTransformer, dict, float]:
+    """A random model in `fmt` (float32 / bfloat16 / int8 / int4), its autotuned paths and the setup seconds;
+    with `static_slots`, its decode compiled for that many slots (as the engine's `compile`)."""
     start = time.perf_counter()
     model = random_dual_ar(device, dtype, tiny)
     if fmt in ("int8", "int4"):
         model.quantize(fmt)
     chosen = tune_model(model) if device.type == "cpu" else {}
+    if static_slots is not None and not compile_decode(model, static_slots):
+        raise RuntimeError(f"{fmt}: compiling the decode failed (see the log)")
     return model, chosen, time.perf_counter() - start
 
 
@@ -38,10 +46,19 @@ def prefill_job(stepper: S1Stepper, sequences: list[S1Sequence], slots: list[int
 
 
 @torch.inference_mode()  # as the scheduler's thread runs (a sequence's history is an inference tensor)
-def decode_run(model: DualARTransformer, stepper: S1Stepper, prompt: torch.Tensor, frames: int, batch: int) -> dict:
-    """Prefill `batch` sequences of `prompt`, then decode them together until each has `frames` frames."""
+def decode_run(
+    model: DualARTransformer,
+    stepper: S1Stepper,
+    prompt: torch.Tensor,
+    frames: int,
+    batch: int,
+    static_slots: int | None = None,
+) -> dict:
+    """Prefill `batch` sequences of `prompt`, then decode them together until each has `frames` frames
+    (with `static_slots`, every step over that many slots, in the caches compile_decode set up)."""
     device = model.norm.weight.device
-    model.setup_caches(batch, prompt.size(1) + frames)
+    if static_slots is None:
+        model.setup_caches(batch, prompt.size(1) + frames)
     sequences = [
         S1Sequence(prompt, -1, SamplingSettings(), frames, torch.Generator(device).manual_seed(i)) for i in range(batch)
     ]
@@ -54,7 +71,7 @@ def decode_run(model: DualARTransformer, stepper: S1Stepper, prompt: torch.Tenso
     sync(device)
     start = time.perf_counter()
     while active := [s for s in sequences if not s.finished]:
-        for sequence, frame in zip(active, stepper.forward(active, None), strict=True):
+        for sequence, frame in zip(active, stepper.forward(active, static_slots), strict=True):
             sequence.accept(frame)
     sync(device)
     decoded = sum(len(s.frames) - 1 for s in sequences)  # (the first frame of each is the prefill's)
@@ -64,14 +81,17 @@ def decode_run(model: DualARTransformer, stepper: S1Stepper, prompt: torch.Tenso
 def bench_format(
     fmt: str, device: torch.device, dtype: torch.dtype, args, bandwidth: float, log=print
 ) -> dict[str, object]:
-    model, chosen, setup_s = build(fmt, device, dtype, args.tiny)
+    # compiled for a batch's slots, which every step then runs, a sequence alone too (CUDA graphs replay one
+    # shape: the engine's static scheduler does the same with its max batch)
+    static_slots = args.batch if fmt.endswith(COMPILED) else None
+    model, chosen, setup_s = build(fmt.removesuffix(COMPILED), device, dtype, args.tiny, static_slots)
     stepper = S1Stepper(model)
     prompt = random_prompt(model, args.prompt)
     log(f"  {fmt}: decode alone...")
-    one = median_runs(lambda: decode_run(model, stepper, prompt, args.frames, 1), args.runs)
+    one = median_runs(lambda: decode_run(model, stepper, prompt, args.frames, 1, static_slots), args.runs)
     threads = stepper.step_threads.setting  # (chosen during the warm-up's first steps)
     log(f"  {fmt}: {args.batch} sequences as one batch...")
-    batched = median_runs(lambda: decode_run(model, stepper, prompt, args.frames, args.batch), args.runs)
+    batched = median_runs(lambda: decode_run(model, stepper, prompt, args.frames, args.batch, static_slots), args.runs)
     weights = bytes_per_frame(model)
     floor = bandwidth / weights
     return dict(

@@ -169,10 +169,16 @@ class TTSEngine:
         max_batch_size: int | None = None,
     ) -> TTSEngine:
         """Load an OpenAudio S1-mini folder as downloaded (config.json, model.pth, codec.pth,
-        tokenizer.tiktoken, special_tokens.json). `compile` is accepted for a uniform door; the S1
-        decode step runs eagerly."""
+        tokenizer.tiktoken, special_tokens.json). `compile` captures the decode in CUDA graphs on a GPU
+        (core/s1/compile.py, here at load); the CPU decode runs its fused kernels either way."""
         family = OpenAudioS1.load(folder, device=device, precision=precision, quantize=quantize)
-        return cls(family=family, device=family.model.device, max_batch_size=max_batch_size)
+        engine = cls(family=family, device=family.model.device, compile=compile, max_batch_size=max_batch_size)
+        if compile:
+            # on the scheduler's thread, which replays the graphs: torch keeps CUDA graph trees per thread
+            engine.compile = engine._model_call(lambda: family.compile_decode(engine.max_batch_size))
+            if not engine.compile:
+                engine.close()  # (its scheduler steps for CUDA graphs; the next one is made as usual)
+        return engine
 
     # -- what callers may know -------------------------------------------------------------
 

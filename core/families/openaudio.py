@@ -9,6 +9,7 @@ LM in bfloat16 and the codec decode under bfloat16 autocast, as the original eng
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -22,8 +23,11 @@ from ..request import SynthesisRequest
 from ..s1 import S1Model, S1Sequence, SamplingSettings
 from ..s1.batch import S1Stepper
 from ..s1.codec.chunks import ChunkedDecoder
+from ..s1.compile import compile_decode
 from ..s1.prompt import Reference, reference_length
 from . import OPENAUDIO_S1_MINI
+
+log = logging.getLogger(__name__)
 
 
 def s1_sampling(request: SynthesisRequest) -> SamplingSettings:
@@ -81,6 +85,13 @@ class OpenAudioS1:
             vqgan_precision="bfloat16" if self.cuda else "float32",
             lm_paths={} if self.cuda else model_paths(lm),
         )
+
+    def compile_decode(self, slots: int) -> bool:
+        """Compile the decode for the static scheduler's `slots` rows; False where it does not apply or failed."""
+        if not self.cuda:
+            log.info("compile applies to S1-mini on CUDA; the CPU decode runs its fused kernels")
+            return False
+        return compile_decode(self.lm, slots)
 
     def stepper(self) -> S1Stepper:
         return S1Stepper(self.lm)

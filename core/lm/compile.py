@@ -13,8 +13,9 @@ import torch
 from .model import Transformer
 
 
-def uses_static_cache(model: Transformer) -> bool:
-    return model.output.weight.is_cuda
+def uses_static_cache(model: torch.nn.Module) -> bool:
+    """Whether a compiled decode steps over whole caches with fixed shapes (CUDA graphs), v0.2's or S1's."""
+    return model.norm.weight.is_cuda
 
 
 def compile_decode(model: Transformer) -> None:

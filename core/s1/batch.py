@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..lm.step_threads import StepThreads
+from .compile import compiled_steps
 from .generate import frame_budget, penalty_window, sample_frames
 from .lm import DualARTransformer
 from .prefixes import MIN_PREFIX, PrefixCache
@@ -108,13 +109,28 @@ def prefill(model: DualARTransformer, sequence: S1Sequence, slot: int, prefixes:
 
 
 @torch.inference_mode()
-def next_frames(model: DualARTransformer, sequences: list[S1Sequence]) -> list[Tensor]:
-    """Every (unfinished) sequence's next frame, all in one batched step, not yet accepted."""
+def next_frames(model: DualARTransformer, sequences: list[S1Sequence], static_slots: int | None = None) -> list[Tensor]:
+    """Every (unfinished) sequence's next frame, all in one batched step, not yet accepted.
+
+    `static_slots=n` steps all n cache slots with fixed shapes (`decode_static`, what CUDA graphs
+    replay; compile.py's compiled steps when the model has them), sampling the sequences' rows only."""
     if any(s.finished for s in sequences):
         raise ValueError("decode_step got a finished sequence")
     device = model.norm.weight.device
     columns = torch.stack([s.frames[-1] for s in sequences]).unsqueeze(-1)
-    logits, hidden = model.forward_slow_rows(columns, [s.slot for s in sequences], [s.position for s in sequences])
+    fast_step, rows = None, None
+    if static_slots is None:
+        logits, hidden = model.forward_slow_rows(columns, [s.slot for s in sequences], [s.position for s in sequences])
+    else:
+        steps = compiled_steps(model)
+        rows = [s.slot for s in sequences]
+        index = torch.tensor(rows, device=device)
+        every = torch.zeros((static_slots, *columns.shape[1:]), dtype=columns.dtype, device=device)
+        positions = torch.zeros(static_slots, dtype=torch.long, device=device)
+        every[index] = columns
+        positions[index] = torch.tensor([s.position for s in sequences], device=device)
+        logits, hidden = steps.slow(every, positions)
+        fast_step = steps.fast
     frames = sample_frames(
         model,
         logits,
@@ -122,6 +138,8 @@ def next_frames(model: DualARTransformer, sequences: list[S1Sequence]) -> list[T
         [s.settings.as_tensors(device) for s in sequences],
         [s.window() for s in sequences],
         [s.generator for s in sequences],
+        rows,
+        fast_step,
     )
     return list(frames)
 
@@ -145,7 +163,7 @@ class S1Stepper:
         self.step_threads = StepThreads(cpu=model.norm.weight.device.type == "cpu")
 
     def setup_caches(self, slots: int, zeroed: bool) -> None:
-        self.model.setup_caches(slots, self.model.config.max_seq_len)
+        self.model.setup_caches(slots, self.model.config.max_seq_len, zeroed=zeroed or None)
 
     def prefill(self, jobs: list[tuple[list[S1Sequence], list[int]]]) -> list[Exception | None]:
         """Each job's sequences prefilled one at a time (samples of one prompt too); per job, the error
@@ -162,7 +180,7 @@ class S1Stepper:
         return errors
 
     def forward(self, sequences: list[S1Sequence], static_slots: int | None) -> list[Tensor]:
-        return self.step_threads.run(lambda: next_frames(self.model, sequences))
+        return self.step_threads.run(lambda: next_frames(self.model, sequences, static_slots))
 
     def threads(self):
         return contextlib.nullcontext()  # (chosen per step inside forward, which alone is timed)

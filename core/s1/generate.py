@@ -45,28 +45,42 @@ def sample_frames(
     params: list[SamplingTensors],
     windows: list[Tensor | None],
     generators: list[torch.Generator | None],
+    rows: list[int] | None = None,
+    fast_step: Callable[[Tensor, int], Tensor] | None = None,
 ) -> Tensor:
-    """Slow-step outputs of B rows (logits [B, vocab], hidden [B, fast_dim]) → their frames [B, 1 + N].
+    """Slow-step outputs (logits [B, vocab], hidden [B, fast_dim]) → the frames [len(rows), 1 + N] of
+    `rows` (default: all B), which sample in order with the given settings, windows and generators.
 
     Each row samples with its own settings, penalty window and generator, in the original's order
-    (token, then codes 1..N-1); the fast stack runs the B rows together.
+    (token, then codes 1..N-1); the fast stack runs all B rows together (`fast_step(x, position)`,
+    default `model.forward_fast`), rows not sampled feeding it code 0.
     """
-    rows = range(logits.size(0))
+    rows = list(range(logits.size(0))) if rows is None else rows
+    fast_step = fast_step or model.forward_fast
+    every_row = rows == list(range(logits.size(0)))
 
     def draw(row_logits: Tensor, history: list[Tensor | None]) -> Tensor:
-        return torch.stack([sample_token(row_logits[b], params[b], history[b], generators[b]) for b in rows])
+        drawn = torch.stack(
+            [sample_token(row_logits[r], params[i], history[i], generators[i]) for i, r in enumerate(rows)]
+        )
+        if every_row:
+            return drawn
+        return torch.zeros(row_logits.size(0), dtype=drawn.dtype, device=drawn.device).index_copy_(
+            0, torch.tensor(rows, device=drawn.device), drawn
+        )
 
     token = draw(logits, [None if w is None else w[:, 0] for w in windows])
     model.clear_fast_cache()
-    model.forward_fast(hidden, 0)  # fills the fast cache at position 0; its logits are not used
+    fast_step(hidden, 0)  # fills the fast cache at position 0; its logits are not used
     code = semantic_code(model, token)
     columns = [token, code]
     limit = min(FAST_LOGIT_LIMIT, model.config.codebook_size)
     for k in range(1, model.config.num_codebooks):
-        fast_logits = model.forward_fast(model.fast_embeddings(code), k)[:, :limit]
+        fast_logits = fast_step(model.fast_embeddings(code), k)[:, :limit]
         code = draw(fast_logits, [None if w is None else w[k + 1] for w in windows])
         columns.append(code)
-    return torch.stack(columns, dim=1)
+    frames = torch.stack(columns, dim=1)
+    return frames if every_row else frames[rows]
 
 
 def decode_frame(

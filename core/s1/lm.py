@@ -119,6 +119,25 @@ class Attention(nn.Module):
             rows.append(self.attend(q[b : b + 1], keys, values, visible))
         return torch.cat(rows)
 
+    def decode_static(self, x: Tensor, rope: Tensor, positions: Tensor) -> Tensor:
+        """One new position per row, row b in cache slot b at `positions[b]` (x [B, 1, dim], rope
+        [B, 1, D/2, 2]), attending over the slot's whole cache with a mask: the same shapes every step,
+        for CUDA graphs (the cache is zeroed, so the masked positions hold numbers)."""
+        q, k, v = self.project(x, rope)
+        bsz, head_dim = x.size(0), self.shape.head_dim
+        cache, rows = self.kv_cache, torch.arange(bsz, device=x.device)
+        cache.k_cache[rows, :, positions] = k[:, :, 0]
+        cache.v_cache[rows, :, positions] = v[:, :, 0]
+        keys, values = cache.k_cache[:bsz], cache.v_cache[:bsz]
+        # Each key head serves n_head / n_local_heads consecutive query heads: grouped in place, since
+        # repeating the keys (as the prefill does) would copy the whole cache every layer.
+        q = q.reshape(bsz, self.n_local_heads, self.n_head // self.n_local_heads, head_dim)
+        scores = (q @ keys.transpose(-1, -2)).float() * (1 / math.sqrt(head_dim))
+        visible = torch.arange(keys.size(2), device=x.device) <= positions[:, None]
+        weights = torch.softmax(scores.masked_fill(~visible[:, None, None, :], float("-inf")), dim=-1)
+        y = weights.to(values.dtype) @ values  # [B, n_local_heads, group, D]
+        return self.wo(y.reshape(bsz, 1, self.n_head * head_dim))
+
 
 class TransformerBlock(nn.Module):
     def __init__(self, shape: LayerShape, explicit_softmax: bool = False):
@@ -136,6 +155,10 @@ class TransformerBlock(nn.Module):
 
     def decode_rows(self, x: Tensor, rope: Tensor, slots: list[int], positions: list[int]) -> Tensor:
         h = x + self.attention.decode_rows(self.attention_norm(x), rope, slots, positions)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+    def decode_static(self, x: Tensor, rope: Tensor, positions: Tensor) -> Tensor:
+        h = x + self.attention.decode_static(self.attention_norm(x), rope, positions)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -162,6 +185,7 @@ class DualARTransformer(nn.Module):
         self.build_rope_tables()
         self.cache_length = 0
         self.cache_batch = 0
+        self.cache_zeroed = False
 
     def build_rope_tables(self) -> None:
         c, device = self.config, self.norm.weight.device
@@ -180,21 +204,22 @@ class DualARTransformer(nn.Module):
         return self
 
     # -- caches -------------------------------------------------------------------------------------
-    def setup_caches(self, batch: int = 1, length: int | None = None) -> None:
-        """Static caches in the parameter dtype; the slow one holds `length` (default max_seq_len) positions."""
+    def setup_caches(self, batch: int = 1, length: int | None = None, zeroed: bool | None = None) -> None:
+        """Static caches in the parameter dtype; the slow one holds `length` (default max_seq_len) positions.
+        `zeroed` (default: off the CPU) for the static decode, which reads whole caches."""
         c = self.config
         length = min(find_multiple(length or c.max_seq_len, 8), find_multiple(c.max_seq_len, 8))
-        if self.cache_length >= length and self.cache_batch == batch:
-            return
         dtype, device = self.norm.weight.dtype, self.norm.weight.device
-        zeroed = torch.device(device).type != "cpu"
+        zeroed = torch.device(device).type != "cpu" if zeroed is None else zeroed
+        if self.cache_length >= length and self.cache_batch == batch and (self.cache_zeroed or not zeroed):
+            return
         for block in self.layers:
             block.attention.kv_cache = KVCache(batch, length, c.n_local_heads, c.head_dim, dtype, device, zeroed)
         for block in self.fast_layers:
             block.attention.kv_cache = KVCache(
                 batch, c.num_codebooks, c.fast_n_local_heads, c.fast_head_dim, dtype, device
             )
-        self.cache_length, self.cache_batch = length, batch
+        self.cache_length, self.cache_batch, self.cache_zeroed = length, batch, zeroed
 
     def drop_caches(self) -> None:
         for block in (*self.layers, *self.fast_layers):
@@ -207,10 +232,9 @@ class DualARTransformer(nn.Module):
         c = self.config
         offsets = torch.arange(c.num_codebooks, device=inp.device).view(1, -1, 1) * c.codebook_size
         codes = self.codebook_embeddings(inp[:, 1:].long() + offsets)  # [B, N, S, dim]
-        vq_sum = codes.sum(dim=1)
         tokens = inp[:, 0]
         is_semantic = (tokens >= self.semantic_begin_id) & (tokens <= self.semantic_end_id)
-        vq_sum[~is_semantic] = 0
+        vq_sum = codes.sum(dim=1).masked_fill(~is_semantic.unsqueeze(-1), 0)
         x = self.embeddings(tokens.long()) + vq_sum
         if c.scale_codebook_embeddings:
             x = torch.where(is_semantic.unsqueeze(-1), x / math.sqrt(c.num_codebooks + 1), x)
@@ -262,6 +286,17 @@ class DualARTransformer(nn.Module):
             x = block.decode_rows(x, rope, slots, positions)
         return self.heads(x)
 
+    def decode_static(self, inp: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """One new column for every cache slot, inp [B, 1 + N, 1] (B = the slots set up), row b at
+        `positions[b]` of slot b; rows the caller does not use may hold anything (their slot's cache is
+        written at their position). Fixed shapes whatever the positions: what CUDA graphs replay
+        (compile.py). Returns logits [B, vocab] and the fast stack's input [B, fast_dim]."""
+        x = self.embed(inp)
+        rope = self.rope[positions].unsqueeze(1)
+        for block in self.layers:
+            x = block.decode_static(x, rope, positions)
+        return self.heads(x)
+
     def heads(self, x: Tensor, all_positions: bool = False) -> tuple[Tensor, Tensor]:
         """Token logits and the fast stack's input from the last block's output [B, S, dim] (S = 1 unless
         `all_positions`, which keeps the position axis)."""
@@ -279,19 +314,23 @@ class DualARTransformer(nn.Module):
 
     def forward_fast(self, x: Tensor, position: int) -> Tensor:
         """One codebook position of the fast stack: x [B, fast_dim] → logits [B, codebook_size]."""
-        n = self.config.num_codebooks
         h = x.view(x.size(0), 1, -1)
         stack = fused_stack(self.fast_layers, h)
         if stack is not None:  # (row b in cache slot b, as below; attending over positions 0..position only
             # is the masked attention below: the masked scores weigh nothing)
             h = stack(h, torch.arange(x.size(0)), torch.full((x.size(0),), position), self.fast_rope)
             return self.fast_output(self.fast_norm(h))[:, 0]
-        input_pos = torch.tensor([position], device=x.device)
+        return self.fast_step(x, torch.tensor([position], device=x.device))
+
+    def fast_step(self, x: Tensor, position: Tensor) -> Tensor:
+        """`forward_fast` in torch's ops, the position a tensor [1]: one traced graph serves every position."""
+        n = self.config.num_codebooks
+        h = x.view(x.size(0), 1, -1)
         # The original attends over the whole N-long cache with a causal mask (zeros past `position`).
         mask = (torch.arange(n, device=x.device) <= position).view(1, 1, 1, n)
-        rope = self.fast_rope[input_pos]
+        rope = self.fast_rope[position]
         for block in self.fast_layers:
-            h = block(h, rope, mask, input_pos, n)
+            h = block(h, rope, mask, position, n)
         return self.fast_output(self.fast_norm(h))[:, 0]
 
     def forward_fast_sequence(self, x: Tensor) -> Tensor:

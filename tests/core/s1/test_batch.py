@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.s1.batch import S1Sequence, S1Stepper, decode_step, prefill
+from core.s1.batch import S1Sequence, S1Stepper, decode_step, next_frames, prefill
+from core.s1.compile import compile_decode
 from core.s1.load import load_dual_ar
 from core.s1.sampling import SamplingSettings
 
@@ -35,17 +36,28 @@ def sequence(tokenizer, cases, name: str, prompt_key: str = "prompt") -> S1Seque
     )
 
 
-def run(model, sequences: list[S1Sequence], joins: dict[int, list[int]]) -> None:
-    """Prefill sequence i into slot i at step joins-key; decode the active ones until all finish."""
+@torch.inference_mode()
+def run(
+    model,
+    sequences: list[S1Sequence],
+    joins: dict[int, list[int]],
+    slots: list[int] | None = None,
+    static_slots: int | None = None,
+) -> None:
+    """Prefill sequence i into slot i (or slots[i]) at step joins-key; decode the active ones until all
+    finish (with `static_slots`, over that many slots with fixed shapes)."""
     step, active = 0, []
     while step == 0 or active or any(k >= step for k in joins):
         for index in joins.get(step, []):
-            prefill(model, sequences[index], index)
+            prefill(model, sequences[index], index if slots is None else slots[index])
             if not sequences[index].finished:
                 active.append(sequences[index])
-        if active:
+        if active and static_slots is None:
             decode_step(model, active)
-            active = [s for s in active if not s.finished]
+        elif active:
+            for seq, frame in zip(active, next_frames(model, active, static_slots), strict=True):
+                seq.accept(frame)
+        active = [s for s in active if not s.finished]
         step += 1
 
 
@@ -74,6 +86,50 @@ def test_sequences_joining_later_with_other_prompts_are_unaffected(loaded):
     for name, seq in zip(["sample_seed7_t0.7p0.7r1.2", "sample_seed42_cli"], seeded, strict=True):
         np.testing.assert_array_equal(torch.stack(seq.frames, dim=1).cpu().numpy(), cases[f"gen_{name}_tokens"])
     assert len(other.frames) == MAX_NEW_FRAMES or other.stopped
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_static_decode_in_scattered_slots_equals_the_original(compiled):
+    """The fixed-shape step that CUDA graphs replay (every slot, whole caches under a mask, the fast
+    stack's position a tensor), eager and through torch.compile (here inductor's CPU code; on CUDA the
+    same graphs are captured): sequences in slots 4, 1, 5, 2 of 6, joining at different steps, make
+    exactly the original's frames."""
+    model, tokenizer = load_dual_ar(S1_CHECKPOINT)
+    cases = dual_ar_cases()
+    names = sorted(GENERATION_CASES)
+    sequences = [sequence(tokenizer, cases, name) for name in names]
+    model.setup_caches(6, model.config.max_seq_len, zeroed=True)
+    if compiled:
+        assert compile_decode(model, 6)
+    run(model, sequences, {0: [0, 1], 2: [2], 3: [3]}, slots=[4, 1, 5, 2], static_slots=6)
+    for name, seq in zip(names, sequences, strict=True):
+        np.testing.assert_array_equal(torch.stack(seq.frames, dim=1).cpu().numpy(), cases[f"gen_{name}_tokens"])
+
+
+def test_the_static_scheduler_gives_the_originals_frames():
+    """The engine's route with a compiled decode on CUDA (scheduler `static`: every step over all slots),
+    here with the eager static step: four concurrent golden cases in a batch of 5 slots."""
+    import threading
+
+    from core.scheduler import Job, Scheduler
+
+    model, tokenizer = load_dual_ar(S1_CHECKPOINT)
+    cases = dual_ar_cases()
+    names = sorted(GENERATION_CASES)
+    sequences = [sequence(tokenizer, cases, name) for name in names]
+    scheduler = Scheduler(S1Stepper(model), max_batch=5, static=True)
+    done = []
+    for seq in sequences:
+        finished = threading.Event()
+        scheduler.submit(Job([seq], lambda i, frame: None, lambda error, finished=finished: finished.set()))
+        done.append(finished)
+    try:
+        assert all(finished.wait(120) for finished in done)
+    finally:
+        scheduler.close()
+    assert model.cache_zeroed and model.cache_batch == 5
+    for name, seq in zip(names, sequences, strict=True):
+        np.testing.assert_array_equal(torch.stack(seq.frames, dim=1).cpu().numpy(), cases[f"gen_{name}_tokens"])
 
 
 def test_prefill_refuses_a_slot_beyond_the_caches(loaded):

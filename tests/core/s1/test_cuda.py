@@ -106,3 +106,24 @@ def test_cuda_quantized_engine_batches_requests_like_single_runs(fmt):
     for a, b in zip(alone, together, strict=True):
         n = min(a.shape[1], b.shape[1])
         assert (a[:, :n] == b[:, :n]).mean() > 0.9
+
+
+# -- the compiled decode (CUDA graphs) ------------------------------------------------------------------
+
+
+def test_compiled_decode_is_captured_at_load_and_gives_the_eager_codes():
+    """`compile=True` compiles and replays both steps at load (checked there against the eager steps);
+    greedy codes through the static scheduler then agree with the eager engine's, alone and four at once
+    (bfloat16 fused differently may flip a near-tie, so most codes, not bits)."""
+    from core.engine import TTSEngine
+
+    from .test_quantize import codes_alone_and_together
+
+    eager = TTSEngine.load_s1(S1_CHECKPOINT, device="cuda", max_batch_size=4)
+    expected, _ = codes_alone_and_together(eager, ["greedy", "greedy_rep1.5"])
+    engine = TTSEngine.load_s1(S1_CHECKPOINT, device="cuda", compile=True, max_batch_size=4)
+    assert engine.info.compiled and engine.lm.compiled_decode is not None
+    alone, together = codes_alone_and_together(engine, ["greedy", "greedy_rep1.5"] * 2)
+    for a, b in zip([*expected, *expected], [*alone[:2], *together[:2]], strict=True):
+        n = min(a.shape[1], b.shape[1])
+        assert (a[:, :n] == b[:, :n]).mean() > 0.9

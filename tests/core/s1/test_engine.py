@@ -156,3 +156,14 @@ def test_ignore_stop_runs_the_whole_budget(engine):
         dual_ar_cases()["ref_codes"].shape[0],
         MAX_NEW_FRAMES,
     )
+
+
+def test_compile_on_the_cpu_keeps_the_fused_decode():
+    """`compile` captures CUDA graphs on a GPU (core/s1/compile.py); on the CPU the fused kernels decode
+    either way, and the engine says it is not compiled."""
+    engine = TTSEngine.load_s1(S1_CHECKPOINT, device="cpu", compile=True, max_batch_size=2)
+    try:
+        assert not engine.info.compiled and getattr(engine.lm, "compiled_decode", None) is None
+        assert not engine.scheduler.static
+    finally:
+        engine.close()

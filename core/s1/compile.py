@@ -1,0 +1,83 @@
+"""Optional torch.compile of the Dual-AR's decode (the original's --compile).
+
+Run op by op, one S1-mini frame (a slow step, then N fast-stack steps) dispatches ~7,100 torch ops
+(counted on CPU); on an H200 that ran at 10.6 frames/s, ~13 us an op: launching them, not the GPU,
+bound it. Compiled, both steps have fixed shapes (`decode_static` over every cache slot, `fast_step`
+with its position as a tensor), so on CUDA "reduce-overhead" replays each as one CUDA graph and ~440
+ops a frame stay eager: sampling, which draws from each sequence's own generator in the original's
+order. The fixed shapes cost reading every slot's whole cache each step (S1-mini: 0.94 GB a slot in
+bfloat16).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..lm.compile import uses_static_cache
+from .lm import DualARTransformer
+
+log = logging.getLogger(__name__)
+
+# The compiled steps against the eager ones at load: bfloat16 fused otherwise rounds differently
+# (~1%); wrong code is off by the logits' own size.
+MAX_RELATIVE_ERROR = 0.05
+
+
+@dataclass(frozen=True)
+class DecodeSteps:
+    slow: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # (columns [B, 1 + N, 1], positions [B])
+    fast: Callable[[Tensor, int], Tensor]  # (x [B, fast_dim], codebook position) -> logits [B, codebook_size]
+
+
+def compiled_steps(model: DualARTransformer) -> DecodeSteps:
+    """The two steps of the static decode: compiled where `compile_decode` succeeded, else the model's own."""
+    slow, fast = getattr(model, "compiled_decode", None) or (model.decode_static, model.fast_step)
+    positions = torch.arange(model.config.num_codebooks, device=model.norm.weight.device)
+
+    def slow_step(columns: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        # (a CUDA graph's outputs are overwritten by its next replay: copies, read across the fast steps)
+        logits, hidden = slow(columns, positions)
+        return logits.clone(), hidden.clone()
+
+    return DecodeSteps(slow_step, lambda x, k: fast(x, positions[k : k + 1]).clone())
+
+
+def compile_decode(model: DualARTransformer, slots: int) -> bool:
+    """Compile both steps for `slots` rows (the static scheduler's batch, caches set up here) and run them
+    now, so that the first request does not wait for it; each checked against the eager step. False
+    (logged) where compiling or the check fails: the model then decodes eagerly."""
+    mode = "reduce-overhead" if uses_static_cache(model) else None
+    slow = torch.compile(model.decode_static, mode=mode, fullgraph=True)
+    fast = torch.compile(model.fast_step, mode=mode, fullgraph=True)
+    model.setup_caches(slots, model.config.max_seq_len, zeroed=True)
+    device, n = model.norm.weight.device, model.config.num_codebooks
+    columns = torch.full((slots, n + 1, 1), model.semantic_begin_id, dtype=torch.int, device=device)
+    positions = torch.arange(slots, device=device)
+    x = torch.ones((slots, model.config.fast_dim), dtype=model.norm.weight.dtype, device=device)
+    position = torch.zeros(1, dtype=torch.long, device=device)
+    try:
+        with torch.inference_mode():
+            for _ in range(3):  # (CUDA graphs are recorded on a later call than the first)
+                logits = slow(columns, positions)[0].clone()
+                fast_logits = fast(x, position).clone()
+            errors = [
+                relative_error(logits, model.decode_static(columns, positions)[0]),
+                relative_error(fast_logits, model.fast_step(x, position)),
+            ]
+    except Exception:  # noqa: BLE001 - any failure to compile leaves the eager decode, which works
+        log.warning("compiling the S1 decode failed; it runs eagerly", exc_info=True)
+        return False
+    if max(errors) > MAX_RELATIVE_ERROR:
+        log.warning("the compiled S1 decode disagrees with the eager one (%s); it runs eagerly", errors)
+        return False
+    model.compiled_decode = (slow, fast)
+    return True
+
+
+def relative_error(a: Tensor, b: Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-30))

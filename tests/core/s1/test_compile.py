@@ -1,0 +1,56 @@
+"""core/s1/compile.py's safety net: a decode that fails to compile, or compiles to something that disagrees
+with the eager step, is left eager (the compiled path itself: test_batch.py, and test_cuda.py on a GPU)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from core.s1 import compile as s1_compile
+from core.s1.compile import compile_decode, compiled_steps
+from core.s1.load import load_dual_ar
+
+from .support import S1_CHECKPOINT
+
+
+def test_a_decode_that_fails_to_compile_stays_eager(monkeypatch, caplog):
+    def broken(fn, **options):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+
+        return run
+
+    model, _ = load_dual_ar(S1_CHECKPOINT)
+    monkeypatch.setattr(s1_compile.torch, "compile", broken)
+    with caplog.at_level(logging.WARNING):
+        assert not compile_decode(model, 2)
+    assert getattr(model, "compiled_decode", None) is None and "runs eagerly" in caplog.text
+    assert compiled_steps(model).slow is not None  # the eager static steps serve
+
+
+def test_a_compiled_decode_that_disagrees_with_the_eager_one_is_dropped(monkeypatch, caplog):
+    def wrong(fn, **options):
+        def run(*args):
+            out = fn(*args)
+            return tuple(-x for x in out) if isinstance(out, tuple) else -out
+
+        return run
+
+    model, _ = load_dual_ar(S1_CHECKPOINT)
+    monkeypatch.setattr(s1_compile.torch, "compile", wrong)
+    with caplog.at_level(logging.WARNING):
+        assert not compile_decode(model, 2)
+    assert getattr(model, "compiled_decode", None) is None and "disagrees" in caplog.text
+
+
+def test_a_faithful_compiled_decode_is_kept(monkeypatch):
+    model, _ = load_dual_ar(S1_CHECKPOINT)
+    monkeypatch.setattr(s1_compile.torch, "compile", lambda fn, **options: fn)  # (the real one: test_batch.py)
+    assert compile_decode(model, 2)
+    assert model.compiled_decode is not None and model.cache_batch == 2 and model.cache_zeroed
+    with torch.inference_mode():
+        logits, hidden = compiled_steps(model).slow(
+            torch.zeros((2, model.config.num_codebooks + 1, 1), dtype=torch.int), torch.tensor([0, 3])
+        )
+    assert logits.shape[0] == hidden.shape[0] == 2
