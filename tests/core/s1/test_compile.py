@@ -14,6 +14,16 @@ from core.s1.load import load_dual_ar
 from .support import S1_CHECKPOINT
 
 
+def stays_eager(monkeypatch, caplog, fake_compile) -> tuple[object, str]:
+    """compile_decode with torch.compile replaced: (the model, what was logged), asserting it said no."""
+    model, _ = load_dual_ar(S1_CHECKPOINT)
+    monkeypatch.setattr(s1_compile.torch, "compile", fake_compile)
+    with caplog.at_level(logging.WARNING):
+        assert not compile_decode(model, 2)
+    assert getattr(model, "compiled_decode", None) is None
+    return model, caplog.text
+
+
 def test_a_decode_that_fails_to_compile_stays_eager(monkeypatch, caplog):
     def broken(fn, **options):
         def run(*args):
@@ -21,12 +31,8 @@ def test_a_decode_that_fails_to_compile_stays_eager(monkeypatch, caplog):
 
         return run
 
-    model, _ = load_dual_ar(S1_CHECKPOINT)
-    monkeypatch.setattr(s1_compile.torch, "compile", broken)
-    with caplog.at_level(logging.WARNING):
-        assert not compile_decode(model, 2)
-    assert getattr(model, "compiled_decode", None) is None and "runs eagerly" in caplog.text
-    assert compiled_steps(model).slow is not None  # the eager static steps serve
+    model, logged = stays_eager(monkeypatch, caplog, broken)
+    assert "runs eagerly" in logged and compiled_steps(model).slow is not None  # the eager static steps serve
 
 
 def test_a_compiled_decode_that_disagrees_with_the_eager_one_is_dropped(monkeypatch, caplog):
@@ -37,11 +43,7 @@ def test_a_compiled_decode_that_disagrees_with_the_eager_one_is_dropped(monkeypa
 
         return run
 
-    model, _ = load_dual_ar(S1_CHECKPOINT)
-    monkeypatch.setattr(s1_compile.torch, "compile", wrong)
-    with caplog.at_level(logging.WARNING):
-        assert not compile_decode(model, 2)
-    assert getattr(model, "compiled_decode", None) is None and "disagrees" in caplog.text
+    assert "disagrees" in stays_eager(monkeypatch, caplog, wrong)[1]
 
 
 def test_a_faithful_compiled_decode_is_kept(monkeypatch):
