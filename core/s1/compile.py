@@ -37,14 +37,14 @@ class DecodeSteps:
 def compiled_steps(model: DualARTransformer) -> DecodeSteps:
     """The two steps of the static decode: compiled where `compile_decode` succeeded, else the model's own."""
     slow, fast = getattr(model, "compiled_decode", None) or (model.decode_static, model.fast_step)
-    positions = torch.arange(model.config.num_codebooks, device=model.norm.weight.device)
+    codebooks = torch.arange(model.config.num_codebooks, device=model.norm.weight.device)
 
     def slow_step(columns: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         # (a CUDA graph's outputs are overwritten by its next replay: copies, read across the fast steps)
         logits, hidden = slow(columns, positions)
         return logits.clone(), hidden.clone()
 
-    return DecodeSteps(slow_step, lambda x, k: fast(x, positions[k : k + 1]).clone())
+    return DecodeSteps(slow_step, lambda x, k: fast(x, codebooks[k : k + 1]).clone())
 
 
 def compile_decode(model: DualARTransformer, slots: int) -> bool:

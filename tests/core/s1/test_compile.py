@@ -31,8 +31,7 @@ def test_a_decode_that_fails_to_compile_stays_eager(monkeypatch, caplog):
 
         return run
 
-    model, logged = stays_eager(monkeypatch, caplog, broken)
-    assert "runs eagerly" in logged and compiled_steps(model).slow is not None  # the eager static steps serve
+    assert "runs eagerly" in stays_eager(monkeypatch, caplog, broken)[1]
 
 
 def test_a_compiled_decode_that_disagrees_with_the_eager_one_is_dropped(monkeypatch, caplog):
