@@ -88,14 +88,19 @@ def used_paths(name: str, model: Transformer) -> dict:
         return model_paths(model)
 
 
-def build_variants(names: list[str], base: Transformer, prompt: torch.Tensor, log=print) -> tuple[dict, dict]:
-    """Variant name -> model, and -> setup seconds (copy, quantize, and a warm-up that compiles)."""
+def build_variants(
+    names: list[str], base: Transformer, prompt: torch.Tensor, log=print, shapes: tuple[tuple[int, int], ...] = ()
+) -> tuple[dict, dict]:
+    """Variant name -> model, and -> setup seconds (copy, quantize, and a warm-up that compiles). A compiled
+    variant warms up with each (new tokens, sequences) of `shapes`, the timed runs' own: each cache size
+    is another graph to compile, which the timed runs must not wait for."""
     models, setup = {}, {}
     for name in names:
         start = time.perf_counter()
         models[name] = build_variant(name, base)
         with forced_path(name, models[name]):
-            timed_generate(models[name], prompt, 3)
+            for new, sequences in (shapes if "+compile" in name else ()) or ((3, 1),):
+                timed_generate(models[name], prompt, new, sequences)
         setup[name] = time.perf_counter() - start
         log(f"  {name}: ready in {setup[name]:.1f} s")
     return models, setup

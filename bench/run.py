@@ -83,7 +83,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
         log("building the LM (random weights) and its formats...")
         base = random_official_lm(device, torch.float32, config=tiny_lm_config() if args.tiny else None)
         prompt = random_prompt(base, args.prompt)
-        models, setup = build_variants(args.variant_list, base, prompt, log=lambda s: log(s))
+        shapes = tuple((args.new, n) for n in args.batch_sizes)
+        models, setup = build_variants(args.variant_list, base, prompt, log=lambda s: log(s), shapes=shapes)
         del base
         if "lm" in args.parts:
             log("LM prefill/decode...")
