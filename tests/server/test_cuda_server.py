@@ -1,5 +1,6 @@
 """The server on a GPU, loaded with the web UI's own load body (cuda, float16, compile), the way most
-users with a GPU run it: a real process, real HTTP. Runs only where CUDA exists."""
+users with a GPU run it, and S1-mini compiled beside it: a real process, real HTTP. Runs only where
+CUDA exists."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import requests
 import soundfile as sf
 import torch
 
+from tests.server.helpers import S1_FOLDER, add_s1_model, make_workdir
 from tests.tolerances import MIN_SNR_DB, snr_db
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine")
@@ -20,6 +22,11 @@ SERVER_ARGS = ("--compile",)  # a client's `compile: true` counts only when the 
 SERVER_TIMEOUT = 600  # the load compiles the decode step (and warms it up) before the model is served
 INVOKE = "/v1/models/default/invoke"
 HOP = 512  # the VQGAN's samples per code frame
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return add_s1_model(make_workdir(tmp_path_factory.mktemp("work-cuda")))
 
 
 def invoke(server, **fields) -> requests.Response:
@@ -59,3 +66,19 @@ def test_concurrent_requests_are_batched_and_all_succeed(server):
         assert a.size > 0 and a.shape == b.shape
     health = requests.get(server.url + "/v1/health", timeout=10).json()
     assert health["status"] == "ok" and health["models"][0]["active_requests"] == 0
+
+
+def test_s1_loads_compiled_on_the_gpu_and_speaks(server):
+    """S1-mini's decode captured in CUDA graphs at load (core/s1/compile.py), then a request through them."""
+    body = {"device": "cuda", "s1": {"folder": S1_FOLDER, "compile": True}}
+    loaded = requests.put(server.url + "/v1/models/s1", json=body, timeout=600)
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json()["compiled"] and loaded.json()["device"].startswith("cuda"), loaded.json()
+    spoken = requests.post(
+        server.url + "/v1/models/s1/invoke",
+        json={"text": "a compiled sentence", "max_new_tokens": 8, "seed": 5},
+        timeout=300,
+    )
+    assert spoken.status_code == 200, spoken.text
+    audio, _ = sf.read(io.BytesIO(spoken.content), dtype="float32")
+    assert audio.size > 0 and np.isfinite(audio).all()
