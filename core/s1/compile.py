@@ -35,8 +35,13 @@ class DecodeSteps:
 
 
 def compiled_steps(model: DualARTransformer) -> DecodeSteps:
-    """The two steps of the static decode: compiled where `compile_decode` succeeded, else the model's own."""
-    slow, fast = getattr(model, "compiled_decode", None) or (model.decode_static, model.fast_step)
+    """The two steps of the static decode: compiled where `compile_decode` succeeded (built once there),
+    else the model's own."""
+    return getattr(model, "compiled_decode", None) or decode_steps(model, model.decode_static, model.fast_step)
+
+
+def decode_steps(model: DualARTransformer, slow: Callable, fast: Callable) -> DecodeSteps:
+    """`slow(columns, positions)` and `fast(x, position tensor [1])` as DecodeSteps' two calls."""
     codebooks = torch.arange(model.config.num_codebooks, device=model.norm.weight.device)
 
     def slow_step(columns: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,7 +80,7 @@ def compile_decode(model: DualARTransformer, slots: int) -> bool:
     if max(errors) > MAX_RELATIVE_ERROR:
         log.warning("the compiled S1 decode disagrees with the eager one (%s); it runs eagerly", errors)
         return False
-    model.compiled_decode = (slow, fast)
+    model.compiled_decode = decode_steps(model, slow, fast)
     return True
 
 

@@ -57,17 +57,15 @@ def sample_frames(
     """
     rows = list(range(logits.size(0))) if rows is None else rows
     fast_step = fast_step or model.forward_fast
-    every_row = rows == list(range(logits.size(0)))
+    index = None if rows == list(range(logits.size(0))) else torch.tensor(rows, device=logits.device)
 
     def draw(row_logits: Tensor, history: list[Tensor | None]) -> Tensor:
         drawn = torch.stack(
             [sample_token(row_logits[r], params[i], history[i], generators[i]) for i, r in enumerate(rows)]
         )
-        if every_row:
+        if index is None:
             return drawn
-        return torch.zeros(row_logits.size(0), dtype=drawn.dtype, device=drawn.device).index_copy_(
-            0, torch.tensor(rows, device=drawn.device), drawn
-        )
+        return drawn.new_zeros(row_logits.size(0)).index_copy_(0, index, drawn)
 
     token = draw(logits, [None if w is None else w[:, 0] for w in windows])
     model.clear_fast_cache()
@@ -80,7 +78,7 @@ def sample_frames(
         code = draw(fast_logits, [None if w is None else w[k + 1] for w in windows])
         columns.append(code)
     frames = torch.stack(columns, dim=1)
-    return frames if every_row else frames[rows]
+    return frames if index is None else frames[index]
 
 
 def decode_frame(

@@ -109,22 +109,19 @@ def test_static_decode_in_scattered_slots_equals_the_original(compiled):
 def test_the_static_scheduler_gives_the_originals_frames():
     """The engine's route with a compiled decode on CUDA (scheduler `static`: every step over all slots),
     here with the eager static step: four concurrent golden cases in a batch of 5 slots."""
-    import threading
-
-    from core.scheduler import Job, Scheduler
+    from core.scheduler import Scheduler
+    from tests.core.test_scheduler import Collector
 
     model, tokenizer = load_dual_ar(S1_CHECKPOINT)
     cases = dual_ar_cases()
     names = sorted(GENERATION_CASES)
     sequences = [sequence(tokenizer, cases, name) for name in names]
     scheduler = Scheduler(S1Stepper(model), max_batch=5, static=True)
-    done = []
-    for seq in sequences:
-        finished = threading.Event()
-        scheduler.submit(Job([seq], lambda i, frame: None, lambda error, finished=finished: finished.set()))
-        done.append(finished)
+    collector = Collector(scheduler)
+    for key, seq in enumerate(sequences):
+        collector.submit(key, seq)
     try:
-        assert all(finished.wait(120) for finished in done)
+        collector.wait(*range(len(sequences)))
     finally:
         scheduler.close()
     assert model.cache_zeroed and model.cache_batch == 5
