@@ -94,6 +94,7 @@ def bench_format(
     batched = median_runs(lambda: decode_run(model, stepper, prompt, args.frames, args.batch, static_slots), args.runs)
     weights = bytes_per_frame(model)
     floor = bandwidth / weights
+    log(f"  {fmt}: {one['frames_per_s']:.2f} frames/s alone, {batched['frames_per_s']:.2f} as {args.batch}")
     return dict(
         format=fmt,
         prompt_tokens=args.prompt,

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from .device import release_openmp_threads
+from .lm.compile import own_cuda_graph_trees
 
 log = logging.getLogger(__name__)
 EXIT_JOIN_S = 60.0  # at interpreter exit, how long a scheduler may take to finish the step it is in
@@ -176,6 +177,8 @@ class Scheduler:
 
     def _run(self) -> None:
         try:
+            if self.static:
+                own_cuda_graph_trees()
             self._loop()
             error: BaseException = RuntimeError("the model was unloaded")
         except BaseException as exc:  # noqa: BLE001 - a bug here must not leave callers waiting forever

@@ -61,7 +61,10 @@ def compile_decode(model: DualARTransformer, slots: int) -> bool:
     fast = torch.compile(model.fast_step, mode=mode, fullgraph=True)
     model.setup_caches(slots, model.config.max_seq_len, zeroed=True)
     device, n = model.norm.weight.device, model.config.num_codebooks
-    columns = torch.full((slots, n + 1, 1), model.semantic_begin_id, dtype=torch.int, device=device)
+    # a semantic token over code 0 of each codebook: the embedding lookups stay in range (on CUDA an
+    # index out of range is a device assert, which no fallback survives)
+    columns = torch.zeros((slots, n + 1, 1), dtype=torch.int, device=device)
+    columns[:, 0] = model.semantic_begin_id
     positions = torch.arange(slots, device=device)
     x = torch.ones((slots, model.config.fast_dim), dtype=model.norm.weight.dtype, device=device)
     position = torch.zeros(1, dtype=torch.long, device=device)

@@ -21,14 +21,19 @@ def _inflect():
     try:
         import inflect
     except ImportError as error:
-        raise TextError("English g2p needs inflect: pip install inflect") from error
-    return inflect.engine()
+        raise TextError(f"English g2p needs inflect ({error}): pip install inflect") from error
+    return inflect
+
+
+@lru_cache(maxsize=None)
+def _engine():
+    return _inflect().engine()
 
 
 def _words(number, **options) -> str:
     try:
-        return _inflect().number_to_words(number, **options)
-    except Exception as error:  # inflect refuses numbers beyond its scale words
+        return _engine().number_to_words(number, **options)
+    except _inflect().NumOutOfRangeError as error:  # beyond its scale words; anything else is a bug, not the text's
         raise TextError(f"Cannot read the number {str(number)[:40]!r} in English") from error
 
 

@@ -181,6 +181,39 @@ def test_cancel_drops_waiting_and_active_work(model):
     assert collector.errors[2] is None and later.finished
 
 
+def strict_graph_trees(local, attr_name):
+    """torch 2.11's lookup of a thread's CUDA graph trees: asserts in a thread that did not import inductor."""
+    if hasattr(local, attr_name):
+        return getattr(local, attr_name)
+    assert torch._C._is_key_in_tls(attr_name)
+    return torch._C._get_obj_in_tls(attr_name)
+
+
+def test_a_static_scheduler_thread_owns_its_cuda_graph_trees(model, monkeypatch):
+    """A second engine's scheduler thread (or one after another thread imported inductor) can still
+    reach CUDA graph trees: replaying the compiled decode there asserted on an H200 with torch 2.11."""
+    from torch._inductor import cudagraph_trees as trees
+
+    monkeypatch.setattr(trees, "get_obj", strict_graph_trees)
+    elsewhere: list[BaseException] = []
+    thread = threading.Thread(target=lambda: capture_error(elsewhere, lambda: trees.get_container(0)))
+    thread.start()
+    thread.join()
+    assert elsewhere and isinstance(elsewhere[0], AssertionError)  # (what the scheduler thread met)
+    schedulers = [Scheduler(LMStepper(model), max_batch=1, static=True) for _ in range(2)]
+    first, second = (scheduler.run(lambda: trees.get_container(0)) for scheduler in schedulers)
+    assert first.device_index == second.device_index == 0 and first is not second  # each thread its own
+    for scheduler in schedulers:
+        scheduler.close()
+
+
+def capture_error(errors: list[BaseException], fn) -> None:
+    try:
+        fn()
+    except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+        errors.append(error)
+
+
 def test_tasks_run_between_steps_and_report_errors(model):
     scheduler = Scheduler(LMStepper(model), max_batch=1)
     assert scheduler.run(lambda: 41 + 1) == 42

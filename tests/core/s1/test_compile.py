@@ -47,8 +47,27 @@ def test_a_compiled_decode_that_disagrees_with_the_eager_one_is_dropped(monkeypa
 
 def test_a_faithful_compiled_decode_is_kept(monkeypatch):
     model, _ = load_dual_ar(S1_CHECKPOINT)
-    monkeypatch.setattr(s1_compile.torch, "compile", lambda fn, **options: fn)  # (the real one: test_batch.py)
+    warmup = []
+
+    def recording(fn, **options):  # (the real compiler: test_batch.py)
+        def run(*args):
+            warmup.append(args)
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(s1_compile.torch, "compile", recording)
+    # (the official model's semantic tokens lie beyond a codebook's size; this tiny one's need not)
+    model.semantic_begin_id = max(model.semantic_begin_id, model.config.codebook_size)
     assert compile_decode(model, 2)
+    # the warm-up steps a real frame: a semantic token over codes in range (on CUDA an embedding index
+    # out of range is a device assert that poisons the process, not an error the fallback catches)
+    columns = [args[0] for args in warmup if args[0].dim() == 3]
+    assert columns, "the slow step was not warmed up"
+    c = model.config
+    for column in columns:
+        assert (column[:, 0] >= model.semantic_begin_id).all() and (column[:, 0] <= model.semantic_end_id).all()
+        assert (column[:, 1:] >= 0).all() and (column[:, 1:] < c.codebook_size).all(), column
     assert model.compiled_decode is not None and model.cache_batch == 2 and model.cache_zeroed
     with torch.inference_mode():
         logits, hidden = compiled_steps(model).slow(
