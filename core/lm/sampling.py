@@ -121,6 +121,16 @@ def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return torch_draw(probs, generator)
 
 
+def draw_anyway(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """`draw`, but rows of NaN are drawn from by torch's rule (an arbitrary id) instead of raising, so
+    nothing waits for a device sync to check them."""
+    if native_sampler_serves(probs):
+        chosen = torch.ops.fishtts.exponential_race(probs, generator)
+        if chosen.numel():
+            return chosen
+    return torch_draw(probs, generator)
+
+
 def torch_draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     q = torch.empty_like(probs).exponential_(1, generator=generator)
     return torch.argmax(probs / q, dim=-1).to(torch.int)

@@ -21,7 +21,7 @@ from .compile import compiled_steps
 from .generate import frame_budget, penalty_window, sample_frames
 from .lm import DualARTransformer
 from .prefixes import MIN_PREFIX, PrefixCache
-from .sampling import WINDOW, SamplingSettings
+from .sampling import WINDOW, SamplingSettings, SamplingTensors
 
 # Prompt positions prefilled per scheduler admission round (one prompt longer than that alone): bounds
 # how long one round holds up the running decode batch. Prompts are prefilled one by one.
@@ -42,6 +42,7 @@ class S1Sequence:
     budget: int = 0
     frames: list[Tensor] = field(default_factory=list)
     history: Tensor | None = None  # [1 + N, max(16, budget)]: frames of the decode loop (not the prefill's)
+    sampling: SamplingTensors | None = None  # the settings on the model's device (made once, at prefill)
     stopped: bool = False  # ended on <|im_end|>
     finished: bool = False
 
@@ -102,8 +103,8 @@ def prefill(model: DualARTransformer, sequence: S1Sequence, slot: int, prefixes:
             model.slow_stack(prompt[..., :start], torch.arange(start, device=device), slot=slot)
             prefixes.keep(model, key, start, slot)
     logits, hidden = model.forward_slow(prompt[..., start:], torch.arange(start, length, device=device), slot=slot)
-    params = sequence.settings.as_tensors(device)
-    frame = sample_frames(model, logits, hidden, [params], [None], [sequence.generator])[0]
+    sequence.sampling = sequence.settings.as_tensors(device)
+    frame = sample_frames(model, logits, hidden, [sequence.sampling], [None], [sequence.generator])[0]
     sequence.accept(frame)
     return frame
 
@@ -135,7 +136,7 @@ def next_frames(model: DualARTransformer, sequences: list[S1Sequence], static_sl
         model,
         logits,
         hidden,
-        [s.settings.as_tensors(device) for s in sequences],
+        [s.sampling for s in sequences],
         [s.window() for s in sequences],
         [s.generator for s in sequences],
         rows,

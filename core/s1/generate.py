@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .config import FAST_LOGIT_LIMIT
 from .lm import DualARTransformer
-from .sampling import WINDOW, SamplingSettings, SamplingTensors, sample_token
+from .sampling import WINDOW, SamplingSettings, SamplingTensors, sample_rows
 
 
 @dataclass
@@ -58,16 +58,20 @@ def sample_frames(
     rows = list(range(logits.size(0))) if rows is None else rows
     fast_step = fast_step or model.forward_fast
     index = None if rows == list(range(logits.size(0))) else torch.tensor(rows, device=logits.device)
+    settings = SamplingTensors.rows(params)
+    # the rows' windows stacked once a frame, [R, 1 + N, W]: all rows have one (decode steps) or none (a prefill)
+    if len({w is None for w in windows}) > 1:
+        raise ValueError("sample_frames: rows with and without penalty windows in one step")
+    stacked = None if windows[0] is None else torch.stack(windows)
 
-    def draw(row_logits: Tensor, history: list[Tensor | None]) -> Tensor:
-        drawn = torch.stack(
-            [sample_token(row_logits[r], params[i], history[i], generators[i]) for i, r in enumerate(rows)]
-        )
+    def draw(row_logits: Tensor, previous: Tensor | None) -> Tensor:
+        chosen = row_logits if index is None else row_logits[index]
+        drawn = sample_rows(chosen, settings, previous, generators)
         if index is None:
             return drawn
         return drawn.new_zeros(row_logits.size(0)).index_copy_(0, index, drawn)
 
-    token = draw(logits, [None if w is None else w[:, 0] for w in windows])
+    token = draw(logits, None if stacked is None else stacked[:, :, 0])  # (column 0: the quirk above)
     model.clear_fast_cache()
     fast_step(hidden, 0)  # fills the fast cache at position 0; its logits are not used
     code = semantic_code(model, token)
@@ -75,7 +79,7 @@ def sample_frames(
     limit = min(FAST_LOGIT_LIMIT, model.config.codebook_size)
     for k in range(1, model.config.num_codebooks):
         fast_logits = fast_step(model.fast_embeddings(code), k)[:, :limit]
-        code = draw(fast_logits, [None if w is None else w[k + 1] for w in windows])
+        code = draw(fast_logits, None if stacked is None else stacked[:, k + 1])
         columns.append(code)
     frames = torch.stack(columns, dim=1)
     return frames if index is None else frames[index]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..lm.sampling import NonFiniteLogits, apply_top_p, draw, torch_draw
+from ..lm.sampling import apply_top_p, draw_anyway
 
 WINDOW = 16  # frames of repetition-penalty history
 
@@ -45,9 +45,22 @@ class SamplingSettings:
 
 @dataclass(frozen=True)
 class SamplingTensors:
+    """One sequence's settings as 0-d tensors, or (`rows`) several sequences' as [R, 1], one row each."""
+
     temperature: Tensor
     top_p: Tensor
     repetition_penalty: Tensor
+
+    @staticmethod
+    def rows(each: list[SamplingTensors]) -> SamplingTensors:
+        def stacked(values: list[Tensor]) -> Tensor:
+            return torch.stack(values).view(-1, 1)
+
+        return SamplingTensors(
+            stacked([p.temperature for p in each]),
+            stacked([p.top_p for p in each]),
+            stacked([p.repetition_penalty for p in each]),
+        )
 
 
 def penalize(logits: Tensor, previous: Tensor, penalty: Tensor) -> Tensor:
@@ -59,21 +72,30 @@ def penalize(logits: Tensor, previous: Tensor, penalty: Tensor) -> Tensor:
 
 
 def logits_to_probs(logits: Tensor, params: SamplingTensors, previous: Tensor | None = None) -> Tensor:
+    """Probabilities of 1-D `logits` (0-d settings, `previous` [W] ids), or of rows [R, V] (settings
+    [R, 1], `previous` [R, W]): every op works within a row, so a row comes out as it would alone."""
+    rows = logits if logits.dim() == 2 else logits[None]
     if previous is not None:
-        logits = penalize(logits, previous, params.repetition_penalty)
-    logits = apply_top_p(logits[None], params.top_p)[0]  # v0.2's top-p, the same rule
-    logits = logits / torch.clip(params.temperature, min=1e-5)
-    return torch.softmax(logits, dim=-1)
+        rows = penalize(rows, previous.view(rows.size(0), -1), params.repetition_penalty)
+    rows = apply_top_p(rows, params.top_p)  # v0.2's top-p, the same rule
+    rows = rows / torch.clip(params.temperature, min=1e-5)
+    probs = torch.softmax(rows, dim=-1)
+    return probs if logits.dim() == 2 else probs[0]
+
+
+def sample_rows(
+    logits: Tensor, params: SamplingTensors, previous: Tensor | None, generators: list[torch.Generator | None]
+) -> Tensor:
+    """One id per row of `logits` [R, V] (settings and `previous` as `logits_to_probs`'s rows), each drawn
+    from its own generator: the distributions in one set of ops for all rows, then one race a row."""
+    probs = logits_to_probs(logits, params, previous)
+    # Non-finite rows are drawn from anyway, as the original does: the fast stack samples a step's rows
+    # together, so raising would fail every sequence in the batch (batch.py), not just this one.
+    return torch.cat([draw_anyway(probs[r : r + 1], generator) for r, generator in enumerate(generators)])
 
 
 def sample_token(
     logits: Tensor, params: SamplingTensors, previous: Tensor | None = None, generator: torch.Generator | None = None
 ) -> Tensor:
     """One id (a 0-d int tensor) from 1-D `logits`."""
-    probs = logits_to_probs(logits, params, previous)[None]
-    try:
-        return draw(probs, generator)[0]
-    except NonFiniteLogits:
-        # Drawn from anyway, as the original does: the fast stack samples a step's rows together, so
-        # raising would fail every sequence in the batch (batch.py), not just this one.
-        return torch_draw(probs, generator)[0]
+    return sample_rows(logits[None], params, None if previous is None else previous[None], [generator])[0]

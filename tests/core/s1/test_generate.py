@@ -134,6 +134,28 @@ def test_top_p_removes_every_entry_whose_inclusive_cumulative_probability_exceed
     assert int(sample_token(logits, tiny)) == int(logits.argmax())
 
 
+def test_each_row_of_a_step_samples_its_token_penalized_by_column_0_of_its_own_window(loaded):
+    """The batched sampler keeps the original's quirk row by row: the slow token's penalty ids are the
+    window's first column (a frame's token and codes), not its token row. Greedy (top_p ~ 0): id A leads
+    B by 0.1; row 0's window holds A in its first column (a code row), so A is penalized and B wins;
+    row 1's window holds A in its token row only, so A stays."""
+    from core.s1.generate import sample_frames
+
+    model, _ = loaded
+    a, b = 7, 9
+    logits = torch.zeros((2, model.config.vocab_size))
+    logits[:, a], logits[:, b] = 2.0, 1.9
+    windows = [torch.zeros((model.config.num_codebooks + 1, 16), dtype=torch.int) for _ in range(2)]
+    windows[0][1, 0] = a  # column 0, a code row
+    windows[1][0, 1:] = a  # the token row, beyond column 0
+    greedy = SamplingSettings(temperature=0.7, top_p=1e-6, repetition_penalty=1.5).as_tensors(torch.device("cpu"))
+    hidden = torch.randn((2, model.config.fast_dim))
+    model.setup_caches(2, 32)  # (the fast stack's cache, which the codes' steps use)
+    with torch.inference_mode():
+        frames = sample_frames(model, logits, hidden, [greedy, greedy], windows, [None, None])
+    assert frames[:, 0].tolist() == [b, a]
+
+
 def test_settings_out_of_range_are_refused():
     for bad in (dict(temperature=0), dict(top_p=1.5), dict(repetition_penalty=2)):
         with pytest.raises(ValueError):
