@@ -146,3 +146,24 @@ def test_segments_to_dicts_is_json_ready():
 
 def test_text_error_is_a_value_error():
     assert issubclass(TextError, ValueError)
+
+
+def test_a_number_beyond_englishs_scale_words_is_a_text_error():
+    from core.text.english_numbers import expand_numbers
+
+    with pytest.raises(TextError, match="Cannot read the number"):
+        expand_numbers("1" * 70)
+
+
+def test_a_broken_number_reader_is_not_blamed_on_the_text(monkeypatch):
+    """Only inflect's out-of-range refusal is the text's fault: on a GPU host missing one of inflect's
+    own dependencies, "Cannot read the number '0'" hid the real error."""
+    import core.text.english_numbers as numbers
+
+    class Broken:
+        def number_to_words(self, number, **options):
+            raise RuntimeError("inflect is broken here")
+
+    monkeypatch.setattr(numbers, "_engine", lambda: Broken())
+    with pytest.raises(RuntimeError, match="broken"):
+        numbers.expand_numbers("0")
