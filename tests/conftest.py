@@ -13,7 +13,7 @@ import torch
 from torch.utils.cpp_extension import get_default_build_root
 
 from tests.helpers import synthesize_speech
-from tests.paths import PARITY
+from tests.paths import PARITY, PINNED_SETTINGS
 
 # The tests' autotune choices (tiny models' shapes) go to a cache of their own, not the user's
 # ~/.cache/fishtts; the compiled kernels stay in torch's usual folder (they take a while to build).
@@ -21,9 +21,7 @@ from tests.paths import PARITY
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", get_default_build_root())
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fishtts-test-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
-# Audio is compared with float32 references: the servers and CLIs started here decode in float32 unless a
-# test asks otherwise ("auto" would pick bfloat16 on some CPUs; test_vqgan_precision.py tests it).
-os.environ["FISHTTS_VQGAN_PRECISION"] = "float32"
+os.environ.update(PINNED_SETTINGS)  # (in-process engines and CLIs; servers get them from their helpers)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import requests
 import soundfile as sf
 import torch
 
-from tests.paths import PARITY, PYTHONPATH, ROOT
+from tests.paths import PARITY, PINNED_SETTINGS, PYTHONPATH, ROOT
 
 SR = 22050
 
@@ -114,7 +114,8 @@ class Server:
         if load:
             argv += ["--load", "default=load_default.json"]
         base = {k: v for k, v in os.environ.items() if not k.startswith("FISHTTS_")}
-        env = dict(base, PYTHONPATH=PYTHONPATH, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env or {}))
+        fixed = {"PYTHONPATH": PYTHONPATH, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        env = {**base, **PINNED_SETTINGS, **fixed, **(env or {})}
         self.process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_healthy(models=["default"] if load else [], timeout=timeout)
 

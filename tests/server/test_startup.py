@@ -11,7 +11,7 @@ import time
 import requests
 
 from server.errors import scrub
-from tests.paths import PYTHONPATH
+from tests.paths import PINNED_SETTINGS, PYTHONPATH
 from tests.server.helpers import ROOT, Server, make_workdir
 
 
@@ -20,7 +20,7 @@ def run_server(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "server", "--listen", "127.0.0.1:1", *args],
         cwd=cwd,
-        env=dict(env, PYTHONPATH=PYTHONPATH),
+        env=dict(env, **PINNED_SETTINGS, PYTHONPATH=PYTHONPATH),
         capture_output=True,
         text=True,
         timeout=120,

@@ -30,6 +30,13 @@ def pcm_of_wav(data: bytes) -> np.ndarray:
     return audio
 
 
+def test_the_servers_started_here_decode_in_float32(server):
+    """What the comparisons below rest on: one step of int16 is float32's rounding, and the tests' servers
+    keep the pinned float32 (tests/paths.py) while "auto" could pick bfloat16 by a timing."""
+    details = requests.get(server.url + "/v1/models", timeout=10).json()["details"]
+    assert [d["vqgan_precision"] for d in details] == ["float32"]
+
+
 def test_streamed_wav_equals_the_non_streamed_response(server):
     whole = invoke(server, text="hello there, streaming world")
     streamed = invoke(server, text="hello there, streaming world", streaming=True)
