@@ -27,7 +27,7 @@ from .families.fish_speech import FishSpeech
 from .families.openaudio import OpenAudioS1
 from .frontend import PromptText, warm_up_g2p
 from .lm import load_lm, load_tokenizer
-from .lm.compile import uses_static_cache
+from .lm.compile import capture_decode, compile_decode, uses_static_cache
 from .lm.config import PRESETS as LM_PRESETS
 from .lm.quantize import QUANT_MODES
 from .lm.tokenizer import resolve_tokenizer_dir
@@ -154,10 +154,14 @@ class TTSEngine:
         if vqgan_checkpoint is not None:
             vqgan = load_vqgan(vqgan_checkpoint, vqgan_config, device=dev, precision=vqgan_precision)
         if compile and lm is not None:
-            from .lm.compile import compile_decode
-
             compile_decode(lm)
-        return cls(lm=lm, tokenizer=tok, vqgan=vqgan, device=dev, compile=compile, max_batch_size=max_batch_size)
+        engine = cls(lm=lm, tokenizer=tok, vqgan=vqgan, device=dev, compile=compile, max_batch_size=max_batch_size)
+        if compile and lm is not None and uses_static_cache(lm):
+            # CUDA graphs now, on the scheduler's thread that replays them (not in a first request)
+            engine.compile = engine._model_call(lambda: capture_decode(lm, engine.max_batch_size))
+            if not engine.compile:
+                engine.close()  # (its scheduler steps for CUDA graphs; the next one is made as usual)
+        return engine
 
     @classmethod
     def load_s1(

@@ -1,19 +1,28 @@
 """Optional torch.compile of the per-frame decode step (the original's --compile).
 
 On CUDA the step runs over the static cache (whole cache + mask), so every step has the same shapes
-and "reduce-overhead" captures it in CUDA graphs. On CPU the step keeps attending over each
-sequence's filled prefix inside the decode-attention kernel (an opaque op to the compiler), and
-inductor fuses the small ops around the kernels.
+and "reduce-overhead" captures it in CUDA graphs, at load (`capture_decode`: ~1 min on an H200, which
+a first request would otherwise wait for). On CPU the step keeps attending over each sequence's filled
+prefix inside the decode-attention kernel (an opaque op to the compiler), and inductor fuses the small
+ops around the kernels on first use.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 
 import torch
+from torch import Tensor
 
 from .model import Transformer
+
+log = logging.getLogger(__name__)
+
+# A compiled step against the eager one at load: bfloat16 / float16 fused otherwise rounds differently
+# (~1%); wrong code is off by the logits' own size.
+MAX_RELATIVE_ERROR = 0.05
 
 
 def uses_static_cache(model: torch.nn.Module) -> bool:
@@ -41,3 +50,36 @@ def own_cuda_graph_trees() -> None:
 def compile_decode(model: Transformer) -> None:
     mode = "reduce-overhead" if uses_static_cache(model) else None
     model.compiled_decode = torch.compile(model.decode, mode=mode, fullgraph=True)
+
+
+def capture_decode(model: Transformer, slots: int) -> bool:
+    """Run the compiled static step now for `slots` rows (the static scheduler's batch; caches set up
+    here), on the thread that will replay it, and check it against the eager step. False (logged) where
+    compiling or the check fails: the compiled step is dropped and the model decodes eagerly."""
+    model.setup_caches(slots, model.config.max_seq_len, zeroed=True)
+    device = model.output.weight.device
+    # pad frames at position 0 of every slot: a prefill writes there before any real decode reads it
+    frames = torch.zeros((slots, model.config.num_codebooks + 1, 1), dtype=torch.int, device=device)
+    rows, positions = torch.arange(slots, device=device), torch.zeros(slots, dtype=torch.long, device=device)
+    try:
+        with torch.inference_mode():
+            for _ in range(3):  # (CUDA graphs are recorded on a later call than the first)
+                out = model.compiled_decode(frames, rows, positions, True)
+                compiled = out.token_logits.clone(), out.codebook_logits.clone()
+            eager = model.decode(frames, rows, positions, True)
+            error = max(
+                relative_error(compiled[0], eager.token_logits), relative_error(compiled[1], eager.codebook_logits)
+            )
+    except Exception:  # noqa: BLE001 - any failure to compile leaves the eager decode, which works
+        log.warning("compiling the decode failed; it runs eagerly", exc_info=True)
+        model.compiled_decode = None
+        return False
+    if error > MAX_RELATIVE_ERROR:
+        log.warning("the compiled decode disagrees with the eager one (%.3g); it runs eagerly", error)
+        model.compiled_decode = None
+        return False
+    return True
+
+
+def relative_error(a: Tensor, b: Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-30))

@@ -18,14 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..lm.compile import uses_static_cache
+from ..lm.compile import MAX_RELATIVE_ERROR, relative_error, uses_static_cache
 from .lm import DualARTransformer
 
 log = logging.getLogger(__name__)
-
-# The compiled steps against the eager ones at load: bfloat16 fused otherwise rounds differently
-# (~1%); wrong code is off by the logits' own size.
-MAX_RELATIVE_ERROR = 0.05
 
 
 @dataclass(frozen=True)
@@ -85,7 +81,3 @@ def compile_decode(model: DualARTransformer, slots: int) -> bool:
         return False
     model.compiled_decode = decode_steps(model, slow, fast)
     return True
-
-
-def relative_error(a: Tensor, b: Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-30))

@@ -92,3 +92,31 @@ def test_quantizing_on_the_gpu_gives_the_cpus_bits(fmt):
     w = torch.randn(256, 192, generator=torch.Generator().manual_seed(5))
     for cpu, gpu in zip(quantize(w), quantize(w.cuda()), strict=True):
         assert torch.equal(gpu.cpu(), cpu)
+
+
+def test_the_engine_captures_the_compiled_decode_at_load_and_speaks_as_the_eager_one(tiny_checkpoints):
+    """`compile=True` on CUDA: the static step is compiled and replayed at load on the scheduler's thread
+    (core/lm/compile.py capture_decode), not in the first request; greedy codes then agree with the eager
+    engine's (fusion may reorder float sums: most codes, not bits)."""
+    from core.engine import TTSEngine
+    from core.request import SynthesisRequest
+
+    def load(compile: bool) -> TTSEngine:
+        return TTSEngine.load(
+            lm_checkpoint=tiny_checkpoints["lm"],
+            lm_config=str(tiny_checkpoints["lm_config"]),
+            tokenizer=tiny_checkpoints["tokenizer"],
+            vqgan_checkpoint=None,
+            device="cuda",
+            precision="float32",
+            compile=compile,
+            max_batch_size=4,
+        )
+
+    greedy = SamplingParams(temperature=1.0, top_p=None, top_k=1, repetition_penalty=1.5)
+    request = SynthesisRequest(text="captured at load", sampling=greedy, max_frames=24, seed=2, use_g2p=False)
+    expected = load(False).generate_codes(request, ignore_stop=True)[0]
+    engine = load(True)
+    assert engine.info.compiled and engine.lm.compiled_decode is not None
+    codes = engine.generate_codes(request, ignore_stop=True)[0]
+    assert codes.shape == expected.shape and (codes == expected).mean() >= 0.9
