@@ -20,6 +20,19 @@ def assert_same_pcm(streamed: np.ndarray, whole: np.ndarray) -> None:
     assert np.abs(streamed.astype(np.int32) - whole.astype(np.int32)).max(initial=0) <= 1
 
 
+def load_tiny_lm(checkpoints: dict, **options):
+    """A TTSEngine with the tiny LM (no VQGAN) of the `tiny_checkpoints` fixture; `options` as TTSEngine.load's."""
+    from core.engine import TTSEngine
+
+    return TTSEngine.load(
+        lm_checkpoint=checkpoints["lm"],
+        lm_config=str(checkpoints["lm_config"]),
+        tokenizer=checkpoints["tokenizer"],
+        vqgan_checkpoint=None,
+        **options,
+    )
+
+
 def run_cli(
     args: list[str], cwd: Path | None = None, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:

@@ -98,20 +98,11 @@ def test_the_engine_captures_the_compiled_decode_at_load_and_speaks_as_the_eager
     """`compile=True` on CUDA: the static step is compiled and replayed at load on the scheduler's thread
     (core/lm/compile.py capture_decode), not in the first request; greedy codes then agree with the eager
     engine's (fusion may reorder float sums: most codes, not bits)."""
-    from core.engine import TTSEngine
     from core.request import SynthesisRequest
+    from tests.helpers import load_tiny_lm
 
-    def load(compile: bool) -> TTSEngine:
-        return TTSEngine.load(
-            lm_checkpoint=tiny_checkpoints["lm"],
-            lm_config=str(tiny_checkpoints["lm_config"]),
-            tokenizer=tiny_checkpoints["tokenizer"],
-            vqgan_checkpoint=None,
-            device="cuda",
-            precision="float32",
-            compile=compile,
-            max_batch_size=4,
-        )
+    def load(compile: bool):
+        return load_tiny_lm(tiny_checkpoints, device="cuda", precision="float32", compile=compile, max_batch_size=4)
 
     greedy = SamplingParams(temperature=1.0, top_p=None, top_k=1, repetition_penalty=1.5)
     request = SynthesisRequest(text="captured at load", sampling=greedy, max_frames=24, seed=2, use_g2p=False)

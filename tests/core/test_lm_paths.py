@@ -15,7 +15,7 @@ from core.engine import TTSEngine
 from core.lm import SamplingParams, autotune, fused, generate, kernels, load_lm, paths
 from core.lm.quantize import Int4Linear, dequantize_int4, quantize_int4, unblocked
 from core.request import SynthesisRequest
-from tests.helpers import run_cli
+from tests.helpers import load_tiny_lm, run_cli
 from tests.paths import PARITY
 
 CONFIG = str(PARITY / "llama_config.json")
@@ -337,14 +337,7 @@ def test_cli_quantized_generation_without_kernels(tiny_checkpoints, tmp_path, mo
 
 
 def test_engine_int4_generates_codes(tiny_checkpoints):
-    engine = TTSEngine.load(
-        lm_checkpoint=tiny_checkpoints["lm"],
-        lm_config=str(tiny_checkpoints["lm_config"]),
-        tokenizer=tiny_checkpoints["tokenizer"],
-        vqgan_checkpoint=None,
-        device="cpu",
-        quantize="int4",
-    )
+    engine = load_tiny_lm(tiny_checkpoints, device="cpu", quantize="int4")
     assert isinstance(engine.lm.output, Int4Linear) and set(engine.lm_paths) == {"int4"}
     assert engine.info.quantize == "int4" and engine.info.lm_paths == engine.lm_paths
     codes = engine.generate_codes(SynthesisRequest(text="hi", use_g2p=False, max_frames=4, seed=1))

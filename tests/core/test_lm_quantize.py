@@ -13,12 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from core.checkpoints import CheckpointError
-from core.engine import TTSEngine
 from core.lm import SamplingParams, generate, load_lm, paths
 from core.lm.kernels import cpu_kernels_available
 from core.lm.quantize import Int4Linear, Int8Linear, dequantize_int4, quantize_int4, quantize_int8, unblocked
 from core.request import SynthesisRequest
-from tests.helpers import run_cli
+from tests.helpers import load_tiny_lm, run_cli
 from tests.paths import PARITY
 from tests.tolerances import AMX_ROW_LIMIT, FLOAT32_EPS, assert_within, matmul_bound
 
@@ -214,14 +213,7 @@ def test_int4_kernel_equals_dequantize_then_matmul_within_its_activation_roundin
 
 
 def test_engine_quantize_option_generates_codes(tiny_checkpoints):
-    engine = TTSEngine.load(
-        lm_checkpoint=tiny_checkpoints["lm"],
-        lm_config=str(tiny_checkpoints["lm_config"]),
-        tokenizer=tiny_checkpoints["tokenizer"],
-        vqgan_checkpoint=None,
-        device="cpu",
-        quantize="int8",
-    )
+    engine = load_tiny_lm(tiny_checkpoints, device="cpu", quantize="int8")
     assert isinstance(engine.lm.output, Int8Linear)
     codes = engine.generate_codes(SynthesisRequest(text="hi", use_g2p=False, max_frames=4, seed=1), num_samples=2)
     assert len(codes) == 2 and all(c.shape[0] == 4 for c in codes)
