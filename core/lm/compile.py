@@ -1,10 +1,10 @@
 """Optional torch.compile of the per-frame decode step (the original's --compile).
 
 On CUDA the step runs over the static cache (whole cache + mask), so every step has the same shapes
-and "reduce-overhead" captures it in CUDA graphs, at load (`capture_decode`: ~1 min on an H200, which
-a first request would otherwise wait for). On CPU the step keeps attending over each sequence's filled
-prefix inside the decode-attention kernel (an opaque op to the compiler), and inductor fuses the small
-ops around the kernels on first use.
+and "reduce-overhead" captures it in CUDA graphs, at load (`capture_decode`; compiling took up to 84 s
+at official size on an H200, which a first request would otherwise wait for). On CPU the step keeps
+attending over each sequence's filled prefix inside the decode-attention kernel (an opaque op to the
+compiler), and inductor fuses the small ops around the kernels on first use.
 """
 
 from __future__ import annotations
