@@ -27,7 +27,7 @@ from .families.fish_speech import FishSpeech
 from .families.openaudio import OpenAudioS1
 from .frontend import PromptText, warm_up_g2p
 from .lm import load_lm, load_tokenizer
-from .lm.compile import capture_decode, compile_decode, uses_static_cache
+from .lm.compile import uses_static_cache
 from .lm.config import PRESETS as LM_PRESETS
 from .lm.quantize import QUANT_MODES
 from .lm.tokenizer import resolve_tokenizer_dir
@@ -153,14 +153,9 @@ class TTSEngine:
             lm = load_lm(lm_checkpoint, lm_config, device=dev, dtype=lm_dtype(dev, half, precision), quantize=quantize)
         if vqgan_checkpoint is not None:
             vqgan = load_vqgan(vqgan_checkpoint, vqgan_config, device=dev, precision=vqgan_precision)
-        if compile and lm is not None:
-            compile_decode(lm)
         engine = cls(lm=lm, tokenizer=tok, vqgan=vqgan, device=dev, compile=compile, max_batch_size=max_batch_size)
-        if compile and lm is not None and uses_static_cache(lm):
-            # CUDA graphs now, on the scheduler's thread that replays them (not in a first request)
-            engine.compile = engine._model_call(lambda: capture_decode(lm, engine.max_batch_size))
-            if not engine.compile:
-                engine.close()  # (its scheduler steps for CUDA graphs; the next one is made as usual)
+        if compile and lm is not None:
+            engine._compile_decode()
         return engine
 
     @classmethod
@@ -180,10 +175,7 @@ class TTSEngine:
         family = OpenAudioS1.load(folder, device=device, precision=precision, quantize=quantize)
         engine = cls(family=family, device=family.model.device, compile=compile, max_batch_size=max_batch_size)
         if compile:
-            # on the scheduler's thread, which replays the graphs: torch keeps CUDA graph trees per thread
-            engine.compile = engine._model_call(lambda: family.compile_decode(engine.max_batch_size))
-            if not engine.compile:
-                engine.close()  # (its scheduler steps for CUDA graphs; the next one is made as usual)
+            engine._compile_decode()
         elif engine.device.type == "cuda":
             log.info(
                 "S1-mini decodes op by op on CUDA, bound by launching ~7,100 ops a frame (an H200: ~10 "
@@ -237,6 +229,13 @@ class TTSEngine:
         """Why this engine's scheduler thread died, if it did: it then refuses all work (load anew)."""
         scheduler = self._scheduler
         return None if scheduler is None else scheduler.failure
+
+    def _compile_decode(self) -> None:
+        """The family's compiled decode, made at load on the scheduler's thread, which replays it (torch
+        keeps CUDA graph trees per thread); where it fails or does not apply, this engine decodes eagerly."""
+        self.compile = self._model_call(lambda: self.family.compile_decode(self.max_batch_size))
+        if not self.compile:
+            self.close()  # (its scheduler steps for CUDA graphs; the next one is made as usual)
 
     def _model_call(self, fn: Callable[[], T]) -> T:
         """Run model work where it does not compete with the scheduler for the cores."""

@@ -30,6 +30,10 @@ class ModelFamily(Protocol):
     def describe(self) -> dict:
         """EngineInfo's model fields (precision, quantize, context, codebooks, rates, lm_paths ...)."""
 
+    def compile_decode(self, slots: int) -> bool:
+        """Compile the decode (at load, for the static scheduler's `slots` rows on CUDA); False where it does
+        not apply or failed: the model then decodes eagerly."""
+
     def stepper(self) -> Stepper: ...
 
     def encode(self, audio: np.ndarray) -> np.ndarray:

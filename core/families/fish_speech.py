@@ -9,6 +9,7 @@ from ..audio import SAMPLE_RATE
 from ..frontend import PromptText, read_piece, read_text
 from ..lm import Sequence, encode_prompt, frames_to_codes
 from ..lm.autotune import model_paths
+from ..lm.compile import capture_decode, compile_decode, uses_static_cache
 from ..lm.generate import budget_new_frames
 from ..lm.quantize import is_quantized, quantization
 from ..lm.stepper import LMStepper
@@ -42,6 +43,12 @@ class FishSpeech:
             vqgan_precision=None if vqgan is None else vqgan.decode_precision,
             lm_paths=model_paths(lm) if on_cpu else {},
         )
+
+    def compile_decode(self, slots: int) -> bool:
+        """torch.compile the decode step: on CUDA captured now for the static scheduler's `slots` rows (False
+        where that fails, the step dropped); on the CPU compiled on its first use."""
+        compile_decode(self.lm)
+        return not uses_static_cache(self.lm) or capture_decode(self.lm, slots)
 
     def stepper(self) -> LMStepper:
         return LMStepper(self.lm)

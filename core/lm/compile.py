@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -19,6 +20,7 @@ from torch import Tensor
 from .model import Transformer
 
 log = logging.getLogger(__name__)
+Outputs = Callable[[], tuple[Tensor, ...]]  # a step run once, its outputs
 
 # A compiled step against the eager one at load: bfloat16 / float16 fused otherwise rounds differently
 # (~1%); wrong code is off by the logits' own size.
@@ -61,22 +63,32 @@ def capture_decode(model: Transformer, slots: int) -> bool:
     # pad frames at position 0 of every slot: a prefill writes there before any real decode reads it
     frames = torch.zeros((slots, model.config.num_codebooks + 1, 1), dtype=torch.int, device=device)
     rows, positions = torch.arange(slots, device=device), torch.zeros(slots, dtype=torch.long, device=device)
+
+    def logits(decode) -> tuple[Tensor, Tensor]:
+        out = decode(frames, rows, positions, True)
+        return out.token_logits.clone(), out.codebook_logits.clone()
+
+    if warmed_and_checked("decode", lambda: logits(model.compiled_decode), lambda: logits(model.decode)):
+        return True
+    model.compiled_decode = None
+    return False
+
+
+def warmed_and_checked(name: str, compiled: Outputs, eager: Outputs) -> bool:
+    """Run `compiled()` until its CUDA graphs are recorded (a later call than the first), then compare its
+    outputs with `eager()`'s. `compiled()` returns copies: a graph's outputs are overwritten by its next
+    replay, another graph's included. False, with a warning that `name` runs eagerly, where that raises
+    or they disagree beyond MAX_RELATIVE_ERROR."""
     try:
         with torch.inference_mode():
-            for _ in range(3):  # (CUDA graphs are recorded on a later call than the first)
-                out = model.compiled_decode(frames, rows, positions, True)
-                compiled = out.token_logits.clone(), out.codebook_logits.clone()
-            eager = model.decode(frames, rows, positions, True)
-            error = max(
-                relative_error(compiled[0], eager.token_logits), relative_error(compiled[1], eager.codebook_logits)
-            )
+            for _ in range(3):
+                got = compiled()
+            error = max(relative_error(a, b) for a, b in zip(got, eager(), strict=True))
     except Exception:  # noqa: BLE001 - any failure to compile leaves the eager decode, which works
-        log.warning("compiling the decode failed; it runs eagerly", exc_info=True)
-        model.compiled_decode = None
+        log.warning("compiling the %s failed; it runs eagerly", name, exc_info=True)
         return False
     if error > MAX_RELATIVE_ERROR:
-        log.warning("the compiled decode disagrees with the eager one (%.3g); it runs eagerly", error)
-        model.compiled_decode = None
+        log.warning("the compiled %s disagrees with the eager one (%.3g); it runs eagerly", name, error)
         return False
     return True
 

@@ -124,12 +124,11 @@ def next_frames(model: DualARTransformer, sequences: list[S1Sequence], static_sl
         logits, hidden = model.forward_slow_rows(columns, [s.slot for s in sequences], [s.position for s in sequences])
     else:
         steps = compiled_steps(model)
-        rows = [s.slot for s in sequences]
-        index = torch.tensor(rows, device=device)
+        rows = torch.tensor([s.slot for s in sequences], device=device)
         every = torch.zeros((static_slots, *columns.shape[1:]), dtype=columns.dtype, device=device)
         positions = torch.zeros(static_slots, dtype=torch.long, device=device)
-        every[index] = columns
-        positions[index] = torch.tensor([s.position for s in sequences], device=device)
+        every[rows] = columns
+        positions[rows] = torch.tensor([s.position for s in sequences], device=device)
         logits, hidden = steps.slow(every, positions)
         fast_step = steps.fast
     frames = sample_frames(

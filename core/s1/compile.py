@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..lm.compile import MAX_RELATIVE_ERROR, relative_error, uses_static_cache
+from ..lm.compile import uses_static_cache, warmed_and_checked
 from .lm import DualARTransformer
 
 log = logging.getLogger(__name__)
@@ -64,20 +64,11 @@ def compile_decode(model: DualARTransformer, slots: int) -> bool:
     positions = torch.arange(slots, device=device)
     x = torch.ones((slots, model.config.fast_dim), dtype=model.norm.weight.dtype, device=device)
     position = torch.zeros(1, dtype=torch.long, device=device)
-    try:
-        with torch.inference_mode():
-            for _ in range(3):  # (CUDA graphs are recorded on a later call than the first)
-                logits = slow(columns, positions)[0].clone()
-                fast_logits = fast(x, position).clone()
-            errors = [
-                relative_error(logits, model.decode_static(columns, positions)[0]),
-                relative_error(fast_logits, model.fast_step(x, position)),
-            ]
-    except Exception:  # noqa: BLE001 - any failure to compile leaves the eager decode, which works
-        log.warning("compiling the S1 decode failed; it runs eagerly", exc_info=True)
-        return False
-    if max(errors) > MAX_RELATIVE_ERROR:
-        log.warning("the compiled S1 decode disagrees with the eager one (%s); it runs eagerly", errors)
-        return False
-    model.compiled_decode = decode_steps(model, slow, fast)
-    return True
+    checked = warmed_and_checked(
+        "S1 decode",
+        lambda: (slow(columns, positions)[0].clone(), fast(x, position).clone()),
+        lambda: (model.decode_static(columns, positions)[0], model.fast_step(x, position)),
+    )
+    if checked:
+        model.compiled_decode = decode_steps(model, slow, fast)
+    return checked

@@ -45,19 +45,18 @@ def sample_frames(
     params: list[SamplingTensors],
     windows: list[Tensor | None],
     generators: list[torch.Generator | None],
-    rows: list[int] | None = None,
+    rows: Tensor | None = None,
     fast_step: Callable[[Tensor, int], Tensor] | None = None,
 ) -> Tensor:
-    """Slow-step outputs (logits [B, vocab], hidden [B, fast_dim]) → the frames [len(rows), 1 + N] of
-    `rows` (default: all B), which sample in order with the given settings, windows and generators.
+    """Slow-step outputs (logits [B, vocab], hidden [B, fast_dim]) → the frames [R, 1 + N] of `rows` (an
+    index [R] on the device; default: all B), which sample in order with the given settings, windows and
+    generators.
 
     Each row samples with its own settings, penalty window and generator, in the original's order
     (token, then codes 1..N-1); the fast stack runs all B rows together (`fast_step(x, position)`,
     default `model.forward_fast`), rows not sampled feeding it code 0.
     """
-    rows = list(range(logits.size(0))) if rows is None else rows
     fast_step = fast_step or model.forward_fast
-    index = None if rows == list(range(logits.size(0))) else torch.tensor(rows, device=logits.device)
     settings = SamplingTensors.rows(params)
     # the rows' windows stacked once a frame, [R, 1 + N, W]: all rows have one (decode steps) or none (a prefill)
     if len({w is None for w in windows}) > 1:
@@ -65,11 +64,11 @@ def sample_frames(
     stacked = None if windows[0] is None else torch.stack(windows)
 
     def draw(row_logits: Tensor, previous: Tensor | None) -> Tensor:
-        chosen = row_logits if index is None else row_logits[index]
+        chosen = row_logits if rows is None else row_logits[rows]
         drawn = sample_rows(chosen, settings, previous, generators)
-        if index is None:
+        if rows is None:
             return drawn
-        return drawn.new_zeros(row_logits.size(0)).index_copy_(0, index, drawn)
+        return drawn.new_zeros(row_logits.size(0)).index_copy_(0, rows, drawn)
 
     token = draw(logits, None if stacked is None else stacked[:, :, 0])  # (column 0: the quirk above)
     model.clear_fast_cache()
@@ -82,7 +81,7 @@ def sample_frames(
         code = draw(fast_logits, None if stacked is None else stacked[:, k + 1])
         columns.append(code)
     frames = torch.stack(columns, dim=1)
-    return frames if index is None else frames[index]
+    return frames if rows is None else frames[rows]
 
 
 def decode_frame(
