@@ -67,18 +67,23 @@ def penalize(logits: Tensor, previous: Tensor, penalty: Tensor) -> Tensor:
     """Divide positive / multiply negative logits of every id in `previous` by the penalty."""
     index = previous.long()
     score = torch.gather(logits, -1, index)
+    penalty = penalty.to(score.dtype)
     score = torch.where(score < 0, score * penalty, score / penalty)
     return logits.scatter(-1, index, score)
 
 
 def logits_to_probs(logits: Tensor, params: SamplingTensors, previous: Tensor | None = None) -> Tensor:
     """Probabilities of 1-D `logits` (0-d settings, `previous` [W] ids), or of rows [R, V] (settings
-    [R, 1], `previous` [R, W]): every op works within a row, so a row comes out as it would alone."""
+    [R, 1], `previous` [R, W]): every op works within a row, so a row comes out as it would alone.
+
+    The settings are cast to the logits' dtype: [R, 1] float32 settings would otherwise promote bfloat16
+    logits to float32 where 0-d ones do not (and a CUDA 0-d tensor is cast to the logits' dtype too, as
+    the original's are), so rows and a lone row round alike in every dtype."""
     rows = logits if logits.dim() == 2 else logits[None]
     if previous is not None:
         rows = penalize(rows, previous.view(rows.size(0), -1), params.repetition_penalty)
-    rows = apply_top_p(rows, params.top_p)  # v0.2's top-p, the same rule
-    rows = rows / torch.clip(params.temperature, min=1e-5)
+    rows = apply_top_p(rows, params.top_p.to(rows.dtype))  # v0.2's top-p, the same rule
+    rows = rows / torch.clip(params.temperature, min=1e-5).to(rows.dtype)
     probs = torch.softmax(rows, dim=-1)
     return probs if logits.dim() == 2 else probs[0]
 

@@ -9,7 +9,7 @@ import torch
 
 from core.s1.generate import generate, semantic_code
 from core.s1.load import load_dual_ar
-from core.s1.sampling import SamplingSettings, logits_to_probs, penalize, sample_token
+from core.s1.sampling import SamplingSettings, SamplingTensors, logits_to_probs, penalize, sample_rows, sample_token
 
 from .support import (
     GENERATION_CASES,
@@ -154,6 +154,32 @@ def test_each_row_of_a_step_samples_its_token_penalized_by_column_0_of_its_own_w
     with torch.inference_mode():
         frames = sample_frames(model, logits, hidden, [greedy, greedy], windows, [None, None])
     assert frames[:, 0].tolist() == [b, a]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_sampled_together_draw_what_each_row_draws_alone_in_the_logits_dtype(dtype):
+    """A GPU step's logits are bfloat16: the rows' [R, 1] float32 settings must not promote them (the
+    scatter of the penalized scores failed on an H200), and each row draws what it draws alone."""
+    cpu = torch.device("cpu")
+    settings = [
+        SamplingSettings(temperature=0.7, top_p=0.9, repetition_penalty=1.3),
+        SamplingSettings(temperature=1.2, top_p=0.5, repetition_penalty=1.05),
+        SamplingSettings(),
+    ]
+    alone = [s.as_tensors(cpu) for s in settings]
+    logits = (torch.randn((3, 1000), generator=torch.Generator().manual_seed(1)) * 3).to(dtype)
+    previous = torch.randint(0, 1000, (3, 16), generator=torch.Generator().manual_seed(2))
+
+    def generators():
+        return [torch.Generator().manual_seed(10 + r) for r in range(3)]
+
+    probs = logits_to_probs(logits, SamplingTensors.rows(alone), previous)
+    assert probs.dtype == dtype
+    for r in range(3):
+        assert torch.equal(probs[r], logits_to_probs(logits[r], alone[r], previous[r]))
+    together = sample_rows(logits, SamplingTensors.rows(alone), previous, generators())
+    one_by_one = [int(sample_token(logits[r], alone[r], previous[r], g)) for r, g in enumerate(generators())]
+    assert together.tolist() == one_by_one
 
 
 def test_settings_out_of_range_are_refused():
