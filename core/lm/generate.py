@@ -25,7 +25,7 @@ from torch import Tensor
 from .kernels import single_threaded_torch
 from .model import ForwardResult, Transformer
 from .quantize import is_quantized
-from .sampling import SamplingParams, sample, sample_fast
+from .sampling import SamplingParams, draw, draw_anyway, logits_to_probs, sample_fast
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +61,88 @@ def sample_frame(
     """Sample [B, 1 + C] from the last position's logits (all rows share params and generator).
     `mask_end` forbids the end value too (the prefill frame, and runs that ignore stops)."""
     token_logits = out.token_logits[:, -1].float()
+    code_probs = codebook_probs(out.codebook_logits[:, -1], params, window, mask_end, code_limit)
     if fast_sampling:
         token = sample_fast(token_logits, params, generator, FAST_TOP_P_CANDIDATES)
     else:
-        token = sample(token_logits, params, None, generator)
-    codebook_logits = out.codebook_logits[:, -1].to(torch.float32, copy=True)  # [B, C, V]; masked in place
-    batch, num_codebooks, size = codebook_logits.shape
-    codebook_logits[..., : CODEBOOK_END + 1 if mask_end else CODEBOOK_PAD + 1] = float("-inf")
+        token = draw(logits_to_probs(token_logits, params), generator)
+    batch, num_codebooks, size = code_probs.shape
+    codes = draw(code_probs.view(batch * num_codebooks, size), generator)
+    return torch.cat([token[:, None], codes.view(batch, num_codebooks)], dim=1)
+
+
+def codebook_probs(
+    logits: Tensor, params: SamplingParams, window: Tensor | None, mask_end: bool, code_limit: int | None
+) -> Tensor:
+    """The codebooks' distributions [B, C, V] from their logits [B, C, V] and penalty windows [B, C, W]."""
+    logits = logits.to(torch.float32, copy=True)  # masked in place
+    batch, num_codebooks, size = logits.shape
+    logits[..., : CODEBOOK_END + 1 if mask_end else CODEBOOK_PAD + 1] = float("-inf")
     if code_limit is not None:
         # Values the VQGAN cannot decode (its codebooks are smaller than the LM's heads).
-        codebook_logits[..., code_limit + CODE_OFFSET :] = float("-inf")
+        logits[..., code_limit + CODE_OFFSET :] = float("-inf")
     previous = None if window is None else window.reshape(batch * num_codebooks, -1)
-    codes = sample(codebook_logits.reshape(batch * num_codebooks, size), params, previous, generator)
-    return torch.cat([token[:, None], codes.view(batch, num_codebooks)], dim=1)
+    return logits_to_probs(logits.view(batch * num_codebooks, size), params, previous).view(batch, num_codebooks, size)
+
+
+def stop_rows(frames: Tensor, eos_token_id: int | Tensor) -> Tensor:
+    """Which frames [R, 1 + C] end generation (after the first): EOS as the text token, or the end value
+    in any codebook (`eos_token_id` one, or one a row)."""
+    return (frames[:, 0] == eos_token_id) | (frames[:, 1:] == CODEBOOK_END).any(dim=1)
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    """A sequence's next frame, sampled ahead of its `accept` by `sample_together`."""
+
+    frame: Tensor  # [1 + C]
+    stops: bool  # by stop_rows' rule (accept applies ignore_stop)
+
+
+def sample_together(sequences: list[Sequence], results: list[ForwardResult]) -> list[ForwardResult | SampledFrame]:
+    """What each sequence's `accept` would sample from its logits, with the distributions of sequences
+    under the same rules computed in one set of ops (row by row, so each row as alone) instead of one
+    set per sequence, which is where a GPU step's time went with several sequences. Each row is then
+    drawn from its sequence's own generator, in sequence order, token then codes (accept's order:
+    several sequences may share one generator); a device sync per set of rules and one for the stops,
+    not two a sequence.
+
+    A sequence left out (its first frame, fast sampling, a distribution with NaN) keeps its logits,
+    so its `accept` samples it alone and a failure there stays with that sequence."""
+    groups: dict[tuple, list[int]] = {}
+    for i, seq in enumerate(sequences):
+        if seq.steps > 0 and not seq.fast_sampling:
+            groups.setdefault((seq.params, seq.ignore_stop, seq.code_limit), []).append(i)
+    probs: dict[int, tuple[Tensor, Tensor]] = {}  # sequence -> its token's [1, V] and codebooks' [C, V]
+    for (params, ignore_stop, code_limit), rows in groups.items():
+        token_probs = logits_to_probs(torch.cat([results[i].token_logits[:, -1] for i in rows]).float(), params)
+        code_probs = codebook_probs(
+            torch.cat([results[i].codebook_logits[:, -1] for i in rows]),
+            params,
+            torch.stack([sequences[i].history for i in rows]),
+            ignore_stop,
+            code_limit,
+        )
+        finite = ~(token_probs.isnan().any(dim=-1) | code_probs.isnan().flatten(1).any(dim=-1))
+        for r, (i, ok) in enumerate(zip(rows, finite.tolist(), strict=True)):
+            if ok:
+                probs[i] = token_probs[r : r + 1], code_probs[r]
+    out: list[ForwardResult | SampledFrame] = list(results)
+    drawn = sorted(probs)  # in sequence order, which a shared generator's stream depends on
+    if drawn:
+        frames = torch.stack(
+            [
+                torch.cat(
+                    [draw_anyway(probs[i][0], sequences[i].generator), draw_anyway(probs[i][1], sequences[i].generator)]
+                )
+                for i in drawn
+            ]
+        )
+        eos = torch.tensor([sequences[i].eos_token_id for i in drawn])
+        stops = stop_rows(frames.cpu(), eos).tolist()  # (the ids to the host, not the ids to the device)
+        for i, frame, stop in zip(drawn, frames, stops, strict=True):
+            out[i] = SampledFrame(frame, stop)
+    return out
 
 
 @dataclass(eq=False)
@@ -107,19 +176,26 @@ class Sequence:
         """A frame's VQ codes for the codec, [C, 1]."""
         return frame[1:, None].long() - CODE_OFFSET
 
-    def accept(self, out: ForwardResult) -> Tensor:
-        """Sample the next frame from this sequence's logits [1, 1, ...] and advance."""
+    def accept(self, out: ForwardResult | SampledFrame) -> Tensor:
+        """Sample the next frame from this sequence's logits [1, 1, ...] (or take the one sample_together
+        drew) and advance."""
         first = self.steps == 0
-        window = None if first else self.history.unsqueeze(0)
-        frame = sample_frame(
-            out, self.params, window, first or self.ignore_stop, self.code_limit, self.generator, self.fast_sampling
-        )[0]
+        if isinstance(out, SampledFrame):
+            frame, stops = out.frame, out.stops
+        else:
+            window = None if first else self.history.unsqueeze(0)
+            frame = sample_frame(
+                out, self.params, window, first or self.ignore_stop, self.code_limit, self.generator, self.fast_sampling
+            )[0]
+            stops = None
         if first:
             self.history = torch.zeros(frame.numel() - 1, REPETITION_WINDOW, dtype=torch.int, device=frame.device)
             stopped = False  # the prefill frame never ends generation
         else:
             self.history[:, (self.steps - 1) % REPETITION_WINDOW] = frame[1:]
-            stopped = not self.ignore_stop and bool((frame[0] == self.eos_token_id) | (frame[1:] == CODEBOOK_END).any())
+            if stops is None:
+                stops = bool(stop_rows(frame[None], self.eos_token_id)[0])
+            stopped = not self.ignore_stop and stops
         self.steps += 1
         self.last = frame
         self.finished = stopped or self.steps >= self.budget
@@ -211,8 +287,8 @@ def decode_step(model: Transformer, sequences: list[Sequence], static_slots: int
     the slot's next sequence overwrites before anything reads it.
     """
     with decode_threads(model):
-        logits = decode_logits(model, sequences, static_slots)
-        return [seq.accept(out) for seq, out in zip(sequences, logits, strict=True)]
+        results = sample_together(sequences, decode_logits(model, sequences, static_slots))
+        return [seq.accept(out) for seq, out in zip(sequences, results, strict=True)]
 
 
 def decode_threads(model: Transformer):

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from .generate import BATCHED_PREFILL_ROWS, Sequence, decode_logits, decode_threads, prefill_many
+import logging
+
+from .generate import (
+    BATCHED_PREFILL_ROWS,
+    SampledFrame,
+    Sequence,
+    decode_logits,
+    decode_threads,
+    prefill_many,
+    sample_together,
+)
 from .model import ForwardResult, Transformer
+
+log = logging.getLogger(__name__)
 
 
 class LMStepper:
@@ -18,9 +30,15 @@ class LMStepper:
     def prefill(self, jobs: list[tuple[list[Sequence], list[int]]]) -> list[Exception | None]:
         return prefill_many(self.model, jobs)
 
-    def forward(self, sequences: list[Sequence], static_slots: int | None) -> list[ForwardResult]:
-        """Each sequence's logits, not yet sampled: `sequence.accept(out)` samples it."""
-        return decode_logits(self.model, sequences, static_slots)
+    def forward(self, sequences: list[Sequence], static_slots: int | None) -> list[ForwardResult | SampledFrame]:
+        """Each sequence's next frame sampled together (sample_together), or where that was not done its
+        logits: `sequence.accept(out)` takes the one or samples the other."""
+        results = decode_logits(self.model, sequences, static_slots)
+        try:
+            return sample_together(sequences, results)
+        except Exception:  # noqa: BLE001 - each sequence samples alone, so a failure stays with its own
+            log.warning("sampling a step's sequences together failed; sampling them one by one", exc_info=True)
+            return results
 
     def threads(self):
         return decode_threads(self.model)

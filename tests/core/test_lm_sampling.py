@@ -117,3 +117,60 @@ def test_s1_draws_from_nan_logits_as_the_original_instead_of_failing_its_batch()
     probs = torch.full((1, 1000), float("nan"))  # what the original's softmax gives such a row
     assert torch.equal(token, sampling.torch_draw(probs, theirs)[0])
     assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-sampler", "torch-sampler"])
+def test_a_steps_sequences_sampled_together_get_the_frames_each_samples_alone(monkeypatch, native):
+    """sample_together (the stepper's batched sampling) against each sequence's own accept, step by step:
+    sequences under two rules, private and shared (global) generators, one ignoring stops, one with a
+    code limit, one with fast sampling (left to its accept): the same frames and the same ends."""
+    from core.lm.generate import SampledFrame, Sequence, sample_together
+    from core.lm.model import ForwardResult
+
+    if not native:
+        monkeypatch.setattr(sampling, "native_sampler_serves", lambda rows: False)
+    vocab, codebooks, size, eos = 300, 4, 40, 2
+    plain = SamplingParams(temperature=0.7, top_p=0.8, repetition_penalty=1.3)
+    other = SamplingParams(temperature=1.1, top_p=0.95, top_k=20, repetition_penalty=1.1)
+    kinds = [  # params, seed (None: the global generator), code_limit, fast_sampling, ignore_stop
+        (plain, 1, None, False, False),
+        (plain, None, None, False, True),  # shares the global generator with row 3, in another group
+        (other, 3, 30, False, False),
+        (plain, None, None, False, False),
+        (other, 5, None, True, False),
+        (plain, 6, None, False, False),
+    ]
+
+    def sequences():
+        prompt = torch.zeros(1 + codebooks, 4, dtype=torch.int)
+        return [
+            Sequence(
+                prompt, 12, p, eos, None if seed is None else torch.Generator().manual_seed(seed), limit, fast, ignore
+            )
+            for p, seed, limit, fast, ignore in kinds
+        ]
+
+    def logits(step):
+        shape = torch.Generator().manual_seed(100 + step)
+        token = torch.randn(len(kinds), 1, 1, vocab, generator=shape) * 3
+        token[..., eos] += 4.0  # stops within a few steps
+        codes = torch.randn(len(kinds), 1, 1, codebooks, size, generator=shape) * 3
+        return [ForwardResult(token[i], codes[i]) for i in range(len(kinds))]
+
+    runs = []
+    for together in (False, True):
+        torch.manual_seed(7)
+        seqs = sequences()
+        for step in range(12):
+            active = [i for i, s in enumerate(seqs) if not s.finished]
+            if not active:
+                break
+            results = [logits(step)[i] for i in active]
+            if together and step > 0:
+                results = sample_together([seqs[i] for i in active], results)
+                assert sum(isinstance(r, SampledFrame) for r in results) == len(active) - (4 in active)
+            for i, out in zip(active, results, strict=True):
+                seqs[i].accept(out)
+        runs.append([(torch.stack(s.frames).tolist(), s.finished, s.steps) for s in seqs])
+    assert runs[0] == runs[1]
+    assert any(steps < 12 for _, _, steps in runs[0]), "no sequence stopped: the stop rule went untested"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import core.lm.stepper as stepper_module
 from core.device import release_openmp_threads
 from core.lm import SamplingParams, Sequence, load_lm
 from core.lm.generate import budget_new_frames
@@ -224,38 +225,52 @@ def test_tasks_run_between_steps_and_report_errors(model):
         scheduler.call(lambda: None)
 
 
-def faulty(seq: Sequence, fault) -> Sequence:
-    """`seq` whose sampling at step 5 goes through `fault(seq, out)` (an injected failure)."""
+def faulty(seq: Sequence) -> Sequence:
+    """`seq` whose sampling at step 5 raises (an injected failure)."""
     accept = seq.accept
 
     def accept_with_fault(out):
-        return fault(seq, out) if seq.steps == 5 else accept(out)
+        if seq.steps == 5:
+            raise RuntimeError("injected sampling fault")
+        return accept(out)
 
     seq.accept = accept_with_fault
     return seq
 
 
-def raise_error(seq, out):
-    raise RuntimeError("injected sampling fault")
+def nan_logits_at_step_5(seq: Sequence, monkeypatch) -> Sequence:
+    """`seq` whose logits at step 5 come out of the model's forward as NaN (the stepper's own sampling
+    of the step's rows sees them, not only the sequence's accept)."""
+    real = stepper_module.decode_logits
+
+    def decode_logits(model, sequences, static_slots=None):
+        results = real(model, sequences, static_slots)
+        nan = float("nan")
+        return [
+            ForwardResult(r.token_logits * nan, r.codebook_logits * nan) if s is seq and s.steps == 5 else r
+            for s, r in zip(sequences, results, strict=True)
+        ]
+
+    monkeypatch.setattr(stepper_module, "decode_logits", decode_logits)
+    return seq
 
 
-def nan_logits(seq, out):
-    nan = float("nan")
-    return Sequence.accept(seq, ForwardResult(out.token_logits * nan, out.codebook_logits * nan))
-
-
-@pytest.mark.parametrize("fault", [raise_error, nan_logits], ids=["exception", "nan-logits"])
-def test_a_fault_in_one_sequences_sampling_fails_it_alone_mid_batch(model, fault):
+@pytest.mark.parametrize("fault", ["exception", "nan-logits"])
+def test_a_fault_in_one_sequences_sampling_fails_it_alone_mid_batch(model, fault, monkeypatch):
     alone = run_alone(model, request(model, *SPECS[2]))
     scheduler = Scheduler(LMStepper(model), max_batch=4)
     collector = Collector(scheduler)
     good = request(model, *SPECS[2])
-    bad = faulty(request(model, *SPECS[1]), fault)
+    bad = request(model, *SPECS[1])
+    if fault == "exception":
+        faulty(bad)
+    else:
+        nan_logits_at_step_5(bad, monkeypatch)
     collector.submit(0, good)
     collector.submit(1, bad)
     collector.wait(0, 1)
     assert collector.errors[0] is None and collector.errors[1] is not None
-    if fault is nan_logits:  # never drawn from: an arbitrary id would have been sampled
+    if fault == "nan-logits":  # never drawn from: an arbitrary id would have been sampled
         assert isinstance(collector.errors[1], NonFiniteLogits)
     np.testing.assert_array_equal(codes(good), alone)
     later = request(model, *SPECS[3])  # the scheduler goes on
