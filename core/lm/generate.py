@@ -299,8 +299,8 @@ def decode_threads(model: Transformer):
 def decode_logits(
     model: Transformer, sequences: list[Sequence], static_slots: int | None = None
 ) -> list[ForwardResult]:
-    """The batched forward of `decode_step`: each sequence's logits [1, 1, ...], not yet sampled (so a
-    caller can sample every sequence on its own and a failure stays with that sequence)."""
+    """The batched forward of `decode_step`: each sequence's logits [1, 1, ...], not yet sampled
+    (`sample_together` samples them, and leaves a sequence whose rows fail to its own `accept`)."""
     device = model.output.weight.device
     decode = getattr(model, "compiled_decode", None) or model.decode
     if static_slots is None:

@@ -152,8 +152,9 @@ def decode_step(model: DualARTransformer, sequences: list[S1Sequence]) -> list[T
 
 class S1Stepper:
     """The Dual-AR as core/scheduler.py drives it. The fast stack samples inside the batched step, so a
-    failing draw fails that step's batch (the v0.2 stepper samples per sequence). On CPU each step runs
-    torch's own ops on one thread or on its pool, whichever measures faster here (step_threads.py)."""
+    failing draw fails that step's batch (v0.2's stepper samples after its model step, and a sequence
+    whose rows fail there samples alone). On CPU each step runs torch's own ops on one thread or on its
+    pool, whichever measures faster here (step_threads.py)."""
 
     prefill_rows = PREFILL_ROWS
 
