@@ -280,6 +280,28 @@ def test_a_fault_in_one_sequences_sampling_fails_it_alone_mid_batch(model, fault
     assert collector.errors[2] is None and later.finished
 
 
+def test_when_sampling_a_step_together_fails_each_sequence_samples_alone(model, monkeypatch, caplog):
+    """The stepper's batched sampling is shared work: if it raises, every sequence gets its logits and
+    samples them in its own accept, with the frames it gets alone."""
+    alone = [run_alone(model, request(model, *spec)) for spec in SPECS[1:3]]
+
+    def broken(sequences, results):
+        raise RuntimeError("injected batched-sampling fault")
+
+    monkeypatch.setattr(stepper_module, "sample_together", broken)
+    scheduler = Scheduler(LMStepper(model), max_batch=4)
+    collector = Collector(scheduler)
+    seqs = [request(model, *spec) for spec in SPECS[1:3]]
+    for i, seq in enumerate(seqs):
+        collector.submit(i, seq)
+    collector.wait(0, 1)
+    scheduler.close()
+    assert collector.errors == {0: None, 1: None}
+    for seq, expected in zip(seqs, alone, strict=True):
+        np.testing.assert_array_equal(codes(seq), expected)
+    assert "sampling them one by one" in caplog.text
+
+
 @pytest.mark.parametrize(
     "options",
     [
