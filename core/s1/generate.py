@@ -57,7 +57,7 @@ def sample_frames(
     default `model.forward_fast`), rows not sampled feeding it code 0.
     """
     fast_step = fast_step or model.forward_fast
-    settings = SamplingTensors.rows(params)
+    settings = SamplingTensors.rows(params).to(logits.dtype)
     # the rows' windows stacked once a frame, [R, 1 + N, W]: all rows have one (decode steps) or none (a prefill)
     if len({w is None for w in windows}) > 1:
         raise ValueError("sample_frames: rows with and without penalty windows in one step")

@@ -62,6 +62,11 @@ class SamplingTensors:
             stacked([p.repetition_penalty for p in each]),
         )
 
+    def to(self, dtype: torch.dtype) -> SamplingTensors:
+        """The settings in `dtype`, as logits_to_probs casts them for logits of that dtype (once a step
+        instead of once a draw)."""
+        return SamplingTensors(self.temperature.to(dtype), self.top_p.to(dtype), self.repetition_penalty.to(dtype))
+
 
 def penalize(logits: Tensor, previous: Tensor, penalty: Tensor) -> Tensor:
     """Divide positive / multiply negative logits of every id in `previous` by the penalty."""
