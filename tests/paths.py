@@ -13,3 +13,10 @@ PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH
 # compared with float32 references within float32's rounding, and "auto" picks bfloat16 by a timing on some
 # CPUs (test_vqgan_precision.py tests it).
 PINNED_SETTINGS = {"FISHTTS_VQGAN_PRECISION": "float32"}
+
+
+def process_env(drop: tuple[str, ...] = ("FISHTTS_",), **extra: str) -> dict[str, str]:
+    """The environment of a process the tests start: this one's without the developer's own settings
+    (variables starting with `drop`), with the pinned settings and PYTHONPATH above, then `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return {**env, **PINNED_SETTINGS, "PYTHONPATH": PYTHONPATH, **extra}

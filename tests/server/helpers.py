@@ -8,7 +8,6 @@ the server runs with that dir as its working directory, so the original's relati
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import signal
 import socket
@@ -22,7 +21,7 @@ import requests
 import soundfile as sf
 import torch
 
-from tests.paths import PARITY, PINNED_SETTINGS, PYTHONPATH, ROOT
+from tests.paths import PARITY, ROOT, process_env
 
 SR = 22050
 
@@ -113,9 +112,7 @@ class Server:
         argv = [sys.executable, "-m", "server", "--listen", f"127.0.0.1:{self.port}", "--log-level", "warning", *args]
         if load:
             argv += ["--load", "default=load_default.json"]
-        base = {k: v for k, v in os.environ.items() if not k.startswith("FISHTTS_")}
-        fixed = {"PYTHONPATH": PYTHONPATH, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        env = {**base, **PINNED_SETTINGS, **fixed, **(env or {})}
+        env = process_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env or {}))
         self.process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_healthy(models=["default"] if load else [], timeout=timeout)
 

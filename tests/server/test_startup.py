@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -11,16 +10,15 @@ import time
 import requests
 
 from server.errors import scrub
-from tests.paths import PINNED_SETTINGS, PYTHONPATH
+from tests.paths import process_env
 from tests.server.helpers import ROOT, Server, make_workdir
 
 
 def run_server(*args: str, cwd) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FISHTTS_")}
     return subprocess.run(
         [sys.executable, "-m", "server", "--listen", "127.0.0.1:1", *args],
         cwd=cwd,
-        env=dict(env, **PINNED_SETTINGS, PYTHONPATH=PYTHONPATH),
+        env=process_env(),
         capture_output=True,
         text=True,
         timeout=120,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.paths import PINNED_SETTINGS, PYTHONPATH
+from tests.paths import process_env
 from tests.server.helpers import ROOT, free_port, stop_process
 
 CHROMIUM = os.environ.get("FISHTTS_CHROMIUM", "/usr/bin/chromium")
@@ -42,11 +42,13 @@ def artifacts_dir() -> Path:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without the developer's own FISHTTS_/GRADIO_ settings (the tests' pinned ones kept)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FISHTTS_", "GRADIO_", "HF_"))}
-    env.update(PINNED_SETTINGS)
-    env.update(PYTHONPATH=PYTHONPATH, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
-    env.update(extra)
-    return env
+    return process_env(
+        ("FISHTTS_", "GRADIO_", "HF_"),
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        **extra,
+    )
 
 
 def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None, what: str = "service") -> None:
