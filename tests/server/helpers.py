@@ -112,7 +112,7 @@ class Server:
         argv = [sys.executable, "-m", "server", "--listen", f"127.0.0.1:{self.port}", "--log-level", "warning", *args]
         if load:
             argv += ["--load", "default=load_default.json"]
-        env = process_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env or {}))
+        env = process_env(**{"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})})  # (env may override)
         self.process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_healthy(models=["default"] if load else [], timeout=timeout)
 

@@ -42,13 +42,8 @@ def artifacts_dir() -> Path:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without the developer's own FISHTTS_/GRADIO_ settings (the tests' pinned ones kept)."""
-    return process_env(
-        ("FISHTTS_", "GRADIO_", "HF_"),
-        HF_HUB_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        GRADIO_ANALYTICS_ENABLED="False",
-        **extra,
-    )
+    fixed = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    return process_env(("FISHTTS_", "GRADIO_", "HF_"), **{**fixed, **extra})  # (extra may override)
 
 
 def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None, what: str = "service") -> None:
