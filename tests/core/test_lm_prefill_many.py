@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.lm import SamplingParams, Sequence, load_lm, paths, prefill, prefill_many
-from tests.core.test_lm_paths import BFLOAT16_PREFILL, SAME_FORMAT, relative_error
+from tests.core.test_lm_paths import ACTIVATION_ROUNDING, SAME_FORMAT, relative_error
 from tests.paths import PARITY
 
 generation = importlib.import_module("core.lm.generate")  # (the package's `generate` is the function)
@@ -25,8 +25,8 @@ SLOTS = [3, 0, 4, 1, 2]  # not in prompt order: each prompt lands in its own slo
 
 def packed_tolerance(fmt: str) -> float:
     """Packed against one by one. A 5-position prompt alone takes the decode path, packed the prefill
-    matmul: a quantized format's bfloat16 prefill differs from it by BFLOAT16_PREFILL."""
-    return SAME_FORMAT[fmt] if fmt == "float32" else SAME_FORMAT[fmt] + BFLOAT16_PREFILL
+    matmul: a quantized format's bfloat16 or int8 prefill rounds the activations (ACTIVATION_ROUNDING)."""
+    return SAME_FORMAT[fmt] + ACTIVATION_ROUNDING.get(paths.chosen(fmt)["prefill"], 0.0)
 
 
 @pytest.fixture(scope="module")
