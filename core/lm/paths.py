@@ -151,10 +151,7 @@ def linear_int8(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     """x @ (weight * scales).T with int8 weight [out, in] and scales [out]."""
     if x.device.type != "cpu" or x.dtype != torch.float32:  # GPU: the original's formula
         return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
-    return _linear_int8(chosen("int8")["decode" if has_few_rows(x) else "prefill"], x, weight, scales)
-
-
-def _linear_int8(path: str, x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+    path = chosen("int8")["decode" if has_few_rows(x) else "prefill"]
     if _kernel(path):
         # (widths that are not whole 64-groups take the float-activation kernel)
         if "-vnni" in path:
@@ -193,9 +190,9 @@ def _int8_matmul(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     wide = largest > INT8_SPREAD / rows.size(1) ** 0.5 * torch.linalg.vector_norm(rows, dim=1, keepdim=True)
     wide = wide.view(-1).nonzero().view(-1)
     if len(wide):
-        every = len(wide) == len(rows)
-        rest = (rows if every else rows[wide]) - (q if every else q[wide]) * (step if every else step[wide])
-        fine = (step if every else step[wide]) / 254  # the remainder is within half a step
+        pick = slice(None) if len(wide) == len(rows) else wide  # (all of them: no copies)
+        rest = rows[pick] - q[pick] * step[pick]
+        fine = step[pick] / 254  # the remainder is within half a step
         digit = torch.round(rest / fine).clamp_(-127, 127).to(torch.int8)
         y.index_add_(0, wide, torch.mul(torch._int_mm(digit, weight.t()), fine))
     return y.mul_(scales).view(*x.shape[:-1], -1)
