@@ -80,7 +80,7 @@ def prefill_candidates(fmt: str) -> list[str]:
     # (with the decode path's setting), which reads each quantized weight row once for every row instead
     # of dequantizing the whole matrix per call: 5x faster for int4 at 100 rows on the Intel Xeon.
     # "int8": int8 activations against the int8 weights (torch._int_mm, oneDNN's VNNI / AMX-INT8 code), twice
-    # bfloat16's products per cycle: 1.5x faster prefill of 330 positions on an AMD EPYC with AVX512-VNNI.
+    # bfloat16's products per cycle: int8's prefill 1.25-1.75x faster on an AMD EPYC with AVX512-VNNI.
     kernel = ["kernel"] if cpu_kernels_available() else []
     int8 = ["int8"] if fmt == "int8" and hasattr(torch, "_int_mm") else []
     return (["bfloat16"] if cpu_has_fast_bfloat16() else []) + ["float32"] + int8 + kernel
