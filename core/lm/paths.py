@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +83,18 @@ def prefill_candidates(fmt: str) -> list[str]:
     # "int8": int8 activations against the int8 weights (torch._int_mm, oneDNN's VNNI / AMX-INT8 code), twice
     # bfloat16's products per cycle: int8's prefill 1.25-1.75x faster on an AMD EPYC with AVX512-VNNI.
     kernel = ["kernel"] if cpu_kernels_available() else []
-    int8 = ["int8"] if fmt == "int8" and hasattr(torch, "_int_mm") else []
+    int8 = ["int8"] if fmt == "int8" and int8_matmul_available() else []
     return (["bfloat16"] if cpu_has_fast_bfloat16() else []) + ["float32"] + int8 + kernel
+
+
+@cache
+def int8_matmul_available() -> bool:
+    """Whether this torch multiplies int8 matrices on the CPU (and gets it right): not every build can."""
+    try:
+        ones = torch.ones(17, 64, dtype=torch.int8)
+        return bool((torch._int_mm(ones, ones.t()) == 64).all())
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return False
 
 
 _chosen: dict[str, dict[str, str]] = {}

@@ -136,7 +136,7 @@ def test_int8_prefill_sums_its_rounded_rows_exactly_and_each_row_alone():
     """The int8 matmul's integer sums are exact, so its result is the rounded activations' product on every
     CPU, and a row's result depends on no other row (zero and NaN rows included)."""
     assert kernels.MAX_ROWS < 12
-    if "int8" not in paths.prefill_candidates("int8"):
+    if not paths.int8_matmul_available():
         pytest.skip("no int8 matmul in this torch")
     gen = torch.Generator().manual_seed(0)
     weight = torch.randint(-128, 128, (48, 320), dtype=torch.int8, generator=gen)
@@ -164,7 +164,7 @@ def test_int8_prefill_gives_rows_with_an_outlier_a_second_digit():
     """A row dominated by one value would round its others to nothing at int8: its largest is ~18 times its
     RMS here (over INT8_SPREAD), so its remainder is rounded again, to 1/254 of the step (a few such rows, or
     all of them), and its result stays near the exact product; the other rows keep one digit."""
-    if "int8" not in paths.prefill_candidates("int8"):
+    if not paths.int8_matmul_available():
         pytest.skip("no int8 matmul in this torch")
     gen = torch.Generator().manual_seed(1)
     weight = torch.randint(-128, 128, (48, 320), dtype=torch.int8, generator=gen)
@@ -186,6 +186,19 @@ def test_int8_prefill_gives_rows_with_an_outlier_a_second_digit():
     # two digits: a step of 1/(127 * 254) of the largest value, rms step/√12 per input: ~1.6e-4 of the product
     assert max(errors[2], errors[9], *errors_every) < 5e-4
     assert 1e-3 < min(e for i, e in enumerate(errors) if i not in (2, 9))  # the others: one digit, ~1%
+
+
+def test_a_torch_without_a_working_int8_matmul_offers_no_int8_prefill(monkeypatch):
+    def missing(*_):
+        raise RuntimeError("_int_mm: not implemented for this CPU")
+
+    monkeypatch.setattr(torch, "_int_mm", missing)
+    paths.int8_matmul_available.cache_clear()
+    try:
+        assert "int8" not in paths.prefill_candidates("int8") and "float32" in paths.prefill_candidates("int8")
+    finally:
+        monkeypatch.undo()
+        paths.int8_matmul_available.cache_clear()
 
 
 def test_unknown_or_unavailable_paths_are_refused():

@@ -265,7 +265,7 @@ SAME_FORMAT = 64 * math.sqrt(160) * FLOAT32_EPS  # ≈1e-4
 ROUNDED_ACTIVATIONS = AMPLIFICATION * 0.5 / 127 / math.sqrt(3) * 3  # ≈0.055 (3x room over the rms estimate)
 INT16_ACTIVATIONS = AMPLIFICATION * 0.5 / 32767 / math.sqrt(3) * 3  # ≈2e-4
 # int8's "int8" prefill rounds a whole row to a step of 1/127 of its largest |x|, which is at most
-# paths.INT8_SPREAD times the row's RMS (wider rows take another path): rms s/√12 per value, amplified x8.
+# paths.INT8_SPREAD times the row's RMS (wider rows get a second digit): rms s/√12 per value, amplified x8.
 ROUNDED_ROWS = AMPLIFICATION * paths.INT8_SPREAD / 127 / math.sqrt(12)  # ≈0.11 (measured 0.031)
 
 
