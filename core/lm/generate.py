@@ -130,14 +130,11 @@ def sample_together(sequences: list[Sequence], results: list[ForwardResult]) -> 
     out: list[ForwardResult | SampledFrame] = list(results)
     drawn = sorted(probs)  # in sequence order, which a shared generator's stream depends on
     if drawn:
-        frames = torch.stack(
-            [
-                torch.cat(
-                    [draw_anyway(probs[i][0], sequences[i].generator), draw_anyway(probs[i][1], sequences[i].generator)]
-                )
-                for i in drawn
-            ]
-        )
+        each = []
+        for i in drawn:
+            (token_probs, code_probs), generator = probs[i], sequences[i].generator
+            each.append(torch.cat([draw_anyway(token_probs, generator), draw_anyway(code_probs, generator)]))
+        frames = torch.stack(each)
         eos = torch.tensor([sequences[i].eos_token_id for i in drawn])
         stops = stop_rows(frames.cpu(), eos).tolist()  # (the ids to the host, not the ids to the device)
         for i, frame, stop in zip(drawn, frames, stops, strict=True):
