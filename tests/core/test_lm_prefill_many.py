@@ -25,8 +25,10 @@ SLOTS = [3, 0, 4, 1, 2]  # not in prompt order: each prompt lands in its own slo
 
 def packed_tolerance(fmt: str) -> float:
     """Packed against one by one. A 5-position prompt alone takes the decode path, packed the prefill
-    matmul: a quantized format's bfloat16 or int8 prefill rounds the activations (ACTIVATION_ROUNDING)."""
-    return SAME_FORMAT[fmt] + ACTIVATION_ROUNDING.get(paths.chosen(fmt)["prefill"], 0.0)
+    matmul: a quantized format's bfloat16 or int8 prefill rounds the activations (ACTIVATION_ROUNDING), and
+    whichever prefill the autotuner picked (by timings) differs from the decode path's own rounding (int16
+    activations on VNNI), so the bound does not follow the pick."""
+    return SAME_FORMAT[fmt] if fmt == "float32" else SAME_FORMAT[fmt] + max(ACTIVATION_ROUNDING.values())
 
 
 @pytest.fixture(scope="module")
