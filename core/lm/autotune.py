@@ -26,7 +26,7 @@ from torch import nn
 
 from ..tuning import cpu_info, machine_key, read_cache, write_cache
 from . import paths
-from .kernels import SOURCE, cpu_kernels_available, move_to_huge_pages, single_threaded_torch
+from .kernels import SOURCES, cpu_kernels_available, move_to_huge_pages, single_threaded_torch
 from .quantize import weight_format
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,11 @@ CACHE_NAME = "lm_paths.json"
 
 def _key(fmt: str, layers: list[nn.Module]) -> str:
     shapes = sorted({(m.out_features, m.in_features) for m in layers})
-    source = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:12] if cpu_kernels_available() else "none"
+    source = (
+        hashlib.sha1(b"".join(path.read_bytes() for path in SOURCES)).hexdigest()[:12]
+        if cpu_kernels_available()
+        else "none"
+    )
     return "|".join(
         [
             *machine_key(),

@@ -37,8 +37,10 @@ def attention_kernel_layout(n_head: int, n_kv_head: int, head_dim: int) -> bool:
     return head_dim % 16 == 0 and head_dim <= 256 and n_head % n_kv_head == 0
 
 
-SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"  # the decode kernels (the autotuner keys its cache by it)
+SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"  # the decode kernels
 SAMPLING_SOURCE = SOURCE.with_name("sampling.cpp")  # the sampler's sort and draw (sampling.py)
+INT8_ROWS_SOURCE = SOURCE.with_name("int8_rows.cpp")  # the int8 prefill's rounding and rescaling (paths.py)
+SOURCES = (SOURCE, SAMPLING_SOURCE, INT8_ROWS_SOURCE)  # one extension (the autotuner keys its cache by them)
 
 _state: dict[str, bool] = {}
 
@@ -63,7 +65,7 @@ def _build() -> bool:
         name = f"fishtts_cpu_{torch.backends.cpu.get_cpu_capability().lower()}"
         load(
             name if arch == "native" else f"{name}_{arch.replace('-', '_')}",
-            [str(SOURCE), str(SAMPLING_SOURCE)],
+            [str(source) for source in SOURCES],
             is_python_module=False,
             verbose=False,
             extra_cflags=["-O3", f"-march={arch}", "-fopenmp"],

@@ -11,13 +11,13 @@ import sysconfig
 import pytest
 from torch.utils.cpp_extension import include_paths
 
-from core.lm.kernels import SAMPLING_SOURCE, SOURCE
+from core.lm.kernels import SOURCES
 
 CROSS = shutil.which("aarch64-linux-gnu-g++")
 
 
 @pytest.mark.skipif(CROSS is None, reason="no aarch64 cross compiler (Debian: g++-aarch64-linux-gnu)")
-@pytest.mark.parametrize("source", [SOURCE, SAMPLING_SOURCE], ids=lambda p: p.name)
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
 def test_the_kernels_compile_for_aarch64(source, tmp_path):
     headers = [f"-I{path}" for path in [*include_paths(), sysconfig.get_paths()["include"]]]
     command = [CROSS, "-std=c++20", "-c", "-fPIC", "-O1", "-march=armv8.2-a", "-fopenmp", *headers]

@@ -188,6 +188,40 @@ def test_int8_prefill_gives_rows_with_an_outlier_a_second_digit():
     assert 1e-3 < min(e for i, e in enumerate(errors) if i not in (2, 9))  # the others: one digit, ~1%
 
 
+@pytest.mark.skipif(not kernels.cpu_kernels_available(), reason="no C++ kernels here")
+def test_int8_prefill_rounds_and_rescales_in_cpp_with_the_torch_formulas_bits(monkeypatch):
+    """The C++ rounding and rescaling around the int8 matmul (csrc/int8_rows.cpp) do the torch code's
+    float32 operations one for one: the same bits, for rows with one digit, a few or all with two, a zero
+    row, and widths that are not whole vectors of 16 (the rounding alone: the matmul needs 8s)."""
+    if not paths.int8_matmul_available():
+        pytest.skip("no int8 matmul in this torch")
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randint(-128, 128, (40, 336), dtype=torch.int8, generator=gen)
+    scales = torch.rand(40, generator=gen) / 100
+    few = torch.randn(30, 336, generator=gen) * torch.logspace(-3, 3, 30).view(30, 1)
+    few[[4, 17], 9] = 1000.0
+    few[3] = 0
+    every = torch.randn(12, 336, generator=gen)
+    every[:, 7] = -1000.0
+    for x in (few, every):
+        with paths.using("int8", prefill="int8"):
+            fused = paths.linear_int8(x, weight, scales)
+            monkeypatch.setattr(paths, "cpu_kernels_available", lambda: False)
+            plain = paths.linear_int8(x, weight, scales)
+            monkeypatch.undo()
+        assert torch.equal(fused, plain)
+
+    odd = torch.randn(9, 37, generator=gen)  # 2 vectors and 5 left over
+    odd[2, 36] = 50.0  # (its one outlier in the left-over part)
+    q, step, wide, digits, fine = torch.ops.fishtts.quantize_rows_int8(odd, paths.INT8_SPREAD)
+    expected_step = odd.abs().amax(dim=1, keepdim=True) / 127
+    expected_q = torch.round(odd / expected_step)
+    assert torch.equal(step, expected_step) and torch.equal(q, expected_q.to(torch.int8))
+    assert wide.tolist() == [2] and torch.equal(fine, expected_step[2:3] / 254)
+    rest = odd[2:3] - expected_q[2:3] * expected_step[2:3]
+    assert torch.equal(digits, torch.round(rest / fine).clamp(-127, 127).to(torch.int8))
+
+
 def test_a_torch_without_a_working_int8_matmul_offers_no_int8_prefill(monkeypatch):
     def missing(*_):
         raise RuntimeError("_int_mm: not implemented for this CPU")
