@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from ..tuning import cpu_info, machine_key, read_cache, write_cache
-from . import paths
+from . import paths, prefill_attention
 from .kernels import SOURCES, cpu_kernels_available, move_to_huge_pages, single_threaded_torch
+from .model import Attention
 from .quantize import weight_format
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,18 @@ METHOD = 4  # how the timings are taken: a choice cached by another method is me
 CACHE_NAME = "lm_paths.json"
 
 
+def _source_hash() -> str:
+    if not cpu_kernels_available():
+        return "none"
+    return hashlib.sha1(b"".join(path.read_bytes() for path in SOURCES)).hexdigest()[:12]
+
+
 def _key(fmt: str, layers: list[nn.Module]) -> str:
     shapes = sorted({(m.out_features, m.in_features) for m in layers})
-    source = (
-        hashlib.sha1(b"".join(path.read_bytes() for path in SOURCES)).hexdigest()[:12]
-        if cpu_kernels_available()
-        else "none"
-    )
     return "|".join(
         [
             *machine_key(),
-            f"kernels={source}",
+            f"kernels={_source_hash()}",
             f"method={METHOD}",
             fmt,
             str(shapes),
@@ -214,7 +216,7 @@ def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
     cpu_kernels_available()  # build or load the kernels now (their absence changes the candidates)
     move_to_huge_pages(m for m in model.modules() if weight_format(m) is not None)  # in the order a step reads them
     if os.environ.get("FISHTTS_AUTOTUNE", "1") == "0":
-        return {fmt: dict(paths.chosen(fmt)) for fmt in formats}
+        return model_paths(model)
     cache = read_cache(CACHE_NAME)
     changed = False
     for fmt, layers in formats.items():
@@ -239,11 +241,62 @@ def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
             entry["prefill"],
             f"measured in {entry['tuned_s']} s" if not valid else "cached",
         )
+    changed |= _tune_attention(model, cache)
     if changed:
         write_cache(CACHE_NAME, cache)
-    return {fmt: dict(paths.chosen(fmt)) for fmt in formats}
+    return model_paths(model)
+
+
+def _attention_layout(model: nn.Module) -> prefill_attention.Layout | None:
+    """The heads of the model's prompt attention (None: a model without core/lm/model.py's Attention)."""
+    layer = next((m for m in model.modules() if isinstance(m, Attention)), None)
+    return None if layer is None else (layer.n_head, layer.n_local_heads, layer.head_dim)
+
+
+def _attention_key(layout: prefill_attention.Layout) -> str:
+    return "|".join(
+        [*machine_key(), f"kernels={_source_hash()}", f"method={METHOD}", "prefill_attention", str(layout)]
+        + [",".join(prefill_attention.candidates(layout))]
+    )
+
+
+def _measure_attention(layout: prefill_attention.Layout) -> dict:
+    """Each candidate's time for a prompt of PREFILL_ROWS positions with these heads."""
+    n_head, n_kv_head, head_dim = layout
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, n_head, PREFILL_ROWS, head_dim, generator=gen)
+    k, v = (torch.randn(1, n_kv_head, PREFILL_ROWS, head_dim, generator=gen) for _ in range(2))
+    chosen: list[str] = []
+
+    def seconds() -> float:
+        start = time.perf_counter()
+        prefill_attention.causal_attention(q, k, v, path=chosen[-1])
+        return time.perf_counter() - start
+
+    times = _timed_in_turns(prefill_attention.candidates(layout), chosen.append, seconds, seconds)
+    return {"path": min(times, key=times.get), "ms": {k: round(v * 1e3, 3) for k, v in times.items()}}
+
+
+def _tune_attention(model: nn.Module, cache: dict) -> bool:
+    """Choose the prompt attention for the model's heads (measure, or take from the cache); True if the
+    cache changed."""
+    layout = _attention_layout(model)
+    if layout is None or len(prefill_attention.candidates(layout)) == 1:
+        return False
+    key = _attention_key(layout)
+    entry = cache.get(key)
+    valid = isinstance(entry, dict) and entry.get("path") in prefill_attention.candidates(layout)
+    if not valid:
+        with torch.inference_mode():
+            entry = cache[key] = _measure_attention(layout)
+    prefill_attention.set_path(layout, entry["path"])
+    log.info("LM prompt attention for %s heads: %s (%s)", layout, entry["path"], entry["ms"] if not valid else "cached")
+    return not valid
 
 
 def model_paths(model: nn.Module) -> dict[str, dict[str, str]]:
-    """The paths in use for each weight format the model holds (for /v1/health and the benchmark)."""
-    return {fmt: dict(paths.chosen(fmt)) for fmt in model_formats(model)}
+    """The paths in use for each weight format the model holds (for /v1/health and the benchmark), with
+    its prompt attention's."""
+    layout = _attention_layout(model)
+    attention = {} if layout is None else {"prefill_attention": prefill_attention.chosen(layout)}
+    return {fmt: {**paths.chosen(fmt), **attention} for fmt in model_formats(model)}

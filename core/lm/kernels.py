@@ -40,7 +40,13 @@ def attention_kernel_layout(n_head: int, n_kv_head: int, head_dim: int) -> bool:
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"  # the decode kernels
 SAMPLING_SOURCE = SOURCE.with_name("sampling.cpp")  # the sampler's sort and draw (sampling.py)
 INT8_ROWS_SOURCE = SOURCE.with_name("int8_rows.cpp")  # the int8 prefill's rounding and rescaling (paths.py)
-SOURCES = (SOURCE, SAMPLING_SOURCE, INT8_ROWS_SOURCE)  # one extension (the autotuner keys its cache by them)
+ATTENTION_SOURCE = SOURCE.with_name("prefill_attention.cpp")  # a prompt's causal attention (model.py)
+SOURCES = (
+    SOURCE,
+    SAMPLING_SOURCE,
+    INT8_ROWS_SOURCE,
+    ATTENTION_SOURCE,
+)  # one extension (the autotuner keys its cache by them)
 
 _state: dict[str, bool] = {}
 

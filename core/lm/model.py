@@ -17,6 +17,7 @@ from .config import ModelArgs, find_multiple
 from .kernels import KERNEL_CACHE_DTYPES, attention_kernel_layout, uses_cpu_kernels
 from .norm import RMSNorm
 from .paths import Linear
+from .prefill_attention import causal_attention
 
 
 @dataclass
@@ -101,10 +102,12 @@ class Attention(nn.Module):
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
         k, v = k.to(q.dtype), v.to(q.dtype)  # a bfloat16 cache under float32 compute
+        if causal:  # a whole prompt from position 0
+            return causal_attention(q, k, v)
         if self.n_head != self.n_local_heads:
             k = k.repeat_interleave(self.n_head // self.n_local_heads, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_local_heads, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def _out(self, y: Tensor) -> Tensor:
         bsz, _, seqlen, _ = y.shape

@@ -9,10 +9,11 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core import tuning
 from core.engine import TTSEngine
-from core.lm import SamplingParams, autotune, fused, generate, kernels, load_lm, paths
+from core.lm import SamplingParams, autotune, fused, generate, kernels, load_lm, paths, prefill_attention
 from core.lm.quantize import Int4Linear, dequantize_int4, quantize_int4, unblocked
 from core.request import SynthesisRequest
 from tests.helpers import load_tiny_lm, run_cli
@@ -70,7 +71,7 @@ def prompts_and_frames():
 def reference(models):
     """float32 on plain torch: the reference every path is held to."""
     prompts, frames = prompts_and_frames()
-    with paths.using("float32", decode="torch"):
+    with paths.using("float32", decode="torch"), prefill_attention.using("torch"):
         decoded = decode_logits(models["float32"], prompts, frames)
     with torch.inference_mode():
         forward = models["float32"](torch.from_numpy(np.load(PARITY / "case4_forward.npz")["x"]))
@@ -188,6 +189,49 @@ def test_int8_prefill_gives_rows_with_an_outlier_a_second_digit():
     assert 1e-3 < min(e for i, e in enumerate(errors) if i not in (2, 9))  # the others: one digit, ~1%
 
 
+# A prompt attention's error against float64: float32's rounding (6e-8) over a score's D-term dot product
+# and a row's S-term weighted sum, ~1e-6 of the values' scale at these sizes (measured 2e-7 to 1.3e-6 for
+# both paths); the kernel's exp is within 2 ulp.
+ATTENTION_TOLERANCE = 1e-5
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4, 16), (5, 4, 4, 32), (17, 4, 2, 64), (33, 2, 1, 128), (100, 16, 16, 64)])
+def test_every_prompt_attention_path_matches_float64_and_sees_no_later_position(shape):
+    """Causal attention over a whole prompt (rows, heads, key/value heads, head size): torch's and the
+    kernel's (csrc/prefill_attention.cpp; grouped heads, lengths that are not whole blocks of 8 queries
+    or 16 keys), on q/k/v views laid out as the model's projection leaves them."""
+    length, n_head, n_kv_head, head_dim = shape
+    layout = (n_head, n_kv_head, head_dim)
+    if kernels.cpu_kernels_available():
+        assert prefill_attention.candidates(layout) == ["kernel", "torch"]
+    gen = torch.Generator().manual_seed(length)
+    qkv = 2 * torch.randn(2, length, n_head + 2 * n_kv_head, head_dim, generator=gen)
+    q, k, v = (part.transpose(1, 2) for part in qkv.split([n_head, n_kv_head, n_kv_head], dim=2))
+    repeat = n_head // n_kv_head
+    expected = F.scaled_dot_product_attention(
+        q.double(), k.double().repeat_interleave(repeat, 1), v.double().repeat_interleave(repeat, 1), is_causal=True
+    )
+    cut = length // 2
+    later = qkv.clone()
+    later[:, cut + 1 :, n_head:] = 5 * torch.randn(later[:, cut + 1 :, n_head:].shape, generator=gen)
+    q2, k2, v2 = (part.transpose(1, 2) for part in later.split([n_head, n_kv_head, n_kv_head], dim=2))
+    for path in prefill_attention.candidates(layout):
+        y = prefill_attention.causal_attention(q, k, v, path=path)
+        assert y.shape == expected.shape and y.dtype == torch.float32
+        assert float((y.double() - expected).abs().max()) <= ATTENTION_TOLERANCE * float(expected.abs().max())
+        changed = prefill_attention.causal_attention(q2, k2, v2, path=path)  # other keys and values after `cut`
+        assert torch.equal(changed[:, :, : cut + 1], y[:, :, : cut + 1])
+
+
+def test_both_prompt_attention_paths_prefill_the_same_logits(models, reference):
+    prompts, frames = prompts_and_frames()
+    layout = (4, 4, 32)  # the parity model's heads
+    for path in prefill_attention.candidates(layout):
+        with paths.using("float32", decode="torch"), prefill_attention.using(path):
+            decoded = decode_logits(models["float32"], prompts, frames)
+        assert relative_error(decoded, reference[0]) < SAME_FORMAT["float32"]
+
+
 @pytest.mark.skipif(not kernels.cpu_kernels_available(), reason="no C++ kernels here")
 def test_int8_prefill_rounds_and_rescales_in_cpp_with_the_torch_formulas_bits(monkeypatch):
     """The C++ rounding and rescaling around the int8 matmul (csrc/int8_rows.cpp) do the torch code's
@@ -293,6 +337,7 @@ def test_int4_weights_take_nine_sixteenths_of_a_byte_each(models):
 def cache_home(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("FISHTTS_AUTOTUNE", raising=False)
+    monkeypatch.setattr(prefill_attention, "_chosen", {})  # (what a test's tuning chooses stays in the test)
     return tmp_path / "fishtts" / "lm_paths.json"
 
 
@@ -311,8 +356,15 @@ def test_autotune_measures_once_then_uses_the_cached_choice(models, cache_home, 
             raise AssertionError("measured again")
 
         monkeypatch.setattr(autotune, "_measure", no_measuring)
+        monkeypatch.setattr(autotune, "_measure_attention", no_measuring)
         assert autotune.tune_model(models["int8"]) == chosen
         assert TTSEngine(lm=models["int8"]).lm_paths == {"int8": chosen["int8"]}
+        attention = prefill_attention.candidates((4, 4, 32))
+        assert chosen["int8"]["prefill_attention"] in attention
+        if len(attention) > 1:  # timed and kept: the fastest of the two
+            entry = next(v for k, v in json.loads(cache_home.read_text()).items() if "prefill_attention" in k)
+            assert set(entry["ms"]) == set(attention) and entry["path"] == min(entry["ms"], key=entry["ms"].get)
+            assert entry["path"] == chosen["int8"]["prefill_attention"]
     finally:
         for fmt, choice in previous.items():
             paths.set_paths(fmt, **choice)
@@ -359,13 +411,23 @@ def test_a_corrupt_cache_is_ignored_and_rewritten(models, cache_home, garbage):
 
 def test_a_cached_path_this_machine_cannot_run_is_measured_again(models, cache_home):
     key = autotune._key("float32", autotune.model_formats(models["float32"])["float32"])
+    attention_key = autotune._attention_key((4, 4, 32))
     cache_home.parent.mkdir(parents=True)
-    cache_home.write_text(json.dumps({key: {"decode": "kernel-from-the-future", "prefill": "float32"}}))
+    cache_home.write_text(
+        json.dumps(
+            {
+                key: {"decode": "kernel-from-the-future", "prefill": "float32"},
+                attention_key: {"path": "kernel-from-the-future", "ms": {}},
+            }
+        )
+    )
     previous = dict(paths.chosen("float32"))
     try:
-        assert autotune.tune_model(models["float32"])["float32"]["decode"] in paths.decode_candidates("float32")
+        chosen = autotune.tune_model(models["float32"])["float32"]
     finally:
         paths.set_paths("float32", **previous)
+    assert chosen["decode"] in paths.decode_candidates("float32")
+    assert chosen["prefill_attention"] in prefill_attention.candidates((4, 4, 32))
 
 
 def test_a_candidate_slow_in_one_warm_up_gets_a_second_before_it_sits_out():

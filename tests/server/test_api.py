@@ -158,7 +158,8 @@ def test_health_lists_models_and_queue(client):
     assert health["status"] == "ok"
     (model,) = health["models"]
     assert model["name"] == "default" and model["device"] == "cpu" and model["context"] == 256
-    assert set(model["lm_paths"]) == {"float32"} and set(model["lm_paths"]["float32"]) == {"decode", "prefill"}
+    assert set(model["lm_paths"]) == {"float32"}
+    assert set(model["lm_paths"]["float32"]) == {"decode", "prefill", "prefill_attention"}
     assert model["vqgan_precision"] == "float32"
     assert "/tmp/" not in str(health)  # client-facing names only
     assert health["queue"]["limit"] == 16
