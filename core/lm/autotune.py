@@ -27,7 +27,6 @@ from torch import nn
 from ..tuning import cpu_info, machine_key, read_cache, write_cache
 from . import paths, prefill_attention
 from .kernels import SOURCES, cpu_kernels_available, move_to_huge_pages, single_threaded_torch
-from .model import Attention
 from .quantize import weight_format
 
 log = logging.getLogger(__name__)
@@ -248,9 +247,8 @@ def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
 
 
 def _attention_layout(model: nn.Module) -> prefill_attention.Layout | None:
-    """The heads of the model's prompt attention (None: a model without core/lm/model.py's Attention)."""
-    layer = next((m for m in model.modules() if isinstance(m, Attention)), None)
-    return None if layer is None else (layer.n_head, layer.n_local_heads, layer.head_dim)
+    """The heads of the model's prompt attention (None: a model without one through prefill_attention.py)."""
+    return getattr(model, "prompt_attention_layout", None)
 
 
 def _attention_key(layout: prefill_attention.Layout) -> str:

@@ -102,7 +102,7 @@ class Attention(nn.Module):
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
         k, v = k.to(q.dtype), v.to(q.dtype)  # a bfloat16 cache under float32 compute
-        if causal:  # a whole prompt from position 0
+        if causal:  # the queries are the last of the keys' positions (a prompt's prefill)
             return causal_attention(q, k, v)
         if self.n_head != self.n_local_heads:
             k = k.repeat_interleave(self.n_head // self.n_local_heads, dim=1)
@@ -118,17 +118,17 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x, freqs_cis)
         return self._out(self._attend(q, k, v, mask))
 
-    def prefill(self, x: Tensor, freqs_cis: Tensor, mask: Tensor, slot: int, start: int) -> Tensor:
+    def prefill(self, x: Tensor, freqs_cis: Tensor, slot: int, start: int) -> Tensor:
         """Positions start .. start + S - 1 of one sequence (x [1, S, dim]) into cache slot `slot`."""
         q, k, v = self._qkv(x, freqs_cis)
         end = start + x.size(1)
         cache = self.kv_cache
         cache.k_cache[slot, :, start:end] = k[0]
         cache.v_cache[slot, :, start:end] = v[0]
-        if start == 0:  # the whole prefix is new: plain causal attention (a faster kernel than a mask)
+        if start == 0:  # the whole prefix is new (and not rounded to a bfloat16 cache's precision)
             return self._out(self._attend(q, k, v, None, causal=True))
         keys, values = cache.k_cache[slot : slot + 1, :, :end], cache.v_cache[slot : slot + 1, :, :end]
-        return self._out(self._attend(q, keys, values, mask))
+        return self._out(self._attend(q, keys, values, None, causal=True))
 
     def prefill_packed(self, x: Tensor, freqs_cis: Tensor, lengths: list[int], slots: list[int]) -> Tensor:
         """Several whole prompts packed end to end (x [1, sum(lengths), dim]), prompt i into cache slot
@@ -232,6 +232,12 @@ class Transformer(nn.Module):
         self.freqs_cis = precompute_freqs_cis(n, self.config.head_dim, self.config.rope_base).to(device)
         self.causal_mask = torch.tril(torch.ones(n, n, dtype=torch.bool, device=device))
 
+    @property
+    def prompt_attention_layout(self) -> tuple[int, int, int]:
+        """(query heads, key/value heads, head size) of a prompt's attention (prefill_attention.py)."""
+        c = self.config
+        return (c.n_head, c.n_local_heads, c.head_dim)
+
     def setup_caches(
         self, slots: int, seq_len: int, dtype: torch.dtype | None = None, zeroed: bool | None = None
     ) -> None:
@@ -305,10 +311,9 @@ class Transformer(nn.Module):
         end = start + x.size(2)
         self._check_cache(end)
         h = self.embed(x)
-        mask = self.causal_mask[None, None, start:end, :end]
         freqs_cis = self.freqs_cis[start:end]
         for layer in self.layers:
-            h = layer(h, lambda n, a=layer.attention: a.prefill(n, freqs_cis, mask, slot, start))
+            h = layer(h, lambda n, a=layer.attention: a.prefill(n, freqs_cis, slot, start))
         return self._heads(h[:, -1:])
 
     def prefill_many(self, prompts: list[Tensor], slots: list[int]) -> ForwardResult:

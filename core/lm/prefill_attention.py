@@ -1,4 +1,4 @@
-"""A prompt's causal attention on the CPU (the prefill from position 0, float32): torch's
+"""A prompt's causal attention on the CPU (its prefill, float32): torch's
 scaled_dot_product_attention or the C++ kernel (csrc/prefill_attention.cpp: about twice torch's flash
 attention on two AMD EPYC vCPUs, 100-600 positions of 16 heads of 64).
 
@@ -57,12 +57,17 @@ def set_path(layout: Layout, path: str) -> None:
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, path: str | None = None) -> Tensor:
-    """q [B, H, S, D], k and v [B, Hkv, S, D] (one whole prompt: query i sees keys 0..i) -> [B, H, S, D];
-    `path` overrides the chosen one (the autotuner's timings)."""
+    """q [B, H, S, D], k and v [B, Hkv, P, D] with P >= S: the queries are the last S of P positions, query
+    i sees keys 0 .. P - S + i -> [B, H, S, D]; `path` overrides the chosen one (the autotuner's timings)."""
     layout = (q.size(1), k.size(1), q.size(3))
     if uses_cpu_kernels(q) and (path or chosen(layout)) == "kernel" and "kernel" in candidates(layout):
         return torch.ops.fishtts.prefill_attention(q, k, v)
     if q.size(1) != k.size(1):
         k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
         v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    length, past = q.size(2), k.size(2)
+    if length == past:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    keys = torch.arange(past, device=q.device)
+    visible = keys <= torch.arange(past - length, past, device=q.device)[:, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)

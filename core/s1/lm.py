@@ -18,6 +18,7 @@ from torch import Tensor
 from ..lm import fused
 from ..lm.kernels import attention_kernel_layout
 from ..lm.norm import RMSNorm
+from ..lm.prefill_attention import causal_attention
 from ..lm.quantize import quantize_model
 from .config import DualARConfig, LayerShape, find_multiple
 from .layers import Linear, SwiGLU, apply_rope, rope_table
@@ -81,10 +82,14 @@ class Attention(nn.Module):
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """Attention of q over k/v (mask True = visible), then the output projection → [B, S, dim]."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Attention of q over k/v (mask True = visible; None: the queries are the last of the keys'
+        positions, each seeing the keys up to its own), then the output projection → [B, S, dim]."""
         s = self.shape
         bsz, _, seqlen, _ = q.shape
+        if mask is None:
+            y = causal_attention(q, k.to(q.dtype), v.to(q.dtype))
+            return self.wo(y.transpose(1, 2).contiguous().view(bsz, seqlen, s.n_head * s.head_dim))
         repeat = s.n_head // s.n_local_heads
         k = k.repeat_interleave(repeat, dim=1)
         v = v.repeat_interleave(repeat, dim=1)
@@ -97,7 +102,7 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).contiguous().view(bsz, seqlen, s.n_head * s.head_dim))
 
     def forward(
-        self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor, kv_length: int, slot: int = 0
+        self, x: Tensor, rope: Tensor, mask: Tensor | None, input_pos: Tensor, kv_length: int, slot: int = 0
     ) -> Tensor:
         q, k, v = self.project(x, rope)
         if self.kv_cache is not None:
@@ -148,7 +153,7 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(shape.dim, shape.norm_eps)
 
     def forward(
-        self, x: Tensor, rope: Tensor, mask: Tensor, input_pos: Tensor, kv_length: int, slot: int = 0
+        self, x: Tensor, rope: Tensor, mask: Tensor | None, input_pos: Tensor, kv_length: int, slot: int = 0
     ) -> Tensor:
         h = x + self.attention(self.attention_norm(x), rope, mask, input_pos, kv_length, slot)
         return h + self.feed_forward(self.ffn_norm(h))
@@ -204,6 +209,12 @@ class DualARTransformer(nn.Module):
         return self
 
     # -- caches -------------------------------------------------------------------------------------
+    @property
+    def prompt_attention_layout(self) -> tuple[int, int, int]:
+        """(query heads, key/value heads, head size) of the slow stack's prompt attention (prefill_attention.py)."""
+        shape = self.config.slow_layer()
+        return (shape.n_head, shape.n_local_heads, shape.head_dim)
+
     def setup_caches(self, batch: int = 1, length: int | None = None, zeroed: bool | None = None) -> None:
         """Static caches in the parameter dtype; the slow one holds `length` (default max_seq_len) positions.
         `zeroed` (default: off the CPU) for the static decode, which reads whole caches."""
@@ -266,7 +277,10 @@ class DualARTransformer(nn.Module):
         if stack is not None:  # one cached position: each layer in one C++ call (rows in slots slot, slot + 1, ..)
             return stack(x, torch.arange(slot, slot + x.size(0)), input_pos.expand(x.size(0)), self.rope)
         positions = torch.arange(kv_length, device=inp.device)
-        mask = (positions.view(1, -1) <= input_pos.view(-1, 1)).view(1, 1, len(input_pos), kv_length)
+        if inp.device.type == "cpu" and torch.equal(input_pos.long(), positions[-len(input_pos) :]):
+            mask = None  # the newest positions, up to the last key (a prompt): causal_attention (a CPU kernel)
+        else:
+            mask = (positions.view(1, -1) <= input_pos.view(-1, 1)).view(1, 1, len(input_pos), kv_length)
         rope = self.rope[input_pos]
         for block in self.layers:
             x = block(x, rope, mask, input_pos, kv_length, slot)

@@ -195,32 +195,40 @@ def test_int8_prefill_gives_rows_with_an_outlier_a_second_digit():
 ATTENTION_TOLERANCE = 1e-5
 
 
-@pytest.mark.parametrize("shape", [(1, 4, 4, 16), (5, 4, 4, 32), (17, 4, 2, 64), (33, 2, 1, 128), (100, 16, 16, 64)])
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 0, 4, 4, 16), (5, 3, 4, 4, 32), (17, 0, 4, 2, 64), (17, 40, 4, 2, 64), (33, 0, 2, 1, 128), (1, 20, 2, 1, 128)]
+    + [(100, 0, 16, 16, 64)],
+)
 def test_every_prompt_attention_path_matches_float64_and_sees_no_later_position(shape):
-    """Causal attention over a whole prompt (rows, heads, key/value heads, head size): torch's and the
-    kernel's (csrc/prefill_attention.cpp; grouped heads, lengths that are not whole blocks of 8 queries
-    or 16 keys), on q/k/v views laid out as the model's projection leaves them."""
-    length, n_head, n_kv_head, head_dim = shape
+    """Causal attention of a prompt's positions (new rows, earlier positions, heads, key/value heads, head
+    size): torch's and the kernel's (csrc/prefill_attention.cpp; grouped heads, lengths that are not whole
+    blocks of 8 queries or 32 keys, queries after cached positions), on q/k/v views laid out as the
+    model's projection leaves them."""
+    length, before, n_head, n_kv_head, head_dim = shape
     layout = (n_head, n_kv_head, head_dim)
     if kernels.cpu_kernels_available():
         assert prefill_attention.candidates(layout) == ["kernel", "torch"]
-    gen = torch.Generator().manual_seed(length)
-    qkv = 2 * torch.randn(2, length, n_head + 2 * n_kv_head, head_dim, generator=gen)
+    gen = torch.Generator().manual_seed(length + before)
+    positions = before + length
+    qkv = 2 * torch.randn(2, positions, n_head + 2 * n_kv_head, head_dim, generator=gen)
     q, k, v = (part.transpose(1, 2) for part in qkv.split([n_head, n_kv_head, n_kv_head], dim=2))
+    q = q[:, :, before:]  # the new positions' queries, over every position's keys
     repeat = n_head // n_kv_head
+    visible = torch.arange(positions) <= torch.arange(before, positions)[:, None]
     expected = F.scaled_dot_product_attention(
-        q.double(), k.double().repeat_interleave(repeat, 1), v.double().repeat_interleave(repeat, 1), is_causal=True
+        q.double(), k.double().repeat_interleave(repeat, 1), v.double().repeat_interleave(repeat, 1), visible
     )
-    cut = length // 2
+    cut = before + length // 2
     later = qkv.clone()
     later[:, cut + 1 :, n_head:] = 5 * torch.randn(later[:, cut + 1 :, n_head:].shape, generator=gen)
-    q2, k2, v2 = (part.transpose(1, 2) for part in later.split([n_head, n_kv_head, n_kv_head], dim=2))
+    _, k2, v2 = (part.transpose(1, 2) for part in later.split([n_head, n_kv_head, n_kv_head], dim=2))
     for path in prefill_attention.candidates(layout):
         y = prefill_attention.causal_attention(q, k, v, path=path)
         assert y.shape == expected.shape and y.dtype == torch.float32
         assert float((y.double() - expected).abs().max()) <= ATTENTION_TOLERANCE * float(expected.abs().max())
-        changed = prefill_attention.causal_attention(q2, k2, v2, path=path)  # other keys and values after `cut`
-        assert torch.equal(changed[:, :, : cut + 1], y[:, :, : cut + 1])
+        changed = prefill_attention.causal_attention(q, k2, v2, path=path)  # other keys and values after `cut`
+        assert torch.equal(changed[:, :, : cut + 1 - before], y[:, :, : cut + 1 - before])
 
 
 def test_both_prompt_attention_paths_prefill_the_same_logits(models, reference):

@@ -1,4 +1,5 @@
-// Causal self-attention over a whole prompt (model.py's prefill from position 0) on the CPU, float32.
+// Causal self-attention of a prompt's positions (model.py's prefill) on the CPU, float32: the queries are
+// the last of the key positions, each seeing the keys up to its own.
 //
 // torch's flash attention for the CPU runs at ~50 GFLOP/s on a 330-position prompt of 16 heads of 64 on
 // two AMD EPYC vCPUs (15% of an int8 prefill) while its matmuls reach ~150: short rows, and its blocks
@@ -145,25 +146,28 @@ void block_values(const HeadView& h, const float* scores, int64_t width, int64_t
   }
 }
 
+// Queries 0 .. S - 1 at positions past - S .. past - 1 (query i sees keys 0 .. past - S + i).
 template <int D>
-void attend_head(const HeadView& h, int64_t S, float scale, std::vector<float>& buffer) {
-  const int64_t width = (S + 31) / 32 * 32;
+void attend_head(const HeadView& h, int64_t S, int64_t past, float scale, std::vector<float>& buffer) {
+  const int64_t width = (past + 31) / 32 * 32, before = past - S;
   buffer.resize(D * width + kQueryRows * width);
   float* kt = buffer.data();
   float* scores = kt + D * width;
   for (int64_t j = 0; j < width; ++j)
-    for (int d = 0; d < D; ++d) kt[d * width + j] = j < S ? h.k[j * h.k_stride + d] : 0.0f;
+    for (int d = 0; d < D; ++d) kt[d * width + j] = j < past ? h.k[j * h.k_stride + d] : 0.0f;
   float sums[kQueryRows];
   for (int64_t i0 = 0; i0 < S; i0 += kQueryRows) {
-    const int64_t rows = std::min<int64_t>(kQueryRows, S - i0), keys = i0 + rows;
+    const int64_t rows = std::min<int64_t>(kQueryRows, S - i0), keys = before + i0 + rows;
     const int64_t padded = (keys + 15) / 16 * 16;  // zeros past each row's keys, as far as block_values reads
     block_scores<D>(h, kt, width, i0, rows, keys, scale, scores);
-    for (int64_t r = 0; r < rows; ++r) sums[r] = softmax_numerators(scores + r * width, i0 + r + 1, padded);
+    for (int64_t r = 0; r < rows; ++r) {
+      sums[r] = softmax_numerators(scores + r * width, before + i0 + r + 1, padded);
+    }
     block_values<D>(h, scores, width, i0, rows, keys, sums);
   }
 }
 
-using HeadFn = void (*)(const HeadView&, int64_t, float, std::vector<float>&);
+using HeadFn = void (*)(const HeadView&, int64_t, int64_t, float, std::vector<float>&);
 
 HeadFn head_fn(int64_t D) {
   switch (D) {
@@ -179,16 +183,17 @@ HeadFn head_fn(int64_t D) {
 
 bool prefill_attention_supports(int64_t head_dim) { return head_fn(head_dim) != nullptr; }
 
-// q [B, H, S, D], k and v [B, Hkv, S, D] (any strides but a contiguous D; H a multiple of Hkv) -> the
-// causal attention, [B, H, S, D] as a view of a [B, S, H, D] tensor (the layout the output linear reads).
+// q [B, H, S, D], k and v [B, Hkv, P, D] (P >= S; any strides but a contiguous D; H a multiple of Hkv) -> the
+// causal attention of the last S of P positions, [B, H, S, D] as a view of a [B, S, H, D] tensor (the layout
+// the output linear reads).
 at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "prefill_attention: q, k, v must be [B, H, S, D]");
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
                   q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(),
               "prefill_attention: float32 CPU tensors only");
-  const int64_t B = q.size(0), H = q.size(1), S = q.size(2), D = q.size(3), Hkv = k.size(1);
-  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == B && k.size(2) == S && k.size(3) == D && Hkv > 0 && H % Hkv == 0,
-              "prefill_attention: k and v must be [B, Hkv, S, D] with H a multiple of Hkv");
+  const int64_t B = q.size(0), H = q.size(1), S = q.size(2), D = q.size(3), Hkv = k.size(1), P = k.size(2);
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == B && P >= S && k.size(3) == D && Hkv > 0 && H % Hkv == 0,
+              "prefill_attention: k and v must be [B, Hkv, P, D] with P >= S and H a multiple of Hkv");
   const HeadFn fn = head_fn(D);
   TORCH_CHECK(fn != nullptr, "prefill_attention: head size ", D, " is not supported");
   const at::Tensor qc = q.stride(3) == 1 ? q : q.contiguous();
@@ -207,7 +212,7 @@ at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at:
                           vp + b * vc.stride(0) + g * vc.stride(1), op + (b * S * H + h) * D,
                           qc.stride(2),                            kc.stride(2),
                           vc.stride(2),                            H * D};
-      fn(view, S, scale, buffer);
+      fn(view, S, P, scale, buffer);
     }
   });
   return out.permute({0, 2, 1, 3});

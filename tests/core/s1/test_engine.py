@@ -50,8 +50,10 @@ def test_info_describes_the_s1_folder(engine):
         codec.sample_rate / codec.frame_length
     )
     assert info.quantize == "none" and info.precision == "float32" and info.context > MAX_NEW_FRAMES
-    # float32 linears take the autotuned decode paths too (core/lm/paths.py), so they are reported
-    assert set(info.lm_paths) == {"float32"} and set(info.lm_paths["float32"]) == {"decode", "prefill"}
+    # float32 linears take the autotuned decode paths too (core/lm/paths.py), so they are reported, with the
+    # slow stack's prompt attention (core/lm/prefill_attention.py)
+    assert set(info.lm_paths) == {"float32"}
+    assert set(info.lm_paths["float32"]) == {"decode", "prefill", "prefill_attention"}
 
 
 def test_the_prompt_is_the_originals(engine):
