@@ -457,6 +457,43 @@ def test_a_candidate_slow_in_one_warm_up_gets_a_second_before_it_sits_out():
     assert calls.count(("kernel", "warm")) == 1  # a fast one is warmed up once
 
 
+def test_a_close_decode_race_is_timed_again_and_the_best_times_count(models, monkeypatch):
+    """A busy moment can put two paths within a few percent of each other: those within CLOSE are timed
+    again (the others not), each keeping its best, and the recheck decides; a clear winner is not rechecked."""
+    layers = autotune.model_formats(models["int8"])["int8"]
+    candidates = paths.decode_candidates("int8")[:3]
+    if len(candidates) < 3 or not all(c.startswith("kernel") for c in candidates):
+        pytest.skip("needs three kernel paths (the C++ kernels)")
+    slow, fast, far = candidates
+    rounds = {  # seconds per GB, per call of _decode_seconds_per_gb: one row, then four, then the rechecks
+        "close": [{slow: 1.0, fast: 1.02, far: 3.0}, {slow: 1.0, fast: 1.02, far: 3.0}]
+        + [{slow: 1.0, fast: 0.7}, {slow: 1.0, fast: 0.7}],
+        "clear": [{slow: 1.0, fast: 2.0, far: 3.0}, {slow: 1.0, fast: 2.0, far: 3.0}],
+    }
+    measured = {}
+    previous = dict(paths.chosen("int8"))
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(paths, "decode_candidates", lambda fmt: candidates)
+            for race, timings in rounds.items():
+                timed = []
+
+                def fake(fmt, names, layers, rows, timings=timings, timed=timed):
+                    timed.append(sorted(names))
+                    return {name: timings[len(timed) - 1][name] for name in names}
+
+                patch.setattr(autotune, "_decode_seconds_per_gb", fake)
+                entry = autotune._measure("int8", layers, autotune._prompt_layers(models["int8"], layers))
+                measured[race] = (entry, timed)
+    finally:
+        paths.set_paths("int8", **previous)
+    entry, timed = measured["close"]
+    assert timed[2:] == [sorted([slow, fast])] * 2  # the far one is not timed again
+    assert entry["decode"] == fast and entry["one_row_gb_per_s"][fast] == round(1 / 0.7, 1)
+    entry, timed = measured["clear"]
+    assert len(timed) == 2 and entry["decode"] == slow
+
+
 def test_a_kernel_close_to_the_fastest_path_wins_over_torch():
     assert autotune._prefer_kernels({"torch": 1.0, "kernel": 1.04, "kernel-t0": 1.2}) == "kernel"
     assert autotune._prefer_kernels({"torch": 1.0, "kernel": 1.2}) == "torch"
