@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import time
+from functools import cache
 
 import torch
 from torch import nn
@@ -50,10 +51,14 @@ METHOD = 5  # how the timings are taken: a choice cached by another method is me
 CACHE_NAME = "lm_paths.json"
 
 
-def _source_hash() -> str:
-    if not cpu_kernels_available():
-        return "none"
+@cache
+def _sources_digest() -> str:
     return hashlib.sha1(b"".join(path.read_bytes() for path in SOURCES)).hexdigest()[:12]
+
+
+def _source_hash() -> str:
+    """The kernels' sources (read once a process), or "none" where they are not built."""
+    return _sources_digest() if cpu_kernels_available() else "none"
 
 
 def _key(fmt: str, layers: list[nn.Module]) -> str:

@@ -126,8 +126,9 @@ class Attention(nn.Module):
         cache.k_cache[slot, :, start:end] = k[0]
         cache.v_cache[slot, :, start:end] = v[0]
         if start == 0:  # the whole prefix is new (and not rounded to a bfloat16 cache's precision)
-            return self._out(self._attend(q, k, v, None, causal=True))
-        keys, values = cache.k_cache[slot : slot + 1, :, :end], cache.v_cache[slot : slot + 1, :, :end]
+            keys, values = k, v
+        else:
+            keys, values = cache.k_cache[slot : slot + 1, :, :end], cache.v_cache[slot : slot + 1, :, :end]
         return self._out(self._attend(q, keys, values, None, causal=True))
 
     def prefill_packed(self, x: Tensor, freqs_cis: Tensor, lengths: list[int], slots: list[int]) -> Tensor:

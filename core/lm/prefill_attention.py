@@ -60,7 +60,7 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, path: str | None = None) -
     """q [B, H, S, D], k and v [B, Hkv, P, D] with P >= S: the queries are the last S of P positions, query
     i sees keys 0 .. P - S + i -> [B, H, S, D]; `path` overrides the chosen one (the autotuner's timings)."""
     layout = (q.size(1), k.size(1), q.size(3))
-    if uses_cpu_kernels(q) and (path or chosen(layout)) == "kernel" and "kernel" in candidates(layout):
+    if uses_cpu_kernels(q) and (path or chosen(layout)) == "kernel":  # (chosen and set_path keep to candidates)
         return torch.ops.fishtts.prefill_attention(q, k, v)
     if q.size(1) != k.size(1):
         k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
