@@ -158,7 +158,7 @@ def table(report: dict) -> str:
             )
         row("LM setup (copy/quantize/compile + warm-up)", get("setup_s", "{} s"))
         row(
-            "LM paths (decode / prefill / prompt attention, autotuned)",
+            "LM paths (decode one / batched / prefill / prompt attention, autotuned)",
             lambda f: (
                 " / ".join(next(iter(lm_rows[f]["paths"].values()), {}).values())
                 if f in lm_rows and lm_rows[f]["paths"]

@@ -170,7 +170,7 @@ def table(report: dict) -> str:
         if "end_to_end_rtf" in first:
             row(f"end to end, one {first['frames']}-frame request (RTF)", lambda d: f"{d['end_to_end_rtf']}")
         row(
-            "paths (decode / prefill / prompt attention, autotuned); step threads",
+            "paths (decode one / batched / prefill / prompt attention, autotuned); step threads",
             lambda d: "; ".join([" / ".join(p.values()) for p in d["paths"].values()] + [d["step_threads"]]),
         )
         row("setup (build, quantize, autotune)", lambda d: f"{d['setup_s']} s")

@@ -25,7 +25,7 @@ def test_bench_tiny_reports_every_part_as_positive_numbers(capsys):
     assert report["cpu"]["model"] and report["cpu"]["model"] in report["device_name"]
     for row in report["lm"]:  # the autotuner's choice, per format
         assert set(row["paths"]) == {row["variant"]}
-        assert set(row["paths"][row["variant"]]) == {"decode", "prefill", "prefill_attention"}
+        assert set(row["paths"][row["variant"]]) == {"decode", "batch_decode", "prefill", "prefill_attention"}
     assert any(line.startswith("| LM paths") for line in out)
     assert any(line.startswith("| LM decode, 4 sequences as one batch") for line in out)
     for row in report["lm"]:

@@ -1,15 +1,16 @@
 """Pick each weight format's fastest decode and prefill path (paths.py) by timing them on this machine.
 
-At load, for the model's own linears: every decode candidate streams the first TIMED_BYTES of the
-layers' weights with one activation row, and the fastest few with BATCH_ROWS rows (as a decode step
-does, alone or for concurrent requests, torch on one thread; from memory, not from the cache); the
-geometric mean of the two speeds ranks them (one path serves both: a sequence then decodes to the
-same bits alone or batched); a winner within CLOSE of a rival is timed again with it. Every prefill
-candidate multiplies one layer's weights by PREFILL_ROWS rows, and each prompt attention candidate
-attends over PREFILL_ROWS positions of the model's heads. The fastest wins. About a second a format
-at official size, once per CPU model, thread count, torch version, kernel source, timing method,
-weight shapes and candidate list: the choice is kept in ~/.cache/fishtts/lm_paths.json
-($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten).
+At load: every decode candidate streams the first TIMED_BYTES of the model's linears with one activation
+row (a proxy that sorts out the slow ones); the fastest STEP_CONTENDERS are timed in the model's own
+decode steps (`model.decode_probe`) of one sequence, the fastest few of those of BATCH_ROWS (the
+scheduler's concurrent requests). The arithmetic whose best one-row and batch steps have the smallest
+geometric mean wins, with its fastest setting for each (paths.arithmetic: settings change no bit, so a
+sequence decodes the same alone or batched). Every prefill candidate multiplies one layer's weights by
+PREFILL_ROWS rows, and each prompt attention candidate attends over PREFILL_ROWS positions of the
+model's heads. The fastest wins.
+One to three seconds a format at official size, once per CPU model, thread count, torch version, kernel
+source, timing method, weight shapes and candidate list: the choice is kept in
+~/.cache/fishtts/lm_paths.json ($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten).
 FISHTTS_AUTOTUNE=0 skips it (the defaults: the kernels as tuned on AMD Zen, bfloat16 prefill where fast).
 
 All candidates give the same results within the format's tolerance (tests/test_lm_paths.py), so the
@@ -22,6 +23,8 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import cache
 
 import torch
@@ -34,20 +37,26 @@ from .quantize import weight_format
 
 log = logging.getLogger(__name__)
 
+# model.decode_probe(rows, position): a context giving a callable that runs one decode step of `rows`
+# sequences (core/lm/model.py, core/s1/lm.py)
+DecodeProbe = Callable[[int, int], AbstractContextManager[Callable[[], object]]]
+
 PREFILL_ROWS = 256  # a prompt with a reference voice: 5-10 s of codes (~21.5 a second) and its text
 BATCH_ROWS = 4  # sequences decoded together: the scheduler's concurrent requests
-WARM_UP_BYTES = 48 << 20  # weights a decode candidate streams to warm up (and to sort out the slow ones)
+WARM_UP_BYTES = 48 << 20  # weights a proxy candidate streams to warm up (and to sort out the slow ones)
 TIMED_BYTES = 160 << 20  # and in each timing: beyond the last-level cache, so from memory
-BATCH_CONTENDERS = 4  # the fastest with one row, timed with BATCH_ROWS
+# The proxy (linears called one by one) misranks paths whose speed depends on what a real step does
+# around them: on an AMD EPYC it put int8's "kernel-vnni-t0" 12% ahead of "kernel-vnni-nopf", which
+# decodes one sequence 18% faster (76 vs 64 steps/s) inside the fused layers; so the last word is
+# the model's own steps'.
+STEP_CONTENDERS = 4  # the proxy's fastest, timed in decode steps of one sequence
+BATCH_CONTENDERS = 3  # the fastest of those, also with BATCH_ROWS sequences
+STEP_BUDGET = 1.0  # seconds of steps for each: a large model's slow steps time fewer contenders (two at least)
+STEP_POSITION = 128  # where the timed steps decode (every candidate attends over the same cache)
 RUNS = 2
-# A decode winner within CLOSE of the runner-up is timed again with its close rivals, up to RECHECKS
-# times, each keeping its best: a first tuning on a busy moment of an AMD EPYC VM once put the
-# float-activation int8 kernel 2% ahead of the VNNI one, which decodes 1.5x faster (46 vs 70 tokens/s).
-CLOSE = 0.10
-RECHECKS = 2
 KERNEL_MARGIN = 0.05  # see _prefer_kernels
 GIVE_UP = 2.0  # a candidate whose two warm-ups both take this many times the best is not timed further
-METHOD = 5  # how the timings are taken: a choice cached by another method is measured again
+METHOD = 6  # how the timings are taken: a choice cached by another method is measured again
 CACHE_NAME = "lm_paths.json"
 
 
@@ -143,35 +152,56 @@ def _decode_seconds_per_gb(fmt: str, candidates: list[str], layers: list[nn.Modu
     )
 
 
+def _decode_step_seconds(fmt: str, candidates: list[str], probe: DecodeProbe, rows: int) -> dict[str, float]:
+    """Seconds of one of the model's own decode steps of `rows` sequences (best of RUNS, after a warm-up
+    step) for the first of `candidates` (fastest first) that fit in STEP_BUDGET, at least two."""
+    with probe(rows, STEP_POSITION) as step:
+
+        def seconds() -> float:
+            start = time.perf_counter()
+            step()
+            return time.perf_counter() - start
+
+        paths.set_paths(fmt, decode=candidates[0])
+        first = seconds()  # (a step's time sizes the field)
+        fit = max(2, int(STEP_BUDGET / ((1 + RUNS) * first)))
+        return _timed_in_turns(candidates[:fit], lambda path: paths.set_paths(fmt, decode=path), seconds, seconds)
+
+
+def _measure_decode(fmt: str, candidates: list[str], layers: list[nn.Module], probe: DecodeProbe) -> dict:
+    """The linears' proxy sorts out the slow candidates; the fastest STEP_CONTENDERS are timed in whole
+    decode steps of one sequence, the fastest BATCH_CONTENDERS of those of BATCH_ROWS too. The arithmetic
+    (paths.arithmetic) whose best one-row and best batch steps have the smallest geometric mean wins (both
+    must compute alike, or a sequence would decode to other bits batched), with its fastest setting for each."""
+    one_rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
+    proxy = _decode_seconds_per_gb(fmt, candidates, layers, one_rows)
+    one_row = _decode_step_seconds(fmt, sorted(candidates, key=proxy.get)[:STEP_CONTENDERS], probe, 1)
+    batch = _decode_step_seconds(fmt, sorted(one_row, key=one_row.get)[:BATCH_CONTENDERS], probe, BATCH_ROWS)
+
+    def fastest(timed: dict[str, float], kind: str) -> str:
+        return min((k for k in timed if paths.arithmetic(k) == kind), key=timed.get)
+
+    kinds = {paths.arithmetic(k) for k in batch}
+    kind = _prefer_kernels({k: (one_row[fastest(one_row, k)] * batch[fastest(batch, k)]) ** 0.5 for k in kinds})
+    return {
+        "decode": fastest(one_row, kind),
+        "batch_decode": fastest(batch, kind),
+        "one_row_step_ms": {k: round(v * 1e3, 2) for k, v in one_row.items()},
+        "batch_step_ms": {k: round(v * 1e3, 2) for k, v in batch.items()},
+        "proxy_gb_per_s": {k: round(1 / v, 1) for k, v in proxy.items()},
+    }
+
+
 @torch.inference_mode()
-def _measure(fmt: str, layers: list[nn.Module], prompt_layers: list[nn.Module]) -> dict:
+def _measure(fmt: str, layers: list[nn.Module], prompt_layers: list[nn.Module], probe: DecodeProbe) -> dict:
     candidates = paths.decode_candidates(fmt)
-    one_row, batch_times = {}, {}
-    with single_threaded_torch():  # as a decode step runs them
-        if len(candidates) == 1:
-            decode_times = {candidates[0]: 0.0}
-        else:  # seconds per GB of weights
-            one_rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
-            batch_rows = {m.in_features: torch.randn(BATCH_ROWS, m.in_features) for m in layers}
-            one_row = _decode_seconds_per_gb(fmt, candidates, layers, one_rows)
-            contenders = sorted(candidates, key=one_row.get)[:BATCH_CONTENDERS]
-            batch_times = _decode_seconds_per_gb(fmt, contenders, layers, batch_rows)
-
-            def combined() -> dict[str, float]:
-                return {k: (one_row[k] * batch_times.get(k, float("inf"))) ** 0.5 for k in candidates}
-
-            for _ in range(RECHECKS):
-                decode_times = combined()
-                best = min(decode_times.values())
-                close = [k for k in contenders if decode_times[k] <= best * (1 + CLOSE)]
-                if len(close) < 2:
-                    break
-                for times, rows in ((one_row, one_rows), (batch_times, batch_rows)):
-                    again = _decode_seconds_per_gb(fmt, close, layers, rows)
-                    times.update({k: min(times[k], again[k]) for k in close})
-            decode_times = combined()
+    if len(candidates) == 1:
+        decode = {"decode": candidates[0], "batch_decode": candidates[0]}
+    else:
+        with single_threaded_torch():  # as a decode step runs
+            decode = _measure_decode(fmt, candidates, layers, probe)
     # The "kernel" prefill runs with the decode path's setting (threads, prefetch): time it with the winner's.
-    paths.set_paths(fmt, decode=_prefer_kernels(decode_times))
+    paths.set_paths(fmt, decode=decode["decode"], batch_decode=decode["batch_decode"])
     one_layer = list({(m.out_features, m.in_features): m for m in prompt_layers}.values())  # each shape once
     batch = {m.in_features: torch.randn(PREFILL_ROWS, m.in_features) for m in one_layer}
 
@@ -190,12 +220,8 @@ def _measure(fmt: str, layers: list[nn.Module], prompt_layers: list[nn.Module]) 
             candidates, lambda path: paths.set_paths(fmt, prefill=path), prefill_seconds, prefill_seconds
         )
     return {
-        "decode": _prefer_kernels(decode_times),
+        **decode,
         "prefill": min(prefill_times, key=prefill_times.get),
-        # the ranking (0: sat out), then its two parts
-        "decode_gb_per_s": {k: round(1 / v, 1) if v else None for k, v in decode_times.items()},
-        "one_row_gb_per_s": {k: round(1 / v, 1) for k, v in one_row.items()},
-        "batch_gb_per_s": {k: round(1 / v, 1) for k, v in batch_times.items()},
         "prefill_ms": {k: round(v * 1e3, 2) for k, v in prefill_times.items()},
     }
 
@@ -249,19 +275,22 @@ def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
         valid = (
             isinstance(entry, dict)
             and entry.get("decode") in paths.decode_candidates(fmt)
+            and entry.get("batch_decode") in paths.decode_candidates(fmt)
+            and paths.arithmetic(entry["batch_decode"]) == paths.arithmetic(entry["decode"])
             and entry.get("prefill") in paths.prefill_candidates(fmt)
         )
         if not valid:
             start = time.perf_counter()
-            entry = _measure(fmt, layers, _prompt_layers(model, layers))
+            entry = _measure(fmt, layers, _prompt_layers(model, layers), model.decode_probe)
             entry["tuned_s"] = round(time.perf_counter() - start, 3)
             cache[key], changed = entry, True
-        paths.set_paths(fmt, decode=entry["decode"], prefill=entry["prefill"])
+        paths.set_paths(fmt, decode=entry["decode"], batch_decode=entry["batch_decode"], prefill=entry["prefill"])
         log.info(
-            "LM %s paths on %s: decode %s, prefill %s (%s)",
+            "LM %s paths on %s: decode %s (batched %s), prefill %s (%s)",
             fmt,
             cpu_info()["model"],
             entry["decode"],
+            entry["batch_decode"],
             entry["prefill"],
             f"measured in {entry['tuned_s']} s" if not valid else "cached",
         )

@@ -6,6 +6,8 @@ rotation computed in float32, RMSNorm in float32, codebook value 0 embedded as z
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -270,6 +272,26 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = None
         self.cache_batch_size = self.cache_seq_len = -1
+
+    @contextmanager
+    def decode_probe(self, rows: int, position: int) -> Iterator[Callable[[], object]]:
+        """A decode step of `rows` sequences at `position` (at most the model's last), over zeroed scratch
+        caches, as a callable: what the autotuner times its decode candidates with. The caches in place
+        before are back afterwards."""
+        position = min(position, self.config.max_seq_len - 1)
+        saved = [layer.attention.kv_cache for layer in self.layers]
+        sizes = self.cache_batch_size, self.cache_seq_len, self.cache_zeroed
+        self.clear_caches()
+        try:
+            self.setup_caches(rows, position + 1, zeroed=True)
+            device = self.output.weight.device
+            x = torch.zeros(rows, 1 + self.config.num_codebooks, 1, dtype=torch.int, device=device)
+            slots = torch.arange(rows, device=device)
+            yield lambda: self.decode(x, slots, torch.full_like(slots, position))
+        finally:
+            for layer, cache in zip(self.layers, saved, strict=True):
+                layer.attention.kv_cache = cache
+            self.cache_batch_size, self.cache_seq_len, self.cache_zeroed = sizes
 
     def embed(self, x: Tensor) -> Tensor:
         """x [B, 1 + num_codebooks, S] -> [B, S, dim]: text embedding + every codebook's embedding."""

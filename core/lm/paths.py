@@ -97,28 +97,46 @@ def int8_matmul_available() -> bool:
         return False
 
 
+def arithmetic(path: str) -> str:
+    """How a decode path computes (its kernel, or the path itself). Paths of one arithmetic differ only
+    in prefetch and threads, which change no result bit: one sequence and a batch may take different
+    ones of it and a sequence still decodes to the same bits alone or batched."""
+    if path.startswith("kernel"):
+        return "kernel-vnni" if "-vnni" in path else "kernel-amx" if "-amx" in path else "kernel"
+    return path
+
+
 _chosen: dict[str, dict[str, str]] = {}
 
 
 def chosen(fmt: str) -> dict[str, str]:
-    """{"decode": path, "prefill": path} in use for `fmt` (the defaults until autotune sets them)."""
+    """{"decode": path, "batch_decode": path, "prefill": path} in use for `fmt`: decode steps of one
+    sequence, of several, and prompts (the defaults until autotune sets them)."""
     if fmt not in _chosen:
-        _chosen[fmt] = {"decode": decode_candidates(fmt)[0], "prefill": prefill_candidates(fmt)[0]}
+        first = decode_candidates(fmt)[0]
+        _chosen[fmt] = {"decode": first, "batch_decode": first, "prefill": prefill_candidates(fmt)[0]}
     return _chosen[fmt]
 
 
-def set_paths(fmt: str, decode: str | None = None, prefill: str | None = None) -> None:
-    """Use these paths for `fmt` from now on (process-wide: every model of that format on this CPU)."""
+def set_paths(fmt: str, decode: str | None = None, prefill: str | None = None, batch_decode: str | None = None) -> None:
+    """Use these paths for `fmt` from now on (process-wide: every model of that format on this CPU). A new
+    `decode` serves batches too unless `batch_decode` is given, which must compute as `decode` does."""
     current = chosen(fmt)
-    if decode is not None:
-        if decode not in decode_candidates(fmt):
-            raise ValueError(f"{decode!r} is not a decode path for {fmt} here ({', '.join(decode_candidates(fmt))})")
-        variant = KERNEL_VARIANTS.get(decode)
-        if variant is not None:
-            torch.ops.fishtts.set_tuning(
-                _KIND[fmt], variant.prefetch_bytes, variant.hint, variant.threads, variant.rows
-            )
-        current["decode"] = decode
+    if decode is not None or batch_decode is not None:
+        one = decode or current["decode"]
+        several = batch_decode or (decode if decode is not None else current["batch_decode"])
+        for path in (one, several):
+            if path not in decode_candidates(fmt):
+                raise ValueError(f"{path!r} is not a decode path for {fmt} here ({', '.join(decode_candidates(fmt))})")
+        if arithmetic(one) != arithmetic(several):
+            raise ValueError(f"batch decode path {several!r} does not compute as {one!r}: batches would differ")
+        for flag, path in ((0, one), (1, several)):
+            variant = KERNEL_VARIANTS.get(path)
+            if variant is not None:
+                torch.ops.fishtts.set_tuning(
+                    _KIND[fmt], variant.prefetch_bytes, variant.hint, variant.threads, variant.rows, flag
+                )
+        current["decode"], current["batch_decode"] = one, several
     if prefill is not None:
         if prefill not in prefill_candidates(fmt):
             raise ValueError(f"{prefill!r} is not a prefill path for {fmt} here")
@@ -126,14 +144,14 @@ def set_paths(fmt: str, decode: str | None = None, prefill: str | None = None) -
 
 
 @contextmanager
-def using(fmt: str, decode: str | None = None, prefill: str | None = None):
+def using(fmt: str, decode: str | None = None, prefill: str | None = None, batch_decode: str | None = None):
     """These paths for `fmt` inside the block (tests, the benchmark), the previous ones after."""
     previous = dict(chosen(fmt))
-    set_paths(fmt, decode, prefill)
+    set_paths(fmt, decode, prefill, batch_decode)
     try:
         yield
     finally:
-        set_paths(fmt, previous["decode"], previous["prefill"])
+        set_paths(fmt, **previous)
 
 
 def _kernel(path: str) -> bool:

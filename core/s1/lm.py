@@ -9,6 +9,8 @@ Parameter names equal those of `model.pth`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -231,6 +233,30 @@ class DualARTransformer(nn.Module):
                 batch, c.num_codebooks, c.fast_n_local_heads, c.fast_head_dim, dtype, device
             )
         self.cache_length, self.cache_batch, self.cache_zeroed = length, batch, zeroed
+
+    @contextmanager
+    def decode_probe(self, rows: int, position: int) -> Iterator[Callable[[], object]]:
+        """A decode step of `rows` sequences at `position` (at most the model's last): the slow stack,
+        then the fast one over every codebook, over zeroed scratch caches, as a callable: what the
+        autotuner times its decode candidates with. The caches in place before are back afterwards."""
+        position = min(position, self.config.max_seq_len - 1)
+        blocks = (*self.layers, *self.fast_layers)
+        saved = [block.attention.kv_cache for block in blocks]
+        sizes = self.cache_length, self.cache_batch, self.cache_zeroed
+        self.drop_caches()
+        try:
+            self.setup_caches(rows, position + 1, zeroed=True)
+            inp = torch.zeros(rows, 1 + self.config.num_codebooks, 1, dtype=torch.int, device=self.norm.weight.device)
+
+            def step() -> Tensor:  # the last codebook's logits
+                _, hidden = self.forward_slow_rows(inp, list(range(rows)), [position] * rows)
+                return [self.forward_fast(hidden, codebook) for codebook in range(self.config.num_codebooks)][-1]
+
+            yield step
+        finally:
+            for block, cache in zip(blocks, saved, strict=True):
+                block.attention.kv_cache = cache
+            self.cache_length, self.cache_batch, self.cache_zeroed = sizes
 
     def drop_caches(self) -> None:
         for block in (*self.layers, *self.fast_layers):

@@ -159,7 +159,7 @@ def test_health_lists_models_and_queue(client):
     (model,) = health["models"]
     assert model["name"] == "default" and model["device"] == "cpu" and model["context"] == 256
     assert set(model["lm_paths"]) == {"float32"}
-    assert set(model["lm_paths"]["float32"]) == {"decode", "prefill", "prefill_attention"}
+    assert set(model["lm_paths"]["float32"]) == {"decode", "batch_decode", "prefill", "prefill_attention"}
     assert model["vqgan_precision"] == "float32"
     assert "/tmp/" not in str(health)  # client-facing names only
     assert health["queue"]["limit"] == 16

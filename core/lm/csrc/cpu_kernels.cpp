@@ -5,9 +5,11 @@
 //   bandwidth; this one streams the weights and reads every weight row once for all activation rows.
 // linear_rows_int4: the same for 4-bit weights with group-wise scales and offsets, in blocks of 16 rows
 //   (quantize.py's layout), against int8-rounded activations.
-// set_tuning: software prefetch (distance, hint) and thread count per weight format. What streams best
-//   differs between CPUs (a non-temporal prefetch 4 KiB ahead helps on AMD Zen and halves the bandwidth
-//   on Intel Sapphire Rapids), so core/lm/autotune.py measures the settings at load and picks.
+// set_tuning: software prefetch (distance, hint) and thread count per weight format, for one activation
+//   row and for several. What streams best differs between CPUs (a non-temporal prefetch 4 KiB ahead
+//   helps on AMD Zen and halves the bandwidth on Intel Sapphire Rapids) and between one row and four
+//   (on an AMD EPYC int8 decodes one row 1.3x faster without prefetch, four 1.1x faster with it), so
+//   core/lm/autotune.py measures the settings at load and picks. A setting changes no result bit.
 // decode_attention: one new position per sequence: RoPE, the KV-cache write and attention over that
 //   sequence's filled prefix, for a batch of sequences that each have their own cache slot and position.
 // linear_rows_int8_vnni: int8 weights against int16-rounded activations (AVX512-VNNI dot products).
@@ -206,7 +208,9 @@ struct Tuning {
   int64_t threads = 0;  // 0: the whole pool
   int64_t rows = 1;     // weight rows streamed at once for a single activation row
 };
-Tuning g_tuning[kKinds];
+Tuning g_tuning[2][kKinds];  // [several activation rows][kind]
+
+inline const Tuning& tuning(WeightKind kind, int64_t activation_rows) { return g_tuning[activation_rows > 1][kind]; }
 
 // GCC vector type: becomes AVX-512 (or 2 x AVX2) code under -march=native.
 typedef float f32x16 __attribute__((vector_size(64)));
@@ -404,9 +408,9 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const c10::opti
   const float* xp = xc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   switch (w.scalar_type()) {
-    case at::kFloat: linear_impl(xp, w.data_ptr<float>(), sp, yp, N, I, O, g_tuning[kFloat32]); break;
-    case at::kBFloat16: linear_impl(xp, w.data_ptr<at::BFloat16>(), sp, yp, N, I, O, g_tuning[kBFloat16]); break;
-    case at::kChar: linear_impl(xp, w.data_ptr<int8_t>(), sp, yp, N, I, O, g_tuning[kInt8]); break;
+    case at::kFloat: linear_impl(xp, w.data_ptr<float>(), sp, yp, N, I, O, tuning(kFloat32, N)); break;
+    case at::kBFloat16: linear_impl(xp, w.data_ptr<at::BFloat16>(), sp, yp, N, I, O, tuning(kBFloat16, N)); break;
+    case at::kChar: linear_impl(xp, w.data_ptr<int8_t>(), sp, yp, N, I, O, tuning(kInt8, N)); break;
     default: TORCH_CHECK(false, "w must be float32, bfloat16 or int8");
   }
   return y;
@@ -627,7 +631,7 @@ at::Tensor linear_rows_int4(const at::Tensor& x, const at::Tensor& packed, const
   const at::BFloat16* sp = scales.data_ptr<at::BFloat16>();
   const at::BFloat16* zp = offsets.data_ptr<at::BFloat16>();
   float* yp = y.data_ptr<float>();
-  const Tuning& t = g_tuning[kInt4];
+  const Tuning& t = tuning(kInt4, N);
   const int64_t block_bytes = I * kInt4Rows / 2, block_scales = groups * kInt4Rows;
   parallel(blocks, 1, [&](int64_t begin, int64_t end) {
     int64_t k = begin;
@@ -741,7 +745,7 @@ at::Tensor linear_rows_int8_vnni(const at::Tensor& x, const at::Tensor& w, const
   const int8_t* wp = w.data_ptr<int8_t>();
   const float* sp = scales.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const Tuning& t = g_tuning[kInt8];
+  const Tuning& t = tuning(kInt8, N);
   parallel(O, 16, [&](int64_t begin, int64_t end) {
     float out[kGroup];
     for (int64_t o = begin; o < end; ++o) {
@@ -993,7 +997,7 @@ at::Tensor linear_rows_int8_amx(const at::Tensor& x, const at::Tensor& w, const 
   const float* sp = scales.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t blocks = O / 16;
-  const Tuning& t = g_tuning[kInt8];
+  const Tuning& t = tuning(kInt8, N);
   const int hint = t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
   parallel(blocks, 1, [&](int64_t begin, int64_t end) {
     // Each piece loads its own configuration: torch's oneDNN matmuls on this thread set theirs.
@@ -1024,13 +1028,14 @@ bool vnni_available() {
 #endif
 }
 
-// Weight kind 0 float32, 1 bfloat16, 2 int8, 3 int4: prefetch `prefetch_bytes` ahead with hint
-// 0 none, 1 non-temporal, 2 all cache levels; at most `threads` threads (0: all); `rows` > 1: stream
-// several weight rows at once for a single activation row (float32, bfloat16, int8).
-int64_t set_tuning(int64_t kind, int64_t prefetch_bytes, int64_t hint, int64_t threads, int64_t rows) {
+// Weight kind 0 float32, 1 bfloat16, 2 int8, 3 int4, for one activation row (`several` 0) or more (1):
+// prefetch `prefetch_bytes` ahead with hint 0 none, 1 non-temporal, 2 all cache levels; at most
+// `threads` threads (0: all); `rows` > 1: stream several weight rows at once for a single activation
+// row (float32, bfloat16, int8, int4; no meaning for several).
+int64_t set_tuning(int64_t kind, int64_t prefetch_bytes, int64_t hint, int64_t threads, int64_t rows, int64_t several) {
   TORCH_CHECK(kind >= 0 && kind < kKinds && hint >= 0 && hint <= kPrefetchT0 && prefetch_bytes >= 0 && threads >= 0
-              && rows >= 1, "bad tuning");
-  g_tuning[kind] = Tuning{prefetch_bytes, hint, threads, rows};
+              && rows >= 1 && (several == 0 || several == 1), "bad tuning");
+  g_tuning[several][kind] = Tuning{prefetch_bytes, hint, threads, rows};
   return kind;
 }
 
@@ -1424,7 +1429,7 @@ TORCH_LIBRARY(fishtts, m) {
         "int n_kv_head, Tensor? q_norm=None, Tensor? k_norm=None) -> Tensor");
   m.def("huge_page_copy(Tensor t) -> Tensor");
   m.def("huge_page_empty(int bytes) -> Tensor");
-  m.def("set_tuning(int kind, int prefetch_bytes, int hint, int threads, int rows) -> int");
+  m.def("set_tuning(int kind, int prefetch_bytes, int hint, int threads, int rows, int several) -> int");
   m.def("start_pool(int threads) -> int");
   m.def("set_openmp_threads(int threads) -> int");
 }

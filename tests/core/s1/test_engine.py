@@ -53,7 +53,7 @@ def test_info_describes_the_s1_folder(engine):
     # float32 linears take the autotuned decode paths too (core/lm/paths.py), so they are reported, with the
     # slow stack's prompt attention (core/lm/prefill_attention.py)
     assert set(info.lm_paths) == {"float32"}
-    assert set(info.lm_paths["float32"]) == {"decode", "prefill", "prefill_attention"}
+    assert set(info.lm_paths["float32"]) == {"decode", "batch_decode", "prefill", "prefill_attention"}
 
 
 def test_the_prompt_is_the_originals(engine):

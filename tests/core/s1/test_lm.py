@@ -89,3 +89,22 @@ def test_rope_tables_stay_bfloat16_in_every_run_dtype():
         model, _ = load_dual_ar(S1_CHECKPOINT, dtype=dtype)
         assert model.rope.dtype == model.fast_rope.dtype == torch.bfloat16
         assert model.norm.weight.dtype == dtype
+
+
+def test_the_decode_probe_runs_a_whole_step_and_gives_the_caches_back(loaded):
+    """The autotuner times its decode candidates with it (core/lm/autotune.py): a real step of the slow
+    stack and every fast position, on scratch caches, leaving the model's own as they were."""
+    model, _ = loaded
+    model.setup_caches(2, 40)
+    before = [block.attention.kv_cache for block in (*model.layers, *model.fast_layers)]
+    with torch.inference_mode(), model.decode_probe(3, 17) as step:
+        logits = step()
+        slow, fast = model.layers[0].attention.kv_cache, model.fast_layers[0].attention.kv_cache
+        assert slow.k_cache.size(0) == 3 and fast.k_cache.size(0) == 3
+        written = slow.k_cache.abs().sum(dim=(0, 1, 3)) > 0  # per position
+        assert written.nonzero().flatten().tolist() == [17]
+        assert (fast.k_cache.abs().sum(dim=(0, 1, 3)) > 0).all()  # every codebook position
+    assert logits.shape == (3, model.config.codebook_size) and torch.isfinite(logits).all()
+    after = [block.attention.kv_cache for block in (*model.layers, *model.fast_layers)]
+    assert all(a is b for a, b in zip(before, after, strict=True))
+    assert (model.cache_batch, model.cache_length) == (2, 40)
