@@ -200,7 +200,7 @@ def _measure(fmt: str, layers: list[nn.Module], prompt_layers: list[nn.Module], 
     else:
         with single_threaded_torch():  # as a decode step runs
             decode = _measure_decode(fmt, candidates, layers, probe)
-    # The "kernel" prefill runs with the decode path's setting (threads, prefetch): time it with the winner's.
+    # The "kernel" prefill runs with the batch decode setting (threads, prefetch): time it with the winner's.
     paths.set_paths(fmt, decode=decode["decode"], batch_decode=decode["batch_decode"])
     one_layer = list({(m.out_features, m.in_features): m for m in prompt_layers}.values())  # each shape once
     batch = {m.in_features: torch.randn(PREFILL_ROWS, m.in_features) for m in one_layer}

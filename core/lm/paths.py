@@ -5,7 +5,8 @@ which differs between CPUs (core/lm/autotune.py measures them at load and sets t
 
 Decode candidates: the C++ kernel with one of KERNEL_VARIANTS' prefetch/thread settings (for int8 on
 AVX512-VNNI also with int16 activations, and with AMX on its tiles), plain torch (the original's
-formula), and torch's packed int8 kernel. Prefill candidates: a float32 matmul, or a bfloat16 one
+formula), and torch's packed int8 kernel; steps of one sequence and of several may take two settings
+of one kernel ("decode", "batch_decode"). Prefill candidates: a float32 matmul, or a bfloat16 one
 (AMX / AVX512-BF16; quantized formats only: their weights are exact or nearly so in bfloat16, a
 float32 model keeps float32), for int8 an int8 matmul (the activations rounded to int8 per row), or for
 the quantized formats the decode kernel over all rows.
@@ -124,7 +125,7 @@ def set_paths(fmt: str, decode: str | None = None, prefill: str | None = None, b
     current = chosen(fmt)
     if decode is not None or batch_decode is not None:
         one = decode or current["decode"]
-        several = batch_decode or (decode if decode is not None else current["batch_decode"])
+        several = batch_decode or decode or current["batch_decode"]
         for path in (one, several):
             if path not in decode_candidates(fmt):
                 raise ValueError(f"{path!r} is not a decode path for {fmt} here ({', '.join(decode_candidates(fmt))})")
