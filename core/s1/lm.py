@@ -248,9 +248,11 @@ class DualARTransformer(nn.Module):
             self.setup_caches(rows, position + 1, zeroed=True)
             inp = torch.zeros(rows, 1 + self.config.num_codebooks, 1, dtype=torch.int, device=self.norm.weight.device)
 
-            def step() -> Tensor:  # the last codebook's logits
+            def step() -> Tensor:
                 _, hidden = self.forward_slow_rows(inp, list(range(rows)), [position] * rows)
-                return [self.forward_fast(hidden, codebook) for codebook in range(self.config.num_codebooks)][-1]
+                for codebook in range(self.config.num_codebooks):
+                    logits = self.forward_fast(hidden, codebook)
+                return logits  # the last codebook's
 
             yield step
         finally:
