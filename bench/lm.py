@@ -25,7 +25,8 @@ def bytes_per_step(model: Transformer) -> int:
 def build_variant(name: str, base: Transformer) -> Transformer:
     """float32 | bfloat16 | int8 | int4 (weight-only, core/lm/quantize.py), optionally "+compile" of the decode
     step; its paths chosen by the autotuner as at load, or ":PATH" names the decode path (e.g. float32:torch,
-    int8:kernel: what the autotuner chose from, measured in the same run)."""
+    int8:kernel: what the autotuner chose from, measured in the same run; ":PATH/BATCH_PATH" one for
+    batches too, e.g. int8:kernel-vnni-nopf/kernel-vnni-t0)."""
     name = name.split(":")[0]
     fmt, _, extra = name.partition("+")
     if extra not in ("", "compile"):
@@ -107,11 +108,13 @@ def build_variants(
 
 
 def forced_path(name: str, model: Transformer):
-    """paths.using(...) for a "FORMAT:PATH" variant, else nothing."""
+    """paths.using(...) for a "FORMAT:PATH" variant (PATH for one sequence and batches) or
+    "FORMAT:PATH/BATCH_PATH" (two settings of one kernel), else nothing."""
     if ":" not in name or model.output.weight.device.type != "cpu":
         return nullcontext()
     fmt = name.split("+")[0].split(":")[0]
-    return paths.using(fmt, decode=name.split(":")[1])
+    decode, _, batch = name.split(":")[1].partition("/")
+    return paths.using(fmt, decode=decode, batch_decode=batch or None)
 
 
 def bench_lm(

@@ -46,7 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median), after a warm-up")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     parser.add_argument(
-        "--variants", default="float32,int8,int4", help="LM formats: float32, bfloat16, int8, int4, X+compile"
+        "--variants",
+        default="float32,int8,int4",
+        help="LM formats: float32, bfloat16, int8, int4, X+compile; X:PATH or X:PATH/BATCH_PATH forces decode paths",
     )
     parser.add_argument("--compile", action="store_true", help="also measure int8+compile")
     parser.add_argument("--prompt", type=int, default=100, help="LM prompt length in tokens")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from bench.run import main
 
 
@@ -61,3 +64,23 @@ def test_streams_bench_tiny_reports_both_modes_and_shares(capsys):
         row = report["modes"][mode]
         assert row["wall_s"] > 0 and row["first_audio_s"] > 0 and row["audio_s"] > 0
         assert row["prefill_s"] > 0 and row["step_s"] > 0 and row["vqgan_s"] > 0
+
+
+def test_a_forced_variant_may_name_its_batch_decode_path():
+    """`--variants int8:A/B`: A for one sequence, B for batches (two settings of one kernel), then back."""
+    from bench.lm import forced_path
+    from bench.models import random_official_lm, tiny_lm_config
+    from core.lm import paths
+    from core.lm.quantize import quantize_model
+
+    settings = [c for c in paths.decode_candidates("int8") if paths.arithmetic(c) == "kernel"]
+    if len(settings) < 2:
+        pytest.skip("needs two kernel settings (the C++ kernels)")
+    model = quantize_model(random_official_lm(torch.device("cpu"), torch.float32, config=tiny_lm_config()), "int8")
+    before = dict(paths.chosen("int8"))
+    one, batch = settings[1], settings[0]
+    with forced_path(f"int8:{one}/{batch}", model):
+        assert (paths.chosen("int8")["decode"], paths.chosen("int8")["batch_decode"]) == (one, batch)
+    with forced_path(f"int8:{one}", model):
+        assert paths.chosen("int8")["decode"] == paths.chosen("int8")["batch_decode"] == one
+    assert paths.chosen("int8") == before
