@@ -70,19 +70,15 @@ def _source_hash() -> str:
     return _sources_digest() if cpu_kernels_available() else "none"
 
 
+def _cache_key(*parts: str) -> str:
+    """This machine, kernel source and timing method, then what was timed."""
+    return "|".join([*machine_key(), f"kernels={_source_hash()}", f"method={METHOD}", *parts])
+
+
 def _key(fmt: str, layers: list[nn.Module]) -> str:
     shapes = sorted({(m.out_features, m.in_features) for m in layers})
-    return "|".join(
-        [
-            *machine_key(),
-            f"kernels={_source_hash()}",
-            f"method={METHOD}",
-            fmt,
-            str(shapes),
-            # a new candidate (a kernel setting, a prefill path) is measured, not skipped for a cached choice
-            ",".join(paths.decode_candidates(fmt) + paths.prefill_candidates(fmt)),
-        ]
-    )
+    # a new candidate (a kernel setting, a prefill path) is measured, not skipped for a cached choice
+    return _cache_key(fmt, str(shapes), ",".join(paths.decode_candidates(fmt) + paths.prefill_candidates(fmt)))
 
 
 def _timed_in_turns(candidates: list[str], use, warm_up, timed) -> dict[str, float]:
@@ -306,10 +302,7 @@ def _attention_layout(model: nn.Module) -> prefill_attention.Layout | None:
 
 
 def _attention_key(layout: prefill_attention.Layout) -> str:
-    return "|".join(
-        [*machine_key(), f"kernels={_source_hash()}", f"method={METHOD}", "prefill_attention", str(layout)]
-        + [",".join(prefill_attention.candidates(layout))]
-    )
+    return _cache_key("prefill_attention", str(layout), ",".join(prefill_attention.candidates(layout)))
 
 
 def _measure_attention(layout: prefill_attention.Layout) -> dict:

@@ -91,16 +91,16 @@ class Attention(nn.Module):
         bsz, _, seqlen, _ = q.shape
         if mask is None:
             y = causal_attention(q, k.to(q.dtype), v.to(q.dtype))
-            return self.wo(y.transpose(1, 2).contiguous().view(bsz, seqlen, s.n_head * s.head_dim))
-        repeat = s.n_head // s.n_local_heads
-        k = k.repeat_interleave(repeat, dim=1)
-        v = v.repeat_interleave(repeat, dim=1)
-        if self.explicit_softmax:
-            bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
-            weights = torch.softmax(q @ k.transpose(-2, -1) * (1 / math.sqrt(s.head_dim)) + bias, dim=-1)
-            y = weights @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            repeat = s.n_head // s.n_local_heads
+            k = k.repeat_interleave(repeat, dim=1)
+            v = v.repeat_interleave(repeat, dim=1)
+            if self.explicit_softmax:
+                bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+                weights = torch.softmax(q @ k.transpose(-2, -1) * (1 / math.sqrt(s.head_dim)) + bias, dim=-1)
+                y = weights @ v
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(y.transpose(1, 2).contiguous().view(bsz, seqlen, s.n_head * s.head_dim))
 
     def forward(
