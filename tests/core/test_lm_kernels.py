@@ -49,6 +49,36 @@ def test_linear_rows_gives_a_row_the_same_bits_alone_and_in_any_batch():
             assert torch.equal(kernels.linear_rows(x[rows], w, s), together[rows])
 
 
+def _row_kernels() -> dict[str, tuple]:
+    """Every kernel of a few activation rows that a prefill may also call with many, with its weights."""
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(80, 1024, generator=gen)
+    q8, s8 = quantize_int8(weight)
+    ops = torch.ops.fishtts
+    found = {
+        "float32": (kernels.linear_rows, weight, None),
+        "bfloat16": (kernels.linear_rows, weight.bfloat16(), None),
+        "int8": (kernels.linear_rows, q8, s8),
+        "int4": (ops.linear_rows_int4, *quantize_int4(weight)),
+    }
+    if ops.vnni_available():
+        found["int8-vnni"] = (ops.linear_rows_int8_vnni, q8, s8)
+    if ops.int8_amx_available():
+        found["int8-amx"] = (ops.linear_rows_int8_amx, q8, s8)
+    return found
+
+
+@pytest.mark.parametrize("kernel", list(_row_kernels()) if kernels.cpu_kernels_available() else [])
+def test_a_prefill_call_gives_each_row_the_bits_of_a_decode_call(kernel):
+    """More rows than a decode step's run on OpenMP's threads, a step's few on the kernels' own pool:
+    either way every row is the same bits (how the rows are split between threads changes nothing)."""
+    fn, *weights = _row_kernels()[kernel]
+    x = torch.randn(2 * kernels.MAX_ROWS + 5, 1024, generator=torch.Generator().manual_seed(4))
+    many = fn(x, *weights)
+    few = torch.cat([fn(x[i : i + kernels.MAX_ROWS], *weights) for i in range(0, len(x), kernels.MAX_ROWS)])
+    assert torch.equal(many, few)
+
+
 def test_every_row_is_computed_once_however_the_pool_splits_the_call():
     """Output sizes that make 1, 2, 3 or 4 pieces (16 rows at least each), called repeatedly while another
     process keeps a core busy, so that the worker often starts late and its pieces are taken from the
