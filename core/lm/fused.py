@@ -1,4 +1,5 @@
-"""A CPU decode step's transformer layers as one C++ call each (cpu_kernels.cpp `decode_layer`).
+"""A CPU decode step's transformer layers as one C++ call each (cpu_kernels.cpp `decode_layer`), and the
+whole stack of them as one call a step (`LayerStack`: the same calls in order, from C++).
 
 Why: a layer's decode is ~12 small calls (norms, five linears, attention, residual adds, SwiGLU), and
 their Python and dispatch cost ~40 us a layer, ~1 ms a step: as much as the attention itself. The C++
@@ -6,11 +7,13 @@ op runs the very same kernels in the same order, so a layer's result is the same
 where every part of the layer would take a kernel anyway (the format's chosen decode path is a kernel,
 no biases, the attention kernel's head layout and cache types). S1-mini's layers (core/s1/lm.py, the same
 parameter names plus per-head q/k norms) take the same op: there it replaces ~25 torch calls a layer, and
-its rounding differs from the modules' only where they use torch's own attention and norms.
+its rounding differs from the modules' only where they use torch's own attention and norms. The call
+a layer still cost ~16 us to pass its ~20 arguments: 0.3-0.4 ms of a v0.2 step, which the stack saves.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -73,26 +76,60 @@ LayerStep = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (h, slots, pos
 
 def layer_steps(layers: nn.ModuleList, kind: int) -> list[LayerStep | None]:
     """Per layer, its `decode_layer` call with everything but the step's own inputs bound, or None where
-    the layer is not fusable. Built once per kind, caches and weights: looking up a layer's ~10 arguments
-    at every step cost ~1.2 ms of a ~22 ms int8 step (Intel Xeon). The caches and weights are replaced
-    whole (setup_caches, quantization, huge pages, `.to`), so the first and last layers' tell."""
+    the layer is not fusable."""
+    return _bound(layers, kind)["steps"]
+
+
+def layer_stack(layers: nn.ModuleList, kind: int) -> LayerStep | None:
+    """All `layers` in one C++ call (cpu_kernels.cpp's LayerStack, the layers' `decode_layer` calls in
+    order: the same bits), or None where a layer is not fusable or torch.compile traces the step (it
+    takes the per-layer calls, opaque ops to it)."""
+    if torch.compiler.is_compiling():
+        return None
+    bound = _bound(layers, kind)
+    if "stack" not in bound:
+        arguments = bound["arguments"]
+        stack = None
+        if all(a is not None for a in arguments):
+            stack = torch.classes.fishtts.LayerStack()
+            for before, after in arguments:
+                stack.add(*before, *after)
+        bound["stack"] = None if stack is None else stack.run
+    return bound["stack"]
+
+
+def _bound(layers: nn.ModuleList, kind: int) -> dict:
+    """The layers' decode_layer arguments, their steps (and the stack, once asked for), built once per
+    kind, caches and weights: looking up a layer's ~10 arguments at every step cost ~1.2 ms of a ~22 ms
+    int8 step (Intel Xeon). The caches and weights are replaced whole (setup_caches, quantization, huge
+    pages, `.to`), so the first and last layers' tell."""
     first, last = layers[0].attention, layers[-1].attention
     key = (first.kv_cache.k_cache, first.wqkv.weight, last.kv_cache.k_cache, last.wqkv.weight)
-    cached = layers.__dict__.get("_layer_steps")
+    cached = _BOUND.get(layers)
     if cached is not None and cached[0] == kind and all(a is b for a, b in zip(cached[1], key, strict=True)):
         return cached[2]
-    steps = []
-    for layer in layers:
-        tensors = layer_tensors(layer, kind)
-        steps.append(None if tensors is None else _layer_step(layer, tensors, kind))
-    layers.__dict__["_layer_steps"] = (kind, key, steps)
-    return steps
-
-
-def _layer_step(layer: nn.Module, tensors: list[Tensor], kind: int) -> LayerStep:
-    attention, cache = layer.attention, layer.attention.kv_cache
-    weights = (tensors, kind, layer.attention_norm.weight, layer.ffn_norm.weight, layer.attention_norm.eps)
-    caches, heads = (cache.k_cache, cache.v_cache), (attention.n_head, attention.n_local_heads)
-    qk_norms = [n.weight for n in head_norms(attention)] or [None, None]
+    arguments = [_layer_arguments(layer, kind) for layer in layers]
     op = torch.ops.fishtts.decode_layer
-    return lambda h, slots, positions, rope: op(h, *weights, *caches, slots, positions, rope, *heads, *qk_norms)
+    bound = {"arguments": arguments, "steps": [None if a is None else _layer_step(op, *a) for a in arguments]}
+    _BOUND[layers] = (kind, key, bound)
+    return bound
+
+
+# Per stack of layers, outside the modules: a deep copy of a model (the bench's formats) must not copy the
+# C++ stack, which cannot be copied, nor share it (it holds the original's tensors).
+_BOUND: weakref.WeakKeyDictionary[nn.ModuleList, tuple] = weakref.WeakKeyDictionary()
+
+
+def _layer_arguments(layer: nn.Module, kind: int) -> tuple[tuple, tuple] | None:
+    """decode_layer's arguments but the step's own: those before them and those after."""
+    tensors = layer_tensors(layer, kind)
+    if tensors is None:
+        return None
+    attention, cache = layer.attention, layer.attention.kv_cache
+    before = (tensors, kind, layer.attention_norm.weight, layer.ffn_norm.weight, layer.attention_norm.eps)
+    qk_norms = [n.weight for n in head_norms(attention)] or [None, None]
+    return (*before, cache.k_cache, cache.v_cache), (attention.n_head, attention.n_local_heads, *qk_norms)
+
+
+def _layer_step(op, before: tuple, after: tuple) -> LayerStep:
+    return lambda h, slots, positions, rope: op(h, *before, slots, positions, rope, *after)

@@ -362,6 +362,9 @@ class Transformer(nn.Module):
         (int64 tensors [B]). Rows never see each other: a sequence decodes the same alone or batched."""
         h = self.embed(x)
         kind = None if static else fused.decode_kind(self.layers[0], h)
+        stack = None if kind is None else fused.layer_stack(self.layers, kind)
+        if stack is not None:  # every layer fusable: all in one C++ call (fused.py)
+            return self._heads(stack(h, slots, positions, self.freqs_cis))
         steps = [None] * len(self.layers) if kind is None else fused.layer_steps(self.layers, kind)
         for layer, step in zip(self.layers, steps, strict=True):
             if step is not None:  # the same ops as the modules', in one C++ call (fused.py)

@@ -394,18 +394,23 @@ class DualARTransformer(nn.Module):
 
 
 def fused_stack(layers: nn.ModuleList, h: Tensor) -> fused.LayerStep | None:
-    """A CPU decode step through all `layers` as core/lm/fused.py's C++ calls, one a layer, or None where any
-    layer would not take them."""
+    """A CPU decode step through all `layers` as core/lm/fused.py's C++ call (one a layer where torch.compile
+    traces it), or None where any layer would not take them."""
     if layers[0].attention.kv_cache is None:
         return None
     kind = fused.decode_kind(layers[0], h)
-    steps = None if kind is None else fused.layer_steps(layers, kind)
-    if steps is None or any(step is None for step in steps):
+    if kind is None:
+        return None
+    stack = fused.layer_stack(layers, kind)
+    if stack is not None:
+        return stack
+    steps = fused.layer_steps(layers, kind)
+    if any(step is None for step in steps):
         return None
 
-    def stack(x: Tensor, slots: Tensor, positions: Tensor, rope: Tensor) -> Tensor:
+    def layer_by_layer(x: Tensor, slots: Tensor, positions: Tensor, rope: Tensor) -> Tensor:
         for step in steps:
             x = step(x, slots, positions, rope)
         return x
 
-    return stack
+    return layer_by_layer

@@ -118,6 +118,24 @@ def test_a_fused_decode_layer_gives_the_same_bits_as_the_modules(models, monkeyp
     assert torch.equal(together, apart)
 
 
+@pytest.mark.parametrize("fmt", paths.FORMATS)
+def test_the_layer_stack_gives_the_bits_of_one_call_a_layer(models, monkeypatch, fmt):
+    """fused.py's one C++ call a step (LayerStack) runs the layers' own calls in order."""
+    kernels = [path for path in paths.decode_candidates(fmt) if path.startswith("kernel")]
+    if not kernels:
+        pytest.skip("no decode kernel here")
+    prompts, frames = prompts_and_frames()
+    stacks = []
+    stack = fused.layer_stack
+    monkeypatch.setattr(fused, "layer_stack", lambda *a: stacks.append(stack(*a)) or stacks[-1])
+    with paths.using(fmt, decode=kernels[0]):
+        together = decode_logits(models[fmt], prompts, frames)
+        monkeypatch.setattr(fused, "layer_stack", lambda *a: None)
+        apart = decode_logits(models[fmt], prompts, frames)
+    assert stacks and all(s is not None for s in stacks)  # the stack did run
+    assert torch.equal(together, apart)
+
+
 @pytest.mark.parametrize("path", ["float32", "bfloat16", "int8", "kernel"])
 @pytest.mark.parametrize("fmt", paths.FORMATS)
 def test_every_prefill_path_matches_float32_within_its_format_tolerance(models, reference, fmt, path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.s1_models import TINY_S1, TINY_SEMANTIC_BEGIN
-from core.lm import paths
+from core.lm import fused, paths
 from core.s1 import lm as s1_lm
 from core.s1.config import DualARConfig
 
@@ -71,3 +71,20 @@ def test_fused_s1_layers_match_the_modules_within_the_paths_rounding(models, mon
     # The linears are the same kernels; only the attention's and q/k norms' rounding differs.
     assert relative_error(fused, modules) < same_format_limit(fmt, path)
     assert torch.equal(alone[0], fused[1])  # rows never see each other, to the bit
+
+
+@pytest.mark.parametrize("fmt", paths.FORMATS)
+def test_the_s1_layer_stacks_give_the_bits_of_one_call_a_layer(models, monkeypatch, fmt):
+    """The slow and the fast stack each in one C++ call a step (fused.py's LayerStack): the layers' own calls."""
+    kernels = [path for path in paths.decode_candidates(fmt) if path.startswith("kernel")]
+    if not kernels:
+        pytest.skip("no decode kernel here")
+    stacks = []
+    stack = fused.layer_stack
+    monkeypatch.setattr(fused, "layer_stack", lambda *a: stacks.append(stack(*a)) or stacks[-1])
+    with paths.using(fmt, decode=kernels[0], prefill="float32"):
+        together = one_step(models[fmt], PROMPTS)
+        monkeypatch.setattr(fused, "layer_stack", lambda *a: None)
+        apart = one_step(models[fmt], PROMPTS)
+    assert len(stacks) == 1 + models[fmt].config.num_codebooks and all(s is not None for s in stacks)
+    assert torch.equal(together, apart)
