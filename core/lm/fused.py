@@ -32,7 +32,15 @@ _BUFFERS = {
     INT8_AMX: ("weight", "scales"),
     INT4: ("weight", "scales", "offsets"),
 }
-_FORMAT = {FLOAT32: "float32", INT8: "int8", INT8_VNNI: "int8", INT8_AMX: "int8", INT4: "int4"}
+# (weight format, paths.arithmetic of its decode path) -> the kind decode_layer runs
+_KINDS = {
+    ("float32", "kernel"): FLOAT32,
+    ("int8", "kernel"): INT8,
+    ("int8", "kernel-vnni"): INT8_VNNI,
+    ("int8", "kernel-amx"): INT8_AMX,
+    ("int4", "kernel"): INT4,
+}
+_FORMAT = {kind: fmt for (fmt, _), kind in _KINDS.items()}
 
 
 def decode_kind(first_layer: nn.Module, h: Tensor) -> int | None:
@@ -41,12 +49,7 @@ def decode_kind(first_layer: nn.Module, h: Tensor) -> int | None:
     if not (few_rows(h) and attention.kernel_layout and attention.kv_cache.k_cache.dtype in KERNEL_CACHE_DTYPES):
         return None
     fmt = weight_format(attention.wqkv)
-    path = paths.chosen(fmt)["decode"] if fmt is not None else ""
-    if not path.startswith("kernel"):
-        return None
-    if fmt == "int8":
-        return INT8_VNNI if "-vnni" in path else INT8_AMX if "-amx" in path else INT8
-    return INT4 if fmt == "int4" else FLOAT32
+    return None if fmt is None else _KINDS.get((fmt, paths.arithmetic(paths.chosen(fmt)["decode"])))
 
 
 def layer_tensors(layer: nn.Module, kind: int) -> list[Tensor] | None:

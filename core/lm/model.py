@@ -287,7 +287,8 @@ class Transformer(nn.Module):
             device = self.output.weight.device
             x = torch.zeros(rows, 1 + self.config.num_codebooks, 1, dtype=torch.int, device=device)
             slots = torch.arange(rows, device=device)
-            yield lambda: self.decode(x, slots, torch.full_like(slots, position))
+            positions = torch.full_like(slots, position)
+            yield lambda: self.decode(x, slots, positions)
         finally:
             for layer, cache in zip(self.layers, saved, strict=True):
                 layer.attention.kv_cache = cache

@@ -184,9 +184,10 @@ def linear_int8(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     path = chosen("int8")["decode" if has_few_rows(x) else "prefill"]
     if _kernel(path):
         # (widths that are not whole 64-groups take the float-activation kernel)
-        if "-vnni" in path:
+        kind = arithmetic(path)
+        if kind == "kernel-vnni":
             return torch.ops.fishtts.linear_rows_int8_vnni(x, weight, scales)
-        if "-amx" in path:
+        if kind == "kernel-amx":
             return torch.ops.fishtts.linear_rows_int8_amx(x, weight, scales)
         return torch.ops.fishtts.linear_rows(x, weight, scales)
     if path == "int8pack":  # (decode only)
