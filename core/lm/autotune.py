@@ -19,7 +19,6 @@ choice changes only speed. On a busy machine the timings are noisy; the best of 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -32,7 +31,7 @@ from torch import nn
 
 from ..tuning import cpu_info, machine_key, read_cache, write_cache
 from . import paths, prefill_attention
-from .kernels import SOURCES, cpu_kernels_available, move_to_huge_pages, single_threaded_torch
+from .kernels import cpu_kernels_available, move_to_huge_pages, single_threaded_torch, sources_digest
 from .quantize import weight_format
 
 log = logging.getLogger(__name__)
@@ -60,9 +59,7 @@ METHOD = 6  # how the timings are taken: a choice cached by another method is me
 CACHE_NAME = "lm_paths.json"
 
 
-@cache
-def _sources_digest() -> str:
-    return hashlib.sha1(b"".join(path.read_bytes() for path in SOURCES)).hexdigest()[:12]
+_sources_digest = cache(sources_digest)
 
 
 def _source_hash() -> str:

@@ -25,7 +25,7 @@ from torch import Tensor
 from .kernels import single_threaded_torch
 from .model import ForwardResult, Transformer
 from .quantize import is_quantized
-from .sampling import SamplingParams, draw, draw_anyway, logits_to_probs, sample_fast
+from .sampling import SamplingParams, draw, draw_anyway, logits_to_probs, sample_fast, sample_frames_native
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,15 @@ def sample_frame(
 ) -> Tensor:
     """Sample [B, 1 + C] from the last position's logits (all rows share params and generator).
     `mask_end` forbids the end value too (the prefill frame, and runs that ignore stops)."""
-    token_logits = out.token_logits[:, -1].float()
-    code_probs = codebook_probs(out.codebook_logits[:, -1], params, window, mask_end, code_limit)
+    token_logits, code_logits = out.token_logits[:, -1].float(), out.codebook_logits[:, -1]
+    if fast_sampling:  # the whole frame in one call where it serves (the same rules)
+        masked, limit_from = forbidden_codes(mask_end, code_limit)
+        frame = sample_frames_native(
+            token_logits, code_logits, params, window, masked, limit_from, generator, FAST_TOP_P_CANDIDATES
+        )
+        if frame is not None:
+            return frame
+    code_probs = codebook_probs(code_logits, params, window, mask_end, code_limit)
     if fast_sampling:
         token = sample_fast(token_logits, params, generator, FAST_TOP_P_CANDIDATES)
     else:
@@ -71,16 +78,23 @@ def sample_frame(
     return torch.cat([token[:, None], codes.view(batch, num_codebooks)], dim=1)
 
 
+def forbidden_codes(mask_end: bool, code_limit: int | None) -> tuple[int, int | None]:
+    """The codebook values never sampled: those below the first (the padding value, and the end value too
+    with `mask_end`) and those from the second on (values the VQGAN cannot decode: its codebooks are
+    smaller than the LM's heads; None: no such limit)."""
+    return (CODEBOOK_END if mask_end else CODEBOOK_PAD) + 1, None if code_limit is None else code_limit + CODE_OFFSET
+
+
 def codebook_probs(
     logits: Tensor, params: SamplingParams, window: Tensor | None, mask_end: bool, code_limit: int | None
 ) -> Tensor:
     """The codebooks' distributions [B, C, V] from their logits [B, C, V] and penalty windows [B, C, W]."""
     logits = logits.to(torch.float32, copy=True)  # masked in place
     batch, num_codebooks, size = logits.shape
-    logits[..., : CODEBOOK_END + 1 if mask_end else CODEBOOK_PAD + 1] = float("-inf")
-    if code_limit is not None:
-        # Values the VQGAN cannot decode (its codebooks are smaller than the LM's heads).
-        logits[..., code_limit + CODE_OFFSET :] = float("-inf")
+    masked, limit_from = forbidden_codes(mask_end, code_limit)
+    logits[..., :masked] = float("-inf")
+    if limit_from is not None:
+        logits[..., limit_from:] = float("-inf")
     previous = None if window is None else window.reshape(batch * num_codebooks, -1)
     return logits_to_probs(logits.view(batch * num_codebooks, size), params, previous).view(batch, num_codebooks, size)
 

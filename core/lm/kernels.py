@@ -15,6 +15,7 @@ autotune.py.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
@@ -43,6 +44,14 @@ INT8_ROWS_SOURCE = SOURCE.with_name("int8_rows.cpp")  # the int8 prefill's round
 ATTENTION_SOURCE = SOURCE.with_name("prefill_attention.cpp")  # a prompt's causal attention (model.py)
 # All in one extension; the autotuner keys its cache by them.
 SOURCES = (SOURCE, SAMPLING_SOURCE, INT8_ROWS_SOURCE, ATTENTION_SOURCE)
+HEADERS = (SOURCE.with_name("vector_math.h"),)  # included by some of the sources
+
+
+def sources_digest() -> str:
+    """The sources' and headers' contents, hashed: torch rebuilds an extension when its sources or flags
+    change but does not read headers, so the build flags carry this (and the autotuner's cache key)."""
+    return hashlib.sha1(b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))).hexdigest()[:12]
+
 
 _state: dict[str, bool] = {}
 
@@ -70,7 +79,7 @@ def _build() -> bool:
             [str(source) for source in SOURCES],
             is_python_module=False,
             verbose=False,
-            extra_cflags=["-O3", f"-march={arch}", "-fopenmp"],
+            extra_cflags=["-O3", f"-march={arch}", "-fopenmp", f"-DFISHTTS_SOURCES={sources_digest()}"],
         )
         torch.ops.fishtts.start_pool(torch.get_num_threads())
         # Output shapes, so torch.compile can treat the kernels as opaque ops.

@@ -205,6 +205,42 @@ def sample_fast(
     return torch.cat(tokens)
 
 
+def sample_frames_native(
+    token_logits: Tensor,
+    code_logits: Tensor,
+    params: SamplingParams,
+    window: Tensor | None,
+    masked: int,
+    limit_from: int | None,
+    generator: torch.Generator | None,
+    candidates: int,
+) -> Tensor | None:
+    """Frames [N, 1 + C] (int32) from token logits [N, V] (by `sample_fast`'s rule) and codebook logits [N, C, K]
+    (by `logits_to_probs` with the penalty window [N, C, W], entries below `masked` and from `limit_from` on
+    forbidden) in one C++ call (csrc/sampling.cpp: a frame's ~25 small ops cost twice as much right after a
+    decode step as warm); the same draws but for float rounding at a cut. None where it does not serve
+    (no nucleus to look for, not float32 CPU rows, or what the call leaves to the ops: then nothing was drawn)."""
+    if params.top_p is None or params.top_p >= 1.0 or not native_sampler_serves(token_logits):
+        return None
+    if code_logits.dtype != torch.float32 or code_logits.device.type != "cpu":
+        return None
+    penalty = params.repetition_penalty if window is not None else 1.0
+    frames = torch.ops.fishtts.sample_frames(
+        token_logits,
+        code_logits,
+        None if window is None else window.to(torch.int32),
+        max(params.temperature, 1e-5),
+        params.top_p,
+        params.top_k or 0,
+        penalty,
+        masked,
+        code_logits.size(-1) if limit_from is None else limit_from,
+        candidates,
+        generator,
+    )
+    return frames if frames.numel() else None
+
+
 def sample(
     logits: Tensor, params: SamplingParams, previous: Tensor | None = None, generator: torch.Generator | None = None
 ) -> Tensor:

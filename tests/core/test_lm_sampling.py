@@ -1,7 +1,10 @@
 """The sampler's C++ sort and draw (core/lm/csrc/sampling.cpp) against the original's torch ops: the same
-ids from the same generator, which is left in the same state."""
+ids from the same generator, which is left in the same state; and a quantized model's whole frame in one
+C++ call against the same rules in torch's ops."""
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
@@ -174,3 +177,81 @@ def test_a_steps_sequences_sampled_together_get_the_frames_each_samples_alone(mo
         runs.append([(torch.stack(s.frames).tolist(), s.finished, s.steps) for s in seqs])
     assert runs[0] == runs[1]
     assert any(steps < 12 for _, _, steps in runs[0]), "no sequence stopped: the stop rule went untested"
+
+
+FRAME_RULES = [
+    SamplingParams(),  # the original's defaults: temperature 0.7, top_p 0.5, penalty 1.5
+    SamplingParams(temperature=1.1, top_p=0.9, top_k=20, repetition_penalty=1.2),
+    SamplingParams(temperature=0.3, top_p=0.7, repetition_penalty=1.0),
+]
+
+
+def frame_logits(rows: int, seed: int, vocab: int = 2000, size: int = 168):
+    """A step's heads for `rows` sequences (a trained model's spread: the nucleus is a few dozen ids)."""
+    from core.lm.model import ForwardResult
+
+    shape = torch.Generator().manual_seed(seed)
+    token = torch.randn(rows, 1, vocab, generator=shape) * 4
+    codes = torch.randn(rows, 1, 4, size, generator=shape) * 3
+    window = torch.randint(0, size, (rows, 4, 16), generator=shape, dtype=torch.int)
+    return ForwardResult(token, codes), window
+
+
+@pytest.mark.parametrize("params", FRAME_RULES, ids=["defaults", "top-k", "no-penalty"])
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("mask_end, code_limit", [(True, None), (False, 150)], ids=["first-frame", "code-limit"])
+def test_a_frame_in_one_call_is_the_frame_of_the_fast_samplers_ops(monkeypatch, params, rows, mask_end, code_limit):
+    """generate.sample_frame with fast sampling (quantized models): the C++ call draws the frames the torch
+    ops draw, from the same generator left in the same state, with and without a penalty window."""
+    generate = importlib.import_module("core.lm.generate")  # (the package's `generate` is the function)
+
+    served = sampling.sample_frames_native
+    for seed in range(10):
+        out, window = frame_logits(rows, seed)
+        window = window if seed % 2 else None
+        frames = []
+        for native in (True, False):
+            monkeypatch.setattr(generate, "sample_frames_native", served if native else lambda *args: None)
+            generator = torch.Generator().manual_seed(seed)
+            frame = generate.sample_frame(out, params, window, mask_end, code_limit, generator, True)
+            frames.append((frame, generator))
+        (ours, ours_generator), (ops, ops_generator) = frames
+        assert ours.dtype == ops.dtype == torch.int32 and ours.shape == (rows, 5)
+        assert torch.equal(ours, ops), (seed, ours.tolist(), ops.tolist())
+        assert torch.equal(ours_generator.get_state(), ops_generator.get_state())
+        assert (ours[:, 1:] > (1 if mask_end else 0)).all()
+        if code_limit is not None:
+            assert (ours[:, 1:] < code_limit + generate.CODE_OFFSET).all()
+
+
+def test_the_one_call_frame_serves_a_trained_models_logits():
+    out, window = frame_logits(2, 0, vocab=36408)
+    frames = sampling.sample_frames_native(
+        out.token_logits[:, -1], out.codebook_logits[:, -1], SamplingParams(), window, 2, None, None, 256
+    )
+    assert frames is not None and frames.shape == (2, 5)
+
+
+def test_what_the_one_call_frame_cannot_serve_is_left_to_the_ops_with_nothing_drawn():
+    out, window = frame_logits(1, 0)
+    token, codes = out.token_logits[:, -1], out.codebook_logits[:, -1]
+    flat = torch.zeros_like(token)  # its nucleus is half the vocabulary: beyond the candidates
+    nan_codes = codes.clone()
+    nan_codes[0, 2, 5] = float("nan")
+    bad_window = window.clone()
+    bad_window[0, 1, 3] = codes.size(-1)  # an id outside the codebook
+    cases = [
+        (flat, codes, window, SamplingParams(), 2),  # the nucleus beyond the candidates
+        (token, nan_codes, window, SamplingParams(), 2),  # a logit not finite
+        (token, codes, bad_window, SamplingParams(), 2),  # the window names no codebook entry
+        (token, codes, window, SamplingParams(top_p=None), 2),  # no nucleus to look for: the full sampler
+        (token, codes, window, SamplingParams(), codes.size(-1)),  # every codebook value forbidden
+    ]
+    for case_token, case_codes, case_window, params, masked in cases:
+        generator = torch.Generator().manual_seed(1)
+        before = generator.get_state()
+        assert (
+            sampling.sample_frames_native(case_token, case_codes, params, case_window, masked, None, generator, 256)
+            is None
+        )
+        assert torch.equal(generator.get_state(), before)

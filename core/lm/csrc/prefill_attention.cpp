@@ -23,37 +23,11 @@
 #pragma GCC optimize("fp-contract=fast")
 #endif
 
+#include "vector_math.h"  // (after the pragma: its e^x fuses here as before)
+
 namespace {
 
-typedef float f32x16 __attribute__((vector_size(64)));  // AVX-512, 2 x AVX2 or 4 x NEON under -march
-typedef int32_t i32x16 __attribute__((vector_size(64)));
-
-inline f32x16 load16(const float* p) { f32x16 v; std::memcpy(&v, p, sizeof v); return v; }
-inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
-inline f32x16 splat(float s) { return f32x16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }  // (a broadcast)
-
 constexpr int kQueryRows = 8;  // queries whose scores are computed together (8 accumulators of 16 keys)
-
-// e^x for x <= 0 (a score minus its row's largest), within ~2 ulp; below -87 it is flushed to e^-87
-// (~1e-38, nothing beside the row's largest term, which is 1). Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2.
-inline f32x16 exp16(f32x16 x) {
-  const f32x16 lowest = splat(-87.0f);
-  x = x < lowest ? lowest : x;
-  const f32x16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
-  f32x16 r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  f32x16 p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;  // 2^n
-  f32x16 scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
 
 struct HeadView {
   const float* q;  // query i at q + i * q_stride (D floats)
