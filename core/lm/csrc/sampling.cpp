@@ -7,6 +7,8 @@
 // The exponential race draws one Exp(1) per entry (torch's exponential_, ~20 ns each: a 64-bit draw
 // from the generator and a log1p) although every entry but the few kept has probability 0 and cannot
 // win. Here the generator is advanced by the same draws, but the log1p is only taken where it matters.
+//
+// sample_frames: a quantized model's whole frame (its fast sampling) in one call, below.
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -243,6 +245,11 @@ struct FrameRules {
   int64_t candidates;
 };
 
+// How far below the largest logit the nucleus's candidates reach, widened until they hold more than top_p of
+// the mass (the last takes every entry: e^-88 is below float's range). A top-k of 256 did this job for the
+// torch ops; a threshold is one pass over the row.
+constexpr float kNucleusReach[] = {4.0f, 8.0f, 16.0f, 32.0f, 88.0f};
+
 // The text token's nucleus from a row of logits (finite), sample_fast's way: its entries (ids and
 // probabilities, descending) if the largest `candidates` logits hold it, else false.
 bool token_nucleus(const float* row, int64_t width, const FrameRules& rules, std::vector<float>& scratch,
@@ -250,8 +257,8 @@ bool token_nucleus(const float* row, int64_t width, const FrameRules& rules, std
   const float top = *std::max_element(row, row + width);
   scratch.resize(width);
   const float log_sum = top + std::log(shifted_exp(row, width, top, scratch.data()));
-  found.clear();
-  for (float reach : {4.0f, 8.0f, 16.0f, 32.0f, 88.0f}) {  // the largest entries until they hold > top_p
+  bool holds = false;
+  for (const float reach : kNucleusReach) {
     found.clear();
     double mass = 0.0;
     for (int64_t i = 0; i < width; ++i) {
@@ -260,9 +267,10 @@ bool token_nucleus(const float* row, int64_t width, const FrameRules& rules, std
       found.emplace_back(row[i], static_cast<int32_t>(i));
       mass += std::exp(row[i] - log_sum);
     }
-    if (static_cast<float>(mass) > rules.top_p) break;
-    if (reach == 88.0f) return false;
+    holds = static_cast<float>(mass) > rules.top_p;
+    if (holds) break;
   }
+  if (!holds) return false;
   std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   });
