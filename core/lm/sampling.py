@@ -22,7 +22,8 @@ from .kernels import cpu_kernels_available
 # The bounds of the sampling options (the server's request schemas show these same numbers).
 # The penalty divides or multiplies logits: within [0.01, 10] a logit grows at most 100x, so no
 # float32 logit a model produces can overflow (1e-300 made every penalised logit inf, then NaN).
-MAX_TEMPERATURE = 10.0  # below 1e-5 it is taken as 1e-5 (logits / 1e-5 stays finite too)
+MAX_TEMPERATURE = 10.0
+MIN_TEMPERATURE_DIVISOR = 1e-5  # the original divides by max(temperature, this) (logits / 1e-5 stays finite)
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
 MAX_TOP_K = 1000
 
@@ -100,7 +101,7 @@ def logits_to_probs(logits: Tensor, params: SamplingParams, previous: Tensor | N
         logits = apply_repetition_penalty(logits, previous, params.repetition_penalty)
     if params.top_p is not None and params.top_p < 1.0:
         logits = apply_top_p(logits, params.top_p)
-    logits = logits / max(params.temperature, 1e-5)
+    logits = logits / max(params.temperature, MIN_TEMPERATURE_DIVISOR)
     if params.top_k is not None:
         logits = apply_top_k(logits, params.top_k)
     return torch.softmax(logits, dim=-1)
@@ -198,7 +199,7 @@ def sample_fast(
             tokens.append(sample(row[None], params, None, generator))
             continue
         values, ids = found
-        values = values / max(params.temperature, 1e-5)
+        values = values / max(params.temperature, MIN_TEMPERATURE_DIVISOR)
         if params.top_k is not None:
             values = apply_top_k(values, params.top_k)
         tokens.append(ids[draw(torch.softmax(values, dim=-1), generator)].view(1).to(torch.int))
@@ -229,7 +230,7 @@ def sample_frames_native(
         token_logits,
         code_logits,
         None if window is None else window.to(torch.int32),
-        max(params.temperature, 1e-5),
+        max(params.temperature, MIN_TEMPERATURE_DIVISOR),
         params.top_p,
         params.top_k or 0,
         penalty,
