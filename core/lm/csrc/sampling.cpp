@@ -91,6 +91,21 @@ at::Tensor sort_values_descending(const at::Tensor& logits) {
   return out;
 }
 
+// A row with all but its `count` largest set to -inf, `cut` being the count-th largest value: equal
+// values at the cut are kept lowest id first.
+void keep_row_largest(float* row, int64_t width, float cut, int64_t count) {
+  int64_t ties = count;
+  for (int64_t i = 0; i < width; ++i) ties -= row[i] > cut;
+  for (int64_t i = 0; i < width; ++i) {
+    if (row[i] > cut) continue;
+    if (row[i] == cut && ties > 0) {
+      --ties;
+      continue;
+    }
+    row[i] = -std::numeric_limits<float>::infinity();
+  }
+}
+
 // logits with every entry but each row's `kept[r]` largest set to -inf. `sorted` holds each row's values
 // in descending order (sort_values_descending). Equal values at the cut are kept lowest id first.
 at::Tensor keep_largest(const at::Tensor& logits, const at::Tensor& sorted, const at::Tensor& kept) {
@@ -100,24 +115,11 @@ at::Tensor keep_largest(const at::Tensor& logits, const at::Tensor& sorted, cons
   const at::Tensor x = logits.contiguous(), s = sorted.contiguous();
   const at::Tensor k = kept.to(at::kLong).contiguous();
   const int64_t rows = x.size(0), width = x.size(1);
-  at::Tensor out = at::full_like(x, -std::numeric_limits<float>::infinity());
+  at::Tensor out = x.clone();
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t count = k.data_ptr<int64_t>()[r];
     TORCH_CHECK(count >= 1 && count <= width, "kept count out of range");
-    const float* row = x.data_ptr<float>() + r * width;
-    float* dst = out.data_ptr<float>() + r * width;
-    const float cut = s.data_ptr<float>()[r * width + count - 1];
-    int64_t above = 0;
-    for (int64_t i = 0; i < width; ++i)
-      if (row[i] > cut) {
-        dst[i] = row[i];
-        ++above;
-      }
-    for (int64_t i = 0, ties = count - above; i < width && ties > 0; ++i)
-      if (row[i] == cut) {
-        dst[i] = row[i];
-        --ties;
-      }
+    keep_row_largest(out.data_ptr<float>() + r * width, width, s.data_ptr<float>()[r * width + count - 1], count);
   }
   return out;
 }
@@ -305,17 +307,7 @@ bool codebook_distribution(float* v, int64_t size, const int32_t* window, int64_
     const float sum = shifted_exp(scratch.data(), size, largest, probs.data());
     for (int64_t i = 0; i < size; ++i) probs[i] /= sum;
     const int64_t kept = kept_by_top_p(probs.data(), size, rules.top_p);
-    const float cut = scratch[kept - 1];  // the kept largest; equal values at the cut lowest id first
-    int64_t ties = kept;
-    for (int64_t i = 0; i < size; ++i) ties -= v[i] > cut;
-    for (int64_t i = 0; i < size; ++i) {
-      if (v[i] > cut) continue;
-      if (v[i] == cut && ties > 0) {
-        --ties;
-        continue;
-      }
-      v[i] = kNegInf;
-    }
+    keep_row_largest(v, size, scratch[kept - 1], kept);
   }
   for (int64_t i = 0; i < size; ++i) v[i] /= rules.temperature;
   top_k_in_place(v, size, rules.top_k, scratch);
