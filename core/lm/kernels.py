@@ -33,9 +33,14 @@ MAX_ROWS = 8  # activation rows the matrix-vector kernel serves; more rows (pref
 KERNEL_CACHE_DTYPES = (torch.float32, torch.bfloat16)  # KV caches the decode-attention kernel reads
 
 
+def kernel_head_dim(head_dim: int) -> bool:
+    """Whether the kernels' RoPE and decode attention handle heads of this size (16 values a vector)."""
+    return head_dim % 16 == 0 and head_dim <= 256
+
+
 def attention_kernel_layout(n_head: int, n_kv_head: int, head_dim: int) -> bool:
     """Whether the decode-attention kernel handles these heads (v0.2: 16 of 64; S1-mini: 16 of 128, 8 for k/v)."""
-    return head_dim % 16 == 0 and head_dim <= 256 and n_head % n_kv_head == 0
+    return kernel_head_dim(head_dim) and n_head % n_kv_head == 0
 
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"  # the decode kernels
@@ -94,6 +99,7 @@ def _build() -> bool:
             lambda x, w, s: x.new_empty(*x.shape[:-1], w.size(0))
         )
         torch.library.register_fake("fishtts::rms_norm")(lambda x, w, eps: torch.empty_like(x))
+        torch.library.register_fake("fishtts::rope_rows")(lambda x, freqs: x.new_empty(x.shape))
         torch.library.register_fake("fishtts::decode_layer")(lambda x, *rest: torch.empty_like(x))
         torch.library.register_fake("fishtts::linear_rows_int4")(
             lambda x, packed, scales, offsets: x.new_empty(*x.shape[:-1], packed.size(0) * packed.size(2))

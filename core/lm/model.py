@@ -20,34 +20,13 @@ from .kernels import KERNEL_CACHE_DTYPES, attention_kernel_layout, uses_cpu_kern
 from .norm import RMSNorm
 from .paths import Linear
 from .prefill_attention import causal_attention
+from .rope import apply_rope, rope_table
 
 
 @dataclass
 class ForwardResult:
     token_logits: Tensor  # [B, S, vocab_size]
     codebook_logits: Tensor  # [B, S, num_codebooks, codebook_size]
-
-
-def precompute_freqs_cis(seq_len: int, head_dim: int, base: float = 10000) -> Tensor:
-    """[seq_len, head_dim // 2, 2] (cos, sin), rounded to bfloat16 like the original's buffer."""
-    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), freqs)
-    rotation = torch.polar(torch.ones_like(angles), angles)
-    return torch.stack([rotation.real, rotation.imag], dim=-1).to(torch.bfloat16)
-
-
-def apply_rotary_emb(x: Tensor, freqs_cis: Tensor) -> Tensor:
-    """Rotate interleaved pairs (2j, 2j+1) of each head; x [B, S, H, D], freqs_cis [S, D/2, 2] or [B, S, D/2, 2]."""
-    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    freqs = freqs_cis.view(-1 if freqs_cis.dim() == 4 else 1, pairs.size(1), 1, pairs.size(3), 2)
-    rotated = torch.stack(
-        [
-            pairs[..., 0] * freqs[..., 0] - pairs[..., 1] * freqs[..., 1],
-            pairs[..., 1] * freqs[..., 0] + pairs[..., 0] * freqs[..., 1],
-        ],
-        dim=-1,
-    )
-    return rotated.flatten(3).type_as(x)
 
 
 class KVCache(nn.Module):
@@ -97,8 +76,8 @@ class Attention(nn.Module):
         bsz, seqlen, _ = x.shape
         kv_size = self.n_local_heads * self.head_dim
         q, k, v = self.wqkv(x).split([self.dim, kv_size, kv_size], dim=-1)
-        q = apply_rotary_emb(q.view(bsz, seqlen, self.n_head, self.head_dim), freqs_cis)
-        k = apply_rotary_emb(k.view(bsz, seqlen, self.n_local_heads, self.head_dim), freqs_cis)
+        q = apply_rope(q.view(bsz, seqlen, self.n_head, self.head_dim), freqs_cis)
+        k = apply_rope(k.view(bsz, seqlen, self.n_local_heads, self.head_dim), freqs_cis)
         v = v.view(bsz, seqlen, self.n_local_heads, self.head_dim)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
@@ -232,7 +211,7 @@ class Transformer(nn.Module):
         """(Re)compute RoPE table and causal mask; needed after building on the meta device."""
         device = device or self.embeddings.weight.device
         n = self.config.max_seq_len
-        self.freqs_cis = precompute_freqs_cis(n, self.config.head_dim, self.config.rope_base).to(device)
+        self.freqs_cis = rope_table(n, self.config.head_dim, self.config.rope_base).to(device)
         self.causal_mask = torch.tril(torch.ones(n, n, dtype=torch.bool, device=device))
 
     @property

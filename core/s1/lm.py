@@ -22,8 +22,9 @@ from ..lm.kernels import attention_kernel_layout
 from ..lm.norm import RMSNorm
 from ..lm.prefill_attention import causal_attention
 from ..lm.quantize import quantize_model
+from ..lm.rope import apply_rope, rope_table
 from .config import DualARConfig, LayerShape, find_multiple
-from .layers import Linear, SwiGLU, apply_rope, rope_table
+from .layers import Linear, SwiGLU
 
 
 class KVCache(nn.Module):

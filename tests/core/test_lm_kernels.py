@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from core.lm import kernels, load_lm, paths
 from core.lm.norm import RMSNorm
 from core.lm.quantize import Int4Linear, dequantize_int4, quantize_int4, quantize_int8
+from core.lm.rope import apply_rope, rope_table
 from tests.paths import PARITY
 from tests.tolerances import AMX_ROW_LIMIT, FLOAT32_EPS, assert_within, longest_reduction, matmul_bound, network_atol
 
@@ -182,6 +183,44 @@ def test_int4_to_bfloat16_rounds_as_dequantize_then_cast():
     packed, scales, offsets = quantize_int4(torch.randn(40, 192, generator=torch.Generator().manual_seed(3)) * 3)
     ours = torch.ops.fishtts.int4_to_bfloat16(packed, scales, offsets)
     assert torch.equal(ours, dequantize_int4(packed, scales, offsets, torch.bfloat16))
+
+
+def torch_rope(x: torch.Tensor, table: torch.Tensor, monkeypatch) -> torch.Tensor:
+    """rope.apply_rope's torch formula (the kernels switched off for the call)."""
+    with monkeypatch.context() as patch:
+        patch.setitem(kernels._state, "ok", False)
+        return apply_rope(x, table)
+
+
+@pytest.mark.parametrize("heads,head_dim", [(16, 64), (8, 128)])  # v0.2's heads; S1-mini's keys
+@pytest.mark.parametrize("table_kind", ["bfloat16", "float32", "per row"])
+def test_rope_of_prompt_rows_equals_the_torch_formula_bit_for_bit(heads, head_dim, table_kind, monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    batch, length = 2, 330
+    table = rope_table(400, head_dim)
+    if table_kind == "per row":
+        table = table[torch.randint(0, 400, (batch, length), generator=gen)]
+    else:
+        table = table[:length] if table_kind == "bfloat16" else table[:length].float()
+    qkv = torch.randn(batch, length, 3 * heads * head_dim, generator=gen) * 4
+    x = qkv[..., heads * head_dim : 2 * heads * head_dim].view(batch, length, heads, head_dim)  # a strided view
+    got = apply_rope(x, table)
+    assert got.is_contiguous() and torch.equal(got, torch_rope(x, table, monkeypatch))
+
+
+def test_decode_attention_rotates_keys_as_the_torch_formula(monkeypatch):
+    """The keys a decode step writes to the cache: the same bits as torch's rotation (each product rounded,
+    then the sum: no fused multiply-add, which GCC's vectorizer makes of the scalar loop)."""
+    gen = torch.Generator().manual_seed(6)
+    n_head, n_kv_head, head_dim, length = 4, 2, 64, 50
+    qkv = torch.randn(3, (n_head + 2 * n_kv_head) * head_dim, generator=gen) * 4
+    k_cache, v_cache = (torch.zeros(3, n_kv_head, length, head_dim) for _ in range(2))
+    positions = torch.tensor([7, 31, 49])
+    table = rope_table(length, head_dim)
+    torch.ops.fishtts.decode_attention(qkv, k_cache, v_cache, torch.arange(3), positions, table, n_head, n_kv_head)
+    keys = qkv[:, n_head * head_dim : (n_head + n_kv_head) * head_dim].reshape(3, 1, n_kv_head, head_dim)
+    expected = torch_rope(keys, table[positions].unsqueeze(1), monkeypatch)[:, 0]
+    assert torch.equal(k_cache[torch.arange(3), :, positions], expected)
 
 
 @pytest.mark.parametrize("dim", [64, 1024, 1030])  # 1030: a tail after the 16-wide loop

@@ -14,6 +14,7 @@
 //   sequence's filled prefix, for a batch of sequences that each have their own cache slot and position.
 // linear_rows_int8_vnni: int8 weights against int16-rounded activations (AVX512-VNNI dot products).
 // linear_rows_int8_amx: int8 weights on AMX tiles against activations rounded to 24 bits a row.
+// rope_rows: RoPE of a prompt's queries or keys.
 // rms_norm, decode_layer: a decode step's norms, and a whole transformer layer (norms, linears,
 //   attention, SwiGLU, residuals) in one call from Python (core/lm/fused.py).
 // int8_to_bfloat16, int4_to_bfloat16: weights widened for a prefill matmul on bfloat16 hardware.
@@ -58,6 +59,16 @@
 #include <cstdlib>
 #if defined(_OPENMP)
 #include <omp.h>
+#endif
+
+// A function computed with two roundings (a product, then a sum) where torch rounds twice. GCC fuses
+// a * b + c into one multiply-add by default in C++, and a `#pragma GCC optimize` region between
+// push_options and pop_options does not stop it (GCC 12 gives every function the file's last setting);
+// the attribute does, and keeps the function out of line. (Clang fuses only within one expression.)
+#if defined(__GNUC__) && !defined(__clang__)
+#define UNFUSED __attribute__((optimize("fp-contract=off")))
+#else
+#define UNFUSED
 #endif
 
 namespace {
@@ -1049,20 +1060,27 @@ int64_t set_tuning(int64_t kind, int64_t prefetch_bytes, int64_t hint, int64_t t
 }
 
 // Interleaved RoPE of one head, in float32 like the original (cos/sin read from its bfloat16 table):
-// out[2j] = x[2j] c - x[2j+1] s, out[2j+1] = x[2j+1] c + x[2j] s, each product rounded separately.
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=off")
-template <typename F>
-void rope_head(const float* x, const F* freqs, int64_t D, float* out) {
-  for (int64_t j = 0; j < D / 2; ++j) {
-    const float c = (float)freqs[2 * j], s = (float)freqs[2 * j + 1];
-    const float x0 = x[2 * j], x1 = x[2 * j + 1];
-    const float a = x0 * c, b = x1 * s, e = x1 * c, f = x0 * s;
-    out[2 * j] = a - b;
-    out[2 * j + 1] = e + f;
+// out[2j] = x[2j] c - x[2j+1] s, out[2j+1] = x[2j+1] c + x[2j] s, each product rounded, then the sum,
+// as torch computes it. In vectors: GCC's vectorizer turns the scalar form into its complex-multiply
+// pattern, a fused multiply-add per output even under -ffp-contract=off. D: a multiple of 16.
+constexpr int64_t kMaxHeadDim = 256;
+UNFUSED void rope_pairs(const float* x, const float* freqs, int64_t D, float* out) {
+  const f32x16 sign = {-1.f, 1.f, -1.f, 1.f, -1.f, 1.f, -1.f, 1.f, -1.f, 1.f, -1.f, 1.f, -1.f, 1.f, -1.f, 1.f};
+  for (int64_t j = 0; j < D; j += 16) {
+    const f32x16 v = load16(x + j), cs = load16(freqs + j);
+    const f32x16 c = __builtin_shufflevector(cs, cs, 0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10, 12, 12, 14, 14);
+    const f32x16 s = __builtin_shufflevector(cs, cs, 1, 1, 3, 3, 5, 5, 7, 7, 9, 9, 11, 11, 13, 13, 15, 15);
+    const f32x16 swapped = __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    store16(out + j, v * c + sign * (swapped * s));  // (sign * is exact: it only sets the sign)
   }
 }
-#pragma GCC pop_options
+
+template <typename F>
+void rope_head(const float* x, const F* freqs, int64_t D, float* out) {
+  float table[kMaxHeadDim];
+  for (int64_t j = 0; j < D; ++j) table[j] = (float)freqs[j];
+  rope_pairs(x, table, D, out);
+}
 
 // exp for x <= 0 (softmax after subtracting the max): 2^n * p(r), |relative error| < 2e-7.
 inline f32x16 exp16(f32x16 x) {
@@ -1195,7 +1213,7 @@ at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor& k_cache, at::Tens
   TORCH_CHECK((freqs.scalar_type() == at::kBFloat16 || freqs.scalar_type() == at::kFloat) && freqs.is_contiguous(),
               "freqs must be contiguous bfloat16 or float32");
   const int64_t B = qkv.size(0), D = k_cache.size(3), T = k_cache.size(2);
-  TORCH_CHECK(D % 16 == 0 && D <= 256 && k_cache.size(1) == n_kv_head && n_head % n_kv_head == 0, "unsupported head layout");
+  TORCH_CHECK(D % 16 == 0 && D <= kMaxHeadDim && k_cache.size(1) == n_kv_head && n_head % n_kv_head == 0, "unsupported head layout");
   TORCH_CHECK(qkv.size(1) == (n_head + 2 * n_kv_head) * D, "qkv width does not match the heads");
   TORCH_CHECK(freqs.size(1) * 2 == D, "freqs must be [T, D/2, 2]");
   auto qkv_c = qkv.contiguous();
@@ -1221,6 +1239,39 @@ at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor& k_cache, at::Tens
   if (cache_type == at::kFloat) run(k_cache.data_ptr<float>(), v_cache.data_ptr<float>());
   else run(k_cache.data_ptr<at::BFloat16>(), v_cache.data_ptr<at::BFloat16>());
   return out;
+}
+
+// RoPE of a prompt's q or k (rope.py's apply_rope, the same products and sums, so the same bits): x
+// [B, S, H, D] float32 with unit stride in D, freqs [S, D/2, 2] or per row [B, S, D/2, 2], bfloat16 or
+// float32 -> [B, S, H, D]. torch spends ~15 ops on it (~30 ms of a 330-position prefill, 2 vCPUs).
+at::Tensor rope_rows(const at::Tensor& x, const at::Tensor& freqs) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat, "x must be float32 [B, S, H, D]");
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2), D = x.size(3);
+  const bool per_row = freqs.dim() == 4;
+  TORCH_CHECK((freqs.scalar_type() == at::kBFloat16 || freqs.scalar_type() == at::kFloat) && D % 16 == 0 && D <= kMaxHeadDim
+              && (freqs.dim() == 3 || (per_row && freqs.size(0) == B)) && freqs.size(-3) == S
+              && freqs.size(-2) * 2 == D && freqs.size(-1) == 2,
+              "freqs must be bfloat16 or float32 [S, D/2, 2] or [B, S, D/2, 2] for x [B, S, H, D]");
+  auto xs = x.stride(3) == 1 ? x : x.contiguous();
+  auto table = freqs.contiguous();
+  auto y = at::empty({B, S, H, D}, x.options());
+  const float* xp = xs.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  auto run = [&](const auto* f) {
+    parallel(B * S, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t b = r / S, s = r % S;
+        const float* row = xp + b * xs.stride(0) + s * xs.stride(1);
+        const auto* position = f + (per_row ? r : s) * D;
+        float cos_sin[kMaxHeadDim];  // (widened once for all of the row's heads)
+        for (int64_t j = 0; j < D; ++j) cos_sin[j] = (float)position[j];
+        for (int64_t h = 0; h < H; ++h) rope_pairs(row + h * xs.stride(2), cos_sin, D, yp + (r * H + h) * D);
+      }
+    }, 0, B * S);
+  };
+  if (table.scalar_type() == at::kBFloat16) run(table.data_ptr<at::BFloat16>());
+  else run(table.data_ptr<float>());
+  return y;
 }
 
 // RMSNorm of a decode step's few rows: x * rsqrt(mean(x^2) + eps) * weight, rounded as the module's
@@ -1387,15 +1438,11 @@ at::Tensor int8_to_bfloat16(const at::Tensor& w) {
   return out;
 }
 
-// One weight of int4_to_bfloat16 without vector units; its own function so that the pragma (no fused
-// multiply-add) keeps the two roundings.
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=off")
-at::BFloat16 dequantized_bfloat16(int q, float scale, float offset) {
+// One weight of int4_to_bfloat16 without vector units, with its two roundings.
+UNFUSED at::BFloat16 dequantized_bfloat16(int q, float scale, float offset) {
   const float product = (float)q * scale;
   return at::BFloat16(product + offset);
 }
-#pragma GCC pop_options
 
 // int4 -> bfloat16 for prefill matmuls on bfloat16 hardware: q * scale + offset in float32 (a product,
 // then a sum: two roundings, as quantize.dequantize_int4 computes it), then rounded to nearest even.
@@ -1465,6 +1512,7 @@ TORCH_LIBRARY(fishtts, m) {
   m.def("int8_to_bfloat16(Tensor w) -> Tensor");
   m.def("int4_to_bfloat16(Tensor packed, Tensor scales, Tensor offsets) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("rope_rows(Tensor x, Tensor freqs) -> Tensor");
   m.def("decode_layer(Tensor x, Tensor[] linears, int kind, Tensor attention_norm, Tensor ffn_norm, float eps, "
         "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor positions, Tensor freqs, int n_head, "
         "int n_kv_head, Tensor? q_norm=None, Tensor? k_norm=None) -> Tensor");
@@ -1488,6 +1536,7 @@ TORCH_LIBRARY_IMPL(fishtts, CPU, m) {
   m.impl("int8_to_bfloat16", &int8_to_bfloat16);
   m.impl("int4_to_bfloat16", &int4_to_bfloat16);
   m.impl("rms_norm", &rms_norm);
+  m.impl("rope_rows", &rope_rows);
   m.impl("decode_layer", &decode_layer);
   m.impl("huge_page_copy", &huge_page_copy);
 }

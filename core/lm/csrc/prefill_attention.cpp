@@ -18,7 +18,7 @@
 #include <vector>
 
 // (after the headers: only this file's functions) a * b + c on the vector types below becomes one fused
-// multiply-add where the CPU has one (the ISO C++ mode torch builds in would keep two roundings).
+// multiply-add where the CPU has one: GCC's default for C++, stated so that it holds whatever the flags.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=fast")
 #endif

@@ -12,8 +12,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from ...lm.norm import RMSNorm
+from ...lm.rope import rope_table
 from ..config import CodecTransformerConfig, LayerShape
-from ..layers import SwiGLU, rope_table
+from ..layers import SwiGLU
 from ..lm import Attention
 
 
