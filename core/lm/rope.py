@@ -12,7 +12,7 @@ from torch import Tensor
 from .kernels import kernel_head_dim, uses_cpu_kernels
 
 
-def rope_table(length: int, head_dim: int, base: float = 10000) -> Tensor:
+def rope_table(length: int, head_dim: int, base: float) -> Tensor:
     """[length, head_dim // 2, 2] (cos, sin) in bfloat16, computed on the CPU: row p depends only on p, so a
     longer table extends a shorter one."""
     freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2, device="cpu")[: head_dim // 2].float() / head_dim))

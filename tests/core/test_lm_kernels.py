@@ -197,7 +197,7 @@ def torch_rope(x: torch.Tensor, table: torch.Tensor, monkeypatch) -> torch.Tenso
 def test_rope_of_prompt_rows_equals_the_torch_formula_bit_for_bit(heads, head_dim, table_kind, monkeypatch):
     gen = torch.Generator().manual_seed(5)
     batch, length = 2, 330
-    table = rope_table(400, head_dim)
+    table = rope_table(400, head_dim, 10000.0)
     if table_kind == "per row":
         table = table[torch.randint(0, 400, (batch, length), generator=gen)]
     else:
@@ -216,7 +216,7 @@ def test_decode_attention_rotates_keys_as_the_torch_formula(monkeypatch):
     qkv = torch.randn(3, (n_head + 2 * n_kv_head) * head_dim, generator=gen) * 4
     k_cache, v_cache = (torch.zeros(3, n_kv_head, length, head_dim) for _ in range(2))
     positions = torch.tensor([7, 31, 49])
-    table = rope_table(length, head_dim)
+    table = rope_table(length, head_dim, 10000.0)
     torch.ops.fishtts.decode_attention(qkv, k_cache, v_cache, torch.arange(3), positions, table, n_head, n_kv_head)
     keys = qkv[:, n_head * head_dim : (n_head + n_kv_head) * head_dim].reshape(3, 1, n_kv_head, head_dim)
     expected = torch_rope(keys, table[positions].unsqueeze(1), monkeypatch)[:, 0]
