@@ -24,7 +24,6 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from functools import cache
 
 import torch
 from torch import nn
@@ -59,12 +58,9 @@ METHOD = 6  # how the timings are taken: a choice cached by another method is me
 CACHE_NAME = "lm_paths.json"
 
 
-_sources_digest = cache(sources_digest)
-
-
 def _source_hash() -> str:
-    """The kernels' sources (read once a process), or "none" where they are not built."""
-    return _sources_digest() if cpu_kernels_available() else "none"
+    """The kernels' sources, or "none" where they are not built."""
+    return sources_digest() if cpu_kernels_available() else "none"
 
 
 def _cache_key(*parts: str) -> str:

@@ -21,6 +21,7 @@ import os
 import platform
 from collections.abc import Iterable
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -52,9 +53,11 @@ SOURCES = (SOURCE, SAMPLING_SOURCE, INT8_ROWS_SOURCE, ATTENTION_SOURCE)
 HEADERS = (SOURCE.with_name("vector_math.h"),)  # included by some of the sources
 
 
+@cache
 def sources_digest() -> str:
-    """The sources' and headers' contents, hashed: torch rebuilds an extension when its sources or flags
-    change but does not read headers, so the build flags carry this (and the autotuner's cache key)."""
+    """The sources' and headers' contents, hashed (read once a process): torch rebuilds an extension when its
+    sources or flags change but does not read headers, so the build flags carry this (and the autotuner's
+    cache key)."""
     return hashlib.sha1(b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))).hexdigest()[:12]
 
 

@@ -221,9 +221,9 @@ def sample_frames_native(
     forbidden) in one C++ call (csrc/sampling.cpp: a frame's ~25 small ops cost twice as much right after a
     decode step as warm); the same draws but for float rounding at a cut. None where it does not serve
     (no nucleus to look for, not float32 CPU rows, or what the call leaves to the ops: then nothing was drawn)."""
-    if params.top_p is None or params.top_p >= 1.0 or not native_sampler_serves(token_logits):
+    if params.top_p is None or params.top_p >= 1.0:
         return None
-    if code_logits.dtype != torch.float32 or code_logits.device.type != "cpu":
+    if not (native_sampler_serves(token_logits) and native_sampler_serves(code_logits.flatten(0, 1))):
         return None
     penalty = params.repetition_penalty if window is not None else 1.0
     frames = torch.ops.fishtts.sample_frames(

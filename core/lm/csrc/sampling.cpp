@@ -124,12 +124,7 @@ at::Tensor keep_largest(const at::Tensor& logits, const at::Tensor& sorted, cons
   return out;
 }
 
-// argmax(probs / q) per row with q ~ Exp(1) drawn as `torch.empty_like(probs).exponential_(1, generator)`
-// does on CPU: one random64 per entry in row-major order, q = -log1p(-u). An entry with probability 0 gives
-// 0 / q = 0 and cannot win, so its draw is only checked for u == 0 (q = 0, 0 / 0 = NaN, which argmax
-// prefers, as torch's does). Returns [N] int32, or an empty tensor if a row of probs holds NaN (checked
-// before anything is drawn, like sampling.draw).
-// One row of the race (probabilities without NaN; the caller holds the generator's lock).
+// One row of exponential_race's draw (probabilities without NaN; the caller holds the generator's lock).
 int32_t race_row(const float* row, int64_t width, at::CPUGeneratorImpl* gen) {
   constexpr uint64_t kMantissa = (uint64_t{1} << std::numeric_limits<double>::digits) - 1;
   at::exponential_distribution<double> exponential(1.0);
@@ -159,6 +154,11 @@ at::CPUGeneratorImpl* cpu_generator(std::optional<at::Generator>& generator) {
   return at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
 }
 
+// argmax(probs / q) per row with q ~ Exp(1) drawn as `torch.empty_like(probs).exponential_(1, generator)`
+// does on CPU: one random64 per entry in row-major order, q = -log1p(-u). An entry with probability 0 gives
+// 0 / q = 0 and cannot win, so its draw is only checked for u == 0 (q = 0, 0 / 0 = NaN, which argmax
+// prefers, as torch's does). Returns [N] int32, or an empty tensor if a row of probs holds NaN (checked
+// before anything is drawn, like sampling.draw).
 at::Tensor exponential_race(const at::Tensor& probs, std::optional<at::Generator> generator) {
   TORCH_CHECK(probs.dim() == 2 && probs.scalar_type() == at::kFloat, "probs must be [N, V] float32");
   const at::Tensor p = probs.contiguous();
@@ -173,7 +173,6 @@ at::Tensor exponential_race(const at::Tensor& probs, std::optional<at::Generator
   for (int64_t r = 0; r < rows; ++r) chosen[r] = race_row(data + r * width, width, gen);
   return out;
 }
-
 
 // -- a quantized model's frames in one call ------------------------------------------------------------
 // sampling.py's frame for a quantized model is ~25 small torch ops, which right after a decode step (whose
@@ -288,7 +287,7 @@ bool token_nucleus(const float* row, int64_t width, const FrameRules& rules, std
 
 // One codebook's distribution from its logits (finite) and penalty window (ids, or null), in place of v.
 bool codebook_distribution(float* v, int64_t size, const int32_t* window, int64_t window_size, const FrameRules& rules,
-                           std::vector<float>& scratch) {
+                           std::vector<float>& scratch, std::vector<float>& probs) {
   for (int64_t i = 0; i < size; ++i)
     if (i < rules.masked || i >= rules.limit_from) v[i] = kNegInf;
   if (window != nullptr && rules.penalty != 1.0f) {  // each id once, from the masked logits (gather, then scatter)
@@ -303,7 +302,7 @@ bool codebook_distribution(float* v, int64_t size, const int32_t* window, int64_
     std::sort(scratch.begin(), scratch.end(), std::greater<float>());
     const float largest = scratch[0];
     if (!(largest > kNegInf)) return false;
-    std::vector<float> probs(size);
+    probs.resize(size);
     const float sum = shifted_exp(scratch.data(), size, largest, probs.data());
     for (int64_t i = 0; i < size; ++i) probs[i] /= sum;
     const int64_t kept = kept_by_top_p(probs.data(), size, rules.top_p);
@@ -350,12 +349,12 @@ at::Tensor sample_frames(const at::Tensor& token_logits, const at::Tensor& code_
   // Every distribution first (nothing drawn if one cannot be served), then the draws in order.
   std::vector<std::vector<std::pair<float, int32_t>>> nuclei(N);
   std::vector<std::vector<float>> token_probs(N);
-  std::vector<float> code_probs(cp, cp + N * C * K), scratch;
+  std::vector<float> code_probs(cp, cp + N * C * K), scratch, sorted_probs;
   for (int64_t r = 0; r < N; ++r)
     if (!token_nucleus(tp + r * V, V, rules, scratch, nuclei[r], token_probs[r])) return none;
   for (int64_t row = 0; row < N * C; ++row) {
     const int32_t* w = window.has_value() ? ids.data_ptr<int32_t>() + row * W : nullptr;
-    if (!codebook_distribution(code_probs.data() + row * K, K, w, W, rules, scratch)) return none;
+    if (!codebook_distribution(code_probs.data() + row * K, K, w, W, rules, scratch, sorted_probs)) return none;
   }
   at::Tensor out = at::empty({N, 1 + C}, tokens.options().dtype(at::kInt));
   int32_t* frames = out.data_ptr<int32_t>();
