@@ -50,7 +50,7 @@ INT8_ROWS_SOURCE = SOURCE.with_name("int8_rows.cpp")  # the int8 prefill's round
 ATTENTION_SOURCE = SOURCE.with_name("prefill_attention.cpp")  # a prompt's causal attention (model.py)
 # All in one extension; the autotuner keys its cache by them.
 SOURCES = (SOURCE, SAMPLING_SOURCE, INT8_ROWS_SOURCE, ATTENTION_SOURCE)
-HEADERS = (SOURCE.with_name("vector_math.h"),)  # included by some of the sources
+HEADERS = (SOURCE.with_name("vector_math.h"),)  # included by each of the sources
 
 
 @cache

@@ -19,6 +19,7 @@ FILES = [
     "tests/core/test_lm_quantize.py",
     "tests/core/test_lm_paths.py",
     "tests/core/test_lm_prefill_many.py",
+    "tests/core/test_lm_sampling.py",
     "tests/core/s1/test_quantize.py",
     "tests/core/s1/test_fused.py",
 ]

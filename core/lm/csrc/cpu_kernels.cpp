@@ -71,6 +71,8 @@
 #define UNFUSED
 #endif
 
+#include "vector_math.h"  // (f32x16, widen, fma16, hsum, exp16)
+
 namespace {
 
 // -- the worker pool ----------------------------------------------------------------------------
@@ -232,78 +234,6 @@ Tuning g_tuning[2][kKinds];  // [several activation rows][kind]
 
 inline const Tuning& tuning(WeightKind kind, int64_t activation_rows) { return g_tuning[activation_rows > 1][kind]; }
 
-// GCC vector type: becomes AVX-512 (or 2 x AVX2) code under -march=native.
-typedef float f32x16 __attribute__((vector_size(64)));
-
-inline f32x16 load16(const float* p) { f32x16 v; std::memcpy(&v, p, sizeof v); return v; }
-inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
-inline f32x16 splat(float s) { return f32x16{} + s; }
-
-inline f32x16 fma16(f32x16 a, f32x16 b, f32x16 c) {
-#if defined(__AVX512F__)
-  return (f32x16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-#elif defined(__AVX2__) && defined(__FMA__)
-  __m256 h[2];
-  for (int k = 0; k < 2; ++k) {
-    __m256 ak, bk, ck;
-    std::memcpy(&ak, (const float*)&a + 8 * k, 32); std::memcpy(&bk, (const float*)&b + 8 * k, 32);
-    std::memcpy(&ck, (const float*)&c + 8 * k, 32);
-    h[k] = _mm256_fmadd_ps(ak, bk, ck);
-  }
-  f32x16 r; std::memcpy(&r, h, sizeof r); return r;
-#else
-  f32x16 r;
-  for (int j = 0; j < 16; ++j) r[j] = std::fma(a[j], b[j], c[j]);
-  return r;
-#endif
-}
-
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef float f32x4 __attribute__((vector_size(16)));
-
-// Sum of the 16 lanes as a fixed tree (4 dependent adds instead of 16).
-inline float hsum(f32x16 v) {
-  const f32x8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                  __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const f32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
-}
-
-// 16 weights -> 16 floats.
-inline f32x16 widen(const float* p) { return load16(p); }
-
-template <typename T>
-inline f32x16 widen_scalar(const T* p) {  // no vector ISA: the compiler does what it can
-  f32x16 v;
-  for (int j = 0; j < 16; ++j) v[j] = (float)p[j];
-  return v;
-}
-
-inline f32x16 widen(const int8_t* p) {
-#if defined(__AVX512F__)
-  return (f32x16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
-#elif defined(__AVX2__)
-  __m256 h[2] = {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p))),
-                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8))))};
-  f32x16 v; std::memcpy(&v, h, sizeof v); return v;
-#else
-  return widen_scalar(p);
-#endif
-}
-
-inline f32x16 widen(const at::BFloat16* p) {  // bfloat16 is the top half of a float32
-#if defined(__AVX512F__)
-  const __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
-  return (f32x16)_mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
-#elif defined(__AVX2__)
-  __m256i h[2] = {_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16),
-                  _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p + 8))), 16)};
-  f32x16 v; std::memcpy(&v, h, sizeof v); return v;
-#else
-  return widen_scalar(p);
-#endif
-}
-
 constexpr int kUnroll = 4;  // independent accumulators per row: 64 weights per iteration
 constexpr int kGroup = 4;   // activation rows per pass over a weight row
 
@@ -460,8 +390,6 @@ constexpr int64_t kInt4Chunk = 64;  // bytes: 8 inputs of a block's 16 rows
 #define FISHTTS_VNNI 1
 #endif
 
-typedef int32_t i32x16 __attribute__((vector_size(64)));
-
 // Per activation row and group: the int8 values (in input order), their scale, the float sum, and
 // 8 * what the int8 values miss of it (sum - scale * sum(int8)). The dot uses q in 0..15, whose mean
 // 7.5 would multiply the rounding of x; adding 8 * scale * residual makes the rounding act on (q - 8)
@@ -485,7 +413,7 @@ struct Int4Activations {
       for (int k = 0; k < 4; ++k) {
         v[k] = load16(xg + 16 * k);
         total += v[k];
-        for (int j = 0; j < 16; ++j) top[j] = std::max(top[j], std::fabs(v[k][j]));
+        top = where(top < abs16(v[k]), abs16(v[k]), top);  // (as std::max(top, |v|))
       }
       sums[r] = hsum(total);
       float absmax = 0.f;
@@ -546,7 +474,7 @@ inline void group_dots_int4(const uint8_t* w, int64_t block_bytes, const int8_t*
   }
   for (int k = 0; k < R; ++k)
     for (int b = 0; b < B; ++b) d[k][b] = (i32x16)_mm512_add_epi32(low[k][b], _mm512_srai_epi32(high[k][b], 4));
-#elif defined(__AVX2__)
+#elif defined(FISHTTS_VECTOR_HALVES)
   // Per half block (8 rows): byte products summed in pairs into int16 (|sum| <= 2 * 15 * 127), four
   // chunks' worth of them (<= 30480) before widening to int32 pairs.
   const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
@@ -574,9 +502,7 @@ inline void group_dots_int4(const uint8_t* w, int64_t block_bytes, const int8_t*
       for (int b = 0; b < B; ++b) {
         __m256i half[2];
         for (int h = 0; h < 2; ++h) half[h] = _mm256_madd_epi16(pairs[b][h], ones);
-        i32x16 sum;
-        std::memcpy(&sum, half, sizeof sum);
-        d[k][b] += sum;
+        d[k][b] += i32x16{(i32x8)half[0], (i32x8)half[1]};
       }
     }
   }
@@ -610,8 +536,7 @@ inline void dot_blocks_int4(const Int4Activations& act, int64_t row0, int64_t I,
       const f32x16 offset = widen(z + k * block_scales + g * kInt4Rows);
       for (int b = 0; b < B; ++b) {
         const int64_t a = (row0 + b) * groups + g;
-        const f32x16 t = fma16(__builtin_convertvector(d[k][b], f32x16), splat(act.scale[a]),
-                                     splat(act.residual8[a]));
+        const f32x16 t = fma16(to_float(d[k][b]), splat(act.scale[a]), splat(act.residual8[a]));
         acc[k][b] = fma16(offset, splat(act.sum[a]), fma16(scale, t, acc[k][b]));
       }
     }
@@ -1065,13 +990,17 @@ int64_t set_tuning(int64_t kind, int64_t prefetch_bytes, int64_t hint, int64_t t
 // pattern, a fused multiply-add per output even under -ffp-contract=off. D: a multiple of 16.
 constexpr int64_t kMaxHeadDim = 256;
 UNFUSED void rope_pairs(const float* x, const float* freqs, int64_t D, float* out) {
-  const f32x16 sign = {-1.f, 1.f, -1.f, 1.f, -1.f, 1.f, -1.f, 1.f, -1.f, 1.f, -1.f, 1.f, -1.f, 1.f, -1.f, 1.f};
-  for (int64_t j = 0; j < D; j += 16) {
-    const f32x16 v = load16(x + j), cs = load16(freqs + j);
-    const f32x16 c = __builtin_shufflevector(cs, cs, 0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10, 12, 12, 14, 14);
-    const f32x16 s = __builtin_shufflevector(cs, cs, 1, 1, 3, 3, 5, 5, 7, 7, 9, 9, 11, 11, 13, 13, 15, 15);
-    const f32x16 swapped = __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-    store16(out + j, v * c + sign * (swapped * s));  // (sign * is exact: it only sets the sign)
+  // (8 lanes: one register with or without AVX-512, and pairs never straddle two)
+  const f32x8 sign = {-1.f, 1.f, -1.f, 1.f, -1.f, 1.f, -1.f, 1.f};
+  for (int64_t j = 0; j < D; j += 8) {
+    f32x8 v, cs;
+    std::memcpy(&v, x + j, sizeof v);
+    std::memcpy(&cs, freqs + j, sizeof cs);
+    const f32x8 c = __builtin_shufflevector(cs, cs, 0, 0, 2, 2, 4, 4, 6, 6);
+    const f32x8 s = __builtin_shufflevector(cs, cs, 1, 1, 3, 3, 5, 5, 7, 7);
+    const f32x8 swapped = __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+    const f32x8 rotated = v * c + sign * (swapped * s);  // (sign * is exact: it only sets the sign)
+    std::memcpy(out + j, &rotated, sizeof rotated);
   }
 }
 
@@ -1080,28 +1009,6 @@ void rope_head(const float* x, const F* freqs, int64_t D, float* out) {
   float table[kMaxHeadDim];
   for (int64_t j = 0; j < D; ++j) table[j] = (float)freqs[j];
   rope_pairs(x, table, D, out);
-}
-
-// exp for x <= 0 (softmax after subtracting the max): 2^n * p(r), |relative error| < 2e-7.
-inline f32x16 exp16(f32x16 x) {
-  f32x16 r;
-#if defined(__AVX512F__)
-  const __m512 v = _mm512_max_ps((__m512)x, _mm512_set1_ps(-87.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 t = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
-  t = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), t);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, t), t, _mm512_add_ps(t, _mm512_set1_ps(1.f)));
-  r = (f32x16)_mm512_scalef_ps(p, n);
-#else
-  for (int j = 0; j < 16; ++j) r[j] = std::exp(x[j]);
-#endif
-  return r;
 }
 
 // One query head against keys/values [len, D] (row stride D, float32 or bfloat16): softmax(q.k * scale) @ v.

@@ -23,33 +23,19 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
+// (after the pragma: its helpers round as this file's code does) GCC's vector types: the reductions and
+// the rounding below are not vectorized from scalar loops without fast-math, which would change the bits.
+#include "vector_math.h"
+
 namespace {
 
 constexpr int64_t kRowsPerTask = 4;
-
-// GCC vector types (AVX-512, 2 x AVX2 or NEON code, whatever -march gives): the reductions and the
-// rounding below are not vectorized from scalar loops without fast-math, which would change the bits.
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
-typedef int8_t i8x16 __attribute__((vector_size(16)));
-
-inline f32x16 load16(const float* p) { f32x16 v; std::memcpy(&v, p, sizeof v); return v; }
-inline f32x16 splat(float s) { return f32x16{} + s; }
-inline f32x16 abs16(f32x16 v) { return v < 0 ? -v : v; }
-inline f32x16 max16(f32x16 a, f32x16 b) { return a > b ? a : b; }
-inline f32x16 min16(f32x16 a, f32x16 b) { return a < b ? a : b; }
 
 // Round half to even, as nearbyint in the default rounding mode, for |v| < 2^22: adding 1.5 * 2^23 leaves
 // no fraction bits, so the addition rounds v to an integer, and the subtraction is exact.
 constexpr float kRound = 12582912.0f;
 inline f32x16 round16(f32x16 v) { return (v + kRound) - kRound; }
 inline float round1(float v) { return (v + kRound) - kRound; }
-
-// 16 integral floats in -128..127 to int8.
-inline void store_int8(int8_t* p, f32x16 v) {
-  const i8x16 q = __builtin_convertvector(__builtin_convertvector(v, i32x16), i8x16);
-  std::memcpy(p, &q, sizeof q);
-}
 
 // max |row| and the sum of squares (16 float lanes, added up in double).
 inline void row_stats(const float* row, int64_t K, float& largest, double& squares) {
@@ -85,9 +71,7 @@ inline void remainder_row(const float* row, const int8_t* q, int64_t K, float s,
   const f32x16 step = splat(s), fine = splat(f), lo = splat(-127.0f), hi = splat(127.0f);
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
-    i8x16 qk;
-    std::memcpy(&qk, q + k, sizeof qk);
-    const f32x16 rest = load16(row + k) - __builtin_convertvector(qk, f32x16) * step;
+    const f32x16 rest = load16(row + k) - widen(q + k) * step;
     store_int8(out + k, min16(max16(round16(rest / fine), lo), hi));
   }
   for (; k < K; ++k) {

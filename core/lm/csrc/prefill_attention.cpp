@@ -69,7 +69,7 @@ inline float softmax_numerators(float* row, int64_t n, int64_t to) {
   f32x16 top = splat(-INFINITY);
   for (int64_t j = 0; j < whole; j += 16) {
     const f32x16 x = load16(row + j);
-    top = x > top ? x : top;
+    top = max16(x, top);
   }
   float largest = -INFINITY;
   for (int l = 0; l < 16; ++l) largest = std::max(largest, top[l]);
@@ -82,8 +82,8 @@ inline float softmax_numerators(float* row, int64_t n, int64_t to) {
     total += e;
   }
   if (whole < n) {  // the last partial vector: the lanes from n on are zeroed
-    f32x16 keep{};
-    for (int l = 0; l < 16; ++l) keep[l] = whole + l < n ? 1.0f : 0.0f;
+    static const float kOnesThenZeros[32] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    const f32x16 keep = load16(kOnesThenZeros + 16 - (n - whole));
     const f32x16 e = exp16(load16(row + whole) - shift) * keep;
     store16(row + whole, e);
     total += e;

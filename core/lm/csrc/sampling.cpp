@@ -193,7 +193,7 @@ float shifted_exp(const float* in, int64_t n, float shift, float* out) {
   for (; i + 16 <= n; i += 16) {
     const f32x16 x = load16(in + i);
     const f32x16 e = exp16(x - shift);
-    const f32x16 kept = x == splat(kNegInf) ? splat(0.0f) : e;
+    const f32x16 kept = where(x == kNegInf, splat(0.0f), e);
     store16(out + i, kept);
     total += kept;
   }
