@@ -4,7 +4,7 @@ Every candidate computes the same product within the format's tolerance; they di
 which differs between CPUs (core/lm/autotune.py measures them at load and sets the fastest here).
 
 Decode candidates: the C++ kernel with one of KERNEL_VARIANTS' prefetch/thread settings (for int8 on
-AVX512-VNNI also with int16 activations, and with AMX on its tiles), plain torch (the original's
+AVX512-VNNI or AVX2 also with int16 activations, and with AMX on its tiles), plain torch (the original's
 formula), and torch's packed int8 kernel; steps of one sequence and of several may take two settings
 of one kernel ("decode", "batch_decode"). Prefill candidates: a float32 matmul, or a bfloat16 one
 (AMX / AVX512-BF16; quantized formats only: their weights are exact or nearly so in bfloat16, a
@@ -45,7 +45,8 @@ _VARIANTS = {
     "kernel-nopf": KernelVariant(0, 0),
     "kernel-t0-4r": KernelVariant(1024, 2, rows=4),
     "kernel-nopf-4r": KernelVariant(0, 0, rows=4),
-    # int8 only, on AVX512-VNNI: the activations rounded to int16, two vpdpwssd per 64 weights (cpu_kernels.cpp)
+    # int8 only, on AVX512-VNNI: the activations rounded to int16, two vpdpwssd per 64 weights (cpu_kernels.cpp);
+    # on AVX2 the same sums (the same bits) with four vpmaddwd
     "kernel-vnni-t0": KernelVariant(1024, 2),
     "kernel-vnni-nopf": KernelVariant(0, 0),
     # int8 only, with AMX-INT8: 16-row weight tiles against 24-bit activations split into bytes (cpu_kernels.cpp);
@@ -65,7 +66,7 @@ def decode_candidates(fmt: str) -> list[str]:
     kernels = list(KERNEL_VARIANTS) if cpu_kernels_available() else []
     if kernels and torch.ops.fishtts.start_pool(0) == 1:  # the pool's size (set at the kernels' load)
         kernels = [k for k in kernels if not k.endswith("-1t")]
-    vnni = bool(kernels) and torch.ops.fishtts.vnni_available()  # (built with AVX512-VNNI)
+    vnni = bool(kernels) and torch.ops.fishtts.int16_dots_available()  # (built with AVX512-VNNI or AVX2)
     if fmt != "int8" or not vnni:
         kernels = [k for k in kernels if "-vnni" not in k]
     if fmt != "int8" or not (kernels and torch.ops.fishtts.int8_amx_available()):

@@ -62,7 +62,7 @@ def _row_kernels() -> dict[str, tuple]:
         "int8": (kernels.linear_rows, q8, s8),
         "int4": (ops.linear_rows_int4, *quantize_int4(weight)),
     }
-    if ops.vnni_available():
+    if ops.int16_dots_available():
         found["int8-vnni"] = (ops.linear_rows_int8_vnni, q8, s8)
     if ops.int8_amx_available():
         found["int8-amx"] = (ops.linear_rows_int8_amx, q8, s8)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from core.lm.kernels import cpu_kernels_available
 from core.tuning import cpu_info
@@ -44,3 +45,44 @@ def test_an_avx2_build_of_the_kernels_passes_their_tests(tmp_path):
         timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-5000:]
+
+
+# int8 weights against int16 activations (paths "kernel-vnni-*"): rows of every count a step batches, an
+# outlier and an all-zero row. (Only whole 64-groups: other widths take the float-activation kernel, whose
+# scalar tail GCC fuses into multiply-adds or not depending on -mtune.)
+INT16_CASES = """
+import sys, torch
+from core.lm import kernels
+assert kernels.cpu_kernels_available()
+gen = torch.Generator().manual_seed(5)
+out = {}
+for width in (64, 1024, 2816):
+    w = torch.randint(-127, 128, (53, width), dtype=torch.int8, generator=gen)
+    scales = torch.rand(53, generator=gen)
+    x = torch.randn(9, width, generator=gen) * 3
+    x[2, 7], x[4] = 1e4, 0.0
+    for rows in range(1, 10):
+        out[f"{width}/{rows}"] = torch.ops.fishtts.linear_rows_int8_vnni(x[:rows], w, scales)
+torch.save(out, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(
+    not cpu_kernels_available() or "avx512_vnni" not in cpu_info()["flags"],
+    reason="needs the kernels and a CPU with AVX512-VNNI to compare the AVX2 build with",
+)
+def test_the_avx2_build_computes_the_vnni_kernel_s_bits(tmp_path):
+    """AVX2 sums the int16 activations' products with vpmaddwd into the lanes vpdpwssd fills: integer
+    sums, so the int8 "kernel-vnni" paths must give the same bits on an AVX2-only CPU as with VNNI."""
+    results = {}
+    for arch in ("native", "haswell"):
+        env = {**os.environ, "FISHTTS_KERNEL_ARCH": arch, "XDG_CACHE_HOME": str(tmp_path)}
+        path = tmp_path / f"{arch}.pt"
+        run = subprocess.run(
+            [sys.executable, "-c", INT16_CASES, str(path)], env=env, cwd=ROOT, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[arch] = torch.load(path, weights_only=True)
+    assert results["native"].keys() == results["haswell"].keys()
+    for case, expected in results["native"].items():
+        assert torch.equal(results["haswell"][case], expected), case

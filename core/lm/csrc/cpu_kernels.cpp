@@ -12,7 +12,7 @@
 //   core/lm/autotune.py measures the settings at load and picks. A setting changes no result bit.
 // decode_attention: one new position per sequence: RoPE, the KV-cache write and attention over that
 //   sequence's filled prefix, for a batch of sequences that each have their own cache slot and position.
-// linear_rows_int8_vnni: int8 weights against int16-rounded activations (AVX512-VNNI dot products).
+// linear_rows_int8_vnni: int8 weights against int16-rounded activations (AVX512-VNNI or AVX2 dot products).
 // linear_rows_int8_amx: int8 weights on AMX tiles against activations rounded to 24 bits a row.
 // rope_rows: RoPE of a prompt's queries or keys.
 // rms_norm, decode_layer: a decode step's norms, and a whole transformer layer (norms, linears,
@@ -601,14 +601,19 @@ at::Tensor linear_rows_int4(const at::Tensor& x, const at::Tensor& packed, const
   return y;
 }
 
-// -- int8 weights with int16 activations (AVX512-VNNI) ------------------------------------------------
+// -- int8 weights with int16 activations (AVX512-VNNI, or AVX2) ----------------------------------------
 // The float path widens 16 weights to floats per FMA and is compute-bound below the bandwidth on a core
 // that two vCPUs share. Here the activations are rounded to int16 per group of 64 (scale absmax / 32767:
 // a relative rounding of ~1e-5, far below int8's own weight error; int8 activations, ~0.5% of a dot,
 // flipped greedy tokens of the parity model) and two vpdpwssd multiply 64 sign-extended weights into
-// int32 (at most 4 products of 127 * 32767 a lane: no overflow).
+// int32 (at most 4 products of 127 * 32767 a lane: no overflow). AVX2 sums the same products with four
+// vpmaddwd into the same lanes: integer sums, exact in any order, so both compute the same bits.
 
-#if defined(FISHTTS_VNNI)
+#if defined(FISHTTS_VNNI) || defined(FISHTTS_VECTOR_HALVES)
+#define FISHTTS_INT16_DOTS 1
+#endif
+
+#if defined(FISHTTS_INT16_DOTS)
 struct Int16Activations {
   int16_t* q;    // [N, I]
   float* scale;  // [N, I / 64]
@@ -622,6 +627,7 @@ struct Int16Activations {
     scale = f_buffer.data();
     for (int64_t r = 0; r < groups; ++r) {
       const float* xg = x + r * kInt4Group;
+#if defined(FISHTTS_VNNI)
       __m512 top = _mm512_setzero_ps();
       for (int k = 0; k < 4; ++k) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(xg + 16 * k)));
       const float absmax = _mm512_reduce_max_ps(top);
@@ -630,6 +636,19 @@ struct Int16Activations {
       for (int k = 0; k < 4; ++k)
         _mm256_storeu_si256((__m256i*)(q + r * kInt4Group + 16 * k),
                             _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + 16 * k), inv))));
+#else
+      f32x16 top{};
+      for (int k = 0; k < 4; ++k) top = max16(top, abs16(load16(xg + 16 * k)));
+      float absmax = 0.f;
+      for (int j = 0; j < 16; ++j) absmax = std::max(absmax, top[j]);
+      scale[r] = absmax / 32767.f;
+      const float inv = absmax > 0.f ? 32767.f / absmax : 0.f;
+      for (int k = 0; k < 4; ++k) {  // rounded to nearest even and saturated, as the AVX-512 form
+        const f32x16 v = load16(xg + 16 * k) * inv;
+        const __m256i packed = _mm256_packs_epi32(_mm256_cvtps_epi32((__m256)v.lo), _mm256_cvtps_epi32((__m256)v.hi));
+        _mm256_storeu_si256((__m256i*)(q + r * kInt4Group + 16 * k), _mm256_permute4x64_epi64(packed, 0xD8));
+      }
+#endif
     }
   }
 };
@@ -646,6 +665,7 @@ inline void dot_rows_int8_vnni(const Int16Activations& act, int64_t row0, int64_
   auto step = [&](int64_t g, int u) __attribute__((always_inline)) {
     const int8_t* wg = wr + g * kInt4Group;
     if (Hint != kNoPrefetch) prefetch_ahead<Hint>(wg, distance, 1);
+#if defined(FISHTTS_VNNI)
     const __m512i low = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)wg));
     const __m512i high = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(wg + 32)));
     for (int b = 0; b < B; ++b) {
@@ -655,6 +675,20 @@ inline void dot_rows_int8_vnni(const Int16Activations& act, int64_t row0, int64_
       dots = _mm512_dpwssd_epi32(dots, high, _mm512_loadu_si512((const void*)(xq + 32)));
       acc[u][b] = fma16((f32x16)_mm512_cvtepi32_ps(dots), splat(act.scale[k]), acc[u][b]);
     }
+#else
+    // lane j of 0-7: inputs 2j, 2j + 1 and 32 + 2j, 33 + 2j; lane 8 + j: 16 + 2j, ... (as vpdpwssd's lanes)
+    __m256i w16[4];
+    for (int c = 0; c < 4; ++c) w16[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(wg + 16 * c)));
+    for (int b = 0; b < B; ++b) {
+      const int64_t k = (row0 + b) * groups + g;
+      const __m256i* xq = (const __m256i*)(act.q + k * kInt4Group);
+      const __m256i lo = _mm256_add_epi32(_mm256_madd_epi16(w16[0], _mm256_loadu_si256(xq)),
+                                          _mm256_madd_epi16(w16[2], _mm256_loadu_si256(xq + 2)));
+      const __m256i hi = _mm256_add_epi32(_mm256_madd_epi16(w16[1], _mm256_loadu_si256(xq + 1)),
+                                          _mm256_madd_epi16(w16[3], _mm256_loadu_si256(xq + 3)));
+      acc[u][b] = fma16(to_float(i32x16{(i32x8)lo, (i32x8)hi}), splat(act.scale[k]), acc[u][b]);
+    }
+#endif
   };
   int64_t g = 0;
   for (; g + 2 <= groups; g += 2) {
@@ -677,7 +711,7 @@ inline void dot_rows_int8_vnni_tuned(const Int16Activations& act, int64_t row0, 
 
 // x [..., I] float32; w [O, I] int8; scales [O] float32: x @ (w * scales).T.
 at::Tensor linear_rows_int8_vnni(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales) {
-#if defined(FISHTTS_VNNI)
+#if defined(FISHTTS_INT16_DOTS)
   if (x.size(-1) % kInt4Group) return linear_rows(x, w, scales);  // (the float-activation kernel)
   auto xc = rows_of(x);
   const int64_t N = xc.size(0), I = xc.size(1), O = w.size(0);
@@ -708,7 +742,7 @@ at::Tensor linear_rows_int8_vnni(const at::Tensor& x, const at::Tensor& w, const
   }, t.threads, N);
   return y;
 #else
-  TORCH_CHECK(false, "linear_rows_int8_vnni needs AVX512-VNNI");
+  TORCH_CHECK(false, "linear_rows_int8_vnni needs AVX512-VNNI or AVX2");
   return x;
 #endif
 }
@@ -964,9 +998,18 @@ at::Tensor linear_rows_int8_amx(const at::Tensor& x, const at::Tensor& w, const 
 #endif
 }
 
-// Whether this build has the AVX512-VNNI kernels (linear_rows_int8_vnni; int4's dots with one instruction).
+// Whether this build has the AVX512-VNNI instructions (int4's dots and int16 ones in one instruction).
 bool vnni_available() {
 #if defined(FISHTTS_VNNI)
+  return true;
+#else
+  return false;
+#endif
+}
+
+// Whether this build has linear_rows_int8_vnni (int16 activations: AVX512-VNNI, or AVX2).
+bool int16_dots_available() {
+#if defined(FISHTTS_INT16_DOTS)
   return true;
 #else
   return false;
@@ -1413,6 +1456,7 @@ TORCH_LIBRARY(fishtts, m) {
         "Tensor freqs, int n_head, int n_kv_head, Tensor? q_norm=None, Tensor? k_norm=None, float norm_eps=0.) -> Tensor");
   m.def("linear_rows_int4(Tensor x, Tensor packed, Tensor scales, Tensor offsets) -> Tensor");
   m.def("vnni_available() -> bool");
+  m.def("int16_dots_available() -> bool");
   m.def("linear_rows_int8_vnni(Tensor x, Tensor w, Tensor scales) -> Tensor");
   m.def("linear_rows_int8_amx(Tensor x, Tensor w, Tensor scales) -> Tensor");
   m.def("int8_amx_available() -> bool");
@@ -1454,6 +1498,7 @@ TORCH_LIBRARY_IMPL(fishtts, CompositeExplicitAutograd, m) {
   m.impl("set_openmp_threads", &set_openmp_threads);
   m.impl("set_tuning", &set_tuning);
   m.impl("vnni_available", &vnni_available);
+  m.impl("int16_dots_available", &int16_dots_available);
   m.impl("int8_amx_available", &int8_amx_available);
   m.impl("huge_page_empty", &huge_page_empty);
 }
