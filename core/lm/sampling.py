@@ -147,10 +147,10 @@ def native_sampler_serves(rows: Tensor) -> bool:
     The draw mirrors torch's CPU exponential_ (its generator's draws and formula), which another torch
     build could change: it is checked against torch itself once per process, and torch draws otherwise.
     """
-    if rows.device.type != "cpu" or rows.dtype != torch.float32 or rows.dim() != 2:
+    if rows.device.type != "cpu" or rows.dtype != torch.float32 or rows.dim() != 2 or not cpu_kernels_available():
         return False
-    if "ok" not in _native:
-        _native["ok"] = cpu_kernels_available() and native_draw_matches_torch()
+    if "ok" not in _native:  # (only the draw's check is kept: kernels switched off for a while are not)
+        _native["ok"] = native_draw_matches_torch()
     return _native["ok"]
 
 

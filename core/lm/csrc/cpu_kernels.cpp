@@ -413,11 +413,10 @@ struct Int4Activations {
       for (int k = 0; k < 4; ++k) {
         v[k] = load16(xg + 16 * k);
         total += v[k];
-        top = where(top < abs16(v[k]), abs16(v[k]), top);  // (as std::max(top, |v|))
+        top = max16(abs16(v[k]), top);  // (as std::max(top, |v|))
       }
       sums[r] = hsum(total);
-      float absmax = 0.f;
-      for (int j = 0; j < 16; ++j) absmax = std::max(absmax, top[j]);
+      const float absmax = hmax(top, 0.f);
       sp[r] = absmax / 127.f;
       const float inv = absmax > 0.f ? 127.f / absmax : 0.f;
       int32_t qsum = 0;
@@ -639,8 +638,7 @@ struct Int16Activations {
 #else
       f32x16 top{};
       for (int k = 0; k < 4; ++k) top = max16(top, abs16(load16(xg + 16 * k)));
-      float absmax = 0.f;
-      for (int j = 0; j < 16; ++j) absmax = std::max(absmax, top[j]);
+      const float absmax = hmax(top, 0.f);
       scale[r] = absmax / 32767.f;
       const float inv = absmax > 0.f ? 32767.f / absmax : 0.f;
       for (int k = 0; k < 4; ++k) {  // rounded to nearest even and saturated, as the AVX-512 form

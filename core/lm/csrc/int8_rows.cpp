@@ -46,12 +46,9 @@ inline void row_stats(const float* row, int64_t K, float& largest, double& squar
     top = max16(top, abs16(v));
     sum += v * v;
   }
-  largest = 0.0f;
+  largest = hmax(top, 0.0f);
   squares = 0.0;
-  for (int i = 0; i < 16; ++i) {
-    largest = std::max(largest, top[i]);
-    squares += sum[i];
-  }
+  for (int i = 0; i < 16; ++i) squares += sum[i];
   for (; k < K; ++k) {
     largest = std::max(largest, std::fabs(row[k]));
     squares += static_cast<double>(row[k]) * row[k];

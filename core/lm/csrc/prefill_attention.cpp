@@ -71,8 +71,7 @@ inline float softmax_numerators(float* row, int64_t n, int64_t to) {
     const f32x16 x = load16(row + j);
     top = max16(x, top);
   }
-  float largest = -INFINITY;
-  for (int l = 0; l < 16; ++l) largest = std::max(largest, top[l]);
+  float largest = hmax(top, -INFINITY);
   for (int64_t j = whole; j < n; ++j) largest = std::max(largest, row[j]);
   const f32x16 shift = splat(largest);
   f32x16 total{};

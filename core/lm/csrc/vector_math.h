@@ -14,6 +14,7 @@
 
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -183,6 +184,12 @@ inline float hsum(f32x16 v) {
   const f32x8 a = fold_halves(v);
   const f32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
   return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+// The largest of `start` and the 16 lanes, as std::max taken lane by lane in order.
+inline float hmax(f32x16 v, float start) {
+  for (int j = 0; j < 16; ++j) start = std::max(start, v[j]);
+  return start;
 }
 
 // e^x for x <= 0 (a value minus its row's largest), within ~2 ulp; below -87 it is flushed to e^-87
