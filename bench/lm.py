@@ -15,6 +15,8 @@ from core.lm.compile import compile_decode, uses_static_cache
 from core.lm.model import Transformer
 from core.lm.quantize import QUANT_MODES, is_quantized, quantize_model
 
+from .measure import ReadBandwidth
+
 
 def bytes_per_step(model: Transformer) -> int:
     """Weight bytes one decode step reads: everything but the embedding table (5 rows of it are read)."""
@@ -123,22 +125,26 @@ def bench_lm(
     prompt: torch.Tensor,
     new: int,
     runs: int,
-    bandwidth: float,
+    bandwidth: ReadBandwidth,
     num_samples: tuple[int, ...] = (1,),
 ) -> list[dict]:
     """One row per (variant, batch). Variants run interleaved in every round, so a busy machine slows
-    them alike and their ratios stay honest; the warm-up was the build's."""
+    them alike and their ratios stay honest; the warm-up was the build's. Each run's floor is the read
+    bandwidth beside it (the VM's moves within minutes); a row's share of the floor is the median of its
+    runs' shares."""
     results = {(v, n): [] for v in models for n in num_samples}
     for _ in range(runs):
         for n in num_samples:
             for name, model in models.items():
                 with forced_path(name, model):
-                    results[name, n].append(timed_generate(model, prompt, new, n))
+                    timing, floor = bandwidth.around(lambda m=model, n=n: timed_generate(m, prompt, new, n))
+                results[name, n].append((*timing, floor))
     rows = []
     for (name, n), timings in results.items():
         step_bytes = bytes_per_step(models[name])
         prefill = statistics.median(t[0] for t in timings)
         rate = statistics.median(t[1] for t in timings)
+        floor = statistics.median(t[2] for t in timings)
         rows.append(
             dict(
                 variant=name,
@@ -151,8 +157,9 @@ def bench_lm(
                 steps_per_s=round(rate, 2),
                 weights_gb=round(step_bytes / 1e9, 3),
                 weight_gb_per_s=round(step_bytes * rate / 1e9, 2),
-                floor_steps_per_s=round(bandwidth / step_bytes, 1),
-                fraction_of_floor=round(rate * step_bytes / bandwidth, 3),
+                bandwidth_gb_per_s=round(floor / 1e9, 1),
+                floor_steps_per_s=round(floor / step_bytes, 1),
+                fraction_of_floor=round(statistics.median(t[1] * step_bytes / t[2] for t in timings), 3),
                 setup_s=round(setup[name], 1),
                 paths=used_paths(name, models[name]),
             )

@@ -7,27 +7,52 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from core.lm import paths
 from core.lm.kernels import cpu_kernels_available, linear_rows
 
+T = TypeVar("T")
 
-def memory_bandwidth(device: torch.device, megabytes: int = 512) -> float:
-    """Read bandwidth in bytes/s: the best of 5 runs (the least disturbed; a floor wants the best) of
-    summing a large buffer and, on CPU, of streaming it through the decode kernel as a weight matrix
-    with each of its prefetch/thread settings (torch's sum alone reaches only ~85% of what the kernel
-    reads; which setting streams best depends on the CPU). On huge pages, as the LM's weights."""
-    x = torch.ones(megabytes * 2**18, device=device)
-    readers = [lambda: x.sum().item()]
-    if device.type == "cpu" and cpu_kernels_available():
-        x = torch.ops.fishtts.huge_page_copy(x)
-        matrix, row = x.view(-1, 1024), torch.ones(1, 1024)
-        for variant in paths.KERNEL_VARIANTS.keys() & set(paths.decode_candidates("float32")):
-            readers.append(lambda v=variant: _with_path(v, lambda: linear_rows(row, matrix)))
-    best = min(_best_time(read) for read in readers)
-    return x.numel() * 4 / best
+
+class ReadBandwidth:
+    """The memory's read bandwidth in bytes/s, now: the floor for a decode, which streams its weights.
+
+    On a shared VM it moves by up to 2x within a minute (29-66 GB/s on one AMD EPYC in an hour), so a floor
+    measured once at the start says little about a decode timed minutes later (a run read 34.8 GB/s at the
+    start and 61-62 beside its decode runs): `around(fn)` reads it just before and just after fn.
+    The first reading is the best of 5 runs (the least disturbed; a floor wants the best) of summing a
+    large buffer and, on CPU, of streaming it through the decode kernel as a weight matrix with each of its
+    prefetch/thread settings (torch's sum alone reaches only ~85% of what the kernel reads; which setting
+    streams best depends on the CPU); later readings take the setting that streamed best, best of 3. On
+    huge pages, as the LM's weights."""
+
+    def __init__(self, device: torch.device, megabytes: int = 512):
+        x = torch.ones(megabytes * 2**18, device=device)
+        self.bytes = x.numel() * 4
+        self.readers = [lambda: x.sum().item()]
+        if device.type == "cpu" and cpu_kernels_available():
+            x = torch.ops.fishtts.huge_page_copy(x)
+            matrix, row = x.view(-1, 1024), torch.ones(1, 1024)
+            for variant in paths.KERNEL_VARIANTS.keys() & set(paths.decode_candidates("float32")):
+                self.readers.append(lambda v=variant: _with_path(v, lambda: linear_rows(row, matrix)))
+        self.best_reader: Callable[[], object] | None = None
+
+    def __call__(self) -> float:
+        if self.best_reader is None:
+            best, self.best_reader = min(((_best_time(r), r) for r in self.readers), key=lambda pair: pair[0])
+        else:
+            best = _best_time(self.best_reader, runs=3)
+        return self.bytes / best
+
+    def around(self, fn: Callable[[], T]) -> tuple[T, float]:
+        """fn's result and the bandwidth beside it: the higher of the readings before and after (the
+        floor it had, taken generously)."""
+        before = self()
+        result = fn()
+        return result, max(before, self())
 
 
 def _with_path(variant: str, fn: Callable[[], object]) -> object:

@@ -6,7 +6,8 @@
 
 Measured in this run: device (the CPU's model name and the flags that matter: avx2, avx512f, avx512_bf16, amx)
 and threads; the LM paths the autotuner chose per format (core/lm/autotune.py); memory read bandwidth and the
-decode floor it sets per LM weight format (weight bytes read per token / bandwidth, as gpt-fast reports); LM
+decode floor it sets per LM weight format (weight bytes read per token / bandwidth, as gpt-fast reports; read
+again beside every decode run, bench/measure.py ReadBandwidth); LM
 prefill tokens/s (100-token prompt) and decode tokens/s (64 new tokens) per format, alone and as one batch of
 --num-samples sequences (aggregate tokens/s); VQGAN encode and decode of 10 s of audio (decode also in
 bfloat16, with its SNR against float32); end-to-end RTF
@@ -32,7 +33,7 @@ from core.tuning import cpu_info
 from .concurrency import bench_concurrency
 from .e2e import REFERENCE_TEXT, bench_e2e, make_engine, reference_codes
 from .lm import bench_lm, build_variants, random_prompt
-from .measure import memory_bandwidth, peak_rss_mb
+from .measure import ReadBandwidth, peak_rss_mb
 from .models import add_vqgan_precision_argument, random_official_lm, random_vqgan, tiny_lm_config, tiny_vqgan_config
 from .streaming import bench_streaming
 from .vqgan import bench_vqgan
@@ -75,9 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace, log=print) -> dict:
     device = resolve_device(args.device)
     report = dict(**run_header(device, args), cpu=cpu_info())
-    bandwidth = memory_bandwidth(device)
-    report["bandwidth_gb_per_s"] = round(bandwidth / 1e9, 1)
-    log(f"device {report['device_name']}, {report['threads']} threads, read bandwidth {bandwidth / 1e9:.1f} GB/s")
+    bandwidth = ReadBandwidth(device)
+    gb_per_s = report["bandwidth_gb_per_s"] = round(bandwidth() / 1e9, 1)
+    log(f"device {report['device_name']}, {report['threads']} threads, read bandwidth {gb_per_s} GB/s")
 
     models = {}
     uses_lm = {"lm", "e2e", "stream", "batch"} & set(args.parts)
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
         if "lm" in args.parts:
             log("LM prefill/decode...")
             report["lm"] = bench_lm(models, setup, prompt, args.new, args.runs, bandwidth, args.batch_sizes)
+    del bandwidth  # its buffer (512 MB) is no part of what the later parts use, nor of their peak RSS
     engine_parts = uses_lm - {"lm"}  # the parts that run through a TTSEngine
     if "vqgan" in args.parts or engine_parts:
         vqgan = random_vqgan(device, tiny_vqgan_config() if args.tiny else None, precision=args.vqgan_precision)
@@ -137,7 +139,14 @@ def table(report: dict) -> str:
     if lm_rows:
         get = lambda key, fmt="{}": lambda f: fmt.format(lm_rows[f][key]) if f in lm_rows else ""
         row("LM weights read per token", get("weights_gb", "{} GB"))
-        row(f"LM decode floor ({report['bandwidth_gb_per_s']} GB/s)", get("floor_steps_per_s", "{} tokens/s"))
+        row(
+            "LM decode floor (read bandwidth beside its runs)",
+            lambda f: (
+                f"{lm_rows[f]['floor_steps_per_s']} tokens/s ({lm_rows[f]['bandwidth_gb_per_s']} GB/s)"
+                if f in lm_rows
+                else ""
+            ),
+        )
         first = next(iter(lm_rows.values()))
         row(f"LM prefill, {first['prompt_tokens']}-token prompt", get("prefill_tokens_per_s", "{} tokens/s"))
         row(

@@ -6,11 +6,12 @@ official-size random weights (SPEC §3.6 estimated config).
 
 Measured in this run: the device (CPU model and flags, as `python -m bench`), read bandwidth and, per Dual-AR
 weight format, the decode floor it sets (weight bytes read per frame: the slow stack + output head once, the
-fast stack + its head at every one of the N codebook positions; SPEC §10); the decode paths the autotuner
-chose (core/lm/autotune.py) and the step's torch threads (core/lm/step_threads.py); prefill tokens/s; decode
-frames/s (stops ignored) alone, as a share of the floor and of real time (21.53 frames/s), and --batch
-sequences as one batch (aggregate); codec encode and decode of --seconds of audio, one-shot and streamed in
-8-frame chunks; the end-to-end real-time factor of one --frames request (prefill + decode + codec decode).
+fast stack + its head at every one of the N codebook positions; SPEC §10; the bandwidth read again beside
+every decode run, bench/measure.py ReadBandwidth); the decode paths the autotuner chose (core/lm/autotune.py)
+and the step's torch threads (core/lm/step_threads.py); prefill tokens/s; decode frames/s (stops ignored)
+alone, as a share of the floor and of real time (21.53 frames/s), and --batch sequences as one batch
+(aggregate); codec encode and decode of --seconds of audio, one-shot and streamed in 8-frame chunks; the
+end-to-end real-time factor of one --frames request (prefill + decode + codec decode).
 Each number is the median of --runs after a warm-up. `--tiny` uses tiny models (a smoke test).
 """
 
@@ -24,7 +25,7 @@ from core.device import resolve_device
 from core.s1.codec import Codec, StreamingDecoder
 from core.tuning import cpu_info
 
-from .measure import median_runs, memory_bandwidth, peak_rss_mb, timed
+from .measure import ReadBandwidth, median_runs, peak_rss_mb, timed
 from .run import report_main, run_header
 from .s1_lm import COMPILED, bench_format, end_to_end_rtf
 from .s1_models import OFFICIAL_FRAME_RATE, bytes_per_frame, random_codec, random_dual_ar
@@ -116,9 +117,9 @@ def _run(args: argparse.Namespace, log) -> dict:
     cuda_formats = ["bfloat16", "bfloat16" + COMPILED, "int8"]
     formats = args.format_list or (cuda_formats if device.type == "cuda" else ["float32", "int8", "int4"])
     report = dict(**run_header(device, args), cpu=cpu_info())
-    bandwidth = memory_bandwidth(device)
-    report["bandwidth_gb_per_s"] = round(bandwidth / 1e9, 1)
-    log(f"device {report['device_name']}, {report['threads']} threads, read bandwidth {bandwidth / 1e9:.1f} GB/s")
+    bandwidth = ReadBandwidth(device)
+    gb_per_s = report["bandwidth_gb_per_s"] = round(bandwidth() / 1e9, 1)
+    log(f"device {report['device_name']}, {report['threads']} threads, read bandwidth {gb_per_s} GB/s")
     parts = {p.strip() for p in args.only.split(",")}
     if "lm" in parts:
         report["dual_ar"] = {}
@@ -132,6 +133,7 @@ def _run(args: argparse.Namespace, log) -> dict:
                 else torch.float32
             )
             report["dual_ar"][fmt] = bench_format(fmt, device, dtype, args, bandwidth, log)
+    del bandwidth  # its buffer (512 MB) is no part of what the codec uses, nor of its peak RSS
     if "codec" in parts:
         log("codec (random weights)...")
         report["codec"] = bench_codec(random_codec(device, args.tiny), args.seconds, args.runs, args.frames)
@@ -154,7 +156,10 @@ def table(report: dict) -> str:
     if lm:
         first = next(iter(lm.values()))
         row("Dual-AR weights read per frame", lambda d: f"{d['weights_gb']} GB")
-        row(f"decode floor ({report['bandwidth_gb_per_s']} GB/s)", lambda d: f"{d['floor_frames_per_s']} frames/s")
+        row(
+            "decode floor (read bandwidth beside its runs)",
+            lambda d: f"{d['floor_frames_per_s']} frames/s ({d['bandwidth_gb_per_s']} GB/s)",
+        )
         row(f"prefill, {first['prompt_tokens']}-token prompt", lambda d: f"{d['prefill_tokens_per_s']} tokens/s")
         row(
             f"decode, {first['frames']} frames",

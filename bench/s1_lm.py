@@ -17,7 +17,7 @@ from core.s1.compile import compile_decode
 from core.s1.lm import DualARTransformer
 from core.s1.sampling import SamplingSettings
 
-from .measure import median_runs, sync
+from .measure import ReadBandwidth, median_runs, sync
 from .s1_models import OFFICIAL_FRAME_RATE, bytes_per_frame, random_dual_ar, random_prompt
 
 COMPILED = "+compile"  # a format's suffix: its decode compiled (core/s1/compile.py)
@@ -79,7 +79,7 @@ def decode_run(
 
 
 def bench_format(
-    fmt: str, device: torch.device, dtype: torch.dtype, args, bandwidth: float, log=print
+    fmt: str, device: torch.device, dtype: torch.dtype, args, bandwidth: ReadBandwidth, log=print
 ) -> dict[str, object]:
     # compiled for a batch's slots, which every step then runs, a sequence alone too (CUDA graphs replay one
     # shape: the engine's static scheduler does the same with its max batch)
@@ -87,24 +87,30 @@ def bench_format(
     model, chosen, setup_s = build(fmt.removesuffix(COMPILED), device, dtype, args.tiny, static_slots)
     stepper = S1Stepper(model)
     prompt = random_prompt(model, args.prompt)
+    weights = bytes_per_frame(model)
+
+    def alone() -> dict[str, float]:  # with the floor beside the run (the VM's bandwidth moves within minutes)
+        run, read = bandwidth.around(lambda: decode_run(model, stepper, prompt, args.frames, 1, static_slots))
+        return dict(run, bandwidth=read, fraction=run["frames_per_s"] * weights / read)
+
     log(f"  {fmt}: decode alone...")
-    one = median_runs(lambda: decode_run(model, stepper, prompt, args.frames, 1, static_slots), args.runs)
+    one = median_runs(alone, args.runs)
     threads = stepper.step_threads.setting  # (chosen during the warm-up's first steps)
     log(f"  {fmt}: {args.batch} sequences as one batch...")
     batched = median_runs(lambda: decode_run(model, stepper, prompt, args.frames, args.batch, static_slots), args.runs)
-    weights = bytes_per_frame(model)
-    floor = bandwidth / weights
+    floor = one["bandwidth"] / weights
     log(f"  {fmt}: {one['frames_per_s']:.2f} frames/s alone, {batched['frames_per_s']:.2f} as {args.batch}")
     return dict(
         format=fmt,
         prompt_tokens=args.prompt,
         frames=args.frames,
         weights_gb=float(f"{weights / 1e9:.4g}"),
+        bandwidth_gb_per_s=round(one["bandwidth"] / 1e9, 1),
         floor_frames_per_s=round(floor, 2),
         prefill_tokens_per_s=round(args.prompt / one["prefill_s"], 1),
         prefill_s=round(one["prefill_s"], 3),
         frames_per_s=round(one["frames_per_s"], 2),
-        fraction_of_floor=round(one["frames_per_s"] / floor, 3),
+        fraction_of_floor=round(one["fraction"], 3),
         real_time_factor=round(one["frames_per_s"] / OFFICIAL_FRAME_RATE, 3),
         batch=args.batch,
         batch_frames_per_s=round(batched["frames_per_s"], 2),

@@ -32,7 +32,13 @@ def test_bench_tiny_reports_every_part_as_positive_numbers(capsys):
     assert any(line.startswith("| LM paths") for line in out)
     assert any(line.startswith("| LM decode, 4 sequences as one batch") for line in out)
     for row in report["lm"]:
-        for key in ("prefill_tokens_per_s", "tokens_per_s", "floor_steps_per_s"):
+        for key in (
+            "prefill_tokens_per_s",
+            "tokens_per_s",
+            "floor_steps_per_s",
+            "bandwidth_gb_per_s",
+            "fraction_of_floor",
+        ):
             assert row[key] > 0, (row["variant"], key)
     assert report["vqgan"]["codes"] == 43  # 2 s at 21.5 codes/s
     assert report["vqgan"]["encode_s"] > 0 and report["vqgan"]["decode_s"] > 0
@@ -84,3 +90,15 @@ def test_a_forced_variant_may_name_its_batch_decode_path():
     with forced_path(f"int8:{one}", model):
         assert paths.chosen("int8")["decode"] == paths.chosen("int8")["batch_decode"] == one
     assert paths.chosen("int8") == before
+
+
+def test_the_floor_beside_a_run_is_the_higher_reading_around_it(monkeypatch):
+    from bench.measure import ReadBandwidth
+
+    bandwidth = ReadBandwidth(torch.device("cpu"), megabytes=8)
+    assert bandwidth() > 0 and bandwidth.best_reader in bandwidth.readers  # later readings use the best setting
+    assert bandwidth() > 0
+    readings, calls = iter([3.0, 5.0]), []
+    monkeypatch.setattr(ReadBandwidth, "__call__", lambda self: next(readings))
+    assert bandwidth.around(lambda: calls.append("run") or "result") == ("result", 5.0)
+    assert calls == ["run"]

@@ -13,7 +13,7 @@ def test_tiny_bench_reports_every_row_per_format(capsys):
     assert c["frames"] == 16 and c["decode_s"] > 0 and c["stream_decode_s"] > 0 and c["request_frames"] == 3
     for fmt, d in report["dual_ar"].items():
         assert d["frames_per_s"] > 0 and d["prefill_tokens_per_s"] > 0 and d["batch_frames_per_s"] > 0, fmt
-        floor = report["bandwidth_gb_per_s"] / d["weights_gb"]
+        floor = d["bandwidth_gb_per_s"] / d["weights_gb"]  # (the bandwidth read beside its runs)
         assert abs(d["floor_frames_per_s"] - floor) / d["floor_frames_per_s"] < 0.01, fmt
         audio_s = d["frames"] / OFFICIAL_FRAME_RATE
         compute_s = d["prefill_s"] + (d["frames"] - 1) / d["frames_per_s"] + c["request_decode_s"]
