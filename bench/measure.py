@@ -25,9 +25,10 @@ class ReadBandwidth:
     start and 61-62 beside its decode runs): `around(fn)` reads it just before and just after fn.
     The first reading is the best of 5 runs (the least disturbed; a floor wants the best) of summing a
     large buffer and, on CPU, of streaming it through the decode kernel as a weight matrix with each of its
-    prefetch/thread settings (torch's sum alone reaches only ~85% of what the kernel reads; which setting
-    streams best depends on the CPU); later readings take the setting that streamed best, best of 3. On
-    huge pages, as the LM's weights."""
+    prefetch/thread settings (which reads fastest depends on the CPU and the moment: on the AMD EPYC torch's
+    sum read 60-66 GB/s in quiet minutes, when the kernel's dot products, two loads per weight vector, peak
+    at 44-53 GB/s on its two cores; elsewhere the kernel read more); later readings take the reader that
+    was fastest, best of 3. On huge pages, as the LM's weights."""
 
     def __init__(self, device: torch.device, megabytes: int = 512):
         x = torch.ones(megabytes * 2**18, device=device)

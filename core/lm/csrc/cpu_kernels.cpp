@@ -294,6 +294,17 @@ inline void dot_block_tuned(const float* x, int64_t I, const W* wr, const Tuning
   else dot_block<W, B, R, kNoPrefetch>(x, I, wr, 0, out);
 }
 
+// y[o] = dot(x, w_row o) for one activation row, weight rows [begin, end): dot_block's sums.
+template <typename W, int Hint>
+void single_rows(const float* x, const W* w, const float* scales, float* y, int64_t I, int64_t distance,
+                 int64_t begin, int64_t end) {
+  for (int64_t o = begin; o < end; ++o) {
+    float out;
+    dot_block<W, 1, 1, Hint>(x, I, w + o * I, distance, &out);
+    y[o] = scales ? out * scales[o] : out;
+  }
+}
+
 // y[n, o] for weight rows [begin, end): one activation row takes kRows weight rows at a time.
 template <typename W>
 void linear_piece(const float* x, const W* w, const float* scales, float* y, int64_t N, int64_t I, int64_t O,
@@ -301,6 +312,13 @@ void linear_piece(const float* x, const W* w, const float* scales, float* y, int
   constexpr int kRows = 4;
   float out[kRows * kGroup];
   int64_t o = begin;
+  if (N == 1 && t.rows == 1) {  // (the prefetch setting resolved once, not per row: a 1024-wide row is ~200 ns)
+    const int hint = t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
+    if (hint == kPrefetchNTA) single_rows<W, kPrefetchNTA>(x, w, scales, y, I, t.prefetch_bytes, o, end);
+    else if (hint == kPrefetchT0) single_rows<W, kPrefetchT0>(x, w, scales, y, I, t.prefetch_bytes, o, end);
+    else single_rows<W, kNoPrefetch>(x, w, scales, y, I, 0, o, end);
+    return;
+  }
   if (N == 1 && t.rows > 1) {
     for (; o + kRows <= end; o += kRows) {
       dot_block_tuned<W, 1, kRows>(x, I, w + o * I, t, true, out);
