@@ -7,12 +7,11 @@
 Measured in this run: device (the CPU's model name and the flags that matter: avx2, avx512f, avx512_bf16, amx)
 and threads; the LM paths the autotuner chose per format (core/lm/autotune.py); memory read bandwidth and the
 decode floor it sets per LM weight format (weight bytes read per token / bandwidth, as gpt-fast reports; read
-again beside every decode run, bench/measure.py ReadBandwidth); LM
-prefill tokens/s (100-token prompt) and decode tokens/s (64 new tokens) per format, alone and as one batch of
---num-samples sequences (aggregate tokens/s); VQGAN encode and decode of 10 s of audio (decode also in
-bfloat16, with its SNR against float32); end-to-end RTF
-of one reference-prompted sentence per format (10 s reference encoded, 64 frames generated with stops
-ignored, decoded); streaming: time to first audio vs the non-streamed total for a 100- and a
+again beside every decode run, bench/measure.py ReadBandwidth); LM prefill tokens/s (100-token prompt) and
+decode tokens/s (64 new tokens) per format, alone and as one batch of --num-samples sequences (aggregate
+tokens/s); VQGAN encode and decode of 10 s of audio (decode also in bfloat16, with its SNR against float32);
+end-to-end RTF of one reference-prompted sentence per format (10 s reference encoded, 64 frames generated with
+stops ignored, decoded); streaming: time to first audio vs the non-streamed total for a 100- and a
 300-character text (bench/streaming.py); --concurrent requests at once vs one after another
 (bench/concurrency.py); peak RSS. Each number is the median of --runs after a warm-up.
 `--compile` adds int8+compile (its compile takes 15-95 s on CPU). `--tiny` uses tiny models (tests).
