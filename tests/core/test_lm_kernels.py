@@ -50,6 +50,20 @@ def test_linear_rows_gives_a_row_the_same_bits_alone_and_in_any_batch():
             assert torch.equal(kernels.linear_rows(x[rows], w, s), together[rows])
 
 
+@pytest.mark.parametrize("setting", ["kernel", "kernel-t0", "kernel-nopf", "kernel-t0-4r"])
+def test_one_row_takes_the_bits_it_has_in_a_batch_under_every_setting(setting):
+    """One activation row runs its own loop (single_rows, or several weight rows at once for "-4r"), several
+    rows the batch path: the same sums in the same order, whichever prefetch setting is chosen."""
+    gen = torch.Generator().manual_seed(5)
+    weight, scales = quantize_int8(torch.randn(90, 1024, generator=gen))
+    x = torch.randn(5, 1024, generator=gen)
+    for fmt, w, s in (("float32", weight.float() * scales[:, None], None), ("int8", weight, scales)):
+        with paths.using(fmt, decode=setting, batch_decode=setting):
+            together = kernels.linear_rows(x, w, s)
+            for row in range(5):
+                assert torch.equal(kernels.linear_rows(x[row : row + 1], w, s), together[row : row + 1]), fmt
+
+
 def _row_kernels() -> dict[str, tuple]:
     """Every kernel of a few activation rows that a prefill may also call with many, with its weights."""
     gen = torch.Generator().manual_seed(3)
