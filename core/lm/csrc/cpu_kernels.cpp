@@ -43,6 +43,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <functional>
+#include <type_traits>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -237,6 +238,16 @@ inline const Tuning& tuning(WeightKind kind, int64_t activation_rows) { return g
 constexpr int kUnroll = 4;  // independent accumulators per row: 64 weights per iteration
 constexpr int kGroup = 4;   // activation rows per pass over a weight row
 
+// fn(hint) with the tuning's prefetch hint as a compile-time constant (none where `prefetch` is false or the
+// distance 0): each kernel is instantiated per hint, so the choice is made once per call, not per load.
+template <typename F>
+inline void with_hint(const Tuning& t, bool prefetch, F&& fn) {
+  const int hint = prefetch && t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
+  if (hint == kPrefetchNTA) fn(std::integral_constant<int, kPrefetchNTA>{});
+  else if (hint == kPrefetchT0) fn(std::integral_constant<int, kPrefetchT0>{});
+  else fn(std::integral_constant<int, kNoPrefetch>{});
+}
+
 // Prefetch the `lines` cache lines `distance` bytes ahead of p.
 template <int Hint>
 inline void prefetch_ahead(const void* p, int64_t distance, int lines) {
@@ -288,10 +299,9 @@ inline void dot_block(const float* x, int64_t I, const W* wr, int64_t distance, 
 template <typename W, int B, int R>
 inline void dot_block_tuned(const float* x, int64_t I, const W* wr, const Tuning& t, bool prefetch, float* out) {
   // Later row groups find the weight rows in L1: only the first prefetches.
-  const int hint = prefetch && t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
-  if (hint == kPrefetchNTA) dot_block<W, B, R, kPrefetchNTA>(x, I, wr, t.prefetch_bytes, out);
-  else if (hint == kPrefetchT0) dot_block<W, B, R, kPrefetchT0>(x, I, wr, t.prefetch_bytes, out);
-  else dot_block<W, B, R, kNoPrefetch>(x, I, wr, 0, out);
+  with_hint(t, prefetch, [&](auto hint) {
+    dot_block<W, B, R, decltype(hint)::value>(x, I, wr, t.prefetch_bytes, out);
+  });
 }
 
 // y[o] = dot(x, w_row o) for one activation row, weight rows [begin, end): dot_block's sums.
@@ -316,10 +326,9 @@ void linear_piece(const float* x, const W* w, const float* scales, float* y, int
   // row through the group switch below, a decode step's float32 linears read at 0.83-0.89 of the memory's
   // bandwidth, this way at 0.94-1.03 (AMD EPYC, AVX-512 build; a 1024-wide row is ~200 ns of memory).
   if (N == 1 && t.rows == 1) {
-    const int hint = t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
-    if (hint == kPrefetchNTA) single_rows<W, kPrefetchNTA>(x, w, scales, y, I, t.prefetch_bytes, o, end);
-    else if (hint == kPrefetchT0) single_rows<W, kPrefetchT0>(x, w, scales, y, I, t.prefetch_bytes, o, end);
-    else single_rows<W, kNoPrefetch>(x, w, scales, y, I, 0, o, end);
+    with_hint(t, true, [&](auto hint) {
+      single_rows<W, decltype(hint)::value>(x, w, scales, y, I, t.prefetch_bytes, o, end);
+    });
     return;
   }
   if (N == 1 && t.rows > 1) {
@@ -569,10 +578,9 @@ template <int R, int B>
 inline void dot_blocks_int4_tuned(const Int4Activations& act, int64_t row0, int64_t I, const uint8_t* w,
                                   const at::BFloat16* s, const at::BFloat16* z, const Tuning& t, bool prefetch,
                                   float* y, int64_t O) {
-  const int hint = prefetch && t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
-  if (hint == kPrefetchNTA) dot_blocks_int4<R, B, kPrefetchNTA>(act, row0, I, w, s, z, t.prefetch_bytes, y, O);
-  else if (hint == kPrefetchT0) dot_blocks_int4<R, B, kPrefetchT0>(act, row0, I, w, s, z, t.prefetch_bytes, y, O);
-  else dot_blocks_int4<R, B, kNoPrefetch>(act, row0, I, w, s, z, 0, y, O);
+  with_hint(t, prefetch, [&](auto hint) {
+    dot_blocks_int4<R, B, decltype(hint)::value>(act, row0, I, w, s, z, t.prefetch_bytes, y, O);
+  });
 }
 
 // x [..., I] float32; packed [blocks, I / 8, 16, 4] uint8; scales, offsets [blocks, I / 64, 16] bfloat16
@@ -721,10 +729,9 @@ inline void dot_rows_int8_vnni(const Int16Activations& act, int64_t row0, int64_
 template <int B>
 inline void dot_rows_int8_vnni_tuned(const Int16Activations& act, int64_t row0, int64_t I, const int8_t* wr,
                                      const Tuning& t, bool prefetch, float* out) {
-  const int hint = prefetch && t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
-  if (hint == kPrefetchNTA) dot_rows_int8_vnni<B, kPrefetchNTA>(act, row0, I, wr, t.prefetch_bytes, out);
-  else if (hint == kPrefetchT0) dot_rows_int8_vnni<B, kPrefetchT0>(act, row0, I, wr, t.prefetch_bytes, out);
-  else dot_rows_int8_vnni<B, kNoPrefetch>(act, row0, I, wr, 0, out);
+  with_hint(t, prefetch, [&](auto hint) {
+    dot_rows_int8_vnni<B, decltype(hint)::value>(act, row0, I, wr, t.prefetch_bytes, out);
+  });
 }
 #endif
 
