@@ -24,12 +24,13 @@ from .kernels import KERNEL_CACHE_DTYPES, few_rows
 from .quantize import weight_format
 
 # cpu_kernels.cpp's LinearKind
-FLOAT32, INT8, INT8_VNNI, INT4, INT8_AMX = 0, 1, 2, 3, 4
+FLOAT32, INT8, INT8_VNNI, INT4, INT8_AMX, INT8_BYTES = 0, 1, 2, 3, 4, 5
 _BUFFERS = {
     FLOAT32: ("weight",),
     INT8: ("weight", "scales"),
     INT8_VNNI: ("weight", "scales"),
     INT8_AMX: ("weight", "scales"),
+    INT8_BYTES: ("weight", "scales"),
     INT4: ("weight", "scales", "offsets"),
 }
 # (weight format, paths.arithmetic of its decode path) -> the kind decode_layer runs
@@ -38,6 +39,7 @@ _KINDS = {
     ("int8", "kernel"): INT8,
     ("int8", "kernel-vnni"): INT8_VNNI,
     ("int8", "kernel-amx"): INT8_AMX,
+    ("int8", "kernel-bytes"): INT8_BYTES,
     ("int4", "kernel"): INT4,
 }
 _FORMAT = {kind: fmt for (fmt, _), kind in _KINDS.items()}

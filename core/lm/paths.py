@@ -4,12 +4,12 @@ Every candidate computes the same product within the format's tolerance; they di
 which differs between CPUs (core/lm/autotune.py measures them at load and sets the fastest here).
 
 Decode candidates: the C++ kernel with one of KERNEL_VARIANTS' prefetch/thread settings (for int8 on
-AVX512-VNNI or AVX2 also with int16 activations, and with AMX on its tiles), plain torch (the original's
-formula), and torch's packed int8 kernel; steps of one sequence and of several may take two settings
-of one kernel ("decode", "batch_decode"). Prefill candidates: a float32 matmul, or a bfloat16 one
-(AMX / AVX512-BF16; quantized formats only: their weights are exact or nearly so in bfloat16, a
-float32 model keeps float32), for int8 an int8 matmul (the activations rounded to int8 per row), or for
-the quantized formats the decode kernel over all rows.
+AVX512-VNNI or AVX2 also with int16 activations, on AVX512-VNNI with those as two bytes, and with AMX
+on its tiles), plain torch (the original's formula), and torch's packed int8 kernel; steps of one
+sequence and of several may take two settings of one kernel ("decode", "batch_decode"). Prefill
+candidates: a float32 matmul, or a bfloat16 one (AMX / AVX512-BF16; quantized formats only: their
+weights are exact or nearly so in bfloat16, a float32 model keeps float32), for int8 an int8 matmul
+(the activations rounded to int8 per row), or for the quantized formats the decode kernel over all rows.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ _VARIANTS = {
     # on AVX2 the same sums (the same bits) with four vpmaddwd
     "kernel-vnni-t0": KernelVariant(1024, 2),
     "kernel-vnni-nopf": KernelVariant(0, 0),
+    # int8 only, on AVX512-VNNI: the activations rounded to int16 a row and split into two bytes, three vpdpbusd
+    # per 64 weights (cpu_kernels.cpp); non-temporal 1 KiB ahead decoded four sequences fastest on an AMD EPYC
+    "kernel-bytes": KernelVariant(1024, 1),
+    "kernel-bytes-t0": KernelVariant(1024, 2),
+    "kernel-bytes-nopf": KernelVariant(0, 0),
     # int8 only, with AMX-INT8: 16-row weight tiles against 24-bit activations split into bytes (cpu_kernels.cpp);
     # "-t0": the next 16-row block fetched ahead as one stream (its distance is always a block)
     "kernel-amx": KernelVariant(0, 0),
@@ -66,9 +71,11 @@ def decode_candidates(fmt: str) -> list[str]:
     kernels = list(KERNEL_VARIANTS) if cpu_kernels_available() else []
     if kernels and torch.ops.fishtts.start_pool(0) == 1:  # the pool's size (set at the kernels' load)
         kernels = [k for k in kernels if not k.endswith("-1t")]
-    vnni = bool(kernels) and torch.ops.fishtts.int16_dots_available()  # (built with AVX512-VNNI or AVX2)
-    if fmt != "int8" or not vnni:
+    int16 = bool(kernels) and torch.ops.fishtts.int16_dots_available()  # (built with AVX512-VNNI or AVX2)
+    if fmt != "int8" or not int16:
         kernels = [k for k in kernels if "-vnni" not in k]
+    if fmt != "int8" or not (kernels and torch.ops.fishtts.vnni_available()):
+        kernels = [k for k in kernels if "-bytes" not in k]
     if fmt != "int8" or not (kernels and torch.ops.fishtts.int8_amx_available()):
         kernels = [k for k in kernels if "-amx" not in k]
     packed = ["int8pack"] if fmt == "int8" and hasattr(torch.ops.aten, "_weight_int8pack_mm") else []
@@ -104,7 +111,7 @@ def arithmetic(path: str) -> str:
     in prefetch and threads, which change no result bit: one sequence and a batch may take different
     ones of it and a sequence still decodes to the same bits alone or batched."""
     if path.startswith("kernel"):
-        return "kernel-vnni" if "-vnni" in path else "kernel-amx" if "-amx" in path else "kernel"
+        return next((f"kernel-{kind}" for kind in ("vnni", "bytes", "amx") if f"-{kind}" in path), "kernel")
     return path
 
 
@@ -188,6 +195,8 @@ def linear_int8(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
         kind = arithmetic(path)
         if kind == "kernel-vnni":
             return torch.ops.fishtts.linear_rows_int8_vnni(x, weight, scales)
+        if kind == "kernel-bytes":
+            return torch.ops.fishtts.linear_rows_int8_bytes(x, weight, scales)
         if kind == "kernel-amx":
             return torch.ops.fishtts.linear_rows_int8_amx(x, weight, scales)
         return torch.ops.fishtts.linear_rows(x, weight, scales)

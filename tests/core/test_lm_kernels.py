@@ -78,6 +78,8 @@ def _row_kernels() -> dict[str, tuple]:
     }
     if ops.int16_dots_available():
         found["int8-vnni"] = (ops.linear_rows_int8_vnni, q8, s8)
+    if ops.vnni_available():
+        found["int8-bytes"] = (ops.linear_rows_int8_bytes, q8, s8)
     if ops.int8_amx_available():
         found["int8-amx"] = (ops.linear_rows_int8_amx, q8, s8)
     return found
@@ -186,6 +188,33 @@ def test_amx_int8_kernel_uses_exact_integer_sums_of_the_rounded_rows():
         sums = q.double() @ weight.double().T  # exact: integers below 2**53
         expected = (sums * x_scale.double()).float() * scales
         assert torch.equal(torch.ops.fishtts.linear_rows_int8_amx(x, weight, scales), expected)
+
+
+@pytest.mark.skipif(not torch.ops.fishtts.vnni_available(), reason="no AVX512-VNNI in this build")
+def test_int8_bytes_kernel_uses_exact_integer_sums_of_the_rows_rounded_to_int16():
+    """The kernel's arithmetic: each row rounded to int16 (x * (32767 / absmax), to nearest even), exact
+    integer sums with the int8 weights (the two bytes' sums and the weights' own, recombined), then the row's
+    scale in double and the weights' scale; 1 to 4 rows a pass, a second pass, and more rows than a decode
+    step's (OpenMP's threads). A width that is not whole 64-groups takes the float-activation kernel."""
+    gen = torch.Generator().manual_seed(6)
+    ops = torch.ops.fishtts
+    for width in (64, 192, 2816):
+        weight, scales = quantize_int8(torch.randn(40, width, generator=gen))
+        weight[0, :] = -128  # the extremes of a weight and of a digit: -128 * 32767 summed over the row
+        weight[1, :] = 127
+        for rows in (1, 3, 4, 6, kernels.MAX_ROWS + 1):
+            x = torch.randn(rows, width, generator=gen) * torch.logspace(-2, 2, rows).view(rows, 1)
+            x[0, :] = x[0, 0].abs()  # every value the row's largest: q = 32767 throughout
+            absmax, limit = x.abs().amax(-1, keepdim=True), torch.tensor(32767.0)
+            x_scale, inverse = absmax / limit, limit / absmax  # (true divisions: torch multiplies by 1 / a number)
+            q = torch.round(x * inverse)
+            assert q.abs().amax() <= 32767
+            sums = q.double() @ weight.double().T  # exact: integers below 2**53
+            expected = (sums * x_scale.double()).float() * scales
+            assert torch.equal(ops.linear_rows_int8_bytes(x, weight, scales), expected), (width, rows)
+    weight, scales = quantize_int8(torch.randn(24, 100, generator=gen))
+    x = torch.randn(2, 100, generator=gen)
+    assert torch.equal(ops.linear_rows_int8_bytes(x, weight, scales), kernels.linear_rows(x, weight, scales))
 
 
 def test_int8_to_bfloat16_is_exact():

@@ -27,8 +27,8 @@ CONFIG = str(PARITY / "llama_config.json")
 # measured 6.6% on the parity model (random-init weights); the bounds leave ~2x room.
 TOLERANCE = {"float32": 1e-5, "int8": 0.01, "int4": 0.12}
 # Between two paths of one format: float32 and int8 differ only in summation order (~1e-6; int8's VNNI
-# paths also round the activations to int16 per 64-group, at most 1/65534 of the group's largest, its
-# AMX path to 24 bits per row, 1/16711422 of the row's largest);
+# paths also round the activations to int16 per 64-group or per row, at most 1/65534 of the group's or the
+# row's largest, its AMX path to 24 bits per row, 1/16711422 of the row's largest);
 # bfloat16 prefill rounds activations to 8 bits (~0.4% per product, averaging down); int4's kernel
 # rounds activations to int8 per 64-group (~0.6% of a product).
 SAME_FORMAT = {"float32": 2e-5, "int8": 1e-4, "int4": 0.03}

@@ -146,10 +146,11 @@ def int16_activation_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     return half_step.double() @ weight.abs().double().T
 
 
-def int24_row_activation_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """What the AMX kernel's rounding of each row of x to integers of three signed bytes (scale
-    absmax / AMX_ROW_LIMIT) can move x @ weight.T: half a step per input, times |w|."""
-    half_step = (x.abs().amax(-1, keepdim=True) / AMX_ROW_LIMIT / 2).expand_as(x)
+def row_activation_bound(x: torch.Tensor, weight: torch.Tensor, limit: int) -> torch.Tensor:
+    """What rounding each row of x to integers up to `limit` (scale absmax / limit) can move x @ weight.T:
+    half a step per input, times |w|. The AMX kernel's limit is AMX_ROW_LIMIT (three signed bytes), the
+    "-bytes" kernel's 32767 (int16)."""
+    half_step = (x.abs().amax(-1, keepdim=True) / limit / 2).expand_as(x)
     return half_step.double() @ weight.abs().double().T
 
 
@@ -168,7 +169,9 @@ def test_int8_kernel_equals_dequantize_then_matmul(rows, in_features, path):
     if "-vnni" in path and in_features % 64 == 0:  # (other widths take the float-activation kernel)
         bound = bound + int16_activation_bound(x, layer.weight.float()) * layer.scales
     if "-amx" in path and in_features % 64 == 0:
-        bound = bound + int24_row_activation_bound(x, layer.weight.float()) * layer.scales
+        bound = bound + row_activation_bound(x, layer.weight.float(), AMX_ROW_LIMIT) * layer.scales
+    if "-bytes" in path and in_features % 64 == 0:
+        bound = bound + row_activation_bound(x, layer.weight.float(), 32767) * layer.scales
     with paths.using("int8", decode=path):
         assert_within(layer(x), expected, bound)
 
