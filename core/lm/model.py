@@ -202,6 +202,7 @@ class Transformer(nn.Module):
         # Derived tables are not loaded from checkpoints (non-persistent); see init_buffers().
         self.register_buffer("freqs_cis", torch.empty(0), persistent=False)
         self.register_buffer("causal_mask", torch.empty(0, dtype=torch.bool), persistent=False)
+        self.register_buffer("embedding_offsets", torch.empty(0, dtype=torch.int), persistent=False)
         self.cache_batch_size = -1
         self.cache_seq_len = -1
         self.cache_zeroed = False
@@ -213,6 +214,9 @@ class Transformer(nn.Module):
         n = self.config.max_seq_len
         self.freqs_cis = rope_table(n, self.config.head_dim, self.config.rope_base).to(device)
         self.causal_mask = torch.tril(torch.ones(n, n, dtype=torch.bool, device=device))
+        cfg = self.config  # where each row of x starts in the one table: text, then each codebook's block
+        starts = [0] + [cfg.vocab_size + i * cfg.codebook_size for i in range(cfg.num_codebooks)]
+        self.embedding_offsets = torch.tensor(starts, dtype=torch.int, device=device).view(-1, 1)
 
     @property
     def prompt_attention_layout(self) -> tuple[int, int, int]:
@@ -275,15 +279,13 @@ class Transformer(nn.Module):
 
     def embed(self, x: Tensor) -> Tensor:
         """x [B, 1 + num_codebooks, S] -> [B, S, dim]: text embedding + every codebook's embedding."""
-        cfg = self.config
-        embeds = [self.embeddings(x[:, 0])]
-        for i in range(cfg.num_codebooks):
-            codes = x[:, i + 1]
-            emb = self.embeddings(codes + cfg.vocab_size + i * cfg.codebook_size)
-            # The padding value contributes nothing (prompt text columns carry 0 on codebook rows).
-            emb = emb.masked_fill((codes == cfg.codebook_padding_idx).unsqueeze(-1), 0)
-            embeds.append(emb)
-        return torch.stack(embeds, dim=3).sum(dim=3)
+        # All rows in one lookup: as ~25 small ops a decode step (right after its weights streamed through the
+        # caches) it took 0.2-0.8 ms of an int4 / int8 step on an AMD EPYC.
+        embeds = self.embeddings(x + self.embedding_offsets)  # [B, 1 + num_codebooks, S, dim]
+        # The padding value contributes nothing (prompt text columns carry 0 on codebook rows).
+        padding = x == self.config.codebook_padding_idx
+        padding[:, 0] = False  # (the text row has no padding value)
+        return embeds.masked_fill_(padding.unsqueeze(-1), 0).sum(dim=1)
 
     def _heads(self, x: Tensor) -> ForwardResult:
         logits = self.output(self.norm(x))

@@ -32,6 +32,29 @@ def test_rope_table_equals_the_original_bfloat16_buffer(model):
     assert torch.equal(model.freqs_cis, stored)
 
 
+def test_embedding_sums_the_text_row_and_the_nonzero_codes_as_the_reference_states(model):
+    """Each row looks up its own block of the one table (text, then codebook i at 36408 + 168 i); a code 0 is
+    padding and adds nothing, a text id 0 is a token like any other (reference SPEC 2.2)."""
+    cfg, table = model.config, model.embeddings.weight
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(2, 1 + cfg.num_codebooks, 7, dtype=torch.int)
+    x[:, 0] = torch.randint(0, cfg.vocab_size, (2, 7), generator=gen)
+    x[:, 1:] = torch.randint(1, cfg.codebook_size, (2, cfg.num_codebooks, 7), generator=gen)
+    x[0, 0, 2] = 0  # a text id 0
+    x[:, 1:, 4] = 0  # a text column: no codes
+    x[1, 3, 5] = 0  # one codebook padded
+    terms = [table[x[:, 0].long()].double()]
+    for i in range(cfg.num_codebooks):
+        codes = x[:, i + 1].long()
+        terms.append(table[codes + cfg.vocab_size + i * cfg.codebook_size].double() * (codes != 0).unsqueeze(-1))
+    expected, magnitude = sum(terms), sum(t.abs() for t in terms)
+    with torch.inference_mode():
+        got = model.embed(x)
+    # five float32 values summed in some order: four roundings, each at most half an ulp of a partial sum
+    bound = 4 * (torch.finfo(torch.float32).eps / 2) * magnitude
+    assert ((got.double() - expected).abs() <= bound).all()
+
+
 def test_forward_logits_match_case4(model):
     case = np.load(PARITY / "case4_forward.npz")
     with torch.inference_mode():
