@@ -733,26 +733,20 @@ inline void dot_rows_int8_vnni(const Int16Activations& act, int64_t row0, int64_
   for (int b = 0; b < B; ++b) out[b] = hsum(acc[0][b] + acc[1][b]);
 }
 
-template <int B>
-inline void dot_rows_int8_vnni_tuned(const Int16Activations& act, int64_t row0, int64_t I, const int8_t* wr,
-                                     const Tuning& t, bool prefetch, float* out) {
-  with_hint(t, prefetch, [&](auto hint) {
-    dot_rows_int8_vnni<B, decltype(hint)::value>(act, row0, I, wr, t.prefetch_bytes, out);
-  });
-}
 #endif
 
-// x [..., I] float32; w [O, I] int8; scales [O] float32: x @ (w * scales).T.
-at::Tensor linear_rows_int8_vnni(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales) {
-#if defined(FISHTTS_INT16_DOTS)
-  if (x.size(-1) % kInt4Group) return linear_rows(x, w, scales);  // (the float-activation kernel)
+// The int8 kernels' frame around their dot products: x [..., I] float32 against w [O, I] int8 with scales
+// [O] float32, x @ (w * scales).T. `Act` rounds the activation rows once a call; dot(rows, act, row0, I, wr,
+// tuning, prefetch, out) sums `rows` of them (a std::integral_constant, 1-4) from row0 on against weight row wr.
+template <typename Act, typename Dot>
+at::Tensor int8_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, Dot&& dot) {
   auto xc = rows_of(x);
   const int64_t N = xc.size(0), I = xc.size(1), O = w.size(0);
   TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous() && w.size(1) == I,
               "w must be contiguous int8 [out, in]");
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == O,
               "scales must be float32 [out]");
-  const Int16Activations act(xc.data_ptr<float>(), N, I);
+  const Act act(xc.data_ptr<float>(), N, I);
   auto y = output_for(x, O);
   const int8_t* wp = w.data_ptr<int8_t>();
   const float* sp = scales.data_ptr<float>();
@@ -763,17 +757,31 @@ at::Tensor linear_rows_int8_vnni(const at::Tensor& x, const at::Tensor& w, const
     for (int64_t o = begin; o < end; ++o) {
       const int8_t* wr = wp + o * I;
       for (int64_t g = 0; g < N; g += kGroup) {
-        switch (std::min<int64_t>(kGroup, N - g)) {
-          case 1: dot_rows_int8_vnni_tuned<1>(act, g, I, wr, t, g == 0, out); break;
-          case 2: dot_rows_int8_vnni_tuned<2>(act, g, I, wr, t, g == 0, out); break;
-          case 3: dot_rows_int8_vnni_tuned<3>(act, g, I, wr, t, g == 0, out); break;
-          default: dot_rows_int8_vnni_tuned<4>(act, g, I, wr, t, g == 0, out); break;
+        const int64_t rows = std::min<int64_t>(kGroup, N - g);
+        const bool prefetch = g == 0;
+        switch (rows) {
+          case 1: dot(std::integral_constant<int, 1>{}, act, g, I, wr, t, prefetch, out); break;
+          case 2: dot(std::integral_constant<int, 2>{}, act, g, I, wr, t, prefetch, out); break;
+          case 3: dot(std::integral_constant<int, 3>{}, act, g, I, wr, t, prefetch, out); break;
+          default: dot(std::integral_constant<int, 4>{}, act, g, I, wr, t, prefetch, out); break;
         }
-        for (int64_t b = 0; b < std::min<int64_t>(kGroup, N - g); ++b) yp[(g + b) * O + o] = out[b] * sp[o];
+        for (int64_t b = 0; b < rows; ++b) yp[(g + b) * O + o] = out[b] * sp[o];
       }
     }
   }, t.threads, N);
   return y;
+}
+
+// x [..., I] float32; w [O, I] int8; scales [O] float32: x @ (w * scales).T.
+at::Tensor linear_rows_int8_vnni(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales) {
+#if defined(FISHTTS_INT16_DOTS)
+  if (x.size(-1) % kInt4Group) return linear_rows(x, w, scales);  // (the float-activation kernel)
+  return int8_rows<Int16Activations>(x, w, scales, [](auto rows, const Int16Activations& act, int64_t row0, int64_t I,
+                                                      const int8_t* wr, const Tuning& t, bool prefetch, float* out) {
+    with_hint(t, prefetch, [&](auto hint) {
+      dot_rows_int8_vnni<decltype(rows)::value, decltype(hint)::value>(act, row0, I, wr, t.prefetch_bytes, out);
+    });
+  });
 #else
   TORCH_CHECK(false, "linear_rows_int8_vnni needs AVX512-VNNI or AVX2");
   return x;
@@ -866,38 +874,12 @@ at::Tensor linear_rows_int8_bytes(const at::Tensor& x, const at::Tensor& w, cons
   // (widths that are not whole 64-groups take the float-activation kernel; below 2^16 inputs a digit's sum of
   // products, <= 255 * 128 each, is exact in int32)
   if (x.size(-1) % kInt4Group || x.size(-1) >= (1 << 16)) return linear_rows(x, w, scales);
-  auto xc = rows_of(x);
-  const int64_t N = xc.size(0), I = xc.size(1), O = w.size(0);
-  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous() && w.size(1) == I,
-              "w must be contiguous int8 [out, in]");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == O,
-              "scales must be float32 [out]");
-  const ByteActivations act(xc.data_ptr<float>(), N, I);
-  auto y = output_for(x, O);
-  const int8_t* wp = w.data_ptr<int8_t>();
-  const float* sp = scales.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const Tuning& t = tuning(kInt8, N);
-  parallel(O, 16, [&](int64_t begin, int64_t end) {
-    float out[kGroup];
-    for (int64_t o = begin; o < end; ++o) {
-      const int8_t* wr = wp + o * I;
-      for (int64_t g = 0; g < N; g += kGroup) {
-        const int64_t rows = std::min<int64_t>(kGroup, N - g);
-        with_hint(t, g == 0, [&](auto hint) {
-          constexpr int H = decltype(hint)::value;
-          switch (rows) {
-            case 1: dot_rows_int8_bytes<1, H>(act, g, I, wr, t.prefetch_bytes, out); break;
-            case 2: dot_rows_int8_bytes<2, H>(act, g, I, wr, t.prefetch_bytes, out); break;
-            case 3: dot_rows_int8_bytes<3, H>(act, g, I, wr, t.prefetch_bytes, out); break;
-            default: dot_rows_int8_bytes<4, H>(act, g, I, wr, t.prefetch_bytes, out); break;
-          }
-        });
-        for (int64_t b = 0; b < rows; ++b) yp[(g + b) * O + o] = out[b] * sp[o];
-      }
-    }
-  }, t.threads, N);
-  return y;
+  return int8_rows<ByteActivations>(x, w, scales, [](auto rows, const ByteActivations& act, int64_t row0, int64_t I,
+                                                     const int8_t* wr, const Tuning& t, bool prefetch, float* out) {
+    with_hint(t, prefetch, [&](auto hint) {
+      dot_rows_int8_bytes<decltype(rows)::value, decltype(hint)::value>(act, row0, I, wr, t.prefetch_bytes, out);
+    });
+  });
 #else
   TORCH_CHECK(false, "linear_rows_int8_bytes needs AVX512-VNNI");
   return x;
