@@ -736,8 +736,9 @@ inline void dot_rows_int8_vnni(const Int16Activations& act, int64_t row0, int64_
 #endif
 
 // The int8 kernels' frame around their dot products: x [..., I] float32 against w [O, I] int8 with scales
-// [O] float32, x @ (w * scales).T. `Act` rounds the activation rows once a call; dot(rows, act, row0, I, wr,
-// tuning, prefetch, out) sums `rows` of them (a std::integral_constant, 1-4) from row0 on against weight row wr.
+// [O] float32, x @ (w * scales).T. `Act` rounds the activation rows once a call; dot(rows, hint, act, row0, I,
+// wr, distance, out) sums `rows` of them from row0 on against weight row wr, rows (1-4) and the prefetch hint
+// as compile-time constants (std::integral_constant).
 template <typename Act, typename Dot>
 at::Tensor int8_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, Dot&& dot) {
   auto xc = rows_of(x);
@@ -758,13 +759,15 @@ at::Tensor int8_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
       const int8_t* wr = wp + o * I;
       for (int64_t g = 0; g < N; g += kGroup) {
         const int64_t rows = std::min<int64_t>(kGroup, N - g);
-        const bool prefetch = g == 0;
-        switch (rows) {
-          case 1: dot(std::integral_constant<int, 1>{}, act, g, I, wr, t, prefetch, out); break;
-          case 2: dot(std::integral_constant<int, 2>{}, act, g, I, wr, t, prefetch, out); break;
-          case 3: dot(std::integral_constant<int, 3>{}, act, g, I, wr, t, prefetch, out); break;
-          default: dot(std::integral_constant<int, 4>{}, act, g, I, wr, t, prefetch, out); break;
-        }
+        with_hint(t, g == 0, [&](auto hint) {  // (later row groups find the weight row in L1)
+          const int64_t d = t.prefetch_bytes;
+          switch (rows) {
+            case 1: dot(std::integral_constant<int, 1>{}, hint, act, g, I, wr, d, out); break;
+            case 2: dot(std::integral_constant<int, 2>{}, hint, act, g, I, wr, d, out); break;
+            case 3: dot(std::integral_constant<int, 3>{}, hint, act, g, I, wr, d, out); break;
+            default: dot(std::integral_constant<int, 4>{}, hint, act, g, I, wr, d, out); break;
+          }
+        });
         for (int64_t b = 0; b < rows; ++b) yp[(g + b) * O + o] = out[b] * sp[o];
       }
     }
@@ -776,11 +779,8 @@ at::Tensor int8_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 at::Tensor linear_rows_int8_vnni(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales) {
 #if defined(FISHTTS_INT16_DOTS)
   if (x.size(-1) % kInt4Group) return linear_rows(x, w, scales);  // (the float-activation kernel)
-  return int8_rows<Int16Activations>(x, w, scales, [](auto rows, const Int16Activations& act, int64_t row0, int64_t I,
-                                                      const int8_t* wr, const Tuning& t, bool prefetch, float* out) {
-    with_hint(t, prefetch, [&](auto hint) {
-      dot_rows_int8_vnni<decltype(rows)::value, decltype(hint)::value>(act, row0, I, wr, t.prefetch_bytes, out);
-    });
+  return int8_rows<Int16Activations>(x, w, scales, [](auto rows, auto hint, auto&&... args) {
+    dot_rows_int8_vnni<decltype(rows)::value, decltype(hint)::value>(args...);
   });
 #else
   TORCH_CHECK(false, "linear_rows_int8_vnni needs AVX512-VNNI or AVX2");
@@ -797,6 +797,18 @@ at::Tensor linear_rows_int8_vnni(const at::Tensor& x, const at::Tensor& w, const
 // a row's result does not depend on the order of the work or on the other rows. From cache a Zen 4 core
 // multiplies 15-20% more weights a second; decode gains less (memory holds it), most for batches.
 
+#if defined(__AVX512F__)
+// Rounding a row of I floats (a multiple of 16) to integers up to `limit`: its scale (absmax / limit) into
+// `scale`, and the multiplier that takes a value to its integer (0 for a zero row). The bytes and AMX kernels'.
+inline __m512 row_rounding(const float* x, int64_t I, float limit, float& scale) {
+  __m512 top = _mm512_setzero_ps();
+  for (int64_t i = 0; i < I; i += 16) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+  const float absmax = _mm512_reduce_max_ps(top);
+  scale = absmax / limit;
+  return _mm512_set1_ps(absmax > 0.f ? limit / absmax : 0.f);
+}
+#endif
+
 #if defined(FISHTTS_VNNI)
 struct ByteActivations {
   uint8_t* high;  // [N, I]: h = (q >> 8) + 128
@@ -812,11 +824,7 @@ struct ByteActivations {
     const __m512i offset = _mm512_set1_epi16(128), mask = _mm512_set1_epi16(255);
     for (int64_t b = 0; b < N; ++b) {
       const float* xb = x + b * I;
-      __m512 top = _mm512_setzero_ps();
-      for (int64_t i = 0; i < I; i += 16) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
-      const float absmax = _mm512_reduce_max_ps(top);
-      scale[b] = absmax / 32767.f;
-      const __m512 inv = _mm512_set1_ps(absmax > 0.f ? 32767.f / absmax : 0.f);
+      const __m512 inv = row_rounding(xb, I, 32767.f, scale[b]);
       for (int64_t i = 0; i < I; i += 32) {  // rounded to nearest even, saturated to int16
         const __m512i q = _mm512_inserti64x4(
             _mm512_castsi256_si512(_mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + i), inv)))),
@@ -874,11 +882,8 @@ at::Tensor linear_rows_int8_bytes(const at::Tensor& x, const at::Tensor& w, cons
   // (widths that are not whole 64-groups take the float-activation kernel; below 2^16 inputs a digit's sum of
   // products, <= 255 * 128 each, is exact in int32)
   if (x.size(-1) % kInt4Group || x.size(-1) >= (1 << 16)) return linear_rows(x, w, scales);
-  return int8_rows<ByteActivations>(x, w, scales, [](auto rows, const ByteActivations& act, int64_t row0, int64_t I,
-                                                     const int8_t* wr, const Tuning& t, bool prefetch, float* out) {
-    with_hint(t, prefetch, [&](auto hint) {
-      dot_rows_int8_bytes<decltype(rows)::value, decltype(hint)::value>(act, row0, I, wr, t.prefetch_bytes, out);
-    });
+  return int8_rows<ByteActivations>(x, w, scales, [](auto rows, auto hint, auto&&... args) {
+    dot_rows_int8_bytes<decltype(rows)::value, decltype(hint)::value>(args...);
   });
 #else
   TORCH_CHECK(false, "linear_rows_int8_bytes needs AVX512-VNNI");
@@ -938,11 +943,7 @@ struct AmxActivations {
     scale = scale_buffer.data();
     for (int64_t b = 0; b < N; ++b) {
       const float* xb = x + b * I;
-      __m512 top = _mm512_setzero_ps();
-      for (int64_t i = 0; i < I; i += 16) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
-      const float absmax = _mm512_reduce_max_ps(top);
-      scale[b] = absmax / (float)kAmxLimit;
-      const __m512 inv = _mm512_set1_ps(absmax > 0.f ? (float)kAmxLimit / absmax : 0.f);
+      const __m512 inv = row_rounding(xb, I, (float)kAmxLimit, scale[b]);
       const __m512i limit = _mm512_set1_epi32(kAmxLimit);
       int8_t* h = digits + b * kAmxDigits * I;
       for (int64_t i = 0; i < I; i += 16) {
