@@ -48,13 +48,13 @@ TIMED_BYTES = 160 << 20  # and in each timing: beyond the last-level cache, so f
 # decodes one sequence 18% faster (76 vs 64 steps/s) inside the fused layers; so the last word is
 # the model's own steps'.
 STEP_CONTENDERS = 4  # the proxy's fastest, timed in decode steps of one sequence
-BATCH_CONTENDERS = 3  # the fastest of those, also with BATCH_ROWS sequences
+BATCH_CONTENDERS = 3  # the fastest of those (and their other prefetch settings), with BATCH_ROWS
 STEP_BUDGET = 1.0  # seconds of steps for each: a large model's slow steps time fewer contenders (two at least)
 STEP_POSITION = 128  # where the timed steps decode (every candidate attends over the same cache)
 RUNS = 2
 KERNEL_MARGIN = 0.05  # see _prefer_kernels
 GIVE_UP = 2.0  # a candidate whose two warm-ups both take this many times the best is not timed further
-METHOD = 6  # how the timings are taken: a choice cached by another method is measured again
+METHOD = 7  # how the timings are taken: a choice cached by another method is measured again
 CACHE_NAME = "lm_paths.json"
 
 
@@ -157,15 +157,36 @@ def _decode_step_seconds(fmt: str, candidates: list[str], probe: DecodeProbe, ro
         return _timed_in_turns(candidates[:fit], lambda path: paths.set_paths(fmt, decode=path), seconds, seconds)
 
 
+def _batch_contenders(one_row: dict[str, float], candidates: list[str]) -> list[str]:
+    """The fastest BATCH_CONTENDERS one-row steps, then their arithmetics' other prefetch settings on the
+    same threads: a batch's best prefetch is often not one row's (AMD EPYC, int8's bytes kernel: four
+    sequences 16.9 ms a step fetching 1 KiB ahead, 22.5 ms without, the one-row winner). Not timed: other
+    thread counts (a batch's extra work wants them no less than one row does) and weight rows at once
+    (a batch does not use them)."""
+    fastest = sorted(one_row, key=one_row.get)[:BATCH_CONTENDERS]
+    variants = paths.KERNEL_VARIANTS
+    setups = {(paths.arithmetic(k), variants[k].threads) for k in fastest if k in variants}
+    others = [
+        c
+        for c in candidates
+        if c in variants
+        and c not in fastest
+        and variants[c].rows == 1
+        and (paths.arithmetic(c), variants[c].threads) in setups
+    ]
+    return fastest + others
+
+
 def _measure_decode(fmt: str, candidates: list[str], layers: list[nn.Module], probe: DecodeProbe) -> dict:
     """The linears' proxy sorts out the slow candidates; the fastest STEP_CONTENDERS are timed in whole
-    decode steps of one sequence, the fastest BATCH_CONTENDERS of those of BATCH_ROWS too. The arithmetic
-    (paths.arithmetic) whose best one-row and best batch steps have the smallest geometric mean wins (both
-    must compute alike, or a sequence would decode to other bits batched), with its fastest setting for each."""
+    decode steps of one sequence, the fastest BATCH_CONTENDERS of those and their arithmetics' other
+    prefetch settings in steps of BATCH_ROWS. The arithmetic (paths.arithmetic) whose best one-row and best batch
+    steps have the smallest geometric mean wins (both must compute alike, or a sequence would decode to
+    other bits batched), with its fastest setting for each."""
     one_rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
     proxy = _decode_seconds_per_gb(fmt, candidates, layers, one_rows)
     one_row = _decode_step_seconds(fmt, sorted(candidates, key=proxy.get)[:STEP_CONTENDERS], probe, 1)
-    batch = _decode_step_seconds(fmt, sorted(one_row, key=one_row.get)[:BATCH_CONTENDERS], probe, BATCH_ROWS)
+    batch = _decode_step_seconds(fmt, _batch_contenders(one_row, candidates), probe, BATCH_ROWS)
 
     def fastest(timed: dict[str, float], kind: str) -> str:
         return min((k for k in timed if paths.arithmetic(k) == kind), key=timed.get)
