@@ -484,6 +484,29 @@ def test_a_candidate_slow_in_one_warm_up_gets_a_second_before_it_sits_out():
     assert calls.count(("kernel", "warm")) == 1  # a fast one is warmed up once
 
 
+def measure_with_timings(monkeypatch, model, candidates, proxy, step_seconds, contenders) -> dict:
+    """The autotuner's int8 decode choice (`_measure`) over `candidates`, given the proxy's seconds per GB and
+    the steps' timings (`step_seconds(names, rows)`: seconds by name), with (STEP_CONTENDERS,
+    BATCH_CONTENDERS) = `contenders`; the paths in use are restored afterwards."""
+
+    def steps(fmt, names, probe, rows):
+        assert probe == model.decode_probe
+        return step_seconds(names, rows)
+
+    layers = autotune.model_formats(model)["int8"]
+    previous = dict(paths.chosen("int8"))
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(paths, "decode_candidates", lambda fmt: candidates)
+            patch.setattr(autotune, "STEP_CONTENDERS", contenders[0])
+            patch.setattr(autotune, "BATCH_CONTENDERS", contenders[1])
+            patch.setattr(autotune, "_decode_seconds_per_gb", lambda fmt, names, layers, rows: proxy)
+            patch.setattr(autotune, "_decode_step_seconds", steps)
+            return autotune._measure("int8", layers, autotune._prompt_layers(model, layers), model.decode_probe)
+    finally:
+        paths.set_paths("int8", **previous)
+
+
 def test_the_models_decode_steps_decide_one_sequence_and_a_batch_each(models, monkeypatch):
     """The linears' proxy only sorts out the slow candidates (on an AMD EPYC it ranked int8's two VNNI
     kernels the wrong way round, 18% apart in real steps): the model's own decode steps decide, one row
@@ -491,7 +514,6 @@ def test_the_models_decode_steps_decide_one_sequence_and_a_batch_each(models, mo
     one-row and batch steps wins (torch's faster single row does not make up for its batches), and
     within it one sequence and a batch may take different settings."""
     model = models["int8"]
-    layers = autotune.model_formats(model)["int8"]
     kernels_ = [c for c in paths.decode_candidates("int8") if paths.arithmetic(c) == "kernel"][:5]
     if len(kernels_) < 5:
         pytest.skip("needs five float-activation kernel paths (the C++ kernels)")
@@ -512,30 +534,19 @@ def test_the_models_decode_steps_decide_one_sequence_and_a_batch_each(models, mo
         ),
     }
     measured = {}
-    previous = dict(paths.chosen("int8"))
-    try:
-        with monkeypatch.context() as patch:
-            patch.setattr(paths, "decode_candidates", lambda fmt: candidates)
-            patch.setattr(autotune, "STEP_CONTENDERS", 4)
-            patch.setattr(autotune, "BATCH_CONTENDERS", 3)
-            for name, (proxy, calls) in scenarios.items():
-                timed = []
+    for name, (proxy, calls) in scenarios.items():
+        timed = []
 
-                def fake(fmt, names, probe, rows, proxy=proxy, calls=calls, timed=timed):
-                    assert probe == model.decode_probe
-                    expected_rows, seconds = calls[len(timed)]
-                    timed.append(rows)
-                    # fastest first: by the proxy, then by one row (the arithmetic's other setting last)
-                    ranking = proxy if rows == 1 else calls[0][1]
-                    assert rows == expected_rows and names == sorted(seconds, key=ranking.get)
-                    return seconds
+        def fake(names, rows, proxy=proxy, calls=calls, timed=timed):
+            expected_rows, seconds = calls[len(timed)]
+            timed.append(rows)
+            # fastest first: by the proxy, then by one row (the arithmetic's other setting last)
+            ranking = proxy if rows == 1 else calls[0][1]
+            assert rows == expected_rows and names == sorted(seconds, key=ranking.get)
+            return seconds
 
-                patch.setattr(autotune, "_decode_seconds_per_gb", lambda fmt, names, layers, rows, p=proxy: p)
-                patch.setattr(autotune, "_decode_step_seconds", fake)
-                entry = autotune._measure("int8", layers, autotune._prompt_layers(model, layers), model.decode_probe)
-                measured[name] = (entry, timed)
-    finally:
-        paths.set_paths("int8", **previous)
+        entry = measure_with_timings(monkeypatch, model, candidates, proxy, fake, contenders=(4, 3))
+        measured[name] = (entry, timed)
     entry, timed = measured["settings"]
     assert timed == [1, batch] and (entry["decode"], entry["batch_decode"]) == (fast, slow)
     assert entry["one_row_step_ms"][fast] == 700.0 and entry["batch_step_ms"][slow] == 800.0
@@ -551,7 +562,6 @@ def test_a_batch_times_the_other_prefetch_settings_of_the_contending_arithmetics
     with BATCH_ROWS, and the batch may take one that one row never timed. Other thread counts, settings
     of weight rows at once (which a batch does not use) and other arithmetics are not."""
     model = models["int8"]
-    layers = autotune.model_formats(model)["int8"]
     names = ["kernel", "kernel-t0", "kernel-nopf", "kernel-t0-4r", "kernel-nopf-1t"]
     if not set(names) <= set(paths.decode_candidates("int8")):
         pytest.skip("needs the float-activation kernel's settings on two threads (the C++ kernels)")
@@ -568,21 +578,11 @@ def test_a_batch_times_the_other_prefetch_settings_of_the_contending_arithmetics
     batch = {"kernel-nopf": 3.0, "torch": 9.0, "kernel": 2.9, "kernel-t0": 2.0}
     timed = []
 
-    def fake(fmt, names, probe, rows):
+    def fake(names, rows):
         timed.append((rows, names))
         return {name: (one_row if rows == 1 else batch)[name] for name in names}
 
-    previous = dict(paths.chosen("int8"))
-    try:
-        with monkeypatch.context() as patch:
-            patch.setattr(paths, "decode_candidates", lambda fmt: candidates)
-            patch.setattr(autotune, "STEP_CONTENDERS", 2)
-            patch.setattr(autotune, "BATCH_CONTENDERS", 1)
-            patch.setattr(autotune, "_decode_seconds_per_gb", lambda fmt, names, layers, rows: proxy)
-            patch.setattr(autotune, "_decode_step_seconds", fake)
-            entry = autotune._measure("int8", layers, autotune._prompt_layers(model, layers), model.decode_probe)
-    finally:
-        paths.set_paths("int8", **previous)
+    entry = measure_with_timings(monkeypatch, model, candidates, proxy, fake, contenders=(2, 1))
     assert timed == [
         (1, ["kernel-nopf", "torch"]),
         (autotune.BATCH_ROWS, ["kernel-nopf", "kernel", "kernel-t0"]),
