@@ -2,12 +2,12 @@
 
 At load: every decode candidate streams the first TIMED_BYTES of the model's linears with one activation
 row (a proxy that sorts out the slow ones); the fastest STEP_CONTENDERS are timed in the model's own
-decode steps (`model.decode_probe`) of one sequence, the fastest few of those of BATCH_ROWS (the
-scheduler's concurrent requests). The arithmetic whose best one-row and batch steps have the smallest
-geometric mean wins, with its fastest setting for each (paths.arithmetic: settings change no bit, so a
-sequence decodes the same alone or batched). Every prefill candidate multiplies one layer's weights by
-PREFILL_ROWS rows, and each prompt attention candidate attends over PREFILL_ROWS positions of the
-model's heads. The fastest wins.
+decode steps (`model.decode_probe`) of one sequence, the fastest few of those and their arithmetics' other
+prefetch settings of BATCH_ROWS (the scheduler's concurrent requests). The arithmetic whose best one-row
+and batch steps have the smallest geometric mean wins, with its fastest setting for each
+(paths.arithmetic: settings change no bit, so a sequence decodes the same alone or batched). Every
+prefill candidate multiplies one layer's weights by PREFILL_ROWS rows, and each prompt attention
+candidate attends over PREFILL_ROWS positions of the model's heads. The fastest wins.
 One to three seconds a format at official size, once per CPU model, thread count, torch version, kernel
 source, timing method, weight shapes and candidate list: the choice is kept in
 ~/.cache/fishtts/lm_paths.json ($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten).
@@ -180,9 +180,9 @@ def _batch_contenders(one_row: dict[str, float], candidates: list[str]) -> list[
 def _measure_decode(fmt: str, candidates: list[str], layers: list[nn.Module], probe: DecodeProbe) -> dict:
     """The linears' proxy sorts out the slow candidates; the fastest STEP_CONTENDERS are timed in whole
     decode steps of one sequence, the fastest BATCH_CONTENDERS of those and their arithmetics' other
-    prefetch settings in steps of BATCH_ROWS. The arithmetic (paths.arithmetic) whose best one-row and best batch
-    steps have the smallest geometric mean wins (both must compute alike, or a sequence would decode to
-    other bits batched), with its fastest setting for each."""
+    prefetch settings (_batch_contenders) in steps of BATCH_ROWS. The arithmetic (paths.arithmetic) whose
+    best one-row and best batch steps have the smallest geometric mean wins (both must compute alike, or a
+    sequence would decode to other bits batched), with its fastest setting for each."""
     one_rows = {m.in_features: torch.randn(1, m.in_features) for m in layers}
     proxy = _decode_seconds_per_gb(fmt, candidates, layers, one_rows)
     one_row = _decode_step_seconds(fmt, sorted(candidates, key=proxy.get)[:STEP_CONTENDERS], probe, 1)
