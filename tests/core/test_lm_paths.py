@@ -494,17 +494,13 @@ def measure_with_timings(monkeypatch, model, candidates, proxy, step_seconds, co
         return step_seconds(names, rows)
 
     layers = autotune.model_formats(model)["int8"]
-    previous = dict(paths.chosen("int8"))
-    try:
-        with monkeypatch.context() as patch:
-            patch.setattr(paths, "decode_candidates", lambda fmt: candidates)
-            patch.setattr(autotune, "STEP_CONTENDERS", contenders[0])
-            patch.setattr(autotune, "BATCH_CONTENDERS", contenders[1])
-            patch.setattr(autotune, "_decode_seconds_per_gb", lambda fmt, names, layers, rows: proxy)
-            patch.setattr(autotune, "_decode_step_seconds", steps)
-            return autotune._measure("int8", layers, autotune._prompt_layers(model, layers), model.decode_probe)
-    finally:
-        paths.set_paths("int8", **previous)
+    with paths.using("int8"), monkeypatch.context() as patch:  # (using: the paths in use come back after)
+        patch.setattr(paths, "decode_candidates", lambda fmt: candidates)
+        patch.setattr(autotune, "STEP_CONTENDERS", contenders[0])
+        patch.setattr(autotune, "BATCH_CONTENDERS", contenders[1])
+        patch.setattr(autotune, "_decode_seconds_per_gb", lambda fmt, names, layers, rows: proxy)
+        patch.setattr(autotune, "_decode_step_seconds", steps)
+        return autotune._measure("int8", layers, autotune._prompt_layers(model, layers), model.decode_probe)
 
 
 def test_the_models_decode_steps_decide_one_sequence_and_a_batch_each(models, monkeypatch):
