@@ -17,7 +17,7 @@ import time
 import torch
 
 from core.lm import SamplingParams, Sequence, prefill, prefill_many
-from core.lm.generate import BATCHED_PREFILL_ROWS, batches_prefill
+from core.lm.generate import BATCHED_PREFILL_ROWS, regroups_prefill
 
 from .lm import build_variant, random_prompt
 from .measure import median_runs
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     base = random_official_lm(device, torch.float32, config=tiny_lm_config() if args.tiny else None)
     for fmt in args.format_list:
         model = build_variant(fmt, base)
-        log(f"{fmt}: packed = {batches_prefill(model)}")
+        log(f"{fmt}: packed = {regroups_prefill(model)}")
         report["formats"][fmt] = bench_format(model, args.length_list, args.prompts, args.runs, log)
         del model
     return report

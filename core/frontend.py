@@ -45,7 +45,22 @@ def read_piece(
     """The prompt for `text` read whole (no splitting)."""
     if not clean_text(text).strip():
         raise TextError("the text has nothing to speak after cleaning (only unsupported characters?)")
-    string = text if transcript is None else f"{transcript} {text}"
+    head, segments = _read_head(text if transcript is None else f"{transcript} {text}", use_g2p, speaker, order)
+    return PromptText(text, f"{head} [/INST]", segments)
+
+
+def prompt_head(
+    transcript: str, *, use_g2p: bool = True, speaker: str | None = None, order: str = DEFAULT_ORDER
+) -> str:
+    """How every prompt read with this transcript begins: `[INST] {[SPK: name] }{transcript}`, the transcript
+    read alone. The part of a prompt that only the voice decides, whose keys and values the LM keeps per
+    voice; a prompt's own reading of the transcript may differ where a word runs on into the text (the
+    engine keeps the tokens the two share)."""
+    return _read_head(transcript, use_g2p, speaker, order)[0]
+
+
+def _read_head(string: str, use_g2p: bool, speaker: str | None, order: str) -> tuple[str, tuple[Segment, ...]]:
+    """`string` read as a prompt, without the closing ` [/INST]`, and its segments (with g2p)."""
     segments: tuple[Segment, ...] = ()
     if use_g2p:
         segments = tuple(parse_text_to_segments(string, order))
@@ -54,7 +69,7 @@ def read_piece(
         string = clean_text(string)
     if speaker is not None:
         string = f"[SPK: {speaker}] {string}"
-    return PromptText(text, f"[INST] {string} [/INST]", segments)
+    return f"[INST] {string}", segments
 
 
 def read_text(

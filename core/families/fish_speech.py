@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE
-from ..frontend import PromptText, read_piece, read_text
+from ..frontend import PromptText, prompt_head, read_piece, read_text
 from ..lm import Sequence, encode_prompt, frames_to_codes
 from ..lm.autotune import model_paths
 from ..lm.compile import capture_decode, compile_decode, uses_static_cache
@@ -18,6 +21,8 @@ from ..vqgan.config import VQConfig
 from ..vqgan.streaming import CHUNK_SCHEDULE, WHOLE_SCHEDULE, StreamingDecoder
 from . import FISH_SPEECH_V02
 
+log = logging.getLogger(__name__)
+
 
 class FishSpeech:
     name = FISH_SPEECH_V02
@@ -26,6 +31,7 @@ class FishSpeech:
     def __init__(self, lm=None, tokenizer=None, vqgan=None):
         self.lm, self.tokenizer, self.vqgan = lm, tokenizer, vqgan
         self.has_codec = vqgan is not None
+        self._head_tokens = functools.lru_cache(maxsize=64)(self._read_head_tokens)  # per voice and reading
 
     def describe(self) -> dict:
         lm, vqgan = self.lm, self.vqgan
@@ -94,6 +100,7 @@ class FishSpeech:
     ) -> list[Sequence]:
         budget = budget_new_frames(prompt.shape[1], request.max_frames, self.lm.config.max_seq_len)
         code_limit = self.vqgan.config.vq.codebook_size if self.vqgan else VQConfig().codebook_size
+        prefix = self.prefix_length(request, prompt)
         return [
             Sequence(
                 prompt,
@@ -104,9 +111,27 @@ class FishSpeech:
                 code_limit if request.code_mask else None,
                 fast_sampling=is_quantized(self.lm),  # the int8 path is not bit-exact anyway
                 ignore_stop=ignore_stop,
+                prefix_length=prefix,
             )
             for generator in generators
         ]
+
+    def prefix_length(self, request: SynthesisRequest, prompt: torch.Tensor) -> int:
+        """The prompt's leading positions that its transcript alone decides: the tokens it shares with the
+        transcript's `prompt_head` (0 without a transcript). The LM keeps their keys and values per voice."""
+        if request.transcript is None:
+            return 0
+        try:
+            head = self._head_tokens(request.transcript, request.use_g2p, request.speaker, request.order)
+        except ValueError as exc:  # (read with the text, it was readable: a prefix is only worth skipping here)
+            log.warning("the transcript read alone failed (%s); its prompt is prefilled whole", exc)
+            return 0
+        n = min(len(head), prompt.shape[1])
+        same = prompt[0, :n] == torch.tensor(head[:n], dtype=prompt.dtype)
+        return int(same.int().cumprod(0).sum())
+
+    def _read_head_tokens(self, transcript: str, use_g2p: bool, speaker: str | None, order: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer.encode(prompt_head(transcript, use_g2p=use_g2p, speaker=speaker, order=order)))
 
     def codes(self, sequence: Sequence, prompt: torch.Tensor) -> np.ndarray:
         return frames_to_codes(torch.stack(sequence.frames, dim=1).to(prompt.dtype).cpu()).numpy()

@@ -10,7 +10,7 @@ A `Sequence` is one generation in progress with its own cache slot, position, sa
 random generator and repetition window; `decode_step` advances any set of them by one frame in one
 batched forward. `generate` runs one prompt (N samples as one batch); the engine's scheduler runs
 many requests through `prefill_many` (the jobs admitted together: one packed forward for a quantized
-model) and `decode_logits`.
+model, each prompt from where its voice's kept prefix ends) and `decode_logits`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .kernels import single_threaded_torch
 from .model import ForwardResult, Transformer
+from .prefixes import MIN_PREFIX, PrefixCache
 from .quantize import is_quantized
 from .sampling import SamplingParams, draw, draw_anyway, logits_to_probs, sample_fast, sample_frames_native
 
@@ -168,6 +169,7 @@ class Sequence:
     code_limit: int | None = None
     fast_sampling: bool = False  # see sampling.sample_fast: the same tokens but for rounding at the threshold
     ignore_stop: bool = False  # never sample the end value, run the whole budget (benchmarks: random weights)
+    prefix_length: int = 0  # leading prompt positions only the voice decides, kept between requests (prefixes.py)
     slot: int = -1
     steps: int = 0  # frames generated
     last: Tensor | None = None  # the newest frame [1 + C]: the next input
@@ -214,11 +216,31 @@ class Sequence:
         return frame
 
 
-def prefill(model: Transformer, sequences: list[Sequence], slots: list[int]) -> None:
+def prefill(
+    model: Transformer, sequences: list[Sequence], slots: list[int], prefixes: PrefixCache | None = None
+) -> None:
     """Run the (shared) prompt of `sequences` once into slots[0], give every slot a copy, and sample
-    each sequence's first frame from the same logits with its own generator."""
-    prompt = sequences[0].prompt
-    out = model.prefill(prompt.to(model.output.weight.device).unsqueeze(0), slots[0])
+    each sequence's first frame from the same logits with its own generator. With `prefixes`, the
+    prompt's reusable prefix is copied from there, or prefilled on its own and kept (prefixes.py)."""
+    _prefill_rest(model, sequences, slots, _prefill_prefix(model, sequences[0], slots[0], prefixes))
+
+
+def _prefill_prefix(model: Transformer, sequence: Sequence, slot: int, prefixes: PrefixCache | None) -> int:
+    """How many of `sequence`'s prompt positions are in cache `slot` now: its `prefix_length`, copied from
+    `prefixes` or prefilled there alone and kept, where the model `regroups_prefill`; else 0."""
+    start = sequence.prefix_length
+    if prefixes is None or not regroups_prefill(model) or not MIN_PREFIX <= start < sequence.prompt.shape[1]:
+        return 0
+    key = PrefixCache.key(sequence.prompt[:, :start])
+    if not prefixes.restore(model, key, start, slot):
+        model.prefill_cache(sequence.prompt[:, :start].to(model.output.weight.device).unsqueeze(0), slot)
+        prefixes.keep(model, key, start, slot)
+    return start
+
+
+def _prefill_rest(model: Transformer, sequences: list[Sequence], slots: list[int], start: int) -> None:
+    prompt = sequences[0].prompt[:, start:]
+    out = model.prefill(prompt.to(model.output.weight.device).unsqueeze(0), slots[0], start)
     _start(model, sequences, slots, out)
 
 
@@ -233,34 +255,46 @@ def _start(model: Transformer, sequences: list[Sequence], slots: list[int], out:
         seq.accept(out)
 
 
-def batches_prefill(model: Transformer) -> bool:
-    """Whether `prefill_many` packs several prompts into one forward: for quantized weights, whose
-    prefill widens every weight once per call (so G prompts pay it once); not for float32, whose
-    matmul rounding changes with the row count (golden parity wants one prompt per call, and its
-    prefill has no per-call widening to share)."""
+def regroups_prefill(model: Transformer) -> bool:
+    """Whether a prompt's prefill may run in other groupings of positions, which round differently: several
+    prompts packed into one forward (`prefill_many`) and a voice's prefix apart from the rest (prefixes.py).
+    For quantized weights, whose prefill widens every weight once per call (so G prompts pay it once); not
+    for float32, whose matmul rounding changes with the row count (golden parity wants each prompt whole in
+    a call of its own, and its prefill has no per-call widening to share)."""
     return is_quantized(model)
 
 
-def prefill_many(model: Transformer, jobs: list[tuple[list[Sequence], list[int]]]) -> list[Exception | None]:
+def prefill_many(
+    model: Transformer, jobs: list[tuple[list[Sequence], list[int]]], prefixes: PrefixCache | None = None
+) -> list[Exception | None]:
     """`prefill` for several jobs (each: sequences sharing one prompt, and their slots); per job, the
     error that stopped it (None: its sequences have their first frames).
 
-    With `batches_prefill`, the prompts run packed in calls of up to BATCHED_PREFILL_ROWS positions
-    (a longer prompt alone); otherwise one job per call. A failed packed call (one bad prompt fails
-    the whole forward) is redone one job at a time, so a bad job fails alone."""
+    With `regroups_prefill`, the prompts (past their kept prefixes) run packed in calls of up to
+    BATCHED_PREFILL_ROWS positions (a longer prompt alone); otherwise one job per call. A failed packed
+    call (one bad prompt fails the whole forward) is redone one job at a time, so a bad job fails alone."""
     errors: list[Exception | None] = [None] * len(jobs)
-    for call in _prefill_calls(model, [seqs[0].prompt.shape[1] for seqs, _ in jobs]):
+    starts = [0] * len(jobs)
+    for j, (sequences, slots) in enumerate(jobs):
+        try:
+            starts[j] = _prefill_prefix(model, sequences[0], slots[0], prefixes)
+        except Exception as exc:  # noqa: BLE001 - this job's own failure
+            errors[j] = exc
+    ready = [j for j in range(len(jobs)) if errors[j] is None]
+    lengths = [jobs[j][0][0].prompt.shape[1] - starts[j] for j in ready]
+    for call in _prefill_calls(model, lengths):
+        call = [ready[i] for i in call]
         outs = None
         if len(call) > 1:
             try:
-                outs = _forward_many(model, [jobs[j] for j in call])
+                outs = _forward_many(model, [jobs[j] for j in call], [starts[j] for j in call])
             except Exception:  # noqa: BLE001 - which job caused it is found by redoing them one by one
                 log.info("a batched prefill of %d jobs failed; prefilling them one by one", len(call), exc_info=True)
         for i, j in enumerate(call):
             sequences, slots = jobs[j]
             try:
                 if outs is None:
-                    prefill(model, sequences, slots)
+                    _prefill_rest(model, sequences, slots, starts[j])
                 else:
                     _start(model, sequences, slots, outs[i])
             except Exception as exc:  # noqa: BLE001 - this job's own failure
@@ -269,8 +303,8 @@ def prefill_many(model: Transformer, jobs: list[tuple[list[Sequence], list[int]]
 
 
 def _prefill_calls(model: Transformer, lengths: list[int]) -> list[list[int]]:
-    """Job indices per prefill call, in order."""
-    if not batches_prefill(model):
+    """Indices into `lengths` (the positions each prompt has left to prefill) per prefill call, in order."""
+    if not regroups_prefill(model):
         return [[j] for j in range(len(lengths))]
     calls: list[list[int]] = []
     rows = 0
@@ -284,9 +318,12 @@ def _prefill_calls(model: Transformer, lengths: list[int]) -> list[list[int]]:
     return calls
 
 
-def _forward_many(model: Transformer, jobs: list[tuple[list[Sequence], list[int]]]) -> list[ForwardResult]:
+def _forward_many(
+    model: Transformer, jobs: list[tuple[list[Sequence], list[int]]], starts: list[int]
+) -> list[ForwardResult]:
     device = model.output.weight.device
-    out = model.prefill_many([seqs[0].prompt.to(device) for seqs, _ in jobs], [slots[0] for _, slots in jobs])
+    prompts = [seqs[0].prompt[:, start:].to(device) for (seqs, _), start in zip(jobs, starts, strict=True)]
+    out = model.prefill_many(prompts, [slots[0] for _, slots in jobs], starts)
     return [ForwardResult(out.token_logits[g : g + 1], out.codebook_logits[g : g + 1]) for g in range(len(jobs))]
 
 

@@ -112,19 +112,24 @@ class Attention(nn.Module):
             keys, values = cache.k_cache[slot : slot + 1, :, :end], cache.v_cache[slot : slot + 1, :, :end]
         return self._out(self._attend(q, keys, values, None, causal=True))
 
-    def prefill_packed(self, x: Tensor, freqs_cis: Tensor, lengths: list[int], slots: list[int]) -> Tensor:
-        """Several whole prompts packed end to end (x [1, sum(lengths), dim]), prompt i into cache slot
-        `slots[i]` from position 0. The linears see all rows at once (one pass over the weights); each
-        prompt attends only over its own keys, causally, exactly as `prefill` alone would."""
+    def prefill_packed(
+        self, x: Tensor, freqs_cis: Tensor, lengths: list[int], slots: list[int], starts: list[int]
+    ) -> Tensor:
+        """Several prompts' positions packed end to end (x [1, sum(lengths), dim]): prompt i's positions
+        starts[i] .. starts[i] + lengths[i] - 1 into cache slot `slots[i]` (its earlier ones already there).
+        The linears see all rows at once (one pass over the weights); each prompt attends only over its own
+        keys, causally, exactly as `prefill` alone would."""
         q, k, v = self._qkv(x, freqs_cis)
-        cache, outs, start = self.kv_cache, [], 0
-        for length, slot in zip(lengths, slots, strict=True):
-            end = start + length
-            keys, values = k[:, :, start:end], v[:, :, start:end]
-            cache.k_cache[slot, :, :length] = keys[0]
-            cache.v_cache[slot, :, :length] = values[0]
-            outs.append(self._attend(q[:, :, start:end], keys, values, None, causal=True))
-            start = end
+        cache, outs, row = self.kv_cache, [], 0
+        for length, slot, start in zip(lengths, slots, starts, strict=True):
+            rows, end = slice(row, row + length), start + length
+            keys, values = k[:, :, rows], v[:, :, rows]
+            cache.k_cache[slot, :, start:end] = keys[0]
+            cache.v_cache[slot, :, start:end] = values[0]
+            if start:  # attends over the kept positions too
+                keys, values = cache.k_cache[slot : slot + 1, :, :end], cache.v_cache[slot : slot + 1, :, :end]
+            outs.append(self._attend(q[:, :, rows], keys, values, None, causal=True))
+            row += length
         return self._out(torch.cat(outs, dim=2))
 
     def decode(self, x: Tensor, rope: Tensor, slots: Tensor, positions: Tensor, static: bool) -> Tensor:
@@ -313,29 +318,36 @@ class Transformer(nn.Module):
     def prefill(self, x: Tensor, slot: int = 0, start: int = 0) -> ForwardResult:
         """Positions start .. start + S - 1 of one sequence, x [1, 1 + C, S], into cache `slot`;
         the heads' output for the last position only (all that sampling needs)."""
+        return self._heads(self.prefill_cache(x, slot, start)[:, -1:])
+
+    def prefill_cache(self, x: Tensor, slot: int = 0, start: int = 0) -> Tensor:
+        """`prefill` without the heads (a prompt's prefix needs only its keys and values): the last layer's
+        output [1, S, dim]."""
         end = start + x.size(2)
         self._check_cache(end)
         h = self.embed(x)
         freqs_cis = self.freqs_cis[start:end]
         for layer in self.layers:
             h = layer(h, lambda n, a=layer.attention: a.prefill(n, freqs_cis, slot, start))
-        return self._heads(h[:, -1:])
+        return h
 
-    def prefill_many(self, prompts: list[Tensor], slots: list[int]) -> ForwardResult:
-        """Whole prompts of several sequences (each [1 + C, S_i], any lengths) in one forward, packed
-        end to end with no padding, prompt i into cache slot `slots[i]`; the heads' output for each
-        prompt's last position, [G, 1, ...] in prompt order.
+    def prefill_many(self, prompts: list[Tensor], slots: list[int], starts: list[int] | None = None) -> ForwardResult:
+        """Prompts of several sequences (each [1 + C, S_i], any lengths) in one forward, packed end to end
+        with no padding, prompt i into cache slot `slots[i]` from position `starts[i]` (default 0; the
+        positions before it already in that slot); the heads' output for each prompt's last position,
+        [G, 1, ...] in prompt order.
 
         Why: a quantized model's prefill widens all its weights once per call (bfloat16 / float32
         matmul), so G prompts in one call pay that once. Rows meet only in the linears' matmul, whose
         float rounding may depend on the row count: not bit-exact with `prefill` one by one (float32
-        stays one by one, see generate.batches_prefill)."""
+        stays one by one, see generate.regroups_prefill)."""
         lengths = [p.size(1) for p in prompts]
-        self._check_cache(max(lengths))
+        starts = starts or [0] * len(prompts)
+        self._check_cache(max(s + n for s, n in zip(starts, lengths, strict=True)))
         h = self.embed(torch.cat(prompts, dim=1).unsqueeze(0))
-        freqs_cis = torch.cat([self.freqs_cis[:n] for n in lengths])
+        freqs_cis = torch.cat([self.freqs_cis[s : s + n] for s, n in zip(starts, lengths, strict=True)])
         for layer in self.layers:
-            h = layer(h, lambda n, a=layer.attention: a.prefill_packed(n, freqs_cis, lengths, slots))
+            h = layer(h, lambda n, a=layer.attention: a.prefill_packed(n, freqs_cis, lengths, slots, starts))
         last = torch.tensor(lengths, device=h.device).cumsum(0) - 1
         return self._heads(h[0, last].unsqueeze(1))
 

@@ -14,6 +14,7 @@ from .generate import (
     sample_together,
 )
 from .model import ForwardResult, Transformer
+from .prefixes import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +24,13 @@ class LMStepper:
 
     def __init__(self, model: Transformer):
         self.model = model
+        self.prefixes = PrefixCache()  # voices' prompt prefixes, kept between requests
 
     def setup_caches(self, slots: int, zeroed: bool) -> None:
         self.model.setup_caches(slots, self.model.config.max_seq_len, zeroed=zeroed or None)
 
     def prefill(self, jobs: list[tuple[list[Sequence], list[int]]]) -> list[Exception | None]:
-        return prefill_many(self.model, jobs)
+        return prefill_many(self.model, jobs, self.prefixes)
 
     def forward(self, sequences: list[Sequence], static_slots: int | None) -> list[ForwardResult | SampledFrame]:
         """Each sequence's next frame sampled together (sample_together), or where that was not done its

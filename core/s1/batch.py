@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..lm.prefixes import MIN_PREFIX, PrefixCache
 from ..lm.step_threads import StepThreads
 from .compile import compiled_steps
 from .generate import frame_budget, penalty_window, sample_frames
 from .lm import DualARTransformer
-from .prefixes import MIN_PREFIX, PrefixCache
 from .sampling import WINDOW, SamplingSettings, SamplingTensors
 
 # Prompt positions prefilled per scheduler admission round (one prompt longer than that alone): bounds

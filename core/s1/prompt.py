@@ -59,6 +59,6 @@ def build_prompt(tokenizer: S1Tokenizer, text: str, references: list[Reference],
 
 def reference_length(prompt: torch.Tensor, im_end_id: int) -> int:
     """Positions up to the last reference's `<|im_end|>` (0 without references): the part of `prompt` that
-    does not depend on the text to speak (core/s1/prefixes.py keeps its keys and values)."""
+    does not depend on the text to speak (core/lm/prefixes.py keeps its keys and values)."""
     ends = (prompt[0] == im_end_id).nonzero()
     return int(ends[-1]) + 1 if len(ends) else 0

@@ -138,7 +138,9 @@ def test_quantized_jobs_are_packed_and_start_with_the_same_frames(models, fmt, m
     alone_caches = one_by_one(model, alone)
     calls = []
     packed_forward = type(model).prefill_many
-    monkeypatch.setattr(type(model), "prefill_many", lambda m, p, s: calls.append(len(p)) or packed_forward(m, p, s))
+    monkeypatch.setattr(
+        type(model), "prefill_many", lambda m, p, s, *a: calls.append(len(p)) or packed_forward(m, p, s, *a)
+    )
     batched = jobs(2)
     errors, batched_caches = together(model, batched)
     assert errors == [None] * len(LENGTHS) and calls == [len(LENGTHS)]
@@ -159,9 +161,11 @@ def test_packed_calls_hold_at_most_the_row_limit(models, monkeypatch):
     cls = type(model)
     packed_forward, one_forward = cls.prefill_many, cls.prefill
     monkeypatch.setattr(
-        cls, "prefill_many", lambda m, p, s: calls.append([x.shape[1] for x in p]) or packed_forward(m, p, s)
+        cls, "prefill_many", lambda m, p, s, *a: calls.append([x.shape[1] for x in p]) or packed_forward(m, p, s, *a)
     )
-    monkeypatch.setattr(cls, "prefill", lambda m, x, slot: calls.append([x.shape[2]]) or one_forward(m, x, slot))
+    monkeypatch.setattr(
+        cls, "prefill", lambda m, x, slot, *a: calls.append([x.shape[2]]) or one_forward(m, x, slot, *a)
+    )
     errors, _ = together(model, jobs())
     assert errors == [None] * len(LENGTHS)
     assert calls == [[17, 5], [33, 9], [64]]  # 64 > 45: alone

@@ -1,4 +1,4 @@
-"""A voice's prompt prefix prefilled once and kept (core/s1/prefixes.py): reused requests make the original's
+"""A voice's prompt prefix prefilled once and kept (core/lm/prefixes.py): reused requests make the original's
 frames, a reused prefix gives the same frames as a fresh prefill, and the cache keeps to its byte budget."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from core.lm.prefixes import PrefixCache
 from core.s1.batch import S1Sequence, S1Stepper, decode_step
 from core.s1.load import load_dual_ar
-from core.s1.prefixes import PrefixCache
 from core.s1.prompt import reference_length
 from core.s1.sampling import SamplingSettings
 
