@@ -7,6 +7,8 @@ is removed here so model loaders only see flat `dict[str, Tensor]`.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from pathlib import Path
 
@@ -39,6 +41,26 @@ def resolve_config(
     if not path.is_file():
         raise ValueError(f"{field}: unknown {what} {str(name)!r}; {name!r} is not a file{where}.")
     return path
+
+
+def check_config_numbers(
+    config, *, sizes: tuple[str, ...] = (), counts: tuple[str, ...] = (), reals: tuple[str, ...] = ()
+) -> None:
+    """ValueError naming the field unless each of `sizes` is an integer >= 1, each of `counts` an integer >= 0
+    and each of `reals` a finite number >= 0 (fields that may be None: left out by the caller when None).
+    Config files are the user's: a size of -1 or 1.5 must be a message, not an error deep in a model."""
+
+    def integer(value) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    for name in sizes + counts:
+        value, least = getattr(config, name), 1 if name in sizes else 0
+        if not integer(value) or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    for name in reals:
+        value = getattr(config, name)
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 class CheckpointError(ValueError):

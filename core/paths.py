@@ -70,7 +70,10 @@ class FolderGuard:
         for candidate in candidates:
             if not self._lexically_inside(candidate):
                 continue  # another folder: not ours to look at
-            resolved = candidate.resolve()
+            try:
+                resolved = candidate.resolve()
+            except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13): a broken link
+                continue
             if not self.contains(resolved):
                 escapes = True  # a link inside the folder points out of it; never check what it points to
             elif resolved.exists():

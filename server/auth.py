@@ -119,7 +119,10 @@ class AccessMiddleware:
         if origin in self.allowed_origins or "*" in self.allowed_origins:
             return True
         host = headers.get(b"host", b"").decode("latin-1")
-        return urlsplit(origin).netloc == host  # same origin (e.g. the /docs page of this server)
+        try:
+            return urlsplit(origin).netloc == host  # same origin (e.g. the /docs page of this server)
+        except ValueError:  # not a URL (`http://[`): no origin of ours
+            return False
 
 
 def _ambiguous(authorization: list[bytes]) -> bool:

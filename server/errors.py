@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -201,6 +202,9 @@ class UnexpectedErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:  # gone while its body was read: no one to answer, nothing failed
+            rid = scope.get("state", {}).get("request_id", "-")
+            log.info("[%s] %s %s: the client left while sending its body", rid, scope["method"], scope["path"])
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             rid = scope.get("state", {}).get("request_id", "-")
             log.error("[%s] %s %s failed", rid, scope["method"], scope["path"], exc_info=exc)

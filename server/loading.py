@@ -129,7 +129,13 @@ def plan_s1_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard)
     if not folder.is_dir():
         raise ApiError(400, f"{field}: {spec.folder!r} is not a folder.", param=field)
     for entry in folder.iterdir():  # the loader opens files by name: none may lead out of the folder
-        if not guard.contains(entry.resolve()):
+        try:
+            target = entry.resolve()
+        except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
+            raise ApiError(
+                400, f"{field}: {entry.name!r} in {spec.folder!r} is a loop of links.", param=field
+            ) from None
+        if not guard.contains(target):
             raise OutsideFolder(
                 f"{field}: {entry.name!r} in {spec.folder!r} leads outside the checkpoints folder.", field
             )

@@ -241,7 +241,10 @@ class VoiceStore:
     def _inside(self, folder: Path, *files: str) -> bool:
         """The folder and its files, links resolved, lie in the voices folder (missing ones are fine)."""
         for path in (folder, *(folder / name for name in files)):
-            resolved = path.resolve()
+            try:
+                resolved = path.resolve()
+            except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13): not a voice
+                return False
             if resolved.parent != self.root and resolved.parent.parent != self.root:
                 return False
         return True

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..checkpoints import resolve_config
+from ..checkpoints import check_config_numbers, resolve_config
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -30,8 +30,21 @@ class ModelArgs:
     codebook_padding_idx: int = 0
 
     def __post_init__(self):
+        optional = tuple(n for n in ("intermediate_size",) if getattr(self, n) is not None)
+        optional += () if self.n_local_heads == -1 else ("n_local_heads",)
+        check_config_numbers(
+            self,
+            sizes=("vocab_size", "n_layer", "n_head", "dim", "max_seq_len", "codebook_size", "num_codebooks")
+            + optional,
+            counts=("codebook_padding_idx",),
+            reals=("rope_base", "norm_eps"),
+        )
+        if self.dim % self.n_head:
+            raise ValueError(f"dim ({self.dim}) must be a multiple of n_head ({self.n_head})")
         if self.n_local_heads == -1:
             self.n_local_heads = self.n_head
+        if self.n_head % self.n_local_heads:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_local_heads ({self.n_local_heads})")
         if self.intermediate_size is None:
             # SwiGLU sizing of LLaMA: 2/3 of 4*dim, rounded up to a multiple of 256.
             self.intermediate_size = find_multiple(int(2 * 4 * self.dim / 3), 256)

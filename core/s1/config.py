@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ..checkpoints import check_config_numbers
+
 MODEL_TYPE = "dual_ar"
 FAST_LOGIT_LIMIT = 1024  # the original samples codebooks 1..N-1 from the first 1024 fast logits only
 
@@ -62,6 +64,19 @@ class DualARConfig:
     def __post_init__(self):
         if self.model_type != MODEL_TYPE:
             raise S1ConfigError(f"model_type {self.model_type!r} is not supported (S1 checkpoints are {MODEL_TYPE!r})")
+        fallbacks = ("fast_dim", "fast_n_head", "fast_n_local_heads", "fast_head_dim", "fast_intermediate_size")
+        optional = tuple(n for n in ("intermediate_size", "head_dim") if getattr(self, n) is not None)
+        optional += () if self.n_local_heads == -1 else ("n_local_heads",)
+        try:
+            check_config_numbers(
+                self,
+                sizes=("vocab_size", "n_layer", "n_head", "dim", "max_seq_len", "codebook_size", "num_codebooks")
+                + optional,
+                counts=("n_fast_layer",) + tuple(n for n in fallbacks if getattr(self, n) is not None),
+                reals=("rope_base", "norm_eps"),
+            )
+        except ValueError as exc:
+            raise S1ConfigError(str(exc)) from None
         if self.n_local_heads == -1:
             self.n_local_heads = self.n_head
         if self.intermediate_size is None:

@@ -21,9 +21,10 @@ INSTALL_HINT = (
 _JAPANESE_CHARS = "A-Za-z\\d\u3005\u3040-\u30ff\u4e00-\u9fff\uff11-\uff19\uff21-\uff3a\uff41-\uff5a\uff66-\uff9d"
 _JAPANESE_RE = re.compile(f"[{_JAPANESE_CHARS}]")
 _MARKS_RE = re.compile(f"[^{_JAPANESE_CHARS}]")
-# OpenJTalk's text buffer holds 8192 bytes (~2730 characters): longer input crashes the process
-# (segfault, also in the original). Longer runs without punctuation are read in chunks.
-MAX_CHUNK_CHARS = 1024
+# OpenJTalk crashes the process (segfault, also in the original) on input over its 8192-byte buffer, and on
+# one word over ~1 KB: 344 katakana in a row (3 bytes each) read as one word. So runs without punctuation
+# are read in chunks of 256 characters (768 bytes at most: every character it reads is 3 bytes or fewer).
+MAX_CHUNK_CHARS = 256
 _lock = threading.Lock()
 
 

@@ -65,7 +65,11 @@ async def reference_of(
     the model: `synthesize` reads them) and its transcript."""
     limits = {"min_seconds": MIN_REFERENCE_SECONDS, "max_seconds": ctx.settings.max_reference_seconds}
     if "reference_audio" in files or body.reference_audio is not None:
-        data = files.get("reference_audio") or decode_base64(body.reference_audio, "reference_audio")
+        data = (
+            files["reference_audio"]
+            if "reference_audio" in files
+            else decode_base64(body.reference_audio, "reference_audio")
+        )
         if body.transcript is None:
             raise ValueError("reference_text: reference_audio needs its transcript in reference_text (or prompt_text).")
         return Reference("reference_audio", audio=data, **limits), body.transcript

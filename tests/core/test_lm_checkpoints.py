@@ -12,6 +12,7 @@ import torch
 
 from core.checkpoints import CheckpointError
 from core.lm import load_lm, load_lm_config
+from core.lm.config import ModelArgs
 from core.lm.load import build_lm
 from core.lm.model import Transformer
 from tests.paths import DATA, PARITY
@@ -177,3 +178,18 @@ def test_garbage_files_are_reported_not_crashed_on(tmp_path, content):
 def test_unknown_config_name_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown LM config"):
         load_lm_config("text2semantic_nonexistent")
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"dim": 100, "n_head": 16}, "multiple of n_head"),
+        ({"dim": 128, "n_head": 4, "n_local_heads": 3}, "multiple of n_local_heads"),
+        ({"rope_base": float("inf")}, "rope_base must be a finite number"),
+        ({"max_seq_len": True}, "max_seq_len must be a whole number"),
+        ({"codebook_padding_idx": -1}, "codebook_padding_idx must be a whole number >= 0"),
+    ],
+)
+def test_config_numbers_no_model_can_have_are_clear_errors(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ModelArgs(**changes)

@@ -1,5 +1,6 @@
 """Bad or odd input: a clear TextError or a defined result, never a hang or a raw traceback."""
 
+import subprocess
 import sys
 import time
 
@@ -16,6 +17,7 @@ from core.text import (
     phones_to_prompt,
     segments_to_dicts,
 )
+from tests.paths import ROOT
 
 from .test_text_support import needs_japanese
 
@@ -92,6 +94,16 @@ def test_long_japanese_run_does_not_crash_openjtalk():
     # OpenJTalk segfaults past ~2730 characters; we read long runs in chunks.
     phones = g2p("こんにちは" * 2000)
     assert len(phones) == 2000 * 9
+
+
+@needs_japanese
+def test_one_long_word_of_katakana_does_not_crash_openjtalk():
+    """OpenJTalk segfaults on one word over ~1 KB (344 katakana in a row): run in a child process, so that a
+    crash fails this test instead of ending the test run."""
+    code = "from core.text.japanese import g2p_japanese; print(len(g2p_japanese('ア' * 400 + 'ｱ' * 400)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) == 800  # one vowel a character
 
 
 def test_japanese_without_the_extra_names_the_extra(monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import pickle
 
@@ -51,6 +52,11 @@ def workdir(tmp_path_factory):
     np.save(workdir / "references" / "floats.npy", np.zeros((4, 10), dtype=np.float32))
     np.save(workdir / "references" / "huge_codes.npy", np.full((4, 10), 999, dtype=np.int64))
     (workdir / "references" / "notes.txt").write_text("not audio")
+    os.symlink("loop-b.npy", workdir / "references" / "loop-a.npy")  # links that lead to each other
+    os.symlink("loop-a.npy", workdir / "references" / "loop-b.npy")
+    config = json.loads((workdir / "checkpoints" / "llama.json").read_text())
+    for name, changes in {"negative-dim": {"dim": -1}, "no-heads": {"n_head": 0}, "half-dim": {"dim": 1.5}}.items():
+        (workdir / "checkpoints" / f"{name}.json").write_text(json.dumps({**config, **changes}))
     return workdir
 
 
@@ -136,6 +142,16 @@ CASES = [
         422,
     ),
     (
+        "empty multipart upload",
+        "POST",
+        INVOKE,
+        {
+            "data": {"text": "hello", "reference_text": "x", "max_new_tokens": "8"},
+            "files": {"reference_audio": ("empty.wav", b"", "audio/wav")},
+        },
+        422,
+    ),
+    (
         "unexpected multipart file",
         "POST",
         INVOKE,
@@ -161,6 +177,7 @@ CASES = [
     # A relative path that names another folder is read inside this one (and is not there).
     ("prompt_tokens naming another folder", "POST", INVOKE, invoke_json(prompt_tokens="checkpoints/llama.npy"), 404),
     ("prompt_tokens missing", "POST", INVOKE, invoke_json(prompt_tokens="references/missing.npy"), 404),
+    ("prompt_tokens a loop of links", "POST", INVOKE, invoke_json(prompt_tokens="references/loop-a.npy"), 404),
     ("prompt_tokens pickled objects", "POST", INVOKE, invoke_json(prompt_tokens="references/objects.npy"), 422),
     ("prompt_tokens float codes", "POST", INVOKE, invoke_json(prompt_tokens="references/floats.npy"), 422),
     ("prompt_tokens codes out of range", "POST", INVOKE, invoke_json(prompt_tokens="references/huge_codes.npy"), 422),
@@ -206,6 +223,16 @@ CASES = [
     ),
     ("load: missing checkpoint", "PUT", LOAD, {"json": load_body(vqgan__checkpoint_path="checkpoints/nope.pth")}, 404),
     ("load: unknown config preset", "PUT", LOAD, {"json": load_body(llama__config_name="text2semantic_huge")}, 400),
+    *[
+        (
+            f"load: config with {name}",
+            "PUT",
+            LOAD,
+            {"json": load_body(llama__config_name=f"checkpoints/{name}.json")},
+            400,
+        )
+        for name in ("negative-dim", "no-heads", "half-dim")
+    ],
     ("load: unknown device", "PUT", LOAD, {"json": load_body(device="tpu")}, 422),
     ("load: bad model name", "PUT", "/v1/models/bad%20name!", {"json": load_body()}, 422),
     ("load: one model more than --max-models", "PUT", "/v1/models/second", {"json": load_body()}, 409),

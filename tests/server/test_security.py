@@ -101,6 +101,12 @@ def test_cross_site_posts_are_refused(server):
     assert friendly.headers["access-control-allow-origin"] == UI_ORIGIN
 
 
+@pytest.mark.parametrize("origin", ["http://[", "http://[zz]"])
+def test_a_malformed_origin_is_refused_like_a_foreign_one(server, origin):
+    response = requests.post(server.url + "/v1/text/g2p", json={"text": "hi"}, headers={"Origin": origin, **auth()})
+    assert_json_error(response, 403)
+
+
 def raw_request(server, method: str, path: str, headers: list[tuple[str, str]]) -> tuple[int, dict]:
     """A request with exactly these headers, repeats included (requests folds them into one)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)

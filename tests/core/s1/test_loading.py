@@ -90,6 +90,11 @@ def test_config_problems_are_clear(tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
     with pytest.raises(CheckpointError, match="vocab_size is 1000"):
         load_dual_ar(folder)
+    for changes in ({"dim": -1}, {"dim": 64.5}, {"n_head": 0}, {"norm_eps": -1}, {"fast_dim": -2}):
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+        (name,) = changes
+        with pytest.raises(S1ConfigError, match=f"{name} must be a"):  # not an error deep inside the model
+            load_dual_ar(folder)
     (folder / "config.json").unlink()
     with pytest.raises(S1ConfigError, match="not found"):
         load_dual_ar(folder)
