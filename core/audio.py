@@ -157,10 +157,30 @@ def streaming_wav_header(sample_rate: int = SAMPLE_RATE) -> bytes:
 
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
-    """Write samples to `path`, the format chosen by its suffix (.wav/.flac/.ogg/.mp3)."""
+    """Write samples to `path`, the format chosen by its suffix (.wav/.flac/.ogg/.mp3), replacing it whole."""
     path = Path(path)
-    path.write_bytes(encode_audio(audio, sample_rate, suffix_format(path)))
+    replace_file(path, encode_audio(audio, sample_rate, suffix_format(path)))
     return path
+
+
+def replace_file(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a file beside `path`, then rename it over `path`: a write that fails (a full disk,
+    Ctrl-C) leaves what was at `path` as it was, and no partial file."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """`array` as the bytes of a .npy file (for `replace_file`)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def suffix_format(path: str | os.PathLike) -> str:

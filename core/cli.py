@@ -165,13 +165,14 @@ def vqgan(
     s1_folder: Path | None,
 ):
     """Encode audio to VQ codes (and reconstruct it), or decode codes to audio (with --model: the S1 codec)."""
-    from .audio import load_audio, write_audio
+    from .audio import load_audio, npy_bytes, replace_file, suffix_format, write_audio
     from .engine import TTSEngine
     from .reference import read_codes_file
 
     suffix = input_path.suffix.lower()
     if suffix != ".npy" and suffix not in AUDIO_SUFFIXES:
         raise click.ClickException(f"unknown input type {suffix!r}: give an audio file or a .npy of codes")
+    suffix_format(output_path)  # before any work (and before the codes beside it are written)
     if suffix == ".npy":
         codes = read_codes_file(input_path, str(input_path))  # validate before loading the model
     if s1_folder is not None:
@@ -188,7 +189,7 @@ def vqgan(
         audio = load_audio(input_path, engine.info.sample_rate)
         codes = engine.encode_reference(audio)
         codes_path = output_path.with_suffix(".npy")
-        np.save(codes_path, codes)
+        replace_file(codes_path, npy_bytes(codes))
         click.echo(f"Saved codes {list(codes.shape)} ({engine.info.frame_rate:.2f} Hz) to {codes_path}", err=True)
     audio = engine.decode_codes(codes)
     write_audio(output_path, audio, engine.info.sample_rate)
@@ -325,6 +326,7 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
     """Generate semantic codes for TEXT (codes_N.npy), optionally in the voice of reference codes."""
     from tqdm import tqdm
 
+    from .audio import npy_bytes, replace_file
     from .reference import read_codes_file
     from .request import Reference
 
@@ -343,7 +345,7 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
     output_dir.mkdir(parents=True, exist_ok=True)
     for i, sample_codes in enumerate(codes):
         path = output_dir / f"codes_{i}.npy"
-        np.save(path, sample_codes)
+        replace_file(path, npy_bytes(sample_codes))
         click.echo(f"Saved codes {list(sample_codes.shape)} to {path}", err=True)
 
 
@@ -410,7 +412,7 @@ def tts(
 
     if (reference_audio is None) != (reference_text is None):
         raise click.ClickException("--reference-audio and --reference-text go together")
-    sink = AudioSink(output)  # checks the suffix before the models load
+    sink = AudioSink(output, growing=stream)  # checks the suffix before the models load
     family = FISH_SPEECH_V02 if s1_folder is None else OPENAUDIO_S1_MINI
     reference = Reference("--reference-audio", audio=reference_audio) if reference_audio else None
     request = synthesis_request(text, reference_text, reference, kwargs, family)
@@ -447,19 +449,25 @@ def tts(
 
 
 class AudioSink:
-    """Where `tts` writes: a file in the format of its suffix (written as chunks arrive, so a growing
-    file can be played), or `-`: a WAV stream on stdout whose header announces no length."""
+    """Where `tts` writes: a file in the format of its suffix (`growing`: written as chunks arrive, so a
+    growing file can be played; else written whole once, replacing the file only when complete), or `-`: a
+    WAV stream on stdout whose header announces no length."""
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, growing: bool = False):
         from .audio import suffix_format
 
-        self.output = output
+        if output == "-" and sys.stdout is None:
+            raise click.ClickException("-o -: stdout is closed, so there is nowhere to write the audio")
+        self.output, self.growing = output, growing
         self.format = None if output == "-" else suffix_format(output)  # checked before any work
         self.writer = None
 
     def write(self, chunk: np.ndarray, sample_rate: int) -> None:
-        from .audio import AudioWriter, pcm16_bytes, streaming_wav_header
+        from .audio import AudioWriter, pcm16_bytes, streaming_wav_header, write_audio
 
+        if self.format is not None and not self.growing:
+            write_audio(self.output, chunk, sample_rate)
+            return
         if self.format is None:
             out = sys.stdout.buffer
             if self.writer is None:

@@ -52,11 +52,14 @@ def prepare_reference(engine: TTSEngine, reference: Reference) -> PreparedRefere
             f"{field}: codes must be a 2-D integer array [{info.num_codebooks}, T], got {codes.dtype} "
             f"{list(codes.shape)}."
         )
-    size = info.codebook_size
+    size = info.codebook_size  # None without a codec: the LM's own bound applies (lm/prompt.py)
     if (info.num_codebooks is not None and codes.shape[0] != info.num_codebooks) or (
-        size is not None and codes.size and (codes.min() < 0 or codes.max() >= size)
+        codes.size and (codes.min() < 0 or codes.max() >= (np.iinfo(np.int64).max if size is None else size))
     ):
-        raise ValueError(f"{field}: codes must have shape [{info.num_codebooks}, T] with values in 0..{size - 1}.")
+        values = "0 or more" if size is None else f"in 0..{size - 1}"
+        raise ValueError(f"{field}: codes must have shape [{info.num_codebooks}, T] with values {values}.")
+    if codes.dtype.kind == "u":  # (torch has no arithmetic for unsigned 64-bit; the values fit, checked above)
+        codes = codes.astype(np.int64)
     return PreparedReference(codes)
 
 
@@ -90,8 +93,11 @@ def read_codes_file(path: Path, field: str, max_frames: int | None = None) -> np
     """A .npy of codes, never unpickled (the file may come from a client or a user)."""
     try:
         codes = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError):
+    except (ValueError, OSError, EOFError):  # (EOFError: an empty file)
         raise ValueError(f"{field}: not a .npy array of codes.") from None
+    if not isinstance(codes, np.ndarray):  # an .npz archive under a .npy name
+        codes.close()
+        raise ValueError(f"{field}: not a .npy array of codes (an .npz archive?).")
     if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
         raise ValueError(f"{field}: codes must be a 2-D integer array [4, T], got {codes.dtype} {list(codes.shape)}.")
     if codes.shape[1] == 0 or (max_frames is not None and codes.shape[1] > max_frames):

@@ -93,7 +93,8 @@ class FishSpeech:
 
     def prompt(self, piece: PromptText, request: SynthesisRequest, codes: np.ndarray | None) -> torch.Tensor:
         codes = None if codes is None else torch.as_tensor(codes)
-        return encode_prompt(self.tokenizer, piece.prompt, codes, self.lm.config.num_codebooks)
+        cfg = self.lm.config
+        return encode_prompt(self.tokenizer, piece.prompt, codes, cfg.num_codebooks, cfg.codebook_size)
 
     def sequences(
         self, request: SynthesisRequest, prompt: torch.Tensor, generators: list, ignore_stop: bool

@@ -110,10 +110,20 @@ def lm_config_from_dict(data: dict) -> LMConfig:
     model = ModelArgs(**{k: v for k, v in data.items() if k in known})
     lora = None
     if lora_data:
-        lora = LoraConfig(
-            rank=int(lora_data.get("rank", lora_data.get("r", 8))),
-            alpha=float(lora_data.get("alpha", lora_data.get("lora_alpha", 16))),
-        )
+        # A user's file: a list or string here, or a rank of "x", must be a message, not an AttributeError.
+        if not isinstance(lora_data, dict):
+            raise ValueError(f"lora must be an object with rank and alpha, got {lora_data!r}")
+        try:
+            lora = LoraConfig(
+                rank=int(lora_data.get("rank", lora_data.get("r", 8))),
+                alpha=float(lora_data.get("alpha", lora_data.get("lora_alpha", 16))),
+            )
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"lora rank and alpha must be numbers, got {lora_data!r}") from None
+        try:
+            check_config_numbers(lora, sizes=("rank",), reals=("alpha",))  # rank 0 would divide by zero
+        except ValueError as exc:
+            raise ValueError(f"lora.{exc}") from None
     return LMConfig(model, lora)
 
 

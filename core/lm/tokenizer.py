@@ -18,6 +18,7 @@ from ..checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, TOKENIZER_FILENAM
 from ..paths import FolderGuard, NotInFolder, OutsideFolder
 
 _LLAMA_CLASSES = {"LlamaTokenizer", "LlamaTokenizerFast"}
+_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -27,15 +28,41 @@ def _token_content(value) -> str | None:
     return value
 
 
+def _read_tokenizer(path: Path) -> Tokenizer:
+    # tokenizers raises a bare Exception ("Model missing.", "key must be a string") for a bad file.
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not a tokenizer
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise ValueError(f"{path} is not a valid tokenizer.json: {reason}") from None
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must be a JSON object, got {type(data).__name__}")
+    # The entries we read must be text: a number here would reach tokenizers as a TypeError.
+    for key in _TOKEN_KEYS:
+        content = _token_content(data.get(key))
+        if content is not None and not isinstance(content, str):
+            raise ValueError(f"{path}: {key} must be a string or an object with a string content, got {content!r}")
+    if not isinstance(data.get("tokenizer_class") or "", str):  # a list would fail the set lookup below
+        raise ValueError(f"{path}: tokenizer_class must be a string, got {data['tokenizer_class']!r}")
+    return data
+
+
 class TextTokenizer:
     def __init__(self, folder: str | os.PathLike):
         folder = Path(folder)
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer = _read_tokenizer(folder / "tokenizer.json")
         config: dict = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
             path = folder / name
             if path.is_file():
-                config.update(json.loads(path.read_text(encoding="utf-8")))
+                config.update(_read_config(path))
         is_llama = config.get("tokenizer_class") in _LLAMA_CLASSES
         self.add_bos = bool(config.get("add_bos_token", is_llama))
         self.add_eos = bool(config.get("add_eos_token", False))

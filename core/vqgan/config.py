@@ -9,10 +9,29 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..checkpoints import resolve_config
+from ..checkpoints import check_config_numbers, resolve_config
+
+
+def _check_lists(config, *names: str, depth: int = 1) -> None:
+    """ValueError naming the field unless it is a non-empty list of whole numbers >= 1 (of such lists if depth 2).
+    Strides, kernel sizes and channel lists of 0, strings or None would fail deep inside the model."""
+
+    def ok(value, depth: int) -> bool:
+        if not isinstance(value, (list, tuple)) or not value:
+            return False
+        if depth > 1:
+            return all(ok(v, depth - 1) for v in value)
+        return all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value)
+
+    for name in names:
+        value = getattr(config, name)
+        if not ok(value, depth):
+            kind = "list of non-empty lists" if depth > 1 else "list"
+            raise ValueError(f"{name} must be a non-empty {kind} of whole numbers >= 1, got {value!r}")
 
 
 @dataclass
@@ -25,12 +44,20 @@ class MelConfig:
     f_min: float = 0.0
     f_max: float = 8000.0
 
+    def __post_init__(self):
+        check_config_numbers(
+            self, sizes=("sample_rate", "n_fft", "win_length", "hop_length", "n_mels"), reals=("f_min", "f_max")
+        )
+
 
 @dataclass
 class DownsampleConfig:
     dims: tuple[int, ...] = (80, 512, 256)
     kernel_sizes: tuple[int, ...] = (3, 3)
     strides: tuple[int, ...] = (2, 2)
+
+    def __post_init__(self):
+        _check_lists(self, "dims", "kernel_sizes", "strides")
 
     @property
     def total_strides(self) -> int:
@@ -45,6 +72,10 @@ class WNConfig:
     n_layers: int = 6
     out_channels: int | None = None
 
+    def __post_init__(self):
+        optional = () if self.out_channels is None else ("out_channels",)
+        check_config_numbers(self, sizes=("hidden_channels", "kernel_size", "dilation_rate", "n_layers") + optional)
+
 
 @dataclass
 class VQConfig:
@@ -52,6 +83,9 @@ class VQConfig:
     vq_channels: int = 256
     codebook_size: int = 160
     codebook_groups: int = 4
+
+    def __post_init__(self):
+        check_config_numbers(self, sizes=("in_channels", "vq_channels", "codebook_size", "codebook_groups"))
 
 
 @dataclass
@@ -62,6 +96,11 @@ class GeneratorConfig:
     upsample_rates: tuple[int, ...] = (8, 8, 2, 2)
     upsample_initial_channel: int = 512
     upsample_kernel_sizes: tuple[int, ...] = (16, 16, 4, 4)
+
+    def __post_init__(self):
+        check_config_numbers(self, sizes=("initial_channel", "upsample_initial_channel"))
+        _check_lists(self, "resblock_kernel_sizes", "upsample_rates", "upsample_kernel_sizes")
+        _check_lists(self, "resblock_dilation_sizes", depth=2)
 
 
 @dataclass
@@ -74,6 +113,9 @@ class VQGANConfig:
     vq: VQConfig = field(default_factory=VQConfig)
     decoder: WNConfig = field(default_factory=lambda: WNConfig(out_channels=80))
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    def __post_init__(self):
+        check_config_numbers(self, sizes=("sample_rate", "hop_length"))
 
     @property
     def samples_per_code(self) -> int:
@@ -108,6 +150,8 @@ def _section(name: str, cls, data: dict):
         return cls(**kwargs)
     except TypeError as exc:
         raise ValueError(f"VQGAN config: bad section {name!r}: {exc}") from None
+    except ValueError as exc:  # a bad number: the message starts with the field, so name its section
+        raise ValueError(f"VQGAN config: {name}.{exc}") from None
 
 
 def _check_supported(name: str, data: dict) -> None:
@@ -137,7 +181,10 @@ def vqgan_config_from_dict(data: dict) -> VQGANConfig:
     for key in ("sample_rate", "hop_length"):
         if key in data:
             kwargs[key] = data[key]
-    config = VQGANConfig(**kwargs)
+    try:
+        config = VQGANConfig(**kwargs)
+    except ValueError as exc:
+        raise ValueError(f"VQGAN config: {exc}") from None
     try:
         _validate(config)
     except TypeError:

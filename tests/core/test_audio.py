@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from core import audio
 from core.audio import SAMPLE_RATE, AudioError, encode_audio, load_audio, write_audio
 
 
@@ -129,3 +130,21 @@ def test_long_ogg_output_does_not_crash_the_encoder():
     data = encode_audio(0.3 * np.sin(2 * np.pi * 220 * t), 22050, "ogg")
     decoded, rate = sf.read(io.BytesIO(data))
     assert rate == 22050 and decoded.shape == t.shape
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
+    """The CLI's outputs are written beside and renamed over the old file: a full disk (here: the rename
+    failing as ENOSPC would) keeps what the user had."""
+    target = tmp_path / "keep.wav"
+    target.write_bytes(b"the user's file")
+
+    def full_disk(source, destination):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(audio.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        audio.write_audio(target, np.zeros(2205, dtype=np.float32))
+    assert target.read_bytes() == b"the user's file" and sorted(tmp_path.iterdir()) == [target]
+    monkeypatch.undo()
+    audio.write_audio(target, np.zeros(2205, dtype=np.float32))
+    assert sf.info(target).frames == 2205 and sorted(tmp_path.iterdir()) == [target]

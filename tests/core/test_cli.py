@@ -4,6 +4,9 @@ and clear errors (a message and a non-zero exit, never a traceback)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -219,7 +222,23 @@ def _bad_inputs(ckpt, tmp_path):
     np.save(tmp_path / "good.npy", np.zeros((4, 5), dtype=np.int64))
     (tmp_path / "not_weights.pth").write_bytes(b"nope")
     (tmp_path / "notes.txt").write_text("hello")
+    np.save(tmp_path / "three_codebooks.npy", np.zeros((3, 5), dtype=np.int64))
+    np.save(tmp_path / "negative.npy", np.full((4, 5), -1, dtype=np.int64))
+    np.save(tmp_path / "past_the_lm.npy", np.full((4, 5), 167, dtype=np.int64))  # the LM reads 0..165
+    with open(tmp_path / "archive.npy", "wb") as handle:
+        np.savez(handle, codes=np.zeros((4, 5), dtype=np.int64))
+    (tmp_path / "empty.npy").write_bytes(b"")
+
+    def prompt_tokens(name: str) -> list:
+        return ["generate", "--text", "hi", "--prompt-text", "x", "--prompt-tokens", name, *lm_args(ckpt)]
+
     return {
+        # (generate loads no VQGAN: the codes are checked against the LM)
+        "prompt-tokens-three-codebooks": (prompt_tokens("three_codebooks.npy"), "codes must have shape [4, T]"),
+        "prompt-tokens-negative": (prompt_tokens("negative.npy"), "values 0 or more"),
+        "prompt-tokens-past-the-lm": (prompt_tokens("past_the_lm.npy"), "the LM's codebooks"),
+        "prompt-tokens-npz": (prompt_tokens("archive.npy"), "not a .npy array"),
+        "prompt-tokens-empty-file": (prompt_tokens("empty.npy"), "not a .npy array"),
         "missing-vqgan-checkpoint": (
             ["vqgan", "-i", "good.npy", "--checkpoint-path", "missing.pth", "--device", "cpu"],
             "not found",
@@ -325,3 +344,26 @@ def test_bad_input_gets_a_clear_message_and_nonzero_exit(ckpt, tmp_path):
         if result.returncode == 0 or "Traceback" in result.stderr or message.lower() not in result.stderr.lower():
             failures.append(f"{name}: rc={result.returncode} stderr={result.stderr[-400:]!r}")
     assert not failures, "\n".join(failures)
+
+
+def test_vqgan_checks_the_output_suffix_before_writing_the_codes_beside_it(ckpt, speech_wav, tmp_path):
+    (tmp_path / "out.npy").write_text("precious")
+    result = run_cli(["vqgan", "-i", speech_wav, "-o", "out.txt", *vqgan_args(ckpt)], cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "audio format" in result.stderr
+    assert (tmp_path / "out.npy").read_text() == "precious"
+
+
+def test_tts_to_a_closed_stdout_says_so(ckpt, tmp_path):
+    models = ["--llama-checkpoint-path", ckpt["lm"], "--llama-config-name", ckpt["lm_config"]]
+    models += ["--vqgan-checkpoint-path", ckpt["vqgan"], "--vqgan-config-name", ckpt["vqgan_config"]]
+    args = ["tts", "--text", "hi", "-o", "-", *models, "--tokenizer", ckpt["tokenizer"], "--device", "cpu"]
+    done = subprocess.run(
+        [sys.executable, "-m", "fishtts", *map(str, args)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, "HF_HUB_OFFLINE": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.close(1),  # (as `>&-` in a shell)
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr and "stdout is closed" in done.stderr
