@@ -7,6 +7,7 @@ is removed here so model loaders only see flat `dict[str, Tensor]`.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
@@ -41,6 +42,21 @@ def resolve_config(
     if not path.is_file():
         raise ValueError(f"{field}: unknown {what} {str(name)!r}; {name!r} is not a file{where}.")
     return path
+
+
+def read_json_object(path: str | os.PathLike, what: str, error: type[ValueError] = ValueError) -> dict:
+    """The JSON object in a user's config file, or `error` naming `what` and the file: missing, unreadable,
+    not JSON, or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{what} {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def check_config_numbers(

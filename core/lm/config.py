@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..checkpoints import check_config_numbers, resolve_config
+from ..checkpoints import check_config_numbers, read_json_object, resolve_config
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -133,12 +132,7 @@ def load_lm_config(name_or_path: str | Path) -> LMConfig:
     if not isinstance(choice, Path):
         return PRESETS[choice]()
     path = choice
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read LM config {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"LM config {path} must be a JSON object")
+    data = read_json_object(path, "LM config")
     try:
         return lm_config_from_dict(data)
     except TypeError as exc:

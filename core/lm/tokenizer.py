@@ -7,14 +7,13 @@ the same rule without depending on transformers.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from ..checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, TOKENIZER_FILENAMES
+from ..checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, TOKENIZER_FILENAMES, read_json_object
 from ..paths import FolderGuard, NotInFolder, OutsideFolder
 
 _LLAMA_CLASSES = {"LlamaTokenizer", "LlamaTokenizerFast"}
@@ -38,12 +37,7 @@ def _read_tokenizer(path: Path) -> Tokenizer:
 
 
 def _read_config(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must be a JSON object, got {type(data).__name__}")
+    data = read_json_object(path, "tokenizer file")
     # The entries we read must be text: a number here would reach tokenizers as a TypeError.
     for key in _TOKEN_KEYS:
         content = _token_content(data.get(key))

@@ -9,11 +9,10 @@ The codec has no config file in the official folder: the original builds it from
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..checkpoints import check_config_numbers
+from ..checkpoints import check_config_numbers, read_json_object
 
 MODEL_TYPE = "dual_ar"
 FAST_LOGIT_LIMIT = 1024  # the original samples codebooks 1..N-1 from the first 1024 fast logits only
@@ -137,24 +136,12 @@ class LayerShape:
     norm_eps: float
 
 
-def read_json_object(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise S1ConfigError(f"{what} not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise S1ConfigError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise S1ConfigError(f"{path} must hold a JSON object")
-    return data
-
-
 def load_dual_ar_config(path: str | Path) -> DualARConfig:
     """Read `config.json` (a folder or the file). Unknown keys fail, as in the original (it passes them all)."""
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
-    data = read_json_object(path, "S1 config.json")
+    data = read_json_object(path, "S1 config.json", S1ConfigError)
     known = {f.name for f in fields(DualARConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -250,7 +237,7 @@ def load_codec_config(path: str | Path | None) -> CodecConfig:
     """`None` or a missing file → the official codec; else a `codec_config.json` shaped like the yaml."""
     if path is None or not Path(path).is_file():
         return CodecConfig()
-    data = read_json_object(Path(path), "codec config")
+    data = read_json_object(path, "codec config", S1ConfigError)
     try:
         general = data.get("transformer_general_config", {})
         quantizer = data["quantizer"]

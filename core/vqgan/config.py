@@ -7,13 +7,12 @@ ignored, and nothing named in a config is ever instantiated.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..checkpoints import check_config_numbers, resolve_config
+from ..checkpoints import check_config_numbers, read_json_object, resolve_config
 
 
 def _check_lists(config, *names: str, depth: int = 1) -> None:
@@ -223,11 +222,4 @@ def load_vqgan_config(name_or_path: str | Path) -> VQGANConfig:
     choice = resolve_config(str(name_or_path), PRESETS, "VQGAN config")
     if not isinstance(choice, Path):
         return PRESETS[choice]()
-    path = choice
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"VQGAN config {path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"VQGAN config {path}: expected a JSON object")
-    return vqgan_config_from_dict(data)
+    return vqgan_config_from_dict(read_json_object(choice, "VQGAN config"))

@@ -44,7 +44,7 @@ def test_the_parity_tokenizer_still_loads():
         ("tokenizer.json", "{bad", "tokenizer.json is not a valid tokenizer.json"),
         ("tokenizer.json", "{}", "tokenizer.json is not a valid tokenizer.json"),
         ("tokenizer_config.json", "{bad", "tokenizer_config.json is not valid JSON"),
-        ("tokenizer_config.json", "[1]", "tokenizer_config.json must be a JSON object"),
+        ("tokenizer_config.json", "[1]", "tokenizer_config.json must hold a JSON object"),
         ("tokenizer_config.json", '{"eos_token": 5}', "tokenizer_config.json: eos_token must be a string"),
         ("special_tokens_map.json", '{"bos_token": {"content": 1}}', "special_tokens_map.json: bos_token must be"),
         ("tokenizer_config.json", '{"tokenizer_class": ["x"]}', "tokenizer_config.json: tokenizer_class must be"),
