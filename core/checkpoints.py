@@ -59,24 +59,30 @@ def read_json_object(path: str | os.PathLike, what: str, error: type[ValueError]
     return data
 
 
+def is_whole_number(value, least: int = 0) -> bool:
+    """An integer (not a bool) >= `least`: what a config's sizes and counts must be."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
 def check_config_numbers(
-    config, *, sizes: tuple[str, ...] = (), counts: tuple[str, ...] = (), reals: tuple[str, ...] = ()
+    config,
+    *,
+    sizes: tuple[str, ...] = (),
+    counts: tuple[str, ...] = (),
+    reals: tuple[str, ...] = (),
+    error: type[ValueError] = ValueError,
 ) -> None:
-    """ValueError naming the field unless each of `sizes` is an integer >= 1, each of `counts` an integer >= 0
+    """`error` naming the field unless each of `sizes` is an integer >= 1, each of `counts` an integer >= 0
     and each of `reals` a finite number >= 0 (fields that may be None: left out by the caller when None).
     Config files are the user's: a size of -1 or 1.5 must be a message, not an error deep in a model."""
-
-    def integer(value) -> bool:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
     for name in sizes + counts:
         value, least = getattr(config, name), 1 if name in sizes else 0
-        if not integer(value) or value < least:
-            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+        if not is_whole_number(value, least):
+            raise error(f"{name} must be a whole number >= {least}, got {value!r}")
     for name in reals:
         value = getattr(config, name)
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < math.inf:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            raise error(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 class CheckpointError(ValueError):

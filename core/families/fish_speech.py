@@ -13,7 +13,7 @@ from ..frontend import PromptText, prompt_head, read_piece, read_text
 from ..lm import Sequence, encode_prompt, frames_to_codes
 from ..lm.autotune import model_paths
 from ..lm.compile import capture_decode, compile_decode, uses_static_cache
-from ..lm.generate import budget_new_frames
+from ..lm.generate import budget_new_frames, regroups_prefill
 from ..lm.quantize import is_quantized, quantization
 from ..lm.stepper import LMStepper
 from ..request import SynthesisRequest
@@ -119,8 +119,9 @@ class FishSpeech:
 
     def prefix_length(self, request: SynthesisRequest, prompt: torch.Tensor) -> int:
         """The prompt's leading positions that its transcript alone decides: the tokens it shares with the
-        transcript's `prompt_head` (0 without a transcript). The LM keeps their keys and values per voice."""
-        if request.transcript is None:
+        transcript's `prompt_head` (0 without a transcript, or for an LM that prefills each prompt whole,
+        which would not use them). The LM keeps their keys and values per voice."""
+        if request.transcript is None or not regroups_prefill(self.lm):
             return 0
         try:
             head = self._head_tokens(request.transcript, request.use_g2p, request.speaker, request.order)

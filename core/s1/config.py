@@ -66,16 +66,14 @@ class DualARConfig:
         fallbacks = ("fast_dim", "fast_n_head", "fast_n_local_heads", "fast_head_dim", "fast_intermediate_size")
         optional = tuple(n for n in ("intermediate_size", "head_dim") if getattr(self, n) is not None)
         optional += () if self.n_local_heads == -1 else ("n_local_heads",)
-        try:
-            check_config_numbers(
-                self,
-                sizes=("vocab_size", "n_layer", "n_head", "dim", "max_seq_len", "codebook_size", "num_codebooks")
-                + optional,
-                counts=("n_fast_layer",) + tuple(n for n in fallbacks if getattr(self, n) is not None),
-                reals=("rope_base", "norm_eps"),
-            )
-        except ValueError as exc:
-            raise S1ConfigError(str(exc)) from None
+        check_config_numbers(
+            self,
+            sizes=("vocab_size", "n_layer", "n_head", "dim", "max_seq_len", "codebook_size", "num_codebooks")
+            + optional,
+            counts=("n_fast_layer",) + tuple(n for n in fallbacks if getattr(self, n) is not None),
+            reals=("rope_base", "norm_eps"),
+            error=S1ConfigError,
+        )
         if self.n_local_heads == -1:
             self.n_local_heads = self.n_head
         if self.intermediate_size is None:

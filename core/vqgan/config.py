@@ -8,11 +8,10 @@ ignored, and nothing named in a config is ever instantiated.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..checkpoints import check_config_numbers, read_json_object, resolve_config
+from ..checkpoints import check_config_numbers, is_whole_number, read_json_object, resolve_config
 
 
 def _check_lists(config, *names: str, depth: int = 1) -> None:
@@ -24,7 +23,7 @@ def _check_lists(config, *names: str, depth: int = 1) -> None:
             return False
         if depth > 1:
             return all(ok(v, depth - 1) for v in value)
-        return all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value)
+        return all(is_whole_number(v, 1) for v in value)
 
     for name in names:
         value = getattr(config, name)
