@@ -11,6 +11,8 @@ import json
 import math
 import numbers
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -101,14 +103,29 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a weights file"
-            raise CheckpointError(f"{path} is not a loadable weights file: {exc}") from None
+            raise _unloadable(path, exc) from None
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path} is not a loadable weights file: {exc}") from None
+        raise _unloadable(path, exc) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     return obj
+
+
+def _unloadable(path: Path, exc: Exception) -> CheckpointError:
+    """One line for a file torch.load refused. (torch's own text for a weights-only refusal is a paragraph
+    advising weights_only=False: never here, since such a file can run code.)"""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    which = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if isinstance(exc, pickle.UnpicklingError) and which:
+        return CheckpointError(
+            f"{path} holds Python objects besides tensors ({which[1]}): weights are loaded with weights_only=True, "
+            "which refuses them"
+        )
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+    reason = f"unpickling stopped at: {unpickler[1].strip()}" if unpickler else lines[0]
+    return CheckpointError(f"{path} is not a loadable weights file: {reason}")
 
 
 def describe_key_mismatch(missing: list[str], unexpected: list[str], limit: int = 10) -> str:

@@ -27,7 +27,7 @@ from .checkpoints import (
     VQGAN_FILENAME,
 )
 from .engine import DEFAULT_LM_CONFIG, DEFAULT_VQGAN_CONFIG, DEFAULT_VQGAN_PRECISION, QUANT_MODES, VQGAN_PRECISIONS
-from .request import DEFAULT_ORDER, DEFAULT_SAMPLING, DEFAULT_SEED, DEFAULT_TEXT, S1_DEFAULT_SAMPLING
+from .request import DEFAULT_ORDER, DEFAULT_SAMPLING, DEFAULT_SEED, DEFAULT_TEXT, MAX_SEED, S1_DEFAULT_SAMPLING
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".wma", ".aac", ".aiff", ".aif", ".aifc"}
 
@@ -239,7 +239,7 @@ def generation_options(func):
             help="Quantize the LM's weights at load (int8 / int4: faster decoding on CPU, approximate; see README).",
         ),
         click.option("--use-g2p/--no-g2p", default=True, show_default=True),
-        click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True),
+        click.option("--seed", type=click.IntRange(0, MAX_SEED), default=DEFAULT_SEED, show_default=True),
         click.option("--speaker", default=None),
         click.option("--order", default=DEFAULT_ORDER, show_default=True, help="Language priority for g2p."),
         click.option(

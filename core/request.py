@@ -23,6 +23,8 @@ DEFAULT_SAMPLING = SamplingParams()  # the original generate.py's: temperature 0
 # S1-mini's, from its original CLI (core/s1/sampling.py): temperature 0.8, top_p 0.8, penalty 1.1
 S1_DEFAULT_SAMPLING = SamplingParams(**dataclasses.asdict(SamplingSettings()))
 DEFAULT_SEED = 42  # the CLI's (the original's); the HTTP API draws a fresh one when none is given
+# A long text's piece i samples with seed + i, and torch takes seeds below 2**64: room for any count of pieces.
+MAX_SEED = 2**63 - 1
 OUTPUT_FORMATS = ("wav", "flac", "mp3", "ogg", "pcm")  # pcm: raw 16-bit little-endian mono
 STREAM_FORMATS = ("wav", "pcm")  # formats whose bytes can be sent as the samples come
 ORDER_PATTERN = "^({0})(,({0})){{0,{1}}}$".format("|".join(LANGUAGE_CODES), len(LANGUAGE_CODES) - 1)
@@ -106,6 +108,7 @@ __all__ = [
     "DEFAULT_SAMPLING",
     "DEFAULT_SEED",
     "DEFAULT_TEXT",
+    "MAX_SEED",
     "MAX_REPETITION_PENALTY",
     "MAX_TEMPERATURE",
     "MAX_TOP_K",

@@ -20,6 +20,7 @@ from core.request import (
     DEFAULT_SAMPLING,
     DEFAULT_TEXT,
     MAX_REPETITION_PENALTY,
+    MAX_SEED,
     MAX_TEMPERATURE,
     MAX_TOP_K,
     MIN_REPETITION_PENALTY,
@@ -282,7 +283,7 @@ class SamplingFields(BaseModel):
         description="Divides (multiplies, when negative) the logits of the codes of the last 16 frames; 1 = off.",
     )
     temperature: float = Field(DEFAULT_SAMPLING.temperature, gt=0, le=MAX_TEMPERATURE)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="null = a fresh random seed.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null = a fresh random seed.")
 
     @property
     def sampling(self) -> SamplingParams:

@@ -3,6 +3,7 @@ and clear errors (a message and a non-zero exit, never a traceback)."""
 
 from __future__ import annotations
 
+import fractions
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from tests.helpers import assert_same_pcm, run_cli
 from tests.paths import PYTHONPATH
@@ -228,6 +230,7 @@ def _bad_inputs(ckpt, tmp_path):
     with open(tmp_path / "archive.npy", "wb") as handle:
         np.savez(handle, codes=np.zeros((4, 5), dtype=np.int64))
     (tmp_path / "empty.npy").write_bytes(b"")
+    torch.save({"weight": torch.ones(2), "ratio": fractions.Fraction(1, 2)}, tmp_path / "objects.pth")
 
     def prompt_tokens(name: str) -> list:
         return ["generate", "--text", "hi", "--prompt-text", "x", "--prompt-tokens", name, *lm_args(ckpt)]
@@ -266,6 +269,12 @@ def _bad_inputs(ckpt, tmp_path):
         "codes-out-of-range": (["vqgan", "-i", "out_of_range.npy", *vqgan_args(ckpt)], "range"),
         "empty-text": (["generate", "--text", "  ", *lm_args(ckpt)], "text is empty"),
         "emoji-only-text": (["generate", "--text", "😀🎉", *lm_args(ckpt)], "nothing to speak"),
+        "seed-past-torch": (["generate", "--text", "hi", "--seed", "9" * 20, *lm_args(ckpt)], "not in the range"),
+        # (torch's own text for it advises weights_only=False)
+        "checkpoint-of-objects": (
+            ["generate", "--text", "hi", "--checkpoint-path", "objects.pth", *lm_args(ckpt)[2:]],
+            "objects besides tensors (fractions.Fraction)",
+        ),
         "not-a-checkpoint": (
             [
                 "generate",
