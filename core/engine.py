@@ -33,7 +33,7 @@ from .lm.quantize import QUANT_MODES
 from .lm.tokenizer import resolve_tokenizer_dir
 from .reference import prepare_reference
 from .request import SynthesisRequest
-from .scheduler import Job, Scheduler, SchedulerFailed
+from .scheduler import Cancelled, Job, Scheduler, SchedulerFailed
 from .speech import SpeechStream
 from .text.split import MAX_SEGMENT_WEIGHT
 from .vqgan import DEFAULT_VQGAN_PRECISION, VQGAN_PRECISIONS, load_vqgan
@@ -119,6 +119,7 @@ class TTSEngine:
         self.max_batch_size = max_batch_size or default_max_batch(self.device, self.lm)
         self.lock = threading.RLock()
         self._scheduler: Scheduler | None = None
+        self._closed = False  # (close() is final: work after it fails instead of starting a new scheduler)
         # Model work runs on the scheduler thread from now on: the OpenMP workers of the thread that
         # loaded the models (this one) would only slow the scheduler's (core/device.py).
         release_openmp_threads()
@@ -219,6 +220,8 @@ class TTSEngine:
         """The thread that owns the LM (started on first use)."""
         lm = self._need_lm()
         with self.lock:
+            if self._closed:
+                raise RuntimeError("the model was unloaded")
             if self._scheduler is None:
                 static = self.compile and uses_static_cache(lm)  # CUDA graphs want one batch shape
                 self._scheduler = Scheduler(self.family.stepper(), self.max_batch_size, static=static)
@@ -245,9 +248,10 @@ class TTSEngine:
             return fn()
 
     def close(self) -> None:
-        """Stop the scheduler thread (requests still in it fail); the engine can be dropped after."""
+        """Stop the scheduler thread (requests still in it fail, later ones too); the engine can be dropped
+        after."""
         with self.lock:
-            scheduler, self._scheduler = self._scheduler, None
+            scheduler, self._scheduler, self._closed = self._scheduler, None, True
         if scheduler is not None:
             scheduler.close()
 
@@ -382,17 +386,28 @@ class TTSEngine:
             first_audio_alone=streamed,
         )
 
-    def synthesize(self, request: SynthesisRequest, *, ignore_stop: bool = False) -> np.ndarray:
+    def synthesize(
+        self,
+        request: SynthesisRequest,
+        *,
+        ignore_stop: bool = False,
+        on_stream: Callable[[SpeechStream], None] | None = None,
+    ) -> np.ndarray:
         """The whole stream's audio at once: the same frames as streaming it, decoded in larger chunks
-        (the same audio within float rounding, and closer to the original's one-piece decode)."""
-        # no first audio to hurry
-        chunks = list(self.stream(request, max_parallel=4, ignore_stop=ignore_stop, streamed=False))
+        (the same audio within float rounding, and closer to the original's one-piece decode).
+        `on_stream` gets the stream as it starts, for a caller that may cancel it (a client gone)."""
+        # (no first audio to hurry: four pieces at once)
+        stream = self.stream(request, max_parallel=4, ignore_stop=ignore_stop, streamed=False)
+        if on_stream is not None:
+            on_stream(stream)
+        chunks = list(stream)
         if not chunks:
             raise ValueError("the model produced no audio for this text (try a larger max_new_tokens)")
         return np.concatenate(chunks)
 
 
 __all__ = [
+    "Cancelled",
     "DEFAULT_VQGAN_PRECISION",
     "EngineInfo",
     "FAMILIES",

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from .auth import install_access_control, install_cors
 from .context import ServerContext
 from .errors import ApiError, install_error_handlers, scrub
-from .middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from .middleware import BodyLimitsMiddleware, RequestIdMiddleware
 from .routes import include_routes
 from .routes.models import load_bundle
 from .schemas import MODEL_NAME_PATTERN, TEXT_LIMIT_MARK, LoadModelRequest
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if task is not None:
             task.cancel()
         ctx.queue.shutdown()
+        ctx.registry.close_all()
 
     app = FastAPI(title="fishtts", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, redoc_url=None)
     app.state.ctx = ctx
@@ -106,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = functools.partial(openapi_with_text_limit, app, settings.max_text_length)
     # Added innermost first; a request passes: request id -> CORS -> body limit -> access control -> app.
     install_access_control(app, settings.api_key, settings.allowed_origins, settings.allowed_host_names)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitsMiddleware, max_bytes=settings.max_body_bytes, idle_seconds=settings.body_timeout)
     install_cors(app, settings.allowed_origins)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -12,6 +12,7 @@ request id and answered with that id only; messages from core are scrubbed of ab
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -205,6 +206,13 @@ class UnexpectedErrorMiddleware:
         except ClientDisconnect:  # gone while its body was read: no one to answer, nothing failed
             rid = scope.get("state", {}).get("request_id", "-")
             log.info("[%s] %s %s: the client left while sending its body", rid, scope["method"], scope["path"])
+        except asyncio.CancelledError:  # uvicorn stopping, past its graceful wait: a JSON 503, not its text 500
+            rid = scope.get("state", {}).get("request_id", "-")
+            log.info("[%s] %s %s: stopped, the server is shutting down", rid, scope["method"], scope["path"])
+            if not started:
+                message, close = "The server is shutting down; retry once it is back.", {"Connection": "close"}
+                response = error_response(None, 503, message, path=scope["path"], rid=rid, headers=close)
+                await response(scope, receive, send)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             rid = scope.get("state", {}).get("request_id", "-")
             log.error("[%s] %s %s failed", rid, scope["method"], scope["path"], exc_info=exc)

@@ -1,4 +1,5 @@
-"""ASGI middleware: a request id on every request, and the request body size limit.
+"""ASGI middleware: a request id on every request, and the request body's limits (size, and a
+deadline for each piece of it).
 
 Pure ASGI (no BaseHTTPMiddleware) so streaming bodies are counted as they arrive and an oversized
 upload is refused before it is buffered.
@@ -6,6 +7,7 @@ upload is refused before it is buffered.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
@@ -47,11 +49,22 @@ class BodyTooLarge(ApiError):
         )
 
 
-class BodySizeLimitMiddleware:
-    """413 for a declared Content-Length over the limit, and for chunked bodies once they pass it."""
+class BodyStalled(ApiError):
+    def __init__(self, seconds: float):
+        super().__init__(
+            408,
+            f"The request body stopped arriving for {seconds:g} s (--body-timeout); send it again.",
+            headers={"Connection": "close"},
+            code="body_timeout",
+        )
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+
+class BodyLimitsMiddleware:
+    """413 for a declared Content-Length over the limit, and for chunked bodies once they pass it; 408
+    for a body none of which arrives for `idle_seconds` (what it sent is let go)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, idle_seconds: float):
+        self.app, self.max_bytes, self.idle_seconds = app, max_bytes, idle_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,13 +82,19 @@ class BodySizeLimitMiddleware:
                     None, 413, exc.message, path=scope["path"], rid=rid, code=exc.code, headers={"Connection": "close"}
                 )
                 return await response(scope, receive, send)
-        seen = 0
+        seen, complete = 0, False
 
         async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # (after the body, receive waits for the disconnect: no deadline)
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_seconds)
+            except TimeoutError:
+                raise BodyStalled(self.idle_seconds) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
             return message

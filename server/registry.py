@@ -123,6 +123,14 @@ class ModelRegistry:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+    def close_all(self) -> None:
+        """The server is stopping: every model's work stops now (what is running fails), so the worker
+        threads return and the process can exit, instead of finishing generations no one will receive."""
+        with self._changed:
+            bundles = list(self._bundles.values())
+        for bundle in bundles:
+            bundle.engine.close()
+
     # -- views --------------------------------------------------------------------------------
 
     def names(self) -> list[str]:

@@ -55,6 +55,11 @@ class Settings:
     allow_downloads: bool = _opt(False, "Let a load request fetch a tokenizer given as a Hugging Face repo id.")
     max_text_length: int = _opt(MAX_TEXT_LENGTH, "Longest `text` / `input` / transcript, in characters.")
     max_upload_mb: float = _opt(20.0, "Largest request body in MiB (uploads included); bigger bodies get 413.")
+    body_timeout: float = _opt(
+        30.0,
+        "Refuse (408) a request body that stops arriving for this many seconds: "
+        "a stalled upload would otherwise hold what it sent in memory for as long as its client likes.",
+    )
     max_reference_seconds: float = _opt(30.0, "Longest reference clip; longer clips get 422 (5-10 s works best).")
     max_models: int = _opt(4, "Model bundles loaded at once; loading one more under a new name gets 409.")
     max_queue: int = _opt(16, "Synthesis requests running or waiting; beyond it the server answers 503 + Retry-After.")
@@ -99,7 +104,7 @@ class Settings:
             raise ValueError(f"vqgan_precision must be one of {', '.join(VQGAN_PRECISIONS)}")
         if self.device and not re.match(DEVICE_PATTERN, self.device):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
-        for name in ("max_upload_mb", "max_reference_seconds", "stream_send_timeout"):
+        for name in ("max_upload_mb", "body_timeout", "max_reference_seconds", "stream_send_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
 

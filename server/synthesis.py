@@ -5,7 +5,9 @@ A streamed response awaits its first chunk before it starts, so a request that f
 reference, text the front end rejects, a full queue) still gets its JSON error. Its generation runs
 to its end on a worker thread, its chunks into an AudioBuffer (server/audio_buffer.py), and holds
 the admission (model lease, queue place) only until then: a slow reader holds neither. A client
-that goes away closes the buffer, which cancels the generation at its next step.
+that goes away closes the buffer, which cancels the generation at its next step. A client of the
+whole audio that goes away cancels it too (its connection is watched while the audio is made):
+otherwise a few clients that gave up would hold the queue for as long as their texts take.
 
 A saved voice is named, not resolved, by the route: which codes it needs depends on the family of
 the model that is admitted, so they are read (or made from the voice's clip and kept) on the
@@ -15,13 +17,15 @@ worker thread, just before the generation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import threading
 
 import numpy as np
-from fastapi import Response
+from fastapi import Request, Response
 
 from core.audio import encode_output
-from core.engine import TTSEngine
+from core.engine import Cancelled, SpeechStream, TTSEngine
 from core.reference import prepare_reference
 from core.request import Reference, SynthesisRequest
 
@@ -33,34 +37,70 @@ from .streaming import CONTENT_TYPES, AudioStreamResponse
 
 @dataclasses.dataclass(frozen=True)
 class SavedVoice:
-    """A saved voice the request speaks in; `field` names the request field in errors."""
+    """A saved voice the request speaks in, as the route read it (`meta`: its transcript went into the
+    request); `field` names the request field in errors."""
 
-    voice_id: str
+    meta: dict
     field: str = "reference_id"
 
 
 def voice_codes(ctx: ServerContext, voice: SavedVoice, engine: TTSEngine) -> np.ndarray:
-    """The voice's codes for the engine's family: kept ones, or its clip encoded now (then kept)."""
+    """The voice's codes for the engine's family: kept ones, or its clip encoded now (then kept). Only the
+    voice the route read: one deleted or saved anew under its id meanwhile is not found (its transcript
+    is in the request; another voice's codes would not match it)."""
     family = engine.info.family
-    codes = ctx.voices.codes(voice.voice_id, family)
-    if codes is None:
-        clip = Reference(voice.field, audio=ctx.voices.audio_path(voice.voice_id))
-        codes = prepare_reference(engine, clip).codes
-        ctx.voices.keep_codes(voice.voice_id, family, codes)
+    with ctx.voices.pinned(voice.meta["id"], voice.meta.get("created_at")) as saved:
+        codes = saved.codes(family)
+        if codes is None:
+            codes = prepare_reference(engine, Reference(voice.field, audio=saved.clip())).codes
+            saved.keep_codes(family, codes)
     return codes
+
+
+CLIENT_GONE = 499  # (nginx's "client closed request": the status nobody receives, for the access log)
+
+
+class _WholeSynthesis:
+    """The stream a non-streamed synthesis joins (`TTSEngine.synthesize`'s on_stream), to cancel when its
+    client goes away: before the stream starts, or while it runs."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._stream: SpeechStream | None = None
+        self._cancelled = False
+
+    def attach(self, stream: SpeechStream) -> None:
+        with self._lock:
+            self._stream, cancelled = stream, self._cancelled
+        if cancelled:
+            stream.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled, stream = True, self._stream
+        if stream is not None:
+            stream.cancel()
+
+
+async def _disconnected(client: Request) -> None:
+    """Returns once the client has gone (its body is read, so the next message is the disconnect)."""
+    while (await client.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def synthesize(
     ctx: ServerContext,
+    client: Request,
     model: str,
     request: SynthesisRequest,
     headers: dict[str, str] | None = None,
     voice: SavedVoice | None = None,
     sampling: SamplingFields | None = None,
 ) -> Response:
-    """The audio of `request` from model `model`, whole or (request.streaming) as it is generated;
-    with `voice`, in that saved voice (its codes become the request's reference); with `sampling`
-    (the body), its fields over the model family's defaults."""
+    """The audio of `request` from model `model`, whole or (request.streaming) as it is generated, for
+    `client` (the HTTP request: its leaving cancels the work); with `voice`, in that saved voice (its
+    codes become the request's reference); with `sampling` (the body), its fields over the model
+    family's defaults."""
     admission = ctx.admit(model)
     media_type = CONTENT_TYPES[request.output_format]
     sample_rate = admission.engine.info.sample_rate
@@ -75,10 +115,26 @@ async def synthesize(
         return dataclasses.replace(request, **changes)
 
     if not request.streaming:
+        whole = _WholeSynthesis()
+
+        def synthesis(engine: TTSEngine) -> bytes:
+            audio = engine.synthesize(prepared(engine), on_stream=whole.attach)
+            return encode_output(audio, request.output_format, sample_rate)
+
         async with admission:
-            data = await admission.run(
-                lambda engine: encode_output(engine.synthesize(prepared(engine)), request.output_format, sample_rate)
-            )
+            work = asyncio.ensure_future(admission.run(synthesis))
+            work.add_done_callback(lambda done: done.cancelled() or done.exception())  # (retrieved if abandoned)
+            gone = asyncio.ensure_future(_disconnected(client))
+            try:
+                await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if gone.done() and not gone.cancelled() and not work.done():
+                whole.cancel()
+                with contextlib.suppress(Cancelled):
+                    await work  # (the admission is held until the work has stopped)
+                return Response(status_code=CLIENT_GONE)
+            data = await work
         return Response(data, media_type=media_type, headers=headers)
     buffer = AudioBuffer(asyncio.get_running_loop(), int(MAX_BUFFERED_SECONDS * sample_rate), sample_rate)
 

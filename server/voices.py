@@ -25,6 +25,7 @@ itself, never what it points to.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -72,7 +73,9 @@ class VoiceStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.root = self.folder.resolve()
         self._reported: set[str] = set()  # entries already logged as leading outside
-        self._lock = threading.Lock()  # this process's saves one at a time; reads need no lock (renames are atomic)
+        # this process's saves, renames and deletes one at a time (a rename deletes under it); reads need
+        # no lock (renames are atomic)
+        self._lock = threading.RLock()
         self._sweep()
 
     # -- reading ------------------------------------------------------------------------------
@@ -102,31 +105,29 @@ class VoiceStore:
 
     def codes(self, voice_id: str, family: str | None = None) -> np.ndarray | None:
         """The voice's codes for model family `family` (default: its own); None when that family's
-        have not been made yet (`keep_codes` stores them)."""
-        own = family is None or family == self.get(voice_id)["family"]
-        name = CODES if own else family_codes_name(family)
-        try:
-            return np.load(self._folder(voice_id, name) / name, allow_pickle=False)
-        except (OSError, ValueError):
-            if own:
-                raise VoiceNotFound(voice_id) from None
-            return None  # not made yet, or unreadable: made again from the clip
+        have not been made yet (`PinnedVoice.keep_codes` stores them)."""
+        with self.pinned(voice_id) as voice:
+            return voice.codes(family)
 
-    def keep_codes(self, voice_id: str, family: str, codes: np.ndarray) -> None:
-        """Store the codes another family's model made from the clip (a voice deleted meanwhile: nothing)."""
-        name = family_codes_name(family)
+    @contextlib.contextmanager
+    def pinned(self, voice_id: str, created_at: float | None = None) -> Iterator[PinnedVoice]:
+        """The voice as it is now, its folder held open (see PinnedVoice); with `created_at`, only the voice
+        a request read before (one deleted and saved anew under the same id meanwhile: VoiceNotFound)."""
+        folder = self._folder(voice_id, META, CODES, AUDIO)
         try:
-            folder = self._folder(voice_id, name)
-        except VoiceNotFound:
-            return
-        staging = folder / f".{name}.tmp-{uuid.uuid4().hex}"
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            raise VoiceNotFound(voice_id) from None
         try:
-            _write_synced(staging, _npy_bytes(codes))
-            os.replace(staging, folder / name)  # readers see the old file or the new one, never a part
-            _fsync_dir(folder)
-        except OSError as exc:
-            log.info("the %s codes of voice %s were not kept: %s", family, voice_id, exc)
-            staging.unlink(missing_ok=True)
+            try:
+                meta = self._check_meta(json.loads(_read_at(fd, META)), voice_id)
+            except (OSError, ValueError):
+                raise VoiceNotFound(voice_id) from None
+            if created_at is not None and meta.get("created_at") != created_at:
+                raise VoiceNotFound(voice_id)
+            yield PinnedVoice(voice_id, meta, fd)
+        finally:
+            os.close(fd)
 
     def audio_path(self, voice_id: str) -> Path:
         path = self._folder(voice_id, AUDIO) / AUDIO
@@ -179,26 +180,31 @@ class VoiceStore:
 
     def rename(self, voice_id: str, new_id: str) -> dict:
         """Give a voice another id. The files are linked into a new folder under `new_id` (claimed by the
-        rename, as a save), then the old one is deleted: a crash in between leaves both, never neither."""
+        rename, as a save), then the old one is deleted: a crash in between leaves both, never neither.
+        Under the lock, so of this process's renames and deletes of one voice at once one wins, and the
+        others find it gone."""
         check_new_id(new_id)
-        source = self._folder(voice_id, META, CODES, AUDIO)
-        meta = {**self.get(voice_id), "id": new_id}
         staging = self._staging()
         try:
-            for entry in source.iterdir():
-                if entry.name != META and not entry.name.startswith(".") and _plain_file(entry):
-                    _link_or_copy(entry, staging / entry.name)  # files are replaced, never written in place
-            _write_synced(staging / META, _meta_bytes(meta))
             with self._lock:
+                source = self._folder(voice_id, META, CODES, AUDIO)
+                meta = {**self.get(voice_id), "id": new_id}
+                try:
+                    for entry in source.iterdir():
+                        if entry.name != META and not entry.name.startswith(".") and _plain_file(entry):
+                            _link_or_copy(entry, staging / entry.name)  # files are replaced, never written in place
+                except FileNotFoundError:  # deleted by another process meanwhile
+                    raise VoiceNotFound(voice_id) from None
+                _write_synced(staging / META, _meta_bytes(meta))
                 if not self._claim(staging, new_id):
                     raise VoiceExists(new_id)
+                try:
+                    self.delete(voice_id)
+                except VoiceNotFound:
+                    pass  # deleted meanwhile by another process: the new id holds the voice
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-        try:
-            self.delete(voice_id)
-        except VoiceNotFound:
-            pass  # deleted meanwhile by another request: the new id holds the voice
         return meta
 
     def delete(self, voice_id: str) -> None:
@@ -262,8 +268,11 @@ class VoiceStore:
                 yield candidate
 
     def _read_meta(self, folder: Path) -> dict:
-        meta = json.loads((folder / META).read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or meta.get("id") != folder.name:
+        return self._check_meta(json.loads((folder / META).read_text(encoding="utf-8")), folder.name)
+
+    @staticmethod
+    def _check_meta(meta, voice_id: str) -> dict:
+        if not isinstance(meta, dict) or meta.get("id") != voice_id:
             raise ValueError("metadata does not match its folder")
         meta.setdefault("family", LEGACY_FAMILY)
         return meta
@@ -273,6 +282,46 @@ class VoiceStore:
         for entry in self.folder.iterdir():
             if entry.name.startswith(".trash-") or (entry.name.startswith(".tmp-") and _abandoned(entry)):
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+class PinnedVoice:
+    """One saved voice, its folder held open (`VoiceStore.pinned`): what is read and kept through it is that
+    voice's even if its id is deleted or saved anew meanwhile. Codes made from its clip then land in the
+    deleted folder and go with it; looked up by id again, they would have joined the newer voice."""
+
+    def __init__(self, voice_id: str, meta: dict, folder_fd: int):
+        self.voice_id, self.meta, self._fd = voice_id, meta, folder_fd
+
+    def codes(self, family: str | None = None) -> np.ndarray | None:
+        """Its codes for `family` (default: its own); None where another family's are not made yet."""
+        own = family is None or family == self.meta["family"]
+        name = CODES if own else family_codes_name(family)
+        try:
+            return np.load(io.BytesIO(_read_at(self._fd, name)), allow_pickle=False)
+        except (OSError, ValueError):
+            if own:
+                raise VoiceNotFound(self.voice_id) from None
+            return None  # not made yet, or unreadable: made again from the clip
+
+    def clip(self) -> bytes:
+        try:
+            return _read_at(self._fd, AUDIO)
+        except OSError:
+            raise VoiceNotFound(self.voice_id) from None
+
+    def keep_codes(self, family: str, codes: np.ndarray) -> None:
+        """Store the codes another family's model made from the clip (written beside, then renamed over)."""
+        name = family_codes_name(family)
+        staging = f".{name}.tmp-{uuid.uuid4().hex}"
+        try:
+            _write_synced(staging, _npy_bytes(codes), dir_fd=self._fd)
+            # readers see the old file or the new one, never a part
+            os.replace(staging, name, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+            os.fsync(self._fd)
+        except OSError as exc:  # (a deleted voice's folder may be gone already)
+            log.info("the %s codes of voice %s were not kept: %s", family, self.voice_id, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(staging, dir_fd=self._fd)
 
 
 def _abandoned(staging: Path) -> bool:
@@ -336,11 +385,17 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
+def _write_synced(path: Path | str, data: bytes, dir_fd: int | None = None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
+    with open(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _read_at(dir_fd: int, name: str) -> bytes:
+    with open(os.open(name, os.O_RDONLY, dir_fd=dir_fd), "rb") as handle:
+        return handle.read()
 
 
 def _fsync_dir(path: Path) -> None:

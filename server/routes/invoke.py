@@ -39,8 +39,7 @@ async def invoke(
     Retry-After; reference over --max-reference-seconds: 422."""
     body, files = await read_body(request, InvokeRequest, ctx.settings.max_text_length)
     ctx.check_model(name)  # the original answers an unknown model before looking at the reference
-    reference, transcript = await reference_of(ctx, body, files)
-    voice = None if body.reference_id is None else SavedVoice(body.reference_id)
+    reference, transcript, voice = await reference_of(ctx, body, files)
     synthesis = SynthesisRequest(
         text=body.text,
         transcript=transcript,
@@ -55,14 +54,14 @@ async def invoke(
         streaming=body.streaming,
     )
     headers = {"Content-Disposition": f"attachment; filename=audio.{body.format}"}
-    return await synthesize(ctx, name, synthesis, headers, voice, body)
+    return await synthesize(ctx, request, name, synthesis, headers, voice, body)
 
 
 async def reference_of(
     ctx: ServerContext, body: InvokeRequest, files: dict[str, bytes]
-) -> tuple[Reference | None, str | None]:
+) -> tuple[Reference | None, str | None, SavedVoice | None]:
     """The reference the body names (an upload or a path; None for a saved voice, whose codes depend on
-    the model: `synthesize` reads them) and its transcript."""
+    the model: `synthesize` reads them), its transcript, and the saved voice."""
     limits = {"min_seconds": MIN_REFERENCE_SECONDS, "max_seconds": ctx.settings.max_reference_seconds}
     if "reference_audio" in files or body.reference_audio is not None:
         data = (
@@ -72,13 +71,14 @@ async def reference_of(
         )
         if body.transcript is None:
             raise ValueError("reference_text: reference_audio needs its transcript in reference_text (or prompt_text).")
-        return Reference("reference_audio", audio=data, **limits), body.transcript
+        return Reference("reference_audio", audio=data, **limits), body.transcript, None
     if body.reference_id is not None:
         meta = await run_in_threadpool(ctx.voices.get, body.reference_id)  # 404 before any model work
-        return None, meta["transcript"] if body.transcript is None else body.transcript
+        return None, meta["transcript"] if body.transcript is None else body.transcript, SavedVoice(meta)
     if body.prompt_tokens is not None:
-        return await run_in_threadpool(prompt_tokens_reference, ctx, body.prompt_tokens, limits), body.transcript
-    return None, body.transcript
+        reference = await run_in_threadpool(prompt_tokens_reference, ctx, body.prompt_tokens, limits)
+        return reference, body.transcript, None
+    return None, body.transcript, None
 
 
 def prompt_tokens_reference(ctx: ServerContext, user_path: str, limits: dict) -> Reference:

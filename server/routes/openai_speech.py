@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from core.request import STREAM_FORMATS, SynthesisRequest
@@ -31,7 +31,9 @@ router = APIRouter(tags=["openai"], responses=OPENAI_ERROR_RESPONSES)
     response_class=Response,
     responses={200: {"description": "The audio", "content": {CONTENT_TYPES[f]: {} for f in SUPPORTED}}},
 )
-async def speech(body: text_limited(SpeechRequest), ctx: Annotated[ServerContext, Depends(get_ctx)]) -> Response:
+async def speech(
+    request: Request, body: text_limited(SpeechRequest), ctx: Annotated[ServerContext, Depends(get_ctx)]
+) -> Response:
     """Synthesize `input` in saved voice `voice`. `speed` is validated but not applied; sampling
     fields (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed) may be added.
     `stream_format: "audio"` (or `stream: true`) streams pcm or wav as it is generated."""
@@ -68,4 +70,4 @@ async def speech(body: text_limited(SpeechRequest), ctx: Annotated[ServerContext
         output_format=body.response_format,
         streaming=streaming,
     )
-    return await synthesize(ctx, model, synthesis, voice=SavedVoice(body.voice, "voice"), sampling=body)
+    return await synthesize(ctx, request, model, synthesis, voice=SavedVoice(meta, "voice"), sampling=body)

@@ -48,7 +48,7 @@ async def tts(request: Request, ctx: Annotated[ServerContext, Depends(get_ctx)])
     reference, transcript, voice = None, None, None
     if body.reference_id is not None:
         meta = await run_in_threadpool(ctx.voices.get, body.reference_id)  # 404 before any model work
-        voice, transcript = SavedVoice(body.reference_id), meta["transcript"]
+        voice, transcript = SavedVoice(meta), meta["transcript"]
     elif body.references:
         clip = body.references[0]
         if len(clip.text) > ctx.settings.max_text_length:
@@ -67,4 +67,4 @@ async def tts(request: Request, ctx: Annotated[ServerContext, Depends(get_ctx)])
         streaming=body.streaming,
     )
     headers = {"Content-Disposition": f"attachment; filename=audio.{body.format}"}
-    return await synthesize(ctx, body.model, synthesis, headers, voice, body)
+    return await synthesize(ctx, request, body.model, synthesis, headers, voice, body)

@@ -6,6 +6,8 @@ import base64
 import json
 import os
 import pickle
+import socket
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from tests.server.helpers import (
     FAST,
     SR,
     WEBUI_LOAD,
+    Server,
     assert_json_error,
     audio_bytes,
     make_workdir,
@@ -326,3 +329,28 @@ def test_a_405_lists_every_method_of_the_path(client):
     response = client.options("/v1/references")
     assert_json_error(response, 405)
     assert {"GET", "POST"} <= {m.strip() for m in response.headers["allow"].split(",")}
+
+
+def test_a_body_that_stops_arriving_is_refused_and_let_go(tmp_path):
+    server = Server(make_workdir(tmp_path), "--body-timeout", "1", load=False)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/references HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n" + b'{"name": "' + b"x" * 5000
+            )
+            sent = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                answer += piece
+            waited = time.monotonic() - sent
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower(), head
+        assert json.loads(body)["message"].startswith("The request body stopped arriving for 1 s"), body
+        assert 0.9 < waited < 10
+        server.wait_healthy(models=[], timeout=5)  # and it goes on serving
+    finally:
+        server.stop()

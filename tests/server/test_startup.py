@@ -1,17 +1,21 @@
 """Starting the server: bad options stop it with one line and exit 2; a failed --load shows in /v1/health
-(503 with the reason) instead of an "ok"; health polls stay out of the log at the default level."""
+(503 with the reason) instead of an "ok"; health polls stay out of the log at the default level.
+Stopping it: Ctrl-C ends generations still running once uvicorn's graceful wait is over, and answers
+their requests with a JSON 503."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import requests
 
 from server.errors import scrub
 from tests.paths import process_env
-from tests.server.helpers import ROOT, Server, make_workdir
+from tests.server.helpers import ROOT, Server, add_s1_model, make_workdir
 
 
 def run_server(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -66,3 +70,33 @@ def test_the_scrubber_hides_real_paths_only():
     assert scrub("1/2 and a/b") == "1/2 and a/b"
     assert "secret" not in scrub(f"cannot open {ROOT}/secret/file.pth") and "<path>" in scrub(f"at {ROOT}/x")
     assert scrub(r"C:\Users\me\model.pth is missing") == "<path> is missing"
+
+
+def test_ctrl_c_stops_running_generations_and_answers_them_in_json(tmp_path):
+    server = Server(add_s1_model(make_workdir(tmp_path)), "--load", "s1=load_s1.json", "--log-level", "info")
+    answers = []
+
+    def long_request(seed: int) -> None:  # (tiny S1: 15 of these run ~20 s, past uvicorn's 10 s graceful wait)
+        body = {"text": "Hello there, this is a long test sentence.", "max_new_tokens": 2560, "seed": seed}
+        try:
+            response = requests.post(server.url + "/v1/models/s1/invoke", json=body, timeout=120)
+            answers.append((response.status_code, response.headers.get("content-type")))
+        except requests.ConnectionError:
+            answers.append(("dropped", None))
+
+    clients = [threading.Thread(target=long_request, args=(seed,)) for seed in range(15)]
+    for client in clients:
+        client.start()
+    time.sleep(1.5)
+    stopped = time.monotonic()
+    server.process.send_signal(signal.SIGINT)
+    server.process.wait(timeout=60)
+    exited = time.monotonic() - stopped
+    for client in clients:
+        client.join()
+    log = server.output()
+    server.stop()
+    assert exited < 16, f"the server took {exited:.1f} s to exit (its workers finished every generation)"
+    assert all(a in ((200, "audio/wav"), (503, "application/json")) for a in answers), answers
+    assert (503, "application/json") in answers  # (else nothing was still running: the test tested nothing)
+    assert "Traceback" not in log and "shutting down" in log

@@ -114,6 +114,27 @@ def test_a_client_that_disconnects_frees_the_model_within_a_second(server):
     assert time.monotonic() - start < 10  # not queued behind the abandoned generation
 
 
+def test_a_client_of_the_whole_audio_that_disconnects_frees_the_model_too(server):
+    """Not streamed: the audio would be sent only at the end, so the server watches the connection meanwhile
+    (a few clients that gave up would otherwise hold the queue for as long as their texts take)."""
+    payload = ('{"text": "%s", "max_new_tokens": 0, "seed": 1}' % (LONG * 3)).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST " + INVOKE.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+        )
+        deadline = time.monotonic() + 30
+        while leases(server) != 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert leases(server) == 2  # generating: one model lease, one queue place
+        time.sleep(0.3)
+    closed = time.monotonic()
+    while leases(server) and time.monotonic() - closed < 1.0:
+        time.sleep(0.02)
+    assert leases(server) == 0, "the model was still busy a second after the client left"
+    assert invoke(server, text="next please", max_new_tokens=8).status_code == 200
+
+
 def leases(server) -> int:
     """Requests holding the model plus requests counted by the queue."""
     health = requests.get(server.url + "/v1/health", timeout=5).json()

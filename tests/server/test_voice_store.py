@@ -1,0 +1,97 @@
+"""The voice store under requests that overlap: codes made from a voice's clip belong to that voice
+alone, and renames and deletes of one voice at once leave one outcome, never a 500 or two copies."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from server.voices import VoiceExists, VoiceNotFound, VoiceStore
+
+OWN, OTHER = "fish-speech-v0.2", "openaudio-s1-mini"
+
+
+def save(store: VoiceStore, voice_id: str, value: int) -> dict:
+    return store.create(
+        name=voice_id,
+        transcript=f"clip {value}",
+        codes=np.full((4, 5), value, np.int64),
+        audio=np.full(2205, value / 100, np.float32),
+        sample_rate=22050,
+        model="default",
+        family=OWN,
+        voice_id=voice_id,
+    )
+
+
+def test_codes_made_for_a_voice_deleted_and_saved_anew_stay_out_of_the_new_one(tmp_path):
+    store = VoiceStore(tmp_path)
+    old = save(store, "me", 1)
+    with store.pinned("me", old["created_at"]) as voice:  # a request encoding the old clip for another family
+        clip = voice.clip()
+        store.delete("me")
+        new = save(store, "me", 2)
+        voice.keep_codes(OTHER, np.full((10, 5), 7, np.int64))
+    assert store.codes("me", OTHER) is None  # made again from the new clip when asked
+    with store.pinned("me", new["created_at"]) as voice:
+        assert voice.clip() != clip and voice.codes()[0, 0] == 2
+    with pytest.raises(VoiceNotFound):  # the request that read the old voice's transcript gets no codes
+        with store.pinned("me", old["created_at"]):
+            pass
+
+
+def test_codes_kept_through_a_pinned_voice_are_its_own(tmp_path):
+    store = VoiceStore(tmp_path)
+    meta = save(store, "me", 1)
+    with store.pinned("me", meta["created_at"]) as voice:
+        assert voice.codes(OTHER) is None
+        voice.keep_codes(OTHER, np.full((10, 5), 7, np.int64))
+    assert (store.codes("me", OTHER) == 7).all() and (store.codes("me") == 1).all()
+    assert not [p.name for p in (tmp_path / "voices" / "me").iterdir() if p.name.startswith(".")]
+
+
+def rename_and_delete_at_once(store: VoiceStore, voice_id: str, new_ids: list[str]) -> dict[str, str]:
+    """Each rename of `voice_id` and one delete of it, started together: what each call ended in."""
+    outcomes: dict[str, str] = {}
+    barrier = threading.Barrier(len(new_ids) + 1)
+
+    def rename(new_id: str) -> None:
+        barrier.wait()
+        try:
+            store.rename(voice_id, new_id)
+            outcomes[new_id] = "renamed"
+        except (VoiceNotFound, VoiceExists) as exc:
+            outcomes[new_id] = type(exc).__name__
+
+    def delete() -> None:
+        barrier.wait()
+        try:
+            store.delete(voice_id)
+            outcomes["delete"] = "deleted"
+        except VoiceNotFound:
+            outcomes["delete"] = "VoiceNotFound"
+
+    threads = [threading.Thread(target=rename, args=(new_id,)) for new_id in new_ids]
+    threads.append(threading.Thread(target=delete))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def test_renames_and_a_delete_of_one_voice_at_once_have_one_outcome(tmp_path):
+    store = VoiceStore(tmp_path)
+    for trial in range(10):
+        save(store, "src", trial)
+        outcomes = rename_and_delete_at_once(store, "src", [f"new{trial}-{i}" for i in range(6)])
+        assert len(outcomes) == 7  # every call ended in a known outcome (an OSError would be missing)
+        renamed = [name for name, outcome in outcomes.items() if outcome == "renamed"]
+        assert sum(o in ("renamed", "deleted") for o in outcomes.values()) == 1, outcomes
+        ids = {v["id"] for v in store.list()}
+        assert ids == set(renamed), (ids, outcomes)
+        for voice_id in ids:
+            assert (store.codes(voice_id) == trial).all()
+            store.delete(voice_id)
