@@ -51,14 +51,18 @@ with socket.socket(family, socket.SOCK_STREAM) as s:
 EOF
 }
 
-check_port() {  # HOST PORT WHAT VARIABLE
+check_port() {  # HOST PORT WHAT VARIABLE FORM
+  if ! [[ "$2" =~ ^[0-9]{1,5}$ ]] || (( 10#$2 < 1 || 10#$2 > 65535 )); then
+    say "'$2' is not a port (1-65535), so the $3 cannot start; set $5."
+    exit 2
+  fi
   if ! port_free "$1" "$2"; then
     say "port $2 on $1 is already in use, so the $3 cannot start; stop what uses it, or choose another port with $4."
     exit 1
   fi
 }
-check_port "$api_host" "$api_port" "API" FISHTTS_LISTEN
-check_port "$ui_host" "$ui_port" "web UI" GRADIO_SERVER_PORT
+check_port "$api_host" "$api_port" "API" FISHTTS_LISTEN FISHTTS_LISTEN=HOST:PORT
+check_port "$ui_host" "$ui_port" "web UI" GRADIO_SERVER_PORT GRADIO_SERVER_PORT=PORT
 
 if [ "$load" = "default" ]; then
   if [ ! -f "$checkpoints/vqgan-v1.pth" ] || [ ! -f "$checkpoints/text2semantic-400m-v0.2-4k.pth" ] \

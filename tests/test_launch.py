@@ -223,6 +223,18 @@ def test_refuses_a_port_in_use(workdir):
     assert "GRADIO_SERVER_PORT" in launch.output() and "starting the API" not in launch.output()
 
 
+@pytest.mark.parametrize(
+    "setting", [{"GRADIO_SERVER_PORT": "notaport"}, {"GRADIO_SERVER_PORT": "70000"}, {"FISHTTS_LISTEN": "localhost"}]
+)
+def test_refuses_what_is_no_port_naming_the_variable(workdir, setting):
+    (variable,) = setting
+    launch = Launch(workdir, **setting)
+    assert launch.wait_exit(timeout=60) == 2
+    output = launch.output()
+    assert "is not a port (1-65535)" in output and variable in output, output
+    assert "Traceback" not in output and "already in use" not in output
+
+
 def test_a_failed_model_load_stops_the_launch(workdir):
     """The API answers /v1/health with 503 after a failed --load: the script reports it and exits 1
     (instead of waiting for a 200 that never comes)."""

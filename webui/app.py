@@ -5,11 +5,13 @@ Accept-Language, and switchable in the page.
 
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 
 from .config import UISettings
 from .handlers import NO_VOICE, Actions, LoadedModel, ModelForm, SynthesisForm, pick_model
-from .i18n import DEFAULT_LANGUAGE, pick_language, t
+from .i18n import DEFAULT_LANGUAGE, LANGUAGES, pick_language, t
 from .layout import EXAMPLE_KEYS, PREVIEW_HEADERS, Page
 
 # Runs in the browser before the load handler; its answer becomes the hidden textbox's value.
@@ -181,6 +183,8 @@ def wire_inference(page: Page, actions: Actions) -> dict:
         audio lands in the result player and the download box."""
         synthesis = form(data, page, SynthesisForm)
         connection = data[page.language], data[page.server_url], data[page.api_key]
+        # The last run's "Done" and download go at once: they are not this run's
+        yield gr.update(), gr.update(), None, actions.working(data[page.language])
         if not synthesis.stream:
             yield gr.update(), *actions.synthesize(*connection, synthesis, progress=progress)
             return
@@ -252,7 +256,9 @@ def wire_voices(page: Page, actions: Actions) -> None:
         choices, voice_id, message = actions.save_voice(lang, server_url, api_key, name, clip, transcript, model)
         return gr.update(choices=choices, value=voice_id), message
 
-    def delete(lang: str, server_url: str, api_key: str, voice_id: str):
+    def delete(lang: str, server_url: str, api_key: str, voice_id: str | None):
+        if voice_id is None:  # the user said no to the browser's confirmation
+            return gr.update(), gr.update()
         choices, message = actions.delete_voice(lang, server_url, api_key, voice_id)
         return gr.update(choices=choices, value=NO_VOICE), message
 
@@ -274,10 +280,23 @@ def wire_voices(page: Page, actions: Actions) -> None:
         **PRIVATE,
     )
     page.delete_voice.click(
-        delete, inputs=[*connection, page.voice_id], outputs=[page.voice_id, page.message], **PRIVATE
+        delete,
+        inputs=[*connection, page.voice_id],
+        outputs=[page.voice_id, page.message],
+        js=confirm_delete_js(),  # a saved voice is gone for good: one misclick must not do it
+        **PRIVATE,
     )
     for event in (page.reference_audio.upload, page.reference_audio.stop_recording):
         event(own_clip, outputs=[page.voice_id, page.use_reference], show_progress="hidden", **PRIVATE)
+
+
+def confirm_delete_js() -> str:
+    """In the browser, before the delete event: asks in the page's language; "no" sends null (delete()
+    then does nothing), and no voice chosen goes on without asking (delete_voice says to choose one)."""
+    asks = json.dumps({lang: t(lang, "reference.delete_confirm") for lang in LANGUAGES}, ensure_ascii=False)
+    ask = f"(ask[lang] || ask[{json.dumps(DEFAULT_LANGUAGE)}]).replace('{{id}}', id)"
+    answer = f"!id || confirm({ask}) ? id : null"
+    return f"(lang, url, key, id) => {{ const ask = {asks}; return [lang, url, key, {answer}]; }}"
 
 
 def launch(demo: gr.Blocks, settings: UISettings, **kwargs):

@@ -61,11 +61,19 @@ class ApiClient:
 
     def __post_init__(self):
         self.base_url = (self.base_url or "").strip().rstrip("/")
-        parts = urlsplit(self.base_url)
+        try:
+            parts = urlsplit(self.base_url)
+            _ = parts.port  # (raises for a port that is no number or out of range)
+        except ValueError:  # e.g. "http://[::1" or "http://host:99999"
+            raise ClientError("error.bad_url", url=self.base_url) from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ClientError("error.bad_url", url=self.base_url)
-        if self.api_key:
-            self.session.headers["Authorization"] = f"Bearer {self.api_key.strip()}"
+        key = (self.api_key or "").strip()
+        if key:
+            # A header carries printable ASCII only (a key typed with a Chinese input method left on would not go)
+            if not (key.isascii() and key.isprintable()):
+                raise ClientError("error.bad_key")
+            self.session.headers["Authorization"] = f"Bearer {key}"
 
     # -- routes ---------------------------------------------------------------------------------
 

@@ -265,6 +265,11 @@ class Actions:
         segments = [segment for piece in pieces for segment in piece["segments"]]
         return [[i, s["text"], s["language"], " ".join(s["phones"])] for i, s in enumerate(segments)], ""
 
+    @staticmethod
+    def working(lang: str) -> str:
+        """The message while a synthesis runs."""
+        return message_html(lang, "progress.synthesizing", error=False)
+
     def synthesize(
         self, lang: str, server_url: str, api_key: str, form: SynthesisForm, progress: Callable | None = None
     ) -> tuple[str | None, str | None, str]:

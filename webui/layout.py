@@ -251,7 +251,11 @@ class Page:
                                         gr.Button, i18n={"value": "reference.refresh"}, size="sm"
                                     )
                                     self.delete_voice = make(
-                                        gr.Button, i18n={"value": "reference.delete"}, size="sm", variant="stop"
+                                        gr.Button,
+                                        i18n={"value": "reference.delete"},
+                                        size="sm",
+                                        variant="stop",
+                                        elem_id="fishtts-delete-voice",
                                     )
                             self.reference_audio = make(
                                 gr.Audio,

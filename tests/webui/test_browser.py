@@ -156,9 +156,22 @@ def test_record_reference_from_microphone_and_save_it_as_a_voice(playwright, ui)
         page.wait_for_function("() => document.querySelector('#fishtts-voice input').value === 'Mic voice'")
 
         page.locator("#fishtts-synthesize").click()
+        page.locator("#fishtts-message").get_by_text("Synthesizing").wait_for()  # not the save's message
         page.wait_for_function(AUDIO_HAS_SOURCE, timeout=120_000)
         page.locator("#fishtts-message").get_by_text("Done in").wait_for()
         page.screenshot(path=str(artifacts_dir() / "webui-microphone-voice.png"), full_page=True)
+
+        # Deleting asks first: "no" keeps the voice, "yes" deletes it
+        asked = []
+        page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+        page.locator("#fishtts-delete-voice").click()
+        page.wait_for_timeout(1500)
+        assert asked == ['Delete the saved voice "mic-voice"? This cannot be undone.'], asked
+        assert page.locator("#fishtts-voice input").input_value() == "Mic voice"
+        assert "deleted" not in page.locator("#fishtts-message").inner_text()
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#fishtts-delete-voice").click()
+        page.locator("#fishtts-message").get_by_text('Voice "Mic voice" deleted.').wait_for()
     finally:
         context.close()
         chromium.close()

@@ -289,9 +289,19 @@ def test_server_rejections_are_shown_briefly(server, actions, tmp_path):
     assert voice_id == "" and t("en_US", "reference.need_name") in html
 
 
-def test_bad_server_address(actions):
-    _, _, html = actions.synthesize("en_US", "localhost:8000", "", fast())
-    assert t("en_US", "error.bad_url", url="localhost:8000") in html
+@pytest.mark.parametrize("url", ["localhost:8000", "http://[::1", "http://127.0.0.1:99999", "http://host:port"])
+def test_bad_server_address(actions, url):
+    _, _, html = actions.synthesize("en_US", url, "", fast())
+    assert t("en_US", "error.bad_url", url=url) in html
+    assert t("zh_CN", "error.bad_url", url=url) in actions.server_status("zh_CN", url, "")
+
+
+@pytest.mark.parametrize("key", ["密钥", "s3c\nret", "tab\there"])  # (a trailing line break is stripped)
+def test_an_api_key_a_header_cannot_carry_is_named(actions, key):
+    """(e.g. typed with a Chinese input method on, or pasted with its line break)"""
+    _, _, html = actions.synthesize("en_US", "http://127.0.0.1:9", key, fast())
+    assert t("en_US", "error.bad_key") in html
+    assert t("zh_CN", "error.bad_key") in actions.server_status("zh_CN", "http://127.0.0.1:9", key)
 
 
 def test_missing_model_points_to_the_model_tab(tmp_path):
