@@ -38,7 +38,7 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +125,7 @@ class VoiceStore:
                 raise VoiceNotFound(voice_id) from None
             if created_at is not None and meta.get("created_at") != created_at:
                 raise VoiceNotFound(voice_id)
-            yield PinnedVoice(voice_id, meta, fd)
+            yield PinnedVoice(voice_id, meta, fd, lambda name: self._inside(folder, name))
         finally:
             os.close(fd)
 
@@ -289,13 +289,16 @@ class PinnedVoice:
     voice's even if its id is deleted or saved anew meanwhile. Codes made from its clip then land in the
     deleted folder and go with it; looked up by id again, they would have joined the newer voice."""
 
-    def __init__(self, voice_id: str, meta: dict, folder_fd: int):
-        self.voice_id, self.meta, self._fd = voice_id, meta, folder_fd
+    def __init__(self, voice_id: str, meta: dict, folder_fd: int, inside: Callable[[str], bool]):
+        """`inside(name)`: the folder's file `name` lies in the voices folder (its own three were checked)."""
+        self.voice_id, self.meta, self._fd, self._inside = voice_id, meta, folder_fd, inside
 
     def codes(self, family: str | None = None) -> np.ndarray | None:
         """Its codes for `family` (default: its own); None where another family's are not made yet."""
         own = family is None or family == self.meta["family"]
         name = CODES if own else family_codes_name(family)
+        if not own and not self._inside(name):
+            return None  # a link leading out: made again from the clip (and kept over the link, not through it)
         try:
             return np.load(io.BytesIO(_read_at(self._fd, name)), allow_pickle=False)
         except (OSError, ValueError):

@@ -52,6 +52,18 @@ def test_codes_kept_through_a_pinned_voice_are_its_own(tmp_path):
     assert not [p.name for p in (tmp_path / "voices" / "me").iterdir() if p.name.startswith(".")]
 
 
+def test_another_familys_codes_that_link_out_of_the_folder_are_not_read_nor_written_through(tmp_path):
+    store = VoiceStore(tmp_path / "refs")
+    meta = save(store, "me", 1)
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.full((10, 5), 9, np.int64))
+    (tmp_path / "refs" / "voices" / "me" / f"codes.{OTHER}.npy").symlink_to(outside)
+    with store.pinned("me", meta["created_at"]) as voice:
+        assert voice.codes(OTHER) is None
+        voice.keep_codes(OTHER, np.full((10, 5), 7, np.int64))
+    assert (np.load(outside) == 9).all() and (store.codes("me", OTHER) == 7).all()
+
+
 def rename_and_delete_at_once(store: VoiceStore, voice_id: str, new_ids: list[str]) -> dict[str, str]:
     """Each rename of `voice_id` and one delete of it, started together: what each call ended in."""
     outcomes: dict[str, str] = {}
