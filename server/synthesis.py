@@ -123,8 +123,9 @@ async def synthesize(
 
         async with admission:
             work = asyncio.ensure_future(admission.run(synthesis))
-            work.add_done_callback(lambda done: done.cancelled() or done.exception())  # (retrieved if abandoned)
             gone = asyncio.ensure_future(_disconnected(client))
+            for task in (work, gone):  # (their errors retrieved even where nobody awaits them)
+                task.add_done_callback(lambda done: done.cancelled() or done.exception())
             try:
                 await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
             finally:
