@@ -7,6 +7,7 @@ decode to float32, average the channels, then soxr "HQ" resampling (librosa's de
 from __future__ import annotations
 
 import io
+import logging
 import os
 from pathlib import Path
 
@@ -74,6 +75,18 @@ def _mono_samples(audio) -> np.ndarray:
     return audio
 
 
+def _output_samples(audio: np.ndarray) -> np.ndarray:
+    """Samples as written out: clipped to [-1, 1], so integer subtypes never wrap around; NaN as silence and
+    infinities as full scale, since LAME aborts the process on a NaN (every request with it)."""
+    samples = np.asarray(audio, dtype=np.float32)
+    if not np.isfinite(samples).all():
+        logging.getLogger(__name__).warning(
+            "audio with %d non-finite samples: written as silence / full scale", (~np.isfinite(samples)).sum()
+        )
+        samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(samples, -1.0, 1.0)
+
+
 def audio_format(format: str) -> tuple[str, str]:
     """(container, subtype) for a format name or suffix; AudioError for others."""
     fmt = format.lower().lstrip(".")
@@ -96,8 +109,7 @@ class AudioWriter:
             raise AudioError(f"cannot write {format} at {sample_rate} Hz: {exc}") from None
 
     def write(self, audio: np.ndarray) -> None:
-        # Clip so integer subtypes never wrap around on out-of-range samples.
-        samples = np.clip(_mono_samples(audio), -1.0, 1.0)
+        samples = _output_samples(_mono_samples(audio))
         for start in range(0, samples.size, self.BLOCK):
             self.file.write(samples[start : start + self.BLOCK])
 
@@ -126,7 +138,7 @@ def encode_output(audio: np.ndarray, format: str, sample_rate: int = SAMPLE_RATE
 
 def pcm16_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     """Raw 16-bit little-endian mono PCM, converted exactly as the wav format's samples are."""
-    samples = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    samples = _output_samples(np.asarray(audio, dtype=np.float32).reshape(-1))
     if samples.size == 0:
         return b""
     buffer = io.BytesIO()

@@ -149,6 +149,7 @@ def install_cors(app: FastAPI, allowed_origins: list[str]) -> None:
             allow_credentials=False,
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After", "Content-Disposition"],
+            # (X-Sample-Rate: the only way a page tells raw pcm's rate)
+            expose_headers=["X-Request-ID", "Retry-After", "Content-Disposition", "X-Sample-Rate"],
             max_age=600,
         )

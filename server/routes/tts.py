@@ -66,5 +66,5 @@ async def tts(request: Request, ctx: Annotated[ServerContext, Depends(get_ctx)])
         output_format="pcm" if body.streaming else body.format,
         streaming=body.streaming,
     )
-    headers = {"Content-Disposition": f"attachment; filename=audio.{body.format}"}
+    headers = {"Content-Disposition": f"attachment; filename=audio.{synthesis.output_format}"}  # (streamed: pcm)
     return await synthesize(ctx, request, body.model, synthesis, headers, voice, body)

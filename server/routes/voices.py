@@ -82,8 +82,9 @@ async def get_voice(ctx: Ctx, voice_id: str = VoiceId) -> dict:
     return await run_in_threadpool(ctx.voices.get, voice_id)
 
 
-@router.get(
+@router.api_route(
     "/{voice_id}/audio",
+    methods=["GET", "HEAD"],  # (players and download managers ask HEAD first)
     response_class=FileResponse,
     responses={
         200: {

@@ -124,6 +124,37 @@ def test_out_of_range_samples_are_clipped_not_wrapped():
     assert back[0] > 0.99 and back[1] < -0.99
 
 
+NON_FINITE = """
+import io, sys
+import numpy as np, soundfile as sf
+from core.audio import encode_output
+x = (0.5 * np.sin(np.arange(4410) / 10)).astype(np.float32)
+x[100], x[200], x[300] = np.nan, np.inf, -np.inf
+data = encode_output(x, sys.argv[1], 22050)
+if sys.argv[1] == "pcm":
+    print(np.frombuffer(data, "<i2")[[100, 200, 300]].tolist())
+else:
+    y, rate = sf.read(io.BytesIO(data))
+    print(bool(np.isfinite(y).all()), rate)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "flac", "ogg", "wav", "pcm"])
+def test_non_finite_samples_are_written_as_silence_or_full_scale(fmt):
+    """In a child process: LAME aborted the process on a NaN (a server, with every request in it)."""
+    import subprocess
+    import sys
+
+    from tests.paths import process_env
+
+    done = subprocess.run(
+        [sys.executable, "-c", NON_FINITE, fmt], capture_output=True, text=True, timeout=120, env=process_env()
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = "[0, 32767, -32768]" if fmt == "pcm" else "True 22050"
+    assert done.stdout.strip() == expected and "non-finite" in done.stderr
+
+
 def test_long_ogg_output_does_not_crash_the_encoder():
     """libsndfile's Vorbis encoder segfaulted on one >2M-frame write; we write in blocks."""
     t = np.arange(120 * 22050, dtype=np.float32) / 22050

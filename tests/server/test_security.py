@@ -99,6 +99,8 @@ def test_cross_site_posts_are_refused(server):
     )
     assert friendly.status_code == 200, friendly.text
     assert friendly.headers["access-control-allow-origin"] == UI_ORIGIN
+    exposed = {h.strip().lower() for h in friendly.headers["access-control-expose-headers"].split(",")}
+    assert "x-sample-rate" in exposed  # (a page playing raw pcm reads its rate there)
 
 
 @pytest.mark.parametrize("origin", ["http://[", "http://[zz]"])

@@ -86,6 +86,7 @@ def test_streaming_sends_raw_pcm_like_the_original(client, rates, model):
     response = tts_msgpack(client, {**body, "streaming": True})
     assert response.status_code == 200 and response.headers["x-sample-rate"] == str(rate)
     assert response.content[:4] != b"RIFF"  # the original's stream never carried its WAV header
+    assert response.headers["content-disposition"] == "attachment; filename=audio.pcm"  # (not a headerless .wav)
     streamed = np.frombuffer(response.content, dtype="<i2")
     assert_same_pcm(streamed, whole)
 

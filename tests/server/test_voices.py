@@ -29,6 +29,9 @@ def test_create_list_get_use_delete(server):
     assert requests.get(server.url + "/v1/references/alice").json() == voice
     clip = requests.get(server.url + "/v1/references/alice/audio")
     assert clip.status_code == 200 and read_wav(clip.content)[0].size == 2 * 22050
+    head = requests.head(server.url + "/v1/references/alice/audio")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(clip.content))
+    assert requests.head(server.url + "/v1/references/nobody/audio").status_code == 404
 
     used = requests.post(server.url + "/v1/models/default/invoke", json={"text": "hi", "reference_id": "alice", **FAST})
     assert used.status_code == 200 and read_wav(used.content)[0].size > 0
