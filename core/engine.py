@@ -238,7 +238,7 @@ class TTSEngine:
         keeps CUDA graph trees per thread); where it fails or does not apply, this engine decodes eagerly."""
         self.compile = self._model_call(lambda: self.family.compile_decode(self.max_batch_size))
         if not self.compile:
-            self.close()  # (its scheduler steps for CUDA graphs; the next one is made as usual)
+            self._stop_scheduler()  # (it steps for CUDA graphs; the next one is made as usual)
 
     def _model_call(self, fn: Callable[[], T]) -> T:
         """Run model work where it does not compete with the scheduler for the cores."""
@@ -251,7 +251,12 @@ class TTSEngine:
         """Stop the scheduler thread (requests still in it fail, later ones too); the engine can be dropped
         after."""
         with self.lock:
-            scheduler, self._scheduler, self._closed = self._scheduler, None, True
+            self._closed = True
+        self._stop_scheduler()
+
+    def _stop_scheduler(self) -> None:
+        with self.lock:
+            scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
             scheduler.close()
 

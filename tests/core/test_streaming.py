@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.engine import Cancelled, TTSEngine
 from core.request import SynthesisRequest
 from core.speech import JOIN_FADE_SECONDS, _fade
 from core.text.split import split_text
@@ -205,6 +206,36 @@ def test_cancelling_a_stream_frees_the_model_within_a_second(tiny_engine):
     )
     assert time.monotonic() - started < 1.0
     assert len(codes) == tiny_engine.max_batch_size and codes[0].shape[0] == 4
+
+
+def test_a_whole_synthesis_cancelled_through_its_stream_stops_and_frees_the_model(tiny_engine):
+    """(what the server does when the client of a non-streamed request leaves)"""
+    request = SynthesisRequest(text="a long one. " * 12, use_g2p=False, max_frames=0, seed=1)
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        tiny_engine.synthesize(request, on_stream=lambda stream: stream.cancel())
+    codes = tiny_engine.generate_codes(
+        SynthesisRequest(text="next", use_g2p=False, max_frames=5, seed=1), num_samples=tiny_engine.max_batch_size
+    )
+    assert time.monotonic() - started < 2.0 and len(codes) == tiny_engine.max_batch_size
+
+
+def test_a_closed_engine_refuses_work_instead_of_starting_again(tiny_checkpoints):
+    """(a server stopping closes its engines so its workers return: none may start a new scheduler)"""
+    engine = TTSEngine.load(
+        lm_checkpoint=tiny_checkpoints["lm"],
+        lm_config=str(tiny_checkpoints["lm_config"]),
+        tokenizer=tiny_checkpoints["tokenizer"],
+        vqgan_checkpoint=tiny_checkpoints["vqgan"],
+        vqgan_config=str(tiny_checkpoints["vqgan_config"]),
+        device="cpu",
+        vqgan_precision="float32",
+    )
+    request = SynthesisRequest(text="hi", use_g2p=False, max_frames=5, seed=1)
+    assert engine.synthesize(request).size > 0
+    engine.close()
+    with pytest.raises(RuntimeError, match="unloaded"):
+        engine.synthesize(request)
 
 
 def test_fade_is_a_smooth_ramp():
