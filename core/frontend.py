@@ -9,20 +9,24 @@ as `<p:X>` phone tags with g2p, or cleaned text without.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .text.clean import clean_text
-from .text.errors import TextError
+from .text.errors import NothingToSpeak
 from .text.prompt import phones_to_prompt
 from .text.segment import DEFAULT_ORDER, Segment, parse_text_to_segments, segments_to_dicts, segments_to_phones
-from .text.split import MAX_SEGMENT_WEIGHT, split_text
+from .text.split import MAX_SEGMENT_WEIGHT, MIN_PIECE_WEIGHT, split_text
 
 log = logging.getLogger(__name__)
 
 # Words in each language the g2p reads: their first use loads that language's dictionaries and models
-# (for English a word out of the dictionary too, which loads the network that spells such words).
-WARM_UP_TEXTS = ("Hello, fishtts.", "你好。", "こんにちは。")
+# (for English a word out of the dictionary too, which loads the network that spells such words, and a
+# number, whose reader took 2.5-3 s to load).
+WARM_UP_TEXTS = ("Hello, fishtts 1.", "你好。", "こんにちは。")
+_SPEAKABLE = re.compile(r"[^\W_]")  # a letter or digit of any script (CJK and kana included)
+_LANGUAGE_TAG = re.compile(r"<(/?)(zh|jp|en)>", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,11 @@ def read_piece(
     order: str = DEFAULT_ORDER,
 ) -> PromptText:
     """The prompt for `text` read whole (no splitting)."""
-    if not clean_text(text).strip():
-        raise TextError("the text has nothing to speak after cleaning (only unsupported characters?)")
+    if not _SPEAKABLE.search(clean_text(text)):
+        raise NothingToSpeak()
     head, segments = _read_head(text if transcript is None else f"{transcript} {text}", use_g2p, speaker, order)
+    if use_g2p and transcript is None and not any(segment.phones for segment in segments):  # e.g. "<zh>Hello</zh>"
+        raise NothingToSpeak()
     return PromptText(text, f"{head} [/INST]", segments)
 
 
@@ -85,23 +91,60 @@ def read_text(
     """The pieces a long text is synthesized in (core/text/split.py), each with the transcript in front.
 
     `fits(prompt)` (the engine's: does the prompt leave half the model's context for audio?) splits a
-    piece further while it says no; without it (no model at hand) the pieces are as for a large context.
+    piece further while it says no, but never below MIN_PIECE_WEIGHT and not at all where the transcript
+    (with its clip) alone already says no: splitting could not help there, and went on to read the text
+    letter by letter, re-reading the transcript each time (a 1,000-character one took minutes of g2p).
+    Such a piece keeps less than half the context for its audio; the prompt's own check refuses one
+    over the whole context. Without `fits` (no model at hand) the pieces are as for a large context.
     """
     out: list[PromptText] = []
+    room: list[bool] = []  # whether the transcript alone fits, once a piece did not
 
     def add(piece_text: str, weight: int) -> None:
         piece = read_piece(piece_text, transcript, use_g2p=use_g2p, speaker=speaker, order=order)
-        if fits is not None and weight > 1 and not fits(piece.prompt):
-            smaller = split_text(piece_text, max(1, weight // 2))
-            if len(smaller) > 1:
-                for part in smaller:
-                    add(part, weight // 2)
-                return
-        out.append(piece)
+        if fits is None or fits(piece.prompt):
+            out.append(piece)
+            return
+        if not room:
+            head = prompt_head(transcript, use_g2p=use_g2p, speaker=speaker, order=order) if transcript else ""
+            room.append(fits(f"{head} [/INST]"))
+        smaller = split_text(piece_text, weight // 2) if room[0] and weight // 2 >= MIN_PIECE_WEIGHT else []
+        if len(smaller) < 2:
+            out.append(piece)
+            return
+        for part in carry_language_tags(smaller):
+            add(part, weight // 2)
 
-    for piece_text in split_text(text, max_weight) or [text]:
-        add(piece_text, max_weight)
+    pieces = carry_language_tags(split_text(text, max_weight) or [text])
+    for piece_text in pieces:
+        try:
+            add(piece_text, max_weight)
+        except NothingToSpeak:  # a piece of symbols in a longer text is left out, not babbled
+            if len(pieces) == 1:
+                raise
+    if not out:
+        raise NothingToSpeak()
     return out
+
+
+def carry_language_tags(pieces: list[str]) -> list[str]:
+    """Consecutive pieces of one text, each closed under the `<zh>`/`<jp>`/`<en>` tags open around it: each
+    piece is read alone, so a tagged passage longer than a piece keeps its language in every one (its
+    closing tag would otherwise have no opening one, a 422)."""
+    if len(pieces) < 2:
+        return pieces
+    carried, stack = [], []
+    for piece in pieces:
+        opened = list(stack)
+        for m in _LANGUAGE_TAG.finditer(piece):
+            if not m[1]:
+                stack.append(m[2])
+            elif stack and stack[-1] == m[2]:
+                stack.pop()
+            else:
+                return pieces  # tags that do not pair: the text's own reading says where
+        carried.append("".join(f"<{name}>" for name in opened) + piece + "".join(f"</{name}>" for name in stack[::-1]))
+    return carried
 
 
 def prompt_string(

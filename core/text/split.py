@@ -11,11 +11,15 @@ from __future__ import annotations
 import re
 
 MAX_SEGMENT_WEIGHT = 180  # ~180 Latin characters or ~60 CJK characters: 10-15 s of speech
+# Cut no finer to fit a model's context (frontend.read_text halves 180 down to 22: ~7 CJK characters or a few
+# words): finer pieces only re-read the transcript (see frontend.read_text).
+MIN_PIECE_WEIGHT = 12
 
 # After a sentence end (CJK ones need no space after them), a newline, or a clause mark as a fallback.
 _SENTENCE_END = re.compile(r"(?<=[。！？!?…；;])|(?<=[.])(?=\s)|\n+")
 _CLAUSE_END = re.compile(r"(?<=[，、,：:])")
 _PHONE_TAG = re.compile(r"<p:[^>]*>")
+_TAG = re.compile(r"<p:[^>]*>|</?(?:zh|jp|en)>", re.IGNORECASE)  # cut around, never inside
 _CJK = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\u3400-\u9fff\uf900-\ufaff]")
 
 
@@ -53,8 +57,8 @@ def split_text(text: str, max_weight: int = MAX_SEGMENT_WEIGHT) -> list[str]:
 
 
 def _spans(text: str, start: int, end: int, pattern: re.Pattern) -> list[tuple[int, int]]:
-    """Non-blank pieces of text[start:end] cut at `pattern`, never inside a `<p:...>` phone tag."""
-    protected = _PHONE_TAG.sub(lambda m: "\0" * len(m.group(0)), text[start:end])
+    """Non-blank pieces of text[start:end] cut at `pattern`, never inside a phone or language tag."""
+    protected = _TAG.sub(lambda m: "\0" * len(m.group(0)), text[start:end])
     cuts = {start, end}
     for m in pattern.finditer(protected):
         cuts.update((start + m.start(), start + m.end()))
@@ -63,9 +67,14 @@ def _spans(text: str, start: int, end: int, pattern: re.Pattern) -> list[tuple[i
 
 
 def _word_spans(text: str, start: int, end: int, max_weight: int) -> list[tuple[int, int]]:
-    """At spaces; unspaced CJK text every max_weight // 3 characters (never inside a phone tag)."""
+    """At spaces; unspaced CJK text every max_weight // 3 characters (a cut inside a language tag moves
+    past it; text with a phone tag is not cut but at spaces)."""
     words = _spans(text, start, end, re.compile(r"\s+"))
     if len(words) > 1 or _PHONE_TAG.search(text[start:end]):
         return words
-    step = max(1, max_weight // 3)
-    return [(i, min(i + step, end)) for i in range(start, end, step)]
+    tags = [(start + m.start(), start + m.end()) for m in _TAG.finditer(text[start:end])]
+    cuts = {start, end}
+    for cut in range(start + max(1, max_weight // 3), end, max(1, max_weight // 3)):
+        cuts.add(next((b for a, b in tags if a < cut < b), cut))
+    bounds = sorted(cuts)
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if text[a:b].strip()]

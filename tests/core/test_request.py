@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.frontend import prompt_string, read_text
+from core.frontend import prompt_string, read_piece, read_text
 from core.reference import MIN_REFERENCE_SECONDS, prepare_reference
 from core.request import DEFAULT_ORDER, DEFAULT_SAMPLING, Reference, SynthesisRequest
 
@@ -94,3 +94,24 @@ def test_the_engine_reads_what_the_front_end_shows(tiny_engine):
     assert "".join(piece.text for piece in read).replace(" ", "") == text.replace(" ", "")
     assert all(piece.prompt == prompt_string(piece.text, "the reference says this", use_g2p=False) for piece in read)
     assert tiny_engine.read_text(SynthesisRequest(text="short", use_g2p=False)) == read_text("short", use_g2p=False)
+
+
+@pytest.mark.parametrize(
+    "transcript,text",
+    [
+        ("the reference says this " * 4, "This is a sentence. " * 9),  # was read letter by letter
+        ("今天天气很好，我们去公园散步吧。" * 62, "This is a sentence. " * 50),  # was minutes of g2p
+    ],
+)
+def test_a_long_transcript_does_not_split_the_text_letter_by_letter(tiny_engine, monkeypatch, transcript, text):
+    """The tiny model's 256 positions: half for audio, 40 for the clip's frames, the rest for the prompt.
+    Pieces are cut no finer than a few words, and not at all where the transcript alone takes the room."""
+    import core.frontend as frontend
+    from core.text.split import MIN_PIECE_WEIGHT, split_text, text_weight
+
+    reads = []
+    monkeypatch.setattr(frontend, "read_piece", lambda *a, **k: reads.append(a[0]) or read_piece(*a, **k))
+    pieces = tiny_engine.read_text(SynthesisRequest(text=text, transcript=transcript, use_g2p=False), 40)
+    assert min(text_weight(piece.text) for piece in pieces) >= MIN_PIECE_WEIGHT
+    assert len(reads) <= 2 * len(split_text(text)) * 8  # (halving 180 to 22: at most 8 pieces a piece)
+    assert "".join(piece.text for piece in pieces).replace(" ", "") == text.replace(" ", "")

@@ -7,6 +7,7 @@ import time
 import pytest
 
 import core.text.japanese as japanese
+from core.frontend import read_text
 from core.text import (
     Segment,
     TextError,
@@ -17,6 +18,7 @@ from core.text import (
     phones_to_prompt,
     segments_to_dicts,
 )
+from core.text.errors import NothingToSpeak
 from tests.paths import ROOT
 
 from .test_text_support import needs_japanese
@@ -179,3 +181,29 @@ def test_a_broken_number_reader_is_not_blamed_on_the_text(monkeypatch):
     monkeypatch.setattr(numbers, "_engine", lambda: Broken())
     with pytest.raises(RuntimeError, match="broken"):
         numbers.expand_numbers("0")
+
+
+@pytest.mark.parametrize("text", ["#@&*", '"' * 1000, "😀🎉", "<zh>Hello</zh>"])
+def test_a_text_with_nothing_to_speak_is_refused_not_babbled(text):
+    """Its prompt would hold no phones: the model would babble up to its frame budget."""
+    with pytest.raises(NothingToSpeak):
+        read_text(text)
+
+
+def test_a_piece_of_symbols_in_a_longer_text_is_left_out():
+    pieces = read_text("Hello there. " + "*" * 200 + " Goodbye.", max_weight=60)
+    assert [piece.text for piece in pieces] == ["Hello there.", "Goodbye."]
+
+
+@pytest.mark.parametrize(
+    "text, language",
+    [
+        ("<en>" + "This is a sentence. " * 10 + "</en>", "EN"),  # was 422: the closing tag's piece had no opening
+        ("<jp>" + "今日は良い天気です。" * 10, "JP"),  # unclosed: reads to the end, in every piece
+        ("<zh>" * 30 + "你好" * 40 + "</zh>" * 30, "ZH"),  # never cut inside a tag
+    ],
+)
+def test_a_tagged_passage_longer_than_a_piece_keeps_its_language_in_every_piece(text, language):
+    pieces = read_text(text, max_weight=60)
+    assert len(pieces) > 1
+    assert {segment.language for piece in pieces for segment in piece.segments} == {language}
