@@ -1,6 +1,7 @@
 """Digits -> English words, as g2p_en 2.1.0 reads them (inflect underneath).
 
-Years 1001-2999 are read in pairs ("twenty twenty-three"), others as cardinals without "and".
+Years 1001-2999 are read in pairs ("twenty twenty-three"), others as cardinals without "and"; a number
+past inflect's scale words (37+ digits), where g2p_en fails, digit by digit.
 """
 
 import re
@@ -30,11 +31,14 @@ def _engine():
     return _inflect().engine()
 
 
+_DIGIT_WORDS = dict(zip("0123456789.", "zero one two three four five six seven eight nine point".split(), strict=True))
+
+
 def _words(number, **options) -> str:
     try:
         return _engine().number_to_words(number, **options)
-    except _inflect().NumOutOfRangeError as error:  # beyond its scale words; anything else is a bug, not the text's
-        raise TextError(f"Cannot read the number {str(number)[:40]!r} in English") from error
+    except _inflect().NumOutOfRangeError:  # beyond its scale words (37+ digits): digit by digit, as Chinese reads them
+        return " ".join(_DIGIT_WORDS[c] for c in str(number) if c in _DIGIT_WORDS)
 
 
 def _dollars(match) -> str:
