@@ -54,17 +54,9 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_checkpoints):
-    from core.engine import TTSEngine
+    from tests.helpers import load_tiny_engine
 
-    return TTSEngine.load(
-        lm_checkpoint=tiny_checkpoints["lm"],
-        lm_config=str(tiny_checkpoints["lm_config"]),
-        tokenizer=tiny_checkpoints["tokenizer"],
-        vqgan_checkpoint=tiny_checkpoints["vqgan"],
-        vqgan_config=str(tiny_checkpoints["vqgan_config"]),
-        device="cpu",
-        vqgan_precision="float32",
-    )
+    return load_tiny_engine(tiny_checkpoints)
 
 
 @pytest.fixture(scope="session")

@@ -64,3 +64,18 @@ def synthesize_speech(
         audio, sr = sf.read(path, dtype="float32")
         sf.write(path, soxr.resample(audio, sr, rate), rate)
     return path
+
+
+def load_tiny_engine(tiny_checkpoints: dict):
+    """An engine on the tiny checkpoints (CPU, float32 VQGAN): the shared one, or a test's own to close."""
+    from core.engine import TTSEngine
+
+    return TTSEngine.load(
+        lm_checkpoint=tiny_checkpoints["lm"],
+        lm_config=str(tiny_checkpoints["lm_config"]),
+        tokenizer=tiny_checkpoints["tokenizer"],
+        vqgan_checkpoint=tiny_checkpoints["vqgan"],
+        vqgan_config=str(tiny_checkpoints["vqgan_config"]),
+        device="cpu",
+        vqgan_precision="float32",
+    )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.engine import Cancelled, TTSEngine
+from core.engine import Cancelled
 from core.request import SynthesisRequest
 from core.speech import JOIN_FADE_SECONDS, _fade
 from core.text.split import split_text
@@ -17,6 +17,7 @@ from core.vqgan import load_vqgan, streaming
 from core.vqgan.config import VQGANConfig
 from core.vqgan.decoder_stream import GeneratorStream, WNStream, generator_lag_samples, wn_lag_frames
 from core.vqgan.streaming import StreamingDecoder, generator_lookahead_frames
+from tests.helpers import load_tiny_engine
 from tests.paths import PARITY
 from tests.tolerances import longest_reduction, network_atol
 
@@ -222,15 +223,7 @@ def test_a_whole_synthesis_cancelled_through_its_stream_stops_and_frees_the_mode
 
 def test_a_closed_engine_refuses_work_instead_of_starting_again(tiny_checkpoints):
     """(a server stopping closes its engines so its workers return: none may start a new scheduler)"""
-    engine = TTSEngine.load(
-        lm_checkpoint=tiny_checkpoints["lm"],
-        lm_config=str(tiny_checkpoints["lm_config"]),
-        tokenizer=tiny_checkpoints["tokenizer"],
-        vqgan_checkpoint=tiny_checkpoints["vqgan"],
-        vqgan_config=str(tiny_checkpoints["vqgan_config"]),
-        device="cpu",
-        vqgan_precision="float32",
-    )
+    engine = load_tiny_engine(tiny_checkpoints)
     request = SynthesisRequest(text="hi", use_g2p=False, max_frames=5, seed=1)
     assert engine.synthesize(request).size > 0
     engine.close()
