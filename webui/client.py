@@ -177,7 +177,11 @@ class ApiClient:
             )
         except requests.exceptions.Timeout:
             raise ClientError("error.timeout", seconds=int(read_timeout)) from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.InvalidURL):
+        except requests.exceptions.ConnectionError as exc:
+            # Refused (nothing listens) vs. accepted and then closed unanswered (a server that crashed or restarted)
+            dropped = "Connection aborted" in str(exc) or "RemoteDisconnected" in repr(exc)
+            raise ClientError("error.connection_lost" if dropped else "error.unreachable", url=self.base_url) from None
+        except requests.exceptions.InvalidURL:
             raise ClientError("error.unreachable", url=self.base_url) from None
         except requests.exceptions.RequestException:
             raise ClientError("error.unreachable", url=self.base_url) from None

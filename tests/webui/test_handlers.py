@@ -242,6 +242,29 @@ def test_server_down_gives_a_readable_message(actions, down_url, lang):
     assert t(lang, "error.unreachable", url=down_url) in actions.server_status(lang, down_url, "")
 
 
+def test_a_server_that_drops_the_connection_is_not_called_unreachable(actions):
+    """Accepted and closed unanswered: a server that crashed or restarted, not an address to check."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    def drop() -> None:
+        for _ in range(4):
+            connection, _ = listener.accept()
+            connection.recv(65536)
+            connection.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    try:
+        for lang in ("en_US", "zh_CN"):
+            _, _, html = actions.synthesize(lang, url, "", fast())
+            assert t(lang, "error.connection_lost", url=url) in html, html
+    finally:
+        listener.close()
+
+
 @pytest.mark.parametrize(
     "form, key",
     [
