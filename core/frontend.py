@@ -98,17 +98,18 @@ def read_text(
     over the whole context. Without `fits` (no model at hand) the pieces are as for a large context.
     """
     out: list[PromptText] = []
-    room: list[bool] = []  # whether the transcript alone fits, once a piece did not
+    room: bool | None = None  # whether the transcript alone fits, once a piece did not
 
     def add(piece_text: str, weight: int) -> None:
+        nonlocal room
         piece = read_piece(piece_text, transcript, use_g2p=use_g2p, speaker=speaker, order=order)
         if fits is None or fits(piece.prompt):
             out.append(piece)
             return
-        if not room:
+        if room is None:
             head = prompt_head(transcript, use_g2p=use_g2p, speaker=speaker, order=order) if transcript else ""
-            room.append(fits(f"{head} [/INST]"))
-        smaller = split_text(piece_text, weight // 2) if room[0] and weight // 2 >= MIN_PIECE_WEIGHT else []
+            room = fits(f"{head} [/INST]")
+        smaller = split_text(piece_text, weight // 2) if room and weight // 2 >= MIN_PIECE_WEIGHT else []
         if len(smaller) < 2:
             out.append(piece)
             return

@@ -194,7 +194,7 @@ class UnexpectedErrorMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
+        started, rid = False, scope.get("state", {}).get("request_id", "-")  # (set by RequestIdMiddleware, outside)
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
@@ -204,17 +204,14 @@ class UnexpectedErrorMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except ClientDisconnect:  # gone while its body was read: no one to answer, nothing failed
-            rid = scope.get("state", {}).get("request_id", "-")
             log.info("[%s] %s %s: the client left while sending its body", rid, scope["method"], scope["path"])
         except asyncio.CancelledError:  # uvicorn stopping, past its graceful wait: a JSON 503, not its text 500
-            rid = scope.get("state", {}).get("request_id", "-")
             log.info("[%s] %s %s: stopped, the server is shutting down", rid, scope["method"], scope["path"])
             if not started:
                 message, close = "The server is shutting down; retry once it is back.", {"Connection": "close"}
                 response = error_response(None, 503, message, path=scope["path"], rid=rid, headers=close)
                 await response(scope, receive, send)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
-            rid = scope.get("state", {}).get("request_id", "-")
             log.error("[%s] %s %s failed", rid, scope["method"], scope["path"], exc_info=exc)
             if started:
                 return

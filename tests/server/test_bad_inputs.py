@@ -71,6 +71,14 @@ WAV = b64(audio_bytes(tone(1.0)))
 NOISE = b64(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())  # bytes, not audio
 TOO_BIG = "A" * (MAX_UPLOAD_MB * 2**20 + 10)
 INVOKE = "/v1/models/default/invoke"
+
+
+def uploaded(filename: str, data: bytes, content_type: str) -> dict:
+    """A multipart invoke whose reference clip is this file part."""
+    form = {"text": "hello", "reference_text": "x", "max_new_tokens": "8"}
+    return {"data": form, "files": {"reference_audio": (filename, data, content_type)}}
+
+
 LOAD = "/v1/models/default"  # failed loads must leave the loaded bundle in service
 
 
@@ -134,26 +142,8 @@ CASES = [
         422,
     ),
     ("reference without transcript", "POST", INVOKE, invoke_json(reference_audio=WAV), 422),
-    (
-        "non-audio multipart upload",
-        "POST",
-        INVOKE,
-        {
-            "data": {"text": "hello", "reference_text": "x", "max_new_tokens": "8"},
-            "files": {"reference_audio": ("notes.txt", b"just some text, not audio", "text/plain")},
-        },
-        422,
-    ),
-    (
-        "empty multipart upload",
-        "POST",
-        INVOKE,
-        {
-            "data": {"text": "hello", "reference_text": "x", "max_new_tokens": "8"},
-            "files": {"reference_audio": ("empty.wav", b"", "audio/wav")},
-        },
-        422,
-    ),
+    ("non-audio multipart upload", "POST", INVOKE, uploaded("notes.txt", b"text, not audio", "text/plain"), 422),
+    ("empty multipart upload", "POST", INVOKE, uploaded("empty.wav", b"", "audio/wav"), 422),
     (
         "unexpected multipart file",
         "POST",
