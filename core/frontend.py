@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .text.clean import clean_text
-from .text.errors import NothingToSpeak
+from .text.errors import NothingToSpeak, TextError
 from .text.prompt import phones_to_prompt
 from .text.segment import DEFAULT_ORDER, Segment, parse_text_to_segments, segments_to_dicts, segments_to_phones
 from .text.split import MAX_SEGMENT_WEIGHT, MIN_PIECE_WEIGHT, split_text
@@ -47,12 +47,30 @@ def read_piece(
     order: str = DEFAULT_ORDER,
 ) -> PromptText:
     """The prompt for `text` read whole (no splitting)."""
-    if not _SPEAKABLE.search(clean_text(text)):
-        raise NothingToSpeak()
+    check_speakable(clean_text(text))
     head, segments = _read_head(text if transcript is None else f"{transcript} {text}", use_g2p, speaker, order)
-    if use_g2p and transcript is None and not any(segment.phones for segment in segments):  # e.g. "<zh>Hello</zh>"
+    if use_g2p and not _has_phones(text, segments if transcript is None else None, order):
         raise NothingToSpeak()
     return PromptText(text, f"{head} [/INST]", segments)
+
+
+def check_speakable(text: str) -> None:
+    """NothingToSpeak unless `text` holds a letter or digit of some script: only symbols or emoji would
+    reach the model as an empty prompt, and it would babble up to its frame budget."""
+    if not _SPEAKABLE.search(text):
+        raise NothingToSpeak()
+
+
+def _has_phones(text: str, segments: tuple[Segment, ...] | None, order: str) -> bool:
+    """Whether g2p reads anything in `text` (e.g. not in "<zh>Hello</zh>"); `segments`: its own reading,
+    if at hand. Read with a transcript in front, the transcript's phones would hide an empty text, so
+    the text is read alone (a fraction of a millisecond to a few for a sentence)."""
+    if segments is None:
+        try:
+            segments = tuple(parse_text_to_segments(text, order))
+        except TextError:  # tags opened in the transcript: only the whole prompt's reading says
+            return True
+    return any(segment.phones for segment in segments)
 
 
 def prompt_head(
@@ -102,7 +120,10 @@ def read_text(
 
     def add(piece_text: str, weight: int) -> None:
         nonlocal room
-        piece = read_piece(piece_text, transcript, use_g2p=use_g2p, speaker=speaker, order=order)
+        try:
+            piece = read_piece(piece_text, transcript, use_g2p=use_g2p, speaker=speaker, order=order)
+        except NothingToSpeak:  # a piece (or part) of symbols in a longer text is left out, not babbled
+            return
         if fits is None or fits(piece.prompt):
             out.append(piece)
             return
@@ -118,11 +139,7 @@ def read_text(
 
     pieces = carry_language_tags(split_text(text, max_weight) or [text])
     for piece_text in pieces:
-        try:
-            add(piece_text, max_weight)
-        except NothingToSpeak:  # a piece of symbols in a longer text is left out, not babbled
-            if len(pieces) == 1:
-                raise
+        add(piece_text, max_weight)
     if not out:
         raise NothingToSpeak()
     return out

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..frontend import PromptText
+from ..frontend import PromptText, check_speakable
 from ..lm.autotune import model_paths, tune_model
 from ..lm.quantize import QUANT_MODES, quantization
 from ..request import SynthesisRequest
@@ -114,6 +114,7 @@ class OpenAudioS1:
         return [self.whole_piece(request)]
 
     def whole_piece(self, request: SynthesisRequest) -> PromptText:
+        check_speakable(request.text)  # S1-mini reads the text as it is: no cleaning drops symbols first
         return PromptText(request.text, request.text)
 
     def prompt(self, piece: PromptText, request: SynthesisRequest, codes: np.ndarray | None) -> torch.Tensor:

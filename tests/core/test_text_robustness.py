@@ -191,9 +191,29 @@ def test_a_text_with_nothing_to_speak_is_refused_not_babbled(text):
         read_text(text)
 
 
+@pytest.mark.parametrize("use_g2p", [True, False])
+def test_a_transcripts_phones_do_not_hide_a_text_with_nothing_to_speak(use_g2p):
+    text = "<zh>Hello</zh>" if use_g2p else "#@&*"
+    with pytest.raises(NothingToSpeak):
+        read_text(text, "This is what the clip says.", use_g2p=use_g2p)
+
+
 def test_a_piece_of_symbols_in_a_longer_text_is_left_out():
     pieces = read_text("Hello there. " + "*" * 200 + " Goodbye.", max_weight=60)
     assert [piece.text for piece in pieces] == ["Hello there.", "Goodbye."]
+
+
+@pytest.mark.parametrize("max_weight", [180, 120])  # the text as one piece, or as several
+def test_a_piece_cut_to_fit_the_context_loses_only_its_part_of_symbols(max_weight):
+    """A piece cut again because its prompt does not fit: a part of symbols alone is left out, never its
+    neighbours (that part's NothingToSpeak failed a text of one piece, and silently dropped the rest of
+    its piece from a longer one)."""
+    text = "Hello there friend. " + "!" * 60 + " Goodbye dear friend, this part stays. A second sentence."
+    fits = lambda prompt: len(prompt) < 90  # noqa: E731
+    pieces = read_text(text, "The clip says this.", use_g2p=False, max_weight=max_weight, fits=fits)
+    spoken = " ".join(piece.text for piece in pieces)
+    assert len(pieces) > 1 and "this part stays" in spoken and "A second sentence." in spoken
+    assert all(any(c.isalpha() for c in piece.text) for piece in pieces)
 
 
 @pytest.mark.parametrize(
