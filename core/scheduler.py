@@ -97,6 +97,7 @@ class Job:
     on_done: Callable[[BaseException | None], None]
     owner: object = None
     slots: list[int] = field(default_factory=list)
+    reported: bool = field(default=False, init=False)  # on_done was called
 
 
 class Scheduler:
@@ -114,6 +115,7 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closed = False
         self._caches_ready = False
+        self._in_hand: tuple[list[Job], Any] = ([], None)  # the round's admitted jobs and task, being run
         self.failure: BaseException | None = None  # why the thread died, if it did
         self._thread = threading.Thread(target=self._run, name="fishtts-scheduler", daemon=True)
         self._thread.start()
@@ -199,6 +201,7 @@ class Scheduler:
                 self._drop_cancelled()
                 admitted = self._admit()
                 task = heapq.heappop(self._tasks) if self._tasks else None
+                self._in_hand = (admitted, task)  # off the queues: should the thread die now, they fail too
             with torch.inference_mode():
                 if admitted:
                     self._prefill(admitted)
@@ -316,15 +319,18 @@ class Scheduler:
 
     def _fail_everything(self, error: BaseException) -> None:
         with self._wake:
-            jobs = list(self._waiting) + list(self._active)
-            tasks = list(self._tasks)
+            admitted, task = self._in_hand
+            jobs = admitted + list(self._waiting) + list(self._active)
+            tasks = list(self._tasks) + ([task] if task is not None else [])
             self._waiting.clear()
             self._active.clear()
             self._tasks.clear()
+            self._in_hand = ([], None)
         for job in jobs:
-            _report(job, error)
+            _report(job, error)  # once: a job of the round already done (or also active) is not told again
         for task in tasks:
-            task[3].set_exception(error)
+            if not task[3].done():
+                task[3].set_exception(error)
 
 
 _LIVE: weakref.WeakSet[Scheduler] = weakref.WeakSet()
@@ -344,6 +350,9 @@ def _failed(cause: BaseException) -> SchedulerFailed:
 
 
 def _report(job: Job, error: BaseException | None) -> None:
+    if job.reported:
+        return
+    job.reported = True
     try:
         job.on_done(error)
     except Exception:  # noqa: BLE001 - a broken callback must not stop the scheduler

@@ -346,6 +346,34 @@ def test_a_dead_scheduler_fails_every_waiting_and_later_job(model):
     scheduler.close()  # returns at once
 
 
+class _Fatal(BaseException):
+    """What no `except Exception` in the loop catches (a bug of the kind that kills the thread)."""
+
+
+def test_a_thread_that_dies_in_a_prefill_fails_that_rounds_job_and_task_too(model):
+    """The round's admitted jobs and task are off the queues while it runs: they were never answered, so
+    their requests hung, holding their queue places and the model's lease."""
+
+    class DyingStepper(LMStepper):
+        def prefill(self, jobs):
+            raise _Fatal()
+
+    scheduler = Scheduler(DyingStepper(model), max_batch=2)
+    collector = Collector(scheduler)
+    held, release = threading.Event(), threading.Event()
+    scheduler.call(lambda: held.set() or release.wait(60))
+    assert held.wait(60)
+    collector.submit(0, request(model, *SPECS[0]))  # admitted in the next round, with the task below
+    task = scheduler.call(lambda: "never run")
+    release.set()
+    collector.wait(0)
+    assert isinstance(collector.errors[0], SchedulerFailed)
+    with pytest.raises(SchedulerFailed):
+        task.result(60)
+    scheduler._thread.join(10)
+    assert isinstance(scheduler.failure, _Fatal)
+
+
 # -- admission rounds: one stepper call per round, a row limit per round ----------------------------------
 
 
