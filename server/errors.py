@@ -30,7 +30,7 @@ from core.engine import SchedulerFailed
 from core.paths import BadPath, FolderError, NotInFolder, OutsideFolder
 
 from .registry import ModelFailed, ModelLoading, ModelNotFound
-from .voices import VoiceNotFound
+from .voices import VoiceNotFound, VoicesUnwritable
 
 log = logging.getLogger("fishtts.server")
 
@@ -183,6 +183,12 @@ async def model_failed_handler(request: Request, exc: SchedulerFailed) -> JSONRe
     )
 
 
+async def voices_unwritable_handler(request: Request, exc: VoicesUnwritable) -> JSONResponse:
+    """507 Insufficient Storage: the request was fine, the server's voices folder takes no writes."""
+    log.warning("[%s] %s %s -> 507: %s", request_id(request), request.method, request.url.path, exc)
+    return error_response(request, 507, str(exc), code="voices_unwritable")
+
+
 class UnexpectedErrorMiddleware:
     """Any other exception: logged once with its traceback and the request id, answered 500 with the
     id only. (Starlette's own handler for `Exception` re-raises after answering, so the server logged
@@ -203,8 +209,8 @@ class UnexpectedErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except ClientDisconnect:  # gone while its body was read: no one to answer, nothing failed
-            log.info("[%s] %s %s: the client left while sending its body", rid, scope["method"], scope["path"])
+        except ClientDisconnect:  # gone while its body was read or its answer made: no one to answer
+            log.info("[%s] %s %s: the client left before its answer", rid, scope["method"], scope["path"])
         except asyncio.CancelledError:  # uvicorn stopping, past its graceful wait: a JSON 503, not its text 500
             log.info("[%s] %s %s: stopped, the server is shutting down", rid, scope["method"], scope["path"])
             if not started:
@@ -271,4 +277,5 @@ def install_error_handlers(app: FastAPI) -> None:
     for kind in (VoiceNotFound, ModelNotFound, ModelLoading, ModelFailed):
         app.add_exception_handler(kind, not_found_handler)
     app.add_exception_handler(SchedulerFailed, model_failed_handler)
+    app.add_exception_handler(VoicesUnwritable, voices_unwritable_handler)
     app.add_middleware(UnexpectedErrorMiddleware)  # the innermost middleware: right outside the routes

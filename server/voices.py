@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import logging
@@ -56,6 +57,16 @@ ABANDONED_AFTER_S = 3600  # a temporary folder this old belongs to no write in p
 MAX_NAME_TRIES = 1000
 # the original fish-speech server's reference routes (/v1/references/add, ...) sit where a voice's id would
 RESERVED_IDS = frozenset({"add", "list", "delete", "update"})
+# voice.json's fields besides `id` and their JSON types (`save` writes them all; `family` defaults above)
+META_FIELDS = {
+    "name": (str,),
+    "transcript": (str,),
+    "duration_s": (float, int),
+    "frames": (int,),
+    "model": (str,),
+    "family": (str,),
+    "created_at": (float, int),
+}
 MAX_CLIP_RATE = 48_000  # a saved clip keeps its upload's rate up to this (above: more bytes, no codec hears it)
 
 
@@ -65,6 +76,33 @@ class VoiceNotFound(KeyError):
 
 class VoiceExists(KeyError):
     pass
+
+
+class VoicesUnwritable(RuntimeError):
+    """The voices folder cannot be written (read-only, no permission, no room): nothing was changed."""
+
+
+_STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def _storage_errors(action: str):
+    """A write method whose failure for want of a writable folder is VoicesUnwritable (a clear answer, not
+    an internal error): a read-only references folder is a deployment's choice, a full disk happens."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        def checked(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except OSError as exc:
+                if exc.errno not in _STORAGE_ERRNOS:
+                    raise
+                reason = os.strerror(exc.errno).lower()
+                raise VoicesUnwritable(f"Cannot {action}: the voices folder cannot be written ({reason}).") from None
+
+        return checked
+
+    return wrap
 
 
 class VoiceStore:
@@ -137,6 +175,7 @@ class VoiceStore:
 
     # -- writing ------------------------------------------------------------------------------
 
+    @_storage_errors("save the voice")
     def create(
         self,
         *,
@@ -178,6 +217,7 @@ class VoiceStore:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
+    @_storage_errors("rename the voice")
     def rename(self, voice_id: str, new_id: str) -> dict:
         """Give a voice another id. The files are linked into a new folder under `new_id` (claimed by the
         rename, as a save), then the old one is deleted: a crash in between leaves both, never neither.
@@ -207,6 +247,7 @@ class VoiceStore:
                 shutil.rmtree(staging, ignore_errors=True)
         return meta
 
+    @_storage_errors("delete the voice")
     def delete(self, voice_id: str) -> None:
         folder = self._folder(voice_id, META, CODES, AUDIO)  # a link out of the folder is no voice to delete
         trash = self.folder / f".trash-{uuid.uuid4().hex}"
@@ -272,9 +313,14 @@ class VoiceStore:
 
     @staticmethod
     def _check_meta(meta, voice_id: str) -> dict:
+        """voice.json as `save` writes it; one edited by hand or written by another tool is unreadable (a
+        listing skips it) rather than a listing's 500."""
         if not isinstance(meta, dict) or meta.get("id") != voice_id:
             raise ValueError("metadata does not match its folder")
         meta.setdefault("family", LEGACY_FAMILY)
+        for name, types in META_FIELDS.items():
+            if not isinstance(meta.get(name), types) or isinstance(meta[name], bool):
+                raise ValueError(f"metadata field {name!r} is missing or not a {types[0].__name__}")
         return meta
 
     def _sweep(self) -> None:

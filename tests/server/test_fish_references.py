@@ -100,3 +100,29 @@ def test_a_voice_named_like_a_route_gets_another_id(client):
         client.post("/v1/references", json={"name": "x", "id": "update", "transcript": "x", "audio": clip}), 422
     )
     assert client.get("/v1/references/list-2").json()["name"] == "List"
+
+
+def test_a_voices_folder_that_takes_no_writes_is_a_507_saying_so(client, monkeypatch):
+    """(A read-only references folder, bind-mounted as such, or a full disk: every save, rename and delete
+    was an internal error.) The OS's refusal is injected where the store writes: tests run as root here,
+    whom file modes do not stop."""
+    import errno
+
+    import server.voices as voices
+
+    unpacked(packed(client, "POST", "/v1/references/add", {"id": "kept", "audio": CLIP, "text": "a tone"}))
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(voices, "_write_synced", refused)
+    monkeypatch.setattr(voices.os, "rename", refused)
+    answers = [
+        packed(client, "POST", "/v1/references/add", {"id": "new", "audio": CLIP, "text": "a tone"}),
+        packed(client, "POST", "/v1/references/update", {"old_reference_id": "kept", "new_reference_id": "moved"}),
+        packed(client, "DELETE", "/v1/references/delete", {"reference_id": "kept"}),
+    ]
+    for answer in answers:
+        assert "voices folder cannot be written (read-only file system)" in assert_json_error(answer, 507)["message"]
+    monkeypatch.undo()
+    assert "kept" in listed(client) and "new" not in listed(client) and "moved" not in listed(client)

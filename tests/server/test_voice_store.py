@@ -3,6 +3,7 @@ alone, and renames and deletes of one voice at once leave one outcome, never a 5
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -107,3 +108,29 @@ def test_renames_and_a_delete_of_one_voice_at_once_have_one_outcome(tmp_path):
         for voice_id in ids:
             assert (store.codes(voice_id) == trial).all()
             store.delete(voice_id)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda meta: meta.pop("created_at"),
+        lambda meta: meta.update(created_at="yesterday"),
+        lambda meta: meta.update(frames="40"),
+        lambda meta: meta.update(duration_s=True),
+        lambda meta: meta.pop("transcript"),
+    ],
+)
+def test_a_voice_json_edited_by_hand_is_skipped_not_a_broken_listing(tmp_path, edit):
+    """Like any unreadable voice: out of the listing (which sorts on created_at), unknown by id; the
+    response model would have refused it with a 500 for every listing."""
+    store = VoiceStore(tmp_path)
+    save(store, "good", 1)
+    save(store, "edited", 2)
+    path = tmp_path / "voices" / "edited" / "voice.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+    assert [voice["id"] for voice in store.list()] == ["good"]
+    with pytest.raises(VoiceNotFound):
+        store.get("edited")
+    assert store.get("good")["transcript"] == "clip 1"
