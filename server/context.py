@@ -15,6 +15,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 from core.engine import TTSEngine
 from core.paths import FolderGuard
@@ -40,6 +41,8 @@ class ServerContext:
     load_errors: dict[str, str] = field(default_factory=dict)  # startup loads that failed, for /v1/health
     # Who sets the models when clients may not (a Ray Serve deployment config); PUT/DELETE then answer 409.
     models_fixed_by: str | None = None
+    # Loads one at a time (the registry's rule), the ones waiting on the event loop, not on worker threads
+    load_turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     def create(cls, settings: Settings) -> ServerContext:
@@ -73,16 +76,36 @@ class ServerContext:
         return Admission(self, bundle)
 
 
-def get_ctx(request: Request) -> ServerContext:
-    """The routes' dependency: the context of the app that received the request."""
+async def get_ctx(request: Request) -> ServerContext:
+    """The routes' dependency: the context of the app that received the request. Async, as every
+    dependency here: FastAPI runs a plain function on the shared worker-thread pool, so requests blocked
+    in that pool (loads waiting their turn, once) would hold up every route, /v1/health included."""
     return request.app.state.ctx
+
+
+async def _disconnected(client: Request) -> None:
+    """Returns once the client has gone (its body is read, so the next message is the disconnect)."""
+    while (await client.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def client_left_first(client: Request, awaited: asyncio.Future) -> bool:
+    """Wait for `awaited` or for the client to leave, whichever comes first; True if the client left first."""
+    gone = asyncio.ensure_future(_disconnected(client))
+    for task in (awaited, gone):  # (their errors retrieved even where nobody awaits them)
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    try:
+        await asyncio.wait((awaited, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    return gone.done() and not gone.cancelled() and not awaited.done()
 
 
 def text_limited(model: type[B]):
     """`Annotated[model, Depends(...)]`: the JSON body as `model`, checked against --max-text-length."""
 
-    def body(data, request):
-        check_text_length(data, get_ctx(request).settings.max_text_length)
+    async def body(data, request):
+        check_text_length(data, (await get_ctx(request)).settings.max_text_length)
         return data
 
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -125,6 +148,20 @@ class Admission:
             raise
         future.add_done_callback(lambda _: self._ended())
         return future
+
+    async def run_watched(self, client: Request, work: Callable[[TTSEngine], T], stop: Callable[[], None]) -> T:
+        """`work(engine)` on a worker thread, awaited while `client` is watched: should it leave first, work
+        still waiting for a worker is dropped (its queue place free at once), running work is told by `stop()`,
+        and once that has ended ClientDisconnect is raised (nobody to answer). A few clients that gave up
+        would otherwise hold the queue for as long as their work takes."""
+        job = self.start(work)
+        result = asyncio.wrap_future(job)
+        if await client_left_first(client, result):
+            if not job.cancel():
+                stop()
+            await asyncio.wait((result,))  # (the admission is held until the work has stopped)
+            raise ClientDisconnect()
+        return await result
 
     async def run(self, work: Callable[[TTSEngine], T]) -> T:
         """`work(engine)` on a worker thread, awaited; an accepted piece of work always runs to its end,

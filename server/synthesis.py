@@ -5,9 +5,9 @@ A streamed response awaits its first chunk before it starts, so a request that f
 reference, text the front end rejects, a full queue) still gets its JSON error. Its generation runs
 to its end on a worker thread, its chunks into an AudioBuffer (server/audio_buffer.py), and holds
 the admission (model lease, queue place) only until then: a slow reader holds neither. A client
-that goes away closes the buffer, which cancels the generation at its next step. A client of the
-whole audio that goes away cancels it too (its connection is watched while the audio is made):
-otherwise a few clients that gave up would hold the queue for as long as their texts take.
+that goes away, before its first audio too, closes the buffer, which cancels the generation at its
+next step. A client of the whole audio that goes away cancels it too (its connection is watched while
+the audio is made: `Admission.run_watched`). Work still waiting for a worker is dropped at once.
 
 A saved voice is named, not resolved, by the route: which codes it needs depends on the family of
 the model that is admitted, so they are read (or made from the voice's clip and kept) on the
@@ -17,20 +17,20 @@ worker thread, just before the generation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import threading
 
 import numpy as np
 from fastapi import Request, Response
+from starlette.requests import ClientDisconnect
 
 from core.audio import encode_output
-from core.engine import Cancelled, SpeechStream, TTSEngine
+from core.engine import SpeechStream, TTSEngine
 from core.reference import prepare_reference
 from core.request import Reference, SynthesisRequest
 
 from .audio_buffer import MAX_BUFFERED_SECONDS, AudioBuffer
-from .context import ServerContext
+from .context import ServerContext, client_left_first
 from .schemas import SamplingFields
 from .streaming import CONTENT_TYPES, AudioStreamResponse
 
@@ -57,9 +57,6 @@ def voice_codes(ctx: ServerContext, voice: SavedVoice, engine: TTSEngine) -> np.
     return codes
 
 
-CLIENT_GONE = 499  # (nginx's "client closed request": the status nobody receives, for the access log)
-
-
 class _WholeSynthesis:
     """The stream a non-streamed synthesis joins (`TTSEngine.synthesize`'s on_stream), to cancel when its
     client goes away: before the stream starts, or while it runs."""
@@ -80,12 +77,6 @@ class _WholeSynthesis:
             self._cancelled, stream = True, self._stream
         if stream is not None:
             stream.cancel()
-
-
-async def _disconnected(client: Request) -> None:
-    """Returns once the client has gone (its body is read, so the next message is the disconnect)."""
-    while (await client.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def synthesize(
@@ -122,20 +113,7 @@ async def synthesize(
             return encode_output(audio, request.output_format, sample_rate)
 
         async with admission:
-            work = asyncio.ensure_future(admission.run(synthesis))
-            gone = asyncio.ensure_future(_disconnected(client))
-            for task in (work, gone):  # (their errors retrieved even where nobody awaits them)
-                task.add_done_callback(lambda done: done.cancelled() or done.exception())
-            try:
-                await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                gone.cancel()
-            if gone.done() and not gone.cancelled() and not work.done():
-                whole.cancel()
-                with contextlib.suppress(Cancelled):
-                    await work  # (the admission is held until the work has stopped)
-                return Response(status_code=CLIENT_GONE)
-            data = await work
+            data = await admission.run_watched(client, synthesis, whole.cancel)
         return Response(data, media_type=media_type, headers=headers)
     buffer = AudioBuffer(asyncio.get_running_loop(), int(MAX_BUFFERED_SECONDS * sample_rate), sample_rate)
 
@@ -151,7 +129,13 @@ async def synthesize(
         generation = admission.start(generate)
     generation.add_done_callback(lambda done: buffer.end(None if done.cancelled() else done.exception()))
     try:
-        first = await buffer.next()
+        first_chunk = asyncio.ensure_future(buffer.next())
+        if await client_left_first(client, first_chunk):  # before its first audio: no response to start
+            generation.cancel()  # (not started yet, waiting for a worker: its place is free at once)
+            first_chunk.cancel()
+            buffer.close()  # else the generation stops at its next step
+            raise ClientDisconnect()
+        first = first_chunk.result()
     except BaseException:
         buffer.close()
         raise

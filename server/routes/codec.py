@@ -2,17 +2,21 @@
 a model of either family (`model`, an addition; 'default' unless given). Bodies come as msgpack or
 JSON; answers are always msgpack, as the original's: `{"tokens": [[[int]]]}` (each [codebooks, T])
 and `{"audios": [bytes]}` (each float16 little-endian mono PCM at the model's rate, the
-X-Sample-Rate header). They take a place in the model's queue like a synthesis.
+X-Sample-Rate header). They take a place in the model's queue like a synthesis, and a client that leaves
+stops its work after the item in progress.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from typing import Annotated
 
 import msgpack
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
+from core.engine import Cancelled
 from core.reference import MIN_REFERENCE_SECONDS, prepare_reference
 from core.request import Reference
 
@@ -24,6 +28,14 @@ from . import ERROR_RESPONSES
 router = APIRouter(prefix="/v1/vqgan", tags=["codec"], responses=ERROR_RESPONSES)
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
 MSGPACK_ANSWER = {200: {"content": {MSGPACK_TYPES[0]: {}}, "description": "A msgpack map"}}
+
+
+def _until(stop: threading.Event, items: list) -> Iterator:
+    """The items, one by one, until `stop` is set (then Cancelled: the rest are not worth the model's time)."""
+    for item in items:
+        if stop.is_set():
+            raise Cancelled()
+        yield item
 
 
 def _msgpack(data: dict, sample_rate: int) -> Response:
@@ -46,11 +58,13 @@ async def encode(request: Request, ctx: Ctx) -> Response:
         for i, audio in enumerate(body.audios)
     ]
 
+    stop = threading.Event()  # the client left: no more items
+
     def encode_all(engine) -> list:
-        return [prepare_reference(engine, clip).codes.tolist() for clip in clips]
+        return [prepare_reference(engine, clip).codes.tolist() for clip in _until(stop, clips)]
 
     async with ctx.admit(body.model) as admission:
-        tokens = await admission.run(encode_all)
+        tokens = await admission.run_watched(request, encode_all, stop.set)
         return _msgpack({"tokens": tokens}, admission.engine.info.sample_rate)
 
 
@@ -63,9 +77,11 @@ async def decode(request: Request, ctx: Ctx) -> Response:
     body, _ = await read_body(request, CodecDecodeRequest, ctx.settings.max_text_length)
     ctx.check_model(body.model)
 
+    stop = threading.Event()  # the client left: no more items
+
     def decode_all(engine) -> list[bytes]:
         audios = []
-        for i, tokens in enumerate(body.tokens):
+        for i, tokens in enumerate(_until(stop, body.tokens)):
             field = f"tokens.{i}"
             try:
                 codes = np.asarray(tokens, dtype=np.int64)
@@ -79,5 +95,5 @@ async def decode(request: Request, ctx: Ctx) -> Response:
         return audios
 
     async with ctx.admit(body.model) as admission:
-        audios = await admission.run(decode_all)
+        audios = await admission.run_watched(request, decode_all, stop.set)
         return _msgpack({"audios": audios}, admission.engine.info.sample_rate)

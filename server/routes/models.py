@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..context import ServerContext, get_ctx
 from ..errors import ApiError
-from ..loading import plan_load
+from ..loading import LoadPlan, plan_load
 from ..registry import Bundle, ModelNotFound, TooManyModels
 from ..schemas import MODEL_NAME_PATTERN, LoadModelRequest, LoadModelResponse, Message, ModelList
 from . import ERROR_RESPONSES
@@ -23,7 +23,10 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONS
 
 def load_bundle(ctx: ServerContext, name: str, body: LoadModelRequest) -> Bundle:
     """Check the body against the checkpoints folder, then load (blocking; call off the event loop)."""
-    plan = plan_load(body, ctx.settings, ctx.checkpoints)
+    return load_planned(ctx, name, plan_load(body, ctx.settings, ctx.checkpoints))
+
+
+def load_planned(ctx: ServerContext, name: str, plan: LoadPlan) -> Bundle:
     try:
         bundle = ctx.registry.load(name, plan.build)
     except TooManyModels:
@@ -35,7 +38,7 @@ def load_bundle(ctx: ServerContext, name: str, body: LoadModelRequest) -> Bundle
     return bundle
 
 
-def models_editable(ctx: Ctx) -> None:
+async def models_editable(ctx: Ctx) -> None:
     """409 where the models are fixed by a deployment config (Ray Serve) rather than by clients."""
     if ctx.models_fixed_by:
         raise ApiError(
@@ -54,7 +57,9 @@ async def load_model(body: LoadModelRequest, ctx: Ctx, name: str = ModelName) ->
     or a folder whose files are wrong, is refused with 400 naming it, never unpickled. Requests keep
     using the old bundle until the new one is ready; it is freed once its running requests finish.
     409 where a deployment config sets the models."""
-    bundle = await run_in_threadpool(load_bundle, ctx, name, body)
+    plan = await run_in_threadpool(plan_load, body, ctx.settings, ctx.checkpoints)  # a bad body: 4xx at once
+    async with ctx.load_turn:
+        bundle = await run_in_threadpool(load_planned, ctx, name, plan)
     return {
         "name": name,
         "device": bundle.info["device"],

@@ -5,10 +5,13 @@ the audio its one-shot decode; bad payloads are 4xx JSON naming the item."""
 from __future__ import annotations
 
 import base64
+import socket
+import time
 
 import msgpack
 import numpy as np
 import pytest
+import requests
 
 from tests.server.helpers import S1_LOAD, add_s1_model, assert_json_error, audio_bytes, make_workdir, tone
 
@@ -75,6 +78,7 @@ def test_encode_then_decode_round_trips_each_item(client, details, model):
         ("/v1/vqgan/decode", {"tokens": [[[1, 2]] * 4, [[10**6, 2]] * 4]}, 422, "tokens.1"),
         ("/v1/vqgan/decode", {"tokens": [[[1, 2]] * 3]}, 422, "tokens.0"),  # v0.2 has 4 codebooks
         ("/v1/vqgan/decode", {"tokens": [[[0] * 5000] * 4]}, 422, "context"),
+        ("/v1/vqgan/decode", {"tokens": [[[1]] * 4, [[]] * 4]}, 422, "tokens.1"),  # no frames
     ],
 )
 def test_bad_payloads_are_json_errors_naming_the_item(client, details, path, body, status, said):
@@ -88,3 +92,42 @@ def test_a_body_that_is_not_msgpack_or_json_is_refused(client, details):
     assert_json_error(post(client, "/v1/vqgan/decode", {}), 422)
     bad = client.post("/v1/vqgan/decode", content=b"\xc1", headers={"content-type": "application/msgpack"})
     assert_json_error(bad, 400)
+
+
+def test_a_client_that_leaves_stops_its_codec_work_after_the_item_in_progress(server):
+    """(Its work ran to the end, holding the model's queue place and thread: 16 long decodes for nobody)"""
+    rng = np.random.default_rng(0)
+    tokens = [rng.integers(0, 100, size=(4, 256)).tolist() for _ in range(16)]
+    payload = msgpack.packb({"tokens": tokens})
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(
+        b"POST /v1/vqgan/decode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/msgpack\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    started = time.monotonic()
+    while pending(server) == 0:
+        assert time.monotonic() - started < 30, "the request was not admitted"
+        time.sleep(0.01)
+    sock.close()
+    left = time.monotonic()
+    while pending(server) and time.monotonic() - left < 10:
+        time.sleep(0.01)
+    freed = time.monotonic() - left
+    # all 16 items take 16 item-times; stopping after the one in progress takes about one
+    alone = time.monotonic()
+    assert (
+        requests.post(
+            server.url + "/v1/vqgan/decode",
+            data=msgpack.packb({"tokens": tokens[:1]}),
+            headers={"Content-Type": "application/msgpack"},
+            timeout=60,
+        ).status_code
+        == 200
+    )
+    one_item = time.monotonic() - alone
+    assert freed < 4 * one_item + 0.5, (freed, one_item)
+
+
+def pending(server) -> int:
+    return requests.get(server.url + "/v1/health", timeout=5).json()["queue"]["pending"]

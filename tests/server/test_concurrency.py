@@ -104,3 +104,35 @@ def test_replacing_a_model_during_invokes(server):
         assert replaced.status_code == 200
         assert all(f.result().status_code == 200 for f in invokes)
     assert requests.get(server.url + "/v1/models").json()["models"] == ["default"]
+
+
+def test_loads_waiting_their_turn_hold_up_no_other_route(server):
+    """45 PUTs queued behind a replacement that waits for running generations: they wait on the event loop,
+    so /v1/health answers at once meanwhile (each used to hold one of the 40 worker threads that every
+    route, health included, needs for its dependencies: the server froze until the loads were through)."""
+    text = " ".join(f"This is sentence number {k} of the test." for k in range(8))  # seconds of generation
+    with ThreadPoolExecutor(52) as pool:
+        invokes = [pool.submit(synthesize, server.url, text, max_new_tokens=150, seed=i) for i in range(6)]
+        deadline = time.monotonic() + 30
+        while requests.get(server.url + "/v1/health").json()["models"][0]["active_requests"] == 0:
+            assert time.monotonic() < deadline, "no invoke reached the server"
+            time.sleep(0.01)
+        replacement = pool.submit(requests.put, server.url + "/v1/models/default", json=WEBUI_LOAD, timeout=300)
+        waiting = [
+            pool.submit(requests.put, server.url + f"/v1/models/other-{i}", json=WEBUI_LOAD, timeout=300)
+            for i in range(45)
+        ]
+        time.sleep(1.0)  # the PUTs are in
+        answered = 0
+        while not replacement.done():
+            start = time.perf_counter()
+            health = requests.get(server.url + "/v1/health", timeout=60)
+            assert health.status_code == 200 and time.perf_counter() - start < 2.0
+            answered += not replacement.done()
+            time.sleep(0.2)
+        assert answered, "the generations ended before health was asked; give them more text"
+        assert replacement.result().status_code == 200 and all(f.result().status_code == 200 for f in invokes)
+        assert {f.result().status_code for f in waiting} <= {200, 409}  # 409: past --max-models
+    for name in requests.get(server.url + "/v1/models").json()["models"]:
+        if name != "default":
+            assert requests.delete(server.url + f"/v1/models/{name}", timeout=120).status_code == 200

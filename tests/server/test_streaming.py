@@ -4,6 +4,7 @@ response, early errors are still JSON, and a client that disconnects frees the m
 from __future__ import annotations
 
 import io
+import json
 import socket
 import time
 
@@ -12,7 +13,7 @@ import requests
 import soundfile as sf
 
 from tests.helpers import assert_same_pcm
-from tests.server.helpers import assert_json_error
+from tests.server.helpers import Server, add_s1_model, assert_json_error, make_workdir
 
 INVOKE = "/v1/models/default/invoke"
 LONG = " ".join(f"This is sentence number {n}." for n in range(1, 8))
@@ -133,6 +134,58 @@ def test_a_client_of_the_whole_audio_that_disconnects_frees_the_model_too(server
         time.sleep(0.02)
     assert leases(server) == 0, "the model was still busy a second after the client left"
     assert invoke(server, text="next please", max_new_tokens=8).status_code == 200
+
+
+def test_clients_that_leave_while_waiting_their_turn_free_their_queue_places_at_once(tmp_path):
+    """One generation holds the batch's one slot: a streamed request waits in the batch for it (on a worker),
+    a whole one for a worker. Their clients leave: both places are free at once, not when the generation
+    ends (the streamed one had nothing watching its client before its first audio; the whole one's work,
+    never started, could not be cancelled). S1-mini: it reads a text whole, one long job."""
+    workdir = add_s1_model(make_workdir(tmp_path))
+    args = ("--workers", "2", "--max-batch-size", "1", "--max-queue", "3", "--load", "s1=load_s1.json")
+    server = Server(workdir, *args, load=False)
+    long = {"text": "long one", "max_new_tokens": 2000, "temperature": 1e-6, "top_p": 1e-6}  # ~1000 frames
+    try:
+        server.wait_healthy(["s1"])
+        running = send_invoke(server, {**long, "seed": 1})
+        wait_for(lambda: leases(server) == 2)  # generating: one model lease, one queue place
+        ghosts = [send_invoke(server, {**long, "seed": 2, **streamed}) for streamed in ({"streaming": True}, {})]
+        wait_for(lambda: pending(server) == 3)
+        time.sleep(0.3)  # the streamed one is on its worker by now
+        for ghost in ghosts:
+            ghost.close()
+        closed = time.monotonic()
+        wait_for(lambda: pending(server) == 1, timeout=1.0)
+        assert time.monotonic() - closed < 1.0
+        assert leases(server) == 2, "the generation ended before the clients left; give it more frames"
+        running.settimeout(120)
+        assert running.recv(12).startswith(b"HTTP/1.1 200")
+        running.close()
+    finally:
+        server.stop()
+
+
+def send_invoke(server, body: dict, model: str = "s1") -> socket.socket:
+    """A client on a raw socket (to leave without a word): the request sent, nothing read."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(
+        f"POST /v1/models/{model}/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    return sock
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def pending(server) -> int:
+    return requests.get(server.url + "/v1/health", timeout=5).json()["queue"]["pending"]
 
 
 def leases(server) -> int:
