@@ -18,6 +18,7 @@ from .i18n import t
 
 MODEL_NAME = "default"  # the model the page loads, and picks when the server has it
 NO_VOICE = ""  # the voice dropdown's "none" entry
+PRECISIONS = ("bfloat16", "float16", "float32")  # what a load body's precision may be (the API's choices)
 
 
 @dataclass
@@ -234,7 +235,7 @@ class Actions:
             form.s1_name, form.s1_folder = str(s1.get("name", form.s1_name)), s1["s1"].get("folder", form.s1_folder)
         return ModelForm(
             device=str(info.get("device", form.device)).split(":")[0],
-            precision=info.get("precision", form.precision),
+            precision=info["precision"] if info.get("precision") in PRECISIONS else form.precision,
             compile=bool(info.get("compiled", False)),
             llama_checkpoint=llama.get("checkpoint_path", form.llama_checkpoint),
             llama_config=llama.get("config_name", form.llama_config),

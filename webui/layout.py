@@ -10,7 +10,7 @@ import shutil
 
 import gradio as gr
 
-from .handlers import NO_VOICE, ModelForm, SynthesisForm
+from .handlers import NO_VOICE, PRECISIONS, ModelForm, SynthesisForm
 from .i18n import language_choices, t
 from .labels import Labels
 
@@ -61,7 +61,7 @@ class Page:
                         self.precision = make(
                             gr.Dropdown,
                             i18n={"label": "model.precision"},
-                            choices=["bfloat16", "float16", "float32"],
+                            choices=list(PRECISIONS),
                             value=model.precision,
                         )
                     self.compile = make(gr.Checkbox, i18n={"label": "model.compile"}, value=model.compile)

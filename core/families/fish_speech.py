@@ -37,7 +37,8 @@ class FishSpeech:
         lm, vqgan = self.lm, self.vqgan
         on_cpu = lm is not None and lm.output.weight.device.type == "cpu"
         return dict(
-            precision=None if lm is None else str(lm.output.weight.dtype).removeprefix("torch."),
+            # the dtype it computes in: a quantized linear's weight holds int8 / packed uint8
+            precision=None if lm is None else str(lm.embeddings.weight.dtype).removeprefix("torch."),
             quantize="none" if lm is None else quantization(lm),
             context=None if lm is None else lm.config.max_seq_len,
             num_codebooks=lm.config.num_codebooks

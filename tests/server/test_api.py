@@ -229,6 +229,8 @@ def test_int8_models_per_load_request_and_server_default(client, tmp_path):
     assert client.put("/v1/models/small4", json=body).status_code == 200
     info = {d["name"]: d for d in client.get("/v1/models").json()["details"]}["small4"]
     assert info["quantize"] == "int4" and info["vqgan_precision"] == "bfloat16" and set(info["lm_paths"]) == {"int4"}
+    # the dtype it computes in, which a load body may name (the web UI loads the same again), not the packed one
+    assert info["precision"] == "float32"
     assert_wav(client.post("/v1/models/small4/invoke", json={"text": "int4 speaks", **FAST}))
     assert client.delete("/v1/models/small4").status_code == 200
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import soundfile as sf
 
 from tests.helpers import synthesize_speech
@@ -83,6 +84,20 @@ def test_model_tab_is_filled_from_the_loaded_model(server, actions):
     assert form.vqgan_config == "checkpoints/vqgan_config.json" and form.device == "cpu"
     # loading it back as shown works: the shown paths are ones the server accepts
     assert t("en_US", "model.loaded") in actions.load_model("en_US", server.url, "", form)
+
+
+def test_a_quantized_model_is_loaded_back_as_the_form_shows_it(server, actions):
+    """The form takes the precision the model computes in: an int8 model's storage dtype ("int8") in the
+    precision field made 'Load model' a 422 (what `launch.sh` serves with FISHTTS_QUANTIZE=int8)."""
+    body = TINY_MODEL.load_body()
+    body["llama"]["quantize"] = "int8"
+    assert requests.put(f"{server.url}/v1/models/default", json=body, timeout=120).status_code == 200
+    try:
+        form = actions.loaded_model_form(server.url)
+        assert form.precision == "float32"
+        assert t("en_US", "model.loaded") in actions.load_model("en_US", server.url, "", form)
+    finally:
+        assert t("en_US", "model.loaded") in actions.load_model("en_US", server.url, "", TINY_MODEL)
 
 
 def test_synthesize_with_an_uploaded_reference(server, actions, reference_wav):
