@@ -83,6 +83,9 @@ def sample_generators(device: torch.device, seed: int | None, count: int) -> lis
     return generators
 
 
+MAX_BATCH_SIZE = 256  # far past what a step gains from (2 vCPUs: 8; an H200: 16); more is a typo's cache
+
+
 def default_max_batch(device: torch.device, lm=None) -> int:
     """Sequences decoded together. CPU: 8 (a step for 8 costs ~2x one; cache memory is committed only
     as positions fill). CUDA: up to 16, as many full-context KV caches as fit in half the free memory."""
@@ -116,6 +119,8 @@ class TTSEngine:
         self.lm = self.family.lm
         self.device = torch.device(device)
         self.compile = compile
+        if max_batch_size is not None and not 0 <= max_batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"max_batch_size must be from 1 to {MAX_BATCH_SIZE} (0: sized to the device)")
         self.max_batch_size = max_batch_size or default_max_batch(self.device, self.lm)
         self.lock = threading.RLock()
         self._scheduler: Scheduler | None = None

@@ -6,16 +6,18 @@ setting is declared once (name, default, help) and shows up in `--help`, the env
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from core.engine import DEFAULT_VQGAN_PRECISION, QUANT_MODES, VQGAN_PRECISIONS
+from core.engine import DEFAULT_VQGAN_PRECISION, MAX_BATCH_SIZE, QUANT_MODES, VQGAN_PRECISIONS
 
 ENV_PREFIX = "FISHTTS_"
 MAX_TEXT_LENGTH = 1000
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"  # also the load request's `device`
+LOG_LEVELS = ("debug", "info", "warning", "error")  # the ones both logging and uvicorn know
 
 
 def _opt(default, help: str, **click_kwargs):
@@ -87,7 +89,9 @@ class Settings:
         "Close a streamed response whose client has taken nothing for this many "
         "seconds (its generation is not held up by slow readers meanwhile).",
     )
-    log_level: str = _opt("info", "debug, info, warning or error (health polls are logged at debug only).")
+    log_level: str = _opt(
+        "info", f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]} (health polls are logged at debug only)."
+    )
 
     def __post_init__(self):
         self.checkpoints_dir = Path(self.checkpoints_dir)
@@ -96,8 +100,8 @@ class Settings:
         for name in ("max_text_length", "max_models", "max_queue", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.max_batch_size < 0:
-            raise ValueError("max_batch_size must be >= 0")
+        if not 0 <= self.max_batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"max_batch_size must be from 0 to {MAX_BATCH_SIZE}")
         if self.quantize not in ("", *QUANT_MODES):
             raise ValueError(f"quantize must be one of {', '.join(QUANT_MODES)} or empty")
         if self.vqgan_precision not in VQGAN_PRECISIONS:
@@ -105,8 +109,11 @@ class Settings:
         if self.device and not re.match(DEVICE_PATTERN, self.device):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("max_upload_mb", "body_timeout", "max_reference_seconds", "stream_send_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a number > 0")
+        self.log_level = self.log_level.lower()
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import pytest
 import requests
 
 from server.errors import scrub
@@ -32,6 +33,18 @@ def run_server(*args: str, cwd) -> subprocess.CompletedProcess:
 def test_an_unknown_device_is_refused_at_start(tmp_path):
     result = run_server("--device", "tpu", cwd=tmp_path)
     assert result.returncode == 2 and "tpu" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--log-level", "trace"), ("--log-level", "loud"), ("--max-upload-mb", "inf"), ("--max-batch-size", "100000000")],
+)
+def test_an_option_value_the_server_cannot_use_is_one_line_and_exit_2(tmp_path, option, value):
+    """(`trace`, which uvicorn knows and logging does not, and an infinite size were tracebacks; a batch
+    whose caches cannot be allocated started, said "ok" and failed every request with a 500)"""
+    result = run_server(option, value, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "Invalid value" in result.stderr
 
 
 def test_an_uncreatable_references_dir_is_one_line_and_exit_2(tmp_path):
