@@ -8,7 +8,7 @@ import torch
 
 from ..checkpoints import CheckpointError, describe_key_mismatch, describe_shape_mismatch, load_state_dict_file
 from .autotune import tune_model
-from .config import LMConfig, LoraConfig, load_lm_config
+from .config import LMConfig, LoraConfig, ModelArgs, load_lm_config
 from .model import Transformer
 from .quantize import QUANT_MODES, checkpoint_quantization, convert_to_int8, quantize_model
 
@@ -52,6 +52,19 @@ def merge_lora(state_dict: dict[str, torch.Tensor], scaling: float, dtype: torch
     return merged
 
 
+def _check_size(args: ModelArgs, state_dict: dict[str, torch.Tensor]) -> None:
+    """The config's depth and width against the checkpoint's, before a model of that size is built even on
+    the meta device: a config of 100,000 layers took a minute to be refused, one of dim 10**12 overflowed."""
+    layers = len({key.split(".")[1] for key in state_dict if key.startswith("layers.")})
+    embeddings = state_dict.get("embeddings.weight")
+    stored = None if embeddings is None else tuple(embeddings.shape)
+    if layers != args.n_layer or stored not in (None, (args.total_vocab, args.dim)):
+        raise CheckpointError(
+            f"checkpoint does not fit the LM config: it holds {layers} layers and embeddings of {stored}, "
+            f"the config says n_layer {args.n_layer} and {(args.total_vocab, args.dim)}"
+        )
+
+
 def load_lm(
     checkpoint_path: str | os.PathLike,
     config: LMConfig | str = "text2semantic_finetune",
@@ -93,6 +106,7 @@ def build_lm(
         scaling = config.lora.scaling if config.lora else LoraConfig().scaling  # official: alpha 16 / r 8
         state_dict = merge_lora(state_dict, scaling, dtype)
 
+    _check_size(config.model, state_dict)
     with torch.device("meta"):
         model = Transformer(config.model)
         if stored == "int8":

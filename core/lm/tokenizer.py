@@ -101,7 +101,7 @@ def resolve_tokenizer_dir(
     """
     spec = str(spec)
     looks_like_repo = bool(_REPO_ID.match(spec)) and not spec.endswith(".json")
-    path: Path | None = Path(spec) if Path(spec).exists() else None
+    path: Path | None = Path(spec) if root is None and _exists(spec) else None  # root: only paths inside it
     if root is not None:
         try:
             path = root.resolve(spec, field=field)
@@ -127,9 +127,17 @@ def resolve_tokenizer_dir(
             "put its files there or start the server with --allow-downloads.",
             field,
         )
-    if root is not None and Path(spec).exists():  # a same-named local folder would be read: it lies outside
+    if root is not None and _exists(spec):  # a same-named local folder would be read: it lies outside
         raise OutsideFolder(f"{field}: {spec!r} is outside the checkpoints folder.", field)
     return download_tokenizer(spec)
+
+
+def _exists(spec: str) -> bool:
+    """Path(spec).exists(), False for a name the OS refuses (a part over 255 bytes, a NUL)."""
+    try:
+        return Path(spec).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def download_tokenizer(repo_id: str) -> Path:

@@ -148,6 +148,15 @@ def test_checkpoint_that_does_not_fit_names_the_key(tmp_path, plain_state, damag
         load_lm(tmp_path / "bad.pth", CONFIG)
 
 
+@pytest.mark.parametrize("change", [{"n_layer": 100_000}, {"dim": 10**12, "n_head": 1}])
+def test_a_config_far_larger_than_its_checkpoint_is_refused_before_it_is_built(tmp_path, change):
+    """(100,000 layers took a minute to build on the meta device; a dim of 10**12 overflowed there: a 500)"""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**json.loads((PARITY / "cli_configs" / "llama.json").read_text()), **change}))
+    with pytest.raises(CheckpointError, match="does not fit the LM config: it holds"):
+        load_lm(PARITY / "llama_state_dict.pt", str(config))
+
+
 def test_official_config_rejects_the_tiny_checkpoint_with_a_clear_error():
     with pytest.raises(CheckpointError, match="does not fit"):
         load_lm(PARITY / "llama_state_dict.pt", "text2semantic_finetune")

@@ -258,6 +258,13 @@ CASES = [
         400,
     ),
     (
+        "load: a tokenizer name over 255 bytes",
+        "PUT",
+        LOAD,
+        {"json": load_body(llama__tokenizer="a" * 300)},
+        400,
+    ),
+    (
         "invoke: prompt_tokens name over 255 bytes",
         "POST",
         INVOKE,
