@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -30,25 +31,35 @@ class AudioError(ValueError):
     """Audio that cannot be read or written (not audio, empty, unsupported format)."""
 
 
+UNKNOWN_LENGTH = 2**63 - 1  # libsndfile's length of a stream that does not declare it (FLAC written to a pipe)
+
+
 def load_audio(source: str | os.PathLike | bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode a file path or encoded bytes to mono float32 samples at `sample_rate`."""
     audio, source_rate = read_audio(source)
     return audio if source_rate == sample_rate else resample(audio, source_rate, sample_rate)
 
 
-def read_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
-    """Decode a file path or encoded bytes to mono float32 samples at the file's own rate: (samples, rate)."""
+def read_audio(source: str | os.PathLike | bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode a file path or encoded bytes to mono float32 samples at the file's own rate: (samples, rate).
+    `max_seconds`: a stream that does not declare its length is read no further than just past it."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise AudioError("audio is empty (0 bytes)")
         name, handle = "audio data", io.BytesIO(bytes(source))
     else:
         path = Path(source)
-        if not path.is_file():
+        if not path.exists() or path.is_dir():
             raise AudioError(f"audio file not found: {path}")
-        name, handle = path.name, path
+        # a pipe (/dev/stdin, a shell's <(...)) is read whole first: libsndfile seeks in what it reads
+        name, handle = path.name, (path if path.is_file() else io.BytesIO(path.read_bytes()))
     try:
-        data, source_rate = sf.read(handle, dtype="float32", always_2d=True)
+        with sf.SoundFile(handle) as file:
+            if file.frames == UNKNOWN_LENGTH:
+                data = _read_undeclared(file, None if max_seconds is None else int(max_seconds * file.samplerate))
+            else:
+                data = file.read(dtype="float32", always_2d=True)
+            source_rate = file.samplerate
     except Exception:  # noqa: BLE001 - libsndfile raises several types; all mean "cannot decode"
         raise AudioError(f"{name} is not a readable audio file (supported: wav, flac, ogg, mp3)") from None
     if data.shape[0] == 0:
@@ -57,6 +68,23 @@ def read_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
     if not np.isfinite(audio).all():
         raise AudioError(f"{name} contains NaN or infinite samples")
     return np.ascontiguousarray(audio, dtype=np.float32), int(source_rate)
+
+
+def _read_undeclared(file: sf.SoundFile, max_frames: int | None, block: int = 65536) -> np.ndarray:
+    """[frames, channels] of a stream that does not declare its length, read block by block to its end
+    (or just past `max_frames`). soundfile's own read seeks after each block, which libsndfile refuses
+    past the first 65,536 frames of such a stream, so this calls libsndfile's read directly."""
+    from soundfile import _ffi, _snd  # (soundfile's binding to libsndfile)
+
+    blocks, total = [], 0
+    while max_frames is None or total <= max_frames:
+        out = np.empty((block, file.channels), dtype=np.float32)
+        count = _snd.sf_readf_float(file._file, _ffi.cast("float *", _ffi.from_buffer(out)), block)
+        blocks.append(out[:count])
+        total += count
+        if count < block:
+            break
+    return np.concatenate(blocks)
 
 
 def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
@@ -177,15 +205,31 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = S
 
 def replace_file(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a file beside `path`, then rename it over `path`: a write that fails (a full disk,
-    Ctrl-C) leaves what was at `path` as it was, and no partial file."""
+    Ctrl-C) leaves what was at `path` as it was, and no partial file. The partial file's name is its own,
+    so two runs writing the same file do not write into one partial file (one of them failed)."""
     path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
-        partial.write_bytes(data)
+        # (O_EXCL: never another's; mode 0666 less the umask, as a plain open gives)
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+            file.write(data)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """AudioError unless a file can be written at `path`: checked before the work that makes it, not
+    after a synthesis of minutes."""
+    path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path} is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise AudioError(f"cannot write {path}: {folder} is not an existing folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise AudioError(f"cannot write {path}: the folder {folder} is not writable")
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -165,7 +165,7 @@ def vqgan(
     s1_folder: Path | None,
 ):
     """Encode audio to VQ codes (and reconstruct it), or decode codes to audio (with --model: the S1 codec)."""
-    from .audio import load_audio, npy_bytes, replace_file, suffix_format, write_audio
+    from .audio import check_writable, load_audio, npy_bytes, replace_file, suffix_format, write_audio
     from .engine import TTSEngine
     from .reference import read_codes_file
 
@@ -173,6 +173,7 @@ def vqgan(
     if suffix != ".npy" and suffix not in AUDIO_SUFFIXES:
         raise click.ClickException(f"unknown input type {suffix!r}: give an audio file or a .npy of codes")
     suffix_format(output_path)  # before any work (and before the codes beside it are written)
+    check_writable(output_path)
     if suffix == ".npy":
         codes = read_codes_file(input_path, str(input_path))  # validate before loading the model
     if s1_folder is not None:
@@ -448,18 +449,28 @@ def tts(
     )
 
 
+def _write_all(out, data: bytes) -> None:
+    """All of `data`: with PYTHONUNBUFFERED set, stdout's buffer is a raw file whose write may take part of
+    it (a pipe's free room), and the rest was silently lost."""
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view) :]
+
+
 class AudioSink:
     """Where `tts` writes: a file in the format of its suffix (`growing`: written as chunks arrive, so a
     growing file can be played; else written whole once, replacing the file only when complete), or `-`: a
     WAV stream on stdout whose header announces no length."""
 
     def __init__(self, output: str, growing: bool = False):
-        from .audio import suffix_format
+        from .audio import check_writable, suffix_format
 
         if output == "-" and sys.stdout is None:
             raise click.ClickException("-o -: stdout is closed, so there is nowhere to write the audio")
         self.output, self.growing = output, growing
         self.format = None if output == "-" else suffix_format(output)  # checked before any work
+        if self.format is not None:
+            check_writable(output)
         self.writer = None
 
     def write(self, chunk: np.ndarray, sample_rate: int) -> None:
@@ -472,8 +483,8 @@ class AudioSink:
             out = sys.stdout.buffer
             if self.writer is None:
                 self.writer = out
-                out.write(streaming_wav_header(sample_rate))
-            out.write(pcm16_bytes(chunk))
+                _write_all(out, streaming_wav_header(sample_rate))
+            _write_all(out, pcm16_bytes(chunk))
             out.flush()
             return
         if self.writer is None:

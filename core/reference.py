@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
-from .audio import read_audio, resample
+from .audio import UNKNOWN_LENGTH, read_audio, resample
 from .request import Reference
 
 if TYPE_CHECKING:
@@ -47,9 +47,9 @@ def prepare_reference(engine: TTSEngine, reference: Reference) -> PreparedRefere
         codes = read_codes_file(Path(codes), reference.field, max_frames)
     codes = np.asarray(codes)
     field = reference.field
-    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer) or codes.shape[1] == 0:
         raise ValueError(
-            f"{field}: codes must be a 2-D integer array [{info.num_codebooks}, T], got {codes.dtype} "
+            f"{field}: codes must be a 2-D integer array [{info.num_codebooks}, T] with T >= 1, got {codes.dtype} "
             f"{list(codes.shape)}."
         )
     size = info.codebook_size  # None without a codec: the LM's own bound applies (lm/prompt.py)
@@ -75,7 +75,7 @@ def read_reference_audio(reference: Reference, sample_rate: int) -> tuple[np.nda
             if declared > max_seconds:  # refuse before decoding and resampling a long file
                 raise _too_long(declared, max_seconds, field)
         try:
-            audio, rate = read_audio(source)
+            audio, rate = read_audio(source, max_seconds)
         except ValueError as exc:
             raise ValueError(f"{field}: {exc}") from None
     seconds = audio.size / rate
@@ -103,12 +103,16 @@ def read_codes_file(path: Path, field: str, max_frames: int | None = None) -> np
     if codes.shape[1] == 0 or (max_frames is not None and codes.shape[1] > max_frames):
         limit = f"1 to {max_frames}" if max_frames is not None else "at least 1"
         raise ValueError(f"{field}: {codes.shape[1]} frames of codes; {limit} are accepted.")
-    return np.array(codes)
+    if codes.dtype == np.uint64 and codes.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{field}: codes out of range (values past 2**63).")
+    return np.array(codes, dtype=np.int64)  # (torch has no arithmetic for unsigned 64-bit integers)
 
 
 def _declared_seconds(source: bytes | Path) -> float:
     try:
         info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if info.frames == UNKNOWN_LENGTH:  # not declared: read_audio stops just past the limit
+            return 0.0
         return info.frames / info.samplerate if info.samplerate else 0.0
     except Exception:  # noqa: BLE001 - load_audio gives the readable error
         return 0.0

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from core import audio
-from core.audio import SAMPLE_RATE, AudioError, encode_audio, load_audio, write_audio
+from core.audio import SAMPLE_RATE, UNKNOWN_LENGTH, AudioError, encode_audio, load_audio, write_audio
 
 
 def tone(seconds: float = 1.0, sr: int = SAMPLE_RATE, freq: float = 440.0) -> np.ndarray:
@@ -35,6 +35,38 @@ def test_flac_round_trip_is_lossless_at_16_bit():
     audio = tone()
     back = load_audio(encode_audio(audio, SAMPLE_RATE, "flac"))
     assert back.shape == audio.shape and np.abs(back - audio).max() <= 1 / 32767
+
+
+def flac_of_undeclared_length(audio: np.ndarray) -> bytes:
+    """A FLAC whose STREAMINFO leaves the total sample count 0, "unknown": what ffmpeg writes to a pipe."""
+    data = bytearray(encode_audio(audio, SAMPLE_RATE, "flac"))
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # the first metadata block is STREAMINFO
+    data[8 + 13] &= 0xF0  # its 36-bit sample count: the low 4 bits of byte 13 and bytes 14-17
+    data[8 + 14 : 8 + 18] = bytes(4)
+    return bytes(data)
+
+
+def test_a_flac_that_does_not_declare_its_length_is_read_whole():
+    """(libsndfile reports 2**63 - 1 frames, and soundfile's read failed past 65,536 of them: 'not a
+    readable audio file', or a reference 4e14 s long)"""
+    audio = tone(4.0)
+    data = flac_of_undeclared_length(audio)
+    assert sf.info(io.BytesIO(data)).frames == UNKNOWN_LENGTH
+    assert np.array_equal(load_audio(data), load_audio(encode_audio(audio, SAMPLE_RATE, "flac")))
+
+
+def test_a_reference_of_undeclared_length_is_read_only_just_past_the_limit(monkeypatch):
+    from core.reference import read_reference_audio
+    from core.request import Reference
+
+    data = flac_of_undeclared_length(tone(30.0))
+    read = []
+    monkeypatch.setattr(
+        audio, "_read_undeclared", lambda f, n, _read=audio._read_undeclared: read.append(n) or _read(f, n)
+    )
+    with pytest.raises(ValueError, match=r"reference_audio: the reference clip is [0-9.]+ s long; the limit is 2 s"):
+        read_reference_audio(Reference("reference_audio", audio=data, max_seconds=2.0), SAMPLE_RATE)
+    assert read == [2 * SAMPLE_RATE]
 
 
 @pytest.mark.parametrize("fmt", ["ogg", "mp3"])
@@ -99,6 +131,21 @@ def test_empty_inputs_raise_audio_error(tmp_path):
     sf.write(path, np.zeros(0, np.float32), SAMPLE_RATE)
     with pytest.raises(AudioError, match="no audio samples"):
         load_audio(path)
+
+
+def test_a_pipe_is_read_like_a_file(tmp_path):
+    """(`--reference-audio <(ffmpeg ...)` or /dev/stdin: "audio file not found: /dev/fd/63")"""
+    import os
+    import threading
+
+    clip = tone(2.0)
+    pipe = tmp_path / "pipe.wav"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_bytes, args=(encode_audio(clip, SAMPLE_RATE, "wav"),))
+    writer.start()
+    back = load_audio(pipe)
+    writer.join(10)
+    assert back.shape == clip.shape and np.abs(back - clip).max() <= 1 / 32767
 
 
 def test_missing_file_raises_audio_error(tmp_path):

@@ -230,6 +230,7 @@ def _bad_inputs(ckpt, tmp_path):
     with open(tmp_path / "archive.npy", "wb") as handle:
         np.savez(handle, codes=np.zeros((4, 5), dtype=np.int64))
     (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "a-folder.wav").mkdir()
     torch.save({"weight": torch.ones(2), "ratio": fractions.Fraction(1, 2)}, tmp_path / "objects.pth")
 
     def prompt_tokens(name: str) -> list:
@@ -343,6 +344,16 @@ def _bad_inputs(ckpt, tmp_path):
             "CUDA",
         ),
         "reference-without-text": (["tts", "--text", "hi", "--reference-audio", "noise.wav"], "go together"),
+        # the output is checked before the models load (their missing files would be the message otherwise),
+        # not found unwritable after a whole synthesis
+        "tts-output-in-a-missing-folder": (
+            ["tts", "--text", "hi", "-o", "missing/out.wav", "--llama-checkpoint-path", "missing.pth"],
+            "missing is not an existing folder",
+        ),
+        "vqgan-output-that-is-a-folder": (
+            ["vqgan", "-i", "good.npy", "-o", "a-folder.wav", "--checkpoint-path", "missing.pth"],
+            "a-folder.wav is a folder",
+        ),
     }
 
 
@@ -376,3 +387,23 @@ def test_tts_to_a_closed_stdout_says_so(ckpt, tmp_path):
         preexec_fn=lambda: os.close(1),  # (as `>&-` in a shell)
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr and "stdout is closed" in done.stderr
+
+
+def test_tts_to_stdout_that_stops_reading_fails_even_unbuffered(ckpt, tmp_path):
+    """With PYTHONUNBUFFERED (many container images), stdout's buffer is a raw file that takes only what
+    the pipe has room for: the rest of the audio was dropped, and the CLI said it saved it all."""
+    models = ["--llama-checkpoint-path", ckpt["lm"], "--llama-config-name", ckpt["lm_config"]]
+    models += ["--vqgan-checkpoint-path", ckpt["vqgan"], "--vqgan-config-name", ckpt["vqgan_config"]]
+    text = "This is a sentence that makes more audio than a pipe holds."
+    args = ["tts", "--text", text, "--max-new-tokens", "60", "--seed", "1", "-o", "-", *models]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fishtts", *map(str, args), "--tokenizer", ckpt["tokenizer"], "--device", "cpu"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout.read(100)[:4] == b"RIFF"
+    process.stdout.close()  # the reader goes away, as `| head -c 100`
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0 and b"Broken pipe" in stderr and b"Saved" not in stderr, stderr[-400:]

@@ -82,6 +82,20 @@ def test_reference_codes_files_are_checked_without_unpickling(tiny_engine, tmp_p
     assert prepared.codes.shape[0] == 4 and prepared.audio is not None
 
 
+def test_a_codes_file_of_unsigned_integers_decodes_like_a_signed_one(tiny_engine, tmp_path):
+    """(The CLI's `vqgan -i codes.npy` gave torch's '"min_all" not implemented for UInt64')"""
+    from core.reference import read_codes_file
+
+    codes = np.random.default_rng(0).integers(0, 100, size=(4, 6))
+    np.save(tmp_path / "unsigned.npy", codes.astype(np.uint64))
+    read = read_codes_file(tmp_path / "unsigned.npy", "codes")
+    assert read.dtype == np.int64 and np.array_equal(read, codes)
+    np.testing.assert_array_equal(tiny_engine.decode_codes(read), tiny_engine.decode_codes(codes))
+    np.save(tmp_path / "huge.npy", np.full((4, 6), 2**63, np.uint64))
+    with pytest.raises(ValueError, match="^codes: codes out of range"):
+        read_codes_file(tmp_path / "huge.npy", "codes")
+
+
 def test_the_engine_reads_what_the_front_end_shows(tiny_engine):
     """Without a model the front end gives the pieces for a large context; the engine, whose tiny
     model has 256 positions, splits a piece whose prompt would leave less than half for audio."""
