@@ -17,6 +17,8 @@ from ..config import CodecTransformerConfig, LayerShape
 from ..layers import SwiGLU
 from ..lm import Attention
 
+QUERY_BLOCK = 1024  # query rows attended at once by a whole-input pass (~1024 x 1152 scores a head)
+
 
 class LayerScale(nn.Module):
     def __init__(self, dim: int):
@@ -37,8 +39,18 @@ class CodecBlock(nn.Module):
         self.attention_layer_scale = LayerScale(shape.dim)
         self.ffn_layer_scale = LayerScale(shape.dim)
 
-    def forward(self, x: Tensor, rope: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
-        h = x + self.attention_layer_scale(self.attention(self.attention_norm(x), rope, mask, positions, x.size(1)))
+    def forward(self, x: Tensor, rope: Tensor, positions: Tensor, window: int | None) -> Tensor:
+        """The block on a whole input, its queries QUERY_BLOCK rows at a time, each block over the keys its
+        window reaches: memory grows with the length, not its square (a 10-minute clip's [T, T] scores
+        took 21 GB). An input of one block is the original's one call."""
+        q, k, v = self.attention.project(self.attention_norm(x), rope)
+        rows = []
+        for start in range(0, x.size(1), QUERY_BLOCK):
+            end = min(start + QUERY_BLOCK, x.size(1))
+            first = 0 if window is None else max(0, start - window + 1)
+            mask = window_mask(positions[start:end], positions[first:end], window)
+            rows.append(self.attention.attend(q[:, :, start:end], k[:, :, first:end], v[:, :, first:end], mask))
+        h = x + self.attention_layer_scale(torch.cat(rows, dim=1))
         return h + self.ffn_layer_scale(self.feed_forward(self.ffn_norm(h)))
 
     def forward_stream(
@@ -96,10 +108,9 @@ class WindowLimitedTransformer(nn.Module):
         x = x.transpose(1, 2)
         length = x.size(1)
         positions = torch.arange(length, device=x.device)
-        mask = window_mask(positions, positions, self.config.window_size)
         rope = self.rope(length, x.device)
         for layer in self.layers:
-            x = layer(x, rope, mask, positions)
+            x = layer(x, rope, positions, self.config.window_size)
         return self.norm(x).transpose(1, 2)
 
     def forward_stream(self, x: Tensor, past: list, offset: int) -> Tensor:

@@ -107,3 +107,29 @@ def test_snake_computed_in_place_gives_the_originals_formula_to_the_bit():
         expected = x + (snake.alpha + 1e-9).reciprocal() * torch.sin(snake.alpha * x).pow(2)
         assert torch.equal(snake(x), expected)
         assert torch.equal(snake(time_major), expected)
+
+
+@pytest.mark.parametrize("window", [8, None])
+def test_a_long_input_is_attended_block_by_block_with_the_same_result(monkeypatch, window):
+    """The codec's transformers attend QUERY_BLOCK queries at a time over the keys their window reaches
+    (a 10-minute clip's one [T, T] call took 21 GB): the same outputs (float64: the blocks' sums over
+    fewer keys round alike far below the check), and no call sees more than a block and its window."""
+    from core.s1.codec import transformer
+    from core.s1.config import CodecTransformerConfig
+
+    torch.manual_seed(0)
+    config = CodecTransformerConfig(n_layer=2, dim=32, n_head=2, head_dim=16, window_size=window)
+    model = transformer.WindowLimitedTransformer(config).double().eval()
+    x = torch.randn(1, 32, 150, dtype=torch.float64)
+    with torch.no_grad():
+        whole = model(x)  # 150 rows: one block
+        monkeypatch.setattr(transformer, "QUERY_BLOCK", 16)
+        keys_seen, attend = [], model.layers[0].attention.attend
+        monkeypatch.setattr(
+            model.layers[0].attention,
+            "attend",
+            lambda q, k, v, mask: keys_seen.append(k.size(2)) or attend(q, k, v, mask),
+        )
+        blocked = model(x)
+    torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-12)
+    assert len(keys_seen) == 10 and max(keys_seen) == (16 + window - 1 if window else 150)
