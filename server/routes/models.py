@@ -78,9 +78,12 @@ async def list_models(ctx: Ctx) -> dict:
 @router.delete("/{name}", response_model=Message, dependencies=[Depends(models_editable)])
 async def delete_model(ctx: Ctx, name: str = ModelName) -> dict:
     """Unload a bundle: new requests get 404 at once; answers after its running requests finish.
-    Unknown name: 400 "Model not found." (as the original). 409 where a deployment config sets the models."""
+    Unknown name: 400 "Model not found." (as the original); one still being loaded for the first time: 409.
+    409 where a deployment config sets the models."""
     try:
         await run_in_threadpool(ctx.registry.delete, name)
     except ModelNotFound:
+        if name in ctx.registry.loading():  # (its first load: nothing to delete yet, but not "not found")
+            raise ApiError(409, f"Model {name!r} is still loading; delete it once it is loaded.") from None
         raise ApiError(400, "Model not found.") from None
     return {"message": "Model deleted."}

@@ -153,6 +153,28 @@ def test_g2p_preview_rows_per_line(client):
     assert all(s["phones"] for s in segments)
 
 
+def test_a_delete_during_a_models_first_load_is_a_409_not_unknown(client):
+    """(It said "Model not found." while /v1/health listed the name as loading.)"""
+    import threading
+
+    registry, building, release = client.app.state.ctx.registry, threading.Event(), threading.Event()
+
+    def build():
+        building.set()
+        release.wait(60)
+        raise RuntimeError("never loads")
+
+    loader = threading.Thread(target=lambda: pytest.raises(RuntimeError, registry.load, "slow", build))
+    loader.start()
+    try:
+        assert building.wait(60) and "slow" in client.get("/v1/health").json()["loading"]
+        assert "still loading" in assert_json_error(client.delete("/v1/models/slow"), 409)["message"]
+    finally:
+        release.set()
+        loader.join(60)
+    assert_json_error(client.delete("/v1/models/slow"), 400)
+
+
 def test_health_lists_models_and_queue(client):
     health = client.get("/v1/health").json()
     assert health["status"] == "ok"
