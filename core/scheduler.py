@@ -85,6 +85,9 @@ class Stepper(Protocol):
     def threads(self):
         """The context manager a step runs in (thread settings)."""
 
+    def bound(self):
+        """The context manager the scheduler thread runs in for its life (its model's own decode paths)."""
+
 
 @dataclass(eq=False)
 class Job:
@@ -181,7 +184,8 @@ class Scheduler:
         try:
             if self.static:
                 own_cuda_graph_trees()
-            self._loop()
+            with self.stepper.bound():
+                self._loop()
             error: BaseException = RuntimeError("the model was unloaded")
         except BaseException as exc:  # noqa: BLE001 - a bug here must not leave callers waiting forever
             log.exception("the scheduler thread died; its model fails all work until it is loaded again")

@@ -279,31 +279,33 @@ def tune_model(model: nn.Module) -> dict[str, dict[str, str]]:
         return model_paths(model)
     cache = read_cache(CACHE_NAME)
     changed = False
-    for fmt, layers in formats.items():
-        key = _key(fmt, layers)
-        entry = cache.get(key)
-        valid = (
-            isinstance(entry, dict)
-            and entry.get("decode") in paths.decode_candidates(fmt)
-            and entry.get("batch_decode") in paths.decode_candidates(fmt)
-            and paths.arithmetic(entry["batch_decode"]) == paths.arithmetic(entry["decode"])
-            and entry.get("prefill") in paths.prefill_candidates(fmt)
-        )
-        if not valid:
-            start = time.perf_counter()
-            entry = _measure(fmt, layers, _prompt_layers(model, layers), model.decode_probe)
-            entry["tuned_s"] = round(time.perf_counter() - start, 3)
-            cache[key], changed = entry, True
-        paths.set_paths(fmt, decode=entry["decode"], batch_decode=entry["batch_decode"], prefill=entry["prefill"])
-        log.info(
-            "LM %s paths on %s: decode %s (batched %s), prefill %s (%s)",
-            fmt,
-            cpu_info()["model"],
-            entry["decode"],
-            entry["batch_decode"],
-            entry["prefill"],
-            f"measured in {entry['tuned_s']} s" if not valid else "cached",
-        )
+    with paths.bound(model):  # its own table: a served model of the same format keeps its paths meanwhile
+        for fmt, layers in formats.items():
+            key = _key(fmt, layers)
+            entry = cache.get(key)
+            valid = (
+                isinstance(entry, dict)
+                and entry.get("decode") in paths.decode_candidates(fmt)
+                and entry.get("batch_decode") in paths.decode_candidates(fmt)
+                and paths.arithmetic(entry["batch_decode"]) == paths.arithmetic(entry["decode"])
+                and entry.get("prefill") in paths.prefill_candidates(fmt)
+            )
+            if not valid:
+                start = time.perf_counter()
+                entry = _measure(fmt, layers, _prompt_layers(model, layers), model.decode_probe)
+                entry["tuned_s"] = round(time.perf_counter() - start, 3)
+                cache[key], changed = entry, True
+            paths.set_paths(fmt, decode=entry["decode"], batch_decode=entry["batch_decode"], prefill=entry["prefill"])
+            log.info(
+                "LM %s paths on %s: decode %s (batched %s), prefill %s (%s)",
+                fmt,
+                cpu_info()["model"],
+                entry["decode"],
+                entry["batch_decode"],
+                entry["prefill"],
+                f"measured in {entry['tuned_s']} s" if not valid else "cached",
+            )
+    paths.adopt(model)
     changed |= _tune_attention(model, cache)
     if changed:
         write_cache(CACHE_NAME, cache)
@@ -358,4 +360,5 @@ def model_paths(model: nn.Module) -> dict[str, dict[str, str]]:
     its prompt attention's."""
     layout = _attention_layout(model)
     attention = {} if layout is None else {"prefill_attention": prefill_attention.chosen(layout)}
-    return {fmt: {**paths.chosen(fmt), **attention} for fmt in model_formats(model)}
+    with paths.bound(model):
+        return {fmt: {**paths.chosen(fmt), **attention} for fmt in model_formats(model)}

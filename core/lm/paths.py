@@ -14,6 +14,7 @@ weights are exact or nearly so in bfloat16, a float32 model keeps float32), for 
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -115,21 +116,54 @@ def arithmetic(path: str) -> str:
     return path
 
 
+# The paths per format: each model's own table (autotune fills it for the model's shapes), bound to the
+# thread that runs the model (its scheduler's: `bound`), and the process's table for threads bound to none
+# (the benchmark, tests; autotune leaves the last model's choice there too). A model's arithmetic is then
+# its own: loading another model of its format, or timing that one's candidates, no longer changes it
+# (the C++ kernels' prefetch and thread settings stay process-wide: they change speed, never a bit).
 _chosen: dict[str, dict[str, str]] = {}
+_thread = threading.local()
 
 
 def chosen(fmt: str) -> dict[str, str]:
-    """{"decode": path, "batch_decode": path, "prefill": path} in use for `fmt`: decode steps of one
-    sequence, of several, and prompts (the defaults until autotune sets them)."""
-    if fmt not in _chosen:
+    """{"decode": path, "batch_decode": path, "prefill": path} in use for `fmt` on this thread: decode steps
+    of one sequence, of several, and prompts (the defaults until autotune sets them)."""
+    table = getattr(_thread, "table", None)
+    table = _chosen if table is None else table
+    if fmt not in table:
         first = decode_candidates(fmt)[0]
-        _chosen[fmt] = {"decode": first, "batch_decode": first, "prefill": prefill_candidates(fmt)[0]}
-    return _chosen[fmt]
+        table[fmt] = {"decode": first, "batch_decode": first, "prefill": prefill_candidates(fmt)[0]}
+    return table[fmt]
+
+
+def model_table(model: nn.Module) -> dict[str, dict[str, str]]:
+    """The model's own paths per format (empty until autotune fills it: the defaults)."""
+    table = model.__dict__.get("_fishtts_paths")
+    if table is None:
+        table = model.__dict__["_fishtts_paths"] = {}
+    return table
+
+
+@contextmanager
+def bound(model: nn.Module):
+    """This thread computes with `model`'s paths inside the block (a scheduler thread, for its life)."""
+    previous = getattr(_thread, "table", None)
+    _thread.table = model_table(model)
+    try:
+        yield
+    finally:
+        _thread.table = previous
+
+
+def adopt(model: nn.Module) -> None:
+    """`model`'s paths become the process's, for threads bound to no model (the benchmark, tests)."""
+    for fmt, entry in model_table(model).items():
+        _chosen[fmt] = dict(entry)
 
 
 def set_paths(fmt: str, decode: str | None = None, prefill: str | None = None, batch_decode: str | None = None) -> None:
-    """Use these paths for `fmt` from now on (process-wide: every model of that format on this CPU). A new
-    `decode` serves batches too unless `batch_decode` is given, which must compute as `decode` does."""
+    """Use these paths for `fmt` from now on, on this thread (its model's: `bound`; else the process's). A
+    new `decode` serves batches too unless `batch_decode` is given, which must compute as `decode` does."""
     current = chosen(fmt)
     if decode is not None or batch_decode is not None:
         one = decode or current["decode"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from . import paths
 from .generate import (
     BATCHED_PREFILL_ROWS,
     SampledFrame,
@@ -44,3 +45,6 @@ class LMStepper:
 
     def threads(self):
         return decode_threads(self.model)
+
+    def bound(self):
+        return paths.bound(self.model)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..lm import paths
 from ..lm.prefixes import MIN_PREFIX, PrefixCache
 from ..lm.step_threads import StepThreads
 from .compile import compiled_steps
@@ -185,3 +186,6 @@ class S1Stepper:
 
     def threads(self):
         return contextlib.nullcontext()  # (chosen per step inside forward, which alone is timed)
+
+    def bound(self):
+        return paths.bound(self.model)

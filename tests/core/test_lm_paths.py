@@ -730,3 +730,37 @@ def test_engine_int4_generates_codes(tiny_checkpoints):
     assert engine.info.quantize == "int4" and engine.info.lm_paths == engine.lm_paths
     codes = engine.generate_codes(SynthesisRequest(text="hi", use_g2p=False, max_frames=4, seed=1))
     assert codes[0].shape[0] == 4
+
+
+def test_a_model_keeps_its_own_paths_while_another_of_its_format_loads(tiny_checkpoints, cache_home, monkeypatch):
+    """Each model's paths are its own, and its scheduler thread computes with them: the paths were kept per
+    format for the whole process, so loading a second int8 model (its own shapes, its own timings) switched
+    the first one's arithmetic under it, and its codes for the same request and seed changed (its reported
+    paths did not)."""
+    plain = {"decode": "torch", "batch_decode": "torch", "prefill": "float32"}
+    # the other: the arithmetic furthest from plain here (activations rounded to int16 / int8 where it can)
+    decode = paths.decode_candidates("int8")
+    other = next((c for c in decode if "-vnni" in c or "-bytes" in c), decode[0])
+    prefill = paths.prefill_candidates("int8")
+    rounded = next((c for c in ("int8", "bfloat16") if c in prefill), prefill[-1])
+    measured = {"decode": other, "batch_decode": other, "prefill": rounded}
+    if measured == plain:
+        pytest.skip("needs a second int8 arithmetic (the C++ kernels or torch's int8 matmul)")
+    choices = iter([plain, measured])
+    monkeypatch.setattr(autotune, "read_cache", lambda name: {})  # each load measures
+    monkeypatch.setattr(autotune, "_measure", lambda *args: dict(next(choices)))
+    previous = dict(paths.chosen("int8"))
+    first = load_tiny_lm(tiny_checkpoints, quantize="int8", device="cpu")
+    second = None
+    try:
+        request = SynthesisRequest(text="hello there, this is a test", use_g2p=False, max_frames=24, seed=3)
+        before = first.generate_codes(request, ignore_stop=True)[0]
+        second = load_tiny_lm(tiny_checkpoints, quantize="int8", device="cpu")
+        assert paths.model_table(second.lm)["int8"] == measured and paths.chosen("int8") == measured
+        assert first.info.lm_paths["int8"]["decode"] == "torch" and paths.model_table(first.lm)["int8"] == plain
+        np.testing.assert_array_equal(first.generate_codes(request, ignore_stop=True)[0], before)
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+        paths.set_paths("int8", **previous)
