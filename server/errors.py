@@ -53,7 +53,7 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
     ):
-        super().__init__(message)
+        Exception.__init__(self, message)  # (not super(): BodyError's next class is Starlette's HTTPException)
         self.status, self.message, self.headers, self.param, self.code = status, message, headers, param, code
 
 

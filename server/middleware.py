@@ -11,6 +11,7 @@ import asyncio
 import re
 import uuid
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ApiError, error_response
@@ -40,7 +41,16 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class BodyTooLarge(ApiError):
+class BodyError(ApiError, HTTPException):
+    """An ApiError raised while a body is read, which FastAPI's own JSON body reader passes on (it turns any
+    other error into a 400 "There was an error parsing the body": 413 and 408 were lost on its routes)."""
+
+    def __init__(self, status: int, message: str, **options):
+        super().__init__(status, message, **options)
+        self.status_code, self.detail = status, message  # (what HTTPException's str() reads)
+
+
+class BodyTooLarge(BodyError):
     def __init__(self, limit: int):
         super().__init__(
             413,
@@ -49,7 +59,7 @@ class BodyTooLarge(ApiError):
         )
 
 
-class BodyStalled(ApiError):
+class BodyStalled(BodyError):
     def __init__(self, seconds: float):
         super().__init__(
             408,
