@@ -50,26 +50,43 @@ async def read_body(request: Request, model: type[T], max_text_length: int) -> t
             )
     elif content_type in FORM_TYPES:
         data = {}
-        form = await request.form(max_files=len(file_fields) or 1, max_fields=64)
+        # (a field may be as large as the body may be: a clip in base64; BodyLimitsMiddleware bounds the body)
+        form = await request.form(max_files=len(file_fields) or 1, max_fields=64, max_part_size=2**31)
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key not in file_fields:
                     allowed = ", ".join(file_fields) or "none"
                     raise ValueError(f"{key}: unexpected file part (files go in {allowed}).")
                 files[key] = await value.read()
-            elif value != "":  # an empty form field means "not given"
+            elif value != "" or _given_when_empty(model, key):  # an empty form field means "not given"
                 data[key] = value
+        for key in files.keys() & data.keys():
+            raise ValueError(f"{key}: given twice (a file part and a field); send one of them.")
     elif content_type in MSGPACK_TYPES and getattr(model, "MSGPACK", False):
         data = unpack_msgpack(await request.body())
     else:
         kinds = "application/json, application/msgpack" if getattr(model, "MSGPACK", False) else "application/json"
         raise ApiError(415, f"Send the body as {kinds} or multipart/form-data.", code="unsupported_media_type")
     try:
-        body = model.model_validate({k: v for k, v in data.items() if k not in files})
+        # a file part stands in for its field while the body is checked, so that rules across fields (at most
+        # one reference) see it; the route reads it from `files`
+        body = model.model_validate({**data, **dict.fromkeys(files, FILE_PART)})
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    for key in files:
+        setattr(body, key, None)
     check_text_length(body, max_text_length)
     return body, files
+
+
+FILE_PART = "(a file part)"
+
+
+def _given_when_empty(model: type[BaseModel], key: str) -> bool:
+    """An empty form field whose default is a text of its own (`text`: the original's sample sentence) was
+    given empty: "not given" would speak the default instead of refusing an empty text as JSON does."""
+    field = model.model_fields.get(key)
+    return field is not None and isinstance(field.default, str) and field.default != ""
 
 
 def unpack_msgpack(raw: bytes) -> dict:

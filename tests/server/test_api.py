@@ -106,6 +106,25 @@ def test_multipart_reference_upload(client):
     assert_wav(response)
 
 
+def test_a_form_is_held_to_the_rules_json_is(client):
+    """An empty `text` field was "not given", so the original's default sentence was spoken; a file part was
+    not seen by the rule of one reference, so it silently won over `reference_id`; a base64 clip in a
+    field was refused past Starlette's 1 MiB per field, far under the body limit."""
+    invoke_url, fast = "/v1/models/default/invoke", {"max_new_tokens": "8", "seed": "1"}
+    assert_json_error(client.post(invoke_url, data={"text": "", **fast}), 422)
+    clip = audio_bytes(tone(1.5))
+    files = {"reference_audio": ("voice.wav", clip, "audio/wav")}
+    both = {"text": "hi", "reference_text": "a tone", "reference_id": "someone", **fast}
+    assert "give at most one of" in assert_json_error(client.post(invoke_url, data=both, files=files), 422)["message"]
+    twice = {"text": "hi", "reference_text": "a tone", "reference_audio": base64.b64encode(clip).decode(), **fast}
+    assert "given twice" in assert_json_error(client.post(invoke_url, data=twice, files=files), 422)["message"]
+    long_clip = base64.b64encode(audio_bytes(tone(3.0, sr=96000), sr=96000, subtype="FLOAT")).decode()  # 1.5 MB
+    assert len(long_clip) > 2**20
+    assert_wav(
+        client.post(invoke_url, data={"text": "hi", "reference_text": "a tone", "reference_audio": long_clip, **fast})
+    )
+
+
 @pytest.mark.parametrize(
     "label,clip,sr",
     [
