@@ -17,7 +17,8 @@ router = APIRouter(tags=["text"], responses=ERROR_RESPONSES)
 def preview(body: G2PRequest) -> dict:
     """`prompts`: the pieces the engine synthesizes and exactly the strings it reads (for a large
     context: a model with a small one may split a piece further); `segments`: each non-blank line of
-    the text on its own, like the original UI."""
+    the text on its own, like the original UI (none without g2p: the text is read as written, and a line
+    g2p cannot read is still synthesized)."""
     pieces = read_text(body.text, body.reference_text, use_g2p=body.use_g2p, speaker=body.speaker, order=body.order)
     prompts = [
         {
@@ -29,7 +30,7 @@ def preview(body: G2PRequest) -> dict:
         }
         for i, piece in enumerate(pieces)
     ]
-    return {"segments": line_segments(body.text, body.order), "prompts": prompts}
+    return {"segments": line_segments(body.text, body.order) if body.use_g2p else [], "prompts": prompts}
 
 
 @router.post("/v1/text/g2p", response_model=G2PResponse)

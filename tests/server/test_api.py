@@ -194,6 +194,15 @@ def test_a_delete_during_a_models_first_load_is_a_409_not_unknown(client):
     assert_json_error(client.delete("/v1/models/slow"), 400)
 
 
+@pytest.mark.parametrize("text", ["Hello <p:AA1> there", "if a < b and c > d then"])
+def test_the_preview_without_g2p_reads_what_synthesis_reads(client, text):
+    """(It ran g2p over the lines anyway: a 422 for text that synthesizes fine without it)"""
+    preview = client.post("/v1/text/g2p", json={"text": text, "use_g2p": False})
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["segments"] == [] and text.split()[-1] in preview.json()["prompts"][0]["prompt"]
+    assert_wav(client.post("/v1/models/default/invoke", json={"text": text, "use_g2p": False, **FAST}))
+
+
 def test_health_lists_models_and_queue(client):
     health = client.get("/v1/health").json()
     assert health["status"] == "ok"
