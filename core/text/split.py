@@ -21,6 +21,7 @@ _CLAUSE_END = re.compile(r"(?<=[，、,：:])")
 _PHONE_TAG = re.compile(r"<p:[^>]*>")
 _TAG = re.compile(r"<p:[^>]*>|</?(?:zh|jp|en)>", re.IGNORECASE)  # cut around, never inside
 _CJK = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\u3400-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[0-9A-Za-z\u00c0-\u024f]")  # letters and digits read as one word or number
 
 
 def text_weight(text: str) -> int:
@@ -67,14 +68,29 @@ def _spans(text: str, start: int, end: int, pattern: re.Pattern) -> list[tuple[i
 
 
 def _word_spans(text: str, start: int, end: int, max_weight: int) -> list[tuple[int, int]]:
-    """At spaces; unspaced CJK text every max_weight // 3 characters (a cut inside a language tag moves
-    past it; text with a phone tag is not cut but at spaces)."""
+    """At spaces; a word still over max_weight (alone, or holding CJK text even beside spaced words) every
+    max_weight // 3 characters, moved back out of a Latin word or a number, and past a language tag (text
+    with a phone tag is not cut but at spaces)."""
     words = _spans(text, start, end, re.compile(r"\s+"))
-    if len(words) > 1 or _PHONE_TAG.search(text[start:end]):
+    if _PHONE_TAG.search(text[start:end]):
         return words
+    spans = []
+    for a, b in words:
+        # (beside other words, a long one of Latin letters or symbols stays whole: a URL, a run of "*")
+        cut = text_weight(text[a:b]) > max_weight and (len(words) == 1 or _CJK.search(text, a, b))
+        spans.extend(_cut_word(text, a, b, max_weight) if cut else [(a, b)])
+    return spans
+
+
+def _cut_word(text: str, start: int, end: int, max_weight: int) -> list[tuple[int, int]]:
     tags = [(start + m.start(), start + m.end()) for m in _TAG.finditer(text[start:end])]
+    step = max(1, max_weight // 3)
     cuts = {start, end}
-    for cut in range(start + max(1, max_weight // 3), end, max(1, max_weight // 3)):
-        cuts.add(next((b for a, b in tags if a < cut < b), cut))
+    for cut in range(start + step, end, step):
+        cut = next((b for a, b in tags if a < cut < b), cut)
+        inside = cut
+        while inside > start and _LATIN.match(text, inside - 1) and _LATIN.match(text, inside):
+            inside -= 1  # ("2023" or "Python" read whole: "20" | "23" would be read as two numbers)
+        cuts.add(inside if inside > start and cut - inside < step else cut)
     bounds = sorted(cuts)
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if text[a:b].strip()]

@@ -228,3 +228,24 @@ def test_a_tagged_passage_longer_than_a_piece_keeps_its_language_in_every_piece(
     pieces = read_text(text, max_weight=60)
     assert len(pieces) > 1
     assert {segment.language for piece in pieces for segment in piece.segments} == {language}
+
+
+def test_unspaced_cjk_beside_spaced_words_is_cut_to_the_piece_size():
+    """(One space in the clause kept 400 CJK characters in one piece: ~100 s of speech in one prompt)"""
+    from core.text.split import MAX_SEGMENT_WEIGHT, split_text, text_weight
+
+    text = "我们在 GitHub 上发布了" + "这是一个没有标点的很长的句子" * 30
+    pieces = split_text(text)
+    assert "".join(pieces).replace(" ", "") == text.replace(" ", "")
+    assert len(pieces) > 5 and max(text_weight(piece) for piece in pieces) <= MAX_SEGMENT_WEIGHT
+
+
+def test_a_cut_in_unspaced_cjk_moves_out_of_a_number_or_a_latin_word():
+    """('2023' cut as '20' | '23' was read as two numbers; 'Python' as 'Py' | 'thon')"""
+    from core.text.split import split_text
+
+    for word in ("2023", "Python"):
+        for shift in range(8):
+            text = "我们" * 25 + "好" * shift + f"决定在{word}年写程序" + "然后" * 30
+            pieces = split_text(text)
+            assert "".join(pieces) == text and any(word in piece for piece in pieces), (word, shift, pieces)
