@@ -148,7 +148,9 @@ def install_cors(app: FastAPI, allowed_origins: list[str]) -> None:
             allow_origins=allowed_origins,
             allow_credentials=False,
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            # any request header (the OpenAI SDKs send X-Stainless-*): the origins are the check, and a header
+            # opens nothing the API key does not
+            allow_headers=["*"],
             # (X-Sample-Rate: the only way a page tells raw pcm's rate)
             expose_headers=["X-Request-ID", "Retry-After", "Content-Disposition", "X-Sample-Rate"],
             max_age=600,

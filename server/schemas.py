@@ -369,7 +369,12 @@ class SpeechRequest(SamplingFields):
         description=("A loaded model name; tts-1, tts-1-hd and gpt-4o-mini-tts mean the model 'default'."),
     )
     input: str = Field(..., **TEXT_BOUND)
-    voice: str = Field(..., min_length=1, max_length=64, description="A saved voice id (POST /v1/references).")
+    voice: str = Field(
+        ...,
+        min_length=1,
+        max_length=64,
+        description='A saved voice id (POST /v1/references), or the SDK\'s custom-voice object {"id": ...}.',
+    )
     response_format: Literal[OPENAI_FORMATS] = Field(
         "mp3",
         description=(
@@ -390,6 +395,14 @@ class SpeechRequest(SamplingFields):
     stream: bool = Field(False, description="Same as stream_format 'audio'.")
 
     _input_not_blank = field_validator("input")(lambda value: _not_blank(value))
+
+    @field_validator("voice", mode="before")
+    @classmethod
+    def _voice_object(cls, value):
+        """The OpenAI SDK names a custom voice as {"id": ...}: a saved voice is one."""
+        if isinstance(value, dict) and set(value) == {"id"}:
+            return value["id"]
+        return value
 
 
 class G2PRequest(BaseModel):

@@ -42,6 +42,11 @@ def test_default_format_is_mp3(client, server):
     assert sf.read(io.BytesIO(data))[0].size > 0
 
 
+def test_the_sdks_custom_voice_object_names_a_saved_voice(client):
+    """`voice={"id": ...}` is how the OpenAI SDK names a custom voice (a 400 before)."""
+    assert speak(client, voice={"id": "alice"}, response_format="wav") == speak(client, response_format="wav")
+
+
 def test_pcm_is_raw_16_bit(client):
     data = speak(client, response_format="pcm")
     assert len(data) % 2 == 0 and np.frombuffer(data, "<i2").size > 0
