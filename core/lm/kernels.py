@@ -8,7 +8,8 @@ a layer's attention in one call. They are batch-invariant: a row's result does n
 other rows in the call. The same extension holds the sampler's sort and draw (csrc/sampling.cpp).
 
 The extension is built with -march=native (or FISHTTS_KERNEL_ARCH) into torch's extension cache, keyed
-by the CPU capability; without a compiler (or with FISHTTS_NO_KERNELS=1) plain torch computes the same
+by the CPU capability and the CPU's feature flags (a cache shared between CPU models never loads another's
+build); without a compiler (or with FISHTTS_NO_KERNELS=1) plain torch computes the same
 thing. Which of the two (and which kernel setting) runs each weight format is chosen in paths.py /
 autotune.py.
 """
@@ -71,6 +72,23 @@ def cpu_kernels_available() -> bool:
     return _state["ok"]
 
 
+def _cpu_flags_digest() -> str:
+    """A short digest of every feature flag this CPU reports (/proc/cpuinfo), for the extension's name."""
+    flags = ""
+    try:
+        flags = next(
+            (
+                line.partition(":")[2]
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.split(":")[0].strip() in ("flags", "Features")
+            ),
+            "",
+        )
+    except OSError:
+        pass
+    return hashlib.sha1(" ".join(sorted(flags.split())).encode()).hexdigest()[:10]
+
+
 def _build() -> bool:
     if os.environ.get("FISHTTS_NO_KERNELS") or platform.machine() not in ("x86_64", "AMD64", "aarch64"):
         return False
@@ -82,6 +100,8 @@ def _build() -> bool:
         # tests can run, say, the AVX2-only code of an AMD Zen 2 on an AVX-512 machine.
         arch = os.environ.get("FISHTTS_KERNEL_ARCH", "native")
         name = f"fishtts_cpu_{torch.backends.cpu.get_cpu_capability().lower()}"
+        if arch == "native":  # what -march=native compiles for: a cache shared with another CPU model must not
+            name += f"_{_cpu_flags_digest()}"  # load this one's build (AVX512-VNNI code on a CPU without it: SIGILL)
         load(
             name if arch == "native" else f"{name}_{arch.replace('-', '_')}",
             [str(source) for source in SOURCES],

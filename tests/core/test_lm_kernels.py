@@ -337,3 +337,24 @@ def test_decode_gives_a_sequence_the_same_logits_alone_and_batched(model, monkey
         else:  # torch's matmul may sum in another order for another batch size
             atol = network_atol(batched[i], longest_reduction(model))
             torch.testing.assert_close(alone[0], batched[i], atol=atol, rtol=0)
+
+
+def test_a_native_build_is_named_for_this_cpus_feature_flags(monkeypatch):
+    """-march=native compiles for this CPU's features: a build found in a cache shared with another CPU model
+    (an NFS home, a warmed image) under a name keyed only on 'avx512' could hold AVX512-VNNI code for a CPU
+    without it (SIGILL at the first kernel call)."""
+    from torch.utils import cpp_extension
+
+    names = []
+
+    def recorded(name, *args, **kwargs):
+        names.append(name)
+        raise RuntimeError("(not built here)")
+
+    monkeypatch.setattr(cpp_extension, "load", recorded)
+    monkeypatch.delenv("FISHTTS_NO_KERNELS", raising=False)
+    monkeypatch.delenv("FISHTTS_KERNEL_ARCH", raising=False)
+    if not kernels._build() and not names:
+        pytest.skip("no kernels on this machine")
+    assert names and names[0].endswith("_" + kernels._cpu_flags_digest())
+    assert len(kernels._cpu_flags_digest()) == 10
