@@ -58,9 +58,9 @@ def prepare_reference(engine: TTSEngine, reference: Reference) -> PreparedRefere
     ):
         values = "0 or more" if size is None else f"in 0..{size - 1}"
         raise ValueError(f"{field}: codes must have shape [{info.num_codebooks}, T] with values {values}.")
-    if codes.dtype.kind == "u":  # (torch has no arithmetic for unsigned 64-bit; the values fit, checked above)
-        codes = codes.astype(np.int64)
-    return PreparedReference(codes)
+    # int64, as the prompt adds each codebook's offset in the codes' own type (int8 codes past 125 wrapped
+    # around, a wrong voice) and torch has no arithmetic for unsigned 64-bit; the values fit, checked above
+    return PreparedReference(codes.astype(np.int64, copy=False))
 
 
 def read_reference_audio(reference: Reference, sample_rate: int) -> tuple[np.ndarray, int]:

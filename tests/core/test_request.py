@@ -3,8 +3,11 @@ engine's info, and the front end reading exactly what the engine reads."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 
 from core.frontend import prompt_string, read_piece, read_text
 from core.reference import MIN_REFERENCE_SECONDS, prepare_reference
@@ -94,6 +97,19 @@ def test_a_codes_file_of_unsigned_integers_decodes_like_a_signed_one(tiny_engine
     np.save(tmp_path / "huge.npy", np.full((4, 6), 2**63, np.uint64))
     with pytest.raises(ValueError, match="^codes: codes out of range"):
         read_codes_file(tmp_path / "huge.npy", "codes")
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.uint8, np.int32])
+def test_reference_codes_of_any_integer_type_are_the_same_prompt(tiny_engine, dtype):
+    """(int8 codes past 125 wrapped around when the prompt added each codebook's offset in their own type:
+    a wrong voice, silently)"""
+    codes = np.full((4, 5), 127)
+    request = SynthesisRequest(text="hi", use_g2p=False, max_frames=4, transcript="a clip")
+    prompts = [
+        tiny_engine.encode_prompt(dataclasses.replace(request, reference=Reference("codes", codes=codes.astype(t))))
+        for t in (np.int64, dtype)
+    ]
+    assert torch.equal(*prompts)
 
 
 def test_the_engine_reads_what_the_front_end_shows(tiny_engine):
