@@ -152,7 +152,7 @@ def bench_lm(
                 prompt_tokens=prompt.shape[1],
                 new_tokens=new,
                 prefill_s=round(prefill, 3),
-                prefill_tokens_per_s=round(prompt.shape[1] * n / prefill, 1),
+                prefill_tokens_per_s=round(prompt.shape[1] / prefill, 1),  # (one prefill, copied to the n slots)
                 tokens_per_s=round(rate * n, 2),
                 steps_per_s=round(rate, 2),
                 weights_gb=round(step_bytes / 1e9, 3),

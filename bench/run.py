@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = set(args.parts) - set(PARTS)
     if unknown or args.runs < 1:
         parser.error(f"--only takes {', '.join(PARTS)}" if unknown else "--runs must be >= 1")
+    if args.new < 2 or args.prompt < 1:
+        parser.error("--new must be >= 2 (the decode rate is timed between frames) and --prompt >= 1")
     args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
     if args.compile and "int8+compile" not in args.variant_list:
         args.variant_list.append("int8+compile")

@@ -40,6 +40,11 @@ def test_bench_tiny_reports_every_part_as_positive_numbers(capsys):
             "fraction_of_floor",
         ):
             assert row[key] > 0, (row["variant"], key)
+    for row in report["lm"]:  # a batch's prompt is prefilled once (and copied): its rate is not counted n times
+        seconds = row["prefill_s"]  # (rounded to the millisecond)
+        if seconds > 0.001:
+            fastest, slowest = row["prompt_tokens"] / (seconds - 0.0005), row["prompt_tokens"] / (seconds + 0.0005)
+            assert slowest - 0.05 <= row["prefill_tokens_per_s"] <= fastest + 0.05, row
     assert report["vqgan"]["codes"] == 43  # 2 s at 21.5 codes/s
     assert report["vqgan"]["encode_s"] > 0 and report["vqgan"]["decode_s"] > 0
     assert report["vqgan"]["decode_bf16_s"] > 0 and report["vqgan"]["bf16_snr_db"] > 10  # bfloat16 decode: close
@@ -47,6 +52,12 @@ def test_bench_tiny_reports_every_part_as_positive_numbers(capsys):
     for row in report["e2e"].values():
         assert row["codes"] == 8 and row["audio_s"] > 0
         assert row["total_s"] > 0 and row["rtf"] > 0
+
+
+def test_a_generation_too_short_to_time_is_refused_at_once():
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tiny", "--new", "1"])
+    assert exit_.value.code == 2
 
 
 def test_prefill_bench_tiny_reports_both_ways_per_length(capsys):
