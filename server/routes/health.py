@@ -32,3 +32,7 @@ async def health(ctx: Annotated[ServerContext, Depends(get_ctx)]) -> JSONRespons
         queue={"pending": ctx.queue.pending, "limit": ctx.queue.max_pending, "workers": ctx.queue.workers},
     )
     return JSONResponse(body.model_dump(), status_code=503 if problems else 200)
+
+
+# (what many load balancers and uptime checks send; one operation in the API docs)
+router.add_api_route("/v1/health", health, methods=["HEAD"], include_in_schema=False)

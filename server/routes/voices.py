@@ -82,9 +82,8 @@ async def get_voice(ctx: Ctx, voice_id: str = VoiceId) -> dict:
     return await run_in_threadpool(ctx.voices.get, voice_id)
 
 
-@router.api_route(
+@router.get(
     "/{voice_id}/audio",
-    methods=["GET", "HEAD"],  # (players and download managers ask HEAD first)
     response_class=FileResponse,
     responses={
         200: {
@@ -96,6 +95,10 @@ async def get_voice(ctx: Ctx, voice_id: str = VoiceId) -> dict:
 async def get_voice_audio(ctx: Ctx, voice_id: str = VoiceId) -> FileResponse:
     path = await run_in_threadpool(ctx.voices.audio_path, voice_id)
     return FileResponse(path, media_type="audio/wav", filename=f"{voice_id}.wav")
+
+
+# (players and download managers ask HEAD first; one operation in the API docs)
+router.add_api_route("/{voice_id}/audio", get_voice_audio, methods=["HEAD"], include_in_schema=False)
 
 
 @router.delete("/{voice_id}", response_model=Message)

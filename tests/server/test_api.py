@@ -213,6 +213,8 @@ def test_health_lists_models_and_queue(client):
     assert model["vqgan_precision"] == "float32"
     assert "/tmp/" not in str(health)  # client-facing names only
     assert health["queue"]["limit"] == 16
+    head = client.head("/v1/health")  # (load balancers' checks: a 405 before)
+    assert head.status_code == 200 and head.content == b""
 
 
 def test_docs_and_openapi_show_routes_and_bounds(client):
