@@ -174,9 +174,9 @@ def wire_inference(page: Page, actions: Actions) -> dict:
     def preview(data: dict):
         lang = data[page.language]
         rows, message = actions.preview(
-            lang, data[page.server_url], data[page.api_key], form(data, page, SynthesisForm)
+            lang, data[page.server_url], data[page.api_key], form(data, page, SynthesisForm), data[page.message]
         )
-        return preview_value(lang, rows), message
+        return preview_value(lang, rows), gr.update() if message is None else message
 
     def synthesize(data: dict, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
         """A generator either way: streamed chunks go to the live player as they come; the finished
@@ -208,7 +208,11 @@ def wire_inference(page: Page, actions: Actions) -> dict:
     # The preview follows whatever changes the string the model will read. One event for all triggers,
     # so "always_last" orders them: separate events raced, and a stale preview could land last.
     preview_event = dict(
-        fn=preview, inputs=inputs, outputs=[page.preview, page.message], show_progress="hidden", **PRIVATE
+        fn=preview,
+        inputs=inputs | {page.message},
+        outputs=[page.preview, page.message],
+        show_progress="hidden",
+        **PRIVATE,
     )
     triggers = (
         page.text,
@@ -225,6 +229,7 @@ def wire_inference(page: Page, actions: Actions) -> dict:
         inputs=inputs,
         outputs=[page.stream_audio, page.result_audio, page.download, page.message],
         show_progress_on=[page.result_audio],
+        concurrency_limit=None,  # every visitor's at once: the server batches them (Gradio's default ran one)
         **PRIVATE,
     )
     page.stream.change(

@@ -85,7 +85,7 @@ class ApiClient:
         return self._json("GET", "/v1/models").get("details", [])
 
     def load_model(self, name: str, body: dict) -> dict:
-        return self._json("PUT", f"/v1/models/{quote(name)}", json=body, timeout=self.long_timeout)
+        return self._json("PUT", f"/v1/models/{quote(name, safe='')}", json=body, timeout=self.long_timeout)
 
     def invoke(
         self, name: str, fields: dict, reference_audio: bytes | None = None, reference_filename: str = "reference.wav"
@@ -106,7 +106,7 @@ class ApiClient:
     def _invoke(
         self, name: str, fields: dict, reference_audio: bytes | None, reference_filename: str, stream: bool
     ) -> requests.Response:
-        path, timeout = f"/v1/models/{quote(name)}/invoke", self.long_timeout
+        path, timeout = f"/v1/models/{quote(name, safe='')}/invoke", self.long_timeout
         if reference_audio is None:
             return self._request("POST", path, json=fields, timeout=timeout, stream=stream)
         form = {k: _form_value(v) for k, v in fields.items() if v is not None}

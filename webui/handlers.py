@@ -6,6 +6,8 @@ the page's language (`message_html`), never a traceback.
 from __future__ import annotations
 
 import html
+import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +18,11 @@ from .config import UISettings
 from .files import wav_bytes, write_temp
 from .i18n import t
 
+log = logging.getLogger(__name__)
+
 MODEL_NAME = "default"  # the model the page loads, and picks when the server has it
+PREVIEW_ERROR = "fishtts-preview-error"  # the class of a preview's failure (the next preview clears only that)
+MODEL_NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # the API's model names
 NO_VOICE = ""  # the voice dropdown's "none" entry
 PRECISIONS = ("bfloat16", "float16", "float32")  # what a load body's precision may be (the API's choices)
 
@@ -190,8 +196,10 @@ class Actions:
         """Load the v0.2 files as 'default', or (`s1`) the S1-mini folder under its own name."""
         name, body = (form.s1_name.strip(), form.s1_load_body()) if s1 else (MODEL_NAME, form.load_body())
         try:
+            if not MODEL_NAME_RULE.fullmatch(name):  # ("" or "a/b" made another route's 405 / 404)
+                raise UIError("error.bad_model_name")
             info = self.client(server_url, api_key).load_model(name, body)
-        except ClientError as exc:
+        except (ClientError, UIError) as exc:
             return failure_html(lang, "model.load_failed", exc)
         detail = t(lang, "model.loaded_detail", device=info.get("device", "?"), precision=info.get("precision", "?"))
         return message_html(lang, "model.loaded", detail, error=False)
@@ -250,17 +258,31 @@ class Actions:
 
     # -- inference ------------------------------------------------------------------------------
 
-    def preview(self, lang: str, server_url: str, api_key: str, form: SynthesisForm) -> tuple[list[list], str]:
+    def preview(
+        self, lang: str, server_url: str, api_key: str, form: SynthesisForm, shown: str = ""
+    ) -> tuple[list[list], str | None]:
         """Rows (ID, text, language, phonemes) of exactly what the model will read, as the server's
         front end reads it: each piece of the text with the reference text in front (text mode: one
-        row per piece, no phonemes)."""
+        row per piece, no phonemes), and the message: a failure, "" to clear the last preview's, or None to
+        leave `shown` (the message box is the synthesis's too: typing wiped its "Synthesizing…")."""
+        rows, message = self._preview(lang, server_url, api_key, form)
+        return rows, None if not message and PREVIEW_ERROR not in (shown or "") else message
+
+    def _preview(self, lang: str, server_url: str, api_key: str, form: SynthesisForm) -> tuple[list[list], str]:
         if not (form.text or "").strip():
             return [], ""
         try:
             fields, _, _ = invoke_request(form, need_reference=False)
-            pieces = self.client(server_url, api_key).preview(fields)
+            client = self.client(server_url, api_key)
+            model = next((m for m in self.loaded_models(server_url, api_key) if m.name == form.model), None)
+            if model is not None and not model.phonemes:  # S1-mini reads the text whole, as it is
+                return [[0, form.text, "-", "-"]], ""
+            if fields.get("reference_id") and fields.get("reference_text") is None:  # as the server: its transcript
+                voice = next((v for v in client.list_voices() if v["id"] == fields["reference_id"]), {})
+                fields["reference_text"] = voice.get("transcript")
+            pieces = client.preview(fields)
         except (ClientError, UIError) as exc:
-            return [], failure_html(lang, "error.preview", exc)
+            return [], f'<div class="{PREVIEW_ERROR}">{failure_html(lang, "error.preview", exc)}</div>'
         if form.mode != "phonemes":
             return [[i, piece["text"], "-", "-"] for i, piece in enumerate(pieces)], ""
         segments = [segment for piece in pieces for segment in piece["segments"]]
@@ -341,8 +363,8 @@ class Actions:
             voice = next((v for v in client.list_voices() if v["id"] == voice_id), None)
             if voice is None:
                 raise ClientError("error.server", 404, message=f"Cannot find voice {voice_id!r}.")
-            clip = write_temp(client.get_voice_audio(voice_id), voice_id, ".wav")
-        except ClientError as exc:
+            clip = saved(client.get_voice_audio(voice_id), voice_id, ".wav")
+        except (ClientError, UIError) as exc:
             return None, None, failure_html(lang, "error.voice", exc)
         return clip, voice["transcript"], ""
 
@@ -385,10 +407,23 @@ class Actions:
         return self.voice_choices(server_url, api_key), message_html(lang, "reference.deleted", error=False, name=name)
 
 
-def finished(lang: str, audio: bytes, suffix: str, started: float) -> tuple[str, str, str]:
+def finished(lang: str, audio: bytes, suffix: str, started: float) -> tuple[str | None, str | None, str]:
     """(result file, the same file for download, "done in N s") for a synthesis's whole audio."""
-    path = write_temp(audio, time.strftime("fishtts-%Y%m%d-%H%M%S"), suffix)
+    try:
+        path = saved(audio, time.strftime("fishtts-%Y%m%d-%H%M%S"), suffix)
+    except UIError as exc:
+        return None, None, failure_html(lang, "error.inference", exc)
     return path, path, message_html(lang, "synthesis.done", error=False, elapsed=f"{time.monotonic() - started:.1f}")
+
+
+def saved(data: bytes, stem: str, suffix: str) -> str:
+    """write_temp, its failure a message (a full disk, a temporary folder another user owns): the page
+    stayed on "Synthesizing…" with a bare "Error" badge."""
+    try:
+        return write_temp(data, stem, suffix)
+    except OSError:
+        log.warning("the web UI could not write its result file", exc_info=True)
+        raise UIError("error.save_result") from None
 
 
 # -- request building (pure) ---------------------------------------------------------------------
@@ -416,6 +451,16 @@ def read_reference(path: str | None) -> tuple[bytes, str]:
         raise UIError("error.read_audio") from None
 
 
+def seed(value) -> int | None:
+    """The seed field: 0 or empty, a random one (None); a negative one is refused here, in the page's language
+    (the number box's own minimum was checked by Gradio, in English)."""
+    if not value:
+        return None
+    if int(value) < 0:
+        raise UIError("error.bad_seed")
+    return int(value)
+
+
 def invoke_request(form: SynthesisForm, need_reference: bool = True) -> tuple[dict, bytes | None, str]:
     """The invoke fields (the original UI's, plus seed, format and the reference) and the clip
     (`need_reference=False`: the fields only, for the preview)."""
@@ -430,7 +475,7 @@ def invoke_request(form: SynthesisForm, need_reference: bool = True) -> tuple[di
         "temperature": float(form.temperature),
         "order": language_order(form),
         "use_g2p": form.mode == "phonemes",
-        "seed": int(form.seed) if form.seed else None,
+        "seed": seed(form.seed),
         "speaker": (form.speaker or "").strip() or None,
         "format": form.output_format,
     }

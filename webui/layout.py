@@ -188,8 +188,7 @@ class Page:
                                     gr.Number,
                                     i18n={"label": "params.seed", "info": "params.seed.info"},
                                     value=synth.seed,
-                                    precision=0,
-                                    minimum=0,
+                                    precision=0,  # (no minimum: Gradio refused below it in English)
                                     elem_id="fishtts-seed",
                                 )
                                 self.output_format = make(

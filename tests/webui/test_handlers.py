@@ -3,6 +3,7 @@ synthesize with an uploaded reference, saved voices, the preview, and readable e
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -220,14 +221,80 @@ def test_preview_shows_exactly_what_is_synthesized(server, actions):
 
     form = fast(text="你好世界\nhello world", mode="phonemes", use_reference=True, reference_text="参考文本")
     rows, html = actions.preview("zh_CN", server.url, "", form)
-    assert html == ""
+    assert html is None  # (no failure: the message box is left as it is)
     engine_phones = [phone for _, phone in g2p("参考文本 你好世界\nhello world", order="zh,jp,en")]
     assert " ".join(row[3] for row in rows).split() == engine_phones
     assert [row[2] for row in rows] == ["ZH", "EN"]
 
     rows, _ = actions.preview("zh_CN", server.url, "", fast(text="line one\nline two"))
     assert rows == [[0, "line one\nline two", "-", "-"]]  # text mode: one row, no phonemes
-    assert actions.preview("zh_CN", server.url, "", fast(text="  ")) == ([], "")
+    assert actions.preview("zh_CN", server.url, "", fast(text="  ")) == ([], None)  # (None: the message stays)
+
+
+def test_the_preview_leaves_a_synthesis_message_and_clears_its_own(server, actions, down_url):
+    """The message box is the synthesis's too: a preview (typing, switching the language) wiped its
+    "Synthesizing…", and the page looked idle."""
+    working = actions.working("zh_CN")
+    assert actions.preview("zh_CN", server.url, "", fast(), working)[1] is None
+    _, failed = actions.preview("zh_CN", down_url, "", fast())
+    assert_readable(failed, "zh_CN", "error.preview")
+    assert actions.preview("zh_CN", server.url, "", fast(), failed)[1] == ""  # its own failure: cleared
+
+
+def test_the_preview_of_an_s1_model_is_the_text_whole(server, actions):
+    """S1-mini reads a text whole, as it is: the preview showed v0.2's sentence pieces."""
+    text = " ".join(f"This is sentence number {i} of a long text." for i in range(12))
+    rows, _ = actions.preview("en_US", server.url, "", fast(text=text, model="s1"))
+    assert rows == [[0, text, "-", "-"]]
+    assert len(actions.preview("en_US", server.url, "", fast(text=text))[0]) > 1  # v0.2's pieces
+
+
+def test_the_preview_of_a_saved_voice_reads_its_transcript_as_the_server_does(server, actions, reference_wav):
+    """With its transcript box emptied, the server reads the voice's saved transcript; the preview did not."""
+    _, voice_id, html = actions.save_voice("en_US", server.url, "", "Preview Voice", str(reference_wav), "Good day.")
+    assert voice_id, html
+    try:
+        preview = fast(text="hello world", mode="phonemes", use_reference=True, voice_id=voice_id)
+        typed = actions.preview("en_US", server.url, "", dataclasses.replace(preview, reference_text="Good day."))
+        assert actions.preview("en_US", server.url, "", preview)[0] == typed[0] != []
+    finally:
+        actions.delete_voice("en_US", server.url, "", voice_id)
+
+
+@pytest.mark.parametrize("lang", ["zh_CN", "en_US"])
+def test_form_values_the_server_would_refuse_are_explained_in_the_pages_language(server, actions, lang):
+    """(A negative seed got Gradio's English toast; an empty or slashed model name another route's 405 / 404)"""
+    _, _, html = actions.synthesize(lang, server.url, "", fast(seed=-5))
+    assert_readable(html, lang, "error.inference")
+    assert t(lang, "error.bad_seed") in html
+    for name in ("", "  ", "a/b", "../health"):
+        form = ModelForm(device="cpu", s1_name=name, s1_folder=S1_FOLDER)
+        html = actions.load_model(lang, server.url, "", form, s1=True)
+        assert_readable(html, lang, "model.load_failed")
+        assert t(lang, "error.bad_model_name") in html, name
+
+
+def test_a_result_that_cannot_be_saved_is_explained(server, actions, monkeypatch):
+    """(A full disk, or a temporary folder another user owns: the page stayed on "Synthesizing…")"""
+    import webui.handlers
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(webui.handlers, "write_temp", full)
+    path, download, html = actions.synthesize("zh_CN", server.url, "", fast())
+    assert path is None and download is None
+    assert_readable(html, "zh_CN", "error.inference")
+    assert t("zh_CN", "error.save_result") in html
+
+
+def test_every_visitors_synthesis_runs_at_once():
+    """Gradio runs one call of an event at a time unless told: a visitor waited for every other's synthesis."""
+    from webui.app import build_app
+
+    demo = build_app(UISettings(api_url="http://127.0.0.1:9"))
+    (synthesize,) = [fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "synthesize"]
+    assert synthesize.concurrency_limit is None
 
 
 def test_clear_and_language_switch_are_wired():
