@@ -208,6 +208,7 @@ class Actions:
         try:
             client = self.client(server_url, api_key)
             health = client.health()
+            client.list_models()  # (health needs no key: "connected" with a wrong one, then every request a 401)
         except ClientError as exc:
             return message_html(lang, exc.key, **exc.fields)
         lines = [t(lang, "status.connected", url=client.base_url)]

@@ -434,6 +434,10 @@ def test_api_key(tmp_path):
         assert with_env_key.client(srv.url.replace("127.0.0.1", "localhost")).api_key is None
         _, _, html = with_env_key.synthesize("en_US", srv.url, "", fast())
         assert t("en_US", "error.no_model", name="default") in html  # past the key check
+        # the status check says when the key is refused (health alone needs none: it said "connected")
+        for key in ("", "wrong"):
+            assert t("zh_CN", "error.unauthorized", status=401) in without.server_status("zh_CN", srv.url, key)
+        assert "fishtts-ok" in without.server_status("zh_CN", srv.url, "s3cret")
     finally:
         srv.stop()
 
