@@ -107,6 +107,8 @@ def chunked_json():
     yield b'{"input": "'
     for _ in range(MAX_UPLOAD_MB * 4 + 1):
         yield b"a" * 2**18
+
+
 CASES = [
     ("malformed JSON", "POST", INVOKE, {"content": b'{"text": ', "headers": {"Content-Type": "application/json"}}, 400),
     ("JSON array body", "POST", INVOKE, {"json": ["hello"]}, 422),
