@@ -263,7 +263,8 @@ class SamplingFields(BaseModel):
     schema shows Fish Speech v0.2's; S1-mini's are its original's: temperature 0.8, top_p 0.8,
     repetition_penalty 1.1)."""
 
-    model_config = ConfigDict(extra="ignore")
+    # (NaN or Infinity in JSON: "a finite number", not "less than or equal to 10")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     max_new_tokens: int = Field(
         0,

@@ -328,6 +328,14 @@ def test_an_oversized_chunked_body_on_the_openai_route_is_its_413(client):
     assert response.status_code == 413 and "larger than the server's limit" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_sampling_value_that_is_not_a_number_is_called_so(client, value):
+    """(JSON's NaN was refused as "should be less than or equal to 10")"""
+    body = '{"text": "hi", "temperature": ' + value + ', "top_p": 0.5}'
+    error = assert_json_error(client.post(INVOKE, content=body, headers=JSON_TYPE), 422)
+    assert "temperature" in error["message"] and "finite number" in error["message"], error
+
+
 def test_pickled_checkpoint_never_ran(client, workdir):
     assert not (workdir / "PWNED").exists()
 
