@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,8 +18,8 @@ log = logging.getLogger(__name__)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
 
 
-def cpu_info() -> dict:
-    """{"model": name, "flags": the ones that matter here} from /proc/cpuinfo (best effort elsewhere)."""
+def _read_cpuinfo() -> tuple[str, set[str]]:
+    """(model name, every feature flag) from /proc/cpuinfo (best effort elsewhere)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -30,7 +31,18 @@ def cpu_info() -> dict:
                 flags = set(value.split())
     except OSError:
         pass
+    return model, flags
+
+
+def cpu_info() -> dict:
+    """{"model": name, "flags": the ones that matter here}."""
+    model, flags = _read_cpuinfo()
     return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def cpu_flags_digest() -> str:
+    """A short digest of every feature flag this CPU reports: what code built with -march=native may use."""
+    return hashlib.sha1(" ".join(sorted(_read_cpuinfo()[1])).encode()).hexdigest()[:10]
 
 
 def machine_key() -> list[str]:

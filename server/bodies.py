@@ -60,8 +60,8 @@ async def read_body(request: Request, model: type[T], max_text_length: int) -> t
                 files[key] = await value.read()
             elif value != "" or _given_when_empty(model, key):  # an empty form field means "not given"
                 data[key] = value
-        for key in files.keys() & data.keys():
-            raise ValueError(f"{key}: given twice (a file part and a field); send one of them.")
+        if twice := sorted(files.keys() & data.keys()):
+            raise ValueError(f"{twice[0]}: given twice (a file part and a field); send one of them.")
     elif content_type in MSGPACK_TYPES and getattr(model, "MSGPACK", False):
         data = unpack_msgpack(await request.body())
     else:

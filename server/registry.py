@@ -110,8 +110,8 @@ class ModelRegistry:
     def delete(self, name: str) -> None:
         with self._changed:
             bundle = self._bundles.pop(name, None)
-        if bundle is None:
-            raise ModelNotFound(name)
+            if bundle is None:
+                raise ModelLoading(name) if name in self._loading else ModelNotFound(name)
         self._retire(bundle)
 
     def _retire(self, bundle: Bundle) -> None:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..tuning import cpu_flags_digest
+
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 8  # activation rows the matrix-vector kernel serves; more rows (prefill) go to a matmul
@@ -72,23 +74,6 @@ def cpu_kernels_available() -> bool:
     return _state["ok"]
 
 
-def _cpu_flags_digest() -> str:
-    """A short digest of every feature flag this CPU reports (/proc/cpuinfo), for the extension's name."""
-    flags = ""
-    try:
-        flags = next(
-            (
-                line.partition(":")[2]
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.split(":")[0].strip() in ("flags", "Features")
-            ),
-            "",
-        )
-    except OSError:
-        pass
-    return hashlib.sha1(" ".join(sorted(flags.split())).encode()).hexdigest()[:10]
-
-
 def _build() -> bool:
     if os.environ.get("FISHTTS_NO_KERNELS") or platform.machine() not in ("x86_64", "AMD64", "aarch64"):
         return False
@@ -99,11 +84,11 @@ def _build() -> bool:
         # FISHTTS_KERNEL_ARCH (a gcc -march value) builds for an older CPU than this one, so that the
         # tests can run, say, the AVX2-only code of an AMD Zen 2 on an AVX-512 machine.
         arch = os.environ.get("FISHTTS_KERNEL_ARCH", "native")
-        name = f"fishtts_cpu_{torch.backends.cpu.get_cpu_capability().lower()}"
-        if arch == "native":  # what -march=native compiles for: a cache shared with another CPU model must not
-            name += f"_{_cpu_flags_digest()}"  # load this one's build (AVX512-VNNI code on a CPU without it: SIGILL)
+        # -march=native compiles for this CPU's flags: a cache shared with another CPU model must not load
+        # this one's build (AVX512-VNNI code on a CPU without it: SIGILL)
+        target = cpu_flags_digest() if arch == "native" else arch.replace("-", "_")
         load(
-            name if arch == "native" else f"{name}_{arch.replace('-', '_')}",
+            f"fishtts_cpu_{torch.backends.cpu.get_cpu_capability().lower()}_{target}",
             [str(source) for source in SOURCES],
             is_python_module=False,
             verbose=False,

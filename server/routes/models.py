@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from ..context import ServerContext, get_ctx
 from ..errors import ApiError
 from ..loading import LoadPlan, plan_load
-from ..registry import Bundle, ModelNotFound, TooManyModels
+from ..registry import Bundle, ModelLoading, ModelNotFound, TooManyModels
 from ..schemas import MODEL_NAME_PATTERN, LoadModelRequest, LoadModelResponse, Message, ModelList
 from . import ERROR_RESPONSES
 
@@ -82,8 +82,8 @@ async def delete_model(ctx: Ctx, name: str = ModelName) -> dict:
     409 where a deployment config sets the models."""
     try:
         await run_in_threadpool(ctx.registry.delete, name)
+    except ModelLoading:  # (its first load: nothing to delete yet, but not "not found")
+        raise ApiError(409, f"Model {name!r} is still loading; delete it once it is loaded.") from None
     except ModelNotFound:
-        if name in ctx.registry.loading():  # (its first load: nothing to delete yet, but not "not found")
-            raise ApiError(409, f"Model {name!r} is still loading; delete it once it is loaded.") from None
         raise ApiError(400, "Model not found.") from None
     return {"message": "Model deleted."}

@@ -345,6 +345,8 @@ def test_a_native_build_is_named_for_this_cpus_feature_flags(monkeypatch):
     without it (SIGILL at the first kernel call)."""
     from torch.utils import cpp_extension
 
+    from core.tuning import cpu_flags_digest
+
     names = []
 
     def recorded(name, *args, **kwargs):
@@ -356,5 +358,5 @@ def test_a_native_build_is_named_for_this_cpus_feature_flags(monkeypatch):
     monkeypatch.delenv("FISHTTS_KERNEL_ARCH", raising=False)
     if not kernels._build() and not names:
         pytest.skip("no kernels on this machine")
-    assert names and names[0].endswith("_" + kernels._cpu_flags_digest())
-    assert len(kernels._cpu_flags_digest()) == 10
+    assert names and names[0].endswith("_" + cpu_flags_digest())
+    assert len(cpu_flags_digest()) == 10

@@ -173,3 +173,26 @@ def assert_json_error(response: requests.Response, status: int) -> dict:
 def read_wav(data: bytes) -> tuple[np.ndarray, int]:
     audio, sr = sf.read(io.BytesIO(data), dtype="float32")
     return audio, sr
+
+
+def raw_post(server: Server, path: str, payload: bytes, content_type: str = "application/json") -> socket.socket:
+    """A client on a raw socket, which can leave without a word: the request sent, nothing read."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    return sock
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def queue_pending(server: Server) -> int:
+    """Requests the server's queue counts (running or waiting)."""
+    return requests.get(server.url + "/v1/health", timeout=5).json()["queue"]["pending"]

@@ -5,7 +5,6 @@ the audio its one-shot decode; bad payloads are 4xx JSON naming the item."""
 from __future__ import annotations
 
 import base64
-import socket
 import time
 
 import msgpack
@@ -13,7 +12,17 @@ import numpy as np
 import pytest
 import requests
 
-from tests.server.helpers import S1_LOAD, add_s1_model, assert_json_error, audio_bytes, make_workdir, tone
+from tests.server.helpers import (
+    S1_LOAD,
+    add_s1_model,
+    assert_json_error,
+    audio_bytes,
+    make_workdir,
+    queue_pending,
+    raw_post,
+    tone,
+    wait_for,
+)
 
 MODELS = ["default", "s1"]
 CLIPS = [audio_bytes(tone(1.0)), audio_bytes(tone(2.0, freq=330.0))]
@@ -98,21 +107,11 @@ def test_a_client_that_leaves_stops_its_codec_work_after_the_item_in_progress(se
     """(Its work ran to the end, holding the model's queue place and thread: 16 long decodes for nobody)"""
     rng = np.random.default_rng(0)
     tokens = [rng.integers(0, 100, size=(4, 256)).tolist() for _ in range(16)]
-    payload = msgpack.packb({"tokens": tokens})
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    sock.sendall(
-        b"POST /v1/vqgan/decode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/msgpack\r\n"
-        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-        + payload
-    )
-    started = time.monotonic()
-    while pending(server) == 0:
-        assert time.monotonic() - started < 30, "the request was not admitted"
-        time.sleep(0.01)
+    sock = raw_post(server, "/v1/vqgan/decode", msgpack.packb({"tokens": tokens}), "application/msgpack")
+    wait_for(lambda: queue_pending(server) > 0)  # admitted
     sock.close()
     left = time.monotonic()
-    while pending(server) and time.monotonic() - left < 10:
-        time.sleep(0.01)
+    wait_for(lambda: queue_pending(server) == 0, timeout=10)
     freed = time.monotonic() - left
     # all 16 items take 16 item-times; stopping after the one in progress takes about one
     alone = time.monotonic()
@@ -127,7 +126,3 @@ def test_a_client_that_leaves_stops_its_codec_work_after_the_item_in_progress(se
     )
     one_item = time.monotonic() - alone
     assert freed < 4 * one_item + 0.5, (freed, one_item)
-
-
-def pending(server) -> int:
-    return requests.get(server.url + "/v1/health", timeout=5).json()["queue"]["pending"]

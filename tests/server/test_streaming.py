@@ -13,7 +13,15 @@ import requests
 import soundfile as sf
 
 from tests.helpers import assert_same_pcm
-from tests.server.helpers import Server, add_s1_model, assert_json_error, make_workdir
+from tests.server.helpers import (
+    Server,
+    add_s1_model,
+    assert_json_error,
+    make_workdir,
+    queue_pending,
+    raw_post,
+    wait_for,
+)
 
 INVOKE = "/v1/models/default/invoke"
 LONG = " ".join(f"This is sentence number {n}." for n in range(1, 8))
@@ -97,12 +105,8 @@ def test_early_errors_are_json_not_a_broken_stream(server):
 
 
 def test_a_client_that_disconnects_frees_the_model_within_a_second(server):
-    payload = ('{"text": "%s", "max_new_tokens": 0, "seed": 1, "streaming": true}' % (LONG * 3)).encode()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(
-            b"POST " + INVOKE.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
-        )
+    payload = json.dumps({"text": LONG * 3, "max_new_tokens": 0, "seed": 1, "streaming": True}).encode()
+    with raw_post(server, INVOKE, payload) as sock:
         first = sock.recv(65536)
         assert first.startswith(b"HTTP/1.1 200")
         assert leases(server) == 2  # generating: one model lease, one queue place
@@ -118,16 +122,9 @@ def test_a_client_that_disconnects_frees_the_model_within_a_second(server):
 def test_a_client_of_the_whole_audio_that_disconnects_frees_the_model_too(server):
     """Not streamed: the audio would be sent only at the end, so the server watches the connection meanwhile
     (a few clients that gave up would otherwise hold the queue for as long as their texts take)."""
-    payload = ('{"text": "%s", "max_new_tokens": 0, "seed": 1}' % (LONG * 3)).encode()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(
-            b"POST " + INVOKE.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
-        )
-        deadline = time.monotonic() + 30
-        while leases(server) != 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert leases(server) == 2  # generating: one model lease, one queue place
+    payload = json.dumps({"text": LONG * 3, "max_new_tokens": 0, "seed": 1}).encode()
+    with raw_post(server, INVOKE, payload):
+        wait_for(lambda: leases(server) == 2)  # generating: one model lease, one queue place
         time.sleep(0.3)
     closed = time.monotonic()
     while leases(server) and time.monotonic() - closed < 1.0:
@@ -150,12 +147,12 @@ def test_clients_that_leave_while_waiting_their_turn_free_their_queue_places_at_
         running = send_invoke(server, {**long, "seed": 1})
         wait_for(lambda: leases(server) == 2)  # generating: one model lease, one queue place
         ghosts = [send_invoke(server, {**long, "seed": 2, **streamed}) for streamed in ({"streaming": True}, {})]
-        wait_for(lambda: pending(server) == 3)
+        wait_for(lambda: queue_pending(server) == 3)
         time.sleep(0.3)  # the streamed one is on its worker by now
         for ghost in ghosts:
             ghost.close()
         closed = time.monotonic()
-        wait_for(lambda: pending(server) == 1, timeout=1.0)
+        wait_for(lambda: queue_pending(server) == 1, timeout=1.0)
         assert time.monotonic() - closed < 1.0
         assert leases(server) == 2, "the generation ended before the clients left; give it more frames"
         running.settimeout(120)
@@ -165,27 +162,8 @@ def test_clients_that_leave_while_waiting_their_turn_free_their_queue_places_at_
         server.stop()
 
 
-def send_invoke(server, body: dict, model: str = "s1") -> socket.socket:
-    """A client on a raw socket (to leave without a word): the request sent, nothing read."""
-    payload = json.dumps(body).encode()
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    sock.sendall(
-        f"POST /v1/models/{model}/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n".encode()
-        + payload
-    )
-    return sock
-
-
-def wait_for(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def pending(server) -> int:
-    return requests.get(server.url + "/v1/health", timeout=5).json()["queue"]["pending"]
+def send_invoke(server, body: dict) -> socket.socket:
+    return raw_post(server, "/v1/models/s1/invoke", json.dumps(body).encode())
 
 
 def leases(server) -> int:
