@@ -128,15 +128,18 @@ def _reason(status: int) -> str:
         return "Error"
 
 
+MAX_DETAILS = 20  # entries in a 422's `details`
+
+
 def _describe_validation(errors: list[dict]) -> tuple[str, str | None, list[dict]]:
     details = []
-    for err in errors:
+    for err in errors[:MAX_DETAILS]:
         loc = [str(part) for part in err.get("loc", ()) if part not in ("body",)] or ["body"]
         details.append({"loc": loc, "msg": err.get("msg", "invalid"), "type": err.get("type", "value_error")})
     first = details[0] if details else {"loc": ["body"], "msg": "invalid request"}
     message = f"{'.'.join(first['loc'])}: {first['msg']}"
-    if len(details) > 1:
-        message += f" (and {len(details) - 1} more)"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
     return scrub(message), first["loc"][-1] if first["loc"] else None, details
 
 
@@ -150,7 +153,9 @@ async def validation_handler(request: Request, exc: RequestValidationError) -> J
     if is_openai_route(request.url.path):
         return error_response(request, 422, message, param=param, code="invalid_value")
     body = error_body(422, message, request_id(request))
-    body["details"] = details  # the per-field list, without echoing the (possibly huge) input back
+    # the per-field list, without echoing the (possibly huge) input back, and the first few only: a body of
+    # many bad items would answer with one entry each
+    body["details"] = details
     return JSONResponse(body, status_code=422)
 
 

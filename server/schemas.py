@@ -460,6 +460,27 @@ class CodecDecodeRequest(BaseModel):
     )
     model: str = Field("default", pattern=MODEL_NAME_PATTERN, description="The loaded model whose codec decodes.")
 
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _first_bad_code(cls, tokens: object) -> object:
+        """One error for an array of many values that are not codes, not one each: a body holds millions, and
+        pydantic's list of them took seconds of the event loop and gigabytes."""
+        if isinstance(tokens, list) and len(tokens) <= MAX_CODEC_ITEMS:
+            for i, codes in enumerate(tokens):
+                if where := _not_an_integer(codes, f"tokens.{i}", depth=2):
+                    raise ValueError(f"the value at {where} is not an integer")
+        return tokens
+
+
+def _not_an_integer(value: object, where: str, depth: int) -> str | None:
+    """Where in nested lists `depth` deep the first leaf that is not an integer lies (None: all are)."""
+    if not isinstance(value, list):
+        return None  # (not a list: pydantic's own message names it)
+    if depth == 1:
+        bad = next((i for i, x in enumerate(value) if type(x) is not int), None)  # (bool is not a code either)
+        return None if bad is None else f"{where}.{bad}"
+    return next((w for i, row in enumerate(value) if (w := _not_an_integer(row, f"{where}.{i}", depth - 1))), None)
+
 
 REFERENCE_ID_NOTE = "Lower-case letters, digits, '-' and '_' (the original also allowed capitals and spaces)."
 
@@ -538,10 +559,10 @@ class TTSRequest(SamplingFields):
 
     _text_not_blank = field_validator("text")(lambda value: _not_blank(value))
 
-    @field_validator("references")
+    @field_validator("references", mode="before")  # (before each item is validated: a body holds millions)
     @classmethod
-    def _one_reference(cls, references: list[TTSReference]) -> list[TTSReference]:
-        if len(references) > 1:
+    def _one_reference(cls, references: object) -> object:
+        if isinstance(references, list) and len(references) > 1:
             raise ValueError(f"at most one reference clip is supported here (got {len(references)})")
         return references
 

@@ -96,6 +96,23 @@ def test_bad_payloads_are_json_errors_naming_the_item(client, details, path, bod
     assert said in answer.json()["message"]
 
 
+def test_many_values_that_are_not_codes_get_one_short_answer(client, details):
+    """One error for the first value that is not an integer, not one for each (a body holds millions)."""
+    for bad in ("x", 1.5, None, True):
+        answer = post(
+            client, "/v1/vqgan/decode", {"tokens": [[[1, 2]] * 4, [[1, 2], [3, 4], [5, bad]] + [[bad] * 50_000]]}
+        )
+        assert_json_error(answer, 422)
+        assert "the value at tokens.1.2.1 is not an integer" in answer.json()["message"]
+        assert len(answer.content) < 2000
+
+
+def test_a_validation_error_lists_its_first_details_only(client, details):
+    answer = post(client, "/v1/vqgan/decode", {"tokens": [["a"] * 40]})  # 40 rows that are not lists
+    assert_json_error(answer, 422)
+    assert len(answer.json()["details"]) == 20 and "(and 39 more)" in answer.json()["message"]
+
+
 def test_a_body_that_is_not_msgpack_or_json_is_refused(client, details):
     assert_json_error(client.post("/v1/vqgan/encode", content=b"\x00", headers={"content-type": "text/plain"}), 415)
     assert_json_error(post(client, "/v1/vqgan/decode", {}), 422)
