@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from core.checkpoints import HF_REPO_ID, resolve_config
+from core.checkpoints import HF_REPO_ID, TOKENIZER_FILENAMES, resolve_config
 from core.engine import LM_PRESETS, VQGAN_PRESETS, TTSEngine, resolve_tokenizer_dir
 from core.paths import BadPath, FolderGuard, NotInFolder, OutsideFolder
 from core.request import default_sampling, sampling_fields
@@ -95,6 +95,9 @@ def plan_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard) ->
         raise
     except ValueError as exc:
         raise ApiError(400, scrub(str(exc), guard.replacements()), param=str(exc).partition(":")[0]) from None
+    if guard.contains(tokenizer):  # (else it came from Hugging Face: --allow-downloads)
+        shown_tokenizer = guard.display(tokenizer)
+        _none_lead_out((tokenizer / name for name in TOKENIZER_FILENAMES), shown_tokenizer, guard, "llama.tokenizer")
     shown = {
         "llama": {
             "checkpoint_path": _shown(lm_checkpoint, guard),
@@ -128,17 +131,7 @@ def plan_s1_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard)
     folder = guard.resolve(spec.folder, field=field)
     if not folder.is_dir():
         raise ApiError(400, f"{field}: {spec.folder!r} is not a folder.", param=field)
-    for entry in folder.iterdir():  # the loader opens files by name: none may lead out of the folder
-        try:
-            target = entry.resolve()
-        except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
-            raise ApiError(
-                400, f"{field}: {entry.name!r} in {spec.folder!r} is a loop of links.", param=field
-            ) from None
-        if not guard.contains(target):
-            raise OutsideFolder(
-                f"{field}: {entry.name!r} in {spec.folder!r} leads outside the checkpoints folder.", field
-            )
+    _none_lead_out(folder.iterdir(), spec.folder, guard, field)
     load = functools.partial(
         TTSEngine.load_s1,
         folder,
@@ -149,6 +142,17 @@ def plan_s1_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard)
         max_batch_size=settings.max_batch_size or None,
     )
     return LoadPlan(load, {"s1": {"folder": guard.display(folder)}}, guard.replacements(), field)
+
+
+def _none_lead_out(entries: Iterable[Path], shown: str, guard: FolderGuard, field: str) -> None:
+    """The loaders open these files by name, not through the guard: none may be a link out of the folder."""
+    for entry in entries:
+        try:
+            target = entry.resolve()
+        except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
+            raise ApiError(400, f"{field}: {entry.name!r} in {shown!r} is a loop of links.", param=field) from None
+        if not guard.contains(target):
+            raise OutsideFolder(f"{field}: {entry.name!r} in {shown!r} leads outside the checkpoints folder.", field)
 
 
 def _precision(requested: str | None, settings: Settings) -> str:

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import pickle
+import shutil
 import socket
 import time
 
@@ -49,6 +50,12 @@ def workdir(tmp_path_factory):
     (outside / "secret.pth").write_bytes((workdir / "checkpoints" / "vqgan-v1.pth").read_bytes())
     os.symlink(outside / "secret.npy", workdir / "references" / "escape.npy")
     os.symlink(outside / "secret.pth", workdir / "checkpoints" / "escape.pth")
+    (outside / "tokenizer_config.json").write_text('{"tokenizer_class": ["SECRET"]}')
+    shutil.copytree(workdir / "checkpoints" / "tokenizer", workdir / "checkpoints" / "linked-tokenizer")
+    (workdir / "checkpoints" / "linked-tokenizer" / "tokenizer_config.json").unlink()
+    os.symlink(
+        outside / "tokenizer_config.json", workdir / "checkpoints" / "linked-tokenizer" / "tokenizer_config.json"
+    )
     with open(workdir / "checkpoints" / "evil.pth", "wb") as handle:
         pickle.dump(RunsCode(str(workdir / "PWNED")), handle)
     np.save(workdir / "references" / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -199,6 +206,13 @@ CASES = [
         "PUT",
         LOAD,
         {"json": load_body(llama__tokenizer="someone/other-tokenizer")},
+        403,
+    ),
+    (
+        "load: a tokenizer file linked out of the folder",
+        "PUT",
+        LOAD,
+        {"json": load_body(llama__tokenizer="checkpoints/linked-tokenizer")},
         403,
     ),
     (
