@@ -55,32 +55,30 @@ def read_audio(source: str | os.PathLike | bytes, max_seconds: float | None = No
         name, handle = path.name, (path if path.is_file() else io.BytesIO(path.read_bytes()))
     try:
         with sf.SoundFile(handle) as file:
-            if file.frames == UNKNOWN_LENGTH:
-                data = _read_undeclared(file, None if max_seconds is None else int(max_seconds * file.samplerate))
-            else:
-                data = file.read(dtype="float32", always_2d=True)
-            source_rate = file.samplerate
+            undeclared = file.frames == UNKNOWN_LENGTH
+            max_frames = None if max_seconds is None or not undeclared else int(max_seconds * file.samplerate)
+            audio, source_rate = _read_mono(file, max_frames), file.samplerate
     except Exception:  # noqa: BLE001 - libsndfile raises several types; all mean "cannot decode"
         raise AudioError(f"{name} is not a readable audio file (supported: wav, flac, ogg, mp3)") from None
-    if data.shape[0] == 0:
+    if audio.size == 0:
         raise AudioError(f"{name} contains no audio samples")
-    audio = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(audio).all():
         raise AudioError(f"{name} contains NaN or infinite samples")
-    return np.ascontiguousarray(audio, dtype=np.float32), int(source_rate)
+    return audio, int(source_rate)
 
 
-def _read_undeclared(file: sf.SoundFile, max_frames: int | None, block: int = 65536) -> np.ndarray:
-    """[frames, channels] of a stream that does not declare its length, read block by block to its end
-    (or just past `max_frames`). soundfile's own read seeks after each block, which libsndfile refuses
-    past the first 65,536 frames of such a stream, so this calls libsndfile's read directly."""
+def _read_mono(file: sf.SoundFile, max_frames: int | None, block: int = 65536) -> np.ndarray:
+    """The channels' mean, read block by block to the end (or just past `max_frames`): a file of many channels
+    never lies in memory whole (64 channels of 30 s took 1.4 GB). soundfile's own read seeks after each block,
+    which libsndfile refuses past the first 65,536 frames of a stream that does not declare its length (FLAC
+    written to a pipe), so this calls libsndfile's read directly."""
     from soundfile import _ffi, _snd  # (soundfile's binding to libsndfile)
 
     blocks, total = [], 0
+    out = np.empty((block, file.channels), dtype=np.float32)
     while max_frames is None or total <= max_frames:
-        out = np.empty((block, file.channels), dtype=np.float32)
         count = _snd.sf_readf_float(file._file, _ffi.cast("float *", _ffi.from_buffer(out)), block)
-        blocks.append(out[:count])
+        blocks.append(out[:count].mean(axis=1, dtype=np.float32) if file.channels > 1 else out[:count, 0].copy())
         total += count
         if count < block:
             break

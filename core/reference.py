@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from .engine import TTSEngine
 
 MIN_REFERENCE_SECONDS = 0.5  # shorter clips carry too little of the voice (5-10 s works best)
+# channels x sample rate decoded at most where a length limit applies: a small Ogg file of 64 channels at
+# 192 kHz took 7 s of CPU each request (its size and length were within the limits)
+MAX_DECODED_RATE = 8 * 192_000
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,15 @@ def read_reference_audio(reference: Reference, sample_rate: int) -> tuple[np.nda
     if isinstance(source, np.ndarray):
         audio, rate = np.ascontiguousarray(source, dtype=np.float32), sample_rate
     else:
-        if max_seconds is not None:
-            declared = _declared_seconds(source)
-            if declared > max_seconds:  # refuse before decoding and resampling a long file
+        if max_seconds is not None:  # refuse before decoding and resampling a long file, or a wide one
+            declared, channels, rate = _declared(source)
+            if declared > max_seconds:
                 raise _too_long(declared, max_seconds, field)
+            if channels * rate > MAX_DECODED_RATE:
+                raise ValueError(
+                    f"{field}: the clip has {channels} channels at {rate} Hz, over the {MAX_DECODED_RATE:,} samples "
+                    "a second decoded for a reference (8 channels at 192 kHz); send it as mono."
+                )
         try:
             audio, rate = read_audio(source, max_seconds)
         except ValueError as exc:
@@ -108,14 +116,15 @@ def read_codes_file(path: Path, field: str, max_frames: int | None = None) -> np
     return np.array(codes, dtype=np.int64)  # (torch has no arithmetic for unsigned 64-bit integers)
 
 
-def _declared_seconds(source: bytes | Path) -> float:
+def _declared(source: bytes | Path) -> tuple[float, int, int]:
+    """(seconds, channels, sample rate) as the file's header says; zeros where it does not."""
     try:
         info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else source)
-        if info.frames == UNKNOWN_LENGTH:  # not declared: read_audio stops just past the limit
-            return 0.0
-        return info.frames / info.samplerate if info.samplerate else 0.0
     except Exception:  # noqa: BLE001 - load_audio gives the readable error
-        return 0.0
+        return 0.0, 0, 0
+    # a length not declared: read_audio stops just past the limit
+    undeclared = info.frames == UNKNOWN_LENGTH or not info.samplerate
+    return (0.0 if undeclared else info.frames / info.samplerate), info.channels, info.samplerate
 
 
 def _too_long(seconds: float, limit: float, field: str) -> ValueError:

@@ -61,9 +61,7 @@ def test_a_reference_of_undeclared_length_is_read_only_just_past_the_limit(monke
 
     data = flac_of_undeclared_length(tone(30.0))
     read = []
-    monkeypatch.setattr(
-        audio, "_read_undeclared", lambda f, n, _read=audio._read_undeclared: read.append(n) or _read(f, n)
-    )
+    monkeypatch.setattr(audio, "_read_mono", lambda f, n, _read=audio._read_mono: read.append(n) or _read(f, n))
     with pytest.raises(ValueError, match=r"reference_audio: the reference clip is [0-9.]+ s long; the limit is 2 s"):
         read_reference_audio(Reference("reference_audio", audio=data, max_seconds=2.0), SAMPLE_RATE)
     assert read == [2 * SAMPLE_RATE]
@@ -94,6 +92,38 @@ def test_stereo_is_mixed_to_mono(tmp_path):
     path = tmp_path / "stereo.wav"
     sf.write(path, np.stack([left, right], axis=1), SAMPLE_RATE, subtype="FLOAT")
     np.testing.assert_allclose(load_audio(path), (left + right) / 2, atol=1e-7)
+
+
+def test_many_channels_are_mixed_block_by_block_exactly(tmp_path):
+    """The channels' mean is taken as each block is read: the [frames, channels] array never lies in memory
+    whole (a small Ogg file of 64 channels held 1.4 GB), and the samples are the whole array's mean, bit
+    for bit."""
+    import tracemalloc
+
+    channels = np.random.default_rng(0).uniform(-0.5, 0.5, size=(200_000, 24)).astype(np.float32)
+    path = tmp_path / "wide.wav"
+    sf.write(path, channels, 48000, subtype="FLOAT")
+    tracemalloc.start()
+    try:
+        samples, rate = audio.read_audio(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rate == 48000
+    assert np.array_equal(samples, channels.mean(axis=1, dtype=np.float32))
+    assert peak < channels.nbytes / 2  # (19 MB whole; the mono samples 0.8 MB and one 6 MB block)
+
+
+def test_a_reference_wider_than_the_decode_budget_is_refused_before_decoding(tmp_path, monkeypatch):
+    from core.reference import MAX_DECODED_RATE, read_reference_audio
+    from core.request import Reference
+
+    path = tmp_path / "wide.ogg"
+    sf.write(path, np.zeros((4800, 64), np.float32), 48000, format="OGG", subtype="VORBIS")
+    assert 64 * 48000 > MAX_DECODED_RATE
+    monkeypatch.setattr(audio, "_read_mono", lambda *args: pytest.fail("decoded"))
+    with pytest.raises(ValueError, match=r"clip: the clip has 64 channels at 48000 Hz, over the 1,536,000 samples"):
+        read_reference_audio(Reference("clip", audio=path.read_bytes(), max_seconds=30.0), SAMPLE_RATE)
 
 
 @pytest.mark.parametrize("rate, n", [(16000, 16001), (44100, 44100), (48000, 12345), (8000, 1000)])
