@@ -54,6 +54,7 @@ def serve(**options):
         raise click.BadParameter(str(exc)) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .app import create_app, parse_load_spec  # torch and the models load only when serving
+    from .head_deadline import head_deadline_protocol
 
     for spec in settings.load:  # a typo in --load should stop the start, not surface later in /v1/health
         try:
@@ -72,7 +73,14 @@ def serve(**options):
         logging.getLogger("fishtts.server").warning(
             "listening on %s without --api-key: anyone who can reach this port can use the server", host
         )
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+        http=head_deadline_protocol(settings.body_timeout),
+    )
 
 
 def main() -> None:

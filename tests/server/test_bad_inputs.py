@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import requests
 
 from tests.server.helpers import (
     FAST,
@@ -367,6 +368,38 @@ def test_a_405_lists_every_method_of_the_path(client):
     response = client.options("/v1/references")
     assert_json_error(response, 405)
     assert {"GET", "POST"} <= {m.strip() for m in response.headers["allow"].split(",")}
+
+
+def test_a_connection_whose_head_does_not_arrive_is_closed(tmp_path):
+    """A connection that sends nothing, one that drips its headers, and one idle after its first request are
+    closed after --body-timeout; others are served meanwhile."""
+    server = Server(make_workdir(tmp_path), "--body-timeout", "1", load=False)
+    try:
+        silent, dripping, reused = (socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in "abc")
+        reused.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"}"):  # (the head and the body may come apart)
+            answer += reused.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200")
+        reused.sendall(b"GET /v1/health HTTP/1.1\r\n")  # the next request's head, never finished
+        start = time.monotonic()
+        dripping.sendall(b"GET /v1/health HTTP/1.1\r\n")
+        for i in range(6):
+            time.sleep(0.4)
+            try:
+                dripping.sendall(b"X-%d: y\r\n" % i)
+            except OSError:  # (closed under it)
+                break
+            assert requests.get(server.url + "/v1/health", timeout=5).status_code == 200
+        for sock in (silent, dripping, reused):
+            with sock:
+                try:
+                    assert sock.recv(65536) == b""  # closed by the server, with nothing sent
+                except ConnectionResetError:
+                    pass
+        assert time.monotonic() - start < 10
+    finally:
+        server.stop()
 
 
 def test_a_body_that_stops_arriving_is_refused_and_let_go(tmp_path):
