@@ -32,6 +32,12 @@ from .schemas import MODEL_NAME_PATTERN, LoadModelRequest
 from .settings import ENV_PREFIX, Settings, env_name
 
 DEPLOYMENT_NAME = "fishtts"
+# server settings a deployment decides, refused as arguments rather than silently ignored
+SET_BY_DEPLOYMENT = {
+    "workers": "a replica's batch (max_batch_size)",
+    "max_queue": "a replica's batch plus max_waiting",
+    "listen": "Serve's (http_options: host and port)",
+}
 REPLICA_HEADER = b"x-fishtts-replica"
 MODELS_SET_BY = "the Ray Serve deployment config"
 
@@ -62,16 +68,20 @@ def split_args(args: dict[str, Any]) -> tuple[Settings, Scaling, dict[str, dict]
     """
     setting_names = {f.name for f in fields(Settings)}
     scaling_names = {f.name for f in fields(Scaling)}
+    if set_here := sorted(set(args) & set(SET_BY_DEPLOYMENT)):
+        raise ValueError("; ".join(f"{name} is {SET_BY_DEPLOYMENT[name]}" for name in set_here))
     unknown = sorted(set(args) - setting_names - scaling_names - {"models"})
     if unknown:
         raise ValueError(
             f"unknown argument(s) {', '.join(unknown)}; use server settings "
-            f"({', '.join(sorted(setting_names))}), {', '.join(sorted(scaling_names))} or models"
+            f"({', '.join(sorted(setting_names - set(SET_BY_DEPLOYMENT)))}), {', '.join(sorted(scaling_names))} "
+            "or models"
         )
-    scaling = Scaling(**{k: type(getattr(Scaling, k))(v) for k, v in args.items() if k in scaling_names})
-    # FISHTTS_* variables where the application is built (e.g. the API key), then the arguments.
+    scaling = Scaling(**{k: _scaling_value(k, v) for k, v in args.items() if k in scaling_names})
+    # FISHTTS_* variables where the application is built (e.g. the API key), then the arguments (a blank one,
+    # YAML's null, is not given: FISHTTS_API_KEY stays the key)
     environ = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
-    environ.update({env_name(k): _as_env_value(v) for k, v in args.items() if k in setting_names})
+    environ.update({env_name(k): _as_env_value(k, v) for k, v in args.items() if k in setting_names and v is not None})
     settings = Settings.from_env(environ)
     models = {}
     for spec in settings.load:
@@ -86,7 +96,12 @@ def split_args(args: dict[str, Any]) -> tuple[Settings, Scaling, dict[str, dict]
         models[name] = LoadModelRequest.model_validate(body)
     if not models:
         raise ValueError("declare the models to serve: load=NAME[=BODY.json] or a `models` mapping")
-    return replica_settings(settings, scaling), scaling, {n: b.model_dump() for n, b in models.items()}
+    # (the fields given only: an S1 body filled with the v0.2 sections' defaults is refused as both)
+    return (
+        replica_settings(settings, scaling),
+        scaling,
+        {n: b.model_dump(exclude_unset=True) for n, b in models.items()},
+    )
 
 
 def replica_settings(settings: Settings, scaling: Scaling) -> Settings:
@@ -164,10 +179,15 @@ class FishTTSReplica:
         return app
 
     def check_health(self) -> None:
-        """Serve replaces a replica whose models went missing."""
-        missing = set(self.models) - set(self.ctx.registry.names()) if self.ctx else set()
-        if missing:
-            raise RuntimeError(f"models not loaded: {sorted(missing)}")
+        """Serve replaces a replica whose models went missing or failed (a dead scheduler thread: its PUT, the
+        single server's cure, is not taken here)."""
+        if self.ctx is None:
+            return
+        described = {d["name"]: d for d in self.ctx.registry.describe()}
+        if missing := sorted(set(self.models) - set(described)):
+            raise RuntimeError(f"models not loaded: {missing}")
+        if failed := {name: d["failed"] for name, d in described.items() if d["failed"]}:
+            raise RuntimeError(f"models failed: {failed}")
 
 
 def app(args: dict[str, Any]) -> Application:
@@ -176,9 +196,21 @@ def app(args: dict[str, Any]) -> Application:
     return FishTTSReplica.options(**deployment_options(settings, scaling)).bind(settings, models)
 
 
-def _as_env_value(value: Any) -> str:
+def _as_env_value(name: str, value: Any) -> str:
+    """A config's value as its FISHTTS_* variable reads: a YAML list space-separated for a list setting
+    (`load`), comma-separated for the others (`allowed_hosts`, `cors_origins`)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return " ".join(str(v) for v in value)
+        separator = " " if isinstance(getattr(Settings, name, None), tuple) else ","
+        return separator.join(str(v) for v in value)
     return str(value)
+
+
+def _scaling_value(name: str, value: Any) -> int | float:
+    kind = type(getattr(Scaling, name))
+    try:
+        number = float(value) if kind is float else int(str(value).strip())  # (1.7 replicas is no count)
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not a {'number' if kind is float else 'whole number'}") from None
+    return number

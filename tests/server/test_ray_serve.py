@@ -22,6 +22,7 @@ serve = pytest.importorskip("ray.serve", reason="Ray Serve is an optional extra:
 
 from server.ray_app import app as build_app  # noqa: E402 - needs ray
 from server.ray_app import deployment_options, split_args  # noqa: E402
+from server.schemas import LoadModelRequest  # noqa: E402
 
 KEY = "serve-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -146,6 +147,78 @@ def test_arguments_size_each_replica_to_its_batch(tmp_path):
     ):
         with pytest.raises(ValueError):
             split_args(bad)
+
+
+def test_an_s1_body_reaches_the_replica_as_an_s1_load(tmp_path):
+    """The bodies go to the replicas with the fields they were given only: filled with every default, an S1
+    body also had the v0.2 sections and each replica refused it ("give s1 ... not both")."""
+    (tmp_path / "s1.json").write_text(json.dumps({"s1": {"folder": "s1", "quantize": "int8"}}))
+    _, _, models = split_args({"load": f"a={tmp_path / 's1.json'}", "models": {"b": {"s1": {"folder": "s1"}}}})
+    for name in ("a", "b"):
+        body = LoadModelRequest.model_validate(models[name])  # what the replica does
+        assert body.s1 is not None and body.s1.folder == "s1"
+    assert LoadModelRequest.model_validate(models["a"]).s1.quantize == "int8"
+
+
+def test_config_file_values_read_as_the_settings_mean_them(monkeypatch):
+    """YAML lists and blanks: hosts and origins are comma-separated settings (a list had become one entry
+    "a b"), a blank key leaves FISHTTS_API_KEY the key (it had become the key "None"), and scaling numbers
+    and settings a deployment decides get a message naming them."""
+    monkeypatch.setenv("FISHTTS_API_KEY", "from-the-environment")
+    settings, _, _ = split_args(
+        {
+            "load": ["default", "other"],
+            "allowed_hosts": ["a.example", "b.example"],
+            "cors_origins": ["http://a.example", "http://b.example"],
+            "api_key": None,
+        }
+    )
+    assert settings.api_key == "from-the-environment"
+    assert settings.allowed_host_names[-2:] == ["a.example", "b.example"]
+    assert settings.allowed_origins == ["http://a.example", "http://b.example"]
+    for bad, said in (
+        ({"max_replicas": "two"}, "max_replicas: 'two' is not a whole number"),
+        ({"min_replicas": 1.7}, "min_replicas: 1.7 is not a whole number"),
+        ({"workers": 4}, "workers is a replica's batch"),
+        ({"listen": "0.0.0.0:9000"}, "listen is Serve's"),
+    ):
+        with pytest.raises(ValueError, match=said):
+            split_args({"load": "default", **bad})
+
+
+def test_a_replica_whose_model_failed_is_unhealthy_to_serve(tmp_path):
+    """A dead scheduler thread: the single server's cure is a PUT, which a deployment's models do not take,
+    so Serve's health check fails and Serve replaces the replica (it had passed: the model was still listed)."""
+    from starlette.testclient import TestClient
+
+    from server.app import create_app
+    from server.ray_app import FishTTSReplica
+    from server.routes.models import load_bundle
+
+    workdir = make_workdir(tmp_path)
+    settings, _, models = split_args(
+        {
+            "checkpoints_dir": str(workdir / "checkpoints"),
+            "references_dir": str(workdir / "references"),
+            "load": f"default={workdir / 'load_default.json'}",
+        }
+    )
+    app = create_app(settings)  # (the replica's own app, built without Serve)
+    replica = FishTTSReplica.func_or_class.__new__(FishTTSReplica.func_or_class)  # (its __init__ is Serve's)
+    replica.models, replica.ctx = models, app.state.ctx
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        load_bundle(replica.ctx, "default", LoadModelRequest.model_validate(models["default"]))
+        replica.check_health()
+        bundle = replica.ctx.registry.acquire("default")
+        replica.ctx.registry.release(bundle)
+
+        def broken_admit():
+            raise RuntimeError("injected scheduler fault")
+
+        bundle.engine.scheduler._admit = broken_admit  # the loop calls it on every wake-up
+        assert client.post(INVOKE, json={"text": "hello", **FAST}).status_code == 503
+        with pytest.raises(RuntimeError, match="models failed: .*default.*scheduler thread died"):
+            replica.check_health()
 
 
 # -- through Serve's proxy -----------------------------------------------------------------------
