@@ -87,13 +87,17 @@ def _build() -> bool:
         # -march=native compiles for this CPU's flags: a cache shared with another CPU model must not load
         # this one's build (AVX512-VNNI code on a CPU without it: SIGILL)
         target = cpu_flags_digest() if arch == "native" else arch.replace("-", "_")
-        load(
-            f"fishtts_cpu_{torch.backends.cpu.get_cpu_capability().lower()}_{target}",
-            [str(source) for source in SOURCES],
-            is_python_module=False,
-            verbose=False,
-            extra_cflags=["-O3", f"-march={arch}", "-fopenmp", f"-DFISHTTS_SOURCES={sources_digest()}"],
-        )
+        name = f"fishtts_cpu_{torch.backends.cpu.get_cpu_capability().lower()}_{target}"
+        build_dir = _build_directory(name)
+        with _build_turn(build_dir):
+            load(
+                name,
+                [str(source) for source in SOURCES],
+                is_python_module=False,
+                verbose=False,
+                build_directory=str(build_dir),
+                extra_cflags=["-O3", f"-march={arch}", "-fopenmp", f"-DFISHTTS_SOURCES={sources_digest()}"],
+            )
         torch.ops.fishtts.start_pool(torch.get_num_threads())
         # Output shapes, so torch.compile can treat the kernels as opaque ops.
         torch.library.register_fake("fishtts::linear_rows")(lambda x, w, s: x.new_empty(*x.shape[:-1], w.size(0)))
@@ -114,8 +118,51 @@ def _build() -> bool:
         )
         return True
     except Exception as exc:  # no compiler, no headers, no ninja: the torch fallbacks still work
-        log.warning("CPU decode kernels unavailable (%s); using the slower torch path", exc)
+        # (one line; the compiler's output, often dozens of lines, at debug level)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        log.warning("CPU decode kernels unavailable (%s); using the slower torch path", first)
+        log.debug("the kernels' build failed: %s", exc)
         return False
+
+
+def _builds_root() -> Path:
+    """torch's extension cache (TORCH_EXTENSIONS_DIR, else its default), a folder per torch version: the
+    build's folder is ours to name, so that the build can be guarded (_build_turn)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / f"torch-{torch.__version__}"
+
+
+def _build_directory(name: str) -> Path:
+    folder = _builds_root() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextmanager
+def _build_turn(build_dir: Path):
+    """One process at a time builds or loads into `build_dir`, under an OS lock that dies with its holder.
+    torch's own lock is a file that a build killed midway (Ctrl-C during a first start, the OOM killer) left
+    behind, and every later load waited on it forever; under ours, a torch lock file is always a dead one."""
+    try:
+        import fcntl
+    except ImportError:  # (not POSIX: torch's lock alone)
+        yield
+        return
+    with open(build_dir.with_name(build_dir.name + ".turn"), "a") as turn:
+        try:
+            fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process's build of the CPU kernels (%s)", build_dir)
+            fcntl.flock(turn, fcntl.LOCK_EX)
+        try:
+            stale = build_dir / "lock"
+            if stale.exists():
+                log.warning("removing a kernel build lock left by a process that died: %s", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(turn, fcntl.LOCK_UN)
 
 
 def _put_ninja_on_path() -> None:

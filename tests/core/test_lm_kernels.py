@@ -16,7 +16,7 @@ from core.lm import kernels, load_lm, paths
 from core.lm.norm import RMSNorm
 from core.lm.quantize import Int4Linear, dequantize_int4, quantize_int4, quantize_int8
 from core.lm.rope import apply_rope, rope_table
-from tests.paths import PARITY
+from tests.paths import PARITY, process_env
 from tests.tolerances import AMX_ROW_LIMIT, FLOAT32_EPS, assert_within, longest_reduction, matmul_bound, network_atol
 
 pytestmark = pytest.mark.skipif(not kernels.cpu_kernels_available(), reason="no C++ compiler for the CPU kernels here")
@@ -360,3 +360,41 @@ def test_a_native_build_is_named_for_this_cpus_feature_flags(monkeypatch):
         pytest.skip("no kernels on this machine")
     assert names and names[0].endswith("_" + cpu_flags_digest())
     assert len(cpu_flags_digest()) == 10
+
+
+def test_a_build_lock_left_by_a_dead_process_does_not_hang_the_next_load(tmp_path):
+    """A build killed midway (Ctrl-C during a first start, the OOM killer) leaves torch's lock file; every
+    later load waited on it forever, even of a finished build. Under the build's OS lock it is a dead one."""
+    script = (
+        "import logging, sys; logging.basicConfig(level=logging.WARNING, stream=sys.stdout)\n"
+        "from core.lm import kernels\n"
+        "print('available', kernels.cpu_kernels_available())\n"
+    )
+    builds = [p for p in kernels._builds_root().iterdir() if p.is_dir() and p.name.startswith("fishtts_cpu_")]
+    assert builds, "this process built the kernels (the module's skip) into the same cache"
+    for build in builds:
+        (build / "lock").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=process_env()
+    )
+    assert "available True" in done.stdout, done.stdout + done.stderr
+    assert "removing a kernel build lock left by a process that died" in done.stdout
+
+
+def test_one_process_at_a_time_builds(tmp_path):
+    """The build's turn is an OS lock: a second holder waits for the first (who may hold torch's lock file
+    meanwhile: it is not removed under it)."""
+    import threading
+
+    build = tmp_path / "fishtts_cpu_x"
+    build.mkdir()
+    order = []
+    with kernels._build_turn(build):
+        (build / "lock").write_text("")  # the holder's own build in progress
+        second = threading.Thread(target=lambda: kernels._build_turn(build).__enter__() or order.append("second"))
+        second.start()
+        time.sleep(0.5)
+        order.append("first done")
+        assert (build / "lock").exists()
+    second.join(10)
+    assert order == ["first done", "second"] and not (build / "lock").exists()
