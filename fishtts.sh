@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Run the fishtts CLI from a fresh checkout: sets up .venv, downloads the checkpoints when missing.
 #   ./fishtts.sh tts --text "你好，世界" -o hello.wav
+# It runs in the checkout (where checkpoints/ is), so relative paths in its arguments are the checkout's.
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh ""
 if [ "${1:-}" = "tts" ] || [ "${1:-}" = "generate" ] || [ "${1:-}" = "vqgan" ]; then
-  dir="${FISHTTS_CHECKPOINTS_DIR:-checkpoints}"
+  dir=checkpoints  # (the CLI's default; it reads no FISHTTS_CHECKPOINTS_DIR)
   if [ ! -f "$dir/vqgan-v1.pth" ] || [ ! -f "$dir/text2semantic-400m-v0.2-4k.pth" ] || [ ! -f "$dir/tokenizer.json" ]; then
     .venv/bin/fishtts download --checkpoints-dir "$dir"
   fi

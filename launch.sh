@@ -15,9 +15,15 @@
 #   HF_ENDPOINT              a Hugging Face mirror for the download
 # Any other FISHTTS_* server setting (see `python -m server --help`) is passed through as well.
 set -euo pipefail
+start_dir="$PWD"
 cd "$(dirname "$0")"
 
 say() { echo "[launch] $*" >&2; }
+# A path the user gave relative to where they started the script (defaults stay in the checkout).
+from_start() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$start_dir" "$1" ;; esac; }
+if [ -n "${FISHTTS_CHECKPOINTS_DIR:-}" ]; then FISHTTS_CHECKPOINTS_DIR="$(from_start "$FISHTTS_CHECKPOINTS_DIR")"; fi
+if [ -n "${FISHTTS_REFERENCES_DIR:-}" ]; then export FISHTTS_REFERENCES_DIR="$(from_start "$FISHTTS_REFERENCES_DIR")"; fi
+if [[ "${FISHTTS_LOAD:-}" == *=* ]]; then FISHTTS_LOAD="${FISHTTS_LOAD%%=*}=$(from_start "${FISHTTS_LOAD#*=}")"; fi
 
 # Set up .venv on first use (or after pyproject.toml changed); an install with extras (./test.sh's) will do.
 scripts/bootstrap.sh ""
@@ -30,10 +36,25 @@ ui_host="${GRADIO_SERVER_NAME:-127.0.0.1}"
 ui_port="${GRADIO_SERVER_PORT:-7860}"
 timeout="${FISHTTS_START_TIMEOUT:-900}"
 
+if ! [[ "$timeout" =~ ^[0-9]+$ ]]; then
+  say "FISHTTS_START_TIMEOUT='$timeout' is not a whole number of seconds."
+  exit 2
+fi
+if [[ "$listen" != *:* ]]; then
+  example=""
+  if [[ "$listen" =~ ^[0-9]+$ ]]; then example=" (e.g. 127.0.0.1:$listen)"; fi
+  say "FISHTTS_LISTEN='$listen' is not HOST:PORT$example."
+  exit 2
+fi
+if [[ "$ui_host" == *:* ]]; then
+  say "GRADIO_SERVER_NAME='$ui_host': the web UI cannot listen on an IPv6 address; use 0.0.0.0 or 127.0.0.1."
+  exit 2
+fi
+
 api_host="${listen%:*}"; api_host="${api_host#[}"; api_host="${api_host%]}"; api_port="${listen##*:}"
 # Talk to a wildcard bind over loopback.
 case "$api_host" in 0.0.0.0|"") api_client_host=127.0.0.1 ;; ::) api_client_host="[::1]" ;; *:*) api_client_host="[$api_host]" ;; *) api_client_host="$api_host" ;; esac
-case "$ui_host" in 0.0.0.0|"") ui_client_host=127.0.0.1 ;; ::) ui_client_host="[::1]" ;; *:*) ui_client_host="[$ui_host]" ;; *) ui_client_host="$ui_host" ;; esac
+case "$ui_host" in 0.0.0.0|"") ui_client_host=127.0.0.1 ;; *) ui_client_host="$ui_host" ;; esac
 api_url="http://$api_client_host:$api_port"
 ui_url="http://$ui_client_host:$ui_port/"
 
@@ -63,6 +84,11 @@ check_port() {  # HOST PORT WHAT VARIABLE FORM
 }
 check_port "$api_host" "$api_port" "API" FISHTTS_LISTEN FISHTTS_LISTEN=HOST:PORT
 check_port "$ui_host" "$ui_port" "web UI" GRADIO_SERVER_PORT GRADIO_SERVER_PORT=PORT
+wildcard() { case "$1" in 0.0.0.0|::|"") return 0 ;; *) return 1 ;; esac; }
+if (( 10#$api_port == 10#$ui_port )) && { [ "$api_host" = "$ui_host" ] || wildcard "$api_host" || wildcard "$ui_host"; }; then
+  say "the API (FISHTTS_LISTEN) and the web UI (GRADIO_SERVER_PORT) both ask for port $ui_port; give them two."
+  exit 2
+fi
 
 if [ "$load" = "default" ]; then
   if [ ! -f "$checkpoints/vqgan-v1.pth" ] || [ ! -f "$checkpoints/text2semantic-400m-v0.2-4k.pth" ] \

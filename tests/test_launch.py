@@ -34,9 +34,10 @@ class Launch:
         settings = {
             "FISHTTS_LISTEN": f"127.0.0.1:{self.api_port}",
             "GRADIO_SERVER_PORT": str(self.ui_port),
-            "FISHTTS_CHECKPOINTS_DIR": str(workdir / "checkpoints"),
-            "FISHTTS_REFERENCES_DIR": str(workdir / "references"),
-            "FISHTTS_LOAD": f"default={workdir / 'load_default.json'}",
+            # relative to where the script starts (it runs from its checkout: they had been read there)
+            "FISHTTS_CHECKPOINTS_DIR": "checkpoints",
+            "FISHTTS_REFERENCES_DIR": "references",
+            "FISHTTS_LOAD": "default=load_default.json",
             "FISHTTS_DEVICE": "cpu",
             "FISHTTS_START_TIMEOUT": str(START_TIMEOUT),
         }
@@ -224,15 +225,30 @@ def test_refuses_a_port_in_use(workdir):
 
 
 @pytest.mark.parametrize(
-    "setting", [{"GRADIO_SERVER_PORT": "notaport"}, {"GRADIO_SERVER_PORT": "70000"}, {"FISHTTS_LISTEN": "localhost"}]
+    "setting, said",
+    [
+        ({"GRADIO_SERVER_PORT": "notaport"}, "is not a port (1-65535)"),
+        ({"GRADIO_SERVER_PORT": "70000"}, "is not a port (1-65535)"),
+        ({"FISHTTS_LISTEN": "localhost"}, "is not HOST:PORT"),
+        ({"FISHTTS_LISTEN": "8419"}, "is not HOST:PORT (e.g. 127.0.0.1:8419)"),  # (had been "port 8419 on 8419")
+        ({"FISHTTS_START_TIMEOUT": "10m"}, "is not a whole number of seconds"),  # (had said "API is up")
+    ],
 )
-def test_refuses_what_is_no_port_naming_the_variable(workdir, setting):
+def test_refuses_a_bad_setting_naming_the_variable(workdir, setting, said):
     (variable,) = setting
     launch = Launch(workdir, **setting)
     assert launch.wait_exit(timeout=60) == 2
     output = launch.output()
-    assert "is not a port (1-65535)" in output and variable in output, output
-    assert "Traceback" not in output and "already in use" not in output
+    assert said in output and variable in output, output
+    assert "Traceback" not in output and "already in use" not in output and "starting the API" not in output
+
+
+def test_refuses_one_port_for_both_before_loading(workdir):
+    """Both checks passed (nothing listened yet), the model loaded, then the UI died on Gradio's traceback."""
+    port = free_port()
+    launch = Launch(workdir, FISHTTS_LISTEN=f"127.0.0.1:{port}", GRADIO_SERVER_PORT=str(port))
+    assert launch.wait_exit(timeout=60) == 2
+    assert f"both ask for port {port}" in launch.output() and "starting the API" not in launch.output()
 
 
 def test_a_failed_model_load_stops_the_launch(workdir):

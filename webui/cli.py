@@ -23,7 +23,7 @@ DEFAULTS = UISettings()
 @click.option(
     "--port",
     envvar="GRADIO_SERVER_PORT",
-    type=int,
+    type=click.IntRange(1, 65535),
     default=DEFAULTS.port,
     show_default=True,
     show_envvar=True,
@@ -58,8 +58,15 @@ def webui(host: str, port: int, api_url: str, api_key: str | None, timeout: floa
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # self-hosted: no calls home
     from .app import build_app, launch  # Gradio loads only when serving
 
+    if ":" in host:  # (Gradio builds its own URL from the host: an IPv6 literal breaks it)
+        raise click.BadParameter(
+            "the web UI cannot listen on an IPv6 address; use 0.0.0.0 or 127.0.0.1", param_hint="--host"
+        )
     settings = UISettings(api_url=api_url, api_key=api_key or None, host=host, port=port, timeout=timeout)
-    launch(build_app(settings), settings)
+    try:
+        launch(build_app(settings), settings)
+    except OSError as exc:  # a port in use, or an address this machine does not have
+        raise click.ClickException(f"cannot serve the web UI on {host}:{port}: {exc}") from None
 
 
 def main() -> None:

@@ -472,3 +472,27 @@ def test_the_page_starts_from_the_api_defaults(server, actions, down_url):
     assert model.llama_checkpoint.endswith(LM_FILENAME) and model.vqgan_checkpoint.endswith(VQGAN_FILENAME)
     assert model.s1_folder == str(DEFAULT_S1_DIR)  # where `fishtts download --model openaudio-s1-mini` puts it
     assert actions.forms(down_url) == (ModelForm(), SynthesisForm())  # unreachable: the page still opens
+
+
+@pytest.mark.parametrize("args", [["--port", "BUSY"], ["--port", "0"], ["--host", "::1"]])
+def test_an_address_the_ui_cannot_serve_is_one_line_and_exit_status(args):
+    """A port in use, port 0 and an IPv6 host (which Gradio cannot serve) had each ended in a traceback."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.paths import process_env
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        args = [str(taken.getsockname()[1]) if a == "BUSY" else a for a in args]
+        done = subprocess.run(
+            [sys.executable, "-m", "webui", "--host", "127.0.0.1", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=process_env(GRADIO_ANALYTICS_ENABLED="False"),
+        )
+    assert done.returncode in (1, 2) and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: "), done.stderr
