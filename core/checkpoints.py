@@ -61,6 +61,9 @@ def read_json_object(path: str | os.PathLike, what: str, error: type[ValueError]
     return data
 
 
+MAX_SEQ_LEN = 2**20  # a config's max_seq_len at most (tables are sized by it: 10^9 asked for 32 GB)
+
+
 def is_whole_number(value, least: int = 0) -> bool:
     """An integer (not a bool) >= `least`: what a config's sizes and counts must be."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
@@ -81,6 +84,8 @@ def check_config_numbers(
         value, least = getattr(config, name), 1 if name in sizes else 0
         if not is_whole_number(value, least):
             raise error(f"{name} must be a whole number >= {least}, got {value!r}")
+    if "max_seq_len" in sizes and config.max_seq_len > MAX_SEQ_LEN:
+        raise error(f"max_seq_len must be at most {MAX_SEQ_LEN:,}, got {config.max_seq_len!r}")
     for name in reals:
         value = getattr(config, name)
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < math.inf:

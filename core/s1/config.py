@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..checkpoints import check_config_numbers, read_json_object
+from ..checkpoints import check_config_numbers, is_whole_number, read_json_object
 
 MODEL_TYPE = "dual_ar"
 FAST_LOGIT_LIMIT = 1024  # the original samples codebooks 1..N-1 from the first 1024 fast logits only
@@ -169,6 +169,9 @@ class CodecTransformerConfig:
     def __post_init__(self):
         if self.intermediate_size is None:
             self.intermediate_size = 3 * self.dim
+        check_config_numbers(
+            self, sizes=("n_layer", "dim", "n_head", "head_dim", "intermediate_size", "block_size"), error=S1ConfigError
+        )
 
 
 @dataclass
@@ -197,6 +200,15 @@ class CodecConfig:
             n_layer=8, dim=1024, n_head=16, intermediate_size=3072, window_size=128, block_size=4096
         )
     )
+
+    def __post_init__(self):
+        sizes = ("sample_rate", "encoder_dim", "decoder_dim", "latent_dim", "n_codebooks", "codebook_size")
+        check_config_numbers(self, sizes=sizes + ("codebook_dim", "semantic_codebook_size"), error=S1ConfigError)
+        for name in ("encoder_rates", "decoder_rates", "downsample_factor"):
+            if not getattr(self, name) or not all(is_whole_number(r, 1) for r in getattr(self, name)):
+                raise S1ConfigError(f"{name} must be a list of whole numbers >= 1, got {getattr(self, name)!r}")
+        if len(self.encoder_transformer_layers) != len(self.encoder_rates):
+            raise S1ConfigError("encoder_transformer_layers must have one count for each of encoder_rates")
 
     @property
     def hop_length(self) -> int:
@@ -273,5 +285,7 @@ def load_codec_config(path: str | Path | None) -> CodecConfig:
             downsample_factor=tuple(int(f) for f in quantizer["downsample_factor"]),
             quantizer_transformer=qt,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except S1ConfigError as exc:
+        raise S1ConfigError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # (AttributeError: a list where a map goes)
         raise S1ConfigError(f"{path}: not a modded-DAC codec config ({exc!r})") from None

@@ -90,7 +90,14 @@ def test_config_problems_are_clear(tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
     with pytest.raises(CheckpointError, match="vocab_size is 1000"):
         load_dual_ar(folder)
-    for changes in ({"dim": -1}, {"dim": 64.5}, {"n_head": 0}, {"norm_eps": -1}, {"fast_dim": -2}):
+    for changes in (
+        {"dim": -1},
+        {"dim": 64.5},
+        {"n_head": 0},
+        {"norm_eps": -1},
+        {"fast_dim": -2},
+        {"max_seq_len": 10**9},
+    ):
         (folder / "config.json").write_text(json.dumps({**config, **changes}))
         (name,) = changes
         with pytest.raises(S1ConfigError, match=f"{name} must be a"):  # not an error deep inside the model
@@ -98,6 +105,32 @@ def test_config_problems_are_clear(tmp_path):
     (folder / "config.json").unlink()
     with pytest.raises(S1ConfigError, match="not found"):
         load_dual_ar(folder)
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        ({"sample_rate": 0}, "sample_rate must be a whole number >= 1"),  # (it loaded; each request then failed)
+        ({"transformer_general_config": []}, "not a modded-DAC codec config"),  # (a 500)
+        ({"encoder_rates": []}, "encoder_rates must be a list of whole numbers >= 1"),  # ("zip() argument 2 ...")
+        ({"encoder_transformer_layers": [0, 0]}, "one count for each of encoder_rates"),
+    ],
+)
+def test_codec_config_problems_are_clear(tmp_path, change, said):
+    folder = copy_folder(tmp_path)
+    config = json.loads((folder / "codec_config.json").read_text())
+    (folder / "codec_config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(S1ConfigError, match=said):
+        load_codec(folder / "codec.pth")
+
+
+def test_a_codec_quantizer_module_that_is_not_a_map_is_clear(tmp_path):
+    folder = copy_folder(tmp_path)
+    config = json.loads((folder / "codec_config.json").read_text())
+    config["quantizer"]["pre_module"] = []
+    (folder / "codec_config.json").write_text(json.dumps(config))
+    with pytest.raises(S1ConfigError, match="not a modded-DAC codec config"):
+        load_codec(folder / "codec.pth")
 
 
 def test_not_a_weights_file_is_refused(tmp_path):
