@@ -153,9 +153,7 @@ async def validation_handler(request: Request, exc: RequestValidationError) -> J
     if is_openai_route(request.url.path):
         return error_response(request, 422, message, param=param, code="invalid_value")
     body = error_body(422, message, request_id(request))
-    # the per-field list, without echoing the (possibly huge) input back, and the first few only: a body of
-    # many bad items would answer with one entry each
-    body["details"] = details
+    body["details"] = details  # the per-field list (its first MAX_DETAILS), without echoing the input back
     return JSONResponse(body, status_code=422)
 
 

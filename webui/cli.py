@@ -55,13 +55,13 @@ DEFAULTS = UISettings()
 )
 def webui(host: str, port: int, api_url: str, api_key: str | None, timeout: float):
     """Serve the web UI (Chinese and English) for the fishtts HTTP API."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # self-hosted: no calls home
-    from .app import build_app, launch  # Gradio loads only when serving
-
     if ":" in host:  # (Gradio builds its own URL from the host: an IPv6 literal breaks it)
         raise click.BadParameter(
             "the web UI cannot listen on an IPv6 address; use 0.0.0.0 or 127.0.0.1", param_hint="--host"
         )
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # self-hosted: no calls home
+    from .app import build_app, launch  # Gradio loads only when serving
+
     settings = UISettings(api_url=api_url, api_key=api_key or None, host=host, port=port, timeout=timeout)
     try:
         launch(build_app(settings), settings)

@@ -169,9 +169,8 @@ class CodecTransformerConfig:
     def __post_init__(self):
         if self.intermediate_size is None:
             self.intermediate_size = 3 * self.dim
-        check_config_numbers(
-            self, sizes=("n_layer", "dim", "n_head", "head_dim", "intermediate_size", "block_size"), error=S1ConfigError
-        )
+        sizes = ("dim", "n_head", "head_dim", "intermediate_size", "block_size")
+        check_config_numbers(self, sizes=sizes, counts=("n_layer",), error=S1ConfigError)
 
 
 @dataclass
