@@ -18,6 +18,7 @@ def head_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
 
     class HeadDeadlineProtocol(AutoHTTPProtocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _requests = 0  # heads that arrived on this connection
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
@@ -27,10 +28,15 @@ def head_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
 
             async def app(scope, receive, send):
                 self._head_arrived()
+                self._requests += 1
+                number = self._requests
                 try:
                     await served(scope, receive, send)
                 finally:
-                    self._await_head()  # the next request on this connection
+                    # the next request's head, unless it came already: uvicorn may start it before this app
+                    # returns (a stream's last send completes the response in a task of its own)
+                    if self._requests == number:
+                        self._await_head()
 
             self.app = app
             self._await_head()
