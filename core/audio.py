@@ -82,6 +82,8 @@ def _read_mono(file: sf.SoundFile, max_frames: int | None, block: int = 65536) -
         total += count
         if count < block:
             break
+    if _snd.sf_error(file._file):  # (a file cut short or damaged midway: what soundfile's own read raises on)
+        raise AudioError(_ffi.string(_snd.sf_strerror(file._file)).decode("utf-8", "replace"))
     return np.concatenate(blocks)
 
 

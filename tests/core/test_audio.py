@@ -114,6 +114,14 @@ def test_many_channels_are_mixed_block_by_block_exactly(tmp_path):
     assert peak < channels.nbytes / 2  # (19 MB whole; the mono samples 0.8 MB and one 6 MB block)
 
 
+def test_a_flac_cut_short_is_refused_not_read_as_a_shorter_clip():
+    """(libsndfile's read returns what it decoded before the damage and flags the error: the block reader must
+    look, as soundfile's own read does)"""
+    data = encode_audio(tone(5.0), SAMPLE_RATE, "flac")
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        load_audio(data[: len(data) // 2])
+
+
 def test_a_reference_wider_than_the_decode_budget_is_refused_before_decoding(tmp_path, monkeypatch):
     from core.reference import MAX_DECODED_RATE, read_reference_audio
     from core.request import Reference
