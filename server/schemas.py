@@ -11,7 +11,7 @@ import dataclasses
 from typing import ClassVar, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from core.checkpoints import DEFAULT_CHECKPOINTS_DIR, DEFAULT_S1_DIR, LM_FILENAME, VQGAN_FILENAME
 from core.engine import DEFAULT_LM_CONFIG, DEFAULT_TOKENIZER, DEFAULT_VQGAN_CONFIG, QUANT_MODES, VQGAN_PRECISIONS
@@ -472,14 +472,27 @@ class CodecDecodeRequest(BaseModel):
         return tokens
 
 
+_LAX_INT = TypeAdapter(int)  # what the field's own int accepts (1.0 and "1" too)
+
+
 def _not_an_integer(value: object, where: str, depth: int) -> str | None:
-    """Where in nested lists `depth` deep the first leaf that is not an integer lies (None: all are)."""
+    """Where in nested lists `depth` deep the first leaf the field would refuse lies (None: none is)."""
     if not isinstance(value, list):
         return None  # (not a list: pydantic's own message names it)
     if depth == 1:
-        bad = next((i for i, x in enumerate(value) if type(x) is not int), None)  # (bool is not a code either)
-        return None if bad is None else f"{where}.{bad}"
+        for i, x in enumerate(value):
+            if type(x) is not int and not _accepted(x):
+                return f"{where}.{i}"
+        return None
     return next((w for i, row in enumerate(value) if (w := _not_an_integer(row, f"{where}.{i}", depth - 1))), None)
+
+
+def _accepted(value: object) -> bool:
+    try:
+        _LAX_INT.validate_python(value)
+    except ValidationError:
+        return False
+    return True
 
 
 REFERENCE_ID_NOTE = "Lower-case letters, digits, '-' and '_' (the original also allowed capitals and spaces)."
