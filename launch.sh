@@ -40,6 +40,7 @@ if ! [[ "$timeout" =~ ^[0-9]+$ ]]; then
   say "FISHTTS_START_TIMEOUT='$timeout' is not a whole number of seconds."
   exit 2
 fi
+timeout=$((10#$timeout))  # (09 is nine seconds, not a bad octal number)
 if [[ "$listen" != *:* ]]; then
   example=""
   if [[ "$listen" =~ ^[0-9]+$ ]]; then example=" (e.g. 127.0.0.1:$listen)"; fi

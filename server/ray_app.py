@@ -12,6 +12,7 @@ deployment's (arguments `load` and `models`), loaded before a replica takes traf
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, fields, replace
@@ -77,7 +78,7 @@ def split_args(args: dict[str, Any]) -> tuple[Settings, Scaling, dict[str, dict]
             f"({', '.join(sorted(setting_names - set(SET_BY_DEPLOYMENT)))}), {', '.join(sorted(scaling_names))} "
             "or models"
         )
-    scaling = Scaling(**{k: _scaling_value(k, v) for k, v in args.items() if k in scaling_names})
+    scaling = Scaling(**{k: _scaling_value(k, v) for k, v in args.items() if k in scaling_names and v is not None})
     # FISHTTS_* variables where the application is built (e.g. the API key), then the arguments (a blank one,
     # YAML's null, is not given: FISHTTS_API_KEY stays the key)
     environ = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
@@ -211,6 +212,8 @@ def _scaling_value(name: str, value: Any) -> int | float:
     kind = type(getattr(Scaling, name))
     try:
         number = float(value) if kind is float else int(str(value).strip())  # (1.7 replicas is no count)
-    except ValueError:
-        raise ValueError(f"{name}: {value!r} is not a {'number' if kind is float else 'whole number'}") from None
+    except (ValueError, TypeError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: {value!r} is not a {'number' if kind is float else 'whole number'}")
     return number

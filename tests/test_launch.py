@@ -39,7 +39,7 @@ class Launch:
             "FISHTTS_REFERENCES_DIR": "references",
             "FISHTTS_LOAD": "default=load_default.json",
             "FISHTTS_DEVICE": "cpu",
-            "FISHTTS_START_TIMEOUT": str(START_TIMEOUT),
+            "FISHTTS_START_TIMEOUT": "0900",  # (a leading zero: 900 s, not a bad octal number for bash)
         }
         settings.update(env)
         self.terminal_output = bytearray()

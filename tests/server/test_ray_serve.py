@@ -171,6 +171,7 @@ def test_config_file_values_read_as_the_settings_mean_them(monkeypatch):
             "allowed_hosts": ["a.example", "b.example"],
             "cors_origins": ["http://a.example", "http://b.example"],
             "api_key": None,
+            "num_cpus": None,  # (a blank scaling value is not given either)
         }
     )
     assert settings.api_key == "from-the-environment"
@@ -181,6 +182,8 @@ def test_config_file_values_read_as_the_settings_mean_them(monkeypatch):
         ({"min_replicas": 1.7}, "min_replicas: 1.7 is not a whole number"),
         ({"workers": 4}, "workers is a replica's batch"),
         ({"listen": "0.0.0.0:9000"}, "listen is Serve's"),
+        ({"num_cpus": [1]}, r"num_cpus: \[1\] is not a number"),
+        ({"num_cpus": "nan"}, "num_cpus: 'nan' is not a number"),
     ):
         with pytest.raises(ValueError, match=said):
             split_args({"load": "default", **bad})
