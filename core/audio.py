@@ -52,7 +52,7 @@ def read_audio(source: str | os.PathLike | bytes, max_seconds: float | None = No
         if not path.exists() or path.is_dir():
             raise AudioError(f"audio file not found: {path}")
         # a pipe (/dev/stdin, a shell's <(...)) is read whole first: libsndfile seeks in what it reads
-        name, handle = path.name, (path if path.is_file() else io.BytesIO(path.read_bytes()))
+        name, handle = path.name, (path if path.is_file() else io.BytesIO(_read_pipe(path)))
     try:
         with sf.SoundFile(handle) as file:
             undeclared = file.frames == UNKNOWN_LENGTH
@@ -65,6 +65,17 @@ def read_audio(source: str | os.PathLike | bytes, max_seconds: float | None = No
     if not np.isfinite(audio).all():
         raise AudioError(f"{name} contains NaN or infinite samples")
     return audio, int(source_rate)
+
+
+MAX_PIPE_BYTES = 2**30  # read from a pipe or device at most (/dev/zero had grown to 21 GB and the OOM killer)
+
+
+def _read_pipe(path: Path) -> bytes:
+    with open(path, "rb") as pipe:
+        data = pipe.read(MAX_PIPE_BYTES + 1)
+    if len(data) > MAX_PIPE_BYTES:
+        raise AudioError(f"{path} gave more than {MAX_PIPE_BYTES // 2**20} MiB; is it an endless stream?")
+    return data
 
 
 def _read_mono(file: sf.SoundFile, max_frames: int | None, block: int = 65536) -> np.ndarray:
@@ -207,12 +218,16 @@ def replace_file(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a file beside `path`, then rename it over `path`: a write that fails (a full disk,
     Ctrl-C) leaves what was at `path` as it was, and no partial file. The partial file's name is its own,
     so two runs writing the same file do not write into one partial file (one of them failed)."""
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # (a link is followed, as a plain open would: the link stays)
     partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
         # (O_EXCL: never another's; mode 0666 less the umask, as a plain open gives)
         with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
             file.write(data)
+        try:
+            os.chmod(partial, os.stat(path).st_mode & 0o7777)  # an existing file keeps its permissions
+        except FileNotFoundError:
+            pass
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)

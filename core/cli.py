@@ -43,6 +43,8 @@ def friendly_errors(func):
             raise
         except (ValueError, OSError, RuntimeError) as exc:
             raise click.ClickException(str(exc) or exc.__class__.__name__) from None
+        except MemoryError:
+            raise click.ClickException("out of memory") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -327,7 +329,7 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
     """Generate semantic codes for TEXT (codes_N.npy), optionally in the voice of reference codes."""
     from tqdm import tqdm
 
-    from .audio import npy_bytes, replace_file
+    from .audio import AudioError, check_writable, npy_bytes, replace_file
     from .reference import read_codes_file
     from .request import Reference
 
@@ -335,6 +337,11 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
     if prompt_tokens:  # checked before the model loads
         reference = Reference("--prompt-tokens", codes=read_codes_file(prompt_tokens, str(prompt_tokens)))
     request = synthesis_request(text, prompt_text, reference, kwargs)
+    try:  # the output folder too (it had failed after the generation)
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AudioError(f"cannot make the output folder {output_dir}: {exc.strerror or exc}") from None
+    check_writable(output_dir / "codes_0.npy")
     engine = load_engine(checkpoint_path, config_name, None, DEFAULT_VQGAN_CONFIG, kwargs)
     prompt = engine.encode_prompt(request)
     click.echo(f"Encoded prompt shape: {list(prompt.shape)}", err=True)
@@ -343,7 +350,6 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
         codes = engine.generate_codes(request, num_samples=num_samples, prompt=prompt, progress=bar.update)
         seconds = time.perf_counter() - start
     report_speed(sum(c.shape[1] + 1 for c in codes), seconds, engine.lm)
-    output_dir.mkdir(parents=True, exist_ok=True)
     for i, sample_codes in enumerate(codes):
         path = output_dir / f"codes_{i}.npy"
         replace_file(path, npy_bytes(sample_codes))

@@ -245,7 +245,7 @@ class Scheduler:
                 try:
                     for i, seq in enumerate(job.sequences):
                         job.on_frame(i, seq.last)
-                except Exception as exc:  # noqa: BLE001 - its callback: a bad job fails alone
+                except BaseException as exc:  # noqa: BLE001 - its callback (any error it raises): a bad job fails alone
                     error = exc
             if error is not None:
                 self._finish(job, error)
@@ -268,7 +268,7 @@ class Scheduler:
                     continue
                 try:  # sampling and the callback are this job's own: a failure stops it alone
                     job.on_frame(i, seq.accept(out))
-                except Exception as exc:  # noqa: BLE001
+                except BaseException as exc:  # noqa: BLE001 - (a caller's callback may raise CancelledError too)
                     failed[job] = exc
         for job, exc in failed.items():
             self._finish(job, exc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -112,6 +114,25 @@ def test_many_channels_are_mixed_block_by_block_exactly(tmp_path):
     assert rate == 48000
     assert np.array_equal(samples, channels.mean(axis=1, dtype=np.float32))
     assert peak < channels.nbytes / 2  # (19 MB whole; the mono samples 0.8 MB and one 6 MB block)
+
+
+def test_replacing_a_file_follows_its_link_and_keeps_its_permissions(tmp_path):
+    """(the link itself had been replaced by a new file, and a private 0600 file had become 0644)"""
+    from core.audio import replace_file
+
+    (tmp_path / "real.wav").write_bytes(b"old")
+    os.chmod(tmp_path / "real.wav", 0o600)
+    (tmp_path / "link.wav").symlink_to("real.wav")
+    replace_file(tmp_path / "link.wav", b"new")
+    assert (tmp_path / "link.wav").is_symlink() and (tmp_path / "real.wav").read_bytes() == b"new"
+    assert stat.S_IMODE(os.stat(tmp_path / "real.wav").st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.wav", "real.wav"]
+
+
+def test_an_endless_pipe_is_refused_not_read_until_memory_runs_out(monkeypatch):
+    monkeypatch.setattr(audio, "MAX_PIPE_BYTES", 2**20)
+    with pytest.raises(AudioError, match="gave more than 1 MiB; is it an endless stream"):
+        audio.read_audio("/dev/zero")
 
 
 def test_a_flac_cut_short_is_refused_not_read_as_a_shorter_clip():

@@ -354,6 +354,10 @@ def _bad_inputs(ckpt, tmp_path):
             ["vqgan", "-i", "good.npy", "-o", "a-folder.wav", "--checkpoint-path", "missing.pth"],
             "a-folder.wav is a folder",
         ),
+        "generate-output-folder-under-a-file": (  # (it had failed after the whole generation)
+            ["generate", "--text", "hi", "--output-dir", "notes.txt/sub", "--checkpoint-path", "missing.pth"],
+            "cannot make the output folder notes.txt/sub",
+        ),
     }
 
 

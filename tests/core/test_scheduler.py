@@ -149,6 +149,35 @@ def test_a_failing_request_does_not_disturb_the_others(model):
     np.testing.assert_array_equal(codes(good), alone)
 
 
+@pytest.mark.parametrize("when", [1, 10])  # its first frame (after the prefill) or a decode step's
+def test_a_callback_raising_a_base_exception_fails_its_request_alone(model, when):
+    """A caller's progress callback may raise CancelledError (an asyncio caller) or KeyboardInterrupt: it had
+    killed the scheduler thread, and the model failed every request until it was loaded again."""
+    import asyncio
+
+    alone = run_alone(model, request(model, *SPECS[2]))
+    scheduler = Scheduler(LMStepper(model), max_batch=4)
+    collector = Collector(scheduler)
+    good, bad = request(model, *SPECS[2]), request(model, *SPECS[1])
+    collector.submit(0, good)
+    done, frames = threading.Event(), []
+
+    def on_frame(_i, _frame):
+        frames.append(1)
+        if len(frames) == when:
+            raise asyncio.CancelledError()
+
+    scheduler.submit(Job([bad], on_frame, lambda error: done.set() or frames.append(error), owner=1))
+    assert done.wait(120)
+    collector.wait(0)
+    assert isinstance(frames[-1], asyncio.CancelledError) and collector.errors[0] is None
+    np.testing.assert_array_equal(codes(good), alone)
+    collector.submit(2, request(model, *SPECS[3]))  # and it goes on serving
+    collector.wait(2)
+    scheduler.close()
+    assert collector.errors[2] is None
+
+
 def test_static_shape_batches_agree_with_the_dynamic_path(model):
     """The CUDA-graph path (all slots every step, masks over the whole cache), checked on CPU."""
     dynamic = [run_alone(model, request(model, *spec)) for spec in SPECS[:3] if spec[2] is GREEDY]
