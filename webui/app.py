@@ -54,7 +54,8 @@ def model_updates(page: Page, models: list[LoadedModel], current: str | None) ->
     top_k = picked is None or picked.samples_with("top_k")
     return {
         page.model: gr.update(choices=[(m.label, m.name) for m in models] or [name], value=name),
-        page.mode: gr.update(visible=True) if phonemes else gr.update(visible=False, value="text"),
+        # (hidden, its value stays for the next v0.2 model: S1-mini ignores it)
+        page.mode: gr.update(visible=phonemes),
         page.speaker: gr.update(visible=phonemes),
         page.languages: gr.update(visible=phonemes),
         page.languages_not_applicable: gr.update(visible=not phonemes),
@@ -121,18 +122,22 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
     def server_status(lang: str, server_url: str, api_key: str) -> str:
         return actions.server_status(lang, server_url, api_key)
 
-    def from_server(server_url: str, api_key: str):
-        """On page load: the loaded model's files in the model tab, the models to pick from, and the
-        saved voices."""
+    def reread(server_url: str, api_key: str, current: str | None = None, models: list | None = None):
+        """After a status check (the key may have been typed since the page loaded): the loaded model's files in
+        the model tab, the models to pick from (`current` kept if it is one), and the saved voices."""
         loaded = actions.loaded_model_form(server_url, api_key)
         fields = {} if loaded is None else dict(zip(model_fields, vars(loaded).values()))
-        models = actions.loaded_models(server_url, api_key)
+        models = actions.loaded_models(server_url, api_key) if models is None else models
         return {
             **fields,
-            **model_updates(page, models, None),
-            **sampling_updates(page, models, pick_model(models, None)),
+            **model_updates(page, models, current),
             page.voice_id: gr.update(choices=actions.voice_choices(server_url, api_key)),
         }
+
+    def from_server(server_url: str, api_key: str):
+        """On page load: as a status check, and the sliders at the picked model's sampling defaults."""
+        models = actions.loaded_models(server_url, api_key)
+        return {**reread(server_url, api_key, None, models), **sampling_updates(page, models, pick_model(models, None))}
 
     def pick(server_url: str, api_key: str, current: str):
         """The models the server has now, with `current` picked if it still is one of them."""
@@ -154,7 +159,11 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
         load_s1_model, inputs={*connection, *model_fields}, outputs=page.model_message, **PRIVATE
     ).then(**refresh_picker, show_progress="hidden")
     page.status_button.click(server_status, inputs=connection, outputs=page.model_message, **PRIVATE).then(
-        **refresh_picker, show_progress="hidden"
+        reread,
+        inputs=picker_inputs,
+        outputs=[*model_fields, *picker_outputs, page.voice_id],
+        show_progress="hidden",
+        **PRIVATE,
     )
     page.model.input(
         picked, inputs=picker_inputs, outputs=picker_outputs + sampling_sliders, show_progress="hidden", **PRIVATE
@@ -224,19 +233,22 @@ def wire_inference(page: Page, actions: Actions) -> dict:
         page.reference_text,
     )
     gr.on([trigger.change for trigger in triggers], **preview_event, trigger_mode="always_last", concurrency_limit=1)
-    page.synthesize_button.click(
+    synthesis = page.synthesize_button.click(
         synthesize,
         inputs=inputs,
         outputs=[page.stream_audio, page.result_audio, page.download, page.message],
         show_progress_on=[page.result_audio],
         concurrency_limit=None,  # every visitor's at once: the server batches them (Gradio's default ran one)
+        trigger_mode="always_last",  # a click during a run runs after it (Gradio's default dropped it)
         **PRIVATE,
     )
     page.stream.change(
         show_stream_player, inputs=[page.stream], outputs=[page.stream_audio], show_progress="hidden", **PRIVATE
     )
     page.examples.click(example_text, inputs=[page.language, page.examples], outputs=page.text, **PRIVATE)
-    page.clear_button.click(
+    # A running synthesis is cancelled first (its result had landed in the cleared page), then the page cleared
+    # (after its last update, or that one stayed)
+    page.clear_button.click(None, cancels=[synthesis], **PRIVATE).then(
         clear,
         inputs=[page.language],
         outputs=[page.text, page.preview, page.stream_audio, page.result_audio, page.download, page.message],

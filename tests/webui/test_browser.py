@@ -249,6 +249,8 @@ def test_picking_an_s1_model_hides_what_does_not_apply_and_synthesizes_with_it(b
 
         temperature = "() => document.querySelector('#fishtts-temperature input[type=number]').value"
         assert page.evaluate(temperature) == "0.7"  # v0.2's default
+        page.get_by_role("tab", name="Synthesis parameters").click()
+        pick("Input mode", "Auto phonemes")  # (kept while S1-mini hides it: it had come back as "Text")
         pick("Model", "s1 (openaudio-s1-mini)")
         v02_fields("hidden", "Synthesis parameters", "Language priority")
         page.wait_for_function(f"() => ({temperature})() === '0.8'")  # S1-mini's own default
@@ -270,6 +272,7 @@ def test_picking_an_s1_model_hides_what_does_not_apply_and_synthesizes_with_it(b
         pick("模型", "default (fish-speech-v0.2)")
         v02_fields("visible", "合成参数", "语言优先级")
         page.wait_for_function(f"() => ({temperature})() === '0.7'")
+        assert page.locator("#fishtts-mode input").input_value() == "自动音素"
 
         # the model tab loads another S1-mini folder under a name of its own; the picker offers it
         page.get_by_role("tab", name="模型配置").click()
@@ -281,5 +284,26 @@ def test_picking_an_s1_model_hides_what_does_not_apply_and_synthesizes_with_it(b
         page.get_by_role("tab", name="推理配置").click()
         pick("模型", "s1-page (openaudio-s1-mini)")
         v02_fields("hidden", "合成参数", "语言优先级")
+    finally:
+        page.context.close()
+
+
+def test_clear_during_a_synthesis_cancels_it(browser, ui):
+    """Clear empties the page at once; the synthesis it interrupted had landed its audio and "Done" in the
+    cleared page a moment later."""
+    page = open_page(browser, ui.url + "?lang=en", "en-US")
+    try:
+        page.locator("#fishtts-synthesize").filter(has_text="Synthesize").wait_for()
+        page.locator("#fishtts-text textarea").fill("Hi. " * 249)
+        tokens = page.locator("#fishtts-max-new-tokens input[type=number]")
+        tokens.fill("240")
+        tokens.press("Enter")
+        page.locator("#fishtts-synthesize").click()
+        page.locator("#fishtts-message").get_by_text("Synthesizing").wait_for()
+        page.locator("#fishtts-clear").click()
+        page.wait_for_function("() => document.querySelector('#fishtts-text textarea').value === ''")
+        page.wait_for_timeout(6000)  # (the synthesis alone takes 1-3 s here)
+        assert page.evaluate(AUDIO_IS_EMPTY)
+        assert "Done" not in page.locator("#fishtts-message").inner_text()
     finally:
         page.context.close()
