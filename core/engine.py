@@ -250,6 +250,8 @@ class TTSEngine:
         if self.lm is not None:
             return self.scheduler.run(fn)
         with self.lock, torch.inference_mode():
+            if self._closed:  # (a codec-only engine: close() is final for it too)
+                raise RuntimeError("the model was unloaded")
             return fn()
 
     def close(self) -> None:

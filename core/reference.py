@@ -72,6 +72,8 @@ def read_reference_audio(reference: Reference, sample_rate: int) -> tuple[np.nda
     field, source, max_seconds = reference.field, reference.audio, reference.max_seconds
     if isinstance(source, np.ndarray):
         audio, rate = np.ascontiguousarray(source, dtype=np.float32), sample_rate
+        if not np.isfinite(audio).all():  # (as a file's samples are checked)
+            raise ValueError(f"{field}: the clip contains NaN or infinite samples")
     else:
         if max_seconds is not None:  # refuse before decoding and resampling a long file, or a wide one
             declared, channels, rate = _declared(source)

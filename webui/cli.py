@@ -47,7 +47,7 @@ DEFAULTS = UISettings()
 @click.option(
     "--timeout",
     envvar="FISHTTS_API_TIMEOUT",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=DEFAULTS.timeout,
     show_default=True,
     show_envvar=True,

@@ -65,6 +65,7 @@ def test_engine_info_describes_the_loaded_models(tiny_engine):
             Reference("clip", audio=np.zeros(22050 * 3, np.float32), max_seconds=2),
             "clip: the reference clip is 3.0 s long",
         ),
+        (Reference("clip", audio=np.full(22050, np.nan, np.float32)), "clip: the clip contains NaN"),  # (as a file's)
     ],
 )
 def test_reference_problems_name_the_field(tiny_engine, reference, message):

@@ -231,6 +231,24 @@ def test_a_closed_engine_refuses_work_instead_of_starting_again(tiny_checkpoints
         engine.synthesize(request)
 
 
+def test_a_closed_codec_only_engine_refuses_work_too(tiny_checkpoints):
+    """(an engine without an LM runs its codec under its lock, not a scheduler: close() had not stopped it)"""
+    from core.engine import TTSEngine
+
+    engine = TTSEngine.load(
+        lm_checkpoint=None,
+        vqgan_checkpoint=tiny_checkpoints["vqgan"],
+        vqgan_config=str(tiny_checkpoints["vqgan_config"]),
+        device="cpu",
+        vqgan_precision="float32",
+    )
+    codes = np.zeros((4, 10), dtype=np.int64)
+    assert engine.decode_codes(codes).size > 0
+    engine.close()
+    with pytest.raises(RuntimeError, match="unloaded"):
+        engine.decode_codes(codes)
+
+
 def test_fade_is_a_smooth_ramp():
     chunk = np.ones(1000, dtype=np.float32)
     rising, falling = _fade(chunk, 100, rising=True), _fade(chunk, 100, rising=False)

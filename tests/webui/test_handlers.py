@@ -474,9 +474,10 @@ def test_the_page_starts_from_the_api_defaults(server, actions, down_url):
     assert actions.forms(down_url) == (ModelForm(), SynthesisForm())  # unreachable: the page still opens
 
 
-@pytest.mark.parametrize("args", [["--port", "BUSY"], ["--port", "0"], ["--host", "::1"]])
-def test_an_address_the_ui_cannot_serve_is_one_line_and_exit_status(args):
-    """A port in use, port 0 and an IPv6 host (which Gradio cannot serve) had each ended in a traceback."""
+@pytest.mark.parametrize("args", [["--port", "BUSY"], ["--port", "0"], ["--host", "::1"], ["--timeout", "-5"]])
+def test_a_bad_address_or_timeout_is_one_line_and_exit_status(args):
+    """A port in use, port 0 and an IPv6 host (which Gradio cannot serve) had each ended in a traceback; a
+    negative timeout had been taken, and every request would then have failed."""
     import socket
     import subprocess
     import sys
