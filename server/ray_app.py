@@ -82,7 +82,9 @@ def split_args(args: dict[str, Any]) -> tuple[Settings, Scaling, dict[str, dict]
     # FISHTTS_* variables where the application is built (e.g. the API key), then the arguments (a blank one,
     # YAML's null, is not given: FISHTTS_API_KEY stays the key)
     environ = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
-    environ.update({env_name(k): _as_env_value(k, v) for k, v in args.items() if k in setting_names and v is not None})
+    environ.update(
+        {env_name(k): Settings.env_text(k, v) for k, v in args.items() if k in setting_names and v is not None}
+    )
     settings = Settings.from_env(environ)
     models = {}
     for spec in settings.load:
@@ -195,17 +197,6 @@ def app(args: dict[str, Any]) -> Application:
     """The application builder that `serve run server.ray_app:app k=v ...` and `serve deploy` call."""
     settings, scaling, models = split_args(args)
     return FishTTSReplica.options(**deployment_options(settings, scaling)).bind(settings, models)
-
-
-def _as_env_value(name: str, value: Any) -> str:
-    """A config's value as its FISHTTS_* variable reads: a YAML list space-separated for a list setting
-    (`load`), comma-separated for the others (`allowed_hosts`, `cors_origins`)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        separator = " " if isinstance(getattr(Settings, name, None), tuple) else ","
-        return separator.join(str(v) for v in value)
-    return str(value)
 
 
 def _scaling_value(name: str, value: Any) -> int | float:

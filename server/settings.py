@@ -153,6 +153,17 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def env_text(cls, name: str, value: object) -> str:
+        """A setting's value (a config file's: a bool, a number, a list) as from_env reads its variable: a list
+        space-separated for a list setting (`load`), comma-separated for the others (`allowed_hosts`)."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (list, tuple)):
+            default = next(f.default for f in fields(cls) if f.name == name)
+            return (" " if isinstance(default, tuple) else ",").join(str(v) for v in value)
+        return str(value)
+
 
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
