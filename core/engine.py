@@ -274,10 +274,31 @@ class TTSEngine:
         self._need_codec()
         return self._model_call(lambda: self.family.encode(audio))
 
-    def decode_codes(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Codes [codebooks, T] -> mono float32 audio at the codec's rate (in one piece)."""
+    def decode_codes(self, codes: np.ndarray | torch.Tensor, stop: Callable[[], bool] | None = None) -> np.ndarray:
+        """Codes [codebooks, T] -> mono float32 audio at the codec's rate, whole. Beside an LM, decoded in
+        the codec's chunks for whole audio (as `synthesize`), one scheduler task each, so a long decode
+        holds up the generations in progress by one chunk at a time, not by all of it; the chunks join to
+        the one-piece decode within float rounding. `stop()` true before a chunk: Cancelled."""
         self._need_codec()
-        return self._model_call(lambda: self.family.decode(codes))
+        codes = torch.as_tensor(codes)
+        if self.lm is None or codes.dim() == 0 or codes.shape[-1] == 0:  # (empty: the codec's own refusal)
+            return self._model_call(lambda: self.family.decode(codes))
+        decoder = self.family.chunk_decoder(streamed=False)
+
+        def next_chunk(first: bool) -> list[np.ndarray]:
+            if first:
+                decoder.push(codes)  # (checks them, on the model's thread like every torch op here)
+            return decoder.chunks(final=True, limit=1)
+
+        chunks: list[np.ndarray] = []
+        while not chunks or not decoder.done:
+            if stop is not None and stop():
+                raise Cancelled()
+            chunk = self.scheduler.run(functools.partial(next_chunk, not chunks))
+            if not chunk:  # (final codes always give one: no loop that never ends)
+                raise RuntimeError("the codec's decoder returned no audio for its codes")
+            chunks += chunk
+        return np.concatenate(chunks)
 
     # -- text -> codes ---------------------------------------------------------------------
 

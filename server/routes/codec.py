@@ -3,7 +3,7 @@ a model of either family (`model`, an addition; 'default' unless given). Bodies 
 JSON; answers are always msgpack, as the original's: `{"tokens": [[[int]]]}` (each [codebooks, T])
 and `{"audios": [bytes]}` (each float16 little-endian mono PCM at the model's rate, the
 X-Sample-Rate header). They take a place in the model's queue like a synthesis, and a client that leaves
-stops its work after the item in progress.
+stops its work after the clip or decode chunk in progress (the engine decodes codes chunk by chunk).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ async def decode(request: Request, ctx: Ctx) -> Response:
             if codes.ndim == 2 and context is not None and codes.shape[1] > context:
                 raise ValueError(f"{field}: {codes.shape[1]} frames exceed the model's context of {context}.")
             codes = prepare_reference(engine, Reference(field, codes=codes)).codes
-            audios.append(engine.decode_codes(codes).astype("<f2").tobytes())
+            audios.append(engine.decode_codes(codes, stop.is_set).astype("<f2").tobytes())
         return audios
 
     async with ctx.admit(body.model) as admission:

@@ -3,6 +3,7 @@ non-streamed audio, long texts stream segment by segment in order, and cancellin
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -136,7 +137,7 @@ def test_stream_chunks_are_the_non_streamed_audio(tiny_engine):
     # Both within float rounding of decoding the generated codes in one piece; the non-streamed audio
     # comes in larger chunks (the same frames: the same seed and scheduler).
     codes = tiny_engine.generate_codes(request)[0]
-    one_shot = tiny_engine.decode_codes(codes)
+    one_shot = tiny_engine.family.decode(codes)
     atol = network_atol(one_shot, longest_reduction(tiny_engine.family.vqgan))
     whole = tiny_engine.stream(request, streamed=False)
     whole_chunks = list(whole)
@@ -247,6 +248,46 @@ def test_a_closed_codec_only_engine_refuses_work_too(tiny_checkpoints):
     engine.close()
     with pytest.raises(RuntimeError, match="unloaded"):
         engine.decode_codes(codes)
+
+
+def test_a_long_decode_is_chunks_between_the_generation_steps(tiny_engine):
+    """A /v1/vqgan/decode of minutes of codes was one scheduler task: every generation on the model
+    stood still until it was done. Now each chunk is a task, and a step runs between two."""
+    scheduler = tiny_engine.scheduler
+    chunk = streaming.WHOLE_SCHEDULE[-1]
+    codes = torch.randint(0, 160, (4, 24 * chunk), generator=torch.Generator().manual_seed(1))
+    request = SynthesisRequest(text="hello world", use_g2p=False, max_frames=40, seed=2)
+    frames, decoded = [], []
+    held, release = threading.Event(), threading.Event()
+    scheduler.call(lambda: held.set() or release.wait(60))  # both arrive while the thread is busy
+    assert held.wait(60)
+    generation = threading.Thread(
+        target=lambda: tiny_engine.generate_codes(request, progress=lambda: frames.append(1), ignore_stop=True)
+    )
+    decode = threading.Thread(target=lambda: decoded.append((tiny_engine.decode_codes(codes), len(frames))))
+    generation.start()
+    decode.start()
+    deadline = time.monotonic() + 60
+    while not (scheduler._waiting and scheduler._tasks) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    decode.join(60)
+    generation.join(60)
+    audio, frames_by_then = decoded[0]
+    assert frames_by_then >= 20  # 24 chunks, a step before each (one task: the prefill and a step, 2 frames)
+    one_piece = tiny_engine.family.decode(codes)
+    atol = network_atol(one_piece, longest_reduction(tiny_engine.family.vqgan))
+    assert audio.shape == one_piece.shape and np.abs(audio - one_piece).max() <= atol
+
+
+def test_a_decode_stops_between_its_chunks(tiny_engine):
+    codes = torch.randint(0, 160, (4, 4 * streaming.WHOLE_SCHEDULE[-1]), generator=torch.Generator().manual_seed(1))
+    asked = []
+    with pytest.raises(Cancelled):
+        tiny_engine.decode_codes(codes, stop=lambda: asked.append(1) or len(asked) > 2)
+    assert len(asked) == 3  # two chunks decoded, the third not started
+    with pytest.raises(ValueError, match="T >= 1"):
+        tiny_engine.decode_codes(np.zeros((4, 0), dtype=np.int64))
 
 
 def test_fade_is_a_smooth_ramp():

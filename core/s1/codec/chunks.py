@@ -2,7 +2,8 @@
 
 The causal decoder makes a frame's audio final as soon as the frame is decoded, so a chunk is ready
 once enough frames are pushed: a small first chunk for an early start, larger ones after (fewer,
-bigger GEMMs), and whatever is left when the codes are complete.
+bigger GEMMs); once the codes are complete, the rest in chunks of the same sizes (each is one scheduler
+task, which holds up the LM's steps while it runs).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class ChunkedDecoder:
         out = []
         while self.chunk_ready(final) and (limit is None or len(out) < limit):
             codes = torch.cat(self.pending, dim=-1)
-            size = codes.size(-1) if final else self._size()
+            size = min(codes.size(-1), self._size())
             self.pending = [codes[:, size:]] if codes.size(-1) > size else []
             autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
             with autocast:
