@@ -92,6 +92,15 @@ def check_config_numbers(
             raise error(f"{name} must be a finite number >= 0, got {value!r}")
 
 
+def check_config_flags(config, names: tuple[str, ...], error: type[ValueError] = ValueError) -> None:
+    """`error` naming the field unless each of `names` is true or false (JSON's booleans: "yes" or 1 in a
+    user's config would otherwise be read as true)."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, bool):
+            raise error(f"{name} must be true or false, got {value!r}")
+
+
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the model config."""
 

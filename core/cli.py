@@ -510,6 +510,8 @@ def g2p(text: str, order: str):
     """Print TEXT's language segments and phonemes as JSON (pronunciation debugging)."""
     from .text import parse_text_to_segments, segments_to_dicts
 
+    if sys.stdout is None:  # (click.echo would print nothing and exit 0)
+        raise click.ClickException("stdout is closed, so there is nowhere to print the phonemes")
     click.echo(json.dumps(segments_to_dicts(parse_text_to_segments(text, order=order)), ensure_ascii=False, indent=2))
 
 

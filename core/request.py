@@ -8,6 +8,7 @@ the web UI (through the server's API) read them from this module. A request name
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +66,19 @@ class SynthesisRequest:
     streaming: bool = False
 
     def __post_init__(self):
-        if not self.text or not self.text.strip():
+        for name in ("text", "transcript", "speaker"):
+            value = getattr(self, name)
+            if not isinstance(value, str) and (value is not None or name == "text"):
+                raise ValueError(f"{name}: must be a string, got {type(value).__name__}")
+        if not self.text.strip():
             raise ValueError("text: the text is empty")
+        object.__setattr__(self, "max_frames", _whole("max_new_tokens", self.max_frames))
         if self.max_frames < 0:
             raise ValueError("max_new_tokens: must be >= 0")
+        if self.seed is not None:
+            object.__setattr__(self, "seed", _whole("seed", self.seed))
+            if not 0 <= self.seed <= MAX_SEED:
+                raise ValueError(f"seed: must be from 0 to {MAX_SEED}, got {self.seed}")
         check_order(self.order)
         if self.reference is not None and self.reference.audio is not None and self.transcript is None:
             raise ValueError(f"{self.reference.field}: a reference clip needs its transcript (reference text)")
@@ -79,6 +89,13 @@ class SynthesisRequest:
                 f"format: streaming sends {' or '.join(STREAM_FORMATS)}; {self.output_format!r} "
                 "cannot be streamed (ask for it without streaming)."
             )
+
+
+def _whole(name: str, value) -> int:
+    """`value` as an int (numpy's integers too), or a ValueError naming the field (a bool is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name}: must be a whole number, got {value!r}")
+    return int(value)
 
 
 def default_sampling(family: str) -> SamplingParams:

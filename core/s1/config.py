@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..checkpoints import check_config_numbers, is_whole_number, read_json_object
+from ..checkpoints import check_config_flags, check_config_numbers, is_whole_number, read_json_object
 
 MODEL_TYPE = "dual_ar"
 FAST_LOGIT_LIMIT = 1024  # the original samples codebooks 1..N-1 from the first 1024 fast logits only
@@ -74,6 +74,10 @@ class DualARConfig:
             reals=("rope_base", "norm_eps"),
             error=S1ConfigError,
         )
+        flags = ("tie_word_embeddings", "attention_qkv_bias", "attention_o_bias", "attention_qk_norm")
+        flags += ("use_gradient_checkpointing", "is_reward_model", "scale_codebook_embeddings")
+        flags += tuple(f"fast_{n}" for n in flags[1:4] if getattr(self, f"fast_{n}") is not None)
+        check_config_flags(self, flags, S1ConfigError)
         if self.n_local_heads == -1:
             self.n_local_heads = self.n_head
         if self.intermediate_size is None:

@@ -196,6 +196,19 @@ def test_g2p_prints_segments_as_json():
     assert segments[0]["phones"][:4] == ["n", "i2", "h", "ao3"]
 
 
+def test_g2p_with_stdout_closed_fails(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "fishtts", "g2p", "hello"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH},
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(1),  # (as `>&-` in a shell: it had printed nothing and exited 0)
+    )
+    assert done.returncode == 1 and "stdout is closed" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_python_m_fishtts_and_console_script_are_the_same_cli():
     import shutil
     import subprocess

@@ -24,11 +24,23 @@ from core.request import DEFAULT_ORDER, DEFAULT_SAMPLING, Reference, SynthesisRe
         ({"output_format": "aiff"}, "format"),
         ({"output_format": "mp3", "streaming": True}, "format"),
         ({"reference": Reference("reference_audio", audio=b"RIFF")}, "reference_audio"),
+        # (Python callers: an AttributeError, an overflow deep in torch, or a float count)
+        ({"text": 123}, "text"),
+        ({"transcript": b"hi"}, "transcript"),
+        ({"max_frames": 1.5}, "max_new_tokens"),
+        ({"seed": 2**64}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"seed": True}, "seed"),
     ],
 )
 def test_a_bad_request_is_a_value_error_naming_its_field(fields, field):
     with pytest.raises(ValueError, match=f"^{field}: "):
         SynthesisRequest(**{"text": "hello", **fields})
+
+
+def test_numpy_integers_are_plain_ints_in_a_request():
+    request = SynthesisRequest(text="hello", seed=np.int64(2**63 - 1), max_frames=np.int32(8))
+    assert type(request.seed) is int and type(request.max_frames) is int  # (seed + i must not wrap in int64)
 
 
 def test_defaults_are_the_originals():

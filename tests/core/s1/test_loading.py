@@ -102,6 +102,11 @@ def test_config_problems_are_clear(tmp_path):
         (name,) = changes
         with pytest.raises(S1ConfigError, match=f"{name} must be a"):  # not an error deep inside the model
             load_dual_ar(folder)
+    for changes in ({"attention_qk_norm": "yes"}, {"fast_attention_qkv_bias": 1}, {"tie_word_embeddings": None}):
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+        (name,) = changes
+        with pytest.raises(S1ConfigError, match=f"{name} must be true or false"):  # ("yes" was read as true)
+            load_dual_ar(folder)
     (folder / "config.json").unlink()
     with pytest.raises(S1ConfigError, match="not found"):
         load_dual_ar(folder)
