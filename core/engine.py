@@ -270,9 +270,15 @@ class TTSEngine:
     # -- audio <-> codes -------------------------------------------------------------------
 
     def encode_reference(self, audio: np.ndarray) -> np.ndarray:
-        """Mono float32 audio at the codec's rate -> codes [codebooks, T] int64."""
+        """Mono float32 audio at the codec's rate -> codes [codebooks, T] int64. Beside an LM, a codec that
+        encodes chunk by chunk (S1's) does so one scheduler task per chunk, as `decode_codes` decodes."""
         self._need_codec()
-        return self._model_call(lambda: self.family.encode(audio))
+        encoder = self.family.chunk_encoder(audio) if self.lm is not None else None
+        if encoder is None:
+            return self._model_call(lambda: self.family.encode(audio))
+        while not encoder.done:
+            self.scheduler.run(encoder.step)
+        return encoder.codes.numpy().astype(np.int64)
 
     def decode_codes(self, codes: np.ndarray | torch.Tensor, stop: Callable[[], bool] | None = None) -> np.ndarray:
         """Codes [codebooks, T] -> mono float32 audio at the codec's rate, whole. Beside an LM, decoded in

@@ -79,3 +79,30 @@ def load_tiny_engine(tiny_checkpoints: dict):
         device="cpu",
         vqgan_precision="float32",
     )
+
+
+def frames_beside(engine, work, request, timeout: float = 60.0):
+    """Run `work()` (codec work through `engine`) beside a generation of `request` (ignoring its stop),
+    both handed to the scheduler while a task holds its thread, so they start in the same round: what
+    `work()` returned, and how many frames the generation had made by then."""
+    import threading
+    import time
+
+    scheduler = engine.scheduler
+    frames, done = [], []
+    held, release = threading.Event(), threading.Event()
+    scheduler.call(lambda: held.set() or release.wait(timeout))
+    assert held.wait(timeout)
+    generation = threading.Thread(
+        target=lambda: engine.generate_codes(request, progress=lambda: frames.append(1), ignore_stop=True)
+    )
+    worker = threading.Thread(target=lambda: done.append((work(), len(frames))))
+    generation.start()
+    worker.start()
+    deadline = time.monotonic() + timeout
+    while not (scheduler._waiting and scheduler._tasks) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    worker.join(timeout)
+    generation.join(timeout)
+    return done[0]

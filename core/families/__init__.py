@@ -21,6 +21,17 @@ if TYPE_CHECKING:
     from ..speech import ChunkDecoder, StreamedSequence
 
 
+class ChunkEncoder(Protocol):
+    done: bool
+
+    def step(self) -> None:
+        """Encode the next chunk."""
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """[codebooks, T], once done."""
+
+
 class ModelFamily(Protocol):
     name: str
     phonemes: bool  # g2p, the language order and speaker tags apply to its prompts
@@ -38,6 +49,9 @@ class ModelFamily(Protocol):
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """Mono float32 audio at the codec's rate → codes [codebooks, T] int64."""
+
+    def chunk_encoder(self, audio: np.ndarray) -> ChunkEncoder | None:
+        """`encode` a chunk at a time (the same codes), or None where the codec encodes in one piece."""
 
     def decode(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
         """Codes [codebooks, T] → mono float32 audio."""

@@ -22,7 +22,7 @@ from ..lm.quantize import QUANT_MODES, quantization
 from ..request import SynthesisRequest
 from ..s1 import S1Model, S1Sequence, SamplingSettings
 from ..s1.batch import S1Stepper
-from ..s1.codec.chunks import ChunkedDecoder
+from ..s1.codec.chunks import ChunkedDecoder, ChunkedEncoder
 from ..s1.compile import compile_decode
 from ..s1.prompt import Reference, reference_length
 from . import OPENAUDIO_S1_MINI
@@ -100,6 +100,9 @@ class OpenAudioS1:
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         return self.model.encode_reference(audio, self.model.sample_rate).numpy().astype(np.int64)
+
+    def chunk_encoder(self, audio: np.ndarray) -> ChunkedEncoder:
+        return self.model.chunked_encoder(audio, self.model.sample_rate)
 
     def decode(self, codes) -> np.ndarray:
         return self.model.decode(torch.as_tensor(np.asarray(codes)))

@@ -3,6 +3,7 @@
 Public API (what an engine calls):
     S1Model.from_folder(folder, device=None, precision=None)  # loads config.json, model.pth, codec.pth, tokenizer
     model.encode_reference(audio_or_path, sample_rate=None) -> codes [N, T]
+    model.chunked_encoder(audio_or_path, sample_rate=None): the same codes a chunk at a time (step(), done, codes)
     model.generate(text, [Reference(codes, transcript)], SamplingSettings(...), max_new_frames, seed)
         -> GenerationResult(frames, codes, stopped)
     model.decode(codes) -> float32 audio;  model.synthesize(...) -> Synthesis(audio, sample_rate, codes, stopped)

@@ -20,6 +20,7 @@ import torch
 from ..audio import load_audio, resample
 from ..device import lm_dtype, resolve_device
 from .codec import Codec, StreamingDecoder
+from .codec.chunks import ChunkedEncoder
 from .generate import GenerationResult, generate
 from .lm import DualARTransformer
 from .load import CODEC_FILENAME, load_codec, load_dual_ar
@@ -68,18 +69,24 @@ class S1Model:
 
         Resampling is soxr HQ (the original's /v1/vqgan/encode path; its TTS engine used torchaudio's sinc
         resampler, so codes of references not already at the codec rate can differ slightly)."""
-        if isinstance(audio, np.ndarray):
-            if sample_rate is None:
-                raise ValueError("sample_rate is required with raw samples")
-            samples = np.asarray(audio, dtype=np.float32).squeeze()
-            if samples.ndim != 1 or samples.size == 0 or not np.isfinite(samples).all():
-                raise ValueError(f"expected non-empty finite mono samples, got shape {np.shape(audio)}")
-            if sample_rate != self.sample_rate:
-                samples = resample(samples, sample_rate, self.sample_rate)
-        else:
-            samples = load_audio(audio, sample_rate=self.sample_rate)
+        samples = self.reference_samples(audio, sample_rate)
         codes = self.codec.encode(torch.from_numpy(np.ascontiguousarray(samples)).view(1, 1, -1))
         return codes[0].cpu()
+
+    def chunked_encoder(self, audio, sample_rate: int | None = None) -> ChunkedEncoder:
+        """`encode_reference` a chunk at a time (the same codes; for a caller that runs other work between)."""
+        return ChunkedEncoder(self.codec, self.reference_samples(audio, sample_rate))
+
+    def reference_samples(self, audio, sample_rate: int | None) -> np.ndarray:
+        """What `encode_reference` takes, as mono float32 samples at the codec's rate."""
+        if not isinstance(audio, np.ndarray):
+            return load_audio(audio, sample_rate=self.sample_rate)
+        if sample_rate is None:
+            raise ValueError("sample_rate is required with raw samples")
+        samples = np.asarray(audio, dtype=np.float32).squeeze()
+        if samples.ndim != 1 or samples.size == 0 or not np.isfinite(samples).all():
+            raise ValueError(f"expected non-empty finite mono samples, got shape {np.shape(audio)}")
+        return samples if sample_rate == self.sample_rate else resample(samples, sample_rate, self.sample_rate)
 
     def decode(self, codes: torch.Tensor) -> np.ndarray:
         """Codes [num_codebooks, T] → float32 mono audio of T * frame_length samples."""

@@ -3,7 +3,6 @@ non-streamed audio, long texts stream segment by segment in order, and cancellin
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -18,7 +17,7 @@ from core.vqgan import load_vqgan, streaming
 from core.vqgan.config import VQGANConfig
 from core.vqgan.decoder_stream import GeneratorStream, WNStream, generator_lag_samples, wn_lag_frames
 from core.vqgan.streaming import StreamingDecoder, generator_lookahead_frames
-from tests.helpers import load_tiny_engine
+from tests.helpers import frames_beside, load_tiny_engine
 from tests.paths import PARITY
 from tests.tolerances import longest_reduction, network_atol
 
@@ -253,28 +252,10 @@ def test_a_closed_codec_only_engine_refuses_work_too(tiny_checkpoints):
 def test_a_long_decode_is_chunks_between_the_generation_steps(tiny_engine):
     """A /v1/vqgan/decode of minutes of codes was one scheduler task: every generation on the model
     stood still until it was done. Now each chunk is a task, and a step runs between two."""
-    scheduler = tiny_engine.scheduler
-    chunk = streaming.WHOLE_SCHEDULE[-1]
-    codes = torch.randint(0, 160, (4, 24 * chunk), generator=torch.Generator().manual_seed(1))
+    codes = torch.randint(0, 160, (4, 24 * streaming.WHOLE_SCHEDULE[-1]), generator=torch.Generator().manual_seed(1))
     request = SynthesisRequest(text="hello world", use_g2p=False, max_frames=40, seed=2)
-    frames, decoded = [], []
-    held, release = threading.Event(), threading.Event()
-    scheduler.call(lambda: held.set() or release.wait(60))  # both arrive while the thread is busy
-    assert held.wait(60)
-    generation = threading.Thread(
-        target=lambda: tiny_engine.generate_codes(request, progress=lambda: frames.append(1), ignore_stop=True)
-    )
-    decode = threading.Thread(target=lambda: decoded.append((tiny_engine.decode_codes(codes), len(frames))))
-    generation.start()
-    decode.start()
-    deadline = time.monotonic() + 60
-    while not (scheduler._waiting and scheduler._tasks) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    release.set()
-    decode.join(60)
-    generation.join(60)
-    audio, frames_by_then = decoded[0]
-    assert frames_by_then >= 20  # 24 chunks, a step before each (one task: the prefill and a step, 2 frames)
+    audio, frames = frames_beside(tiny_engine, lambda: tiny_engine.decode_codes(codes), request)
+    assert frames >= 20  # 24 chunks, a step before each (one task: the prefill and a step, 2 frames)
     one_piece = tiny_engine.family.decode(codes)
     atol = network_atol(one_piece, longest_reduction(tiny_engine.family.vqgan))
     assert audio.shape == one_piece.shape and np.abs(audio - one_piece).max() <= atol

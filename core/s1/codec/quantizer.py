@@ -81,14 +81,20 @@ class DownsampleQuantizer(nn.Module):
 
     def encode(self, latent: Tensor) -> Tensor:
         """Encoder latent [B, dim, 4T] → codes [B, 1 + n_codebooks, T] (semantic codebook first)."""
-        z = self.pre_module(self.downsample(latent))
+        return self.quantize(self.pre_module(self.downsample(latent)))
+
+    def quantize(self, z: Tensor) -> Tensor:
+        """Frames [B, dim, T] → their codes [B, 1 + n_codebooks, T] (each frame on its own)."""
         semantic_z, semantic_codes = self.semantic_quantizer.encode(z)
         _, residual_codes = self.quantizer.encode(z - semantic_z)
         return torch.cat([semantic_codes, residual_codes], dim=1)
 
-    def decode(self, codes: Tensor) -> Tensor:
-        """Codes [B, 1 + n, T] → decoder input [B, dim, 4T]; codes above a codebook's size are clamped."""
+    def embed(self, codes: Tensor) -> Tensor:
+        """Codes [B, 1 + n, T] → their summed vectors [B, dim, T]; codes above a codebook's size are clamped."""
         semantic = codes[:, :1].clamp(max=self.semantic_quantizer.codebook_size - 1)
         residual = codes[:, 1:].clamp(max=self.quantizer.codebook_size - 1)
-        z = self.semantic_quantizer.decode(semantic) + self.quantizer.decode(residual)
-        return self.upsample(self.post_module(z))
+        return self.semantic_quantizer.decode(semantic) + self.quantizer.decode(residual)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes [B, 1 + n, T] → decoder input [B, dim, 4T]."""
+        return self.upsample(self.post_module(self.embed(codes)))

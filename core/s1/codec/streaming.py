@@ -1,10 +1,11 @@
-"""Streaming codec decode: code frames in, audio out as they arrive.
+"""The codec chunk by chunk: code frames in, audio out (decode); audio in, codes out (encode).
 
-The decode path is causal end to end (causal convs, causal transposed convs, window-limited causal
-attention), so it can run chunk by chunk with a little state: each conv keeps its last
-(kernel - stride) input samples, each transposed conv its last input steps, and the post-module
-transformer the keys/values of its last `window - 1` frames. The chunks concatenated equal the
-one-shot decode up to float rounding (the arithmetic is the same, only GEMM sizes differ).
+Both paths are causal end to end (causal convs, causal transposed convs, window-limited causal
+attention), so they can run chunk by chunk with a little state: each conv keeps its last
+(kernel - stride) input samples, each transposed conv its last input steps, and each transformer the
+keys/values of its last `window - 1` steps. The chunks concatenated equal the one-shot result up to
+float rounding (the arithmetic is the same, only GEMM sizes differ); for the encode, whose codes are
+nearest-codebook choices, that rounding could flip a near tie.
 """
 
 from __future__ import annotations
@@ -16,28 +17,16 @@ from torch import Tensor, nn
 
 from ...convs import conv1d, conv_transpose1d, join_time
 from .convs import CausalConv, CausalTransposedConv, ConvNeXtBlock, ResidualUnit, Snake
-from .model import Codec, DecoderBlock
+from .model import Codec, DecoderBlock, EncoderBlock
+from .transformer import WindowLimitedTransformer
 
 
-class StreamingDecoder:
-    def __init__(self, codec: Codec):
-        self.codec = codec
+class CausalStream:
+    """The state that lets causal modules run chunk by chunk (`run`), per module."""
+
+    def __init__(self):
         self.conv_state: dict[int, Tensor] = {}
-        self.attention_past: list = [None] * len(codec.quantizer.post_module.layers)
-        self.frames = 0
-
-    @torch.inference_mode()
-    def push(self, codes: Tensor) -> Tensor:
-        """The next frames' codes [B, 1 + n, T] (or [1 + n, T]) → their audio [B, 1, T * frame_length]."""
-        codes = self.codec.check_codes(codes).to(self.codec.decoder.model[0].conv.weight.device)
-        quantizer = self.codec.quantizer
-        semantic = codes[:, :1].clamp(max=quantizer.semantic_quantizer.codebook_size - 1)
-        residual = codes[:, 1:].clamp(max=quantizer.quantizer.codebook_size - 1)
-        z = quantizer.semantic_quantizer.decode(semantic) + quantizer.quantizer.decode(residual)
-        z = quantizer.post_module.forward_stream(z, self.attention_past, self.frames)
-        audio = self.run(self.codec.decoder.model, self.run(quantizer.upsample, z))
-        self.frames += codes.size(-1)
-        return audio
+        self.attention: dict[int, tuple[list, int]] = {}  # a transformer's per-layer past and its next position
 
     def with_history(self, module: nn.Module, x: Tensor, keep: int) -> Tensor:
         """x preceded by the module's last `keep` input steps (zeros at the start, like causal padding)."""
@@ -49,9 +38,16 @@ class StreamingDecoder:
         return joined
 
     def conv(self, module: CausalConv, x: Tensor) -> Tensor:
-        if module.stride != 1:
-            raise ValueError("streaming supports stride-1 causal convs only (the decode path has no others)")
+        # (a whole number of strides per chunk: then no chunk needs the right pad that makes a last frame whole)
+        if x.size(-1) % module.stride:
+            raise ValueError(f"a chunk of {x.size(-1)} steps is not a whole number of the conv's stride")
         return conv1d(module.conv, self.with_history(module, x, module.left_pad))
+
+    def transformer(self, module: WindowLimitedTransformer, x: Tensor) -> Tensor:
+        past, offset = self.attention.get(id(module), ([None] * len(module.layers), 0))
+        y = module.forward_stream(x, past, offset)
+        self.attention[id(module)] = (past, offset + x.size(-1))
+        return y
 
     def transposed_conv(self, module: CausalTransposedConv, x: Tensor) -> Tensor:
         stride, kernel = module.conv.stride[0], module.conv.kernel_size[0]
@@ -72,8 +68,41 @@ class StreamingDecoder:
             return x + self.run(module.block, x)
         if isinstance(module, ConvNeXtBlock):
             return module.finish(x, self.conv(module.dwconv, x))
-        if isinstance(module, DecoderBlock):
+        if isinstance(module, (EncoderBlock, DecoderBlock)):
             return self.run(module.block, x)
+        if isinstance(module, WindowLimitedTransformer):
+            return self.transformer(module, x)
         if isinstance(module, (Snake, nn.Tanh, nn.Identity)):
             return module(x)
         raise TypeError(f"no streaming rule for {type(module).__name__}")
+
+
+class StreamingDecoder(CausalStream):
+    def __init__(self, codec: Codec):
+        super().__init__()
+        self.codec = codec
+
+    @torch.inference_mode()
+    def push(self, codes: Tensor) -> Tensor:
+        """The next frames' codes [B, 1 + n, T] (or [1 + n, T]) → their audio [B, 1, T * frame_length]."""
+        codes = self.codec.check_codes(codes).to(self.codec.decoder.model[0].conv.weight.device)
+        quantizer = self.codec.quantizer
+        z = self.run(quantizer.post_module, quantizer.embed(codes))
+        return self.run(self.codec.decoder.model, self.run(quantizer.upsample, z))
+
+
+class StreamingEncoder(CausalStream):
+    def __init__(self, codec: Codec):
+        super().__init__()
+        self.codec = codec
+
+    @torch.inference_mode()
+    def push(self, audio: Tensor) -> Tensor:
+        """The next whole frames of audio [B, 1, T * frame_length] → their codes [B, 1 + n, T] (the last
+        chunk padded as `Codec.pad_to_frames` pads the whole clip)."""
+        if audio.dim() != 3 or audio.size(1) != 1 or audio.size(-1) % self.codec.frame_length:
+            raise ValueError(f"audio chunks must be [B, 1, whole frames], got {tuple(audio.shape)}")
+        audio = audio.to(self.codec.decoder.model[0].conv.weight)
+        quantizer = self.codec.quantizer
+        latent = self.run(self.codec.encoder.block, audio)
+        return quantizer.quantize(self.run(quantizer.pre_module, self.run(quantizer.downsample, latent)))

@@ -97,6 +97,27 @@ def test_streaming_decode_equals_the_one_shot_decode(codec, cases, chunks):
     assert_close(whole[..., : 32 * codec.frame_length], cases["recon_audio"])  # and the whole is still the original
 
 
+@pytest.mark.parametrize("chunks", [[1] * 63, [3, 8, 29, 23], [16, 16, 16, 15]])
+def test_streaming_encode_gives_the_one_shot_codes(codec, cases, chunks):
+    """63 frames (past the encoder's and the quantizer's attention windows and the original's short
+    clip) in uneven chunks: the original's codes, and the one-shot encode's beyond them."""
+    from core.s1.codec.streaming import StreamingEncoder
+
+    sig = cases["signal"]
+    audio = codec.pad_to_frames(torch.from_numpy(np.concatenate([sig, sig[::-1]])).view(1, 1, -1))
+    assert audio.size(-1) == 63 * codec.frame_length
+    whole = codec.encode(audio)
+    stream, pieces, start = StreamingEncoder(codec), [], 0
+    for size in chunks:
+        pieces.append(stream.push(audio[..., start * codec.frame_length : (start + size) * codec.frame_length]))
+        assert pieces[-1].shape == (1, 1 + codec.config.n_codebooks, size)
+        start += size
+    np.testing.assert_array_equal(torch.cat(pieces, dim=-1).numpy(), whole.numpy())
+    np.testing.assert_array_equal(whole[..., :31].numpy(), cases["codes"][..., :31])
+    with pytest.raises(ValueError, match="whole frames"):
+        stream.push(audio[..., :100])
+
+
 def test_snake_computed_in_place_gives_the_originals_formula_to_the_bit():
     snake = Snake(6)
     with torch.no_grad():

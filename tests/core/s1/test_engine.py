@@ -9,6 +9,8 @@ import pytest
 from core.engine import S1_FAMILY, SynthesisRequest, TTSEngine
 from core.lm.sampling import SamplingParams
 from core.request import Reference
+from core.s1.codec.chunks import ENCODE_CHUNK_FRAMES
+from tests.helpers import frames_beside
 
 from .support import (
     GENERATION_CASES,
@@ -100,8 +102,21 @@ def test_reference_audio_is_encoded_by_the_s1_codec(engine):
     audio = (0.1 * rng.standard_normal(engine.info.sample_rate)).astype(np.float32)
     codes = engine.encode_reference(audio)
     assert codes.shape == (engine.info.num_codebooks, -(-audio.size // engine.family.codec.frame_length))
+    np.testing.assert_array_equal(codes, engine.family.encode(audio))  # (chunked: the one-piece codes)
     request = case_request("greedy", reference=Reference("reference", audio=audio), max_frames=4)
     assert engine.generate_codes(request)[0].shape[0] == engine.info.num_codebooks
+
+
+def test_a_long_reference_encodes_in_chunks_between_the_generation_steps(engine):
+    """A new voice's clip was encoded in one scheduler task: on the official codec about 19 s for a 30 s
+    clip, with every generation on the model standing still."""
+    rng = np.random.default_rng(1)
+    frames = 24 * ENCODE_CHUNK_FRAMES
+    audio = (0.1 * rng.standard_normal(frames * engine.family.codec.frame_length)).astype(np.float32)
+    request = case_request("greedy", max_frames=40)
+    codes, generated = frames_beside(engine, lambda: engine.encode_reference(audio), request)
+    assert generated >= 20  # 24 chunks, a step before each (one task: the prefill and a step, 2 frames)
+    np.testing.assert_array_equal(codes, engine.family.encode(audio))
 
 
 @pytest.mark.parametrize(
