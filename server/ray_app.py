@@ -144,7 +144,8 @@ def deployment_options(settings: Settings, scaling: Scaling) -> dict:
 
 class ReplicaHeader:
     """`X-Fishtts-Replica` on every response; and one `X-Request-ID`: Serve's proxy adds the id it gave
-    the request (ours, since we reuse it), so ours is dropped when they are equal."""
+    the request, so ours is dropped. (Ours is the same id, except for a client id that is not a plain
+    token, which the proxy passes on and we replace: the error body then names ours.)"""
 
     def __init__(self, app: ASGIApp, replica: str):
         self.app, self.replica = app, replica.encode()
@@ -156,7 +157,7 @@ class ReplicaHeader:
 
         async def send_tagged(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if (k, v) != (b"x-request-id", proxy_id)]
+                headers = [(k, v) for k, v in message.get("headers", []) if not (proxy_id and k == b"x-request-id")]
                 message["headers"] = [*headers, (REPLICA_HEADER, self.replica)]
             await send(message)
 

@@ -345,6 +345,16 @@ def test_models_are_set_by_the_deployment(cluster):
     assert invoke(url).status_code == 200
 
 
+def test_one_request_id_header_through_the_proxy(cluster):
+    for given in ("plain-token.1", "not a token!", None):
+        headers = {**AUTH, **({"X-Request-ID": given} if given else {})}
+        served = requests.get(cluster["url"] + "/v1/models", headers=headers, timeout=60)
+        ids = served.raw.headers.getlist("x-request-id")  # (a client id not a plain token: two before)
+        assert served.status_code == 200 and len(ids) == 1, ids
+        if given == "plain-token.1":
+            assert ids == [given]
+
+
 def test_errors_limits_and_cors_match_the_single_process_server(cluster):
     from fastapi.testclient import TestClient
 
