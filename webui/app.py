@@ -271,7 +271,8 @@ def wire_voices(page: Page, actions: Actions) -> None:
 
     def save(lang: str, server_url: str, api_key: str, name: str, clip: str | None, transcript: str, model: str):
         choices, voice_id, message = actions.save_voice(lang, server_url, api_key, name, clip, transcript, model)
-        return gr.update(choices=choices, value=voice_id), message
+        picked = {} if voice_id is None else {"value": voice_id}  # (a failed save leaves the picker as it was)
+        return gr.update(choices=choices, **picked), message
 
     def delete(lang: str, server_url: str, api_key: str, voice_id: str | None):
         if voice_id is None:  # the user said no to the browser's confirmation

@@ -379,7 +379,7 @@ class Actions:
         reference_text: str,
         model: str = MODEL_NAME,
     ) -> tuple[list[tuple[str, str]], str, str]:
-        """(new voice choices, the new voice's id or 'none', message); `model` encodes the clip."""
+        """(new voice choices, the new voice's id or None where it failed, message); `model` encodes the clip."""
         try:
             if not (name or "").strip():
                 raise UIError("reference.need_name")
@@ -389,7 +389,7 @@ class Actions:
             client = self.client(server_url, api_key)
             voice = client.create_voice(name.strip(), reference_text.strip(), audio, filename, model)
         except (ClientError, UIError) as exc:
-            return self.voice_choices(server_url, api_key), NO_VOICE, failure_html(lang, "error.voice", exc, model)
+            return self.voice_choices(server_url, api_key), None, failure_html(lang, "error.voice", exc, model)
         message = message_html(lang, "reference.saved", error=False, name=voice["name"])
         return self.voice_choices(server_url, api_key), voice["id"], message
 

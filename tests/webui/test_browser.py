@@ -154,6 +154,11 @@ def test_record_reference_from_microphone_and_save_it_as_a_voice(playwright, ui)
         page.locator("#fishtts-save-voice").click()
         page.locator("#fishtts-message").get_by_text('Voice "Mic voice" saved.').wait_for()
         page.wait_for_function("() => document.querySelector('#fishtts-voice input').value === 'Mic voice'")
+        # A save that fails (no name) says why and leaves the picked voice as it was (it had reset it)
+        page.get_by_label("Voice name").fill("")
+        page.locator("#fishtts-save-voice").click()
+        page.locator("#fishtts-message").get_by_text("Enter a name for the voice.").wait_for()
+        assert page.locator("#fishtts-voice input").input_value() == "Mic voice"
 
         page.locator("#fishtts-synthesize").click()
         page.locator("#fishtts-message").get_by_text("Synthesizing").wait_for()  # not the save's message
