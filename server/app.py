@@ -107,7 +107,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = functools.partial(openapi_with_text_limit, app, settings.max_text_length)
     # Added innermost first; a request passes: request id -> CORS -> body limit -> access control -> app.
     install_access_control(app, settings.api_key, settings.allowed_origins, settings.allowed_host_names)
-    app.add_middleware(BodyLimitsMiddleware, max_bytes=settings.max_body_bytes, idle_seconds=settings.body_timeout)
+    app.add_middleware(
+        BodyLimitsMiddleware,
+        max_bytes=settings.max_body_bytes,
+        idle_seconds=settings.body_timeout,
+        max_total_bytes=settings.max_bodies_bytes,
+    )
     install_cors(app, settings.allowed_origins)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -69,12 +69,29 @@ class BodyStalled(BodyError):
         )
 
 
+class BodiesBusy(BodyError):
+    def __init__(self, limit: int):
+        super().__init__(
+            503,
+            f"The server is receiving {limit / 2**20:g} MiB of request bodies at once, its limit; send it again "
+            "in a moment.",
+            headers={"Retry-After": str(BODIES_RETRY_AFTER_S), "Connection": "close"},
+            code="server_busy",
+        )
+
+
+BODIES_RETRY_AFTER_S = 2
+
+
 class BodyLimitsMiddleware:
     """413 for a declared Content-Length over the limit, and for chunked bodies once they pass it; 408
-    for a body none of which arrives for `idle_seconds` (what it sent is let go)."""
+    for a body none of which arrives for `idle_seconds` (what it sent is let go); 503 for a body that
+    would take the bodies held by requests in progress past `max_total_bytes` (an upload flood: each body
+    is bounded, their sum was not)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, idle_seconds: float):
+    def __init__(self, app: ASGIApp, max_bytes: int, idle_seconds: float, max_total_bytes: int):
         self.app, self.max_bytes, self.idle_seconds = app, max_bytes, idle_seconds
+        self.max_total_bytes, self.held = max_total_bytes, 0  # body bytes received by requests not yet done
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,14 +99,19 @@ class BodyLimitsMiddleware:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             try:
-                too_large = int(declared) > self.max_bytes
+                size = int(declared)
             except ValueError:
-                too_large = False  # the server itself rejects a malformed Content-Length
-            if too_large:
-                rid = scope.get("state", {}).get("request_id", "-")
+                size = 0  # the server itself rejects a malformed Content-Length
+            exc = None
+            if size > self.max_bytes:
                 exc = BodyTooLarge(self.max_bytes)
+            elif self.held + size > self.max_total_bytes:
+                exc = BodiesBusy(self.max_total_bytes)
+            if exc is not None:
+                rid = scope.get("state", {}).get("request_id", "-")
+                headers = {"Connection": "close", **(exc.headers or {})}
                 response = error_response(
-                    None, 413, exc.message, path=scope["path"], rid=rid, code=exc.code, headers={"Connection": "close"}
+                    None, exc.status, exc.message, path=scope["path"], rid=rid, code=exc.code, headers=headers
                 )
                 return await response(scope, receive, send)
         seen, complete = 0, False
@@ -103,10 +125,17 @@ class BodyLimitsMiddleware:
             except TimeoutError:
                 raise BodyStalled(self.idle_seconds) from None
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                if self.held + size > self.max_total_bytes:
+                    raise BodiesBusy(self.max_total_bytes)
+                seen += size
+                self.held += size
                 complete = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
             return message
 
-        await self.app(scope, counting_receive, send)
+        try:
+            await self.app(scope, counting_receive, send)
+        finally:
+            self.held -= seen

@@ -56,7 +56,11 @@ class Settings:
     )
     allow_downloads: bool = _opt(False, "Let a load request fetch a tokenizer given as a Hugging Face repo id.")
     max_text_length: int = _opt(MAX_TEXT_LENGTH, "Longest `text` / `input` / transcript, in characters.")
-    max_upload_mb: float = _opt(20.0, "Largest request body in MiB (uploads included); bigger bodies get 413.")
+    max_upload_mb: float = _opt(
+        20.0,
+        "Largest request body in MiB (uploads included); bigger bodies get 413. Bodies held at once, "
+        "over all requests, are bounded to twice --max-queue of them (beyond: 503 + Retry-After).",
+    )
     body_timeout: float = _opt(
         30.0,
         "Refuse (408) a request body that stops arriving for this many seconds: "
@@ -123,6 +127,12 @@ class Settings:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_bodies_bytes(self) -> int:
+        """Request bodies held at once, over all requests in progress: twice the largest bodies of the
+        requests the queue admits (those beyond it are refused once read)."""
+        return 2 * self.max_queue * self.max_body_bytes
 
     @property
     def allowed_host_names(self) -> list[str]:

@@ -402,6 +402,48 @@ def test_a_connection_whose_head_does_not_arrive_is_closed(tmp_path):
         server.stop()
 
 
+def test_bodies_in_flight_are_bounded_together(tmp_path):
+    """Each body is bounded by --max-upload-mb, and now their sum too (60 clients x 20 MiB held 1.2 GB):
+    at most twice --max-queue full bodies at once; past that a 503 with Retry-After, until some finish."""
+    server = Server(make_workdir(tmp_path), "--max-upload-mb", "1", "--max-queue", "1", load=False)
+    url, body = server.url + "/v1/text/g2p", b'{"text": "' + b"a" * 1000 + b'"}'
+    head = b"POST /v1/text/g2p HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    holders = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(2)]
+
+    def refused_at_once(declared: int) -> bool:
+        """A request that declares a body and sends none: answered at once only if refused (it holds
+        nothing, so the probe takes no share of what it measures)."""
+        with socket.create_connection(("127.0.0.1", server.port), timeout=0.5) as probe:
+            probe.sendall(head + b"Content-Length: %d\r\n\r\n" % declared)
+            try:
+                return probe.recv(64).startswith(b"HTTP/1.1 503")
+            except TimeoutError:
+                return False
+
+    try:
+        for sock in holders:  # two bodies of 1 MiB, all of each but its last bytes: held while they wait
+            sock.sendall(head + b"Content-Length: %d\r\n\r\n" % 2**20 + b" " * (2**20 - 10))
+        deadline = time.monotonic() + 30
+        while not refused_at_once(len(body)):  # (until the server has read them)
+            assert time.monotonic() < deadline
+        busy = requests.post(url, data=body, headers=JSON_TYPE, timeout=30)
+        assert "request bodies at once" in assert_json_error(busy, 503)["message"]
+        assert busy.headers["retry-after"] == "2"
+        chunked = requests.post(url, data=iter([body[:8], body[8:]]), headers=JSON_TYPE, timeout=30)
+        assert chunked.request.headers["transfer-encoding"] == "chunked"
+        assert "request bodies at once" in assert_json_error(chunked, 503)["message"]
+        assert requests.get(server.url + "/v1/health", timeout=30).status_code == 200
+        for sock in holders:
+            sock.close()
+        while (served := requests.post(url, data=body, headers=JSON_TYPE, timeout=30)).status_code != 200:
+            assert served.status_code == 503 and time.monotonic() < deadline, served.text
+            time.sleep(0.2)
+    finally:
+        for sock in holders:
+            sock.close()
+        server.stop()
+
+
 def test_a_request_after_a_stream_on_the_same_connection_is_not_cut_off(tmp_path):
     """uvicorn may start a connection's next request before the streamed one's app returns: that return then
     armed the head deadline under the request in progress, which was cut off --body-timeout later."""
