@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -207,6 +208,24 @@ def test_g2p_with_stdout_closed_fails(tmp_path):
         preexec_fn=lambda: os.close(1),  # (as `>&-` in a shell: it had printed nothing and exited 0)
     )
     assert done.returncode == 1 and "stdout is closed" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ctrl_c_while_the_cli_imports_is_no_traceback(tmp_path):
+    """(its imports take ~1.7 s on 2 vCPUs: a Ctrl-C then printed a KeyboardInterrupt traceback)"""
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fishtts", "--help"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.4)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err and "interrupted" in err, (out, err)
 
 
 def test_python_m_fishtts_and_console_script_are_the_same_cli():
