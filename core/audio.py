@@ -6,6 +6,7 @@ decode to float32, average the channels, then soxr "HQ" resampling (librosa's de
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -142,15 +143,79 @@ class AudioWriter:
 
     def __init__(self, target, format: str, sample_rate: int = SAMPLE_RATE):
         container, subtype = audio_format(format)
+        self.path = target if isinstance(target, (str, os.PathLike)) else None
+        # A regular file is written through our own writes, which see every failure: libsndfile's Vorbis and
+        # MP3 encoders drop those of some pages (a full disk left an ogg or mp3 cut short, and no error).
+        self.sink = _CheckedFile(target) if self.path is not None and _regular_or_new(target) else None
         try:
-            self.file = sf.SoundFile(target, "w", sample_rate, 1, format=container, subtype=subtype)
+            self.file = sf.SoundFile(self.sink or target, "w", sample_rate, 1, format=container, subtype=subtype)
         except Exception as exc:  # noqa: BLE001
+            if self.sink is not None:
+                self.sink.close()
             raise AudioError(f"cannot write {format} at {sample_rate} Hz: {exc}") from None
 
     def write(self, audio: np.ndarray) -> None:
         samples = _output_samples(_mono_samples(audio))
-        for start in range(0, samples.size, self.BLOCK):
-            self.file.write(samples[start : start + self.BLOCK])
+        try:
+            for start in range(0, samples.size, self.BLOCK):
+                self.file.write(samples[start : start + self.BLOCK])
+        except (sf.LibsndfileError, AssertionError) as exc:  # (soundfile asserts a short write away)
+            raise self._failed(exc) from None
+        if self.sink is not None and self.sink.error is not None:
+            raise self._failed(self.sink.error)
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except sf.LibsndfileError as exc:
+            raise self._failed(exc) from None
+        finally:
+            if self.sink is not None:
+                self.sink.close()
+        if self.sink is not None and self.sink.error is not None:
+            raise self._failed(self.sink.error)
+
+    def _failed(self, exc: Exception) -> AudioError:
+        """The error to raise, once the file is let go (its writer would otherwise write on at exit)."""
+        if self.sink is not None:
+            exc = self.sink.error or exc
+            with contextlib.suppress(Exception):
+                self.file.close()
+            self.sink.close()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{exc} (is the disk full?)"
+        return AudioError(f"cannot write {self.path or 'the audio'}: {reason}")
+
+
+def _regular_or_new(path) -> bool:
+    return not os.path.exists(path) or os.path.isfile(path)
+
+
+class _CheckedFile:
+    """A file for libsndfile's virtual I/O that writes all it is given or remembers why it could not."""
+
+    def __init__(self, path):
+        self.file = open(path, "wb", buffering=0)  # noqa: SIM115 - (closed by AudioWriter.close)
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view, written = memoryview(data), 0
+        while view and self.error is None:
+            try:
+                n = self.file.write(view)  # (a full disk: a short write, then ENOSPC)
+            except OSError as exc:
+                self.error = exc
+                break
+            written, view = written + n, view[n:]
+        return written
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        return self.file.read(size)
 
     def close(self) -> None:
         self.file.close()

@@ -285,3 +285,40 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeyp
     monkeypatch.undo()
     audio.write_audio(target, np.zeros(2205, dtype=np.float32))
     assert sf.info(target).frames == 2205 and sorted(tmp_path.iterdir()) == [target]
+
+
+WRITE_IN_CHUNKS = """
+import resource, signal, sys
+import numpy as np
+from core.audio import AudioWriter
+path, fmt, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if limit:  # (a file-size limit stands in for a full disk: writes past it fail with EFBIG)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+noise = (np.random.default_rng(0).standard_normal(5 * 22050) * 0.2).astype(np.float32)
+writer = AudioWriter(path, fmt, 22050)
+for start in range(0, noise.size, 8192):
+    writer.write(noise[start : start + 8192])
+writer.close()
+"""
+
+
+@pytest.mark.parametrize("fmt", ["ogg", "flac", "wav", "mp3"])
+def test_a_file_written_in_chunks_onto_a_full_disk_is_an_error(tmp_path, fmt):
+    """libsndfile's Vorbis writer drops the errors of its last pages: a streamed ogg on a full disk was cut
+    short with no error (and the CLI said "Saved")."""
+    import subprocess
+    import sys
+
+    from tests.paths import PYTHONPATH
+
+    def write(limit: int) -> subprocess.CompletedProcess:
+        path = tmp_path / f"out-{limit}.{fmt}"
+        argv = [sys.executable, "-c", WRITE_IN_CHUNKS, str(path), fmt, str(limit)]
+        return subprocess.run(argv, env={**os.environ, "PYTHONPATH": PYTHONPATH}, capture_output=True, text=True)
+
+    whole = write(0)
+    assert whole.returncode == 0, whole.stderr
+    size = (tmp_path / f"out-0.{fmt}").stat().st_size
+    cut = write(size - 600)  # (within the last pages, which an ogg writes as it closes)
+    assert cut.returncode != 0 and "AudioError" in cut.stderr, cut.stderr[-500:]
