@@ -22,9 +22,10 @@ from .transformer import WindowLimitedTransformer
 
 
 class CausalStream:
-    """The state that lets causal modules run chunk by chunk (`run`), per module."""
+    """The state that lets the codec's causal modules run chunk by chunk (`run`), per module."""
 
-    def __init__(self):
+    def __init__(self, codec: Codec):
+        self.codec = codec
         self.conv_state: dict[int, Tensor] = {}
         self.attention: dict[int, tuple[list, int]] = {}  # a transformer's per-layer past and its next position
 
@@ -78,10 +79,6 @@ class CausalStream:
 
 
 class StreamingDecoder(CausalStream):
-    def __init__(self, codec: Codec):
-        super().__init__()
-        self.codec = codec
-
     @torch.inference_mode()
     def push(self, codes: Tensor) -> Tensor:
         """The next frames' codes [B, 1 + n, T] (or [1 + n, T]) → their audio [B, 1, T * frame_length]."""
@@ -92,10 +89,6 @@ class StreamingDecoder(CausalStream):
 
 
 class StreamingEncoder(CausalStream):
-    def __init__(self, codec: Codec):
-        super().__init__()
-        self.codec = codec
-
     @torch.inference_mode()
     def push(self, audio: Tensor) -> Tensor:
         """The next whole frames of audio [B, 1, T * frame_length] → their codes [B, 1 + n, T] (the last
