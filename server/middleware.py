@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 
 from starlette.exceptions import HTTPException
@@ -69,6 +70,22 @@ class BodyStalled(BodyError):
         )
 
 
+class BodyTooSlow(BodyError):
+    def __init__(self, seconds: float):
+        super().__init__(
+            408,
+            f"The request body arrived slower than {MIN_BODY_RATE // 1024} KiB/s on average after its first "
+            f"{seconds:g} s (--body-timeout); send it again.",
+            headers={"Connection": "close"},
+            code="body_timeout",
+        )
+
+
+# A body must average this much once --body-timeout's grace has passed: it holds its bytes (and a share of
+# the bodies' total) while it arrives, so one dripping a byte at a time could hold them for hours.
+MIN_BODY_RATE = 64 * 1024
+
+
 class BodiesBusy(BodyError):
     def __init__(self, limit: int):
         super().__init__(
@@ -85,9 +102,9 @@ BODIES_RETRY_AFTER_S = 2
 
 class BodyLimitsMiddleware:
     """413 for a declared Content-Length over the limit, and for chunked bodies once they pass it; 408
-    for a body none of which arrives for `idle_seconds` (what it sent is let go); 503 for a body that
-    would take the bodies held by requests in progress past `max_total_bytes` (an upload flood: each body
-    is bounded, their sum was not)."""
+    for a body none of which arrives for `idle_seconds`, or that averages under MIN_BODY_RATE after that
+    grace (what it sent is let go); 503 for a body that would take the bodies held by requests in progress
+    past `max_total_bytes` (an upload flood: each body is bounded, their sum was not)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, idle_seconds: float, max_total_bytes: int):
         self.app, self.max_bytes, self.idle_seconds = app, max_bytes, idle_seconds
@@ -114,16 +131,18 @@ class BodyLimitsMiddleware:
                     None, exc.status, exc.message, path=scope["path"], rid=rid, code=exc.code, headers=headers
                 )
                 return await response(scope, receive, send)
-        seen, complete = 0, False
+        seen, complete, started = 0, False, time.monotonic()
 
         async def counting_receive() -> Message:
             nonlocal seen, complete
             if complete:  # (after the body, receive waits for the disconnect: no deadline)
                 return await receive()
+            slow_at = started + self.idle_seconds + seen / MIN_BODY_RATE  # when its average falls short
+            wait = min(self.idle_seconds, slow_at - time.monotonic())
             try:
-                message = await asyncio.wait_for(receive(), self.idle_seconds)
+                message = await asyncio.wait_for(receive(), max(wait, 0))
             except TimeoutError:
-                raise BodyStalled(self.idle_seconds) from None
+                raise (BodyStalled if wait == self.idle_seconds else BodyTooSlow)(self.idle_seconds) from None
             if message["type"] == "http.request":
                 size = len(message.get("body", b""))
                 if self.held + size > self.max_total_bytes:

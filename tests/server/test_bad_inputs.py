@@ -402,6 +402,33 @@ def test_a_connection_whose_head_does_not_arrive_is_closed(tmp_path):
         server.stop()
 
 
+def test_a_body_that_drips_in_is_refused_once_its_average_falls_short(tmp_path):
+    """A byte now and then never stalled long enough for --body-timeout, so a body could be held for hours
+    (and with it a share of the bodies' total, below): after that grace, bodies must average 64 KiB/s."""
+    server = Server(make_workdir(tmp_path), "--body-timeout", "1", load=False)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/text/g2p HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n" + b" " * 1000
+            )
+            start, answer = time.monotonic(), b""
+            while not answer and time.monotonic() - start < 20:
+                try:
+                    sock.sendall(b" " * 100)  # (every 0.5 s: never idle for the 1 s --body-timeout)
+                except OSError:  # (answered and closed under it)
+                    pass
+                sock.settimeout(0.5)
+                try:
+                    answer = sock.recv(65536)
+                except TimeoutError:
+                    pass
+        assert answer.startswith(b"HTTP/1.1 408") and b"slower than 64 KiB/s" in answer, answer[:300]
+        assert time.monotonic() - start < 5
+    finally:
+        server.stop()
+
+
 def test_bodies_in_flight_are_bounded_together(tmp_path):
     """Each body is bounded by --max-upload-mb, and now their sum too (60 clients x 20 MiB held 1.2 GB):
     at most twice --max-queue full bodies at once; past that a 503 with Retry-After, until some finish."""
