@@ -9,6 +9,7 @@ scheduler batches their generations (core/scheduler.py).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import threading
@@ -276,9 +277,10 @@ class TTSEngine:
         encoder = self.family.chunk_encoder(audio) if self.lm is not None else None
         if encoder is None:
             return self._model_call(lambda: self.family.encode(audio))
-        while not encoder.done:
-            self.scheduler.run(encoder.step)
-        return encoder.codes.numpy().astype(np.int64)
+        for chunk in itertools.count():
+            if encoder.done:
+                return encoder.codes.numpy().astype(np.int64)
+            self.scheduler.run(encoder.step, priority=chunk)  # (priority: as `decode_codes`)
 
     def decode_codes(self, codes: np.ndarray | torch.Tensor, stop: Callable[[], bool] | None = None) -> np.ndarray:
         """Codes [codebooks, T] -> mono float32 audio at the codec's rate, whole. Beside an LM, decoded in
@@ -300,7 +302,9 @@ class TTSEngine:
         while not chunks or not decoder.done:
             if stop is not None and stop():
                 raise Cancelled()
-            chunk = self.scheduler.run(functools.partial(next_chunk, not chunks))
+            # Chunk k runs at priority k, as a stream's segment k decodes (lower first): a stream's segment i
+            # waits for at most i + 1 chunks of a codec request, and a long request still makes its way.
+            chunk = self.scheduler.run(functools.partial(next_chunk, not chunks), priority=len(chunks))
             if not chunk:  # (final codes always give one: no loop that never ends)
                 raise RuntimeError("the codec's decoder returned no audio for its codes")
             chunks += chunk

@@ -3,6 +3,7 @@ non-streamed audio, long texts stream segment by segment in order, and cancellin
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -259,6 +260,31 @@ def test_a_long_decode_is_chunks_between_the_generation_steps(tiny_engine):
     one_piece = tiny_engine.family.decode(codes)
     atol = network_atol(one_piece, longest_reduction(tiny_engine.family.vqgan))
     assert audio.shape == one_piece.shape and np.abs(audio - one_piece).max() <= atol
+
+
+def test_every_segment_of_a_stream_decodes_between_the_chunks_of_codec_requests(tiny_engine):
+    """Codec chunks ran at priority 0 and a stream's segment i decodes at priority i (lower first), so
+    beside two clients' long decodes segments 1, 2, ... decoded nothing until the decodes were done."""
+    chunk = streaming.WHOLE_SCHEDULE[-1]
+    codes = torch.randint(0, 160, (4, 100 * chunk), generator=torch.Generator().manual_seed(1))
+    text = " ".join(f"sentence number {word} is here." for word in ("one", "two", "three", "four"))
+    request = SynthesisRequest(text=text, use_g2p=False, max_frames=12, seed=11)
+    ended = {}
+
+    def decode(name: str) -> None:
+        tiny_engine.decode_codes(codes)
+        ended[name] = time.monotonic()
+
+    decodes = [threading.Thread(target=decode, args=(f"decode {i}",)) for i in range(2)]
+    for thread in decodes:
+        thread.start()
+    stream = tiny_engine.stream(request, max_segment_weight=40, ignore_stop=True)
+    chunks = list(stream)
+    ended["stream"] = time.monotonic()
+    for thread in decodes:
+        thread.join(120)
+    assert len(stream.segments) == 4 and len(chunks) >= 4
+    assert ended["stream"] < min(ended["decode 0"], ended["decode 1"]), ended
 
 
 def test_a_decode_stops_between_its_chunks(tiny_engine):
