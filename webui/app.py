@@ -269,10 +269,13 @@ def wire_voices(page: Page, actions: Actions) -> None:
     def refresh(server_url: str, api_key: str):
         return gr.update(choices=actions.voice_choices(server_url, api_key))
 
-    def save(lang: str, server_url: str, api_key: str, name: str, clip: str | None, transcript: str, model: str):
+    def save(
+        lang: str, server_url: str, api_key: str, name: str, clip: str | None, transcript: str, model: str, picked: str
+    ):
         choices, voice_id, message = actions.save_voice(lang, server_url, api_key, name, clip, transcript, model)
-        picked = {} if voice_id is None else {"value": voice_id}  # (a failed save leaves the picker as it was)
-        return gr.update(choices=choices, **picked), message
+        if voice_id is None:  # failed: the picked voice stays, if the server still lists it
+            voice_id = picked if picked in {value for _, value in choices} else NO_VOICE
+        return gr.update(choices=choices, value=voice_id), message
 
     def delete(lang: str, server_url: str, api_key: str, voice_id: str | None):
         if voice_id is None:  # the user said no to the browser's confirmation
@@ -293,7 +296,7 @@ def wire_voices(page: Page, actions: Actions) -> None:
     page.refresh_voices.click(refresh, inputs=[page.server_url, page.api_key], outputs=page.voice_id, **PRIVATE)
     page.save_voice.click(
         save,
-        inputs=[*connection, page.voice_name, page.reference_audio, page.reference_text, page.model],
+        inputs=[*connection, page.voice_name, page.reference_audio, page.reference_text, page.model, page.voice_id],
         outputs=[page.voice_id, page.message],
         **PRIVATE,
     )

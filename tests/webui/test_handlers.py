@@ -297,6 +297,23 @@ def test_every_visitors_synthesis_runs_at_once():
     assert synthesize.concurrency_limit is None
 
 
+def test_a_failed_save_keeps_the_picked_voice_only_while_it_is_listed(server, actions, reference_wav):
+    """(a save that could not reach the server lists only "none": keeping the picked voice then made the
+    next Delete a raw Gradio error, "Value: ... is not in the list of choices")"""
+    from webui.app import build_app
+
+    demo = build_app(UISettings(api_url=server.url))
+    (save,) = [fn.fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "save"]
+    _, voice_id, _ = actions.save_voice("en_US", server.url, "", "Kept Voice", str(reference_wav), "Hi.")
+    try:
+        kept, html = save("en_US", server.url, "", "", None, "", "default", voice_id)  # no name: refused
+        assert kept["value"] == voice_id and t("en_US", "reference.need_name") in html
+        gone, _ = save("en_US", "http://127.0.0.1:9", "", "Other", str(reference_wav), "Hi.", "default", voice_id)
+        assert gone["value"] == "" and gone["choices"] == [("—", "")]
+    finally:
+        actions.delete_voice("en_US", server.url, "", voice_id)
+
+
 def test_clear_and_language_switch_are_wired():
     from webui.app import build_app
 
