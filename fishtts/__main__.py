@@ -1,14 +1,21 @@
 """`fishtts ...` and `python -m fishtts ...`."""
 
+import signal
 import sys
 
 
 def main(*args, prog_name: str = "fishtts", **kwargs):
-    try:  # (the imports take a second or two: a Ctrl-C meanwhile is an interruption, not a traceback)
+    # The imports take a second or two. A Ctrl-C meanwhile is held until they end: raised inside torch's
+    # C++ initialization it aborted the process, elsewhere it printed a traceback.
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
         from core.cli import main as cli
         from server.cli import serve
         from webui.cli import webui
-    except KeyboardInterrupt:
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     cli.add_command(serve)
