@@ -81,8 +81,8 @@ class BodyTooSlow(BodyError):
         )
 
 
-# A body must average this much once --body-timeout's grace has passed: it holds its bytes (and a share of
-# the bodies' total) while it arrives, so one dripping a byte at a time could hold them for hours.
+# A body past this size must average this much once --body-timeout's grace has passed: it holds its bytes
+# (and a share of the bodies' total) while it arrives, so one dripping a byte at a time held them for hours.
 MIN_BODY_RATE = 64 * 1024
 
 
@@ -102,9 +102,10 @@ BODIES_RETRY_AFTER_S = 2
 
 class BodyLimitsMiddleware:
     """413 for a declared Content-Length over the limit, and for chunked bodies once they pass it; 408
-    for a body none of which arrives for `idle_seconds`, or that averages under MIN_BODY_RATE after that
-    grace (what it sent is let go); 503 for a body that would take the bodies held by requests in progress
-    past `max_total_bytes` (an upload flood: each body is bounded, their sum was not)."""
+    for a body none of which arrives for `idle_seconds`, or one past MIN_BODY_RATE bytes that averages
+    under MIN_BODY_RATE a second after that grace (what it sent is let go); 503 for a body that would take
+    the bodies held by requests in progress past `max_total_bytes` (an upload flood: each body is bounded,
+    their sum was not)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, idle_seconds: float, max_total_bytes: int):
         self.app, self.max_bytes, self.idle_seconds = app, max_bytes, idle_seconds
@@ -137,8 +138,10 @@ class BodyLimitsMiddleware:
             nonlocal seen, complete
             if complete:  # (after the body, receive waits for the disconnect: no deadline)
                 return await receive()
-            slow_at = started + self.idle_seconds + seen / MIN_BODY_RATE  # when its average falls short
-            wait = min(self.idle_seconds, slow_at - time.monotonic())
+            wait = self.idle_seconds
+            if seen >= MIN_BODY_RATE:  # (less is too little to matter, whatever its pace)
+                slow_at = started + self.idle_seconds + seen / MIN_BODY_RATE  # when its average falls short
+                wait = min(wait, slow_at - time.monotonic())
             try:
                 message = await asyncio.wait_for(receive(), max(wait, 0))
             except TimeoutError:

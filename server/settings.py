@@ -63,9 +63,9 @@ class Settings:
     )
     body_timeout: float = _opt(
         30.0,
-        "Refuse (408) a request body that stops arriving for this many seconds, or that averages under "
-        "64 KiB/s after them: a stalled upload would otherwise hold what it sent in memory for as long as "
-        "its client likes. "
+        "Refuse (408) a request body that stops arriving for this many seconds, or one past 64 KiB that "
+        "averages under 64 KiB/s after them: a stalled upload would otherwise hold what it sent in memory "
+        "for as long as its client likes. "
         "A request's head (its request line and headers) that takes longer closes its connection.",
     )
     max_reference_seconds: float = _opt(30.0, "Longest reference clip; longer clips get 422 (5-10 s works best).")

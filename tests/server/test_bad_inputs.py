@@ -404,13 +404,14 @@ def test_a_connection_whose_head_does_not_arrive_is_closed(tmp_path):
 
 def test_a_body_that_drips_in_is_refused_once_its_average_falls_short(tmp_path):
     """A byte now and then never stalled long enough for --body-timeout, so a body could be held for hours
-    (and with it a share of the bodies' total, below): after that grace, bodies must average 64 KiB/s."""
+    (and with it a share of the bodies' total, below): after that grace, bodies past 64 KiB must average
+    64 KiB/s."""
     server = Server(make_workdir(tmp_path), "--body-timeout", "1", load=False)
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
             sock.sendall(
                 b"POST /v1/text/g2p HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 100000\r\n\r\n" + b" " * 1000
+                b"Content-Length: 200000\r\n\r\n" + b" " * 100_000  # (a smaller body is left alone)
             )
             start, answer = time.monotonic(), b""
             while not answer and time.monotonic() - start < 20:
