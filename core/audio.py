@@ -161,8 +161,7 @@ class AudioWriter:
                 self.file.write(samples[start : start + self.BLOCK])
         except (sf.LibsndfileError, AssertionError) as exc:  # (soundfile asserts a short write away)
             raise self._failed(exc) from None
-        if self.sink is not None and self.sink.error is not None:
-            raise self._failed(self.sink.error)
+        self._check_sink()
 
     def close(self) -> None:
         try:
@@ -172,6 +171,9 @@ class AudioWriter:
         finally:
             if self.sink is not None:
                 self.sink.close()
+        self._check_sink()
+
+    def _check_sink(self) -> None:
         if self.sink is not None and self.sink.error is not None:
             raise self._failed(self.sink.error)
 

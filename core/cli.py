@@ -52,6 +52,12 @@ def friendly_errors(func):
     return wrapper
 
 
+def require_stdout(message: str) -> None:
+    """`message` as the command's error when stdout is closed (`>&-`: writes would vanish, the exit be 0)."""
+    if sys.stdout is None:
+        raise click.ClickException(message)
+
+
 def report_speed(frames: int, seconds: float, model) -> None:
     tokens_per_s = frames / max(seconds, 1e-9)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -471,8 +477,8 @@ class AudioSink:
     def __init__(self, output: str, growing: bool = False):
         from .audio import check_writable, suffix_format
 
-        if output == "-" and sys.stdout is None:
-            raise click.ClickException("-o -: stdout is closed, so there is nowhere to write the audio")
+        if output == "-":
+            require_stdout("-o -: stdout is closed, so there is nowhere to write the audio")
         self.output, self.growing = output, growing
         self.format = None if output == "-" else suffix_format(output)  # checked before any work
         if self.format is not None:
@@ -510,8 +516,7 @@ def g2p(text: str, order: str):
     """Print TEXT's language segments and phonemes as JSON (pronunciation debugging)."""
     from .text import parse_text_to_segments, segments_to_dicts
 
-    if sys.stdout is None:  # (click.echo would print nothing and exit 0)
-        raise click.ClickException("stdout is closed, so there is nowhere to print the phonemes")
+    require_stdout("stdout is closed, so there is nowhere to print the phonemes")
     click.echo(json.dumps(segments_to_dicts(parse_text_to_segments(text, order=order)), ensure_ascii=False, indent=2))
 
 

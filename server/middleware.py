@@ -86,6 +86,9 @@ class BodyTooSlow(BodyError):
 MIN_BODY_RATE = 64 * 1024
 
 
+BODIES_RETRY_AFTER_S = 2
+
+
 class BodiesBusy(BodyError):
     def __init__(self, limit: int):
         super().__init__(
@@ -95,9 +98,6 @@ class BodiesBusy(BodyError):
             headers={"Retry-After": str(BODIES_RETRY_AFTER_S), "Connection": "close"},
             code="server_busy",
         )
-
-
-BODIES_RETRY_AFTER_S = 2
 
 
 class BodyLimitsMiddleware:
@@ -138,14 +138,15 @@ class BodyLimitsMiddleware:
             nonlocal seen, complete
             if complete:  # (after the body, receive waits for the disconnect: no deadline)
                 return await receive()
-            wait = self.idle_seconds
+            wait, late = self.idle_seconds, BodyStalled
             if seen >= MIN_BODY_RATE:  # (less is too little to matter, whatever its pace)
-                slow_at = started + self.idle_seconds + seen / MIN_BODY_RATE  # when its average falls short
-                wait = min(wait, slow_at - time.monotonic())
+                slow_in = started + self.idle_seconds + seen / MIN_BODY_RATE - time.monotonic()  # average short then
+                if slow_in < wait:
+                    wait, late = max(slow_in, 0), BodyTooSlow
             try:
-                message = await asyncio.wait_for(receive(), max(wait, 0))
+                message = await asyncio.wait_for(receive(), wait)
             except TimeoutError:
-                raise (BodyStalled if wait == self.idle_seconds else BodyTooSlow)(self.idle_seconds) from None
+                raise late(self.idle_seconds) from None
             if message["type"] == "http.request":
                 size = len(message.get("body", b""))
                 if self.held + size > self.max_total_bytes:

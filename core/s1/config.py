@@ -26,6 +26,9 @@ def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
 
 
+ATTENTION_FLAGS = ("attention_qkv_bias", "attention_o_bias", "attention_qk_norm")  # each with a fast_ twin
+
+
 @dataclass
 class DualARConfig:
     model_type: str = MODEL_TYPE
@@ -74,9 +77,8 @@ class DualARConfig:
             reals=("rope_base", "norm_eps"),
             error=S1ConfigError,
         )
-        flags = ("tie_word_embeddings", "attention_qkv_bias", "attention_o_bias", "attention_qk_norm")
-        flags += ("use_gradient_checkpointing", "is_reward_model", "scale_codebook_embeddings")
-        flags += tuple(f"fast_{n}" for n in flags[1:4] if getattr(self, f"fast_{n}") is not None)
+        flags = ("tie_word_embeddings", "use_gradient_checkpointing", "is_reward_model", "scale_codebook_embeddings")
+        flags += ATTENTION_FLAGS + tuple(f"fast_{n}" for n in ATTENTION_FLAGS if getattr(self, f"fast_{n}") is not None)
         check_config_flags(self, flags, S1ConfigError)
         if self.n_local_heads == -1:
             self.n_local_heads = self.n_head
@@ -90,7 +92,7 @@ class DualARConfig:
         self.fast_n_local_heads = self.fast_n_local_heads or self.n_local_heads
         self.fast_head_dim = self.fast_head_dim or self.head_dim
         self.fast_intermediate_size = self.fast_intermediate_size or self.intermediate_size
-        for name in ("attention_qkv_bias", "attention_qk_norm", "attention_o_bias"):
+        for name in ATTENTION_FLAGS:
             if getattr(self, f"fast_{name}") is None:
                 setattr(self, f"fast_{name}", getattr(self, name))
         if self.n_head % self.n_local_heads or self.fast_n_head % self.fast_n_local_heads:
