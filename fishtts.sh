@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/bootstrap.sh ""
 if [ "${1:-}" = "tts" ] || [ "${1:-}" = "generate" ] || [ "${1:-}" = "vqgan" ]; then
-  dir=checkpoints  # (the CLI's default; it reads no FISHTTS_CHECKPOINTS_DIR)
+  dir="${FISHTTS_CHECKPOINTS_DIR:-checkpoints}"  # (where the CLI looks by default)
   if [ ! -f "$dir/vqgan-v1.pth" ] || [ ! -f "$dir/text2semantic-400m-v0.2-4k.pth" ] || [ ! -f "$dir/tokenizer.json" ]; then
     .venv/bin/fishtts download --checkpoints-dir "$dir"
   fi

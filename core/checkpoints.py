@@ -28,6 +28,13 @@ LM_FILENAME = "text2semantic-400m-v0.2-4k.pth"
 TOKENIZER_FILENAMES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 DEFAULT_CHECKPOINTS_DIR = Path("checkpoints")
 DEFAULT_S1_DIR = DEFAULT_CHECKPOINTS_DIR / OPENAUDIO_S1_MINI  # the S1 folder, as `fishtts download` lays it out
+CHECKPOINTS_DIR_ENV = "FISHTTS_CHECKPOINTS_DIR"  # also the server's --checkpoints-dir variable (server/settings.py)
+
+
+def checkpoints_dir() -> Path:
+    """The command line's checkpoints folder: $FISHTTS_CHECKPOINTS_DIR when set (the folder launch.sh and the
+    server use), else checkpoints/."""
+    return Path(os.environ.get(CHECKPOINTS_DIR_ENV) or DEFAULT_CHECKPOINTS_DIR)
 
 
 def resolve_config(
@@ -105,11 +112,16 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the model config."""
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a `.pth` file into a flat state dict (tensors only, mmap where possible)."""
+def require_checkpoint(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a `.pth` file into a flat state dict (tensors only, mmap where possible)."""
+    path = require_checkpoint(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:

@@ -17,6 +17,7 @@ import click
 import numpy as np
 
 from .checkpoints import (
+    CHECKPOINTS_DIR_ENV,
     DEFAULT_CHECKPOINTS_DIR,
     DEFAULT_S1_DIR,
     FAMILIES,
@@ -25,6 +26,7 @@ from .checkpoints import (
     LM_FILENAME,
     OPENAUDIO_S1_MINI,
     VQGAN_FILENAME,
+    checkpoints_dir,
 )
 from .engine import DEFAULT_LM_CONFIG, DEFAULT_VQGAN_CONFIG, DEFAULT_VQGAN_PRECISION, QUANT_MODES, VQGAN_PRECISIONS
 from .request import DEFAULT_ORDER, DEFAULT_SAMPLING, DEFAULT_SEED, DEFAULT_TEXT, MAX_SEED, S1_DEFAULT_SAMPLING
@@ -56,6 +58,14 @@ def require_stdout(message: str) -> None:
     """`message` as the command's error when stdout is closed (`>&-`: writes would vanish, the exit be 0)."""
     if sys.stdout is None:
         raise click.ClickException(message)
+
+
+def in_checkpoints(filename: str) -> dict:
+    """A checkpoint option's default: the official file in the checkpoints folder, read when the command runs."""
+    return dict(
+        default=lambda: checkpoints_dir() / filename,
+        show_default=f"${CHECKPOINTS_DIR_ENV}/{filename}, else {DEFAULT_CHECKPOINTS_DIR / filename}",
+    )
 
 
 def report_speed(frames: int, seconds: float, model) -> None:
@@ -96,25 +106,26 @@ def main():
 )
 @click.option(
     "--checkpoints-dir",
+    "target_dir",
     type=click.Path(path_type=Path),
     default=None,
     help=f"Where to put them [default: {DEFAULT_CHECKPOINTS_DIR} for {FISH_SPEECH_V02}, {DEFAULT_S1_DIR} for "
-    f"{OPENAUDIO_S1_MINI}].",
+    f"{OPENAUDIO_S1_MINI}; ${CHECKPOINTS_DIR_ENV} replaces {DEFAULT_CHECKPOINTS_DIR}].",
 )
 @click.option(
     "--repo-id", default=None, help="Another Hugging Face repo of the same layout (HF_ENDPOINT selects a mirror)."
 )
 @friendly_errors
-def download(family: str, checkpoints_dir: Path | None, repo_id: str | None):
+def download(family: str, target_dir: Path | None, repo_id: str | None):
     """Fetch a model's official files (skips files already present)."""
     if family == OPENAUDIO_S1_MINI:
         from .s1.download import S1_REPO_ID, download_s1
 
-        paths = download_s1(checkpoints_dir or DEFAULT_S1_DIR, repo_id or S1_REPO_ID)
+        paths = download_s1(target_dir or checkpoints_dir() / DEFAULT_S1_DIR.name, repo_id or S1_REPO_ID)
     else:
         from .checkpoints import download_checkpoints
 
-        paths = download_checkpoints(checkpoints_dir or DEFAULT_CHECKPOINTS_DIR, repo_id or HF_REPO_ID)
+        paths = download_checkpoints(target_dir or checkpoints_dir(), repo_id or HF_REPO_ID)
     for path in paths:
         click.echo(str(path))
 
@@ -155,8 +166,7 @@ def load_s1_engine(folder: Path, device: str | None, half: bool = False, quantiz
     "-ckpt",
     "--checkpoint-path",
     type=click.Path(path_type=Path),
-    default=DEFAULT_CHECKPOINTS_DIR / VQGAN_FILENAME,
-    show_default=True,
+    **in_checkpoints(VQGAN_FILENAME),
 )
 @click.option("-cfg", "--config-name", default=DEFAULT_VQGAN_CONFIG, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
@@ -324,8 +334,7 @@ def load_engine(lm_checkpoint, lm_config, vqgan_checkpoint, vqgan_config, kwargs
 @click.option(
     "--checkpoint-path",
     type=click.Path(path_type=Path),
-    default=DEFAULT_CHECKPOINTS_DIR / LM_FILENAME,
-    show_default=True,
+    **in_checkpoints(LM_FILENAME),
 )
 @click.option("--config-name", default=DEFAULT_LM_CONFIG, show_default=True)
 @click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True)
@@ -388,15 +397,13 @@ def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, con
 @click.option(
     "--llama-checkpoint-path",
     type=click.Path(path_type=Path),
-    default=DEFAULT_CHECKPOINTS_DIR / LM_FILENAME,
-    show_default=True,
+    **in_checkpoints(LM_FILENAME),
 )
 @click.option("--llama-config-name", default=DEFAULT_LM_CONFIG, show_default=True)
 @click.option(
     "--vqgan-checkpoint-path",
     type=click.Path(path_type=Path),
-    default=DEFAULT_CHECKPOINTS_DIR / VQGAN_FILENAME,
-    show_default=True,
+    **in_checkpoints(VQGAN_FILENAME),
 )
 @click.option("--vqgan-config-name", default=DEFAULT_VQGAN_CONFIG, show_default=True)
 @vqgan_precision_option

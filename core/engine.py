@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE
-from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, LM_FILENAME, VQGAN_FILENAME
+from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, LM_FILENAME, VQGAN_FILENAME, require_checkpoint
 from .device import lm_dtype, release_openmp_threads, resolve_device
 from .families import FAMILIES, FISH_SPEECH_V02, OPENAUDIO_S1_MINI, ModelFamily
 from .families.fish_speech import FishSpeech
@@ -154,6 +154,9 @@ class TTSEngine:
         default) where that is measured faster on this machine (core/vqgan/precision.py).
         """
         dev = resolve_device(device)
+        for path in (lm_checkpoint, vqgan_checkpoint):  # a missing one named first, before the tokenizer's search
+            if path is not None:
+                require_checkpoint(path)
         lm = tok = vqgan = None
         if lm_checkpoint is not None:
             tok = load_tokenizer(tokenizer, checkpoints_dir=os.path.dirname(str(lm_checkpoint)) or ".")

@@ -12,6 +12,7 @@ import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from core.checkpoints import DEFAULT_CHECKPOINTS_DIR
 from core.engine import DEFAULT_VQGAN_PRECISION, MAX_BATCH_SIZE, QUANT_MODES, VQGAN_PRECISIONS
 
 ENV_PREFIX = "FISHTTS_"
@@ -28,7 +29,7 @@ def _opt(default, help: str, **click_kwargs):
 class Settings:
     listen: str = _opt("127.0.0.1:8000", "HOST:PORT to bind ([::1]:8000 for IPv6). Loopback unless you opt in.")
     checkpoints_dir: Path = _opt(
-        Path("checkpoints"), "The only folder clients may name checkpoints, configs and tokenizers in."
+        DEFAULT_CHECKPOINTS_DIR, "The only folder clients may name checkpoints, configs and tokenizers in."
     )
     references_dir: Path = _opt(
         Path("references"), "Saved voices, and the only folder `prompt_tokens` paths may point into."

@@ -402,6 +402,22 @@ def test_bad_input_gets_a_clear_message_and_nonzero_exit(ckpt, tmp_path):
     assert not failures, "\n".join(failures)
 
 
+def test_the_official_files_are_looked_for_in_fishtts_checkpoints_dir(tmp_path):
+    from tests.server.helpers import make_workdir
+
+    folder = make_workdir(tmp_path / "work") / "checkpoints"  # the tiny models under the official names
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    configs = ["--llama-config-name", folder / "llama.json", "--vqgan-config-name", folder / "vqgan_config.json"]
+    args = ["tts", "--text", "hi", "-o", "out.wav", *configs, "--max-new-tokens", "8", "--no-g2p", "--device", "cpu"]
+    result = run_cli(args, cwd=elsewhere, env={"FISHTTS_CHECKPOINTS_DIR": str(folder)})
+    assert result.returncode == 0, result.stderr
+    assert sf.info(elsewhere / "out.wav").frames > 0  # the LM, the VQGAN and the tokenizer all found there
+    result = run_cli(args, cwd=elsewhere, env={"FISHTTS_CHECKPOINTS_DIR": ""})  # unset: ./checkpoints
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "checkpoints/text2semantic-400m-v0.2-4k.pth" in result.stderr
+
+
 def test_vqgan_checks_the_output_suffix_before_writing_the_codes_beside_it(ckpt, speech_wav, tmp_path):
     (tmp_path / "out.npy").write_text("precious")
     result = run_cli(["vqgan", "-i", speech_wav, "-o", "out.txt", *vqgan_args(ckpt)], cwd=tmp_path)

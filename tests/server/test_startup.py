@@ -78,6 +78,13 @@ def test_health_reports_a_failed_load_and_polls_are_not_logged(tmp_path):
         server.stop()
 
 
+def test_the_server_and_the_command_line_read_one_checkpoints_variable():
+    from core.checkpoints import CHECKPOINTS_DIR_ENV
+    from server.settings import env_name
+
+    assert env_name("checkpoints_dir") == CHECKPOINTS_DIR_ENV
+
+
 def test_the_scrubber_hides_real_paths_only():
     assert scrub("hi </s> there") == "hi </s> there"
     assert scrub("1/2 and a/b") == "1/2 and a/b"
