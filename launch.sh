@@ -102,17 +102,26 @@ fi
 
 server_pid=""; ui_pid=""
 
-stop() {  # stop both process groups: TERM, then KILL whatever is left after 15 s
-  trap - INT TERM EXIT
-  local pids=() pid
+nap() {  # 0.1 s; in the background, as a Ctrl-C that kills a foreground child makes bash abandon stop()
+  sleep 0.1 & wait "$!" || true
+}
+
+groups_alive() {  # PGID...: whether any of these process groups still has a process
+  local pid
+  for pid in "$@"; do kill -0 -- "-$pid" 2>/dev/null && return 0; done
+  return 1
+}
+
+stop() {  # stop both process groups: TERM, then KILL whatever is left after 15 s (or at a second Ctrl-C)
+  local now=0 pids=() pid
+  trap - EXIT; trap 'now=1; say "stopping now"' INT TERM
   for pid in $server_pid $ui_pid; do kill -0 "$pid" 2>/dev/null && pids+=("$pid") && kill -TERM -- "-$pid" 2>/dev/null; done
   for _ in $(seq 150); do
-    local alive=0
-    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
+    { [ "$now" = 1 ] || ! groups_alive "${pids[@]}"; } && break
+    nap
   done
   for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do groups_alive "${pids[@]}" || break; nap; done  # a killed process takes a moment to go
   wait 2>/dev/null || true
 }
 trap 'say "stopping"; stop; exit 130' INT

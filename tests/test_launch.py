@@ -162,6 +162,23 @@ def test_ctrl_c_while_starting_stops_everything(workdir):
         launch.kill_all()
 
 
+def test_a_second_ctrl_c_stops_everything_at_once(workdir):
+    launch = Launch(workdir, terminal=True)
+    try:
+        launch.wait_ready()
+        children = descendants(launch.process.pid)
+        launch.press_ctrl_c()
+        while "stopping" not in launch.output():
+            time.sleep(0.05)
+        launch.press_ctrl_c()
+        assert launch.wait_exit() == 130
+        assert "stopping now" in launch.output()
+        left = {pid for pid in children if alive(pid)}
+        assert left == set(), f"still shutting down after the script exited: {left}\n{launch.output()[-2500:]}"
+    finally:
+        launch.kill_all()
+
+
 def test_when_one_process_dies_the_other_is_stopped(workdir):
     launch = Launch(workdir)
     try:
