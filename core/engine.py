@@ -273,9 +273,10 @@ class TTSEngine:
 
     # -- audio <-> codes -------------------------------------------------------------------
 
-    def encode_reference(self, audio: np.ndarray) -> np.ndarray:
+    def encode_reference(self, audio: np.ndarray, stop: Callable[[], bool] | None = None) -> np.ndarray:
         """Mono float32 audio at the codec's rate -> codes [codebooks, T] int64. Beside an LM, a codec that
-        encodes chunk by chunk (S1's) does so one scheduler task per chunk, as `decode_codes` decodes."""
+        encodes chunk by chunk (S1's) does so one scheduler task per chunk, as `decode_codes` decodes, and
+        `stop()` true before a chunk: Cancelled."""
         self._need_codec()
         encoder = self.family.chunk_encoder(audio) if self.lm is not None else None
         if encoder is None:
@@ -283,6 +284,8 @@ class TTSEngine:
         for chunk in itertools.count():
             if encoder.done:
                 return encoder.codes.numpy().astype(np.int64)
+            if stop is not None and stop():
+                raise Cancelled()
             self.scheduler.run(encoder.step, priority=chunk)  # (priority: as `decode_codes`)
 
     def decode_codes(self, codes: np.ndarray | torch.Tensor, stop: Callable[[], bool] | None = None) -> np.ndarray:
@@ -315,8 +318,8 @@ class TTSEngine:
 
     # -- text -> codes ---------------------------------------------------------------------
 
-    def _check(self, request: SynthesisRequest) -> np.ndarray | None:
-        """Request limits that depend on the model; the reference's codes."""
+    def _check(self, request: SynthesisRequest, stop: Callable[[], bool] | None = None) -> np.ndarray | None:
+        """Request limits that depend on the model; the reference's codes (`stop`: as `encode_reference`)."""
         context = self.info.context
         if context is None:
             self._need_lm()
@@ -324,7 +327,7 @@ class TTSEngine:
             raise ValueError(f"max_new_tokens: {request.max_frames} exceeds the model's context of {context}.")
         if request.reference is None:
             return None
-        return prepare_reference(self, request.reference).codes
+        return prepare_reference(self, request.reference, stop).codes
 
     def encode_prompt(self, request: SynthesisRequest) -> torch.Tensor:
         """The LM's input [1 + codebooks, L (+ T)] for the request's whole text as one prompt."""
@@ -404,6 +407,7 @@ class TTSEngine:
         max_segment_weight: int = MAX_SEGMENT_WEIGHT,
         ignore_stop: bool = False,
         streamed: bool = True,
+        stop: Callable[[], bool] | None = None,
     ) -> SpeechStream:
         """The request's audio as a SpeechStream of chunks, while it is generated (`streamed=False`: to be
         joined whole, in the codec's larger chunks for that).
@@ -412,10 +416,11 @@ class TTSEngine:
         piece i samples with seed + i. `progress` is called for every frame. Up to `max_parallel`
         pieces generate at once, the others join as earlier ones finish; streamed, the first piece
         starts alone and the others join once its audio is well ahead of playback (each would delay
-        the first audio by a prompt's prefill; core/speech.py).
+        the first audio by a prompt's prefill; core/speech.py). `stop()` true while the reference's audio
+        is encoded, before the stream exists to be cancelled: Cancelled (`encode_reference`).
         """
         self._need_codec()
-        codes = self._check(request)
+        codes = self._check(request, stop)
         pieces = self.read_text(request, 0 if codes is None else codes.shape[1], max_segment_weight)
         sequences = []
         for i, piece in enumerate(pieces):
@@ -438,12 +443,14 @@ class TTSEngine:
         *,
         ignore_stop: bool = False,
         on_stream: Callable[[SpeechStream], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> np.ndarray:
         """The whole stream's audio at once: the same frames as streaming it, decoded in larger chunks
         (the same audio within float rounding, and closer to the original's one-piece decode).
-        `on_stream` gets the stream as it starts, for a caller that may cancel it (a client gone)."""
+        `on_stream` gets the stream as it starts, for a caller that may cancel it (a client gone); `stop`
+        cancels the reference's encode before it (`stream`)."""
         # (no first audio to hurry: four pieces at once)
-        stream = self.stream(request, max_parallel=4, ignore_stop=ignore_stop, streamed=False)
+        stream = self.stream(request, max_parallel=4, ignore_stop=ignore_stop, streamed=False, stop=stop)
         if on_stream is not None:
             on_stream(stream)
         chunks = list(stream)

@@ -7,6 +7,7 @@ from (`Reference.field`), so a caller can show it as is (the server answers 422)
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,13 +36,16 @@ class PreparedReference:
     clip_rate: int | None = None
 
 
-def prepare_reference(engine: TTSEngine, reference: Reference) -> PreparedReference:
-    """Check the reference against the engine's codec and encode audio to codes."""
+def prepare_reference(
+    engine: TTSEngine, reference: Reference, stop: Callable[[], bool] | None = None
+) -> PreparedReference:
+    """Check the reference against the engine's codec and encode audio to codes (`stop`: see
+    `TTSEngine.encode_reference`)."""
     info = engine.info
     if reference.audio is not None:
         clip, clip_rate = read_reference_audio(reference, info.sample_rate)
         audio = clip if clip_rate == info.sample_rate else resample(clip, clip_rate, info.sample_rate)
-        return PreparedReference(engine.encode_reference(audio), audio, clip, clip_rate)
+        return PreparedReference(engine.encode_reference(audio, stop), audio, clip, clip_rate)
     codes = reference.codes
     if isinstance(codes, (str, Path)):
         max_frames = None

@@ -47,6 +47,10 @@ class AudioBuffer:
             self._stream = stream
             return not self._closed
 
+    def closed(self) -> bool:
+        """Whether the reader has gone (the generation's work is not wanted any more)."""
+        return self._closed
+
     def put(self, chunk: np.ndarray) -> bool:
         """Hand a chunk to the reader; False when the generation should stop (reader gone, or too far behind)."""
         with self._lock:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+from collections.abc import Callable
 
 import numpy as np
 from fastapi import Request, Response
@@ -44,15 +45,18 @@ class SavedVoice:
     field: str = "reference_id"
 
 
-def voice_codes(ctx: ServerContext, voice: SavedVoice, engine: TTSEngine) -> np.ndarray:
-    """The voice's codes for the engine's family: kept ones, or its clip encoded now (then kept). Only the
-    voice the route read: one deleted or saved anew under its id meanwhile is not found (its transcript
-    is in the request; another voice's codes would not match it)."""
+def voice_codes(
+    ctx: ServerContext, voice: SavedVoice, engine: TTSEngine, stop: Callable[[], bool] | None = None
+) -> np.ndarray:
+    """The voice's codes for the engine's family: kept ones, or its clip encoded now (then kept; `stop()`
+    true between the encode's chunks: Cancelled). Only the voice the route read: one deleted or saved
+    anew under its id meanwhile is not found (its transcript is in the request; another voice's codes
+    would not match it)."""
     family = engine.info.family
     with ctx.voices.pinned(voice.meta["id"], voice.meta.get("created_at")) as saved:
         codes = saved.codes(family)
         if codes is None:
-            codes = prepare_reference(engine, Reference(voice.field, audio=saved.clip())).codes
+            codes = prepare_reference(engine, Reference(voice.field, audio=saved.clip()), stop).codes
             saved.keep_codes(family, codes)
     return codes
 
@@ -78,6 +82,9 @@ class _WholeSynthesis:
         if stream is not None:
             stream.cancel()
 
+    def cancelled(self) -> bool:
+        return self._cancelled
+
 
 async def synthesize(
     ctx: ServerContext,
@@ -97,19 +104,20 @@ async def synthesize(
     sample_rate = admission.engine.info.sample_rate
     headers = {**(headers or {}), "X-Sample-Rate": str(sample_rate)}
 
-    def prepared(engine: TTSEngine) -> SynthesisRequest:
+    def prepared(engine: TTSEngine, stop: Callable[[], bool]) -> SynthesisRequest:
         changes = {}
         if sampling is not None:
             changes["sampling"] = sampling.sampling_for(engine.info.family)
         if voice is not None:
-            changes["reference"] = Reference(voice.field, codes=voice_codes(ctx, voice, engine))
+            changes["reference"] = Reference(voice.field, codes=voice_codes(ctx, voice, engine, stop))
         return dataclasses.replace(request, **changes)
 
     if not request.streaming:
         whole = _WholeSynthesis()
 
         def synthesis(engine: TTSEngine) -> bytes:
-            audio = engine.synthesize(prepared(engine), on_stream=whole.attach)
+            # (`stop`: a reference's encode, before there is a stream to cancel, stops for a client gone too)
+            audio = engine.synthesize(prepared(engine, whole.cancelled), on_stream=whole.attach, stop=whole.cancelled)
             return encode_output(audio, request.output_format, sample_rate)
 
         async with admission:
@@ -118,7 +126,7 @@ async def synthesize(
     buffer = AudioBuffer(asyncio.get_running_loop(), int(MAX_BUFFERED_SECONDS * sample_rate), sample_rate)
 
     def generate(engine) -> None:
-        stream = engine.stream(prepared(engine))
+        stream = engine.stream(prepared(engine, buffer.closed), stop=buffer.closed)
         if buffer.attach(stream):
             for chunk in stream:
                 if not buffer.put(chunk):  # the reader went away or fell too far behind

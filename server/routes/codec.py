@@ -3,7 +3,8 @@ a model of either family (`model`, an addition; 'default' unless given). Bodies 
 JSON; answers are always msgpack, as the original's: `{"tokens": [[[int]]]}` (each [codebooks, T])
 and `{"audios": [bytes]}` (each float16 little-endian mono PCM at the model's rate, the
 X-Sample-Rate header). They take a place in the model's queue like a synthesis, and a client that leaves
-stops its work after the clip or decode chunk in progress (the engine decodes codes chunk by chunk).
+stops its work after the chunk in progress (the engine decodes codes chunk by chunk, and encodes S1's clips so;
+v0.2's encoder takes a clip whole).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ async def encode(request: Request, ctx: Ctx) -> Response:
     stop = threading.Event()  # the client left: no more items
 
     def encode_all(engine) -> list:
-        return [prepare_reference(engine, clip).codes.tolist() for clip in _until(stop, clips)]
+        return [prepare_reference(engine, clip, stop.is_set).codes.tolist() for clip in _until(stop, clips)]
 
     async with ctx.admit(body.model) as admission:
         tokens = await admission.run_watched(request, encode_all, stop.set)

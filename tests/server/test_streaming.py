@@ -3,6 +3,7 @@ response, early errors are still JSON, and a client that disconnects frees the m
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import socket
@@ -17,9 +18,11 @@ from tests.server.helpers import (
     Server,
     add_s1_model,
     assert_json_error,
+    audio_bytes,
     make_workdir,
     queue_pending,
     raw_post,
+    tone,
     wait_for,
 )
 
@@ -158,6 +161,28 @@ def test_clients_that_leave_while_waiting_their_turn_free_their_queue_places_at_
         running.settimeout(120)
         assert running.recv(12).startswith(b"HTTP/1.1 200")
         running.close()
+    finally:
+        server.stop()
+
+
+def test_a_client_that_leaves_while_its_reference_is_encoded_frees_its_place_within_a_chunk(tmp_path):
+    """S1-mini's codec encodes a clip chunk by chunk; a client gone stops it at the next chunk, streamed or
+    not (it ran to the clip's end before: a long upload's client could leave and still hold its place)."""
+    workdir = add_s1_model(make_workdir(tmp_path))
+    args = ("--max-reference-seconds", "200", "--load", "s1=load_s1.json")
+    server = Server(workdir, *args, load=False)
+    clip = base64.b64encode(audio_bytes(tone(200.0, sr=16000), sr=16000)).decode()  # ~5 s to encode here
+    try:
+        server.wait_healthy(["s1"])
+        for streamed in (False, True):
+            body = {"text": "hi", "max_new_tokens": 8, "reference_audio": clip, "reference_text": f"a {streamed}"}
+            client = send_invoke(server, {**body, "streaming": streamed})
+            wait_for(lambda: leases(server) == 2)  # admitted and at work
+            time.sleep(0.5)  # encoding
+            client.close()
+            closed = time.monotonic()
+            wait_for(lambda: leases(server) == 0, timeout=3.0)
+            assert time.monotonic() - closed < 1.0, f"streamed={streamed}: the encode ran on after its client left"
     finally:
         server.stop()
 
