@@ -43,7 +43,9 @@ def prepare_reference(
     `TTSEngine.encode_reference`)."""
     info = engine.info
     if reference.audio is not None:
-        clip, clip_rate = read_reference_audio(reference, info.sample_rate)
+        # (a clip whose codes cannot fit the context is refused before minutes of decoding and encoding)
+        fits = None if info.context is None or info.frame_rate is None else info.context / info.frame_rate
+        clip, clip_rate = read_reference_audio(reference, info.sample_rate, fits)
         audio = clip if clip_rate == info.sample_rate else resample(clip, clip_rate, info.sample_rate)
         return PreparedReference(engine.encode_reference(audio, stop), audio, clip, clip_rate)
     codes = reference.codes
@@ -70,10 +72,16 @@ def prepare_reference(
     return PreparedReference(codes.astype(np.int64, copy=False))
 
 
-def read_reference_audio(reference: Reference, sample_rate: int) -> tuple[np.ndarray, int]:
+def read_reference_audio(
+    reference: Reference, sample_rate: int, context_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
     """Decode (or take: samples given as an array are at `sample_rate`) the clip as mono samples at
-    its own rate and check its length: (samples, rate)."""
+    its own rate and check its length (at most `reference.max_seconds` and the `context_seconds` of audio
+    whose codes the model's context holds): (samples, rate)."""
     field, source, max_seconds = reference.field, reference.audio, reference.max_seconds
+    bound = "(--max-reference-seconds)"
+    if context_seconds is not None and (max_seconds is None or context_seconds < max_seconds):
+        max_seconds, bound = context_seconds, "(what the model's context holds)"
     if isinstance(source, np.ndarray):
         audio, rate = np.ascontiguousarray(source, dtype=np.float32), sample_rate
         if not np.isfinite(audio).all():  # (as a file's samples are checked)
@@ -82,8 +90,8 @@ def read_reference_audio(reference: Reference, sample_rate: int) -> tuple[np.nda
         if max_seconds is not None:  # refuse before decoding and resampling a long file, or a wide one
             declared, channels, rate = _declared(source)
             if declared > max_seconds:
-                raise _too_long(declared, max_seconds, field)
-            if channels * rate > MAX_DECODED_RATE:
+                raise _too_long(declared, max_seconds, bound, field)
+            if reference.max_seconds is not None and channels * rate > MAX_DECODED_RATE:  # (a server's guard)
                 raise ValueError(
                     f"{field}: the clip has {channels} channels at {rate} Hz, over the {MAX_DECODED_RATE:,} samples "
                     "a second decoded for a reference (8 channels at 192 kHz); send it as mono."
@@ -94,7 +102,7 @@ def read_reference_audio(reference: Reference, sample_rate: int) -> tuple[np.nda
             raise ValueError(f"{field}: {exc}") from None
     seconds = audio.size / rate
     if max_seconds is not None and seconds > max_seconds:
-        raise _too_long(seconds, max_seconds, field)
+        raise _too_long(seconds, max_seconds, bound, field)
     if reference.min_seconds is not None and seconds < reference.min_seconds:
         raise ValueError(
             f"{field}: the reference clip is {seconds:.3f} s long; at least {reference.min_seconds} s "
@@ -133,8 +141,8 @@ def _declared(source: bytes | Path) -> tuple[float, int, int]:
     return (0.0 if undeclared else info.frames / info.samplerate), info.channels, info.samplerate
 
 
-def _too_long(seconds: float, limit: float, field: str) -> ValueError:
+def _too_long(seconds: float, limit: float, bound: str, field: str) -> ValueError:
     return ValueError(
-        f"{field}: the reference clip is {seconds:.1f} s long; the limit is {limit:g} s "
-        "(--max-reference-seconds). Trim it to 5-10 s of speech."
+        f"{field}: the reference clip is {seconds:.1f} s long; the limit is {limit:.4g} s {bound}. "
+        "Trim it to 5-10 s of speech."
     )

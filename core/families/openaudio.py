@@ -117,7 +117,8 @@ class OpenAudioS1:
         return [self.whole_piece(request)]
 
     def whole_piece(self, request: SynthesisRequest) -> PromptText:
-        check_speakable(request.text)  # S1-mini reads the text as it is: no cleaning drops symbols first
+        # S1-mini reads the text as it is (no cleaning drops symbols first), special-token strings as tokens
+        check_speakable(self.tokenizer.plain_text(request.text))
         return PromptText(request.text, request.text)
 
     def prompt(self, piece: PromptText, request: SynthesisRequest, codes: np.ndarray | None) -> torch.Tensor:

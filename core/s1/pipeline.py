@@ -83,7 +83,7 @@ class S1Model:
             return load_audio(audio, sample_rate=self.sample_rate)
         if sample_rate is None:
             raise ValueError("sample_rate is required with raw samples")
-        samples = np.asarray(audio, dtype=np.float32).squeeze()
+        samples = np.atleast_1d(np.asarray(audio, dtype=np.float32).squeeze())  # (one sample: not a 0-d array)
         if samples.ndim != 1 or samples.size == 0 or not np.isfinite(samples).all():
             raise ValueError(f"expected non-empty finite mono samples, got shape {np.shape(audio)}")
         return samples if sample_rate == self.sample_rate else resample(samples, sample_rate, self.sample_rate)

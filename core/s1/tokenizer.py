@@ -143,6 +143,10 @@ class S1Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.encoding.decode(ids)
 
+    def plain_text(self, text: str) -> str:
+        """`text` without the special-token strings in it (each is read as one control token, not as text)."""
+        return self.decode([i for i in self.encode(text) if i < self.bpe_size])
+
 
 def load_s1_tokenizer(folder: str | Path) -> S1Tokenizer:
     folder = Path(folder)

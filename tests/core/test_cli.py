@@ -264,9 +264,14 @@ def _bad_inputs(ckpt, tmp_path):
     (tmp_path / "empty.npy").write_bytes(b"")
     (tmp_path / "a-folder.wav").mkdir()
     torch.save({"weight": torch.ones(2), "ratio": fractions.Fraction(1, 2)}, tmp_path / "objects.pth")
+    sf.write(tmp_path / "ten_minutes.wav", np.zeros(600, dtype=np.float32), 1)  # 600 samples at 1 Hz
 
     def prompt_tokens(name: str) -> list:
         return ["generate", "--text", "hi", "--prompt-text", "x", "--prompt-tokens", name, *lm_args(ckpt)]
+
+    models = ["--llama-checkpoint-path", ckpt["lm"], "--llama-config-name", ckpt["lm_config"]]
+    models += ["--vqgan-checkpoint-path", ckpt["vqgan"], "--vqgan-config-name", ckpt["vqgan_config"]]
+    models += ["--tokenizer", ckpt["tokenizer"], "--device", "cpu"]
 
     return {
         # (generate loads no VQGAN: the codes are checked against the LM)
@@ -296,6 +301,11 @@ def _bad_inputs(ckpt, tmp_path):
             "not found",
         ),
         "non-audio-file": (["vqgan", "-i", "noise.wav", *vqgan_args(ckpt)], "audio"),
+        # (refused by its header, before 10 minutes are resampled and encoded for a prompt that cannot fit)
+        "reference-past-the-context": (
+            ["tts", "--text", "hi", "--reference-audio", "ten_minutes.wav", "--reference-text", "x", *models],
+            "what the model's context holds",
+        ),
         "unknown-suffix": (["vqgan", "-i", "notes.txt", *vqgan_args(ckpt)], "unknown input type"),
         "codes-wrong-shape": (["vqgan", "-i", "codes3d.npy", *vqgan_args(ckpt)], "codes must be"),
         "codes-not-integers": (["vqgan", "-i", "float_codes.npy", *vqgan_args(ckpt)], "codes must be"),

@@ -167,9 +167,10 @@ def test_sampling_outside_s1s_ranges_is_a_422(client, s1):
     assert_json_error(client.post("/v1/models/s1/invoke", json={"text": "Hi.", "top_k": 5, **FAST}), 422)
 
 
-@pytest.mark.parametrize("text", ["!!! ??? ...", "🙂🙂🙂"])
+@pytest.mark.parametrize("text", ["!!! ??? ...", "🙂🙂🙂", "<|im_end|> <|semantic:3|>"])
 def test_a_text_with_nothing_to_speak_is_a_422_on_s1_too(client, s1, text):
-    """S1-mini reads the text as it is, with no cleaning; symbols alone would have it babble all the same."""
+    """S1-mini reads the text as it is, with no cleaning; symbols alone would have it babble all the same, and
+    special-token strings, each read as one control token."""
     error = assert_json_error(client.post("/v1/models/s1/invoke", json={"text": text, **FAST}), 422)
     assert "nothing to speak" in error["message"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.engine import S1_FAMILY, SynthesisRequest, TTSEngine
+from core.engine import S1_FAMILY, Cancelled, SynthesisRequest, TTSEngine
 from core.lm.sampling import SamplingParams
 from core.request import Reference
 from core.s1.codec.chunks import ENCODE_CHUNK_FRAMES
@@ -117,6 +117,26 @@ def test_a_long_reference_encodes_in_chunks_between_the_generation_steps(engine)
     codes, generated = frames_beside(engine, lambda: engine.encode_reference(audio), request)
     assert generated >= 20  # 24 chunks, a step before each (one task: the prefill and a step, 2 frames)
     np.testing.assert_array_equal(codes, engine.family.encode(audio))
+
+
+def test_a_reference_of_one_sample_encodes_to_one_frame(engine):
+    """(It was refused as "expected non-empty finite mono samples": the sample squeezed to a 0-d array.)"""
+    codes = engine.encode_reference(np.array([0.1], dtype=np.float32))
+    assert codes.shape == (engine.info.num_codebooks, 1)
+    np.testing.assert_array_equal(codes, engine.encode_reference(np.array([0.1, 0.0], dtype=np.float32)))
+
+
+def test_a_reference_encode_stops_between_chunks_when_told(engine):
+    audio = np.zeros(8 * ENCODE_CHUNK_FRAMES * engine.family.codec.frame_length, dtype=np.float32)
+    asked = []
+
+    def stop() -> bool:
+        asked.append(True)
+        return len(asked) > 2
+
+    with pytest.raises(Cancelled):
+        engine.encode_reference(audio, stop)
+    assert len(asked) == 3  # asked before each chunk: two ran, the third was not started
 
 
 @pytest.mark.parametrize(
