@@ -167,11 +167,11 @@ class VoiceStore:
         finally:
             os.close(fd)
 
-    def audio_path(self, voice_id: str) -> Path:
-        path = self._folder(voice_id, AUDIO) / AUDIO
-        if not path.is_file():
-            raise VoiceNotFound(voice_id)
-        return path
+    def clip(self, voice_id: str) -> bytes:
+        """The voice's clip (a WAV file), read whole under its pin: one clip complete, even while the voice is
+        deleted, renamed or saved anew."""
+        with self.pinned(voice_id) as voice:
+            return voice.clip()
 
     # -- writing ------------------------------------------------------------------------------
 

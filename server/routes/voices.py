@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from core.reference import MIN_REFERENCE_SECONDS, prepare_reference
@@ -14,7 +14,7 @@ from core.request import Reference
 from ..bodies import decode_base64, openapi_body, read_body
 from ..context import ServerContext, get_ctx
 from ..errors import ApiError
-from ..schemas import Message, Voice, VoiceCreate, VoiceList
+from ..schemas import ErrorBody, Message, Voice, VoiceCreate, VoiceList
 from ..voices import VOICE_ID_PATTERN, VoiceExists
 from . import ERROR_RESPONSES
 
@@ -84,17 +84,46 @@ async def get_voice(ctx: Ctx, voice_id: str = VoiceId) -> dict:
 
 @router.get(
     "/{voice_id}/audio",
-    response_class=FileResponse,
+    response_class=Response,
     responses={
         200: {
             "content": {"audio/wav": {}},
             "description": "The saved clip (mono WAV at the upload's rate, at most 48 kHz).",
-        }
+        },
+        206: {"content": {"audio/wav": {}}, "description": "The byte range asked for (`Range: bytes=...`)."},
+        416: {"model": ErrorBody},
     },
 )
-async def get_voice_audio(ctx: Ctx, voice_id: str = VoiceId) -> FileResponse:
-    path = await run_in_threadpool(ctx.voices.audio_path, voice_id)
-    return FileResponse(path, media_type="audio/wav", filename=f"{voice_id}.wav")
+async def get_voice_audio(request: Request, ctx: Ctx, voice_id: str = VoiceId) -> Response:
+    # read whole under the voice's pin (a few MB at most): a file served by path later could be deleted
+    # or replaced between its stat and its reading, a 500 or a clip cut short
+    clip = await run_in_threadpool(ctx.voices.clip, voice_id)
+    headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{voice_id}.wav"'}
+    span = byte_range(request.headers, len(clip))
+    if span is None:
+        return Response(clip, media_type="audio/wav", headers=headers)
+    start, stop = span
+    headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(clip)}"
+    return Response(clip[start:stop], status_code=206, media_type="audio/wav", headers=headers)
+
+
+def byte_range(headers, size: int) -> tuple[int, int] | None:
+    """The one range `Range: bytes=first-last` asks for, as (start, stop); None for the whole file: no
+    Range, or one served whole as HTTP allows (several ranges, another unit, an If-Range, last < first).
+    A range that starts past the end: 416."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", headers.get("range", "").strip())
+    if not match or match.groups() == ("", "") or "if-range" in headers:
+        return None
+    first, last = match.groups()
+    if not first:  # the last `last` bytes
+        start, stop = max(size - int(last), 0), size
+    elif last and int(last) < int(first):
+        return None
+    else:
+        start, stop = int(first), min(int(last) + 1, size) if last else size
+    if start >= stop:
+        raise ApiError(416, f"Range: the clip has {size} bytes.", headers={"Content-Range": f"bytes */{size}"})
+    return start, stop
 
 
 # (players and download managers ask HEAD first; one operation in the API docs)

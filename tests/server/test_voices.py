@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 import requests
 
+from core.audio import encode_audio
+from server.voices import VoiceStore
 from tests.server.helpers import FAST, Server, assert_json_error, audio_bytes, read_wav, tone
 
 
@@ -32,6 +35,14 @@ def test_create_list_get_use_delete(server):
     head = requests.head(server.url + "/v1/references/alice/audio")
     assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(clip.content))
     assert requests.head(server.url + "/v1/references/nobody/audio").status_code == 404
+    size = len(clip.content)
+    for asked, (start, stop) in {"bytes=100-199": (100, 200), "bytes=-10": (size - 10, size)}.items():
+        part = requests.get(server.url + "/v1/references/alice/audio", headers={"Range": asked})
+        assert part.status_code == 206 and part.content == clip.content[start:stop]
+        assert part.headers["content-range"] == f"bytes {start}-{stop - 1}/{size}"
+    past_end = requests.get(server.url + "/v1/references/alice/audio", headers={"Range": f"bytes={size}-"})
+    assert_json_error(past_end, 416)
+    assert past_end.headers["content-range"] == f"bytes */{size}"
 
     used = requests.post(server.url + "/v1/models/default/invoke", json={"text": "hi", "reference_id": "alice", **FAST})
     assert used.status_code == 200 and read_wav(used.content)[0].size > 0
@@ -58,6 +69,54 @@ def test_multipart_create_and_ids_from_names(server):
 def test_existing_id_is_a_conflict(server):
     assert create_voice(server.url, id="carol").status_code == 201
     assert_json_error(create_voice(server.url, id="carol"), 409)
+
+
+def test_a_clip_downloaded_while_its_voice_changes_is_whole_or_a_404(server, workdir):
+    """Downloads of a voice's clip while it is saved, renamed away and back, and deleted (by another
+    process on the folder, as replicas share it): each is one whole clip, or a 404, never a 500 or a cut."""
+    store = VoiceStore(workdir / "references")
+    seconds, rate = 10, 48_000  # ~1 MB: many chunks of a response to delete the file between
+    clips = [np.full(seconds * rate, value, np.float32) for value in (0.1, 0.2)]
+    wavs = {encode_audio(clip, rate, "wav") for clip in clips}  # the files the store writes
+    stop, outcomes = threading.Event(), []
+
+    def download():
+        while not stop.is_set():
+            try:
+                response = requests.get(server.url + "/v1/references/racy/audio", timeout=30)
+            except requests.RequestException as exc:
+                outcomes.append(type(exc).__name__)
+                continue
+            if response.status_code == 200:
+                outcomes.append(200 if response.content in wavs else "not one whole clip")
+            elif response.headers["content-type"].startswith("application/json"):
+                outcomes.append(response.status_code)
+            else:
+                outcomes.append(f"{response.status_code} not JSON")
+
+    downloaders = [threading.Thread(target=download) for _ in range(3)]
+    for thread in downloaders:
+        thread.start()
+    try:
+        for i in range(30):
+            store.create(
+                name="racy",
+                transcript="t",
+                codes=np.zeros((4, 50), np.int64),
+                audio=clips[i % 2],
+                sample_rate=rate,
+                model="m",
+                family="fish-speech-v0.2",
+                voice_id="racy",
+            )
+            store.rename("racy", "racy-away")
+            store.rename("racy-away", "racy")
+            store.delete("racy")
+    finally:
+        stop.set()
+        for thread in downloaders:
+            thread.join()
+    assert set(outcomes) == {200, 404}, Counter(outcomes)
 
 
 def test_voices_survive_a_restart(server, workdir):
