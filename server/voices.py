@@ -54,7 +54,7 @@ VOICE_ID = re.compile(VOICE_ID_PATTERN)
 META, CODES, AUDIO = "voice.json", "codes.npy", "audio.wav"
 LEGACY_FAMILY = FAMILY  # voices saved before the family was recorded hold Fish Speech v0.2 codes
 ABANDONED_AFTER_S = 3600  # a temporary folder this old belongs to no write in progress
-MAX_NAME_TRIES = 1000
+MAX_NAME_TRIES = 1000  # `slug-2` up to this; then `slug-<random>` (taken numbers are looked at one by one)
 # the original fish-speech server's reference routes (/v1/references/add, ...) sit where a voice's id would
 RESERVED_IDS = frozenset({"add", "list", "delete", "update"})
 # voice.json's fields besides `id` and their JSON types (`save` writes them all; `family` defaults above)
@@ -210,9 +210,7 @@ class VoiceStore:
                     _write_synced(staging / META, _meta_bytes(meta))
                     if self._claim(staging, candidate):
                         return meta
-                    if voice_id is not None:
-                        raise VoiceExists(voice_id)
-            raise VoiceExists(voice_id or name)
+            raise VoiceExists(voice_id)  # (only an id asked for ends the candidates: a name's never do)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -297,7 +295,8 @@ class VoiceStore:
         return True
 
     def _candidates(self, wanted: str | None, name: str) -> Iterator[str]:
-        """The id asked for, or the name's slug then `slug-2`, `slug-3`, ... (skipping ids seen taken)."""
+        """The id asked for, or the name's slug then `slug-2`, `slug-3`, ... (skipping ids seen taken), then
+        random suffixes without end: a name always gets an id (all names without Latin letters slug alike)."""
         if wanted is not None:
             check_new_id(wanted)
             yield wanted
@@ -307,6 +306,8 @@ class VoiceStore:
             candidate = base if n == 1 else f"{base[:58]}-{n}"
             if candidate not in RESERVED_IDS and not (self.folder / candidate).exists():
                 yield candidate
+        while True:
+            yield f"{base}-{uuid.uuid4().hex[:8]}"
 
     def _read_meta(self, folder: Path) -> dict:
         return self._check_meta(json.loads((folder / META).read_text(encoding="utf-8")), folder.name)

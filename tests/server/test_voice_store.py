@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from server.voices import VoiceExists, VoiceNotFound, VoiceStore
+from server.voices import MAX_NAME_TRIES, VOICE_ID, VoiceExists, VoiceNotFound, VoiceStore
 
 OWN, OTHER = "fish-speech-v0.2", "openaudio-s1-mini"
 
@@ -63,6 +63,17 @@ def test_another_familys_codes_that_link_out_of_the_folder_are_not_read_nor_writ
         assert voice.codes(OTHER) is None
         voice.keep_codes(OTHER, np.full((10, 5), 7, np.int64))
     assert (np.load(outside) == 9).all() and (store.codes("me", OTHER) == 7).all()
+
+
+def test_a_name_whose_numbered_ids_are_all_taken_still_gets_an_id(tmp_path):
+    """Every name without Latin letters or digits slugs to `voice`: past `voice-1000`, a random suffix."""
+    store = VoiceStore(tmp_path)
+    for n in range(1, MAX_NAME_TRIES + 1):  # the numbered ids, taken (as a folder takes them)
+        (tmp_path / "voices" / ("voice" if n == 1 else f"voice-{n}")).mkdir()
+    clip = {"audio": np.zeros(2205, np.float32), "sample_rate": 22050, "model": "m", "family": OWN}
+    ids = {store.create(name=name, transcript="t", codes=np.zeros((4, 5), np.int64), **clip)["id"] for name in "一二"}
+    assert len(ids) == 2 and all(VOICE_ID.match(voice_id) and voice_id.startswith("voice-") for voice_id in ids)
+    assert {voice["id"] for voice in store.list()} == ids
 
 
 def rename_and_delete_at_once(store: VoiceStore, voice_id: str, new_ids: list[str]) -> dict[str, str]:
