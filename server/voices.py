@@ -398,12 +398,12 @@ def family_codes_name(family: str) -> str:
     return f"codes.{family}.npy"
 
 
-def check_new_id(voice_id: str) -> None:
-    """An id a voice may take (ValueError, the client's: 422)."""
+def check_new_id(voice_id: str, field: str = "id") -> None:
+    """An id a voice may take (ValueError naming the client's `field`: 422)."""
     if not VOICE_ID.match(voice_id):
-        raise ValueError(f"id: {voice_id!r} is not a voice id (lower-case letters, digits, '-' and '_', up to 64)")
+        raise ValueError(f"{field}: {voice_id!r} is not a voice id (lower-case letters, digits, '-' and '_', up to 64)")
     if voice_id in RESERVED_IDS:
-        raise ValueError(f"id: {voice_id!r} is reserved (a route of the original server's /v1/references)")
+        raise ValueError(f"{field}: {voice_id!r} is reserved (a route of the original server's /v1/references)")
 
 
 def _meta_bytes(meta: dict) -> bytes:

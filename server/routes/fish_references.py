@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from ..bodies import MSGPACK_TYPES, decode_base64, openapi_body, openapi_msgpack_body, read_body
 from ..context import ServerContext, get_ctx
 from ..schemas import ReferenceAdd, ReferenceDelete, ReferenceUpdate
-from ..voices import VoiceExists
+from ..voices import VoiceExists, check_new_id
 from . import ERROR_RESPONSES
 from .voices import id_taken, save_voice
 
@@ -71,6 +71,7 @@ async def update_reference(request: Request, ctx: Ctx) -> Response:
     new id taken: 409."""
     body, _ = await read_body(request, ReferenceUpdate, ctx.settings.max_text_length)
     old, new = body.old_reference_id, body.new_reference_id
+    check_new_id(new, "new_reference_id")  # (the store would refuse it too, naming the field `id`)
     try:
         await run_in_threadpool(ctx.voices.rename, old, new)
     except VoiceExists:
