@@ -10,7 +10,7 @@ v0.2's 11 kHz that a 22.05 kHz copy would have lost.
 A voice is written into a hidden temporary folder, every file fsynced, then the folder is renamed
 into place (atomic on POSIX) and the parent fsynced: after a crash or `kill -9` a voice either
 exists completely or not at all. Deletion renames it away first for the same reason. Leftover
-temporary folders are swept at start. Ids are a fixed safe alphabet, so they are never paths.
+temporary folders (and codes files) are swept at start. Ids are a fixed safe alphabet, so they are never paths.
 
 Several processes may share the folder (Ray Serve replicas, on one disk or NFS): the rename itself
 claims the id (it fails when a voice of that name exists), so two saves never overwrite each other;
@@ -53,7 +53,7 @@ VOICE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # a fixed safe alphabet: ids a
 VOICE_ID = re.compile(VOICE_ID_PATTERN)
 META, CODES, AUDIO = "voice.json", "codes.npy", "audio.wav"
 LEGACY_FAMILY = FAMILY  # voices saved before the family was recorded hold Fish Speech v0.2 codes
-ABANDONED_AFTER_S = 3600  # a temporary folder this old belongs to no write in progress
+ABANDONED_AFTER_S = 3600  # a temporary folder or file this old belongs to no write in progress
 MAX_NAME_TRIES = 1000  # `slug-2` up to this; then `slug-<random>` (taken numbers are looked at one by one)
 # the original fish-speech server's reference routes (/v1/references/add, ...) sit where a voice's id would
 RESERVED_IDS = frozenset({"add", "list", "delete", "update"})
@@ -67,6 +67,9 @@ META_FIELDS = {
     "family": (str,),
     "created_at": (float, int),
 }
+FAMILY_NAME = r"[a-z0-9][a-z0-9_.-]*"  # a model family's name, as `codes.<family>.npy` holds it
+# `keep_codes`' file being written (`_temporary_name(".codes.<family>.npy")`; older versions: `.tmp-<random>`)
+KEPT_CODES_TEMPORARY = re.compile(rf"\.codes\.{FAMILY_NAME}\.npy\.tmp-.+")
 MAX_CLIP_RATE = 48_000  # a saved clip keeps its upload's rate up to this (above: more bytes, no codec hears it)
 
 
@@ -261,7 +264,7 @@ class VoiceStore:
 
     def _staging(self) -> Path:
         """A new hidden folder to write a voice into before it is published."""
-        staging = self.folder / f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+        staging = self.folder / _temporary_name()
         staging.mkdir()
         return staging
 
@@ -325,10 +328,16 @@ class VoiceStore:
         return meta
 
     def _sweep(self) -> None:
-        """Remove what an interrupted write or delete left behind (trash at once: it is unpublished)."""
+        """Remove what an interrupted write or delete left behind (trash at once: it is unpublished), and
+        the temporary codes files `keep_codes` left in voices' folders (never through a link)."""
         for entry in self.folder.iterdir():
             if entry.name.startswith(".trash-") or (entry.name.startswith(".tmp-") and _abandoned(entry)):
                 shutil.rmtree(entry, ignore_errors=True)
+            elif VOICE_ID.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+                with contextlib.suppress(OSError):
+                    for file in entry.iterdir():
+                        if KEPT_CODES_TEMPORARY.fullmatch(file.name) and _abandoned(file):
+                            file.unlink()
 
 
 class PinnedVoice:
@@ -362,7 +371,7 @@ class PinnedVoice:
     def keep_codes(self, family: str, codes: np.ndarray) -> None:
         """Store the codes another family's model made from the clip (written beside, then renamed over)."""
         name = family_codes_name(family)
-        staging = f".{name}.tmp-{uuid.uuid4().hex}"
+        staging = _temporary_name(f".{name}")
         try:
             _write_synced(staging, _npy_bytes(codes), dir_fd=self._fd)
             # readers see the old file or the new one, never a part
@@ -374,10 +383,16 @@ class PinnedVoice:
                 os.unlink(staging, dir_fd=self._fd)
 
 
+def _temporary_name(prefix: str = "") -> str:
+    """`<prefix>.tmp-<host>-<pid>-<random>`: what is written before it is renamed into place (a voice's
+    folder, a voice's `.codes.<family>.npy`) is named by its writer, so a sweep can tell it is gone."""
+    return f"{prefix}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+
+
 def _abandoned(staging: Path) -> bool:
-    """A temporary folder whose writer is gone: a dead process of this host, a name without its
-    writer (older versions), or any folder older than an hour (a write takes seconds)."""
-    host, _, pid = staging.name.removeprefix(".tmp-").rpartition("-")[0].rpartition("-")
+    """A temporary folder or file whose writer is gone: a dead process of this host, a name without its
+    writer (older versions), or any one older than an hour (a write takes seconds)."""
+    host, _, pid = staging.name.partition(".tmp-")[2].rpartition("-")[0].rpartition("-")
     try:
         if not pid.isdigit() or time.time() - staging.stat().st_mtime > ABANDONED_AFTER_S:
             return True
@@ -393,7 +408,7 @@ def _abandoned(staging: Path) -> bool:
 
 def family_codes_name(family: str) -> str:
     """Where a voice keeps the codes of a family other than its own (family names are the engine's, not a client's)."""
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", family):
+    if not re.fullmatch(FAMILY_NAME, family):
         raise ValueError(f"invalid model family {family!r}")
     return f"codes.{family}.npy"
 

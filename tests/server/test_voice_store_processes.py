@@ -50,13 +50,18 @@ def test_processes_saving_at_once_each_keep_their_voice(tmp_path):
     assert not [p for p in (tmp_path / "voices").iterdir() if p.name.startswith(".")]
 
 
-def test_only_writes_of_dead_processes_are_swept(tmp_path):
+def finished_pid() -> str:
+    """The id of a process that has ended."""
     finished = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
     )
+    return finished.stdout.strip()
+
+
+def test_only_writes_of_dead_processes_are_swept(tmp_path):
     host = socket.gethostname()
     live = tmp_path / f".tmp-{host}-{os.getpid()}-abc"
-    dead = tmp_path / f".tmp-{host}-{finished.stdout.strip()}-abc"
+    dead = tmp_path / f".tmp-{host}-{finished_pid()}-abc"
     elsewhere = tmp_path / ".tmp-another-host-1-abc"
     legacy = tmp_path / ".tmp-0123abcd"
     for folder in (live, dead, elsewhere, legacy):
@@ -65,3 +70,28 @@ def test_only_writes_of_dead_processes_are_swept(tmp_path):
     old = 2 * 3600
     os.utime(elsewhere, (elsewhere.stat().st_atime - old, elsewhere.stat().st_mtime - old))
     assert _abandoned(elsewhere)
+
+
+def test_codes_files_a_dead_writer_left_in_a_voice_are_swept_at_start(tmp_path):
+    """`keep_codes` writes `.codes.<family>.npy.tmp-...` beside a voice's files: those of a dead process
+    (or an older version) go at start; a live writer's, the voice's own files and a link's target stay."""
+    store = VoiceStore(tmp_path / "refs")
+    clip = {"audio": np.zeros(22050, np.float32), "sample_rate": 22050, "model": "m", "family": "fish-speech-v0.2"}
+    meta = store.create(name="x", transcript="t", codes=np.zeros((4, 5), np.int64), voice_id="me", **clip)
+    with store.pinned("me", meta["created_at"]) as voice:
+        voice.keep_codes("openaudio-s1-mini", np.ones((10, 5), np.int64))
+    folder = tmp_path / "refs" / "voices" / "me"
+    temporary = ".codes.openaudio-s1-mini.npy.tmp-"
+    stray = [f"{temporary}{socket.gethostname()}-{finished_pid()}-abc", f"{temporary}0123abcd"]
+    live = f"{temporary}{socket.gethostname()}-{os.getpid()}-abc"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for path in [*(folder / name for name in [*stray, live]), outside / stray[0]]:
+        path.write_bytes(b"\x93NUMPY partial")
+    (tmp_path / "refs" / "voices" / "linked").symlink_to(outside, target_is_directory=True)
+    kept = sorted(p.name for p in folder.iterdir() if p.name not in stray)
+
+    VoiceStore(tmp_path / "refs")  # a process starting on the folder
+    assert sorted(p.name for p in folder.iterdir()) == kept
+    assert (outside / stray[0]).exists()
+    assert (store.codes("me", "openaudio-s1-mini") == 1).all()
