@@ -10,7 +10,7 @@ import json
 import gradio as gr
 
 from .config import UISettings
-from .handlers import NO_VOICE, Actions, LoadedModel, ModelForm, SynthesisForm, pick_model
+from .handlers import NO_VOICE, Actions, LoadedModel, ModelForm, SynthesisForm, kept_voice, pick_model
 from .i18n import DEFAULT_LANGUAGE, LANGUAGES, pick_language, t
 from .layout import EXAMPLE_KEYS, PREVIEW_HEADERS, Page
 
@@ -37,7 +37,10 @@ def build_app(settings: UISettings | None = None) -> gr.Blocks:
         wire_language(demo, page, preview)
         wire_model_tab(demo, page, actions)
         wire_voices(page, actions)
-    return demo
+    # Every visitor's events at once (the server batches syntheses): Gradio's default runs one call of an event
+    # at a time across all visitors, so one waiting on a slow or silent server held everyone's. Within a page,
+    # the trigger modes order an event's runs ("once": none while one runs; "always_last": the last one after it).
+    return demo.queue(default_concurrency_limit=None)
 
 
 def form(data: dict, page: Page, form_class):
@@ -122,22 +125,27 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
     def server_status(lang: str, server_url: str, api_key: str) -> str:
         return actions.server_status(lang, server_url, api_key)
 
-    def reread(server_url: str, api_key: str, current: str | None = None, models: list | None = None):
+    def reread(
+        server_url: str, api_key: str, current: str | None = None, voice: str = NO_VOICE, models: list | None = None
+    ):
         """After a status check (the key may have been typed since the page loaded): the loaded model's files in
-        the model tab, the models to pick from (`current` kept if it is one), and the saved voices."""
+        the model tab, the models to pick from (`current` kept if it is one), and the saved voices (`voice`
+        kept if it is one)."""
         loaded = actions.loaded_model_form(server_url, api_key)
         fields = {} if loaded is None else dict(zip(model_fields, vars(loaded).values()))
         models = actions.loaded_models(server_url, api_key) if models is None else models
+        voices = actions.voice_choices(server_url, api_key)
         return {
             **fields,
             **model_updates(page, models, current),
-            page.voice_id: gr.update(choices=actions.voice_choices(server_url, api_key)),
+            page.voice_id: gr.update(choices=voices, value=kept_voice(voices, voice)),
         }
 
     def from_server(server_url: str, api_key: str):
         """On page load: as a status check, and the sliders at the picked model's sampling defaults."""
         models = actions.loaded_models(server_url, api_key)
-        return {**reread(server_url, api_key, None, models), **sampling_updates(page, models, pick_model(models, None))}
+        sampling = sampling_updates(page, models, pick_model(models, None))
+        return {**reread(server_url, api_key, models=models), **sampling}
 
     def pick(server_url: str, api_key: str, current: str):
         """The models the server has now, with `current` picked if it still is one of them."""
@@ -160,7 +168,7 @@ def wire_model_tab(demo: gr.Blocks, page: Page, actions: Actions) -> None:
     ).then(**refresh_picker, show_progress="hidden")
     page.status_button.click(server_status, inputs=connection, outputs=page.model_message, **PRIVATE).then(
         reread,
-        inputs=picker_inputs,
+        inputs=[*picker_inputs, page.voice_id],
         outputs=[*model_fields, *picker_outputs, page.voice_id],
         show_progress="hidden",
         **PRIVATE,
@@ -232,13 +240,12 @@ def wire_inference(page: Page, actions: Actions) -> dict:
         page.use_reference,
         page.reference_text,
     )
-    gr.on([trigger.change for trigger in triggers], **preview_event, trigger_mode="always_last", concurrency_limit=1)
+    gr.on([trigger.change for trigger in triggers], **preview_event, trigger_mode="always_last")
     synthesis = page.synthesize_button.click(
         synthesize,
         inputs=inputs,
         outputs=[page.stream_audio, page.result_audio, page.download, page.message],
         show_progress_on=[page.result_audio],
-        concurrency_limit=None,  # every visitor's at once: the server batches them (Gradio's default ran one)
         trigger_mode="always_last",  # a click during a run runs after it (Gradio's default dropped it)
         **PRIVATE,
     )
@@ -266,15 +273,16 @@ def wire_voices(page: Page, actions: Actions) -> None:
             return gr.update(), gr.update(), gr.update(), message
         return clip, transcript, True, message
 
-    def refresh(server_url: str, api_key: str):
-        return gr.update(choices=actions.voice_choices(server_url, api_key))
+    def refresh(lang: str, server_url: str, api_key: str, picked: str):
+        choices, voice_id, message = actions.refresh_voices(lang, server_url, api_key, picked)
+        return gr.update(choices=choices, value=voice_id), gr.update() if message is None else message
 
     def save(
         lang: str, server_url: str, api_key: str, name: str, clip: str | None, transcript: str, model: str, picked: str
     ):
         choices, voice_id, message = actions.save_voice(lang, server_url, api_key, name, clip, transcript, model)
         if voice_id is None:  # failed: the picked voice stays, if the server still lists it
-            voice_id = picked if picked in {value for _, value in choices} else NO_VOICE
+            voice_id = kept_voice(choices, picked)
         return gr.update(choices=choices, value=voice_id), message
 
     def delete(lang: str, server_url: str, api_key: str, voice_id: str | None):
@@ -293,7 +301,9 @@ def wire_voices(page: Page, actions: Actions) -> None:
         outputs=[page.reference_audio, page.reference_text, page.use_reference, page.message],
         **PRIVATE,
     )
-    page.refresh_voices.click(refresh, inputs=[page.server_url, page.api_key], outputs=page.voice_id, **PRIVATE)
+    page.refresh_voices.click(
+        refresh, inputs=[*connection, page.voice_id], outputs=[page.voice_id, page.message], **PRIVATE
+    )
     page.save_voice.click(
         save,
         inputs=[*connection, page.voice_name, page.reference_audio, page.reference_text, page.model, page.voice_id],
@@ -304,18 +314,21 @@ def wire_voices(page: Page, actions: Actions) -> None:
         delete,
         inputs=[*connection, page.voice_id],
         outputs=[page.voice_id, page.message],
-        js=confirm_delete_js(),  # a saved voice is gone for good: one misclick must not do it
+        js=confirm_delete_js(page.voice_id.elem_id),  # a saved voice is gone for good: one misclick must not do it
         **PRIVATE,
     )
     for event in (page.reference_audio.upload, page.reference_audio.stop_recording):
         event(own_clip, outputs=[page.voice_id, page.use_reference], show_progress="hidden", **PRIVATE)
 
 
-def confirm_delete_js() -> str:
-    """In the browser, before the delete event: asks in the page's language; "no" sends null (delete()
-    then does nothing), and no voice chosen goes on without asking (delete_voice says to choose one)."""
+def confirm_delete_js(dropdown_id: str) -> str:
+    """In the browser, before the delete event: asks in the page's language, naming the voice as the dropdown
+    (`dropdown_id`) shows it (the id alone may not be recognized); "no" sends null (delete() then does nothing),
+    and no voice chosen goes on without asking (delete_voice says to choose one)."""
     asks = json.dumps({lang: t(lang, "reference.delete_confirm") for lang in LANGUAGES}, ensure_ascii=False)
-    ask = f"(ask[lang] || ask[{json.dumps(DEFAULT_LANGUAGE)}]).replace('{{id}}', id)"
+    shown = f"document.querySelector({json.dumps(f'#{dropdown_id} input')})?.value || id"
+    # (the name by a function: "$&" in it is then no replacement pattern)
+    ask = f"(ask[lang] || ask[{json.dumps(DEFAULT_LANGUAGE)}]).replace('{{name}}', () => {shown})"
     answer = f"!id || confirm({ask}) ? id : null"
     return f"(lang, url, key, id) => {{ const ask = {asks}; return [lang, url, key, {answer}]; }}"
 

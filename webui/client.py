@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
 import requests
+from urllib3.exceptions import LocationValueError
 
 SHORT_TIMEOUT = 30.0  # health, lists, g2p, voices
 LONG_TIMEOUT = 900.0  # loading a model or synthesizing on a CPU can take minutes
@@ -181,8 +182,10 @@ class ApiClient:
             # Refused (nothing listens) vs. accepted and then closed unanswered (a server that crashed or restarted)
             dropped = "Connection aborted" in str(exc) or "RemoteDisconnected" in repr(exc)
             raise ClientError("error.connection_lost" if dropped else "error.unreachable", url=self.base_url) from None
-        except requests.exceptions.InvalidURL:
-            raise ClientError("error.unreachable", url=self.base_url) from None
+        except (requests.exceptions.InvalidURL, LocationValueError):
+            # A host no name can be (an empty label, "my..server", or one over 63 characters): urllib3 finds
+            # it only when connecting, and raises its own error, not a requests one
+            raise ClientError("error.bad_url", url=self.base_url) from None
         except requests.exceptions.RequestException:
             raise ClientError("error.unreachable", url=self.base_url) from None
         if response.status_code >= 400 and response.status_code not in accept:

@@ -228,6 +228,12 @@ class Actions:
         except (ClientError, KeyError, TypeError):
             return []
 
+    def reads_phonemes(self, server_url: str, api_key: str, name: str) -> bool:
+        """Whether the model `name` reads phonemes (v0.2: the input mode, speaker and language order apply to it,
+        not to S1-mini); as if it did when the server does not say."""
+        model = next((m for m in self.loaded_models(server_url, api_key) if m.name == name), None)
+        return model is None or model.phonemes
+
     def loaded_model_form(self, server_url: str, api_key: str = "") -> ModelForm | None:
         """The form as the server's loaded 'default' bundle was loaded (its paths as the server shows
         them), so a later 'Load model' reloads the same files; None when there is none."""
@@ -273,10 +279,10 @@ class Actions:
         if not (form.text or "").strip():
             return [], ""
         try:
-            fields, _, _ = invoke_request(form, need_reference=False)
+            phonemes = self.reads_phonemes(server_url, api_key, form.model)
+            fields, _, _ = invoke_request(form, need_reference=False, phonemes=phonemes)
             client = self.client(server_url, api_key)
-            model = next((m for m in self.loaded_models(server_url, api_key) if m.name == form.model), None)
-            if model is not None and not model.phonemes:  # S1-mini reads the text whole, as it is
+            if not phonemes:  # S1-mini reads the text whole, as it is
                 return [[0, form.text, "-", "-"]], ""
             if fields.get("reference_id") and fields.get("reference_text") is None:  # as the server: its transcript
                 voice = next((v for v in client.list_voices() if v["id"] == fields["reference_id"]), {})
@@ -300,7 +306,8 @@ class Actions:
         """(result audio path, the same file for download, message)."""
         started = time.monotonic()
         try:
-            fields, audio, filename = invoke_request(form)
+            phonemes = self.reads_phonemes(server_url, api_key, form.model)
+            fields, audio, filename = invoke_request(form, phonemes=phonemes)
             if progress is not None:
                 progress(None, desc=t(lang, "progress.synthesizing"))
             result = self.client(server_url, api_key).invoke(form.model, fields, audio, filename)
@@ -316,7 +323,8 @@ class Actions:
         started = time.monotonic()
         pcm, carry = bytearray(), b""
         try:
-            fields, audio, filename = invoke_request(form)
+            phonemes = self.reads_phonemes(server_url, api_key, form.model)
+            fields, audio, filename = invoke_request(form, phonemes=phonemes)
             stream = self.client(server_url, api_key).invoke_stream(form.model, fields, audio, filename)
             rate = stream.sample_rate
             for part in stream:
@@ -341,17 +349,29 @@ class Actions:
     # -- saved voices ---------------------------------------------------------------------------
 
     def voice_choices(self, server_url: str, api_key: str = "") -> list[tuple[str, str]]:
-        """(shown name, id) of the saved voices, after the 'none' entry; [] entries if unreachable."""
+        """(shown name, id) of the saved voices, after the 'none' entry; that entry alone if unreachable."""
+        return self._voice_choices(server_url, api_key)[0]
+
+    def _voice_choices(self, server_url: str, api_key: str) -> tuple[list[tuple[str, str]], ClientError | None]:
+        """voice_choices, and why the server's list could not be read (None when it was)."""
         try:
             voices = self.client(server_url, api_key).list_voices()
-        except ClientError:
-            voices = []
+        except ClientError as exc:
+            return [("—", NO_VOICE)], exc
         voices = sorted(voices, key=lambda v: v.get("created_at", 0))
         names = [v["name"] for v in voices]
         # The name alone, unless two voices share it.
-        return [("—", NO_VOICE)] + [
-            (v["name"] if names.count(v["name"]) == 1 else f"{v['name']} ({v['id']})", v["id"]) for v in voices
-        ]
+        shown = [(v["name"] if names.count(v["name"]) == 1 else f"{v['name']} ({v['id']})", v["id"]) for v in voices]
+        return [("—", NO_VOICE), *shown], None
+
+    def refresh_voices(
+        self, lang: str, server_url: str, api_key: str, picked: str | None
+    ) -> tuple[list[tuple[str, str]], str, str | None]:
+        """'Refresh list': (the voice choices, the picked voice if still listed (`kept_voice`), None or why the
+        list could not be read; then "none" alone is listed, and picked)."""
+        choices, error = self._voice_choices(server_url, api_key)
+        message = None if error is None else failure_html(lang, "error.voice", error)
+        return choices, kept_voice(choices, picked), message
 
     def select_voice(
         self, lang: str, server_url: str, api_key: str, voice_id: str
@@ -408,6 +428,13 @@ class Actions:
         return self.voice_choices(server_url, api_key), message_html(lang, "reference.deleted", error=False, name=name)
 
 
+def kept_voice(choices: list[tuple[str, str]], picked: str | None) -> str:
+    """The voice dropdown's value after its choices change: the picked voice while listed, else "none". (Gradio
+    refuses a value its dropdown does not list before any handler runs, "Value: … is not in the list of
+    choices", so every later event of the page failed.)"""
+    return picked if picked in {value for _, value in choices} else NO_VOICE
+
+
 def finished(lang: str, audio: bytes, suffix: str, started: float) -> tuple[str | None, str | None, str]:
     """(result file, the same file for download, "done in N s") for a synthesis's whole audio."""
     try:
@@ -462,9 +489,12 @@ def seed(value) -> int | None:
     return int(value)
 
 
-def invoke_request(form: SynthesisForm, need_reference: bool = True) -> tuple[dict, bytes | None, str]:
+def invoke_request(
+    form: SynthesisForm, need_reference: bool = True, phonemes: bool = True
+) -> tuple[dict, bytes | None, str]:
     """The invoke fields (the original UI's, plus seed, format and the reference) and the clip
-    (`need_reference=False`: the fields only, for the preview)."""
+    (`need_reference=False`: the fields only, for the preview). The language order only for a model that reads
+    phonemes (`phonemes`): S1-mini has no use for it, and the page hides it then."""
     if not (form.text or "").strip():
         raise UIError("error.empty_text")
     fields = {
@@ -474,12 +504,13 @@ def invoke_request(form: SynthesisForm, need_reference: bool = True) -> tuple[di
         "top_p": float(form.top_p),
         "repetition_penalty": float(form.repetition_penalty),
         "temperature": float(form.temperature),
-        "order": language_order(form),
         "use_g2p": form.mode == "phonemes",
         "seed": seed(form.seed),
         "speaker": (form.speaker or "").strip() or None,
         "format": form.output_format,
     }
+    if phonemes:
+        fields["order"] = language_order(form)
     audio, filename = None, "reference.wav"
     if form.use_reference:
         fields["reference_text"] = reference_transcript(form)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import socket
 
 import pytest
 import requests
@@ -171,7 +172,7 @@ def test_record_reference_from_microphone_and_save_it_as_a_voice(playwright, ui)
         page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
         page.locator("#fishtts-delete-voice").click()
         page.wait_for_timeout(1500)
-        assert asked == ['Delete the saved voice "mic-voice"? This cannot be undone.'], asked
+        assert asked == ['Delete the saved voice "Mic voice"? This cannot be undone.'], asked  # (its id had shown)
         assert page.locator("#fishtts-voice input").input_value() == "Mic voice"
         assert "deleted" not in page.locator("#fishtts-message").inner_text()
         page.once("dialog", lambda dialog: dialog.accept())
@@ -312,3 +313,61 @@ def test_clear_during_a_synthesis_cancels_it(browser, ui):
         assert "Done" not in page.locator("#fishtts-message").inner_text()
     finally:
         page.context.close()
+
+
+def test_a_picked_voice_deleted_elsewhere_leaves_the_page_working(browser, ui, tmp_path):
+    """Deleted by another client, then "Refresh list": the dropdown had kept the gone voice, and every later event
+    was a raw Gradio error ("Value: ... is not in the list of choices", in English on any page)."""
+    wav = synthesize_speech(tmp_path / "voice.wav", REFERENCE_TEXT)
+    page = open_page(browser, ui.url + "?lang=zh", "zh-CN")
+    try:
+        page.locator("#fishtts-synthesize").filter(has_text="合成").wait_for()
+        page.locator("#fishtts-text textarea").fill("Hello there.")
+        tokens = page.locator("#fishtts-max-new-tokens input[type=number]")
+        tokens.fill("8")
+        tokens.press("Enter")
+        page.get_by_role("tab", name="参考音频").click()
+        page.locator("#fishtts-reference-audio input[type=file]").set_input_files(str(wav))
+        page.locator("#fishtts-reference-text textarea").fill(REFERENCE_TEXT)
+        page.get_by_label("音色名称").fill("Short-lived")
+        page.locator("#fishtts-save-voice").click()
+        page.wait_for_function("() => document.querySelector('#fishtts-voice input').value === 'Short-lived'")
+        voices = requests.get(ui.api_url + "/v1/references", timeout=10).json()["references"]
+        voice_id = next(v["id"] for v in voices if v["name"] == "Short-lived")
+        assert requests.delete(f"{ui.api_url}/v1/references/{voice_id}", timeout=10).status_code == 200
+
+        page.get_by_role("button", name="刷新列表").click()
+        page.wait_for_function("() => document.querySelector('#fishtts-voice input').value === '—'")
+        page.locator("#fishtts-synthesize").click()  # with the clip still in the reference box
+        page.wait_for_function(AUDIO_HAS_SOURCE, timeout=120_000)
+        page.locator("#fishtts-message").get_by_text("完成").wait_for()
+        assert "not in the list of choices" not in page.locator("body").inner_text()
+    finally:
+        page.context.close()
+
+
+def test_a_visitor_waiting_on_a_silent_server_holds_up_no_one_else(browser, ui):
+    """Gradio ran one call of an event at a time across all visitors: a page pointed at an address that accepts
+    connections and never answers held every other visitor's preview and status check for its timeouts (~60 s)."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; no one answers
+    stuck, other = (open_page(browser, ui.url + "?lang=en", "en-US") for _ in range(2))
+    try:
+        for page in (stuck, other):
+            page.locator("#fishtts-synthesize").filter(has_text="Synthesize").wait_for()
+        stuck.get_by_role("tab", name="Model configuration").click()
+        stuck.get_by_label("Server address").fill(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        stuck.get_by_role("button", name="Check server status").click()
+        stuck.get_by_role("tab", name="Inference configuration").click()
+        stuck.locator("#fishtts-text textarea").fill("Waiting for a silent server.")
+        stuck.wait_for_timeout(1500)  # both of its calls wait on the silent server
+
+        other.locator("#fishtts-text textarea").fill("Another visitor types.")
+        preview = "() => document.querySelector('#fishtts-preview').innerText.includes('Another visitor')"
+        other.wait_for_function(preview, timeout=15_000)  # (the silent server's timeout is 30 s)
+        other.get_by_role("tab", name="Model configuration").click()
+        other.get_by_role("button", name="Check server status").click()
+        other.locator("#fishtts-model-message").get_by_text("Connected to").wait_for(timeout=15_000)
+    finally:
+        silent.close()  # (the waiting calls end: their connections are reset)
+        for page in (stuck, other):
+            page.context.close()

@@ -249,6 +249,18 @@ def test_the_preview_of_an_s1_model_is_the_text_whole(server, actions):
     assert len(actions.preview("en_US", server.url, "", fast(text=text))[0]) > 1  # v0.2's pieces
 
 
+def test_the_language_priority_applies_to_v02_only(server, actions):
+    """S1-mini reads the text as it is, and the page hides the priority for it: a repeated one left from a v0.2
+    model had refused its synthesis."""
+    repeated = fast(model="s1", language_2="zh", max_new_tokens=16)
+    path, _, html = actions.synthesize("en_US", server.url, "", repeated)
+    assert path and "fishtts-ok" in html, html
+    assert list(actions.synthesize_stream("en_US", server.url, "", repeated))[-1][1] is not None
+    assert actions.preview("en_US", server.url, "", repeated) == ([[0, repeated.text, "-", "-"]], None)
+    _, _, html = actions.synthesize("en_US", server.url, "", dataclasses.replace(repeated, model="default"))
+    assert t("en_US", "languages.duplicate") in html  # v0.2 reads it: still refused
+
+
 def test_the_preview_of_a_saved_voice_reads_its_transcript_as_the_server_does(server, actions, reference_wav):
     """With its transcript box emptied, the server reads the voice's saved transcript; the preview did not."""
     _, voice_id, html = actions.save_voice("en_US", server.url, "", "Preview Voice", str(reference_wav), "Good day.")
@@ -288,13 +300,15 @@ def test_a_result_that_cannot_be_saved_is_explained(server, actions, monkeypatch
     assert t("zh_CN", "error.save_result") in html
 
 
-def test_every_visitors_synthesis_runs_at_once():
-    """Gradio runs one call of an event at a time unless told: a visitor waited for every other's synthesis."""
+def test_every_visitors_events_run_at_once():
+    """Gradio runs one call of an event at a time, across all visitors, unless told: a visitor waited for every
+    other's synthesis, and for a preview or status check held by another visitor's silent server."""
     from webui.app import build_app
 
     demo = build_app(UISettings(api_url="http://127.0.0.1:9"))
-    (synthesize,) = [fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "synthesize"]
-    assert synthesize.concurrency_limit is None
+    default = demo._queue.default_concurrency_limit
+    limits = {default if fn.concurrency_limit == "default" else fn.concurrency_limit for fn in demo.fns.values()}
+    assert limits == {None}
 
 
 def test_a_failed_save_keeps_the_picked_voice_only_while_it_is_listed(server, actions, reference_wav):
@@ -312,6 +326,35 @@ def test_a_failed_save_keeps_the_picked_voice_only_while_it_is_listed(server, ac
         assert gone["value"] == "" and gone["choices"] == [("—", "")]
     finally:
         actions.delete_voice("en_US", server.url, "", voice_id)
+
+
+def test_a_picked_voice_the_server_no_longer_lists_is_unpicked(server, actions, reference_wav):
+    """(deleted elsewhere, then "Refresh list" or "Check server status": the dropdown kept the gone voice as its
+    value, and every later event was a raw Gradio error, "Value: ... is not in the list of choices")"""
+    from webui.app import build_app
+
+    demo = build_app(UISettings(api_url=server.url))
+    fns = {getattr(fn.fn, "__name__", ""): fn.fn for fn in demo.fns.values()}
+    (dropdown,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "fishtts-voice"]
+    _, kept, _ = actions.save_voice("en_US", server.url, "", "Listed Voice", str(reference_wav), "Hi.")
+    _, gone, _ = actions.save_voice("en_US", server.url, "", "Gone Voice", str(reference_wav), "Hi.")
+    actions.client(server.url).delete_voice(gone)  # by another client
+    try:
+        for lang in ("en_US", "zh_CN"):
+            voices, message = fns["refresh"](lang, server.url, "", gone)
+            assert voices["value"] == "" and kept in {value for _, value in voices["choices"]}
+            assert message == {"__type__": "update"}  # (the message box left as it was)
+            assert fns["refresh"](lang, server.url, "", kept)[0]["value"] == kept
+            # the server down: "none" alone is listed and picked, and the message says why
+            voices, message = fns["refresh"](lang, "http://127.0.0.1:9", "", kept)
+            assert voices["value"] == "" and voices["choices"] == [("—", "")]
+            assert_readable(message, lang, "error.voice")
+            assert t(lang, "error.unreachable", url="http://127.0.0.1:9") in message
+        assert fns["reread"](server.url, "", "default", gone)[dropdown]["value"] == ""
+        assert fns["reread"](server.url, "", "default", kept)[dropdown]["value"] == kept
+        assert fns["reread"]("http://127.0.0.1:9", "", "default", kept)[dropdown]["value"] == ""
+    finally:
+        actions.delete_voice("en_US", server.url, "", kept)
 
 
 def test_clear_and_language_switch_are_wired():
@@ -411,11 +454,29 @@ def test_server_rejections_are_shown_briefly(server, actions, tmp_path):
     assert voice_id is None and t("en_US", "reference.need_name") in html  # (the picker is left as it was)
 
 
-@pytest.mark.parametrize("url", ["localhost:8000", "http://[::1", "http://127.0.0.1:99999", "http://host:port"])
-def test_bad_server_address(actions, url):
+@pytest.mark.parametrize(
+    "url",
+    [
+        "localhost:8000",
+        "http://[::1",
+        "http://127.0.0.1:99999",
+        "http://host:port",
+        "http://my..server:8000",  # (found by urllib3 only when connecting: a bare Gradio "Error")
+        f"http://{'a' * 64}.example:8000",  # a label over 63 characters
+    ],
+)
+def test_bad_server_address(actions, url, reference_wav):
     _, _, html = actions.synthesize("en_US", url, "", fast())
     assert t("en_US", "error.bad_url", url=url) in html
     assert t("zh_CN", "error.bad_url", url=url) in actions.server_status("zh_CN", url, "")
+    steps = list(actions.synthesize_stream("zh_CN", url, "", fast()))
+    assert t("zh_CN", "error.bad_url", url=url) in steps[-1][3]
+    assert t("en_US", "error.bad_url", url=url) in actions.preview("en_US", url, "", fast())[1]
+    assert t("zh_CN", "error.bad_url", url=url) in actions.load_model("zh_CN", url, "", TINY_MODEL)
+    assert t("en_US", "error.bad_url", url=url) in actions.select_voice("en_US", url, "", "a-voice")[2]
+    _, _, html = actions.save_voice("zh_CN", url, "", "Voice", str(reference_wav), "Hi.")
+    assert t("zh_CN", "error.bad_url", url=url) in html
+    assert actions.voice_choices(url) == [("—", "")] and actions.loaded_models(url) == []
 
 
 @pytest.mark.parametrize("key", ["密钥", "s3c\nret", "tab\there"])  # (a trailing line break is stripped)
