@@ -3,6 +3,8 @@
 #   ./fishtts.sh tts --text "你好，世界" -o hello.wav
 # It runs in the checkout (where checkpoints/ is), so relative paths in its arguments are the checkout's.
 set -euo pipefail
+# $FISHTTS_CHECKPOINTS_DIR relative to where it is started, as launch.sh reads it
+case "${FISHTTS_CHECKPOINTS_DIR:-/}" in /*) ;; *) export FISHTTS_CHECKPOINTS_DIR="$PWD/$FISHTTS_CHECKPOINTS_DIR" ;; esac
 cd "$(dirname "$0")"
 scripts/bootstrap.sh ""
 if [ "${1:-}" = "tts" ] || [ "${1:-}" = "generate" ] || [ "${1:-}" = "vqgan" ]; then

@@ -87,7 +87,8 @@ def read_reference_audio(
         if not np.isfinite(audio).all():  # (as a file's samples are checked)
             raise ValueError(f"{field}: the clip contains NaN or infinite samples")
     else:
-        if max_seconds is not None:  # refuse before decoding and resampling a long file, or a wide one
+        # refuse before decoding and resampling a long file, or a wide one (a pipe's header is read once, whole)
+        if max_seconds is not None and (isinstance(source, bytes) or Path(source).is_file()):
             declared, channels, rate = _declared(source)
             if declared > max_seconds:
                 raise _too_long(declared, max_seconds, bound, field)

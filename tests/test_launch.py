@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import pty
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,6 +178,28 @@ def test_a_second_ctrl_c_stops_everything_at_once(workdir):
         assert left == set(), f"still shutting down after the script exited: {left}\n{launch.output()[-2500:]}"
     finally:
         launch.kill_all()
+
+
+def test_fishtts_sh_reads_a_relative_checkpoints_dir_from_where_it_starts(tmp_path):
+    """As launch.sh does: `FISHTTS_CHECKPOINTS_DIR=models` is the caller's ./models, not the checkout's (the
+    script runs in its checkout; the files found there had been downloaded again). The setup and the CLI are
+    stand-ins that say what they were given."""
+    checkout, user = tmp_path / "checkout", tmp_path / "user"
+    (checkout / "scripts").mkdir(parents=True)
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(ROOT / "fishtts.sh", checkout)
+    said = tmp_path / "said.txt"
+    (checkout / "scripts" / "bootstrap.sh").write_text("#!/bin/sh\n")
+    (checkout / ".venv" / "bin" / "fishtts").write_text(f'#!/bin/sh\necho "$* | $FISHTTS_CHECKPOINTS_DIR" >> {said}\n')
+    for script in (checkout / "scripts" / "bootstrap.sh", checkout / ".venv" / "bin" / "fishtts"):
+        script.chmod(0o755)
+    (user / "models").mkdir(parents=True)
+    for name in ("vqgan-v1.pth", "text2semantic-400m-v0.2-4k.pth", "tokenizer.json"):
+        (user / "models" / name).write_bytes(b"")
+    env = {**os.environ, "FISHTTS_CHECKPOINTS_DIR": "models"}
+    result = subprocess.run([str(checkout / "fishtts.sh"), "tts", "--text", "hi"], cwd=user, env=env, timeout=60)
+    assert result.returncode == 0
+    assert said.read_text() == f"tts --text hi | {user}/models\n"  # no download; the CLI looks in ./models
 
 
 def test_when_one_process_dies_the_other_is_stopped(workdir):

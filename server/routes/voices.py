@@ -111,7 +111,8 @@ def byte_range(headers, size: int) -> tuple[int, int] | None:
     """The one range `Range: bytes=first-last` asks for, as (start, stop); None for the whole file: no
     Range, or one served whole as HTTP allows (several ranges, another unit, an If-Range, last < first).
     A range that starts past the end: 416."""
-    match = re.fullmatch(r"bytes=(\d*)-(\d*)", headers.get("range", "").strip())
+    # (more digits than any file's size: no range to serve, and no int() of thousands of digits)
+    match = re.fullmatch(r"bytes=(\d{0,18})-(\d{0,18})", headers.get("range", "").strip())
     if not match or match.groups() == ("", "") or "if-range" in headers:
         return None
     first, last = match.groups()

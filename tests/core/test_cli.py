@@ -141,6 +141,28 @@ def test_tts_speaks_in_one_step(ckpt, speech_wav, tmp_path, with_reference, suff
     assert "real-time factor" in result.stderr
 
 
+def test_tts_reads_its_reference_from_a_pipe(ckpt, speech_wav, tmp_path):
+    """README: `--reference-audio` may be a pipe. A look at its header before reading it had taken the header
+    away (the file then "not readable"; a FIFO whose writer had gone waited for good)."""
+    models = ["--llama-checkpoint-path", ckpt["lm"], "--llama-config-name", ckpt["lm_config"], "--no-g2p"]
+    models += ["--vqgan-checkpoint-path", ckpt["vqgan"], "--vqgan-config-name", ckpt["vqgan_config"]]
+    models += ["--tokenizer", ckpt["tokenizer"], "--device", "cpu", "--max-new-tokens", "10"]
+    args = ["tts", "--text", "Good morning.", "--reference-text", "A short reference clip.", *models]
+    from_file = run_cli([*args, "--reference-audio", speech_wav, "-o", "file.wav"], cwd=tmp_path)
+    assert from_file.returncode == 0, from_file.stderr
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "HF_HUB_OFFLINE": "1"}
+    piped = subprocess.run(
+        [sys.executable, "-m", "fishtts", *map(str, args), "--reference-audio", "/dev/stdin", "-o", "pipe.wav"],
+        cwd=tmp_path,
+        env=env,
+        input=speech_wav.read_bytes(),  # (through a pipe: subprocess feeds it)
+        capture_output=True,
+        timeout=300,
+    )
+    assert piped.returncode == 0, piped.stderr.decode(errors="replace")
+    np.testing.assert_array_equal(sf.read(tmp_path / "pipe.wav")[0], sf.read(tmp_path / "file.wav")[0])
+
+
 def test_tts_stream_writes_the_same_audio_as_it_comes_and_reports_the_first_audio(ckpt, tmp_path):
     import io
     import os
