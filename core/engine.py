@@ -356,6 +356,7 @@ class TTSEngine:
             raise ValueError("num_samples must be >= 1")
         if num_samples > self.max_batch_size:
             raise ValueError(f"num_samples is {num_samples}; at most {self.max_batch_size} run as one batch")
+        self.scheduler.refuse_own_thread()
         if prompt is None:
             prompt = self.encode_prompt(request)
         sequences = self._sequences(request, prompt, num_samples, request.seed, ignore_stop)
@@ -420,6 +421,7 @@ class TTSEngine:
         is encoded, before the stream exists to be cancelled: Cancelled (`encode_reference`).
         """
         self._need_codec()
+        self.scheduler.refuse_own_thread()
         codes = self._check(request, stop)
         pieces = self.read_text(request, 0 if codes is None else codes.shape[1], max_segment_weight)
         sequences = []
@@ -451,9 +453,13 @@ class TTSEngine:
         cancels the reference's encode before it (`stream`)."""
         # (no first audio to hurry: four pieces at once)
         stream = self.stream(request, max_parallel=4, ignore_stop=ignore_stop, streamed=False, stop=stop)
-        if on_stream is not None:
-            on_stream(stream)
-        chunks = list(stream)
+        try:
+            if on_stream is not None:
+                on_stream(stream)
+            chunks = list(stream)
+        except BaseException:  # the callback's error, or a Ctrl-C before the stream was iterated: stop it too
+            stream.cancel()
+            raise
         if not chunks:
             raise ValueError("the model produced no audio for this text (try a larger max_new_tokens)")
         return np.concatenate(chunks)

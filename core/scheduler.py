@@ -153,6 +153,12 @@ class Scheduler:
             return fn()
         return self.call(fn, priority).result()
 
+    def refuse_own_thread(self) -> None:
+        """For work its caller will wait for: from the scheduler's own thread (a callback of its work that calls
+        the engine) that wait could never end, and every later request would wait behind it."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("the engine cannot be called to generate from inside its own callback (progress)")
+
     def cancel(self, owner: object) -> None:
         """Drop the owner's waiting jobs and tasks, and stop its active sequences before the next step
         (their `on_done` gets `Cancelled`). Work the owner submits afterwards is not affected."""

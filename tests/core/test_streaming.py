@@ -303,3 +303,46 @@ def test_fade_is_a_smooth_ramp():
     assert rising[0] == 0 and rising[99] == pytest.approx(1) and np.all(np.diff(rising[:100]) >= 0)
     assert falling[-1] == 0 and np.all(rising[100:] == 1) and np.all(falling[:900] == 1)
     assert np.all(chunk == 1)  # not modified in place
+
+
+def test_a_progress_callback_that_calls_the_engine_is_refused_not_a_hang(tiny_checkpoints):
+    """`progress` runs on the scheduler's thread: a generation started there and waited for could never run,
+    and the engine hung for good (every later request, `close()`, the interpreter's exit)."""
+    engine = load_tiny_engine(tiny_checkpoints)
+    request = SynthesisRequest("hi there", max_frames=4, seed=1, use_g2p=False)
+    errors = []
+
+    def calls_back() -> None:
+        engine.synthesize(request)
+
+    def outer() -> None:
+        try:
+            engine.generate_codes(request, progress=calls_back)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    try:
+        worker = threading.Thread(target=outer, daemon=True)
+        worker.start()
+        worker.join(60)
+        assert not worker.is_alive(), "the engine hung"
+        assert len(errors) == 1 and "inside its own callback" in str(errors[0])
+        assert engine.synthesize(request).size > 0  # and it still works
+    finally:
+        if not worker.is_alive():  # (a hung scheduler would hang its close too)
+            engine.close()
+
+
+def test_a_whole_synthesis_whose_on_stream_fails_stops_its_stream(tiny_engine):
+    """An error in `on_stream` (or a Ctrl-C before the stream was read) left the stream generating to its
+    end, holding its batch slot."""
+    streams = []
+
+    def fails(stream) -> None:
+        streams.append(stream)
+        raise KeyError("the caller's bug")
+
+    with pytest.raises(KeyError):
+        tiny_engine.synthesize(SynthesisRequest("hi there", max_frames=200, seed=1, use_g2p=False), on_stream=fails)
+    with pytest.raises(Cancelled):
+        list(streams[0])
