@@ -106,6 +106,21 @@ def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarra
     return out[:n] if out.shape[-1] >= n else np.pad(out, (0, n - out.shape[-1]))
 
 
+def input_samples(audio, field: str) -> np.ndarray:
+    """Samples a caller gives as an array: floating point (integer PCM would be read 32767x too loud), mono (dims
+    of size 1 dropped), non-empty and finite; as contiguous float32."""
+    audio = np.asarray(audio)
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise AudioError(f"{field}: samples must be floating point in [-1, 1], got {audio.dtype} (scale integer PCM)")
+    if audio.ndim != 1 and sum(size > 1 for size in audio.shape) <= 1:
+        audio = audio.reshape(-1)
+    if audio.ndim != 1 or audio.size == 0:
+        raise AudioError(f"{field}: expected non-empty mono samples, got shape {np.shape(audio)}")
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{field}: the clip contains NaN or infinite samples")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
 def _mono_samples(audio) -> np.ndarray:
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:

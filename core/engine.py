@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import numbers
 import os
 import threading
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, input_samples
 from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, LM_FILENAME, VQGAN_FILENAME, require_checkpoint
 from .device import lm_dtype, release_openmp_threads, resolve_device
 from .families import FAMILIES, FISH_SPEECH_V02, OPENAUDIO_S1_MINI, ModelFamily
@@ -120,7 +121,11 @@ class TTSEngine:
         self.lm = self.family.lm
         self.device = torch.device(device)
         self.compile = compile
-        if max_batch_size is not None and not 0 <= max_batch_size <= MAX_BATCH_SIZE:
+        if max_batch_size is not None and (
+            isinstance(max_batch_size, bool)
+            or not isinstance(max_batch_size, numbers.Integral)
+            or not 0 <= max_batch_size <= MAX_BATCH_SIZE
+        ):
             raise ValueError(f"max_batch_size must be from 1 to {MAX_BATCH_SIZE} (0: sized to the device)")
         self.max_batch_size = max_batch_size or default_max_batch(self.device, self.lm)
         self.lock = threading.RLock()
@@ -278,6 +283,7 @@ class TTSEngine:
         encodes chunk by chunk (S1's) does so one scheduler task per chunk, as `decode_codes` decodes, and
         `stop()` true before a chunk: Cancelled."""
         self._need_codec()
+        audio = input_samples(audio, "audio")
         encoder = self.family.chunk_encoder(audio) if self.lm is not None else None
         if encoder is None:
             return self._model_call(lambda: self.family.encode(audio))
@@ -294,7 +300,9 @@ class TTSEngine:
         holds up the generations in progress by one chunk at a time, not by all of it; the chunks join to
         the one-piece decode within float rounding. `stop()` true before a chunk: Cancelled."""
         self._need_codec()
-        codes = torch.as_tensor(codes)
+        codes = torch.as_tensor(_integer_array(codes))
+        if codes.dim() > 2:  # (S1's codec takes a batch, and the engine would have decoded its first item alone)
+            raise ValueError(f"codes must be [codebooks, T], got shape {tuple(codes.shape)}")
         if self.lm is None or codes.dim() == 0 or codes.shape[-1] == 0:  # (empty: the codec's own refusal)
             return self._model_call(lambda: self.family.decode(codes))
         decoder = self.family.chunk_decoder(streamed=False)
@@ -463,6 +471,16 @@ class TTSEngine:
         if not chunks:
             raise ValueError("the model produced no audio for this text (try a larger max_new_tokens)")
         return np.concatenate(chunks)
+
+
+def _integer_array(codes):
+    """Integer numpy codes as int64 torch can compare (not unsigned) and take (no negative strides, native
+    order); values past int64 are refused. Other arrays and tensors as they are, for the codec's own checks."""
+    if not isinstance(codes, np.ndarray) or not np.issubdtype(codes.dtype, np.integer):
+        return codes
+    if codes.dtype.kind == "u" and codes.size and codes.max() > np.iinfo(np.int64).max:
+        raise ValueError("code values out of range (past 2**63)")
+    return np.ascontiguousarray(codes, dtype=np.int64)
 
 
 __all__ = [

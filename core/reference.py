@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
-from .audio import UNKNOWN_LENGTH, read_audio, resample
+from .audio import UNKNOWN_LENGTH, input_samples, read_audio, resample
 from .request import Reference
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def prepare_reference(
         raise ValueError(f"{field}: codes must have shape [{info.num_codebooks}, T] with values {values}.")
     # int64, as the prompt adds each codebook's offset in the codes' own type (int8 codes past 125 wrapped
     # around, a wrong voice) and torch has no arithmetic for unsigned 64-bit; the values fit, checked above
-    return PreparedReference(codes.astype(np.int64, copy=False))
+    return PreparedReference(np.ascontiguousarray(codes, dtype=np.int64))  # (a view torch cannot take: copied)
 
 
 def read_reference_audio(
@@ -83,9 +83,7 @@ def read_reference_audio(
     if context_seconds is not None and (max_seconds is None or context_seconds < max_seconds):
         max_seconds, bound = context_seconds, "(what the model's context holds)"
     if isinstance(source, np.ndarray):
-        audio, rate = np.ascontiguousarray(source, dtype=np.float32), sample_rate
-        if not np.isfinite(audio).all():  # (as a file's samples are checked)
-            raise ValueError(f"{field}: the clip contains NaN or infinite samples")
+        audio, rate = input_samples(source, field), sample_rate
     else:
         # refuse before decoding and resampling a long file, or a wide one (a pipe's header is read once, whole)
         if max_seconds is not None and (isinstance(source, bytes) or Path(source).is_file()):

@@ -46,6 +46,16 @@ class Reference:
     def __post_init__(self):
         if (self.audio is None) == (self.codes is None):
             raise ValueError(f"{self.field}: give the reference as audio or as codes (exactly one)")
+        audio = self.audio
+        if isinstance(audio, (bytearray, memoryview)):
+            object.__setattr__(self, "audio", bytes(audio))
+        elif isinstance(audio, str):
+            object.__setattr__(self, "audio", Path(audio))
+        elif audio is not None and not isinstance(audio, (bytes, Path, np.ndarray)):
+            raise ValueError(
+                f"{self.field}: audio must be encoded bytes, a file path or a numpy array of samples, got "
+                f"{type(audio).__name__}"
+            )
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,17 @@ class SynthesisRequest:
             object.__setattr__(self, "seed", _whole("seed", self.seed))
             if not 0 <= self.seed <= MAX_SEED:
                 raise ValueError(f"seed: must be from 0 to {MAX_SEED}, got {self.seed}")
+        for name in ("use_g2p", "code_mask", "streaming"):  # (a string "no" would be true)
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name}: must be true or false, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        if not isinstance(self.order, str):
+            raise ValueError(f"order: must be a string like {DEFAULT_ORDER!r}, got {self.order!r}")
         check_order(self.order)
+        if self.reference is not None and not isinstance(self.reference, Reference):
+            raise ValueError(f"reference: must be a Reference (audio or codes), got {type(self.reference).__name__}")
+        if not isinstance(self.sampling, SamplingParams):
+            raise ValueError(f"sampling: must be SamplingParams, got {type(self.sampling).__name__}")
         if self.reference is not None and self.reference.audio is not None and self.transcript is None:
             raise ValueError(f"{self.reference.field}: a reference clip needs its transcript (reference text)")
         if self.output_format not in OUTPUT_FORMATS:

@@ -11,6 +11,7 @@ as exponential_ does but takes the logarithm only for the ids top-p kept.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,12 @@ class SamplingParams:
     repetition_penalty: float = 1.5
 
     def __post_init__(self):  # written so that NaN fails every check
+        for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
+            value, kind = getattr(self, name), numbers.Integral if name == "top_k" else numbers.Real
+            if (value is not None or name in ("temperature", "repetition_penalty")) and (
+                isinstance(value, bool) or not isinstance(value, kind)
+            ):
+                raise ValueError(f"{name} must be a {'whole ' if name == 'top_k' else ''}number, got {value!r}")
         if not 0 < self.temperature <= MAX_TEMPERATURE:
             raise ValueError(f"temperature must be in (0, {MAX_TEMPERATURE:g}]")
         if self.top_p is not None and not 0 < self.top_p <= 1:

@@ -11,7 +11,7 @@ import torch
 
 from core.frontend import prompt_string, read_piece, read_text
 from core.reference import MIN_REFERENCE_SECONDS, prepare_reference
-from core.request import DEFAULT_ORDER, DEFAULT_SAMPLING, Reference, SynthesisRequest
+from core.request import DEFAULT_ORDER, DEFAULT_SAMPLING, Reference, SamplingParams, SynthesisRequest
 
 
 @pytest.mark.parametrize(
@@ -31,11 +31,33 @@ from core.request import DEFAULT_ORDER, DEFAULT_SAMPLING, Reference, SynthesisRe
         ({"seed": 2**64}, "seed"),
         ({"seed": -1}, "seed"),
         ({"seed": True}, "seed"),
+        ({"order": None}, "order"),
+        ({"order": ["en"]}, "order"),
+        ({"reference": "voice.wav"}, "reference"),
+        ({"sampling": {"temperature": 0.5}}, "sampling"),
+        ({"use_g2p": "no"}, "use_g2p"),  # (a non-empty string was true)
+        ({"code_mask": "no"}, "code_mask"),
     ],
 )
 def test_a_bad_request_is_a_value_error_naming_its_field(fields, field):
     with pytest.raises(ValueError, match=f"^{field}: "):
         SynthesisRequest(**{"text": "hello", **fields})
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [({"temperature": "0.7"}, "temperature"), ({"top_k": 2.5}, "top_k"), ({"top_k": True}, "top_k")],
+)
+def test_bad_sampling_values_name_their_field(fields, field):
+    """(a string failed with Python's TypeError; a fractional top_k inside torch, on the scheduler's thread)"""
+    with pytest.raises(ValueError, match=f"^{field} must be a"):
+        SamplingParams(**fields)
+
+
+@pytest.mark.parametrize("audio", [torch.zeros(22050), [0.0] * 22050])
+def test_reference_audio_of_another_type_names_its_field(audio):
+    with pytest.raises(ValueError, match="^clip: audio must be encoded bytes, a file path or a numpy array"):
+        Reference("clip", audio=audio)
 
 
 def test_numpy_integers_are_plain_ints_in_a_request():
@@ -78,6 +100,9 @@ def test_engine_info_describes_the_loaded_models(tiny_engine):
             "clip: the reference clip is 3.0 s long",
         ),
         (Reference("clip", audio=np.full(22050, np.nan, np.float32)), "clip: the clip contains NaN"),  # (as a file's)
+        # (int16 PCM was read as floats 32767x too loud: another voice, no error)
+        (Reference("clip", audio=np.zeros(22050, np.int16)), "clip: samples must be floating point"),
+        (Reference("clip", audio=np.zeros((2, 22050), np.float32)), "clip: expected non-empty mono samples"),
     ],
 )
 def test_reference_problems_name_the_field(tiny_engine, reference, message):
@@ -158,3 +183,26 @@ def test_a_long_transcript_does_not_split_the_text_letter_by_letter(tiny_engine,
     assert min(text_weight(piece.text) for piece in pieces) >= MIN_PIECE_WEIGHT
     assert len(reads) <= 2 * len(split_text(text)) * 8  # (halving 180 to 22: at most 8 pieces a piece)
     assert "".join(piece.text for piece in pieces).replace(" ", "") == text.replace(" ", "")
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64, ">i8"])
+def test_codes_of_any_integer_type_or_layout_decode_alike(tiny_engine, dtype):
+    """(unsigned codes failed inside torch, which has no comparisons for them; a view with negative strides,
+    or big-endian codes, failed in torch.as_tensor)"""
+    codes = np.random.default_rng(0).integers(0, 160, size=(4, 12))
+    expected = tiny_engine.decode_codes(codes)
+    np.testing.assert_array_equal(tiny_engine.decode_codes(codes.astype(dtype)), expected)
+    backwards = np.ascontiguousarray(codes[:, ::-1])[:, ::-1]  # the same codes, read backwards in memory
+    np.testing.assert_array_equal(tiny_engine.decode_codes(backwards), expected)
+    reference = prepare_reference(tiny_engine, Reference("voice", codes=backwards)).codes
+    np.testing.assert_array_equal(reference, codes)
+
+
+def test_the_engine_refuses_integer_samples_and_batches_of_codes_naming_them(tiny_engine):
+    with pytest.raises(ValueError, match="^audio: samples must be floating point"):
+        tiny_engine.encode_reference(np.zeros(22050, np.int16))
+    with pytest.raises(ValueError, match=r"^codes must be \[codebooks, T\]"):
+        tiny_engine.decode_codes(np.zeros((2, 4, 12), np.int64))
+    for size in (2.5, True):
+        with pytest.raises(ValueError, match="^max_batch_size must be"):
+            type(tiny_engine)(family=tiny_engine.family, max_batch_size=size)
