@@ -265,10 +265,16 @@ class TTSEngine:
 
     def close(self) -> None:
         """Stop the scheduler thread (requests still in it fail, later ones too); the engine can be dropped
-        after."""
+        after. An engine dropped without it keeps its thread and, through it, its model."""
         with self.lock:
             self._closed = True
         self._stop_scheduler()
+
+    def __enter__(self) -> TTSEngine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:  # `with TTSEngine.load(...) as engine:` closes it at the end
+        self.close()
 
     def _stop_scheduler(self) -> None:
         with self.lock:

@@ -346,3 +346,12 @@ def test_a_whole_synthesis_whose_on_stream_fails_stops_its_stream(tiny_engine):
         tiny_engine.synthesize(SynthesisRequest("hi there", max_frames=200, seed=1, use_g2p=False), on_stream=fails)
     with pytest.raises(Cancelled):
         list(streams[0])
+
+
+def test_an_engine_used_in_a_with_block_is_closed_at_its_end(tiny_checkpoints):
+    with load_tiny_engine(tiny_checkpoints) as engine:
+        assert engine.synthesize(SynthesisRequest("hi there", max_frames=4, seed=1, use_g2p=False)).size > 0
+        scheduler = engine.scheduler
+    assert not scheduler._thread.is_alive()  # (dropped without close, the thread kept the model)
+    with pytest.raises(RuntimeError, match="unloaded"):
+        engine.synthesize(SynthesisRequest("hi there", max_frames=4, seed=1, use_g2p=False))
