@@ -45,6 +45,12 @@ def ui(browser, tmp_path_factory):
     server.stop()
 
 
+def set_max_new_tokens(page, frames: int) -> None:
+    tokens = page.locator("#fishtts-max-new-tokens input[type=number]")
+    tokens.fill(str(frames))
+    tokens.press("Enter")
+
+
 def open_page(browser, url: str, locale: str):
     context = browser.new_context(locale=locale, viewport={"width": 1400, "height": 1000})
     page = context.new_page()
@@ -96,9 +102,7 @@ def test_switch_language_upload_reference_and_synthesize(browser, ui, tmp_path):
         page.get_by_label("Input mode").click()
         page.get_by_role("option", name="Auto phonemes").click()
         # random weights never stop on their own: 8 frames
-        tokens = page.locator("#fishtts-max-new-tokens input[type=number]")
-        tokens.fill("8")
-        tokens.press("Enter")
+        set_max_new_tokens(page, 8)
 
         page.get_by_role("tab", name="Reference audio").click()
         page.locator("#fishtts-reference-audio input[type=file]").set_input_files(str(wav))
@@ -138,9 +142,7 @@ def test_record_reference_from_microphone_and_save_it_as_a_voice(playwright, ui)
         page.goto(ui.url)
         page.locator("#fishtts-synthesize").filter(has_text="Synthesize").wait_for()
         page.locator("#fishtts-text textarea").fill("Hello from the microphone.")
-        tokens = page.locator("#fishtts-max-new-tokens input[type=number]")
-        tokens.fill("8")
-        tokens.press("Enter")
+        set_max_new_tokens(page, 8)
 
         page.get_by_role("tab", name="Reference audio").click()
         clip = page.locator("#fishtts-reference-audio")
@@ -262,9 +264,7 @@ def test_picking_an_s1_model_hides_what_does_not_apply_and_synthesizes_with_it(b
         page.wait_for_function(f"() => ({temperature})() === '0.8'")  # S1-mini's own default
         page.get_by_role("tab", name="Synthesis parameters").click()
         page.locator("#fishtts-text textarea").fill("Hello from the second family.")
-        tokens = page.locator("#fishtts-max-new-tokens input[type=number]")
-        tokens.fill("16")
-        tokens.press("Enter")
+        set_max_new_tokens(page, 16)
         page.locator("#fishtts-synthesize").click()
         page.wait_for_function(AUDIO_HAS_SOURCE, timeout=120_000)
         page.locator("#fishtts-message").get_by_text("Done in").wait_for()
@@ -301,9 +301,7 @@ def test_clear_during_a_synthesis_cancels_it(browser, ui):
     try:
         page.locator("#fishtts-synthesize").filter(has_text="Synthesize").wait_for()
         page.locator("#fishtts-text textarea").fill("Hi. " * 249)
-        tokens = page.locator("#fishtts-max-new-tokens input[type=number]")
-        tokens.fill("240")
-        tokens.press("Enter")
+        set_max_new_tokens(page, 240)
         page.locator("#fishtts-synthesize").click()
         page.locator("#fishtts-message").get_by_text("Synthesizing").wait_for()
         page.locator("#fishtts-clear").click()
@@ -323,9 +321,7 @@ def test_a_picked_voice_deleted_elsewhere_leaves_the_page_working(browser, ui, t
     try:
         page.locator("#fishtts-synthesize").filter(has_text="合成").wait_for()
         page.locator("#fishtts-text textarea").fill("Hello there.")
-        tokens = page.locator("#fishtts-max-new-tokens input[type=number]")
-        tokens.fill("8")
-        tokens.press("Enter")
+        set_max_new_tokens(page, 8)
         page.get_by_role("tab", name="参考音频").click()
         page.locator("#fishtts-reference-audio input[type=file]").set_input_files(str(wav))
         page.locator("#fishtts-reference-text textarea").fill(REFERENCE_TEXT)
