@@ -112,21 +112,20 @@ def input_samples(audio, field: str) -> np.ndarray:
     audio = np.asarray(audio)
     if not np.issubdtype(audio.dtype, np.floating):
         raise AudioError(f"{field}: samples must be floating point in [-1, 1], got {audio.dtype} (scale integer PCM)")
+    audio = _mono_samples(audio, field)
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{field}: the clip contains NaN or infinite samples")
+    return np.ascontiguousarray(audio)
+
+
+def _mono_samples(audio, field: str | None = None) -> np.ndarray:
+    """`audio` as 1-D float32 (dims of size 1 dropped; one sample stays an array), non-empty."""
+    audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1 and sum(size > 1 for size in audio.shape) <= 1:
         audio = audio.reshape(-1)
     if audio.ndim != 1 or audio.size == 0:
-        raise AudioError(f"{field}: expected non-empty mono samples, got shape {np.shape(audio)}")
-    if not np.isfinite(audio).all():
-        raise AudioError(f"{field}: the clip contains NaN or infinite samples")
-    return np.ascontiguousarray(audio, dtype=np.float32)
-
-
-def _mono_samples(audio) -> np.ndarray:
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim != 1:
-        audio = audio.squeeze()
-    if audio.ndim != 1 or audio.size == 0:
-        raise AudioError(f"expected non-empty mono samples, got shape {np.shape(audio)}")
+        where = f"{field}: " if field else ""
+        raise AudioError(f"{where}expected non-empty mono samples, got shape {np.shape(audio)}")
     return audio
 
 

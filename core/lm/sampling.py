@@ -45,11 +45,11 @@ class SamplingParams:
 
     def __post_init__(self):  # written so that NaN fails every check
         for name in ("temperature", "top_p", "top_k", "repetition_penalty"):
-            value, kind = getattr(self, name), numbers.Integral if name == "top_k" else numbers.Real
-            if (value is not None or name in ("temperature", "repetition_penalty")) and (
-                isinstance(value, bool) or not isinstance(value, kind)
-            ):
-                raise ValueError(f"{name} must be a {'whole ' if name == 'top_k' else ''}number, got {value!r}")
+            value, whole = getattr(self, name), name == "top_k"
+            if value is None and name in ("top_p", "top_k"):  # (off)
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
+                raise ValueError(f"{name} must be a {'whole ' if whole else ''}number, got {value!r}")
         if not 0 < self.temperature <= MAX_TEMPERATURE:
             raise ValueError(f"temperature must be in (0, {MAX_TEMPERATURE:g}]")
         if self.top_p is not None and not 0 < self.top_p <= 1:
