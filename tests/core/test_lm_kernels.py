@@ -266,6 +266,35 @@ def test_decode_attention_rotates_keys_as_the_torch_formula(monkeypatch):
     assert torch.equal(k_cache[torch.arange(3), :, positions], expected)
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n_head,n_kv_head,head_dim", [(4, 4, 64), (4, 2, 128), (2, 2, 48)])  # v0.2, S1-mini, other
+def test_decode_attention_equals_softmax_attention_in_float64(cache_dtype, n_head, n_kv_head, head_dim):
+    """Every length around the kernel's blocks of 8 keys (and its tail), every head size it compiles for:
+    softmax(q.k / sqrt(D)) @ v over each row's filled prefix, the new key and value included."""
+    gen = torch.Generator().manual_seed(8)
+    lengths = [1, 7, 8, 9, 16, 23, 50]
+    rows, slots = len(lengths), 8
+    qkv = torch.randn(rows, (n_head + 2 * n_kv_head) * head_dim, generator=gen) * 2
+    k_cache, v_cache = (torch.randn(slots, n_kv_head, 64, head_dim, generator=gen).to(cache_dtype) for _ in range(2))
+    table = torch.zeros(64, head_dim // 2, 2)
+    table[..., 0] = 1.0  # cos 1, sin 0: RoPE leaves q and k as they are
+    slot_of = torch.tensor([5, 0, 7, 2, 1, 6, 3])
+    positions = torch.tensor(lengths) - 1
+    out = torch.ops.fishtts.decode_attention(qkv, k_cache, v_cache, slot_of, positions, table, n_head, n_kv_head)
+    q = qkv[:, : n_head * head_dim].view(rows, n_head, head_dim).double()
+    for r, length in enumerate(lengths):
+        keys = k_cache[slot_of[r], :, :length].double().repeat_interleave(n_head // n_kv_head, dim=0)
+        values = v_cache[slot_of[r], :, :length].double().repeat_interleave(n_head // n_kv_head, dim=0)
+        products = q[r, :, None, :] * keys  # [heads, length, D]
+        probs = torch.softmax(products.sum(-1) / head_dim**0.5, dim=-1)
+        expected = (probs[..., None] * values).sum(1)
+        # Each score: a float32 sum of D products (a chain of multiply-adds, then a tree), then e^x
+        # within ~2 ulp; the output: a sum of `length` weighted values, then the division by their sum.
+        score_error = (head_dim + 8) * FLOAT32_EPS * products.abs().sum(-1) / head_dim**0.5 + 4 * FLOAT32_EPS
+        bound = (2 * score_error.max(-1, keepdim=True).values + (length + 8) * FLOAT32_EPS) * (probs @ values.abs())
+        assert_within(out[r].view(n_head, head_dim), expected, bound + 1e-30)
+
+
 @pytest.mark.parametrize("dim", [64, 1024, 1030])  # 1030: a tail after the 16-wide loop
 def test_rms_norm_of_decode_rows_equals_the_formula(dim):
     gen = torch.Generator().manual_seed(2)
