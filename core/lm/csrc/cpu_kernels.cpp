@@ -1477,10 +1477,13 @@ at::Tensor decode_layer(const at::Tensor& x, at::TensorList linears, int64_t kin
   const int64_t B = x.size(0), dim = x.size(2);
   auto qkv = linear_of_kind(rms_norm(x, attention_norm, eps).view({B, dim}), w, kind);
   auto y = decode_attention(qkv, k_cache, v_cache, slots, positions, freqs, n_head, n_kv_head, q_norm, k_norm, eps);
-  auto h = x + linear_of_kind(y.view({B, 1, y.size(1)}), w + per, kind);  // (S1: heads * D may exceed dim)
+  // The residual adds and SwiGLU in place on the linears' fresh outputs: the same ops and bits as
+  // x + o, silu(a) * b, h + o (addition and multiplication commute exactly), four allocations fewer.
+  auto h = linear_of_kind(y.view({B, 1, y.size(1)}), w + per, kind).add_(x);  // (S1: heads * D may exceed dim)
   auto normed = rms_norm(h, ffn_norm, eps);
-  auto gate = at::silu(linear_of_kind(normed, w + 2 * per, kind)) * linear_of_kind(normed, w + 3 * per, kind);
-  return h + linear_of_kind(gate, w + 4 * per, kind);
+  auto gate = linear_of_kind(normed, w + 2 * per, kind);
+  at::silu_(gate).mul_(linear_of_kind(normed, w + 3 * per, kind));
+  return linear_of_kind(gate, w + 4 * per, kind).add_(h);
 }
 
 // A decode step's whole stack of layers, each layer's tensors bound once (core/lm/fused.py builds it):
