@@ -291,7 +291,8 @@ def test_decode_attention_equals_softmax_attention_in_float64(cache_dtype, n_hea
         # Each score: a float32 sum of D products (a chain of multiply-adds, then a tree), then e^x
         # within ~2 ulp; the output: a sum of `length` weighted values, then the division by their sum.
         score_error = (head_dim + 8) * FLOAT32_EPS * products.abs().sum(-1) / head_dim**0.5 + 4 * FLOAT32_EPS
-        bound = (2 * score_error.max(-1, keepdim=True).values + (length + 8) * FLOAT32_EPS) * (probs @ values.abs())
+        weighted = (probs[..., None] * values.abs()).sum(1)  # [heads, D]
+        bound = (2 * score_error.max(-1, keepdim=True).values + (length + 8) * FLOAT32_EPS) * weighted
         assert_within(out[r].view(n_head, head_dim), expected, bound + 1e-30)
 
 
