@@ -180,11 +180,10 @@ def test_a_second_ctrl_c_stops_everything_at_once(workdir):
         launch.kill_all()
 
 
-def test_fishtts_sh_reads_a_relative_checkpoints_dir_from_where_it_starts(tmp_path):
-    """As launch.sh does: `FISHTTS_CHECKPOINTS_DIR=models` is the caller's ./models, not the checkout's (the
-    script runs in its checkout; the files found there had been downloaded again). The setup and the CLI are
-    stand-ins that say what they were given."""
-    checkout, user = tmp_path / "checkout", tmp_path / "user"
+def fishtts_sh_checkout(tmp_path: Path) -> tuple[Path, Path]:
+    """A checkout with fishtts.sh whose setup and CLI are stand-ins; the CLI writes what it was given to the
+    returned file, a line per call."""
+    checkout = tmp_path / "checkout"
     (checkout / "scripts").mkdir(parents=True)
     (checkout / ".venv" / "bin").mkdir(parents=True)
     shutil.copy(ROOT / "fishtts.sh", checkout)
@@ -193,6 +192,14 @@ def test_fishtts_sh_reads_a_relative_checkpoints_dir_from_where_it_starts(tmp_pa
     (checkout / ".venv" / "bin" / "fishtts").write_text(f'#!/bin/sh\necho "$* | $FISHTTS_CHECKPOINTS_DIR" >> {said}\n')
     for script in (checkout / "scripts" / "bootstrap.sh", checkout / ".venv" / "bin" / "fishtts"):
         script.chmod(0o755)
+    return checkout, said
+
+
+def test_fishtts_sh_reads_a_relative_checkpoints_dir_from_where_it_starts(tmp_path):
+    """As launch.sh does: `FISHTTS_CHECKPOINTS_DIR=models` is the caller's ./models, not the checkout's (the
+    script runs in its checkout; the files found there had been downloaded again)."""
+    checkout, said = fishtts_sh_checkout(tmp_path)
+    user = tmp_path / "user"
     (user / "models").mkdir(parents=True)
     for name in ("vqgan-v1.pth", "text2semantic-400m-v0.2-4k.pth", "tokenizer.json"):
         (user / "models" / name).write_bytes(b"")
@@ -200,6 +207,17 @@ def test_fishtts_sh_reads_a_relative_checkpoints_dir_from_where_it_starts(tmp_pa
     result = subprocess.run([str(checkout / "fishtts.sh"), "tts", "--text", "hi"], cwd=user, env=env, timeout=60)
     assert result.returncode == 0
     assert said.read_text() == f"tts --text hi | {user}/models\n"  # no download; the CLI looks in ./models
+
+
+@pytest.mark.parametrize("model", [["--model", "checkpoints/openaudio-s1-mini"], ["--model=checkpoints/s1"]])
+def test_fishtts_sh_downloads_no_v02_files_for_an_s1_model(tmp_path, model):
+    """`--model` names an OpenAudio S1-mini folder: the v0.2 checkpoints it does not read are not fetched
+    (they had been, ~1 GB, before the command ran)."""
+    checkout, said = fishtts_sh_checkout(tmp_path)
+    env = {**os.environ, "FISHTTS_CHECKPOINTS_DIR": str(tmp_path / "empty")}
+    result = subprocess.run([str(checkout / "fishtts.sh"), "tts", *model, "--text", "hi"], env=env, timeout=60)
+    assert result.returncode == 0
+    assert said.read_text() == f"tts {' '.join(model)} --text hi | {tmp_path / 'empty'}\n"  # no `download` call
 
 
 def test_when_one_process_dies_the_other_is_stopped(workdir):
