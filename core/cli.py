@@ -140,10 +140,14 @@ model_option = click.option(
 )
 
 
-def load_s1_engine(folder: Path, device: str | None, half: bool = False, quantize: str | None = None):
+def load_s1_engine(
+    folder: Path, device: str | None, half: bool = False, quantize: str | None = None, compile: bool = False
+):
     from .engine import TTSEngine
 
-    return TTSEngine.load_s1(folder, device=device, precision="float16" if half else None, quantize=quantize)
+    return TTSEngine.load_s1(
+        folder, device=device, precision="float16" if half else None, quantize=quantize, compile=compile
+    )
 
 
 @main.command()
@@ -437,7 +441,7 @@ def tts(
     reference = Reference("--reference-audio", audio=reference_audio) if reference_audio else None
     request = synthesis_request(text, reference_text, reference, kwargs, family)
     if s1_folder is not None:
-        engine = load_s1_engine(s1_folder, kwargs["device"], kwargs["half"], kwargs["quantize"])
+        engine = load_s1_engine(s1_folder, kwargs["device"], kwargs["half"], kwargs["quantize"], kwargs["compile"])
     else:
         engine = load_engine(
             llama_checkpoint_path, llama_config_name, vqgan_checkpoint_path, vqgan_config_name, kwargs, vqgan_precision

@@ -491,3 +491,25 @@ def test_tts_to_stdout_that_stops_reading_fails_even_unbuffered(ckpt, tmp_path):
     process.stdout.close()  # the reader goes away, as `| head -c 100`
     _, stderr = process.communicate(timeout=300)
     assert process.returncode != 0 and b"Broken pipe" in stderr and b"Saved" not in stderr, stderr[-400:]
+
+
+@pytest.mark.parametrize("flag, compile", [("--compile", True), ("--no-compile", False)])
+def test_tts_passes_compile_to_an_s1_model(tmp_path, monkeypatch, flag, compile):
+    """`tts --model FOLDER --compile` captures S1-mini's decode on CUDA, as the server's `compile` does (it had
+    been dropped silently). The loader is a stand-in that records what it was asked for."""
+    from click.testing import CliRunner
+
+    from core.cli import main
+    from core.engine import TTSEngine
+
+    asked = {}
+
+    def load_s1(folder, **options):
+        asked.update(options)
+        raise SystemExit(3)  # (nothing to load: what the CLI asked for is what is checked)
+
+    monkeypatch.setattr(TTSEngine, "load_s1", load_s1)
+    args = ["tts", "--model", str(tmp_path), "--text", "hi", "-o", str(tmp_path / "out.wav"), flag]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 3, result.output
+    assert asked["compile"] is compile
