@@ -219,8 +219,15 @@ def vqgan(
     click.echo(f"Saved audio ({audio.size / engine.info.sample_rate:.2f} s) to {output_path}", err=True)
 
 
-def generation_options(func):
-    """Options shared by `generate` and `tts`, with the original generate.py's defaults."""
+def sampling_default(field: str, with_model: bool) -> str:
+    """A sampling option's default as help shows it: v0.2's, and S1-mini's where the command takes --model."""
+    v02 = f"[default: {getattr(DEFAULT_SAMPLING, field)}"
+    return f"{v02}; {getattr(S1_DEFAULT_SAMPLING, field)} with --model]" if with_model else f"{v02}]"
+
+
+def generation_options(func, with_model: bool = True):
+    """Options shared by `generate` and `tts`, with the original generate.py's defaults (`with_model`: the
+    command takes --model, whose family has defaults of its own)."""
     options = [
         click.option(
             "--max-new-tokens",
@@ -236,20 +243,19 @@ def generation_options(func):
             "--top-p",
             type=click.FloatRange(0, 1, min_open=True),
             default=None,
-            help=f"[default: {DEFAULT_SAMPLING.top_p}; {S1_DEFAULT_SAMPLING.top_p} with --model]",
+            help=sampling_default("top_p", with_model),
         ),
         click.option(
             "--repetition-penalty",
             type=click.FloatRange(0, min_open=True),
             default=None,
-            help=f"[default: {DEFAULT_SAMPLING.repetition_penalty}; {S1_DEFAULT_SAMPLING.repetition_penalty} "
-            "with --model]",
+            help=sampling_default("repetition_penalty", with_model),
         ),
         click.option(
             "--temperature",
             type=click.FloatRange(0, min_open=True),
             default=None,
-            help=f"[default: {DEFAULT_SAMPLING.temperature}; {S1_DEFAULT_SAMPLING.temperature} with --model]",
+            help=sampling_default("temperature", with_model),
         ),
         click.option(
             "--tokenizer", default=HF_REPO_ID, show_default=True, help="HF repo id, or a folder / tokenizer.json."
@@ -279,6 +285,9 @@ def generation_options(func):
     for option in reversed(options):
         func = option(func)
     return func
+
+
+v02_generation_options = functools.partial(generation_options, with_model=False)  # (`generate`: no --model)
 
 
 def synthesis_request(text: str, transcript: str | None, reference, kwargs: dict, family: str = FISH_SPEECH_V02):
@@ -342,7 +351,7 @@ def load_engine(lm_checkpoint, lm_config, vqgan_checkpoint, vqgan_config, kwargs
 )
 @click.option("--config-name", default=DEFAULT_LM_CONFIG, show_default=True)
 @click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True)
-@generation_options
+@v02_generation_options
 @friendly_errors
 def generate(text, prompt_text, prompt_tokens, num_samples, checkpoint_path, config_name, output_dir, **kwargs):
     """Generate semantic codes for TEXT (codes_N.npy), optionally in the voice of reference codes."""

@@ -513,3 +513,16 @@ def test_tts_passes_compile_to_an_s1_model(tmp_path, monkeypatch, flag, compile)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 3, result.output
     assert asked["compile"] is compile
+
+
+def test_generate_help_shows_no_s1_defaults_it_has_no_model_for():
+    """`generate` reads v0.2 checkpoints only (no --model): its help gives v0.2's sampling defaults alone (it had
+    said "0.8 with --model", and `--model` is not one of its options)."""
+    from click.testing import CliRunner
+
+    from core.cli import main
+
+    generate, tts = (CliRunner().invoke(main, [name, "--help"]).output for name in ("generate", "tts"))
+    assert "--model" not in generate
+    assert "[default: 0.5]" in generate and "[default: 0.7]" in generate and "[default: 1.5]" in generate
+    assert "0.8 with --model" in tts  # (tts takes --model)
