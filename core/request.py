@@ -80,6 +80,7 @@ class SynthesisRequest:
             value = getattr(self, name)
             if not isinstance(value, str) and (value is not None or name == "text"):
                 raise ValueError(f"{name}: must be a string, got {type(value).__name__}")
+            _check_unicode(name, value)
         if not self.text.strip():
             raise ValueError("text: the text is empty")
         object.__setattr__(self, "max_frames", _whole("max_new_tokens", self.max_frames))
@@ -109,6 +110,20 @@ class SynthesisRequest:
                 f"format: streaming sends {' or '.join(STREAM_FORMATS)}; {self.output_format!r} "
                 "cannot be streamed (ask for it without streaming)."
             )
+
+
+def _check_unicode(name: str, value: str | None) -> None:
+    """A ValueError naming the field for a lone surrogate: what Python makes of bytes it could not decode
+    (a command line in another encoding, `\\ud800` in JSON). The tokenizer refused it with a bare TypeError
+    (a speaker name), or g2p dropped it unsaid."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{name}: not valid Unicode (an undecodable character at position {exc.start}; is the text in UTF-8?)"
+        ) from None
 
 
 def _whole(name: str, value) -> int:

@@ -37,6 +37,10 @@ from core.request import DEFAULT_ORDER, DEFAULT_SAMPLING, Reference, SamplingPar
         ({"sampling": {"temperature": 0.5}}, "sampling"),
         ({"use_g2p": "no"}, "use_g2p"),  # (a non-empty string was true)
         ({"code_mask": "no"}, "code_mask"),
+        # a lone surrogate (bytes the command line could not decode): the tokenizer's bare TypeError for a speaker
+        ({"text": "hello \udcff"}, "text"),
+        ({"transcript": "\ud800 hi"}, "transcript"),
+        ({"speaker": "\udcff"}, "speaker"),
     ],
 )
 def test_a_bad_request_is_a_value_error_naming_its_field(fields, field):
