@@ -48,10 +48,25 @@ def read_piece(
 ) -> PromptText:
     """The prompt for `text` read whole (no splitting)."""
     check_speakable(clean_text(text))
-    head, segments = _read_head(text if transcript is None else f"{transcript} {text}", use_g2p, speaker, order)
+    try:
+        head, segments = _read_head(text if transcript is None else f"{transcript} {text}", use_g2p, speaker, order)
+    except TextError as exc:
+        raise _blame_transcript(exc, transcript, use_g2p, order) from None
     if use_g2p and not _has_phones(text, segments if transcript is None else None, order):
         raise NothingToSpeak()
     return PromptText(text, f"{head} [/INST]", segments)
+
+
+def _blame_transcript(exc: TextError, transcript: str | None, use_g2p: bool, order: str) -> TextError:
+    """`exc` (from the transcript and text read together), naming the transcript where it fails alone: a saved
+    voice's transcript with a tag g2p cannot read failed every request with an error that seemed the text's."""
+    if transcript is None or not use_g2p:
+        return exc
+    try:
+        parse_text_to_segments(transcript, order)
+    except TextError as alone:
+        return TextError(f"the reference's transcript: {alone}")
+    return exc
 
 
 def check_speakable(text: str) -> None:

@@ -249,3 +249,15 @@ def test_a_cut_in_unspaced_cjk_moves_out_of_a_number_or_a_latin_word():
             text = "我们" * 25 + "好" * shift + f"决定在{word}年写程序" + "然后" * 30
             pieces = split_text(text)
             assert "".join(pieces) == text and any(word in piece for piece in pieces), (word, shift, pieces)
+
+
+@pytest.mark.parametrize("transcript", ["<|im_end|> hello", "你好</zh>"])
+def test_a_transcript_g2p_cannot_read_is_named_in_the_error(transcript):
+    """(a saved voice's transcript failed every request with an error that seemed the text's)"""
+    with pytest.raises(TextError, match="^the reference's transcript: "):
+        read_text("hi", transcript)
+
+
+def test_the_texts_own_bad_tag_is_not_put_on_the_transcript():
+    with pytest.raises(TextError, match="^Unknown language: b "):
+        read_text("<b>hi</b>", "hello there")
