@@ -43,7 +43,10 @@ BATCHED_PREFILL_ROWS = 768
 def budget_new_frames(prompt_len: int, max_frames: int, max_seq_len: int) -> int:
     """The original's rule (its `max_new_tokens`): 0 means "fill the context"; never run past the context."""
     if prompt_len >= max_seq_len:
-        raise ValueError(f"the prompt is {prompt_len} tokens; the model's context is {max_seq_len}")
+        raise ValueError(
+            f"the prompt (the text, with the reference's codes and transcript) is {prompt_len} tokens; the model's "
+            f"context is {max_seq_len}: shorten the text or the reference"
+        )
     if max_frames < 0:
         raise ValueError("max_new_tokens must be >= 0")
     room = max_seq_len - prompt_len

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..lm.generate import budget_new_frames
 from .config import FAST_LOGIT_LIMIT
 from .lm import DualARTransformer
 from .sampling import WINDOW, SamplingSettings, SamplingTensors, sample_rows
@@ -104,11 +105,9 @@ def penalty_window(history: Tensor, step: int) -> Tensor:
 
 
 def frame_budget(model: DualARTransformer, prompt_length: int, max_new_frames: int) -> int:
-    max_seq_len = model.config.max_seq_len
-    if prompt_length >= max_seq_len:
-        raise ValueError(f"prompt of {prompt_length} positions does not fit max_seq_len {max_seq_len}")
-    room = max_seq_len - prompt_length
-    return room if max_new_frames <= 0 else min(max_new_frames, room)
+    """v0.2's rule and message ("prompt of 2984 positions does not fit max_seq_len 2560" said nothing of the
+    text, though S1-mini reads a long text whole)."""
+    return budget_new_frames(prompt_length, max(max_new_frames, 0), model.config.max_seq_len)
 
 
 @torch.inference_mode()

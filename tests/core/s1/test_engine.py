@@ -152,6 +152,12 @@ def test_sampling_outside_s1s_rules_is_refused_naming_the_field(engine, sampling
         engine.generate_codes(case_request("greedy", sampling=sampling))
 
 
+def test_a_text_past_the_context_says_to_shorten_it(engine):
+    """S1-mini reads a text whole ("prompt of 2984 positions does not fit max_seq_len 2560" said nothing of it)."""
+    with pytest.raises(ValueError, match="the model's context is 2560: shorten the text or the reference$"):
+        engine.synthesize(SynthesisRequest(text="\u200b" * 990 + "hi", max_frames=2))
+
+
 def test_a_folder_that_is_not_there_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         TTSEngine.load_s1(tmp_path / "missing")

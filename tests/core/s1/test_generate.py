@@ -112,7 +112,7 @@ def test_non_semantic_tokens_give_code_zero(loaded):
 def test_prompt_must_fit(loaded, cases):
     model, tokenizer = loaded
     too_long = torch.zeros((5, model.config.max_seq_len), dtype=torch.int)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="the model.s context is"):
         generate(model, too_long, tokenizer.im_end_id)
 
 
