@@ -46,10 +46,14 @@ _REPLACE_RE = re.compile("|".join(re.escape(key) for key in sorted(_REPLACEMENTS
 # ASCII, CJK ideographs, hiragana, katakana, katakana phonetic extensions.
 _UNKNOWN_CHARS_RE = re.compile("[^\u0000-\u007f\u4e00-\u9fff\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff]+")
 _PHONE_TAG_RE = re.compile(r"<p:(.*?)>")
+# Whitespace outside ASCII (no-break, ideographic, thin spaces, U+2028...): the filter below deleted it, which
+# ran the words beside it into one ("hello\u00a0world" read as "helloworld" by the speller of unknown words).
+_WIDE_SPACE_RE = re.compile(r"[^\S\x00-\x7f]")
 
 
 def _clean_piece(text: str) -> str:
     text = _REPLACE_RE.sub(lambda match: _REPLACEMENTS[match.group(0)], text)
+    text = _WIDE_SPACE_RE.sub(" ", text)
     return _UNKNOWN_CHARS_RE.sub("", text)
 
 

@@ -80,6 +80,13 @@ def test_leading_digit_takes_the_first_language_of_the_order():
     assert [s.language for s in parse_text_to_segments("2 apples", "en,zh")] == ["EN"]
 
 
+@pytest.mark.parametrize("space", ["\u00a0", "\u202f", "\u2009", "\u3000", "\u2028"])
+def test_a_space_outside_ascii_still_parts_words(space):
+    """(it was deleted: "hello\u00a0world" was read as one unknown word)"""
+    assert clean_text(f"hello{space}world") == "hello world"
+    assert g2p(f"hello{space}world") == g2p("hello world")
+
+
 def test_no_g2p_cleaning_keeps_phone_tags():
     assert clean_text(" <p:a1>你好：（测试）... ") == "<p:a1>你好,'测试'"
 
