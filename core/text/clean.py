@@ -5,6 +5,7 @@ Quirks kept on purpose (QUIRKS 18, 19): `...` becomes `…` and is then deleted 
 """
 
 import re
+import unicodedata
 
 _REPLACEMENTS = {
     "：": ",",
@@ -49,9 +50,14 @@ _PHONE_TAG_RE = re.compile(r"<p:(.*?)>")
 # Whitespace outside ASCII (no-break, ideographic, thin spaces, U+2028...): the filter below deleted it, which
 # ran the words beside it into one ("hello\u00a0world" read as "helloworld" by the speller of unknown words).
 _WIDE_SPACE_RE = re.compile(r"[^\S\x00-\x7f]")
+# Fullwidth ASCII and halfwidth katakana: the filter deleted them too ("２０２４年" was read as "年"). Read as the
+# letters, digits, punctuation and kana they stand for, the replacements then treat them as those. Not ＜＞:
+# brackets in CJK text ("＜注意＞") that would become a language tag g2p refuses.
+_WIDTH_FORMS_RE = re.compile("[\uff01-\uff1b\uff1d\uff1f-\uff5e\uff61-\uff9f]+")
 
 
 def _clean_piece(text: str) -> str:
+    text = _WIDTH_FORMS_RE.sub(lambda match: unicodedata.normalize("NFKC", match.group(0)), text)
     text = _REPLACE_RE.sub(lambda match: _REPLACEMENTS[match.group(0)], text)
     text = _WIDE_SPACE_RE.sub(" ", text)
     return _UNKNOWN_CHARS_RE.sub("", text)

@@ -87,6 +87,19 @@ def test_a_space_outside_ascii_still_parts_words(space):
     assert g2p(f"hello{space}world") == g2p("hello world")
 
 
+def test_fullwidth_letters_digits_and_punctuation_are_read_as_ascii():
+    """(they were deleted: "２０２４年，ＡＢＣ" was read as "年")"""
+    assert clean_text("２０２４年，ＡＢＣ！（ｔｅｓｔ）") == "2024年,ABC!'test'"
+    assert g2p("２０２４年") == g2p("2024年")
+    assert g2p("＜注意＞你好") == g2p("注意你好")  # (brackets, not tags: deleted as before)
+
+
+@needs_japanese
+def test_halfwidth_katakana_is_read_as_katakana():
+    assert clean_text("ｶﾞｲﾄﾞ｡") == "ガイド."
+    assert g2p("ｶﾞｲﾄﾞ") == g2p("ガイド")
+
+
 def test_no_g2p_cleaning_keeps_phone_tags():
     assert clean_text(" <p:a1>你好：（测试）... ") == "<p:a1>你好,'测试'"
 
