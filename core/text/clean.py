@@ -1,4 +1,5 @@
-"""`clean_text`: the original's symbol replacement and character filter (SPEC-text §4.1).
+"""`clean_text`: the original's symbol replacement and character filter (SPEC-text §4.1), keeping two kinds of
+characters it deleted (spaces outside ASCII, fullwidth and halfwidth forms: below).
 
 Quirks kept on purpose (QUIRKS 18, 19): `...` becomes `…` and is then deleted by the filter,
 `$` and newlines become `.`, every bracket or quote becomes `'`.

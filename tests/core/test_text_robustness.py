@@ -94,6 +94,21 @@ def test_fullwidth_letters_digits_and_punctuation_are_read_as_ascii():
     assert g2p("＜注意＞你好") == g2p("注意你好")  # (brackets, not tags: deleted as before)
 
 
+def test_every_character_the_original_kept_or_replaced_is_cleaned_as_it_did():
+    """The two additions (spaces outside ASCII, width forms) change only characters the original deleted:
+    its rule is the replacements, then the filter."""
+    from core.text import clean
+
+    def original(text: str) -> str:
+        replaced = clean._REPLACE_RE.sub(lambda match: clean._REPLACEMENTS[match.group(0)], text)
+        return clean._UNKNOWN_CHARS_RE.sub("", replaced)
+
+    for code in range(0xFFF0):
+        text = f"a{chr(code)}b"
+        if original(text) != "ab":
+            assert clean_text(text) == original(text), hex(code)
+
+
 @needs_japanese
 def test_halfwidth_katakana_is_read_as_katakana():
     assert clean_text("ｶﾞｲﾄﾞ｡") == "ガイド."
