@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from ray import serve
+from ray.exceptions import TaskCancelledError
 from ray.serve import Application
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -145,7 +146,9 @@ def deployment_options(settings: Settings, scaling: Scaling) -> dict:
 class ReplicaHeader:
     """`X-Fishtts-Replica` on every response; and one `X-Request-ID`: Serve's proxy adds the id it gave
     the request, so ours is dropped. (Ours is the same id, except for a client id that is not a plain
-    token, which the proxy passes on and we replace: the error body then names ours.)"""
+    token, which the proxy passes on and we replace: the error body then names ours.) A client gone is
+    the ASGI disconnect message, as uvicorn sends it: Serve's `receive` raises its TaskCancelledError
+    instead, which the app logged as a failed request, with its traceback, after answering it 200."""
 
     def __init__(self, app: ASGIApp, replica: str):
         self.app, self.replica = app, replica.encode()
@@ -161,7 +164,13 @@ class ReplicaHeader:
                 message["headers"] = [*headers, (REPLICA_HEADER, self.replica)]
             await send(message)
 
-        await self.app(scope, receive, send_tagged)
+        async def receive_or_disconnect() -> Message:
+            try:
+                return await receive()
+            except TaskCancelledError:
+                return {"type": "http.disconnect"}
+
+        await self.app(scope, receive_or_disconnect, send_tagged)
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)

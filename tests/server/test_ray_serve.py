@@ -477,3 +477,44 @@ def replica_actor(replica_tag: str):
         if name.endswith(replica_tag):
             return ray.get_actor(name, namespace="serve")
     raise AssertionError(f"no actor for replica {replica_tag}")
+
+
+def test_a_request_serve_cancelled_is_a_client_gone_not_a_failure(tmp_path, caplog):
+    """Serve's `receive` raises TaskCancelledError when the client leaves (uvicorn sends a disconnect message):
+    the app logged "failed" with a traceback and tried to answer 500, even for requests already answered 200."""
+    import asyncio
+    import logging
+
+    from ray.exceptions import TaskCancelledError
+
+    from server.app import create_app
+    from server.ray_app import ReplicaHeader
+
+    settings, _, _ = split_args({"load": "default", "references_dir": str(tmp_path)})
+    app = ReplicaHeader(create_app(settings), replica="r1")
+    sent = []
+
+    async def gone():
+        raise TaskCancelledError()
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": INVOKE,
+        "raw_path": INVOKE.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"content-length", b"20")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    with caplog.at_level(logging.INFO):
+        asyncio.run(app(scope, gone, send))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert not [m for m in sent if m["type"] == "http.response.start" and m["status"] >= 500], sent
