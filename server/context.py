@@ -156,9 +156,18 @@ class Admission:
         would otherwise hold the queue for as long as their work takes."""
         job = self.start(work)
         result = asyncio.wrap_future(job)
-        if await client_left_first(client, result):
+
+        def drop() -> None:
             if not job.cancel():
                 stop()
+
+        try:
+            left = await client_left_first(client, result)
+        except asyncio.CancelledError:  # the request itself cancelled: Ray Serve's answer to a client gone
+            drop()  # (else it ran to its end, holding a queue place Serve had already given to another request)
+            raise
+        if left:
+            drop()
             await asyncio.wait((result,))  # (the admission is held until the work has stopped)
             raise ClientDisconnect()
         return await result
