@@ -37,7 +37,7 @@ DEPLOYMENT_NAME = "fishtts"
 # server settings a deployment decides, refused as arguments rather than silently ignored
 SET_BY_DEPLOYMENT = {
     "workers": "a replica's batch (max_batch_size)",
-    "max_queue": "a replica's batch plus max_waiting",
+    "max_queue": "twice a replica's batch plus max_waiting",
     "listen": "Serve's (http_options: host and port)",
 }
 REPLICA_HEADER = b"x-fishtts-replica"
@@ -124,15 +124,24 @@ def replica_settings(settings: Settings, scaling: Scaling) -> Settings:
         device=settings.device or ("cuda" if scaling.num_gpus else "cpu"),
         max_batch_size=batch,
         workers=batch,
-        max_queue=batch + (scaling.max_waiting or batch),
+        # Twice what Serve sends it (serve_ongoing): Serve frees a request's place as soon as its client
+        # leaves, the replica only once its work has stopped (a decode step later), and in between Serve
+        # sends the next; with equal limits the replica refused it with 503 busy (7-15 of 16 requests
+        # right after 16 clients gave up), which Serve's own queue is there to spare the clients.
+        max_queue=2 * serve_ongoing(batch, scaling),
     )
+
+
+def serve_ongoing(batch: int, scaling: Scaling) -> int:
+    """The requests Serve gives one replica at once: its batch plus max_waiting."""
+    return batch + (scaling.max_waiting or batch)
 
 
 def deployment_options(settings: Settings, scaling: Scaling) -> dict:
     """Serve's knobs: a replica takes at most what it batches plus its queue; autoscaling aims at a
     full batch per replica before it adds one."""
     return {
-        "max_ongoing_requests": settings.max_queue,
+        "max_ongoing_requests": serve_ongoing(settings.max_batch_size, scaling),
         "autoscaling_config": {
             "min_replicas": scaling.min_replicas,
             "max_replicas": scaling.max_replicas,

@@ -130,9 +130,11 @@ def test_arguments_size_each_replica_to_its_batch(tmp_path):
     )
     assert sorted(models) == ["default", "second"] and models["default"]["device"] == "cpu"
     assert settings.references_dir.is_absolute() and settings.device == "cpu" and settings.load == ()
-    assert (settings.max_batch_size, settings.workers, settings.max_queue) == (4, 4, 6)
     options = deployment_options(settings, scaling)
     assert options["max_ongoing_requests"] == 6  # the batch plus its queue
+    # the replica's own queue holds twice that: Serve frees a place when a client leaves, the replica once the
+    # work has stopped, and Serve's next request in between must not be refused as busy
+    assert (settings.max_batch_size, settings.workers, settings.max_queue) == (4, 4, 12)
     assert options["autoscaling_config"]["target_ongoing_requests"] == 4
     assert options["autoscaling_config"]["max_replicas"] == 3 and options["ray_actor_options"]["num_gpus"] == 0
     gpu, gpu_scaling, _ = split_args({"load": "default", "num_gpus": 1, "max_batch_size": 16})
