@@ -234,6 +234,10 @@ class Actions:
         model = next((m for m in self.loaded_models(server_url, api_key) if m.name == name), None)
         return model is None or model.phonemes
 
+    def invoke_request(self, server_url: str, api_key: str, form: SynthesisForm) -> tuple[dict, bytes | None, str]:
+        """`invoke_request` for the model the form picks (the language order only where it reads phonemes)."""
+        return invoke_request(form, phonemes=self.reads_phonemes(server_url, api_key, form.model))
+
     def loaded_model_form(self, server_url: str, api_key: str = "") -> ModelForm | None:
         """The form as the server's loaded 'default' bundle was loaded (its paths as the server shows
         them), so a later 'Load model' reloads the same files; None when there is none."""
@@ -306,8 +310,7 @@ class Actions:
         """(result audio path, the same file for download, message)."""
         started = time.monotonic()
         try:
-            phonemes = self.reads_phonemes(server_url, api_key, form.model)
-            fields, audio, filename = invoke_request(form, phonemes=phonemes)
+            fields, audio, filename = self.invoke_request(server_url, api_key, form)
             if progress is not None:
                 progress(None, desc=t(lang, "progress.synthesizing"))
             result = self.client(server_url, api_key).invoke(form.model, fields, audio, filename)
@@ -323,8 +326,7 @@ class Actions:
         started = time.monotonic()
         pcm, carry = bytearray(), b""
         try:
-            phonemes = self.reads_phonemes(server_url, api_key, form.model)
-            fields, audio, filename = invoke_request(form, phonemes=phonemes)
+            fields, audio, filename = self.invoke_request(server_url, api_key, form)
             stream = self.client(server_url, api_key).invoke_stream(form.model, fields, audio, filename)
             rate = stream.sample_rate
             for part in stream:
