@@ -20,6 +20,7 @@ choice changes only speed. On a busy machine the timings are noisy; the best of 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -51,10 +52,14 @@ STEP_CONTENDERS = 4  # the proxy's fastest, timed in decode steps of one sequenc
 BATCH_CONTENDERS = 3  # the fastest of those (and their other prefetch settings), with BATCH_ROWS
 STEP_BUDGET = 1.0  # seconds of steps for each: a large model's slow steps time fewer contenders (two at least)
 STEP_POSITION = 128  # where the timed steps decode (every candidate attends over the same cache)
+# A timing of steps lasts this long at least (their mean): a single short step's time wanders by ~10% on a
+# shared VM, and the best of two single steps put int8's "kernel-amx-t0" ahead of "kernel-amx" (14.46 vs
+# 14.81 ms), which decodes 7% faster (13.1 vs 14.1 ms, medians of 30 timings of three steps; Intel Xeon).
+STEP_TIMING_SECONDS = 0.03
 RUNS = 2
 KERNEL_MARGIN = 0.05  # see _prefer_kernels
 GIVE_UP = 2.0  # a candidate whose two warm-ups both take this many times the best is not timed further
-METHOD = 7  # how the timings are taken: a choice cached by another method is measured again
+METHOD = 8  # how the timings are taken: a choice cached by another method is measured again
 CACHE_NAME = "lm_paths.json"
 
 
@@ -142,18 +147,23 @@ def _decode_seconds_per_gb(fmt: str, candidates: list[str], layers: list[nn.Modu
 
 
 def _decode_step_seconds(fmt: str, candidates: list[str], probe: DecodeProbe, rows: int) -> dict[str, float]:
-    """Seconds of one of the model's own decode steps of `rows` sequences (best of RUNS, after a warm-up
-    step) for the first of `candidates` (fastest first) that fit in STEP_BUDGET, at least two."""
+    """Seconds of one of the model's own decode steps of `rows` sequences (the best of RUNS means of the
+    steps in STEP_TIMING_SECONDS, after a warm-up) for the first of `candidates` (fastest first) that fit
+    in STEP_BUDGET, at least two."""
     with probe(rows, STEP_POSITION) as step:
+
+        steps = 1
 
         def seconds() -> float:
             start = time.perf_counter()
-            step()
-            return time.perf_counter() - start
+            for _ in range(steps):
+                step()
+            return (time.perf_counter() - start) / steps
 
         paths.set_paths(fmt, decode=candidates[0])
-        first = seconds()  # (a step's time sizes the field)
-        fit = max(2, int(STEP_BUDGET / ((1 + RUNS) * first)))
+        first = seconds()  # (a step's time sizes the timings and the field)
+        steps = max(1, math.ceil(STEP_TIMING_SECONDS / first))
+        fit = max(2, int(STEP_BUDGET / ((1 + RUNS) * steps * first)))
         return _timed_in_turns(candidates[:fit], lambda path: paths.set_paths(fmt, decode=path), seconds, seconds)
 
 

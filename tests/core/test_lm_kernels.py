@@ -174,20 +174,25 @@ def test_move_to_huge_pages_packs_the_modules_tensors_into_one_region_in_order()
 
 
 @pytest.mark.skipif(not torch.ops.fishtts.int8_amx_available(), reason="no AMX-INT8 here")
-def test_amx_int8_kernel_uses_exact_integer_sums_of_the_rounded_rows():
+@pytest.mark.parametrize("path", ["kernel-amx", "kernel-amx-t0"])
+def test_amx_int8_kernel_uses_exact_integer_sums_of_the_rounded_rows(path):
     """The kernel's arithmetic: each row rounded to integers (x * (AMX_ROW_LIMIT / absmax), to nearest even),
     exact sums with the int8 weights, then the two scales; 16-row tiles, the rows after the last whole
-    tile, 1 to 10 rows."""
+    tile, 1 to 10 rows. Widths that divide 4 KiB take their rows in interleaved groups without the prefetch
+    hint (149 rows: whole groups, whole blocks after them, then rows without tiles), in order with it."""
     gen = torch.Generator().manual_seed(4)
-    weight, scales = quantize_int8(torch.randn(40, 192, generator=gen))
-    for rows in (1, 5, 6, 10):
-        x = torch.randn(rows, 192, generator=gen)
-        absmax, limit = x.abs().amax(-1, keepdim=True), torch.tensor(float(AMX_ROW_LIMIT))
-        x_scale, inverse = absmax / limit, limit / absmax  # (true divisions: torch multiplies by 1 / a number)
-        q = torch.round(x * inverse).clamp(-limit, limit)  # (the largest may round up past the limit)
-        sums = q.double() @ weight.double().T  # exact: integers below 2**53
-        expected = (sums * x_scale.double()).float() * scales
-        assert torch.equal(torch.ops.fishtts.linear_rows_int8_amx(x, weight, scales), expected)
+    with paths.using("int8", decode=path):
+        for width, out in ((192, 40), (256, 300), (1024, 149), (2048, 149)):
+            weight, scales = quantize_int8(torch.randn(out, width, generator=gen))
+            for rows in (1, 5, 6, 10):
+                x = torch.randn(rows, width, generator=gen)
+                absmax, limit = x.abs().amax(-1, keepdim=True), torch.tensor(float(AMX_ROW_LIMIT))
+                x_scale, inverse = absmax / limit, limit / absmax  # (true divisions: torch multiplies by 1 / a number)
+                q = torch.round(x * inverse).clamp(-limit, limit)  # (the largest may round up past the limit)
+                sums = q.double() @ weight.double().T  # exact: integers below 2**53
+                expected = (sums * x_scale.double()).float() * scales
+                actual = torch.ops.fishtts.linear_rows_int8_amx(x, weight, scales)
+                assert torch.equal(actual, expected), (width, out, rows)
 
 
 @pytest.mark.skipif(not torch.ops.fishtts.vnni_available(), reason="no AVX512-VNNI in this build")

@@ -995,14 +995,15 @@ void configure_tiles(const AmxActivations& act) {
 // asks for the next 1 KiB of the next block: one sequential stream a block ahead, ~3-6% faster on the
 // Intel Xeon (per-row prefetches 512 B / 2 KiB ahead and the non-temporal hint were slower).
 template <int Chunks, int Hint>
-inline void amx_block(const int8_t* w, int64_t I, const AmxActivations& act, int32_t* sums) {
+inline void amx_block(const int8_t* w, int64_t I, int64_t stride, const int8_t* ahead, const AmxActivations& act,
+                      int32_t* sums) {
   _tile_zero(0);
   if (Chunks == 2) _tile_zero(1);
   const int32_t *c0 = act.chunk(0), *c1 = act.chunk(1);
   const int64_t stride0 = 4 * act.columns[0], stride1 = 4 * act.columns[1];
   for (int64_t g = 0; g < I / kInt4Group; ++g) {
-    if (Hint != kNoPrefetch) prefetch_ahead<Hint>(w + 16 * kInt4Group * g, 16 * I, 16);
-    _tile_loadd(4, w + g * kInt4Group, I);
+    if (Hint != kNoPrefetch) prefetch_ahead<Hint>(ahead + 16 * kInt4Group * g, 0, 16);
+    _tile_loadd(4, w + g * kInt4Group, stride);
     _tile_loadd(6, c0 + g * 16 * act.columns[0], stride0);
     _tile_dpbssd(0, 4, 6);
     if (Chunks == 2) {
@@ -1015,9 +1016,10 @@ inline void amx_block(const int8_t* w, int64_t I, const AmxActivations& act, int
 }
 
 template <int Hint>
-inline void amx_block_rows(const int8_t* w, int64_t I, const AmxActivations& act, int32_t* sums) {
-  if (act.chunks == 1) amx_block<1, Hint>(w, I, act, sums);
-  else amx_block<2, Hint>(w, I, act, sums);
+inline void amx_block_rows(const int8_t* w, int64_t I, int64_t stride, const int8_t* ahead, const AmxActivations& act,
+                           int32_t* sums) {
+  if (act.chunks == 1) amx_block<1, Hint>(w, I, stride, ahead, act, sums);
+  else amx_block<2, Hint>(w, I, stride, ahead, act, sums);
 }
 
 // y[b, o] from the three digit sums of (row o, activation row b).
@@ -1053,8 +1055,11 @@ inline void amx_digits(const int32_t* s, int64_t columns, int64_t j, __m512i& h,
 // Weight rows [o0, o0 + 16) from sums laid out [chunk][16][columns]: amx_output for 16 rows at once
 // (the same double operations, so the same bits). Scalar, this took ~20% of a decode step's int8
 // linears on the Intel Xeon (the weights' stream waited on it), vectorized ~2%.
-void amx_store(const AmxActivations& act, const int32_t* sums, int64_t o0, const float* sp, float* y, int64_t O) {
-  const __m512 w_scale = _mm512_loadu_ps(sp + o0);
+void amx_store(const AmxActivations& act, const int32_t* sums, int64_t o0, int64_t step, const float* sp, float* y,
+               int64_t O) {
+  const __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)step));
+  const __m512 w_scale = step == 1 ? _mm512_loadu_ps(sp + o0) : _mm512_i32gather_ps(lanes, sp + o0, 4);
   const int32_t* s = sums;
   for (int64_t c = 0, row0 = 0; c < act.chunks; row0 += act.chunk_rows[c], s += 16 * act.columns[c], ++c)
     for (int64_t j = 0; j < act.chunk_rows[c]; ++j) {
@@ -1072,7 +1077,9 @@ void amx_store(const AmxActivations& act, const int32_t* sums, int64_t o0, const
         half[k] = _mm512_cvtpd_ps(_mm512_mul_pd(v, x_scale));
       }
       const __m512 out = _mm512_insertf32x8(_mm512_castps256_ps512(half[0]), half[1], 1);
-      _mm512_storeu_ps(y + (row0 + j) * O + o0, _mm512_mul_ps(out, w_scale));
+      float* yo = y + (row0 + j) * O + o0;
+      if (step == 1) _mm512_storeu_ps(yo, _mm512_mul_ps(out, w_scale));
+      else _mm512_i32scatter_ps(yo, lanes, _mm512_mul_ps(out, w_scale), 4);
     }
 }
 
@@ -1115,22 +1122,37 @@ at::Tensor linear_rows_int8_amx(const at::Tensor& x, const at::Tensor& w, const 
   const int8_t* wp = w.data_ptr<int8_t>();
   const float* sp = scales.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const int64_t blocks = O / 16;
   const Tuning& t = tuning(kInt8, N);
   const int hint = t.prefetch_bytes > 0 ? (int)t.hint : (int)kNoPrefetch;
-  parallel(blocks, 1, [&](int64_t begin, int64_t end) {
+  // Rows of I < 4 KiB share a 4 KiB page, and a 16-row block read a tile column at a time visits each page
+  // at 4096 / I places at once, which the hardware prefetchers (a stream per page) follow poorly. So a
+  // group of P = 4096 / I blocks takes its rows P apart (tile stride P I): block p of the group rows p,
+  // p + P, ..., and each page is read front to back across the group's blocks, one stream. With I = 1024
+  // (v0.2's and S1-mini's linears but w2) one thread group after another streamed 32.7 GB/s instead of 29.1
+  // (Intel Xeon, 2 vCPUs, 320 MB). The sums are the same integers: the same bits. The T0 hint's stream a
+  // block ahead streamed best in plain order (30.7 GB/s; 27.8 interleaved), so it keeps that.
+  const int64_t P = hint == kNoPrefetch && I >= 256 && I < 4096 && 4096 % I == 0 ? 4096 / I : 1;
+  const int64_t groups = O / (16 * P), units = groups + (O - groups * 16 * P) / 16;
+  parallel(units, 1, [&](int64_t begin, int64_t end) {
     // Each piece loads its own configuration: torch's oneDNN matmuls on this thread set theirs.
     configure_tiles(act);
     int32_t sums[16 * kAmxDigits * 2 * kAmxChunkRows];
-    for (int64_t k = begin; k < end; ++k) {
-      const int8_t* block = wp + 16 * k * I;
-      if (hint == kPrefetchT0) amx_block_rows<kPrefetchT0>(block, I, act, sums);
-      else amx_block_rows<kNoPrefetch>(block, I, act, sums);
-      amx_store(act, sums, 16 * k, sp, yp, O);
+    for (int64_t u = begin; u < end; ++u) {
+      const bool grouped = u < groups;
+      const int64_t first = grouped ? 16 * P * u : 16 * (groups * P + u - groups);
+      // The T0 hint fetches the next 16 P I bytes (a group's, or a block's) in order, a tile step at a time.
+      const int8_t* ahead = wp + (first + (grouped ? 16 * P : 16)) * I;
+      for (int64_t p = 0; p < (grouped ? P : 1); ++p) {
+        const int64_t step = grouped ? P : 1;
+        const int8_t* block = wp + (first + p) * I;
+        if (hint == kPrefetchT0) amx_block_rows<kPrefetchT0>(block, I, step * I, ahead + 16 * p * I, act, sums);
+        else amx_block_rows<kNoPrefetch>(block, I, step * I, nullptr, act, sums);
+        amx_store(act, sums, first + p, step, sp, yp, O);
+      }
     }
     _tile_release();
   }, t.threads, N);
-  for (int64_t o = 16 * blocks; o < O; ++o) amx_row_without_tiles(act, wp + o * I, o, sp, yp, O);
+  for (int64_t o = 16 * (O / 16); o < O; ++o) amx_row_without_tiles(act, wp + o * I, o, sp, yp, O);
   return y;
 #else
   TORCH_CHECK(false, "linear_rows_int8_amx needs AMX-INT8");
