@@ -151,7 +151,6 @@ def _decode_step_seconds(fmt: str, candidates: list[str], probe: DecodeProbe, ro
     steps in STEP_TIMING_SECONDS, after a warm-up) for the first of `candidates` (fastest first) that fit
     in STEP_BUDGET, at least two."""
     with probe(rows, STEP_POSITION) as step:
-
         steps = 1
 
         def seconds() -> float:
