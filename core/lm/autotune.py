@@ -56,6 +56,7 @@ STEP_POSITION = 128  # where the timed steps decode (every candidate attends ove
 # shared VM, and the best of two single steps put int8's "kernel-amx-t0" ahead of "kernel-amx" (14.46 vs
 # 14.81 ms), which decodes 7% faster (13.1 vs 14.1 ms, medians of 30 timings of three steps; Intel Xeon).
 STEP_TIMING_SECONDS = 0.03
+MAX_STEPS_PER_TIMING = 8
 RUNS = 2
 KERNEL_MARGIN = 0.05  # see _prefer_kernels
 GIVE_UP = 2.0  # a candidate whose two warm-ups both take this many times the best is not timed further
@@ -161,7 +162,7 @@ def _decode_step_seconds(fmt: str, candidates: list[str], probe: DecodeProbe, ro
 
         paths.set_paths(fmt, decode=candidates[0])
         first = seconds()  # (a step's time sizes the timings and the field)
-        steps = max(1, math.ceil(STEP_TIMING_SECONDS / first))
+        steps = max(1, min(MAX_STEPS_PER_TIMING, math.ceil(STEP_TIMING_SECONDS / max(first, 1e-9))))
         fit = max(2, int(STEP_BUDGET / ((1 + RUNS) * steps * first)))
         return _timed_in_turns(candidates[:fit], lambda path: paths.set_paths(fmt, decode=path), seconds, seconds)
 

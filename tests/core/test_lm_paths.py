@@ -609,6 +609,37 @@ def test_slow_decode_steps_time_fewer_candidates(monkeypatch):
     assert list(timed[0.05]) == candidates[:2] and min(timed[0.05].values()) >= 0.05
 
 
+def test_a_decode_step_candidate_is_timed_by_the_mean_of_its_steps(monkeypatch):
+    """A timing runs the steps of STEP_TIMING_SECONDS (three of 10 ms) and takes their mean: a candidate
+    whose every third step is quick but whose mean is slower loses, where the best of single steps (as
+    before) picked it. The clock is the test's: each step advances it by its candidate's time."""
+    candidates = [c for c in paths.decode_candidates("float32") if c.startswith("kernel")][:2]
+    if len(candidates) < 2:
+        pytest.skip("needs two kernel paths (the C++ kernels)")
+    steady, uneven = candidates
+    costs = {steady: [0.010], uneven: [0.0125, 0.0125, 0.007]}  # means 10 and 10.67 ms
+    calls = dict.fromkeys(candidates, 0)
+    clock = [0.0]
+
+    def step():
+        path = paths.chosen("float32")["decode"]
+        clock[0] += costs[path][calls[path] % len(costs[path])]
+        calls[path] += 1
+
+    @contextmanager
+    def probe(rows, position):
+        yield step
+
+    monkeypatch.setattr(autotune.time, "perf_counter", lambda: clock[0])
+    previous = dict(paths.chosen("float32"))
+    try:
+        timed = autotune._decode_step_seconds("float32", candidates, probe, 1)
+    finally:
+        paths.set_paths("float32", **previous)
+    assert timed[steady] == pytest.approx(0.010) and timed[uneven] == pytest.approx(0.0320 / 3)
+    assert calls[uneven] == (1 + autotune.RUNS) * 3  # a warm-up and RUNS timings of three steps each
+
+
 @pytest.mark.parametrize("fmt", paths.FORMATS)
 def test_one_sequence_and_a_batch_on_different_settings_decode_the_same_bits(models, fmt):
     """The settings of one arithmetic (prefetch, threads, weight rows at once) change no bit, so the
