@@ -44,6 +44,7 @@ def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None) -> 
         and x2.dtype == torch.float32
         and x2.device.type == "cpu"
         and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
     ):
         # ATen gives a float32 dilated conv of under 20480 input values (a streamed chunk's) to its native
         # loop, not oneDNN: the WN's 256 -> 512 channels over 64 frames took 620 us there, 240 in oneDNN.
