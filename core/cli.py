@@ -28,7 +28,14 @@ from .checkpoints import (
     VQGAN_FILENAME,
     checkpoints_dir,
 )
-from .engine import DEFAULT_LM_CONFIG, DEFAULT_VQGAN_CONFIG, DEFAULT_VQGAN_PRECISION, QUANT_MODES, VQGAN_PRECISIONS
+from .engine import (
+    DEFAULT_LM_CONFIG,
+    DEFAULT_VQGAN_CONFIG,
+    DEFAULT_VQGAN_PRECISION,
+    DEVICE_NAMES,
+    QUANT_MODES,
+    VQGAN_PRECISIONS,
+)
 from .request import DEFAULT_ORDER, DEFAULT_SAMPLING, DEFAULT_SEED, DEFAULT_TEXT, MAX_SEED, S1_DEFAULT_SAMPLING
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".wma", ".aac", ".aiff", ".aif", ".aifc"}
@@ -77,6 +84,8 @@ def report_speed(frames: int, seconds: float, model) -> None:
         err=True,
     )
 
+
+device_option = click.option("--device", default=None, help=f"{DEVICE_NAMES} (auto, the default: CUDA when available).")
 
 vqgan_precision_option = click.option(
     "--vqgan-precision",
@@ -173,7 +182,7 @@ def load_s1_engine(
     **in_checkpoints(VQGAN_FILENAME),
 )
 @click.option("-cfg", "--config-name", default=DEFAULT_VQGAN_CONFIG, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
+@device_option
 @vqgan_precision_option
 @model_option
 @friendly_errors
@@ -274,7 +283,7 @@ def generation_options(func, with_model: bool = True):
         click.option(
             "--half/--no-half", default=False, show_default=True, help="float16 instead of bfloat16 (CUDA only)."
         ),
-        click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)."),
+        device_option,
         click.option(
             "--code-mask/--no-code-mask",
             default=True,

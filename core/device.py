@@ -9,6 +9,8 @@ import os
 
 import torch
 
+DEVICE_NAMES = "cpu, cuda, cuda:N or auto"  # what --device and a load request's `device` take (auto: CUDA when present)
+
 
 def resolve_device(device: str | None = None) -> torch.device:
     if device in (None, "", "auto"):
@@ -16,13 +18,13 @@ def resolve_device(device: str | None = None) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
+        raise ValueError(f"unknown device {device!r} (use {DEVICE_NAMES})") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA was requested but is not available on this machine")
     if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"CUDA device {resolved.index} does not exist ({torch.cuda.device_count()} visible)")
     if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r} (use cpu, cuda or cuda:N)")
+        raise ValueError(f"unsupported device {device!r} (use {DEVICE_NAMES})")
     return resolved
 
 

@@ -14,7 +14,14 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from core.checkpoints import DEFAULT_CHECKPOINTS_DIR, DEFAULT_S1_DIR, LM_FILENAME, VQGAN_FILENAME
-from core.engine import DEFAULT_LM_CONFIG, DEFAULT_TOKENIZER, DEFAULT_VQGAN_CONFIG, QUANT_MODES, VQGAN_PRECISIONS
+from core.engine import (
+    DEFAULT_LM_CONFIG,
+    DEFAULT_TOKENIZER,
+    DEFAULT_VQGAN_CONFIG,
+    DEVICE_NAMES,
+    QUANT_MODES,
+    VQGAN_PRECISIONS,
+)
 from core.request import (
     DEFAULT_ORDER,
     DEFAULT_SAMPLING,
@@ -149,7 +156,8 @@ class LoadModelRequest(BaseModel):
         None,
         pattern=DEVICE_PATTERN,
         description=(
-            "cpu, cuda or cuda:N. --device on the server wins; 'cuda' on a machine without CUDA falls back to the CPU."
+            f"{DEVICE_NAMES} (auto, or none: CUDA when available). --device on the server wins; 'cuda' on a "
+            "machine without CUDA falls back to the CPU."
         ),
     )
     llama: LlamaSpec = Field(default_factory=LlamaSpec)

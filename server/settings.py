@@ -13,7 +13,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from core.checkpoints import DEFAULT_CHECKPOINTS_DIR
-from core.engine import DEFAULT_VQGAN_PRECISION, MAX_BATCH_SIZE, QUANT_MODES, VQGAN_PRECISIONS
+from core.engine import DEFAULT_VQGAN_PRECISION, DEVICE_NAMES, MAX_BATCH_SIZE, QUANT_MODES, VQGAN_PRECISIONS
 
 ENV_PREFIX = "FISHTTS_"
 MAX_TEXT_LENGTH = 1000
@@ -41,7 +41,7 @@ class Settings:
         multiple=True,
     )
     device: str | None = _opt(
-        None, "cpu, cuda or cuda:N for every bundle (default: the client's choice, CUDA when available)."
+        None, f"{DEVICE_NAMES} for every bundle (auto: CUDA when available; default: the client's choice)."
     )
     half: bool = _opt(False, "float16 instead of bfloat16 when a load request names no precision (CUDA only).")
     compile: bool = _opt(
@@ -114,7 +114,7 @@ class Settings:
         if self.vqgan_precision not in VQGAN_PRECISIONS:
             raise ValueError(f"vqgan_precision must be one of {', '.join(VQGAN_PRECISIONS)}")
         if self.device and not re.match(DEVICE_PATTERN, self.device):
-            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+            raise ValueError(f"device must be {DEVICE_NAMES}, got {self.device!r}")
         for name in ("max_upload_mb", "body_timeout", "max_reference_seconds", "stream_send_timeout"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a number > 0")

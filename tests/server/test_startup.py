@@ -14,7 +14,10 @@ import time
 import pytest
 import requests
 
+from core.device import resolve_device
 from server.errors import scrub
+from server.schemas import LoadModelRequest
+from server.settings import Settings
 from tests.paths import process_env
 from tests.server.helpers import ROOT, Server, add_s1_model, make_workdir
 
@@ -33,6 +36,19 @@ def run_server(*args: str, cwd) -> subprocess.CompletedProcess:
 def test_an_unknown_device_is_refused_at_start(tmp_path):
     result = run_server("--device", "tpu", cwd=tmp_path)
     assert result.returncode == 2 and "tpu" in result.stderr and "Traceback" not in result.stderr
+    assert "cpu, cuda, cuda:N or auto" in result.stderr  # what it takes, `auto` included
+
+
+def test_device_auto_is_the_default_choice():
+    """`auto` (the server's --device, a load request's `device`, the CLI's --device) is what no choice
+    means: CUDA where present, else the CPU; the help texts name it."""
+    assert resolve_device("auto") == resolve_device(None)
+    assert Settings(device="auto").device == "auto"
+    assert LoadModelRequest(device="auto").device == "auto"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "fishtts", "tts", "--help"], env=process_env(), capture_output=True, text=True
+    ).stdout
+    assert "auto" in " ".join(help_text.split()).split("--device", 1)[1][:200]
 
 
 @pytest.mark.parametrize(
