@@ -9,7 +9,9 @@ import os
 
 import torch
 
-DEVICE_NAMES = "cpu, cuda, cuda:N or auto"  # what --device and a load request's `device` take (auto: CUDA when present)
+# What --device and a load request's `device` take (auto: CUDA when present), as words and as a pattern.
+DEVICE_NAMES = "cpu, cuda, cuda:N or auto"
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"
 
 
 def resolve_device(device: str | None = None) -> torch.device:

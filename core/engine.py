@@ -23,7 +23,7 @@ import torch
 
 from .audio import SAMPLE_RATE, input_samples
 from .checkpoints import DEFAULT_CHECKPOINTS_DIR, HF_REPO_ID, LM_FILENAME, VQGAN_FILENAME, require_checkpoint
-from .device import DEVICE_NAMES, lm_dtype, release_openmp_threads, resolve_device
+from .device import DEVICE_NAMES, DEVICE_PATTERN, lm_dtype, release_openmp_threads, resolve_device
 from .families import FAMILIES, FISH_SPEECH_V02, OPENAUDIO_S1_MINI, ModelFamily
 from .families.fish_speech import FishSpeech
 from .families.openaudio import OpenAudioS1
@@ -493,6 +493,7 @@ __all__ = [
     "Cancelled",
     "DEFAULT_VQGAN_PRECISION",
     "DEVICE_NAMES",
+    "DEVICE_PATTERN",
     "EngineInfo",
     "FAMILIES",
     "FAMILY",

@@ -19,6 +19,7 @@ from core.engine import (
     DEFAULT_TOKENIZER,
     DEFAULT_VQGAN_CONFIG,
     DEVICE_NAMES,
+    DEVICE_PATTERN,
     QUANT_MODES,
     VQGAN_PRECISIONS,
 )
@@ -39,7 +40,7 @@ from core.request import (
     default_sampling,
 )
 
-from .settings import DEVICE_PATTERN, MAX_TEXT_LENGTH
+from .settings import MAX_TEXT_LENGTH
 from .voices import VOICE_ID_PATTERN
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

@@ -13,11 +13,17 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from core.checkpoints import DEFAULT_CHECKPOINTS_DIR
-from core.engine import DEFAULT_VQGAN_PRECISION, DEVICE_NAMES, MAX_BATCH_SIZE, QUANT_MODES, VQGAN_PRECISIONS
+from core.engine import (
+    DEFAULT_VQGAN_PRECISION,
+    DEVICE_NAMES,
+    DEVICE_PATTERN,
+    MAX_BATCH_SIZE,
+    QUANT_MODES,
+    VQGAN_PRECISIONS,
+)
 
 ENV_PREFIX = "FISHTTS_"
 MAX_TEXT_LENGTH = 1000
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"  # also the load request's `device`
 LOG_LEVELS = ("debug", "info", "warning", "error")  # the ones both logging and uvicorn know
 
 

@@ -8,8 +8,8 @@ and batch steps have the smallest geometric mean wins, with its fastest setting 
 (paths.arithmetic: settings change no bit, so a sequence decodes the same alone or batched). Every
 prefill candidate multiplies one layer's weights by PREFILL_ROWS rows, and each prompt attention
 candidate attends over PREFILL_ROWS positions of the model's heads. The fastest wins.
-One to three seconds a format at official size, once per CPU model, thread count, torch version, kernel
-source, timing method, weight shapes and candidate list: the choice is kept in
+Two to four seconds a format at official size (moving the weights to huge pages included), once per CPU model,
+thread count, torch version, kernel source, timing method, weight shapes and candidate list: the choice is kept in
 ~/.cache/fishtts/lm_paths.json ($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten).
 FISHTTS_AUTOTUNE=0 skips it (the defaults: the kernels as tuned on AMD Zen, bfloat16 prefill where fast).
 

@@ -1138,12 +1138,11 @@ at::Tensor linear_rows_int8_amx(const at::Tensor& x, const at::Tensor& w, const 
     configure_tiles(act);
     int32_t sums[16 * kAmxDigits * 2 * kAmxChunkRows];
     for (int64_t u = begin; u < end; ++u) {
-      const bool grouped = u < groups;
-      const int64_t first = grouped ? 16 * P * u : 16 * (groups * P + u - groups);
-      // The T0 hint fetches the next 16 P I bytes (a group's, or a block's) in order, a tile step at a time.
-      const int8_t* ahead = wp + (first + (grouped ? 16 * P : 16)) * I;
-      for (int64_t p = 0; p < (grouped ? P : 1); ++p) {
-        const int64_t step = grouped ? P : 1;
+      const int64_t step = u < groups ? P : 1;  // a unit's blocks, and the rows between a block's rows
+      const int64_t first = u < groups ? 16 * P * u : 16 * (groups * P + u - groups);
+      // The T0 hint fetches the next unit's 16 step I bytes in order, a tile step at a time.
+      const int8_t* ahead = wp + (first + 16 * step) * I;
+      for (int64_t p = 0; p < step; ++p) {
         const int8_t* block = wp + (first + p) * I;
         if (hint == kPrefetchT0) amx_block_rows<kPrefetchT0>(block, I, step * I, ahead + 16 * p * I, act, sums);
         else amx_block_rows<kNoPrefetch>(block, I, step * I, nullptr, act, sums);
