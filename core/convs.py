@@ -28,6 +28,34 @@ def _as_2d_input(conv: nn.Module, x: Tensor) -> Tensor:
     return x.unsqueeze(2).to(compute_dtype(conv)).contiguous(memory_format=torch.channels_last)
 
 
+def _onednn(x2: Tensor) -> bool:
+    """Whether this CPU conv goes to oneDNN directly, with its weight packed once (`conv1d` says why)."""
+    return (
+        x2.device.type == "cpu"
+        and x2.dtype in (torch.float32, torch.bfloat16)
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+
+
+def _packed_weight(conv: nn.Module, x2: Tensor, padding: tuple[int, int]) -> Tensor:
+    """conv's weight reordered once into oneDNN's blocked layout for inputs like x2 (another length runs
+    on it as fast: measured 60-20000 steps), kept while `_weight_2d` keeps its weight."""
+    weight, _ = _weight_2d(conv)
+    packed = conv.__dict__.get("_packed_weight")
+    if packed is None or packed[0] is not weight or packed[1] != padding:
+        stride, dilation = (1, conv.stride[0]), (1, conv.dilation[0])
+        size = list(x2.shape)
+        if isinstance(conv, nn.ConvTranspose1d):
+            w = torch.ops.mkldnn._reorder_convolution_transpose_weight(
+                weight, padding, (0, 0), stride, dilation, conv.groups, size
+            )
+        else:
+            w = torch.ops.mkldnn._reorder_convolution_weight(weight, padding, stride, dilation, conv.groups, size)
+        packed = conv.__dict__["_packed_weight"] = (weight, padding, w)
+    return packed[2]
+
+
 def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
     """conv(x) as a channels-last 2-D conv: x86's oneDNN computes in that layout, and a contiguous 1-D
     conv spent as long again copying into and out of it (Intel Xeon, HiFi-GAN's convs: float32 ~2x,
@@ -35,20 +63,21 @@ def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None) -> 
     next conv takes it; pointwise ops keep that. A conv set to bfloat16 rounds its input and weight
     and returns x's dtype, or `out_dtype` (a resblock's first conv hands bfloat16 to the second, which
     would round it anyway): the residual sums stay float32 (the audio's SNR against float32: 42 dB on
-    the official-size random VQGAN, 38 dB with everything in bfloat16)."""
+    the official-size random VQGAN, 38 dB with everything in bfloat16).
+
+    On CPU the conv is oneDNN's, called with a weight it packed once: through F.conv2d, oneDNN reordered
+    the weight and built its kernel's descriptor on every call, which cost a streamed chunk's small
+    convs 2-15x their arithmetic (Intel Xeon, AMX: 256 channels, kernel 11, 306 steps in bfloat16 1176
+    against 236 us; a 512 -> 256 upsampling of 42 frames 3159 against 236 us), and ATen sent small
+    dilated float32 convs to a slow native loop. The same oneDNN kernels, so the same sums."""
     weight, bias = _weight_2d(conv)
     stride, padding, dilation = (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0])
     x2 = _as_2d_input(conv, x)
-    if (
-        dilation[1] > 1
-        and x2.dtype == torch.float32
-        and x2.device.type == "cpu"
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-    ):
-        # ATen gives a float32 dilated conv of under 20480 input values (a streamed chunk's) to its native
-        # loop, not oneDNN: the WN's 256 -> 512 channels over 64 frames took 620 us there, 240 in oneDNN.
-        y = torch.ops.aten.mkldnn_convolution(x2, weight, bias, padding, stride, dilation, conv.groups)
+    if _onednn(x2):
+        packed = _packed_weight(conv, x2, padding)
+        y = torch.ops.mkldnn._convolution_pointwise(
+            x2, packed, bias, padding, stride, dilation, conv.groups, "none", [], ""
+        )
     else:
         y = F.conv2d(x2, weight, bias, stride, padding, dilation, conv.groups)
     return y.squeeze(2).to(out_dtype or x.dtype)
@@ -56,9 +85,17 @@ def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None) -> 
 
 def conv_transpose1d(conv: nn.ConvTranspose1d, x: Tensor, padding: int | None = None) -> Tensor:
     """conv(x) for a transposed conv (with `padding` instead of its own, if given), as `conv1d` does."""
-    (pad,) = conv.padding if padding is None else (padding,)
+    pad = (0, conv.padding[0] if padding is None else padding)
     weight, bias = _weight_2d(conv)
-    y = F.conv_transpose2d(_as_2d_input(conv, x), weight, bias, (1, conv.stride[0]), (0, pad))
+    stride, dilation = (1, conv.stride[0]), (1, conv.dilation[0])
+    x2 = _as_2d_input(conv, x)
+    if _onednn(x2):
+        packed = _packed_weight(conv, x2, pad)
+        y = torch.ops.mkldnn._convolution_transpose_pointwise(
+            x2, packed, bias, pad, (0, 0), stride, dilation, conv.groups, "none", [], ""
+        )
+    else:
+        y = F.conv_transpose2d(x2, weight, bias, stride, pad, (0, 0), conv.groups, dilation)
     return y.squeeze(2).to(x.dtype)
 
 

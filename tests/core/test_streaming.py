@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from core.convs import conv1d
 from core.engine import Cancelled
 from core.request import SynthesisRequest
 from core.speech import JOIN_FADE_SECONDS, _fade
@@ -21,7 +20,7 @@ from core.vqgan.decoder_stream import GeneratorStream, WNStream, generator_lag_s
 from core.vqgan.streaming import StreamingDecoder, generator_lookahead_frames
 from tests.helpers import frames_beside, load_tiny_engine
 from tests.paths import PARITY
-from tests.tolerances import FLOAT32_EPS, longest_reduction, network_atol
+from tests.tolerances import longest_reduction, network_atol
 
 
 @pytest.fixture(scope="module")
@@ -356,27 +355,3 @@ def test_an_engine_used_in_a_with_block_is_closed_at_its_end(tiny_checkpoints):
     assert not scheduler._thread.is_alive()  # (dropped without close, the thread kept the model)
     with pytest.raises(RuntimeError, match="unloaded"):
         engine.synthesize(SynthesisRequest("hi there", max_frames=4, seed=1, use_g2p=False))
-
-
-@pytest.mark.parametrize("onednn", [True, False])
-def test_a_small_dilated_float32_conv_is_the_conv(onednn, monkeypatch):
-    """conv1d hands a float32 dilated conv to oneDNN itself (ATen sends one of a streamed chunk's size to a
-    slow native loop): the same conv within float32 rounding, and torch's own path when oneDNN is off."""
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
-    gen = torch.Generator().manual_seed(3)
-    for dilation, frames in ((2, 9), (8, 40), (32, 80)):
-        conv = torch.nn.Conv1d(64, 96, 3, dilation=dilation, padding=dilation)
-        with torch.no_grad():
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) / 8)
-        x = torch.randn(1, 64, frames, generator=gen)
-        expected = torch.nn.functional.conv1d(
-            x.double(), conv.weight.double(), conv.bias.double(), padding=dilation, dilation=dilation
-        )
-        magnitude = torch.nn.functional.conv1d(
-            x.abs().double(), conv.weight.abs().double(), conv.bias.abs().double(), padding=dilation, dilation=dilation
-        )
-        with torch.inference_mode():
-            actual = conv1d(conv, x)
-        assert actual.shape == expected.shape and actual.dtype == torch.float32
-        bound = 4 * FLOAT32_EPS * 3 * 64 * magnitude  # each output a sum of 3 * 64 products and a bias
-        assert bool(((actual.double() - expected).abs() <= bound).all()), (dilation, frames)

@@ -1,0 +1,108 @@
+"""core.convs: every conv the VQGAN and the S1 codec run (dilated, strided, grouped, transposed; float32 and
+bfloat16) is the conv within its arithmetic's rounding, on oneDNN with its packed weight and on torch's own
+path, and a packed weight follows its conv's weight and compute dtype."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.convs import conv1d, conv_transpose1d
+from tests.tolerances import BFLOAT16_EPS, FLOAT32_EPS
+
+CONVS = [  # (in, out, kernel, stride, dilation, groups, frames)
+    (64, 96, 3, 1, 2, 1, 9),  # a WN layer's dilated conv over a streamed chunk's few frames
+    (64, 96, 3, 1, 8, 1, 40),
+    (64, 96, 3, 1, 32, 1, 80),
+    (32, 32, 11, 1, 5, 1, 300),  # a resblock's conv
+    (48, 24, 7, 2, 1, 1, 50),  # the S1 codec's strided and grouped (depthwise) convs
+    (32, 32, 7, 1, 1, 32, 60),
+]
+TRANSPOSED = [  # (in, out, kernel, stride, frames)
+    (64, 32, 16, 8, 11),
+    (32, 16, 4, 2, 37),
+]
+
+
+def _random_(module: torch.nn.Module, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / 8)
+        module.bias.copy_(torch.randn(module.bias.shape, generator=gen))
+
+
+def _rounded(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """What the conv computes with: t rounded to its compute dtype, exactly, in float64."""
+    return t.detach().to(dtype).double()
+
+
+def _assert_is_the_conv(actual, x, module, dtype, reference, products: int) -> None:
+    """actual against the float64 conv of the inputs as rounded to `dtype`: each output is a float32 sum
+    of `products` products (bfloat16's also rounded once more at the end)."""
+    args = (_rounded(x, dtype), _rounded(module.weight, dtype), _rounded(module.bias, dtype))
+    expected = reference(*args)
+    magnitude = reference(*(a.abs() for a in args))
+    ulps = 4 * FLOAT32_EPS * products + (BFLOAT16_EPS if dtype == torch.bfloat16 else 0.0)
+    assert actual.shape == expected.shape and actual.dtype == x.dtype
+    assert bool(((actual.double() - expected).abs() <= ulps * magnitude).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("onednn", [True, False])
+def test_a_conv_is_the_conv(onednn, dtype, monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
+    gen = torch.Generator().manual_seed(3)
+    for cin, cout, k, stride, dilation, groups, frames in CONVS:
+        pad = (k - 1) * dilation // 2
+        conv = torch.nn.Conv1d(cin, cout, k, stride=stride, dilation=dilation, padding=pad, groups=groups)
+        _random_(conv, gen)
+        conv.__dict__["compute_dtype"] = dtype
+        x = torch.randn(2, cin, frames, generator=gen)
+        with torch.inference_mode():
+            actual = conv1d(conv, x)
+        reference = partial(F.conv1d, stride=stride, padding=pad, dilation=dilation, groups=groups)
+        _assert_is_the_conv(actual, x, conv, dtype, reference, k * cin // groups + 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("onednn", [True, False])
+def test_a_transposed_conv_is_the_conv(onednn, dtype, monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
+    gen = torch.Generator().manual_seed(4)
+    for cin, cout, k, stride, frames in TRANSPOSED:
+        conv = torch.nn.ConvTranspose1d(cin, cout, k, stride=stride, padding=(k - stride) // 2)
+        _random_(conv, gen)
+        conv.__dict__["compute_dtype"] = dtype
+        x = torch.randn(1, cin, frames, generator=gen)
+        for padding in (None, 0):  # its own, and none (the streamed generator's)
+            pad = conv.padding[0] if padding is None else padding
+            with torch.inference_mode():
+                actual = conv_transpose1d(conv, x, padding)
+            reference = partial(F.conv_transpose1d, stride=stride, padding=pad)
+            _assert_is_the_conv(actual, x, conv, dtype, reference, k * cin + 1)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_packed_weight_follows_its_conv(transposed):
+    """The weight oneDNN packs once is packed again when the conv's weight changes in place or its
+    compute dtype changes (VQGAN.decode_dtype), never run stale."""
+    gen = torch.Generator().manual_seed(5)
+    make = torch.nn.ConvTranspose1d if transposed else torch.nn.Conv1d
+    conv = make(16, 16, 4, stride=2) if transposed else make(16, 16, 3, padding=1)
+    _random_(conv, gen)
+    run = conv_transpose1d if transposed else conv1d
+    x = torch.randn(1, 16, 20, generator=gen)
+    with torch.inference_mode():
+        before = run(conv, x)
+    with torch.no_grad():
+        conv.weight.mul_(-1)
+    reference = partial(F.conv_transpose1d, stride=2) if transposed else partial(F.conv1d, padding=1)
+    with torch.inference_mode():
+        flipped = run(conv, x)
+        conv.__dict__["compute_dtype"] = torch.bfloat16
+        rounded = run(conv, x)
+    assert not torch.equal(before, flipped)
+    _assert_is_the_conv(flipped, x, conv, torch.float32, reference, 16 * 4 + 1)
+    _assert_is_the_conv(rounded, x, conv, torch.bfloat16, reference, 16 * 4 + 1)
