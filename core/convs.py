@@ -28,8 +28,15 @@ def _as_2d_input(conv: nn.Module, x: Tensor) -> Tensor:
     return x.unsqueeze(2).to(compute_dtype(conv)).contiguous(memory_format=torch.channels_last)
 
 
+def set_packed_weights(module: nn.Module, packed: bool) -> None:
+    """Run module's convs on weights packed once for oneDNN (`conv1d` says why), or through torch's ops."""
+    for conv in module.modules():
+        if isinstance(conv, (nn.Conv1d, nn.ConvTranspose1d)):
+            conv.__dict__["packed_weights"] = packed
+
+
 def _onednn(x2: Tensor) -> bool:
-    """Whether this CPU conv goes to oneDNN directly, with its weight packed once (`conv1d` says why)."""
+    """Whether oneDNN can run this conv (a user may turn it off: torch.backends.mkldnn.enabled)."""
     return (
         x2.device.type == "cpu"
         and x2.dtype in (torch.float32, torch.bfloat16)
@@ -38,9 +45,13 @@ def _onednn(x2: Tensor) -> bool:
     )
 
 
+def _packs(conv: nn.Module, x2: Tensor) -> bool:
+    return conv.__dict__.get("packed_weights", False) and _onednn(x2)
+
+
 def _packed_weight(conv: nn.Module, x2: Tensor, padding: tuple[int, int]) -> Tensor:
-    """conv's weight reordered once into oneDNN's blocked layout for inputs like x2 (another length runs
-    on it as fast: measured 60-20000 steps), kept while `_weight_2d` keeps its weight."""
+    """conv's weight reordered once into the layout oneDNN takes for inputs like x2, kept while
+    `_weight_2d` keeps its weight (an input oneDNN wants another layout for reorders it again)."""
     weight, _ = _weight_2d(conv)
     packed = conv.__dict__.get("_packed_weight")
     if packed is None or packed[0] is not weight or packed[1] != padding:
@@ -65,19 +76,25 @@ def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None) -> 
     would round it anyway): the residual sums stay float32 (the audio's SNR against float32: 42 dB on
     the official-size random VQGAN, 38 dB with everything in bfloat16).
 
-    On CPU the conv is oneDNN's, called with a weight it packed once: through F.conv2d, oneDNN reordered
-    the weight and built its kernel's descriptor on every call, which cost a streamed chunk's small
-    convs 2-15x their arithmetic (Intel Xeon, AMX: 256 channels, kernel 11, 306 steps in bfloat16 1176
-    against 236 us; a 512 -> 256 upsampling of 42 frames 3159 against 236 us), and ATen sent small
-    dilated float32 convs to a slow native loop. The same oneDNN kernels, so the same sums."""
+    A conv set to packed weights (`set_packed_weights`) calls oneDNN with a weight it reordered once:
+    through F.conv2d oneDNN reorders the weight on every call, which costs a streamed chunk's small
+    convs up to 1.5-3x their arithmetic in bfloat16 on AMX (Intel Xeon: 256 channels, kernel 11, 306
+    steps 373 against 239 us; a 512 -> 256 upsampling of 42 frames 797 against 245 us). Where oneDNN's
+    weight layout depends on the input's length (AVX2 float32), a packed weight is reordered again at
+    other lengths, and streamed chunks ran no faster: so it is measured per machine (vqgan/packing.py).
+    The same oneDNN kernels either way, so the same sums."""
     weight, bias = _weight_2d(conv)
     stride, padding, dilation = (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0])
     x2 = _as_2d_input(conv, x)
-    if _onednn(x2):
+    if _packs(conv, x2):
         packed = _packed_weight(conv, x2, padding)
         y = torch.ops.mkldnn._convolution_pointwise(
             x2, packed, bias, padding, stride, dilation, conv.groups, "none", [], ""
         )
+    elif dilation[1] > 1 and x2.dtype == torch.float32 and _onednn(x2):
+        # ATen gives a float32 dilated conv of under 20480 input values (a streamed chunk's) to its native
+        # loop, not oneDNN: the WN's 256 -> 512 channels over 64 frames took 620 us there, 240 in oneDNN.
+        y = torch.ops.aten.mkldnn_convolution(x2, weight, bias, padding, stride, dilation, conv.groups)
     else:
         y = F.conv2d(x2, weight, bias, stride, padding, dilation, conv.groups)
     return y.squeeze(2).to(out_dtype or x.dtype)
@@ -89,7 +106,7 @@ def conv_transpose1d(conv: nn.ConvTranspose1d, x: Tensor, padding: int | None = 
     weight, bias = _weight_2d(conv)
     stride, dilation = (1, conv.stride[0]), (1, conv.dilation[0])
     x2 = _as_2d_input(conv, x)
-    if _onednn(x2):
+    if _packs(conv, x2):
         packed = _packed_weight(conv, x2, pad)
         y = torch.ops.mkldnn._convolution_transpose_pointwise(
             x2, packed, bias, pad, (0, 0), stride, dilation, conv.groups, "none", [], ""

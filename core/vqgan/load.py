@@ -15,6 +15,7 @@ from torch import Tensor
 from ..checkpoints import CheckpointError, describe_key_mismatch, describe_shape_mismatch, load_state_dict_file
 from .config import VQGANConfig, load_vqgan_config
 from .model import VQGAN
+from .packing import resolve_packed_convs
 from .precision import resolve_precision
 
 WN_G, WN_V = ".parametrizations.weight.original0", ".parametrizations.weight.original1"
@@ -118,6 +119,7 @@ def vqgan_from_state_dict(
     model.load_state_dict(convert_state_dict(model, state_dict), strict=True, assign=True)
     model = model.requires_grad_(False).to(device).eval()
     model.decode_dtype = getattr(torch, resolve_precision(model, precision))
+    model.packed_convs = resolve_packed_convs(model)
     return model
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..convs import set_packed_weights
 from .config import VQGANConfig
 from .mel import LogMelSpectrogram
 from .modules import WN, ConvDownSampler, Generator
@@ -23,6 +24,7 @@ class VQGAN(nn.Module):
         self.decoder = WN(config.decoder)
         self.generator = Generator(config.generator)
         self.decode_dtype = torch.float32
+        self.packed_convs = False
 
     @property
     def decode_dtype(self) -> torch.dtype:
@@ -36,6 +38,18 @@ class VQGAN(nn.Module):
             if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
                 module.__dict__["compute_dtype"] = dtype
         self._decode_dtype = dtype
+
+    @property
+    def packed_convs(self) -> bool:
+        """Whether decode's convs run on weights packed once for oneDNN (convs.conv1d; chosen by measuring,
+        packing.py): only speed changes, never a result."""
+        return self._packed_convs
+
+    @packed_convs.setter
+    def packed_convs(self, packed: bool) -> None:
+        set_packed_weights(self.decoder, packed)
+        set_packed_weights(self.generator, packed)
+        self._packed_convs = packed
 
     @property
     def decode_precision(self) -> str:

@@ -41,7 +41,7 @@ def resolve_precision(vqgan: VQGAN, precision: str) -> str:
         return precision
     if vqgan.device.type != "cpu" or not cpu_has_fast_bfloat16():
         return "float32"  # emulated bfloat16 is far slower; off the CPU nothing has been measured
-    key = "|".join([*machine_key(), f"method={METHOD}", _generator_shape(vqgan)])
+    key = "|".join([*machine_key(), f"method={METHOD}", generator_shape(vqgan)])
     cache = read_cache(CACHE_NAME)
     if cache.get(key) in ("float32", "bfloat16"):
         return cache[key]
@@ -52,7 +52,7 @@ def resolve_precision(vqgan: VQGAN, precision: str) -> str:
     return cache[key]
 
 
-def _generator_shape(vqgan: VQGAN) -> str:
+def generator_shape(vqgan: VQGAN) -> str:
     config = dataclasses.asdict(vqgan.config.generator)
     return hashlib.sha1(repr(sorted(config.items())).encode()).hexdigest()[:12]
 

@@ -1,6 +1,7 @@
 """core.convs: every conv the VQGAN and the S1 codec run (dilated, strided, grouped, transposed; float32 and
-bfloat16) is the conv within its arithmetic's rounding, on oneDNN with its packed weight and on torch's own
-path, and a packed weight follows its conv's weight and compute dtype."""
+bfloat16) is the conv within its arithmetic's rounding on each path (oneDNN with the weight packed once,
+torch's ops, and those with oneDNN turned off), and a packed weight follows its conv's weight and compute
+dtype."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.convs import conv1d, conv_transpose1d
+from core.convs import conv1d, conv_transpose1d, set_packed_weights
 from tests.tolerances import BFLOAT16_EPS, FLOAT32_EPS
 
 CONVS = [  # (in, out, kernel, stride, dilation, groups, frames)
@@ -25,6 +26,14 @@ TRANSPOSED = [  # (in, out, kernel, stride, frames)
     (64, 32, 16, 8, 11),
     (32, 16, 4, 2, 37),
 ]
+
+
+PATHS = ["packed", "torch", "no onednn"]
+
+
+def _take_path(conv: torch.nn.Module, path: str, monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", path != "no onednn")
+    set_packed_weights(conv, path == "packed")
 
 
 def _random_(module: torch.nn.Module, gen: torch.Generator) -> None:
@@ -50,15 +59,15 @@ def _assert_is_the_conv(actual, x, module, dtype, reference, products: int) -> N
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("onednn", [True, False])
-def test_a_conv_is_the_conv(onednn, dtype, monkeypatch):
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
+@pytest.mark.parametrize("path", PATHS)
+def test_a_conv_is_the_conv(path, dtype, monkeypatch):
     gen = torch.Generator().manual_seed(3)
     for cin, cout, k, stride, dilation, groups, frames in CONVS:
         pad = (k - 1) * dilation // 2
         conv = torch.nn.Conv1d(cin, cout, k, stride=stride, dilation=dilation, padding=pad, groups=groups)
         _random_(conv, gen)
         conv.__dict__["compute_dtype"] = dtype
+        _take_path(conv, path, monkeypatch)
         x = torch.randn(2, cin, frames, generator=gen)
         with torch.inference_mode():
             actual = conv1d(conv, x)
@@ -67,14 +76,14 @@ def test_a_conv_is_the_conv(onednn, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("onednn", [True, False])
-def test_a_transposed_conv_is_the_conv(onednn, dtype, monkeypatch):
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn)
+@pytest.mark.parametrize("path", PATHS)
+def test_a_transposed_conv_is_the_conv(path, dtype, monkeypatch):
     gen = torch.Generator().manual_seed(4)
     for cin, cout, k, stride, frames in TRANSPOSED:
         conv = torch.nn.ConvTranspose1d(cin, cout, k, stride=stride, padding=(k - stride) // 2)
         _random_(conv, gen)
         conv.__dict__["compute_dtype"] = dtype
+        _take_path(conv, path, monkeypatch)
         x = torch.randn(1, cin, frames, generator=gen)
         for padding in (None, 0):  # its own, and none (the streamed generator's)
             pad = conv.padding[0] if padding is None else padding
@@ -92,6 +101,7 @@ def test_a_packed_weight_follows_its_conv(transposed):
     make = torch.nn.ConvTranspose1d if transposed else torch.nn.Conv1d
     conv = make(16, 16, 4, stride=2) if transposed else make(16, 16, 3, padding=1)
     _random_(conv, gen)
+    set_packed_weights(conv, True)
     run = conv_transpose1d if transposed else conv1d
     x = torch.randn(1, 16, 20, generator=gen)
     with torch.inference_mode():
@@ -103,6 +113,6 @@ def test_a_packed_weight_follows_its_conv(transposed):
         flipped = run(conv, x)
         conv.__dict__["compute_dtype"] = torch.bfloat16
         rounded = run(conv, x)
-    assert not torch.equal(before, flipped)
+    assert "_packed_weight" in conv.__dict__ and not torch.equal(before, flipped)
     _assert_is_the_conv(flipped, x, conv, torch.float32, reference, 16 * 4 + 1)
     _assert_is_the_conv(rounded, x, conv, torch.bfloat16, reference, 16 * 4 + 1)

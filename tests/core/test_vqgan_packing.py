@@ -1,0 +1,110 @@
+"""The VQGAN's convs on weights packed once for oneDNN (core/convs.py, core/vqgan/packing.py): the same
+audio, whole and streamed, and chosen where it measures faster, once per machine."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from core import tuning
+from core.vqgan import load_vqgan, packing
+from core.vqgan.streaming import StreamingDecoder
+from tests.paths import PARITY
+from tests.tolerances import longest_reduction, network_atol
+
+CONFIG = str(PARITY / "vqgan_config.json")
+onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+@pytest.fixture
+def vqgan():
+    return load_vqgan(PARITY / "vqgan_state_dict.pt", CONFIG)
+
+
+@pytest.fixture(scope="module")
+def codes():
+    return torch.from_numpy(np.load(PARITY / "case3_decode.npz")["from_case2_indices"])
+
+
+def _streamed(vqgan, codes) -> np.ndarray:
+    decoder = StreamingDecoder(vqgan)
+    chunks = []
+    for start in range(0, codes.shape[1], 5):
+        decoder.push(codes[:, start : start + 5])
+        chunks += decoder.chunks()
+    return np.concatenate(chunks + decoder.finish())
+
+
+@onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weights_decode_the_same_audio(vqgan, codes, dtype):
+    vqgan.decode_dtype = dtype
+    vqgan.packed_convs = False
+    whole, streamed = vqgan.decode(codes).numpy(), _streamed(vqgan, codes)
+    vqgan.packed_convs = True
+    packed_whole, packed_streamed = vqgan.decode(codes).numpy(), _streamed(vqgan, codes)
+    convs = [m for m in vqgan.generator.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))]
+    assert convs and all("_packed_weight" in conv.__dict__ for conv in convs)  # each ran on its packed weight
+    # the same oneDNN kernels, though torch's own path may take another for some shapes: float rounding
+    atol = network_atol(whole, longest_reduction(vqgan), eps=float(torch.finfo(dtype).eps))
+    assert packed_whole.shape == whole.shape and np.abs(packed_whole - whole).max() <= atol
+    assert packed_streamed.shape == streamed.shape and np.abs(packed_streamed - streamed).max() <= atol
+
+
+@pytest.fixture
+def measured(monkeypatch, tmp_path):
+    """An empty cache, and packing's speed-up as the test sets it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    state = SimpleNamespace(value=None, timings=[])
+
+    def speedup(vqgan):
+        state.timings.append(vqgan)
+        return state.value
+
+    monkeypatch.setattr(packing, "packed_speedup", speedup)
+    return state
+
+
+@pytest.mark.parametrize(("speedup", "chosen"), [(1.3, True), (1.02, False), (0.8, False)])
+def test_packing_is_chosen_only_where_it_measures_faster_and_remembered(vqgan, measured, speedup, chosen):
+    measured.value = speedup
+    assert packing.resolve_packed_convs(vqgan) is chosen
+    assert packing.resolve_packed_convs(vqgan) is chosen
+    assert len(measured.timings) == 1  # the second came from the cache
+    vqgan.decode_dtype = torch.bfloat16  # another precision is measured on its own
+    measured.value = 1.0 if chosen else 2.0
+    assert packing.resolve_packed_convs(vqgan) is not chosen and len(measured.timings) == 2
+
+
+def test_packing_is_measured_again_over_a_corrupt_cache(vqgan, measured):
+    tuning.cache_file(packing.CACHE_NAME).parent.mkdir(parents=True)
+    tuning.cache_file(packing.CACHE_NAME).write_text("[1, 2")
+    measured.value = 2.0
+    assert packing.resolve_packed_convs(vqgan) is True and len(measured.timings) == 1
+
+
+def test_no_packing_without_onednn(vqgan, measured, monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    measured.value = 100.0
+    assert packing.resolve_packed_convs(vqgan) is False and not measured.timings
+
+
+@onednn
+def test_the_speedup_is_timed_on_the_models_stream_and_leaves_its_setting(vqgan):
+    for setting in (True, False):
+        vqgan.packed_convs = setting
+        assert 0 < packing.packed_speedup(vqgan) < math.inf
+        assert vqgan.packed_convs is setting
+
+
+def test_the_loader_sets_the_measured_choice(measured):
+    measured.value = 2.0
+    assert load_vqgan(PARITY / "vqgan_state_dict.pt", CONFIG).packed_convs is True
+    measured.value = 0.5
+    tuning.cache_file(packing.CACHE_NAME).unlink()
+    assert load_vqgan(PARITY / "vqgan_state_dict.pt", CONFIG).packed_convs is False
