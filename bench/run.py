@@ -98,6 +98,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     if "vqgan" in args.parts or engine_parts:
         vqgan = random_vqgan(device, tiny_vqgan_config() if args.tiny else None, precision=args.vqgan_precision)
         report["vqgan_precision"] = vqgan.decode_precision
+        report["vqgan_packed_convs"] = vqgan.packed_convs
         if "vqgan" in args.parts:
             log("VQGAN encode/decode...")
             report["vqgan"] = bench_vqgan(vqgan, args.seconds, args.runs)
@@ -188,7 +189,11 @@ def table(report: dict) -> str:
             shared=f"{v['decode_bf16_s']} s ({v['bf16_speedup']}x; SNR {v['bf16_snr_db']} dB vs float32)",
         )
     if "vqgan_precision" in report:
-        row("VQGAN decode precision of e2e / stream / batch (`--vqgan-precision`)", shared=report["vqgan_precision"])
+        convs = "conv weights packed once" if report["vqgan_packed_convs"] else "torch's conv ops"
+        row(
+            "VQGAN decode precision of e2e / stream / batch (`--vqgan-precision`; convs, measured)",
+            shared=f"{report['vqgan_precision']}; {convs}",
+        )
     if e2e:
         any_e2e = next(iter(e2e.values()))
         row(

@@ -155,6 +155,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     del base
     vqgan = random_vqgan(device, tiny_vqgan_config() if args.tiny else None, precision=args.vqgan_precision)
     report["vqgan_precision"] = vqgan.decode_precision
+    report["vqgan_packed_convs"] = vqgan.packed_convs
     engine = make_engine(lm, vqgan, device)
     try:
         log(f"{args.requests} streams of {args.frames} frames, {args.format}...")

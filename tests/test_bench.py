@@ -48,6 +48,8 @@ def test_bench_tiny_reports_every_part_as_positive_numbers(capsys):
     assert report["vqgan"]["codes"] == 43  # 2 s at 21.5 codes/s
     assert report["vqgan"]["encode_s"] > 0 and report["vqgan"]["decode_s"] > 0
     assert report["vqgan"]["decode_bf16_s"] > 0 and report["vqgan"]["bf16_snr_db"] > 10  # bfloat16 decode: close
+    assert report["vqgan_precision"] in ("float32", "bfloat16") and isinstance(report["vqgan_packed_convs"], bool)
+    assert any(line.startswith("| VQGAN decode precision") and "conv" in line for line in out)
     assert set(report["e2e"]) == {"float32", "int8", "int4"}
     for row in report["e2e"].values():
         assert row["codes"] == 8 and row["audio_s"] > 0
