@@ -18,6 +18,7 @@ Each number is the median of --runs after a warm-up. `--tiny` uses tiny models (
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
@@ -53,14 +54,33 @@ def bench_codec(codec: Codec, seconds: float, runs: int, request_frames: int, ch
         for start in range(0, frames, chunk):
             stream.push(codes[..., start : start + chunk])
 
+    def decode_bf16():
+        codec.decode_dtype = torch.bfloat16  # (CPU: the convs; `--vqgan-precision bfloat16`)
+        try:
+            return codec.decode(codes)
+        finally:
+            codec.decode_dtype = torch.float32
+
     def once():
         encode_s, _ = timed(lambda: codec.encode(audio), device)
         decode_s, _ = timed(lambda: codec.decode(codes), device)
         stream_s, _ = timed(streamed, device)
         request_s, _ = timed(lambda: codec.decode(codes[..., :request_frames]), device)
-        return dict(encode_s=encode_s, decode_s=decode_s, stream_s=stream_s, request_s=request_s)
+        times = dict(encode_s=encode_s, decode_s=decode_s, stream_s=stream_s, request_s=request_s)
+        if device.type == "cpu":
+            times["bf16_s"], _ = timed(decode_bf16, device)
+        return times
 
     result = median_runs(once, runs)
+    bf16 = {}
+    if device.type == "cpu":
+        reference = codec.decode(codes)[0, 0].cpu().double()
+        noise = float(((decode_bf16()[0, 0].cpu().double() - reference) ** 2).sum())
+        bf16 = dict(
+            decode_bf16_s=round(result["bf16_s"], 3),
+            bf16_speedup=round(result["decode_s"] / result["bf16_s"], 2),
+            bf16_snr_db=round(10 * math.log10(float((reference**2).sum()) / noise), 1) if noise else math.inf,
+        )
     return dict(
         audio_s=seconds,
         frames=frames,
@@ -71,6 +91,7 @@ def bench_codec(codec: Codec, seconds: float, runs: int, request_frames: int, ch
         stream_decode_s=round(result["stream_s"], 3),
         request_frames=request_frames,
         request_decode_s=round(result["request_s"], 3),
+        **bf16,
     )
 
 
@@ -187,6 +208,11 @@ def table(report: dict) -> str:
             shared=f"{c['decode_s']} s (RTF {c['decode_rtf']})",
         )
         row(f"codec streamed decode, {c['stream_chunk_frames']}-frame chunks", shared=f"{c['stream_decode_s']} s")
+        if "decode_bf16_s" in c:
+            row(
+                "codec decode in bfloat16 (`--vqgan-precision bfloat16`)",
+                shared=f"{c['decode_bf16_s']} s ({c['bf16_speedup']}x; SNR {c['bf16_snr_db']} dB vs float32)",
+            )
     row("peak RSS", shared=f"{report['peak_rss_mb']} MB")
     head = f"| S1-mini, {report['device_name']}, {report['threads']} threads, median of {report['runs']} | "
     return "\n".join([head + " | ".join(formats) + " |", "|---" * (len(formats) + 1) + "|", *rows])

@@ -94,7 +94,7 @@ vqgan_precision_option = click.option(
     show_default=True,
     envvar="FISHTTS_VQGAN_PRECISION",
     help="Decode audio in bfloat16 (faster on CPUs with AMX / AVX512-BF16; see the README for its SNR); "
-    "auto: bfloat16 where it is measured clearly faster on this machine.",
+    "auto: bfloat16 where it is measured clearly faster on this machine (S1-mini's codec: on CUDA only).",
 )
 
 
@@ -150,12 +150,22 @@ model_option = click.option(
 
 
 def load_s1_engine(
-    folder: Path, device: str | None, half: bool = False, quantize: str | None = None, compile: bool = False
+    folder: Path,
+    device: str | None,
+    half: bool = False,
+    quantize: str | None = None,
+    compile: bool = False,
+    vqgan_precision: str | None = None,
 ):
     from .engine import TTSEngine
 
     return TTSEngine.load_s1(
-        folder, device=device, precision="float16" if half else None, quantize=quantize, compile=compile
+        folder,
+        device=device,
+        precision="float16" if half else None,
+        quantize=quantize,
+        compile=compile,
+        vqgan_precision=vqgan_precision or DEFAULT_VQGAN_PRECISION,
     )
 
 
@@ -208,7 +218,7 @@ def vqgan(
     if suffix == ".npy":
         codes = read_codes_file(input_path, str(input_path))  # validate before loading the model
     if s1_folder is not None:
-        engine = load_s1_engine(s1_folder, device)
+        engine = load_s1_engine(s1_folder, device, vqgan_precision=vqgan_precision)
     else:
         engine = TTSEngine.load(
             lm_checkpoint=None,
@@ -459,7 +469,9 @@ def tts(
     reference = Reference("--reference-audio", audio=reference_audio) if reference_audio else None
     request = synthesis_request(text, reference_text, reference, kwargs, family)
     if s1_folder is not None:
-        engine = load_s1_engine(s1_folder, kwargs["device"], kwargs["half"], kwargs["quantize"], kwargs["compile"])
+        engine = load_s1_engine(
+            s1_folder, kwargs["device"], kwargs["half"], kwargs["quantize"], kwargs["compile"], vqgan_precision
+        )
     else:
         engine = load_engine(
             llama_checkpoint_path, llama_config_name, vqgan_checkpoint_path, vqgan_config_name, kwargs, vqgan_precision

@@ -9,8 +9,18 @@ from torch import Tensor, nn
 
 
 def compute_dtype(conv: nn.Module) -> torch.dtype:
-    """What `conv1d` / `conv_transpose1d` run this conv in (set by VQGAN.decode_dtype; float32 by default)."""
+    """What `conv1d` / `conv_transpose1d` run this conv in (`set_compute_dtype`; float32 by default)."""
     return conv.__dict__.get("compute_dtype", torch.float32)
+
+
+def set_compute_dtype(module: nn.Module, dtype: torch.dtype) -> None:
+    """Run module's convs in `dtype` (VQGAN.decode_dtype, the S1 codec's)."""
+    for conv in _convs(module):
+        conv.__dict__["compute_dtype"] = dtype
+
+
+def _convs(module: nn.Module):
+    return (m for m in module.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)))
 
 
 def _weight_2d(conv: nn.Module) -> tuple[Tensor, Tensor | None]:
@@ -30,9 +40,8 @@ def _as_2d_input(conv: nn.Module, x: Tensor) -> Tensor:
 
 def set_packed_weights(module: nn.Module, packed: bool) -> None:
     """Run module's convs on weights packed once for oneDNN (`conv1d` says why), or through torch's ops."""
-    for conv in module.modules():
-        if isinstance(conv, (nn.Conv1d, nn.ConvTranspose1d)):
-            conv.__dict__["packed_weights"] = packed
+    for conv in _convs(module):
+        conv.__dict__["packed_weights"] = packed
 
 
 def _onednn(x2: Tensor) -> bool:
@@ -67,7 +76,7 @@ def _packed_weight(conv: nn.Module, x2: Tensor, padding: tuple[int, int]) -> Ten
     return packed[2]
 
 
-def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
+def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None, padding: int | None = None) -> Tensor:
     """conv(x) as a channels-last 2-D conv: x86's oneDNN computes in that layout, and a contiguous 1-D
     conv spent as long again copying into and out of it (Intel Xeon, HiFi-GAN's convs: float32 ~2x,
     bfloat16 ~6x slower). The result [B, C, T] is time-major in memory (channels innermost), as the
@@ -82,9 +91,11 @@ def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None) -> 
     steps 373 against 239 us; a 512 -> 256 upsampling of 42 frames 797 against 245 us). Where oneDNN's
     weight layout depends on the input's length (AVX2 float32), a packed weight is reordered again at
     other lengths, and streamed chunks ran no faster: so it is measured per machine (vqgan/packing.py).
-    The same oneDNN kernels either way, so the same sums."""
+    The same oneDNN kernels either way, so the same sums. `padding`: zeros on both ends instead of the
+    conv's own."""
     weight, bias = _weight_2d(conv)
-    stride, padding, dilation = (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0])
+    stride, dilation = (1, conv.stride[0]), (1, conv.dilation[0])
+    padding = (0, conv.padding[0] if padding is None else padding)
     x2 = _as_2d_input(conv, x)
     if _packs(conv, x2):
         packed = _packed_weight(conv, x2, padding)

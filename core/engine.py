@@ -183,11 +183,15 @@ class TTSEngine:
         quantize: str | None = None,
         compile: bool = False,
         max_batch_size: int | None = None,
+        vqgan_precision: str = DEFAULT_VQGAN_PRECISION,
     ) -> TTSEngine:
         """Load an OpenAudio S1-mini folder as downloaded (config.json, model.pth, codec.pth,
         tokenizer.tiktoken, special_tokens.json). `compile` captures the decode in CUDA graphs on a GPU
-        (core/s1/compile.py, here at load); the CPU decode runs its fused kernels either way."""
-        family = OpenAudioS1.load(folder, device=device, precision=precision, quantize=quantize)
+        (core/s1/compile.py, here at load); the CPU decode runs its fused kernels either way.
+        `vqgan_precision`: the codec's decode precision (core/s1/pipeline.py says what each does)."""
+        family = OpenAudioS1.load(
+            folder, device=device, precision=precision, quantize=quantize, codec_precision=vqgan_precision
+        )
         engine = cls(family=family, device=family.model.device, compile=compile, max_batch_size=max_batch_size)
         if compile:
             engine._compile_decode()

@@ -140,6 +140,7 @@ def plan_s1_load(body: LoadModelRequest, settings: Settings, guard: FolderGuard)
         quantize=_quantize(spec.quantize, settings.quantize),
         compile=_compile(spec.compile, settings),
         max_batch_size=settings.max_batch_size or None,
+        vqgan_precision=spec.codec_precision or settings.vqgan_precision,
     )
     return LoadPlan(load, {"s1": {"folder": guard.display(folder)}}, guard.replacements(), field)
 

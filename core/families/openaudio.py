@@ -4,7 +4,8 @@ What the v0.2 request fields mean here: the text is read whole (the original doe
 no g2p, language order or speaker tag (the Dual-AR reads text as is); a reference's transcript is its
 text (empty when only codes are given). Sampling has no top-k and keeps the original's ranges
 (temperature and repetition penalty below 2). CPU runs float32 (or int8/int4 linears); CUDA runs the
-LM in bfloat16 and the codec decode under bfloat16 autocast, as the original engine.
+LM in bfloat16 and the codec decode under bfloat16 autocast, as the original engine (the codec's precision:
+core/s1/pipeline.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..s1.batch import S1Stepper
 from ..s1.codec.chunks import ChunkedDecoder, ChunkedEncoder
 from ..s1.compile import compile_decode
 from ..s1.prompt import Reference, reference_length
+from ..vqgan.precision import AUTO
 from . import OPENAUDIO_S1_MINI
 
 log = logging.getLogger(__name__)
@@ -59,10 +61,11 @@ class OpenAudioS1:
         device: str | None = None,
         precision: str | None = None,
         quantize: str | None = None,
+        codec_precision: str = AUTO,
     ) -> OpenAudioS1:
         if quantize not in (None, *QUANT_MODES):
             raise ValueError(f"unknown quantization {quantize!r} (use one of: {', '.join(QUANT_MODES)})")
-        model = S1Model.from_folder(Path(folder), device, precision)
+        model = S1Model.from_folder(Path(folder), device, precision, codec_precision)
         if quantize is not None:
             model.lm.quantize(quantize)
         if model.device.type == "cpu":
@@ -82,7 +85,7 @@ class OpenAudioS1:
             codebook_size=max(self.tokenizer.num_semantic, lm.config.codebook_size),
             sample_rate=codec.sample_rate,
             frame_rate=codec.sample_rate / codec.frame_length,
-            vqgan_precision="bfloat16" if self.cuda else "float32",
+            vqgan_precision=self.model.codec_precision,
             lm_paths={} if self.cuda else model_paths(lm),
         )
 
@@ -109,7 +112,7 @@ class OpenAudioS1:
 
     def chunk_decoder(self, streamed: bool = True) -> ChunkedDecoder:
         # The same chunks either way: the causal decoder recomputes nothing between chunks.
-        return ChunkedDecoder(self.codec, autocast=self.cuda)
+        return ChunkedDecoder(self.codec, autocast=self.model.codec_autocast)
 
     # -- text -> sequences ---------------------------------------------------------------------
 

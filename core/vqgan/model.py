@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..convs import set_packed_weights
+from ..convs import set_compute_dtype, set_packed_weights
 from .config import VQGANConfig
 from .mel import LogMelSpectrogram
 from .modules import WN, ConvDownSampler, Generator
@@ -34,9 +34,7 @@ class VQGAN(nn.Module):
 
     @decode_dtype.setter
     def decode_dtype(self, dtype: torch.dtype) -> None:
-        for module in self.generator.modules():
-            if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
-                module.__dict__["compute_dtype"] = dtype
+        set_compute_dtype(self.generator, dtype)
         self._decode_dtype = dtype
 
     @property

@@ -77,6 +77,7 @@ def test_put_loads_the_folder_and_every_view_names_the_family(client, s1):
     assert s1["sampling_fields"] == ["temperature", "top_p", "repetition_penalty"]  # no top-k: refused
     assert s1["s1"] == {"folder": f"checkpoints/{S1_FOLDER}"} and "llama" not in s1
     assert s1["sample_rate"] > 0 and s1["frame_rate"] > 0 and s1["device"] == "cpu"
+    assert s1["vqgan_precision"] == "float32"  # the server's auto: CUDA's autocast, float32 on a CPU
     models = client.get("/v1/models").json()
     assert models["models"] == ["default", "s1"]
     default = next(d for d in models["details"] if d["name"] == "default")
@@ -113,11 +114,25 @@ def test_put_refuses_a_bad_folder_naming_the_field(client, s1_body, status, said
         {"s1": {"folder": S1_FOLDER}, "llama": {"precision": "float32"}},
         {"s1": {}},
         {"s1": {"folder": S1_FOLDER, "quantize": "int3"}},
+        {"s1": {"folder": S1_FOLDER, "codec_precision": "float8"}},
     ],
-    ids=["both-families", "no-folder", "bad-quantize"],
+    ids=["both-families", "no-folder", "bad-quantize", "bad-codec-precision"],
 )
 def test_put_refuses_a_malformed_s1_body(client, body):
     assert_json_error(client.put("/v1/models/broken", json=body), 422)
+
+
+def test_put_takes_the_codecs_precision(client, s1):
+    body = {"device": "cpu", "s1": {"folder": S1_FOLDER, "codec_precision": "bfloat16"}}
+    loaded = client.put("/v1/models/s1-bf16", json=body)
+    assert loaded.status_code == 200, loaded.text
+    try:
+        details = next(d for d in client.get("/v1/models").json()["details"] if d["name"] == "s1-bf16")
+        assert details["vqgan_precision"] == "bfloat16"
+        spoken = client.post("/v1/models/s1-bf16/invoke", json={"text": "Hello there.", **FAST})
+        assert spoken.status_code == 200 and wav(spoken.content)[0].size > 0
+    finally:
+        assert client.delete("/v1/models/s1-bf16").status_code == 200
 
 
 # -- synthesis -----------------------------------------------------------------------------------------

@@ -31,6 +31,9 @@ class CausalConv(nn.Module):
         return ideal - length
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.stride == 1:  # (no right pad then) zeros on both ends, the right end's outputs dropped: no
+            # padded copy of the input (~6% of a float32 decode)
+            return conv1d(self.conv, x, padding=self.left_pad)[..., : x.shape[-1]]
         return conv1d(self.conv, pad_time(x, self.left_pad, self.extra_right_pad(x.shape[-1])))
 
 

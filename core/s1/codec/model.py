@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ...convs import set_compute_dtype
 from ..config import CodecConfig
 from .convs import CausalConv, CausalTransposedConv, ResidualUnit, Snake
 from .quantizer import DownsampleQuantizer
@@ -88,6 +89,17 @@ class Codec(nn.Module):
         self.encoder = Encoder(config)
         self.quantizer = DownsampleQuantizer(config)
         self.decoder = Decoder(config)
+
+    @property
+    def decode_dtype(self) -> torch.dtype:
+        """What the decoder's convs compute in on CPU: float32, or bfloat16 (their inputs and weights
+        rounded, float32 between them, as the VQGAN's: convs.conv1d). Encode stays float32."""
+        return self.__dict__.get("_decode_dtype", torch.float32)
+
+    @decode_dtype.setter
+    def decode_dtype(self, dtype: torch.dtype) -> None:
+        set_compute_dtype(self.decoder, dtype)
+        self.__dict__["_decode_dtype"] = dtype
 
     @property
     def sample_rate(self) -> int:

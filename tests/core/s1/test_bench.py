@@ -21,6 +21,7 @@ def test_tiny_bench_reports_every_row_per_format(capsys):
         if report["device"] == "cpu":
             assert d["paths"][fmt]["decode"] and d["step_threads"].endswith(("thread", "threads"))
     if report["device"] == "cpu":
+        assert c["decode_bf16_s"] > 0 and c["bf16_speedup"] > 0 and c["bf16_snr_db"] > 10  # bfloat16: close
         assert list(report["dual_ar"]) == ["float32", "int8", "int4"]
         weights = {f: d["weights_gb"] for f, d in report["dual_ar"].items()}
         assert weights["float32"] > weights["int8"] > weights["int4"]
