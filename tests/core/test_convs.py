@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.convs import conv1d, conv_transpose1d, set_packed_weights
+from core.convs import causal_conv_transpose1d, conv1d, conv_transpose1d, phase_taps, set_packed_weights
 from tests.tolerances import BFLOAT16_EPS, FLOAT32_EPS
 
 CONVS = [  # (in, out, kernel, stride, dilation, groups, frames)
@@ -116,3 +116,45 @@ def test_a_packed_weight_follows_its_conv(transposed):
     assert "_packed_weight" in conv.__dict__ and not torch.equal(before, flipped)
     _assert_is_the_conv(flipped, x, conv, torch.float32, reference, 16 * 4 + 1)
     _assert_is_the_conv(rounded, x, conv, torch.bfloat16, reference, 16 * 4 + 1)
+
+
+CAUSAL_TRANSPOSED = [  # (in, out, kernel, stride, frames): S1's (kernel 2 x stride, and stride alone) and others
+    (48, 24, 16, 8, 9),
+    (24, 12, 4, 2, 30),
+    (16, 16, 2, 2, 7),
+    (16, 8, 5, 2, 11),  # a kernel that is no whole number of strides
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("path", PATHS)
+def test_a_causal_transposed_conv_as_phases_is_the_transposed_conv(path, dtype, monkeypatch):
+    """causal_conv_transpose1d: the transposed conv's output less its last kernel - stride steps, whole and
+    chunk by chunk (each chunk given the inputs before it)."""
+    gen = torch.Generator().manual_seed(6)
+    for cin, cout, k, stride, frames in CAUSAL_TRANSPOSED:
+        conv = torch.nn.ConvTranspose1d(cin, cout, k, stride=stride)
+        _random_(conv, gen)
+        conv.__dict__["compute_dtype"] = dtype
+        _take_path(conv, path, monkeypatch)
+        x = torch.randn(1, cin, frames, generator=gen)
+
+        def reference(x, w, b, stride=stride, k=k):
+            return F.conv_transpose1d(x, w, b, stride=stride)[..., : x.shape[-1] * stride]
+
+        with torch.inference_mode():
+            whole = causal_conv_transpose1d(conv, x)
+            context = phase_taps(conv) - 1
+            padded = torch.cat([x.new_zeros(1, cin, context), x], dim=-1)
+            chunks = [
+                causal_conv_transpose1d(conv, padded[..., start : start + context + 4], with_history=True)
+                for start in range(0, frames, 4)
+            ]
+        products = phase_taps(conv) * cin + 1
+        _assert_is_the_conv(whole, x, conv, dtype, reference, products)
+        _assert_is_the_conv(torch.cat(chunks, dim=-1), x, conv, dtype, reference, products)
+
+
+def test_a_transposed_conv_with_groups_is_no_causal_phase_conv():
+    with pytest.raises(ValueError, match="one group"):
+        causal_conv_transpose1d(torch.nn.ConvTranspose1d(4, 4, 4, stride=2, groups=2), torch.zeros(1, 4, 3))

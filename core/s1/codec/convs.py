@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...convs import conv1d, conv_transpose1d, pad_time
+from ...convs import causal_conv_transpose1d, conv1d, pad_time
 
 
 class CausalConv(nn.Module):
@@ -38,16 +38,15 @@ class CausalConv(nn.Module):
 
 
 class CausalTransposedConv(nn.Module):
-    """ConvTranspose1d with its last (kernel - stride) output samples dropped."""
+    """ConvTranspose1d with its last (kernel - stride) output samples dropped (computed as phases of a
+    conv: convs.causal_conv_transpose1d)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int):
         super().__init__()
         self.conv = nn.ConvTranspose1d(in_ch, out_ch, kernel, stride=stride)
-        self.trim = kernel - stride
 
     def forward(self, x: Tensor) -> Tensor:
-        y = conv_transpose1d(self.conv, x)
-        return y[..., : y.shape[-1] - self.trim]
+        return causal_conv_transpose1d(self.conv, x)
 
 
 class Snake(nn.Module):

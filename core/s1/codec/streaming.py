@@ -10,12 +10,10 @@ nearest-codebook choices, that rounding could flip a near tie.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from ...convs import conv1d, conv_transpose1d, join_time
+from ...convs import causal_conv_transpose1d, conv1d, join_time, phase_taps
 from .convs import CausalConv, CausalTransposedConv, ConvNeXtBlock, ResidualUnit, Snake
 from .model import Codec, DecoderBlock, EncoderBlock
 from .transformer import WindowLimitedTransformer
@@ -31,6 +29,8 @@ class CausalStream:
 
     def with_history(self, module: nn.Module, x: Tensor, keep: int) -> Tensor:
         """x preceded by the module's last `keep` input steps (zeros at the start, like causal padding)."""
+        if keep == 0:  # (a 1x1 conv: nothing to join, and a join would copy x)
+            return x
         past = self.conv_state.get(id(module))
         if past is None:
             past = x.new_zeros(*x.shape[:-1], keep)
@@ -51,10 +51,8 @@ class CausalStream:
         return y
 
     def transposed_conv(self, module: CausalTransposedConv, x: Tensor) -> Tensor:
-        stride, kernel = module.conv.stride[0], module.conv.kernel_size[0]
-        context = math.ceil(kernel / stride) - 1  # earlier input steps that reach this chunk's outputs
-        y = conv_transpose1d(module.conv, self.with_history(module, x, context))
-        return y[..., context * stride : (context + x.size(-1)) * stride]
+        context = phase_taps(module.conv) - 1  # earlier input steps that reach this chunk's outputs
+        return causal_conv_transpose1d(module.conv, self.with_history(module, x, context), with_history=True)
 
     def run(self, module: nn.Module, x: Tensor) -> Tensor:
         if isinstance(module, nn.Sequential):
