@@ -127,18 +127,20 @@ def conv_transpose1d(conv: nn.ConvTranspose1d, x: Tensor, padding: int | None = 
     return y.squeeze(2).to(x.dtype)
 
 
-def causal_conv_transpose1d(conv: nn.ConvTranspose1d, x: Tensor, with_history: bool = False) -> Tensor:
+def causal_conv_transpose1d(
+    conv: nn.ConvTranspose1d, x: Tensor, with_history: bool = False, out_dtype: torch.dtype | None = None
+) -> Tensor:
     """conv(x) without its last (kernel - stride) outputs, stride outputs per input, computed as a stride-1
     conv of `phase_taps` taps with stride x the output channels, one set per phase: oneDNN ran S1's
     transposed convs at 27-130 GMAC/s (1536 -> 768 channels, kernel 16, stride 8 over 65 frames: 45 ms in
     bfloat16 on AMX), and the same products as a conv ~1 TMAC/s. The phases, time-major as conv1d lays
     them out, are the transposed conv's output by a view. `with_history`: x starts with the phase_taps - 1
-    inputs before those whose outputs are wanted (a stream's), else those are zeros."""
+    inputs before those whose outputs are wanted (a stream's), else those are zeros. `out_dtype`: as conv1d's."""
     phases = _phase_conv(conv)
     if with_history:
-        z = conv1d(phases, x, padding=0)
+        z = conv1d(phases, x, out_dtype, padding=0)
     else:  # (zeros on both ends, the right end's outputs dropped: no padded copy of x)
-        z = conv1d(phases, x, padding=phases.kernel_size[0] - 1)[..., : x.shape[-1]]
+        z = conv1d(phases, x, out_dtype, padding=phases.kernel_size[0] - 1)[..., : x.shape[-1]]
     batch, channels, steps = z.shape
     stride = conv.stride[0]
     return z.transpose(1, 2).reshape(batch, steps * stride, channels // stride).transpose(1, 2)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ...convs import causal_conv_transpose1d, conv1d, join_time, phase_taps
+from ...convs import causal_conv_transpose1d, compute_dtype, conv1d, join_time, phase_taps
 from .convs import CausalConv, CausalTransposedConv, ConvNeXtBlock, ResidualUnit, Snake
 from .model import Codec, DecoderBlock, EncoderBlock
 from .transformer import WindowLimitedTransformer
@@ -38,11 +38,33 @@ class CausalStream:
         self.conv_state[id(module)] = joined[..., joined.size(-1) - keep :]
         return joined
 
-    def conv(self, module: CausalConv, x: Tensor) -> Tensor:
+    def snake_with_history(self, snake: Snake, module: nn.Module, x: Tensor, keep: int) -> Tensor:
+        """`with_history(module, snake(x), keep)` with the snake written after the history in one buffer of
+        the conv's compute dtype: a copy of each conv's input fewer, and in bfloat16 its rounding too
+        (rounded once either way: the same values)."""
+        past = self.conv_state.get(id(module))
+        *lead, channels, steps = x.shape
+        dtype = compute_dtype(module.conv)
+        joined = x.new_empty(*lead, keep + steps, channels, dtype=dtype).transpose(-1, -2)  # (time-major)
+        if past is None:
+            joined[..., :keep].zero_()
+        else:
+            joined[..., :keep].copy_(past)
+        snake(x, out=joined[..., keep:])
+        self.conv_state[id(module)] = joined[..., joined.size(-1) - keep :]
+        return joined
+
+    def conv(self, module: CausalConv, x: Tensor, snake: Snake | None = None) -> Tensor:
+        """module(x), or module(snake(x))."""
         # (a whole number of strides per chunk: then no chunk needs the right pad that makes a last frame whole)
         if x.size(-1) % module.stride:
             raise ValueError(f"a chunk of {x.size(-1)} steps is not a whole number of the conv's stride")
-        return conv1d(module.conv, self.with_history(module, x, module.left_pad))
+        return conv1d(module.conv, self._input(module, x, module.left_pad, snake), out_dtype=x.dtype)
+
+    def _input(self, module: nn.Module, x: Tensor, keep: int, snake: Snake | None) -> Tensor:
+        if snake is None:
+            return self.with_history(module, x, keep)
+        return self.snake_with_history(snake, module, x, keep) if keep else snake(x)
 
     def transformer(self, module: WindowLimitedTransformer, x: Tensor) -> Tensor:
         past, offset = self.attention.get(id(module), ([None] * len(module.layers), 0))
@@ -50,14 +72,23 @@ class CausalStream:
         self.attention[id(module)] = (past, offset + x.size(-1))
         return y
 
-    def transposed_conv(self, module: CausalTransposedConv, x: Tensor) -> Tensor:
+    def transposed_conv(self, module: CausalTransposedConv, x: Tensor, snake: Snake | None = None) -> Tensor:
         context = phase_taps(module.conv) - 1  # earlier input steps that reach this chunk's outputs
-        return causal_conv_transpose1d(module.conv, self.with_history(module, x, context), with_history=True)
+        joined = self._input(module, x, context, snake)
+        return causal_conv_transpose1d(module.conv, joined, with_history=True, out_dtype=x.dtype)
 
     def run(self, module: nn.Module, x: Tensor) -> Tensor:
         if isinstance(module, nn.Sequential):
-            for child in module:
-                x = self.run(child, x)
+            children = list(module)
+            i = 0
+            while i < len(children):
+                child, after = children[i], children[i + 1] if i + 1 < len(children) else None
+                if isinstance(child, Snake) and isinstance(after, CausalConv):  # (a snake, then its conv)
+                    x, i = self.conv(after, x, snake=child), i + 2
+                elif isinstance(child, Snake) and isinstance(after, CausalTransposedConv):
+                    x, i = self.transposed_conv(after, x, snake=child), i + 2
+                else:
+                    x, i = self.run(child, x), i + 1
             return x
         if isinstance(module, CausalConv):
             return self.conv(module, x)

@@ -128,6 +128,10 @@ def test_snake_computed_in_place_gives_the_originals_formula_to_the_bit():
         expected = x + (snake.alpha + 1e-9).reciprocal() * torch.sin(snake.alpha * x).pow(2)
         assert torch.equal(snake(x), expected)
         assert torch.equal(snake(time_major), expected)
+        for dtype in (torch.float32, torch.bfloat16):  # into a stream's conv buffer, after its history
+            buffer = torch.zeros(2, 305, 6, dtype=dtype).transpose(1, 2)
+            snake(time_major, out=buffer[..., 4:])
+            assert torch.equal(buffer[..., 4:], expected.to(dtype)) and not buffer[..., :4].any()
 
 
 @pytest.mark.parametrize("window", [8, None])
