@@ -91,8 +91,8 @@ def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None, pad
     steps 373 against 239 us; a 512 -> 256 upsampling of 42 frames 797 against 245 us). Where oneDNN's
     weight layout depends on the input's length (AVX2 float32), a packed weight is reordered again at
     other lengths, and streamed chunks ran no faster: so it is measured per machine (vqgan/packing.py).
-    The same oneDNN kernels either way, so the same sums. `padding`: zeros on both ends instead of the
-    conv's own."""
+    The same products either way, so the same results within float rounding (bit for bit where F.conv2d
+    takes oneDNN too). `padding`: zeros on both ends instead of the conv's own."""
     weight, bias = _weight_2d(conv)
     stride, dilation = (1, conv.stride[0]), (1, conv.dilation[0])
     padding = (0, conv.padding[0] if padding is None else padding)
@@ -133,7 +133,8 @@ def causal_conv_transpose1d(
     """conv(x) without its last (kernel - stride) outputs, stride outputs per input, computed as a stride-1
     conv of `phase_taps` taps with stride x the output channels, one set per phase: oneDNN ran S1's
     transposed convs at 27-130 GMAC/s (1536 -> 768 channels, kernel 16, stride 8 over 65 frames: 45 ms in
-    bfloat16 on AMX), and the same products as a conv ~1 TMAC/s. The phases, time-major as conv1d lays
+    bfloat16 on AMX), and the same products as a conv ~1 TMAC/s (its weight, reordered, is a second copy of
+    the transposed conv's: 114 MB for S1's codec in float32). The phases, time-major as conv1d lays
     them out, are the transposed conv's output by a view. `with_history`: x starts with the phase_taps - 1
     inputs before those whose outputs are wanted (a stream's), else those are zeros. `out_dtype`: as conv1d's."""
     phases = _phase_conv(conv)

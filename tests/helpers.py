@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -106,3 +107,16 @@ def frames_beside(engine, work, request, timeout: float = 60.0):
     worker.join(timeout)
     generation.join(timeout)
     return done[0]
+
+
+def set_speedup(monkeypatch, module, name: str) -> SimpleNamespace:
+    """`module.name`, a measured speed-up, replaced by the one the test sets (`.value`), its calls' models
+    kept (`.timings`: a cached choice measures nothing)."""
+    state = SimpleNamespace(value=None, timings=[])
+
+    def speedup(model):
+        state.timings.append(model)
+        return state.value
+
+    monkeypatch.setattr(module, name, speedup)
+    return state

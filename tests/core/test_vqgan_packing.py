@@ -4,7 +4,6 @@ audio, whole and streamed, and chosen where it measures faster, once per machine
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import torch
 from core import tuning
 from core.vqgan import load_vqgan, packing
 from core.vqgan.streaming import StreamingDecoder
+from tests.helpers import set_speedup
 from tests.paths import PARITY
 from tests.tolerances import longest_reduction, network_atol
 
@@ -60,14 +60,7 @@ def measured(monkeypatch, tmp_path):
     """An empty cache, and packing's speed-up as the test sets it."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
-    state = SimpleNamespace(value=None, timings=[])
-
-    def speedup(vqgan):
-        state.timings.append(vqgan)
-        return state.value
-
-    monkeypatch.setattr(packing, "packed_speedup", speedup)
-    return state
+    return set_speedup(monkeypatch, packing, "packed_speedup")
 
 
 @pytest.mark.parametrize(("speedup", "chosen"), [(1.3, True), (1.02, False), (0.8, False)])

@@ -5,7 +5,6 @@ measures faster."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from core import tuning
 from core.vqgan import load_vqgan, precision
 from core.vqgan.streaming import StreamingDecoder
-from tests.helpers import run_cli
+from tests.helpers import run_cli, set_speedup
 from tests.paths import PARITY
 from tests.tolerances import MIN_SNR_DB, snr_db
 
@@ -118,14 +117,7 @@ def measured(monkeypatch, tmp_path):
     """A CPU with native bfloat16, an empty cache, and bfloat16's speed-up as the test sets it."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(precision, "cpu_has_fast_bfloat16", lambda: True)
-    state = SimpleNamespace(value=None, timings=[])
-
-    def speedup(vqgan):
-        state.timings.append(vqgan)
-        return state.value
-
-    monkeypatch.setattr(precision, "bfloat16_speedup", speedup)
-    return state
+    return set_speedup(monkeypatch, precision, "bfloat16_speedup")
 
 
 @pytest.mark.parametrize(("speedup", "chosen"), [(2.0, "bfloat16"), (1.2, "float32")])
