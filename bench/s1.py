@@ -55,11 +55,11 @@ def bench_codec(codec: Codec, seconds: float, runs: int, request_frames: int, ch
             stream.push(codes[..., start : start + chunk])
 
     def decode_bf16():
-        codec.decode_dtype = torch.bfloat16  # (CPU: the convs; `--vqgan-precision bfloat16`)
+        chosen, codec.decode_dtype = codec.decode_dtype, torch.bfloat16  # (CPU: `--vqgan-precision bfloat16`)
         try:
             return codec.decode(codes)
         finally:
-            codec.decode_dtype = torch.float32
+            codec.decode_dtype = chosen
 
     def once():
         encode_s, _ = timed(lambda: codec.encode(audio), device)

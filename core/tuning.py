@@ -1,6 +1,7 @@
 """What this machine is, and the choices measured on it, kept per machine in ~/.cache/fishtts/
 ($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten). The LM's paths
-(core/lm/autotune.py) and the VQGAN's decode precision (core/vqgan/precision.py) are chosen this way."""
+(core/lm/autotune.py), the VQGAN's decode precision (core/vqgan/precision.py) and its conv path
+(core/vqgan/packing.py) are chosen this way."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import logging
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -80,3 +82,16 @@ def write_cache(name: str, data: dict) -> None:
         tmp.replace(path)
     except OSError as exc:
         log.debug("could not write %s: %s", path, exc)
+
+
+def measured_choice(cache_name: str, key: list[str], choices: tuple, measure: Callable[[], object]) -> object:
+    """The choice kept for this machine and `key` in `cache_name`, else `measure()` (one of `choices`),
+    kept there; an entry that is none of the choices is measured again."""
+    full_key = "|".join([*machine_key(), *key])
+    cache = read_cache(cache_name)
+    kept = cache.get(full_key)
+    if any(kept == choice and type(kept) is type(choice) for choice in choices):
+        return kept
+    cache[full_key] = measure()
+    write_cache(cache_name, cache)
+    return cache[full_key]

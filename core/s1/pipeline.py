@@ -37,6 +37,11 @@ from .sampling import SamplingSettings
 from .tokenizer import S1Tokenizer
 
 
+def _check_codec_precision(precision: str) -> None:
+    if precision not in VQGAN_PRECISIONS:
+        raise ValueError(f"unknown codec precision {precision!r} (use one of: {', '.join(VQGAN_PRECISIONS)})")
+
+
 @dataclass
 class Synthesis:
     audio: np.ndarray  # float32 mono in [-1, 1]
@@ -62,8 +67,7 @@ class S1Model:
         precision: str | None = None,
         codec_precision: str = AUTO,
     ):
-        if codec_precision not in VQGAN_PRECISIONS:
-            raise ValueError(f"unknown codec precision {codec_precision!r} (use one of: {', '.join(VQGAN_PRECISIONS)})")
+        _check_codec_precision(codec_precision)  # (before the files load)
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"S1 model folder not found: {folder}")
@@ -82,6 +86,7 @@ class S1Model:
     @codec_precision.setter
     def codec_precision(self, precision: str) -> None:
         """ "auto", "float32" or "bfloat16" (the module docstring says what each does where)."""
+        _check_codec_precision(precision)
         cuda = self.device.type == "cuda"
         self.codec_autocast = cuda and precision != "float32"
         self.codec.decode_dtype = torch.bfloat16 if precision == "bfloat16" and not cuda else torch.float32

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ..tuning import machine_key, read_cache, write_cache
+from ..tuning import measured_choice
 from .model import VQGAN
 from .precision import generator_shape
 from .streaming import StreamingDecoder
@@ -35,15 +35,15 @@ def resolve_packed_convs(vqgan: VQGAN) -> bool:
     """Whether this VQGAN decodes faster on packed conv weights on this machine (measured once, then cached)."""
     if vqgan.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
-    key = "|".join([*machine_key(), f"method={METHOD}", generator_shape(vqgan), vqgan.decode_precision])
-    cache = read_cache(CACHE_NAME)
-    if isinstance(cache.get(key), bool):
-        return cache[key]
-    speedup = packed_speedup(vqgan)
-    cache[key] = speedup >= MIN_SPEEDUP
-    write_cache(CACHE_NAME, cache)
-    log.info("VQGAN convs on packed weights: %s (measured %.2fx torch's own path here)", cache[key], speedup)
-    return cache[key]
+
+    def measure() -> bool:
+        speedup = packed_speedup(vqgan)
+        chosen = speedup >= MIN_SPEEDUP
+        log.info("VQGAN convs on packed weights: %s (measured %.2fx torch's own path here)", chosen, speedup)
+        return chosen
+
+    key = [f"method={METHOD}", generator_shape(vqgan), vqgan.decode_precision]
+    return measured_choice(CACHE_NAME, key, (False, True), measure)
 
 
 @torch.inference_mode()

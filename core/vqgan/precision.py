@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ..tuning import cpu_has_fast_bfloat16, machine_key, read_cache, write_cache
+from ..tuning import cpu_has_fast_bfloat16, measured_choice
 from .model import VQGAN
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,15 @@ def resolve_precision(vqgan: VQGAN, precision: str) -> str:
         return precision
     if vqgan.device.type != "cpu" or not cpu_has_fast_bfloat16():
         return "float32"  # emulated bfloat16 is far slower; off the CPU nothing has been measured
-    key = "|".join([*machine_key(), f"method={METHOD}", generator_shape(vqgan)])
-    cache = read_cache(CACHE_NAME)
-    if cache.get(key) in ("float32", "bfloat16"):
-        return cache[key]
-    speedup = bfloat16_speedup(vqgan)
-    cache[key] = "bfloat16" if speedup >= MIN_SPEEDUP else "float32"
-    write_cache(CACHE_NAME, cache)
-    log.info("VQGAN decode precision: %s (bfloat16 measured %.2fx float32 here)", cache[key], speedup)
-    return cache[key]
+
+    def measure() -> str:
+        speedup = bfloat16_speedup(vqgan)
+        chosen = "bfloat16" if speedup >= MIN_SPEEDUP else "float32"
+        log.info("VQGAN decode precision: %s (bfloat16 measured %.2fx float32 here)", chosen, speedup)
+        return chosen
+
+    key = [f"method={METHOD}", generator_shape(vqgan)]
+    return measured_choice(CACHE_NAME, key, ("float32", "bfloat16"), measure)
 
 
 def generator_shape(vqgan: VQGAN) -> str:

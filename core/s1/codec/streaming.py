@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ...convs import causal_conv_transpose1d, compute_dtype, conv1d, join_time, phase_taps
+from ...convs import causal_conv_transpose1d, compute_dtype, conv1d, phase_taps
 from .convs import CausalConv, CausalTransposedConv, ConvNeXtBlock, ResidualUnit, Snake
 from .model import Codec, DecoderBlock, EncoderBlock
 from .transformer import WindowLimitedTransformer
@@ -27,21 +27,12 @@ class CausalStream:
         self.conv_state: dict[int, Tensor] = {}
         self.attention: dict[int, tuple[list, int]] = {}  # a transformer's per-layer past and its next position
 
-    def with_history(self, module: nn.Module, x: Tensor, keep: int) -> Tensor:
-        """x preceded by the module's last `keep` input steps (zeros at the start, like causal padding)."""
-        if keep == 0:  # (a 1x1 conv: nothing to join, and a join would copy x)
-            return x
-        past = self.conv_state.get(id(module))
-        if past is None:
-            past = x.new_zeros(*x.shape[:-1], keep)
-        joined = join_time(past, x)
-        self.conv_state[id(module)] = joined[..., joined.size(-1) - keep :]
-        return joined
-
-    def snake_with_history(self, snake: Snake, module: nn.Module, x: Tensor, keep: int) -> Tensor:
-        """`with_history(module, snake(x), keep)` with the snake written after the history in one buffer of
-        the conv's compute dtype: a copy of each conv's input fewer, and in bfloat16 its rounding too
-        (rounded once either way: the same values)."""
+    def with_history(self, module: nn.Module, x: Tensor, keep: int, snake: Snake | None = None) -> Tensor:
+        """x, or snake(x), preceded by the module's last `keep` input steps (zeros at the start, like causal
+        padding), in one buffer of the module's conv's compute dtype: the snake writes into it and x is
+        rounded into it once (no join, no second conversion in the conv; the same values)."""
+        if keep == 0:  # (a 1x1 conv: nothing to join)
+            return x if snake is None else snake(x)
         past = self.conv_state.get(id(module))
         *lead, channels, steps = x.shape
         dtype = compute_dtype(module.conv)
@@ -50,7 +41,10 @@ class CausalStream:
             joined[..., :keep].zero_()
         else:
             joined[..., :keep].copy_(past)
-        snake(x, out=joined[..., keep:])
+        if snake is None:
+            joined[..., keep:].copy_(x)
+        else:
+            snake(x, out=joined[..., keep:])
         self.conv_state[id(module)] = joined[..., joined.size(-1) - keep :]
         return joined
 
@@ -59,12 +53,7 @@ class CausalStream:
         # (a whole number of strides per chunk: then no chunk needs the right pad that makes a last frame whole)
         if x.size(-1) % module.stride:
             raise ValueError(f"a chunk of {x.size(-1)} steps is not a whole number of the conv's stride")
-        return conv1d(module.conv, self._input(module, x, module.left_pad, snake), out_dtype=x.dtype)
-
-    def _input(self, module: nn.Module, x: Tensor, keep: int, snake: Snake | None) -> Tensor:
-        if snake is None:
-            return self.with_history(module, x, keep)
-        return self.snake_with_history(snake, module, x, keep) if keep else snake(x)
+        return conv1d(module.conv, self.with_history(module, x, module.left_pad, snake), out_dtype=x.dtype)
 
     def transformer(self, module: WindowLimitedTransformer, x: Tensor) -> Tensor:
         past, offset = self.attention.get(id(module), ([None] * len(module.layers), 0))
@@ -74,7 +63,7 @@ class CausalStream:
 
     def transposed_conv(self, module: CausalTransposedConv, x: Tensor, snake: Snake | None = None) -> Tensor:
         context = phase_taps(module.conv) - 1  # earlier input steps that reach this chunk's outputs
-        joined = self._input(module, x, context, snake)
+        joined = self.with_history(module, x, context, snake)
         return causal_conv_transpose1d(module.conv, joined, with_history=True, out_dtype=x.dtype)
 
     def run(self, module: nn.Module, x: Tensor) -> Tensor:
