@@ -85,10 +85,15 @@ def timed_generate(model: Transformer, prompt: torch.Tensor, new: int, num_sampl
 
 
 def used_paths(name: str, model: Transformer) -> dict:
+    """The paths the variant's timings ran: the model's own (autotuned), but a forced one's decode paths."""
     if model.output.weight.device.type != "cpu":
         return {}
-    with forced_path(name, model):
-        return model_paths(model)
+    table = model_paths(model)
+    forced = _forced(name)
+    if forced is not None:  # (forced_path sets the unbound table, which model_paths does not show)
+        fmt, decode, batch = forced
+        table[fmt] = {**table[fmt], "decode": decode, "batch_decode": batch or decode}
+    return table
 
 
 def build_variants(
@@ -112,11 +117,19 @@ def build_variants(
 def forced_path(name: str, model: Transformer):
     """paths.using(...) for a "FORMAT:PATH" variant (PATH for one sequence and batches) or
     "FORMAT:PATH/BATCH_PATH" (two settings of one kernel), else nothing."""
-    if ":" not in name or model.output.weight.device.type != "cpu":
+    forced = _forced(name)
+    if forced is None or model.output.weight.device.type != "cpu":
         return nullcontext()
-    fmt = name.split("+")[0].split(":")[0]
-    decode, _, batch = name.split(":")[1].partition("/")
+    fmt, decode, batch = forced
     return paths.using(fmt, decode=decode, batch_decode=batch or None)
+
+
+def _forced(name: str) -> tuple[str, str, str] | None:
+    """(format, decode path, batch path or "") that a "FORMAT:PATH[/BATCH_PATH]" variant names."""
+    if ":" not in name:
+        return None
+    decode, _, batch = name.split(":")[1].partition("/")
+    return name.split("+")[0].split(":")[0], decode, batch
 
 
 def bench_lm(

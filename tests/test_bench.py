@@ -87,9 +87,10 @@ def test_streams_bench_tiny_reports_both_modes_and_shares(capsys):
 
 def test_a_forced_variant_may_name_its_batch_decode_path():
     """`--variants int8:A/B`: A for one sequence, B for batches (two settings of one kernel), then back."""
-    from bench.lm import forced_path
+    from bench.lm import forced_path, used_paths
     from bench.models import random_official_lm, tiny_lm_config
     from core.lm import paths
+    from core.lm.autotune import model_paths
     from core.lm.quantize import quantize_model
 
     settings = [c for c in paths.decode_candidates("int8") if paths.arithmetic(c) == "kernel"]
@@ -103,6 +104,10 @@ def test_a_forced_variant_may_name_its_batch_decode_path():
     with forced_path(f"int8:{one}", model):
         assert paths.chosen("int8")["decode"] == paths.chosen("int8")["batch_decode"] == one
     assert paths.chosen("int8") == before
+    # The table's paths row names what the forced variant ran, not the model's own choice.
+    shown = used_paths(f"int8:{one}/{batch}", model)["int8"]
+    assert (shown["decode"], shown["batch_decode"]) == (one, batch)
+    assert used_paths("int8", model)["int8"]["decode"] == model_paths(model)["int8"]["decode"]
 
 
 def test_the_floor_beside_a_run_is_the_higher_reading_around_it(monkeypatch):

@@ -50,7 +50,7 @@ def test_linear_rows_gives_a_row_the_same_bits_alone_and_in_any_batch():
             assert torch.equal(kernels.linear_rows(x[rows], w, s), together[rows])
 
 
-@pytest.mark.parametrize("setting", ["kernel", "kernel-t0", "kernel-nopf", "kernel-t0-4r"])
+@pytest.mark.parametrize("setting", ["kernel", "kernel-t0", "kernel-nopf", "kernel-t0-4r", "kernel-l2", "kernel-l2-4r"])
 def test_one_row_takes_the_bits_it_has_in_a_batch_under_every_setting(setting):
     """One activation row runs its own loop (single_rows, or several weight rows at once for "-4r"), several
     rows the batch path: the same sums in the same order, whichever prefetch setting is chosen."""
