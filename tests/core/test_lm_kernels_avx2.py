@@ -66,7 +66,7 @@ for width in (64, 1024, 2816):
     x[2, 7], x[4] = 1e4, 0.0
     for rows in range(1, 10):
         out[f"int16 {width}/{rows}"] = torch.ops.fishtts.linear_rows_int8_vnni(x[:rows], w, scales)
-    for setting in ("kernel", "kernel-t0-4r"):
+    for setting in ("kernel", "kernel-t0-4r", "kernel-l2"):
         with paths.using("int4", decode=setting, batch_decode=setting):
             for rows in range(1, 10):
                 y = torch.ops.fishtts.linear_rows_int4(x[:rows], packed, int4_scales, offsets)

@@ -224,9 +224,8 @@ void parallel(int64_t n, int64_t grain, F&& fn, int64_t max_parts = 0, int64_t r
 // -- tuning (set by autotune.py) -----------------------------------------------------------------
 
 enum WeightKind { kFloat32 = 0, kBFloat16 = 1, kInt8 = 2, kInt4 = 3, kKinds = 4 };
-// kPrefetchL2: into L2 only (prefetcht1), which does not hold one of the core's ~16 L1 fill buffers a line: the
-// int4 kernel 4-8 KiB ahead into L2 decoded ~10% faster than 1 KiB ahead into L1 (Intel Xeon, 2 vCPUs), where
-// the L1 hint at 4-8 KiB gained nothing.
+// kPrefetchL2: into L2, not L1 (prefetcht1). The int4 kernel 4-8 KiB ahead into L2 decoded ~10% faster than
+// 1 KiB ahead into L1 (Intel Xeon, 2 vCPUs), where the L1 hint 4-8 KiB ahead gained nothing.
 enum PrefetchHint { kNoPrefetch = 0, kPrefetchNTA = 1, kPrefetchT0 = 2, kPrefetchL2 = 3 };
 
 struct Tuning {
