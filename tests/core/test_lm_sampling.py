@@ -89,6 +89,25 @@ def test_nan_or_infinite_logits_are_refused_not_drawn_from(bad):
     assert torch.equal(gen.get_state(), state)  # raised before any draw, as the original's check
 
 
+def test_the_sort_gives_torchs_sorted_values_and_refuses_rows_with_nan_or_plus_inf():
+    """sort_values_descending (top-p's sort) finds NaN and +inf on its radix keys: every NaN of either sign and
+    +inf refuse the call (the torch ops then take the row, as the original does); -inf, zeros of either sign
+    and the largest finite values sort as torch.sort sorts them."""
+    logits = torch.randn(3, 4099, generator=torch.Generator().manual_seed(0)) * 5
+    largest = torch.finfo(torch.float32).max
+    logits[0, :7] = float("-inf")
+    logits[1, 3], logits[1, 4] = 0.0, -0.0
+    logits[2, 9], logits[2, 10] = largest, -largest
+    ours = torch.ops.fishtts.sort_values_descending(logits)
+    assert torch.equal(ours, torch.sort(logits, dim=-1, descending=True).values)
+    nans = torch.tensor([0x7FC00000, 0x7F800001, -0x00400000, -1], dtype=torch.int32).view(torch.float32)  # +/-NaN
+    assert nans.isnan().all() and (nans.view(torch.int32) < 0).sum() == 2
+    for bad in torch.cat([torch.tensor([float("inf")]), nans]):
+        row = logits.clone()
+        row[2, 4000] = bad  # (a tensor's element: the NaN's sign and payload stay)
+        assert torch.ops.fishtts.sort_values_descending(row).numel() == 0, bad.view(torch.int32)
+
+
 def test_a_draw_that_differs_from_torchs_hands_sampling_back_to_torch(monkeypatch):
     def always_the_first_id(probs, generator=None):
         return torch.zeros(probs.size(0), dtype=torch.int)
