@@ -18,7 +18,6 @@ Each number is the median of --runs after a warm-up. `--tiny` uses tiny models (
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
@@ -30,6 +29,7 @@ from .measure import ReadBandwidth, median_runs, peak_rss_mb, timed
 from .run import report_main, run_header
 from .s1_lm import COMPILED, bench_format, end_to_end_rtf
 from .s1_models import OFFICIAL_FRAME_RATE, bytes_per_frame, random_codec, random_dual_ar
+from .vqgan import snr_db
 
 __all__ = ["OFFICIAL_FRAME_RATE", "bytes_per_frame", "main", "random_dual_ar"]
 FORMATS = ("float32", "bfloat16", "int8", "int4")
@@ -74,12 +74,10 @@ def bench_codec(codec: Codec, seconds: float, runs: int, request_frames: int, ch
     result = median_runs(once, runs)
     bf16 = {}
     if device.type == "cpu":
-        reference = codec.decode(codes)[0, 0].cpu().double()
-        noise = float(((decode_bf16()[0, 0].cpu().double() - reference) ** 2).sum())
         bf16 = dict(
             decode_bf16_s=round(result["bf16_s"], 3),
             bf16_speedup=round(result["decode_s"] / result["bf16_s"], 2),
-            bf16_snr_db=round(10 * math.log10(float((reference**2).sum()) / noise), 1) if noise else math.inf,
+            bf16_snr_db=round(snr_db(codec.decode(codes).cpu(), decode_bf16().cpu()), 1),
         )
     return dict(
         audio_s=seconds,

@@ -3,9 +3,14 @@ convs and the S1 codec's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 
 def compute_dtype(conv: nn.Module) -> torch.dtype:
@@ -23,15 +28,25 @@ def _convs(module: nn.Module):
     return (m for m in module.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)))
 
 
+def _kept(conv: nn.Module, name: str, source: Tensor, key: tuple, build: Callable[[], T]) -> T:
+    """build(), made from `source` (a weight), kept in conv's __dict__ under `name` until `source` is another
+    tensor or `key` changes (a weight's version counts for a weight changed in place)."""
+    cached = conv.__dict__.get(name)
+    if cached is None or cached[0] is not source or cached[1] != key:
+        cached = conv.__dict__[name] = (source, key, build())
+    return cached[2]
+
+
 def _weight_2d(conv: nn.Module) -> tuple[Tensor, Tensor | None]:
     """conv's weight as a channels-last [.., .., 1, K] weight and its bias, in its compute dtype, kept until
     the weight or the dtype changes."""
-    w, dtype, cached = conv.weight, compute_dtype(conv), conv.__dict__.get("_weight_2d")
-    if cached is None or cached[0] is not w or cached[1] != (w._version, dtype):
+    w, dtype = conv.weight, compute_dtype(conv)
+
+    def build() -> tuple[Tensor, Tensor | None]:
         as_2d = w.detach().unsqueeze(2).to(dtype).contiguous(memory_format=torch.channels_last)
-        bias = None if conv.bias is None else conv.bias.detach().to(dtype)
-        cached = conv.__dict__["_weight_2d"] = (w, (w._version, dtype), (as_2d, bias))
-    return cached[2]
+        return as_2d, None if conv.bias is None else conv.bias.detach().to(dtype)
+
+    return _kept(conv, "_weight_2d", w, (w._version, dtype), build)
 
 
 def _as_2d_input(conv: nn.Module, x: Tensor) -> Tensor:
@@ -62,18 +77,16 @@ def _packed_weight(conv: nn.Module, x2: Tensor, padding: tuple[int, int]) -> Ten
     """conv's weight reordered once into the layout oneDNN takes for inputs like x2, kept while
     `_weight_2d` keeps its weight (an input oneDNN wants another layout for reorders it again)."""
     weight, _ = _weight_2d(conv)
-    packed = conv.__dict__.get("_packed_weight")
-    if packed is None or packed[0] is not weight or packed[1] != padding:
-        stride, dilation = (1, conv.stride[0]), (1, conv.dilation[0])
-        size = list(x2.shape)
+
+    def build() -> Tensor:
+        stride, dilation, size = (1, conv.stride[0]), (1, conv.dilation[0]), list(x2.shape)
         if isinstance(conv, nn.ConvTranspose1d):
-            w = torch.ops.mkldnn._reorder_convolution_transpose_weight(
+            return torch.ops.mkldnn._reorder_convolution_transpose_weight(
                 weight, padding, (0, 0), stride, dilation, conv.groups, size
             )
-        else:
-            w = torch.ops.mkldnn._reorder_convolution_weight(weight, padding, stride, dilation, conv.groups, size)
-        packed = conv.__dict__["_packed_weight"] = (weight, padding, w)
-    return packed[2]
+        return torch.ops.mkldnn._reorder_convolution_weight(weight, padding, stride, dilation, conv.groups, size)
+
+    return _kept(conv, "_packed_weight", weight, padding, build)
 
 
 def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None, padding: int | None = None) -> Tensor:
@@ -159,8 +172,8 @@ def _phase_conv(conv: nn.ConvTranspose1d) -> nn.Conv1d:
     if conv.groups != 1 or conv.dilation != (1,) or conv.padding != (0,) or conv.output_padding != (0,):
         raise ValueError("a causal transposed conv has one group, no dilation and no padding")
     w = conv.weight
-    cached = conv.__dict__.get("_phase_conv")
-    if cached is None or cached[0] is not w or cached[1] != w._version:
+
+    def build() -> nn.Conv1d:
         (c_in, c_out, kernel), stride, taps = w.shape, conv.stride[0], phase_taps(conv)
         with torch.inference_mode(False), torch.no_grad():  # (weights: tensors with a version, as the conv's)
             taps_weight = F.pad(w.detach(), (0, taps * stride - kernel)).view(c_in, c_out, taps, stride)
@@ -171,8 +184,9 @@ def _phase_conv(conv: nn.ConvTranspose1d) -> nn.Conv1d:
             phases.weight = nn.Parameter(weight, requires_grad=False)
             if conv.bias is not None:
                 phases.bias = nn.Parameter(conv.bias.detach().repeat(stride), requires_grad=False)
-        cached = conv.__dict__["_phase_conv"] = (w, w._version, phases)
-    phases = cached[2]
+        return phases
+
+    phases = _kept(conv, "_phase_conv", w, w._version, build)
     phases.__dict__["compute_dtype"] = compute_dtype(conv)
     phases.__dict__["packed_weights"] = conv.__dict__.get("packed_weights", False)
     return phases

@@ -26,7 +26,7 @@ import torch
 
 from ..audio import load_audio, resample
 from ..device import lm_dtype, resolve_device
-from ..vqgan.precision import AUTO, VQGAN_PRECISIONS
+from ..vqgan.precision import AUTO, check_precision
 from .codec import Codec, StreamingDecoder
 from .codec.chunks import ChunkedEncoder
 from .generate import GenerationResult, generate
@@ -35,11 +35,6 @@ from .load import CODEC_FILENAME, load_codec, load_dual_ar
 from .prompt import Reference, build_prompt
 from .sampling import SamplingSettings
 from .tokenizer import S1Tokenizer
-
-
-def _check_codec_precision(precision: str) -> None:
-    if precision not in VQGAN_PRECISIONS:
-        raise ValueError(f"unknown codec precision {precision!r} (use one of: {', '.join(VQGAN_PRECISIONS)})")
 
 
 @dataclass
@@ -67,7 +62,7 @@ class S1Model:
         precision: str | None = None,
         codec_precision: str = AUTO,
     ):
-        _check_codec_precision(codec_precision)  # (before the files load)
+        check_precision(codec_precision, "codec")  # (before the files load)
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"S1 model folder not found: {folder}")
@@ -86,7 +81,7 @@ class S1Model:
     @codec_precision.setter
     def codec_precision(self, precision: str) -> None:
         """ "auto", "float32" or "bfloat16" (the module docstring says what each does where)."""
-        _check_codec_precision(precision)
+        check_precision(precision, "codec")
         cuda = self.device.type == "cuda"
         self.codec_autocast = cuda and precision != "float32"
         self.codec.decode_dtype = torch.bfloat16 if precision == "bfloat16" and not cuda else torch.float32

@@ -32,11 +32,16 @@ METHOD = 1  # how the timings are taken: a choice cached by another method is me
 CACHE_NAME = "vqgan_precision.json"
 
 
+def check_precision(precision: str, what: str = "VQGAN") -> None:
+    """A ValueError for a decode precision that is not one of VQGAN_PRECISIONS (`what`: the codec it is for)."""
+    if precision not in VQGAN_PRECISIONS:
+        raise ValueError(f"unknown {what} precision {precision!r} (use one of: {', '.join(VQGAN_PRECISIONS)})")
+
+
 def resolve_precision(vqgan: VQGAN, precision: str) -> str:
     """The precision to decode in, float32 or bfloat16: `precision` itself, or what "auto" chooses for
     this VQGAN on this machine."""
-    if precision not in VQGAN_PRECISIONS:
-        raise ValueError(f"unknown VQGAN precision {precision!r} (use one of: {', '.join(VQGAN_PRECISIONS)})")
+    check_precision(precision)
     if precision != AUTO:
         return precision
     if vqgan.device.type != "cpu" or not cpu_has_fast_bfloat16():
