@@ -23,6 +23,7 @@ import torch
 
 from core.device import resolve_device
 from core.s1.codec import Codec, StreamingDecoder
+from core.s1.codec.packing import resolve_packed_convs
 from core.tuning import cpu_info
 
 from .measure import ReadBandwidth, median_runs, peak_rss_mb, timed
@@ -54,12 +55,22 @@ def bench_codec(codec: Codec, seconds: float, runs: int, request_frames: int, ch
         for start in range(0, frames, chunk):
             stream.push(codes[..., start : start + chunk])
 
+    packed = {}  # the conv path measured for each precision, as the engine chooses it
+    if device.type == "cpu":
+        for dtype in (torch.bfloat16, torch.float32):  # (float32, the default, last: it stays set)
+            codec.decode_dtype = dtype
+            packed[dtype] = resolve_packed_convs(codec)
+
     def decode_bf16():
-        chosen, codec.decode_dtype = codec.decode_dtype, torch.bfloat16  # (CPU: `--vqgan-precision bfloat16`)
+        chosen = codec.decode_dtype, codec.packed_convs
+        codec.decode_dtype, codec.packed_convs = (
+            torch.bfloat16,
+            packed[torch.bfloat16],
+        )  # (`--vqgan-precision bfloat16`)
         try:
             return codec.decode(codes)
         finally:
-            codec.decode_dtype = chosen
+            codec.decode_dtype, codec.packed_convs = chosen
 
     def once():
         encode_s, _ = timed(lambda: codec.encode(audio), device)
@@ -78,6 +89,7 @@ def bench_codec(codec: Codec, seconds: float, runs: int, request_frames: int, ch
             decode_bf16_s=round(result["bf16_s"], 3),
             bf16_speedup=round(result["decode_s"] / result["bf16_s"], 2),
             bf16_snr_db=round(snr_db(codec.decode(codes).cpu(), decode_bf16().cpu()), 1),
+            packed_convs={str(dtype).removeprefix("torch."): chosen for dtype, chosen in packed.items()},
         )
     return dict(
         audio_s=seconds,
@@ -211,6 +223,9 @@ def table(report: dict) -> str:
                 "codec decode in bfloat16 (`--vqgan-precision bfloat16`)",
                 shared=f"{c['decode_bf16_s']} s ({c['bf16_speedup']}x; SNR {c['bf16_snr_db']} dB vs float32)",
             )
+        if "packed_convs" in c:
+            paths = (f"{'packed weights' if p else 'torch ops'} ({d})" for d, p in c["packed_convs"].items())
+            row("codec conv path (measured per precision)", shared=" / ".join(paths))
     row("peak RSS", shared=f"{report['peak_rss_mb']} MB")
     head = f"| S1-mini, {report['device_name']}, {report['threads']} threads, median of {report['runs']} | "
     return "\n".join([head + " | ".join(formats) + " |", "|---" * (len(formats) + 1) + "|", *rows])

@@ -1,8 +1,9 @@
-"""1-D convolutions run as channels-last 2-D ones (`conv1d` says why), optionally in bfloat16: the VQGAN's
-convs and the S1 codec's."""
+"""1-D convolutions run as channels-last 2-D ones (`conv1d` says why), optionally in bfloat16 or on weights
+packed once for oneDNN where that measures faster (`choose_packing`): the VQGAN's convs and the S1 codec's."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -10,7 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .tuning import best_times, measured_choice
+
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+
+PACKING_MIN_SPEEDUP = 1.05  # packing must beat torch's own path by this much (a tie keeps torch's)
+PACKING_RUNS = 2  # timed streams per setting (the best counts), taken in turns after a warm-up of each
+PACKING_METHOD = 1  # how the timings are taken: a choice cached by another method is measured again
+PACKING_CACHE = "conv_packing.json"
 
 
 def compute_dtype(conv: nn.Module) -> torch.dtype:
@@ -37,16 +47,17 @@ def _kept(conv: nn.Module, name: str, source: Tensor, key: tuple, build: Callabl
     return cached[2]
 
 
+def _as_2d_weight(conv: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """conv's weight as a channels-last [.., .., 1, K] weight and its bias, in its compute dtype."""
+    dtype = compute_dtype(conv)
+    as_2d = conv.weight.detach().unsqueeze(2).to(dtype).contiguous(memory_format=torch.channels_last)
+    return as_2d, None if conv.bias is None else conv.bias.detach().to(dtype)
+
+
 def _weight_2d(conv: nn.Module) -> tuple[Tensor, Tensor | None]:
-    """conv's weight as a channels-last [.., .., 1, K] weight and its bias, in its compute dtype, kept until
-    the weight or the dtype changes."""
-    w, dtype = conv.weight, compute_dtype(conv)
-
-    def build() -> tuple[Tensor, Tensor | None]:
-        as_2d = w.detach().unsqueeze(2).to(dtype).contiguous(memory_format=torch.channels_last)
-        return as_2d, None if conv.bias is None else conv.bias.detach().to(dtype)
-
-    return _kept(conv, "_weight_2d", w, (w._version, dtype), build)
+    """`_as_2d_weight`, kept until the weight or the dtype changes."""
+    w = conv.weight
+    return _kept(conv, "_weight_2d", w, (w._version, compute_dtype(conv)), lambda: _as_2d_weight(conv))
 
 
 def _as_2d_input(conv: nn.Module, x: Tensor) -> Tensor:
@@ -57,6 +68,58 @@ def set_packed_weights(module: nn.Module, packed: bool) -> None:
     """Run module's convs on weights packed once for oneDNN (`conv1d` says why), or through torch's ops."""
     for conv in _convs(module):
         conv.__dict__["packed_weights"] = packed
+
+
+def drop_unused_copies(module: nn.Module) -> None:
+    """Drop each conv's weight copy that its setting does not run on (both exist once the two were timed:
+    a packed copy of S1's codec decoder is ~250 MB in float32)."""
+    for conv in _convs(module):
+        packed = conv.__dict__.get("packed_weights", False)
+        phases = conv.__dict__.get("_phase_conv")
+        for c in (conv,) if phases is None else (conv, phases[2]):
+            c.__dict__.pop("_weight_2d" if packed else "_packed_weight", None)
+
+
+def choose_packing(model: nn.Module, device: torch.device, key: list[str], speedup: Callable[[], float]) -> bool:
+    """Set `model.packed_convs` (a codec's decode on packed conv weights, or torch's ops) to what is faster on
+    this machine: packing where speedup() (torch's time over packing's, `packed_speedup`) is at least
+    PACKING_MIN_SPEEDUP, measured once per machine and `key` (the model's kind, shape and precision) and
+    kept in ~/.cache/fishtts/conv_packing.json. Where oneDNN picks a weight's layout by the input's length
+    (float32 under AVX2) a packed weight is reordered again and streamed chunks ran no faster (the VQGAN's,
+    some 10% slower), hence the measurement. The results are the same either way, to float rounding."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        chosen = False
+    else:
+
+        def measure() -> bool:
+            measured = speedup()
+            log.info(
+                "%s: convs on packed weights %s (measured %.2fx torch's own path here)",
+                key[0],
+                measured >= PACKING_MIN_SPEEDUP,
+                measured,
+            )
+            return measured >= PACKING_MIN_SPEEDUP
+
+        chosen = measured_choice(PACKING_CACHE, [f"method={PACKING_METHOD}", *key], (False, True), measure)
+    model.packed_convs = chosen
+    drop_unused_copies(model)
+    return chosen
+
+
+def packed_speedup(model: nn.Module, stream: Callable[[], object]) -> float:
+    """torch's path's time over packed weights' for stream() (the model's decode as a request streams it),
+    each the best of PACKING_RUNS; model's setting is left as it was."""
+    chosen = model.packed_convs
+
+    def pack(packed: bool) -> None:
+        model.packed_convs = packed
+
+    try:
+        best = best_times((False, True), pack, stream, PACKING_RUNS)
+    finally:
+        model.packed_convs = chosen
+    return best[False] / best[True]
 
 
 def _onednn(x2: Tensor) -> bool:
@@ -73,20 +136,24 @@ def _packs(conv: nn.Module, x2: Tensor) -> bool:
     return conv.__dict__.get("packed_weights", False) and _onednn(x2)
 
 
-def _packed_weight(conv: nn.Module, x2: Tensor, padding: tuple[int, int]) -> Tensor:
-    """conv's weight reordered once into the layout oneDNN takes for inputs like x2, kept while
-    `_weight_2d` keeps its weight (an input oneDNN wants another layout for reorders it again)."""
-    weight, _ = _weight_2d(conv)
+def _packed_weight(conv: nn.Module, x2: Tensor, padding: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+    """conv's weight reordered once into the layout oneDNN takes for inputs like x2, and its bias, kept
+    until the weight, the dtype or the padding changes (an input oneDNN wants another layout for
+    reorders it again). The channels-last weight it is made from is not kept."""
+    w = conv.weight
 
-    def build() -> Tensor:
+    def build() -> tuple[Tensor, Tensor | None]:
+        weight, bias = _as_2d_weight(conv)
         stride, dilation, size = (1, conv.stride[0]), (1, conv.dilation[0]), list(x2.shape)
         if isinstance(conv, nn.ConvTranspose1d):
-            return torch.ops.mkldnn._reorder_convolution_transpose_weight(
+            packed = torch.ops.mkldnn._reorder_convolution_transpose_weight(
                 weight, padding, (0, 0), stride, dilation, conv.groups, size
             )
-        return torch.ops.mkldnn._reorder_convolution_weight(weight, padding, stride, dilation, conv.groups, size)
+        else:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(weight, padding, stride, dilation, conv.groups, size)
+        return packed, bias
 
-    return _kept(conv, "_packed_weight", weight, padding, build)
+    return _kept(conv, "_packed_weight", w, (w._version, compute_dtype(conv), padding), build)
 
 
 def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None, padding: int | None = None) -> Tensor:
@@ -103,39 +170,38 @@ def conv1d(conv: nn.Conv1d, x: Tensor, out_dtype: torch.dtype | None = None, pad
     convs up to 1.5-3x their arithmetic in bfloat16 on AMX (Intel Xeon: 256 channels, kernel 11, 306
     steps 373 against 239 us; a 512 -> 256 upsampling of 42 frames 797 against 245 us). Where oneDNN's
     weight layout depends on the input's length (AVX2 float32), a packed weight is reordered again at
-    other lengths, and streamed chunks ran no faster: so it is measured per machine (vqgan/packing.py).
+    other lengths, and streamed chunks ran no faster: so it is measured per machine (`choose_packing`).
     The same products either way, so the same results within float rounding (bit for bit where F.conv2d
     takes oneDNN too). `padding`: zeros on both ends instead of the conv's own."""
-    weight, bias = _weight_2d(conv)
     stride, dilation = (1, conv.stride[0]), (1, conv.dilation[0])
     padding = (0, conv.padding[0] if padding is None else padding)
     x2 = _as_2d_input(conv, x)
     if _packs(conv, x2):
-        packed = _packed_weight(conv, x2, padding)
+        packed, bias = _packed_weight(conv, x2, padding)
         y = torch.ops.mkldnn._convolution_pointwise(
             x2, packed, bias, padding, stride, dilation, conv.groups, "none", [], ""
         )
     elif dilation[1] > 1 and x2.dtype == torch.float32 and _onednn(x2):
         # ATen gives a float32 dilated conv of under 20480 input values (a streamed chunk's) to its native
         # loop, not oneDNN: the WN's 256 -> 512 channels over 64 frames took 620 us there, 240 in oneDNN.
-        y = torch.ops.aten.mkldnn_convolution(x2, weight, bias, padding, stride, dilation, conv.groups)
+        y = torch.ops.aten.mkldnn_convolution(x2, *_weight_2d(conv), padding, stride, dilation, conv.groups)
     else:
-        y = F.conv2d(x2, weight, bias, stride, padding, dilation, conv.groups)
+        y = F.conv2d(x2, *_weight_2d(conv), stride, padding, dilation, conv.groups)
     return y.squeeze(2).to(out_dtype or x.dtype)
 
 
 def conv_transpose1d(conv: nn.ConvTranspose1d, x: Tensor, padding: int | None = None) -> Tensor:
     """conv(x) for a transposed conv (with `padding` instead of its own, if given), as `conv1d` does."""
     pad = (0, conv.padding[0] if padding is None else padding)
-    weight, bias = _weight_2d(conv)
     stride, dilation = (1, conv.stride[0]), (1, conv.dilation[0])
     x2 = _as_2d_input(conv, x)
     if _packs(conv, x2):
-        packed = _packed_weight(conv, x2, pad)
+        packed, bias = _packed_weight(conv, x2, pad)
         y = torch.ops.mkldnn._convolution_transpose_pointwise(
             x2, packed, bias, pad, (0, 0), stride, dilation, conv.groups, "none", [], ""
         )
     else:
+        weight, bias = _weight_2d(conv)
         y = F.conv_transpose2d(x2, weight, bias, stride, pad, (0, 0), conv.groups, dilation)
     return y.squeeze(2).to(x.dtype)
 

@@ -1,16 +1,18 @@
 """What this machine is, and the choices measured on it, kept per machine in ~/.cache/fishtts/
 ($XDG_CACHE_HOME respected; an unreadable file is ignored and rewritten). The LM's paths
-(core/lm/autotune.py), the VQGAN's decode precision (core/vqgan/precision.py) and its conv path
-(core/vqgan/packing.py) are chosen this way."""
+(core/lm/autotune.py), the VQGAN's decode precision (core/vqgan/precision.py) and the codecs' conv
+path (core/convs.py: choose_packing) are chosen this way."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -95,3 +97,18 @@ def measured_choice(cache_name: str, key: list[str], choices: tuple, measure: Ca
     cache[full_key] = measure()
     write_cache(cache_name, cache)
     return cache[full_key]
+
+
+def best_times(settings: Sequence, apply: Callable[[object], None], run: Callable[[], object], runs: int) -> dict:
+    """{setting: its best time in seconds over `runs` calls of run() after apply(setting)}. The settings are
+    timed in turns, after a round that warms each up (oneDNN's kernels, caches), so that a shared VM's
+    drift favours none of them. The caller puts its own setting back."""
+    best = dict.fromkeys(settings, math.inf)
+    for round_ in range(1 + runs):
+        for setting in settings:
+            apply(setting)
+            start = time.perf_counter()
+            run()
+            if round_:
+                best[setting] = min(best[setting], time.perf_counter() - start)
+    return best

@@ -120,3 +120,13 @@ def set_speedup(monkeypatch, module, name: str) -> SimpleNamespace:
 
     monkeypatch.setattr(module, name, speedup)
     return state
+
+
+def set_packing_speedup(monkeypatch, tmp_path, packing) -> SimpleNamespace:
+    """An empty cache and oneDNN present, and the packing module's measured speed-up as the test sets it
+    (`set_speedup`)."""
+    import torch
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    return set_speedup(monkeypatch, packing, "packed_speedup")

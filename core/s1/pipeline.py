@@ -29,6 +29,7 @@ from ..device import lm_dtype, resolve_device
 from ..vqgan.precision import AUTO, check_precision
 from .codec import Codec, StreamingDecoder
 from .codec.chunks import ChunkedEncoder
+from .codec.packing import resolve_packed_convs
 from .generate import GenerationResult, generate
 from .lm import DualARTransformer
 from .load import CODEC_FILENAME, load_codec, load_dual_ar
@@ -85,6 +86,7 @@ class S1Model:
         cuda = self.device.type == "cuda"
         self.codec_autocast = cuda and precision != "float32"
         self.codec.decode_dtype = torch.bfloat16 if precision == "bfloat16" and not cuda else torch.float32
+        resolve_packed_convs(self.codec)  # (measured per precision)
 
     @property
     def sample_rate(self) -> int:

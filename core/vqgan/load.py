@@ -119,7 +119,7 @@ def vqgan_from_state_dict(
     model.load_state_dict(convert_state_dict(model, state_dict), strict=True, assign=True)
     model = model.requires_grad_(False).to(device).eval()
     model.decode_dtype = getattr(torch, resolve_precision(model, precision))
-    model.packed_convs = resolve_packed_convs(model)
+    resolve_packed_convs(model)
     return model
 
 

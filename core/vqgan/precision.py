@@ -13,11 +13,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import time
 
 import torch
 
-from ..tuning import cpu_has_fast_bfloat16, measured_choice
+from ..tuning import best_times, cpu_has_fast_bfloat16, measured_choice
 from .model import VQGAN
 
 log = logging.getLogger(__name__)
@@ -69,15 +68,12 @@ def bfloat16_speedup(vqgan: VQGAN) -> float:
     mel = torch.randn(1, vqgan.config.generator.initial_channel, frames, generator=torch.Generator().manual_seed(0))
     mel = mel.to(vqgan.device)
     chosen = vqgan.decode_dtype
-    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+
+    def decode_in(dtype: torch.dtype) -> None:
+        vqgan.decode_dtype = dtype
+
     try:
-        for round_ in range(1 + RUNS):  # round 0 warms up (oneDNN's primitives, the weights' casts)
-            for dtype in best:
-                vqgan.decode_dtype = dtype
-                start = time.perf_counter()
-                vqgan.mel_to_audio(mel)
-                if round_:
-                    best[dtype] = min(best[dtype], time.perf_counter() - start)
+        best = best_times((torch.float32, torch.bfloat16), decode_in, lambda: vqgan.mel_to_audio(mel), RUNS)
     finally:
         vqgan.decode_dtype = chosen
     return best[torch.float32] / best[torch.bfloat16]

@@ -3,16 +3,14 @@ audio, whole and streamed, and chosen where it measures faster, once per machine
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from core import tuning
+from core import convs, tuning
 from core.vqgan import load_vqgan, packing
 from core.vqgan.streaming import StreamingDecoder
-from tests.helpers import set_speedup
+from tests.helpers import set_packing_speedup
 from tests.paths import PARITY
 from tests.tolerances import longest_reduction, network_atol
 
@@ -58,46 +56,12 @@ def test_packed_weights_decode_the_same_audio(vqgan, codes, dtype):
 @pytest.fixture
 def measured(monkeypatch, tmp_path):
     """An empty cache, and packing's speed-up as the test sets it."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
-    return set_speedup(monkeypatch, packing, "packed_speedup")
-
-
-@pytest.mark.parametrize(("speedup", "chosen"), [(1.3, True), (1.02, False), (0.8, False)])
-def test_packing_is_chosen_only_where_it_measures_faster_and_remembered(vqgan, measured, speedup, chosen):
-    measured.value = speedup
-    assert packing.resolve_packed_convs(vqgan) is chosen
-    assert packing.resolve_packed_convs(vqgan) is chosen
-    assert len(measured.timings) == 1  # the second came from the cache
-    vqgan.decode_dtype = torch.bfloat16  # another precision is measured on its own
-    measured.value = 1.0 if chosen else 2.0
-    assert packing.resolve_packed_convs(vqgan) is not chosen and len(measured.timings) == 2
-
-
-def test_packing_is_measured_again_over_a_corrupt_cache(vqgan, measured):
-    tuning.cache_file(packing.CACHE_NAME).parent.mkdir(parents=True)
-    tuning.cache_file(packing.CACHE_NAME).write_text("[1, 2")
-    measured.value = 2.0
-    assert packing.resolve_packed_convs(vqgan) is True and len(measured.timings) == 1
-
-
-def test_no_packing_without_onednn(vqgan, measured, monkeypatch):
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    measured.value = 100.0
-    assert packing.resolve_packed_convs(vqgan) is False and not measured.timings
-
-
-@onednn
-def test_the_speedup_is_timed_on_the_models_stream_and_leaves_its_setting(vqgan):
-    for setting in (True, False):
-        vqgan.packed_convs = setting
-        assert 0 < packing.packed_speedup(vqgan) < math.inf
-        assert vqgan.packed_convs is setting
+    return set_packing_speedup(monkeypatch, tmp_path, packing)
 
 
 def test_the_loader_sets_the_measured_choice(measured):
     measured.value = 2.0
     assert load_vqgan(PARITY / "vqgan_state_dict.pt", CONFIG).packed_convs is True
     measured.value = 0.5
-    tuning.cache_file(packing.CACHE_NAME).unlink()
+    tuning.cache_file(convs.PACKING_CACHE).unlink()
     assert load_vqgan(PARITY / "vqgan_state_dict.pt", CONFIG).packed_convs is False

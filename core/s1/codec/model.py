@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ...convs import set_compute_dtype
+from ...convs import set_compute_dtype, set_packed_weights
 from ..config import CodecConfig
 from .convs import CausalConv, CausalTransposedConv, ResidualUnit, Snake
 from .quantizer import DownsampleQuantizer
@@ -100,6 +100,18 @@ class Codec(nn.Module):
     def decode_dtype(self, dtype: torch.dtype) -> None:
         set_compute_dtype(self.decoder, dtype)
         self.__dict__["_decode_dtype"] = dtype
+
+    @property
+    def packed_convs(self) -> bool:
+        """Whether decode's convs run on weights packed once for oneDNN (convs.conv1d; chosen by measuring,
+        codec/packing.py): only speed changes, not a result beyond float rounding."""
+        return self.__dict__.get("_packed_convs", False)
+
+    @packed_convs.setter
+    def packed_convs(self, packed: bool) -> None:
+        set_packed_weights(self.quantizer.upsample, packed)
+        set_packed_weights(self.decoder, packed)
+        self.__dict__["_packed_convs"] = packed
 
     @property
     def sample_rate(self) -> int:
