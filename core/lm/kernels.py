@@ -51,8 +51,9 @@ SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"  # the decode kern
 SAMPLING_SOURCE = SOURCE.with_name("sampling.cpp")  # the sampler's sort and draw (sampling.py)
 INT8_ROWS_SOURCE = SOURCE.with_name("int8_rows.cpp")  # the int8 prefill's rounding and rescaling (paths.py)
 ATTENTION_SOURCE = SOURCE.with_name("prefill_attention.cpp")  # a prompt's causal attention (model.py)
+SNAKE_SOURCE = SOURCE.with_name("snake.cpp")  # the S1 codec's Snake activation (s1/codec/convs.py)
 # All in one extension; the autotuner keys its cache by them.
-SOURCES = (SOURCE, SAMPLING_SOURCE, INT8_ROWS_SOURCE, ATTENTION_SOURCE)
+SOURCES = (SOURCE, SAMPLING_SOURCE, INT8_ROWS_SOURCE, ATTENTION_SOURCE, SNAKE_SOURCE)
 HEADERS = (SOURCE.with_name("vector_math.h"),)  # included by each of the sources
 
 
