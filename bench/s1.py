@@ -61,12 +61,9 @@ def bench_codec(codec: Codec, seconds: float, runs: int, request_frames: int, ch
             codec.decode_dtype = dtype
             packed[dtype] = resolve_packed_convs(codec)
 
-    def decode_bf16():
+    def decode_bf16():  # (`--vqgan-precision bfloat16`, on the conv path measured for it)
         chosen = codec.decode_dtype, codec.packed_convs
-        codec.decode_dtype, codec.packed_convs = (
-            torch.bfloat16,
-            packed[torch.bfloat16],
-        )  # (`--vqgan-precision bfloat16`)
+        codec.decode_dtype, codec.packed_convs = torch.bfloat16, packed[torch.bfloat16]
         try:
             return codec.decode(codes)
         finally:

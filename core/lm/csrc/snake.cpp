@@ -23,8 +23,9 @@
 
 // MKL's vector sine, as torch's sin calls it on the CPU (ATen/cpu/vml.h: vmsSin in high accuracy, no
 // flush to zero, errors ignored). Weak: a torch without MKL (aarch64) leaves it null, and then the Python
-// code runs torch's ops (snake_available).
-extern "C" void vmsSin(int n, const float* a, float* r, long long mode) __attribute__((weak));
+// code runs torch's ops (snake_available). The count is MKL_INT, 32 bits (torch's LP64 MKL) or 64; passed
+// as 64 bits in its register, a count under 2^31 reads the same either way.
+extern "C" void vmsSin(long long n, const float* a, float* r, long long mode) __attribute__((weak));
 
 namespace {
 
@@ -43,7 +44,7 @@ void snake_runs(const float* const* xs, Out* const* outs, int64_t runs, int64_t 
     float* __restrict b = buffer + r * length;
     for (int64_t i = 0; i < length; ++i) b[i] = a[PerValue ? i : 0] * x[i];
   }
-  vmsSin((int)(runs * length), buffer, buffer, kVmlHighAccuracy | kVmlNoFlushToZero | kVmlErrorsIgnored);
+  vmsSin((long long)(runs * length), buffer, buffer, kVmlHighAccuracy | kVmlNoFlushToZero | kVmlErrorsIgnored);
   for (int64_t r = 0; r < runs; ++r) {
     const float* __restrict x = xs[r];
     const float* __restrict inv = invs[r];
