@@ -77,7 +77,8 @@ class Snake(nn.Module):
 
 def _fused_snake_fits(x: Tensor, alpha: Tensor, out: Tensor | None) -> bool:
     """Whether csrc/snake.cpp computes this Snake: float32 x [B, C, T] on the CPU with the channels or the
-    time steps at unit stride in x and out (float32 or bfloat16), no gradient wanted, the kernels built."""
+    time steps at unit stride in x and out (float32 or bfloat16), no gradient wanted, the kernels built with
+    MKL's sine (torch's)."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or alpha.dtype != torch.float32 or x.dim() != 3:
         return False
     if out is not None and (out.shape != x.shape or out.dtype not in (torch.float32, torch.bfloat16)):

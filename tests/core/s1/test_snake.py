@@ -8,7 +8,7 @@ import torch
 from core.s1.codec import convs
 from core.s1.codec.convs import Snake, fused_snake_available
 
-fused = pytest.mark.skipif(not fused_snake_available(), reason="no C++ kernels (or no AVX2) here")
+fused = pytest.mark.skipif(not fused_snake_available(), reason="no C++ kernels (or no MKL sine) here")
 
 
 def _snake(channels: int) -> Snake:
