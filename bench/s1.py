@@ -37,7 +37,7 @@ FORMATS = ("float32", "bfloat16", "int8", "int4")
 
 
 def bench_codec(codec: Codec, seconds: float, runs: int, request_frames: int, chunk: int = 8) -> dict:
-    device = codec.decoder.model[0].conv.weight.device
+    device = codec.device
     samples = int(seconds * codec.sample_rate)
     audio = (0.1 * torch.randn(samples, generator=torch.Generator().manual_seed(0))).view(1, 1, -1).to(device)
     frames = -(-samples // codec.frame_length)
@@ -59,11 +59,11 @@ def bench_codec(codec: Codec, seconds: float, runs: int, request_frames: int, ch
     if device.type == "cpu":
         for dtype in (torch.bfloat16, torch.float32):  # (float32, the default, last: it stays set)
             codec.decode_dtype = dtype
-            packed[dtype] = resolve_packed_convs(codec)
+            packed[codec.decode_precision] = resolve_packed_convs(codec)
 
     def decode_bf16():  # (`--vqgan-precision bfloat16`, on the conv path measured for it)
         chosen = codec.decode_dtype, codec.packed_convs
-        codec.decode_dtype, codec.packed_convs = torch.bfloat16, packed[torch.bfloat16]
+        codec.decode_dtype, codec.packed_convs = torch.bfloat16, packed["bfloat16"]
         try:
             return codec.decode(codes)
         finally:
@@ -86,7 +86,7 @@ def bench_codec(codec: Codec, seconds: float, runs: int, request_frames: int, ch
             decode_bf16_s=round(result["bf16_s"], 3),
             bf16_speedup=round(result["decode_s"] / result["bf16_s"], 2),
             bf16_snr_db=round(snr_db(codec.decode(codes).cpu(), decode_bf16().cpu()), 1),
-            packed_convs={str(dtype).removeprefix("torch."): chosen for dtype, chosen in packed.items()},
+            packed_convs=packed,
         )
     return dict(
         audio_s=seconds,

@@ -47,6 +47,12 @@ def _kept(conv: nn.Module, name: str, source: Tensor, key: tuple, build: Callabl
     return cached[2]
 
 
+def _kept_value(conv: nn.Module, name: str):
+    """What `_kept` keeps under `name` in conv (None if nothing)."""
+    cached = conv.__dict__.get(name)
+    return None if cached is None else cached[2]
+
+
 def _as_2d_weight(conv: nn.Module) -> tuple[Tensor, Tensor | None]:
     """conv's weight as a channels-last [.., .., 1, K] weight and its bias, in its compute dtype."""
     dtype = compute_dtype(conv)
@@ -75,8 +81,8 @@ def drop_unused_copies(module: nn.Module) -> None:
     a packed copy of S1's codec decoder is ~250 MB in float32)."""
     for conv in _convs(module):
         packed = conv.__dict__.get("packed_weights", False)
-        phases = conv.__dict__.get("_phase_conv")
-        for c in (conv,) if phases is None else (conv, phases[2]):
+        phases = _kept_value(conv, "_phase_conv")
+        for c in (conv,) if phases is None else (conv, phases):
             c.__dict__.pop("_weight_2d" if packed else "_packed_weight", None)
 
 

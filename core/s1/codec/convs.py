@@ -5,6 +5,7 @@ Weight norm is folded into plain weights at load time (load.py), so these hold `
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -101,7 +102,13 @@ def _like(x: Tensor) -> Tensor:
 
 
 def fused_snake_available() -> bool:
-    return cpu_kernels_available() and torch.ops.fishtts.snake_available()
+    return cpu_kernels_available() and _mkl_sine()
+
+
+@functools.cache
+def _mkl_sine() -> bool:
+    """Whether the built kernels found torch's MKL sine (asked once: Snake runs ~30 times a chunk)."""
+    return torch.ops.fishtts.snake_available()
 
 
 class ResidualUnit(nn.Module):

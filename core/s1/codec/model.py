@@ -102,6 +102,15 @@ class Codec(nn.Module):
         self.__dict__["_decode_dtype"] = dtype
 
     @property
+    def decode_precision(self) -> str:
+        """decode_dtype's name: "float32" or "bfloat16"."""
+        return str(self.decode_dtype).removeprefix("torch.")
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.model[0].conv.weight.device
+
+    @property
     def packed_convs(self) -> bool:
         """Whether decode's convs run on weights packed once for oneDNN (convs.conv1d; chosen by measuring,
         codec/packing.py): only speed changes, not a result beyond float rounding."""
@@ -151,5 +160,5 @@ class Codec(nn.Module):
     @torch.inference_mode()
     def decode(self, codes: Tensor) -> Tensor:
         """Codes [B, 1 + n, T] (or [1 + n, T]) → audio [B, 1, T * frame_length] in [-1, 1]."""
-        codes = self.check_codes(codes).to(self.decoder.model[0].conv.weight.device)
+        codes = self.check_codes(codes).to(self.device)
         return self.decoder(self.quantizer.decode(codes))

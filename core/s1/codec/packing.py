@@ -28,9 +28,8 @@ def codec_shape(codec: Codec) -> str:
 
 def resolve_packed_convs(codec: Codec) -> bool:
     """Set the codec's conv path to the faster one on this machine (measured once, then cached)."""
-    precision = str(codec.decode_dtype).removeprefix("torch.")
-    device = codec.decoder.model[0].conv.weight.device
-    return choose_packing(codec, device, ["S1 codec", codec_shape(codec), precision], lambda: packed_speedup(codec))
+    key = ["S1 codec", codec_shape(codec), codec.decode_precision]
+    return choose_packing(codec, codec.device, key, lambda: packed_speedup(codec))
 
 
 @torch.inference_mode()

@@ -100,7 +100,7 @@ class StreamingDecoder(CausalStream):
     @torch.inference_mode()
     def push(self, codes: Tensor) -> Tensor:
         """The next frames' codes [B, 1 + n, T] (or [1 + n, T]) → their audio [B, 1, T * frame_length]."""
-        codes = self.codec.check_codes(codes).to(self.codec.decoder.model[0].conv.weight.device)
+        codes = self.codec.check_codes(codes).to(self.codec.device)
         quantizer = self.codec.quantizer
         z = self.run(quantizer.post_module, quantizer.embed(codes))
         return self.run(self.codec.decoder.model, self.run(quantizer.upsample, z))
