@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import json
+import re
 from typing import TypeVar
+from urllib.parse import parse_qsl
 
 import msgpack
 from fastapi import Request
@@ -50,9 +53,16 @@ async def read_body(request: Request, model: type[T], max_text_length: int) -> t
             )
     elif content_type in FORM_TYPES:
         data = {}
-        # (a field may be as large as the body may be: a clip in base64; BodyLimitsMiddleware bounds the body)
-        form = await request.form(max_files=len(file_fields) or 1, max_fields=64, max_part_size=2**31)
-        for key, value in form.multi_items():
+        raw = await request.body()  # (the form is parsed from it; BodyLimitsMiddleware bounds it)
+        charset = _declared_charset(request.headers.get("content-type", ""))
+        if content_type == "application/x-www-form-urlencoded":
+            items = _urlencoded_items(raw, charset)
+        else:
+            # (a field may be as large as the body may be: a clip in base64)
+            form = await request.form(max_files=len(file_fields) or 1, max_fields=MAX_FORM_FIELDS, max_part_size=2**31)
+            items = form.multi_items()
+            _check_utf8_fields(items, raw, charset)
+        for key, value in items:
             if isinstance(value, UploadFile):
                 if key not in file_fields:
                     allowed = ", ".join(file_fields) or "none"
@@ -80,6 +90,49 @@ async def read_body(request: Request, model: type[T], max_text_length: int) -> t
 
 
 FILE_PART = "(a file part)"
+MAX_FORM_FIELDS = 64
+
+
+_CHARSET = re.compile(r";\s*charset=\"?([^\";\s]+)", re.IGNORECASE)
+
+
+def _declared_charset(content_type: str) -> str | None:
+    """The codec a form body names (`; charset=...`), "utf-8" where it names none, None for one Python lacks."""
+    named = _CHARSET.search(content_type)
+    try:
+        return codecs.lookup(named[1]).name if named else "utf-8"
+    except LookupError:
+        return None
+
+
+def _not_text(key: str, charset: str = "utf-8") -> ValueError:
+    return ValueError(f"{key}: not valid {charset} text (send form fields as UTF-8).")
+
+
+def _check_utf8_fields(items: list[tuple[str, str | UploadFile]], raw: bytes, charset: str | None) -> None:
+    """ValueError (422) for a multipart text field whose bytes are not UTF-8 (unless the body names another
+    charset). Starlette reads such a field as Latin-1: a voice's transcript sent in Latin-1 or in a broken
+    encoding was saved garbled, with a 201. A field read as UTF-8 is in the body as its UTF-8 bytes; one
+    read as Latin-1 (and not ASCII) is not."""
+    if charset != "utf-8":
+        return
+    for key, value in items:
+        if isinstance(value, str) and not value.isascii() and value.encode() not in raw:
+            raise _not_text(key)
+
+
+def _urlencoded_items(raw: bytes, charset: str | None) -> list[tuple[str, str]]:
+    """The fields of a urlencoded body, read strictly in its charset (UTF-8 unless it names another).
+    Starlette replaced percent-escapes that are not UTF-8 with U+FFFD, which cleaning then dropped from the
+    text without a word, and read raw bytes as Latin-1."""
+    charset = charset or "utf-8"
+    try:
+        text, limit = raw.decode(charset), MAX_FORM_FIELDS
+        return parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict", max_num_fields=limit)
+    except UnicodeDecodeError:
+        raise _not_text("body", charset) from None
+    except ValueError:  # more fields than MAX_FORM_FIELDS
+        raise ApiError(400, f"Too many fields. Maximum number of fields is {MAX_FORM_FIELDS}.") from None
 
 
 def _given_when_empty(model: type[BaseModel], key: str) -> bool:

@@ -435,6 +435,7 @@ class G2PRequest(BaseModel):
     speaker: str | None = Field(None, max_length=100)
 
     _order = field_validator("order")(lambda value: check_order(value))
+    _text_not_blank = field_validator("text")(lambda value: _not_blank(value))  # (as synthesis says it)
 
 
 class TTSReference(BaseModel):

@@ -273,8 +273,8 @@ def wire_voices(page: Page, actions: Actions) -> None:
             return gr.update(), gr.update(), gr.update(), message
         return clip, transcript, True, message
 
-    def refresh(lang: str, server_url: str, api_key: str, picked: str):
-        choices, voice_id, message = actions.refresh_voices(lang, server_url, api_key, picked)
+    def refresh(lang: str, server_url: str, api_key: str, picked: str, shown: str):
+        choices, voice_id, message = actions.refresh_voices(lang, server_url, api_key, picked, shown)
         return gr.update(choices=choices, value=voice_id), gr.update() if message is None else message
 
     def save(
@@ -302,7 +302,7 @@ def wire_voices(page: Page, actions: Actions) -> None:
         **PRIVATE,
     )
     page.refresh_voices.click(
-        refresh, inputs=[*connection, page.voice_id], outputs=[page.voice_id, page.message], **PRIVATE
+        refresh, inputs=[*connection, page.voice_id, page.message], outputs=[page.voice_id, page.message], **PRIVATE
     )
     page.save_voice.click(
         save,

@@ -21,7 +21,9 @@ from .i18n import t
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "default"  # the model the page loads, and picks when the server has it
-PREVIEW_ERROR = "fishtts-preview-error"  # the class of a preview's failure (the next preview clears only that)
+# The classes of a preview's and a voice list's failures: the next successful one clears only its own.
+PREVIEW_ERROR = "fishtts-preview-error"
+VOICE_LIST_ERROR = "fishtts-voice-list-error"
 MODEL_NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # the API's model names
 NO_VOICE = ""  # the voice dropdown's "none" entry
 PRECISIONS = ("bfloat16", "float16", "float32")  # what a load body's precision may be (the API's choices)
@@ -277,7 +279,7 @@ class Actions:
         row per piece, no phonemes), and the message: a failure, "" to clear the last preview's, or None to
         leave `shown` (the message box is the synthesis's too: typing wiped its "Synthesizing…")."""
         rows, message = self._preview(lang, server_url, api_key, form)
-        return rows, None if not message and PREVIEW_ERROR not in (shown or "") else message
+        return rows, replaced(message, shown, PREVIEW_ERROR)
 
     def _preview(self, lang: str, server_url: str, api_key: str, form: SynthesisForm) -> tuple[list[list], str]:
         if not (form.text or "").strip():
@@ -293,7 +295,7 @@ class Actions:
                 fields["reference_text"] = voice.get("transcript")
             pieces = client.preview(fields)
         except (ClientError, UIError) as exc:
-            return [], f'<div class="{PREVIEW_ERROR}">{failure_html(lang, "error.preview", exc)}</div>'
+            return [], marked(PREVIEW_ERROR, failure_html(lang, "error.preview", exc))
         if form.mode != "phonemes":
             return [[i, piece["text"], "-", "-"] for i, piece in enumerate(pieces)], ""
         segments = [segment for piece in pieces for segment in piece["segments"]]
@@ -367,13 +369,14 @@ class Actions:
         return [("—", NO_VOICE), *shown], None
 
     def refresh_voices(
-        self, lang: str, server_url: str, api_key: str, picked: str | None
+        self, lang: str, server_url: str, api_key: str, picked: str | None, shown: str = ""
     ) -> tuple[list[tuple[str, str]], str, str | None]:
-        """'Refresh list': (the voice choices, the picked voice if still listed (`kept_voice`), None or why the
-        list could not be read; then "none" alone is listed, and picked)."""
+        """'Refresh list': (the voice choices, the picked voice if still listed (`kept_voice`), the message: why
+        the list could not be read (then "none" alone is listed), "" to clear an earlier such failure in `shown`,
+        or None to leave `shown`)."""
         choices, error = self._voice_choices(server_url, api_key)
-        message = None if error is None else failure_html(lang, "error.voice", error)
-        return choices, kept_voice(choices, picked), message
+        message = "" if error is None else marked(VOICE_LIST_ERROR, failure_html(lang, "error.voice", error))
+        return choices, kept_voice(choices, picked), replaced(message, shown, VOICE_LIST_ERROR)
 
     def select_voice(
         self, lang: str, server_url: str, api_key: str, voice_id: str
@@ -384,8 +387,8 @@ class Actions:
         try:
             client = self.client(server_url, api_key)
             voice = next((v for v in client.list_voices() if v["id"] == voice_id), None)
-            if voice is None:
-                raise ClientError("error.server", 404, message=f"Cannot find voice {voice_id!r}.")
+            if voice is None:  # (deleted by another client since the list was read)
+                raise UIError("reference.voice_missing", voice=voice_id)
             clip = saved(client.get_voice_audio(voice_id), voice_id, ".wav")
         except (ClientError, UIError) as exc:
             return None, None, failure_html(lang, "error.voice", exc)
@@ -428,6 +431,18 @@ class Actions:
         except (ClientError, UIError) as exc:
             return self.voice_choices(server_url, api_key), failure_html(lang, "error.voice", exc)
         return self.voice_choices(server_url, api_key), message_html(lang, "reference.deleted", error=False, name=name)
+
+
+def marked(kind: str, message: str) -> str:
+    """A failure's message, marked as of `kind` (PREVIEW_ERROR, VOICE_LIST_ERROR) for `replaced`."""
+    return f'<div class="{kind}">{message}</div>'
+
+
+def replaced(message: str, shown: str | None, kind: str) -> str | None:
+    """What the message box shows after an action whose failures are marked `kind`: its failure; after its
+    success ("") the box cleared only of its own earlier failure, else left as it is (None): the box is the
+    synthesis's too, and typing had wiped its "Synthesizing…"."""
+    return message if message or kind in (shown or "") else None
 
 
 def kept_voice(choices: list[tuple[str, str]], picked: str | None) -> str:

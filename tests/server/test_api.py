@@ -173,6 +173,14 @@ def test_g2p_preview_rows_per_line(client):
     assert all(s["phones"] for s in segments)
 
 
+@pytest.mark.parametrize("text", ["   ", " \n\t "])
+def test_a_blank_text_is_refused_alike_by_the_preview_and_synthesis(client, text):
+    """(the preview said "nothing to speak after cleaning", synthesis "must not be blank")"""
+    preview = assert_json_error(client.post("/v1/text/g2p", json={"text": text}), 422)
+    synthesis = assert_json_error(invoke(client, text=text), 422)
+    assert preview["message"] == synthesis["message"] == "text: Value error, must not be blank"
+
+
 def test_a_delete_during_a_models_first_load_is_a_409_not_unknown(client):
     """(It said "Model not found." while /v1/health listed the name as loading.)"""
     import threading

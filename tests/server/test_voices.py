@@ -69,6 +69,47 @@ def test_multipart_create_and_ids_from_names(server):
     assert chinese.status_code == 201 and chinese.json()["id"].startswith("voice")
 
 
+def multipart(boundary: str, fields: dict[str, bytes], clip: bytes) -> bytes:
+    """A multipart body written by hand: each text field's bytes as given (requests would encode str fields)."""
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + value + b"\r\n"
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n".encode()
+        + clip
+        + b"\r\n"
+    )
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def test_text_fields_that_are_not_utf8_are_refused_not_saved_garbled(server):
+    """(Starlette read a multipart field that is not UTF-8 as Latin-1 and a urlencoded one with U+FFFD: the
+    voice was saved with "hello ÿþ" or a transcript missing letters, and a 201)"""
+    clip, url = audio_bytes(tone(1.0)), server.url + "/v1/references"
+    latin1 = {"name": "Zoë".encode("latin-1"), "transcript": "café au lait".encode("latin-1")}
+    sent = multipart("xYz", latin1, clip)
+    refused = requests.post(url, data=sent, headers={"Content-Type": "multipart/form-data; boundary=xYz"})
+    assert "not valid utf-8" in assert_json_error(refused, 422)["message"]
+    clip64 = base64.b64encode(clip).decode()
+    broken = "name=Zo%EB&transcript=hi&audio=" + requests.utils.quote(clip64, safe="")
+    refused = requests.post(url, data=broken, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert assert_json_error(refused, 422)["message"].startswith("body: not valid utf-8")
+    assert "Zo" not in str(requests.get(url).json())  # nothing was saved
+
+    named = requests.post(
+        url, data=sent, headers={"Content-Type": "multipart/form-data; boundary=xYz; charset=latin-1"}
+    )
+    utf8 = {"name": "Zoë 小明".encode(), "transcript": "café au lait, 你好".encode()}
+    as_utf8 = requests.post(
+        url, data=multipart("b0", utf8, clip), headers={"Content-Type": "multipart/form-data; boundary=b0"}
+    )
+    encoded = requests.post(url, data={"name": "Zoë", "transcript": "hé", "audio": clip64})  # (urlencoded, UTF-8)
+    saved = [(r.json()["name"], r.json()["transcript"]) for r in (named, as_utf8, encoded)]
+    assert saved == [("Zoë", "café au lait"), ("Zoë 小明", "café au lait, 你好"), ("Zoë", "hé")]
+
+
 def test_existing_id_is_a_conflict(server):
     assert create_voice(server.url, id="carol").status_code == 201
     assert_json_error(create_voice(server.url, id="carol"), 409)

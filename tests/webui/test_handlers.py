@@ -341,15 +341,23 @@ def test_a_picked_voice_the_server_no_longer_lists_is_unpicked(server, actions, 
     actions.client(server.url).delete_voice(gone)  # by another client
     try:
         for lang in ("en_US", "zh_CN"):
-            voices, message = fns["refresh"](lang, server.url, "", gone)
+            working = actions.working(lang)
+            voices, message = fns["refresh"](lang, server.url, "", gone, working)
             assert voices["value"] == "" and kept in {value for _, value in voices["choices"]}
             assert message == {"__type__": "update"}  # (the message box left as it was)
-            assert fns["refresh"](lang, server.url, "", kept)[0]["value"] == kept
+            assert fns["refresh"](lang, server.url, "", kept, working)[0]["value"] == kept
             # the server down: "none" alone is listed and picked, and the message says why
-            voices, message = fns["refresh"](lang, "http://127.0.0.1:9", "", kept)
+            voices, failed = fns["refresh"](lang, "http://127.0.0.1:9", "", kept, working)
             assert voices["value"] == "" and voices["choices"] == [("—", "")]
-            assert_readable(message, lang, "error.voice")
-            assert t(lang, "error.unreachable", url="http://127.0.0.1:9") in message
+            assert_readable(failed, lang, "error.voice")
+            assert t(lang, "error.unreachable", url="http://127.0.0.1:9") in failed
+            # back up: that failure is cleared (it stayed shown beside the list it said could not be read)
+            assert fns["refresh"](lang, server.url, "", "", failed)[1] == ""
+            # a voice deleted since the list was read, picked: said in the page's language
+            clip, transcript, html = actions.select_voice(lang, server.url, "", gone)
+            assert (clip, transcript) == (None, None)
+            assert_readable(html, lang, "error.voice")
+            assert t(lang, "reference.voice_missing", voice=gone) in html
         assert fns["reread"](server.url, "", "default", gone)[dropdown]["value"] == ""
         assert fns["reread"](server.url, "", "default", kept)[dropdown]["value"] == kept
         assert fns["reread"]("http://127.0.0.1:9", "", "default", kept)[dropdown]["value"] == ""
