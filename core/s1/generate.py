@@ -23,7 +23,7 @@ from torch import Tensor
 from ..lm.generate import budget_new_frames
 from .config import FAST_LOGIT_LIMIT
 from .lm import DualARTransformer
-from .sampling import WINDOW, SamplingSettings, SamplingTensors, sample_rows
+from .sampling import WINDOW, SamplingSettings, SamplingTensors, sample_rows, sample_rows_fast
 
 
 @dataclass
@@ -55,9 +55,11 @@ def sample_frames(
 
     Each row samples with its own settings, penalty window and generator, in the original's order
     (token, then codes 1..N-1); the fast stack runs all B rows together (`fast_step(x, position)`,
-    default `model.forward_fast`), rows not sampled feeding it code 0.
+    default `model.forward_fast`), rows not sampled feeding it code 0. A quantized model's frames are not
+    bit-exact anyway: its draws take one C++ call each (`sample_rows_fast`), with the same rule.
     """
     fast_step = fast_step or model.forward_fast
+    sample = sample_rows_fast if model.quantized else sample_rows
     settings = SamplingTensors.rows(params).to(logits.dtype)
     # the rows' windows stacked once a frame, [R, 1 + N, W]: all rows have one (decode steps) or none (a prefill)
     if len({w is None for w in windows}) > 1:
@@ -66,7 +68,7 @@ def sample_frames(
 
     def draw(row_logits: Tensor, previous: Tensor | None) -> Tensor:
         chosen = row_logits if rows is None else row_logits[rows]
-        drawn = sample_rows(chosen, settings, previous, generators)
+        drawn = sample(chosen, settings, previous, generators)
         if rows is None:
             return drawn
         return drawn.new_zeros(row_logits.size(0)).index_copy_(0, rows, drawn)

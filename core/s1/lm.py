@@ -21,7 +21,7 @@ from ..lm import fused
 from ..lm.kernels import attention_kernel_layout
 from ..lm.norm import RMSNorm
 from ..lm.prefill_attention import causal_attention
-from ..lm.quantize import quantize_model
+from ..lm.quantize import QUANT_MODES, quantize_model, weight_format
 from ..lm.rope import apply_rope, rope_table
 from .config import DualARConfig, LayerShape, find_multiple
 from .layers import Linear, SwiGLU
@@ -210,6 +210,11 @@ class DualARTransformer(nn.Module):
             self.output = head
         quantize_model(self, mode)
         return self
+
+    @property
+    def quantized(self) -> bool:
+        """Whether its linears are int8 or int4 (core/lm/quantize.py quantizes every one, the fast head too)."""
+        return weight_format(self.fast_output) in QUANT_MODES
 
     # -- caches -------------------------------------------------------------------------------------
     @property

@@ -59,6 +59,18 @@ def test_sampling_draws_the_originals_ids_from_the_same_stream(width, rows, para
         assert torch.equal(ours.get_state(), theirs.get_state())
 
 
+@pytest.mark.parametrize("spread", [0.0, 0.05, 1.0, 8.0])  # equal, flat, spread, peaked
+def test_the_race_over_every_entry_of_a_wide_row_is_torchs(spread):
+    """S1-mini's token row (155,776 ids): where most entries have a probability, nearly every log1p is skipped
+    (an entry whose draw alone shows it cannot win); the winners and the generator's state are torch's."""
+    for seed in range(4):
+        logits = torch.randn(2, 155776, generator=torch.Generator().manual_seed(seed)) * spread
+        probs = torch.softmax(logits, dim=-1)
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        assert torch.equal(torch.ops.fishtts.exponential_race(probs, ours), sampling.torch_draw(probs, theirs))
+        assert torch.equal(ours.get_state(), theirs.get_state())
+
+
 def test_the_draw_consumes_torchs_default_generator_when_given_none():
     probs = torch.softmax(torch.randn(2, 3000, generator=torch.Generator().manual_seed(0)), dim=-1)
     probs[probs < probs.quantile(0.99)] = 0  # mostly zeros: most draws are skipped, not taken

@@ -8,11 +8,11 @@
 // from the generator and a log1p) although every entry but the few kept has probability 0 and cannot
 // win. Here the generator is advanced by the same draws, but the log1p is only taken where it matters.
 //
-// sample_frames: a quantized model's whole frame (its fast sampling) in one call, below.
+// sample_frames: a quantized model's whole frame (its fast sampling) in one call, below; sample_rows: a quantized
+// S1-mini's draws, one call each.
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/core/DistributionsHelper.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -28,6 +28,8 @@
 #include "vector_math.h"
 
 namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Float bits mapped so that unsigned order is descending float order (-0.0 and +0.0 stay distinct
 // keys; they are equal values, and the softmax cannot tell them apart).
@@ -102,15 +104,23 @@ at::Tensor sort_values_descending(const at::Tensor& logits) {
 // A row with all but its `count` largest set to -inf, `cut` being the count-th largest value: equal
 // values at the cut are kept lowest id first.
 void keep_row_largest(float* row, int64_t width, float cut, int64_t count) {
-  int64_t ties = count;
-  for (int64_t i = 0; i < width; ++i) ties -= row[i] > cut;
+  // Branch-free passes (a flat row keeps its entries in no order the branch predictor could follow), and a
+  // third for the ties only where more values equal the cut than are kept.
+  int64_t above = 0, equal = 0;
   for (int64_t i = 0; i < width; ++i) {
-    if (row[i] > cut) continue;
-    if (row[i] == cut && ties > 0) {
+    above += row[i] > cut;
+    equal += row[i] == cut;
+  }
+  for (int64_t i = 0; i < width; ++i) row[i] = row[i] >= cut ? row[i] : kNegInf;
+  int64_t ties = count - above;  // the entries equal to the cut that stay
+  if (equal <= ties) return;
+  for (int64_t i = 0; i < width; ++i) {
+    if (row[i] != cut) continue;
+    if (ties > 0) {
       --ties;
-      continue;
+    } else {
+      row[i] = kNegInf;
     }
-    row[i] = -std::numeric_limits<float>::infinity();
   }
 }
 
@@ -132,18 +142,45 @@ at::Tensor keep_largest(const at::Tensor& logits, const at::Tensor& sorted, cons
   return out;
 }
 
-// One row of exponential_race's draw (probabilities without NaN; the caller holds the generator's lock).
-int32_t race_row(const float* row, int64_t width, at::CPUGeneratorImpl* gen) {
-  constexpr uint64_t kMantissa = (uint64_t{1} << std::numeric_limits<double>::digits) - 1;
-  at::exponential_distribution<double> exponential(1.0);
+// A CPU generator's draws, from a copy of its engine handed back at the end of the scope (the caller holds the
+// generator's lock). random64 is two of the engine's numbers, the first the high half, as CPUGeneratorImpl's; a
+// call into the library per draw took ~20% of a flat row's race.
+class Draws {
+ public:
+  explicit Draws(at::CPUGeneratorImpl* gen) : gen_(gen), engine_(gen->engine()) {}
+  ~Draws() { gen_->set_engine(engine_); }
+  Draws(const Draws&) = delete;
+  Draws& operator=(const Draws&) = delete;
+  uint64_t random64() {
+    const uint64_t high = engine_();
+    return (high << 32) | engine_();
+  }
+
+ private:
+  at::CPUGeneratorImpl* gen_;
+  at::mt19937 engine_;
+};
+
+// One row of exponential_race's draw (probabilities without NaN).
+// q is torch's at::exponential_distribution<double>(1) of the entry's draw, written out: u = the draw's low 53
+// bits / 2^53, q = -log1p(-u). Since q >= u, an entry with u * best >= p (a margin over the roundings) cannot
+// beat `best`, and its log1p is skipped: in a flat distribution, where most entries have a probability, nearly
+// all of them are (155,776 log1p took 2-3 ms of an S1-mini token draw).
+int32_t race_row(const float* row, int64_t width, Draws& draws) {
+  constexpr int kDigits = std::numeric_limits<double>::digits;
+  constexpr uint64_t kMantissa = (uint64_t{1} << kDigits) - 1;
+  constexpr double kUnit = 1.0 / static_cast<double>(uint64_t{1} << kDigits);
+  constexpr double kMargin = 1.0 + 1e-6;  // q and the ratio round to float: ~1e-7 each
   int32_t chosen = 0;
   float best = 0.0f;  // argmax's first index wins ties, and every row has 0 / q = 0 or better
   bool best_is_nan = false;
   for (int64_t i = 0; i < width; ++i) {
     float ratio;
     if (row[i] != 0.0f) {
-      ratio = row[i] / static_cast<float>(exponential(gen));
-    } else if ((gen->random64() & kMantissa) == 0) {
+      const double u = static_cast<double>(draws.random64() & kMantissa) * kUnit;
+      if (best_is_nan || u * static_cast<double>(best) >= static_cast<double>(row[i]) * kMargin) continue;
+      ratio = row[i] / static_cast<float>(-1.0 * std::log1p(-u));
+    } else if ((draws.random64() & kMantissa) == 0) {
       ratio = std::numeric_limits<float>::quiet_NaN();
     } else {
       continue;
@@ -178,7 +215,8 @@ at::Tensor exponential_race(const at::Tensor& probs, std::optional<at::Generator
   int32_t* chosen = out.data_ptr<int32_t>();
   auto* gen = cpu_generator(generator);
   std::lock_guard<std::mutex> lock(gen->mutex_);
-  for (int64_t r = 0; r < rows; ++r) chosen[r] = race_row(data + r * width, width, gen);
+  Draws draws(gen);
+  for (int64_t r = 0; r < rows; ++r) chosen[r] = race_row(data + r * width, width, draws);
   return out;
 }
 
@@ -191,8 +229,6 @@ at::Tensor exponential_race(const at::Tensor& probs, std::optional<at::Generator
 // probabilities come from this file's e^x (within ~2 ulp of torch's), so a kept set or a draw can differ
 // from the torch ops' only where two values lie within that rounding; the generator advances by the same
 // draws (one per entry of each distribution, token rows first, then every codebook row in order).
-
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // out[i] = e^(in[i] - shift) (0 for -inf), i < n; returns their sum.
 float shifted_exp(const float* in, int64_t n, float shift, float* out) {
@@ -293,18 +329,21 @@ bool token_nucleus(const float* row, int64_t width, const FrameRules& rules, std
   return softmax_in_place(probs.data(), kept);
 }
 
+// The repetition penalty on v[size] in place: each id of the window (or none: null) once, from the values
+// before any was penalized (torch's gather, then scatter).
+void penalize_row(float* v, const int32_t* window, int64_t window_size, float penalty, std::vector<float>& scratch) {
+  if (window == nullptr || penalty == 1.0f) return;
+  scratch.resize(window_size);
+  for (int64_t w = 0; w < window_size; ++w) scratch[w] = v[window[w]];
+  for (int64_t w = 0; w < window_size; ++w) v[window[w]] = scratch[w] < 0 ? scratch[w] * penalty : scratch[w] / penalty;
+}
+
 // One codebook's distribution from its logits (finite) and penalty window (ids, or null), in place of v.
 bool codebook_distribution(float* v, int64_t size, const int32_t* window, int64_t window_size, const FrameRules& rules,
                            std::vector<float>& scratch, std::vector<float>& probs) {
   for (int64_t i = 0; i < size; ++i)
     if (i < rules.masked || i >= rules.limit_from) v[i] = kNegInf;
-  if (window != nullptr && rules.penalty != 1.0f) {  // each id once, from the masked logits (gather, then scatter)
-    scratch.assign(v, v + size);
-    for (int64_t w = 0; w < window_size; ++w) {
-      const float score = scratch[window[w]];
-      v[window[w]] = score < 0 ? score * rules.penalty : score / rules.penalty;
-    }
-  }
+  penalize_row(v, window, window_size, rules.penalty, scratch);  // (from the masked logits)
   if (rules.top_p < 1.0f) {
     scratch.assign(v, v + size);
     std::sort(scratch.begin(), scratch.end(), std::greater<float>());
@@ -368,12 +407,143 @@ at::Tensor sample_frames(const at::Tensor& token_logits, const at::Tensor& code_
   int32_t* frames = out.data_ptr<int32_t>();
   auto* gen = cpu_generator(generator);
   std::lock_guard<std::mutex> lock(gen->mutex_);
+  Draws draws(gen);
   for (int64_t r = 0; r < N; ++r) {
     const auto& kept = nuclei[r];
-    frames[r * (1 + C)] = kept[race_row(token_probs[r].data(), static_cast<int64_t>(kept.size()), gen)].second;
+    frames[r * (1 + C)] = kept[race_row(token_probs[r].data(), static_cast<int64_t>(kept.size()), draws)].second;
   }
   for (int64_t row = 0; row < N * C; ++row)
-    frames[(row / C) * (1 + C) + 1 + row % C] = race_row(code_probs.data() + row * K, K, gen);
+    frames[(row / C) * (1 + C) + 1 + row % C] = race_row(code_probs.data() + row * K, K, draws);
+  return out;
+}
+
+// -- S1-mini's draws, one distribution a row ------------------------------------------------------------
+// core/s1/sampling.py's draw (the penalty, top-p over the sorted values, temperature, softmax, the race) is
+// ~20 small torch ops; a frame makes 10 such draws (the token over 155,776 ids, then 9 codes over 1,024), each
+// right after a step whose weights have just streamed through every cache: 0.2 ms a code and 5 ms the token in
+// a frame, against 0.06 and 2.4-2.8 ms warm (int4, random weights, Intel Xeon). Here the same rule in one call,
+// the draw as torch's exponential_ (one generator draw per entry). top-p's cut is found without sorting the
+// whole row where the nucleus lies among the largest values, else from a radix sort of them: both give the same
+// count from the same numbers (every e^x below from exp16, divided by the row's sum taken in id order).
+
+constexpr int64_t kNucleusCap = 8192;  // candidates beyond this: the whole row is sorted instead
+
+// e^(in[i] - shift) into out[i] (in finite), all by exp16, so that a value's term is the same wherever it
+// stands; returns their sum, taken in index order by 16 lanes.
+float exp_terms(const float* in, int64_t n, float shift, float* out) {
+  f32x16 total{};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const f32x16 e = exp16(load16(in + i) - shift);
+    store16(out + i, e);
+    total += e;
+  }
+  if (i < n) {
+    float tail[16];
+    for (int l = 0; l < 16; ++l) tail[l] = i + l < n ? in[i + l] : kNegInf;
+    const f32x16 x = load16(tail);
+    const f32x16 e = where(x == kNegInf, splat(0.0f), exp16(x - shift));
+    store16(tail, e);
+    for (int64_t l = 0; i + l < n; ++l) out[i + l] = tail[l];
+    total += e;
+  }
+  float sum = 0.0f;
+  for (int l = 0; l < 16; ++l) sum += total[l];
+  return sum;
+}
+
+// How many of v[n]'s largest values (finite) top-p keeps, as apply_top_p counts them (the running sum of the
+// sorted softmax, in double, rounded to float, at most top_p; at least one), and the cut: the count-th largest.
+std::pair<int64_t, float> top_p_cut(const float* v, int64_t n, float top_p, std::vector<float>& terms,
+                                    std::vector<float>& sorted, std::vector<uint32_t>& keys,
+                                    std::vector<uint32_t>& scratch) {
+  const float top = *std::max_element(v, v + n);
+  terms.resize(n);
+  const float sum = exp_terms(v, n, top, terms.data());
+  sorted.clear();  // the candidates: the values within `reach` of the largest, while they are few
+  for (const float reach : kNucleusReach) {
+    double mass = 0.0;
+    for (int64_t i = 0; i < n && static_cast<int64_t>(sorted.size()) <= kNucleusCap; ++i) {
+      if (v[i] < top - reach) continue;
+      sorted.push_back(v[i]);
+      mass += terms[i] / sum;
+    }
+    const bool few = static_cast<int64_t>(sorted.size()) <= kNucleusCap;
+    if (few && static_cast<float>(mass) > top_p) {  // they hold the nucleus, so the cut
+      std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+      break;
+    }
+    sorted.clear();
+    if (!few) break;
+  }
+  for (bool whole = sorted.empty();; whole = true) {
+    if (whole) {  // a flat row: every value, radix-sorted
+      keys.resize(n);
+      for (int64_t i = 0; i < n; ++i) keys[i] = descending_key(v[i]);
+      radix_sort(keys, scratch);
+      sorted.resize(n);
+      for (int64_t i = 0; i < n; ++i) sorted[i] = value_of(keys[i]);
+    }
+    const int64_t m = static_cast<int64_t>(sorted.size());
+    terms.resize(m);
+    exp_terms(sorted.data(), m, top, terms.data());
+    double running = 0.0;
+    int64_t kept = 0;
+    for (; kept < m; ++kept) {
+      running += terms[kept] / sum;
+      if (!(static_cast<float>(running) <= top_p)) break;
+    }
+    // (every candidate kept: their mass, summed in another order, was within rounding of top_p; sort them all)
+    if (kept == m && m < n && !whole) continue;
+    kept = std::max<int64_t>(kept, 1);
+    return {kept, sorted[kept - 1]};
+  }
+}
+
+// logits [R, V] float32, window [R, W] int32 (ids penalized) or none -> [R] int32 ids, each row drawn from
+// its distribution with the one generator in row order; an empty tensor, nothing drawn, where a logit is not
+// finite or a window id lies outside the row (the caller then samples with the ops).
+at::Tensor sample_rows(const at::Tensor& logits, const c10::optional<at::Tensor>& window, double temperature,
+                       double top_p, double penalty, std::optional<at::Generator> generator) {
+  TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat, "logits must be [R, V] float32");
+  TORCH_CHECK(temperature > 0 && top_p > 0 && top_p <= 1 && penalty > 0, "bad sampling settings");
+  const at::Tensor x = logits.contiguous();
+  const int64_t R = x.size(0), V = x.size(1);
+  const at::Tensor none = at::empty({0}, x.options().dtype(at::kInt));
+  if (V == 0) return none;
+  at::Tensor ids;
+  int64_t W = 0;
+  if (window.has_value()) {
+    TORCH_CHECK(window->dim() == 2 && window->scalar_type() == at::kInt && window->size(0) == R,
+                "window must be [R, W] int32");
+    ids = window->contiguous();
+    W = ids.size(1);
+    const int32_t* w = ids.data_ptr<int32_t>();
+    for (int64_t i = 0; i < ids.numel(); ++i)
+      if (w[i] < 0 || w[i] >= V) return none;
+  }
+  const float* in = x.data_ptr<float>();
+  for (int64_t i = 0; i < R * V; ++i)
+    if (!std::isfinite(in[i])) return none;
+  // (kept from call to call: fresh vectors of a token row's size were fresh pages, ~6% of a draw in page faults)
+  thread_local std::vector<float> probs, scratch, terms, sorted;
+  thread_local std::vector<uint32_t> keys, key_scratch;
+  probs.assign(in, in + R * V);
+  for (int64_t r = 0; r < R; ++r) {
+    float* v = probs.data() + r * V;
+    penalize_row(v, window.has_value() ? ids.data_ptr<int32_t>() + r * W : nullptr, W, static_cast<float>(penalty),
+                 scratch);
+    const auto [count, cut] = top_p_cut(v, V, static_cast<float>(top_p), terms, sorted, keys, key_scratch);
+    keep_row_largest(v, V, cut, count);
+    for (int64_t i = 0; i < V; ++i) v[i] /= static_cast<float>(temperature);
+    softmax_in_place(v, V);  // (a kept entry is finite: never all -inf)
+  }
+  at::Tensor out = at::empty({R}, x.options().dtype(at::kInt));
+  int32_t* chosen = out.data_ptr<int32_t>();
+  auto* gen = cpu_generator(generator);
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  Draws draws(gen);
+  for (int64_t r = 0; r < R; ++r) chosen[r] = race_row(probs.data() + r * V, V, draws);
   return out;
 }
 
@@ -385,6 +555,8 @@ TORCH_LIBRARY_FRAGMENT(fishtts, m) {
   m.def("exponential_race(Tensor probs, Generator? generator) -> Tensor");
   m.def("sample_frames(Tensor token_logits, Tensor code_logits, Tensor? window, float temperature, float top_p, "
         "int top_k, float penalty, int masked, int limit_from, int candidates, Generator? generator) -> Tensor");
+  m.def("sample_rows(Tensor logits, Tensor? window, float temperature, float top_p, float penalty, "
+        "Generator? generator) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fishtts, CPU, m) {
@@ -392,4 +564,5 @@ TORCH_LIBRARY_IMPL(fishtts, CPU, m) {
   m.impl("keep_largest", &keep_largest);
   m.impl("exponential_race", &exponential_race);
   m.impl("sample_frames", &sample_frames);
+  m.impl("sample_rows", &sample_rows);
 }

@@ -3,13 +3,24 @@ seeded sampling exact on the CPU, plus the sampler rules and the quirks fixed he
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
+from core.lm.kernels import cpu_kernels_available
 from core.s1.generate import generate, semantic_code
 from core.s1.load import load_dual_ar
-from core.s1.sampling import SamplingSettings, SamplingTensors, logits_to_probs, penalize, sample_rows, sample_token
+from core.s1.sampling import (
+    SamplingSettings,
+    SamplingTensors,
+    logits_to_probs,
+    penalize,
+    sample_rows,
+    sample_rows_fast,
+    sample_token,
+)
 
 from .support import (
     GENERATION_CASES,
@@ -17,6 +28,8 @@ from .support import (
     S1_CHECKPOINT,
     dual_ar_cases,
 )
+
+needs_kernels = pytest.mark.skipif(not cpu_kernels_available(), reason="no C++ compiler for the CPU kernels here")
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +193,76 @@ def test_rows_sampled_together_draw_what_each_row_draws_alone_in_the_logits_dtyp
     together = sample_rows(logits, SamplingTensors.rows(alone), previous, generators())
     one_by_one = [int(sample_token(logits[r], alone[r], previous[r], g)) for r, g in enumerate(generators())]
     assert together.tolist() == one_by_one
+
+
+FAST_DRAW_SETTINGS = [
+    SamplingSettings(),  # the original's defaults: temperature 0.8, top_p 0.8, penalty 1.1
+    SamplingSettings(temperature=0.3, top_p=0.5, repetition_penalty=1.5),
+    SamplingSettings(temperature=1.5, top_p=1.0, repetition_penalty=1.0),  # no nucleus: the whole row
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("width, scale", [(1024, 3.0), (1024, 0.3), (20000, 6.0), (20000, 0.3), (7, 1.0)])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_a_quantized_models_draws_in_one_call_are_the_ops_draws(width, scale, rows):
+    """sample_rows_fast (csrc/sampling.cpp's sample_rows) against sample_rows' ops: the same ids, the generators
+    left in the same states; a codebook's width and a vocabulary's (its nucleus found among the largest values,
+    or in a flat row over a sort of the whole row), with and without penalty windows, a tail under a SIMD width."""
+    cpu = torch.device("cpu")
+    for seed in range(8):
+        shape = torch.Generator().manual_seed(seed)
+        logits = torch.randn((rows, width), generator=shape) * scale
+        previous = torch.randint(0, width, (rows, 16), generator=shape, dtype=torch.int) if seed % 2 else None
+        settings = [FAST_DRAW_SETTINGS[(seed + r) % len(FAST_DRAW_SETTINGS)] for r in range(rows)]
+        params = SamplingTensors.rows([s.as_tensors(cpu) for s in settings])
+        ours = [torch.Generator().manual_seed(100 + r) for r in range(rows)]
+        theirs = [torch.Generator().manual_seed(100 + r) for r in range(rows)]
+        drawn = sample_rows_fast(logits, params, previous, ours)
+        assert drawn.dtype == torch.int32 and torch.equal(drawn, sample_rows(logits, params, previous, theirs)), seed
+        assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(ours, theirs, strict=True))
+
+
+@needs_kernels
+@pytest.mark.parametrize("width", [8, 20000])  # the nucleus from a sort of the row, and from its largest values
+def test_one_call_draws_from_exactly_the_nucleus(width):
+    """A nucleus of 3 ids beside a 4th just outside it (the ids drawn, over 300 seeds, are those three, each
+    as often as the ops draw it): a cut one entry off would draw the 4th."""
+    logits = torch.full((1, width), -30.0)
+    logits[0, :4] = torch.tensor([2.0, 1.9, 1.8, 1.7])
+    settings = SamplingSettings(temperature=1.5, top_p=0.8, repetition_penalty=1.0)  # running sums .29 .55 .79 1
+    params = SamplingTensors.rows([settings.as_tensors(torch.device("cpu"))])
+    fast = [int(sample_rows_fast(logits, params, None, [torch.Generator().manual_seed(s)])) for s in range(300)]
+    ops = [int(sample_rows(logits, params, None, [torch.Generator().manual_seed(s)])) for s in range(300)]
+    assert fast == ops and set(fast) == {0, 1, 2}
+
+
+@needs_kernels
+def test_what_one_call_cannot_draw_is_left_to_the_ops_with_nothing_drawn():
+    """A logit not finite (the ops draw from it anyway: the original's rule) or a window id outside the row:
+    the call draws nothing, and sample_rows_fast gives the ops' id."""
+    cpu = torch.device("cpu")
+    params = SamplingTensors.rows([SamplingSettings().as_tensors(cpu)])
+    logits = torch.randn((1, 1024), generator=torch.Generator().manual_seed(0)) * 3
+    window = torch.zeros((1, 16), dtype=torch.int)
+    nan = logits.clone()
+    nan[0, 5] = float("nan")
+    outside = window.clone()
+    outside[0, 3] = 1024
+    for row, ids in ((nan, window), (logits, outside)):
+        generator = torch.Generator().manual_seed(1)
+        before = generator.get_state()
+        assert torch.ops.fishtts.sample_rows(row, ids, 0.8, 0.8, 1.1, generator).numel() == 0
+        assert torch.equal(generator.get_state(), before)
+    ours, theirs = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    assert torch.equal(sample_rows_fast(nan, params, window, [ours]), sample_rows(nan, params, window, [theirs]))
+
+
+def test_only_a_quantized_model_draws_in_one_call(loaded):
+    """(the float32 model's seeded frames are the original's, above: it keeps the ops)"""
+    model, _ = loaded
+    assert not model.quantized
+    assert copy.deepcopy(model).quantize("int8").quantized
 
 
 def test_settings_out_of_range_are_refused():
