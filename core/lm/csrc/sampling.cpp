@@ -360,6 +360,20 @@ bool codebook_distribution(float* v, int64_t size, const int32_t* window, int64_
   return softmax_in_place(v, size);
 }
 
+// Whether every id of a (contiguous int32) window lies in [0, size).
+bool ids_below(const at::Tensor& ids, int64_t size) {
+  const int32_t* w = ids.data_ptr<int32_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i)
+    if (w[i] < 0 || w[i] >= size) return false;
+  return true;
+}
+
+bool all_finite(const float* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i])) return false;
+  return true;
+}
+
 // token_logits [N, V], code_logits [N, C, K] float32, window [N, C, W] int32 (codebook ids recently drawn)
 // or none -> frames [N, 1 + C] int32 (token, then codebook values), or an empty tensor where the caller
 // must sample as before (a logit not finite, a nucleus beyond `candidates`, a codebook with nothing left,
@@ -381,16 +395,11 @@ at::Tensor sample_frames(const at::Tensor& token_logits, const at::Tensor& code_
                 "window must be [N, C, W] int32");
     ids = window->contiguous();
     W = ids.size(2);
-    const int32_t* w = ids.data_ptr<int32_t>();
-    for (int64_t i = 0; i < ids.numel(); ++i)
-      if (w[i] < 0 || w[i] >= K) return none;
+    if (!ids_below(ids, K)) return none;
   }
   const float* tp = tokens.data_ptr<float>();
   const float* cp = codes.data_ptr<float>();
-  for (int64_t i = 0; i < N * V; ++i)
-    if (!std::isfinite(tp[i])) return none;
-  for (int64_t i = 0; i < N * C * K; ++i)
-    if (!std::isfinite(cp[i])) return none;
+  if (!all_finite(tp, N * V) || !all_finite(cp, N * C * K)) return none;
   const FrameRules rules{static_cast<float>(temperature), static_cast<float>(top_p), top_k, static_cast<float>(penalty),
                          masked, limit_from, candidates};
   // Every distribution first (nothing drawn if one cannot be served), then the draws in order.
@@ -518,13 +527,10 @@ at::Tensor sample_rows(const at::Tensor& logits, const c10::optional<at::Tensor>
                 "window must be [R, W] int32");
     ids = window->contiguous();
     W = ids.size(1);
-    const int32_t* w = ids.data_ptr<int32_t>();
-    for (int64_t i = 0; i < ids.numel(); ++i)
-      if (w[i] < 0 || w[i] >= V) return none;
+    if (!ids_below(ids, V)) return none;
   }
   const float* in = x.data_ptr<float>();
-  for (int64_t i = 0; i < R * V; ++i)
-    if (!std::isfinite(in[i])) return none;
+  if (!all_finite(in, R * V)) return none;
   // (kept from call to call: fresh vectors of a token row's size were fresh pages, ~6% of a draw in page faults)
   thread_local std::vector<float> probs, scratch, terms, sorted;
   thread_local std::vector<uint32_t> keys, key_scratch;
