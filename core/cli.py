@@ -460,13 +460,16 @@ def tts(
     With --model, OpenAudio S1-mini reads the text whole (g2p, --order, --speaker do not apply)."""
     from tqdm import tqdm
 
+    from .reference import MIN_REFERENCE_PEAK_DB
     from .request import Reference
 
     if (reference_audio is None) != (reference_text is None):
         raise click.ClickException("--reference-audio and --reference-text go together")
     sink = AudioSink(output, growing=stream)  # checks the suffix before the models load
     family = FISH_SPEECH_V02 if s1_folder is None else OPENAUDIO_S1_MINI
-    reference = Reference("--reference-audio", audio=reference_audio) if reference_audio else None
+    reference = None
+    if reference_audio:
+        reference = Reference("--reference-audio", audio=reference_audio, min_peak_db=MIN_REFERENCE_PEAK_DB)
     request = synthesis_request(text, reference_text, reference, kwargs, family)
     if s1_folder is not None:
         engine = load_s1_engine(

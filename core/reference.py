@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .engine import TTSEngine
 
 MIN_REFERENCE_SECONDS = 0.5  # shorter clips carry too little of the voice (5-10 s works best)
+MIN_REFERENCE_PEAK_DB = -60  # a clip whose loudest sample is quieter (dBFS) is silence: no voice to clone
 # channels x sample rate decoded at most where a length limit applies: a small Ogg file of 64 channels at
 # 192 kHz took 7 s of CPU each request (its size and length were within the limits)
 MAX_DECODED_RATE = 8 * 192_000
@@ -77,7 +78,7 @@ def read_reference_audio(
 ) -> tuple[np.ndarray, int]:
     """Decode (or take: samples given as an array are at `sample_rate`) the clip as mono samples at
     its own rate and check its length (at most `reference.max_seconds` and the `context_seconds` of audio
-    whose codes the model's context holds): (samples, rate)."""
+    whose codes the model's context holds) and its loudness (`reference.min_peak_db`): (samples, rate)."""
     field, source, max_seconds = reference.field, reference.audio, reference.max_seconds
     bound = "(--max-reference-seconds)"
     if context_seconds is not None and (max_seconds is None or context_seconds < max_seconds):
@@ -106,6 +107,12 @@ def read_reference_audio(
         raise ValueError(
             f"{field}: the reference clip is {seconds:.3f} s long; at least {reference.min_seconds} s "
             "is needed (5-10 s works best)."
+        )
+    quietest = reference.min_peak_db
+    if quietest is not None and not (audio.size and np.abs(audio).max() >= 10 ** (quietest / 20)):
+        raise ValueError(
+            f"{field}: the reference clip is silent (its loudest sample is below {quietest:g} dBFS); "
+            "record or upload one in which the voice speaks."
         )
     return audio, rate
 

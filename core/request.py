@@ -35,13 +35,14 @@ ORDER_PATTERN = "^({0})(,({0})){{0,{1}}}$".format("|".join(LANGUAGE_CODES), len(
 class Reference:
     """A voice to clone, as the caller got it: audio (encoded bytes, a file, or mono samples at the
     engine's rate) or codes (an array [codebooks, frames] or a .npy file). `field` names where it came
-    from in every error about it; the clip-length bounds apply to audio (None: no bound)."""
+    from in every error about it; the clip's bounds (length, loudness) apply to audio (None: no bound)."""
 
     field: str
     audio: bytes | Path | np.ndarray | None = None
     codes: np.ndarray | Path | None = None
     min_seconds: float | None = None
     max_seconds: float | None = None
+    min_peak_db: float | None = None  # its loudest sample at least this loud (dBFS): not a silent clip
 
     def __post_init__(self):
         if (self.audio is None) == (self.codes is None):

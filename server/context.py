@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from core.engine import TTSEngine
 from core.paths import FolderGuard
+from core.reference import MIN_REFERENCE_PEAK_DB, MIN_REFERENCE_SECONDS
 
 from .registry import Bundle, ModelNotFound, ModelRegistry
 from .schemas import check_text_length
@@ -59,6 +60,12 @@ class ServerContext:
     def replacements(self) -> dict[str, str]:
         """Server folders as clients know them, for error messages."""
         return {**self.checkpoints.replacements(), **self.references.replacements()}
+
+    def clip_limits(self, voice: bool = True) -> dict:
+        """A clip's bounds (core.request.Reference's): its length, and for a voice (not a clip the codec merely
+        encodes) its loudness."""
+        limits = {"min_seconds": MIN_REFERENCE_SECONDS, "max_seconds": self.settings.max_reference_seconds}
+        return {**limits, "min_peak_db": MIN_REFERENCE_PEAK_DB} if voice else limits
 
     def check_model(self, name: str) -> None:
         """404 for a name that is neither loaded nor loading (before any other work on the request)."""

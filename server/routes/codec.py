@@ -18,7 +18,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
 from core.engine import Cancelled
-from core.reference import MIN_REFERENCE_SECONDS, prepare_reference
+from core.reference import prepare_reference
 from core.request import Reference
 
 from ..bodies import MSGPACK_TYPES, decode_base64, openapi_msgpack_body, read_body
@@ -51,7 +51,7 @@ async def encode(request: Request, ctx: Ctx) -> Response:
     longer than --max-reference-seconds: 422 naming it (`audios.N`); unknown model: 404."""
     body, _ = await read_body(request, CodecEncodeRequest, ctx.settings.max_text_length)
     ctx.check_model(body.model)
-    limits = {"min_seconds": MIN_REFERENCE_SECONDS, "max_seconds": ctx.settings.max_reference_seconds}
+    limits = ctx.clip_limits(voice=False)  # (silence is a clip the codec encodes like any other)
     clips = [
         Reference(
             f"audios.{i}", audio=audio if isinstance(audio, bytes) else decode_base64(audio, f"audios.{i}"), **limits

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from core.reference import MIN_REFERENCE_SECONDS
 from core.request import OUTPUT_FORMATS, Reference, SynthesisRequest
 
 from ..bodies import decode_base64, openapi_body, read_body
@@ -62,7 +61,7 @@ async def reference_of(
 ) -> tuple[Reference | None, str | None, SavedVoice | None]:
     """The reference the body names (an upload or a path; None for a saved voice, whose codes depend on
     the model: `synthesize` reads them), its transcript, and the saved voice."""
-    limits = {"min_seconds": MIN_REFERENCE_SECONDS, "max_seconds": ctx.settings.max_reference_seconds}
+    limits = ctx.clip_limits()
     if "reference_audio" in files or body.reference_audio is not None:
         data = (
             files["reference_audio"]

@@ -17,7 +17,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from core.reference import MIN_REFERENCE_SECONDS
 from core.request import OUTPUT_FORMATS, STREAM_FORMATS, Reference, SynthesisRequest
 
 from ..bodies import decode_base64, openapi_msgpack_body, read_body
@@ -54,8 +53,7 @@ async def tts(request: Request, ctx: Annotated[ServerContext, Depends(get_ctx)])
         if len(clip.text) > ctx.settings.max_text_length:
             raise ValueError(f"references.0.text: longer than {ctx.settings.max_text_length} characters.")
         audio = clip.audio if isinstance(clip.audio, bytes) else decode_base64(clip.audio, "references.0.audio")
-        limits = {"min_seconds": MIN_REFERENCE_SECONDS, "max_seconds": ctx.settings.max_reference_seconds}
-        reference, transcript = Reference("references.0.audio", audio=audio, **limits), clip.text
+        reference, transcript = Reference("references.0.audio", audio=audio, **ctx.clip_limits()), clip.text
     synthesis = SynthesisRequest(
         text=body.text,
         transcript=transcript,

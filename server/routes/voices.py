@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from core.reference import MIN_REFERENCE_SECONDS, prepare_reference
+from core.reference import prepare_reference
 from core.request import Reference
 
 from ..bodies import decode_base64, openapi_body, read_body
@@ -48,9 +48,7 @@ async def save_voice(ctx: ServerContext, name: str, transcript: str, audio: byte
     if voice_id is not None and (ctx.voices.folder / voice_id).exists():
         raise id_taken(voice_id)
     ctx.check_model(model)
-    reference = Reference(
-        "audio", audio=audio, min_seconds=MIN_REFERENCE_SECONDS, max_seconds=ctx.settings.max_reference_seconds
-    )
+    reference = Reference("audio", audio=audio, **ctx.clip_limits())
 
     def encode_and_store(engine) -> dict:
         prepared = prepare_reference(engine, reference)

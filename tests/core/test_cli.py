@@ -287,6 +287,7 @@ def _bad_inputs(ckpt, tmp_path):
     (tmp_path / "a-folder.wav").mkdir()
     torch.save({"weight": torch.ones(2), "ratio": fractions.Fraction(1, 2)}, tmp_path / "objects.pth")
     sf.write(tmp_path / "ten_minutes.wav", np.zeros(600, dtype=np.float32), 1)  # 600 samples at 1 Hz
+    sf.write(tmp_path / "silence.wav", np.zeros(22050, dtype=np.float32), 22050)
 
     def prompt_tokens(name: str) -> list:
         return ["generate", "--text", "hi", "--prompt-text", "x", "--prompt-tokens", name, *lm_args(ckpt)]
@@ -327,6 +328,10 @@ def _bad_inputs(ckpt, tmp_path):
         "reference-past-the-context": (
             ["tts", "--text", "hi", "--reference-audio", "ten_minutes.wav", "--reference-text", "x", *models],
             "what the model's context holds",
+        ),
+        "silent-reference": (
+            ["tts", "--text", "hi", "--reference-audio", "silence.wav", "--reference-text", "x", *models],
+            "the reference clip is silent",
         ),
         "unknown-suffix": (["vqgan", "-i", "notes.txt", *vqgan_args(ckpt)], "unknown input type"),
         "codes-wrong-shape": (["vqgan", "-i", "codes3d.npy", *vqgan_args(ckpt)], "codes must be"),

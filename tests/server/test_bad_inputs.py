@@ -76,6 +76,7 @@ def b64(data: bytes) -> str:
 
 
 WAV = b64(audio_bytes(tone(1.0)))
+SILENCE = b64(audio_bytes(np.zeros(SR, np.float32)))
 NOISE = b64(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())  # bytes, not audio
 TOO_BIG = "A" * (MAX_UPLOAD_MB * 2**20 + 10)
 INVOKE = "/v1/models/default/invoke"
@@ -159,6 +160,7 @@ CASES = [
         422,
     ),
     ("reference without transcript", "POST", INVOKE, invoke_json(reference_audio=WAV), 422),
+    ("reference silent", "POST", INVOKE, invoke_json(reference_audio=SILENCE, reference_text="x"), 422),
     ("non-audio multipart upload", "POST", INVOKE, uploaded("notes.txt", b"text, not audio", "text/plain"), 422),
     ("empty multipart upload", "POST", INVOKE, uploaded("empty.wav", b"", "audio/wav"), 422),
     (

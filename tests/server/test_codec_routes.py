@@ -96,6 +96,13 @@ def test_bad_payloads_are_json_errors_naming_the_item(client, details, path, bod
     assert said in answer.json()["message"]
 
 
+def test_silence_is_a_clip_the_codec_encodes(client, details):
+    """(a voice's clip must not be silent; the codec's encode takes any clip)"""
+    silence = audio_bytes(np.zeros(22050, np.float32))
+    (codes,) = unpack(post(client, "/v1/vqgan/encode", {"audios": [silence], "model": "default"}))["tokens"]
+    assert np.asarray(codes).shape[1] > 0
+
+
 def test_many_values_that_are_not_codes_get_one_short_answer(client, details):
     """One error for the first value that is not an integer, not one for each (a body holds millions)."""
     for bad in ("x", 1.5, None, [1]):

@@ -110,6 +110,18 @@ def test_text_fields_that_are_not_utf8_are_refused_not_saved_garbled(server):
     assert saved == [("Zoë", "café au lait"), ("Zoë 小明", "café au lait, 你好"), ("Zoë", "hé")]
 
 
+def test_a_silent_clip_is_refused_and_a_quiet_one_kept(server):
+    """(a silent clip was saved as a voice without a word: the model had nothing to clone)"""
+    silence = base64.b64encode(audio_bytes(np.zeros(2 * 22050, np.float32))).decode()
+    refused = assert_json_error(create_voice(server.url, name="Mute", audio=silence), 422)
+    assert refused["message"].startswith("audio: the reference clip is silent"), refused
+    assert "Mute" not in str(requests.get(server.url + "/v1/references").json())
+    quiet = base64.b64encode(audio_bytes(tone(2.0) / 0.45 * 10 ** (-55 / 20))).decode()  # its peak at -55 dBFS
+    kept = create_voice(server.url, name="Whisper", audio=quiet)
+    assert kept.status_code == 201, kept.text
+    requests.delete(server.url + "/v1/references/" + kept.json()["id"])
+
+
 def test_existing_id_is_a_conflict(server):
     assert create_voice(server.url, id="carol").status_code == 201
     assert_json_error(create_voice(server.url, id="carol"), 409)
