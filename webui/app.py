@@ -10,7 +10,7 @@ import json
 import gradio as gr
 
 from .config import UISettings
-from .handlers import NO_VOICE, Actions, LoadedModel, ModelForm, SynthesisForm, kept_voice, pick_model
+from .handlers import NO_VOICE, Actions, LoadedModel, ModelForm, SynthesisForm, kept_voice, pick_model, relocalized
 from .i18n import DEFAULT_LANGUAGE, LANGUAGES, pick_language, t
 from .layout import EXAMPLE_KEYS, PREVIEW_HEADERS, Page
 
@@ -94,8 +94,12 @@ def wire_language(demo: gr.Blocks, page: Page, preview: dict) -> None:
         lang = pick_language(browser_language, accept_language=accept)
         return [lang, *page.labels.updates(lang)]
 
-    def switch_language(lang: str):
-        return page.labels.updates(lang)
+    messages = [page.message, page.model_message]
+
+    def switch_language(lang: str, *shown: str):
+        """The labels, and the messages shown, in `lang`."""
+        again = [relocalized(lang, html) for html in shown]
+        return [*page.labels.updates(lang), *(gr.update() if html is None else html for html in again)]
 
     demo.load(
         initial_language,
@@ -106,7 +110,11 @@ def wire_language(demo: gr.Blocks, page: Page, preview: dict) -> None:
         **PRIVATE,
     ).then(**preview)
     page.language.input(
-        switch_language, inputs=[page.language], outputs=page.labels.components, show_progress="hidden", **PRIVATE
+        switch_language,
+        inputs=[page.language, *messages],
+        outputs=[*page.labels.components, *messages],
+        show_progress="hidden",
+        **PRIVATE,
     ).then(**preview)
 
 

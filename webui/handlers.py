@@ -6,6 +6,7 @@ the page's language (`message_html`), never a traceback.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import re
 import time
@@ -99,12 +100,37 @@ class UIError(Exception):
         self.key, self.fields = key, fields
 
 
-def message_html(lang: str, key: str, detail: str | None = None, *, error: bool = True, **fields) -> str:
-    """The original's red bold error block (escaped), or a plain note for successes."""
-    text = t(lang, key, **fields)
-    lines = [html.escape(text, quote=False)] + ([html.escape(detail, quote=False)] if detail else [])
+Line = tuple[str, dict]  # a message's line: a locale key and its fields
+
+
+def message_html(lang: str, key: str, detail: Line | None = None, *, error: bool = True, **fields) -> str:
+    """The original's red bold error block (escaped), or a plain note for successes: `key` and a `detail` line."""
+    return lines_html(lang, [(key, fields), *([detail] if detail else [])], error=error)
+
+
+def lines_html(lang: str, lines: list[Line], *, error: bool) -> str:
+    """A message of several lines in `lang`. Its lines' keys and fields go with it (`data-lines`), so that a
+    switch of the page's language can say it again in the other (`relocalized`)."""
+    shown = "<br>".join(html.escape(t(lang, key, **fields), quote=False) for key, fields in lines)
+    data = html.escape(json.dumps([[key, fields] for key, fields in lines], ensure_ascii=False, default=str))
     css = "fishtts-error" if error else "fishtts-ok"
-    return f'<div class="fishtts-message {css}">' + "<br>".join(lines) + "</div>"
+    return f'<div class="fishtts-message {css}" data-lines="{data}">{shown}</div>'
+
+
+_MESSAGE = re.compile(r'<div class="fishtts-message (fishtts-error|fishtts-ok)" data-lines="([^"]*)">.*?</div>', re.S)
+
+
+def relocalized(lang: str, shown: str | None) -> str | None:
+    """A message box's HTML with each message in it said again in `lang` (wrappers such as PREVIEW_ERROR's
+    kept); None where it shows none. (After a switch of language a message stayed in the old one.)"""
+    if not shown or "data-lines=" not in shown:
+        return None
+
+    def again(match: re.Match) -> str:
+        lines = [(key, fields) for key, fields in json.loads(html.unescape(match[2]))]
+        return lines_html(lang, lines, error=match[1] == "fishtts-error")
+
+    return _MESSAGE.sub(again, shown)
 
 
 @dataclass(frozen=True)
@@ -148,10 +174,10 @@ def failure_html(lang: str, headline: str, exc: Exception, model: str = MODEL_NA
     if isinstance(exc, ClientError):
         if exc.status == 404 and str(exc.fields.get("message", "")).startswith("Cannot find model"):
             # The server's "Cannot find model.": tell users where to load one.
-            return message_html(lang, headline, t(lang, "error.no_model", name=model))
-        return message_html(lang, headline, t(lang, exc.key, **exc.fields))
+            return message_html(lang, headline, ("error.no_model", {"name": model}))
+        return message_html(lang, headline, (exc.key, exc.fields))
     if isinstance(exc, UIError):
-        return message_html(lang, headline, t(lang, exc.key, **exc.fields))
+        return message_html(lang, headline, (exc.key, exc.fields))
     raise exc
 
 
@@ -203,8 +229,8 @@ class Actions:
             info = self.client(server_url, api_key).load_model(name, body)
         except (ClientError, UIError) as exc:
             return failure_html(lang, "model.load_failed", exc)
-        detail = t(lang, "model.loaded_detail", device=info.get("device", "?"), precision=info.get("precision", "?"))
-        return message_html(lang, "model.loaded", detail, error=False)
+        detail = {"device": info.get("device", "?"), "precision": info.get("precision", "?")}
+        return message_html(lang, "model.loaded", ("model.loaded_detail", detail), error=False)
 
     def server_status(self, lang: str, server_url: str, api_key: str) -> str:
         try:
@@ -213,15 +239,15 @@ class Actions:
             client.list_models()  # (health needs no key: "connected" with a wrong one, then every request a 401)
         except ClientError as exc:
             return message_html(lang, exc.key, **exc.fields)
-        lines = [t(lang, "status.connected", url=client.base_url)]
+        lines: list[Line] = [("status.connected", {"url": client.base_url})]
         models = [f"{m['name']} ({m.get('device', '?')}, {m.get('precision', '?')})" for m in health.get("models", [])]
-        lines.append(t(lang, "status.models", models=", ".join(models)) if models else t(lang, "status.no_models"))
+        lines.append(("status.models", {"models": ", ".join(models)}) if models else ("status.no_models", {}))
         if health.get("loading"):
-            lines.append(t(lang, "status.loading", models=", ".join(health["loading"])))
+            lines.append(("status.loading", {"models": ", ".join(health["loading"])}))
         if health.get("load_errors"):
             errors = "; ".join(f"{k}: {v}" for k, v in health["load_errors"].items())
-            lines.append(t(lang, "status.load_errors", errors=errors))
-        return '<div class="fishtts-message fishtts-ok">' + "<br>".join(map(html.escape, lines)) + "</div>"
+            lines.append(("status.load_errors", {"errors": errors}))
+        return lines_html(lang, lines, error=False)
 
     def loaded_models(self, server_url: str, api_key: str = "") -> list[LoadedModel]:
         """The server's loaded models ([] when it cannot be reached)."""

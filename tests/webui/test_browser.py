@@ -123,6 +123,11 @@ def test_switch_language_upload_reference_and_synthesize(browser, ui, tmp_path):
         assert page.request.get(src).body()[:4] == b"RIFF"  # the player's source is the WAV the API made
         page.screenshot(path=str(artifacts_dir() / "webui-synthesis-en.png"), full_page=True)
 
+        # a switch of language says the message shown again in the new one (it stayed in the old one)
+        page.locator("#fishtts-language").get_by_text("中文").click()
+        page.locator("#fishtts-message").get_by_text("合成完成").wait_for()
+        assert "Done in" not in page.locator("#fishtts-message").inner_text()
+
         # Clear (a dead button in the original) empties the text and the result
         page.locator("#fishtts-clear").click()
         page.wait_for_function(AUDIO_IS_EMPTY)

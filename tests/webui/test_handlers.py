@@ -373,6 +373,33 @@ def test_clear_and_language_switch_are_wired():
     assert {"clear", "switch_language", "initial_language", "synthesize", "preview", "load_model"} <= names
 
 
+def test_a_language_switch_says_the_messages_shown_again_in_the_new_language(server, actions, down_url):
+    """(after a switch the last message stayed in the old language until the next action)"""
+    from webui.app import build_app
+    from webui.handlers import relocalized
+
+    shown = {
+        "failure": actions.synthesize("zh_CN", down_url, "", fast())[2],
+        "status": actions.server_status("zh_CN", server.url, ""),
+        "preview failure": actions.preview("zh_CN", down_url, "", fast())[1],  # (its class kept: `replaced`)
+        "done": actions.load_model("zh_CN", server.url, "", TINY_MODEL),
+    }
+    expected = {
+        "failure": actions.synthesize("en_US", down_url, "", fast())[2],
+        "status": actions.server_status("en_US", server.url, ""),
+        "preview failure": actions.preview("en_US", down_url, "", fast())[1],
+        "done": actions.load_model("en_US", server.url, "", TINY_MODEL),
+    }
+    for name, html in shown.items():
+        assert relocalized("en_US", html) == expected[name], name
+        assert relocalized("zh_CN", expected[name]) == html, name
+    assert relocalized("en_US", "") is None and relocalized("en_US", "<p>not ours</p>") is None
+    demo = build_app(UISettings(api_url=server.url))
+    (switch,) = [fn.fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "switch_language"]
+    *labels, message, model_message = switch("en_US", shown["failure"], "")
+    assert message == expected["failure"] and model_message == {"__type__": "update"}
+
+
 # -- errors: short and readable ------------------------------------------------------------------
 
 
