@@ -105,7 +105,7 @@ def parse_text_to_segments(text: str, order=DEFAULT_ORDER) -> list[Segment]:
             language = piece[1:-1]
             if language.upper() not in LANGUAGES:
                 raise TextError(
-                    f"Unknown language: {language} (tags are <zh>, <jp>, <en>; "
+                    f"Unknown language: {_as_written(text, piece)[1:-1]} (tags are <zh>, <jp>, <en>; "
                     "phone tags <p:…> are not accepted with g2p)"
                 )
             stack.append(language)
@@ -118,6 +118,15 @@ def parse_text_to_segments(text: str, order=DEFAULT_ORDER) -> list[Segment]:
                 if segment.phones:
                     segments.append(segment)
     return segments
+
+
+def _as_written(text: str, cleaned_tag: str) -> str:
+    """The tag of `text` that cleaning made `cleaned_tag`, as the user wrote it (a message showed it cleaned:
+    `<speaker:abc>` as `speaker,abc`); `cleaned_tag` itself where none is found."""
+    for match in re.finditer(r"<[^<>]*>", text):
+        if clean_text(match.group(0)) == cleaned_tag:
+            return match.group(0)
+    return cleaned_tag
 
 
 def segments_to_phones(segments: list[Segment]) -> list[tuple[str | None, str]]:

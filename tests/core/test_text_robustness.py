@@ -39,6 +39,8 @@ def test_text_without_readable_content_gives_no_phones(text):
         ("<fr>bonjour</fr>", "Unknown language: fr"),
         ("<p:a1> 直接音素", "Unknown language: p:a1"),
         ("<>", "Unknown language"),
+        ("<speaker:abc> hi", "Unknown language: speaker:abc "),  # (as written: it said "speaker,abc")
+        ("<|speaker：abc|> hi", r"Unknown language: \|speaker：abc\| "),
         ("噷", "Chinese g2p cannot read"),
     ],
 )
