@@ -127,8 +127,11 @@ def relocalized(lang: str, shown: str | None) -> str | None:
         return None
 
     def again(match: re.Match) -> str:
-        lines = [(key, fields) for key, fields in json.loads(html.unescape(match[2]))]
-        return lines_html(lang, lines, error=match[1] == "fishtts-error")
+        try:
+            lines = [(str(key), dict(fields)) for key, fields in json.loads(html.unescape(match[2]))]
+            return lines_html(lang, lines, error=match[1] == "fishtts-error")
+        except (ValueError, TypeError, KeyError, IndexError):  # (the value comes back from the browser): as it was
+            return match[0]
 
     return _MESSAGE.sub(again, shown)
 

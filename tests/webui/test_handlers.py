@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -390,10 +391,13 @@ def test_a_language_switch_says_the_messages_shown_again_in_the_new_language(ser
         "preview failure": actions.preview("en_US", down_url, "", fast())[1],
         "done": actions.load_model("en_US", server.url, "", TINY_MODEL),
     }
-    for name, html in shown.items():
-        assert relocalized("en_US", html) == expected[name], name
-        assert relocalized("zh_CN", expected[name]) == html, name
+    for name, said in shown.items():
+        assert relocalized("en_US", said) == expected[name], name
+        assert relocalized("zh_CN", expected[name]) == said, name
     assert relocalized("en_US", "") is None and relocalized("en_US", "<p>not ours</p>") is None
+    for lines in ("[[1, 2]]", '[["no.such.key", {}]]', '[["error.server", {"status": 1}]]', "{"):  # (sent back)
+        forged = f'<div class="fishtts-message fishtts-ok" data-lines="{escape(lines)}">x</div>'
+        assert relocalized("en_US", forged) == forged
     demo = build_app(UISettings(api_url=server.url))
     (switch,) = [fn.fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "switch_language"]
     *labels, message, model_message = switch("en_US", shown["failure"], "")
