@@ -496,15 +496,11 @@ std::pair<int64_t, float> top_p_cut(const float* v, int64_t n, float top_p, std:
     const int64_t m = static_cast<int64_t>(sorted.size());
     terms.resize(m);
     exp_terms(sorted.data(), m, top, terms.data());
-    double running = 0.0;
-    int64_t kept = 0;
-    for (; kept < m; ++kept) {
-      running += terms[kept] / sum;
-      if (!(static_cast<float>(running) <= top_p)) break;
-    }
-    // (every candidate kept: their mass, summed in another order, was within rounding of top_p; sort them all)
-    if (kept == m && m < n && !whole) continue;
-    kept = std::max<int64_t>(kept, 1);
+    for (int64_t i = 0; i < m; ++i) terms[i] /= sum;  // the sorted softmax
+    const int64_t kept = kept_by_top_p(terms.data(), m, top_p);
+    // (every candidate kept: their mass, summed in another order, was within rounding of top_p; sort them all.
+    // One candidate is never kept by the sum, only as the one kept at least: its mass is its own term.)
+    if (kept == m && m > 1 && m < n && !whole) continue;
     return {kept, sorted[kept - 1]};
   }
 }
